@@ -1,0 +1,329 @@
+"""Shared helpers for the peer benchmark programs: sizes, statistics, /proc RSS, JSON output.
+
+Every peer program writes one JSON document (schema "rebeam-bench/1", see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+SCHEMA = "rebeam-bench/1"
+
+# Every message carries this payload (64 bytes); calls echo it back.
+PAYLOAD_BYTES = 64
+PAYLOAD = b"x" * PAYLOAD_BYTES
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Workload sizes. The same for every peer except where a note says otherwise."""
+
+    repeats: int
+    call_warmup: int
+    calls: int
+    oneway_warmup: int
+    oneway: int
+    spawn: int
+    crash_repeats: int
+    fanout_actors: int
+    m2m_senders: int
+    m2m_receivers: int
+    m2m_per_pair: int
+    cross_calls: int
+    cross_oneway: int
+    failover_repeats: int
+
+
+QUICK = Sizes(
+    repeats=3,
+    call_warmup=200,
+    calls=2_000,
+    oneway_warmup=1_000,
+    oneway=20_000,
+    spawn=1_000,
+    crash_repeats=5,
+    fanout_actors=1_000,
+    m2m_senders=4,
+    m2m_receivers=4,
+    m2m_per_pair=1_000,
+    cross_calls=1_000,
+    cross_oneway=20_000,
+    failover_repeats=1,
+)
+
+FULL = Sizes(
+    repeats=5,
+    call_warmup=1_000,
+    calls=10_000,
+    oneway_warmup=5_000,
+    oneway=100_000,
+    spawn=5_000,
+    crash_repeats=20,
+    fanout_actors=1_000,
+    m2m_senders=4,
+    m2m_receivers=4,
+    m2m_per_pair=5_000,
+    cross_calls=5_000,
+    cross_oneway=100_000,
+    failover_repeats=3,
+)
+
+
+def sizes_for(mode: str) -> Sizes:
+    return QUICK if mode == "quick" else FULL
+
+
+def scaled(sizes: Sizes, factor: float, **fixed: int) -> Sizes:
+    """Sizes scaled down by `factor` for slow peers (counts only; at least 1), with overrides."""
+    values: dict[str, int] = {}
+    for key, value in asdict(sizes).items():
+        if key in ("repeats", "m2m_senders", "m2m_receivers", "failover_repeats"):
+            values[key] = value
+        else:
+            values[key] = max(1, int(value * factor))
+    values.update(fixed)
+    return Sizes(**values)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(round(q / 100.0 * len(ordered) + 0.5)) - 1))
+    return ordered[rank]
+
+
+@dataclass
+class Workload:
+    """One workload's result in the JSON document."""
+
+    name: str
+    unit: str
+    better: str  # "lower" | "higher"
+    status: str = "ok"  # ok | none | not_feasible | skipped | error
+    median: float | None = None
+    p99: float | None = None
+    spread: dict[str, float] | None = None  # min/max over repeats
+    repeats: int = 0
+    samples: int = 0
+    warmup: int = 0
+    per_repeat: list[float] = field(default_factory=list)
+    notes: str = ""
+
+
+def latency_workload(
+    name: str, unit: str, runs: list[list[float]], warmup: int, notes: str = ""
+) -> Workload:
+    """Latency samples, one list per repeat: median and p99 are medians over repeats."""
+    medians = [statistics.median(r) for r in runs]
+    p99s = [percentile(r, 99) for r in runs]
+    return Workload(
+        name=name,
+        unit=unit,
+        better="lower",
+        median=statistics.median(medians),
+        p99=statistics.median(p99s),
+        spread={"min": min(medians), "max": max(medians)},
+        repeats=len(runs),
+        samples=sum(len(r) for r in runs),
+        warmup=warmup,
+        per_repeat=medians,
+        notes=notes,
+    )
+
+
+def value_workload(
+    name: str,
+    unit: str,
+    better: str,
+    values: list[float],
+    samples: int,
+    warmup: int = 0,
+    notes: str = "",
+) -> Workload:
+    """One value per repeat (a rate, a size, a duration)."""
+    return Workload(
+        name=name,
+        unit=unit,
+        better=better,
+        median=statistics.median(values),
+        p99=percentile(values, 99) if better == "lower" and len(values) >= 2 else None,
+        spread={"min": min(values), "max": max(values)},
+        repeats=len(values),
+        samples=samples,
+        warmup=warmup,
+        per_repeat=values,
+        notes=notes,
+    )
+
+
+def status_workload(name: str, unit: str, better: str, status: str, notes: str) -> Workload:
+    return Workload(name=name, unit=unit, better=better, status=status, notes=notes)
+
+
+def call_rate_from(rtt: Workload) -> Workload:
+    """Sequential calls/s derived from the per-repeat median round trips (in µs)."""
+    rates = [1e6 / m for m in rtt.per_repeat]
+    return Workload(
+        name="call_rate",
+        unit="calls/s",
+        better="higher",
+        median=statistics.median(rates),
+        spread={"min": min(rates), "max": max(rates)},
+        repeats=rtt.repeats,
+        samples=rtt.samples,
+        warmup=rtt.warmup,
+        per_repeat=rates,
+        notes="1 / median round trip of call_rtt, sequential",
+    )
+
+
+def guarded(name: str, unit: str, better: str, fn: Callable[[], Workload]) -> Workload:
+    """Run one workload; an exception becomes status "error" instead of aborting the peer."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON, never hidden
+        print(f"[{name}] error: {exc!r}", file=sys.stderr)
+        return status_workload(name, unit, better, "error", f"{type(exc).__name__}: {exc}")
+
+
+def check(condition: bool, what: str) -> None:
+    """Correctness assertion that survives `python -O`."""
+    if not condition:
+        raise AssertionError(what)
+
+
+# ---------------------------------------------------------------- memory via /proc
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # Field 4 (ppid) follows the parenthesised command name, which may hold spaces.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its descendants."""
+    children = _children_map()
+    out: list[int] = []
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_kib(roots: list[int] | None = None) -> int:
+    """Total VmRSS (KiB) of the given processes and all their descendants (default: this one)."""
+    pids: set[int] = set()
+    for root in roots or [os.getpid()]:
+        pids.update(process_tree(root))
+    return sum(rss_kib(p) for p in pids)
+
+
+# ---------------------------------------------------------------- machine and output
+
+
+def pkg_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "mem_total_gib": round(mem_kib / 1024 / 1024, 1),
+        "cpu_model": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--mode", choices=["quick", "full"], default="quick")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    return parser.parse_args()
+
+
+def write_result(
+    out: str,
+    peer: str,
+    label: str,
+    version: str,
+    mode: str,
+    started: float,
+    workloads: list[Workload],
+    settings: dict[str, Any],
+    notes: list[str],
+) -> None:
+    doc = {
+        "schema": SCHEMA,
+        "peer": peer,
+        "label": label,
+        "version": version,
+        "mode": mode,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "machine": machine_info(),
+        "payload_bytes": PAYLOAD_BYTES,
+        "settings": settings,
+        "notes": notes,
+        "workloads": [asdict(w) for w in workloads],
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(doc, indent=2) + "\n")
+    for w in workloads:
+        shown = "-" if w.median is None else f"{w.median:.4g}"
+        print(f"  {peer:16} {w.name:20} {shown:>12} {w.unit:10} {w.status}")
