@@ -1,0 +1,3 @@
+//! Re:BEAM worker node: an OTP-style actor runtime in Rust hosting Python actors.
+
+pub mod runtime;

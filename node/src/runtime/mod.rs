@@ -1,0 +1,25 @@
+//! The actor core: processes, mailboxes, links, monitors, exit signals, names and timers.
+//! It knows nothing of Python; a `Host` runs the code.
+
+pub mod call;
+pub mod host;
+pub mod pid;
+pub mod process;
+pub mod reason;
+pub mod registry;
+pub mod runqueue;
+pub mod runtime;
+pub mod table;
+pub mod timer;
+
+#[cfg(test)]
+mod tests;
+
+pub use call::{CallResult, CallSlot};
+pub use host::Host;
+pub use pid::{NodeId, Pid, Ref};
+pub use process::{Envelope, Kind, Process, Status};
+pub use reason::{Crash, Reason, Term};
+pub use registry::RegistryError;
+pub use runtime::Runtime;
+pub use timer::Timers;

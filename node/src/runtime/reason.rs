@@ -1,0 +1,69 @@
+//! Exit reasons, as in OTP: `normal`, `shutdown`, `killed`, `noproc`, crashes and terms.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// An opaque serialized term (a pickle, for Python): the core never looks inside.
+pub type Term = Arc<[u8]>;
+
+/// Why a process exited, or the reason carried by an exit signal.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reason {
+    /// Ordinary end: linked processes are not affected.
+    Normal,
+    /// Orderly shutdown, usually by a supervisor.
+    Shutdown,
+    /// `("shutdown", term)`: orderly shutdown with extra information.
+    ShutdownWith(Term),
+    /// The untrappable kill signal; the victim exits with `Killed`.
+    Kill,
+    /// Exit reason of a killed process (trappable when it reaches links).
+    Killed,
+    /// The target process did not exist.
+    Noproc,
+    /// The target's node was lost.
+    Noconnection,
+    /// An uncaught exception in the process's code.
+    Crash(Arc<Crash>),
+    /// Any other term.
+    Other(Term),
+}
+
+/// The description of an uncaught exception.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Crash {
+    /// The exception's type name, e.g. `ValueError`.
+    pub kind: String,
+    /// `str()` of the exception.
+    pub message: String,
+    /// The formatted traceback.
+    pub traceback: String,
+}
+
+impl Reason {
+    /// True for `normal`, the one reason that does not propagate along links.
+    pub fn is_normal(&self) -> bool {
+        matches!(self, Reason::Normal)
+    }
+
+    /// True for `shutdown` and `("shutdown", _)`, which transient children are not restarted for.
+    pub fn is_shutdown(&self) -> bool {
+        matches!(self, Reason::Shutdown | Reason::ShutdownWith(_))
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Normal => f.write_str("normal"),
+            Reason::Shutdown => f.write_str("shutdown"),
+            Reason::ShutdownWith(_) => f.write_str("(shutdown, ...)"),
+            Reason::Kill => f.write_str("kill"),
+            Reason::Killed => f.write_str("killed"),
+            Reason::Noproc => f.write_str("noproc"),
+            Reason::Noconnection => f.write_str("noconnection"),
+            Reason::Crash(c) => write!(f, "{}: {}", c.kind, c.message),
+            Reason::Other(_) => f.write_str("<term>"),
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The node's actor runtime: spawning, message delivery, links, monitors, exit signals
+//! and local names. Plain Rust; the host runs the code.
+
+use super::call::{CallResult, CallSlot};
+use super::host::Host;
+use super::pid::{NodeId, Pid, Ref};
+use super::process::{Envelope, Kind, Process, Status};
+use super::reason::Reason;
+use super::registry::{Registry, RegistryError};
+use super::runqueue::RunQueue;
+use super::table::ProcessTable;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// One node's processes and the operations on them.
+pub struct Runtime<H: Host> {
+    node: NodeId,
+    incarnation: u64,
+    serials: AtomicU64,
+    refs: AtomicU64,
+    table: ProcessTable<H>,
+    names: Registry,
+    /// Servers with mail, for the executor threads.
+    pub runq: RunQueue<H>,
+    /// The layer that runs process code.
+    pub host: H,
+}
+
+impl<H: Host> Runtime<H> {
+    /// Creates a runtime for node `node` in incarnation `incarnation`.
+    pub fn new(node: &str, incarnation: u64, host: H) -> Self {
+        Runtime {
+            node: NodeId::intern(node),
+            incarnation,
+            serials: AtomicU64::new(1),
+            refs: AtomicU64::new(1),
+            table: ProcessTable::default(),
+            names: Registry::default(),
+            runq: RunQueue::default(),
+            host,
+        }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// A fresh unique reference.
+    pub fn make_ref(&self) -> Ref {
+        Ref(self.refs.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Number of live processes.
+    pub fn process_count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Every live process.
+    pub fn processes(&self) -> Vec<Arc<Process<H>>> {
+        self.table.all()
+    }
+
+    /// True when `pid` belongs to this node incarnation.
+    pub fn is_local(&self, pid: Pid) -> bool {
+        pid.node == self.node && pid.incarnation == self.incarnation
+    }
+
+    /// Finds a live local process.
+    pub fn lookup(&self, pid: Pid) -> Option<Arc<Process<H>>> {
+        if !self.is_local(pid) {
+            return None;
+        }
+        self.table.get(pid.serial)
+    }
+
+    /// Creates a process in status `Running` (the spawner runs its start-up code) and,
+    /// when `link` is given, links it to that process atomically with its birth.
+    pub fn spawn(&self, kind: Kind, link: Option<&Arc<Process<H>>>, data: H::Data) -> Arc<Process<H>> {
+        let pid = Pid {
+            node: self.node,
+            incarnation: self.incarnation,
+            serial: self.serials.fetch_add(1, Ordering::Relaxed),
+        };
+        let parent = link.map(|p| p.pid);
+        let process = Arc::new(Process::new(pid, kind, parent, data));
+        self.table.insert(process.clone());
+        if let Some(parent) = link {
+            let parent_alive = {
+                let mut st = parent.lock();
+                if st.status != Status::Exited {
+                    st.links.push(pid);
+                    true
+                } else {
+                    false
+                }
+            };
+            if parent_alive {
+                process.lock().links.push(parent.pid);
+            } else {
+                self.deliver_exit(&process, parent.pid, Reason::Noproc);
+            }
+        }
+        process
+    }
+
+    /// Ends the start-up of a server: it becomes idle, or queued if mail already arrived.
+    pub fn release(&self, process: &Arc<Process<H>>) {
+        self.finish_batch(process);
+    }
+
+    /// Delivers an envelope; gives it back when the target is not alive (the caller drops it
+    /// outside any lock).
+    pub fn send(&self, pid: Pid, envelope: Envelope<H::Msg>) -> Result<(), Envelope<H::Msg>> {
+        match self.lookup(pid) {
+            Some(process) => self.deliver(&process, envelope),
+            None => Err(envelope),
+        }
+    }
+
+    /// Delivers an envelope to a known process.
+    pub fn deliver(
+        &self,
+        process: &Arc<Process<H>>,
+        envelope: Envelope<H::Msg>,
+    ) -> Result<(), Envelope<H::Msg>> {
+        let schedule = {
+            let mut st = process.lock();
+            match st.status {
+                Status::Exited => return Err(envelope),
+                Status::Idle if process.kind == Kind::Server => {
+                    st.status = Status::Queued;
+                    st.mailbox.push_back(envelope);
+                    true
+                }
+                _ => {
+                    st.mailbox.push_back(envelope);
+                    process.wake(&st);
+                    false
+                }
+            }
+        };
+        if schedule {
+            self.runq.push(process.clone());
+        }
+        Ok(())
+    }
+
+    /// Takes the next envelope of a server being run; `None` means the batch is over.
+    pub fn take_next(&self, process: &Arc<Process<H>>) -> Option<Envelope<H::Msg>> {
+        let mut st = process.lock();
+        if st.status == Status::Exited {
+            return None;
+        }
+        let envelope = st.mailbox.pop_front()?;
+        st.timeout_gen += 1;
+        Some(envelope)
+    }
+
+    /// Ends a server's batch: idle if its mailbox is empty, else back in the run queue.
+    pub fn finish_batch(&self, process: &Arc<Process<H>>) {
+        let requeue = {
+            let mut st = process.lock();
+            match st.status {
+                Status::Exited => false,
+                _ if process.kind == Kind::Thread => false,
+                _ if st.mailbox.is_empty() => {
+                    st.status = Status::Idle;
+                    false
+                }
+                _ => {
+                    st.status = Status::Queued;
+                    true
+                }
+            }
+        };
+        if requeue {
+            self.runq.push(process.clone());
+        }
+    }
+
+    /// Marks a queued server as running on the calling thread; false if it exited meanwhile.
+    pub fn begin_batch(&self, process: &Arc<Process<H>>) -> bool {
+        let mut st = process.lock();
+        if st.status == Status::Exited {
+            return false;
+        }
+        st.status = Status::Running;
+        true
+    }
+
+    /// Sets whether `process` traps exits; returns the previous value.
+    pub fn set_trap_exit(&self, process: &Arc<Process<H>>, on: bool) -> bool {
+        std::mem::replace(&mut process.lock().trap_exit, on)
+    }
+
+    /// Links two processes; linking to a dead one delivers `noproc` at once.
+    pub fn link(&self, process: &Arc<Process<H>>, other: Pid) {
+        if other == process.pid {
+            return;
+        }
+        let added = match self.lookup(other) {
+            Some(target) => {
+                let mut st = target.lock();
+                if st.status == Status::Exited {
+                    false
+                } else {
+                    if !st.links.contains(&process.pid) {
+                        st.links.push(process.pid);
+                    }
+                    true
+                }
+            }
+            None => false,
+        };
+        if added {
+            let mut st = process.lock();
+            if !st.links.contains(&other) {
+                st.links.push(other);
+            }
+        } else {
+            self.deliver_exit(process, other, Reason::Noproc);
+        }
+    }
+
+    /// Removes a link in both directions.
+    pub fn unlink(&self, process: &Arc<Process<H>>, other: Pid) {
+        process.lock().links.retain(|p| *p != other);
+        if let Some(target) = self.lookup(other) {
+            target.lock().links.retain(|p| *p != process.pid);
+        }
+    }
+
+    /// Monitors `target` for `watcher`; a dead target yields `Down(noproc)` at once.
+    pub fn monitor(&self, watcher: &Arc<Process<H>>, target: Pid) -> Ref {
+        let mref = self.make_ref();
+        let added = match self.lookup(target) {
+            Some(t) => {
+                let mut st = t.lock();
+                if st.status == Status::Exited {
+                    false
+                } else {
+                    st.watchers.push((mref, watcher.pid));
+                    true
+                }
+            }
+            None => false,
+        };
+        if added {
+            watcher.lock().watching.push((mref, target));
+        } else {
+            let _ = self.deliver(
+                watcher,
+                Envelope::Down {
+                    mref,
+                    pid: target,
+                    reason: Reason::Noproc,
+                },
+            );
+        }
+        mref
+    }
+
+    /// Removes a monitor; true if it was active.
+    pub fn demonitor(&self, watcher: &Arc<Process<H>>, mref: Ref) -> bool {
+        let target = {
+            let mut st = watcher.lock();
+            let found = st.watching.iter().position(|(r, _)| *r == mref);
+            found.map(|i| st.watching.swap_remove(i).1)
+        };
+        let Some(target) = target else { return false };
+        if let Some(t) = self.lookup(target) {
+            t.lock().watchers.retain(|(r, _)| *r != mref);
+        }
+        true
+    }
+
+    /// `exit(pid, reason)`: sends an exit signal from `from` to `to`, as OTP does.
+    pub fn exit_signal(&self, from: Pid, to: Pid, reason: Reason) {
+        if let Some(target) = self.lookup(to) {
+            if reason == Reason::Kill {
+                self.terminate(&target, Reason::Killed);
+            } else if from == to && !target.lock().trap_exit {
+                // A process signalling itself dies even with `normal`, as OTP's exit(self(), R).
+                self.terminate(&target, reason);
+            } else {
+                self.deliver_exit(&target, from, reason);
+            }
+        }
+    }
+
+    /// An exit signal arriving at `target`: a message if it traps exits, else death unless normal.
+    fn deliver_exit(&self, target: &Arc<Process<H>>, from: Pid, reason: Reason) {
+        let trap = target.lock().trap_exit;
+        if trap {
+            let _ = self.deliver(target, Envelope::Exit { from, reason });
+        } else if !reason.is_normal() {
+            self.terminate(target, reason);
+        }
+    }
+
+    /// Ends a process: releases its name, then fires links and monitors, fails calls waiting
+    /// on it and tells the host. Links that die too are handled here as well, iteratively.
+    pub fn terminate(&self, process: &Arc<Process<H>>, reason: Reason) {
+        let mut work = vec![(process.clone(), reason)];
+        while let Some((p, reason)) = work.pop() {
+            let Some(dead) = self.mark_exited(&p, &reason) else { continue };
+            if let Some(name) = &dead.name {
+                self.names.release(name, p.pid);
+            }
+            if dead.was_running {
+                self.host.interrupt(&p);
+            }
+            for envelope in dead.mailbox {
+                if let Envelope::Call { slot, .. } = envelope {
+                    let _ = slot.complete(CallResult::Exit(reason.clone()));
+                }
+            }
+            for slot in dead.pending_calls {
+                let _ = slot.complete(CallResult::Exit(reason.clone()));
+            }
+            if let Some(slot) = dead.blocked_call {
+                let _ = slot.complete(CallResult::CallerKilled);
+            }
+            for linked in dead.links {
+                if let Some(q) = self.lookup(linked) {
+                    q.lock().links.retain(|x| *x != p.pid);
+                    let trap = q.lock().trap_exit;
+                    if trap {
+                        let _ = self.deliver(
+                            &q,
+                            Envelope::Exit {
+                                from: p.pid,
+                                reason: reason.clone(),
+                            },
+                        );
+                    } else if !reason.is_normal() {
+                        work.push((q, reason.clone()));
+                    }
+                }
+            }
+            for (mref, watcher) in dead.watchers {
+                let _ = self.send(
+                    watcher,
+                    Envelope::Down {
+                        mref,
+                        pid: p.pid,
+                        reason: reason.clone(),
+                    },
+                );
+            }
+            for (mref, target) in dead.watching {
+                if let Some(t) = self.lookup(target) {
+                    t.lock().watchers.retain(|(r, _)| *r != mref);
+                }
+            }
+            self.host.exited(&p, &reason);
+        }
+    }
+
+    /// Flips a process to `Exited` under its lock and takes what must be acted on.
+    fn mark_exited(&self, p: &Arc<Process<H>>, reason: &Reason) -> Option<Dead<H::Msg>> {
+        let dead = {
+            let mut st = p.lock();
+            if st.status == Status::Exited {
+                return None;
+            }
+            let was_running = st.status == Status::Running;
+            st.status = Status::Exited;
+            st.reason = Some(reason.clone());
+            p.mail.notify_all();
+            Dead {
+                was_running,
+                name: st.name.take(),
+                mailbox: std::mem::take(&mut st.mailbox),
+                pending_calls: std::mem::take(&mut st.pending_calls),
+                blocked_call: st.blocked_call.take(),
+                links: std::mem::take(&mut st.links),
+                watchers: std::mem::take(&mut st.watchers),
+                watching: std::mem::take(&mut st.watching),
+            }
+        };
+        self.table.remove(p.pid.serial);
+        Some(dead)
+    }
+
+    /// Registers a local name for a live process.
+    pub fn register(&self, name: &str, pid: Pid) -> Result<(), RegistryError> {
+        let process = self.lookup(pid).ok_or(RegistryError::Noproc)?;
+        self.names.register(name, &process)
+    }
+
+    /// Removes a local name; false if it was not registered.
+    pub fn unregister(&self, name: &str) -> bool {
+        match self.names.unregister(name) {
+            Some(pid) => {
+                if let Some(p) = self.lookup(pid) {
+                    p.lock().name = None;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The process registered under `name`.
+    pub fn whereis(&self, name: &str) -> Option<Pid> {
+        self.names.whereis(name)
+    }
+
+    /// Every registered name.
+    pub fn registered(&self) -> Vec<(String, Pid)> {
+        self.names.all()
+    }
+
+    /// Records that `process` is blocked waiting for `slot`, so a kill can wake it.
+    pub fn block_on(&self, process: &Arc<Process<H>>, slot: Option<Arc<CallSlot<H::Msg>>>) {
+        process.lock().blocked_call = slot;
+    }
+}
+
+struct Dead<M> {
+    was_running: bool,
+    name: Option<Arc<str>>,
+    mailbox: std::collections::VecDeque<Envelope<M>>,
+    pending_calls: Vec<Arc<CallSlot<M>>>,
+    blocked_call: Option<Arc<CallSlot<M>>>,
+    links: Vec<Pid>,
+    watchers: Vec<(Ref, Pid)>,
+    watching: Vec<(Ref, Pid)>,
+}

@@ -1,0 +1,192 @@
+//! Unit tests of the core semantics, with a host that runs no code.
+
+use super::*;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+#[derive(Default)]
+struct TestHost {
+    exited: Mutex<Vec<(Pid, Reason)>>,
+}
+
+impl Host for TestHost {
+    type Msg = &'static str;
+    type Data = ();
+    fn interrupt(&self, _process: &Arc<Process<Self>>) {}
+    fn exited(&self, process: &Arc<Process<Self>>, reason: &Reason) {
+        self.exited.lock().push((process.pid, reason.clone()));
+    }
+}
+
+fn rt() -> Runtime<TestHost> {
+    Runtime::new("test", 7, TestHost::default())
+}
+
+fn spawn(rt: &Runtime<TestHost>) -> Arc<Process<TestHost>> {
+    let p = rt.spawn(Kind::Server, None, ());
+    rt.release(&p);
+    p
+}
+
+fn crash() -> Reason {
+    Reason::Crash(Arc::new(Crash {
+        kind: "ValueError".into(),
+        message: "boom".into(),
+        traceback: String::new(),
+    }))
+}
+
+#[test]
+fn send_queues_an_idle_server_once() {
+    let rt = rt();
+    let p = spawn(&rt);
+    rt.send(p.pid, Envelope::Info("a")).unwrap();
+    rt.send(p.pid, Envelope::Info("b")).unwrap();
+    let queued = rt.runq.try_pop().unwrap();
+    assert_eq!(queued.pid, p.pid);
+    assert!(rt.runq.try_pop().is_none(), "queued twice");
+    assert!(rt.begin_batch(&queued));
+    assert!(matches!(rt.take_next(&queued), Some(Envelope::Info("a"))));
+    assert!(matches!(rt.take_next(&queued), Some(Envelope::Info("b"))));
+    assert!(rt.take_next(&queued).is_none());
+    rt.finish_batch(&queued);
+    assert_eq!(queued.lock().status, Status::Idle);
+}
+
+#[test]
+fn send_to_dead_process_gives_the_message_back() {
+    let rt = rt();
+    let p = spawn(&rt);
+    rt.terminate(&p, Reason::Normal);
+    assert!(matches!(rt.send(p.pid, Envelope::Info("x")), Err(Envelope::Info("x"))));
+}
+
+#[test]
+fn abnormal_exit_propagates_along_links_and_normal_does_not() {
+    let rt = rt();
+    let a = spawn(&rt);
+    let b = spawn(&rt);
+    let c = spawn(&rt);
+    rt.link(&a, b.pid);
+    rt.link(&b, c.pid);
+    rt.terminate(&a, crash());
+    assert!(b.is_exited() && c.is_exited());
+    assert_eq!(c.exit_reason(), Some(crash()));
+
+    let d = spawn(&rt);
+    let e = spawn(&rt);
+    rt.link(&d, e.pid);
+    rt.terminate(&d, Reason::Normal);
+    assert!(!e.is_exited());
+    assert!(e.lock().links.is_empty(), "link to the dead process is gone");
+}
+
+#[test]
+fn trapping_turns_signals_into_messages_but_kill_is_untrappable() {
+    let rt = rt();
+    let a = spawn(&rt);
+    let t = spawn(&rt);
+    rt.set_trap_exit(&t, true);
+    rt.link(&t, a.pid);
+    rt.terminate(&a, Reason::Shutdown);
+    assert!(!t.is_exited());
+    let st = t.lock();
+    assert!(matches!(
+        st.mailbox.front(),
+        Some(Envelope::Exit { from, reason: Reason::Shutdown }) if *from == a.pid
+    ));
+    drop(st);
+    rt.exit_signal(a.pid, t.pid, Reason::Kill);
+    assert_eq!(t.exit_reason(), Some(Reason::Killed));
+}
+
+#[test]
+fn killed_reason_reaches_links_as_killed() {
+    let rt = rt();
+    let a = spawn(&rt);
+    let b = spawn(&rt);
+    rt.link(&a, b.pid);
+    rt.exit_signal(b.pid, a.pid, Reason::Kill);
+    assert_eq!(b.exit_reason(), Some(Reason::Killed));
+}
+
+#[test]
+fn linking_to_a_dead_process_delivers_noproc() {
+    let rt = rt();
+    let a = spawn(&rt);
+    let dead = spawn(&rt);
+    rt.terminate(&dead, Reason::Normal);
+    rt.link(&a, dead.pid);
+    assert_eq!(a.exit_reason(), Some(Reason::Noproc));
+}
+
+#[test]
+fn monitor_fires_once_and_noproc_for_dead_targets() {
+    let rt = rt();
+    let w = spawn(&rt);
+    let t = spawn(&rt);
+    let r = rt.monitor(&w, t.pid);
+    rt.terminate(&t, crash());
+    rt.terminate(&t, Reason::Normal);
+    let downs: Vec<_> = w.lock().mailbox.drain(..).collect();
+    assert_eq!(downs.len(), 1);
+    assert!(matches!(&downs[0], Envelope::Down { mref, pid, reason } if *mref == r && *pid == t.pid && *reason == crash()));
+    let r2 = rt.monitor(&w, t.pid);
+    assert!(matches!(w.lock().mailbox.front(), Some(Envelope::Down { mref, reason: Reason::Noproc, .. }) if *mref == r2));
+}
+
+#[test]
+fn demonitor_stops_the_down_message() {
+    let rt = rt();
+    let w = spawn(&rt);
+    let t = spawn(&rt);
+    let r = rt.monitor(&w, t.pid);
+    assert!(rt.demonitor(&w, r));
+    assert!(!rt.demonitor(&w, r));
+    rt.terminate(&t, crash());
+    assert!(w.lock().mailbox.is_empty());
+}
+
+#[test]
+fn names_are_released_on_exit_and_unique() {
+    let rt = rt();
+    let a = spawn(&rt);
+    let b = spawn(&rt);
+    rt.register("svc", a.pid).unwrap();
+    assert_eq!(rt.register("svc", b.pid), Err(RegistryError::Taken(a.pid)));
+    assert!(matches!(rt.register("other", a.pid), Err(RegistryError::AlreadyNamed(_))));
+    rt.terminate(&a, Reason::Normal);
+    assert_eq!(rt.whereis("svc"), None);
+    rt.register("svc", b.pid).unwrap();
+    assert_eq!(rt.whereis("svc"), Some(b.pid));
+}
+
+#[test]
+fn pending_calls_fail_with_the_callee_reason() {
+    let rt = rt();
+    let callee = spawn(&rt);
+    let slot = Arc::new(CallSlot::default());
+    rt.send(
+        callee.pid,
+        Envelope::Call {
+            request: "get",
+            from: None,
+            slot: slot.clone(),
+        },
+    )
+    .unwrap();
+    rt.terminate(&callee, Reason::Shutdown);
+    assert!(matches!(slot.wait(None), Some(CallResult::Exit(Reason::Shutdown))));
+}
+
+#[test]
+fn host_learns_of_every_exit() {
+    let rt = rt();
+    let a = spawn(&rt);
+    let b = spawn(&rt);
+    rt.link(&a, b.pid);
+    rt.terminate(&a, crash());
+    let exited = rt.host.exited.lock();
+    assert_eq!(exited.len(), 2);
+    assert_eq!(rt.process_count(), 0);
+}
