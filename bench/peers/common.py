@@ -207,8 +207,9 @@ def check(condition: bool, what: str) -> None:
 # ---------------------------------------------------------------- memory via /proc
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
+def _proc_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, pgid, sid) for every process."""
+    table: dict[int, tuple[int, int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -217,41 +218,57 @@ def _children_map() -> dict[int, list[int]]:
                 stat = fh.read()
         except OSError:
             continue
-        # Field 4 (ppid) follows the parenthesised command name, which may hold spaces.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
+        # Fields after the parenthesised command name (which may hold spaces):
+        # state ppid pgrp session ...
+        fields = stat.rsplit(")", 1)[1].split()
+        table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
 
 
-def process_tree(root: int) -> list[int]:
-    """root and all its descendants."""
-    children = _children_map()
-    out: list[int] = []
-    stack = [root]
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(children.get(pid, []))
-    return out
+def involved_pids(roots: list[int]) -> set[int]:
+    """The roots, their descendants, and processes that daemonized out of them (re-parented to
+    init but still in a session or process group led by one of them), to a fixed point."""
+    table = _proc_table()
+    pids = set(roots)
+    while True:
+        grown = {
+            pid
+            for pid, (ppid, pgid, sid) in table.items()
+            if pid not in pids and (ppid in pids or pgid in pids or sid in pids)
+        }
+        if not grown:
+            return pids
+        pids |= grown
 
 
-def rss_kib(pid: int) -> int:
+def _status_kib(path: str, key: str) -> int:
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
 
 
+def rss_kib(pid: int) -> int:
+    return _status_kib(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_kib(pid: int) -> int:
+    return _status_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
 def tree_rss_kib(roots: list[int] | None = None) -> int:
-    """Total VmRSS (KiB) of the given processes and all their descendants (default: this one)."""
-    pids: set[int] = set()
-    for root in roots or [os.getpid()]:
-        pids.update(process_tree(root))
-    return sum(rss_kib(p) for p in pids)
+    """Total VmRSS (KiB) of every process involved: the roots (default: this process), their
+    descendants and what they daemonized. Pages shared between processes count in each."""
+    return sum(rss_kib(p) for p in involved_pids(roots or [os.getpid()]))
+
+
+def tree_pss_kib(roots: list[int] | None = None) -> int:
+    """Like tree_rss_kib, with shared pages divided among the processes sharing them."""
+    return sum(pss_kib(p) for p in involved_pids(roots or [os.getpid()]))
 
 
 # ---------------------------------------------------------------- machine and output
