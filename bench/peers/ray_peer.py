@@ -1,0 +1,378 @@
+"""Ray actors on the bench workloads, with Ray's API: ray.get(actor.method.remote(...)).
+
+Local workloads run on a single-node `ray.init()` with defaults. The cluster workloads start
+a head and a second node on loopback with `ray start` (start-up excluded from every number),
+then measure a cross-node call and the failover of a restartable actor after the second
+node's processes are SIGKILLed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+# Token authentication is what a default local ray.init() uses; say so explicitly so that the
+# `ray start` nodes and the driver of the cluster workloads agree (Ray reads it at import).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no reporting to the outside
+
+import ray  # noqa: E402
+from ray.exceptions import GetTimeoutError, RayActorError  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
+
+from common import (  # noqa: E402
+    PAYLOAD,
+    Sizes,
+    Workload,
+    call_rate_from,
+    check,
+    guarded,
+    involved_pids,
+    latency_workload,
+    pkg_version,
+    scaled,
+    sizes_for,
+    status_workload,
+    tree_pss_kib,
+    tree_rss_kib,
+    value_workload,
+    write_result,
+)
+
+RAY_BIN = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "ray")
+
+
+@ray.remote
+class Echo:
+    def ping(self, payload: bytes) -> bytes:
+        return payload
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def crash(self) -> None:
+        os._exit(1)
+
+
+@ray.remote
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def inc(self, payload: bytes) -> None:
+        self.count += 1
+
+    def get_count(self) -> int:
+        return self.count
+
+
+@ray.remote
+class Idle:
+    def ready(self) -> bool:
+        return True
+
+
+@ray.remote
+class Sender:
+    def go(self, receivers: list[Any], per_pair: int) -> list[int]:
+        for _ in range(per_pair):
+            for r in receivers:
+                r.inc.remote(PAYLOAD)
+        # Ray orders one caller's calls to an actor: these counts come after our incs.
+        return ray.get([r.get_count.remote() for r in receivers])
+
+
+def call_rtt(actor: Any, s: Sizes, name: str) -> Workload:
+    for _ in range(s.call_warmup):
+        check(ray.get(actor.ping.remote(PAYLOAD)) == PAYLOAD, "echo")
+    runs = []
+    for _ in range(s.repeats):
+        samples = []
+        for _ in range(s.calls):
+            t0 = time.perf_counter_ns()
+            reply = ray.get(actor.ping.remote(PAYLOAD))
+            samples.append((time.perf_counter_ns() - t0) / 1000)
+            check(reply == PAYLOAD, "echo reply")
+        runs.append(samples)
+    return latency_workload(name, "us", runs, s.call_warmup, "ray.get(actor.ping.remote(payload)) from the driver")
+
+
+def oneway(s: Sizes, name: str, options: dict[str, Any]) -> Workload:
+    warm = Counter.options(**options).remote()
+    for _ in range(s.oneway_warmup):
+        warm.inc.remote(PAYLOAD)
+    check(ray.get(warm.get_count.remote()) == s.oneway_warmup, "warm-up count")
+    ray.kill(warm)
+    rates = []
+    for _ in range(s.repeats):
+        c = Counter.options(**options).remote()
+        ray.get(c.get_count.remote())  # started before the clock runs
+        t0 = time.perf_counter()
+        for _ in range(s.oneway):
+            c.inc.remote(PAYLOAD)
+        count = ray.get(c.get_count.remote())
+        rates.append(s.oneway / (time.perf_counter() - t0))
+        check(count == s.oneway, f"count {count} != {s.oneway}")
+        ray.kill(c)
+    return value_workload(
+        name, "msgs/s", "higher", rates, s.oneway * s.repeats, s.oneway_warmup,
+        "actor.inc.remote(payload) from the driver, results not awaited; final ray.get of the count",
+    )
+
+
+def spawn_and_memory(s: Sizes) -> list[Workload]:
+    rates: list[float] = []
+    kib: list[float] = []
+    pss = 0.0
+    for rep in range(s.repeats):
+        time.sleep(1.0)
+        before, before_pss = tree_rss_kib(), tree_pss_kib()
+        t0 = time.perf_counter()
+        actors = [Idle.remote() for _ in range(s.spawn)]
+        check(all(ray.get([a.ready.remote() for a in actors])), "all ready")
+        rates.append(s.spawn / (time.perf_counter() - t0))
+        time.sleep(1.0)
+        if rep == 0:
+            kib.append((tree_rss_kib() - before) / s.spawn)
+            pss = (tree_pss_kib() - before_pss) / s.spawn
+        for a in actors:
+            ray.kill(a)
+    return [
+        value_workload("spawn_rate", "spawns/s", "higher", rates, s.spawn * s.repeats, 0,
+                       f"{s.spawn} actors per repeat (one worker process each); until each answered "
+                       "a first call"),
+        value_workload("memory_per_actor", "KiB", "lower", kib, s.spawn, 0,
+                       "total VmRSS delta of the driver and every Ray process (GCS, raylet, workers) "
+                       f"/ idle actors; first repeat (PSS, shared pages split: {pss:.0f} KiB)"),
+    ]
+
+
+def wait_answering(actor: Any, deadline_s: float) -> None:
+    deadline = time.perf_counter() + deadline_s
+    while True:
+        check(time.perf_counter() < deadline, f"actor answering within {deadline_s} s")
+        try:
+            if ray.get(actor.ping.remote(PAYLOAD), timeout=5) == PAYLOAD:
+                return
+        except (RayActorError, GetTimeoutError):
+            time.sleep(0.005)
+
+
+def crash_restart(s: Sizes) -> Workload:
+    actor = Echo.options(max_restarts=-1).remote()
+    check(ray.get(actor.ping.remote(PAYLOAD)) == PAYLOAD, "up")
+    ms = []
+    for _ in range(s.crash_repeats):
+        t0 = time.perf_counter()
+        actor.crash.remote()
+        wait_answering(actor, 120)
+        ms.append((time.perf_counter() - t0) * 1000)
+    ray.kill(actor)
+    return value_workload(
+        "crash_restart", "ms", "lower", ms, len(ms), 0,
+        "actor with max_restarts=-1 exits its process (os._exit); time until a call answers "
+        "again from the restarted actor. Value per crash",
+    )
+
+
+def fanout(s: Sizes) -> Workload:
+    actors = [Echo.remote() for _ in range(s.fanout_actors)]
+    check(ray.get([a.ping.remote(PAYLOAD) for a in actors]) == [PAYLOAD] * len(actors), "warm")
+    rates = []
+    for _ in range(s.repeats):
+        t0 = time.perf_counter()
+        replies = ray.get([a.ping.remote(PAYLOAD) for a in actors])
+        rates.append(len(actors) / (time.perf_counter() - t0))
+        check(replies == [PAYLOAD] * len(actors), "fan-out replies")
+    for a in actors:
+        ray.kill(a)
+    return value_workload(
+        "fanout_1000", "calls/s", "higher", rates, len(actors) * s.repeats, len(actors),
+        f"only {len(actors)} actors, not 1,000: each Ray actor is a worker process (~80 MB RSS), "
+        "1,000 would not fit in 24 GiB; ray.get([a.ping.remote() for a in actors]), spawn excluded",
+    )
+
+
+def many_to_many(s: Sizes) -> Workload:
+    senders = [Sender.remote() for _ in range(s.m2m_senders)]
+    total = s.m2m_senders * s.m2m_receivers * s.m2m_per_pair
+    rates = []
+    for rep in range(s.repeats + 1):
+        receivers = [Counter.remote() for _ in range(s.m2m_receivers)]
+        ray.get([r.get_count.remote() for r in receivers])  # started before the clock runs
+        t0 = time.perf_counter()
+        ray.get([snd.go.remote(receivers, s.m2m_per_pair) for snd in senders])
+        counts = ray.get([r.get_count.remote() for r in receivers])
+        elapsed = time.perf_counter() - t0
+        check(counts == [s.m2m_senders * s.m2m_per_pair] * s.m2m_receivers, "m2m counts")
+        if rep > 0:
+            rates.append(total / elapsed)
+        for r in receivers:
+            ray.kill(r)
+    for snd in senders:
+        ray.kill(snd)
+    return value_workload(
+        "many_to_many", "msgs/s", "higher", rates, total * s.repeats, total,
+        f"{s.m2m_senders} sender actors x {s.m2m_receivers} receiver actors, {s.m2m_per_pair} "
+        "one-way calls per pair; one warm-up round excluded",
+    )
+
+
+# ---------------------------------------------------------------- two nodes on loopback
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RayNode:
+    """A `ray start` node; its daemons stay in the session that `ray start` was given."""
+
+    def __init__(self, args: list[str]) -> None:
+        # Several nodes on one host need their own agent and manager ports.
+        ports = [
+            f"--{flag}={free_port()}"
+            for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                         "runtime-env-agent-port", "metrics-export-port",
+                         "object-manager-port", "node-manager-port")
+        ]
+        self.proc = subprocess.Popen(
+            [RAY_BIN, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+             "--disable-usage-stats", *ports, *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        _, err = self.proc.communicate(timeout=120)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"ray start failed: {err.decode()[-800:]}")
+
+    def pids(self) -> set[int]:
+        return involved_pids([self.proc.pid]) - {self.proc.pid}
+
+    def kill(self) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def cluster(s: Sizes, port: int) -> list[Workload]:
+    address = f"127.0.0.1:{port}"
+    if not (Path.home() / ".ray" / "auth_token").exists() and "RAY_AUTH_TOKEN" not in os.environ:
+        subprocess.run([RAY_BIN, "get-auth-token", "--generate"], check=True, capture_output=True)
+    nodes: list[RayNode] = []
+    out: list[Workload] = []
+    try:
+        nodes.append(RayNode(["--head", f"--port={port}", "--include-dashboard=false"]))
+        nodes.append(RayNode([f"--address={address}"]))
+        ray.init(address=address, _node_ip_address="127.0.0.1")
+        head_id = ray.get_runtime_context().get_node_id()
+
+        def second_node_id() -> str:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                alive = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head_id]
+                if alive:
+                    return alive[0]
+                time.sleep(0.2)
+            raise RuntimeError("second node did not join")
+
+        remote = {"scheduling_strategy": NodeAffinitySchedulingStrategy(second_node_id(), soft=False)}
+        echo = Echo.options(**remote).remote()
+        check(ray.get(echo.node.remote()) != head_id, "echo on the second node")
+        rtt = call_rtt(echo, s, "cross_node_rtt")
+        rtt.notes = "ray.get(actor.ping.remote()) from the driver on the head node to an actor on the second node"
+        out.append(rtt)
+        out.append(guarded("cross_node_oneway", "msgs/s", "higher", lambda: oneway(s, "cross_node_oneway", remote)))
+        ray.kill(echo)
+        ms = []
+        for k in range(s.failover_repeats):
+            if k > 0:
+                nodes.append(RayNode([f"--address={address}"]))
+            node2 = second_node_id()
+            soft = NodeAffinitySchedulingStrategy(node2, soft=True)
+            actor = Echo.options(max_restarts=-1, scheduling_strategy=soft).remote()
+            check(ray.get(actor.node.remote()) == node2, "singleton on the second node")
+            t0 = time.perf_counter()
+            nodes[-1].kill()
+            wait_answering(actor, 180)
+            ms.append((time.perf_counter() - t0) * 1000)
+            check(ray.get(actor.node.remote()) == head_id, "restarted on the head")
+            ray.kill(actor)
+            while any(n["Alive"] and n["NodeID"] == node2 for n in ray.nodes()):
+                time.sleep(0.2)
+        out.append(value_workload(
+            "failover", "ms", "lower", ms, len(ms), 0,
+            "actor (max_restarts=-1, soft node affinity) on the second node; SIGKILL of every "
+            "process of that node; time until a call answers from the actor restarted on the "
+            "head (default health-check timings). Node start-up excluded",
+        ))
+    finally:
+        ray.shutdown()
+        for n in nodes:
+            n.kill()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mode", choices=["quick", "full"], default="quick")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--no-cluster", action="store_true", help="skip the two-node workloads")
+    args = parser.parse_args()
+    base = sizes_for(args.mode)
+    quick = args.mode == "quick"
+    # Each call costs ~0.7 ms and each actor is a process (~80 MB, seconds to start).
+    s = scaled(base, 0.2, spawn=4 if quick else 8, fanout_actors=8 if quick else 16,
+               crash_repeats=3 if quick else 5, failover_repeats=base.failover_repeats,
+               repeats=base.repeats)
+    started = time.time()
+    version = pkg_version("ray")
+    work: list[Workload] = []
+    ray.init(_node_ip_address="127.0.0.1")  # loopback only; otherwise defaults
+    try:
+        try:
+            work.extend(spawn_and_memory(s))
+        except Exception as exc:  # noqa: BLE001
+            work.append(status_workload("spawn_rate", "spawns/s", "higher", "error", repr(exc)))
+        echo = Echo.remote()
+        rtt = guarded("call_rtt", "us", "lower", lambda: call_rtt(echo, s, "call_rtt"))
+        ray.kill(echo)
+        work.append(rtt)
+        if rtt.status == "ok":
+            work.append(call_rate_from(rtt))
+        work.append(guarded("oneway", "msgs/s", "higher", lambda: oneway(s, "oneway", {})))
+        work.append(guarded("crash_restart", "ms", "lower", lambda: crash_restart(s)))
+        work.append(guarded("fanout_1000", "calls/s", "higher", lambda: fanout(s)))
+        work.append(guarded("many_to_many", "msgs/s", "higher", lambda: many_to_many(s)))
+    finally:
+        ray.shutdown()
+    if args.no_cluster:
+        for name, unit, better in (("cross_node_rtt", "us", "lower"),
+                                   ("cross_node_oneway", "msgs/s", "higher"), ("failover", "ms", "lower")):
+            work.append(status_workload(name, unit, better, "skipped", "--no-cluster"))
+    else:
+        try:
+            work.extend(cluster(s, 26379 + os.getpid() % 1000))
+        except Exception as exc:  # noqa: BLE001
+            names = {w.name for w in work}
+            for name, unit, better in (("cross_node_rtt", "us", "lower"),
+                                       ("cross_node_oneway", "msgs/s", "higher"), ("failover", "ms", "lower")):
+                if name not in names:
+                    work.append(status_workload(name, unit, better, "error", repr(exc)))
+    write_result(
+        args.out, "ray", f"Ray {version}", version, args.mode, started, work, {"sizes": s.__dict__},
+        ["ray.init() with defaults for the local workloads; start-up of Ray (local and cluster) "
+         "excluded. Counts scaled down (see settings.sizes); each actor is a worker process"],
+    )
+
+
+if __name__ == "__main__":
+    main()
