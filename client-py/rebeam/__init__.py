@@ -1,0 +1,85 @@
+"""Re:BEAM: Python actors with Erlang/OTP semantics.
+
+Inside a node (``rebeam-node``) this package is the actor API: processes, GenServers,
+supervisors, registries, tables and timers. See docs/guide.md."""
+
+from __future__ import annotations
+
+from . import _cleanup, pg
+from ._errors import (
+    Error,
+    Exit,
+    InitError,
+    NameTaken,
+    NotInNode,
+    ProcessKilled,
+    Timeout,
+    UnknownName,
+)
+from ._genserver import GenServer
+from ._globals import register_global, whereis_global
+from ._native import IN_NODE, native
+from ._process import (
+    Pid,
+    Ref,
+    Sender,
+    call,
+    cancel_timer,
+    cast,
+    demonitor,
+    exit,
+    is_alive,
+    link,
+    monitor,
+    noreply,
+    process_info,
+    processes,
+    receive,
+    register,
+    registered,
+    reply,
+    run,
+    self_pid,
+    send,
+    send_after,
+    set_timeout,
+    spawn,
+    spawn_link,
+    spawn_monitor,
+    stop,
+    trap_exits,
+    unlink,
+    unregister,
+    whereis,
+)
+from ._registry import KeyRegistry, registry
+from ._supervisor import (
+    ChildSpec,
+    DynamicSupervisor,
+    Supervisor,
+    child,
+    start_child,
+    terminate_child,
+    which_children,
+)
+from ._table import Table, TableError, table
+from ._types import NOREPLY, TIMEOUT, Crash, Down, Global
+
+__all__ = [
+    "NOREPLY", "TIMEOUT", "ChildSpec", "Crash", "Down", "DynamicSupervisor", "Error", "Exit",
+    "GenServer", "Global", "InitError", "KeyRegistry", "NameTaken", "NotInNode", "Pid", "Ref",
+    "Sender", "Supervisor", "Table", "TableError", "Timeout", "UnknownName", "call",
+    "cancel_timer", "cast", "child", "demonitor", "exit", "is_alive", "link", "monitor",
+    "noreply", "pg", "process_info", "processes", "receive", "register", "register_global",
+    "registered", "registry", "reply", "run", "self_pid", "send", "send_after", "set_timeout",
+    "spawn", "spawn_link", "spawn_monitor", "start_child", "stop", "table", "terminate_child",
+    "trap_exits", "unlink", "unregister", "whereis", "whereis_global", "which_children",
+]
+
+if IN_NODE:
+    native._install({
+        "Exit": Exit, "Down": Down, "Crash": Crash, "Timeout": Timeout, "Error": Error,
+        "InitError": InitError, "UnknownName": UnknownName, "NameTaken": NameTaken,
+        "ProcessKilled": ProcessKilled, "NOREPLY": NOREPLY, "TIMEOUT": TIMEOUT,
+        "Global": Global, "cleanup": _cleanup.cleanup,
+    })

@@ -1,0 +1,162 @@
+"""Applications: a directory with a ``rebeam.toml`` manifest and its Python modules, run
+under a root supervisor by ``rebeam-node --dev --app DIR``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import Error, Exit
+from ._native import native
+from ._process import receive, spawn_link
+from ._supervisor import RESTARTS, ChildSpec, Supervisor, child
+from ._types import Global
+
+MANIFEST = "rebeam.toml"
+MASTER_NAME = "$app_master"
+
+
+class ManifestError(Error):
+    """The application's manifest is missing or wrong; the message names file and field."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed and checked ``rebeam.toml``."""
+
+    directory: Path
+    name: str
+    version: str
+    max_restarts: int
+    max_seconds: float
+    children: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _field(path: Path, table: dict[str, Any], key: str, kind: type | tuple[type, ...],
+           where: str, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ManifestError(f"{path}: {where}.{key} is required")
+        return default
+    value = table[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and bool not in (
+            kind if isinstance(kind, tuple) else (kind,)):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ManifestError(f"{path}: {where}.{key} must be {expected}, got {value!r}")
+    return value
+
+
+def load_manifest(directory: str | Path) -> Manifest:
+    """Reads and checks ``DIR/rebeam.toml``; errors name the file and the field."""
+    directory = Path(directory).resolve()
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ManifestError(f"{directory}: not a directory")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: missing; an application needs a {MANIFEST}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(f"{path}: invalid TOML: {e}") from None
+    app = data.get("app")
+    if not isinstance(app, dict):
+        raise ManifestError(f"{path}: the [app] table is required")
+    name = _field(path, app, "name", str, "app")
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ManifestError(f"{path}: app.name must be letters, digits, '-' or '_', got {name!r}")
+    version = _field(path, app, "version", str, "app")
+    max_restarts = _field(path, app, "max_restarts", int, "app", 3)
+    max_seconds = _field(path, app, "max_seconds", (int, float), "app", 5)
+    if max_restarts < 0 or max_seconds <= 0:
+        raise ManifestError(f"{path}: app.max_restarts must be >= 0 and app.max_seconds > 0")
+    children = data.get("children", [])
+    if not isinstance(children, list) or not children:
+        raise ManifestError(f"{path}: at least one [[children]] entry is required")
+    checked = []
+    for i, entry in enumerate(children):
+        where = f"children[{i}]"
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{path}: {where} must be a table")
+        start = _field(path, entry, "start", str, where)
+        if start.count(":") != 1 or not all(start.split(":")):
+            raise ManifestError(f"{path}: {where}.start must be 'module:attribute', got {start!r}")
+        restart = _field(path, entry, "restart", str, where, "permanent")
+        if restart not in RESTARTS:
+            raise ManifestError(f"{path}: {where}.restart must be one of {RESTARTS}, "
+                                f"got {restart!r}")
+        checked.append({
+            "start": start,
+            "args": _field(path, entry, "args", list, where, []),
+            "name": _field(path, entry, "name", str, where, None),
+            "global": _field(path, entry, "global", bool, where, False),
+            "restart": restart,
+            "shutdown": _field(path, entry, "shutdown", (int, float, str), where, None),
+            "placement": _field(path, entry, "placement", str, where, "any"),
+        })
+    return Manifest(directory, name, version, max_restarts, float(max_seconds), checked)
+
+
+def _resolve(manifest: Manifest, start: str, where: str) -> Any:
+    module_name, attribute = start.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        raise ManifestError(
+            f"{manifest.directory / MANIFEST}: {where}.start: cannot import {module_name!r}: "
+            f"{type(e).__name__}: {e}") from e
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ManifestError(f"{manifest.directory / MANIFEST}: {where}.start: module "
+                            f"{module_name!r} has no attribute {attribute!r}") from None
+
+
+def child_specs(manifest: Manifest) -> list[ChildSpec]:
+    """The manifest's top-level children as supervisor child specs (imports their modules)."""
+    if str(manifest.directory) not in sys.path:
+        sys.path.insert(0, str(manifest.directory))
+    specs = []
+    for i, entry in enumerate(manifest.children):
+        target = _resolve(manifest, entry["start"], f"children[{i}]")
+        name = entry["name"]
+        specs.append(child(target, entry["args"],
+                           name=Global(name) if name and entry["global"] else name,
+                           restart=entry["restart"], shutdown=entry["shutdown"]))
+    return specs
+
+
+class AppSupervisor(Supervisor):
+    """The root of an application: its top-level children, one_for_one, with the app's
+    restart intensity."""
+
+    def children(self, manifest: Manifest) -> list[ChildSpec]:  # type: ignore[override]
+        self.max_restarts = manifest.max_restarts
+        self.max_seconds = manifest.max_seconds
+        return child_specs(manifest)
+
+
+def run_app(directory: str) -> int:
+    """Starts the application and serves until asked to stop (an exit signal to the
+    registered master) or until its root supervisor gives up; returns an exit status."""
+    manifest = load_manifest(directory)
+    native.trap_exits(True)
+    native.register(MASTER_NAME, native.self_pid())
+    root = spawn_link(AppSupervisor, manifest)
+    print(f"rebeam: application {manifest.name} {manifest.version} started, root {root}",
+          flush=True)
+    me = native.self_pid()
+    while True:
+        message = receive(lambda m: isinstance(m, Exit))
+        if message.pid == root:
+            print(f"rebeam: application {manifest.name} stopped: {message.reason}",
+                  file=sys.stderr, flush=True)
+            return 1
+        if message.pid == me:
+            native.exit(root, "shutdown")
+            receive(lambda m: isinstance(m, Exit) and m.pid == root)
+            print(f"rebeam: application {manifest.name} shut down", flush=True)
+            return 0

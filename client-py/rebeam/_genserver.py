@@ -1,0 +1,46 @@
+"""GenServer: a process whose state lives on ``self`` and whose handlers the node calls."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ._errors import Error
+
+log = logging.getLogger("rebeam")
+
+
+class GenServer:
+    """Base class of server processes. Override the handlers you need.
+
+    ``init(*args)`` runs when the process starts (``spawn`` returns after it); the return
+    value of ``handle_call`` is the reply (return ``rebeam.noreply()`` and later call
+    ``rebeam.reply(sender, value)`` to answer later); ``handle_info`` gets raw messages,
+    ``Down``/``Exit`` values and ``rebeam.TIMEOUT``; ``terminate(reason)`` runs when the
+    server stops by ``rebeam.stop``, a crash, or a shutdown from its supervisor."""
+
+    def init(self, *args: Any, **kwargs: Any) -> None:
+        """Sets up the state; raise to make the start fail."""
+        if args or kwargs:
+            raise TypeError(
+                f"{type(self).__qualname__}.init takes no arguments, but it was started with "
+                f"args={args!r} kwargs={kwargs!r}; define init(self, ...) to accept them"
+            )
+
+    def handle_call(self, request: Any, sender: Any) -> Any:
+        """Answers a ``call``; the default crashes the server, as OTP's does."""
+        raise Error(f"{type(self).__qualname__} does not handle calls (got {request!r})")
+
+    def handle_cast(self, request: Any) -> None:
+        """Handles a ``cast``; the default crashes the server, as OTP's does."""
+        raise Error(f"{type(self).__qualname__} does not handle casts (got {request!r})")
+
+    def handle_info(self, message: Any) -> None:
+        """Handles any other message; the default logs and drops it."""
+        log.debug("%s dropped an unexpected message: %r", type(self).__qualname__, message)
+
+    def terminate(self, reason: Any) -> None:
+        """Cleans up before the process exits with ``reason``."""
+
+    def code_change(self, old_version: str, extra: Any) -> None:
+        """Converts the state on ``self`` when the application is upgraded."""

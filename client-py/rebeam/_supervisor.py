@@ -1,0 +1,285 @@
+"""Supervisors: start children in order, restart them by strategy, stop them in reverse."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from ._errors import Exit, InitError, Timeout
+from ._genserver import GenServer
+from ._native import native
+from ._types import Global
+
+Restart = Literal["permanent", "transient", "temporary"]
+Shutdown = float | int | Literal["brutal_kill", "infinity"] | None
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one", "simple_one_for_one")
+RESTARTS = ("permanent", "transient", "temporary")
+DEFAULT_SHUTDOWN = 5.0
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How a supervisor starts, names, restarts and stops one child."""
+
+    start: Callable[..., Any] | type
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    id: Any = None
+    name: str | Global | None = None
+    restart: Restart = "permanent"
+    shutdown: Shutdown = None
+
+    @property
+    def is_supervisor(self) -> bool:
+        return isinstance(self.start, type) and issubclass(self.start, Supervisor)
+
+    @property
+    def shutdown_policy(self) -> float | str:
+        if self.shutdown is None:
+            return "infinity" if self.is_supervisor else DEFAULT_SHUTDOWN
+        return self.shutdown
+
+
+def child(start: Callable[..., Any] | type, args: tuple[Any, ...] | list[Any] = (), *,
+          kwargs: dict[str, Any] | None = None, id: Any = None,
+          name: str | Global | None = None, restart: Restart = "permanent",
+          shutdown: Shutdown = None) -> ChildSpec:
+    """A child specification: ``start`` is a GenServer/Supervisor class or a function.
+
+    ``shutdown`` is seconds to wait after the ``shutdown`` signal before killing (default
+    5), ``"brutal_kill"``, or ``"infinity"`` (the default for supervisors)."""
+    return ChildSpec(start, tuple(args), dict(kwargs or {}), id, name, restart, shutdown)
+
+
+def _validate(spec: Any, where: str) -> ChildSpec:
+    if not isinstance(spec, ChildSpec):
+        raise TypeError(f"{where}: expected rebeam.child(...), got {type(spec).__name__}")
+    if not callable(spec.start):
+        raise TypeError(f"{where}: field 'start' must be a class or function, got {spec.start!r}")
+    if spec.restart not in RESTARTS:
+        raise ValueError(f"{where}: field 'restart' must be one of {RESTARTS}, "
+                         f"got {spec.restart!r}")
+    policy = spec.shutdown
+    if policy is not None and policy not in ("brutal_kill", "infinity") and not (
+        isinstance(policy, int | float) and not isinstance(policy, bool) and policy >= 0
+    ):
+        raise ValueError(f"{where}: field 'shutdown' must be seconds >= 0, 'brutal_kill' or "
+                         f"'infinity', got {policy!r}")
+    if spec.name is not None and not isinstance(spec.name, str | Global):
+        raise TypeError(f"{where}: field 'name' must be a str or Global, got {spec.name!r}")
+    if spec.id is None:
+        spec = replace(spec, id=spec.name if spec.name is not None else _default_id(spec))
+    return spec
+
+
+def _default_id(spec: ChildSpec) -> str:
+    start = spec.start
+    return f"{getattr(start, '__module__', '?')}.{getattr(start, '__qualname__', repr(start))}"
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    pid: Any = None
+
+
+class Supervisor(GenServer):
+    """A process that starts children and restarts them when they exit.
+
+    Set ``strategy`` (``one_for_one``, ``one_for_all``, ``rest_for_one``, or
+    ``simple_one_for_one`` for dynamic children only), ``max_restarts`` in ``max_seconds``
+    (beyond which the supervisor stops its children and exits with ``shutdown``), and
+    return the child specs from ``children(*args)``."""
+
+    strategy: str = "one_for_one"
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+
+    def children(self, *args: Any, **kwargs: Any) -> list[ChildSpec]:
+        """The static children, started in order."""
+        return []
+
+    def init(self, *args: Any, **kwargs: Any) -> None:
+        cls = type(self).__qualname__
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"{cls}: field 'strategy' must be one of {STRATEGIES}, "
+                             f"got {self.strategy!r}")
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ValueError(f"{cls}: field 'max_restarts' must be an int >= 0, "
+                             f"got {self.max_restarts!r}")
+        if not isinstance(self.max_seconds, int | float) or self.max_seconds <= 0:
+            raise ValueError(f"{cls}: field 'max_seconds' must be seconds > 0, "
+                             f"got {self.max_seconds!r}")
+        specs = [_validate(s, f"{cls} child {i}") for i, s in
+                 enumerate(self.children(*args, **kwargs))]
+        ids = [s.id for s in specs]
+        duplicate = next((i for i in ids if ids.count(i) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"{cls}: two children have the id {duplicate!r}; ids must differ")
+        if self.strategy == "simple_one_for_one" and specs:
+            raise ValueError(f"{cls}: a simple_one_for_one supervisor starts with no children; "
+                             "add them with rebeam.start_child")
+        native.trap_exits(True)
+        self._children: list[_Child] = []
+        self._restarts: deque[float] = deque()
+        for spec in specs:
+            try:
+                self._children.append(_Child(spec, self._start(spec)))
+            except BaseException:
+                self._stop_all()
+                raise
+
+    # -- starting and stopping children -------------------------------------------------
+
+    def _start(self, spec: ChildSpec) -> Any:
+        from ._process import spawn_link
+
+        pid = spawn_link(spec.start, *spec.args, **spec.kwargs)
+        if isinstance(spec.name, str):
+            native.register(spec.name, pid)
+        elif isinstance(spec.name, Global):
+            from . import _globals
+
+            _globals.register_global(spec.name.name, pid)
+        return pid
+
+    def _stop_child(self, entry: _Child) -> None:
+        pid, entry.pid = entry.pid, None
+        if pid is None:
+            return
+        policy = entry.spec.shutdown_policy
+
+        def exited(message: Any) -> bool:
+            return isinstance(message, Exit) and message.pid == pid
+
+        if policy == "brutal_kill":
+            native.exit(pid, "kill")
+            native.receive(exited, None)
+            return
+        native.exit(pid, "shutdown")
+        try:
+            native.receive(exited, None if policy == "infinity" else float(policy))
+        except Timeout:
+            native.exit(pid, "kill")
+            native.receive(exited, None)
+
+    def _stop_all(self, entries: list[_Child] | None = None) -> None:
+        for entry in reversed(entries if entries is not None else self._children):
+            self._stop_child(entry)
+
+    # -- restarts ---------------------------------------------------------------------------
+
+    def handle_info(self, message: Any) -> None:
+        if not isinstance(message, Exit):
+            return
+        index = next((i for i, c in enumerate(self._children) if c.pid == message.pid), None)
+        if index is None:
+            return
+        entry = self._children[index]
+        entry.pid = None
+        if not self._should_restart(entry.spec, message.reason):
+            if entry.spec.restart == "temporary" or self.strategy == "simple_one_for_one":
+                del self._children[index]
+            return
+        self._restart_from(index)
+
+    @staticmethod
+    def _should_restart(spec: ChildSpec, reason: Any) -> bool:
+        if spec.restart == "permanent":
+            return True
+        if spec.restart == "temporary":
+            return False
+        return not (reason in ("normal", "shutdown")
+                    or (isinstance(reason, tuple) and len(reason) == 2
+                        and reason[0] == "shutdown"))
+
+    def _intensity_exceeded(self) -> bool:
+        now = time.monotonic()
+        self._restarts.append(now)
+        while self._restarts and now - self._restarts[0] > self.max_seconds:
+            self._restarts.popleft()
+        return len(self._restarts) > self.max_restarts
+
+    def _restart_from(self, index: int) -> None:
+        if self._intensity_exceeded():
+            self._stop_all()
+            native.stop("shutdown")
+            return
+        if self.strategy == "one_for_all":
+            group = list(range(len(self._children)))
+        elif self.strategy == "rest_for_one":
+            group = list(range(index, len(self._children)))
+        else:
+            group = [index]
+        self._stop_all([self._children[i] for i in group if i != index])
+        # Temporary siblings are stopped but never restarted, even by a sibling's failure.
+        restart = [self._children[i] for i in group
+                   if i == index or self._children[i].spec.restart != "temporary"]
+        self._children = [c for i, c in enumerate(self._children)
+                          if i not in group or c in restart]
+        for entry in restart:
+            try:
+                entry.pid = self._start(entry.spec)
+            except InitError:
+                # A failed start counts as another restart: retry until the intensity is spent.
+                self._restart_from(self._children.index(entry))
+                return
+
+    def terminate(self, reason: Any) -> None:
+        self._stop_all()
+
+    # -- dynamic children ---------------------------------------------------------------------
+
+    def handle_call(self, request: Any, sender: Any) -> Any:
+        match request:
+            case ("$start_child", spec):
+                if self.strategy == "simple_one_for_one":
+                    spec = replace(spec, id=len(self._children))
+                spec = _validate(spec, f"{type(self).__qualname__} start_child")
+                if self.strategy != "simple_one_for_one" and any(
+                        c.spec.id == spec.id for c in self._children):
+                    raise ValueError(f"a child with id {spec.id!r} already exists")
+                try:
+                    pid = self._start(spec)
+                except InitError as e:
+                    return ("error", e.reason)
+                self._children.append(_Child(spec, pid))
+                return ("ok", pid)
+            case ("$terminate_child", key):
+                for entry in self._children:
+                    if key in (entry.pid, entry.spec.id):
+                        self._stop_child(entry)
+                        self._children.remove(entry)
+                        return True
+                return False
+            case ("$which_children",):
+                return [(c.spec.id, c.pid, "supervisor" if c.spec.is_supervisor else "worker")
+                        for c in self._children]
+        return super().handle_call(request, sender)
+
+
+class DynamicSupervisor(Supervisor):
+    """A supervisor for children started at run time with :func:`start_child`."""
+
+    strategy = "simple_one_for_one"
+
+
+def start_child(supervisor: Any, spec: ChildSpec, timeout: float | None = None) -> Any:
+    """Starts a child under a running supervisor; returns its pid or raises InitError."""
+    outcome, value = native.call(supervisor, ("$start_child", spec), timeout)
+    if outcome == "error":
+        raise InitError(None, value)
+    return value
+
+
+def terminate_child(supervisor: Any, child_id_or_pid: Any, timeout: float | None = None) -> bool:
+    """Stops a child (by id or pid) and forgets it; false if there was none."""
+    return native.call(supervisor, ("$terminate_child", child_id_or_pid), timeout)
+
+
+def which_children(supervisor: Any) -> list[tuple[Any, Any, str]]:
+    """``(id, pid or None, "worker" | "supervisor")`` for each child, in start order."""
+    return native.call(supervisor, ("$which_children",))

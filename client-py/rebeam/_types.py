@@ -1,0 +1,52 @@
+"""Values that appear in messages: Down, Crash, Global and the timeout marker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Exit reason of a process whose code raised an uncaught exception."""
+
+    type: str
+    message: str
+    traceback: str
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Down:
+    """A monitor fired: ``pid`` exited with ``reason``; ``ref`` is what ``monitor`` returned."""
+
+    ref: Any
+    pid: Any
+    reason: Any
+
+
+@dataclass(frozen=True)
+class Global:
+    """A cluster-wide name, held by the controller."""
+
+    name: str
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"rebeam.{self._name}"
+
+    def __reduce__(self) -> str:
+        return self._name
+
+
+NOREPLY = _Marker("NOREPLY")
+"""Returned from ``handle_call`` to reply later with ``rebeam.reply``."""
+
+TIMEOUT = _Marker("TIMEOUT")
+"""The message ``handle_info`` gets when a GenServer's idle timeout passes."""

@@ -1,0 +1,293 @@
+//! Executor threads: they stay attached to Python for life, take servers with mail from the
+//! run queue and run their handlers in batches; the pool grows when handlers block.
+
+use super::convert::{self, crash_reason, envelope_to_py, reason_to_py};
+use super::host::{Enter, PyProcess, PyRuntime};
+use super::objects::Sender;
+use super::term::Term;
+use crate::runtime::{CallResult, Envelope, Reason};
+use pyo3::intern;
+use pyo3::prelude::*;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Messages one server handles before yielding its thread to the next server.
+const BATCH: usize = 64;
+/// An executor above the initial count retires after this long without work.
+const RETIRE_AFTER: Duration = Duration::from_secs(10);
+/// How often the stall monitor looks at the run queue.
+const MONITOR_TICK: Duration = Duration::from_millis(2);
+/// A queue head waiting this long with no idle executor means handlers hold every thread.
+const STALL: Duration = Duration::from_millis(5);
+
+thread_local! {
+    static IS_EXECUTOR: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Counts of executor threads, so blocking handlers never leave the run queue unserved.
+pub struct Pool {
+    total: AtomicUsize,
+    blocked: AtomicUsize,
+    base: AtomicUsize,
+    max: usize,
+}
+
+impl Pool {
+    /// A pool that may grow to `max` threads.
+    pub fn new(max: usize) -> Pool {
+        Pool {
+            total: AtomicUsize::new(0),
+            blocked: AtomicUsize::new(0),
+            base: AtomicUsize::new(0),
+            max: max.max(1),
+        }
+    }
+
+    /// Starts `count` executors and the stall monitor.
+    pub fn start(rt: &Arc<PyRuntime>, count: usize) {
+        rt.host.pool.base.store(count.max(1), Ordering::Relaxed);
+        for _ in 0..count.max(1) {
+            spawn_executor(rt.clone());
+        }
+        let weak = Arc::downgrade(rt);
+        let _ = std::thread::Builder::new()
+            .name("rebeam-stall-monitor".into())
+            .spawn(move || stall_monitor(weak));
+    }
+
+    /// Executor threads alive now.
+    pub fn threads(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn try_grow(&self, rt: &Arc<PyRuntime>) {
+        let total = self.total.load(Ordering::Relaxed);
+        if total < self.max {
+            spawn_executor(rt.clone());
+        }
+    }
+}
+
+/// Marks the calling executor as blocked in a runtime wait for as long as it lives.
+pub struct Blocking {
+    counted: bool,
+}
+
+impl Blocking {
+    /// Called before a handler blocks in `call` or `receive`: keeps one executor free.
+    pub fn begin(rt: &Arc<PyRuntime>) -> Blocking {
+        let counted = IS_EXECUTOR.with(|e| e.get());
+        if counted {
+            let pool = &rt.host.pool;
+            let blocked = pool.blocked.fetch_add(1, Ordering::AcqRel) + 1;
+            if blocked >= pool.total.load(Ordering::Acquire) {
+                pool.try_grow(rt);
+            }
+        }
+        Blocking { counted }
+    }
+}
+
+impl Drop for Blocking {
+    fn drop(&mut self) {
+        if self.counted {
+            if let Some(rt) = super::host::node_runtime().ok() {
+                rt.host.pool.blocked.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+fn spawn_executor(rt: Arc<PyRuntime>) {
+    rt.host.pool.total.fetch_add(1, Ordering::AcqRel);
+    let spawned = std::thread::Builder::new()
+        .name("rebeam-executor".into())
+        .spawn(move || {
+            IS_EXECUTOR.with(|e| e.set(true));
+            Python::attach(|py| executor_loop(py, &rt));
+            rt.host.pool.total.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(err) = spawned {
+        tracing::error!("cannot start an executor thread: {err}");
+    }
+}
+
+fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
+    loop {
+        let next = match rt.runq.try_pop() {
+            Some(p) => Some(p),
+            None => py.detach(|| rt.runq.pop_until(Instant::now() + RETIRE_AFTER)),
+        };
+        match next {
+            Some(process) => run_batch(py, rt, &process),
+            None => {
+                let pool = &rt.host.pool;
+                let total = pool.total.load(Ordering::Acquire);
+                if total > pool.base.load(Ordering::Relaxed) + pool.blocked.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn stall_monitor(rt: std::sync::Weak<PyRuntime>) {
+    loop {
+        std::thread::sleep(MONITOR_TICK);
+        let Some(rt) = rt.upgrade() else { return };
+        let (queued, idle, waited) = rt.runq.pressure();
+        if queued > 0 && idle == 0 && waited.is_some_and(|w| w >= STALL) {
+            tracing::debug!(queued, "run queue stalled: adding an executor");
+            rt.host.pool.try_grow(&rt);
+        }
+    }
+}
+
+/// Runs up to `BATCH` messages of a server.
+fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
+    if !rt.begin_batch(process) {
+        return;
+    }
+    let Some(server) = process.data.server.get().map(|s| s.clone_ref(py)) else {
+        rt.finish_batch(process);
+        return;
+    };
+    let enter = Enter::new(process.clone());
+    for _ in 0..BATCH {
+        let Some(envelope) = rt.take_next(process) else { break };
+        process.data.handled.fetch_add(1, Ordering::Relaxed);
+        let outcome = dispatch(py, process, server.bind(py), envelope);
+        if process.is_exited() {
+            clear_interrupt(py);
+            break;
+        }
+        if let Some(reason) = outcome {
+            finish_server(py, rt, process, server.bind(py), reason);
+            break;
+        }
+    }
+    drop(enter);
+    rt.finish_batch(process);
+}
+
+/// Drops an interrupt that was aimed at a process that has already stopped running here.
+pub fn clear_interrupt(_py: Python<'_>) {
+    // SAFETY: the GIL is held (the token proves it); a null exception clears a pending one.
+    unsafe {
+        pyo3::ffi::PyThreadState_SetAsyncExc(
+            super::host::current_thread_ident() as std::os::raw::c_long,
+            std::ptr::null_mut(),
+        );
+    }
+}
+
+/// Handles one envelope; returns the reason to stop with, if the server must stop.
+fn dispatch(
+    py: Python<'_>,
+    process: &Arc<PyProcess>,
+    server: &Bound<'_, PyAny>,
+    envelope: Envelope<Term>,
+) -> Option<Reason> {
+    let result: PyResult<()> = (|| match envelope {
+        Envelope::Cast(m) => server
+            .call_method1(intern!(py, "handle_cast"), (m.to_py(py)?,))
+            .map(drop),
+        Envelope::Call {
+            request,
+            from,
+            slot,
+        } => {
+            let sender = Bound::new(
+                py,
+                Sender {
+                    slot: slot.clone(),
+                    from,
+                },
+            )?;
+            let reply = match server.call_method1(intern!(py, "handle_call"), (request.to_py(py)?, sender)) {
+                Ok(r) => r,
+                Err(err) => {
+                    let reason = if process.is_exited() {
+                        process.exit_reason().unwrap_or(Reason::Killed)
+                    } else {
+                        crash_reason(py, &err)
+                    };
+                    let _ = slot.complete(CallResult::Exit(reason));
+                    return Err(err);
+                }
+            };
+            if reply.is(convert::types(py)?.noreply.bind(py)) {
+                if !slot.is_complete() {
+                    process.lock().pending_calls.push(slot);
+                }
+            } else {
+                let _ = slot.complete(CallResult::Reply(Term::copy_in(&reply)?));
+            }
+            Ok(())
+        }
+        Envelope::Exit { from, reason } if Some(from) == process.parent => {
+            // The parent's exit signal, trapped: shut down like a gen_server does.
+            *process.data.stop.lock() = Some(reason);
+            Ok(())
+        }
+        Envelope::Timeout(generation) => {
+            if process.lock().timeout_gen != generation + 1 {
+                return Ok(());
+            }
+            let message = convert::types(py)?.timeout_message.bind(py).clone();
+            server
+                .call_method1(intern!(py, "handle_info"), (message,))
+                .map(drop)
+        }
+        other => {
+            let message = envelope_to_py(py, &other)?;
+            server
+                .call_method1(intern!(py, "handle_info"), (message,))
+                .map(drop)
+        }
+    })();
+    match result {
+        Ok(()) => process.data.stop.lock().take(),
+        Err(err) => {
+            if process.is_exited() || is_killed(py, &err) {
+                return None;
+            }
+            Some(crash_reason(py, &err))
+        }
+    }
+}
+
+/// True for the exception that unwinds a killed process.
+pub fn is_killed(py: Python<'_>, err: &PyErr) -> bool {
+    convert::types(py)
+        .map(|t| err.get_type(py).is(t.killed.bind(py)))
+        .unwrap_or(false)
+}
+
+/// Runs `terminate(reason)` and ends the server with `reason`.
+fn finish_server(
+    py: Python<'_>,
+    rt: &Arc<PyRuntime>,
+    process: &Arc<PyProcess>,
+    server: &Bound<'_, PyAny>,
+    reason: Reason,
+) {
+    log_crash(process, &reason);
+    let result = reason_to_py(py, &reason)
+        .and_then(|r| server.call_method1(intern!(py, "terminate"), (r,)));
+    if let Err(err) = result {
+        if !is_killed(py, &err) {
+            tracing::error!(pid = %process.pid, "terminate raised: {}", crash_reason(py, &err));
+        }
+    }
+    rt.terminate(process, reason);
+}
+
+/// Prints a crash report, as OTP's logger does for abnormal exits.
+pub fn log_crash(process: &Arc<PyProcess>, reason: &Reason) {
+    if let Reason::Crash(crash) = reason {
+        tracing::warn!(pid = %process.pid, "process crashed: {}: {}\n{}", crash.kind, crash.message, crash.traceback);
+    }
+}

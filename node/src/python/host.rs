@@ -1,0 +1,183 @@
+//! The Python host: per-process data, the current process of each thread, and the node's
+//! one runtime that the `_rebeam_native` functions act on.
+
+use super::convert;
+use super::executor::Pool;
+use super::term::Term;
+use crate::runtime::{Host, Pid, Process, Reason, Runtime, Timers};
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// The runtime as the embedding instantiates it.
+pub type PyRuntime = Runtime<PyHost>;
+/// A process of the embedded runtime.
+pub type PyProcess = Process<PyHost>;
+
+/// What the embedding keeps per process.
+#[derive(Default)]
+pub struct PyData {
+    /// The GenServer (or Supervisor) instance, for server processes.
+    pub server: OnceLock<Py<PyAny>>,
+    /// Python thread ident of the thread running this process's code, or 0.
+    pub thread: AtomicU64,
+    /// Set by `rebeam.stop(reason)`; takes effect when the handler returns.
+    pub stop: Mutex<Option<Reason>>,
+    /// The process registered cleanups (tables, keys, groups) to run when it exits.
+    pub cleanup: AtomicBool,
+    /// Messages handled so far.
+    pub handled: AtomicU64,
+}
+
+/// The host side of the runtime: executors, timers and hooks into Python.
+pub struct PyHost {
+    /// The executor threads.
+    pub pool: Pool,
+    /// The timer service, set once the runtime exists.
+    pub timers: OnceLock<Arc<Timers<Term>>>,
+}
+
+impl Host for PyHost {
+    type Msg = Term;
+    type Data = PyData;
+
+    fn interrupt(&self, process: &Arc<PyProcess>) {
+        let thread = process.data.thread.load(Ordering::Acquire);
+        if thread == 0 || thread == current_thread_ident() {
+            // Our own process: the native call that killed it raises on return.
+            return;
+        }
+        Python::attach(|py| {
+            if let Ok(types) = convert::types(py) {
+                // SAFETY: the GIL is held; the ident names a live thread that runs this
+                // process's code (it clears `thread` under the GIL when it stops).
+                unsafe {
+                    pyo3::ffi::PyThreadState_SetAsyncExc(
+                        thread as std::os::raw::c_long,
+                        types.killed.as_ptr(),
+                    );
+                }
+            }
+        });
+    }
+
+    fn exited(&self, process: &Arc<PyProcess>, _reason: &Reason) {
+        if !process.data.cleanup.load(Ordering::Acquire) {
+            return;
+        }
+        Python::attach(|py| {
+            let result = convert::types(py).and_then(|t| {
+                t.cleanup
+                    .bind(py)
+                    .call1((convert::pid_to_py(py, process.pid)?,))
+                    .map(|_| ())
+            });
+            if let Err(err) = result {
+                tracing::error!(pid = %process.pid, "cleanup after exit failed: {err}");
+            }
+        });
+    }
+}
+
+/// The Python thread ident of the calling thread.
+pub fn current_thread_ident() -> u64 {
+    // SAFETY: a plain query of the OS thread id; needs no GIL.
+    unsafe { pyo3::ffi::PyThread_get_thread_ident() as u64 }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<PyProcess>>> = const { RefCell::new(None) };
+}
+
+/// The process whose code the calling thread runs, if any.
+pub fn current() -> Option<Arc<PyProcess>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// The pid of the current process, if any.
+pub fn current_pid() -> Option<Pid> {
+    CURRENT.with(|c| c.borrow().as_ref().map(|p| p.pid))
+}
+
+/// Makes `process` the current one on this thread until dropped, restoring the previous one.
+pub struct Enter {
+    previous: Option<Arc<PyProcess>>,
+    process: Arc<PyProcess>,
+    previous_thread: u64,
+}
+
+impl Enter {
+    /// Enters `process` on the calling thread.
+    pub fn new(process: Arc<PyProcess>) -> Enter {
+        let previous_thread = process
+            .data
+            .thread
+            .swap(current_thread_ident(), Ordering::AcqRel);
+        let previous = CURRENT.with(|c| c.borrow_mut().replace(process.clone()));
+        Enter {
+            previous,
+            process,
+            previous_thread,
+        }
+    }
+}
+
+impl Drop for Enter {
+    fn drop(&mut self) {
+        self.process
+            .data
+            .thread
+            .store(self.previous_thread, Ordering::Release);
+        let previous = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+/// Settings of the embedded node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The node's name, the first part of its pids.
+    pub name: String,
+    /// Executor threads started up front.
+    pub executors: usize,
+    /// Upper bound on executor threads (blocked handlers make the pool grow).
+    pub max_executors: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: "node".into(),
+            executors: 2,
+            max_executors: 512,
+        }
+    }
+}
+
+static RUNTIME: OnceLock<Arc<PyRuntime>> = OnceLock::new();
+
+/// The node's runtime; errors when no node runs in this process.
+pub fn node_runtime() -> PyResult<&'static Arc<PyRuntime>> {
+    RUNTIME.get().ok_or_else(|| {
+        pyo3::exceptions::PyRuntimeError::new_err("no Re:BEAM node runs in this process")
+    })
+}
+
+/// Starts the runtime, its timers and executors; the first call wins.
+pub fn start_node(config: &NodeConfig) -> Arc<PyRuntime> {
+    RUNTIME
+        .get_or_init(|| {
+            let incarnation = rand::random::<u64>();
+            let host = PyHost {
+                pool: Pool::new(config.max_executors),
+                timers: OnceLock::new(),
+            };
+            let rt = Arc::new(Runtime::new(&config.name, incarnation, host));
+            let _ = rt.host.timers.set(Timers::start(Arc::downgrade(&rt)));
+            Pool::start(&rt, config.executors);
+            rt
+        })
+        .clone()
+}

@@ -1,0 +1,11 @@
+//! The embedding: CPython runs process code on executor threads, through the `_rebeam_native`
+//! module that the `rebeam` package uses inside a node.
+
+pub mod convert;
+pub mod executor;
+pub mod host;
+pub mod native;
+pub mod objects;
+pub mod term;
+
+pub use host::{node_runtime, start_node, NodeConfig, PyRuntime};

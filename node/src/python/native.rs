@@ -1,0 +1,711 @@
+//! `_rebeam_native`: the functions behind the `rebeam` package inside a node.
+
+use super::convert::{self, error, reason_from_py, reason_to_py, types};
+use super::executor::{clear_interrupt, is_killed, log_crash, Blocking};
+use super::host::{current, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime};
+use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
+use super::term::Term;
+use crate::runtime::{CallResult, CallSlot, Envelope, Kind, Pid, Reason, RegistryError, Status};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest name accepted by the local registry.
+const MAX_NAME_LEN: usize = 255;
+
+fn rt() -> PyResult<&'static Arc<PyRuntime>> {
+    node_runtime()
+}
+
+/// The current process, or a clear error for code running outside any process.
+fn this(py: Python<'_>, what: &str) -> PyResult<Arc<PyProcess>> {
+    current().ok_or_else(|| {
+        error(
+            py,
+            &types(py).map(|t| t.error.clone_ref(py)).unwrap_or_else(|_| py.None()),
+            (format!("{what} needs a process: call it from actor code, or wrap the code in rebeam.run(fn)"),),
+        )
+    })
+}
+
+/// Raises the killed-process exception if the current process died during a native call.
+fn still_alive(py: Python<'_>, process: &Arc<PyProcess>) -> PyResult<()> {
+    if process.is_exited() {
+        clear_interrupt(py);
+        return Err(error(py, &types(py)?.killed, ()));
+    }
+    Ok(())
+}
+
+/// Where a message goes: a pid, a local name, or None for an unknown name.
+fn resolve(dest: &Bound<'_, PyAny>) -> PyResult<Option<Pid>> {
+    if let Ok(pid) = dest.cast_exact::<PyPid>() {
+        return Ok(Some(pid.get().0));
+    }
+    if let Ok(name) = dest.cast_exact::<PyString>() {
+        return Ok(rt()?.whereis(name.to_str()?));
+    }
+    let py = dest.py();
+    if dest.is_instance(types(py)?.global.bind(py))? {
+        return Err(error(
+            py,
+            &types(py)?.error,
+            ("global names need the cluster controller, which this node is not joined to",),
+        ));
+    }
+    let type_name = dest.get_type().name()?.to_string();
+    Err(PyTypeError::new_err(format!(
+        "a destination must be a Pid, a local name (str) or Global(name), not {type_name}"
+    )))
+}
+
+fn unknown_name(py: Python<'_>, dest: &Bound<'_, PyAny>) -> PyResult<PyErr> {
+    Ok(error(py, &types(py)?.unknown_name, (dest.clone(),)))
+}
+
+fn exit_error(py: Python<'_>, pid: Pid, reason: &Reason) -> PyResult<PyErr> {
+    Ok(error(py, &types(py)?.exit, (convert::pid_to_py(py, pid)?, reason_to_py(py, reason)?)))
+}
+
+#[pyfunction]
+fn _install(py: Python<'_>, types: &Bound<'_, PyDict>) -> PyResult<()> {
+    convert::install(py, types)
+}
+
+/// Starts a server process for `server` (an instance whose `init` has not run yet); runs
+/// `init(*args, **kwargs)` on this thread as the new process, as `start_link` does in OTP.
+#[pyfunction]
+#[pyo3(signature = (server, args, kwargs=None, link=false, monitor=false))]
+fn spawn_server<'py>(
+    py: Python<'py>,
+    server: Bound<'py, PyAny>,
+    args: Bound<'py, PyTuple>,
+    kwargs: Option<Bound<'py, PyDict>>,
+    link: bool,
+    monitor: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let rt = rt()?;
+    let parent = current();
+    if (link || monitor) && parent.is_none() {
+        this(py, "spawn_link/spawn_monitor")?;
+    }
+    let process = rt.spawn(Kind::Server, parent.as_ref().filter(|_| link), PyData::default());
+    let _ = process.data.server.set(server.clone().unbind());
+    let mref = match (&parent, monitor) {
+        (Some(p), true) => Some(rt.monitor(p, process.pid)),
+        _ => None,
+    };
+    let result = {
+        let _enter = Enter::new(process.clone());
+        server.call_method(pyo3::intern!(py, "init"), args, kwargs.as_ref())
+    };
+    let stop = process.data.stop.lock().take();
+    let failure = match result {
+        Err(err) => {
+            let reason = if process.is_exited() || is_killed(py, &err) {
+                process.exit_reason().unwrap_or(Reason::Killed)
+            } else {
+                convert::crash_reason(py, &err)
+            };
+            Some((reason, Some(err)))
+        }
+        Ok(_) => stop.map(|reason| (reason, None)),
+    };
+    if let Some((reason, cause)) = failure {
+        // The caller learns of the failure from the exception, not also from a link signal.
+        if let Some(p) = &parent {
+            rt.unlink(p, process.pid);
+        }
+        log_crash(&process, &reason);
+        rt.terminate(&process, reason.clone());
+        if let Some(p) = &parent {
+            still_alive(py, p)?;
+        }
+        let err = error(py, &types(py)?.init_error, (convert::pid_to_py(py, process.pid)?, reason_to_py(py, &reason)?));
+        if let Some(cause) = cause {
+            err.set_cause(py, Some(cause));
+        }
+        return Err(err);
+    }
+    rt.release(&process);
+    spawned(py, process.pid, mref)
+}
+
+fn spawned<'py>(py: Python<'py>, pid: Pid, mref: Option<crate::runtime::Ref>) -> PyResult<Bound<'py, PyAny>> {
+    let pid = convert::pid_to_py(py, pid)?;
+    match mref {
+        Some(r) => Ok(PyTuple::new(py, [pid, Bound::new(py, PyRef(r))?.into_any()])?.into_any()),
+        None => Ok(pid),
+    }
+}
+
+/// Starts a function process on a thread of its own.
+#[pyfunction]
+#[pyo3(signature = (function, args, kwargs=None, link=false, monitor=false))]
+fn spawn_function<'py>(
+    py: Python<'py>,
+    function: Bound<'py, PyAny>,
+    args: Bound<'py, PyTuple>,
+    kwargs: Option<Bound<'py, PyDict>>,
+    link: bool,
+    monitor: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let rt = rt()?;
+    let parent = current();
+    if (link || monitor) && parent.is_none() {
+        this(py, "spawn_link/spawn_monitor")?;
+    }
+    let process = rt.spawn(Kind::Thread, parent.as_ref().filter(|_| link), PyData::default());
+    let mref = match (&parent, monitor) {
+        (Some(p), true) => Some(rt.monitor(p, process.pid)),
+        _ => None,
+    };
+    let function = function.unbind();
+    let args = args.unbind();
+    let kwargs = kwargs.map(|k| k.unbind());
+    let child = process.clone();
+    let rt2 = rt.clone();
+    std::thread::Builder::new()
+        .name("rebeam-process".into())
+        .spawn(move || {
+            Python::attach(|py| {
+                let result = {
+                    let _enter = Enter::new(child.clone());
+                    function.bind(py).call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
+                };
+                finish_function(py, &rt2, &child, result.map(drop));
+            })
+        })
+        .map_err(|e| PyValueError::new_err(format!("cannot start a process thread: {e}")))?;
+    if let Some(p) = &parent {
+        still_alive(py, p)?;
+    }
+    spawned(py, process.pid, mref)
+}
+
+fn finish_function(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>, result: PyResult<()>) {
+    let reason = match result {
+        Ok(()) => process.data.stop.lock().take().unwrap_or(Reason::Normal),
+        Err(err) => {
+            if process.is_exited() || is_killed(py, &err) {
+                clear_interrupt(py);
+                return;
+            }
+            convert::crash_reason(py, &err)
+        }
+    };
+    log_crash(process, &reason);
+    rt.terminate(process, reason);
+    clear_interrupt(py);
+}
+
+/// Runs `function` as a process on the calling thread and returns its result.
+#[pyfunction]
+#[pyo3(signature = (function, args, kwargs=None))]
+fn run<'py>(
+    py: Python<'py>,
+    function: Bound<'py, PyAny>,
+    args: Bound<'py, PyTuple>,
+    kwargs: Option<Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let rt = rt()?;
+    if current().is_some() {
+        return Err(error(py, &types(py)?.error, ("rebeam.run is for code outside processes; call the function directly",)));
+    }
+    let process = rt.spawn(Kind::Thread, None, PyData::default());
+    let result = {
+        let _enter = Enter::new(process.clone());
+        function.call(args, kwargs.as_ref())
+    };
+    match result {
+        Ok(value) => {
+            finish_function(py, rt, &process, Ok(()));
+            Ok(value)
+        }
+        Err(err) => {
+            let killed = process.exit_reason();
+            finish_function(py, rt, &process, Err(err.clone_ref(py)));
+            match killed {
+                Some(reason) => Err(exit_error(py, process.pid, &reason)?),
+                None => Err(err),
+            }
+        }
+    }
+}
+
+/// `send(dest, message)`: never blocks; a message to a dead process is dropped.
+#[pyfunction]
+fn send(py: Python<'_>, dest: &Bound<'_, PyAny>, message: &Bound<'_, PyAny>) -> PyResult<()> {
+    let Some(pid) = resolve(dest)? else {
+        return Err(unknown_name(py, dest)?);
+    };
+    let term = Term::copy_in(message)?;
+    let _ = rt()?.send(pid, Envelope::Info(term));
+    Ok(())
+}
+
+/// `cast(dest, request)`: an asynchronous request to a GenServer.
+#[pyfunction]
+fn cast(dest: &Bound<'_, PyAny>, request: &Bound<'_, PyAny>) -> PyResult<()> {
+    let Some(pid) = resolve(dest)? else { return Ok(()) };
+    let term = Term::copy_in(request)?;
+    let _ = rt()?.send(pid, Envelope::Cast(term));
+    Ok(())
+}
+
+/// `call(dest, request, timeout)`: a synchronous request; raises Timeout or Exit.
+#[pyfunction]
+#[pyo3(signature = (dest, request, timeout=5.0))]
+fn call<'py>(
+    py: Python<'py>,
+    dest: &Bound<'py, PyAny>,
+    request: &Bound<'py, PyAny>,
+    timeout: Option<f64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let rt = rt()?;
+    let me = current();
+    let Some(pid) = resolve(dest)? else {
+        return Err(error(py, &types(py)?.exit, (dest.clone(), "noproc")));
+    };
+    if me.as_ref().is_some_and(|m| m.pid == pid) {
+        return Err(error(py, &types(py)?.error, (format!("{pid} called itself: a process cannot wait for its own reply"),)));
+    }
+    let deadline = match timeout {
+        Some(t) if !(t >= 0.0 && t.is_finite()) => {
+            return Err(PyValueError::new_err(format!("timeout must be a non-negative number of seconds or None, not {t}")));
+        }
+        Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
+        None => None,
+    };
+    let slot = Arc::new(CallSlot::default());
+    let envelope = Envelope::Call {
+        request: Term::copy_in(request)?,
+        from: me.as_ref().map(|m| m.pid),
+        slot: slot.clone(),
+    };
+    if rt.send(pid, envelope).is_err() {
+        return Err(exit_error(py, pid, &Reason::Noproc)?);
+    }
+    if let Some(m) = &me {
+        rt.block_on(m, Some(slot.clone()));
+    }
+    let outcome = {
+        let _blocking = Blocking::begin(rt);
+        py.detach(|| slot.wait(deadline))
+    };
+    if let Some(m) = &me {
+        rt.block_on(m, None);
+        still_alive(py, m)?;
+    }
+    match outcome {
+        Some(CallResult::Reply(term)) => term.to_py(py),
+        Some(CallResult::Exit(reason)) => Err(exit_error(py, pid, &reason)?),
+        Some(CallResult::CallerKilled) => Err(error(py, &types(py)?.killed, ())),
+        None => Err(error(py, &types(py)?.timeout, (format!("call to {pid} timed out after {}s", timeout.unwrap_or(0.0)),))),
+    }
+}
+
+/// `reply(sender, value)`: answers a call whose handler returned `noreply()`.
+#[pyfunction]
+fn reply(sender: &Bound<'_, Sender>, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let sender = sender.get();
+    let term = Term::copy_in(value)?;
+    let done = sender.slot.complete(CallResult::Reply(term)).is_ok();
+    if let Some(me) = current() {
+        me.lock().pending_calls.retain(|s| !Arc::ptr_eq(s, &sender.slot));
+    }
+    Ok(done)
+}
+
+/// `self_pid()`.
+#[pyfunction]
+fn self_pid(py: Python<'_>) -> PyResult<PyPid> {
+    Ok(PyPid(this(py, "self_pid()")?.pid))
+}
+
+fn pid_arg(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Pid> {
+    match resolve(value)? {
+        Some(pid) => Ok(pid),
+        None => Err(unknown_name(py, value)?),
+    }
+}
+
+/// `link(pid)`.
+#[pyfunction]
+fn link(py: Python<'_>, pid: &Bound<'_, PyAny>) -> PyResult<()> {
+    let me = this(py, "link()")?;
+    let target = pid_arg(py, pid)?;
+    rt()?.link(&me, target);
+    still_alive(py, &me)
+}
+
+/// `unlink(pid)`.
+#[pyfunction]
+fn unlink(py: Python<'_>, pid: &Bound<'_, PyAny>) -> PyResult<()> {
+    let me = this(py, "unlink()")?;
+    let target = pid_arg(py, pid)?;
+    rt()?.unlink(&me, target);
+    Ok(())
+}
+
+/// `monitor(pid)` → Ref.
+#[pyfunction]
+fn monitor(py: Python<'_>, pid: &Bound<'_, PyAny>) -> PyResult<PyRef> {
+    let me = this(py, "monitor()")?;
+    let target = pid_arg(py, pid)?;
+    Ok(PyRef(rt()?.monitor(&me, target)))
+}
+
+/// `demonitor(ref)`; removes a `Down` already in the mailbox too when `flush`.
+#[pyfunction]
+#[pyo3(signature = (mref, flush=false))]
+fn demonitor(py: Python<'_>, mref: &Bound<'_, PyRef>, flush: bool) -> PyResult<bool> {
+    let me = this(py, "demonitor()")?;
+    let r = mref.get().0;
+    let active = rt()?.demonitor(&me, r);
+    if flush {
+        let removed: Vec<_> = {
+            let mut st = me.lock();
+            let (gone, keep): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut st.mailbox)
+                .into_iter()
+                .partition(|e| matches!(e, Envelope::Down { mref, .. } if *mref == r));
+            st.mailbox = keep;
+            gone.into_iter().collect()
+        };
+        drop(removed);
+    }
+    Ok(active)
+}
+
+/// `exit(pid, reason)`: sends an exit signal.
+#[pyfunction]
+fn exit(py: Python<'_>, pid: &Bound<'_, PyAny>, reason: &Bound<'_, PyAny>) -> PyResult<()> {
+    let target = pid_arg(py, pid)?;
+    let reason = reason_from_py(reason)?;
+    let me = current();
+    let from = me.as_ref().map(|m| m.pid).unwrap_or(target);
+    rt()?.exit_signal(from, target, reason);
+    if let Some(m) = &me {
+        still_alive(py, m)?;
+    }
+    Ok(())
+}
+
+/// `trap_exits(on)` → previous setting.
+#[pyfunction]
+#[pyo3(signature = (on=true))]
+fn trap_exits(py: Python<'_>, on: bool) -> PyResult<bool> {
+    let me = this(py, "trap_exits()")?;
+    Ok(rt()?.set_trap_exit(&me, on))
+}
+
+/// `stop(reason)`: ends the current process when its handler returns.
+#[pyfunction]
+#[pyo3(signature = (reason=None))]
+fn stop(py: Python<'_>, reason: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    let me = this(py, "stop()")?;
+    let reason = match reason {
+        Some(r) => reason_from_py(r)?,
+        None => Reason::Normal,
+    };
+    *me.data.stop.lock() = Some(reason);
+    Ok(())
+}
+
+fn check_name(name: &str) -> PyResult<()> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(PyValueError::new_err(format!(
+            "a name must be 1 to {MAX_NAME_LEN} bytes long, got {} bytes",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `register(name, pid)`.
+#[pyfunction]
+fn register(py: Python<'_>, name: &str, pid: &Bound<'_, PyPid>) -> PyResult<()> {
+    check_name(name)?;
+    match rt()?.register(name, pid.get().0) {
+        Ok(()) => Ok(()),
+        Err(RegistryError::Taken(holder)) => Err(error(py, &types(py)?.name_taken, (name, convert::pid_to_py(py, holder)?))),
+        Err(RegistryError::AlreadyNamed(existing)) => Err(PyValueError::new_err(format!("{} is already registered as {existing:?}", pid.get().0))),
+        Err(RegistryError::Noproc) => Err(exit_error(py, pid.get().0, &Reason::Noproc)?),
+    }
+}
+
+/// `unregister(name)` → whether it was registered.
+#[pyfunction]
+fn unregister(name: &str) -> PyResult<bool> {
+    Ok(rt()?.unregister(name))
+}
+
+/// `whereis(name)` → Pid or None.
+#[pyfunction]
+fn whereis(name: &str) -> PyResult<Option<PyPid>> {
+    Ok(rt()?.whereis(name).map(PyPid))
+}
+
+/// `registered()` → {name: pid}.
+#[pyfunction]
+fn registered(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    for (name, pid) in rt()?.registered() {
+        out.set_item(name, PyPid(pid))?;
+    }
+    Ok(out)
+}
+
+/// `receive(match, timeout)`: the first message (in arrival order) for which `match` is
+/// true; raises Timeout when none arrives in time. Others stay queued, in order.
+#[pyfunction]
+#[pyo3(signature = (r#match=None, timeout=None))]
+fn receive<'py>(py: Python<'py>, r#match: Option<Bound<'py, PyAny>>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    let rt = rt()?;
+    let me = this(py, "receive()")?;
+    let deadline = match timeout {
+        Some(t) if !(t >= 0.0 && t.is_finite()) => {
+            return Err(PyValueError::new_err(format!("timeout must be a non-negative number of seconds or None, not {t}")));
+        }
+        Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
+        None => None,
+    };
+    let mut saved: VecDeque<Envelope<crate::python::term::Term>> = VecDeque::new();
+    let mut scanned = 0;
+    let outcome = loop {
+        saved.extend(std::mem::take(&mut me.lock().mailbox));
+        let mut found = None;
+        while scanned < saved.len() {
+            let value = match convert::envelope_to_py(py, &saved[scanned]) {
+                Ok(v) => v,
+                Err(e) => {
+                    // A message that cannot be restored is dropped rather than block the mailbox.
+                    saved.remove(scanned);
+                    found = Some(Err(e));
+                    break;
+                }
+            };
+            let matched = match &r#match {
+                None => Ok(true),
+                Some(f) => f.call1((value.clone(),)).and_then(|r| r.is_truthy()),
+            };
+            match matched {
+                Ok(true) => {
+                    found = Some(Ok(value));
+                    break;
+                }
+                Ok(false) => scanned += 1,
+                Err(e) => {
+                    found = Some(Err(e));
+                    break;
+                }
+            }
+        }
+        if let Some(result) = found {
+            if result.is_ok() {
+                saved.remove(scanned);
+            }
+            // (an unrestorable message was already removed above)
+            break result.map(Some);
+        }
+        let woke = {
+            let _blocking = Blocking::begin(rt);
+            py.detach(|| {
+                let mut st = me.lock();
+                if st.mailbox.is_empty() && st.status != Status::Exited {
+                    me.wait_for_mail(&mut st, deadline)
+                } else {
+                    true
+                }
+            })
+        };
+        if me.is_exited() {
+            break Ok(None);
+        }
+        if !woke && me.mailbox_len() == 0 {
+            break Err(error(py, &types(py)?.timeout, (format!("receive timed out after {}s", timeout.unwrap_or(0.0)),)));
+        }
+    };
+    put_back(&me, saved);
+    still_alive(py, &me)?;
+    match outcome? {
+        Some(value) => Ok(value),
+        None => Err(error(py, &types(py)?.killed, ())),
+    }
+}
+
+/// Returns unmatched messages to the front of the mailbox, ahead of newer arrivals.
+fn put_back(me: &Arc<PyProcess>, saved: VecDeque<Envelope<crate::python::term::Term>>) {
+    let mut st = me.lock();
+    if st.status == Status::Exited {
+        drop(st);
+        drop(saved);
+        return;
+    }
+    for envelope in saved.into_iter().rev() {
+        st.mailbox.push_front(envelope);
+    }
+}
+
+/// `send_after(seconds, dest, message)` → timer Ref.
+#[pyfunction]
+fn send_after(py: Python<'_>, seconds: f64, dest: &Bound<'_, PyAny>, message: &Bound<'_, PyAny>) -> PyResult<PyRef> {
+    if !(seconds >= 0.0 && seconds.is_finite()) {
+        return Err(PyValueError::new_err(format!("delay must be a non-negative number of seconds, not {seconds}")));
+    }
+    let rt = rt()?;
+    let Some(pid) = resolve(dest)? else {
+        return Err(unknown_name(py, dest)?);
+    };
+    let timer = rt.make_ref();
+    let term = Term::copy_in(message)?;
+    timers(rt)?.send_after(timer, Duration::from_secs_f64(seconds), pid, Envelope::Info(term));
+    Ok(PyRef(timer))
+}
+
+fn timers(rt: &PyRuntime) -> PyResult<&Arc<crate::runtime::Timers<Term>>> {
+    rt.host.timers.get().ok_or_else(|| PyValueError::new_err("timers are not running"))
+}
+
+/// `cancel_timer(ref)` → seconds that were left, or None if it already fired.
+#[pyfunction]
+fn cancel_timer(timer: &Bound<'_, PyRef>) -> PyResult<Option<f64>> {
+    let rt = rt()?;
+    Ok(timers(rt)?.cancel(timer.get().0).map(|(left, _)| left.as_secs_f64()))
+}
+
+/// `set_timeout(seconds)`: a GenServer gets `TIMEOUT` if no message arrives in time.
+#[pyfunction]
+fn set_timeout(py: Python<'_>, seconds: f64) -> PyResult<()> {
+    if !(seconds >= 0.0 && seconds.is_finite()) {
+        return Err(PyValueError::new_err(format!("timeout must be a non-negative number of seconds, not {seconds}")));
+    }
+    let rt = rt()?;
+    let me = this(py, "set_timeout()")?;
+    let generation = me.lock().timeout_gen;
+    let timer = rt.make_ref();
+    timers(rt)?.send_after(timer, Duration::from_secs_f64(seconds), me.pid, Envelope::Timeout(generation));
+    Ok(())
+}
+
+/// Asks for the package's cleanup hook to run when a process (default: the current one)
+/// exits; returns its pid.
+#[pyfunction]
+#[pyo3(signature = (pid=None))]
+fn mark_cleanup(py: Python<'_>, pid: Option<&Bound<'_, PyPid>>) -> PyResult<PyPid> {
+    let process = match pid {
+        Some(pid) => match rt()?.lookup(pid.get().0) {
+            Some(p) => p,
+            None => return Err(exit_error(py, pid.get().0, &Reason::Noproc)?),
+        },
+        None => this(py, "this operation")?,
+    };
+    process.data.cleanup.store(true, Ordering::Release);
+    Ok(PyPid(process.pid))
+}
+
+/// The current process's pid, or None outside processes.
+#[pyfunction]
+fn current_process() -> Option<PyPid> {
+    current_pid().map(PyPid)
+}
+
+/// `is_alive(pid)`.
+#[pyfunction]
+fn is_alive(pid: &Bound<'_, PyPid>) -> PyResult<bool> {
+    Ok(rt()?.lookup(pid.get().0).is_some_and(|p| !p.is_exited()))
+}
+
+/// Facts about a live local process, or None.
+#[pyfunction]
+fn process_info<'py>(py: Python<'py>, pid: &Bound<'py, PyPid>) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let Some(p) = rt()?.lookup(pid.get().0) else { return Ok(None) };
+    let info = PyDict::new(py);
+    let (status, mailbox, links, monitors, trap, name) = {
+        let st = p.lock();
+        (
+            format!("{:?}", st.status).to_lowercase(),
+            st.mailbox.len(),
+            st.links.clone(),
+            st.watchers.len(),
+            st.trap_exit,
+            st.name.as_ref().map(|n| n.to_string()),
+        )
+    };
+    info.set_item("pid", PyPid(p.pid))?;
+    info.set_item("status", status)?;
+    info.set_item("kind", format!("{:?}", p.kind).to_lowercase())?;
+    info.set_item("mailbox", mailbox)?;
+    info.set_item("handled", p.data.handled.load(Ordering::Relaxed))?;
+    info.set_item("links", PyList::new(py, links.into_iter().map(PyPid))?)?;
+    info.set_item("monitored_by", monitors)?;
+    info.set_item("trap_exit", trap)?;
+    info.set_item("name", name)?;
+    info.set_item("parent", p.parent.map(PyPid))?;
+    if let Some(server) = p.data.server.get() {
+        info.set_item("class", server.bind(py).get_type().fully_qualified_name()?)?;
+    }
+    Ok(Some(info))
+}
+
+/// Every live local process.
+#[pyfunction]
+fn processes() -> PyResult<Vec<PyPid>> {
+    Ok(rt()?.processes().iter().map(|p| PyPid(p.pid)).collect())
+}
+
+/// Runtime counters: processes, executor threads, run queue length.
+#[pyfunction]
+fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let rt = rt()?;
+    let out = PyDict::new(py);
+    out.set_item("processes", rt.process_count())?;
+    out.set_item("executors", rt.host.pool.threads())?;
+    out.set_item("run_queue", rt.runq.pressure().0)?;
+    out.set_item("node", rt.node().name().to_string())?;
+    out.set_item("incarnation", rt.incarnation())?;
+    Ok(out)
+}
+
+/// The `_rebeam_native` module.
+#[pymodule]
+pub fn _rebeam_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyPid>()?;
+    m.add_class::<PyRef>()?;
+    m.add_class::<Sender>()?;
+    m.add_function(wrap_pyfunction!(_install, m)?)?;
+    m.add_function(wrap_pyfunction!(spawn_server, m)?)?;
+    m.add_function(wrap_pyfunction!(spawn_function, m)?)?;
+    m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(send, m)?)?;
+    m.add_function(wrap_pyfunction!(cast, m)?)?;
+    m.add_function(wrap_pyfunction!(call, m)?)?;
+    m.add_function(wrap_pyfunction!(reply, m)?)?;
+    m.add_function(wrap_pyfunction!(self_pid, m)?)?;
+    m.add_function(wrap_pyfunction!(link, m)?)?;
+    m.add_function(wrap_pyfunction!(unlink, m)?)?;
+    m.add_function(wrap_pyfunction!(monitor, m)?)?;
+    m.add_function(wrap_pyfunction!(demonitor, m)?)?;
+    m.add_function(wrap_pyfunction!(exit, m)?)?;
+    m.add_function(wrap_pyfunction!(trap_exits, m)?)?;
+    m.add_function(wrap_pyfunction!(stop, m)?)?;
+    m.add_function(wrap_pyfunction!(register, m)?)?;
+    m.add_function(wrap_pyfunction!(unregister, m)?)?;
+    m.add_function(wrap_pyfunction!(whereis, m)?)?;
+    m.add_function(wrap_pyfunction!(registered, m)?)?;
+    m.add_function(wrap_pyfunction!(receive, m)?)?;
+    m.add_function(wrap_pyfunction!(send_after, m)?)?;
+    m.add_function(wrap_pyfunction!(cancel_timer, m)?)?;
+    m.add_function(wrap_pyfunction!(set_timeout, m)?)?;
+    m.add_function(wrap_pyfunction!(mark_cleanup, m)?)?;
+    m.add_function(wrap_pyfunction!(current_process, m)?)?;
+    m.add_function(wrap_pyfunction!(is_alive, m)?)?;
+    m.add_function(wrap_pyfunction!(process_info, m)?)?;
+    m.add_function(wrap_pyfunction!(processes, m)?)?;
+    m.add_function(wrap_pyfunction!(stats, m)?)?;
+    Ok(())
+}

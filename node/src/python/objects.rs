@@ -1,0 +1,117 @@
+//! Python-visible values made by the node: `Pid`, `Ref` and the reply handle `Sender`.
+
+use super::term::Term;
+use crate::runtime::{self, CallSlot, NodeId};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// A process identifier as Python sees it: hashable, comparable, picklable, printable.
+#[pyclass(module = "_rebeam_native", frozen, eq, ord, hash, from_py_object)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pid(pub runtime::Pid);
+
+#[pymethods]
+impl Pid {
+    #[new]
+    fn new(node: &str, incarnation: u64, serial: u64) -> Self {
+        Pid(runtime::Pid {
+            node: NodeId::intern(node),
+            incarnation,
+            serial,
+        })
+    }
+
+    /// The node the process lives on.
+    #[getter]
+    fn node(&self) -> String {
+        self.0.node.name().to_string()
+    }
+
+    /// The node incarnation that spawned it.
+    #[getter]
+    fn incarnation(&self) -> u64 {
+        self.0.incarnation
+    }
+
+    /// Its serial number on that node incarnation.
+    #[getter]
+    fn serial(&self) -> u64 {
+        self.0.serial
+    }
+
+    fn __repr__(&self) -> String {
+        self.0.to_string()
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let me = slf.get();
+        let args = PyTuple::new(
+            slf.py(),
+            [
+                me.node().into_pyobject(slf.py())?.into_any(),
+                me.0.incarnation.into_pyobject(slf.py())?.into_any(),
+                me.0.serial.into_pyobject(slf.py())?.into_any(),
+            ],
+        )?;
+        Ok((slf.get_type().into_any(), args))
+    }
+}
+
+/// A unique reference: names a monitor or a timer.
+#[pyclass(module = "_rebeam_native", frozen, eq, hash, from_py_object)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ref(pub runtime::Ref);
+
+#[pymethods]
+impl Ref {
+    #[new]
+    fn new(id: u64) -> Self {
+        Ref(runtime::Ref(id))
+    }
+
+    fn __repr__(&self) -> String {
+        self.0.to_string()
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (u64,))> {
+        Ok((slf.get_type().into_any(), (slf.get().0 .0,)))
+    }
+}
+
+/// Who is waiting for a reply: given to `handle_call`, used with `rebeam.reply`.
+#[pyclass(module = "_rebeam_native", frozen)]
+pub struct Sender {
+    pub(crate) slot: Arc<CallSlot<Term>>,
+    pub(crate) from: Option<runtime::Pid>,
+}
+
+#[pymethods]
+impl Sender {
+    /// The calling process, or None when the caller is outside any process.
+    #[getter]
+    fn pid(&self) -> Option<Pid> {
+        self.from.map(Pid)
+    }
+
+    fn __repr__(&self) -> String {
+        match self.from {
+            Some(pid) => format!("Sender({pid})"),
+            None => "Sender(<outside>)".into(),
+        }
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<Sender>()
+            .map(|o| Arc::ptr_eq(&self.slot, &o.get().slot))
+            .unwrap_or(false)
+    }
+
+    fn __hash__(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (Arc::as_ptr(&self.slot) as usize).hash(&mut h);
+        h.finish()
+    }
+}

@@ -1,0 +1,100 @@
+//! Message payloads: immutable values travel by reference, everything else as a pickle made
+//! at send time, so a receiver never sees the sender's later mutations.
+
+use super::objects::{Pid as PyPid, Ref as PyRef};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyFrozenSet, PyInt, PyString, PyTuple};
+
+/// A message payload as held in a mailbox.
+pub struct Term {
+    obj: Py<PyAny>,
+    pickled: bool,
+}
+
+/// Nesting depth beyond which a tuple is copied rather than checked element by element.
+const MAX_SHARED_DEPTH: usize = 8;
+
+fn pickle_fn<'py>(py: Python<'py>, name: &'static str) -> PyResult<&'py Bound<'py, PyAny>> {
+    static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let cell = if name == "dumps" { &DUMPS } else { &LOADS };
+    cell.import(py, "pickle", name)
+}
+
+fn is_immutable(value: &Bound<'_, PyAny>, depth: usize) -> bool {
+    if value.is_none()
+        || value.is_exact_instance_of::<PyInt>()
+        || value.is_exact_instance_of::<PyString>()
+        || value.is_exact_instance_of::<PyBool>()
+        || value.is_exact_instance_of::<PyFloat>()
+        || value.is_exact_instance_of::<PyBytes>()
+        || value.is_exact_instance_of::<PyPid>()
+        || value.is_exact_instance_of::<PyRef>()
+    {
+        return true;
+    }
+    if depth >= MAX_SHARED_DEPTH {
+        return false;
+    }
+    if let Ok(tuple) = value.cast_exact::<PyTuple>() {
+        return tuple.iter().all(|v| is_immutable(&v, depth + 1));
+    }
+    if let Ok(set) = value.cast_exact::<PyFrozenSet>() {
+        return set.iter().all(|v| is_immutable(&v, depth + 1));
+    }
+    false
+}
+
+impl Term {
+    /// Takes a value for sending: shared when immutable, else pickled now.
+    pub fn copy_in(value: &Bound<'_, PyAny>) -> PyResult<Term> {
+        if is_immutable(value, 0) {
+            return Ok(Term {
+                obj: value.clone().unbind(),
+                pickled: false,
+            });
+        }
+        let py = value.py();
+        match pickle_fn(py, "dumps")?.call1((value, 5)) {
+            Ok(bytes) => Ok(Term {
+                obj: bytes.unbind(),
+                pickled: true,
+            }),
+            Err(cause) => {
+                let type_name = value
+                    .get_type()
+                    .fully_qualified_name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|_| "?".into());
+                let err = PyTypeError::new_err(format!(
+                    "cannot send a value of type '{type_name}': it cannot be copied ({cause}); \
+                     send plain data (numbers, strings, tuples, lists, dicts, dataclasses) instead"
+                ));
+                err.set_cause(py, Some(cause));
+                Err(err)
+            }
+        }
+    }
+
+    /// Gives the receiver its own value.
+    pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if self.pickled {
+            pickle_fn(py, "loads")?.call1((self.obj.bind(py),))
+        } else {
+            Ok(self.obj.bind(py).clone())
+        }
+    }
+
+    /// The serialized form, for terms inside exit reasons.
+    pub fn to_bytes(value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+        let bytes = pickle_fn(value.py(), "dumps")?.call1((value, 5))?;
+        Ok(bytes.cast_into::<PyBytes>()?.as_bytes().to_vec())
+    }
+
+    /// Restores a value serialized by `to_bytes`.
+    pub fn from_bytes<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        pickle_fn(py, "loads")?.call1((PyBytes::new(py, bytes),))
+    }
+}
