@@ -1,0 +1,288 @@
+//! The client/admin service: registry, process groups, apps, cluster state, controller membership.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use openraft::ChangeMembers;
+use rebeam_proto::v1 as pb;
+use rebeam_proto::v1::cluster_service_server::ClusterService;
+use sha2::Digest;
+use tonic::{Request, Response, Status};
+
+use super::pid;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::manifest;
+use crate::proposer::write_error;
+use crate::types::{Blob, Command, MemberNode, Outcome};
+use crate::validate;
+
+/// Serves clients, the CLI, the dashboard and nodes' registry writes.
+pub struct ClusterApi {
+    core: Arc<Core>,
+}
+
+impl ClusterApi {
+    /// Wraps the shared core.
+    pub fn new(core: Arc<Core>) -> Self {
+        ClusterApi { core }
+    }
+
+    fn controllers(&self) -> Vec<pb::ControllerMember> {
+        let m = self.core.raft.metrics();
+        let m = m.borrow();
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        m.membership_config
+            .nodes()
+            .map(|(id, n)| pb::ControllerMember {
+                id: *id,
+                raft_address: n.raft_addr.clone(),
+                api_address: n.api_addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    async fn submit(&self, r: pb::SubmitAppRequest, upgrade: bool) -> Result<pb::SubmitAppReply> {
+        let limits = &self.core.config.limits;
+        if r.manifest_toml.len() > limits.max_manifest_bytes {
+            return Err(Error::TooLarge(format!(
+                "manifest is {} bytes; the limit is {}",
+                r.manifest_toml.len(),
+                limits.max_manifest_bytes
+            )));
+        }
+        if r.code.len() > limits.max_code_bytes {
+            return Err(Error::TooLarge(format!(
+                "app code is {} bytes; the limit is {} (controller --max-code-bytes); leave data files out of the app",
+                r.code.len(),
+                limits.max_code_bytes
+            )));
+        }
+        let draft = manifest::parse(&r.manifest_toml)?;
+        let code_hash = hex::encode(sha2::Sha256::digest(&r.code));
+        let cmd = Command::SubmitApp { draft, code: Blob(r.code), code_hash, upgrade };
+        match self.core.propose(cmd).await? {
+            Outcome::App(app) => Ok(pb::SubmitAppReply { app: Some((*app).into()) }),
+            other => Err(Error::internal(format!("unexpected submit outcome {other:?}"))),
+        }
+    }
+
+    async fn pg(&self, r: pb::PgRequest, join: bool) -> Result<pb::PgReply> {
+        validate::name("group", &r.group)?;
+        let pid = pid(r.pid)?;
+        let cmd = if join { Command::PgJoin { group: r.group, pid } } else { Command::PgLeave { group: r.group, pid } };
+        match self.core.propose(cmd).await? {
+            Outcome::Changed(changed) => Ok(pb::PgReply { changed }),
+            other => Err(Error::internal(format!("unexpected pg outcome {other:?}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn register_name(
+        &self,
+        req: Request<pb::RegisterNameRequest>,
+    ) -> Result<Response<pb::RegisterNameReply>, Status> {
+        let r = req.into_inner();
+        validate::name("name", &r.name)?;
+        let pid = pid(r.pid)?;
+        match self.core.propose(Command::Register { name: r.name, pid }).await? {
+            Outcome::Registered { registered, holder } => {
+                Ok(Response::new(pb::RegisterNameReply { registered, holder: Some(holder.into()) }))
+            }
+            other => Err(Error::internal(format!("unexpected register outcome {other:?}")).into()),
+        }
+    }
+
+    async fn unregister_name(
+        &self,
+        req: Request<pb::UnregisterNameRequest>,
+    ) -> Result<Response<pb::UnregisterNameReply>, Status> {
+        let r = req.into_inner();
+        validate::name("name", &r.name)?;
+        let pid = match r.pid {
+            Some(p) => Some(pid(Some(p))?),
+            None => None,
+        };
+        match self.core.propose(Command::Unregister { name: r.name, pid }).await? {
+            Outcome::Changed(released) => Ok(Response::new(pb::UnregisterNameReply { released })),
+            other => Err(Error::internal(format!("unexpected unregister outcome {other:?}")).into()),
+        }
+    }
+
+    async fn whereis(&self, req: Request<pb::WhereisRequest>) -> Result<Response<pb::WhereisReply>, Status> {
+        let r = req.into_inner();
+        validate::name("name", &r.name)?;
+        if r.linearizable {
+            self.core.linearizable().await?;
+        }
+        let pid = self.core.shared.applied.read().state.names.get(&r.name).cloned();
+        Ok(Response::new(pb::WhereisReply { pid: pid.map(Into::into) }))
+    }
+
+    async fn list_names(&self, _req: Request<pb::ListNamesRequest>) -> Result<Response<pb::ListNamesReply>, Status> {
+        let a = self.core.shared.applied.read();
+        let names = a
+            .state
+            .names
+            .iter()
+            .map(|(n, p)| pb::GlobalName { name: n.clone(), pid: Some(p.clone().into()) })
+            .collect();
+        Ok(Response::new(pb::ListNamesReply { names }))
+    }
+
+    async fn pg_join(&self, req: Request<pb::PgRequest>) -> Result<Response<pb::PgReply>, Status> {
+        Ok(Response::new(self.pg(req.into_inner(), true).await?))
+    }
+
+    async fn pg_leave(&self, req: Request<pb::PgRequest>) -> Result<Response<pb::PgReply>, Status> {
+        Ok(Response::new(self.pg(req.into_inner(), false).await?))
+    }
+
+    async fn pg_members(&self, req: Request<pb::PgMembersRequest>) -> Result<Response<pb::PgMembersReply>, Status> {
+        let r = req.into_inner();
+        validate::name("group", &r.group)?;
+        if r.linearizable {
+            self.core.linearizable().await?;
+        }
+        let a = self.core.shared.applied.read();
+        let members =
+            a.state.groups.get(&r.group).map(|m| m.iter().cloned().map(Into::into).collect()).unwrap_or_default();
+        Ok(Response::new(pb::PgMembersReply { members }))
+    }
+
+    async fn submit_app(&self, req: Request<pb::SubmitAppRequest>) -> Result<Response<pb::SubmitAppReply>, Status> {
+        Ok(Response::new(self.submit(req.into_inner(), false).await?))
+    }
+
+    async fn upgrade_app(&self, req: Request<pb::SubmitAppRequest>) -> Result<Response<pb::SubmitAppReply>, Status> {
+        Ok(Response::new(self.submit(req.into_inner(), true).await?))
+    }
+
+    async fn stop_app(&self, req: Request<pb::StopAppRequest>) -> Result<Response<pb::StopAppReply>, Status> {
+        let name = req.into_inner().name;
+        if name.is_empty() {
+            return Err(Error::invalid("app name is empty; pass the name from rebeam.toml").into());
+        }
+        match self.core.propose(Command::StopApp { name }).await? {
+            Outcome::App(app) => Ok(Response::new(pb::StopAppReply { app: Some((*app).into()) })),
+            other => Err(Error::internal(format!("unexpected stop outcome {other:?}")).into()),
+        }
+    }
+
+    async fn list_apps(&self, _req: Request<pb::ListAppsRequest>) -> Result<Response<pb::ListAppsReply>, Status> {
+        let a = self.core.shared.applied.read();
+        let apps = a.state.apps.values().cloned().map(Into::into).collect();
+        Ok(Response::new(pb::ListAppsReply { apps }))
+    }
+
+    async fn cluster_state(
+        &self,
+        _req: Request<pb::ClusterStateRequest>,
+    ) -> Result<Response<pb::ClusterStateReply>, Status> {
+        let leader_id = self.core.raft.metrics().borrow().current_leader.unwrap_or(0);
+        let controllers = self.controllers();
+        let a = self.core.shared.applied.read();
+        let s = &a.state;
+        Ok(Response::new(pb::ClusterStateReply {
+            leader_id,
+            leader_api_address: self.core.leader_api().unwrap_or_default(),
+            controllers,
+            nodes: s.nodes.values().cloned().map(Into::into).collect(),
+            apps: s.apps.values().cloned().map(Into::into).collect(),
+            assignments: s.all_assignments().map(|x| s.assignment_view(x).into()).collect(),
+            global_names: s.names.len() as u64,
+            groups: s.groups.len() as u64,
+            last_applied_index: a.last_applied.map(|l| l.index).unwrap_or(0),
+        }))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let m = self.core.raft.metrics().borrow().clone();
+        let role = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        Ok(Response::new(pb::StatusReply {
+            id: self.core.id,
+            current_term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            leader_api_address: self.core.leader_api().unwrap_or_default(),
+            is_leader: m.current_leader == Some(self.core.id) && m.state.is_leader(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            role: role.into(),
+        }))
+    }
+
+    async fn add_controller(
+        &self,
+        req: Request<pb::AddControllerRequest>,
+    ) -> Result<Response<pb::AddControllerReply>, Status> {
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Error::invalid("controller id must be non-zero").into());
+        }
+        validate::address(&r.raft_address)?;
+        validate::address(&r.api_address)?;
+        self.core.ensure_leader()?;
+        let node = MemberNode { raft_addr: r.raft_address, api_addr: r.api_address };
+        // Catch the new member up as a learner first so the group never waits on it to vote.
+        self.core.raft.add_learner(r.id, node, true).await.map_err(write_error)?;
+        let is_voter = self.core.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == r.id);
+        if !is_voter {
+            let ids: BTreeSet<u64> = [r.id].into();
+            self.core.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(write_error)?;
+        }
+        tracing::info!(id = r.id, "controller member added");
+        Ok(Response::new(pb::AddControllerReply { controllers: self.controllers() }))
+    }
+
+    async fn remove_controller(
+        &self,
+        req: Request<pb::RemoveControllerRequest>,
+    ) -> Result<Response<pb::RemoveControllerReply>, Status> {
+        let id = req.into_inner().id;
+        self.core.ensure_leader()?;
+        let voters: BTreeSet<u64> =
+            self.core.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if !voters.contains(&id) {
+            return Err(Error::NotFound(format!("controller {id} is not a voting member")).into());
+        }
+        if voters.len() == 1 {
+            return Err(Error::FailedPrecondition("cannot remove the last controller member".into()).into());
+        }
+        let ids: BTreeSet<u64> = [id].into();
+        self.core.raft.change_membership(ChangeMembers::RemoveVoters(ids), false).await.map_err(write_error)?;
+        tracing::info!(id, "controller member removed");
+        Ok(Response::new(pb::RemoveControllerReply { controllers: self.controllers() }))
+    }
+
+    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotReply>, Status> {
+        let before = self.core.raft.metrics().borrow().snapshot.map(|l| l.index).unwrap_or(0);
+        self.core.raft.trigger().snapshot().await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        let mut rx = self.core.raft.metrics();
+        let wait = async {
+            loop {
+                let idx = rx.borrow().snapshot.map(|l| l.index).unwrap_or(0);
+                let applied = rx.borrow().last_applied.map(|l| l.index).unwrap_or(0);
+                if idx > before || idx >= applied {
+                    return idx;
+                }
+                if rx.changed().await.is_err() {
+                    return idx;
+                }
+            }
+        };
+        let idx = tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+            .await
+            .map_err(|_| Error::Unavailable("snapshot did not finish within 30 s; check the logs".into()))?;
+        Ok(Response::new(pb::SnapshotReply { snapshot_index: idx }))
+    }
+}

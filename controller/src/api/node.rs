@@ -1,0 +1,140 @@
+//! The node service: join, lease renewal, watch, exit reports, code fetch.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use rebeam_proto::v1 as pb;
+use rebeam_proto::v1::node_service_server::NodeService;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{node_ref, pid};
+use crate::core::Core;
+use crate::error::Error;
+use crate::types::{Command, Outcome};
+use crate::validate;
+
+/// Serves the nodes of the cluster.
+pub struct NodeApi {
+    core: Arc<Core>,
+}
+
+impl NodeApi {
+    /// Wraps the shared core.
+    pub fn new(core: Arc<Core>) -> Self {
+        NodeApi { core }
+    }
+
+    fn join_reply(&self, incarnation: u64) -> pb::JoinReply {
+        let t = &self.core.config.timings;
+        pb::JoinReply {
+            incarnation,
+            lease_ms: t.lease.as_millis() as u64,
+            heartbeat_ms: t.heartbeat.as_millis() as u64,
+            fence_ms: t.node_fence.as_millis() as u64,
+            stream_fence_ms: t.stream_fence.as_millis() as u64,
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        let r = req.into_inner();
+        validate::node_id(&r.node)?;
+        validate::address(&r.address)?;
+        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        validate::labels(&labels)?;
+        let node = r.node.clone();
+        let cmd = Command::Join { node: r.node, address: r.address, labels, capacity: r.capacity };
+        match self.core.propose(cmd).await? {
+            Outcome::Joined { incarnation } => {
+                self.core.leases.renew(&node, incarnation, self.core.config.timings.lease);
+                tracing::info!(node, incarnation, "node joined");
+                Ok(Response::new(self.join_reply(incarnation)))
+            }
+            other => Err(Error::internal(format!("unexpected join outcome {other:?}")).into()),
+        }
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let (node, incarnation) = node_ref(req.into_inner().node)?;
+        self.core.ensure_leader()?;
+        self.core.shared.applied.read().state.check_live(&node, incarnation)?;
+        let lease = self.core.config.timings.lease;
+        self.core.leases.renew(&node, incarnation, lease);
+        Ok(Response::new(pb::HeartbeatReply { lease_ms: lease.as_millis() as u64 }))
+    }
+
+    async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
+        let (node, incarnation) = node_ref(req.into_inner().node)?;
+        self.core.propose(Command::Leave { node, incarnation }).await?;
+        Ok(Response::new(pb::LeaveReply {}))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let (node, incarnation) = node_ref(req.into_inner().node)?;
+        self.core.shared.applied.read().state.check_live(&node, incarnation)?;
+        let rx = super::watch::start(self.core.clone(), node, incarnation);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_exit(&self, req: Request<pb::ReportExitRequest>) -> Result<Response<pb::ReportExitReply>, Status> {
+        let r = req.into_inner();
+        let (node, incarnation) = node_ref(r.node)?;
+        if r.exits.len() > validate::MAX_EXITS_PER_REPORT {
+            return Err(Error::invalid(format!(
+                "{} exits in one report; send at most {}",
+                r.exits.len(),
+                validate::MAX_EXITS_PER_REPORT
+            ))
+            .into());
+        }
+        let mut exits = Vec::with_capacity(r.exits.len());
+        for e in r.exits {
+            let p = pid(e.pid)?;
+            if p.node != node || p.incarnation != incarnation {
+                return Err(Error::invalid(format!(
+                    "pid of node `{}` incarnation {} reported by `{node}` incarnation {incarnation}; nodes report only their own processes",
+                    p.node, p.incarnation
+                ))
+                .into());
+            }
+            exits.push((p, e.reason));
+        }
+        self.core.propose(Command::ReportExits { node, incarnation, exits }).await?;
+        Ok(Response::new(pb::ReportExitReply {}))
+    }
+
+    async fn report_child_started(
+        &self,
+        req: Request<pb::ChildStartedRequest>,
+    ) -> Result<Response<pb::ChildStartedReply>, Status> {
+        let r = req.into_inner();
+        let (node, incarnation) = node_ref(r.node)?;
+        let p = pid(r.pid)?;
+        if p.node != node || p.incarnation != incarnation {
+            return Err(Error::invalid("the child's pid must belong to the reporting node incarnation").into());
+        }
+        let cmd = Command::ChildStarted { node, incarnation, app: r.app, child: r.child, generation: r.generation, pid: p };
+        self.core.propose(cmd).await?;
+        Ok(Response::new(pb::ChildStartedReply {}))
+    }
+
+    async fn fetch_code(&self, req: Request<pb::FetchCodeRequest>) -> Result<Response<pb::FetchCodeReply>, Status> {
+        let hash = req.into_inner().code_hash;
+        let a = self.core.shared.applied.read();
+        let blob = a
+            .state
+            .code
+            .get(&hash)
+            .ok_or_else(|| Error::NotFound(format!("no code with hash `{hash}`; the app may have been replaced")))?;
+        Ok(Response::new(pb::FetchCodeReply { code_hash: hash, code: blob.0.clone() }))
+    }
+}

@@ -1,0 +1,70 @@
+//! What every service handler shares: the Raft handle, the applied state, the proposer, leases.
+
+use std::sync::Arc;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+
+use crate::config::ControllerConfig;
+use crate::error::{Error, Result};
+use crate::lease::Leases;
+use crate::proposer::Proposer;
+use crate::store::SharedState;
+use crate::types::{Command, MemberNode, Outcome, Raft};
+
+/// Shared handles of one controller member.
+pub struct Core {
+    /// This member's Raft id.
+    pub id: u64,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// The applied state.
+    pub shared: Arc<SharedState>,
+    /// Batching writer.
+    pub proposer: Proposer,
+    /// Node leases (used while leading).
+    pub leases: Leases,
+    /// Configuration.
+    pub config: ControllerConfig,
+}
+
+impl Core {
+    /// API address of the current leader, when known.
+    pub fn leader_api(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        let addr = m.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, n)| n.api_addr.clone());
+        addr
+    }
+
+    /// Errs with a redirect unless this member believes it leads (no round trip).
+    pub fn ensure_leader(&self) -> Result<()> {
+        let m = self.raft.metrics();
+        let leads = {
+            let m = m.borrow();
+            m.current_leader == Some(self.id) && m.state.is_leader()
+        };
+        if leads {
+            Ok(())
+        } else {
+            Err(Error::NotLeader { leader: self.leader_api() })
+        }
+    }
+
+    /// Waits until this member's state reflects every write acknowledged before the call.
+    pub async fn linearizable(&self) -> Result<()> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader { leader: f.leader_node.map(|n: MemberNode| n.api_addr) })
+            }
+            Err(RaftError::APIError(e)) => Err(Error::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(Error::Unavailable(f.to_string())),
+        }
+    }
+
+    /// Proposes one command through the batching writer.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome> {
+        self.proposer.propose(cmd).await
+    }
+}

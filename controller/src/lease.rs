@@ -1,0 +1,107 @@
+//! Node leases, tracked in the leader's memory; a lapse is declared through the log.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::core::Core;
+use crate::types::Command;
+
+/// Deadlines of the nodes' leases on this member (meaningful only while it leads).
+#[derive(Default)]
+pub struct Leases {
+    deadlines: Mutex<HashMap<String, (u64, Instant)>>,
+    declaring: Mutex<HashSet<(String, u64)>>,
+}
+
+impl Leases {
+    /// A heartbeat from a live node incarnation pushes its deadline out by `lease`.
+    pub fn renew(&self, node: &str, incarnation: u64, lease: std::time::Duration) {
+        self.deadlines.lock().insert(node.to_string(), (incarnation, Instant::now() + lease));
+    }
+
+    /// The node's watch stream closed: the node fences itself within `stream_fence`, so it may
+    /// be declared dead once that has passed rather than after the whole lease.
+    pub fn stream_closed(&self, node: &str, incarnation: u64, stream_fence: std::time::Duration) {
+        let mut d = self.deadlines.lock();
+        if let Some((inc, deadline)) = d.get_mut(node) {
+            let soon = Instant::now() + stream_fence;
+            if *inc == incarnation && *deadline > soon {
+                *deadline = soon;
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.deadlines.lock().clear();
+    }
+}
+
+/// Runs on every member; acts only while this member leads.
+pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let lease = core.config.timings.lease;
+    let tick = (lease / 20).max(std::time::Duration::from_millis(5));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut led_term: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let (leader, term) = {
+            let m = core.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader == Some(core.id) && m.state.is_leader(), m.current_term)
+        };
+        if !leader {
+            led_term = None;
+            core.leases.clear();
+            continue;
+        }
+        if led_term != Some(term) {
+            // A new leader does not know when nodes last renewed: every node gets a full lease.
+            led_term = Some(term);
+            core.leases.clear();
+        }
+        let alive: Vec<(String, u64)> = {
+            let a = core.shared.applied.read();
+            a.state.nodes.values().filter(|n| n.alive).map(|n| (n.id.clone(), n.incarnation)).collect()
+        };
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut d = core.leases.deadlines.lock();
+            d.retain(|node, (inc, _)| alive.iter().any(|(n, i)| n == node && i == inc));
+            for (node, inc) in &alive {
+                let e = d.entry(node.clone()).or_insert((*inc, now + lease));
+                if e.0 != *inc {
+                    *e = (*inc, now + lease);
+                }
+                if now >= e.1 {
+                    expired.push((node.clone(), *inc));
+                }
+            }
+        }
+        for (node, incarnation) in expired {
+            if !core.leases.declaring.lock().insert((node.clone(), incarnation)) {
+                continue;
+            }
+            let core2 = core.clone();
+            tokio::spawn(async move {
+                tracing::warn!(node, incarnation, "lease lapsed; declaring the node dead");
+                let cmd = Command::DeclareDead {
+                    node: node.clone(),
+                    incarnation,
+                    reason: "lease expired".into(),
+                };
+                if let Err(e) = core2.proposer.propose(cmd).await {
+                    tracing::warn!(node, incarnation, error = %e, "could not declare node dead; will retry");
+                }
+                core2.leases.declaring.lock().remove(&(node, incarnation));
+            });
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Re:BEAM controller: a Raft-replicated control plane holding membership, the global registry,
+//! process groups, applications and the top-level supervision tree.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod convert;
+pub mod core;
+pub mod error;
+pub mod lease;
+pub mod manifest;
+pub mod network;
+pub mod proposer;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod types;
+pub mod validate;
+
+pub use config::{ControllerConfig, Limits, PeerSpec, Timings};
+pub use error::{Error, Result, LEADER_METADATA_KEY};
+pub use server::{start, ControllerHandle};

@@ -1,0 +1,97 @@
+//! Batches concurrent commands into one log entry each, so many writes share one fsync.
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::error::{Error, Result};
+use crate::types::{now_ms, Command, MemberNode, Outcome, Raft, Request};
+
+/// Most commands in one entry.
+const MAX_BATCH: usize = 4096;
+/// Entries proposed concurrently; more requests wait and join a later, larger batch.
+const MAX_IN_FLIGHT: usize = 4;
+
+struct Pending {
+    cmd: Command,
+    reply: oneshot::Sender<Result<Outcome>>,
+}
+
+/// Submits commands to Raft, batching those that arrive together.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// Maps an openraft write error to ours (redirect when this member is not the leader).
+pub fn write_error(e: RaftError<u64, ClientWriteError<u64, MemberNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Error::NotLeader { leader: f.leader_node.map(|n| n.api_addr) }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Error::FailedPrecondition(c.to_string()),
+        RaftError::Fatal(f) => Error::Unavailable(f.to_string()),
+    }
+}
+
+impl Proposer {
+    /// Starts the batching task for `raft`.
+    pub fn spawn(raft: Raft) -> Self {
+        let (tx, rx) = mpsc::channel(65_536);
+        tokio::spawn(run(raft, rx));
+        Proposer { tx }
+    }
+
+    /// Proposes one command and waits until it is applied; a refused command is an error.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { cmd, reply })
+            .await
+            .map_err(|_| Error::Unavailable("the controller is shutting down; retry on another member".into()))?;
+        match rx.await {
+            Ok(Ok(Outcome::Rejected(e))) => Err(e),
+            Ok(r) => r,
+            Err(_) => Err(Error::Unavailable("the write was dropped while the controller shut down; retry".into())),
+        }
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a slot first lets requests pile up into a bigger batch.
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            let n = cmds.len();
+            match raft.client_write(Request { now_ms: now_ms(), cmds }).await {
+                Ok(resp) => {
+                    let mut outcomes = resp.data.outcomes.into_iter();
+                    for reply in replies {
+                        let o = outcomes.next().unwrap_or_else(|| {
+                            Outcome::Rejected(Error::internal(format!("batch of {n} returned too few outcomes")))
+                        });
+                        let _ = reply.send(Ok(o));
+                    }
+                }
+                Err(e) => {
+                    let e = write_error(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}

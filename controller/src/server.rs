@@ -1,0 +1,261 @@
+//! Starts one controller member: storage, Raft, the gRPC listeners and background tasks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
+use rebeam_proto::v1::cluster_service_server::ClusterServiceServer;
+use rebeam_proto::v1::node_service_server::NodeServiceServer;
+use rebeam_proto::v1::raft_peer_server::RaftPeerServer;
+use rebeam_proto::v1::AddControllerRequest;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::cluster::ClusterApi;
+use crate::api::node::NodeApi;
+use crate::api::raft::RaftService;
+use crate::auth::{Authenticator, BearerInjector};
+use crate::config::ControllerConfig;
+use crate::core::Core;
+use crate::error::{Error, Result, LEADER_METADATA_KEY};
+use crate::lease::{self, Leases};
+use crate::network::{Network, MAX_RAFT_MESSAGE};
+use crate::proposer::Proposer;
+use crate::store::{LogStore, StateMachineStore};
+use crate::types::{MemberNode, Raft};
+
+/// A running controller member.
+pub struct ControllerHandle {
+    raft_addr: SocketAddr,
+    api_addr: SocketAddr,
+    core: Arc<Core>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControllerHandle {
+    /// Where the Raft peer service listens.
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.raft_addr
+    }
+
+    /// Where the node and client services listen.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The Raft handle (metrics, leadership).
+    pub fn raft(&self) -> &Raft {
+        &self.core.raft
+    }
+
+    /// Waits until this member sees a leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: std::time::Duration) -> Result<u64> {
+        let mut rx = self.core.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(l) = rx.borrow().current_leader {
+                    return Ok(l);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Error::Unavailable("raft stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::Unavailable("no leader elected in time; check that a quorum of members runs".into()))?
+    }
+
+    /// Stops serving, shuts Raft down and waits for the background tasks.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        let r = self.core.raft.shutdown().await.map_err(Error::internal);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        r
+    }
+}
+
+fn raft_config(c: &ControllerConfig) -> Result<openraft::Config> {
+    let t = &c.timings;
+    let cfg = openraft::Config {
+        cluster_name: "rebeam".into(),
+        heartbeat_interval: t.raft_heartbeat.as_millis() as u64,
+        election_timeout_min: t.election_timeout.as_millis() as u64,
+        election_timeout_max: 2 * t.election_timeout.as_millis() as u64,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_logs.max(1)),
+        max_in_snapshot_log_to_keep: c.keep_logs,
+        ..Default::default()
+    };
+    cfg.validate().map_err(|e| Error::invalid(format!("raft timings: {e}")))
+}
+
+/// Starts a controller member and returns once it serves (a leader may not be elected yet).
+pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        Error::invalid(format!("cannot create data dir {}: {e}; pick a writable --data-dir", config.data_dir.display()))
+    })?;
+    let log = LogStore::open(&config.data_dir.join("raft-log.redb")).map_err(|e| {
+        Error::Internal(format!("cannot open the log in {}: {e}", config.data_dir.display()))
+    })?;
+    let sm = StateMachineStore::open(&config.data_dir.join("snapshots")).map_err(Error::internal)?;
+    let shared = sm.shared();
+
+    let raft_listener = TcpListener::bind(config.raft_listen)
+        .await
+        .map_err(|e| Error::invalid(format!("cannot listen on {} for raft: {e}", config.raft_listen)))?;
+    let api_listener = TcpListener::bind(config.api_listen)
+        .await
+        .map_err(|e| Error::invalid(format!("cannot listen on {} for the api: {e}", config.api_listen)))?;
+    let raft_addr = raft_listener.local_addr().map_err(Error::internal)?;
+    let api_addr = api_listener.local_addr().map_err(Error::internal)?;
+    let me = MemberNode {
+        raft_addr: config.raft_advertise.clone().unwrap_or_else(|| raft_addr.to_string()),
+        api_addr: config.api_advertise.clone().unwrap_or_else(|| api_addr.to_string()),
+    };
+
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config(&config)?),
+        Network::new(config.secret.clone()),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| Error::Internal(format!("raft failed to start: {e}")))?;
+
+    let proposer = Proposer::spawn(raft.clone());
+    let core = Arc::new(Core {
+        id: config.id,
+        raft: raft.clone(),
+        shared,
+        proposer,
+        leases: Leases::default(),
+        config: config.clone(),
+    });
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let secret_auth = Authenticator::new(vec![config.secret.clone()]);
+    let mut client_tokens = config.client_tokens.clone();
+    client_tokens.push(config.secret.clone());
+    let client_auth = Authenticator::new(client_tokens);
+
+    let raft_svc = {
+        let a = secret_auth.clone();
+        let svc = RaftPeerServer::new(RaftService::new(raft.clone()))
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE);
+        tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
+    };
+    let mut s = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = Server::builder()
+            .tcp_nodelay(true)
+            .add_service(raft_svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), async move {
+                let _ = s.changed().await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "raft listener failed");
+        }
+    }));
+
+    let max_api = config.limits.max_code_bytes + config.limits.max_manifest_bytes + 64 * 1024;
+    let node_svc = {
+        let a = secret_auth.clone();
+        let svc = NodeServiceServer::new(NodeApi::new(core.clone())).max_decoding_message_size(4 << 20);
+        tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
+    };
+    let cluster_svc = {
+        let a = client_auth.clone();
+        let svc = ClusterServiceServer::new(ClusterApi::new(core.clone())).max_decoding_message_size(max_api);
+        tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
+    };
+    let mut s = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = Server::builder()
+            .tcp_nodelay(true)
+            .add_service(node_svc)
+            .add_service(cluster_svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), async move {
+                let _ = s.changed().await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "api listener failed");
+        }
+    }));
+
+    tasks.push(tokio::spawn(lease::run(core.clone(), stop_rx.clone())));
+
+    if config.init {
+        let mut members = BTreeMap::new();
+        members.insert(config.id, me.clone());
+        for p in &config.peers {
+            members.insert(p.id, MemberNode { raft_addr: p.raft_addr.clone(), api_addr: p.api_addr.clone() });
+        }
+        let initialized = raft.is_initialized().await.map_err(Error::internal)?;
+        if !initialized {
+            // Every initial member may do this with the same membership; openraft accepts it.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!(error = %e, "initialize skipped");
+            } else {
+                tracing::info!("raft group initialized");
+            }
+        }
+    }
+    if let Some(seed) = config.join.clone() {
+        let initialized = raft.is_initialized().await.map_err(Error::internal)?;
+        if !initialized {
+            tasks.push(tokio::spawn(join_group(seed, config.id, me.clone(), config.secret.clone(), stop_rx)));
+        }
+    }
+    tracing::info!(id = config.id, raft = %raft_addr, api = %api_addr, "controller member serving");
+    Ok(ControllerHandle { raft_addr, api_addr, core, stop, tasks })
+}
+
+/// Asks the group (following leader redirects) to admit this member, until it succeeds.
+async fn join_group(seed: String, id: u64, me: MemberNode, secret: String, mut stop: watch::Receiver<bool>) {
+    let mut target = seed;
+    loop {
+        let attempt = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+                .connect()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut c = ClusterServiceClient::with_interceptor(channel, BearerInjector::new(&secret));
+            c.add_controller(AddControllerRequest { id, raft_address: me.raft_addr.clone(), api_address: me.api_addr.clone() })
+                .await
+        };
+        match attempt.await {
+            Ok(_) => {
+                tracing::info!(id, "joined the controller group");
+                return;
+            }
+            Err(s) => {
+                if let Some(l) = s.metadata().get(LEADER_METADATA_KEY).and_then(|v| v.to_str().ok()) {
+                    target = l.to_string();
+                    continue;
+                }
+                tracing::info!(error = %s.message(), "joining the controller group; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

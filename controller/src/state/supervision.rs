@@ -1,0 +1,254 @@
+//! The top-level supervision tree: placement, restarts on node death or child exit, intensity.
+
+use std::collections::BTreeMap;
+
+use super::{Ctx, Event, State};
+use crate::error::{Error, Result};
+use crate::types::{AppStatus, Assignment, ChildSpec, Outcome, Pid, Placement, Restart, RestartRecord};
+
+/// Restart records kept per child.
+const MAX_HISTORY: usize = 32;
+
+impl State {
+    /// Top-level children placed on each alive node, total and per app.
+    fn load(&self) -> BTreeMap<&str, (u32, BTreeMap<&str, u32>)> {
+        let mut load: BTreeMap<&str, (u32, BTreeMap<&str, u32>)> = BTreeMap::new();
+        for a in self.all_assignments() {
+            if let Some((node, _)) = &a.node {
+                let e = load.entry(node.as_str()).or_default();
+                e.0 += 1;
+                *e.1.entry(a.app.as_str()).or_default() += 1;
+            }
+        }
+        load
+    }
+
+    /// Picks a node for a child: eligible by label and capacity, least loaded, ties by id.
+    fn choose_node(&self, app: &str, spec: &ChildSpec) -> Option<(String, u64)> {
+        let load = self.load();
+        self.nodes
+            .values()
+            .filter(|n| n.alive)
+            .filter(|n| match &spec.placement {
+                Placement::Label(k, v) => n.labels.get(k) == Some(v),
+                Placement::Any | Placement::Spread => true,
+            })
+            .filter_map(|n| {
+                let (total, per_app) = load.get(n.id.as_str()).cloned().unwrap_or_default();
+                if n.capacity != 0 && total >= n.capacity {
+                    return None;
+                }
+                let same_app = per_app.get(app).copied().unwrap_or(0);
+                let key = match spec.placement {
+                    Placement::Spread => (same_app, total),
+                    _ => (total, same_app),
+                };
+                Some((key, n.id.clone(), n.incarnation))
+            })
+            .min()
+            .map(|(_, id, inc)| (id, inc))
+    }
+
+    fn emit_set(&self, cx: &mut Ctx<'_>, app: &str, child: &str) {
+        if let Some(a) = self.assignments.get(app).and_then(|m| m.get(child)) {
+            cx.events.push(Event::AssignmentSet(Box::new(self.assignment_view(a))));
+        }
+    }
+
+    pub(super) fn emit_removed(cx: &mut Ctx<'_>, a: &Assignment) {
+        if let Some((node, inc)) = &a.node {
+            cx.events.push(Event::AssignmentRemoved {
+                app: a.app.clone(),
+                child: a.child.clone(),
+                generation: a.generation,
+                node: node.clone(),
+                incarnation: *inc,
+            });
+        }
+    }
+
+    /// Places (or leaves pending) one child at a new generation.
+    pub(super) fn place_child(&mut self, cx: &mut Ctx<'_>, app: &str, spec: &ChildSpec, history: Vec<RestartRecord>, generation: u64) {
+        let node = self.choose_node(app, spec);
+        let a = Assignment { app: app.to_string(), child: spec.id.clone(), generation, node, pid: None, history };
+        self.assignments.entry(app.to_string()).or_default().insert(spec.id.clone(), a);
+        self.emit_set(cx, app, &spec.id);
+    }
+
+    /// Creates assignments for an app's children that have none.
+    pub(super) fn start_children(&mut self, cx: &mut Ctx<'_>, app: &str) {
+        let Some(children) = self.apps.get(app).map(|a| a.draft.children.clone()) else { return };
+        for spec in children {
+            let exists = self.assignments.get(app).is_some_and(|m| m.contains_key(&spec.id));
+            if !exists {
+                self.place_child(cx, app, &spec, Vec::new(), 1);
+            }
+        }
+    }
+
+    /// Tries to place every pending child (a node joined or capacity was freed).
+    pub(super) fn place_pending(&mut self, cx: &mut Ctx<'_>) {
+        let pending: Vec<(String, String)> = self
+            .all_assignments()
+            .filter(|a| a.node.is_none())
+            .map(|a| (a.app.clone(), a.child.clone()))
+            .collect();
+        for (app, child) in pending {
+            let Some(spec) = self.spec(&app, &child) else { continue };
+            if let Some(node) = self.choose_node(&app, &spec) {
+                if let Some(a) = self.assignments.get_mut(&app).and_then(|m| m.get_mut(&child)) {
+                    a.node = Some(node);
+                }
+                self.emit_set(cx, &app, &child);
+            }
+        }
+    }
+
+    fn spec(&self, app: &str, child: &str) -> Option<ChildSpec> {
+        self.apps.get(app)?.draft.children.iter().find(|c| c.id == child).cloned()
+    }
+
+    /// Counts one restart of an app; false (and the app failed) if intensity is exceeded.
+    fn note_restart(&mut self, cx: &mut Ctx<'_>, app: &str, why: &str) -> bool {
+        let Some(a) = self.apps.get_mut(app) else { return false };
+        let window = u64::from(a.draft.max_seconds) * 1000;
+        let now = cx.now_ms;
+        a.restart_times.retain(|t| now.saturating_sub(*t) < window);
+        a.restart_times.push(now);
+        if a.restart_times.len() as u64 > u64::from(a.draft.max_restarts) {
+            let reason = format!(
+                "restart intensity exceeded ({} restarts in {} s; last: {why})",
+                a.restart_times.len(),
+                a.draft.max_seconds
+            );
+            self.fail_app(cx, app, reason);
+            return false;
+        }
+        true
+    }
+
+    /// Marks an app failed and stops its children.
+    pub(super) fn fail_app(&mut self, cx: &mut Ctx<'_>, app: &str, reason: String) {
+        tracing::warn!(app, %reason, "app failed");
+        self.remove_assignments(cx, app);
+        if let Some(a) = self.apps.get_mut(app) {
+            a.status = AppStatus::Failed;
+            a.failure_reason = reason;
+            cx.events.push(Event::AppChanged(Box::new(a.clone())));
+        }
+        self.place_pending(cx);
+    }
+
+    /// Removes every assignment of an app, telling the nodes to stop them.
+    pub(super) fn remove_assignments(&mut self, cx: &mut Ctx<'_>, app: &str) {
+        if let Some(m) = self.assignments.remove(app) {
+            for a in m.values() {
+                Self::emit_removed(cx, a);
+            }
+        }
+    }
+
+    /// Restarts elsewhere the children a dead node incarnation ran.
+    pub(super) fn reassign_from_dead_node(&mut self, cx: &mut Ctx<'_>, node: &str, incarnation: u64, reason: &str) {
+        let mut by_app: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for a in self.all_assignments() {
+            if a.node.as_ref().is_some_and(|(n, i)| n == node && *i == incarnation) {
+                by_app.entry(a.app.clone()).or_default().push(a.child.clone());
+            }
+        }
+        for (app, children) in by_app {
+            // A node death is one failure of the app, however many of its children it hosted.
+            let why = format!("node {node} died: {reason}");
+            if !self.note_restart(cx, &app, &why) {
+                continue;
+            }
+            for child in children {
+                self.restart_child(cx, &app, &child, &why, false);
+            }
+        }
+        self.place_pending(cx);
+    }
+
+    /// Restarts one child at a new generation (same node if `stay` and it is still alive).
+    fn restart_child(&mut self, cx: &mut Ctx<'_>, app: &str, child: &str, why: &str, stay: bool) {
+        let Some(spec) = self.spec(app, child) else { return };
+        let Some(old) = self.assignments.get_mut(app).and_then(|m| m.remove(child)) else { return };
+        if spec.restart == Restart::Temporary {
+            Self::emit_removed(cx, &old);
+            return;
+        }
+        let mut history = old.history.clone();
+        let (from_node, from_incarnation) = old.node.clone().unwrap_or_default();
+        history.push(RestartRecord { at_ms: cx.now_ms, reason: why.to_string(), from_node, from_incarnation });
+        if history.len() > MAX_HISTORY {
+            history.drain(..history.len() - MAX_HISTORY);
+        }
+        let generation = old.generation + 1;
+        let keep = old.node.clone().filter(|(n, i)| stay && self.check_live(n, *i).is_ok());
+        match keep {
+            Some(node) => {
+                let a = Assignment { app: app.into(), child: child.into(), generation, node: Some(node), pid: None, history };
+                self.assignments.entry(app.to_string()).or_default().insert(child.to_string(), a);
+                self.emit_set(cx, app, child);
+            }
+            None => {
+                Self::emit_removed(cx, &old);
+                self.place_child(cx, app, &spec, history, generation);
+            }
+        }
+    }
+
+    /// The node reports the pid of a child it started for a generation.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn child_started(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        node: &str,
+        incarnation: u64,
+        app: &str,
+        child: &str,
+        generation: u64,
+        pid: Pid,
+    ) -> Result<Outcome> {
+        let a = self
+            .assignments
+            .get_mut(app)
+            .and_then(|m| m.get_mut(child))
+            .ok_or_else(|| Error::NotFound(format!("app `{app}` has no running child `{child}`; stop that process")))?;
+        let here = a.node.as_ref().is_some_and(|(n, i)| n == node && *i == incarnation);
+        if !here || a.generation != generation {
+            return Err(Error::FailedPrecondition(format!(
+                "child `{child}` of `{app}` generation {generation} is not assigned to this node any more; stop that process"
+            )));
+        }
+        a.pid = Some(pid);
+        self.emit_set(cx, app, child);
+        Ok(Outcome::Done)
+    }
+
+    /// A reported exit of a top-level child: restart per its restart type and app intensity.
+    pub(super) fn top_level_exited(&mut self, cx: &mut Ctx<'_>, pid: &Pid, reason: &str) {
+        let found = self
+            .all_assignments()
+            .find(|a| a.pid.as_ref() == Some(pid))
+            .map(|a| (a.app.clone(), a.child.clone()));
+        let Some((app, child)) = found else { return };
+        let Some(spec) = self.spec(&app, &child) else { return };
+        let normal = reason == "normal" || reason == "shutdown" || reason.starts_with("(\"shutdown\"") || reason.starts_with("shutdown:");
+        let restart = match spec.restart {
+            Restart::Permanent => true,
+            Restart::Transient => !normal,
+            Restart::Temporary => false,
+        };
+        if !restart {
+            if let Some(old) = self.assignments.get_mut(&app).and_then(|m| m.remove(&child)) {
+                Self::emit_removed(cx, &old);
+            }
+            return;
+        }
+        let why = format!("child {child} exited: {reason}");
+        if self.note_restart(cx, &app, &why) {
+            self.restart_child(cx, &app, &child, &why, true);
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Starts real `rebeam-controller` processes on loopback for integration tests.
+//!
+//! Each member gets its own temporary directory and log file; ports come from binding
+//! 127.0.0.1:0. Set REBEAM_TEST_KEEP=1 to keep the directories (they are also kept, and their
+//! path printed, when a test panics).
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rebeam_proto::v1 as pb;
+use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
+use rebeam_proto::v1::node_service_client::NodeServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const SECRET: &str = "test-secret";
+
+/// Adds the bearer token to requests.
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Ok(v) = format!("Bearer {}", self.0).parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = ClusterServiceClient<InterceptedService<Channel, Bearer>>;
+pub type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+/// One controller member process.
+pub struct Member {
+    pub id: u64,
+    pub raft: SocketAddr,
+    pub api: SocketAddr,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    child: parking_lot::Mutex<Option<Child>>,
+}
+
+/// A group of controller members.
+pub struct Cluster {
+    tmp: Option<tempfile::TempDir>,
+    pub members: Vec<Member>,
+    pub extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` members that initialize one group; `extra` args go to every member.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::Builder::new().prefix("rebeam-ctl-test-").tempdir().expect("temp dir");
+        let members = (1..=n as u64)
+            .map(|id| {
+                let dir = tmp.path().join(format!("member-{id}"));
+                std::fs::create_dir_all(&dir).expect("member dir");
+                Member {
+                    id,
+                    raft: free_port(),
+                    api: free_port(),
+                    log: tmp.path().join(format!("member-{id}.log")),
+                    dir,
+                    child: parking_lot::Mutex::new(None),
+                }
+            })
+            .collect();
+        let c = Cluster { tmp: Some(tmp), members, extra: extra.iter().map(|s| s.to_string()).collect() };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// (Re)starts member `i` from its directory.
+    pub fn spawn(&self, i: usize) {
+        let peers: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.id != self.members[i].id)
+            .map(|m| format!("{}={}/{}", m.id, m.raft, m.api))
+            .collect();
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rebeam-controller"));
+        cmd.arg("--id")
+            .arg(m.id.to_string())
+            .arg("--data-dir")
+            .arg(&m.dir)
+            .arg("--raft-listen")
+            .arg(m.raft.to_string())
+            .arg("--api-listen")
+            .arg(m.api.to_string())
+            .arg("--init")
+            .arg("--secret")
+            .arg(SECRET)
+            .env_remove("REBEAM_SECRET")
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::from(log.try_clone().expect("log clone")))
+            .stderr(Stdio::from(log));
+        for p in &peers {
+            cmd.arg("--peer").arg(p);
+        }
+        cmd.args(&self.extra);
+        *m.child.lock() = Some(cmd.spawn().expect("spawn rebeam-controller"));
+    }
+
+    /// SIGKILLs member `i` (no chance to flush or say goodbye).
+    pub fn kill9(&self, i: usize) {
+        if let Some(mut c) = self.members[i].child.lock().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILLs every member.
+    pub fn kill_all(&self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.lock().is_some()
+    }
+
+    /// A client of member `i`'s cluster service (connects lazily).
+    pub fn client(&self, i: usize) -> Client {
+        client_at(&self.members[i].api.to_string(), SECRET)
+    }
+
+    /// A client of member `i`'s node service.
+    pub fn node_client(&self, i: usize) -> NodeClient {
+        let ch = channel(&self.members[i].api.to_string());
+        NodeServiceClient::with_interceptor(ch, Bearer(SECRET.into()))
+    }
+
+    /// Waits until a running member says it leads and returns its index.
+    pub async fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for i in 0..self.members.len() {
+                if !self.is_running(i) {
+                    continue;
+                }
+                if let Ok(s) = self.client(i).status(pb::StatusRequest {}).await {
+                    if s.get_ref().is_leader {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}; logs in {}", self.path());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `cond` every 20 ms until it holds or `timeout` passes (then panics with `what`).
+    pub async fn wait_until<F, Fut>(&self, timeout: Duration, what: &str, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while !cond().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; logs in {}", self.path());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn path(&self) -> String {
+        self.tmp.as_ref().map(|t| t.path().display().to_string()).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_all();
+        let keep = std::thread::panicking() || std::env::var_os("REBEAM_TEST_KEEP").is_some();
+        if let Some(t) = self.tmp.take() {
+            if keep {
+                let p = t.keep();
+                eprintln!("kept controller test directory {}", p.display());
+            }
+        }
+    }
+}
+
+fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+/// A cluster-service client for `addr` with `token`.
+pub fn client_at(addr: &str, token: &str) -> Client {
+    ClusterServiceClient::with_interceptor(channel(addr), Bearer(token.into()))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+pub fn pid(node: &str, incarnation: u64, serial: u64) -> pb::Pid {
+    pb::Pid { node: node.into(), incarnation, serial }
+}
+
+/// Joins a node through the leader and returns its incarnation.
+pub async fn join_node(c: &Cluster, node: &str, labels: &[(&str, &str)]) -> u64 {
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let req = pb::JoinRequest {
+        node: node.into(),
+        address: format!("127.0.0.1:{}", 9000),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        capacity: 0,
+    };
+    c.node_client(leader).join(req).await.expect("join").into_inner().incarnation
+}
