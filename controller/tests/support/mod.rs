@@ -225,3 +225,57 @@ pub async fn join_node(c: &Cluster, node: &str, labels: &[(&str, &str)]) -> u64 
     };
     c.node_client(leader).join(req).await.expect("join").into_inner().incarnation
 }
+
+/// Finds the current leader's index by asking running members (None while there is none).
+pub async fn leader_index(c: &Cluster) -> Option<usize> {
+    for i in 0..c.members.len() {
+        if c.is_running(i) {
+            if let Ok(s) = c.client(i).status(pb::StatusRequest {}).await {
+                if s.get_ref().is_leader {
+                    return Some(i);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Heartbeats `node` every `every` to whichever member leads, until the returned sender is dropped
+/// or set. Returns the instant of the last successful heartbeat through the handle.
+pub fn heartbeat(
+    c: std::sync::Arc<Cluster>,
+    node: &str,
+    incarnation: u64,
+    every: Duration,
+) -> (tokio::sync::watch::Sender<bool>, std::sync::Arc<parking_lot::Mutex<Option<Instant>>>) {
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let last = std::sync::Arc::new(parking_lot::Mutex::new(None));
+    let (node, last2) = (node.to_string(), last.clone());
+    tokio::spawn(async move {
+        loop {
+            if *rx.borrow() {
+                return;
+            }
+            if let Some(l) = leader_index(&c).await {
+                let req = pb::HeartbeatRequest { node: Some(pb::NodeRef { node: node.clone(), incarnation }) };
+                if c.node_client(l).heartbeat(req).await.is_ok() {
+                    *last2.lock() = Some(Instant::now());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = rx.changed() => {}
+            }
+        }
+    });
+    (stop, last)
+}
+
+/// A small valid manifest with `children` top-level children of the given placements.
+pub fn manifest(name: &str, version: &str, placements: &[&str]) -> String {
+    let mut m = format!("[app]\nname = \"{name}\"\nversion = \"{version}\"\nmax_restarts = 10\nmax_seconds = 5\n");
+    for (i, p) in placements.iter().enumerate() {
+        m.push_str(&format!("\n[[children]]\nstart = \"mod:Child{i}\"\nname = \"c{i}\"\nplacement = \"{p}\"\n"));
+    }
+    m
+}

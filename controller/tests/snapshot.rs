@@ -1,0 +1,62 @@
+//! Fault: a member that was down while the log moved on catches up by snapshot.
+
+mod support;
+
+use std::time::Duration;
+
+use rebeam_proto::v1 as pb;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_member_catches_up_by_snapshot() {
+    let c = Cluster::start(
+        3,
+        &["--lease-ms", "600000", "--node-fence-ms", "500000", "--snapshot-logs", "50", "--keep-logs", "0"],
+    );
+    let inc = join_node(&c, "node-a", &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let lagging = (leader + 1) % 3;
+    c.kill9(lagging);
+
+    let mut cl = c.client(leader);
+    let code = vec![3u8; 50_000];
+    let app = cl
+        .submit_app(pb::SubmitAppRequest { manifest_toml: manifest("blobby", "1", &["any"]), code: code.clone() })
+        .await
+        .expect("submit")
+        .into_inner()
+        .app
+        .expect("app");
+    // Sequential writes: one log entry each, so the log outgrows several snapshots.
+    for k in 0..300u64 {
+        cl.register_name(pb::RegisterNameRequest { name: format!("s{k}"), pid: Some(pid("node-a", inc, k + 1)) })
+            .await
+            .expect("register");
+    }
+    let snap = cl.snapshot(pb::SnapshotRequest {}).await.expect("snapshot").into_inner().snapshot_index;
+    assert!(snap > 300, "snapshot covers the writes: {snap}");
+
+    c.spawn(lagging);
+    c.wait_until(Duration::from_secs(20), "lagging member to install the snapshot", || {
+        let mut cl = c.client(lagging);
+        async move {
+            match cl.status(pb::StatusRequest {}).await {
+                Ok(s) => s.get_ref().snapshot_index >= snap && s.get_ref().last_applied_index >= snap,
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let mut lc = c.client(lagging);
+    let names = lc.list_names(pb::ListNamesRequest {}).await.expect("names").into_inner().names;
+    assert_eq!(names.len(), 300);
+    let fetched = c
+        .node_client(lagging)
+        .fetch_code(pb::FetchCodeRequest { code_hash: app.code_hash })
+        .await
+        .expect("code travels in the snapshot")
+        .into_inner();
+    assert_eq!(fetched.code, code);
+    let log = std::fs::read_to_string(&c.members[lagging].log).unwrap_or_default();
+    assert!(log.contains("snapshot installed"), "the member was caught up by snapshot, not by log replay");
+}
