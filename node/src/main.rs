@@ -43,6 +43,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let code = match run(cli) {
         Ok(code) => code,
@@ -103,7 +104,7 @@ fn run(cli: Cli) -> Result<i32> {
 /// The `_rebeam_native` module, registered before the interpreter starts.
 #[pymodule]
 fn _rebeam_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    python::native::_rebeam_native(m)
+    python::native::init_module(m)
 }
 
 /// Runs Python code on the main thread with `sys.argv` set; maps SystemExit and errors

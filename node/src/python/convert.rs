@@ -151,7 +151,11 @@ pub fn crash_reason(py: Python<'_>, err: &PyErr) -> Reason {
         .unwrap_or_else(|_| "Exception".into());
     let message = err.value(py).str().map(|s| s.to_string()).unwrap_or_default();
     let traceback = types(py)
-        .and_then(|t| t.format_exception.bind(py).call1((err.value(py),)))
+        .and_then(|t| {
+            t.format_exception
+                .bind(py)
+                .call1((err.get_type(py), err.value(py), err.traceback(py)))
+        })
         .and_then(|lines| lines.extract::<Vec<String>>())
         .map(|lines| lines.concat())
         .unwrap_or_else(|_| format!("{kind}: {message}\n"));

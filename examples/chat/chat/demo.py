@@ -1,0 +1,46 @@
+"""A demo conversation, so `rebeam-node --dev --app examples/chat` shows the system at work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import rebeam
+
+LINES = [
+    ("ann", "hello, is anyone here?"),
+    ("bob", "hi ann! the room survives crashes, watch"),
+    ("bob", ""),  # an empty post crashes the room; its supervisor restarts it
+    ("ann", "still here after the restart"),
+]
+
+
+class Demo(rebeam.GenServer):
+    """Joins a room, posts a few lines one tick apart, prints what the room broadcasts."""
+
+    def init(self) -> None:
+        self.room = rebeam.call("lobby", ("room", "general"))
+        rebeam.call(self.room, ("join", "demo", rebeam.self_pid()))
+        self.step = 0
+        rebeam.send_after(0.2, rebeam.self_pid(), "tick")
+
+    def handle_info(self, message: Any) -> None:
+        match message:
+            case ("message", room, user, text):
+                print(f"[{room}] {user}: {text}", flush=True)
+            case "tick":
+                self.post_next()
+
+    def post_next(self) -> None:
+        if self.step >= len(LINES):
+            print(f"demo done; rooms open: {rebeam.call('lobby', 'rooms')}", flush=True)
+            rebeam.stop("normal")
+            return
+        user, text = LINES[self.step]
+        self.step += 1
+        try:
+            rebeam.call(rebeam.call("lobby", ("room", "general")), ("post", user, text))
+        except rebeam.Exit as e:
+            print(f"the room crashed ({e.reason}); its supervisor restarts it", flush=True)
+            self.room = rebeam.call("lobby", ("room", "general"))
+            rebeam.call(self.room, ("join", "demo", rebeam.self_pid()))
+        rebeam.send_after(0.2, rebeam.self_pid(), "tick")
