@@ -1,0 +1,38 @@
+# Re:BEAM developer entry points. `make run` and `make test` do their own set-up.
+PYTHON ?= $(shell python3 -c 'import sys; print(sys.executable)')
+export PYO3_PYTHON := $(PYTHON)
+NODE := target/release/rebeam-node
+APP ?= examples/chat
+
+.PHONY: setup build run test test-rust test-python lint bench clean
+
+setup:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py pytest ruff
+
+build:
+	cargo build --release --workspace
+
+# The main job: a dev node (embedded single-machine default) running the example app.
+run: setup build
+	$(NODE) --dev --app $(APP)
+
+test: setup build lint test-rust test-python
+
+test-rust:
+	cargo test --release --workspace
+
+test-python:
+	REBEAM_NODE=$(CURDIR)/$(NODE) $(PYTHON) -m pytest tests/integration -q
+	$(NODE) --dev -m pytest tests/conformance -q
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	$(PYTHON) -m ruff check client-py examples tests bench
+
+bench: setup build
+	$(NODE) --dev --run bench/rebeam_local.py
+	@if [ -x bench/run ]; then bench/run; fi
+
+clean:
+	cargo clean
