@@ -31,7 +31,7 @@ lint:
 	$(PYTHON) -m ruff check client-py examples tests bench
 
 bench: setup build
-	$(NODE) --dev --run bench/rebeam_local.py
+	REBEAM_LOG=error $(NODE) --dev --run bench/peers/rebeam_peer.py --mode $${BENCH_MODE:-full} --out bench/results/rebeam.json
 	@if [ -x bench/run ]; then bench/run; fi
 
 clean:
