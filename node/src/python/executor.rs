@@ -223,7 +223,16 @@ fn dispatch(
                     process.lock().pending_calls.push(slot);
                 }
             } else {
-                let _ = slot.complete(CallResult::Reply(Term::copy_in(&reply)?));
+                match Term::copy_in(&reply) {
+                    Ok(term) => {
+                        let _ = slot.complete(CallResult::Reply(term));
+                    }
+                    Err(err) => {
+                        // The server crashes on a reply it cannot send; its caller learns why.
+                        let _ = slot.complete(CallResult::Exit(crash_reason(py, &err)));
+                        return Err(err);
+                    }
+                }
             }
             Ok(())
         }
