@@ -93,7 +93,7 @@ impl Blocking {
 impl Drop for Blocking {
     fn drop(&mut self) {
         if self.counted {
-            if let Some(rt) = super::host::node_runtime().ok() {
+            if let Ok(rt) = super::host::node_runtime() {
                 rt.host.pool.blocked.fetch_sub(1, Ordering::AcqRel);
             }
         }
@@ -125,7 +125,8 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
             None => {
                 let pool = &rt.host.pool;
                 let total = pool.total.load(Ordering::Acquire);
-                if total > pool.base.load(Ordering::Relaxed) + pool.blocked.load(Ordering::Acquire) {
+                if total > pool.base.load(Ordering::Relaxed) + pool.blocked.load(Ordering::Acquire)
+                {
                     return;
                 }
             }
@@ -156,7 +157,9 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
     };
     let enter = Enter::new(process.clone());
     for _ in 0..BATCH {
-        let Some(envelope) = rt.take_next(process) else { break };
+        let Some(envelope) = rt.take_next(process) else {
+            break;
+        };
         process.data.handled.fetch_add(1, Ordering::Relaxed);
         let outcome = dispatch(py, process, server.bind(py), envelope);
         if process.is_exited() {
@@ -206,7 +209,9 @@ fn dispatch(
                     from,
                 },
             )?;
-            let reply = match server.call_method1(intern!(py, "handle_call"), (request.to_py(py)?, sender)) {
+            let reply = match server
+                .call_method1(intern!(py, "handle_call"), (request.to_py(py)?, sender))
+            {
                 Ok(r) => r,
                 Err(err) => {
                     let reason = if process.is_exited() {
@@ -284,8 +289,8 @@ fn finish_server(
     reason: Reason,
 ) {
     log_crash(process, &reason);
-    let result = reason_to_py(py, &reason)
-        .and_then(|r| server.call_method1(intern!(py, "terminate"), (r,)));
+    let result =
+        reason_to_py(py, &reason).and_then(|r| server.call_method1(intern!(py, "terminate"), (r,)));
     if let Err(err) = result {
         if !is_killed(py, &err) {
             tracing::error!(pid = %process.pid, "terminate raised: {}", crash_reason(py, &err));

@@ -3,12 +3,12 @@
 
 pub mod call;
 pub mod host;
+pub mod node;
 pub mod pid;
 pub mod process;
 pub mod reason;
 pub mod registry;
 pub mod runqueue;
-pub mod runtime;
 pub mod table;
 pub mod timer;
 
@@ -17,9 +17,9 @@ mod tests;
 
 pub use call::{CallResult, CallSlot};
 pub use host::Host;
+pub use node::Runtime;
 pub use pid::{NodeId, Pid, Ref};
 pub use process::{Envelope, Kind, Process, Status};
 pub use reason::{Crash, Reason, Term};
 pub use registry::RegistryError;
-pub use runtime::Runtime;
 pub use timer::Timers;

@@ -30,7 +30,11 @@ pub struct Registry {
 
 impl Registry {
     /// Registers `name` for a live process.
-    pub fn register<H: Host>(&self, name: &str, process: &Arc<Process<H>>) -> Result<(), RegistryError> {
+    pub fn register<H: Host>(
+        &self,
+        name: &str,
+        process: &Arc<Process<H>>,
+    ) -> Result<(), RegistryError> {
         let mut names = self.names.lock();
         if let Some(holder) = names.get(name) {
             return Err(RegistryError::Taken(*holder));

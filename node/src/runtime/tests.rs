@@ -58,7 +58,10 @@ fn send_to_dead_process_gives_the_message_back() {
     let rt = rt();
     let p = spawn(&rt);
     rt.terminate(&p, Reason::Normal);
-    assert!(matches!(rt.send(p.pid, Envelope::Info("x")), Err(Envelope::Info("x"))));
+    assert!(matches!(
+        rt.send(p.pid, Envelope::Info("x")),
+        Err(Envelope::Info("x"))
+    ));
 }
 
 #[test]
@@ -78,7 +81,10 @@ fn abnormal_exit_propagates_along_links_and_normal_does_not() {
     rt.link(&d, e.pid);
     rt.terminate(&d, Reason::Normal);
     assert!(!e.is_exited());
-    assert!(e.lock().links.is_empty(), "link to the dead process is gone");
+    assert!(
+        e.lock().links.is_empty(),
+        "link to the dead process is gone"
+    );
 }
 
 #[test]
@@ -130,9 +136,13 @@ fn monitor_fires_once_and_noproc_for_dead_targets() {
     rt.terminate(&t, Reason::Normal);
     let downs: Vec<_> = w.lock().mailbox.drain(..).collect();
     assert_eq!(downs.len(), 1);
-    assert!(matches!(&downs[0], Envelope::Down { mref, pid, reason } if *mref == r && *pid == t.pid && *reason == crash()));
+    assert!(
+        matches!(&downs[0], Envelope::Down { mref, pid, reason } if *mref == r && *pid == t.pid && *reason == crash())
+    );
     let r2 = rt.monitor(&w, t.pid);
-    assert!(matches!(w.lock().mailbox.front(), Some(Envelope::Down { mref, reason: Reason::Noproc, .. }) if *mref == r2));
+    assert!(
+        matches!(w.lock().mailbox.front(), Some(Envelope::Down { mref, reason: Reason::Noproc, .. }) if *mref == r2)
+    );
 }
 
 #[test]
@@ -154,7 +164,10 @@ fn names_are_released_on_exit_and_unique() {
     let b = spawn(&rt);
     rt.register("svc", a.pid).unwrap();
     assert_eq!(rt.register("svc", b.pid), Err(RegistryError::Taken(a.pid)));
-    assert!(matches!(rt.register("other", a.pid), Err(RegistryError::AlreadyNamed(_))));
+    assert!(matches!(
+        rt.register("other", a.pid),
+        Err(RegistryError::AlreadyNamed(_))
+    ));
     rt.terminate(&a, Reason::Normal);
     assert_eq!(rt.whereis("svc"), None);
     rt.register("svc", b.pid).unwrap();
@@ -176,7 +189,10 @@ fn pending_calls_fail_with_the_callee_reason() {
     )
     .unwrap();
     rt.terminate(&callee, Reason::Shutdown);
-    assert!(matches!(slot.wait(None), Some(CallResult::Exit(Reason::Shutdown))));
+    assert!(matches!(
+        slot.wait(None),
+        Some(CallResult::Exit(Reason::Shutdown))
+    ));
 }
 
 #[test]

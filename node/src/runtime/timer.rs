@@ -1,9 +1,9 @@
 //! Timers: `send_after` and GenServer timeouts, served by one thread with a deadline heap.
 
 use super::host::Host;
+use super::node::Runtime;
 use super::pid::{Pid, Ref};
 use super::process::Envelope;
-use super::runtime::Runtime;
 use parking_lot::{Condvar, Mutex};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

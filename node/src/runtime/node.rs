@@ -81,7 +81,12 @@ impl<H: Host> Runtime<H> {
 
     /// Creates a process in status `Running` (the spawner runs its start-up code) and,
     /// when `link` is given, links it to that process atomically with its birth.
-    pub fn spawn(&self, kind: Kind, link: Option<&Arc<Process<H>>>, data: H::Data) -> Arc<Process<H>> {
+    pub fn spawn(
+        &self,
+        kind: Kind,
+        link: Option<&Arc<Process<H>>>,
+        data: H::Data,
+    ) -> Arc<Process<H>> {
         let pid = Pid {
             node: self.node,
             incarnation: self.incarnation,
@@ -309,7 +314,9 @@ impl<H: Host> Runtime<H> {
     pub fn terminate(&self, process: &Arc<Process<H>>, reason: Reason) {
         let mut work = vec![(process.clone(), reason)];
         while let Some((p, reason)) = work.pop() {
-            let Some(dead) = self.mark_exited(&p, &reason) else { continue };
+            let Some(dead) = self.mark_exited(&p, &reason) else {
+                continue;
+            };
             if let Some(name) = &dead.name {
                 self.names.release(name, p.pid);
             }
