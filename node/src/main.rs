@@ -71,7 +71,9 @@ fn run(cli: Cli) -> Result<i32> {
     Python::attach(|py| -> Result<()> {
         py.import("rebeam")
             .map_err(|e| python_error(py, e))
-            .context("cannot import the rebeam package; install it with `pip install ./client-py`")?;
+            .context(
+                "cannot import the rebeam package; install it with `pip install ./client-py`",
+            )?;
         Ok(())
     })?;
     if let Some(dir) = &cli.app {
@@ -83,12 +85,17 @@ fn run(cli: Cli) -> Result<i32> {
             .collect();
         return run_python(&argv, |py| {
             py.import("runpy")?
-                .call_method1("run_path", (script.display().to_string(), PyDict::new(py), "__main__"))
+                .call_method1(
+                    "run_path",
+                    (script.display().to_string(), PyDict::new(py), "__main__"),
+                )
                 .map(drop)
         });
     }
     if let Some(module) = &cli.module {
-        let argv: Vec<String> = std::iter::once(module.clone()).chain(cli.args.iter().cloned()).collect();
+        let argv: Vec<String> = std::iter::once(module.clone())
+            .chain(cli.args.iter().cloned())
+            .collect();
         return run_python(&argv, |py| {
             let kwargs = PyDict::new(py);
             kwargs.set_item("run_name", "__main__")?;
@@ -146,8 +153,11 @@ fn python_error(py: Python<'_>, err: PyErr) -> anyhow::Error {
 
 /// Runs an application until SIGINT/SIGTERM, then shuts its tree down in order.
 fn run_app(dir: &std::path::Path) -> Result<i32> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("rebeam-signals".into())
         .spawn(move || {
@@ -159,7 +169,9 @@ fn run_app(dir: &std::path::Path) -> Result<i32> {
                     .and_then(|rt| rt.whereis("$app_master").map(|pid| (rt, pid)));
                 match master {
                     Some((rt, pid)) if count == 1 => {
-                        eprintln!("rebeam-node: shutting down (press Ctrl-C again to exit at once)");
+                        eprintln!(
+                            "rebeam-node: shutting down (press Ctrl-C again to exit at once)"
+                        );
                         rt.exit_signal(pid, pid, Reason::Shutdown);
                     }
                     _ => {
