@@ -188,7 +188,7 @@ def many_to_many(s: Sizes) -> Workload:
         receivers = [rebeam.spawn(Counter) for _ in range(s.m2m_receivers)]
         me = rebeam.self_pid()
 
-        def sender(receivers: list[Any] = receivers) -> None:
+        def sender(receivers: list[Any] = receivers, me: Any = me) -> None:
             message = ("inc", PAYLOAD)
             for _ in range(s.m2m_per_pair):
                 for r in receivers:
