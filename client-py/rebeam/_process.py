@@ -14,7 +14,7 @@ if IN_NODE:
     Ref = native.Ref
     Sender = native.Sender
 else:  # outside a node, pids still arrive in replies from the client
-    from ._pid import Pid, Ref  # type: ignore[assignment]
+    from ._pid import Pid, Ref, Sender  # type: ignore[assignment]  # noqa: F401
 
 _MISSING: Any = object()
 
