@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 64;
 /// An executor above the initial count retires after this long without work.
 const RETIRE_AFTER: Duration = Duration::from_secs(10);
+/// A handler slower than this is never again run on a caller's thread.
+const INLINE_LIMIT: Duration = Duration::from_millis(10);
 /// How often the stall monitor looks at the run queue.
 const MONITOR_TICK: Duration = Duration::from_millis(2);
 /// A queue head waiting this long with no idle executor means handlers hold every thread.
@@ -170,6 +172,35 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
             finish_server(py, rt, process, server.bind(py), reason);
             break;
         }
+    }
+    drop(enter);
+    rt.finish_batch(process);
+}
+
+/// Runs one call of a server claimed with `try_claim_idle` on the caller's thread: no
+/// thread wake-ups on the fast path. A server whose handler once took longer than
+/// `INLINE_LIMIT` is never run this way again, so slow handlers keep callers' timeouts exact.
+pub fn run_inline(
+    py: Python<'_>,
+    rt: &Arc<PyRuntime>,
+    process: &Arc<PyProcess>,
+    envelope: Envelope<Term>,
+) {
+    let Some(server) = process.data.server.get().map(|s| s.clone_ref(py)) else {
+        rt.finish_batch(process);
+        return;
+    };
+    let enter = Enter::new(process.clone());
+    process.data.handled.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let outcome = dispatch(py, process, server.bind(py), envelope);
+    if started.elapsed() > INLINE_LIMIT {
+        process.data.slow.store(true, Ordering::Relaxed);
+    }
+    if process.is_exited() {
+        clear_interrupt(py);
+    } else if let Some(reason) = outcome {
+        finish_server(py, rt, process, server.bind(py), reason);
     }
     drop(enter);
     rt.finish_batch(process);

@@ -29,6 +29,8 @@ pub struct PyData {
     pub cleanup: AtomicBool,
     /// Messages handled so far.
     pub handled: AtomicU64,
+    /// A handler once ran too long to be run on a caller's thread again.
+    pub slow: AtomicBool,
 }
 
 /// The host side of the runtime: executors, timers and hooks into Python.

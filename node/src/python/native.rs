@@ -1,7 +1,7 @@
 //! `_rebeam_native`: the functions behind the `rebeam` package inside a node.
 
 use super::convert::{self, error, reason_from_py, reason_to_py, types};
-use super::executor::{clear_interrupt, is_killed, log_crash, Blocking};
+use super::executor::{clear_interrupt, is_killed, log_crash, run_inline, Blocking};
 use super::host::{current, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime};
 use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
 use super::term::Term;
@@ -68,7 +68,11 @@ fn unknown_name(py: Python<'_>, dest: &Bound<'_, PyAny>) -> PyResult<PyErr> {
 }
 
 fn exit_error(py: Python<'_>, pid: Pid, reason: &Reason) -> PyResult<PyErr> {
-    Ok(error(py, &types(py)?.exit, (convert::pid_to_py(py, pid)?, reason_to_py(py, reason)?)))
+    Ok(error(
+        py,
+        &types(py)?.exit,
+        (convert::pid_to_py(py, pid)?, reason_to_py(py, reason)?),
+    ))
 }
 
 #[pyfunction]
@@ -93,7 +97,11 @@ fn spawn_server<'py>(
     if (link || monitor) && parent.is_none() {
         this(py, "spawn_link/spawn_monitor")?;
     }
-    let process = rt.spawn(Kind::Server, parent.as_ref().filter(|_| link), PyData::default());
+    let process = rt.spawn(
+        Kind::Server,
+        parent.as_ref().filter(|_| link),
+        PyData::default(),
+    );
     let _ = process.data.server.set(server.clone().unbind());
     let mref = match (&parent, monitor) {
         (Some(p), true) => Some(rt.monitor(p, process.pid)),
@@ -125,7 +133,14 @@ fn spawn_server<'py>(
         if let Some(p) = &parent {
             still_alive(py, p)?;
         }
-        let err = error(py, &types(py)?.init_error, (convert::pid_to_py(py, process.pid)?, reason_to_py(py, &reason)?));
+        let err = error(
+            py,
+            &types(py)?.init_error,
+            (
+                convert::pid_to_py(py, process.pid)?,
+                reason_to_py(py, &reason)?,
+            ),
+        );
         if let Some(cause) = cause {
             err.set_cause(py, Some(cause));
         }
@@ -135,7 +150,11 @@ fn spawn_server<'py>(
     spawned(py, process.pid, mref)
 }
 
-fn spawned<'py>(py: Python<'py>, pid: Pid, mref: Option<crate::runtime::Ref>) -> PyResult<Bound<'py, PyAny>> {
+fn spawned<'py>(
+    py: Python<'py>,
+    pid: Pid,
+    mref: Option<crate::runtime::Ref>,
+) -> PyResult<Bound<'py, PyAny>> {
     let pid = convert::pid_to_py(py, pid)?;
     match mref {
         Some(r) => Ok(PyTuple::new(py, [pid, Bound::new(py, PyRef(r))?.into_any()])?.into_any()),
@@ -159,7 +178,11 @@ fn spawn_function<'py>(
     if (link || monitor) && parent.is_none() {
         this(py, "spawn_link/spawn_monitor")?;
     }
-    let process = rt.spawn(Kind::Thread, parent.as_ref().filter(|_| link), PyData::default());
+    let process = rt.spawn(
+        Kind::Thread,
+        parent.as_ref().filter(|_| link),
+        PyData::default(),
+    );
     let mref = match (&parent, monitor) {
         (Some(p), true) => Some(rt.monitor(p, process.pid)),
         _ => None,
@@ -175,7 +198,9 @@ fn spawn_function<'py>(
             Python::attach(|py| {
                 let result = {
                     let _enter = Enter::new(child.clone());
-                    function.bind(py).call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
+                    function
+                        .bind(py)
+                        .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
                 };
                 finish_function(py, &rt2, &child, result.map(drop));
             })
@@ -187,7 +212,12 @@ fn spawn_function<'py>(
     spawned(py, process.pid, mref)
 }
 
-fn finish_function(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>, result: PyResult<()>) {
+fn finish_function(
+    py: Python<'_>,
+    rt: &Arc<PyRuntime>,
+    process: &Arc<PyProcess>,
+    result: PyResult<()>,
+) {
     let reason = match result {
         Ok(()) => process.data.stop.lock().take().unwrap_or(Reason::Normal),
         Err(err) => {
@@ -214,7 +244,11 @@ fn run<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let rt = rt()?;
     if current().is_some() {
-        return Err(error(py, &types(py)?.error, ("rebeam.run is for code outside processes; call the function directly",)));
+        return Err(error(
+            py,
+            &types(py)?.error,
+            ("rebeam.run is for code outside processes; call the function directly",),
+        ));
     }
     let process = rt.spawn(Kind::Thread, None, PyData::default());
     let result = {
@@ -251,7 +285,9 @@ fn send(py: Python<'_>, dest: &Bound<'_, PyAny>, message: &Bound<'_, PyAny>) -> 
 /// `cast(dest, request)`: an asynchronous request to a GenServer.
 #[pyfunction]
 fn cast(dest: &Bound<'_, PyAny>, request: &Bound<'_, PyAny>) -> PyResult<()> {
-    let Some(pid) = resolve(dest)? else { return Ok(()) };
+    let Some(pid) = resolve(dest)? else {
+        return Ok(());
+    };
     let term = Term::copy_in(request)?;
     let _ = rt()?.send(pid, Envelope::Cast(term));
     Ok(())
@@ -272,11 +308,19 @@ fn call<'py>(
         return Err(error(py, &types(py)?.exit, (dest.clone(), "noproc")));
     };
     if me.as_ref().is_some_and(|m| m.pid == pid) {
-        return Err(error(py, &types(py)?.error, (format!("{pid} called itself: a process cannot wait for its own reply"),)));
+        return Err(error(
+            py,
+            &types(py)?.error,
+            (format!(
+                "{pid} called itself: a process cannot wait for its own reply"
+            ),),
+        ));
     }
     let deadline = match timeout {
         Some(t) if !(t >= 0.0 && t.is_finite()) => {
-            return Err(PyValueError::new_err(format!("timeout must be a non-negative number of seconds or None, not {t}")));
+            return Err(PyValueError::new_err(format!(
+                "timeout must be a non-negative number of seconds or None, not {t}"
+            )));
         }
         Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
         None => None,
@@ -287,13 +331,23 @@ fn call<'py>(
         from: me.as_ref().map(|m| m.pid),
         slot: slot.clone(),
     };
-    if rt.send(pid, envelope).is_err() {
+    let Some(callee) = rt.lookup(pid) else {
+        return Err(exit_error(py, pid, &Reason::Noproc)?);
+    };
+    if !callee.data.slow.load(Ordering::Relaxed) && rt.try_claim_idle(&callee) {
+        run_inline(py, rt, &callee, envelope);
+    } else if rt.deliver(&callee, envelope).is_err() {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     }
+    drop(callee);
     if let Some(m) = &me {
         rt.block_on(m, Some(slot.clone()));
     }
-    let outcome = {
+    let outcome = if slot.is_complete() {
+        // Answered on this thread; a reply later than the deadline still counts as a timeout.
+        slot.wait(None)
+            .filter(|_| deadline.is_none_or(|d| Instant::now() <= d))
+    } else {
         let _blocking = Blocking::begin(rt);
         py.detach(|| slot.wait(deadline))
     };
@@ -305,7 +359,14 @@ fn call<'py>(
         Some(CallResult::Reply(term)) => term.to_py(py),
         Some(CallResult::Exit(reason)) => Err(exit_error(py, pid, &reason)?),
         Some(CallResult::CallerKilled) => Err(error(py, &types(py)?.killed, ())),
-        None => Err(error(py, &types(py)?.timeout, (format!("call to {pid} timed out after {}s", timeout.unwrap_or(0.0)),))),
+        None => Err(error(
+            py,
+            &types(py)?.timeout,
+            (format!(
+                "call to {pid} timed out after {}s",
+                timeout.unwrap_or(0.0)
+            ),),
+        )),
     }
 }
 
@@ -316,7 +377,9 @@ fn reply(sender: &Bound<'_, Sender>, value: &Bound<'_, PyAny>) -> PyResult<bool>
     let term = Term::copy_in(value)?;
     let done = sender.slot.complete(CallResult::Reply(term)).is_ok();
     if let Some(me) = current() {
-        me.lock().pending_calls.retain(|s| !Arc::ptr_eq(s, &sender.slot));
+        me.lock()
+            .pending_calls
+            .retain(|s| !Arc::ptr_eq(s, &sender.slot));
     }
     Ok(done)
 }
@@ -432,8 +495,15 @@ fn register(py: Python<'_>, name: &str, pid: &Bound<'_, PyPid>) -> PyResult<()> 
     check_name(name)?;
     match rt()?.register(name, pid.get().0) {
         Ok(()) => Ok(()),
-        Err(RegistryError::Taken(holder)) => Err(error(py, &types(py)?.name_taken, (name, convert::pid_to_py(py, holder)?))),
-        Err(RegistryError::AlreadyNamed(existing)) => Err(PyValueError::new_err(format!("{} is already registered as {existing:?}", pid.get().0))),
+        Err(RegistryError::Taken(holder)) => Err(error(
+            py,
+            &types(py)?.name_taken,
+            (name, convert::pid_to_py(py, holder)?),
+        )),
+        Err(RegistryError::AlreadyNamed(existing)) => Err(PyValueError::new_err(format!(
+            "{} is already registered as {existing:?}",
+            pid.get().0
+        ))),
         Err(RegistryError::Noproc) => Err(exit_error(py, pid.get().0, &Reason::Noproc)?),
     }
 }
@@ -464,12 +534,18 @@ fn registered(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// true; raises Timeout when none arrives in time. Others stay queued, in order.
 #[pyfunction]
 #[pyo3(signature = (r#match=None, timeout=None))]
-fn receive<'py>(py: Python<'py>, r#match: Option<Bound<'py, PyAny>>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+fn receive<'py>(
+    py: Python<'py>,
+    r#match: Option<Bound<'py, PyAny>>,
+    timeout: Option<f64>,
+) -> PyResult<Bound<'py, PyAny>> {
     let rt = rt()?;
     let me = this(py, "receive()")?;
     let deadline = match timeout {
         Some(t) if !(t >= 0.0 && t.is_finite()) => {
-            return Err(PyValueError::new_err(format!("timeout must be a non-negative number of seconds or None, not {t}")));
+            return Err(PyValueError::new_err(format!(
+                "timeout must be a non-negative number of seconds or None, not {t}"
+            )));
         }
         Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
         None => None,
@@ -527,7 +603,14 @@ fn receive<'py>(py: Python<'py>, r#match: Option<Bound<'py, PyAny>>, timeout: Op
             break Ok(None);
         }
         if !woke && me.mailbox_len() == 0 {
-            break Err(error(py, &types(py)?.timeout, (format!("receive timed out after {}s", timeout.unwrap_or(0.0)),)));
+            break Err(error(
+                py,
+                &types(py)?.timeout,
+                (format!(
+                    "receive timed out after {}s",
+                    timeout.unwrap_or(0.0)
+                ),),
+            ));
         }
     };
     put_back(&me, saved);
@@ -553,9 +636,16 @@ fn put_back(me: &Arc<PyProcess>, saved: VecDeque<Envelope<crate::python::term::T
 
 /// `send_after(seconds, dest, message)` → timer Ref.
 #[pyfunction]
-fn send_after(py: Python<'_>, seconds: f64, dest: &Bound<'_, PyAny>, message: &Bound<'_, PyAny>) -> PyResult<PyRef> {
+fn send_after(
+    py: Python<'_>,
+    seconds: f64,
+    dest: &Bound<'_, PyAny>,
+    message: &Bound<'_, PyAny>,
+) -> PyResult<PyRef> {
     if !(seconds >= 0.0 && seconds.is_finite()) {
-        return Err(PyValueError::new_err(format!("delay must be a non-negative number of seconds, not {seconds}")));
+        return Err(PyValueError::new_err(format!(
+            "delay must be a non-negative number of seconds, not {seconds}"
+        )));
     }
     let rt = rt()?;
     let Some(pid) = resolve(dest)? else {
@@ -563,32 +653,49 @@ fn send_after(py: Python<'_>, seconds: f64, dest: &Bound<'_, PyAny>, message: &B
     };
     let timer = rt.make_ref();
     let term = Term::copy_in(message)?;
-    timers(rt)?.send_after(timer, Duration::from_secs_f64(seconds), pid, Envelope::Info(term));
+    timers(rt)?.send_after(
+        timer,
+        Duration::from_secs_f64(seconds),
+        pid,
+        Envelope::Info(term),
+    );
     Ok(PyRef(timer))
 }
 
 fn timers(rt: &PyRuntime) -> PyResult<&Arc<crate::runtime::Timers<Term>>> {
-    rt.host.timers.get().ok_or_else(|| PyValueError::new_err("timers are not running"))
+    rt.host
+        .timers
+        .get()
+        .ok_or_else(|| PyValueError::new_err("timers are not running"))
 }
 
 /// `cancel_timer(ref)` → seconds that were left, or None if it already fired.
 #[pyfunction]
 fn cancel_timer(timer: &Bound<'_, PyRef>) -> PyResult<Option<f64>> {
     let rt = rt()?;
-    Ok(timers(rt)?.cancel(timer.get().0).map(|(left, _)| left.as_secs_f64()))
+    Ok(timers(rt)?
+        .cancel(timer.get().0)
+        .map(|(left, _)| left.as_secs_f64()))
 }
 
 /// `set_timeout(seconds)`: a GenServer gets `TIMEOUT` if no message arrives in time.
 #[pyfunction]
 fn set_timeout(py: Python<'_>, seconds: f64) -> PyResult<()> {
     if !(seconds >= 0.0 && seconds.is_finite()) {
-        return Err(PyValueError::new_err(format!("timeout must be a non-negative number of seconds, not {seconds}")));
+        return Err(PyValueError::new_err(format!(
+            "timeout must be a non-negative number of seconds, not {seconds}"
+        )));
     }
     let rt = rt()?;
     let me = this(py, "set_timeout()")?;
     let generation = me.lock().timeout_gen;
     let timer = rt.make_ref();
-    timers(rt)?.send_after(timer, Duration::from_secs_f64(seconds), me.pid, Envelope::Timeout(generation));
+    timers(rt)?.send_after(
+        timer,
+        Duration::from_secs_f64(seconds),
+        me.pid,
+        Envelope::Timeout(generation),
+    );
     Ok(())
 }
 
@@ -622,8 +729,13 @@ fn is_alive(pid: &Bound<'_, PyPid>) -> PyResult<bool> {
 
 /// Facts about a live local process, or None.
 #[pyfunction]
-fn process_info<'py>(py: Python<'py>, pid: &Bound<'py, PyPid>) -> PyResult<Option<Bound<'py, PyDict>>> {
-    let Some(p) = rt()?.lookup(pid.get().0) else { return Ok(None) };
+fn process_info<'py>(
+    py: Python<'py>,
+    pid: &Bound<'py, PyPid>,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let Some(p) = rt()?.lookup(pid.get().0) else {
+        return Ok(None);
+    };
     let info = PyDict::new(py);
     let (status, mailbox, links, monitors, trap, name) = {
         let st = p.lock();
@@ -671,9 +783,8 @@ fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(out)
 }
 
-/// The `_rebeam_native` module.
-#[pymodule]
-pub fn _rebeam_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+/// Fills the `_rebeam_native` module (the binary registers it before Python starts).
+pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPid>()?;
     m.add_class::<PyRef>()?;
     m.add_class::<Sender>()?;

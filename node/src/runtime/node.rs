@@ -189,6 +189,21 @@ impl<H: Host> Runtime<H> {
         }
     }
 
+    /// Claims an idle server with an empty mailbox for the calling thread, so a caller can
+    /// run the callee's handler itself instead of waking an executor; false if not idle.
+    pub fn try_claim_idle(&self, process: &Arc<Process<H>>) -> bool {
+        if process.kind != Kind::Server {
+            return false;
+        }
+        let mut st = process.lock();
+        if st.status != Status::Idle || !st.mailbox.is_empty() {
+            return false;
+        }
+        st.status = Status::Running;
+        st.timeout_gen += 1;
+        true
+    }
+
     /// Marks a queued server as running on the calling thread; false if it exited meanwhile.
     pub fn begin_batch(&self, process: &Arc<Process<H>>) -> bool {
         let mut st = process.lock();
