@@ -128,6 +128,11 @@ class Supervisor(GenServer):
         for spec in specs:
             try:
                 self._children.append(_Child(spec, self._start(spec)))
+            except InitError as e:
+                # As OTP: the start fails with {shutdown, {failed_to_start_child, Id, Reason}}.
+                self._stop_all()
+                native.stop(("shutdown", ("failed_to_start_child", spec.id, e.reason)))
+                raise
             except BaseException:
                 self._stop_all()
                 raise

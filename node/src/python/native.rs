@@ -116,6 +116,9 @@ fn spawn_server<'py>(
         Err(err) => {
             let reason = if process.is_exited() || is_killed(py, &err) {
                 process.exit_reason().unwrap_or(Reason::Killed)
+            } else if let Some(reason) = stop {
+                // `init` chose its exit reason with `stop(reason)`, then raised the cause.
+                reason
             } else {
                 convert::crash_reason(py, &err)
             };
