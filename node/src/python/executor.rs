@@ -19,6 +19,9 @@ const BATCH: usize = 64;
 const RETIRE_AFTER: Duration = Duration::from_secs(10);
 /// A handler slower than this is never again run on a caller's thread.
 const INLINE_LIMIT: Duration = Duration::from_millis(10);
+/// Messages a server handles on executors (each faster than `INLINE_LIMIT`) before calls
+/// to it may run on the caller's thread: a fresh server's first calls keep exact timeouts.
+pub const INLINE_WARMUP: u64 = 3;
 /// How often the stall monitor looks at the run queue.
 const MONITOR_TICK: Duration = Duration::from_millis(2);
 /// A queue head waiting this long with no idle executor means handlers hold every thread.
@@ -163,7 +166,11 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
             break;
         };
         process.data.handled.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let outcome = dispatch(py, process, server.bind(py), envelope);
+        if started.elapsed() > INLINE_LIMIT {
+            process.data.slow.store(true, Ordering::Relaxed);
+        }
         if process.is_exited() {
             clear_interrupt(py);
             break;

@@ -31,6 +31,9 @@ pub struct PyData {
     pub handled: AtomicU64,
     /// A handler once ran too long to be run on a caller's thread again.
     pub slow: AtomicBool,
+    /// This process's thread is running a callee's handler (an inline call): killing this
+    /// process must not interrupt that handler; the call raises when the handler returns.
+    pub lent: AtomicBool,
 }
 
 /// The host side of the runtime: executors, timers and hooks into Python.
@@ -52,6 +55,11 @@ impl Host for PyHost {
             return;
         }
         Python::attach(|py| {
+            // Checked with the GIL held: the caller sets `lent` and checks that it is still
+            // alive under the GIL before it runs a callee's handler.
+            if process.data.lent.load(Ordering::SeqCst) {
+                return;
+            }
             if let Ok(types) = convert::types(py) {
                 // SAFETY: the GIL is held; the ident names a live thread that runs this
                 // process's code (it clears `thread` under the GIL when it stops).

@@ -1,7 +1,7 @@
 //! `_rebeam_native`: the functions behind the `rebeam` package inside a node.
 
 use super::convert::{self, error, reason_from_py, reason_to_py, types};
-use super::executor::{clear_interrupt, is_killed, log_crash, run_inline, Blocking};
+use super::executor::{clear_interrupt, is_killed, log_crash, run_inline, Blocking, INLINE_WARMUP};
 use super::host::{current, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime};
 use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
 use super::term::Term;
@@ -337,9 +337,20 @@ fn call<'py>(
     let Some(callee) = rt.lookup(pid) else {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     };
-    if !callee.data.slow.load(Ordering::Relaxed) && rt.try_claim_idle(&callee) {
+    let inline = !callee.data.slow.load(Ordering::Relaxed)
+        && callee.data.handled.load(Ordering::Relaxed) >= INLINE_WARMUP
+        && lend(me.as_ref())
+        && rt.try_claim_idle(&callee);
+    let delivered = if inline {
         run_inline(py, rt, &callee, envelope);
-    } else if rt.deliver(&callee, envelope).is_err() {
+        true
+    } else {
+        rt.deliver(&callee, envelope).is_ok()
+    };
+    if let Some(m) = &me {
+        m.data.lent.store(false, Ordering::SeqCst);
+    }
+    if !delivered {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     }
     drop(callee);
@@ -370,6 +381,18 @@ fn call<'py>(
                 timeout.unwrap_or(0.0)
             ),),
         )),
+    }
+}
+
+/// Marks the caller's thread as lent to a callee's handler; false if the caller is already
+/// dead (then the call must not run a handler here). Called with the GIL held.
+fn lend(me: Option<&Arc<PyProcess>>) -> bool {
+    match me {
+        Some(m) => {
+            m.data.lent.store(true, Ordering::SeqCst);
+            !m.is_exited()
+        }
+        None => true,
     }
 }
 
