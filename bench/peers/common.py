@@ -12,9 +12,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SCHEMA = "rebeam-bench/1"
 
@@ -207,7 +208,7 @@ def check(condition: bool, what: str) -> None:
 # ---------------------------------------------------------------- memory via /proc
 
 
-def _proc_table() -> dict[int, tuple[int, int, int]]:
+def proc_table() -> dict[int, tuple[int, int, int]]:
     """pid -> (ppid, pgid, sid) for every process."""
     table: dict[int, tuple[int, int, int]] = {}
     for entry in os.listdir("/proc"):
@@ -228,7 +229,7 @@ def _proc_table() -> dict[int, tuple[int, int, int]]:
 def involved_pids(roots: list[int]) -> set[int]:
     """The roots, their descendants, and processes that daemonized out of them (re-parented to
     init but still in a session or process group led by one of them), to a fixed point."""
-    table = _proc_table()
+    table = proc_table()
     pids = set(roots)
     while True:
         grown = {

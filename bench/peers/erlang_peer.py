@@ -132,7 +132,8 @@ def parse(lines: list[str], s: Sizes) -> list[Workload]:
                 out.append(call_rate_from(out[-1]))
         elif name in ("crash_restart", "failover") and name in lat:
             ms = [v / 1000 for v in lat[name][0]]
-            out.append(value_workload(name, unit, better, ms, len(ms), 1 if name == "crash_restart" else 0, note))
+            warm = 1 if name == "crash_restart" else 0
+            out.append(value_workload(name, unit, better, ms, len(ms), warm, note))
         elif name in vals:
             values = [v for v, _ in vals[name]]
             warm = s.oneway_warmup if "oneway" in name else 0
@@ -145,8 +146,9 @@ def parse(lines: list[str], s: Sizes) -> list[Workload]:
 def main() -> None:
     args = parse_args(__doc__ or "")
     # Erlang is fast: ten times the message counts so each timed run lasts long enough to measure.
-    s = scaled(sizes_for(args.mode), 10, fanout_actors=1_000, crash_repeats=sizes_for(args.mode).crash_repeats,
-               failover_repeats=sizes_for(args.mode).failover_repeats)
+    base = sizes_for(args.mode)
+    s = scaled(base, 10, fanout_actors=1_000, crash_repeats=base.crash_repeats,
+               failover_repeats=base.failover_repeats)
     started = time.time()
     lines, version = run_erlang(s, timeout=600)
     otp = version.split()[0]

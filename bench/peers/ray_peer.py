@@ -35,6 +35,7 @@ from common import (  # noqa: E402
     involved_pids,
     latency_workload,
     pkg_version,
+    proc_table,
     scaled,
     sizes_for,
     status_workload,
@@ -44,6 +45,11 @@ from common import (  # noqa: E402
     write_result,
 )
 
+CLUSTER_WORKLOADS = (
+    ("cross_node_rtt", "us", "lower"),
+    ("cross_node_oneway", "msgs/s", "higher"),
+    ("failover", "ms", "lower"),
+)
 RAY_BIN = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "ray")
 
 
@@ -99,7 +105,8 @@ def call_rtt(actor: Any, s: Sizes, name: str) -> Workload:
             samples.append((time.perf_counter_ns() - t0) / 1000)
             check(reply == PAYLOAD, "echo reply")
         runs.append(samples)
-    return latency_workload(name, "us", runs, s.call_warmup, "ray.get(actor.ping.remote(payload)) from the driver")
+    note = "ray.get(actor.ping.remote(payload)) from the driver"
+    return latency_workload(name, "us", runs, s.call_warmup, note)
 
 
 def oneway(s: Sizes, name: str, options: dict[str, Any]) -> Workload:
@@ -233,9 +240,10 @@ def free_port() -> int:
 
 
 class RayNode:
-    """A `ray start` node; its daemons stay in the session that `ray start` was given."""
+    """A `ray start` node; its daemons stay in the process group that `ray start` leads (and
+    in the session of the benchmark, which bench/run stops as a whole)."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, ip: str, args: list[str]) -> None:
         # Several nodes on one host need their own agent and manager ports.
         ports = [
             f"--{flag}={free_port()}"
@@ -244,16 +252,18 @@ class RayNode:
                          "object-manager-port", "node-manager-port")
         ]
         self.proc = subprocess.Popen(
-            [RAY_BIN, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+            [RAY_BIN, "start", f"--node-ip-address={ip}", "--num-cpus=1",
              "--disable-usage-stats", *ports, *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0,
         )
         _, err = self.proc.communicate(timeout=120)
         if self.proc.returncode != 0:
             raise RuntimeError(f"ray start failed: {err.decode()[-800:]}")
 
     def pids(self) -> set[int]:
-        return involved_pids([self.proc.pid]) - {self.proc.pid}
+        """The node's daemons, and their children (workers lead process groups of their own)."""
+        group = [pid for pid, (_, pgid, _) in proc_table().items() if pgid == self.proc.pid]
+        return involved_pids(group) if group else set()
 
     def kill(self) -> None:
         for pid in self.pids():
@@ -263,17 +273,23 @@ class RayNode:
                 pass
 
 
-def cluster(s: Sizes, port: int) -> list[Workload]:
-    address = f"127.0.0.1:{port}"
+def cluster(s: Sizes, port: int, out: list[Workload]) -> None:
+    """Head on 127.0.0.2, second node on 127.0.0.3 (both loopback); the driver attaches to the
+    head. Appends to `out` as results come."""
+    # Ray rewrites 127.0.0.1 to the machine's interface address; other 127/8 addresses are
+    # loopback too and kept as given.
+    head_ip, second_ip = "127.0.0.2", "127.0.0.3"
+    address = f"{head_ip}:{port}"
     if not (Path.home() / ".ray" / "auth_token").exists() and "RAY_AUTH_TOKEN" not in os.environ:
         subprocess.run([RAY_BIN, "get-auth-token", "--generate"], check=True, capture_output=True)
     nodes: list[RayNode] = []
-    out: list[Workload] = []
     try:
-        nodes.append(RayNode(["--head", f"--port={port}", "--include-dashboard=false"]))
-        nodes.append(RayNode([f"--address={address}"]))
-        ray.init(address=address, _node_ip_address="127.0.0.1")
+        nodes.append(RayNode(head_ip, ["--head", f"--port={port}", "--include-dashboard=false"]))
+        nodes.append(RayNode(second_ip, [f"--address={address}"]))
+        ray.init(address=address, _node_ip_address=head_ip)
         head_id = ray.get_runtime_context().get_node_id()
+        check(any(n["NodeID"] == head_id and n["NodeManagerAddress"] == head_ip for n in ray.nodes()),
+              "driver attached to the head")
 
         def second_node_id() -> str:
             deadline = time.time() + 60
@@ -288,14 +304,16 @@ def cluster(s: Sizes, port: int) -> list[Workload]:
         echo = Echo.options(**remote).remote()
         check(ray.get(echo.node.remote()) != head_id, "echo on the second node")
         rtt = call_rtt(echo, s, "cross_node_rtt")
-        rtt.notes = "ray.get(actor.ping.remote()) from the driver on the head node to an actor on the second node"
+        rtt.notes = ("ray.get(actor.ping.remote()) from the driver on the head node to an actor on the "
+                     "second node")
         out.append(rtt)
-        out.append(guarded("cross_node_oneway", "msgs/s", "higher", lambda: oneway(s, "cross_node_oneway", remote)))
+        out.append(guarded("cross_node_oneway", "msgs/s", "higher",
+                           lambda: oneway(s, "cross_node_oneway", remote)))
         ray.kill(echo)
         ms = []
         for k in range(s.failover_repeats):
             if k > 0:
-                nodes.append(RayNode([f"--address={address}"]))
+                nodes.append(RayNode(second_ip, [f"--address={address}"]))
             node2 = second_node_id()
             soft = NodeAffinitySchedulingStrategy(node2, soft=True)
             actor = Echo.options(max_restarts=-1, scheduling_strategy=soft).remote()
@@ -318,7 +336,6 @@ def cluster(s: Sizes, port: int) -> list[Workload]:
         ray.shutdown()
         for n in nodes:
             n.kill()
-    return out
 
 
 def main() -> None:
@@ -336,7 +353,8 @@ def main() -> None:
     started = time.time()
     version = pkg_version("ray")
     work: list[Workload] = []
-    ray.init(_node_ip_address="127.0.0.1")  # loopback only; otherwise defaults
+    # A fresh local instance (not one found through /tmp/ray), loopback only; otherwise defaults.
+    ray.init(address="local", _node_ip_address="127.0.0.1")
     try:
         try:
             work.extend(spawn_and_memory(s))
@@ -355,16 +373,14 @@ def main() -> None:
     finally:
         ray.shutdown()
     if args.no_cluster:
-        for name, unit, better in (("cross_node_rtt", "us", "lower"),
-                                   ("cross_node_oneway", "msgs/s", "higher"), ("failover", "ms", "lower")):
+        for name, unit, better in CLUSTER_WORKLOADS:
             work.append(status_workload(name, unit, better, "skipped", "--no-cluster"))
     else:
         try:
-            work.extend(cluster(s, 26379 + os.getpid() % 1000))
+            cluster(s, 26379 + os.getpid() % 1000, work)
         except Exception as exc:  # noqa: BLE001
             names = {w.name for w in work}
-            for name, unit, better in (("cross_node_rtt", "us", "lower"),
-                                       ("cross_node_oneway", "msgs/s", "higher"), ("failover", "ms", "lower")):
+            for name, unit, better in CLUSTER_WORKLOADS:
                 if name not in names:
                     work.append(status_workload(name, unit, better, "error", repr(exc)))
     write_result(

@@ -57,7 +57,8 @@ def call_rtt(asys: ActorSystem, s: Sizes) -> Workload:
     stop(asys, [echo, pinger])
     return latency_workload(
         "call_rtt", "us", runs, s.call_warmup,
-        "actor-to-actor request/reply (self.send, reply handled in receiveMessage), timed in the caller actor",
+        "actor-to-actor request/reply (self.send, reply handled in receiveMessage), "
+        "timed in the caller actor",
     )
 
 
@@ -103,9 +104,11 @@ def oneway(asys: ActorSystem, s: Sizes) -> Workload:
     by_client = oneway_from_client(asys, s)
     med_actor, med_client = statistics.median(by_actor), statistics.median(by_client)
     if med_actor >= med_client:
-        rates, how = by_actor, f"a sender actor's self.send() (ActorSystem.tell: {med_client:.0f} msgs/s)"
+        rates = by_actor
+        how = f"a sender actor's self.send() (ActorSystem.tell: {med_client:.0f} msgs/s)"
     else:
-        rates, how = by_client, f"the client's ActorSystem.tell() (sender actor's self.send: {med_actor:.0f} msgs/s)"
+        rates = by_client
+        how = f"the client's ActorSystem.tell() (sender actor's self.send: {med_actor:.0f} msgs/s)"
     return value_workload(
         "oneway", "msgs/s", "higher", rates, s.oneway * s.repeats, s.oneway_warmup,
         f"n one-way messages from {how}, confirmed by a final ask for the count",
