@@ -88,6 +88,8 @@ def cell(w: dict[str, Any] | None) -> str:
         return status.replace("_", " ")
     unit = UNITS.get(w["unit"], w["unit"])
     text = f"{fmt(w['median'])} {unit}"
+    if unit == "KiB" and w["median"] >= 1024:
+        text = f"{w['median'] / 1024:.1f} MiB"
     if w.get("p99") is not None and w["name"].endswith("rtt"):
         text += f" (p99 {fmt(w['p99'])})"
     spread = w.get("spread")
@@ -133,11 +135,12 @@ def chart(docs: dict[str, dict[str, Any]], refs: dict[str, tuple[float, str]], p
     except ImportError:
         return False
     peers = [p for p in PEERS if p in docs]
-    names = [n for n in WORKLOADS if n in refs]
+    names = [n for n in WORKLOADS if n in refs and n != "call_rate"]  # call_rate mirrors call_rtt
     if not peers or not names:
         return False
-    fig, ax = plt.subplots(figsize=(10, 0.55 * len(names) * max(2, len(peers)) / 2 + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.16 * len(names) * len(peers) + 2))
     height = 0.8 / len(peers)
+    shown: list[float] = []
     for i, peer in enumerate(peers):
         ws = workloads_of(docs[peer])
         values = []
@@ -147,9 +150,16 @@ def chart(docs: dict[str, dict[str, Any]], refs: dict[str, tuple[float, str]], p
             better = w["better"] if w else "lower"
             values.append(ratio(refs[name][0], theirs, better) or math.nan)
         ys = [j + (i - (len(peers) - 1) / 2) * height for j in range(len(names))]
-        ax.barh(ys, values, height=height, label=docs[peer].get("label", peer))
+        # Bars grow from 1 (parity): right of it Re:BEAM is better, left of it worse.
+        widths = [v - 1 for v in values]
+        shown.extend(v for v in values if not math.isnan(v))
+        ax.barh(ys, widths, left=1, height=height, label=docs[peer].get("label", peer))
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
+    low, high = min([*shown, 1.0]) / 2, max([*shown, 1.0]) * 2
+    ax.set_xlim(low, high)
+    ax.axvspan(low, 1.0, color="red", alpha=0.06)
+    ax.text(low * 1.1, len(names) - 0.6, "Re:BEAM worse", color="darkred", fontsize=8)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels([
         f"{WORKLOADS[n][0]} ({'Re:BEAM' if refs[n][1] == 'measured' else 'target'})" for n in names
@@ -234,8 +244,9 @@ def section(docs: dict[str, dict[str, Any]], chart_ok: bool) -> str:
             r = ratio(ours, theirs, w["better"] if w else "lower")
             row.append(ratio_text(r))
             if r is not None and r < 1:
-                losses.append(f"{title}: {'Re:BEAM' if basis_kind == 'measured' else 'the target'} is "
-                              f"{1 / r:.2g}× worse than {docs[p].get('label', p)}")
+                who = "Re:BEAM" if basis_kind == "measured" else "the target"
+                times = ratio_text(r).strip("*").replace(" worse", "")
+                losses.append(f"{title}: {who} is {times} worse than {docs[p].get('label', p)}")
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     if losses:
