@@ -14,6 +14,7 @@ pub trait Host: Send + Sync + Sized + 'static {
     /// A process was killed while its code was running on some thread: stop that code.
     fn interrupt(&self, process: &Arc<Process<Self>>);
 
-    /// A process exited; called after links and monitors fired, with no core lock held.
+    /// A process exited; called after its name was released and before its links and
+    /// monitors fire, with no core lock held.
     fn exited(&self, process: &Arc<Process<Self>>, reason: &Reason);
 }

@@ -324,8 +324,8 @@ impl<H: Host> Runtime<H> {
         }
     }
 
-    /// Ends a process: releases its name, then fires links and monitors, fails calls waiting
-    /// on it and tells the host. Links that die too are handled here as well, iteratively.
+    /// Ends a process: releases its name and tells the host, then fires links and monitors
+    /// and fails calls waiting on it. Links that die too are handled here as well, iteratively.
     pub fn terminate(&self, process: &Arc<Process<H>>, reason: Reason) {
         let mut work = vec![(process.clone(), reason)];
         while let Some((p, reason)) = work.pop() {
@@ -335,6 +335,10 @@ impl<H: Host> Runtime<H> {
             if let Some(name) = &dead.name {
                 self.names.release(name, p.pid);
             }
+            // What the host keeps for the process (registry keys, groups, tables) goes with
+            // its name: before links and monitors fire, so no one notified of the exit can
+            // still find the dead process under a key.
+            self.host.exited(&p, &reason);
             if dead.was_running {
                 self.host.interrupt(&p);
             }
@@ -381,7 +385,6 @@ impl<H: Host> Runtime<H> {
                     t.lock().watchers.retain(|(r, _)| *r != mref);
                 }
             }
-            self.host.exited(&p, &reason);
         }
     }
 
