@@ -81,7 +81,7 @@ def fmt(value: float | None) -> str:
 def cell(w: dict[str, Any] | None) -> str:
     if w is None:
         return "not measured"
-    status = w.get("status", "ok")
+    status = str(w.get("status", "ok"))
     if status == "none":
         return "none"
     if status != "ok" or w.get("median") is None:
@@ -236,12 +236,12 @@ def section(docs: dict[str, dict[str, Any]], chart_ok: bool) -> str:
     for name, (title, _) in WORKLOADS.items():
         if name not in refs:
             continue
-        ours, basis_kind = refs[name]
+        reference, basis_kind = refs[name]
         row = [title, basis_kind]
         for p in peers:
             w = workloads_of(docs[p]).get(name)
             theirs = w.get("median") if w and w.get("status") == "ok" else None
-            r = ratio(ours, theirs, w["better"] if w else "lower")
+            r = ratio(reference, theirs, w["better"] if w else "lower")
             row.append(ratio_text(r))
             if r is not None and r < 1:
                 who = "Re:BEAM" if basis_kind == "measured" else "the target"

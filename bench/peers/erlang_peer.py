@@ -16,6 +16,7 @@ from common import (
     Sizes,
     Workload,
     call_rate_from,
+    exit_on_sigterm,
     latency_workload,
     parse_args,
     scaled,
@@ -144,6 +145,7 @@ def parse(lines: list[str], s: Sizes) -> list[Workload]:
 
 
 def main() -> None:
+    exit_on_sigterm()
     args = parse_args(__doc__ or "")
     # Erlang is fast: ten times the message counts so each timed run lasts long enough to measure.
     base = sizes_for(args.mode)

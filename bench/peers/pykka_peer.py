@@ -14,6 +14,7 @@ from common import (
     Workload,
     call_rate_from,
     check,
+    exit_on_sigterm,
     guarded,
     latency_workload,
     parse_args,
@@ -186,6 +187,7 @@ def many_to_many(s: Sizes) -> Workload:
 
 
 def main() -> None:
+    exit_on_sigterm()
     args = parse_args(__doc__ or "")
     s = sizes_for(args.mode)
     started = time.time()

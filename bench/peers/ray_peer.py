@@ -31,6 +31,7 @@ from common import (  # noqa: E402
     Workload,
     call_rate_from,
     check,
+    exit_on_sigterm,
     guarded,
     involved_pids,
     latency_workload,
@@ -339,6 +340,7 @@ def cluster(s: Sizes, port: int, out: list[Workload]) -> None:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mode", choices=["quick", "full"], default="quick")
     parser.add_argument("--out", required=True)

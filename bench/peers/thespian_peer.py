@@ -20,6 +20,7 @@ from common import (
     Workload,
     call_rate_from,
     check,
+    exit_on_sigterm,
     guarded,
     latency_workload,
     pkg_version,
@@ -209,6 +210,7 @@ def many_to_many(asys: ActorSystem, s: Sizes) -> Workload:
 
 
 def main() -> None:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mode", choices=["quick", "full"], default="quick")
     parser.add_argument("--base", choices=["simple", "tcp"], required=True)
