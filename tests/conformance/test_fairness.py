@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from _util import expect, wait_down
 
 import rebeam
+from _util import expect, wait_down
 
 
 class Runaway(rebeam.GenServer):

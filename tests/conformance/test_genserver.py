@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from _util import expect, forever, nothing, wait_down, wait_exit
 
 import rebeam
+from _util import expect, forever, nothing, wait_down, wait_exit
 
 
 class Recorder(rebeam.GenServer):
@@ -67,7 +67,7 @@ def test_handle_call_gets_the_sender():
 
 def test_casts_and_calls_from_one_sender_are_handled_in_order():
     pid = rebeam.spawn(Recorder, rebeam.self_pid())
-    for i in range(500):
+    for _ in range(500):
         rebeam.cast(pid, 1)
     assert rebeam.call(pid, "get") == 500
 

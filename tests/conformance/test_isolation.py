@@ -6,9 +6,9 @@ import threading
 from dataclasses import dataclass
 
 import pytest
-from _util import Echo, expect, wait_down
 
 import rebeam
+from _util import Echo, expect, wait_down
 
 
 def _mirror(owner):

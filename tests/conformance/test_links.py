@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from _util import expect, forever, nothing, wait_down, wait_exit
 
 import rebeam
+from _util import expect, forever, nothing, wait_down, wait_exit
 
 
 def _linked_pair(owner):

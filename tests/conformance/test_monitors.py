@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from _util import expect, forever, nothing, wait_down
-
 import rebeam
+from _util import expect, forever, nothing, wait_down
 
 
 def test_down_arrives_once_with_ref_pid_and_reason():

@@ -7,9 +7,9 @@ import pickle
 import time
 
 import pytest
-from _util import Echo, expect, forever, nothing, wait_down, watch_exit
 
 import rebeam
+from _util import Echo, expect, forever, nothing, wait_down
 
 
 def test_pids_are_values_unique_and_printable():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from _util import Echo, expect, forever, wait_down
 
 import rebeam
+from _util import Echo, expect, forever, wait_down
 
 _names = itertools.count()
 
@@ -281,3 +281,31 @@ def test_pg_members_leave_on_exit_before_down():
         rebeam.exit(pid, "kill")
         wait_down(ref)
         assert rebeam.pg.members(group) == []
+
+
+def test_cleanup_is_complete_before_a_watcher_handles_down_even_when_slow():
+    # Many groups make the node's cleanup of a dead member take a while (tens of ms, longer
+    # than the GIL switch interval): a watcher must still never see the dead member.
+    me = rebeam.self_pid()
+    group = fresh("group")
+    bystander = rebeam.spawn(forever)
+    for i in range(100_000):
+        rebeam.pg.join((group, i), bystander)
+
+    class Watcher(rebeam.GenServer):
+        def init(self, target):
+            rebeam.monitor(target)
+
+        def handle_info(self, message):
+            if isinstance(message, rebeam.Down):
+                rebeam.send(me, ("members in Down", rebeam.pg.members(group)))
+
+    try:
+        for _ in range(3):
+            pid = rebeam.spawn(forever)
+            rebeam.pg.join(group, pid)
+            rebeam.spawn(Watcher, pid)
+            rebeam.exit(pid, "kill")
+            assert rebeam.receive(timeout=5) == ("members in Down", [])
+    finally:
+        rebeam.exit(bystander, "kill")

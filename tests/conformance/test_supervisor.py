@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from _util import forever, nothing, wait_down, wait_exit
 
 import rebeam
+from _util import forever, nothing, wait_down, wait_exit
 from rebeam import child
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from _util import expect, forever, wait_down, wait_exit
-
 import rebeam
+from _util import expect, forever, wait_down, wait_exit
 
 
 def test_trapped_exit_signals_arrive_as_exit_messages():
