@@ -44,9 +44,9 @@ OTHER_TARGETS = [
 UNITS = {"us": "µs"}
 
 
-def load() -> dict[str, dict[str, Any]]:
+def load(results: Path) -> dict[str, dict[str, Any]]:
     docs: dict[str, dict[str, Any]] = {}
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(results.glob("*.json")):
         try:
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -195,16 +195,17 @@ def section(docs: dict[str, dict[str, Any]], chart_ok: bool) -> str:
                  "on it (numbers are medians over repeats; the spread is shown as [min–max] of the "
                  "repeats).")
     lines.append("")
+    shown = [*(["rebeam"] if rebeam_doc else []), *peers]
     lines.append("**Runs**: " + "; ".join(
         f"{docs[p].get('label', p)}: {docs[p].get('mode')} mode, {docs[p].get('started_utc')}, "
-        f"{docs[p].get('duration_s')} s" for p in ([*(['rebeam'] if rebeam_doc else []), *peers])
+        f"{docs[p].get('duration_s')} s{_load(docs[p])}" for p in shown
     ) + ".")
     lines.append("")
     if not rebeam_doc:
         lines.append("**Re:BEAM: not yet measured** (`bench/results/rebeam.json` is absent: it is "
-                     "written by `bench/rebeam_local.py` on the node). Until then the Re:BEAM column "
-                     "shows the targets of issues #2 and #4, and the ratios compare those targets with "
-                     "each peer.")
+                     "written by `bench/peers/rebeam_peer.py` run inside `rebeam-node --dev --run`). "
+                     "Until then the Re:BEAM column shows the targets of issues #2 and #4, and the "
+                     "ratios compare those targets with each peer.")
         lines.append("")
     lines.append(f"Every message carries a {any_doc.get('payload_bytes', 64)}-byte binary payload; calls "
                  "echo it. Warm-up is excluded from every number (counts in the JSON, `warmup`); every "
@@ -289,6 +290,11 @@ def section(docs: dict[str, dict[str, Any]], chart_ok: bool) -> str:
     return "\n".join(lines)
 
 
+def _load(doc: dict[str, Any]) -> str:
+    load = doc.get("machine", {}).get("loadavg_1m_at_end")
+    return f", load average {load:.1f} at its end" if isinstance(load, float) and load >= 0 else ""
+
+
 def _unit_of(name: str, docs: dict[str, dict[str, Any]]) -> str:
     for doc in docs.values():
         w = workloads_of(doc).get(name)
@@ -314,9 +320,10 @@ def splice(doc_path: Path, body: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--doc", type=Path, default=DOC, help="markdown file to update")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="directory of *.json")
     args = parser.parse_args()
-    docs = load()
+    docs = load(args.results)
     refs = reference_values(workloads_of(docs.get("rebeam")))
     chart_ok = chart(docs, refs, args.doc.parent / CHART.name)
     splice(args.doc, section(docs, chart_ok))

@@ -300,7 +300,13 @@ def machine_info() -> dict[str, Any]:
                     mem_kib = int(line.split()[1])
     except OSError:
         pass
+    try:
+        with open("/proc/loadavg") as fh:
+            load1 = float(fh.read().split()[0])
+    except OSError:
+        load1 = -1.0
     return {
+        "loadavg_1m_at_end": load1,  # other work on the machine skews the numbers
         "nproc": os.cpu_count(),
         "mem_total_gib": round(mem_kib / 1024 / 1024, 1),
         "cpu_model": cpu,
