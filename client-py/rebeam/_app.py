@@ -6,15 +6,16 @@ from __future__ import annotations
 import importlib
 import sys
 import tomllib
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import Error, Exit
+from ._errors import Error, Exit, InitError
 from ._native import native
 from ._process import receive, spawn_link
 from ._supervisor import RESTARTS, ChildSpec, Supervisor, child
-from ._types import Global
+from ._types import Crash, Global
 
 MANIFEST = "rebeam.toml"
 MASTER_NAME = "$app_master"
@@ -139,13 +140,56 @@ class AppSupervisor(Supervisor):
         return child_specs(manifest)
 
 
+def _failed_child(reason: Any) -> tuple[list[Any], Any]:
+    """Unwraps nested ``("shutdown", ("failed_to_start_child", id, reason))``: the path of
+    child ids down to the child that failed, and its own reason."""
+    path = []
+    while (isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "shutdown"
+           and isinstance(reason[1], tuple) and len(reason[1]) == 3
+           and reason[1][0] == "failed_to_start_child"):
+        path.append(reason[1][1])
+        reason = reason[1][2]
+    return path, reason
+
+
+def _report_start_failure(name: str, error: InitError) -> None:
+    """Prints why the application did not start: which child, the exception, its traceback."""
+    path, reason = _failed_child(error.reason)
+    where = f" in child {' / '.join(repr(p) for p in path)}" if path else ""
+    if isinstance(reason, Crash):
+        print(f"rebeam: application {name} failed to start{where}: {reason.type}: "
+              f"{reason.message}", file=sys.stderr)
+        print(reason.traceback.rstrip(), file=sys.stderr)
+    else:
+        print(f"rebeam: application {name} failed to start{where}: {reason!r}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _report_manifest_error(directory: str, error: ManifestError) -> None:
+    """Prints a manifest or import problem, with the traceback of what caused it."""
+    cause = error.__cause__
+    if cause is not None:
+        traceback.print_exception(cause, file=sys.stderr)
+    print(f"rebeam: cannot start the application in {directory}: {error}", file=sys.stderr,
+          flush=True)
+
+
 def run_app(directory: str) -> int:
     """Starts the application and serves until asked to stop (an exit signal to the
     registered master) or until its root supervisor gives up; returns an exit status."""
-    manifest = load_manifest(directory)
+    try:
+        manifest = load_manifest(directory)
+        child_specs(manifest)  # imports every module, so import errors are reported here
+    except ManifestError as e:
+        _report_manifest_error(directory, e)
+        return 2
     native.trap_exits(True)
     native.register(MASTER_NAME, native.self_pid())
-    root = spawn_link(AppSupervisor, manifest)
+    try:
+        root = spawn_link(AppSupervisor, manifest)
+    except InitError as e:
+        _report_start_failure(manifest.name, e)
+        return 1
     print(f"rebeam: application {manifest.name} {manifest.version} started, root {root}",
           flush=True)
     me = native.self_pid()
