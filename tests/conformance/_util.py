@@ -66,3 +66,10 @@ class Echo(rebeam.GenServer):
     def handle_info(self, message: Any) -> None:
         if self.owner is not None:
             rebeam.send(self.owner, ("info", message))
+
+
+def warm(pid: Any, rounds: int = 5) -> None:
+    """Answers a few fast calls, so the node may run later calls to ``pid`` on the caller's
+    thread (its fast path); tests run both ways where that could change the outcome."""
+    for _ in range(rounds):
+        rebeam.call(pid, "ping")

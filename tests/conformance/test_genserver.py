@@ -277,3 +277,46 @@ def test_spawn_with_unexpected_args_fails_clearly():
     with pytest.raises(rebeam.InitError) as info:
         rebeam.spawn(NoArgs, 1, 2)
     assert "init" in str(info.value.__cause__)
+
+
+def test_terminate_raising_keeps_the_original_reason():
+    class BadTerminate(rebeam.GenServer):
+        def handle_cast(self, request):
+            rebeam.stop(("shutdown", "asked"))
+
+        def terminate(self, reason):
+            raise RuntimeError("terminate failed")
+
+    pid, ref = rebeam.spawn_monitor(BadTerminate)
+    rebeam.cast(pid, "stop")
+    assert wait_down(ref).reason == ("shutdown", "asked")
+
+
+def test_stop_normal_does_not_affect_links():
+    pid = rebeam.spawn_link(Recorder, rebeam.self_pid())
+    ref = rebeam.monitor(pid)
+    rebeam.call(pid, ("stop", "normal"))
+    assert wait_down(ref).reason == "normal"
+    assert nothing(0.05, match=lambda m: isinstance(m, rebeam.Exit))
+
+
+def test_receive_inside_a_handler_keeps_other_messages_for_later():
+    class Waits(rebeam.GenServer):
+        def init(self, owner):
+            self.owner = owner
+
+        def handle_cast(self, request):
+            if request == "wait":
+                got = rebeam.receive(match=lambda m: m == "wanted", timeout=5)
+                rebeam.send(self.owner, ("received", got))
+
+        def handle_info(self, message):
+            rebeam.send(self.owner, ("info", message))
+
+    pid = rebeam.spawn(Waits, rebeam.self_pid())
+    rebeam.cast(pid, "wait")
+    rebeam.send(pid, "first")
+    rebeam.send(pid, "wanted")
+    rebeam.send(pid, "second")
+    assert [rebeam.receive(timeout=5) for _ in range(3)] == [
+        ("received", "wanted"), ("info", "first"), ("info", "second")]

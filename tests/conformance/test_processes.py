@@ -9,7 +9,7 @@ import time
 import pytest
 
 import rebeam
-from _util import Echo, expect, forever, nothing, wait_down
+from _util import Echo, expect, forever, nothing, wait_down, warm
 
 
 def test_pids_are_values_unique_and_printable():
@@ -332,3 +332,90 @@ def test_api_outside_a_process_raises():
     t.start()
     t.join()
     assert errors and "process" in str(errors[0])
+
+
+@pytest.mark.parametrize("warmed", [False, True])
+def test_call_outcomes_are_the_same_on_the_fast_path(warmed):
+    class Server(rebeam.GenServer):
+        def init(self):
+            self.log = []
+
+        def handle_cast(self, request):
+            self.log.append(("cast", request))
+
+        def handle_info(self, message):
+            self.log.append(("info", message))
+
+        def handle_call(self, request, sender):
+            match request:
+                case "ping":
+                    return "pong"
+                case "log":
+                    return self.log
+                case "self":
+                    try:
+                        rebeam.call(rebeam.self_pid(), "x", timeout=1)
+                    except rebeam.Error as e:
+                        return type(e).__name__
+                case ("raise", text):
+                    raise ArithmeticError(text)
+            return request
+
+    pid = rebeam.spawn(Server)
+    if warmed:
+        warm(pid)
+    for i in range(100):
+        rebeam.cast(pid, i)
+        rebeam.send(pid, -i)
+    log = rebeam.call(pid, "log")
+    assert log == [entry for i in range(100) for entry in (("cast", i), ("info", -i))], (
+        "casts, sends and the call from one sender are handled in the order sent")
+    assert rebeam.call(pid, "self") == "Error"
+    request = {"mutable": [1]}
+    reply = rebeam.call(pid, request)
+    assert reply == request and reply is not request
+    with pytest.raises(rebeam.Exit) as info:
+        rebeam.call(pid, ("raise", "bad math"))
+    assert info.value.reason.type == "ArithmeticError"
+    assert not rebeam.is_alive(pid)
+
+
+def test_call_with_no_timeout_waits():
+    class Later(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            rebeam.spawn(lambda: (rebeam.receive(timeout=0.1, default=None),
+                                  rebeam.reply(sender, "late")))
+            return rebeam.noreply()
+
+    assert rebeam.call(rebeam.spawn(Later), "x", timeout=None) == "late"
+
+
+def test_a_process_killed_while_blocked_in_call_dies_at_once():
+    class Never(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            return rebeam.noreply()
+
+    server = rebeam.spawn(Never)
+    me = rebeam.self_pid()
+
+    def caller():
+        rebeam.send(me, "calling")
+        rebeam.call(server, "hang", timeout=None)
+
+    pid, ref = rebeam.spawn_monitor(caller)
+    expect("calling")
+    start = time.monotonic()
+    rebeam.exit(pid, "kill")
+    assert wait_down(ref, timeout=2).reason == "killed"
+    assert time.monotonic() - start < 1.0
+
+
+def test_call_from_a_thread_outside_any_process():
+    import threading
+
+    pid = rebeam.spawn(Echo)
+    out = []
+    t = threading.Thread(target=lambda: out.append(rebeam.call(pid, ("outside", 1))))
+    t.start()
+    t.join(5)
+    assert out == [("outside", 1)]

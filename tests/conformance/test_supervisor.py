@@ -440,3 +440,48 @@ def test_supervisor_stops_children_when_its_parent_exits():
     rebeam.exit(p, "shutdown")
     assert wait_down(refs["a"]).reason == "shutdown"
     assert wait_down(refs["b"]).reason == "shutdown"
+
+
+_attempts = {}
+
+
+class FailsAfterFirst(rebeam.GenServer):
+    """Starts once; every restart fails in init."""
+
+    def init(self, log, key):
+        _attempts[key] = _attempts.get(key, 0) + 1
+        rebeam.send(log, ("attempt", _attempts[key]))
+        if _attempts[key] > 1:
+            raise OSError("cannot come back")
+
+    def handle_cast(self, request):
+        raise RuntimeError("crash")
+
+
+def test_failed_restarts_count_towards_intensity():
+    me = rebeam.self_pid()
+    key = object()
+    sup, ref = rebeam.spawn_monitor(make_sup([child(FailsAfterFirst, (me, key), id="f")],
+                                             max_restarts=2))
+    assert rebeam.receive(timeout=5) == ("attempt", 1)
+    pid = rebeam.which_children(sup)[0][1]
+    rebeam.cast(pid, "crash")
+    assert [rebeam.receive(timeout=5) for _ in range(2)] == [("attempt", 2), ("attempt", 3)]
+    assert wait_down(ref).reason == "shutdown"
+
+
+@pytest.mark.parametrize("warmed", [False, True])
+def test_terminate_child_with_timeout_on_either_call_path(warmed):
+    me = rebeam.self_pid()
+    sup = rebeam.spawn(make_sup([child(_stubborn, (me,), id="stubborn", shutdown=0.1),
+                                 worker(me, "w")]))
+    pids = dict(starts(2))
+    if warmed:
+        for _ in range(5):
+            rebeam.which_children(sup)
+    ref = rebeam.monitor(pids["stubborn"])
+    assert rebeam.terminate_child(sup, "stubborn") is True
+    assert wait_down(ref).reason == "killed"
+    b = rebeam.start_child(sup, worker(me, "b"))
+    assert dict(starts(1))["b"] == b
+    assert [cid for cid, _, _ in rebeam.which_children(sup)] == ["w", "b"]

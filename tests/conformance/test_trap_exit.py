@@ -114,3 +114,22 @@ def test_exit_messages_are_equal_values():
     assert rebeam.Exit(me, "normal") != rebeam.Exit(me, "shutdown")
     e = rebeam.Exit(me, "x")
     assert (e.pid, e.reason) == (me, "x")
+
+
+def test_exit_normal_sent_to_a_trapping_process_is_a_message():
+    rebeam.trap_exits(True)
+    other = rebeam.spawn(forever)
+
+    def sender(target):
+        rebeam.exit(target, "normal")
+
+    pid = rebeam.spawn(sender, rebeam.self_pid())
+    assert wait_exit(pid).reason == "normal"
+    assert rebeam.is_alive(other)
+
+
+def test_exit_to_self_while_trapping_is_a_message():
+    rebeam.trap_exits(True)
+    me = rebeam.self_pid()
+    rebeam.exit(me, "shutdown")
+    assert wait_exit(me, timeout=1).reason == "shutdown"
