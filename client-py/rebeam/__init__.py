@@ -1,9 +1,13 @@
 """Re:BEAM: Python actors with Erlang/OTP semantics.
 
 Inside a node (``rebeam-node``) this package is the actor API: processes, GenServers,
-supervisors, registries, tables and timers. See docs/guide.md."""
+supervisors, registries, tables and timers. See docs/guide.md. Outside a cluster,
+``rebeam.connect(url, token=...)`` is the client that submits and inspects applications
+(``rebeam.client``, docs/applications.md)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from . import _cleanup, pg
 from ._errors import (
@@ -66,6 +70,7 @@ from ._table import Table, TableError, table
 from ._types import NOREPLY, TIMEOUT, Crash, Down, Global
 
 __all__ = [
+    "AuthError", "Client", "connect",
     "NOREPLY", "TIMEOUT", "ChildSpec", "Crash", "Down", "DynamicSupervisor", "Error", "Exit",
     "GenServer", "Global", "InitError", "KeyRegistry", "NameTaken", "NotInNode", "Pid", "Ref",
     "Sender", "Supervisor", "Table", "TableError", "Timeout", "UnknownName", "call",
@@ -75,6 +80,21 @@ __all__ = [
     "spawn", "spawn_link", "spawn_monitor", "start_child", "stop", "table", "terminate_child",
     "trap_exits", "unlink", "unregister", "whereis", "whereis_global", "which_children",
 ]
+
+if TYPE_CHECKING:
+    from .client import AuthError, Client, connect
+
+_CLIENT_NAMES = frozenset({"AuthError", "Client", "connect"})
+
+
+def __getattr__(name: str) -> Any:
+    # The client (and gRPC behind it) loads on first use, so nodes do not pay for it.
+    if name in _CLIENT_NAMES:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'rebeam' has no attribute {name!r}")
+
 
 if IN_NODE:
     native._install({

@@ -1,0 +1,48 @@
+"""The Re:BEAM client: submit, upgrade, stop and inspect applications on a cluster from
+outside it, over the controller's gRPC client service.
+
+    import rebeam
+
+    with rebeam.connect("http://127.0.0.1:7100", token="...") as client:
+        client.submit("examples/chat")
+        for app in client.apps():
+            print(app.name, app.version, app.status)
+
+gRPC is imported on the first request, so importing ``rebeam`` inside a node stays cheap.
+See docs/applications.md."""
+
+from __future__ import annotations
+
+from .._app import Manifest, ManifestError, load_manifest
+from ._client import DEFAULT_TIMEOUT, LEADER_METADATA_KEY, Client, connect
+from ._config import DEFAULT_URL, ConfigError, config_path
+from ._errors import (
+    AlreadyExists,
+    ArchiveError,
+    AuthError,
+    ControllerError,
+    InvalidRequest,
+    NotFound,
+    Refused,
+    TooLarge,
+    Unavailable,
+)
+from ._types import (
+    AppInfo,
+    Assignment,
+    ChildInfo,
+    ClusterState,
+    ControllerMember,
+    NodeInfo,
+    Restart,
+    Status,
+)
+from .archive import Archive, pack, unpack
+
+__all__ = [
+    "DEFAULT_TIMEOUT", "DEFAULT_URL", "LEADER_METADATA_KEY", "AlreadyExists", "AppInfo", "Archive",
+    "ArchiveError", "Assignment", "AuthError", "ChildInfo", "Client", "ClusterState", "ConfigError",
+    "ControllerError", "ControllerMember", "InvalidRequest", "Manifest", "ManifestError", "NodeInfo",
+    "NotFound", "Refused", "Restart", "Status", "TooLarge", "Unavailable", "config_path", "connect",
+    "load_manifest", "pack", "unpack",
+]

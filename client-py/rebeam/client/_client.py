@@ -1,0 +1,349 @@
+"""The client: a connection to the controller's client service over gRPC."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .._errors import Timeout
+from .._pid import Pid
+from ._config import ConfigError, resolve
+from ._errors import (
+    AlreadyExists,
+    AuthError,
+    ControllerError,
+    InvalidRequest,
+    NotFound,
+    Refused,
+    TooLarge,
+    Unavailable,
+)
+from ._types import AppInfo, ClusterState, NodeInfo, Status, pid_from_proto
+from .archive import DEFAULT_MAX_BYTES, Archive, pack
+
+#: Metadata key in which a follower names the leader's API address.
+LEADER_METADATA_KEY = "x-rebeam-leader"
+#: Seconds a request may take, retries on other members included, unless told otherwise.
+DEFAULT_TIMEOUT = 10.0
+
+_R = TypeVar("_R")
+_ERRORS: dict[str, type[ControllerError]] = {
+    "INVALID_ARGUMENT": InvalidRequest,
+    "NOT_FOUND": NotFound,
+    "ALREADY_EXISTS": AlreadyExists,
+    "FAILED_PRECONDITION": Refused,
+    "RESOURCE_EXHAUSTED": TooLarge,
+    "UNAVAILABLE": Unavailable,
+}
+
+
+def _split_url(url: str) -> tuple[list[str], bool]:
+    """``http://h:p,h2:p2`` → (["h:p", "h2:p2"], secure?)."""
+    targets: list[str] = []
+    secure: bool | None = None
+    for part in url.split(","):
+        part = part.strip().rstrip("/")
+        if not part:
+            continue
+        scheme, sep, rest = part.partition("://")
+        if not sep:
+            scheme, rest = "http", part
+        if scheme not in ("http", "https", "grpc", "grpcs"):
+            raise ConfigError(f"controller URL {part!r}: the scheme must be http:// or https://")
+        is_secure = scheme in ("https", "grpcs")
+        if secure is not None and secure != is_secure:
+            raise ConfigError(f"controller URL {url!r}: mixes http:// and https:// members")
+        secure = is_secure
+        if ":" not in rest:
+            rest = f"{rest}:7100"
+        targets.append(rest)
+    if not targets:
+        raise ConfigError("the controller URL is empty; pass e.g. http://127.0.0.1:7100")
+    return targets, bool(secure)
+
+
+class Client:
+    """A connection to a Re:BEAM cluster's controller; see :func:`connect`.
+
+    Requests go to one controller member; a follower that cannot serve one names the leader,
+    and the client retries there (and stays with it). With several URLs, a member that
+    cannot be reached is skipped. Closing the client closes its connections."""
+
+    def __init__(self, url: str | None = None, *, token: str | None = None, secret: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, ca_file: str | os.PathLike[str] | None = None) -> None:
+        settings = resolve(url, token, secret)
+        self.url = settings.url
+        self.timeout = timeout
+        self._targets, self._secure = _split_url(settings.url)
+        self._current = self._targets[0]
+        self._token = settings.token
+        self._token_source = settings.token_source
+        self._ca = Path(ca_file).read_bytes() if ca_file else None
+        self._channels: dict[str, Any] = {}
+        self._stubs: dict[str, Any] = {}
+        self._closed = False
+
+    # -- connection ---------------------------------------------------------------------
+
+    @property
+    def target(self) -> str:
+        """The ``host:port`` of the member requests go to now (the leader once one redirected)."""
+        return self._current
+
+    def close(self) -> None:
+        """Closes every connection; the client cannot be used afterwards."""
+        self._closed = True
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        self._stubs.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<rebeam.Client {self.url} at {self._current}>"
+
+    def _stub(self, target: str) -> Any:
+        stub = self._stubs.get(target)
+        if stub is None:
+            import grpc  # type: ignore[import-untyped]
+
+            from ._proto import client_pb2_grpc
+
+            options = [
+                ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                ("grpc.max_send_message_length", 256 * 1024 * 1024),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+                ("grpc.enable_retries", 0),
+            ]
+            if self._secure:
+                creds = grpc.ssl_channel_credentials(root_certificates=self._ca)
+                channel = grpc.secure_channel(target, creds, options=options)
+            else:
+                channel = grpc.insecure_channel(target, options=options)
+            self._channels[target] = channel
+            stub = self._stubs[target] = client_pb2_grpc.ClusterServiceStub(channel)  # type: ignore[no-untyped-call]
+        return stub
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        if not self._token:
+            raise AuthError(
+                "no token: pass token= to rebeam.connect (--token on the command line), set "
+                "REBEAM_TOKEN, or put token = \"...\" in ~/.config/rebeam/config.toml")
+        if not self._token.isascii() or not self._token.isprintable():
+            raise AuthError(f"the token from {self._token_source} contains characters that cannot "
+                            "be sent; tokens are printable ASCII")
+        return [("authorization", f"Bearer {self._token}")]
+
+    def _call(self, method: str, request: Any, *, on_retry: Callable[[], None] | None = None,
+              timeout: float | None = None) -> Any:
+        """Calls ``method`` on the member in charge, following leader redirects and skipping
+        unreachable members until ``timeout`` runs out."""
+        import grpc
+
+        if self._closed:
+            raise ControllerError("the client is closed; connect again", "CANCELLED")
+        metadata = self._metadata()
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        delay = 0.05
+        last: str | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(f"no controller member served the request within {budget:g} s "
+                                  f"(tried {', '.join(self._known())}): {last}", "UNAVAILABLE")
+            target = self._current
+            try:
+                return getattr(self._stub(target), method)(request, timeout=remaining, metadata=metadata)
+            except grpc.RpcError as e:
+                code = e.code()
+                details = e.details() or code.name.lower()
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    leader = _leader(e)
+                    if on_retry is not None:
+                        on_retry()
+                    if leader and leader != target:
+                        if leader not in self._targets:
+                            self._targets.append(leader)
+                        self._current = leader
+                        continue
+                    last = f"{target}: {details}"
+                    self._current = self._next(target)
+                    time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                    delay = min(delay * 2, 0.5) * (0.8 + 0.4 * random.random())
+                    continue
+                raise self._error(code, details, budget) from None
+
+    def _known(self) -> list[str]:
+        return list(dict.fromkeys(self._targets))
+
+    def _next(self, target: str) -> str:
+        known = self._known()
+        if len(known) == 1:
+            return known[0]
+        index = known.index(target) if target in known else -1
+        return known[(index + 1) % len(known)]
+
+    def _error(self, code: Any, details: str, budget: float) -> Exception:
+        import grpc
+
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return AuthError(f"the controller refused the token from {self._token_source}: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Timeout(f"the controller did not answer within {budget:g} s")
+        cls = _ERRORS.get(code.name, ControllerError)
+        return cls(details, code.name)
+
+    # -- applications -------------------------------------------------------------------
+
+    def pack(self, directory: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Archive:
+        """Validates and packs the app in ``directory`` without uploading it."""
+        return pack(directory, max_bytes=max_bytes)
+
+    def _submit(self, app: str | os.PathLike[str] | Archive, upgrade: bool) -> AppInfo:
+        from ._proto import client_pb2
+
+        archive = app if isinstance(app, Archive) else pack(app)
+        request = client_pb2.SubmitAppRequest(manifest_toml=archive.manifest_toml, code=archive.data)
+        retried = False
+
+        def mark() -> None:
+            nonlocal retried
+            retried = True
+
+        try:
+            reply = self._call("UpgradeApp" if upgrade else "SubmitApp", request, on_retry=mark)
+        except AlreadyExists:
+            # An attempt whose answer was lost may have been applied: same code, same app.
+            if retried:
+                for existing in self.apps():
+                    if (existing.name == archive.manifest.name and existing.code_hash == archive.sha256
+                            and existing.status == "running"):
+                        return existing
+            raise
+        return AppInfo.from_proto(reply.app)
+
+    def submit(self, app: str | os.PathLike[str] | Archive) -> AppInfo:
+        """Packs the app directory (or takes an :func:`pack`-ed archive), uploads it and lets
+        the controller place its top-level children.
+
+        Raises :class:`rebeam.ManifestError` or :class:`ArchiveError` before uploading
+        anything that would be refused, :class:`AlreadyExists` if the app already runs."""
+        return self._submit(app, upgrade=False)
+
+    def upgrade(self, app: str | os.PathLike[str] | Archive) -> AppInfo:
+        """Uploads a new version of a running app; the nodes move its processes to the new
+        code. The manifest's version must differ from the running one."""
+        return self._submit(app, upgrade=True)
+
+    def stop(self, name: str) -> AppInfo:
+        """Stops the app ``name`` everywhere; stopping a stopped app is not an error."""
+        from ._proto import client_pb2
+
+        reply = self._call("StopApp", client_pb2.StopAppRequest(name=name))
+        return AppInfo.from_proto(reply.app)
+
+    def apps(self) -> list[AppInfo]:
+        """Every submitted app (running, stopped or failed), sorted by name."""
+        from ._proto import client_pb2
+
+        reply = self._call("ListApps", client_pb2.ListAppsRequest())
+        return sorted((AppInfo.from_proto(a) for a in reply.apps), key=lambda a: a.name)
+
+    def app(self, name: str) -> AppInfo:
+        """The app ``name``; raises :class:`NotFound` if it was never submitted."""
+        for a in self.apps():
+            if a.name == name:
+                return a
+        raise NotFound(f"app `{name}` does not exist; list apps to see the names", "NOT_FOUND")
+
+    # -- cluster ------------------------------------------------------------------------
+
+    def cluster(self) -> ClusterState:
+        """Controllers, nodes, apps and where each top-level child runs."""
+        from ._proto import client_pb2
+
+        return ClusterState.from_proto(self._call("ClusterState", client_pb2.ClusterStateRequest()))
+
+    def nodes(self) -> list[NodeInfo]:
+        """The cluster's nodes, alive and dead, sorted by id."""
+        return sorted(self.cluster().nodes, key=lambda n: n.id)
+
+    def status(self) -> Status:
+        """The view of the member the client talks to: its role, term and the leader."""
+        from ._proto import client_pb2
+
+        return Status.from_proto(self._call("Status", client_pb2.StatusRequest()))
+
+    # -- registry -----------------------------------------------------------------------
+
+    def names(self) -> dict[str, Pid]:
+        """Every global name and the process holding it."""
+        from ._proto import client_pb2
+
+        reply = self._call("ListNames", client_pb2.ListNamesRequest())
+        out = {}
+        for n in sorted(reply.names, key=lambda n: n.name):
+            pid = pid_from_proto(n.pid)
+            if pid is not None:
+                out[n.name] = pid
+        return out
+
+    def whereis(self, name: str) -> Pid | None:
+        """The process holding the global ``name``, or None; reflects every acknowledged
+        registration (asked of the leader)."""
+        from ._proto import client_pb2
+
+        reply = self._call("Whereis", client_pb2.WhereisRequest(name=name, linearizable=True))
+        return pid_from_proto(reply.pid) if reply.HasField("pid") else None
+
+    def members(self, group: str) -> list[Pid]:
+        """The processes in the process group ``group`` (asked of the leader)."""
+        from ._proto import client_pb2
+
+        reply = self._call("PgMembers", client_pb2.PgMembersRequest(group=group, linearizable=True))
+        return [p for p in (pid_from_proto(m) for m in reply.members) if p is not None]
+
+
+def _leader(error: Any) -> str | None:
+    try:
+        metadata = error.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - a connection failure may have no metadata at all
+        return None
+    for key, value in metadata:
+        if key == LEADER_METADATA_KEY and value:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def connect(url: str | None = None, *, token: str | None = None, secret: str | None = None,
+            timeout: float = DEFAULT_TIMEOUT, ca_file: str | os.PathLike[str] | None = None) -> Client:
+    """Connects to a Re:BEAM cluster's controller from outside the cluster.
+
+    ``url`` is ``http://host:port`` (the controller's ``--api-listen``), ``https://`` for TLS,
+    or several comma-separated members; default ``REBEAM_URL``, the config file's ``url``,
+    then ``http://127.0.0.1:7100``. The credential is ``token``, else ``secret`` (the cluster
+    secret), else ``REBEAM_TOKEN``, ``REBEAM_SECRET``, or ``token`` in
+    ``~/.config/rebeam/config.toml``; without one every request raises
+    :class:`rebeam.AuthError`. ``timeout`` bounds each request, redirects and retries
+    included. Connecting is lazy: the first request opens the connection.
+
+    Use it as a context manager to close the connection::
+
+        with rebeam.connect("http://127.0.0.1:7100", token=TOKEN) as client:
+            client.submit("examples/chat")
+    """
+    return Client(url, token=token, secret=secret, timeout=timeout, ca_file=ca_file)

@@ -1,0 +1,302 @@
+"""The ``rebeam`` command: applications and cluster state from a terminal.
+
+    rebeam submit DIR | upgrade DIR | stop APP | apps | nodes | names | whereis NAME | status
+    rebeam pack DIR [-o FILE]
+
+Tables for people by default, ``--json`` for scripts. Errors print one line to stderr and
+exit with status 1 (2 for a wrong command line)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from .._errors import Error
+from ._client import DEFAULT_TIMEOUT, Client
+from ._types import AppInfo, to_jsonable
+from .archive import DEFAULT_MAX_BYTES, Archive, pack
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def _age(t: datetime | None, now: datetime | None = None) -> str:
+    if t is None:
+        return "-"
+    seconds = int(((now or datetime.now(UTC)) - t).total_seconds())
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds // span}{unit} ago"
+    return f"{max(seconds, 0)}s ago"
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str], out: TextIO) -> None:
+    """Writes ``rows`` as left-aligned columns under an upper-case header."""
+    cells = [[str(h).upper() for h in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for r in cells:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+
+
+class _Output:
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.json = bool(getattr(args, "json", False))
+        self.quiet = bool(getattr(args, "quiet", False))
+        self.out = out
+        self.err = err
+
+    def progress(self, message: str) -> None:
+        """A step of a long operation, on stderr (silent with --json or --quiet)."""
+        if not (self.json or self.quiet):
+            self.err.write(message + "\n")
+            self.err.flush()
+
+    def data(self, value: Any) -> None:
+        self.out.write(json.dumps(to_jsonable(value), indent=2, sort_keys=False) + "\n")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(getattr(args, "url", None), token=getattr(args, "token", None),
+                  timeout=getattr(args, "timeout", DEFAULT_TIMEOUT))
+
+
+def _pack(args: argparse.Namespace, o: _Output) -> Archive:
+    o.progress(f"checking and packing {args.dir}")
+    archive = pack(args.dir, max_bytes=getattr(args, "max_bytes", DEFAULT_MAX_BYTES))
+    m = archive.manifest
+    o.progress(f"packed {m.name} {m.version}: {len(archive.names)} files, {_size(archive.size)}, "
+               f"sha256 {archive.sha256[:16]}")
+    return archive
+
+
+def _app_line(verb: str, app: AppInfo) -> str:
+    children = len(app.children)
+    plural = "" if children == 1 else "ren"
+    return f"{verb} {app.name} {app.version} ({app.status}, {children} top-level child{plural})"
+
+
+def cmd_submit(args: argparse.Namespace, o: _Output) -> int:
+    archive = _pack(args, o)
+    with _client(args) as client:
+        o.progress(f"uploading to {client.target}")
+        app = client.submit(archive)
+    if o.json:
+        o.data(app)
+    else:
+        o.out.write(_app_line("submitted", app) + "\n")
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace, o: _Output) -> int:
+    archive = _pack(args, o)
+    with _client(args) as client:
+        o.progress(f"uploading to {client.target}")
+        app = client.upgrade(archive)
+    if o.json:
+        o.data(app)
+    else:
+        previous = f"{app.previous_version} -> " if app.previous_version else ""
+        o.out.write(f"upgraded {app.name} {previous}{app.version} ({app.status})\n")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        app = client.stop(args.app)
+    if o.json:
+        o.data(app)
+    else:
+        o.out.write(f"stopped {app.name} {app.version}\n")
+    return 0
+
+
+def cmd_apps(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        state = client.cluster()
+    apps = sorted(state.apps, key=lambda a: a.name)
+    if o.json:
+        o.data(apps)
+        return 0
+    if not apps:
+        o.out.write("no apps; submit one with `rebeam submit DIR`\n")
+        return 0
+    running = Counter(a.app for a in state.assignments if a.state == "running")
+    now = datetime.now(UTC)
+    rows = [(a.name, a.version, a.status, f"{running[a.name]}/{len(a.children)}", a.code_hash[:12],
+             _size(a.code_size), _age(a.submitted_at, now), a.previous_version or "-")
+            for a in apps]
+    table(rows, ("name", "version", "status", "running", "code", "size", "submitted", "previous"), o.out)
+    for a in apps:
+        if a.failure_reason:
+            o.out.write(f"{a.name} failed: {a.failure_reason}\n")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        state = client.cluster()
+    nodes = sorted(state.nodes, key=lambda n: n.id)
+    if o.json:
+        o.data(nodes)
+        return 0
+    if not nodes:
+        o.out.write("no nodes have joined; start one with "
+                    "`rebeam-node --controllers HOST:PORT --secret ...`\n")
+        return 0
+    placed = Counter((a.node, a.incarnation) for a in state.assignments if a.node)
+    now = datetime.now(UTC)
+    rows = [(n.id, n.incarnation, n.status, n.address,
+             ",".join(f"{k}={v}" for k, v in n.labels.items()) or "-",
+             placed[(n.id, n.incarnation)], _age(n.joined_at, now),
+             n.death_reason or "-") for n in nodes]
+    table(rows, ("id", "incarnation", "status", "address", "labels", "children", "joined", "death"), o.out)
+    return 0
+
+
+def cmd_names(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        names = client.names()
+    if o.json:
+        o.data(names)
+        return 0
+    if not names:
+        o.out.write("no global names are registered\n")
+        return 0
+    table([(name, repr(pid), pid.node) for name, pid in names.items()], ("name", "pid", "node"), o.out)
+    return 0
+
+
+def cmd_whereis(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        pid = client.whereis(args.name)
+    if o.json:
+        o.data(pid)
+        return 0 if pid else 1
+    if pid is None:
+        o.err.write(f"rebeam: no process holds the global name {args.name!r}\n")
+        return 1
+    o.out.write(f"{pid!r}\n")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        status = client.status()
+        state = client.cluster()
+        target = client.target
+    if o.json:
+        o.data({"member": status, "controllers": state.controllers,
+                "nodes": len(state.nodes), "apps": len(state.apps),
+                "global_names": state.global_names, "groups": state.groups})
+        return 0
+    leader = f"leader {status.leader_id} at {status.leader_address}" if status.leader_id else "no leader"
+    o.out.write(f"controller {status.id} at {target}: {status.role}, term {status.term}, {leader}, "
+                f"applied {status.last_applied_index}, snapshot {status.snapshot_index}\n")
+    rows = [(c.id, c.api_address, c.raft_address, "voter" if c.voter else "learner",
+             "leader" if c.id == state.leader_id else "") for c in state.controllers]
+    table(rows, ("id", "api", "raft", "member", "role"), o.out)
+    alive = sum(1 for n in state.nodes if n.status == "alive")
+    running = sum(1 for a in state.apps if a.status == "running")
+    o.out.write(f"nodes: {alive} alive of {len(state.nodes)}; apps: {running} running of "
+                f"{len(state.apps)}; global names: {state.global_names}; groups: {state.groups}\n")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace, o: _Output) -> int:
+    archive = _pack(args, o)
+    if args.output:
+        Path(args.output).write_bytes(archive.data)
+    if o.json:
+        o.data({"name": archive.manifest.name, "version": archive.manifest.version,
+                "sha256": archive.sha256, "size": archive.size, "files": list(archive.names),
+                "output": args.output})
+    else:
+        o.out.write(f"{archive.manifest.name} {archive.manifest.version} {archive.sha256} "
+                    f"{archive.size}\n")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    # Shared options, accepted before or after the command (SUPPRESS keeps a subcommand's
+    # absent option from overwriting one given before it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS,
+                        help="controller URL, e.g. http://127.0.0.1:7100; several comma-separated "
+                             "(default: $REBEAM_URL, the config file, http://127.0.0.1:7100)")
+    common.add_argument("--token", default=argparse.SUPPRESS,
+                        help="client token (default: $REBEAM_TOKEN, then ~/.config/rebeam/config.toml)")
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                        help=f"seconds per request, retries included (default {DEFAULT_TIMEOUT:g})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON for scripts instead of tables")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress messages")
+
+    parser = argparse.ArgumentParser(
+        prog="rebeam", parents=[common],
+        description="Submit, upgrade, stop and inspect Re:BEAM applications.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: list[tuple[str, Callable[[argparse.Namespace, _Output], int], str]] = [
+        ("submit", cmd_submit, "pack an app directory and start it on the cluster"),
+        ("upgrade", cmd_upgrade, "upload a new version of a running app (hot upgrade)"),
+        ("stop", cmd_stop, "stop an app everywhere"),
+        ("apps", cmd_apps, "list apps"),
+        ("nodes", cmd_nodes, "list nodes"),
+        ("names", cmd_names, "list global names"),
+        ("whereis", cmd_whereis, "the process holding a global name"),
+        ("status", cmd_status, "the controller group's state"),
+        ("pack", cmd_pack, "check and pack an app directory without uploading it"),
+    ]
+    for name, func, help_text in commands:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if name in ("submit", "upgrade", "pack"):
+            p.add_argument("dir", metavar="DIR", help="the app directory (holding rebeam.toml)")
+            p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                           help=f"refuse archives over this size (default {DEFAULT_MAX_BYTES})")
+        if name == "stop":
+            p.add_argument("app", metavar="APP", help="the app's name")
+        if name == "whereis":
+            p.add_argument("name", metavar="NAME", help="a global name")
+        if name == "pack":
+            p.add_argument("-o", "--output", metavar="FILE", help="write the archive here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Runs the command line ``argv``; returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = _parser().parse_args(argv)
+    o = _Output(args, out, err)
+    try:
+        return int(args.func(args, o))
+    except Error as e:
+        err.write(f"rebeam: error: {e}\n")
+        return 1
+    except OSError as e:
+        err.write(f"rebeam: error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        err.write("rebeam: interrupted\n")
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
