@@ -410,6 +410,22 @@ def test_cli_errors_are_one_line(single: Cluster, args: tuple[str, ...], message
     assert r.stderr.count("\n") == 1, r.stderr
 
 
+def test_cli_unreachable_controller(tmp_path: Path) -> None:
+    r = rebeam_cli("apps", "--url", f"http://127.0.0.1:{free_port()}", "--token", TOKEN, "--timeout", "0.5")
+    assert r.returncode == 1
+    assert r.stderr.startswith("rebeam: error: no controller member served the request within 0.5 s")
+    assert "cannot connect" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_cli_pack_writes_the_archive(tmp_path: Path) -> None:
+    out = tmp_path / "chat.zip"
+    r = rebeam_cli("pack", str(CHAT), "-o", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    name, version, digest, size = r.stdout.split()
+    assert (name, version, digest, int(size)) == ("chat", "1.0.0", pack(CHAT).sha256, out.stat().st_size)
+    assert unpack(out.read_bytes(), tmp_path / "unpacked", sha256=digest)
+
+
 def test_cli_usage_error_exits_2() -> None:
     r = rebeam_cli("frobnicate")
     assert r.returncode == 2 and "invalid choice" in r.stderr

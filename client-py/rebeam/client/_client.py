@@ -164,7 +164,7 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Unavailable(f"no controller member served the request within {budget:g} s "
-                                  f"(tried {', '.join(self._known())}): {last}", "UNAVAILABLE")
+                                  f"(tried {', '.join(self._known())}; last: {last})", "UNAVAILABLE")
             target = self._current
             try:
                 return getattr(self._stub(target), method)(request, timeout=remaining, metadata=metadata)
@@ -180,6 +180,8 @@ class Client:
                             self._targets.append(leader)
                         self._current = leader
                         continue
+                    if "failed to connect" in details.lower():
+                        details = "cannot connect: " + details.rsplit(": ", 1)[-1]
                     last = f"{target}: {details}"
                     self._current = self._next(target)
                     time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
