@@ -273,6 +273,20 @@ def test_submit_list_stop_chat(client: rebeam.Client) -> None:
     client.stop("chat")
 
 
+def test_wait_running_names_what_is_waiting(client: rebeam.Client, tmp_path: Path) -> None:
+    client.submit(make_app(tmp_path, "waiting"))
+    seen = []
+    with pytest.raises(rebeam.Timeout, match=r"app waiting: 0/1 top-level children running after 0.3 s; "
+                                             r"waiting: server \(no eligible node\)"):
+        client.wait_running("waiting", timeout=0.3, progress=lambda app, a: seen.append([x.state for x in a]))
+    assert seen == [["pending"]]
+    client.stop("waiting")
+    with pytest.raises(rebeam.client.AppFailed, match="app waiting failed: the app is stopped"):
+        client.wait_running("waiting", timeout=1)
+    with pytest.raises(NotFound):
+        client.wait_running("never-submitted", timeout=1)
+
+
 def test_upgrade_keeps_the_previous_version(client: rebeam.Client, tmp_path: Path) -> None:
     v1 = make_app(tmp_path / "v1", "upg")
     v2 = make_app(tmp_path / "v2", "upg", "1.1.0")
@@ -408,6 +422,16 @@ def test_cli_errors_are_one_line(single: Cluster, args: tuple[str, ...], message
     assert r.stdout == ""
     assert r.stderr.startswith(message), r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
+
+
+def test_cli_submit_wait_shows_progress(single: Cluster, tmp_path: Path) -> None:
+    url = f"http://{single.members[0].api}"
+    app = make_app(tmp_path, "cliwait")
+    r = rebeam_cli("submit", str(app), "--wait", "0.3", "--url", url, "--token", TOKEN)
+    assert r.returncode == 1
+    assert "cliwait: 0/1 running: server waiting for an eligible node" in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("rebeam: error: app cliwait: 0/1 top-level children running")
+    assert rebeam_cli("stop", "cliwait", "--url", url, "--token", TOKEN).returncode == 0
 
 
 def test_cli_unreachable_controller(tmp_path: Path) -> None:

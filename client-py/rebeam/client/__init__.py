@@ -18,6 +18,7 @@ from ._client import DEFAULT_TIMEOUT, LEADER_METADATA_KEY, Client, connect
 from ._config import DEFAULT_URL, ConfigError, config_path
 from ._errors import (
     AlreadyExists,
+    AppFailed,
     ArchiveError,
     AuthError,
     ControllerError,
@@ -40,9 +41,9 @@ from ._types import (
 from .archive import Archive, pack, unpack
 
 __all__ = [
-    "DEFAULT_TIMEOUT", "DEFAULT_URL", "LEADER_METADATA_KEY", "AlreadyExists", "AppInfo", "Archive",
-    "ArchiveError", "Assignment", "AuthError", "ChildInfo", "Client", "ClusterState", "ConfigError",
-    "ControllerError", "ControllerMember", "InvalidRequest", "Manifest", "ManifestError", "NodeInfo",
-    "NotFound", "Refused", "Restart", "Status", "TooLarge", "Unavailable", "config_path", "connect",
-    "load_manifest", "pack", "unpack",
+    "DEFAULT_TIMEOUT", "DEFAULT_URL", "LEADER_METADATA_KEY", "AlreadyExists", "AppFailed", "AppInfo",
+    "Archive", "ArchiveError", "Assignment", "AuthError", "ChildInfo", "Client", "ClusterState",
+    "ConfigError", "ControllerError", "ControllerMember", "InvalidRequest", "Manifest", "ManifestError",
+    "NodeInfo", "NotFound", "Refused", "Restart", "Status", "TooLarge", "Unavailable", "config_path",
+    "connect", "load_manifest", "pack", "unpack",
 ]

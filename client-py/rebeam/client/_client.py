@@ -15,6 +15,7 @@ from .._pid import Pid
 from ._config import ConfigError, resolve
 from ._errors import (
     AlreadyExists,
+    AppFailed,
     AuthError,
     ControllerError,
     InvalidRequest,
@@ -23,7 +24,7 @@ from ._errors import (
     TooLarge,
     Unavailable,
 )
-from ._types import AppInfo, ClusterState, NodeInfo, Status, pid_from_proto
+from ._types import AppInfo, Assignment, ClusterState, NodeInfo, Status, pid_from_proto
 from .archive import DEFAULT_MAX_BYTES, Archive, pack
 
 #: Metadata key in which a follower names the leader's API address.
@@ -173,8 +174,6 @@ class Client:
                 details = e.details() or code.name.lower()
                 if code == grpc.StatusCode.UNAVAILABLE:
                     leader = _leader(e)
-                    if on_retry is not None:
-                        on_retry()
                     if leader and leader != target:
                         if leader not in self._targets:
                             self._targets.append(leader)
@@ -183,6 +182,8 @@ class Client:
                     if "failed to connect" in details.lower():
                         details = "cannot connect: " + details.rsplit(": ", 1)[-1]
                     last = f"{target}: {details}"
+                    if on_retry is not None:
+                        on_retry()  # the request may have been applied before the failure
                     self._current = self._next(target)
                     time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                     delay = min(delay * 2, 0.5) * (0.8 + 0.4 * random.random())
@@ -271,6 +272,39 @@ class Client:
             if a.name == name:
                 return a
         raise NotFound(f"app `{name}` does not exist; list apps to see the names", "NOT_FOUND")
+
+    def wait_running(self, name: str, *, timeout: float = 60.0,
+                     progress: Callable[[AppInfo, list[Assignment]], None] | None = None) -> AppInfo:
+        """Waits until every top-level child of the app ``name`` runs (its node reported the
+        child's pid); ``progress`` is called with the app and its assignments on each change.
+
+        Raises :class:`AppFailed` if the app fails (its restart intensity was exceeded) or
+        is stopped, and :class:`rebeam.Timeout` naming the children still waiting."""
+        deadline = time.monotonic() + timeout
+        seen: object = None
+        while True:
+            state = self.cluster()
+            app = next((a for a in state.apps if a.name == name), None)
+            if app is None:
+                raise NotFound(f"app `{name}` does not exist; list apps to see the names", "NOT_FOUND")
+            mine = sorted((a for a in state.assignments if a.app == name), key=lambda a: a.child)
+            key = (app.status, [(a.child, a.state, a.node, a.generation) for a in mine])
+            if progress is not None and key != seen:
+                progress(app, mine)
+            seen = key
+            if app.status != "running":
+                reason = app.failure_reason or f"the app is {app.status}"
+                raise AppFailed(name, reason)
+            if all(a.state == "running" for a in mine):
+                return app
+            if time.monotonic() >= deadline:
+                waiting = ", ".join(
+                    f"{a.child} ({'no eligible node' if a.state == 'pending' else f'placed on {a.node}'})"
+                    for a in mine if a.state != "running")
+                running = sum(1 for a in mine if a.state == "running")
+                raise Timeout(f"app {name}: {running}/{len(app.children)} top-level children running "
+                              f"after {timeout:g} s; waiting: {waiting}")
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     # -- cluster ------------------------------------------------------------------------
 

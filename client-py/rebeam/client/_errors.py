@@ -14,6 +14,19 @@ class ArchiveError(Error, ValueError):
     the file and what is wrong with it."""
 
 
+class AppFailed(Error):
+    """An app stopped or failed (its restart intensity was exceeded) while the client waited
+    for it to run; ``reason`` is the controller's account."""
+
+    def __init__(self, app: str, reason: str) -> None:
+        super().__init__(app, reason)
+        self.app = app
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"app {self.app} failed: {self.reason}"
+
+
 class ControllerError(Error):
     """The controller refused or failed a request.
 

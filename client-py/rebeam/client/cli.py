@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from .._errors import Error
 from ._client import DEFAULT_TIMEOUT, Client
-from ._types import AppInfo, to_jsonable
+from ._types import AppInfo, Assignment, to_jsonable
 from .archive import DEFAULT_MAX_BYTES, Archive, pack
 
 
@@ -86,11 +86,27 @@ def _app_line(verb: str, app: AppInfo) -> str:
     return f"{verb} {app.name} {app.version} ({app.status}, {children} top-level child{plural})"
 
 
+def _show_progress(o: _Output) -> Callable[[AppInfo, list[Assignment]], None]:
+    def show(app: AppInfo, assignments: list[Assignment]) -> None:
+        running = sum(1 for a in assignments if a.state == "running")
+        parts = []
+        for a in assignments:
+            where = {"running": f"running on {a.node}", "assigned": f"starting on {a.node}",
+                     "pending": "waiting for an eligible node"}.get(a.state, a.state)
+            restarts = f", {len(a.history)} restarts (last: {a.history[-1].reason})" if a.history else ""
+            parts.append(f"{a.child} {where}{restarts}")
+        o.progress(f"{app.name}: {running}/{len(app.children)} running: {'; '.join(parts)}")
+
+    return show
+
+
 def cmd_submit(args: argparse.Namespace, o: _Output) -> int:
     archive = _pack(args, o)
     with _client(args) as client:
         o.progress(f"uploading to {client.target}")
         app = client.submit(archive)
+        if args.wait is not None:
+            app = client.wait_running(app.name, timeout=args.wait, progress=_show_progress(o))
     if o.json:
         o.data(app)
     else:
@@ -265,6 +281,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("dir", metavar="DIR", help="the app directory (holding rebeam.toml)")
             p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
                            help=f"refuse archives over this size (default {DEFAULT_MAX_BYTES})")
+        if name == "submit":
+            p.add_argument("--wait", type=float, nargs="?", const=60.0, default=None, metavar="SECONDS",
+                           help="wait until every top-level child runs (default 60 s)")
         if name == "stop":
             p.add_argument("app", metavar="APP", help="the app's name")
         if name == "whereis":
