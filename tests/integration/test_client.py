@@ -367,6 +367,8 @@ def test_token_from_environment_config_file_or_secret(single: Cluster, tmp_path:
     config.write_text("token = 3\n")
     with pytest.raises(rebeam.client.ConfigError, match="config.toml: token must be"):
         rebeam.connect()
+    with rebeam.connect(url, token=TOKEN) as c:  # a broken file does not matter when unneeded
+        assert c.status().is_leader
 
 
 # -- the command line ----------------------------------------------------------------------

@@ -62,7 +62,9 @@ def resolve(url: str | None = None, token: str | None = None, secret: str | None
     ``secret``), ``REBEAM_URL``/``REBEAM_TOKEN``, ``REBEAM_SECRET`` (the cluster secret, which
     the controller also accepts), then the config file's ``url`` and ``token``."""
     path = config_path()
-    file = _read_config(path)
+    explicit = (url or os.environ.get("REBEAM_URL")) and (
+        token or secret or os.environ.get("REBEAM_TOKEN") or os.environ.get("REBEAM_SECRET"))
+    file = {} if explicit else _read_config(path)  # not read (nor able to fail) when unneeded
     chosen_url = url or os.environ.get("REBEAM_URL") or file.get("url") or DEFAULT_URL
     candidates = [
         (token, "the token argument"),
