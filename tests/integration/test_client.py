@@ -10,6 +10,7 @@ REBEAM_KEEP_TEST_DIRS=1 to keep the directories after the run.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -106,18 +107,21 @@ class Cluster:
     extra: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, root: Path, n: int, extra: list[str] | None = None) -> Cluster:
+    def create(cls, root: Path, n: int, extra: list[str] | None = None) -> Cluster:
+        """Members with directories and ports; :meth:`start` runs them."""
         members = []
         for i in range(1, n + 1):
             d = root / f"member-{i}"
             d.mkdir(parents=True)
             members.append(Member(i, d, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
                                   root / f"member-{i}.log"))
-        cluster = cls(root, members, list(extra or []))
-        for m in members:
-            cluster.spawn(m)
-        cluster.wait_leader()
-        return cluster
+        return cls(root, members, list(extra or []))
+
+    def start(self) -> None:
+        """Starts every member and waits for an elected leader."""
+        for m in self.members:
+            self.spawn(m)
+        self.wait_leader()
 
     def spawn(self, m: Member) -> None:
         args = [str(controller_binary()), "--id", str(m.id), "--data-dir", str(m.dir),
@@ -161,15 +165,17 @@ class Cluster:
             if m.process is not None and m.process.poll() is not None:
                 raise AssertionError(f"controller {m.id} exited with {m.process.returncode}\n{self.logs()}")
 
-        def agreed() -> int | None:
+        def agreed() -> tuple[int] | None:  # a tuple, so that index 0 counts as found
             statuses = self.statuses()
             leaders = {s.leader_id for s in statuses}
             if len(leaders) == 1 and None not in leaders and any(s.is_leader for s in statuses):
                 leader = leaders.pop()
-                return next(i for i, m in enumerate(self.members) if m.id == leader) + 1
+                return (next(i for i, m in enumerate(self.members) if m.id == leader),)
             return None
 
-        return int(wait_for("an elected leader", agreed, on_timeout=self.logs)) - 1  # type: ignore[call-overload]
+        found = wait_for("an elected leader", agreed, on_timeout=self.logs)
+        assert isinstance(found, tuple)
+        return int(found[0])
 
     def kill9(self, i: int) -> None:
         p = self.members[i].process
@@ -193,8 +199,9 @@ class Cluster:
 def _cluster(n: int, extra: list[str] | None = None) -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix=f"rebeam-client-test-{n}-"))
     print(f"controller data and logs in {root}")
-    cluster = Cluster.start(root, n, extra)
+    cluster = Cluster.create(root, n, extra)
     try:
+        cluster.start()
         yield cluster
     finally:
         cluster.stop()
@@ -394,8 +401,6 @@ def test_cli_submit_apps_stop(single: Cluster, tmp_path: Path) -> None:
     assert any(row.split()[:4] == ["clidemo", "1.0.0", "running", "0/1"] for row in rows)
 
     r = rebeam_cli("--json", "apps", env={"REBEAM_URL": url, "REBEAM_TOKEN": TOKEN})
-    import json
-
     apps = {a["name"]: a for a in json.loads(r.stdout)}
     assert apps["clidemo"]["status"] == "running"
     assert apps["clidemo"]["children"][0]["start"] == "clidemo_mod:Server"
