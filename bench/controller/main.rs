@@ -1,1 +1,504 @@
-fn main() {}
+//! Controller benchmarks on three real `rebeam-controller` processes on loopback.
+//!
+//! Measures: registrations/s sustained with concurrent clients, lookup latency, time from a
+//! leader kill -9 to the first acknowledged write, and time from a node's last heartbeat (or
+//! its crash) to its top-level child being reassigned. Run a release build:
+//! `cargo run --release -p rebeam-controller --bin rebeam-controller-bench`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use parking_lot::Mutex;
+use rebeam_proto::v1 as pb;
+use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
+use rebeam_proto::v1::node_service_client::NodeServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+const SECRET: &str = "bench-secret";
+
+#[derive(Clone)]
+struct Bearer;
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Ok(v) = format!("Bearer {SECRET}").parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+type Client = ClusterServiceClient<InterceptedService<Channel, Bearer>>;
+type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
+
+fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(200))
+            .timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy(),
+    )
+}
+
+struct Member {
+    id: u64,
+    raft: SocketAddr,
+    api: SocketAddr,
+    dir: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+struct Cluster {
+    root: PathBuf,
+    members: Vec<Member>,
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+impl Cluster {
+    fn start(n: u64) -> anyhow::Result<Cluster> {
+        let root = std::env::temp_dir().join(format!("rebeam-ctl-bench-{}", std::process::id()));
+        let mut members = Vec::new();
+        for id in 1..=n {
+            let dir = root.join(format!("member-{id}"));
+            std::fs::create_dir_all(&dir)?;
+            members.push(Member {
+                id,
+                raft: free_port()?,
+                api: free_port()?,
+                dir,
+                child: Mutex::new(None),
+            });
+        }
+        let c = Cluster { root, members };
+        for i in 0..c.members.len() {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    fn spawn(&self, i: usize) -> anyhow::Result<()> {
+        let exe = std::env::current_exe()?.with_file_name("rebeam-controller");
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("member-{}.log", m.id)))?;
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "--id",
+            &m.id.to_string(),
+            "--raft-listen",
+            &m.raft.to_string(),
+            "--api-listen",
+            &m.api.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(&m.dir)
+        .args(["--init", "--secret", SECRET])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log));
+        for p in self.members.iter().filter(|p| p.id != m.id) {
+            cmd.arg("--peer")
+                .arg(format!("{}={}/{}", p.id, p.raft, p.api));
+        }
+        *m.child.lock() = Some(
+            cmd.spawn()
+                .with_context(|| format!("spawning {}", exe.display()))?,
+        );
+        Ok(())
+    }
+
+    fn kill9(&self, i: usize) {
+        if let Some(mut c) = self.members[i].child.lock().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn running(&self, i: usize) -> bool {
+        self.members[i].child.lock().is_some()
+    }
+
+    fn client(&self, i: usize) -> anyhow::Result<Client> {
+        Ok(ClusterServiceClient::with_interceptor(
+            channel(self.members[i].api)?,
+            Bearer,
+        ))
+    }
+
+    fn node_client(&self, i: usize) -> anyhow::Result<NodeClient> {
+        Ok(NodeServiceClient::with_interceptor(
+            channel(self.members[i].api)?,
+            Bearer,
+        ))
+    }
+
+    async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for i in 0..self.members.len() {
+                if self.running(i) {
+                    if let Ok(s) = self.client(i)?.status(pb::StatusRequest {}).await {
+                        if s.get_ref().is_leader {
+                            return Ok(i);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        bail!("no leader within {timeout:?}")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn join(c: &Cluster, node: &str, labels: &[(&str, &str)]) -> anyhow::Result<u64> {
+    let l = c.leader(Duration::from_secs(10)).await?;
+    let req = pb::JoinRequest {
+        node: node.into(),
+        address: "127.0.0.1:9".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        capacity: 0,
+    };
+    Ok(c.node_client(l)?.join(req).await?.into_inner().incarnation)
+}
+
+/// Heartbeats a node to the leader until `stop`; records the last acknowledged heartbeat.
+fn heartbeat(
+    c: Arc<Cluster>,
+    node: String,
+    inc: u64,
+    stop: Arc<AtomicBool>,
+) -> Arc<Mutex<Option<Instant>>> {
+    let last = Arc::new(Mutex::new(None));
+    let last2 = last.clone();
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(l) = c.leader(Duration::from_millis(500)).await {
+                if let Ok(mut nc) = c.node_client(l) {
+                    let req = pb::HeartbeatRequest {
+                        node: Some(pb::NodeRef {
+                            node: node.clone(),
+                            incarnation: inc,
+                        }),
+                    };
+                    if nc.heartbeat(req).await.is_ok() && !stop.load(Ordering::Relaxed) {
+                        *last2.lock() = Some(Instant::now());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    last
+}
+
+/// Registrations sent `batch` at a time per call (`batch` 1 uses the unary RegisterName).
+async fn bench_registrations(
+    c: &Cluster,
+    inc: u64,
+    secs: u64,
+    concurrency: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let leader = c.leader(Duration::from_secs(5)).await?;
+    let conns: Vec<Client> = (0..8)
+        .map(|_| c.client(leader))
+        .collect::<anyhow::Result<_>>()?;
+    let done = Arc::new(AtomicU64::new(0));
+    let serial = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let (mut cl, done, serial, stop) = (
+            conns[t % conns.len()].clone(),
+            done.clone(),
+            serial.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let reqs: Vec<pb::RegisterNameRequest> = (0..batch)
+                    .map(|_| {
+                        let s = serial.fetch_add(1, Ordering::Relaxed);
+                        pb::RegisterNameRequest {
+                            name: format!("bench-{s}"),
+                            pid: Some(pb::Pid {
+                                node: "bench-node".into(),
+                                incarnation: inc,
+                                serial: s,
+                            }),
+                        }
+                    })
+                    .collect();
+                if batch == 1 {
+                    let req = reqs.into_iter().next().expect("one request");
+                    if cl
+                        .register_name(req)
+                        .await
+                        .is_ok_and(|r| r.get_ref().registered)
+                    {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else if let Ok(r) = cl
+                    .register_names(pb::RegisterNamesRequest {
+                        registrations: reqs,
+                    })
+                    .await
+                {
+                    let ok = r.get_ref().outcomes.iter().filter(|o| o.registered).count();
+                    done.fetch_add(ok as u64, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Warm up, then measure.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start_count = done.load(Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let n = done.load(Ordering::Relaxed) - start_count;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(rate)
+}
+
+async fn bench_lookups(c: &Cluster, linearizable: bool, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let leader = c.leader(Duration::from_secs(5)).await?;
+    let mut cl = c.client(leader)?;
+    let mut lat = Vec::with_capacity(n);
+    for k in 0..n {
+        let req = pb::WhereisRequest {
+            name: format!("bench-{}", k + 1),
+            linearizable,
+        };
+        let t = Instant::now();
+        cl.whereis(req).await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    Ok(lat)
+}
+
+async fn bench_leader_kill(c: &Cluster, inc: u64, rounds: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let leader = c.leader(Duration::from_secs(10)).await?;
+        c.kill9(leader);
+        let killed = Instant::now();
+        let mut k = 0u64;
+        'found: loop {
+            for i in 0..c.members.len() {
+                if !c.running(i) {
+                    continue;
+                }
+                k += 1;
+                let req = pb::RegisterNameRequest {
+                    name: format!("kill-{round}-{k}"),
+                    pid: Some(pb::Pid {
+                        node: "bench-node".into(),
+                        incarnation: inc,
+                        serial: 1_000_000_000 + k,
+                    }),
+                };
+                if c.client(i)?.register_name(req).await.is_ok() {
+                    out.push(killed.elapsed());
+                    break 'found;
+                }
+            }
+            if killed.elapsed() > Duration::from_secs(20) {
+                bail!("no write succeeded within 20 s of the leader kill");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        c.spawn(leader)?;
+        // Let the restarted member catch up before the next round.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if c.client(leader)?
+                .status(pb::StatusRequest {})
+                .await
+                .is_ok_and(|s| s.get_ref().leader_id != 0)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Round `k`: a victim node hosts one child; it goes silent (or crashes), and we time the move.
+async fn bench_reassign(
+    c: &Arc<Cluster>,
+    rounds: usize,
+    crash: bool,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    let tag = if crash { "crash" } else { "hang" };
+    for k in 0..rounds {
+        let label = format!("{tag}{k}");
+        let victim = format!("a-{label}");
+        let other = format!("b-{label}");
+        let vi = join(c, &victim, &[("round", &label)]).await?;
+        let stop_v = Arc::new(AtomicBool::new(false));
+        let last = heartbeat(c.clone(), victim.clone(), vi, stop_v.clone());
+        let leader = c.leader(Duration::from_secs(5)).await?;
+        let manifest = format!(
+            "[app]\nname = \"app-{label}\"\nversion = \"1\"\n[[children]]\nstart = \"m:C\"\nname = \"c\"\nplacement = \"round={label}\"\n"
+        );
+        c.client(leader)?
+            .submit_app(pb::SubmitAppRequest {
+                manifest_toml: manifest,
+                code: vec![1],
+            })
+            .await?;
+        let oi = join(c, &other, &[("round", &label)]).await?;
+        let stop_o = Arc::new(AtomicBool::new(false));
+        heartbeat(c.clone(), other.clone(), oi, stop_o.clone());
+        let mut watch = c
+            .node_client(leader)?
+            .watch(pb::WatchRequest {
+                node: Some(pb::NodeRef {
+                    node: victim.clone(),
+                    incarnation: vi,
+                }),
+            })
+            .await?
+            .into_inner();
+        watch.message().await?;
+        while last.lock().is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop_v.store(true, Ordering::Relaxed);
+        let crashed_at = Instant::now();
+        if crash {
+            drop(watch);
+        }
+        let app = format!("app-{label}");
+        let moved = loop {
+            let l = c.leader(Duration::from_secs(5)).await?;
+            let s = c
+                .client(l)?
+                .cluster_state(pb::ClusterStateRequest {})
+                .await?
+                .into_inner();
+            if s.assignments
+                .iter()
+                .any(|a| a.app == app && a.node == other)
+            {
+                break Instant::now();
+            }
+            if crashed_at.elapsed() > Duration::from_secs(20) {
+                bail!("child of {app} not reassigned within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let from = if crash {
+            crashed_at
+        } else {
+            last.lock().unwrap_or(crashed_at)
+        };
+        out.push(moved - from);
+        stop_o.store(true, Ordering::Relaxed);
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let conc: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let c = Arc::new(Cluster::start(3)?);
+    c.leader(Duration::from_secs(15)).await?;
+    let inc = join(&c, "bench-node", &[]).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    heartbeat(c.clone(), "bench-node".into(), inc, stop.clone());
+
+    println!("controller benchmarks: 3 members on loopback, default timings");
+    let rate = bench_registrations(&c, inc, secs, conc, 1).await?;
+    println!("registrations/s sustained, unary RegisterName ({conc} concurrent clients, {secs} s): {rate:.0}");
+    let rate = bench_registrations(&c, inc, secs, 32, 100).await?;
+    println!("registrations/s sustained, RegisterNames of 100 (32 concurrent clients, {secs} s): {rate:.0}");
+    for lin in [false, true] {
+        let lat = bench_lookups(&c, lin, 2000).await?;
+        println!(
+            "whereis latency (linearizable={lin}, sequential, leader): p50 {} p99 {}",
+            ms(pct(&lat, 0.5)),
+            ms(pct(&lat, 0.99))
+        );
+    }
+    let kill = bench_leader_kill(&c, inc, rounds).await?;
+    println!(
+        "leader kill -9 -> first acknowledged write ({rounds} rounds): median {} min {} max {}",
+        ms(pct(&kill, 0.5)),
+        ms(kill[0]),
+        ms(kill[kill.len() - 1])
+    );
+    let hang = bench_reassign(&c, rounds, false).await?;
+    println!(
+        "node's last heartbeat -> child reassigned, node silent ({rounds} rounds): median {} min {} max {}",
+        ms(pct(&hang, 0.5)),
+        ms(hang[0]),
+        ms(hang[hang.len() - 1])
+    );
+    let crash = bench_reassign(&c, rounds, true).await?;
+    println!(
+        "node crash (stream closed) -> child reassigned ({rounds} rounds): median {} min {} max {}",
+        ms(pct(&crash, 0.5)),
+        ms(crash[0]),
+        ms(crash[crash.len() - 1])
+    );
+    stop.store(true, Ordering::Relaxed);
+    Ok(())
+}

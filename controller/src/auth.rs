@@ -22,7 +22,9 @@ pub struct Authenticator {
 impl Authenticator {
     /// Accepts exactly these tokens.
     pub fn new(tokens: Vec<String>) -> Self {
-        Authenticator { tokens: Arc::new(tokens.into_iter().filter(|t| !t.is_empty()).collect()) }
+        Authenticator {
+            tokens: Arc::new(tokens.into_iter().filter(|t| !t.is_empty()).collect()),
+        }
     }
 
     /// Interceptor body: passes authenticated requests, refuses others with `unauthenticated`.
@@ -32,11 +34,21 @@ impl Authenticator {
                 "missing credentials; send `authorization: Bearer <cluster secret or client token>`",
             ));
         };
-        let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-        if self.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), presented.as_bytes())) {
+        let presented = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if self
+            .tokens
+            .iter()
+            .any(|t| constant_time_eq(t.as_bytes(), presented.as_bytes()))
+        {
             Ok(req)
         } else {
-            Err(Status::unauthenticated("wrong credentials; check the cluster secret or client token"))
+            Err(Status::unauthenticated(
+                "wrong credentials; check the cluster secret or client token",
+            ))
         }
     }
 }
@@ -50,7 +62,9 @@ pub struct BearerInjector {
 impl BearerInjector {
     /// Injects this secret; a secret that is not valid metadata is sent as nothing (and refused).
     pub fn new(secret: &str) -> Self {
-        BearerInjector { value: MetadataValue::try_from(format!("Bearer {secret}")).ok() }
+        BearerInjector {
+            value: MetadataValue::try_from(format!("Bearer {secret}")).ok(),
+        }
     }
 }
 

@@ -32,7 +32,11 @@ impl std::str::FromStr for PeerSpec {
         if id == 0 || raft.is_empty() || api.is_empty() {
             return Err(bad());
         }
-        Ok(PeerSpec { id, raft_addr: raft.trim().to_string(), api_addr: api.trim().to_string() })
+        Ok(PeerSpec {
+            id,
+            raft_addr: raft.trim().to_string(),
+            api_addr: api.trim().to_string(),
+        })
     }
 }
 
@@ -78,7 +82,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_code_bytes: 8 * 1024 * 1024, max_manifest_bytes: 64 * 1024 }
+        Limits {
+            max_code_bytes: 8 * 1024 * 1024,
+            max_manifest_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -145,10 +152,14 @@ impl ControllerConfig {
             return Err(Error::invalid("--id must be a non-zero integer"));
         }
         if self.secret.is_empty() {
-            return Err(Error::invalid("the cluster secret is empty; pass --secret or set REBEAM_SECRET"));
+            return Err(Error::invalid(
+                "the cluster secret is empty; pass --secret or set REBEAM_SECRET",
+            ));
         }
         if self.peers.iter().any(|p| p.id == self.id) {
-            return Err(Error::invalid("--peer lists this member's own id; list only the other members"));
+            return Err(Error::invalid(
+                "--peer lists this member's own id; list only the other members",
+            ));
         }
         let t = &self.timings;
         if t.node_fence >= t.lease || t.heartbeat >= t.node_fence {
@@ -157,7 +168,9 @@ impl ControllerConfig {
             ));
         }
         if t.raft_heartbeat >= t.election_timeout {
-            return Err(Error::invalid("--raft-heartbeat-ms must be below --election-timeout-ms"));
+            return Err(Error::invalid(
+                "--raft-heartbeat-ms must be below --election-timeout-ms",
+            ));
         }
         Ok(())
     }

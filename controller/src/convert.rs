@@ -7,13 +7,21 @@ use crate::types::{App, AppStatus, ChildSpec, NodeEntry, Pid, Restart, RestartRe
 
 impl From<Pid> for pb::Pid {
     fn from(p: Pid) -> Self {
-        pb::Pid { node: p.node, incarnation: p.incarnation, serial: p.serial }
+        pb::Pid {
+            node: p.node,
+            incarnation: p.incarnation,
+            serial: p.serial,
+        }
     }
 }
 
 impl From<pb::Pid> for Pid {
     fn from(p: pb::Pid) -> Self {
-        Pid { node: p.node, incarnation: p.incarnation, serial: p.serial }
+        Pid {
+            node: p.node,
+            incarnation: p.incarnation,
+            serial: p.serial,
+        }
     }
 }
 
@@ -25,7 +33,11 @@ impl From<NodeEntry> for pb::NodeInfo {
             address: n.address,
             labels: n.labels.into_iter().collect(),
             capacity: n.capacity,
-            status: if n.alive { pb::NodeStatus::Alive } else { pb::NodeStatus::Dead } as i32,
+            status: if n.alive {
+                pb::NodeStatus::Alive
+            } else {
+                pb::NodeStatus::Dead
+            } as i32,
             joined_at_ms: n.joined_at_ms,
             died_at_ms: n.died_at_ms,
             death_reason: n.death_reason,
@@ -76,7 +88,12 @@ impl From<App> for pb::AppInfo {
 
 impl From<RestartRecord> for pb::RestartRecord {
     fn from(r: RestartRecord) -> Self {
-        pb::RestartRecord { at_ms: r.at_ms, reason: r.reason, from_node: r.from_node, from_incarnation: r.from_incarnation }
+        pb::RestartRecord {
+            at_ms: r.at_ms,
+            reason: r.reason,
+            from_node: r.from_node,
+            from_incarnation: r.from_incarnation,
+        }
     }
 }
 
@@ -112,28 +129,49 @@ pub fn watch_event(index: u64, ev: &Event, node: &str) -> Option<pb::WatchEvent>
     use pb::watch_event::Event as E;
     let event = match ev {
         Event::NodeChanged(n) => E::NodeChanged(n.clone().into()),
-        Event::NameRegistered(name, pid) => {
-            E::NameRegistered(pb::GlobalName { name: name.clone(), pid: Some(pid.clone().into()) })
-        }
-        Event::NameReleased(name, pid) => {
-            E::NameReleased(pb::GlobalName { name: name.clone(), pid: Some(pid.clone().into()) })
-        }
-        Event::PgJoined(g, pid) => E::PgJoined(pb::PgChange { group: g.clone(), pid: Some(pid.clone().into()) }),
-        Event::PgLeft(g, pid) => E::PgLeft(pb::PgChange { group: g.clone(), pid: Some(pid.clone().into()) }),
+        Event::NameRegistered(name, pid) => E::NameRegistered(pb::GlobalName {
+            name: name.clone(),
+            pid: Some(pid.clone().into()),
+        }),
+        Event::NameReleased(name, pid) => E::NameReleased(pb::GlobalName {
+            name: name.clone(),
+            pid: Some(pid.clone().into()),
+        }),
+        Event::PgJoined(g, pid) => E::PgJoined(pb::PgChange {
+            group: g.clone(),
+            pid: Some(pid.clone().into()),
+        }),
+        Event::PgLeft(g, pid) => E::PgLeft(pb::PgChange {
+            group: g.clone(),
+            pid: Some(pid.clone().into()),
+        }),
         Event::AssignmentSet(v) => {
             if v.assignment.node.as_ref().map(|(n, _)| n.as_str()) != Some(node) {
                 return None;
             }
             E::Assignment((**v).clone().into())
         }
-        Event::AssignmentRemoved { app, child, generation, node: n, .. } => {
+        Event::AssignmentRemoved {
+            app,
+            child,
+            generation,
+            node: n,
+            ..
+        } => {
             if n != node {
                 return None;
             }
-            E::AssignmentRemoved(pb::AssignmentRef { app: app.clone(), child: child.clone(), generation: *generation })
+            E::AssignmentRemoved(pb::AssignmentRef {
+                app: app.clone(),
+                child: child.clone(),
+                generation: *generation,
+            })
         }
         Event::AppChanged(a) => E::AppChanged((**a).clone().into()),
         Event::Reset => return None,
     };
-    Some(pb::WatchEvent { log_index: index, event: Some(event) })
+    Some(pb::WatchEvent {
+        log_index: index,
+        event: Some(event),
+    })
 }

@@ -33,7 +33,11 @@ impl Core {
         let m = self.raft.metrics();
         let m = m.borrow();
         let leader = m.current_leader?;
-        let addr = m.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, n)| n.api_addr.clone());
+        let addr = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, n)| n.api_addr.clone());
         addr
     }
 
@@ -47,7 +51,9 @@ impl Core {
         if leads {
             Ok(())
         } else {
-            Err(Error::NotLeader { leader: self.leader_api() })
+            Err(Error::NotLeader {
+                leader: self.leader_api(),
+            })
         }
     }
 
@@ -56,7 +62,9 @@ impl Core {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader { leader: f.leader_node.map(|n: MemberNode| n.api_addr) })
+                Err(Error::NotLeader {
+                    leader: f.leader_node.map(|n: MemberNode| n.api_addr),
+                })
             }
             Err(RaftError::APIError(e)) => Err(Error::Unavailable(e.to_string())),
             Err(RaftError::Fatal(f)) => Err(Error::Unavailable(f.to_string())),

@@ -19,7 +19,9 @@ pub struct Leases {
 impl Leases {
     /// A heartbeat from a live node incarnation pushes its deadline out by `lease`.
     pub fn renew(&self, node: &str, incarnation: u64, lease: std::time::Duration) {
-        self.deadlines.lock().insert(node.to_string(), (incarnation, Instant::now() + lease));
+        self.deadlines
+            .lock()
+            .insert(node.to_string(), (incarnation, Instant::now() + lease));
     }
 
     /// The node's watch stream closed: the node fences itself within `stream_fence`, so it may
@@ -54,7 +56,10 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
         let (leader, term) = {
             let m = core.raft.metrics();
             let m = m.borrow();
-            (m.current_leader == Some(core.id) && m.state.is_leader(), m.current_term)
+            (
+                m.current_leader == Some(core.id) && m.state.is_leader(),
+                m.current_term,
+            )
         };
         if !leader {
             led_term = None;
@@ -68,7 +73,12 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
         }
         let alive: Vec<(String, u64)> = {
             let a = core.shared.applied.read();
-            a.state.nodes.values().filter(|n| n.alive).map(|n| (n.id.clone(), n.incarnation)).collect()
+            a.state
+                .nodes
+                .values()
+                .filter(|n| n.alive)
+                .map(|n| (n.id.clone(), n.incarnation))
+                .collect()
         };
         let now = Instant::now();
         let mut expired = Vec::new();
@@ -86,7 +96,12 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
             }
         }
         for (node, incarnation) in expired {
-            if !core.leases.declaring.lock().insert((node.clone(), incarnation)) {
+            if !core
+                .leases
+                .declaring
+                .lock()
+                .insert((node.clone(), incarnation))
+            {
                 continue;
             }
             let core2 = core.clone();

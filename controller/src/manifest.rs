@@ -57,7 +57,12 @@ fn default_placement() -> String {
 }
 
 fn ident(kind: &str, s: &str) -> Result<()> {
-    if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+')) {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+    {
         return Err(Error::invalid(format!(
             "manifest {kind} `{s}` is invalid; use 1..=64 letters, digits, `.`, `_`, `-` or `+`"
         )));
@@ -71,7 +76,9 @@ pub fn placement(s: &str) -> Result<Placement> {
         "any" => Ok(Placement::Any),
         "spread" => Ok(Placement::Spread),
         other => match other.split_once('=') {
-            Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok(Placement::Label(k.to_string(), v.to_string())),
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => {
+                Ok(Placement::Label(k.to_string(), v.to_string()))
+            }
             _ => Err(Error::invalid(format!(
                 "placement `{other}` is unknown; use \"any\", \"spread\" or \"label=value\""
             ))),
@@ -103,7 +110,10 @@ pub fn parse(toml_text: &str) -> Result<AppDraft> {
         return Err(Error::invalid("max_restarts must be at most 10000"));
     }
     if raw.children.len() > MAX_CHILDREN {
-        return Err(Error::invalid(format!("the app has {} children; use at most {MAX_CHILDREN}", raw.children.len())));
+        return Err(Error::invalid(format!(
+            "the app has {} children; use at most {MAX_CHILDREN}",
+            raw.children.len()
+        )));
     }
     let mut ids = BTreeSet::new();
     let mut children = Vec::with_capacity(raw.children.len());
@@ -118,16 +128,25 @@ pub fn parse(toml_text: &str) -> Result<AppDraft> {
             }
         }
         if c.global && c.name.is_empty() {
-            return Err(Error::invalid(format!("child {i}: global = true needs a name")));
+            return Err(Error::invalid(format!(
+                "child {i}: global = true needs a name"
+            )));
         }
         if !c.name.is_empty() {
             crate::validate::name("child name", &c.name)?;
         }
-        let id = if c.name.is_empty() { format!("child-{i}") } else { c.name.clone() };
+        let id = if c.name.is_empty() {
+            format!("child-{i}")
+        } else {
+            c.name.clone()
+        };
         if !ids.insert(id.clone()) {
-            return Err(Error::invalid(format!("child name `{id}` is used twice; names must be unique within the app")));
+            return Err(Error::invalid(format!(
+                "child name `{id}` is used twice; names must be unique within the app"
+            )));
         }
-        let args_json = serde_json::to_string(&c.args).map_err(|e| Error::invalid(format!("child {i}: args: {e}")))?;
+        let args_json = serde_json::to_string(&c.args)
+            .map_err(|e| Error::invalid(format!("child {i}: args: {e}")))?;
         children.push(ChildSpec {
             id,
             start: c.start,
@@ -170,7 +189,10 @@ restart = "permanent"
 placement = "zone=eu"
 "#;
         let d = parse(m).expect("parses");
-        assert_eq!(d.children[0].placement, Placement::Label("zone".into(), "eu".into()));
+        assert_eq!(
+            d.children[0].placement,
+            Placement::Label("zone".into(), "eu".into())
+        );
         assert_eq!(d.children[0].args_json, r#"[1,"x"]"#);
     }
 

@@ -1,10 +1,12 @@
 //! openraft network over the `RaftPeer` gRPC service; payloads are the openraft types as JSON.
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use rebeam_proto::v1::raft_peer_client::RaftPeerClient;
 use rebeam_proto::v1::RaftPayload;
@@ -42,15 +44,17 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &MemberNode) -> Self::Network {
-        let client = Endpoint::from_shared(format!("http://{}", node.raft_addr)).ok().map(|e| {
-            let channel = e
-                .connect_timeout(std::time::Duration::from_millis(500))
-                .tcp_nodelay(true)
-                .connect_lazy();
-            RaftPeerClient::with_interceptor(channel, BearerInjector::new(&self.secret))
-                .max_decoding_message_size(MAX_RAFT_MESSAGE)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE)
-        });
+        let client = Endpoint::from_shared(format!("http://{}", node.raft_addr))
+            .ok()
+            .map(|e| {
+                let channel = e
+                    .connect_timeout(std::time::Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                RaftPeerClient::with_interceptor(channel, BearerInjector::new(&self.secret))
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE)
+            });
         PeerClient { target, client }
     }
 }
@@ -72,7 +76,9 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let Some(client) = self.client.as_mut() else {
-            return Err(RPCError::Unreachable(Unreachable::new(&Msg("peer address is malformed".into()))));
+            return Err(RPCError::Unreachable(Unreachable::new(&Msg(
+                "peer address is malformed".into(),
+            ))));
         };
         let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { data });
@@ -86,10 +92,15 @@ impl PeerClient {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 RPCError::Unreachable(Unreachable::new(&Msg(s.message().to_string())))
             }
-            _ => RPCError::Network(NetworkError::new(&Msg(format!("{}: {}", s.code(), s.message())))),
+            _ => RPCError::Network(NetworkError::new(&Msg(format!(
+                "{}: {}",
+                s.code(),
+                s.message()
+            )))),
         })?;
-        let result: Result<Resp, RaftError<u64, E>> = serde_json::from_slice(&reply.into_inner().data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<u64, E>> =
+            serde_json::from_slice(&reply.into_inner().data)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -107,7 +118,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, MemberNode, RaftError<u64, InstallSnapshotError>>> {
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, MemberNode, RaftError<u64, InstallSnapshotError>>,
+    > {
         self.call("snapshot", &rpc, &option).await
     }
 

@@ -27,10 +27,12 @@ pub struct Proposer {
 /// Maps an openraft write error to ours (redirect when this member is not the leader).
 pub fn write_error(e: RaftError<u64, ClientWriteError<u64, MemberNode>>) -> Error {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            Error::NotLeader { leader: f.leader_node.map(|n| n.api_addr) }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            leader: f.leader_node.map(|n| n.api_addr),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Error::FailedPrecondition(c.to_string())
         }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Error::FailedPrecondition(c.to_string()),
         RaftError::Fatal(f) => Error::Unavailable(f.to_string()),
     }
 }
@@ -46,15 +48,41 @@ impl Proposer {
     /// Proposes one command and waits until it is applied; a refused command is an error.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { cmd, reply })
-            .await
-            .map_err(|_| Error::Unavailable("the controller is shutting down; retry on another member".into()))?;
+        self.tx.send(Pending { cmd, reply }).await.map_err(|_| {
+            Error::Unavailable("the controller is shutting down; retry on another member".into())
+        })?;
         match rx.await {
             Ok(Ok(Outcome::Rejected(e))) => Err(e),
             Ok(r) => r,
-            Err(_) => Err(Error::Unavailable("the write was dropped while the controller shut down; retry".into())),
+            Err(_) => Err(Error::Unavailable(
+                "the write was dropped while the controller shut down; retry".into(),
+            )),
         }
+    }
+}
+
+impl Proposer {
+    /// Proposes several commands at once; they join the same batch when the writer is idle.
+    pub async fn propose_many(&self, cmds: Vec<Command>) -> Vec<Result<Outcome>> {
+        let mut waits = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let (reply, rx) = oneshot::channel();
+            if self.tx.send(Pending { cmd, reply }).await.is_err() {
+                break;
+            }
+            waits.push(rx);
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for rx in waits {
+            out.push(match rx.await {
+                Ok(Ok(Outcome::Rejected(e))) => Err(e),
+                Ok(r) => r,
+                Err(_) => Err(Error::Unavailable(
+                    "the write was dropped while the controller shut down; retry".into(),
+                )),
+            });
+        }
+        out
     }
 }
 
@@ -62,7 +90,9 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // Waiting for a slot first lets requests pile up into a bigger batch.
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -72,14 +102,23 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
         }
         let raft = raft.clone();
         tokio::spawn(async move {
-            let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            let (cmds, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
             let n = cmds.len();
-            match raft.client_write(Request { now_ms: now_ms(), cmds }).await {
+            match raft
+                .client_write(Request {
+                    now_ms: now_ms(),
+                    cmds,
+                })
+                .await
+            {
                 Ok(resp) => {
                     let mut outcomes = resp.data.outcomes.into_iter();
                     for reply in replies {
                         let o = outcomes.next().unwrap_or_else(|| {
-                            Outcome::Rejected(Error::internal(format!("batch of {n} returned too few outcomes")))
+                            Outcome::Rejected(Error::internal(format!(
+                                "batch of {n} returned too few outcomes"
+                            )))
                         });
                         let _ = reply.send(Ok(o));
                     }

@@ -66,9 +66,11 @@ impl ControllerHandle {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| Error::Unavailable("no leader elected in time; check that a quorum of members runs".into()))?
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            Error::Unavailable(
+                "no leader elected in time; check that a quorum of members runs".into(),
+            )
+        })?
     }
 
     /// Stops serving, shuts Raft down and waits for the background tasks.
@@ -95,32 +97,52 @@ fn raft_config(c: &ControllerConfig) -> Result<openraft::Config> {
         max_in_snapshot_log_to_keep: c.keep_logs,
         ..Default::default()
     };
-    cfg.validate().map_err(|e| Error::invalid(format!("raft timings: {e}")))
+    cfg.validate()
+        .map_err(|e| Error::invalid(format!("raft timings: {e}")))
 }
 
 /// Starts a controller member and returns once it serves (a leader may not be elected yet).
 pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        Error::invalid(format!("cannot create data dir {}: {e}; pick a writable --data-dir", config.data_dir.display()))
+        Error::invalid(format!(
+            "cannot create data dir {}: {e}; pick a writable --data-dir",
+            config.data_dir.display()
+        ))
     })?;
     let log = LogStore::open(&config.data_dir.join("raft-log.redb")).map_err(|e| {
-        Error::Internal(format!("cannot open the log in {}: {e}", config.data_dir.display()))
+        Error::Internal(format!(
+            "cannot open the log in {}: {e}",
+            config.data_dir.display()
+        ))
     })?;
-    let sm = StateMachineStore::open(&config.data_dir.join("snapshots")).map_err(Error::internal)?;
+    let sm =
+        StateMachineStore::open(&config.data_dir.join("snapshots")).map_err(Error::internal)?;
     let shared = sm.shared();
 
-    let raft_listener = TcpListener::bind(config.raft_listen)
-        .await
-        .map_err(|e| Error::invalid(format!("cannot listen on {} for raft: {e}", config.raft_listen)))?;
-    let api_listener = TcpListener::bind(config.api_listen)
-        .await
-        .map_err(|e| Error::invalid(format!("cannot listen on {} for the api: {e}", config.api_listen)))?;
+    let raft_listener = TcpListener::bind(config.raft_listen).await.map_err(|e| {
+        Error::invalid(format!(
+            "cannot listen on {} for raft: {e}",
+            config.raft_listen
+        ))
+    })?;
+    let api_listener = TcpListener::bind(config.api_listen).await.map_err(|e| {
+        Error::invalid(format!(
+            "cannot listen on {} for the api: {e}",
+            config.api_listen
+        ))
+    })?;
     let raft_addr = raft_listener.local_addr().map_err(Error::internal)?;
     let api_addr = api_listener.local_addr().map_err(Error::internal)?;
     let me = MemberNode {
-        raft_addr: config.raft_advertise.clone().unwrap_or_else(|| raft_addr.to_string()),
-        api_addr: config.api_advertise.clone().unwrap_or_else(|| api_addr.to_string()),
+        raft_addr: config
+            .raft_advertise
+            .clone()
+            .unwrap_or_else(|| raft_addr.to_string()),
+        api_addr: config
+            .api_advertise
+            .clone()
+            .unwrap_or_else(|| api_addr.to_string()),
     };
 
     let raft = Raft::new(
@@ -175,12 +197,14 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     let max_api = config.limits.max_code_bytes + config.limits.max_manifest_bytes + 64 * 1024;
     let node_svc = {
         let a = secret_auth.clone();
-        let svc = NodeServiceServer::new(NodeApi::new(core.clone())).max_decoding_message_size(4 << 20);
+        let svc =
+            NodeServiceServer::new(NodeApi::new(core.clone())).max_decoding_message_size(4 << 20);
         tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
     };
     let cluster_svc = {
         let a = client_auth.clone();
-        let svc = ClusterServiceServer::new(ClusterApi::new(core.clone())).max_decoding_message_size(max_api);
+        let svc = ClusterServiceServer::new(ClusterApi::new(core.clone()))
+            .max_decoding_message_size(max_api);
         tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
     };
     let mut s = stop_rx.clone();
@@ -204,7 +228,13 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         let mut members = BTreeMap::new();
         members.insert(config.id, me.clone());
         for p in &config.peers {
-            members.insert(p.id, MemberNode { raft_addr: p.raft_addr.clone(), api_addr: p.api_addr.clone() });
+            members.insert(
+                p.id,
+                MemberNode {
+                    raft_addr: p.raft_addr.clone(),
+                    api_addr: p.api_addr.clone(),
+                },
+            );
         }
         let initialized = raft.is_initialized().await.map_err(Error::internal)?;
         if !initialized {
@@ -219,15 +249,33 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     if let Some(seed) = config.join.clone() {
         let initialized = raft.is_initialized().await.map_err(Error::internal)?;
         if !initialized {
-            tasks.push(tokio::spawn(join_group(seed, config.id, me.clone(), config.secret.clone(), stop_rx)));
+            tasks.push(tokio::spawn(join_group(
+                seed,
+                config.id,
+                me.clone(),
+                config.secret.clone(),
+                stop_rx,
+            )));
         }
     }
     tracing::info!(id = config.id, raft = %raft_addr, api = %api_addr, "controller member serving");
-    Ok(ControllerHandle { raft_addr, api_addr, core, stop, tasks })
+    Ok(ControllerHandle {
+        raft_addr,
+        api_addr,
+        core,
+        stop,
+        tasks,
+    })
 }
 
 /// Asks the group (following leader redirects) to admit this member, until it succeeds.
-async fn join_group(seed: String, id: u64, me: MemberNode, secret: String, mut stop: watch::Receiver<bool>) {
+async fn join_group(
+    seed: String,
+    id: u64,
+    me: MemberNode,
+    secret: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut target = seed;
     loop {
         let attempt = async {
@@ -236,9 +284,14 @@ async fn join_group(seed: String, id: u64, me: MemberNode, secret: String, mut s
                 .connect()
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let mut c = ClusterServiceClient::with_interceptor(channel, BearerInjector::new(&secret));
-            c.add_controller(AddControllerRequest { id, raft_address: me.raft_addr.clone(), api_address: me.api_addr.clone() })
-                .await
+            let mut c =
+                ClusterServiceClient::with_interceptor(channel, BearerInjector::new(&secret));
+            c.add_controller(AddControllerRequest {
+                id,
+                raft_address: me.raft_addr.clone(),
+                api_address: me.api_addr.clone(),
+            })
+            .await
         };
         match attempt.await {
             Ok(_) => {
@@ -246,7 +299,11 @@ async fn join_group(seed: String, id: u64, me: MemberNode, secret: String, mut s
                 return;
             }
             Err(s) => {
-                if let Some(l) = s.metadata().get(LEADER_METADATA_KEY).and_then(|v| v.to_str().ok()) {
+                if let Some(l) = s
+                    .metadata()
+                    .get(LEADER_METADATA_KEY)
+                    .and_then(|v| v.to_str().ok())
+                {
                     target = l.to_string();
                     continue;
                 }

@@ -225,15 +225,35 @@ impl<'de> Deserialize<'de> for Blob {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// A node joins (or rejoins with a new incarnation).
-    Join { node: String, address: String, labels: BTreeMap<String, String>, capacity: u32 },
+    Join {
+        node: String,
+        address: String,
+        labels: BTreeMap<String, String>,
+        capacity: u32,
+    },
     /// A node leaves gracefully.
     Leave { node: String, incarnation: u64 },
     /// The leader declares a node dead (lease lapsed).
-    DeclareDead { node: String, incarnation: u64, reason: String },
+    DeclareDead {
+        node: String,
+        incarnation: u64,
+        reason: String,
+    },
     /// A node reports processes that exited.
-    ReportExits { node: String, incarnation: u64, exits: Vec<(Pid, String)> },
+    ReportExits {
+        node: String,
+        incarnation: u64,
+        exits: Vec<(Pid, String)>,
+    },
     /// A node reports the pid of a top-level child it started.
-    ChildStarted { node: String, incarnation: u64, app: String, child: String, generation: u64, pid: Pid },
+    ChildStarted {
+        node: String,
+        incarnation: u64,
+        app: String,
+        child: String,
+        generation: u64,
+        pid: Pid,
+    },
     /// Register a global name.
     Register { name: String, pid: Pid },
     /// Release a global name (only if held by `pid`, when given).
@@ -243,7 +263,12 @@ pub enum Command {
     /// Leave a process group.
     PgLeave { group: String, pid: Pid },
     /// Submit (or upgrade) an application.
-    SubmitApp { draft: AppDraft, code: Blob, code_hash: String, upgrade: bool },
+    SubmitApp {
+        draft: AppDraft,
+        code: Blob,
+        code_hash: String,
+        upgrade: bool,
+    },
     /// Stop an application.
     StopApp { name: String },
 }

@@ -17,13 +17,23 @@ pub const MAX_EXITS_PER_REPORT: usize = 10_000;
 /// Checks a node id: 1..=128 chars of `[A-Za-z0-9._-]`.
 pub fn node_id(id: &str) -> Result<()> {
     if id.is_empty() {
-        return Err(Error::invalid("node id is empty; give the node a stable id such as `node-a`"));
+        return Err(Error::invalid(
+            "node id is empty; give the node a stable id such as `node-a`",
+        ));
     }
     if id.len() > MAX_NODE_ID_BYTES {
-        return Err(Error::invalid(format!("node id is {} bytes; use at most {MAX_NODE_ID_BYTES}", id.len())));
+        return Err(Error::invalid(format!(
+            "node id is {} bytes; use at most {MAX_NODE_ID_BYTES}",
+            id.len()
+        )));
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err(Error::invalid(format!("node id `{id}` may contain only letters, digits, `.`, `_` and `-`")));
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(Error::invalid(format!(
+            "node id `{id}` may contain only letters, digits, `.`, `_` and `-`"
+        )));
     }
     Ok(())
 }
@@ -31,13 +41,20 @@ pub fn node_id(id: &str) -> Result<()> {
 /// Checks a global name or group name: 1..=255 bytes, no control characters.
 pub fn name(kind: &str, name: &str) -> Result<()> {
     if name.is_empty() {
-        return Err(Error::invalid(format!("{kind} is empty; pass a non-empty {kind}")));
+        return Err(Error::invalid(format!(
+            "{kind} is empty; pass a non-empty {kind}"
+        )));
     }
     if name.len() > MAX_NAME_BYTES {
-        return Err(Error::invalid(format!("{kind} is {} bytes; use at most {MAX_NAME_BYTES}", name.len())));
+        return Err(Error::invalid(format!(
+            "{kind} is {} bytes; use at most {MAX_NAME_BYTES}",
+            name.len()
+        )));
     }
     if name.chars().any(char::is_control) {
-        return Err(Error::invalid(format!("{kind} contains control characters; remove them")));
+        return Err(Error::invalid(format!(
+            "{kind} contains control characters; remove them"
+        )));
     }
     Ok(())
 }
@@ -47,7 +64,9 @@ pub fn pid(pid: Option<Pid>) -> Result<Pid> {
     let pid = pid.ok_or_else(|| Error::invalid("pid is missing; pass the process's pid"))?;
     node_id(&pid.node)?;
     if pid.incarnation == 0 {
-        return Err(Error::invalid("pid incarnation is 0; use the incarnation the node got when it joined"));
+        return Err(Error::invalid(
+            "pid incarnation is 0; use the incarnation the node got when it joined",
+        ));
     }
     Ok(pid)
 }
@@ -65,7 +84,10 @@ pub fn address(addr: &str) -> Result<()> {
 /// Checks node labels: at most 64, keys and values 1..=128 bytes without `=` in keys.
 pub fn labels(labels: &BTreeMap<String, String>) -> Result<()> {
     if labels.len() > MAX_LABELS {
-        return Err(Error::invalid(format!("{} labels given; use at most {MAX_LABELS}", labels.len())));
+        return Err(Error::invalid(format!(
+            "{} labels given; use at most {MAX_LABELS}",
+            labels.len()
+        )));
     }
     for (k, v) in labels {
         if k.is_empty() || k.len() > 128 || k.contains('=') || v.len() > 128 {

@@ -9,15 +9,28 @@ use rebeam_proto::v1 as pb;
 use support::*;
 
 async fn node_status(c: &Cluster, leader: usize, node: &str) -> Option<pb::NodeInfo> {
-    let s = c.client(leader).cluster_state(pb::ClusterStateRequest {}).await.ok()?.into_inner();
+    let s = c
+        .client(leader)
+        .cluster_state(pb::ClusterStateRequest {})
+        .await
+        .ok()?
+        .into_inner();
     s.nodes.into_iter().find(|n| n.id == node)
 }
 
 async fn wait_dead(c: &Cluster, node: &str) {
-    c.wait_until(Duration::from_secs(10), "the node to be declared dead", || async {
-        let Some(l) = leader_index(c).await else { return false };
-        node_status(c, l, node).await.is_some_and(|n| n.status == pb::NodeStatus::Dead as i32)
-    })
+    c.wait_until(
+        Duration::from_secs(10),
+        "the node to be declared dead",
+        || async {
+            let Some(l) = leader_index(c).await else {
+                return false;
+            };
+            node_status(c, l, node)
+                .await
+                .is_some_and(|n| n.status == pb::NodeStatus::Dead as i32)
+        },
+    )
     .await;
 }
 
@@ -30,58 +43,129 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
     let (_stop_b, _) = heartbeat(c.clone(), "node-b", inc_b, Duration::from_millis(200));
     let leader = c.wait_leader(Duration::from_secs(10)).await;
     let mut cl = c.client(leader);
-    cl.submit_app(pb::SubmitAppRequest { manifest_toml: manifest("svc", "1", &["spread"; 4]), code: b"code".to_vec() })
-        .await
-        .expect("submit");
+    cl.submit_app(pb::SubmitAppRequest {
+        manifest_toml: manifest("svc", "1", &["spread"; 4]),
+        code: b"code".to_vec(),
+    })
+    .await
+    .expect("submit");
     let a_pid = pid("node-a", inc_a, 1);
-    cl.register_name(pb::RegisterNameRequest { name: "on-a".into(), pid: Some(a_pid.clone()) }).await.expect("register");
-    cl.pg_join(pb::PgRequest { group: "grp".into(), pid: Some(a_pid.clone()) }).await.expect("pg");
-    let state = cl.cluster_state(pb::ClusterStateRequest {}).await.expect("state").into_inner();
-    let on_a: Vec<String> = state.assignments.iter().filter(|a| a.node == "node-a").map(|a| a.child.clone()).collect();
-    assert_eq!(on_a.len(), 2, "spread puts two of four children on each node");
+    cl.register_name(pb::RegisterNameRequest {
+        name: "on-a".into(),
+        pid: Some(a_pid.clone()),
+    })
+    .await
+    .expect("register");
+    cl.pg_join(pb::PgRequest {
+        group: "grp".into(),
+        pid: Some(a_pid.clone()),
+    })
+    .await
+    .expect("pg");
+    let state = cl
+        .cluster_state(pb::ClusterStateRequest {})
+        .await
+        .expect("state")
+        .into_inner();
+    let on_a: Vec<String> = state
+        .assignments
+        .iter()
+        .filter(|a| a.node == "node-a")
+        .map(|a| a.child.clone())
+        .collect();
+    assert_eq!(
+        on_a.len(),
+        2,
+        "spread puts two of four children on each node"
+    );
 
     // node-b watches; it must be told about the children it takes over.
     let mut watch = c
         .node_client(leader)
-        .watch(pb::WatchRequest { node: Some(pb::NodeRef { node: "node-b".into(), incarnation: inc_b }) })
+        .watch(pb::WatchRequest {
+            node: Some(pb::NodeRef {
+                node: "node-b".into(),
+                incarnation: inc_b,
+            }),
+        })
         .await
         .expect("watch")
         .into_inner();
     let first = watch.message().await.expect("stream").expect("first event");
-    assert!(matches!(first.event, Some(pb::watch_event::Event::Snapshot(_))));
+    assert!(matches!(
+        first.event,
+        Some(pb::watch_event::Event::Snapshot(_))
+    ));
 
     stop_a.send(true).expect("stop heartbeats");
     wait_dead(&c, "node-a").await;
     let silent_for = last_a.lock().expect("node-a heartbeated").elapsed();
-    assert!(silent_for >= Duration::from_millis(900), "declared dead only after the lease: {silent_for:?}");
+    assert!(
+        silent_for >= Duration::from_millis(900),
+        "declared dead only after the lease: {silent_for:?}"
+    );
 
     let leader = c.wait_leader(Duration::from_secs(5)).await;
     let mut cl = c.client(leader);
-    let state = cl.cluster_state(pb::ClusterStateRequest {}).await.expect("state").into_inner();
+    let state = cl
+        .cluster_state(pb::ClusterStateRequest {})
+        .await
+        .expect("state")
+        .into_inner();
     for a in &state.assignments {
         assert_eq!(a.node, "node-b", "every child now runs on node-b: {a:?}");
         if on_a.contains(&a.child) {
             assert_eq!(a.generation, 2);
-            assert_eq!(a.history.last().map(|h| h.from_node.as_str()), Some("node-a"));
+            assert_eq!(
+                a.history.last().map(|h| h.from_node.as_str()),
+                Some("node-a")
+            );
         }
     }
-    let w = cl.whereis(pb::WhereisRequest { name: "on-a".into(), linearizable: true }).await.expect("whereis");
+    let w = cl
+        .whereis(pb::WhereisRequest {
+            name: "on-a".into(),
+            linearizable: true,
+        })
+        .await
+        .expect("whereis");
     assert_eq!(w.into_inner().pid, None, "the dead node's name is released");
-    let m = cl.pg_members(pb::PgMembersRequest { group: "grp".into(), linearizable: true }).await.expect("members");
+    let m = cl
+        .pg_members(pb::PgMembersRequest {
+            group: "grp".into(),
+            linearizable: true,
+        })
+        .await
+        .expect("members");
     assert!(m.into_inner().members.is_empty());
 
     // The stale incarnation is refused everywhere.
-    let node_a = Some(pb::NodeRef { node: "node-a".into(), incarnation: inc_a });
-    let e = c.node_client(leader).heartbeat(pb::HeartbeatRequest { node: node_a.clone() }).await.expect_err("stale");
+    let node_a = Some(pb::NodeRef {
+        node: "node-a".into(),
+        incarnation: inc_a,
+    });
+    let e = c
+        .node_client(leader)
+        .heartbeat(pb::HeartbeatRequest {
+            node: node_a.clone(),
+        })
+        .await
+        .expect_err("stale");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     let e = c
         .node_client(leader)
-        .report_exit(pb::ReportExitRequest { node: node_a.clone(), exits: vec![] })
+        .report_exit(pb::ReportExitRequest {
+            node: node_a.clone(),
+            exits: vec![],
+        })
         .await
         .expect_err("stale");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     let e = cl
-        .register_name(pb::RegisterNameRequest { name: "late".into(), pid: Some(pid("node-a", inc_a, 2)) })
+        .register_name(pb::RegisterNameRequest {
+            name: "late".into(),
+            pid: Some(pid("node-a", inc_a, 2)),
+        })
         .await
         .expect_err("stale pid");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
@@ -98,7 +182,11 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
             }
         }
     }
-    assert_eq!(moved.len(), on_a.len(), "node-b was told about every moved child");
+    assert_eq!(
+        moved.len(),
+        on_a.len(),
+        "node-b was told about every moved child"
+    );
 
     // Coming back means a new incarnation.
     let again = join_node(&c, "node-a", &[]).await;
@@ -113,17 +201,28 @@ async fn crashed_node_is_declared_dead_after_the_stream_fence() {
     let leader = c.wait_leader(Duration::from_secs(10)).await;
     let mut watch = c
         .node_client(leader)
-        .watch(pb::WatchRequest { node: Some(pb::NodeRef { node: "node-c".into(), incarnation: inc }) })
+        .watch(pb::WatchRequest {
+            node: Some(pb::NodeRef {
+                node: "node-c".into(),
+                incarnation: inc,
+            }),
+        })
         .await
         .expect("watch")
         .into_inner();
     watch.message().await.expect("stream").expect("snapshot");
-    c.wait_until(Duration::from_secs(5), "a heartbeat", || async { last.lock().is_some() }).await;
+    c.wait_until(Duration::from_secs(5), "a heartbeat", || async {
+        last.lock().is_some()
+    })
+    .await;
     // The node process dies: heartbeats stop and its connection closes.
     stop.send(true).expect("stop");
     drop(watch);
     let closed = Instant::now();
     wait_dead(&c, "node-c").await;
     let took = closed.elapsed();
-    assert!(took < Duration::from_millis(800), "stream close shortens the wait below the 1 s lease: {took:?}");
+    assert!(
+        took < Duration::from_millis(800),
+        "stream close shortens the wait below the 1 s lease: {took:?}"
+    );
 }

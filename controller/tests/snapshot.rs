@@ -11,7 +11,16 @@ use support::*;
 async fn lagging_member_catches_up_by_snapshot() {
     let c = Cluster::start(
         3,
-        &["--lease-ms", "600000", "--node-fence-ms", "500000", "--snapshot-logs", "50", "--keep-logs", "0"],
+        &[
+            "--lease-ms",
+            "600000",
+            "--node-fence-ms",
+            "500000",
+            "--snapshot-logs",
+            "50",
+            "--keep-logs",
+            "0",
+        ],
     );
     let inc = join_node(&c, "node-a", &[]).await;
     let leader = c.wait_leader(Duration::from_secs(10)).await;
@@ -21,7 +30,10 @@ async fn lagging_member_catches_up_by_snapshot() {
     let mut cl = c.client(leader);
     let code = vec![3u8; 50_000];
     let app = cl
-        .submit_app(pb::SubmitAppRequest { manifest_toml: manifest("blobby", "1", &["any"]), code: code.clone() })
+        .submit_app(pb::SubmitAppRequest {
+            manifest_toml: manifest("blobby", "1", &["any"]),
+            code: code.clone(),
+        })
         .await
         .expect("submit")
         .into_inner()
@@ -29,34 +41,58 @@ async fn lagging_member_catches_up_by_snapshot() {
         .expect("app");
     // Sequential writes: one log entry each, so the log outgrows several snapshots.
     for k in 0..300u64 {
-        cl.register_name(pb::RegisterNameRequest { name: format!("s{k}"), pid: Some(pid("node-a", inc, k + 1)) })
-            .await
-            .expect("register");
+        cl.register_name(pb::RegisterNameRequest {
+            name: format!("s{k}"),
+            pid: Some(pid("node-a", inc, k + 1)),
+        })
+        .await
+        .expect("register");
     }
-    let snap = cl.snapshot(pb::SnapshotRequest {}).await.expect("snapshot").into_inner().snapshot_index;
+    let snap = cl
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot_index;
     assert!(snap > 300, "snapshot covers the writes: {snap}");
 
     c.spawn(lagging);
-    c.wait_until(Duration::from_secs(20), "lagging member to install the snapshot", || {
-        let mut cl = c.client(lagging);
-        async move {
-            match cl.status(pb::StatusRequest {}).await {
-                Ok(s) => s.get_ref().snapshot_index >= snap && s.get_ref().last_applied_index >= snap,
-                Err(_) => false,
+    c.wait_until(
+        Duration::from_secs(20),
+        "lagging member to install the snapshot",
+        || {
+            let mut cl = c.client(lagging);
+            async move {
+                match cl.status(pb::StatusRequest {}).await {
+                    Ok(s) => {
+                        s.get_ref().snapshot_index >= snap && s.get_ref().last_applied_index >= snap
+                    }
+                    Err(_) => false,
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     let mut lc = c.client(lagging);
-    let names = lc.list_names(pb::ListNamesRequest {}).await.expect("names").into_inner().names;
+    let names = lc
+        .list_names(pb::ListNamesRequest {})
+        .await
+        .expect("names")
+        .into_inner()
+        .names;
     assert_eq!(names.len(), 300);
     let fetched = c
         .node_client(lagging)
-        .fetch_code(pb::FetchCodeRequest { code_hash: app.code_hash })
+        .fetch_code(pb::FetchCodeRequest {
+            code_hash: app.code_hash,
+        })
         .await
         .expect("code travels in the snapshot")
         .into_inner();
     assert_eq!(fetched.code, code);
     let log = std::fs::read_to_string(&c.members[lagging].log).unwrap_or_default();
-    assert!(log.contains("snapshot installed"), "the member was caught up by snapshot, not by log replay");
+    assert!(
+        log.contains("snapshot installed"),
+        "the member was caught up by snapshot, not by log replay"
+    );
 }

@@ -17,6 +17,9 @@ use crate::proposer::write_error;
 use crate::types::{Blob, Command, MemberNode, Outcome};
 use crate::validate;
 
+/// Most registrations accepted in one `RegisterNames` call.
+pub const MAX_BATCH_REGISTRATIONS: usize = 10_000;
+
 /// Serves clients, the CLI, the dashboard and nodes' registry writes.
 pub struct ClusterApi {
     core: Arc<Core>,
@@ -61,17 +64,36 @@ impl ClusterApi {
         }
         let draft = manifest::parse(&r.manifest_toml)?;
         let code_hash = hex::encode(sha2::Sha256::digest(&r.code));
-        let cmd = Command::SubmitApp { draft, code: Blob(r.code), code_hash, upgrade };
+        let cmd = Command::SubmitApp {
+            draft,
+            code: Blob(r.code),
+            code_hash,
+            upgrade,
+        };
         match self.core.propose(cmd).await? {
-            Outcome::App(app) => Ok(pb::SubmitAppReply { app: Some((*app).into()) }),
-            other => Err(Error::internal(format!("unexpected submit outcome {other:?}"))),
+            Outcome::App(app) => Ok(pb::SubmitAppReply {
+                app: Some((*app).into()),
+            }),
+            other => Err(Error::internal(format!(
+                "unexpected submit outcome {other:?}"
+            ))),
         }
     }
 
     async fn pg(&self, r: pb::PgRequest, join: bool) -> Result<pb::PgReply> {
         validate::name("group", &r.group)?;
         let pid = pid(r.pid)?;
-        let cmd = if join { Command::PgJoin { group: r.group, pid } } else { Command::PgLeave { group: r.group, pid } };
+        let cmd = if join {
+            Command::PgJoin {
+                group: r.group,
+                pid,
+            }
+        } else {
+            Command::PgLeave {
+                group: r.group,
+                pid,
+            }
+        };
         match self.core.propose(cmd).await? {
             Outcome::Changed(changed) => Ok(pb::PgReply { changed }),
             other => Err(Error::internal(format!("unexpected pg outcome {other:?}"))),
@@ -88,12 +110,71 @@ impl ClusterService for ClusterApi {
         let r = req.into_inner();
         validate::name("name", &r.name)?;
         let pid = pid(r.pid)?;
-        match self.core.propose(Command::Register { name: r.name, pid }).await? {
+        match self
+            .core
+            .propose(Command::Register { name: r.name, pid })
+            .await?
+        {
             Outcome::Registered { registered, holder } => {
-                Ok(Response::new(pb::RegisterNameReply { registered, holder: Some(holder.into()) }))
+                Ok(Response::new(pb::RegisterNameReply {
+                    registered,
+                    holder: Some(holder.into()),
+                }))
             }
             other => Err(Error::internal(format!("unexpected register outcome {other:?}")).into()),
         }
+    }
+
+    async fn register_names(
+        &self,
+        req: Request<pb::RegisterNamesRequest>,
+    ) -> Result<Response<pb::RegisterNamesReply>, Status> {
+        let regs = req.into_inner().registrations;
+        if regs.len() > MAX_BATCH_REGISTRATIONS {
+            return Err(Error::invalid(format!(
+                "{} registrations in one call; send at most {MAX_BATCH_REGISTRATIONS}",
+                regs.len()
+            ))
+            .into());
+        }
+        let mut cmds = Vec::with_capacity(regs.len());
+        for (i, r) in regs.into_iter().enumerate() {
+            let at = |e: Error| Error::invalid(format!("registration {i}: {e}"));
+            validate::name("name", &r.name).map_err(at)?;
+            let pid = pid(r.pid).map_err(at)?;
+            cmds.push(Command::Register { name: r.name, pid });
+        }
+        let n = cmds.len();
+        let results = self.core.proposer.propose_many(cmds).await;
+        if results.len() != n {
+            return Err(Error::Unavailable(
+                "the controller is shutting down; retry on another member".into(),
+            )
+            .into());
+        }
+        let mut outcomes = Vec::with_capacity(n);
+        for r in results {
+            outcomes.push(match r {
+                Ok(Outcome::Registered { registered, holder }) => pb::RegisterNameOutcome {
+                    registered,
+                    holder: Some(holder.into()),
+                    error: String::new(),
+                },
+                // Leadership problems concern the whole call: let the client retry it elsewhere.
+                Err(e @ (Error::NotLeader { .. } | Error::Unavailable(_))) => return Err(e.into()),
+                Err(e) => pb::RegisterNameOutcome {
+                    registered: false,
+                    holder: None,
+                    error: e.to_string(),
+                },
+                Ok(other) => {
+                    return Err(
+                        Error::internal(format!("unexpected register outcome {other:?}")).into(),
+                    )
+                }
+            });
+        }
+        Ok(Response::new(pb::RegisterNamesReply { outcomes }))
     }
 
     async fn unregister_name(
@@ -106,29 +187,54 @@ impl ClusterService for ClusterApi {
             Some(p) => Some(pid(Some(p))?),
             None => None,
         };
-        match self.core.propose(Command::Unregister { name: r.name, pid }).await? {
+        match self
+            .core
+            .propose(Command::Unregister { name: r.name, pid })
+            .await?
+        {
             Outcome::Changed(released) => Ok(Response::new(pb::UnregisterNameReply { released })),
-            other => Err(Error::internal(format!("unexpected unregister outcome {other:?}")).into()),
+            other => {
+                Err(Error::internal(format!("unexpected unregister outcome {other:?}")).into())
+            }
         }
     }
 
-    async fn whereis(&self, req: Request<pb::WhereisRequest>) -> Result<Response<pb::WhereisReply>, Status> {
+    async fn whereis(
+        &self,
+        req: Request<pb::WhereisRequest>,
+    ) -> Result<Response<pb::WhereisReply>, Status> {
         let r = req.into_inner();
         validate::name("name", &r.name)?;
         if r.linearizable {
             self.core.linearizable().await?;
         }
-        let pid = self.core.shared.applied.read().state.names.get(&r.name).cloned();
-        Ok(Response::new(pb::WhereisReply { pid: pid.map(Into::into) }))
+        let pid = self
+            .core
+            .shared
+            .applied
+            .read()
+            .state
+            .names
+            .get(&r.name)
+            .cloned();
+        Ok(Response::new(pb::WhereisReply {
+            pid: pid.map(Into::into),
+        }))
     }
 
-    async fn list_names(&self, _req: Request<pb::ListNamesRequest>) -> Result<Response<pb::ListNamesReply>, Status> {
+    async fn list_names(
+        &self,
+        _req: Request<pb::ListNamesRequest>,
+    ) -> Result<Response<pb::ListNamesReply>, Status> {
         let a = self.core.shared.applied.read();
         let names = a
             .state
             .names
             .iter()
-            .map(|(n, p)| pb::GlobalName { name: n.clone(), pid: Some(p.clone().into()) })
+            .map(|(n, p)| pb::GlobalName {
+                name: n.clone(),
+                pid: Some(p.clone().into()),
+            })
             .collect();
         Ok(Response::new(pb::ListNamesReply { names }))
     }
@@ -141,38 +247,59 @@ impl ClusterService for ClusterApi {
         Ok(Response::new(self.pg(req.into_inner(), false).await?))
     }
 
-    async fn pg_members(&self, req: Request<pb::PgMembersRequest>) -> Result<Response<pb::PgMembersReply>, Status> {
+    async fn pg_members(
+        &self,
+        req: Request<pb::PgMembersRequest>,
+    ) -> Result<Response<pb::PgMembersReply>, Status> {
         let r = req.into_inner();
         validate::name("group", &r.group)?;
         if r.linearizable {
             self.core.linearizable().await?;
         }
         let a = self.core.shared.applied.read();
-        let members =
-            a.state.groups.get(&r.group).map(|m| m.iter().cloned().map(Into::into).collect()).unwrap_or_default();
+        let members = a
+            .state
+            .groups
+            .get(&r.group)
+            .map(|m| m.iter().cloned().map(Into::into).collect())
+            .unwrap_or_default();
         Ok(Response::new(pb::PgMembersReply { members }))
     }
 
-    async fn submit_app(&self, req: Request<pb::SubmitAppRequest>) -> Result<Response<pb::SubmitAppReply>, Status> {
+    async fn submit_app(
+        &self,
+        req: Request<pb::SubmitAppRequest>,
+    ) -> Result<Response<pb::SubmitAppReply>, Status> {
         Ok(Response::new(self.submit(req.into_inner(), false).await?))
     }
 
-    async fn upgrade_app(&self, req: Request<pb::SubmitAppRequest>) -> Result<Response<pb::SubmitAppReply>, Status> {
+    async fn upgrade_app(
+        &self,
+        req: Request<pb::SubmitAppRequest>,
+    ) -> Result<Response<pb::SubmitAppReply>, Status> {
         Ok(Response::new(self.submit(req.into_inner(), true).await?))
     }
 
-    async fn stop_app(&self, req: Request<pb::StopAppRequest>) -> Result<Response<pb::StopAppReply>, Status> {
+    async fn stop_app(
+        &self,
+        req: Request<pb::StopAppRequest>,
+    ) -> Result<Response<pb::StopAppReply>, Status> {
         let name = req.into_inner().name;
         if name.is_empty() {
             return Err(Error::invalid("app name is empty; pass the name from rebeam.toml").into());
         }
         match self.core.propose(Command::StopApp { name }).await? {
-            Outcome::App(app) => Ok(Response::new(pb::StopAppReply { app: Some((*app).into()) })),
+            Outcome::App(app) => Ok(Response::new(pb::StopAppReply {
+                app: Some((*app).into()),
+            })),
             other => Err(Error::internal(format!("unexpected stop outcome {other:?}")).into()),
         }
     }
 
-    async fn list_apps(&self, _req: Request<pb::ListAppsRequest>) -> Result<Response<pb::ListAppsReply>, Status> {
+    async fn list_apps(
+        &self,
+        _req: Request<pb::ListAppsRequest>,
+    ) -> Result<Response<pb::ListAppsReply>, Status> {
         let a = self.core.shared.applied.read();
         let apps = a.state.apps.values().cloned().map(Into::into).collect();
         Ok(Response::new(pb::ListAppsReply { apps }))
@@ -182,7 +309,13 @@ impl ClusterService for ClusterApi {
         &self,
         _req: Request<pb::ClusterStateRequest>,
     ) -> Result<Response<pb::ClusterStateReply>, Status> {
-        let leader_id = self.core.raft.metrics().borrow().current_leader.unwrap_or(0);
+        let leader_id = self
+            .core
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .unwrap_or(0);
         let controllers = self.controllers();
         let a = self.core.shared.applied.read();
         let s = &a.state;
@@ -192,14 +325,20 @@ impl ClusterService for ClusterApi {
             controllers,
             nodes: s.nodes.values().cloned().map(Into::into).collect(),
             apps: s.apps.values().cloned().map(Into::into).collect(),
-            assignments: s.all_assignments().map(|x| s.assignment_view(x).into()).collect(),
+            assignments: s
+                .all_assignments()
+                .map(|x| s.assignment_view(x).into())
+                .collect(),
             global_names: s.names.len() as u64,
             groups: s.groups.len() as u64,
             last_applied_index: a.last_applied.map(|l| l.index).unwrap_or(0),
         }))
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
         let m = self.core.raft.metrics().borrow().clone();
         let role = match m.state {
             openraft::ServerState::Leader => "leader",
@@ -232,16 +371,37 @@ impl ClusterService for ClusterApi {
         validate::address(&r.raft_address)?;
         validate::address(&r.api_address)?;
         self.core.ensure_leader()?;
-        let node = MemberNode { raft_addr: r.raft_address, api_addr: r.api_address };
+        let node = MemberNode {
+            raft_addr: r.raft_address,
+            api_addr: r.api_address,
+        };
         // Catch the new member up as a learner first so the group never waits on it to vote.
-        self.core.raft.add_learner(r.id, node, true).await.map_err(write_error)?;
-        let is_voter = self.core.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == r.id);
+        self.core
+            .raft
+            .add_learner(r.id, node, true)
+            .await
+            .map_err(write_error)?;
+        let is_voter = self
+            .core
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == r.id);
         if !is_voter {
             let ids: BTreeSet<u64> = [r.id].into();
-            self.core.raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(write_error)?;
+            self.core
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), false)
+                .await
+                .map_err(write_error)?;
         }
         tracing::info!(id = r.id, "controller member added");
-        Ok(Response::new(pb::AddControllerReply { controllers: self.controllers() }))
+        Ok(Response::new(pb::AddControllerReply {
+            controllers: self.controllers(),
+        }))
     }
 
     async fn remove_controller(
@@ -250,23 +410,54 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<pb::RemoveControllerReply>, Status> {
         let id = req.into_inner().id;
         self.core.ensure_leader()?;
-        let voters: BTreeSet<u64> =
-            self.core.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let voters: BTreeSet<u64> = self
+            .core
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
         if !voters.contains(&id) {
             return Err(Error::NotFound(format!("controller {id} is not a voting member")).into());
         }
         if voters.len() == 1 {
-            return Err(Error::FailedPrecondition("cannot remove the last controller member".into()).into());
+            return Err(Error::FailedPrecondition(
+                "cannot remove the last controller member".into(),
+            )
+            .into());
         }
         let ids: BTreeSet<u64> = [id].into();
-        self.core.raft.change_membership(ChangeMembers::RemoveVoters(ids), false).await.map_err(write_error)?;
+        self.core
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(ids), false)
+            .await
+            .map_err(write_error)?;
         tracing::info!(id, "controller member removed");
-        Ok(Response::new(pb::RemoveControllerReply { controllers: self.controllers() }))
+        Ok(Response::new(pb::RemoveControllerReply {
+            controllers: self.controllers(),
+        }))
     }
 
-    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotReply>, Status> {
-        let before = self.core.raft.metrics().borrow().snapshot.map(|l| l.index).unwrap_or(0);
-        self.core.raft.trigger().snapshot().await.map_err(|e| Error::Unavailable(e.to_string()))?;
+    async fn snapshot(
+        &self,
+        _req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotReply>, Status> {
+        let before = self
+            .core
+            .raft
+            .metrics()
+            .borrow()
+            .snapshot
+            .map(|l| l.index)
+            .unwrap_or(0);
+        self.core
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
         let mut rx = self.core.raft.metrics();
         let wait = async {
             loop {
@@ -282,7 +473,11 @@ impl ClusterService for ClusterApi {
         };
         let idx = tokio::time::timeout(std::time::Duration::from_secs(30), wait)
             .await
-            .map_err(|_| Error::Unavailable("snapshot did not finish within 30 s; check the logs".into()))?;
-        Ok(Response::new(pb::SnapshotReply { snapshot_index: idx }))
+            .map_err(|_| {
+                Error::Unavailable("snapshot did not finish within 30 s; check the logs".into())
+            })?;
+        Ok(Response::new(pb::SnapshotReply {
+            snapshot_index: idx,
+        }))
     }
 }

@@ -16,10 +16,14 @@ pub(crate) fn pid(p: Option<rebeam_proto::v1::Pid>) -> Result<Pid, Error> {
 
 /// Validates a proto node reference into (node, incarnation).
 pub(crate) fn node_ref(r: Option<rebeam_proto::v1::NodeRef>) -> Result<(String, u64), Error> {
-    let r = r.ok_or_else(|| Error::invalid("node is missing; pass the node id and the incarnation from Join"))?;
+    let r = r.ok_or_else(|| {
+        Error::invalid("node is missing; pass the node id and the incarnation from Join")
+    })?;
     validate::node_id(&r.node)?;
     if r.incarnation == 0 {
-        return Err(Error::invalid("incarnation is 0; pass the incarnation Join returned"));
+        return Err(Error::invalid(
+            "incarnation is 0; pass the incarnation Join returned",
+        ));
     }
     Ok((r.node, r.incarnation))
 }

@@ -50,10 +50,17 @@ impl NodeService for NodeApi {
         let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
         validate::labels(&labels)?;
         let node = r.node.clone();
-        let cmd = Command::Join { node: r.node, address: r.address, labels, capacity: r.capacity };
+        let cmd = Command::Join {
+            node: r.node,
+            address: r.address,
+            labels,
+            capacity: r.capacity,
+        };
         match self.core.propose(cmd).await? {
             Outcome::Joined { incarnation } => {
-                self.core.leases.renew(&node, incarnation, self.core.config.timings.lease);
+                self.core
+                    .leases
+                    .renew(&node, incarnation, self.core.config.timings.lease);
                 tracing::info!(node, incarnation, "node joined");
                 Ok(Response::new(self.join_reply(incarnation)))
             }
@@ -61,31 +68,57 @@ impl NodeService for NodeApi {
         }
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
         let (node, incarnation) = node_ref(req.into_inner().node)?;
         self.core.ensure_leader()?;
-        self.core.shared.applied.read().state.check_live(&node, incarnation)?;
+        self.core
+            .shared
+            .applied
+            .read()
+            .state
+            .check_live(&node, incarnation)?;
         let lease = self.core.config.timings.lease;
         self.core.leases.renew(&node, incarnation, lease);
-        Ok(Response::new(pb::HeartbeatReply { lease_ms: lease.as_millis() as u64 }))
+        Ok(Response::new(pb::HeartbeatReply {
+            lease_ms: lease.as_millis() as u64,
+        }))
     }
 
-    async fn leave(&self, req: Request<pb::LeaveRequest>) -> Result<Response<pb::LeaveReply>, Status> {
+    async fn leave(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveReply>, Status> {
         let (node, incarnation) = node_ref(req.into_inner().node)?;
-        self.core.propose(Command::Leave { node, incarnation }).await?;
+        self.core
+            .propose(Command::Leave { node, incarnation })
+            .await?;
         Ok(Response::new(pb::LeaveReply {}))
     }
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let (node, incarnation) = node_ref(req.into_inner().node)?;
-        self.core.shared.applied.read().state.check_live(&node, incarnation)?;
+        self.core
+            .shared
+            .applied
+            .read()
+            .state
+            .check_live(&node, incarnation)?;
         let rx = super::watch::start(self.core.clone(), node, incarnation);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn report_exit(&self, req: Request<pb::ReportExitRequest>) -> Result<Response<pb::ReportExitReply>, Status> {
+    async fn report_exit(
+        &self,
+        req: Request<pb::ReportExitRequest>,
+    ) -> Result<Response<pb::ReportExitReply>, Status> {
         let r = req.into_inner();
         let (node, incarnation) = node_ref(r.node)?;
         if r.exits.len() > validate::MAX_EXITS_PER_REPORT {
@@ -108,7 +141,13 @@ impl NodeService for NodeApi {
             }
             exits.push((p, e.reason));
         }
-        self.core.propose(Command::ReportExits { node, incarnation, exits }).await?;
+        self.core
+            .propose(Command::ReportExits {
+                node,
+                incarnation,
+                exits,
+            })
+            .await?;
         Ok(Response::new(pb::ReportExitReply {}))
     }
 
@@ -120,21 +159,37 @@ impl NodeService for NodeApi {
         let (node, incarnation) = node_ref(r.node)?;
         let p = pid(r.pid)?;
         if p.node != node || p.incarnation != incarnation {
-            return Err(Error::invalid("the child's pid must belong to the reporting node incarnation").into());
+            return Err(Error::invalid(
+                "the child's pid must belong to the reporting node incarnation",
+            )
+            .into());
         }
-        let cmd = Command::ChildStarted { node, incarnation, app: r.app, child: r.child, generation: r.generation, pid: p };
+        let cmd = Command::ChildStarted {
+            node,
+            incarnation,
+            app: r.app,
+            child: r.child,
+            generation: r.generation,
+            pid: p,
+        };
         self.core.propose(cmd).await?;
         Ok(Response::new(pb::ChildStartedReply {}))
     }
 
-    async fn fetch_code(&self, req: Request<pb::FetchCodeRequest>) -> Result<Response<pb::FetchCodeReply>, Status> {
+    async fn fetch_code(
+        &self,
+        req: Request<pb::FetchCodeRequest>,
+    ) -> Result<Response<pb::FetchCodeReply>, Status> {
         let hash = req.into_inner().code_hash;
         let a = self.core.shared.applied.read();
-        let blob = a
-            .state
-            .code
-            .get(&hash)
-            .ok_or_else(|| Error::NotFound(format!("no code with hash `{hash}`; the app may have been replaced")))?;
-        Ok(Response::new(pb::FetchCodeReply { code_hash: hash, code: blob.0.clone() }))
+        let blob = a.state.code.get(&hash).ok_or_else(|| {
+            Error::NotFound(format!(
+                "no code with hash `{hash}`; the app may have been replaced"
+            ))
+        })?;
+        Ok(Response::new(pb::FetchCodeReply {
+            code_hash: hash,
+            code: blob.0.clone(),
+        }))
     }
 }

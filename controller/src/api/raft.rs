@@ -19,8 +19,11 @@ impl RaftService {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}; peers must run the same version")))
+    serde_json::from_slice(&req.into_inner().data).map_err(|e| {
+        Status::invalid_argument(format!(
+            "malformed raft payload: {e}; peers must run the same version"
+        ))
+    })
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
@@ -31,7 +34,10 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 
 #[tonic::async_trait]
 impl RaftPeer for RaftService {
-    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let r = self.raft.append_entries(decode(req)?).await;
         encode(&r)
     }
@@ -41,7 +47,10 @@ impl RaftPeer for RaftService {
         encode(&r)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let r = self.raft.install_snapshot(decode(req)?).await;
         encode(&r)
     }

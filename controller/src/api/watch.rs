@@ -18,12 +18,18 @@ pub fn view(state: &State, node: &str) -> pb::ClusterView {
         names: state
             .names
             .iter()
-            .map(|(n, p)| pb::GlobalName { name: n.clone(), pid: Some(p.clone().into()) })
+            .map(|(n, p)| pb::GlobalName {
+                name: n.clone(),
+                pid: Some(p.clone().into()),
+            })
             .collect(),
         groups: state
             .groups
             .iter()
-            .map(|(g, m)| pb::Group { name: g.clone(), members: m.iter().cloned().map(Into::into).collect() })
+            .map(|(g, m)| pb::Group {
+                name: g.clone(),
+                members: m.iter().cloned().map(Into::into).collect(),
+            })
             .collect(),
         assignments: state
             .all_assignments()
@@ -34,7 +40,10 @@ pub fn view(state: &State, node: &str) -> pb::ClusterView {
     }
 }
 
-fn snapshot_event(core: &Core, node: &str) -> (pb::WatchEvent, broadcast::Receiver<Arc<EventBatch>>) {
+fn snapshot_event(
+    core: &Core,
+    node: &str,
+) -> (pb::WatchEvent, broadcast::Receiver<Arc<EventBatch>>) {
     // Subscribing under the read lock means no applied event falls between view and stream.
     let a = core.shared.applied.read();
     let rx = core.shared.events.subscribe();
@@ -46,7 +55,11 @@ fn snapshot_event(core: &Core, node: &str) -> (pb::WatchEvent, broadcast::Receiv
 }
 
 /// Starts streaming to `node` (already checked live) until it disconnects or is declared dead.
-pub fn start(core: Arc<Core>, node: String, incarnation: u64) -> mpsc::Receiver<Result<pb::WatchEvent, Status>> {
+pub fn start(
+    core: Arc<Core>,
+    node: String,
+    incarnation: u64,
+) -> mpsc::Receiver<Result<pb::WatchEvent, Status>> {
     let (tx, out) = mpsc::channel(1024);
     tokio::spawn(async move {
         let (first, mut rx) = snapshot_event(&core, &node);
@@ -99,7 +112,8 @@ pub fn start(core: Arc<Core>, node: String, incarnation: u64) -> mpsc::Receiver<
             }
         }
         if core.ensure_leader().is_ok() {
-            core.leases.stream_closed(&node, incarnation, core.config.timings.stream_fence);
+            core.leases
+                .stream_closed(&node, incarnation, core.config.timings.stream_fence);
         }
     });
     out

@@ -19,10 +19,14 @@ impl State {
         let existing = self.apps.get(&name);
         if upgrade {
             let Some(old) = existing else {
-                return Err(Error::NotFound(format!("app `{name}` was never submitted; submit it instead of upgrading")));
+                return Err(Error::NotFound(format!(
+                    "app `{name}` was never submitted; submit it instead of upgrading"
+                )));
             };
             if old.status != AppStatus::Running {
-                return Err(Error::FailedPrecondition(format!("app `{name}` is not running; submit it instead of upgrading")));
+                return Err(Error::FailedPrecondition(format!(
+                    "app `{name}` is not running; submit it instead of upgrading"
+                )));
             }
             if old.draft.version == draft.version {
                 return Err(Error::AlreadyExists(format!(
@@ -36,8 +40,18 @@ impl State {
                 old.draft.version
             )));
         }
-        let previous = if upgrade { existing.map(|o| (o.draft.version.clone(), o.code_hash.clone())) } else { None };
-        let restart_times = if upgrade { existing.map(|o| o.restart_times.clone()).unwrap_or_default() } else { Vec::new() };
+        let previous = if upgrade {
+            existing.map(|o| (o.draft.version.clone(), o.code_hash.clone()))
+        } else {
+            None
+        };
+        let restart_times = if upgrade {
+            existing
+                .map(|o| o.restart_times.clone())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let app = App {
             code_size: code.0.len() as u64,
             draft,
@@ -64,15 +78,27 @@ impl State {
     /// Keeps children that still exist (nodes see the new version and upgrade in place), stops
     /// removed ones and starts new ones.
     fn upgrade_assignments(&mut self, cx: &mut Ctx<'_>, name: &str) {
-        let ids: BTreeSet<String> =
-            self.apps.get(name).map(|a| a.draft.children.iter().map(|c| c.id.clone()).collect()).unwrap_or_default();
-        let current: Vec<String> = self.assignments.get(name).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        let ids: BTreeSet<String> = self
+            .apps
+            .get(name)
+            .map(|a| a.draft.children.iter().map(|c| c.id.clone()).collect())
+            .unwrap_or_default();
+        let current: Vec<String> = self
+            .assignments
+            .get(name)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         for child in current {
             if ids.contains(&child) {
                 if let Some(a) = self.assignments.get(name).and_then(|m| m.get(&child)) {
-                    cx.events.push(Event::AssignmentSet(Box::new(self.assignment_view(a))));
+                    cx.events
+                        .push(Event::AssignmentSet(Box::new(self.assignment_view(a))));
                 }
-            } else if let Some(a) = self.assignments.get_mut(name).and_then(|m| m.remove(&child)) {
+            } else if let Some(a) = self
+                .assignments
+                .get_mut(name)
+                .and_then(|m| m.remove(&child))
+            {
                 Self::emit_removed(cx, &a);
             }
         }
@@ -82,7 +108,9 @@ impl State {
 
     pub(super) fn stop_app(&mut self, cx: &mut Ctx<'_>, name: &str) -> Result<Outcome> {
         let Some(app) = self.apps.get(name) else {
-            return Err(Error::NotFound(format!("app `{name}` does not exist; list apps to see the names")));
+            return Err(Error::NotFound(format!(
+                "app `{name}` does not exist; list apps to see the names"
+            )));
         };
         if app.status == AppStatus::Stopped {
             return Ok(Outcome::App(Box::new(app.clone())));
@@ -105,7 +133,9 @@ impl State {
         let used: BTreeSet<String> = self
             .apps
             .values()
-            .flat_map(|a| std::iter::once(a.code_hash.clone()).chain(a.previous.iter().map(|p| p.1.clone())))
+            .flat_map(|a| {
+                std::iter::once(a.code_hash.clone()).chain(a.previous.iter().map(|p| p.1.clone()))
+            })
             .collect();
         self.code.retain(|h, _| used.contains(h));
     }

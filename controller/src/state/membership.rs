@@ -57,8 +57,16 @@ impl State {
     }
 
     /// Marks a node incarnation dead, releases its names and groups, and moves its children.
-    pub(super) fn node_died(&mut self, cx: &mut Ctx<'_>, node: &str, incarnation: u64, reason: &str) {
-        let Some(n) = self.nodes.get_mut(node) else { return };
+    pub(super) fn node_died(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        node: &str,
+        incarnation: u64,
+        reason: &str,
+    ) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
         if n.incarnation != incarnation || !n.alive {
             return;
         }

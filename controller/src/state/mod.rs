@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::types::{App, Assignment, Blob, ChildSpec, Command, NodeEntry, Outcome, Pid, Request, Response};
+use crate::types::{
+    App, Assignment, Blob, ChildSpec, Command, NodeEntry, Outcome, Pid, Request, Response,
+};
 
 /// An assignment with what a node needs to start it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +48,13 @@ pub enum Event {
     /// An assignment was created or changed.
     AssignmentSet(Box<AssignmentView>),
     /// An assignment left a node: the node must stop that child.
-    AssignmentRemoved { app: String, child: String, generation: u64, node: String, incarnation: u64 },
+    AssignmentRemoved {
+        app: String,
+        child: String,
+        generation: u64,
+        node: String,
+        incarnation: u64,
+    },
     /// An app was submitted, upgraded, stopped or failed.
     AppChanged(Box<App>),
     /// The whole state was replaced (snapshot installed): watchers must resynchronize.
@@ -92,42 +100,68 @@ impl State {
         self.names_by_pid.clear();
         self.groups_by_pid.clear();
         for (name, pid) in &self.names {
-            self.names_by_pid.entry(pid.clone()).or_default().insert(name.clone());
+            self.names_by_pid
+                .entry(pid.clone())
+                .or_default()
+                .insert(name.clone());
         }
         for (group, pids) in &self.groups {
             for pid in pids {
-                self.groups_by_pid.entry(pid.clone()).or_default().insert(group.clone());
+                self.groups_by_pid
+                    .entry(pid.clone())
+                    .or_default()
+                    .insert(group.clone());
             }
         }
     }
 
     /// Applies one log entry's commands; each gets its own outcome.
     pub fn apply(&mut self, req: Request, index: u64, events: &mut Vec<Event>) -> Response {
-        let mut cx = Ctx { now_ms: req.now_ms, index, events };
+        let mut cx = Ctx {
+            now_ms: req.now_ms,
+            index,
+            events,
+        };
         let outcomes = req
             .cmds
             .into_iter()
-            .map(|cmd| self.apply_one(&mut cx, cmd).unwrap_or_else(Outcome::Rejected))
+            .map(|cmd| {
+                self.apply_one(&mut cx, cmd)
+                    .unwrap_or_else(Outcome::Rejected)
+            })
             .collect();
         Response { outcomes }
     }
 
     fn apply_one(&mut self, cx: &mut Ctx<'_>, cmd: Command) -> Result<Outcome> {
         match cmd {
-            Command::Join { node, address, labels, capacity } => self.join(cx, node, address, labels, capacity),
+            Command::Join {
+                node,
+                address,
+                labels,
+                capacity,
+            } => self.join(cx, node, address, labels, capacity),
             Command::Leave { node, incarnation } => {
                 self.check_live(&node, incarnation)?;
                 self.node_died(cx, &node, incarnation, "left the cluster");
                 Ok(Outcome::Done)
             }
-            Command::DeclareDead { node, incarnation, reason } => {
+            Command::DeclareDead {
+                node,
+                incarnation,
+                reason,
+            } => {
                 let live = self.check_live(&node, incarnation).is_ok();
                 if live {
                     self.node_died(cx, &node, incarnation, &reason);
                 }
                 Ok(Outcome::Changed(live))
             }
-            Command::ReportExits { node, incarnation, exits } => {
+            Command::ReportExits {
+                node,
+                incarnation,
+                exits,
+            } => {
                 self.check_live(&node, incarnation)?;
                 for (pid, reason) in exits {
                     if pid.node == node && pid.incarnation == incarnation {
@@ -136,7 +170,14 @@ impl State {
                 }
                 Ok(Outcome::Done)
             }
-            Command::ChildStarted { node, incarnation, app, child, generation, pid } => {
+            Command::ChildStarted {
+                node,
+                incarnation,
+                app,
+                child,
+                generation,
+                pid,
+            } => {
                 self.check_live(&node, incarnation)?;
                 self.child_started(cx, &node, incarnation, &app, &child, generation, pid)
             }
@@ -144,7 +185,12 @@ impl State {
             Command::Unregister { name, pid } => Ok(self.unregister(cx, &name, pid.as_ref())),
             Command::PgJoin { group, pid } => self.pg_join(cx, group, pid),
             Command::PgLeave { group, pid } => Ok(self.pg_leave(cx, &group, &pid)),
-            Command::SubmitApp { draft, code, code_hash, upgrade } => self.submit(cx, draft, code, code_hash, upgrade),
+            Command::SubmitApp {
+                draft,
+                code,
+                code_hash,
+                upgrade,
+            } => self.submit(cx, draft, code, code_hash, upgrade),
             Command::StopApp { name } => self.stop_app(cx, &name),
         }
     }

@@ -8,16 +8,30 @@ impl State {
     pub(super) fn register(&mut self, cx: &mut Ctx<'_>, name: String, pid: Pid) -> Result<Outcome> {
         if let Some(holder) = self.names.get(&name) {
             // Same pid again is a retry of an acknowledged registration: report success.
-            return Ok(Outcome::Registered { registered: *holder == pid, holder: holder.clone() });
+            return Ok(Outcome::Registered {
+                registered: *holder == pid,
+                holder: holder.clone(),
+            });
         }
         self.check_live(&pid.node, pid.incarnation)?;
         self.names.insert(name.clone(), pid.clone());
-        self.names_by_pid.entry(pid.clone()).or_default().insert(name.clone());
+        self.names_by_pid
+            .entry(pid.clone())
+            .or_default()
+            .insert(name.clone());
         cx.events.push(Event::NameRegistered(name, pid.clone()));
-        Ok(Outcome::Registered { registered: true, holder: pid })
+        Ok(Outcome::Registered {
+            registered: true,
+            holder: pid,
+        })
     }
 
-    pub(super) fn unregister(&mut self, cx: &mut Ctx<'_>, name: &str, pid: Option<&Pid>) -> Outcome {
+    pub(super) fn unregister(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        name: &str,
+        pid: Option<&Pid>,
+    ) -> Outcome {
         let holder = match self.names.get(name) {
             Some(h) if pid.is_none_or(|p| p == h) => h.clone(),
             _ => return Outcome::Changed(false),
@@ -34,14 +48,22 @@ impl State {
                 self.names_by_pid.remove(holder);
             }
         }
-        cx.events.push(Event::NameReleased(name.to_string(), holder.clone()));
+        cx.events
+            .push(Event::NameReleased(name.to_string(), holder.clone()));
     }
 
     pub(super) fn pg_join(&mut self, cx: &mut Ctx<'_>, group: String, pid: Pid) -> Result<Outcome> {
         self.check_live(&pid.node, pid.incarnation)?;
-        let added = self.groups.entry(group.clone()).or_default().insert(pid.clone());
+        let added = self
+            .groups
+            .entry(group.clone())
+            .or_default()
+            .insert(pid.clone());
         if added {
-            self.groups_by_pid.entry(pid.clone()).or_default().insert(group.clone());
+            self.groups_by_pid
+                .entry(pid.clone())
+                .or_default()
+                .insert(group.clone());
             cx.events.push(Event::PgJoined(group, pid));
         }
         Ok(Outcome::Changed(added))
@@ -65,7 +87,8 @@ impl State {
                     self.groups_by_pid.remove(pid);
                 }
             }
-            cx.events.push(Event::PgLeft(group.to_string(), pid.clone()));
+            cx.events
+                .push(Event::PgLeft(group.to_string(), pid.clone()));
         }
         Outcome::Changed(removed)
     }

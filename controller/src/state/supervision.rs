@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use super::{Ctx, Event, State};
 use crate::error::{Error, Result};
-use crate::types::{AppStatus, Assignment, ChildSpec, Outcome, Pid, Placement, Restart, RestartRecord};
+use crate::types::{
+    AppStatus, Assignment, ChildSpec, Outcome, Pid, Placement, Restart, RestartRecord,
+};
 
 /// Restart records kept per child.
 const MAX_HISTORY: usize = 32;
@@ -51,7 +53,8 @@ impl State {
 
     fn emit_set(&self, cx: &mut Ctx<'_>, app: &str, child: &str) {
         if let Some(a) = self.assignments.get(app).and_then(|m| m.get(child)) {
-            cx.events.push(Event::AssignmentSet(Box::new(self.assignment_view(a))));
+            cx.events
+                .push(Event::AssignmentSet(Box::new(self.assignment_view(a))));
         }
     }
 
@@ -68,18 +71,40 @@ impl State {
     }
 
     /// Places (or leaves pending) one child at a new generation.
-    pub(super) fn place_child(&mut self, cx: &mut Ctx<'_>, app: &str, spec: &ChildSpec, history: Vec<RestartRecord>, generation: u64) {
+    pub(super) fn place_child(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        app: &str,
+        spec: &ChildSpec,
+        history: Vec<RestartRecord>,
+        generation: u64,
+    ) {
         let node = self.choose_node(app, spec);
-        let a = Assignment { app: app.to_string(), child: spec.id.clone(), generation, node, pid: None, history };
-        self.assignments.entry(app.to_string()).or_default().insert(spec.id.clone(), a);
+        let a = Assignment {
+            app: app.to_string(),
+            child: spec.id.clone(),
+            generation,
+            node,
+            pid: None,
+            history,
+        };
+        self.assignments
+            .entry(app.to_string())
+            .or_default()
+            .insert(spec.id.clone(), a);
         self.emit_set(cx, app, &spec.id);
     }
 
     /// Creates assignments for an app's children that have none.
     pub(super) fn start_children(&mut self, cx: &mut Ctx<'_>, app: &str) {
-        let Some(children) = self.apps.get(app).map(|a| a.draft.children.clone()) else { return };
+        let Some(children) = self.apps.get(app).map(|a| a.draft.children.clone()) else {
+            return;
+        };
         for spec in children {
-            let exists = self.assignments.get(app).is_some_and(|m| m.contains_key(&spec.id));
+            let exists = self
+                .assignments
+                .get(app)
+                .is_some_and(|m| m.contains_key(&spec.id));
             if !exists {
                 self.place_child(cx, app, &spec, Vec::new(), 1);
             }
@@ -94,9 +119,15 @@ impl State {
             .map(|a| (a.app.clone(), a.child.clone()))
             .collect();
         for (app, child) in pending {
-            let Some(spec) = self.spec(&app, &child) else { continue };
+            let Some(spec) = self.spec(&app, &child) else {
+                continue;
+            };
             if let Some(node) = self.choose_node(&app, &spec) {
-                if let Some(a) = self.assignments.get_mut(&app).and_then(|m| m.get_mut(&child)) {
+                if let Some(a) = self
+                    .assignments
+                    .get_mut(&app)
+                    .and_then(|m| m.get_mut(&child))
+                {
                     a.node = Some(node);
                 }
                 self.emit_set(cx, &app, &child);
@@ -105,12 +136,20 @@ impl State {
     }
 
     fn spec(&self, app: &str, child: &str) -> Option<ChildSpec> {
-        self.apps.get(app)?.draft.children.iter().find(|c| c.id == child).cloned()
+        self.apps
+            .get(app)?
+            .draft
+            .children
+            .iter()
+            .find(|c| c.id == child)
+            .cloned()
     }
 
     /// Counts one restart of an app; false (and the app failed) if intensity is exceeded.
     fn note_restart(&mut self, cx: &mut Ctx<'_>, app: &str, why: &str) -> bool {
-        let Some(a) = self.apps.get_mut(app) else { return false };
+        let Some(a) = self.apps.get_mut(app) else {
+            return false;
+        };
         let window = u64::from(a.draft.max_seconds) * 1000;
         let now = cx.now_ms;
         a.restart_times.retain(|t| now.saturating_sub(*t) < window);
@@ -149,11 +188,23 @@ impl State {
     }
 
     /// Restarts elsewhere the children a dead node incarnation ran.
-    pub(super) fn reassign_from_dead_node(&mut self, cx: &mut Ctx<'_>, node: &str, incarnation: u64, reason: &str) {
+    pub(super) fn reassign_from_dead_node(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        node: &str,
+        incarnation: u64,
+        reason: &str,
+    ) {
         let mut by_app: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for a in self.all_assignments() {
-            if a.node.as_ref().is_some_and(|(n, i)| n == node && *i == incarnation) {
-                by_app.entry(a.app.clone()).or_default().push(a.child.clone());
+            if a.node
+                .as_ref()
+                .is_some_and(|(n, i)| n == node && *i == incarnation)
+            {
+                by_app
+                    .entry(a.app.clone())
+                    .or_default()
+                    .push(a.child.clone());
             }
         }
         for (app, children) in by_app {
@@ -171,24 +222,46 @@ impl State {
 
     /// Restarts one child at a new generation (same node if `stay` and it is still alive).
     fn restart_child(&mut self, cx: &mut Ctx<'_>, app: &str, child: &str, why: &str, stay: bool) {
-        let Some(spec) = self.spec(app, child) else { return };
-        let Some(old) = self.assignments.get_mut(app).and_then(|m| m.remove(child)) else { return };
+        let Some(spec) = self.spec(app, child) else {
+            return;
+        };
+        let Some(old) = self.assignments.get_mut(app).and_then(|m| m.remove(child)) else {
+            return;
+        };
         if spec.restart == Restart::Temporary {
             Self::emit_removed(cx, &old);
             return;
         }
         let mut history = old.history.clone();
         let (from_node, from_incarnation) = old.node.clone().unwrap_or_default();
-        history.push(RestartRecord { at_ms: cx.now_ms, reason: why.to_string(), from_node, from_incarnation });
+        history.push(RestartRecord {
+            at_ms: cx.now_ms,
+            reason: why.to_string(),
+            from_node,
+            from_incarnation,
+        });
         if history.len() > MAX_HISTORY {
             history.drain(..history.len() - MAX_HISTORY);
         }
         let generation = old.generation + 1;
-        let keep = old.node.clone().filter(|(n, i)| stay && self.check_live(n, *i).is_ok());
+        let keep = old
+            .node
+            .clone()
+            .filter(|(n, i)| stay && self.check_live(n, *i).is_ok());
         match keep {
             Some(node) => {
-                let a = Assignment { app: app.into(), child: child.into(), generation, node: Some(node), pid: None, history };
-                self.assignments.entry(app.to_string()).or_default().insert(child.to_string(), a);
+                let a = Assignment {
+                    app: app.into(),
+                    child: child.into(),
+                    generation,
+                    node: Some(node),
+                    pid: None,
+                    history,
+                };
+                self.assignments
+                    .entry(app.to_string())
+                    .or_default()
+                    .insert(child.to_string(), a);
                 self.emit_set(cx, app, child);
             }
             None => {
@@ -214,8 +287,15 @@ impl State {
             .assignments
             .get_mut(app)
             .and_then(|m| m.get_mut(child))
-            .ok_or_else(|| Error::NotFound(format!("app `{app}` has no running child `{child}`; stop that process")))?;
-        let here = a.node.as_ref().is_some_and(|(n, i)| n == node && *i == incarnation);
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "app `{app}` has no running child `{child}`; stop that process"
+                ))
+            })?;
+        let here = a
+            .node
+            .as_ref()
+            .is_some_and(|(n, i)| n == node && *i == incarnation);
         if !here || a.generation != generation {
             return Err(Error::FailedPrecondition(format!(
                 "child `{child}` of `{app}` generation {generation} is not assigned to this node any more; stop that process"
@@ -233,15 +313,24 @@ impl State {
             .find(|a| a.pid.as_ref() == Some(pid))
             .map(|a| (a.app.clone(), a.child.clone()));
         let Some((app, child)) = found else { return };
-        let Some(spec) = self.spec(&app, &child) else { return };
-        let normal = reason == "normal" || reason == "shutdown" || reason.starts_with("(\"shutdown\"") || reason.starts_with("shutdown:");
+        let Some(spec) = self.spec(&app, &child) else {
+            return;
+        };
+        let normal = reason == "normal"
+            || reason == "shutdown"
+            || reason.starts_with("(\"shutdown\"")
+            || reason.starts_with("shutdown:");
         let restart = match spec.restart {
             Restart::Permanent => true,
             Restart::Transient => !normal,
             Restart::Temporary => false,
         };
         if !restart {
-            if let Some(old) = self.assignments.get_mut(&app).and_then(|m| m.remove(&child)) {
+            if let Some(old) = self
+                .assignments
+                .get_mut(&app)
+                .and_then(|m| m.remove(&child))
+            {
                 Self::emit_removed(cx, &old);
             }
             return;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership,
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
 };
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use crate::state::{Event, State};
 use crate::types::{MemberNode, Response, TypeConfig};
 
 type SErr = StorageError<u64>;
+type Meta = SnapshotMeta<u64, MemberNode>;
 
 /// Events produced by one log entry.
 #[derive(Debug)]
@@ -70,8 +71,15 @@ impl StateMachineStore {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let (events, _) = broadcast::channel(8192);
-        let shared = Arc::new(SharedState { applied: RwLock::new(Applied::default()), events });
-        let me = StateMachineStore { shared, dir: dir.to_path_buf(), seq: Arc::new(AtomicU64::new(0)) };
+        let shared = Arc::new(SharedState {
+            applied: RwLock::new(Applied::default()),
+            events,
+        });
+        let me = StateMachineStore {
+            shared,
+            dir: dir.to_path_buf(),
+            seq: Arc::new(AtomicU64::new(0)),
+        };
         if let Some((meta, data)) = me.read_snapshot()? {
             me.load(&meta, &data)?;
         }
@@ -97,7 +105,7 @@ impl StateMachineStore {
         Ok(())
     }
 
-    fn read_snapshot(&self) -> std::io::Result<Option<(SnapshotMeta<u64, MemberNode>, Vec<u8>)>> {
+    fn read_snapshot(&self) -> std::io::Result<Option<(Meta, Vec<u8>)>> {
         let current = self.dir.join("current.json");
         if !current.exists() {
             return Ok(None);
@@ -108,7 +116,11 @@ impl StateMachineStore {
     }
 
     /// Writes the snapshot data, then atomically points `current.json` at it, then removes old data.
-    fn write_snapshot(dir: &Path, meta: &SnapshotMeta<u64, MemberNode>, data: &[u8]) -> std::io::Result<()> {
+    fn write_snapshot(
+        dir: &Path,
+        meta: &SnapshotMeta<u64, MemberNode>,
+        data: &[u8],
+    ) -> std::io::Result<()> {
         use std::io::Write;
         let data_file = format!("snapshot-{}.data", meta.snapshot_id);
         let sync_write = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
@@ -117,7 +129,10 @@ impl StateMachineStore {
             f.sync_all()
         };
         sync_write(&dir.join(&data_file), data)?;
-        let file = SnapshotFile { meta: meta.clone(), data_file: data_file.clone() };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data_file: data_file.clone(),
+        };
         let tmp = dir.join("current.json.tmp");
         sync_write(&tmp, &serde_json::to_vec(&file).map_err(io_err)?)?;
         std::fs::rename(&tmp, dir.join("current.json"))?;
@@ -136,7 +151,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let (data, last, membership) = {
             let a = self.shared.applied.read();
-            let data = serde_json::to_vec(&a.state).map_err(|e| StorageIOError::read_state_machine(&io_err(e)))?;
+            let data = serde_json::to_vec(&a.state)
+                .map_err(|e| StorageIOError::read_state_machine(&io_err(e)))?;
             (data, a.last_applied, a.membership.clone())
         };
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -144,7 +160,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Some(l) => format!("{}-{}-{seq}", l.leader_id.term, l.index),
             None => format!("0-0-{seq}"),
         };
-        let meta = SnapshotMeta { last_log_id: last, last_membership: membership, snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: membership,
+            snapshot_id,
+        };
         let dir = self.dir.clone();
         let (m2, d2) = (meta.clone(), data.clone());
         tokio::task::spawn_blocking(move || Self::write_snapshot(&dir, &m2, &d2))
@@ -152,14 +172,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_err(e)))?
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId<u64>>, StoredMembership<u64, MemberNode>), SErr> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, MemberNode>), SErr> {
         let a = self.shared.applied.read();
         Ok((a.last_applied, a.membership.clone()))
     }
@@ -184,7 +209,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             if !events.is_empty() {
                 // No receivers is fine: nobody watches yet.
-                let _ = self.shared.events.send(Arc::new(EventBatch { index: entry.log_id.index, events }));
+                let _ = self.shared.events.send(Arc::new(EventBatch {
+                    index: entry.log_id.index,
+                    events,
+                }));
             }
             out.push(resp);
         }
@@ -211,13 +239,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_err(e)))?
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.load(meta, &data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.load(meta, &data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        let snap = self.read_snapshot().map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(snap.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let snap = self
+            .read_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(snap.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }

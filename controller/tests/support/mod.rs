@@ -60,7 +60,10 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` members that initialize one group; `extra` args go to every member.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        let tmp = tempfile::Builder::new().prefix("rebeam-ctl-test-").tempdir().expect("temp dir");
+        let tmp = tempfile::Builder::new()
+            .prefix("rebeam-ctl-test-")
+            .tempdir()
+            .expect("temp dir");
         let members = (1..=n as u64)
             .map(|id| {
                 let dir = tmp.path().join(format!("member-{id}"));
@@ -75,7 +78,11 @@ impl Cluster {
                 }
             })
             .collect();
-        let c = Cluster { tmp: Some(tmp), members, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let c = Cluster {
+            tmp: Some(tmp),
+            members,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         for i in 0..n {
             c.spawn(i);
         }
@@ -91,7 +98,11 @@ impl Cluster {
             .map(|m| format!("{}={}/{}", m.id, m.raft, m.api))
             .collect();
         let m = &self.members[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rebeam-controller"));
         cmd.arg("--id")
             .arg(m.id.to_string())
@@ -159,7 +170,11 @@ impl Cluster {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no leader within {timeout:?}; logs in {}", self.path());
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {timeout:?}; logs in {}",
+                self.path()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -172,13 +187,20 @@ impl Cluster {
     {
         let deadline = Instant::now() + timeout;
         while !cond().await {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; logs in {}", self.path());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; logs in {}",
+                self.path()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub fn path(&self) -> String {
-        self.tmp.as_ref().map(|t| t.path().display().to_string()).unwrap_or_default()
+        self.tmp
+            .as_ref()
+            .map(|t| t.path().display().to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -211,7 +233,11 @@ pub fn client_at(addr: &str, token: &str) -> Client {
 }
 
 pub fn pid(node: &str, incarnation: u64, serial: u64) -> pb::Pid {
-    pb::Pid { node: node.into(), incarnation, serial }
+    pb::Pid {
+        node: node.into(),
+        incarnation,
+        serial,
+    }
 }
 
 /// Joins a node through the leader and returns its incarnation.
@@ -220,10 +246,18 @@ pub async fn join_node(c: &Cluster, node: &str, labels: &[(&str, &str)]) -> u64 
     let req = pb::JoinRequest {
         node: node.into(),
         address: format!("127.0.0.1:{}", 9000),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         capacity: 0,
     };
-    c.node_client(leader).join(req).await.expect("join").into_inner().incarnation
+    c.node_client(leader)
+        .join(req)
+        .await
+        .expect("join")
+        .into_inner()
+        .incarnation
 }
 
 /// Finds the current leader's index by asking running members (None while there is none).
@@ -247,7 +281,10 @@ pub fn heartbeat(
     node: &str,
     incarnation: u64,
     every: Duration,
-) -> (tokio::sync::watch::Sender<bool>, std::sync::Arc<parking_lot::Mutex<Option<Instant>>>) {
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    std::sync::Arc<parking_lot::Mutex<Option<Instant>>>,
+) {
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let last = std::sync::Arc::new(parking_lot::Mutex::new(None));
     let (node, last2) = (node.to_string(), last.clone());
@@ -257,7 +294,12 @@ pub fn heartbeat(
                 return;
             }
             if let Some(l) = leader_index(&c).await {
-                let req = pb::HeartbeatRequest { node: Some(pb::NodeRef { node: node.clone(), incarnation }) };
+                let req = pb::HeartbeatRequest {
+                    node: Some(pb::NodeRef {
+                        node: node.clone(),
+                        incarnation,
+                    }),
+                };
                 if c.node_client(l).heartbeat(req).await.is_ok() {
                     *last2.lock() = Some(Instant::now());
                 }
@@ -273,9 +315,13 @@ pub fn heartbeat(
 
 /// A small valid manifest with `children` top-level children of the given placements.
 pub fn manifest(name: &str, version: &str, placements: &[&str]) -> String {
-    let mut m = format!("[app]\nname = \"{name}\"\nversion = \"{version}\"\nmax_restarts = 10\nmax_seconds = 5\n");
+    let mut m = format!(
+        "[app]\nname = \"{name}\"\nversion = \"{version}\"\nmax_restarts = 10\nmax_seconds = 5\n"
+    );
     for (i, p) in placements.iter().enumerate() {
-        m.push_str(&format!("\n[[children]]\nstart = \"mod:Child{i}\"\nname = \"c{i}\"\nplacement = \"{p}\"\n"));
+        m.push_str(&format!(
+            "\n[[children]]\nstart = \"mod:Child{i}\"\nname = \"c{i}\"\nplacement = \"{p}\"\n"
+        ));
     }
     m
 }
