@@ -201,6 +201,12 @@ def section(docs: dict[str, dict[str, Any]], chart_ok: bool) -> str:
         f"{docs[p].get('duration_s')} s{_load(docs[p])}" for p in shown
     ) + ".")
     lines.append("")
+    if rebeam_doc:
+        apart = _apart(rebeam_doc, [docs[p] for p in peers])
+        if apart:
+            lines.append(f"**Caution**: {apart} Run `make bench` (Re:BEAM, then every peer) for a "
+                         "side-by-side measurement.")
+            lines.append("")
     if not rebeam_doc:
         lines.append("**Re:BEAM: not yet measured** (`bench/results/rebeam.json` is absent: it is "
                      "written by `bench/peers/rebeam_peer.py` run inside `rebeam-node --dev --run`). "
@@ -288,6 +294,30 @@ def section(docs: dict[str, dict[str, Any]], chart_ok: bool) -> str:
     lines.append("|---|---|---|")
     lines.extend(f"| {i} | {what} | {t} |" for i, what, t in OTHER_TARGETS)
     return "\n".join(lines)
+
+
+def _apart(rebeam: dict[str, Any], peers: list[dict[str, Any]]) -> str:
+    """Says so when Re:BEAM's results come from another mode or time than the peers'."""
+    from datetime import datetime
+
+    def when(doc: dict[str, Any]) -> datetime | None:
+        try:
+            return datetime.strptime(str(doc.get("started_utc")), "%Y-%m-%dT%H:%M:%SZ")
+        except ValueError:
+            return None
+
+    ours = when(rebeam)
+    modes = {str(d.get("mode")) for d in peers}
+    problems = []
+    if modes and modes != {str(rebeam.get("mode"))}:
+        listed = ", ".join(sorted(modes))
+        problems.append(f"Re:BEAM ran in {rebeam.get('mode')} mode, the peers in {listed} mode")
+    times = [t for t in (when(d) for d in peers) if t is not None]
+    if ours and times and max(abs((t - ours).total_seconds()) for t in times) > 30 * 60:
+        problems.append("Re:BEAM was not measured in the same run as the peers")
+    if not problems:
+        return ""
+    return "; ".join(problems) + " (machine load may differ; see each run's load average)."
 
 
 def _load(doc: dict[str, Any]) -> str:

@@ -349,7 +349,7 @@ def main() -> None:
     base = sizes_for(args.mode)
     quick = args.mode == "quick"
     # Each call costs ~0.7 ms and each actor is a process (~80 MB, seconds to start).
-    s = scaled(base, 0.2, spawn=4 if quick else 8, fanout_actors=8 if quick else 16,
+    s = scaled(base, 0.2 if quick else 0.1, spawn=4 if quick else 8, fanout_actors=8 if quick else 16,
                crash_repeats=3 if quick else 5, failover_repeats=base.failover_repeats,
                repeats=base.repeats)
     started = time.time()

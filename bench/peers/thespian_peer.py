@@ -227,7 +227,8 @@ def main() -> None:
         notes.append("simpleSystemBase: every actor runs in the caller's thread, during ask()")
     else:
         # One OS process per actor (~18 MB each, ~100 spawns/s): counts scaled down.
-        s = scaled(base, 0.05, fanout_actors=50 if args.mode == "quick" else 100,
+        quick = args.mode == "quick"
+        s = scaled(base, 0.05 if quick else 0.02, fanout_actors=50 if quick else 100,
                    spawn=10 if args.mode == "quick" else 20, crash_repeats=base.crash_repeats)
         port = 20000 + os.getpid() % 10000
         asys = ActorSystem("multiprocTCPBase", {"Admin Port": port})
