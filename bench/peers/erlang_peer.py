@@ -133,8 +133,7 @@ def parse(lines: list[str], s: Sizes) -> list[Workload]:
                 out.append(call_rate_from(out[-1]))
         elif name in ("crash_restart", "failover") and name in lat:
             ms = [v / 1000 for v in lat[name][0]]
-            warm = 1 if name == "crash_restart" else 0
-            out.append(value_workload(name, unit, better, ms, len(ms), warm, note))
+            out.append(value_workload(name, unit, better, ms, len(ms), 0, note))
         elif name in vals:
             values = [v for v, _ in vals[name]]
             warm = s.oneway_warmup if "oneway" in name else 0

@@ -201,8 +201,9 @@ def fanout(s: Sizes) -> Workload:
         ray.kill(a)
     return value_workload(
         "fanout_1000", "calls/s", "higher", rates, len(actors) * s.repeats, len(actors),
-        f"only {len(actors)} actors, not 1,000: each Ray actor is a worker process (~80 MB RSS), "
-        "1,000 would not fit in 24 GiB; ray.get([a.ping.remote() for a in actors]), spawn excluded",
+        f"only {len(actors)} actors, not 1,000: each Ray actor is a worker process (tens of MB, see "
+        "memory_per_actor), 1,000 would not fit in 24 GiB; ray.get([a.ping.remote() for a in actors]), "
+        "spawn excluded",
     )
 
 
