@@ -94,31 +94,46 @@ def make_app(tmp_path: Path, manifest: str, module: str = APP_MODULE) -> Path:
     return app
 
 
-def start_node(app: Path) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def start_node(app: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([str(NODE), "--dev", "--app", str(app)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE)
 
 
-def read_until(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> list[str]:
-    """Lines of stdout up to and including the first containing ``needle``."""
-    lines: list[str] = []
+def read_until(proc: subprocess.Popen[bytes], needle: str, timeout: float = 20) -> list[str]:
+    """Lines of stdout up to and including the first containing ``needle`` (reads the pipe
+    unbuffered, so nothing waits in a buffer that select cannot see)."""
+    data = b""
+    fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+        ready, _, _ = select.select([fd], [], [], 0.1)
         if not ready:
             if proc.poll() is not None:
                 break
             continue
-        line = proc.stdout.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             break
-        lines.append(line.rstrip("\n"))
-        if needle in line:
-            return lines
+        data += chunk
+        lines = data.decode().splitlines()
+        for i, line in enumerate(lines):
+            if needle in line:
+                proc.pending = "\n".join(lines[i + 1:])  # type: ignore[attr-defined]
+                return lines[:i + 1]
     proc.kill()
     out, err = proc.communicate()
-    raise AssertionError(f"never saw {needle!r}; stdout={lines + out.splitlines()} stderr={err}")
+    raise AssertionError(f"never saw {needle!r}; stdout={data.decode() + out.decode()!r} "
+                         f"stderr={err.decode()}")
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 20) -> tuple[str, str]:
+    """The rest of stdout (after what ``read_until`` consumed) and all of stderr."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return getattr(proc, "pending", "") + "\n" + out.decode(), err.decode()
 
 
 def run_to_end(app: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -133,10 +148,8 @@ def test_good_app_starts_and_shuts_down_in_order_on_sigint(tmp_path):
         assert lines[:4] == ["start first", "start second", "start sub-a", "start sub-b"]
         assert "application demo 1.2.3 started" in lines[-1]
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        out, err = finish(proc)
     assert proc.returncode == 0, err
     stops = [line for line in out.splitlines() if line.startswith("stop")]
     assert stops == ["stop sub-b shutdown", "stop sub-a shutdown", "stop second shutdown",
@@ -149,10 +162,8 @@ def test_sigterm_also_shuts_down_cleanly(tmp_path):
     try:
         read_until(proc, "started")
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        out, err = finish(proc)
     assert proc.returncode == 0, err
     assert "stop first shutdown" in out
 
