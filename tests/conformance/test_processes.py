@@ -419,3 +419,35 @@ def test_call_from_a_thread_outside_any_process():
     t.start()
     t.join(5)
     assert out == [("outside", 1)]
+
+
+def test_pid_prints_node_incarnation_and_serial():
+    import re
+
+    me = rebeam.self_pid()
+    assert re.fullmatch(r"<[\w-]+\.[0-9a-f]{4}\.\d+>", repr(me)), repr(me)
+    assert repr(me) == f"<{me.node}.{me.incarnation & 0xFFFF:04x}.{me.serial}>"
+    other = rebeam.spawn(lambda: None)
+    assert (other.node, other.incarnation) == (me.node, me.incarnation)
+    assert other.serial > me.serial, "serials only grow: a pid is never reused"
+
+
+def test_every_exception_derives_from_error():
+    for cls in (rebeam.Timeout, rebeam.Exit, rebeam.InitError, rebeam.NameTaken,
+                rebeam.UnknownName, rebeam.NotInNode, rebeam.TableError):
+        assert issubclass(cls, rebeam.Error), cls
+    assert issubclass(rebeam.Timeout, TimeoutError)
+
+
+def test_cast_to_an_unknown_name_is_silently_dropped():
+    assert rebeam.cast(f"nobody-{rebeam.self_pid().serial}", "x") is None
+
+
+def test_stop_without_reason_is_normal():
+    class Quits(rebeam.GenServer):
+        def handle_cast(self, request):
+            rebeam.stop()
+
+    pid, ref = rebeam.spawn_monitor(Quits)
+    rebeam.cast(pid, "quit")
+    assert wait_down(ref).reason == "normal"
