@@ -299,7 +299,28 @@ async fn bench_registrations(
     Ok(rate)
 }
 
+/// Waits until every running member has applied what the leader has.
+async fn settle(c: &Cluster) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let mut applied = Vec::new();
+        for i in 0..c.members.len() {
+            if c.running(i) {
+                if let Ok(s) = c.client(i)?.status(pb::StatusRequest {}).await {
+                    applied.push(s.get_ref().last_applied_index);
+                }
+            }
+        }
+        if applied.len() == c.members.len() && applied.iter().all(|a| *a == applied[0]) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("members did not converge within 60 s")
+}
+
 async fn bench_lookups(c: &Cluster, linearizable: bool, n: usize) -> anyhow::Result<Vec<Duration>> {
+    settle(c).await?;
     let leader = c.leader(Duration::from_secs(5)).await?;
     let mut cl = c.client(leader)?;
     let mut lat = Vec::with_capacity(n);
@@ -319,6 +340,7 @@ async fn bench_lookups(c: &Cluster, linearizable: bool, n: usize) -> anyhow::Res
 async fn bench_leader_kill(c: &Cluster, inc: u64, rounds: usize) -> anyhow::Result<Vec<Duration>> {
     let mut out = Vec::new();
     for round in 0..rounds {
+        settle(c).await?;
         let leader = c.leader(Duration::from_secs(10)).await?;
         c.kill9(leader);
         let killed = Instant::now();

@@ -54,7 +54,7 @@ pub struct Timings {
     pub stream_fence: Duration,
     /// Raft leader heartbeat interval.
     pub raft_heartbeat: Duration,
-    /// Raft election timeout lower bound (upper bound is twice it).
+    /// Raft election timeout lower bound (upper bound is 1.6 times it).
     pub election_timeout: Duration,
 }
 
@@ -66,7 +66,7 @@ impl Default for Timings {
             node_fence: Duration::from_millis(700),
             stream_fence: Duration::from_millis(150),
             raft_heartbeat: Duration::from_millis(50),
-            election_timeout: Duration::from_millis(200),
+            election_timeout: Duration::from_millis(150),
         }
     }
 }

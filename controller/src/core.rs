@@ -59,16 +59,29 @@ impl Core {
 
     /// Waits until this member's state reflects every write acknowledged before the call.
     pub async fn linearizable(&self) -> Result<()> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Error::NotLeader {
-                    leader: f.leader_node.map(|n: MemberNode| n.api_addr),
-                })
+        // A quorum check can miss its deadline while followers digest a burst of writes; a
+        // couple of retries turn that into latency instead of an error.
+        let mut last = None;
+        for attempt in 0..3u32 {
+            if attempt > 0 {
+                tokio::time::sleep(self.config.timings.raft_heartbeat * attempt).await;
             }
-            Err(RaftError::APIError(e)) => Err(Error::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(f)) => Err(Error::Unavailable(f.to_string())),
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    return Err(Error::NotLeader {
+                        leader: f.leader_node.map(|n: MemberNode| n.api_addr),
+                    })
+                }
+                Err(RaftError::APIError(e)) => {
+                    last = Some(Error::Unavailable(format!("{e}; retry shortly")))
+                }
+                Err(RaftError::Fatal(f)) => return Err(Error::Unavailable(f.to_string())),
+            }
         }
+        Err(last.unwrap_or_else(|| {
+            Error::Unavailable("leadership could not be confirmed; retry shortly".into())
+        }))
     }
 
     /// Proposes one command through the batching writer.

@@ -70,7 +70,7 @@ struct Cli {
     #[arg(long, default_value_t = 50)]
     raft_heartbeat_ms: u64,
     /// Raft election timeout lower bound in ms.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 150)]
     election_timeout_ms: u64,
     /// Build a snapshot every this many log entries.
     #[arg(long, default_value_t = 10_000)]

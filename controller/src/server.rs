@@ -90,7 +90,9 @@ fn raft_config(c: &ControllerConfig) -> Result<openraft::Config> {
         cluster_name: "rebeam".into(),
         heartbeat_interval: t.raft_heartbeat.as_millis() as u64,
         election_timeout_min: t.election_timeout.as_millis() as u64,
-        election_timeout_max: 2 * t.election_timeout.as_millis() as u64,
+        // openraft waits a leader lease (= the max) plus a random timeout before it campaigns
+        // after losing a leader, so a narrow range shortens failover.
+        election_timeout_max: (t.election_timeout.as_millis() as u64) * 8 / 5,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_logs.max(1)),

@@ -41,32 +41,12 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
     let inc_b = join_node(&c, "node-b", &[]).await;
     let (stop_a, last_a) = heartbeat(c.clone(), "node-a", inc_a, Duration::from_millis(200));
     let (_stop_b, _) = heartbeat(c.clone(), "node-b", inc_b, Duration::from_millis(200));
-    let leader = c.wait_leader(Duration::from_secs(10)).await;
-    let mut cl = c.client(leader);
-    cl.submit_app(pb::SubmitAppRequest {
-        manifest_toml: manifest("svc", "1", &["spread"; 4]),
-        code: b"code".to_vec(),
-    })
-    .await
-    .expect("submit");
+    submit(&c, manifest("svc", "1", &["spread"; 4]), b"code".to_vec()).await;
     let a_pid = pid("node-a", inc_a, 1);
-    cl.register_name(pb::RegisterNameRequest {
-        name: "on-a".into(),
-        pid: Some(a_pid.clone()),
-    })
-    .await
-    .expect("register");
-    cl.pg_join(pb::PgRequest {
-        group: "grp".into(),
-        pid: Some(a_pid.clone()),
-    })
-    .await
-    .expect("pg");
-    let state = cl
-        .cluster_state(pb::ClusterStateRequest {})
-        .await
-        .expect("state")
-        .into_inner();
+    register(&c, "on-a", a_pid.clone()).await;
+    pg_join(&c, "grp", a_pid.clone()).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let state = cluster_state(&c).await;
     let on_a: Vec<String> = state
         .assignments
         .iter()
@@ -92,10 +72,9 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
         .expect("watch")
         .into_inner();
     let first = watch.message().await.expect("stream").expect("first event");
-    assert!(matches!(
-        first.event,
-        Some(pb::watch_event::Event::Snapshot(_))
-    ));
+    assert!(
+        matches!(first.event, Some(pb::watch_event::Event::Snapshot(v)) if v.last && v.assignments.len() == 2)
+    );
 
     stop_a.send(true).expect("stop heartbeats");
     wait_dead(&c, "node-a").await;
@@ -105,13 +84,7 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
         "declared dead only after the lease: {silent_for:?}"
     );
 
-    let leader = c.wait_leader(Duration::from_secs(5)).await;
-    let mut cl = c.client(leader);
-    let state = cl
-        .cluster_state(pb::ClusterStateRequest {})
-        .await
-        .expect("state")
-        .into_inner();
+    let state = cluster_state(&c).await;
     for a in &state.assignments {
         assert_eq!(a.node, "node-b", "every child now runs on node-b: {a:?}");
         if on_a.contains(&a.child) {
@@ -122,52 +95,56 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
             );
         }
     }
-    let w = cl
-        .whereis(pb::WhereisRequest {
-            name: "on-a".into(),
-            linearizable: true,
-        })
-        .await
-        .expect("whereis");
-    assert_eq!(w.into_inner().pid, None, "the dead node's name is released");
-    let m = cl
-        .pg_members(pb::PgMembersRequest {
+    assert_eq!(
+        whereis(&c, "on-a").await,
+        None,
+        "the dead node's name is released"
+    );
+    let members = on_leader(&c, |mut cl| async move {
+        cl.pg_members(pb::PgMembersRequest {
             group: "grp".into(),
             linearizable: true,
         })
         .await
-        .expect("members");
-    assert!(m.into_inner().members.is_empty());
+    })
+    .await
+    .expect("members");
+    assert!(members.members.is_empty());
 
     // The stale incarnation is refused everywhere.
     let node_a = Some(pb::NodeRef {
         node: "node-a".into(),
         incarnation: inc_a,
     });
-    let e = c
-        .node_client(leader)
-        .heartbeat(pb::HeartbeatRequest {
-            node: node_a.clone(),
-        })
-        .await
-        .expect_err("stale");
+    let e = on_leader_node(&c, |mut n| {
+        let node = node_a.clone();
+        async move { n.heartbeat(pb::HeartbeatRequest { node }).await }
+    })
+    .await
+    .expect_err("stale");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    let e = c
-        .node_client(leader)
-        .report_exit(pb::ReportExitRequest {
-            node: node_a.clone(),
-            exits: vec![],
-        })
-        .await
-        .expect_err("stale");
+    let e = on_leader_node(&c, |mut n| {
+        let node = node_a.clone();
+        async move {
+            n.report_exit(pb::ReportExitRequest {
+                node,
+                exits: vec![],
+            })
+            .await
+        }
+    })
+    .await
+    .expect_err("stale");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-    let e = cl
-        .register_name(pb::RegisterNameRequest {
+    let e = on_leader(&c, |mut cl| async move {
+        cl.register_name(pb::RegisterNameRequest {
             name: "late".into(),
             pid: Some(pid("node-a", inc_a, 2)),
         })
         .await
-        .expect_err("stale pid");
+    })
+    .await
+    .expect_err("stale pid");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
 
     // node-b's watch carried the moved assignments.

@@ -27,38 +27,23 @@ async fn lagging_member_catches_up_by_snapshot() {
     let lagging = (leader + 1) % 3;
     c.kill9(lagging);
 
-    let mut cl = c.client(leader);
     let code = vec![3u8; 50_000];
-    let app = cl
-        .submit_app(pb::SubmitAppRequest {
-            manifest_toml: manifest("blobby", "1", &["any"]),
-            code: code.clone(),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .app
-        .expect("app");
+    let app = submit(&c, manifest("blobby", "1", &["any"]), code.clone()).await;
     // Sequential writes: one log entry each, so the log outgrows several snapshots.
     for k in 0..300u64 {
-        cl.register_name(pb::RegisterNameRequest {
-            name: format!("s{k}"),
-            pid: Some(pid("node-a", inc, k + 1)),
-        })
-        .await
-        .expect("register");
+        register(&c, &format!("s{k}"), pid("node-a", inc, k + 1)).await;
     }
-    let snap = cl
-        .snapshot(pb::SnapshotRequest {})
-        .await
-        .expect("snapshot")
-        .into_inner()
-        .snapshot_index;
+    let snap = on_leader(&c, |mut cl| async move {
+        cl.snapshot(pb::SnapshotRequest {}).await
+    })
+    .await
+    .expect("snapshot")
+    .snapshot_index;
     assert!(snap > 300, "snapshot covers the writes: {snap}");
 
     c.spawn(lagging);
     c.wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         "lagging member to install the snapshot",
         || {
             let mut cl = c.client(lagging);
@@ -73,8 +58,8 @@ async fn lagging_member_catches_up_by_snapshot() {
         },
     )
     .await;
-    let mut lc = c.client(lagging);
-    let names = lc
+    let names = c
+        .client(lagging)
         .list_names(pb::ListNamesRequest {})
         .await
         .expect("names")

@@ -11,47 +11,77 @@ use crate::core::Core;
 use crate::state::{Event, State};
 use crate::store::EventBatch;
 
-/// The cluster view one node caches.
-pub fn view(state: &State, node: &str) -> pb::ClusterView {
-    pb::ClusterView {
+/// Names or group members per view chunk, so no message nears the 4 MiB gRPC default.
+const CHUNK: usize = 20_000;
+
+/// The cluster view one node caches, split into chunks (the last one has `last` set).
+pub fn view_chunks(state: &State, node: &str) -> Vec<pb::ClusterView> {
+    let mut first = pb::ClusterView {
         nodes: state.nodes.values().cloned().map(Into::into).collect(),
-        names: state
-            .names
-            .iter()
-            .map(|(n, p)| pb::GlobalName {
-                name: n.clone(),
-                pid: Some(p.clone().into()),
-            })
-            .collect(),
-        groups: state
-            .groups
-            .iter()
-            .map(|(g, m)| pb::Group {
-                name: g.clone(),
-                members: m.iter().cloned().map(Into::into).collect(),
-            })
-            .collect(),
         assignments: state
             .all_assignments()
             .filter(|a| a.node.as_ref().is_some_and(|(n, _)| n == node))
             .map(|a| state.assignment_view(a).into())
             .collect(),
         apps: state.apps.values().cloned().map(Into::into).collect(),
+        ..Default::default()
+    };
+    let mut chunks = Vec::new();
+    let mut current = std::mem::take(&mut first);
+    let mut size = 0usize;
+    for (n, p) in &state.names {
+        if size >= CHUNK {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        current.names.push(pb::GlobalName {
+            name: n.clone(),
+            pid: Some(p.clone().into()),
+        });
+        size += 1;
     }
+    for (g, members) in &state.groups {
+        let mut members = members.iter().peekable();
+        while members.peek().is_some() {
+            if size >= CHUNK {
+                chunks.push(std::mem::take(&mut current));
+                size = 0;
+            }
+            let room = CHUNK - size;
+            let part: Vec<pb::Pid> = members
+                .by_ref()
+                .take(room)
+                .cloned()
+                .map(Into::into)
+                .collect();
+            size += part.len();
+            current.groups.push(pb::Group {
+                name: g.clone(),
+                members: part,
+            });
+        }
+    }
+    current.last = true;
+    chunks.push(current);
+    chunks
 }
 
-fn snapshot_event(
+fn snapshot_events(
     core: &Core,
     node: &str,
-) -> (pb::WatchEvent, broadcast::Receiver<Arc<EventBatch>>) {
+) -> (Vec<pb::WatchEvent>, broadcast::Receiver<Arc<EventBatch>>) {
     // Subscribing under the read lock means no applied event falls between view and stream.
     let a = core.shared.applied.read();
     let rx = core.shared.events.subscribe();
-    let ev = pb::WatchEvent {
-        log_index: a.last_applied.map(|l| l.index).unwrap_or(0),
-        event: Some(pb::watch_event::Event::Snapshot(view(&a.state, node))),
-    };
-    (ev, rx)
+    let index = a.last_applied.map(|l| l.index).unwrap_or(0);
+    let events = view_chunks(&a.state, node)
+        .into_iter()
+        .map(|v| pb::WatchEvent {
+            log_index: index,
+            event: Some(pb::watch_event::Event::Snapshot(v)),
+        })
+        .collect();
+    (events, rx)
 }
 
 /// Starts streaming to `node` (already checked live) until it disconnects or is declared dead.
@@ -62,9 +92,11 @@ pub fn start(
 ) -> mpsc::Receiver<Result<pb::WatchEvent, Status>> {
     let (tx, out) = mpsc::channel(1024);
     tokio::spawn(async move {
-        let (first, mut rx) = snapshot_event(&core, &node);
-        if tx.send(Ok(first)).await.is_err() {
-            return;
+        let (first, mut rx) = snapshot_events(&core, &node);
+        for ev in first {
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
         }
         loop {
             let batch = tokio::select! {
@@ -86,10 +118,12 @@ pub fn start(
             let mut fenced = false;
             for ev in &batch.events {
                 if let Event::Reset = ev {
-                    let (snap, new_rx) = snapshot_event(&core, &node);
+                    let (snap, new_rx) = snapshot_events(&core, &node);
                     rx = new_rx;
-                    if tx.send(Ok(snap)).await.is_err() {
-                        return;
+                    for ev in snap {
+                        if tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
                     }
                     break;
                 }
@@ -117,4 +151,47 @@ pub fn start(
         }
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Pid;
+
+    #[test]
+    fn large_views_come_in_bounded_chunks() {
+        let mut s = State::default();
+        for i in 0..45_000u64 {
+            s.names.insert(
+                format!("n{i}"),
+                Pid {
+                    node: "a".into(),
+                    incarnation: 1,
+                    serial: i,
+                },
+            );
+        }
+        let g = s.groups.entry("g".into()).or_default();
+        for i in 0..30_000u64 {
+            g.insert(Pid {
+                node: "a".into(),
+                incarnation: 1,
+                serial: i,
+            });
+        }
+        let chunks = view_chunks(&s, "a");
+        assert_eq!(chunks.len(), 4);
+        assert!(chunks.iter().rev().skip(1).all(|c| !c.last));
+        assert!(chunks.last().is_some_and(|c| c.last));
+        let names: usize = chunks.iter().map(|c| c.names.len()).sum();
+        let members: usize = chunks
+            .iter()
+            .flat_map(|c| &c.groups)
+            .map(|g| g.members.len())
+            .sum();
+        assert_eq!((names, members), (45_000, 30_000));
+        assert!(chunks.iter().all(|c| c.names.len()
+            + c.groups.iter().map(|g| g.members.len()).sum::<usize>()
+            <= CHUNK));
+    }
 }

@@ -242,22 +242,90 @@ pub fn pid(node: &str, incarnation: u64, serial: u64) -> pb::Pid {
 
 /// Joins a node through the leader and returns its incarnation.
 pub async fn join_node(c: &Cluster, node: &str, labels: &[(&str, &str)]) -> u64 {
-    let leader = c.wait_leader(Duration::from_secs(10)).await;
     let req = pb::JoinRequest {
         node: node.into(),
-        address: format!("127.0.0.1:{}", 9000),
+        address: "127.0.0.1:9000".into(),
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         capacity: 0,
     };
-    c.node_client(leader)
-        .join(req)
-        .await
-        .expect("join")
-        .into_inner()
-        .incarnation
+    on_leader_node(c, |mut n| {
+        let req = req.clone();
+        async move { n.join(req).await }
+    })
+    .await
+    .expect("join")
+    .incarnation
+}
+
+/// Registers `name` for `p` on the leader (following leader changes).
+pub async fn register(c: &Cluster, name: &str, p: pb::Pid) -> pb::RegisterNameReply {
+    let req = pb::RegisterNameRequest {
+        name: name.into(),
+        pid: Some(p),
+    };
+    on_leader(c, |mut cl| {
+        let req = req.clone();
+        async move { cl.register_name(req).await }
+    })
+    .await
+    .expect("register")
+}
+
+/// Submits an app on the leader (following leader changes).
+pub async fn submit(c: &Cluster, manifest_toml: String, code: Vec<u8>) -> pb::AppInfo {
+    let req = pb::SubmitAppRequest {
+        manifest_toml,
+        code,
+    };
+    on_leader(c, |mut cl| {
+        let req = req.clone();
+        async move { cl.submit_app(req).await }
+    })
+    .await
+    .expect("submit")
+    .app
+    .expect("app")
+}
+
+/// Joins `p` to `group` on the leader.
+pub async fn pg_join(c: &Cluster, group: &str, p: pb::Pid) {
+    let req = pb::PgRequest {
+        group: group.into(),
+        pid: Some(p),
+    };
+    on_leader(c, |mut cl| {
+        let req = req.clone();
+        async move { cl.pg_join(req).await }
+    })
+    .await
+    .expect("pg join");
+}
+
+/// The cluster state as the leader sees it.
+pub async fn cluster_state(c: &Cluster) -> pb::ClusterStateReply {
+    on_leader(c, |mut cl| async move {
+        cl.cluster_state(pb::ClusterStateRequest {}).await
+    })
+    .await
+    .expect("cluster state")
+}
+
+/// A linearizable whereis on the leader.
+pub async fn whereis(c: &Cluster, name: &str) -> Option<pb::Pid> {
+    let req = pb::WhereisRequest {
+        name: name.into(),
+        linearizable: true,
+    };
+    on_leader(c, |mut cl| {
+        let req = req.clone();
+        async move { cl.whereis(req).await }
+    })
+    .await
+    .expect("whereis")
+    .pid
 }
 
 /// Finds the current leader's index by asking running members (None while there is none).
@@ -324,4 +392,43 @@ pub fn manifest(name: &str, version: &str, placements: &[&str]) -> String {
         ));
     }
     m
+}
+
+/// Runs `f` against the leader's client service, retrying on `unavailable` (leader changes
+/// under load) for up to 20 s; other errors are returned.
+pub async fn on_leader<T, F, Fut>(c: &Cluster, mut f: F) -> Result<T, tonic::Status>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = c.wait_leader(Duration::from_secs(10)).await;
+        match f(c.client(l)).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+/// Like [`on_leader`] for the node service.
+pub async fn on_leader_node<T, F, Fut>(c: &Cluster, mut f: F) -> Result<T, tonic::Status>
+where
+    F: FnMut(NodeClient) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = c.wait_leader(Duration::from_secs(10)).await;
+        match f(c.node_client(l)).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
 }
