@@ -356,8 +356,9 @@ def main() -> None:
     started = time.time()
     version = pkg_version("ray")
     work: list[Workload] = []
-    # A fresh local instance (not one found through /tmp/ray), loopback only; otherwise defaults.
-    ray.init(address="local", _node_ip_address="127.0.0.1")
+    # A fresh local instance (not one found through /tmp/ray), loopback only (Ray would turn
+    # 127.0.0.1 into the machine's interface address; 127.0.0.2 is kept); otherwise defaults.
+    ray.init(address="local", _node_ip_address="127.0.0.2")
     try:
         try:
             work.extend(spawn_and_memory(s))
