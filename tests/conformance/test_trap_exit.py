@@ -133,3 +133,25 @@ def test_exit_to_self_while_trapping_is_a_message():
     me = rebeam.self_pid()
     rebeam.exit(me, "shutdown")
     assert wait_exit(me, timeout=1).reason == "shutdown"
+
+
+def test_killed_code_that_swallows_the_kill_cannot_send():
+    me = rebeam.self_pid()
+
+    def swallower():
+        try:
+            rebeam.send(me, "ready")
+            forever()
+        except BaseException:  # noqa: B036 - the point of the test
+            pass
+        for _ in range(3):
+            try:
+                rebeam.send(me, "zombie")
+            except BaseException:  # noqa: B036
+                pass
+
+    pid, ref = rebeam.spawn_monitor(swallower)
+    expect("ready")
+    rebeam.exit(pid, "kill")
+    assert wait_down(ref).reason == "killed"
+    assert rebeam.receive(match=lambda m: m == "zombie", timeout=0.2, default=None) is None

@@ -274,9 +274,19 @@ fn run<'py>(
     }
 }
 
+/// Raises the killed-process exception again in code that caught it and went on: a killed
+/// process sends nothing more.
+fn not_killed(py: Python<'_>) -> PyResult<()> {
+    match current() {
+        Some(me) => still_alive(py, &me),
+        None => Ok(()),
+    }
+}
+
 /// `send(dest, message)`: never blocks; a message to a dead process is dropped.
 #[pyfunction]
 fn send(py: Python<'_>, dest: &Bound<'_, PyAny>, message: &Bound<'_, PyAny>) -> PyResult<()> {
+    not_killed(py)?;
     let Some(pid) = resolve(dest)? else {
         return Err(unknown_name(py, dest)?);
     };
@@ -287,7 +297,8 @@ fn send(py: Python<'_>, dest: &Bound<'_, PyAny>, message: &Bound<'_, PyAny>) -> 
 
 /// `cast(dest, request)`: an asynchronous request to a GenServer.
 #[pyfunction]
-fn cast(dest: &Bound<'_, PyAny>, request: &Bound<'_, PyAny>) -> PyResult<()> {
+fn cast(py: Python<'_>, dest: &Bound<'_, PyAny>, request: &Bound<'_, PyAny>) -> PyResult<()> {
+    not_killed(py)?;
     let Some(pid) = resolve(dest)? else {
         return Ok(());
     };
