@@ -145,3 +145,40 @@ def test_killing_a_caller_does_not_abort_the_callee_handler(warm):
     expect("handled")
     assert rebeam.is_alive(server)
     assert rebeam.call(server, "again", timeout=5) == "ok"
+
+
+def test_many_handlers_blocked_in_receive_do_not_starve_the_node():
+    class Waiter(rebeam.GenServer):
+        def init(self, owner):
+            self.owner = owner
+
+        def handle_cast(self, request):
+            rebeam.send(self.owner, ("waiting", rebeam.self_pid()))
+            rebeam.receive(match=lambda m: m == "go", timeout=10)
+            rebeam.send(self.owner, ("went", rebeam.self_pid()))
+
+    me = rebeam.self_pid()
+    waiters = [rebeam.spawn(Waiter, me) for _ in range(40)]
+    for w in waiters:
+        rebeam.cast(w, "wait")
+    assert {rebeam.receive(match=lambda m: m[0] == "waiting", timeout=5)[1]
+            for _ in waiters} == set(waiters)
+    c = rebeam.spawn(Counter)
+    assert rebeam.call(c, "inc", timeout=2) == 1, "the node still runs other handlers"
+    for w in waiters:
+        rebeam.send(w, "go")
+    assert {rebeam.receive(match=lambda m: m[0] == "went", timeout=5)[1]
+            for _ in waiters} == set(waiters)
+
+
+def test_many_function_processes_waiting_in_receive():
+    me = rebeam.self_pid()
+
+    def echo_once():
+        rebeam.send(me, ("echo", rebeam.receive(timeout=10)))
+
+    pids = [rebeam.spawn(echo_once) for _ in range(300)]
+    for i, pid in enumerate(pids):
+        rebeam.send(pid, i)
+    got = sorted(rebeam.receive(timeout=5)[1] for _ in pids)
+    assert got == list(range(300))

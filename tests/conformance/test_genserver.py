@@ -7,7 +7,7 @@ import time
 import pytest
 
 import rebeam
-from _util import expect, forever, nothing, wait_down, wait_exit
+from _util import expect, forever, nothing, wait_down, wait_exit, warm
 
 
 class Recorder(rebeam.GenServer):
@@ -206,22 +206,37 @@ def test_idle_timeout_sends_timeout_to_handle_info():
     assert rebeam.receive(timeout=5) == ("info", rebeam.TIMEOUT)
 
 
-def test_any_message_cancels_the_idle_timeout():
+@pytest.mark.parametrize("warmed", [False, True])
+@pytest.mark.parametrize("interruption", ["send", "cast", "call"])
+def test_any_message_cancels_the_idle_timeout(interruption, warmed):
     class Idle(rebeam.GenServer):
         def init(self, owner):
             self.owner = owner
 
         def handle_call(self, request, sender):
-            rebeam.set_timeout(0.1)
-            return "armed"
+            if request == "arm":
+                rebeam.set_timeout(0.1)
+            return request
+
+        def handle_cast(self, request):
+            rebeam.send(self.owner, ("cast", request))
 
         def handle_info(self, message):
             rebeam.send(self.owner, ("info", message))
 
     pid = rebeam.spawn(Idle, rebeam.self_pid())
-    assert rebeam.call(pid, "arm") == "armed"
-    rebeam.send(pid, "interrupting")  # arrives before the timeout, cancels it
-    assert rebeam.receive(timeout=5) == ("info", "interrupting")
+    if warmed:
+        warm(pid)
+    assert rebeam.call(pid, "arm") == "arm"
+    # arrives before the timeout, and cancels it
+    if interruption == "send":
+        rebeam.send(pid, "interrupting")
+        assert rebeam.receive(timeout=5) == ("info", "interrupting")
+    elif interruption == "cast":
+        rebeam.cast(pid, "interrupting")
+        assert rebeam.receive(timeout=5) == ("cast", "interrupting")
+    else:
+        assert rebeam.call(pid, "interrupting") == "interrupting"
     assert nothing(0.25), "no TIMEOUT after another message arrived"
 
 
