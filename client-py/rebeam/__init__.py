@@ -21,7 +21,7 @@ from ._errors import (
     UnknownName,
 )
 from ._genserver import GenServer
-from ._globals import register_global, whereis_global
+from ._globals import register_global, unregister_global, whereis_global
 from ._native import IN_NODE, native
 from ._process import (
     Pid,
@@ -78,7 +78,7 @@ __all__ = [
     "noreply", "pg", "process_info", "processes", "receive", "register", "register_global",
     "registered", "registry", "reply", "run", "self_pid", "send", "send_after", "set_timeout",
     "spawn", "spawn_link", "spawn_monitor", "start_child", "stop", "table", "terminate_child",
-    "trap_exits", "unlink", "unregister", "whereis", "whereis_global", "which_children",
+    "trap_exits", "unlink", "unregister", "unregister_global", "whereis", "whereis_global", "which_children",
 ]
 
 if TYPE_CHECKING:

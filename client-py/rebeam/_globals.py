@@ -1,22 +1,26 @@
-"""Cluster-wide names (``Global``): held by the controller's replicated registry."""
+"""Cluster-wide names (``Global``): held by the controller's replicated registry, cached on
+every node from its watch stream."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._errors import Error
+from ._native import native
 
 
-def register_global(name: str, pid: Any) -> None:
-    """Registers ``name`` cluster-wide for ``pid``."""
-    raise Error(
-        f"cannot register Global({name!r}): this node is not joined to a cluster controller; "
-        "global names arrive with cluster mode"
-    )
+def register_global(name: str, pid: Any = None) -> None:
+    """Registers ``name`` cluster-wide for ``pid`` (default: the calling process).
+
+    Raises :class:`rebeam.NameTaken` (with the holder) if another process holds it. The
+    name is released when the process exits or its node is declared dead."""
+    native.register_global(name, pid if pid is not None else native.self_pid())
+
+
+def unregister_global(name: str) -> None:
+    """Releases a cluster-wide name."""
+    native.unregister_global(name)
 
 
 def whereis_global(name: str) -> Any:
-    """The holder of the cluster-wide ``name``, or None."""
-    raise Error(
-        f"cannot look up Global({name!r}): this node is not joined to a cluster controller"
-    )
+    """The process holding the cluster-wide ``name``, or None."""
+    return native.whereis_global(name)

@@ -1,4 +1,5 @@
 //! Re:BEAM worker node: an OTP-style actor runtime in Rust hosting Python actors.
 
+pub mod cluster;
 pub mod python;
 pub mod runtime;

@@ -4,6 +4,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use rebeam_node::cluster::peers::PeerService;
+use rebeam_node::cluster::{control, Cluster, ClusterConfig};
 use rebeam_node::python::{self, NodeConfig};
 use rebeam_node::runtime::Reason;
 use std::path::PathBuf;
@@ -30,6 +32,27 @@ struct Cli {
     /// Executor threads to start with (the pool grows while handlers block).
     #[arg(long, default_value_t = 2, env = "REBEAM_EXECUTORS")]
     executors: usize,
+    /// Join the cluster whose controllers listen here (comma-separated `host:port`).
+    #[arg(long, value_delimiter = ',', env = "REBEAM_CONTROLLERS")]
+    controllers: Vec<String>,
+    /// Where this node's peer service listens (cluster mode).
+    #[arg(long, default_value = "127.0.0.1:0", env = "REBEAM_LISTEN")]
+    listen: std::net::SocketAddr,
+    /// The peer address other nodes dial, if not the listen address.
+    #[arg(long, env = "REBEAM_ADVERTISE")]
+    advertise: Option<String>,
+    /// A placement label `key=value` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Most top-level children the controller may place here (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    capacity: u32,
+    /// The cluster secret (required in cluster mode).
+    #[arg(long, env = "REBEAM_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Where fetched application code is kept.
+    #[arg(long, env = "REBEAM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Arguments passed to the script or module as sys.argv[1:].
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -52,22 +75,53 @@ fn main() {
             1
         }
     };
+    exit_process(code);
+}
+
+/// Flushes Python's streams, removes the dev scratch directory and exits, without
+/// finalizing the interpreter (executor threads stay attached to it).
+fn exit_process(code: i32) -> ! {
     flush_python();
-    // Exit without finalizing the interpreter: executor threads stay attached to it.
+    if let Some(dir) = DEV_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     std::process::exit(code);
 }
 
 fn run(cli: Cli) -> Result<i32> {
-    if !cli.dev {
-        bail!("only single-machine mode exists so far: pass --dev");
+    if cli.dev != cli.controllers.is_empty() {
+        bail!("pass either --dev (a single-machine node) or --controllers ADDR[,ADDR...] (join a cluster)");
     }
     pyo3::append_to_inittab!(_rebeam_native);
     Python::initialize();
-    python::start_node(&NodeConfig {
+    let rt = python::start_node(&NodeConfig {
         name: cli.name.clone(),
         executors: cli.executors,
         ..NodeConfig::default()
     });
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rebeam-io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    if cli.dev {
+        let (controllers, secret, data_dir) = start_dev_controller(&cli, &tokio)?;
+        join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir)?;
+    } else {
+        let secret = cli
+            .secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .context("cluster mode needs the cluster secret: --secret or REBEAM_SECRET")?;
+        let data_dir = cli
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("rebeam-data").join(&cli.name));
+        join_cluster(&cli, &rt, &tokio, cli.controllers.clone(), secret, data_dir)?;
+    }
+    // The I/O runtime lives as long as the process.
+    std::mem::forget(tokio);
     Python::attach(|py| -> Result<()> {
         py.import("rebeam")
             .map_err(|e| python_error(py, e))
@@ -105,7 +159,125 @@ fn run(cli: Cli) -> Result<i32> {
                 .map(drop)
         });
     }
+    if !cli.controllers.is_empty() {
+        return serve_cluster();
+    }
     bail!("nothing to run: pass --app DIR, --run SCRIPT or -m MODULE");
+}
+
+/// The embedded default: a one-member controller in this process, state in `--data-dir`
+/// (or a fresh directory removed at exit), so global names, groups and apps work on one
+/// machine exactly as in a cluster.
+fn start_dev_controller(
+    cli: &Cli,
+    tokio: &tokio::runtime::Runtime,
+) -> Result<(Vec<String>, String, PathBuf)> {
+    let data_dir = match &cli.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = std::env::temp_dir().join(format!(
+                "rebeam-dev-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            DEV_DIR.set(dir.clone()).ok();
+            dir
+        }
+    };
+    let secret = cli
+        .secret
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let config =
+        rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
+    let handle = tokio
+        .block_on(rebeam_controller::start(config))
+        .context("starting the embedded controller")?;
+    tokio
+        .block_on(handle.wait_for_leader(std::time::Duration::from_secs(10)))
+        .context("the embedded controller did not elect itself")?;
+    let api = handle.api_addr().to_string();
+    tracing::info!("dev controller at http://{api}");
+    // The controller lives as long as the process.
+    std::mem::forget(handle);
+    Ok((vec![api], secret, data_dir.join("node")))
+}
+
+/// The dev node's scratch directory, removed at exit.
+static DEV_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Starts the cluster side: the peer service, then join (waits until a controller answers).
+fn join_cluster(
+    cli: &Cli,
+    rt: &std::sync::Arc<python::PyRuntime>,
+    tokio: &tokio::runtime::Runtime,
+    controllers: Vec<String>,
+    secret: String,
+    data_dir: PathBuf,
+) -> Result<()> {
+    let mut labels = std::collections::HashMap::new();
+    for label in &cli.labels {
+        let (k, v) = label
+            .split_once('=')
+            .with_context(|| format!("--label {label:?} must be KEY=VALUE"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let listener = tokio
+        .block_on(tokio::net::TcpListener::bind(cli.listen))
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let bound = listener.local_addr()?;
+    let config = ClusterConfig {
+        controllers,
+        listen: bound,
+        advertise: cli.advertise.clone(),
+        labels,
+        capacity: cli.capacity,
+        secret: secret.clone(),
+        data_dir,
+    };
+    let cluster = Cluster::new(rt.clone(), tokio.handle().clone(), config);
+    let _ = rt.host.cluster.set(cluster.clone());
+    let auth = rebeam_controller::auth::Authenticator::new(vec![secret]);
+    let service = rebeam_proto::peer_service_server::PeerServiceServer::with_interceptor(
+        PeerService {
+            cluster: cluster.clone(),
+        },
+        move |req| auth.check(req),
+    );
+    tokio.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+        if let Err(err) = served {
+            tracing::error!("peer service stopped: {err}");
+        }
+    });
+    let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+    tokio.spawn(control::run(cluster, joined_tx));
+    let incarnation = Python::attach(|py| py.detach(|| tokio.block_on(joined_rx)))
+        .context("the control loop stopped before joining")?;
+    if !cli.dev {
+        eprintln!(
+            "rebeam-node: {} joined the cluster (incarnation {incarnation}), peers dial {bound}",
+            cli.name
+        );
+    }
+    Ok(())
+}
+
+/// A cluster node with nothing else to run serves its placed children until SIGINT/SIGTERM.
+fn serve_cluster() -> Result<i32> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
+    let signal = Python::attach(|py| py.detach(|| signals.forever().next()));
+    eprintln!("rebeam-node: stopping on signal {signal:?}");
+    Ok(0)
 }
 
 /// The `_rebeam_native` module, registered before the interpreter starts.
@@ -174,10 +346,7 @@ fn run_app(dir: &std::path::Path) -> Result<i32> {
                         );
                         rt.exit_signal(pid, pid, Reason::Shutdown);
                     }
-                    _ => {
-                        flush_python();
-                        std::process::exit(130);
-                    }
+                    _ => exit_process(130),
                 }
             }
         })

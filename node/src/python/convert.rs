@@ -65,7 +65,10 @@ pub fn install(py: Python<'_>, types: &Bound<'_, PyDict>) -> PyResult<()> {
         timeout_message: get("TIMEOUT")?,
         global: get("Global")?,
         cleanup: get("cleanup")?,
-        format_exception: py.import("traceback")?.getattr("format_exception")?.unbind(),
+        format_exception: py
+            .import("traceback")?
+            .getattr("format_exception")?
+            .unbind(),
     };
     let _ = TYPES.set(py, installed);
     Ok(())
@@ -73,9 +76,9 @@ pub fn install(py: Python<'_>, types: &Bound<'_, PyDict>) -> PyResult<()> {
 
 /// The installed types; errors if the `rebeam` package was not imported.
 pub fn types(py: Python<'_>) -> PyResult<&PyTypes> {
-    TYPES
-        .get(py)
-        .ok_or_else(|| PyRuntimeError::new_err("the rebeam package is not initialised; import rebeam"))
+    TYPES.get(py).ok_or_else(|| {
+        PyRuntimeError::new_err("the rebeam package is not initialised; import rebeam")
+    })
 }
 
 /// Builds an exception instance of `class` with `args`.
@@ -104,10 +107,11 @@ pub fn reason_to_py<'py>(py: Python<'py>, reason: &Reason) -> PyResult<Bound<'py
             let extra = Term::from_bytes(py, term)?;
             Ok(PyTuple::new(py, [PyString::new(py, "shutdown").into_any(), extra])?.into_any())
         }
-        Reason::Crash(c) => types(py)?
-            .crash
-            .bind(py)
-            .call1((c.kind.as_str(), c.message.as_str(), c.traceback.as_str())),
+        Reason::Crash(c) => types(py)?.crash.bind(py).call1((
+            c.kind.as_str(),
+            c.message.as_str(),
+            c.traceback.as_str(),
+        )),
         Reason::Other(term) => Term::from_bytes(py, term),
     }
 }
@@ -149,7 +153,11 @@ pub fn crash_reason(py: Python<'_>, err: &PyErr) -> Reason {
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "Exception".into());
-    let message = err.value(py).str().map(|s| s.to_string()).unwrap_or_default();
+    let message = err
+        .value(py)
+        .str()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     let traceback = types(py)
         .and_then(|t| {
             t.format_exception
@@ -172,13 +180,36 @@ pub fn pid_to_py(py: Python<'_>, pid: Pid) -> PyResult<Bound<'_, PyAny>> {
 }
 
 /// What a mailbox entry looks like to Python code that receives it.
-pub fn envelope_to_py<'py>(py: Python<'py>, envelope: &Envelope<Term>) -> PyResult<Bound<'py, PyAny>> {
+pub fn envelope_to_py<'py>(
+    py: Python<'py>,
+    envelope: &Envelope<Term>,
+) -> PyResult<Bound<'py, PyAny>> {
     match envelope {
         Envelope::Info(m) => m.to_py(py),
-        Envelope::Cast(m) => Ok(PyTuple::new(py, [PyString::new(py, "$cast").into_any(), m.to_py(py)?])?.into_any()),
-        Envelope::Call { request, from, slot } => {
-            let sender = Bound::new(py, super::objects::Sender { slot: slot.clone(), from: *from })?;
-            Ok(PyTuple::new(py, [PyString::new(py, "$call").into_any(), request.to_py(py)?, sender.into_any()])?.into_any())
+        Envelope::Cast(m) => {
+            Ok(PyTuple::new(py, [PyString::new(py, "$cast").into_any(), m.to_py(py)?])?.into_any())
+        }
+        Envelope::Call {
+            request,
+            from,
+            slot,
+        } => {
+            let sender = Bound::new(
+                py,
+                super::objects::Sender {
+                    slot: slot.clone(),
+                    from: *from,
+                },
+            )?;
+            Ok(PyTuple::new(
+                py,
+                [
+                    PyString::new(py, "$call").into_any(),
+                    request.to_py(py)?,
+                    sender.into_any(),
+                ],
+            )?
+            .into_any())
         }
         Envelope::Exit { from, reason } => exit_value(py, *from, reason),
         Envelope::Down { mref, pid, reason } => down_value(py, *mref, *pid, reason),
@@ -195,7 +226,12 @@ pub fn exit_value<'py>(py: Python<'py>, pid: Pid, reason: &Reason) -> PyResult<B
 }
 
 /// `Down(ref, pid, reason)`.
-pub fn down_value<'py>(py: Python<'py>, mref: Ref, pid: Pid, reason: &Reason) -> PyResult<Bound<'py, PyAny>> {
+pub fn down_value<'py>(
+    py: Python<'py>,
+    mref: Ref,
+    pid: Pid,
+    reason: &Reason,
+) -> PyResult<Bound<'py, PyAny>> {
     types(py)?.down.bind(py).call1((
         Bound::new(py, PyRef(mref))?,
         pid_to_py(py, pid)?,

@@ -4,7 +4,7 @@
 use super::convert;
 use super::executor::Pool;
 use super::term::Term;
-use crate::runtime::{Host, Pid, Process, Reason, Runtime, Timers};
+use crate::runtime::{Host, Outbound, Pid, Process, Reason, Runtime, Timers};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use std::cell::RefCell;
@@ -31,6 +31,8 @@ pub struct PyData {
     pub handled: AtomicU64,
     /// A handler once ran too long to be run on a caller's thread again.
     pub slow: AtomicBool,
+    /// The controller wants to hear of this process's exit (top-level child, global name).
+    pub report_exit: AtomicBool,
     /// This process's thread is running a callee's handler (an inline call): killing this
     /// process must not interrupt that handler; the call raises when the handler returns.
     pub lent: AtomicBool,
@@ -42,6 +44,8 @@ pub struct PyHost {
     pub pool: Pool,
     /// The timer service, set once the runtime exists.
     pub timers: OnceLock<Arc<Timers<Term>>>,
+    /// The cluster, when the node joined one.
+    pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Host for PyHost {
@@ -73,7 +77,19 @@ impl Host for PyHost {
         });
     }
 
-    fn exited(&self, process: &Arc<PyProcess>, _reason: &Reason) {
+    fn route(&self, out: Outbound<Term>) -> Result<(), Outbound<Term>> {
+        match self.cluster.get() {
+            Some(cluster) => cluster.route(out),
+            None => Err(out),
+        }
+    }
+
+    fn exited(&self, process: &Arc<PyProcess>, reason: &Reason) {
+        if process.data.report_exit.load(Ordering::Acquire) {
+            if let Some(cluster) = self.cluster.get() {
+                cluster.report_exit(process.pid, reason);
+            }
+        }
         if !process.data.cleanup.load(Ordering::Acquire) {
             return;
         }
@@ -183,6 +199,7 @@ pub fn start_node(config: &NodeConfig) -> Arc<PyRuntime> {
             let host = PyHost {
                 pool: Pool::new(config.max_executors),
                 timers: OnceLock::new(),
+                cluster: OnceLock::new(),
             };
             let rt = Arc::new(Runtime::new(&config.name, incarnation, host));
             let _ = rt.host.timers.set(Timers::start(Arc::downgrade(&rt)));

@@ -51,16 +51,91 @@ fn resolve(dest: &Bound<'_, PyAny>) -> PyResult<Option<Pid>> {
     }
     let py = dest.py();
     if dest.is_instance(types(py)?.global.bind(py))? {
-        return Err(error(
-            py,
-            &types(py)?.error,
-            ("global names need the cluster controller, which this node is not joined to",),
-        ));
+        let name: String = dest.getattr("name")?.extract()?;
+        let cluster = cluster(py)?;
+        if let Some(pid) = cluster.whereis_cached(&name) {
+            return Ok(Some(pid));
+        }
+        return py
+            .detach(|| cluster.whereis_global(&name))
+            .map_err(|s| controller_error(py, &s));
     }
     let type_name = dest.get_type().name()?.to_string();
     Err(PyTypeError::new_err(format!(
         "a destination must be a Pid, a local name (str) or Global(name), not {type_name}"
     )))
+}
+
+/// The cluster this node joined, or a clear error on a single-machine node.
+fn cluster(py: Python<'_>) -> PyResult<&'static Arc<crate::cluster::Cluster>> {
+    rt()?.host.cluster.get().ok_or_else(|| {
+        error(
+            py,
+            &types(py)
+                .map(|t| t.error.clone_ref(py))
+                .unwrap_or_else(|_| py.None()),
+            ("global names need a cluster: start the node with --controllers ADDR",),
+        )
+    })
+}
+
+fn controller_error(py: Python<'_>, status: &tonic::Status) -> PyErr {
+    error(
+        py,
+        &types(py)
+            .map(|t| t.error.clone_ref(py))
+            .unwrap_or_else(|_| py.None()),
+        (format!("the controller refused: {}", status.message()),),
+    )
+}
+
+/// `register_global(name, pid)`: a cluster-wide unique name, held by the controller.
+#[pyfunction]
+fn register_global(py: Python<'_>, name: &str, pid: &Bound<'_, PyPid>) -> PyResult<()> {
+    check_name(name)?;
+    let cluster = cluster(py)?;
+    let pid = pid.get().0;
+    match py.detach(|| cluster.register_global(name, pid)) {
+        Ok(Ok(())) => {
+            if let Some(p) = rt()?.lookup(pid) {
+                p.data.report_exit.store(true, Ordering::Release);
+            }
+            Ok(())
+        }
+        Ok(Err(holder)) => Err(error(
+            py,
+            &types(py)?.name_taken,
+            (name, convert::pid_to_py(py, holder)?),
+        )),
+        Err(status) => Err(controller_error(py, &status)),
+    }
+}
+
+/// `unregister_global(name)`.
+#[pyfunction]
+fn unregister_global(py: Python<'_>, name: &str) -> PyResult<()> {
+    let cluster = cluster(py)?;
+    py.detach(|| cluster.unregister_global(name))
+        .map_err(|s| controller_error(py, &s))
+}
+
+/// `whereis_global(name)` → Pid or None.
+#[pyfunction]
+fn whereis_global(py: Python<'_>, name: &str) -> PyResult<Option<PyPid>> {
+    let cluster = cluster(py)?;
+    py.detach(|| cluster.whereis_global(name))
+        .map(|p| p.map(PyPid))
+        .map_err(|s| controller_error(py, &s))
+}
+
+/// The cluster's members as this node sees them: [(name, incarnation, address, alive)].
+#[pyfunction]
+fn cluster_members(py: Python<'_>) -> PyResult<Vec<(String, u64, String, bool)>> {
+    Ok(cluster(py)?
+        .members()
+        .into_iter()
+        .map(|(n, m)| (n, m.incarnation, m.address, m.alive))
+        .collect())
 }
 
 fn unknown_name(py: Python<'_>, dest: &Bound<'_, PyAny>) -> PyResult<PyErr> {
@@ -345,6 +420,12 @@ fn call<'py>(
         from: me.as_ref().map(|m| m.pid),
         slot: slot.clone(),
     };
+    if rt.is_remote(pid) {
+        if rt.send(pid, envelope).is_err() {
+            return Err(exit_error(py, pid, &Reason::Noconnection)?);
+        }
+        return wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
+    }
     let Some(callee) = rt.lookup(pid) else {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     };
@@ -365,7 +446,20 @@ fn call<'py>(
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     }
     drop(callee);
-    if let Some(m) = &me {
+    wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout)
+}
+
+/// Waits for a call's reply (or takes the one already given on this thread).
+fn wait_for_reply<'py>(
+    py: Python<'py>,
+    rt: &Arc<PyRuntime>,
+    me: Option<&Arc<PyProcess>>,
+    pid: Pid,
+    slot: &Arc<CallSlot<Term>>,
+    deadline: Option<Instant>,
+    timeout: Option<f64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(m) = me {
         rt.block_on(m, Some(slot.clone()));
     }
     let outcome = if slot.is_complete() {
@@ -376,7 +470,7 @@ fn call<'py>(
         let _blocking = Blocking::begin(rt);
         py.detach(|| slot.wait(deadline))
     };
-    if let Some(m) = &me {
+    if let Some(m) = me {
         rt.block_on(m, None);
         still_alive(py, m)?;
     }
@@ -855,5 +949,9 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process_info, m)?)?;
     m.add_function(wrap_pyfunction!(processes, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(register_global, m)?)?;
+    m.add_function(wrap_pyfunction!(unregister_global, m)?)?;
+    m.add_function(wrap_pyfunction!(whereis_global, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster_members, m)?)?;
     Ok(())
 }

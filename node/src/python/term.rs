@@ -8,9 +8,15 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyFrozenSet, PyInt, PyString, PyTuple};
 
 /// A message payload as held in a mailbox.
-pub struct Term {
-    obj: Py<PyAny>,
-    pickled: bool,
+pub struct Term(Repr);
+
+enum Repr {
+    /// An immutable value, shared by reference.
+    Shared(Py<PyAny>),
+    /// A pickle (a Python `bytes`) made at send time.
+    Pickled(Py<PyAny>),
+    /// A pickle that arrived from another node; made into Python only by the receiver.
+    Wire(Vec<u8>),
 }
 
 /// Nesting depth beyond which a tuple is copied rather than checked element by element.
@@ -51,17 +57,11 @@ impl Term {
     /// Takes a value for sending: shared when immutable, else pickled now.
     pub fn copy_in(value: &Bound<'_, PyAny>) -> PyResult<Term> {
         if is_immutable(value, 0) {
-            return Ok(Term {
-                obj: value.clone().unbind(),
-                pickled: false,
-            });
+            return Ok(Term(Repr::Shared(value.clone().unbind())));
         }
         let py = value.py();
         match pickle_fn(py, "dumps")?.call1((value, 5)) {
-            Ok(bytes) => Ok(Term {
-                obj: bytes.unbind(),
-                pickled: true,
-            }),
+            Ok(bytes) => Ok(Term(Repr::Pickled(bytes.unbind()))),
             Err(cause) => {
                 let type_name = value
                     .get_type()
@@ -80,10 +80,24 @@ impl Term {
 
     /// Gives the receiver its own value.
     pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        if self.pickled {
-            pickle_fn(py, "loads")?.call1((self.obj.bind(py),))
-        } else {
-            Ok(self.obj.bind(py).clone())
+        match &self.0 {
+            Repr::Shared(obj) => Ok(obj.bind(py).clone()),
+            Repr::Pickled(bytes) => pickle_fn(py, "loads")?.call1((bytes.bind(py),)),
+            Repr::Wire(bytes) => Self::from_bytes(py, bytes),
+        }
+    }
+
+    /// A payload received from another node; needs no interpreter until it is read.
+    pub fn from_wire(bytes: Vec<u8>) -> Term {
+        Term(Repr::Wire(bytes))
+    }
+
+    /// The pickle to put on the wire to another node.
+    pub fn to_wire(&self, py: Python<'_>) -> PyResult<Vec<u8>> {
+        match &self.0 {
+            Repr::Shared(obj) => Self::to_bytes(obj.bind(py)),
+            Repr::Pickled(bytes) => Ok(bytes.bind(py).cast::<PyBytes>()?.as_bytes().to_vec()),
+            Repr::Wire(bytes) => Ok(bytes.clone()),
         }
     }
 

@@ -15,11 +15,20 @@ pub enum CallResult<M> {
     CallerKilled,
 }
 
+/// Sends a completion elsewhere (to the caller's node, for a call that came over the wire).
+pub type Forward<M> = Box<dyn FnOnce(CallResult<M>) + Send>;
+
 /// Where exactly one reply to one call goes; the first completion wins.
-#[derive(Debug)]
 pub struct CallSlot<M> {
     result: Mutex<Option<CallResult<M>>>,
     done: Condvar,
+    forward: Mutex<Option<Forward<M>>>,
+}
+
+impl<M> std::fmt::Debug for CallSlot<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallSlot")
+    }
 }
 
 impl<M> Default for CallSlot<M> {
@@ -27,6 +36,7 @@ impl<M> Default for CallSlot<M> {
         CallSlot {
             result: Mutex::new(None),
             done: Condvar::new(),
+            forward: Mutex::new(None),
         }
     }
 }
@@ -38,9 +48,22 @@ impl<M> CallSlot<M> {
         if slot.is_some() {
             return Err(result);
         }
+        if let Some(forward) = self.forward.lock().take() {
+            *slot = Some(CallResult::CallerKilled);
+            drop(slot);
+            forward(result);
+            return Ok(());
+        }
         *slot = Some(result);
         self.done.notify_all();
         Ok(())
+    }
+
+    /// A slot whose completion is handed to `forward` instead of a waiting thread.
+    pub fn forwarding(forward: Forward<M>) -> Self {
+        let slot = CallSlot::default();
+        *slot.forward.lock() = Some(forward);
+        slot
     }
 
     /// True once a result is in.

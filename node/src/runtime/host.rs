@@ -1,8 +1,75 @@
 //! The seam between the actor core and whatever runs handlers (embedded Python, or tests).
 
-use super::process::Process;
+use super::pid::{Pid, Ref};
+use super::process::{Envelope, Process};
 use super::reason::Reason;
 use std::sync::Arc;
+
+/// A message or signal for a process on another node.
+#[derive(Debug)]
+pub enum Outbound<M> {
+    /// A message (raw send, cast, or call with its reply slot).
+    Message {
+        /// The remote process.
+        to: Pid,
+        /// What to deliver.
+        envelope: Envelope<M>,
+    },
+    /// Link our `from` to the remote `to`.
+    Link {
+        /// Our process.
+        from: Pid,
+        /// The remote process.
+        to: Pid,
+    },
+    /// Remove that link.
+    Unlink {
+        /// Our process.
+        from: Pid,
+        /// The remote process.
+        to: Pid,
+    },
+    /// An exit signal: along a link when `link`, else from `exit()`.
+    Exit {
+        /// The process it comes from.
+        from: Pid,
+        /// The remote process.
+        to: Pid,
+        /// The reason.
+        reason: Reason,
+        /// True for link propagation.
+        link: bool,
+    },
+    /// Our `watcher` monitors the remote `target`.
+    Monitor {
+        /// Our process.
+        watcher: Pid,
+        /// The remote process.
+        target: Pid,
+        /// The monitor's reference.
+        mref: Ref,
+    },
+    /// Our `watcher` drops that monitor.
+    Demonitor {
+        /// Our process.
+        watcher: Pid,
+        /// The remote process.
+        target: Pid,
+        /// The monitor's reference.
+        mref: Ref,
+    },
+    /// Our `target` died: the remote `watcher`'s monitor fires.
+    Down {
+        /// The remote watcher.
+        watcher: Pid,
+        /// Our process.
+        target: Pid,
+        /// The monitor's reference.
+        mref: Ref,
+        /// Why it died.
+        reason: Reason,
+    },
+}
 
 /// What the core needs from the layer that executes process code.
 pub trait Host: Send + Sync + Sized + 'static {
@@ -17,4 +84,7 @@ pub trait Host: Send + Sync + Sized + 'static {
     /// A process exited; called after its name was released and before its links and
     /// monitors fire, with no core lock held.
     fn exited(&self, process: &Arc<Process<Self>>, reason: &Reason);
+
+    /// Sends something to another node; gives it back when that node is unknown or lost.
+    fn route(&self, out: Outbound<Self::Msg>) -> Result<(), Outbound<Self::Msg>>;
 }

@@ -16,7 +16,7 @@ pub mod timer;
 mod tests;
 
 pub use call::{CallResult, CallSlot};
-pub use host::Host;
+pub use host::{Host, Outbound};
 pub use node::Runtime;
 pub use pid::{NodeId, Pid, Ref};
 pub use process::{Envelope, Kind, Process, Status};

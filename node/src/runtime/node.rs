@@ -2,7 +2,7 @@
 //! and local names. Plain Rust; the host runs the code.
 
 use super::call::{CallResult, CallSlot};
-use super::host::Host;
+use super::host::{Host, Outbound};
 use super::pid::{NodeId, Pid, Ref};
 use super::process::{Envelope, Kind, Process, Status};
 use super::reason::Reason;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// One node's processes and the operations on them.
 pub struct Runtime<H: Host> {
     node: NodeId,
-    incarnation: u64,
+    incarnation: AtomicU64,
     serials: AtomicU64,
     refs: AtomicU64,
     table: ProcessTable<H>,
@@ -31,7 +31,7 @@ impl<H: Host> Runtime<H> {
     pub fn new(node: &str, incarnation: u64, host: H) -> Self {
         Runtime {
             node: NodeId::intern(node),
-            incarnation,
+            incarnation: AtomicU64::new(incarnation),
             serials: AtomicU64::new(1),
             refs: AtomicU64::new(1),
             table: ProcessTable::default(),
@@ -48,7 +48,13 @@ impl<H: Host> Runtime<H> {
 
     /// This node's incarnation.
     pub fn incarnation(&self) -> u64 {
-        self.incarnation
+        self.incarnation.load(Ordering::Acquire)
+    }
+
+    /// Starts a new life of this node (after a rejoin): pids of the old incarnation no
+    /// longer resolve here. Callers kill the old processes first.
+    pub fn set_incarnation(&self, incarnation: u64) {
+        self.incarnation.store(incarnation, Ordering::Release);
     }
 
     /// A fresh unique reference.
@@ -68,7 +74,7 @@ impl<H: Host> Runtime<H> {
 
     /// True when `pid` belongs to this node incarnation.
     pub fn is_local(&self, pid: Pid) -> bool {
-        pid.node == self.node && pid.incarnation == self.incarnation
+        pid.node == self.node && pid.incarnation == self.incarnation()
     }
 
     /// Finds a live local process.
@@ -89,7 +95,7 @@ impl<H: Host> Runtime<H> {
     ) -> Arc<Process<H>> {
         let pid = Pid {
             node: self.node,
-            incarnation: self.incarnation,
+            incarnation: self.incarnation(),
             serial: self.serials.fetch_add(1, Ordering::Relaxed),
         };
         let parent = link.map(|p| p.pid);
@@ -122,10 +128,24 @@ impl<H: Host> Runtime<H> {
     /// Delivers an envelope; gives it back when the target is not alive (the caller drops it
     /// outside any lock).
     pub fn send(&self, pid: Pid, envelope: Envelope<H::Msg>) -> Result<(), Envelope<H::Msg>> {
+        if self.is_remote(pid) {
+            return self
+                .host
+                .route(Outbound::Message { to: pid, envelope })
+                .map_err(|out| match out {
+                    Outbound::Message { envelope, .. } => envelope,
+                    _ => unreachable!("route gives back what it was given"),
+                });
+        }
         match self.lookup(pid) {
             Some(process) => self.deliver(&process, envelope),
             None => Err(envelope),
         }
+    }
+
+    /// True when `pid` lives on another node (not an old incarnation of this one).
+    pub fn is_remote(&self, pid: Pid) -> bool {
+        pid.node != self.node
     }
 
     /// Delivers an envelope to a known process.
@@ -224,6 +244,24 @@ impl<H: Host> Runtime<H> {
         if other == process.pid {
             return;
         }
+        if self.is_remote(other) {
+            let routed = self
+                .host
+                .route(Outbound::Link {
+                    from: process.pid,
+                    to: other,
+                })
+                .is_ok();
+            if routed {
+                let mut st = process.lock();
+                if !st.links.contains(&other) {
+                    st.links.push(other);
+                }
+            } else {
+                self.deliver_exit(process, other, Reason::Noconnection);
+            }
+            return;
+        }
         let added = match self.lookup(other) {
             Some(target) => {
                 let mut st = target.lock();
@@ -251,6 +289,13 @@ impl<H: Host> Runtime<H> {
     /// Removes a link in both directions.
     pub fn unlink(&self, process: &Arc<Process<H>>, other: Pid) {
         process.lock().links.retain(|p| *p != other);
+        if self.is_remote(other) {
+            let _ = self.host.route(Outbound::Unlink {
+                from: process.pid,
+                to: other,
+            });
+            return;
+        }
         if let Some(target) = self.lookup(other) {
             target.lock().links.retain(|p| *p != process.pid);
         }
@@ -259,6 +304,29 @@ impl<H: Host> Runtime<H> {
     /// Monitors `target` for `watcher`; a dead target yields `Down(noproc)` at once.
     pub fn monitor(&self, watcher: &Arc<Process<H>>, target: Pid) -> Ref {
         let mref = self.make_ref();
+        if self.is_remote(target) {
+            let routed = self
+                .host
+                .route(Outbound::Monitor {
+                    watcher: watcher.pid,
+                    target,
+                    mref,
+                })
+                .is_ok();
+            if routed {
+                watcher.lock().watching.push((mref, target));
+            } else {
+                let _ = self.deliver(
+                    watcher,
+                    Envelope::Down {
+                        mref,
+                        pid: target,
+                        reason: Reason::Noconnection,
+                    },
+                );
+            }
+            return mref;
+        }
         let added = match self.lookup(target) {
             Some(t) => {
                 let mut st = t.lock();
@@ -294,14 +362,21 @@ impl<H: Host> Runtime<H> {
             found.map(|i| st.watching.swap_remove(i).1)
         };
         let Some(target) = target else { return false };
-        if let Some(t) = self.lookup(target) {
-            t.lock().watchers.retain(|(r, _)| *r != mref);
-        }
+        self.drop_watcher(target, mref, watcher.pid);
         true
     }
 
     /// `exit(pid, reason)`: sends an exit signal from `from` to `to`, as OTP does.
     pub fn exit_signal(&self, from: Pid, to: Pid, reason: Reason) {
+        if self.is_remote(to) {
+            let _ = self.host.route(Outbound::Exit {
+                from,
+                to,
+                reason,
+                link: false,
+            });
+            return;
+        }
         if let Some(target) = self.lookup(to) {
             if reason == Reason::Kill {
                 self.terminate(&target, Reason::Killed);
@@ -354,6 +429,15 @@ impl<H: Host> Runtime<H> {
                 let _ = slot.complete(CallResult::CallerKilled);
             }
             for linked in dead.links {
+                if self.is_remote(linked) {
+                    let _ = self.host.route(Outbound::Exit {
+                        from: p.pid,
+                        to: linked,
+                        reason: reason.clone(),
+                        link: true,
+                    });
+                    continue;
+                }
                 if let Some(q) = self.lookup(linked) {
                     q.lock().links.retain(|x| *x != p.pid);
                     let trap = q.lock().trap_exit;
@@ -371,6 +455,15 @@ impl<H: Host> Runtime<H> {
                 }
             }
             for (mref, watcher) in dead.watchers {
+                if self.is_remote(watcher) {
+                    let _ = self.host.route(Outbound::Down {
+                        watcher,
+                        target: p.pid,
+                        mref,
+                        reason: reason.clone(),
+                    });
+                    continue;
+                }
                 let _ = self.send(
                     watcher,
                     Envelope::Down {
@@ -381,9 +474,7 @@ impl<H: Host> Runtime<H> {
                 );
             }
             for (mref, target) in dead.watching {
-                if let Some(t) = self.lookup(target) {
-                    t.lock().watchers.retain(|(r, _)| *r != mref);
-                }
+                self.drop_watcher(target, mref, p.pid);
             }
         }
     }
@@ -412,6 +503,174 @@ impl<H: Host> Runtime<H> {
         };
         self.table.remove(p.pid.serial);
         Some(dead)
+    }
+
+    /// Removes `watcher`'s monitor `mref` from `target`, wherever it lives.
+    fn drop_watcher(&self, target: Pid, mref: Ref, watcher: Pid) {
+        if self.is_remote(target) {
+            let _ = self.host.route(Outbound::Demonitor {
+                watcher,
+                target,
+                mref,
+            });
+        } else if let Some(t) = self.lookup(target) {
+            t.lock()
+                .watchers
+                .retain(|(r, w)| !(*r == mref && *w == watcher));
+        }
+    }
+
+    /// A peer node links its process `from` to our `to`; a dead `to` answers `noproc`.
+    pub fn remote_link(&self, from: Pid, to: Pid) {
+        let linked = match self.lookup(to) {
+            Some(target) => {
+                let mut st = target.lock();
+                if st.status == Status::Exited {
+                    false
+                } else {
+                    if !st.links.contains(&from) {
+                        st.links.push(from);
+                    }
+                    true
+                }
+            }
+            None => false,
+        };
+        if !linked {
+            let _ = self.host.route(Outbound::Exit {
+                from: to,
+                to: from,
+                reason: Reason::Noproc,
+                link: true,
+            });
+        }
+    }
+
+    /// A peer node removes the link between its `from` and our `to`.
+    pub fn remote_unlink(&self, from: Pid, to: Pid) {
+        if let Some(target) = self.lookup(to) {
+            target.lock().links.retain(|p| *p != from);
+        }
+    }
+
+    /// An exit signal from a peer's process: along a link (`link`) or from `exit()`.
+    pub fn remote_exit(&self, from: Pid, to: Pid, reason: Reason, link: bool) {
+        let Some(target) = self.lookup(to) else {
+            return;
+        };
+        if link {
+            let was_linked = {
+                let mut st = target.lock();
+                let before = st.links.len();
+                st.links.retain(|p| *p != from);
+                before != st.links.len()
+            };
+            if was_linked {
+                self.deliver_exit(&target, from, reason);
+            }
+        } else if reason == Reason::Kill {
+            self.terminate(&target, Reason::Killed);
+        } else {
+            self.deliver_exit(&target, from, reason);
+        }
+    }
+
+    /// A peer's process `watcher` monitors our `target`; a dead one answers `noproc`.
+    pub fn remote_monitor(&self, watcher: Pid, target: Pid, mref: Ref) {
+        let added = match self.lookup(target) {
+            Some(t) => {
+                let mut st = t.lock();
+                if st.status == Status::Exited {
+                    false
+                } else {
+                    st.watchers.push((mref, watcher));
+                    true
+                }
+            }
+            None => false,
+        };
+        if !added {
+            let _ = self.host.route(Outbound::Down {
+                watcher,
+                target,
+                mref,
+                reason: Reason::Noproc,
+            });
+        }
+    }
+
+    /// A peer's process drops its monitor on our `target`.
+    pub fn remote_demonitor(&self, watcher: Pid, target: Pid, mref: Ref) {
+        if let Some(t) = self.lookup(target) {
+            t.lock()
+                .watchers
+                .retain(|(r, w)| !(*r == mref && *w == watcher));
+        }
+    }
+
+    /// A monitor our `watcher` holds on a peer's process fired.
+    pub fn remote_down(&self, watcher: Pid, target: Pid, mref: Ref, reason: Reason) {
+        let Some(w) = self.lookup(watcher) else {
+            return;
+        };
+        let active = {
+            let mut st = w.lock();
+            let before = st.watching.len();
+            st.watching.retain(|(r, t)| !(*r == mref && *t == target));
+            before != st.watching.len()
+        };
+        if active {
+            let _ = self.deliver(
+                &w,
+                Envelope::Down {
+                    mref,
+                    pid: target,
+                    reason,
+                },
+            );
+        }
+    }
+
+    /// A peer node is gone: links to its processes fire `noconnection`, monitors on them
+    /// deliver `Down(noconnection)`, and its monitors on ours are dropped.
+    pub fn node_down(&self, node: NodeId) {
+        for p in self.table.all() {
+            let (links, downs) = {
+                let mut st = p.lock();
+                if st.status == Status::Exited {
+                    continue;
+                }
+                let links: Vec<Pid> = st
+                    .links
+                    .iter()
+                    .copied()
+                    .filter(|l| l.node == node)
+                    .collect();
+                st.links.retain(|l| l.node != node);
+                let downs: Vec<(Ref, Pid)> = st
+                    .watching
+                    .iter()
+                    .copied()
+                    .filter(|(_, t)| t.node == node)
+                    .collect();
+                st.watching.retain(|(_, t)| t.node != node);
+                st.watchers.retain(|(_, w)| w.node != node);
+                (links, downs)
+            };
+            for (mref, target) in downs {
+                let _ = self.deliver(
+                    &p,
+                    Envelope::Down {
+                        mref,
+                        pid: target,
+                        reason: Reason::Noconnection,
+                    },
+                );
+            }
+            for linked in links {
+                self.deliver_exit(&p, linked, Reason::Noconnection);
+            }
+        }
     }
 
     /// Registers a local name for a live process.

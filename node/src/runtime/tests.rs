@@ -7,6 +7,7 @@ use std::sync::Arc;
 #[derive(Default)]
 struct TestHost {
     exited: Mutex<Vec<(Pid, Reason)>>,
+    routed: Mutex<Vec<String>>,
 }
 
 impl Host for TestHost {
@@ -15,6 +16,10 @@ impl Host for TestHost {
     fn interrupt(&self, _process: &Arc<Process<Self>>) {}
     fn exited(&self, process: &Arc<Process<Self>>, reason: &Reason) {
         self.exited.lock().push((process.pid, reason.clone()));
+    }
+    fn route(&self, out: Outbound<Self::Msg>) -> Result<(), Outbound<Self::Msg>> {
+        self.routed.lock().push(format!("{out:?}"));
+        Ok(())
     }
 }
 
@@ -205,4 +210,83 @@ fn host_learns_of_every_exit() {
     let exited = rt.host.exited.lock();
     assert_eq!(exited.len(), 2);
     assert_eq!(rt.process_count(), 0);
+}
+
+fn remote(serial: u64) -> Pid {
+    Pid {
+        node: NodeId::intern("peer"),
+        incarnation: 1,
+        serial,
+    }
+}
+
+#[test]
+fn remote_operations_are_routed_to_the_peer() {
+    let rt = rt();
+    let a = spawn(&rt);
+    rt.link(&a, remote(1));
+    let r = rt.monitor(&a, remote(2));
+    rt.send(remote(3), Envelope::Info("hi")).unwrap();
+    rt.terminate(&a, crash());
+    let routed = rt.host.routed.lock().join("\n");
+    assert!(routed.contains("Link"), "{routed}");
+    assert!(routed.contains("Monitor"), "{routed}");
+    assert!(routed.contains("Message"), "{routed}");
+    assert!(
+        routed.contains("Exit") && routed.contains("link: true"),
+        "{routed}"
+    );
+    assert!(
+        routed.contains(&format!(
+            "Demonitor {{ watcher: {:?}, target: {:?}, mref: {:?}",
+            a.pid,
+            remote(2),
+            r
+        )),
+        "{routed}"
+    );
+}
+
+#[test]
+fn node_down_fires_noconnection_on_links_and_monitors() {
+    let rt = rt();
+    let linked = spawn(&rt);
+    let watcher = spawn(&rt);
+    rt.link(&linked, remote(1));
+    let r = rt.monitor(&watcher, remote(2));
+    rt.node_down(NodeId::intern("peer"));
+    assert_eq!(linked.exit_reason(), Some(Reason::Noconnection));
+    assert!(
+        matches!(watcher.lock().mailbox.front(), Some(Envelope::Down { mref, reason: Reason::Noconnection, .. }) if *mref == r)
+    );
+}
+
+#[test]
+fn remote_exit_along_a_link_kills_and_remote_down_delivers_once() {
+    let rt = rt();
+    let a = spawn(&rt);
+    rt.link(&a, remote(1));
+    rt.remote_exit(remote(9), a.pid, crash(), true);
+    assert!(
+        !a.is_exited(),
+        "an exit along a link that does not exist is ignored"
+    );
+    rt.remote_exit(remote(1), a.pid, crash(), true);
+    assert_eq!(a.exit_reason(), Some(crash()));
+
+    let w = spawn(&rt);
+    let r = rt.monitor(&w, remote(2));
+    rt.remote_down(w.pid, remote(2), r, Reason::Normal);
+    rt.remote_down(w.pid, remote(2), r, Reason::Normal);
+    assert_eq!(w.lock().mailbox.len(), 1);
+}
+
+#[test]
+fn remote_link_to_a_dead_process_answers_noproc() {
+    let rt = rt();
+    let dead = spawn(&rt);
+    rt.terminate(&dead, Reason::Normal);
+    rt.remote_link(remote(1), dead.pid);
+    let routed = rt.host.routed.lock().join("\n");
+    assert!(routed.contains("Noproc"), "{routed}");
 }

@@ -1,0 +1,271 @@
+//! Cluster mode: the node joins the controller, keeps its lease, follows the watch stream,
+//! runs the top-level children placed on it, and talks to peer nodes directly.
+
+pub mod control;
+pub mod peers;
+pub mod wire;
+
+use crate::python::host::PyRuntime;
+use crate::python::term::Term;
+use crate::runtime::{CallResult, CallSlot, NodeId, Outbound, Pid, Reason};
+use parking_lot::{Mutex, RwLock};
+use peers::{Inbound, PeerLink};
+use rebeam_controller::auth::BearerInjector;
+use rebeam_proto as pb;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// How a node joins a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Controller API addresses (`host:port`), any member; followers redirect to the leader.
+    pub controllers: Vec<String>,
+    /// Where the peer service listens.
+    pub listen: SocketAddr,
+    /// The peer address other nodes dial; defaults to the bound address.
+    pub advertise: Option<String>,
+    /// Labels for placement (`key=value`).
+    pub labels: HashMap<String, String>,
+    /// Most top-level children placed here; 0 for no limit.
+    pub capacity: u32,
+    /// The cluster secret.
+    pub secret: String,
+    /// Where fetched application code is unpacked.
+    pub data_dir: PathBuf,
+}
+
+/// A call waiting for a reply from another node: the node and the caller's slot.
+pub type RemoteCall = (NodeId, Arc<CallSlot<Term>>);
+
+/// What the node knows of another member.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// Its current incarnation.
+    pub incarnation: u64,
+    /// Its peer address.
+    pub address: String,
+    /// Whether the controller considers it alive.
+    pub alive: bool,
+}
+
+/// The cluster side of a node.
+pub struct Cluster {
+    /// The node's runtime.
+    pub rt: Arc<PyRuntime>,
+    /// The async runtime running gRPC.
+    pub tokio: tokio::runtime::Handle,
+    /// Adds the cluster secret to outgoing requests.
+    pub bearer: BearerInjector,
+    /// The configuration it joined with.
+    pub config: ClusterConfig,
+    /// Ids for calls that wait for a reply from another node.
+    pub next_call: AtomicU64,
+    /// Calls waiting for a reply from another node: call id → (node, slot).
+    pub calls: Mutex<HashMap<u64, RemoteCall>>,
+    /// Work for the inbound thread.
+    pub inbound: std::sync::mpsc::Sender<Inbound>,
+    links: Mutex<HashMap<NodeId, PeerLink>>,
+    members: RwLock<HashMap<NodeId, Member>>,
+    names: RwLock<HashMap<String, Pid>>,
+    /// Messages dropped because a peer's queue was full.
+    pub dropped: AtomicU64,
+    /// The controller connection.
+    pub controller: control::Controller,
+}
+
+impl Cluster {
+    /// Creates the cluster state and starts the inbound thread.
+    pub fn new(
+        rt: Arc<PyRuntime>,
+        tokio: tokio::runtime::Handle,
+        config: ClusterConfig,
+    ) -> Arc<Cluster> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cluster = Arc::new(Cluster {
+            rt,
+            tokio,
+            bearer: BearerInjector::new(&config.secret),
+            controller: control::Controller::new(config.controllers.clone(), &config.secret),
+            config,
+            next_call: AtomicU64::new(1),
+            calls: Mutex::new(HashMap::new()),
+            inbound: tx,
+            links: Mutex::new(HashMap::new()),
+            members: RwLock::new(HashMap::new()),
+            names: RwLock::new(HashMap::new()),
+            dropped: AtomicU64::new(0),
+        });
+        let me = cluster.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rebeam-inbound".into())
+            .spawn(move || peers::inbound_loop(me, rx));
+        if let Err(err) = spawned {
+            tracing::error!("cannot start the inbound thread: {err}");
+        }
+        cluster
+    }
+
+    /// Sends a message or signal to another node; gives it back if that node is not a live
+    /// member (the caller then treats the target as unreachable).
+    pub fn route(self: &Arc<Self>, out: Outbound<Term>) -> Result<(), Outbound<Term>> {
+        let node = target_node(&out);
+        let Some(address) = self.address_of(node) else {
+            tracing::debug!(peer = %node.name(), "no live member to route to");
+            return Err(out);
+        };
+        let (node, frame) = peers::frame_for(self, out)?;
+        let mut links = self.links.lock();
+        let link = links
+            .entry(node)
+            .or_insert_with(|| peers::open(self, node, address));
+        if !link.push(frame) {
+            let count = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if count.is_power_of_two() {
+                tracing::warn!(peer = %node.name(), count, "peer queue full: messages dropped");
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a call that came from `node`.
+    pub fn send_reply(self: &Arc<Self>, node: NodeId, call_id: u64, result: CallResult<Term>) {
+        let result = match result {
+            CallResult::Reply(term) => match pyo3::Python::attach(|py| term.to_wire(py)) {
+                Ok(bytes) => pb::peer_reply::Result::Value(bytes),
+                Err(_) => pb::peer_reply::Result::Exit(wire::reason_to_pb(&Reason::Noproc)),
+            },
+            CallResult::Exit(reason) => pb::peer_reply::Result::Exit(wire::reason_to_pb(&reason)),
+            CallResult::CallerKilled => return,
+        };
+        let frame = pb::PeerFrame {
+            frame: Some(pb::peer_frame::Frame::Reply(pb::PeerReply {
+                call_id,
+                result: Some(result),
+            })),
+        };
+        let Some(address) = self.address_of(node) else {
+            tracing::debug!(peer = %node.name(), "reply to an unknown member dropped");
+            return;
+        };
+        let mut links = self.links.lock();
+        let link = links
+            .entry(node)
+            .or_insert_with(|| peers::open(self, node, address));
+        if !link.push(frame) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn address_of(&self, node: NodeId) -> Option<String> {
+        let members = self.members.read();
+        let m = members.get(&node)?;
+        m.alive.then(|| m.address.clone())
+    }
+
+    /// The outbound stream to `node` broke: like Erlang, the connection's loss is the
+    /// peer's loss for every link and monitor across it.
+    pub fn peer_lost(&self, node: NodeId) {
+        self.links.lock().remove(&node);
+        let _ = self.inbound.send(Inbound::NodeDown(node));
+    }
+
+    /// Fires `noconnection` for everything tied to `node` (on the inbound thread).
+    pub fn apply_node_down(&self, node: NodeId) {
+        let failed: Vec<_> = {
+            let mut calls = self.calls.lock();
+            let ids: Vec<u64> = calls
+                .iter()
+                .filter(|(_, (n, _))| *n == node)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| calls.remove(&id)).collect()
+        };
+        for (_, slot) in failed {
+            let _ = slot.complete(CallResult::Exit(Reason::Noconnection));
+        }
+        self.rt.node_down(node);
+    }
+
+    /// Updates the membership cache; a member that died or changed incarnation is lost.
+    pub fn update_member(&self, info: &pb::NodeInfo) {
+        let node = NodeId::intern(&info.id);
+        if node == self.rt.node() {
+            return;
+        }
+        let alive = info.status == pb::NodeStatus::Alive as i32;
+        let lost = {
+            let mut members = self.members.write();
+            let previous = members.insert(
+                node,
+                Member {
+                    incarnation: info.incarnation,
+                    address: info.address.clone(),
+                    alive,
+                },
+            );
+            previous.is_some_and(|p| p.alive && (!alive || p.incarnation != info.incarnation))
+        };
+        if lost {
+            self.links.lock().remove(&node);
+            let _ = self.inbound.send(Inbound::NodeDown(node));
+        }
+    }
+
+    /// The cached holder of a global name.
+    pub fn whereis_cached(&self, name: &str) -> Option<Pid> {
+        self.names.read().get(name).copied()
+    }
+
+    /// Applies a registry change from the watch stream.
+    pub fn set_name(&self, name: &str, pid: Option<Pid>) {
+        let mut names = self.names.write();
+        match pid {
+            Some(pid) => {
+                names.insert(name.to_string(), pid);
+            }
+            None => {
+                names.remove(name);
+            }
+        }
+    }
+
+    /// Replaces the caches with a full view (the first event of a watch stream).
+    pub fn load_view(&self, view: &pb::ClusterView) {
+        for node in &view.nodes {
+            self.update_member(node);
+        }
+        let mut names = self.names.write();
+        names.clear();
+        for n in &view.names {
+            if let Some(pid) = wire::pid_from_pb(n.pid.as_ref()) {
+                names.insert(n.name.clone(), pid);
+            }
+        }
+    }
+
+    /// Every member the node knows of.
+    pub fn members(&self) -> Vec<(String, Member)> {
+        let mut out: Vec<_> = self
+            .members
+            .read()
+            .iter()
+            .map(|(n, m)| (n.name().to_string(), m.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+fn target_node(out: &Outbound<Term>) -> NodeId {
+    match out {
+        Outbound::Message { to, .. }
+        | Outbound::Link { to, .. }
+        | Outbound::Unlink { to, .. }
+        | Outbound::Exit { to, .. } => to.node,
+        Outbound::Monitor { target, .. } | Outbound::Demonitor { target, .. } => target.node,
+        Outbound::Down { watcher, .. } => watcher.node,
+    }
+}

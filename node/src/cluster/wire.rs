@@ -1,0 +1,115 @@
+//! Conversions between core values and their gRPC form (`rebeam.v1`), in one place.
+
+use crate::runtime::{Crash, NodeId, Pid, Reason};
+use rebeam_proto as pb;
+use std::sync::Arc;
+
+/// A pid for the wire.
+pub fn pid_to_pb(pid: Pid) -> pb::Pid {
+    pb::Pid {
+        node: pid.node.name().to_string(),
+        incarnation: pid.incarnation,
+        serial: pid.serial,
+    }
+}
+
+/// A pid from the wire; `None` when it is missing or names no node.
+pub fn pid_from_pb(pid: Option<&pb::Pid>) -> Option<Pid> {
+    let pid = pid?;
+    if pid.node.is_empty() {
+        return None;
+    }
+    Some(Pid {
+        node: NodeId::intern(&pid.node),
+        incarnation: pid.incarnation,
+        serial: pid.serial,
+    })
+}
+
+/// A reason for the wire.
+pub fn reason_to_pb(reason: &Reason) -> pb::WireReason {
+    use pb::wire_reason::Kind;
+    let atom = |s: &str| Kind::Atom(s.to_string());
+    let kind = match reason {
+        Reason::Normal => atom("normal"),
+        Reason::Shutdown => atom("shutdown"),
+        Reason::Kill => atom("kill"),
+        Reason::Killed => atom("killed"),
+        Reason::Noproc => atom("noproc"),
+        Reason::Noconnection => atom("noconnection"),
+        Reason::ShutdownWith(term) => Kind::ShutdownTerm(term.to_vec()),
+        Reason::Other(term) => Kind::Term(term.to_vec()),
+        Reason::Crash(c) => Kind::Crash(pb::WireCrash {
+            r#type: c.kind.clone(),
+            message: c.message.clone(),
+            traceback: c.traceback.clone(),
+        }),
+    };
+    pb::WireReason { kind: Some(kind) }
+}
+
+/// A reason from the wire; an unknown or missing one reads as `noconnection`.
+pub fn reason_from_pb(reason: Option<pb::WireReason>) -> Reason {
+    use pb::wire_reason::Kind;
+    match reason.and_then(|r| r.kind) {
+        Some(Kind::Atom(a)) => match a.as_str() {
+            "normal" => Reason::Normal,
+            "shutdown" => Reason::Shutdown,
+            "kill" => Reason::Kill,
+            "killed" => Reason::Killed,
+            "noproc" => Reason::Noproc,
+            _ => Reason::Noconnection,
+        },
+        Some(Kind::ShutdownTerm(t)) => Reason::ShutdownWith(Arc::from(t)),
+        Some(Kind::Term(t)) => Reason::Other(Arc::from(t)),
+        Some(Kind::Crash(c)) => Reason::Crash(Arc::new(Crash {
+            kind: c.r#type,
+            message: c.message,
+            traceback: c.traceback,
+        })),
+        None => Reason::Noconnection,
+    }
+}
+
+/// How the controller's exit reports describe a reason (it decides transient restarts).
+pub fn reason_report(reason: &Reason) -> String {
+    match reason {
+        Reason::Crash(c) => format!("crash: {}: {}", c.kind, c.message),
+        Reason::ShutdownWith(_) => "shutdown".into(),
+        Reason::Other(_) => "exit: <term>".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_and_pids_round_trip() {
+        let crash = Reason::Crash(Arc::new(Crash {
+            kind: "ValueError".into(),
+            message: "boom".into(),
+            traceback: "tb".into(),
+        }));
+        for r in [
+            Reason::Normal,
+            Reason::Shutdown,
+            Reason::Killed,
+            Reason::Noproc,
+            Reason::Noconnection,
+            Reason::Other(Arc::from(vec![1u8, 2])),
+            Reason::ShutdownWith(Arc::from(vec![3u8])),
+            crash,
+        ] {
+            assert_eq!(reason_from_pb(Some(reason_to_pb(&r))), r);
+        }
+        let pid = Pid {
+            node: NodeId::intern("n1"),
+            incarnation: 9,
+            serial: 4,
+        };
+        assert_eq!(pid_from_pb(Some(&pid_to_pb(pid))), Some(pid));
+        assert_eq!(pid_from_pb(None), None);
+    }
+}
