@@ -171,3 +171,20 @@ def test_linked_test_process_dies_with_child():
         _, ref = rebeam.spawn_monitor(body)
         raise rebeam.Exit(None, wait_down(ref).reason)
     assert info.value.reason == "fatal"
+
+
+def test_exit_comes_after_every_message_the_linked_process_sent():
+    rebeam.trap_exits(True)
+    me = rebeam.self_pid()
+
+    def chatty():
+        for i in range(200):
+            rebeam.send(me, ("msg", i))
+        raise RuntimeError("done talking")
+
+    pid = rebeam.spawn_link(chatty)
+    assert isinstance(wait_exit(pid).reason, rebeam.Crash)
+    got = []
+    while (m := rebeam.receive(timeout=0, default=None)) is not None:
+        got.append(m[1])
+    assert got == list(range(200))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import rebeam
 from _util import expect, forever, nothing, wait_down
 
@@ -117,3 +119,25 @@ def test_genserver_gets_down_in_handle_info():
     rebeam.spawn(Watcher, rebeam.self_pid(), target)
     rebeam.exit(target, "shutdown")
     assert expect(("down", "shutdown"))
+
+
+def test_down_comes_after_every_message_the_process_sent():
+    me = rebeam.self_pid()
+
+    def chatty():
+        for i in range(200):
+            rebeam.send(me, ("msg", i))
+
+    for _ in range(5):
+        _, ref = rebeam.spawn_monitor(chatty)
+        wait_down(ref)  # skips ahead to the Down: every message must already be here
+        got = []
+        while (m := rebeam.receive(timeout=0, default=None)) is not None:
+            got.append(m[1])
+        assert got == list(range(200))
+
+
+def test_monitor_of_an_unknown_name_raises_unknown_name():
+    # OTP would deliver Down(noproc) for an unregistered name; see docs/semantics.md
+    with pytest.raises(rebeam.UnknownName):
+        rebeam.monitor(f"nobody-{rebeam.self_pid().serial}")

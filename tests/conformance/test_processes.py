@@ -451,3 +451,28 @@ def test_stop_without_reason_is_normal():
     pid, ref = rebeam.spawn_monitor(Quits)
     rebeam.cast(pid, "quit")
     assert wait_down(ref).reason == "normal"
+
+
+def test_a_raising_match_function_leaves_the_mailbox_intact():
+    me = rebeam.self_pid()
+    for m in ["a", "b"]:
+        rebeam.send(me, m)
+
+    def bad_match(message):
+        raise ValueError("bad matcher")
+
+    with pytest.raises(ValueError):
+        rebeam.receive(match=bad_match, timeout=1)
+    assert [rebeam.receive(timeout=1) for _ in range(2)] == ["a", "b"]
+
+
+def test_reply_then_return_answers_once():
+    class Both(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            rebeam.reply(sender, "first")
+            return "second"
+
+    pid = rebeam.spawn(Both)
+    assert rebeam.call(pid, "x") == "first"
+    assert nothing(0.05)
+    assert rebeam.call(pid, "x") == "first"
