@@ -124,7 +124,8 @@ def child_specs(manifest: Manifest) -> list[ChildSpec]:
     for i, entry in enumerate(manifest.children):
         target = _resolve(manifest, entry["start"], f"children[{i}]")
         name = entry["name"]
-        specs.append(child(target, entry["args"],
+        # The manifest has no id field: a child is known by its name, else by its position.
+        specs.append(child(target, entry["args"], id=name or f"children[{i}]",
                            name=Global(name) if name and entry["global"] else name,
                            restart=entry["restart"], shutdown=entry["shutdown"]))
     return specs

@@ -286,3 +286,29 @@ def test_missing_manifest_and_directory(tmp_path):
     result = run_to_end(tmp_path / "nowhere")
     assert result.returncode != 0
     assert "not a directory" in result.stderr
+
+
+def test_two_unnamed_children_with_the_same_start(tmp_path):
+    app = make_app(tmp_path, '''
+        [app]
+        name = "pool"
+        version = "1"
+
+        [[children]]
+        start = "demo_app:Worker"
+        args = ["w1"]
+
+        [[children]]
+        start = "demo_app:Worker"
+        args = ["w2"]
+        ''')
+    proc = start_node(app)
+    try:
+        lines = read_until(proc, "started")
+        assert lines[:2] == ["start w1", "start w2"]
+        proc.send_signal(signal.SIGINT)
+    finally:
+        out, err = finish(proc)
+    assert proc.returncode == 0, err
+    assert [line for line in out.splitlines() if line.startswith("stop")] == [
+        "stop w2 shutdown", "stop w1 shutdown"]
