@@ -105,6 +105,12 @@ impl Cluster {
         .arg("--data-dir")
         .arg(&m.dir)
         .args(["--init", "--secret", SECRET])
+        // Extra member flags, e.g. to explore timings: BENCH_CONTROLLER_ARGS="--election-timeout-ms 100".
+        .args(
+            std::env::var("BENCH_CONTROLLER_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log));
@@ -227,9 +233,40 @@ fn heartbeat(
 }
 
 /// Registrations sent `batch` at a time per call (`batch` 1 uses the unary RegisterName).
+/// Keeps the bench node alive: heartbeats, and rejoins if it was declared dead (counted).
+fn keep_bench_node(
+    c: Arc<Cluster>,
+    inc: Arc<AtomicU64>,
+    deaths: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(l) = c.leader(Duration::from_millis(500)).await {
+                if let Ok(mut nc) = c.node_client(l) {
+                    let node = pb::NodeRef {
+                        node: "bench-node".into(),
+                        incarnation: inc.load(Ordering::Relaxed),
+                    };
+                    let r = nc
+                        .heartbeat(pb::HeartbeatRequest { node: Some(node) })
+                        .await;
+                    if r.is_err_and(|e| e.code() == tonic::Code::FailedPrecondition) {
+                        deaths.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(new) = join(&c, "bench-node", &[]).await {
+                            inc.store(new, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
 async fn bench_registrations(
     c: &Cluster,
-    inc: u64,
+    inc: Arc<AtomicU64>,
     secs: u64,
     concurrency: usize,
     batch: usize,
@@ -249,6 +286,7 @@ async fn bench_registrations(
             serial.clone(),
             stop.clone(),
         );
+        let inc = inc.clone();
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let reqs: Vec<pb::RegisterNameRequest> = (0..batch)
@@ -258,7 +296,7 @@ async fn bench_registrations(
                             name: format!("bench-{s}"),
                             pid: Some(pb::Pid {
                                 node: "bench-node".into(),
-                                incarnation: inc,
+                                incarnation: inc.load(Ordering::Relaxed),
                                 serial: s,
                             }),
                         }
@@ -337,7 +375,7 @@ async fn bench_lookups(c: &Cluster, linearizable: bool, n: usize) -> anyhow::Res
     Ok(lat)
 }
 
-async fn bench_leader_kill(c: &Cluster, inc: u64, rounds: usize) -> anyhow::Result<Vec<Duration>> {
+async fn bench_leader_kill(c: &Cluster, rounds: usize) -> anyhow::Result<Vec<Duration>> {
     let mut out = Vec::new();
     for round in 0..rounds {
         settle(c).await?;
@@ -345,27 +383,29 @@ async fn bench_leader_kill(c: &Cluster, inc: u64, rounds: usize) -> anyhow::Resu
         c.kill9(leader);
         let killed = Instant::now();
         let mut k = 0u64;
+        let mut last_err = String::new();
         'found: loop {
             for i in 0..c.members.len() {
                 if !c.running(i) {
                     continue;
                 }
                 k += 1;
-                let req = pb::RegisterNameRequest {
-                    name: format!("kill-{round}-{k}"),
-                    pid: Some(pb::Pid {
-                        node: "bench-node".into(),
-                        incarnation: inc,
-                        serial: 1_000_000_000 + k,
-                    }),
+                // A join is a write that is valid whatever else happened to the cluster.
+                let req = pb::JoinRequest {
+                    node: format!("probe-{round}-{k}"),
+                    address: "127.0.0.1:9".into(),
+                    ..Default::default()
                 };
-                if c.client(i)?.register_name(req).await.is_ok() {
-                    out.push(killed.elapsed());
-                    break 'found;
+                match c.node_client(i)?.join(req).await {
+                    Ok(_) => {
+                        out.push(killed.elapsed());
+                        break 'found;
+                    }
+                    Err(e) => last_err = e.message().to_string(),
                 }
             }
             if killed.elapsed() > Duration::from_secs(20) {
-                bail!("no write succeeded within 20 s of the leader kill");
+                bail!("no write succeeded within 20 s of the leader kill; last error: {last_err}");
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -483,14 +523,18 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(5);
     let c = Arc::new(Cluster::start(3)?);
     c.leader(Duration::from_secs(15)).await?;
-    let inc = join(&c, "bench-node", &[]).await?;
+    let inc = Arc::new(AtomicU64::new(join(&c, "bench-node", &[]).await?));
     let stop = Arc::new(AtomicBool::new(false));
-    heartbeat(c.clone(), "bench-node".into(), inc, stop.clone());
+    let deaths = Arc::new(AtomicU64::new(0));
+    keep_bench_node(c.clone(), inc.clone(), deaths.clone(), stop.clone());
 
-    println!("controller benchmarks: 3 members on loopback, default timings");
-    let rate = bench_registrations(&c, inc, secs, conc, 1).await?;
+    println!(
+        "controller benchmarks: 3 members on loopback, default timings {}",
+        std::env::var("BENCH_CONTROLLER_ARGS").unwrap_or_default()
+    );
+    let rate = bench_registrations(&c, inc.clone(), secs, conc, 1).await?;
     println!("registrations/s sustained, unary RegisterName ({conc} concurrent clients, {secs} s): {rate:.0}");
-    let rate = bench_registrations(&c, inc, secs, 32, 100).await?;
+    let rate = bench_registrations(&c, inc.clone(), secs, 32, 100).await?;
     println!("registrations/s sustained, RegisterNames of 100 (32 concurrent clients, {secs} s): {rate:.0}");
     for lin in [false, true] {
         let lat = bench_lookups(&c, lin, 2000).await?;
@@ -500,7 +544,7 @@ async fn main() -> anyhow::Result<()> {
             ms(pct(&lat, 0.99))
         );
     }
-    let kill = bench_leader_kill(&c, inc, rounds).await?;
+    let kill = bench_leader_kill(&c, rounds).await?;
     println!(
         "leader kill -9 -> first acknowledged write ({rounds} rounds): median {} min {} max {}",
         ms(pct(&kill, 0.5)),
@@ -520,6 +564,10 @@ async fn main() -> anyhow::Result<()> {
         ms(pct(&crash, 0.5)),
         ms(crash[0]),
         ms(crash[crash.len() - 1])
+    );
+    println!(
+        "bench node declared dead (missed its 1 s lease under load) and rejoined: {} times",
+        deaths.load(Ordering::Relaxed)
     );
     stop.store(true, Ordering::Relaxed);
     Ok(())
