@@ -14,20 +14,16 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from harness import SECRET, TOKEN, Cluster, _cluster, controller_binary, free_port, wait_for  # noqa: F401
 
 import rebeam
 from rebeam.client import (
@@ -45,168 +41,8 @@ from rebeam.client.archive import build
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT = REPO / "examples" / "chat"
-SECRET = "test-cluster-secret"
-TOKEN = "test-client-token"
 # Small enough that the size tests stay fast, large enough for the chat example.
 MAX_CODE_BYTES = 256 * 1024
-
-
-def controller_binary() -> Path:
-    """The controller under test (see the module docstring)."""
-    explicit = os.environ.get("REBEAM_CONTROLLER")
-    candidates = [Path(explicit)] if explicit else [
-        REPO / "target" / "release" / "rebeam-controller",
-        Path("/work/target-controller/release/rebeam-controller"),
-    ]
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    pytest.fail(f"no controller binary at {', '.join(map(str, candidates))}; build it with "
-                "`cargo build --release -p rebeam-controller` or set REBEAM_CONTROLLER")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0,
-             on_timeout: Callable[[], str] = lambda: "") -> object:
-    """Polls ``check`` until it returns something truthy without raising."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except Exception as e:  # noqa: BLE001 - anything means "not yet"
-            last = e
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})\n"
-                         f"{on_timeout()}")
-
-
-@dataclass
-class Member:
-    id: int
-    dir: Path
-    raft: str
-    api: str
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-
-
-@dataclass
-class Cluster:
-    """A controller group of real processes."""
-
-    root: Path
-    members: list[Member]
-    extra: list[str] = field(default_factory=list)
-
-    @classmethod
-    def create(cls, root: Path, n: int, extra: list[str] | None = None) -> Cluster:
-        """Members with directories and ports; :meth:`start` runs them."""
-        members = []
-        for i in range(1, n + 1):
-            d = root / f"member-{i}"
-            d.mkdir(parents=True)
-            members.append(Member(i, d, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}",
-                                  root / f"member-{i}.log"))
-        return cls(root, members, list(extra or []))
-
-    def start(self) -> None:
-        """Starts every member and waits for an elected leader."""
-        for m in self.members:
-            self.spawn(m)
-        self.wait_leader()
-
-    def spawn(self, m: Member) -> None:
-        args = [str(controller_binary()), "--id", str(m.id), "--data-dir", str(m.dir),
-                "--raft-listen", m.raft, "--api-listen", m.api, "--init",
-                "--secret", SECRET, "--client-token", TOKEN, *self.extra]
-        for other in self.members:
-            if other is not m:
-                args += ["--peer", f"{other.id}={other.raft}/{other.api}"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
-        env["RUST_LOG"] = "info,openraft=warn"
-        with open(m.log, "ab") as log:
-            m.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    @property
-    def url(self) -> str:
-        return ",".join(f"http://{m.api}" for m in self.members)
-
-    def client(self, member: int = 0, **kwargs: object) -> rebeam.Client:
-        kwargs.setdefault("token", TOKEN)
-        return rebeam.connect(f"http://{self.members[member].api}", **kwargs)  # type: ignore[arg-type]
-
-    def logs(self) -> str:
-        out = []
-        for m in self.members:
-            text = m.log.read_text(errors="replace") if m.log.exists() else ""
-            out.append(f"--- {m.log} (last lines) ---\n" + "\n".join(text.splitlines()[-15:]))
-        return "\n".join(out)
-
-    def statuses(self) -> list[rebeam.client.Status]:
-        out = []
-        for i, m in enumerate(self.members):
-            if m.process is None or m.process.poll() is not None:
-                continue
-            with self.client(i, timeout=1.0) as c:
-                out.append(c.status())
-        return out
-
-    def wait_leader(self) -> int:
-        """Waits until every running member names the same leader; returns its index."""
-        for m in self.members:
-            if m.process is not None and m.process.poll() is not None:
-                raise AssertionError(f"controller {m.id} exited with {m.process.returncode}\n{self.logs()}")
-
-        def agreed() -> tuple[int] | None:  # a tuple, so that index 0 counts as found
-            statuses = self.statuses()
-            leaders = {s.leader_id for s in statuses}
-            if len(leaders) == 1 and None not in leaders and any(s.is_leader for s in statuses):
-                leader = leaders.pop()
-                return (next(i for i, m in enumerate(self.members) if m.id == leader),)
-            return None
-
-        found = wait_for("an elected leader", agreed, on_timeout=self.logs)
-        assert isinstance(found, tuple)
-        return int(found[0])
-
-    def kill9(self, i: int) -> None:
-        p = self.members[i].process
-        if p is not None:
-            p.kill()
-            p.wait()
-
-    def stop(self) -> None:
-        for m in self.members:
-            if m.process is not None and m.process.poll() is None:
-                m.process.send_signal(signal.SIGTERM)
-        for m in self.members:
-            if m.process is not None:
-                try:
-                    m.process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    m.process.kill()
-                    m.process.wait()
-
-
-def _cluster(n: int, extra: list[str] | None = None) -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix=f"rebeam-client-test-{n}-"))
-    print(f"controller data and logs in {root}")
-    cluster = Cluster.create(root, n, extra)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        if not os.environ.get("REBEAM_KEEP_TEST_DIRS"):
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,11 @@ impl Controller {
                 Status::invalid_argument(format!("bad controller address {address}: {e}"))
             })?
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500));
+            .connect_timeout(Duration::from_millis(500))
+            // A connection that silently stopped carrying anything is found and replaced.
+            .http2_keep_alive_interval(Duration::from_millis(500))
+            .keep_alive_timeout(Duration::from_millis(500))
+            .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         self.channels
             .lock()
@@ -143,7 +147,9 @@ struct Session {
 pub async fn run(cluster: Arc<Cluster>, joined: tokio::sync::oneshot::Sender<u64>) {
     let mut joined = Some(joined);
     loop {
+        let joined_at = Instant::now();
         let session = join(&cluster).await;
+        cluster.rt.hold_lease_until(joined_at + session.fence);
         cluster.rt.set_incarnation(session.incarnation);
         tracing::info!(incarnation = session.incarnation, "joined the cluster");
         if let Some(tx) = joined.take() {
@@ -214,13 +220,18 @@ async fn keep_lease(cluster: &Arc<Cluster>, session: Session) -> String {
         let request = pb::HeartbeatRequest {
             node: Some(node_ref(cluster, session)),
         };
+        let sent = Instant::now();
         let call = cluster.controller.with_leader(|ch, b| {
             let req = request.clone();
             async move { Controller::node_client(ch, b).heartbeat(req).await }
         });
         let remaining = session.fence.saturating_sub(last_ok.elapsed());
         match tokio::time::timeout(remaining.max(Duration::from_millis(1)), call).await {
-            Ok(Ok(_)) => last_ok = Instant::now(),
+            Ok(Ok(_)) => {
+                // Counted from the send: the controller's lease started no earlier.
+                last_ok = sent;
+                cluster.rt.hold_lease_until(sent + session.fence);
+            }
             Ok(Err(status))
                 if matches!(
                     status.code(),

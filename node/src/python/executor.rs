@@ -126,6 +126,12 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
             None => py.detach(|| rt.runq.pop_until(Instant::now() + RETIRE_AFTER)),
         };
         match next {
+            Some(process) if !rt.lease_ok() => {
+                // The lease lapsed (the node was frozen or cut off): run nothing until the
+                // fence has killed every process of this incarnation.
+                rt.runq.push(process);
+                py.detach(|| std::thread::sleep(Duration::from_millis(1)));
+            }
             Some(process) => run_batch(py, rt, &process),
             None => {
                 let pool = &rt.host.pool;

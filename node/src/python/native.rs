@@ -202,9 +202,13 @@ fn spawn_server<'py>(
         Ok(_) => stop.map(|reason| (reason, None)),
     };
     if let Some((reason, cause)) = failure {
-        // The caller learns of the failure from the exception, not also from a link signal.
+        // The caller learns of the failure from the exception, not also from a link signal
+        // or a `Down` (as OTP's `start_monitor` flushes it).
         if let Some(p) = &parent {
             rt.unlink(p, process.pid);
+            if let Some(r) = mref {
+                rt.demonitor(p, r);
+            }
         }
         log_crash(&process, &reason);
         rt.terminate(&process, reason.clone());
@@ -730,6 +734,10 @@ fn receive<'py>(
                 }
             })
         };
+        // A lapsed lease (the node was frozen or cut off) lets no code run until the fence.
+        while !rt.lease_ok() && !me.is_exited() {
+            py.detach(|| std::thread::sleep(Duration::from_millis(1)));
+        }
         if me.is_exited() {
             break Ok(None);
         }

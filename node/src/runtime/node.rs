@@ -11,6 +11,7 @@ use super::runqueue::RunQueue;
 use super::table::ProcessTable;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// One node's processes and the operations on them.
 pub struct Runtime<H: Host> {
@@ -18,6 +19,10 @@ pub struct Runtime<H: Host> {
     incarnation: AtomicU64,
     serials: AtomicU64,
     refs: AtomicU64,
+    /// While the node holds a cluster lease: until when (ms on `epoch`); 0 means no lease
+    /// is needed (a node outside any cluster).
+    lease_until: AtomicU64,
+    epoch: Instant,
     table: ProcessTable<H>,
     names: Registry,
     /// Servers with mail, for the executor threads.
@@ -34,6 +39,8 @@ impl<H: Host> Runtime<H> {
             incarnation: AtomicU64::new(incarnation),
             serials: AtomicU64::new(1),
             refs: AtomicU64::new(1),
+            lease_until: AtomicU64::new(0),
+            epoch: Instant::now(),
             table: ProcessTable::default(),
             names: Registry::default(),
             runq: RunQueue::default(),
@@ -49,6 +56,19 @@ impl<H: Host> Runtime<H> {
     /// This node's incarnation.
     pub fn incarnation(&self) -> u64 {
         self.incarnation.load(Ordering::Acquire)
+    }
+
+    /// Records that the node's lease holds until `until`: past it, no process code may run
+    /// (the controller may already have restarted this node's children elsewhere).
+    pub fn hold_lease_until(&self, until: Instant) {
+        let ms = until.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.lease_until.store(ms.max(1), Ordering::Release);
+    }
+
+    /// True while process code may run: no lease is needed, or it has not lapsed.
+    pub fn lease_ok(&self) -> bool {
+        let until = self.lease_until.load(Ordering::Acquire);
+        until == 0 || (self.epoch.elapsed().as_millis() as u64) < until
     }
 
     /// Starts a new life of this node (after a rejoin): pids of the old incarnation no
@@ -212,7 +232,7 @@ impl<H: Host> Runtime<H> {
     /// Claims an idle server with an empty mailbox for the calling thread, so a caller can
     /// run the callee's handler itself instead of waking an executor; false if not idle.
     pub fn try_claim_idle(&self, process: &Arc<Process<H>>) -> bool {
-        if process.kind != Kind::Server {
+        if process.kind != Kind::Server || !self.lease_ok() {
             return false;
         }
         let mut st = process.lock();

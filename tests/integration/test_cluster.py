@@ -1,0 +1,364 @@
+"""The cluster on real processes: controllers and nodes started from the test on loopback
+ports, then broken — kill -9, SIGSTOP, a blackholed network path, the controller leader
+killed. Python code runs inside the nodes (scripts and a submitted app)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import TOKEN, Blackhole, Cluster, Node, _cluster, wait_for
+
+import rebeam
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="rebeam-cluster-test-"))
+    try:
+        yield root
+    finally:
+        if not os.environ.get("REBEAM_KEEP_TEST_DIRS"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def controllers() -> Iterator[Cluster]:
+    yield from _cluster(3)
+
+
+def api_list(cluster: Cluster) -> str:
+    return ",".join(m.api for m in cluster.members)
+
+
+class Nodes:
+    """Nodes of one test, stopped at the end."""
+
+    def __init__(self, root: Path, controllers: str) -> None:
+        self.root = root
+        self.controllers = controllers
+        self.all: list[Node] = []
+
+    def start(self, name: str, script: str | None = None, extra: list[str] | None = None,
+              controllers: str | None = None) -> Node:
+        path = None
+        if script is not None:
+            path = self.root / f"{name}.py"
+            path.write_text(textwrap.dedent(script))
+        node = Node(name, self.root / name, controllers or self.controllers, path,
+                    list(extra or []))
+        self.all.append(node.start())
+        return node
+
+    def stop(self) -> None:
+        for n in self.all:
+            n.stop()
+
+
+@pytest.fixture
+def nodes(workdir: Path, controllers: Cluster) -> Iterator[Nodes]:
+    ns = Nodes(workdir, api_list(controllers))
+    try:
+        yield ns
+    finally:
+        ns.stop()
+
+
+SERVICES = """
+    import rebeam
+
+    class Echo(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            if request == "crash":
+                raise ValueError("boom")
+            return ("echo", request, rebeam.self_pid())
+
+        def handle_cast(self, request):
+            reply_to, value = request
+            rebeam.send(reply_to, ("cast", value))
+
+    def sink():
+        # Echoes every raw message back to its sender, in order.
+        while True:
+            sender, value = rebeam.receive()
+            rebeam.send(sender, value)
+
+    def main():
+        rebeam.register_global("echo", rebeam.spawn(Echo))
+        rebeam.register_global("sink", rebeam.spawn(sink))
+        rebeam.register_global("victim", rebeam.spawn(Echo))
+        print("services ready", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+
+def test_remote_send_call_link_monitor_exit(nodes: Nodes) -> None:
+    services = nodes.start("svc", SERVICES)
+    services.wait_output("services ready")
+    driver = nodes.start("drv", """
+        import rebeam
+        from rebeam import Down, Exit, Global
+
+        def main():
+            echo = rebeam.whereis_global("echo")
+            assert echo.node == "svc", echo
+            me = rebeam.self_pid()
+            # call and cast, by Global name and by pid
+            assert rebeam.call(Global("echo"), 1) == ("echo", 1, echo)
+            rebeam.cast(echo, (me, 2))
+            assert rebeam.receive(timeout=5) == ("cast", 2)
+            # per-pair ordering across the wire, with copies of mutable values
+            data = [0]
+            for i in range(2000):
+                data[0] = i
+                rebeam.send(Global("sink"), (me, list(data)))
+            got = [rebeam.receive(timeout=5)[0] for _ in range(2000)]
+            assert got == list(range(2000)), got[:10]
+            # a crash in the callee reaches the caller as Exit with the Crash
+            ref = rebeam.monitor(echo)
+            try:
+                rebeam.call(echo, "crash")
+                raise AssertionError("call to a crashing server returned")
+            except Exit as e:
+                assert e.reason.type == "ValueError", e.reason
+            down = rebeam.receive(match=lambda m: isinstance(m, Down), timeout=5)
+            assert down.ref == ref and down.pid == echo and down.reason.type == "ValueError"
+            # calling and monitoring the dead pid
+            try:
+                rebeam.call(echo, 1, timeout=5)
+                raise AssertionError("call to a dead remote pid returned")
+            except Exit as e:
+                assert e.reason == "noproc", e.reason
+            ref2 = rebeam.monitor(echo)
+            assert rebeam.receive(timeout=5) == Down(ref2, echo, "noproc")
+            # links across nodes: exit(victim, kill) reaches a trapping linker as killed
+            victim = rebeam.whereis_global("victim")
+            rebeam.trap_exits(True)
+            rebeam.link(victim)
+            rebeam.exit(victim, "kill")
+            assert rebeam.receive(timeout=5) == Exit(victim, "killed")
+            # a link to a dead remote process delivers noproc
+            rebeam.link(victim)
+            assert rebeam.receive(timeout=5) == Exit(victim, "noproc")
+            print("remote semantics ok", flush=True)
+
+        rebeam.run(main)
+    """)
+    assert driver.wait_exit() == 0, driver.output()[-3000:]
+    assert "remote semantics ok" in driver.output()
+
+
+def test_node_kill_fires_noconnection_on_links_monitors_and_calls(nodes: Nodes) -> None:
+    services = nodes.start("svc", SERVICES)
+    services.wait_output("services ready")
+    driver = nodes.start("drv", """
+        import rebeam
+        from rebeam import Down, Exit
+
+        def main():
+            sink = rebeam.whereis_global("sink")
+            echo = rebeam.whereis_global("echo")
+            rebeam.trap_exits(True)
+            rebeam.link(sink)
+            ref = rebeam.monitor(echo)
+            print("linked", flush=True)
+            msgs = [rebeam.receive(timeout=30) for _ in range(2)]
+            assert Exit(sink, "noconnection") in msgs, msgs
+            assert Down(ref, echo, "noconnection") in msgs, msgs
+            try:
+                rebeam.call(echo, 1, timeout=5)
+                raise AssertionError("call to a lost node returned")
+            except Exit as e:
+                assert e.reason in ("noconnection", "noproc"), e.reason
+            print("noconnection ok", flush=True)
+
+        rebeam.run(main)
+    """)
+    driver.wait_output("linked")
+    services.kill9()
+    assert driver.wait_exit() == 0, driver.output()[-3000:]
+    assert "noconnection ok" in driver.output()
+
+
+SINGLETON_APP = """
+    import time
+
+    import rebeam
+
+    class Singleton(rebeam.GenServer):
+        # Appends "<pid> <time_ns>" to a shared file every 10 ms while it runs, so the test
+        # can check that two incarnations never ran at the same time.
+        def init(self, log_path):
+            self.log_path = log_path
+            self.me = str(rebeam.self_pid())
+            self.tick()
+
+        def tick(self):
+            with open(self.log_path, "a") as f:
+                f.write(f"{self.me} {time.time_ns()}\\n")
+            rebeam.send_after(0.01, rebeam.self_pid(), "tick")
+
+        def handle_info(self, message):
+            if message == "tick":
+                self.tick()
+
+        def handle_call(self, request, sender):
+            return self.me
+"""
+
+
+def submit_singleton(controllers: Cluster, root: Path) -> Path:
+    app = root / "singleton-app"
+    (app / "single").mkdir(parents=True)
+    (app / "single" / "__init__.py").write_text("")
+    (app / "single" / "server.py").write_text(textwrap.dedent(SINGLETON_APP))
+    log = root / "intervals.log"
+    (app / "rebeam.toml").write_text(textwrap.dedent(f"""
+        [app]
+        name = "single"
+        version = "1.0.0"
+        max_restarts = 10
+        max_seconds = 60
+
+        [[children]]
+        start = "single.server:Singleton"
+        args = ["{log}"]
+        name = "singleton"
+        global = true
+    """))
+    with controllers.client(token=TOKEN) as client:
+        client.submit(app)
+    return log
+
+
+def holder(controllers: Cluster) -> rebeam.Pid | None:
+    with controllers.client(token=TOKEN, timeout=2.0) as client:
+        return client.whereis("singleton")
+
+
+def intervals(log: Path) -> list[tuple[str, int, int]]:
+    spans: dict[str, list[int]] = {}
+    for line in log.read_text().splitlines():
+        pid, t = line.split()
+        spans.setdefault(pid, []).append(int(t))
+    return sorted(((p, min(ts), max(ts)) for p, ts in spans.items()), key=lambda s: s[1])
+
+
+def assert_never_overlapping(log: Path) -> list[tuple[str, int, int]]:
+    spans = intervals(log)
+    for (p1, _, end1), (p2, start2, _) in zip(spans, spans[1:], strict=False):
+        assert start2 > end1, f"{p2} started {(end1 - start2) / 1e6:.1f} ms before {p1} stopped"
+    return spans
+
+
+def moved_from(controllers: Cluster, old: object) -> object:
+    found = holder(controllers)
+    return found if found is not None and found != old else None
+
+
+def test_node_kill_moves_the_singleton(nodes: Nodes, controllers: Cluster,
+                                       workdir: Path) -> None:
+    for name in ("n1", "n2", "n3"):
+        nodes.start(name).wait_output("joined the cluster")
+    log = submit_singleton(controllers, workdir)
+    first = wait_for("the singleton to register", lambda: holder(controllers))
+    victim = next(n for n in nodes.all if n.name == first.node)
+    killed_at = time.monotonic()
+    victim.kill9()
+    moved = wait_for("the singleton on another node", lambda: moved_from(controllers, first))
+    print(f"singleton moved from {first} to {moved} {1000 * (time.monotonic() - killed_at):.0f} "
+          "ms after kill -9")
+    assert moved.node != first.node
+    wait_for("the new singleton to log", lambda: str(moved) in log.read_text())
+    assert_never_overlapping(log)
+
+
+def test_frozen_node_is_replaced_and_fenced_when_it_wakes(nodes: Nodes, controllers: Cluster,
+                                                          workdir: Path) -> None:
+    for name in ("n1", "n2"):
+        nodes.start(name).wait_output("joined the cluster")
+    log = submit_singleton(controllers, workdir)
+    first = wait_for("the singleton to register", lambda: holder(controllers))
+    frozen = next(n for n in nodes.all if n.name == first.node)
+    frozen.signal(signal.SIGSTOP)
+    moved = wait_for("the singleton on another node", lambda: moved_from(controllers, first))
+    assert moved.node != first.node
+    frozen.signal(signal.SIGCONT)
+    # The woken node fences (its incarnation is stale) and joins again with a new one.
+    frozen.wait_output("fencing")
+    wait_for("the woken node to rejoin", lambda: frozen.output().count("joined the cluster") >= 2)
+    wait_for("more singleton ticks", lambda: log.read_text().count(str(moved)) > 20)
+    spans = assert_never_overlapping(log)
+    assert [s[0] for s in spans] == [str(first), str(moved)], spans
+
+
+def test_partitioned_node_stops_its_singleton_before_it_runs_elsewhere(
+        workdir: Path, controllers: Cluster) -> None:
+    # n1 reaches the controller leader only through a blackhole that the test cuts: its
+    # connections stay open and silent, like a network partition. (Given only the leader's
+    # address, n1 is never redirected around the blackhole.)
+    to_leader = [Blackhole(controllers.members[controllers.wait_leader()].api)]
+    ns = Nodes(workdir, api_list(controllers))
+    try:
+        n1 = ns.start("n1", controllers=",".join(b.address for b in to_leader))
+        n1.wait_output("joined the cluster")
+        log = submit_singleton(controllers, workdir)
+        first = wait_for("the singleton to register", lambda: holder(controllers))
+        assert first.node == "n1"
+        n2 = ns.start("n2")
+        n2.wait_output("joined the cluster")
+        for b in to_leader:
+            b.cut()
+        n1.wait_output("fencing")
+        moved = wait_for("the singleton on n2", lambda: moved_from(controllers, first))
+        assert moved.node == "n2"
+        for b in to_leader:
+            b.heal()
+        wait_for("n1 to rejoin", lambda: n1.output().count("joined the cluster") >= 2)
+        wait_for("more singleton ticks", lambda: log.read_text().count(str(moved)) > 20)
+        spans = assert_never_overlapping(log)
+        assert [s[0] for s in spans] == [str(first), str(moved)], spans
+    finally:
+        ns.stop()
+        for b in to_leader:
+            b.close()
+
+
+def test_apps_keep_serving_when_the_controller_leader_dies(nodes: Nodes,
+                                                           controllers: Cluster) -> None:
+    services = nodes.start("svc", SERVICES)
+    services.wait_output("services ready")
+    driver = nodes.start("drv", """
+        import time
+        import rebeam
+        from rebeam import Global
+
+        def main():
+            echo = rebeam.whereis_global("echo")
+            print("calling", flush=True)
+            deadline = time.monotonic() + 4
+            calls = 0
+            while time.monotonic() < deadline:
+                assert rebeam.call(Global("echo"), calls)[1] == calls
+                calls += 1
+            rebeam.register_global("after-failover", rebeam.self_pid())
+            assert rebeam.whereis_global("after-failover") == rebeam.self_pid()
+            print(f"served {calls} calls across the leader kill", flush=True)
+
+        rebeam.run(main)
+    """)
+    driver.wait_output("calling")
+    leader = controllers.wait_leader()
+    controllers.kill9(leader)
+    assert driver.wait_exit() == 0, driver.output()[-3000:]
+    assert "across the leader kill" in driver.output()
+    assert "fencing" not in services.output() + driver.output()
