@@ -335,3 +335,13 @@ def test_receive_inside_a_handler_keeps_other_messages_for_later():
     rebeam.send(pid, "second")
     assert [rebeam.receive(timeout=5) for _ in range(3)] == [
         ("received", "wanted"), ("info", "first"), ("info", "second")]
+
+
+def test_init_failure_with_spawn_monitor_leaves_no_down_behind():
+    class Broken(rebeam.GenServer):
+        def init(self):
+            raise ConnectionError("no database")
+
+    with pytest.raises(rebeam.InitError):
+        rebeam.spawn_monitor(Broken)
+    assert nothing(0.05), "the failure is reported once, by the exception"
