@@ -326,7 +326,17 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
                 });
             }
         }
-        Event::PgJoined(_) | Event::PgLeft(_) | Event::AppChanged(_) => {}
+        Event::PgJoined(c) => {
+            if let Some(pid) = pid_from_pb(c.pid.as_ref()) {
+                cluster.set_member(&c.group, pid, true);
+            }
+        }
+        Event::PgLeft(c) => {
+            if let Some(pid) = pid_from_pb(c.pid.as_ref()) {
+                cluster.set_member(&c.group, pid, false);
+            }
+        }
+        Event::AppChanged(_) => {}
     }
 }
 
@@ -532,6 +542,34 @@ impl Cluster {
         }))?;
         self.set_name(name, None);
         Ok(())
+    }
+
+    /// Adds `pid` to a cluster-wide process group; false if it was a member already.
+    pub fn pg_join(&self, group: &str, pid: Pid) -> Result<bool, Status> {
+        let request = pb::PgRequest {
+            group: group.to_string(),
+            pid: Some(pid_to_pb(pid)),
+        };
+        let reply = self.tokio.block_on(self.controller.with_leader(|ch, b| {
+            let req = request.clone();
+            async move { Controller::cluster_client(ch, b).pg_join(req).await }
+        }))?;
+        self.set_member(group, pid, true);
+        Ok(reply.changed)
+    }
+
+    /// Removes `pid` from a group; false if it was not a member.
+    pub fn pg_leave(&self, group: &str, pid: Pid) -> Result<bool, Status> {
+        let request = pb::PgRequest {
+            group: group.to_string(),
+            pid: Some(pid_to_pb(pid)),
+        };
+        let reply = self.tokio.block_on(self.controller.with_leader(|ch, b| {
+            let req = request.clone();
+            async move { Controller::cluster_client(ch, b).pg_leave(req).await }
+        }))?;
+        self.set_member(group, pid, false);
+        Ok(reply.changed)
     }
 
     /// The holder of a global name, asking the controller (linearizable) when not cached.

@@ -70,6 +70,7 @@ pub struct Cluster {
     links: Mutex<HashMap<NodeId, PeerLink>>,
     members: RwLock<HashMap<NodeId, Member>>,
     names: RwLock<HashMap<String, Pid>>,
+    groups: RwLock<HashMap<String, Vec<Pid>>>,
     /// Messages dropped because a peer's queue was full.
     pub dropped: AtomicU64,
     /// The controller connection.
@@ -96,6 +97,7 @@ impl Cluster {
             links: Mutex::new(HashMap::new()),
             members: RwLock::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
             dropped: AtomicU64::new(0),
         });
         let me = cluster.clone();
@@ -244,6 +246,50 @@ impl Cluster {
                 names.insert(n.name.clone(), pid);
             }
         }
+        let mut groups = self.groups.write();
+        groups.clear();
+        for g in &view.groups {
+            let members = g
+                .members
+                .iter()
+                .filter_map(|p| wire::pid_from_pb(Some(p)))
+                .collect();
+            groups.insert(g.name.clone(), members);
+        }
+    }
+
+    /// Applies a group change from the watch stream.
+    pub fn set_member(&self, group: &str, pid: Pid, joined: bool) {
+        let mut groups = self.groups.write();
+        let members = groups.entry(group.to_string()).or_default();
+        members.retain(|p| *p != pid);
+        if joined {
+            members.push(pid);
+        }
+        if members.is_empty() {
+            groups.remove(group);
+        }
+    }
+
+    /// Drops a dead local process from the cached names and groups.
+    pub fn forget_pid(&self, pid: Pid) {
+        self.names.write().retain(|_, p| *p != pid);
+        self.groups.write().retain(|_, members| {
+            members.retain(|p| *p != pid);
+            !members.is_empty()
+        });
+    }
+
+    /// The cached members of a process group, in join order.
+    pub fn group_members(&self, group: &str) -> Vec<Pid> {
+        self.groups.read().get(group).cloned().unwrap_or_default()
+    }
+
+    /// Every group with members.
+    pub fn group_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.groups.read().keys().cloned().collect();
+        out.sort();
+        out
     }
 
     /// Every member the node knows of.

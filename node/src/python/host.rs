@@ -87,6 +87,9 @@ impl Host for PyHost {
     fn exited(&self, process: &Arc<PyProcess>, reason: &Reason) {
         if process.data.report_exit.load(Ordering::Acquire) {
             if let Some(cluster) = self.cluster.get() {
+                // This node's view drops the process at once; the others learn it from the
+                // controller once the exit report is applied.
+                cluster.forget_pid(process.pid);
                 cluster.report_exit(process.pid, reason);
             }
         }

@@ -128,6 +128,47 @@ fn whereis_global(py: Python<'_>, name: &str) -> PyResult<Option<PyPid>> {
         .map_err(|s| controller_error(py, &s))
 }
 
+/// `pg.join(group, pid)`: cluster-wide; false if `pid` was a member already.
+#[pyfunction]
+fn pg_join(py: Python<'_>, group: &str, pid: &Bound<'_, PyPid>) -> PyResult<bool> {
+    check_name(group)?;
+    let cluster = cluster(py)?;
+    let pid = pid.get().0;
+    let changed = py
+        .detach(|| cluster.pg_join(group, pid))
+        .map_err(|s| controller_error(py, &s))?;
+    if let Some(p) = rt()?.lookup(pid) {
+        // Its memberships end when it exits: the controller hears of the exit.
+        p.data.report_exit.store(true, Ordering::Release);
+    }
+    Ok(changed)
+}
+
+/// `pg.leave(group, pid)`; false if `pid` was not a member.
+#[pyfunction]
+fn pg_leave(py: Python<'_>, group: &str, pid: &Bound<'_, PyPid>) -> PyResult<bool> {
+    let cluster = cluster(py)?;
+    let pid = pid.get().0;
+    py.detach(|| cluster.pg_leave(group, pid))
+        .map_err(|s| controller_error(py, &s))
+}
+
+/// `pg.members(group)`: from this node's cache of the watch stream, in join order.
+#[pyfunction]
+fn pg_members(py: Python<'_>, group: &str) -> PyResult<Vec<PyPid>> {
+    Ok(cluster(py)?
+        .group_members(group)
+        .into_iter()
+        .map(PyPid)
+        .collect())
+}
+
+/// `pg.which_groups()`.
+#[pyfunction]
+fn pg_groups(py: Python<'_>) -> PyResult<Vec<String>> {
+    Ok(cluster(py)?.group_names())
+}
+
 /// The cluster's members as this node sees them: [(name, incarnation, address, alive)].
 #[pyfunction]
 fn cluster_members(py: Python<'_>) -> PyResult<Vec<(String, u64, String, bool)>> {
@@ -961,5 +1002,9 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unregister_global, m)?)?;
     m.add_function(wrap_pyfunction!(whereis_global, m)?)?;
     m.add_function(wrap_pyfunction!(cluster_members, m)?)?;
+    m.add_function(wrap_pyfunction!(pg_join, m)?)?;
+    m.add_function(wrap_pyfunction!(pg_leave, m)?)?;
+    m.add_function(wrap_pyfunction!(pg_members, m)?)?;
+    m.add_function(wrap_pyfunction!(pg_groups, m)?)?;
     Ok(())
 }
