@@ -32,7 +32,8 @@ lint:
 
 bench: setup build
 	REBEAM_LOG=error $(NODE) --dev --run bench/peers/rebeam_peer.py --mode $${BENCH_MODE:-full} --out bench/results/rebeam.json
-	@if [ -x bench/run ]; then bench/run; fi
+	$(PYTHON) bench/peers/rebeam_cluster.py --mode $${BENCH_MODE:-full} --out bench/results/rebeam.json
+	bench/run $$([ "$${BENCH_MODE:-full}" = quick ] && echo --quick)
 
 clean:
 	cargo clean

@@ -232,7 +232,7 @@ def main() -> None:
     ):
         work.append(status_workload(name, unit, better, "skipped",
                                     "cross-node workloads arrive with cluster mode"))
-    write_result(args.out, "rebeam", "Re:BEAM 0.1 (one node)", "0.1.0", args.mode, started,
+    write_result(args.out, "rebeam", "Re:BEAM 0.1", "0.1.0", args.mode, started,
                  work, {"sizes": s.__dict__, "executors": rebeam.native.stats()["executors"]},
                  ["one node: one CPython interpreter, so Python code uses one core at a time"])
 

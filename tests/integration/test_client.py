@@ -23,9 +23,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import SECRET, TOKEN, Cluster, _cluster, controller_binary, free_port, wait_for  # noqa: F401
 
 import rebeam
+from harness import SECRET, TOKEN, Cluster, _cluster, controller_binary, free_port, wait_for  # noqa: F401
 from rebeam.client import (
     AlreadyExists,
     ArchiveError,

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import TOKEN, Blackhole, Cluster, Node, _cluster, wait_for
 
 import rebeam
+from harness import TOKEN, Blackhole, Cluster, Node, _cluster, wait_for
 
 
 @pytest.fixture

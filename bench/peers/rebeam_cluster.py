@@ -1,0 +1,226 @@
+"""Re:BEAM across two nodes on loopback: cross-node call round trip, one-way throughput,
+and failover of a global singleton after kill -9 of its node. Starts a controller and
+nodes as real processes (the integration tests' harness), runs measuring scripts inside
+the nodes, and merges the numbers into the Re:BEAM result file.
+
+    python3 bench/peers/rebeam_cluster.py --mode quick --out bench/results/rebeam.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+from common import (  # noqa: E402
+    Sizes,
+    Workload,
+    latency_workload,
+    parse_args,
+    sizes_for,
+    value_workload,
+)
+from harness import TOKEN, Node, _cluster, wait_for  # noqa: E402
+
+SERVER = """
+    import rebeam
+
+    class Echo(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            return request[1]
+
+    class Counter(rebeam.GenServer):
+        def init(self):
+            self.count = 0
+        def handle_cast(self, request):
+            self.count += 1
+        def handle_call(self, request, sender):
+            return self.count
+
+    def main():
+        rebeam.register_global("bench-echo", rebeam.spawn(Echo))
+        rebeam.register_global("bench-counter", rebeam.spawn(Counter))
+        print("server ready", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+CLIENT = """
+    import json, time
+    import rebeam
+
+    PAYLOAD = b"x" * 64
+
+    def main():
+        echo = rebeam.whereis_global("bench-echo")
+        counter = rebeam.whereis_global("bench-counter")
+        message = ("echo", PAYLOAD)
+        runs, rates = [], []
+        for _ in range({repeats}):
+            for _ in range({warmup}):
+                rebeam.call(echo, message)
+            samples = []
+            for _ in range({calls}):
+                t0 = time.perf_counter_ns()
+                assert rebeam.call(echo, message) == PAYLOAD
+                samples.append((time.perf_counter_ns() - t0) / 1000)
+            runs.append(samples)
+            before = rebeam.call(counter, "count")
+            t0 = time.perf_counter()
+            for _ in range({oneway}):
+                rebeam.cast(counter, ("inc", PAYLOAD))
+            total = rebeam.call(counter, "count", timeout=600)
+            rates.append({oneway} / (time.perf_counter() - t0))
+            assert total == before + {oneway}, (total, before)
+        print("RESULT " + json.dumps({{"runs": runs, "rates": rates}}), flush=True)
+
+    rebeam.run(main)
+"""
+
+SINGLETON = """
+    import rebeam
+
+    class Singleton(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            return str(rebeam.self_pid())
+"""
+
+CALLER = """
+    import time
+    import rebeam
+    from rebeam import Global
+
+    def main():
+        first = rebeam.call(Global("bench-singleton"), "who")
+        print("caller ready", flush=True)
+        while True:
+            try:
+                who = rebeam.call(Global("bench-singleton"), "who", timeout=0.2)
+                if who != first:
+                    print(f"MOVED {time.monotonic()}", flush=True)
+                    return
+            except rebeam.Error:
+                time.sleep(0.001)
+
+    rebeam.run(main)
+"""
+
+
+def script(root: Path, name: str, text: str) -> Path:
+    path = root / f"{name}.py"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def call_and_oneway(root: Path, api: str, s: Sizes) -> list[Workload]:
+    server = Node("bench-b", root / "b", api, script(root, "server", SERVER)).start()
+    client = None
+    try:
+        server.wait_output("server ready")
+        text = CLIENT.format(repeats=s.repeats, warmup=s.call_warmup, calls=s.cross_calls,
+                             oneway=s.cross_oneway)
+        client = Node("bench-a", root / "a", api, script(root, "client", text)).start()
+        code = client.wait_exit(timeout=600)
+        out = client.output()
+        line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+        if code != 0 or line is None:
+            raise RuntimeError(f"the measuring node failed ({code}):\n{out[-2000:]}")
+        result = json.loads(line[len("RESULT "):])
+    finally:
+        server.stop()
+        if client is not None:
+            client.stop()
+    return [
+        latency_workload("cross_node_rtt", "us", result["runs"], s.call_warmup,
+                         "rebeam.call from a process on node a to a GenServer on node b"),
+        value_workload("cross_node_oneway", "msgs/s", "higher", result["rates"],
+                       s.cross_oneway * s.repeats, 0,
+                       "rebeam.cast a → b until a final call confirms the count"),
+    ]
+
+
+def failover(root: Path, cluster: Any, s: Sizes) -> Workload:
+    app = root / "app"
+    (app / "single").mkdir(parents=True)
+    (app / "single" / "__init__.py").write_text("")
+    (app / "single" / "server.py").write_text(textwrap.dedent(SINGLETON))
+    (app / "rebeam.toml").write_text(textwrap.dedent("""
+        [app]
+        name = "bench-single"
+        version = "1.0.0"
+        max_restarts = 100
+        max_seconds = 60
+
+        [[children]]
+        start = "single.server:Singleton"
+        name = "bench-singleton"
+        global = true
+    """))
+    api = ",".join(m.api for m in cluster.members)
+    nodes = {name: Node(name, root / name, api).start() for name in ("f1", "f2")}
+    times = []
+    try:
+        for n in nodes.values():
+            n.wait_output("joined the cluster")
+        with cluster.client(token=TOKEN) as client:
+            client.submit(app)
+        for i in range(s.failover_repeats):
+            with cluster.client(token=TOKEN) as client:
+                holder = wait_for("the singleton", lambda c=client: c.whereis("bench-singleton"))
+            victim = nodes[holder.node]
+            survivor = next(n for name, n in nodes.items() if name != holder.node)
+            caller = Node(f"caller{i}", root / f"caller{i}", api,
+                          script(root, f"caller{i}", CALLER)).start()
+            caller.wait_output("caller ready")
+            killed = time.monotonic()
+            victim.kill9()
+            caller.wait_exit(timeout=60)
+            moved = next(float(x.split()[1]) for x in caller.output().splitlines()
+                         if x.startswith("MOVED "))
+            times.append((moved - killed) * 1000)
+            caller.stop()
+            nodes[victim.name] = Node(victim.name, root / f"{victim.name}-{i}", api).start()
+            nodes[victim.name].wait_output("joined the cluster")
+            del survivor
+    finally:
+        for n in nodes.values():
+            n.stop()
+    return value_workload("failover", "ms", "lower", times, len(times), 0,
+                          "kill -9 of the node holding a Global singleton → first answered "
+                          "call to it on the other node (default timings: lease 1 s)")
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    s = sizes_for(args.mode)
+    root = Path(tempfile.mkdtemp(prefix="rebeam-bench-cluster-"))
+    gen = _cluster(1)
+    cluster = next(gen)
+    try:
+        work = call_and_oneway(root, ",".join(m.api for m in cluster.members), s)
+        work.append(failover(root, cluster, s))
+    finally:
+        gen.close()
+    out = Path(args.out)
+    doc = json.loads(out.read_text()) if out.exists() else {"workloads": []}
+    names = {w.name for w in work}
+    doc["workloads"] = [w for w in doc["workloads"] if w["name"] not in names] + [
+        asdict(w) for w in work]
+    doc.setdefault("notes", []).append(
+        "cross-node workloads: two nodes and a one-member controller on loopback")
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    for w in work:
+        print(f"  rebeam           {w.name:20} {w.median:>12.4g} {w.unit}")
+
+
+if __name__ == "__main__":
+    main()
