@@ -265,7 +265,7 @@ fn keep_bench_node(
 }
 
 async fn bench_registrations(
-    c: &Cluster,
+    c: &Arc<Cluster>,
     inc: Arc<AtomicU64>,
     secs: u64,
     concurrency: usize,
@@ -286,7 +286,7 @@ async fn bench_registrations(
             serial.clone(),
             stop.clone(),
         );
-        let inc = inc.clone();
+        let (inc, c) = (inc.clone(), c.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let reqs: Vec<pb::RegisterNameRequest> = (0..batch)
@@ -302,23 +302,40 @@ async fn bench_registrations(
                         }
                     })
                     .collect();
-                if batch == 1 {
+                let failed = if batch == 1 {
                     let req = reqs.into_iter().next().expect("one request");
-                    if cl
-                        .register_name(req)
-                        .await
-                        .is_ok_and(|r| r.get_ref().registered)
-                    {
-                        done.fetch_add(1, Ordering::Relaxed);
+                    match cl.register_name(req).await {
+                        Ok(r) => {
+                            if r.get_ref().registered {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            false
+                        }
+                        Err(_) => true,
                     }
-                } else if let Ok(r) = cl
-                    .register_names(pb::RegisterNamesRequest {
-                        registrations: reqs,
-                    })
-                    .await
-                {
-                    let ok = r.get_ref().outcomes.iter().filter(|o| o.registered).count();
-                    done.fetch_add(ok as u64, Ordering::Relaxed);
+                } else {
+                    match cl
+                        .register_names(pb::RegisterNamesRequest {
+                            registrations: reqs,
+                        })
+                        .await
+                    {
+                        Ok(r) => {
+                            let ok = r.get_ref().outcomes.iter().filter(|o| o.registered).count();
+                            done.fetch_add(ok as u64, Ordering::Relaxed);
+                            false
+                        }
+                        Err(_) => true,
+                    }
+                };
+                if failed {
+                    // Leadership may have moved: follow it.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    if let Ok(l) = c.leader(Duration::from_secs(5)).await {
+                        if let Ok(n) = c.client(l) {
+                            cl = n;
+                        }
+                    }
                 }
             }
         }));
@@ -335,6 +352,21 @@ async fn bench_registrations(
         let _ = t.await;
     }
     Ok(rate)
+}
+
+/// The current Raft term as the leader reports it.
+async fn term(c: &Cluster) -> u64 {
+    match c.leader(Duration::from_secs(5)).await {
+        Ok(l) => match c.client(l) {
+            Ok(mut cl) => cl
+                .status(pb::StatusRequest {})
+                .await
+                .map(|s| s.get_ref().current_term)
+                .unwrap_or(0),
+            Err(_) => 0,
+        },
+        Err(_) => 0,
+    }
 }
 
 /// Waits until every running member has applied what the leader has.
@@ -532,10 +564,15 @@ async fn main() -> anyhow::Result<()> {
         "controller benchmarks: 3 members on loopback, default timings {}",
         std::env::var("BENCH_CONTROLLER_ARGS").unwrap_or_default()
     );
+    let term0 = term(&c).await;
     let rate = bench_registrations(&c, inc.clone(), secs, conc, 1).await?;
     println!("registrations/s sustained, unary RegisterName ({conc} concurrent clients, {secs} s): {rate:.0}");
     let rate = bench_registrations(&c, inc.clone(), secs, 32, 100).await?;
     println!("registrations/s sustained, RegisterNames of 100 (32 concurrent clients, {secs} s): {rate:.0}");
+    println!(
+        "leader elections during the registration runs: {}",
+        term(&c).await - term0
+    );
     for lin in [false, true] {
         let lat = bench_lookups(&c, lin, 2000).await?;
         println!(

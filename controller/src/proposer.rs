@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::types::{now_ms, Command, MemberNode, Outcome, Raft, Request};
 
 /// Most commands in one entry.
-const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = 2048;
 /// Entries proposed concurrently; more requests wait and join a later, larger batch.
 const MAX_IN_FLIGHT: usize = 4;
 

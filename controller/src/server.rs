@@ -94,7 +94,9 @@ fn raft_config(c: &ControllerConfig) -> Result<openraft::Config> {
         // after losing a leader, so a narrow range shortens failover.
         election_timeout_max: (t.election_timeout.as_millis() as u64) * 8 / 5,
         install_snapshot_timeout: 10_000,
-        max_payload_entries: 64,
+        // Entries carry batches of up to MAX_BATCH commands: keep one AppendEntries small
+        // enough that a busy follower handles it well within an election timeout.
+        max_payload_entries: 4,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_logs.max(1)),
         max_in_snapshot_log_to_keep: c.keep_logs,
         ..Default::default()
