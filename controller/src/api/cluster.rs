@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use rebeam_proto::v1 as pb;
 use rebeam_proto::v1::cluster_service_server::ClusterService;
@@ -97,6 +98,22 @@ impl ClusterApi {
         match self.core.propose(cmd).await? {
             Outcome::Changed(changed) => Ok(pb::PgReply { changed }),
             other => Err(Error::internal(format!("unexpected pg outcome {other:?}"))),
+        }
+    }
+}
+
+/// Changes the voter set, waiting (up to 10 s) for a change already in flight to finish.
+async fn change_membership(core: &Core, change: ChangeMembers<u64, MemberNode>) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match core.raft.change_membership(change.clone(), false).await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(write_error(e)),
         }
     }
 }
@@ -392,11 +409,7 @@ impl ClusterService for ClusterApi {
             .any(|v| v == r.id);
         if !is_voter {
             let ids: BTreeSet<u64> = [r.id].into();
-            self.core
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(ids), false)
-                .await
-                .map_err(write_error)?;
+            change_membership(&self.core, ChangeMembers::AddVoterIds(ids)).await?;
         }
         tracing::info!(id = r.id, "controller member added");
         Ok(Response::new(pb::AddControllerReply {
@@ -429,11 +442,7 @@ impl ClusterService for ClusterApi {
             .into());
         }
         let ids: BTreeSet<u64> = [id].into();
-        self.core
-            .raft
-            .change_membership(ChangeMembers::RemoveVoters(ids), false)
-            .await
-            .map_err(write_error)?;
+        change_membership(&self.core, ChangeMembers::RemoveVoters(ids)).await?;
         tracing::info!(id, "controller member removed");
         Ok(Response::new(pb::RemoveControllerReply {
             controllers: self.controllers(),
