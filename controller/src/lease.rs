@@ -48,10 +48,20 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut led_term: Option<u64> = None;
+    let mut last_tick = Instant::now();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        // If this task could not run for a while (an overloaded or paused leader), heartbeats
+        // were probably not served either: do not blame the nodes for the leader's stall.
+        let stalled = last_tick.elapsed().saturating_sub(tick);
+        last_tick = Instant::now();
+        if stalled > tick {
+            for (_, deadline) in core.leases.deadlines.lock().values_mut() {
+                *deadline += stalled;
+            }
         }
         let (leader, term) = {
             let m = core.raft.metrics();
