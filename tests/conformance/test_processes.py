@@ -359,6 +359,9 @@ def test_call_outcomes_are_the_same_on_the_fast_path(warmed):
                         return type(e).__name__
                 case ("raise", text):
                     raise ArithmeticError(text)
+                case ("stop", reason):
+                    rebeam.stop(reason)
+                    return "stopping"
             return request
 
     pid = rebeam.spawn(Server)
@@ -378,6 +381,12 @@ def test_call_outcomes_are_the_same_on_the_fast_path(warmed):
         rebeam.call(pid, ("raise", "bad math"))
     assert info.value.reason.type == "ArithmeticError"
     assert not rebeam.is_alive(pid)
+
+    pid, ref = rebeam.spawn_monitor(Server)
+    if warmed:
+        warm(pid)
+    assert rebeam.call(pid, ("stop", ("shutdown", 1))) == "stopping"
+    assert wait_down(ref).reason == ("shutdown", 1)
 
 
 def test_call_with_no_timeout_waits():
