@@ -189,7 +189,6 @@ fn ms(d: Duration) -> String {
 }
 
 async fn join(c: &Cluster, node: &str, labels: &[(&str, &str)]) -> anyhow::Result<u64> {
-    let l = c.leader(Duration::from_secs(10)).await?;
     let req = pb::JoinRequest {
         node: node.into(),
         address: "127.0.0.1:9".into(),
@@ -199,7 +198,37 @@ async fn join(c: &Cluster, node: &str, labels: &[(&str, &str)]) -> anyhow::Resul
             .collect(),
         capacity: 0,
     };
-    Ok(c.node_client(l)?.join(req).await?.into_inner().incarnation)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = c.leader(Duration::from_secs(10)).await?;
+        match c.node_client(l)?.join(req.clone()).await {
+            Ok(r) => return Ok(r.into_inner().incarnation),
+            // The leader moved between finding it and writing: find it again.
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Submits an app to the leader, following leader changes.
+async fn submit(c: &Cluster, manifest_toml: String) -> anyhow::Result<()> {
+    let req = pb::SubmitAppRequest {
+        manifest_toml,
+        code: vec![1],
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = c.leader(Duration::from_secs(10)).await?;
+        match c.client(l)?.submit_app(req.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Heartbeats a node to the leader until `stop`; records the last acknowledged heartbeat.
@@ -469,23 +498,19 @@ async fn bench_reassign(
     let mut out = Vec::new();
     let tag = if crash { "crash" } else { "hang" };
     for k in 0..rounds {
+        settle(c).await?;
         let label = format!("{tag}{k}");
         let victim = format!("a-{label}");
         let other = format!("b-{label}");
         let vi = join(c, &victim, &[("round", &label)]).await?;
         let stop_v = Arc::new(AtomicBool::new(false));
         let last = heartbeat(c.clone(), victim.clone(), vi, stop_v.clone());
-        let leader = c.leader(Duration::from_secs(5)).await?;
         let manifest = format!(
             "[app]\nname = \"app-{label}\"\nversion = \"1\"\n[[children]]\nstart = \"m:C\"\nname = \"c\"\nplacement = \"round={label}\"\n"
         );
-        c.client(leader)?
-            .submit_app(pb::SubmitAppRequest {
-                manifest_toml: manifest,
-                code: vec![1],
-            })
-            .await?;
+        submit(c, manifest).await?;
         let oi = join(c, &other, &[("round", &label)]).await?;
+        let leader = c.leader(Duration::from_secs(5)).await?;
         let stop_o = Arc::new(AtomicBool::new(false));
         heartbeat(c.clone(), other.clone(), oi, stop_o.clone());
         let mut watch = c
