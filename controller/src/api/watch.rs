@@ -84,6 +84,15 @@ fn snapshot_events(
     (events, rx)
 }
 
+/// The node went away (crash or lost connection). It fences itself within the stream fence,
+/// so the leader need not wait for the whole lease.
+fn gone(core: &Core, node: &str, incarnation: u64) {
+    if core.ensure_leader().is_ok() {
+        core.leases
+            .stream_closed(node, incarnation, core.config.timings.stream_fence);
+    }
+}
+
 /// Starts streaming to `node` (already checked live) until it disconnects or is declared dead.
 pub fn start(
     core: Arc<Core>,
@@ -95,12 +104,12 @@ pub fn start(
         let (first, mut rx) = snapshot_events(&core, &node);
         for ev in first {
             if tx.send(Ok(ev)).await.is_err() {
-                return;
+                return gone(&core, &node, incarnation);
             }
         }
         loop {
             let batch = tokio::select! {
-                _ = tx.closed() => break,
+                _ = tx.closed() => return gone(&core, &node, incarnation),
                 r = rx.recv() => r,
             };
             let batch = match batch {
@@ -122,7 +131,7 @@ pub fn start(
                     rx = new_rx;
                     for ev in snap {
                         if tx.send(Ok(ev)).await.is_err() {
-                            return;
+                            return gone(&core, &node, incarnation);
                         }
                     }
                     break;
@@ -132,7 +141,7 @@ pub fn start(
                 }
                 if let Some(e) = watch_event(batch.index, ev, &node) {
                     if tx.send(Ok(e)).await.is_err() {
-                        return;
+                        return gone(&core, &node, incarnation);
                     }
                 }
             }
@@ -144,10 +153,6 @@ pub fn start(
                     .await;
                 return;
             }
-        }
-        if core.ensure_leader().is_ok() {
-            core.leases
-                .stream_closed(&node, incarnation, core.config.timings.stream_fence);
         }
     });
     out
