@@ -6,6 +6,8 @@ from typing import Any
 
 import rebeam
 
+LOBBY = rebeam.Global("lobby")
+
 LINES = [
     ("ann", "hello, is anyone here?"),
     ("bob", "hi ann! the room survives crashes, watch"),
@@ -18,29 +20,35 @@ class Demo(rebeam.GenServer):
     """Joins a room, posts a few lines one tick apart, prints what the room broadcasts."""
 
     def init(self) -> None:
-        self.room = rebeam.call("lobby", ("room", "general"))
-        rebeam.call(self.room, ("join", "demo", rebeam.self_pid()))
+        # In a cluster the lobby may start on another node a moment later: join on the
+        # first tick, not here.
+        self.room = None
         self.step = 0
         rebeam.send_after(0.2, rebeam.self_pid(), "tick")
+
+    def join(self) -> None:
+        self.room = rebeam.call(LOBBY, ("room", "general"))
+        rebeam.call(self.room, ("join", "demo", rebeam.self_pid()))
 
     def handle_info(self, message: Any) -> None:
         match message:
             case ("message", room, user, text):
                 print(f"[{room}] {user}: {text}", flush=True)
             case "tick":
+                if self.room is None:
+                    self.join()
                 self.post_next()
 
     def post_next(self) -> None:
         if self.step >= len(LINES):
-            print(f"demo done; rooms open: {rebeam.call('lobby', 'rooms')}", flush=True)
+            print(f"demo done; rooms open: {rebeam.call(LOBBY, 'rooms')}", flush=True)
             rebeam.stop("normal")
             return
         user, text = LINES[self.step]
         self.step += 1
         try:
-            rebeam.call(rebeam.call("lobby", ("room", "general")), ("post", user, text))
+            rebeam.call(rebeam.call(LOBBY, ("room", "general")), ("post", user, text))
         except rebeam.Exit as e:
             print(f"the room crashed ({e.reason}); its supervisor restarts it", flush=True)
-            self.room = rebeam.call("lobby", ("room", "general"))
-            rebeam.call(self.room, ("join", "demo", rebeam.self_pid()))
+            self.join()
         rebeam.send_after(0.2, rebeam.self_pid(), "tick")

@@ -20,7 +20,7 @@ class Lobby(rebeam.GenServer):
             case ("room", name):
                 pid = self.rooms.get(name)
                 if pid is None or not rebeam.is_alive(pid):
-                    pid = rebeam.start_child("rooms", rebeam.child(Room, (name,)))
+                    pid = rebeam.start_child(rebeam.Global("rooms"), rebeam.child(Room, (name,)))
                     self.rooms[name] = pid
                 return pid
             case "rooms":

@@ -406,6 +406,15 @@ fn start_assignment(
             .await;
         if let Err(status) = r {
             tracing::warn!("cannot report a started child: {}", status.message());
+            if !matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
+                // The controller placed it elsewhere meanwhile: this copy must not run.
+                started.lock().remove(&(a.app.clone(), a.child.clone()));
+                let rt = cluster.rt.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    pyo3::Python::attach(|_py| rt.exit_signal(pid, pid, Reason::Kill));
+                })
+                .await;
+            }
         }
     });
 }
