@@ -58,6 +58,9 @@ struct Member {
 struct Cluster {
     root: PathBuf,
     members: Vec<Member>,
+    /// One long-lived connection per member for control calls (status, heartbeats, probes),
+    /// as a node keeps one; tonic reconnects it after a member restarts.
+    control: Vec<Channel>,
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
@@ -79,7 +82,15 @@ impl Cluster {
                 child: Mutex::new(None),
             });
         }
-        let c = Cluster { root, members };
+        let control = members
+            .iter()
+            .map(|m| channel(m.api))
+            .collect::<anyhow::Result<_>>()?;
+        let c = Cluster {
+            root,
+            members,
+            control,
+        };
         for i in 0..c.members.len() {
             c.spawn(i)?;
         }
@@ -144,10 +155,15 @@ impl Cluster {
     }
 
     fn node_client(&self, i: usize) -> anyhow::Result<NodeClient> {
-        Ok(NodeServiceClient::with_interceptor(
-            channel(self.members[i].api)?,
-            Bearer,
-        ))
+        Ok(
+            NodeServiceClient::with_interceptor(self.control[i].clone(), Bearer)
+                .max_decoding_message_size(64 << 20),
+        )
+    }
+
+    /// A client on the member's long-lived control connection.
+    fn control_client(&self, i: usize) -> Client {
+        ClusterServiceClient::with_interceptor(self.control[i].clone(), Bearer)
     }
 
     async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {
@@ -155,7 +171,7 @@ impl Cluster {
         while Instant::now() < deadline {
             for i in 0..self.members.len() {
                 if self.running(i) {
-                    if let Ok(s) = self.client(i)?.status(pb::StatusRequest {}).await {
+                    if let Ok(s) = self.control_client(i).status(pb::StatusRequest {}).await {
                         if s.get_ref().is_leader {
                             return Ok(i);
                         }
