@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rebeam/v1/node.proto",
         "rebeam/v1/client.proto",
         "rebeam/v1/peer.proto",
+        "rebeam/v1/gateway.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

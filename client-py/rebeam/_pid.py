@@ -29,3 +29,21 @@ class Ref:
 
 class Sender:
     """Reply handles exist only inside a node."""
+
+
+def restore_pid(node: str, incarnation: int, serial: int) -> object:
+    """Rebuilds a pickled pid: the node's own type inside a node, :class:`Pid` outside."""
+    from ._native import IN_NODE, native
+
+    if IN_NODE:
+        return native.Pid(node, incarnation, serial)
+    return Pid(node, incarnation, serial)
+
+
+def restore_ref(ref_id: int) -> object:
+    """Rebuilds a pickled reference, as :func:`restore_pid` does for pids."""
+    from ._native import IN_NODE, native
+
+    if IN_NODE:
+        return native.Ref(ref_id)
+    return Ref(ref_id)

@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use rebeam_node::cluster::gateway::Gateway;
 use rebeam_node::cluster::peers::PeerService;
 use rebeam_node::cluster::{control, Cluster, ClusterConfig};
 use rebeam_node::python::{self, NodeConfig};
@@ -47,6 +48,15 @@ struct Cli {
     /// Most top-level children the controller may place here (0: no limit).
     #[arg(long, default_value_t = 0)]
     capacity: u32,
+    /// Tokens accepted from clients at this node's gateway (comma-separated), besides the
+    /// cluster secret; on --dev, the embedded controller accepts them too.
+    #[arg(
+        long = "client-token",
+        value_delimiter = ',',
+        env = "REBEAM_CLIENT_TOKENS",
+        hide_env_values = true
+    )]
+    client_tokens: Vec<String>,
     /// The cluster secret (required in cluster mode).
     #[arg(long, env = "REBEAM_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -189,8 +199,9 @@ fn start_dev_controller(
         .clone()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
-    let config =
+    let mut config =
         rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
+    config.client_tokens = cli.client_tokens.clone();
     let handle = tokio
         .block_on(rebeam_controller::start(config))
         .context("starting the embedded controller")?;
@@ -238,7 +249,16 @@ fn join_cluster(
     };
     let cluster = Cluster::new(rt.clone(), tokio.handle().clone(), config);
     let _ = rt.host.cluster.set(cluster.clone());
-    let auth = rebeam_controller::auth::Authenticator::new(vec![secret]);
+    let auth = rebeam_controller::auth::Authenticator::new(vec![secret.clone()]);
+    let mut client_tokens = cli.client_tokens.clone();
+    client_tokens.push(secret);
+    let client_auth = rebeam_controller::auth::Authenticator::new(client_tokens);
+    let gateway = rebeam_proto::gateway_service_server::GatewayServiceServer::with_interceptor(
+        Gateway {
+            cluster: cluster.clone(),
+        },
+        move |req| client_auth.check(req),
+    );
     let service = rebeam_proto::peer_service_server::PeerServiceServer::with_interceptor(
         PeerService {
             cluster: cluster.clone(),
@@ -249,6 +269,7 @@ fn join_cluster(
         let served = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(service)
+            .add_service(gateway)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
         if let Err(err) = served {

@@ -362,3 +362,23 @@ def test_apps_keep_serving_when_the_controller_leader_dies(nodes: Nodes,
     assert driver.wait_exit() == 0, driver.output()[-3000:]
     assert "across the leader kill" in driver.output()
     assert "fencing" not in services.output() + driver.output()
+
+
+def test_a_client_outside_calls_into_the_cluster(nodes: Nodes, controllers: Cluster) -> None:
+    services = nodes.start("svc", SERVICES, extra=["--client-token", TOKEN])
+    services.wait_output("services ready")
+    with controllers.client(token=TOKEN) as client:
+        echo = client.whereis("echo")
+        assert client.call("echo", [1, 2]) == ("echo", [1, 2], echo)
+        assert client.call(rebeam.Global("echo"), "again")[2] == echo
+        with pytest.raises(rebeam.Exit) as crashed:
+            client.call("echo", "crash")
+        assert crashed.value.pid == echo and crashed.value.reason.type == "ValueError"
+        with pytest.raises(rebeam.Exit) as dead:
+            client.call(echo, 1)
+        assert dead.value.reason == "noproc"
+        with pytest.raises(rebeam.Exit) as unknown:
+            client.call("nobody-has-this-name", 1)
+        assert unknown.value.reason == "noproc"
+    with controllers.client(token="wrong-token") as client, pytest.raises(rebeam.Error):
+        client.call("echo", 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -10,8 +11,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .._errors import Timeout
+from .._errors import Exit, Timeout
 from .._pid import Pid
+from .._types import Crash, Global
 from ._config import ConfigError, resolve
 from ._errors import (
     AlreadyExists,
@@ -87,6 +89,7 @@ class Client:
         self._ca = Path(ca_file).read_bytes() if ca_file else None
         self._channels: dict[str, Any] = {}
         self._stubs: dict[str, Any] = {}
+        self._gateways: dict[str, Any] = {}
         self._closed = False
 
     # -- connection ---------------------------------------------------------------------
@@ -103,6 +106,7 @@ class Client:
             channel.close()
         self._channels.clear()
         self._stubs.clear()
+        self._gateways.clear()
 
     def __enter__(self) -> Client:
         return self
@@ -352,6 +356,84 @@ class Client:
 
         reply = self._call("PgMembers", client_pb2.PgMembersRequest(group=group, linearizable=True))
         return [p for p in (pid_from_proto(m) for m in reply.members) if p is not None]
+
+
+    # -- messages to processes ----------------------------------------------------------
+
+    def call(self, target: Global | str | Pid, request: Any, *, timeout: float = 5.0) -> Any:
+        """Calls a process in the cluster from outside and returns its reply.
+
+        ``target`` is a global name (``Global("lobby")`` or just ``"lobby"``) or a pid. The
+        request enters at the node holding the target and is routed there as a call from
+        inside would be. Raises :class:`rebeam.Exit` when the target is dead, dies before
+        replying or cannot be reached, and :class:`rebeam.Timeout` after ``timeout``."""
+        return self._deliver(target, "call", request, timeout)
+
+    def cast(self, target: Global | str | Pid, request: Any) -> None:
+        """Casts a request to a GenServer in the cluster; does not wait for it."""
+        self._deliver(target, "cast", request, self.timeout)
+
+    def send(self, target: Global | str | Pid, message: Any) -> None:
+        """Sends a raw message to a process in the cluster."""
+        self._deliver(target, "send", message, self.timeout)
+
+    def _deliver(self, target: Global | str | Pid, kind: str, value: Any, timeout: float) -> Any:
+        import grpc
+
+        from ._proto import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+        if isinstance(target, Global | str):
+            name = target.name if isinstance(target, Global) else target
+            pid = self.whereis(name)
+            if pid is None:
+                raise Exit(target, "noproc")
+        elif isinstance(target, Pid):
+            pid = target
+        else:
+            raise TypeError(f"a target is a global name or a Pid, not {type(target).__name__}")
+        node = next((n for n in self.nodes() if n.id == pid.node and n.status == "alive"), None)
+        if node is None or node.incarnation != pid.incarnation:
+            raise Exit(pid, "noconnection" if node is None else "noproc")
+        try:
+            payload = pickle.dumps(value, protocol=5)
+        except Exception as e:
+            raise TypeError(f"cannot send a value of type {type(value).__name__!r}: {e}") from e
+        kinds = {"call": gateway_pb2.DELIVERY_KIND_CALL, "cast": gateway_pb2.DELIVERY_KIND_CAST,
+                 "send": gateway_pb2.DELIVERY_KIND_SEND}
+        request = gateway_pb2.DeliverRequest(
+            pid=common_pb2.Pid(node=pid.node, incarnation=pid.incarnation, serial=pid.serial),
+            kind=kinds[kind], payload=payload, timeout_s=timeout)
+        stub = self._gateways.get(node.address)
+        if stub is None:
+            channel = grpc.insecure_channel(node.address)
+            self._channels[f"gateway {node.address}"] = channel
+            stub = self._gateways[node.address] = gateway_pb2_grpc.GatewayServiceStub(channel)
+        try:
+            reply = stub.Deliver(request, timeout=timeout + self.timeout, metadata=self._metadata())
+        except grpc.RpcError as e:
+            raise self._error(e.code(), e.details() or e.code().name.lower(), timeout) from None
+        outcome = reply.WhichOneof("result")
+        if outcome == "value":
+            return pickle.loads(reply.value)
+        if outcome == "exit":
+            raise Exit(pid, _reason(reply.exit))
+        if outcome == "timed_out":
+            raise Timeout(f"call to {pid} timed out after {timeout:g}s")
+        return None
+
+
+def _reason(reason: Any) -> Any:
+    """An exit reason from the wire, as the actor API shows it."""
+    kind = reason.WhichOneof("kind")
+    if kind == "atom":
+        return reason.atom
+    if kind == "crash":
+        return Crash(reason.crash.type, reason.crash.message, reason.crash.traceback)
+    if kind == "shutdown_term":
+        return ("shutdown", pickle.loads(reason.shutdown_term))
+    if kind == "term":
+        return pickle.loads(reason.term)
+    return "noconnection"
 
 
 def _leader(error: Any) -> str | None:

@@ -229,6 +229,33 @@ def cmd_status(args: argparse.Namespace, o: _Output) -> int:
     return 0
 
 
+def _value(text: str) -> Any:
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise SystemExit(f"rebeam: {text!r} is not a Python literal ({e}); quote strings, e.g. "
+                         "'\"get\"' or '(\"join\", \"ann\")'") from None
+
+
+def cmd_call(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        reply = client.call(args.target, _value(args.request),
+                            timeout=args.call_timeout)
+    if o.json:
+        o.data(reply)
+    else:
+        o.out.write(f"{reply!r}\n")
+    return 0
+
+
+def cmd_cast(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        client.cast(args.target, _value(args.request))
+    return 0
+
+
 def cmd_pack(args: argparse.Namespace, o: _Output) -> int:
     archive = _pack(args, o)
     if args.output:
@@ -273,6 +300,8 @@ def _parser() -> argparse.ArgumentParser:
         ("whereis", cmd_whereis, "the process holding a global name"),
         ("status", cmd_status, "the controller group's state"),
         ("pack", cmd_pack, "check and pack an app directory without uploading it"),
+        ("call", cmd_call, "call a process by global name and print the reply"),
+        ("cast", cmd_cast, "cast a request to a process by global name"),
     ]
     for name, func, help_text in commands:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -290,6 +319,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("name", metavar="NAME", help="a global name")
         if name == "pack":
             p.add_argument("-o", "--output", metavar="FILE", help="write the archive here")
+        if name in ("call", "cast"):
+            p.add_argument("target", metavar="NAME", help="the global name of the process")
+            p.add_argument("request", metavar="EXPR", help="a Python literal, e.g. '(\"join\", \"ann\")'")
+        if name == "call":
+            p.add_argument("--call-timeout", type=float, default=5.0, metavar="SECONDS",
+                           help="how long to wait for the reply (default 5)")
     return parser
 
 

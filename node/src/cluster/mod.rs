@@ -2,6 +2,7 @@
 //! runs the top-level children placed on it, and talks to peer nodes directly.
 
 pub mod control;
+pub mod gateway;
 pub mod peers;
 pub mod wire;
 

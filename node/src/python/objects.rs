@@ -57,8 +57,17 @@ impl Pid {
                 me.0.serial.into_pyobject(slf.py())?.into_any(),
             ],
         )?;
-        Ok((slf.get_type().into_any(), args))
+        Ok((restorer(slf.py(), "restore_pid")?, args))
     }
+}
+
+/// The `rebeam._pid` function that rebuilds a pickled pid or ref, so pickles made inside a
+/// node also load in a client outside any node.
+fn restorer<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
+    static PID: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    static REF: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    let cell = if name == "restore_pid" { &PID } else { &REF };
+    Ok(cell.import(py, "rebeam._pid", name)?.clone())
 }
 
 /// A unique reference: names a monitor or a timer.
@@ -78,7 +87,7 @@ impl Ref {
     }
 
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (u64,))> {
-        Ok((slf.get_type().into_any(), (slf.get().0 .0,)))
+        Ok((restorer(slf.py(), "restore_ref")?, (slf.get().0 .0,)))
     }
 }
 

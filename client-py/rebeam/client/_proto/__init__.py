@@ -2,4 +2,4 @@
 # ruff: noqa
 """Generated protobuf and gRPC modules for the controller's client service."""
 
-PROTO_SHA256 = "a42ce404602f42b5818c0cc089bdb4321fed72933d9de4cfe42c853fab0d309e"
+PROTO_SHA256 = "354feddc1ac4b93122ad8f8aeabed312d1bd371d6688830d19b38d9b22df0d5d"

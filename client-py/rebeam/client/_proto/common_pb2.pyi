@@ -196,3 +196,25 @@ class Assignment(_message.Message):
     spec: ChildSpec
     history: _containers.RepeatedCompositeFieldContainer[RestartRecord]
     def __init__(self, app: _Optional[str] = ..., child: _Optional[str] = ..., generation: _Optional[int] = ..., node: _Optional[str] = ..., incarnation: _Optional[int] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., pid: _Optional[_Union[Pid, _Mapping]] = ..., app_version: _Optional[str] = ..., code_hash: _Optional[str] = ..., spec: _Optional[_Union[ChildSpec, _Mapping]] = ..., history: _Optional[_Iterable[_Union[RestartRecord, _Mapping]]] = ...) -> None: ...
+
+class WireReason(_message.Message):
+    __slots__ = ("atom", "crash", "term", "shutdown_term")
+    ATOM_FIELD_NUMBER: _ClassVar[int]
+    CRASH_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_TERM_FIELD_NUMBER: _ClassVar[int]
+    atom: str
+    crash: WireCrash
+    term: bytes
+    shutdown_term: bytes
+    def __init__(self, atom: _Optional[str] = ..., crash: _Optional[_Union[WireCrash, _Mapping]] = ..., term: _Optional[bytes] = ..., shutdown_term: _Optional[bytes] = ...) -> None: ...
+
+class WireCrash(_message.Message):
+    __slots__ = ("type", "message", "traceback")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    message: str
+    traceback: str
+    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...
