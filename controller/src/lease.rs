@@ -28,6 +28,7 @@ impl Leases {
     /// be declared dead once that has passed rather than after the whole lease.
     pub fn stream_closed(&self, node: &str, incarnation: u64, stream_fence: std::time::Duration) {
         let mut d = self.deadlines.lock();
+        tracing::debug!(node, incarnation, known = ?d.get(node), "shortening lease after stream close");
         if let Some((inc, deadline)) = d.get_mut(node) {
             let soon = Instant::now() + stream_fence;
             if *inc == incarnation && *deadline > soon {

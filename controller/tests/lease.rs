@@ -39,8 +39,9 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
     let c = Arc::new(Cluster::start(3, &[]));
     let inc_a = join_node(&c, "node-a", &[]).await;
     let inc_b = join_node(&c, "node-b", &[]).await;
-    let (stop_a, last_a) = heartbeat(c.clone(), "node-a", inc_a, Duration::from_millis(200));
-    let (_stop_b, _) = heartbeat(c.clone(), "node-b", inc_b, Duration::from_millis(200));
+    let hb_a = heartbeat(c.clone(), "node-a", inc_a, Duration::from_millis(200));
+    let last_a = hb_a.last.clone();
+    let _hb_b = heartbeat(c.clone(), "node-b", inc_b, Duration::from_millis(200));
     submit(&c, manifest("svc", "1", &["spread"; 4]), b"code".to_vec()).await;
     let a_pid = pid("node-a", inc_a, 1);
     register(&c, "on-a", a_pid.clone()).await;
@@ -76,7 +77,7 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
         matches!(first.event, Some(pb::watch_event::Event::Snapshot(v)) if v.last && v.assignments.len() == 2)
     );
 
-    stop_a.send(true).expect("stop heartbeats");
+    hb_a.stop().await;
     wait_dead(&c, "node-a").await;
     let silent_for = last_a.lock().expect("node-a heartbeated").elapsed();
     assert!(
@@ -178,7 +179,8 @@ async fn crashed_node_is_declared_dead_after_the_stream_fence() {
         &["--lease-ms", "5000", "--node-fence-ms", "4000"],
     ));
     let inc = join_node(&c, "node-c", &[]).await;
-    let (stop, last) = heartbeat(c.clone(), "node-c", inc, Duration::from_millis(200));
+    let hb = heartbeat(c.clone(), "node-c", inc, Duration::from_millis(200));
+    let last = hb.last.clone();
     let leader = c.wait_leader(Duration::from_secs(10)).await;
     let mut watch = c
         .node_client(leader)
@@ -197,7 +199,7 @@ async fn crashed_node_is_declared_dead_after_the_stream_fence() {
     })
     .await;
     // The node process dies: heartbeats stop and its connection closes.
-    stop.send(true).expect("stop");
+    hb.stop().await;
     drop(watch);
     let closed = Instant::now();
     wait_dead(&c, "node-c").await;

@@ -342,21 +342,33 @@ pub async fn leader_index(c: &Cluster) -> Option<usize> {
     None
 }
 
-/// Heartbeats `node` every `every` to whichever member leads, until the returned sender is dropped
-/// or set. Returns the instant of the last successful heartbeat through the handle.
+/// A running heartbeat task for one node incarnation.
+pub struct Heartbeats {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    /// When the last heartbeat was acknowledged.
+    pub last: std::sync::Arc<parking_lot::Mutex<Option<Instant>>>,
+}
+
+impl Heartbeats {
+    /// Stops heartbeating and waits until no heartbeat is in flight any more.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Heartbeats `node` every `every` to whichever member leads, like a live node.
 pub fn heartbeat(
     c: std::sync::Arc<Cluster>,
     node: &str,
     incarnation: u64,
     every: Duration,
-) -> (
-    tokio::sync::watch::Sender<bool>,
-    std::sync::Arc<parking_lot::Mutex<Option<Instant>>>,
-) {
+) -> Heartbeats {
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let last = std::sync::Arc::new(parking_lot::Mutex::new(None));
     let (node, last2) = (node.to_string(), last.clone());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             if *rx.borrow() {
                 return;
@@ -374,11 +386,11 @@ pub fn heartbeat(
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = rx.changed() => {}
+                r = rx.changed() => if r.is_err() { return },
             }
         }
     });
-    (stop, last)
+    Heartbeats { stop, task, last }
 }
 
 /// A small valid manifest with `children` top-level children of the given placements.
