@@ -18,8 +18,10 @@ run: setup build
 
 test: setup build lint test-rust test-python
 
+# One test at a time: the controller tests run 3-member groups of real processes with
+# sub-second timings, and running them side by side on 2 cores starves their elections.
 test-rust:
-	cargo test --release --workspace
+	cargo test --release --workspace -- --test-threads=1
 
 test-python:
 	REBEAM_NODE=$(CURDIR)/$(NODE) $(PYTHON) -m pytest tests/integration -q

@@ -288,6 +288,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, session: Session, started: Started
                 continue;
             }
         };
+        cluster.begin_view();
         while let Some(event) = stream.next().await {
             match event {
                 Ok(ev) => apply_event(cluster, session, &started, ev),

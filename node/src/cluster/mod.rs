@@ -72,6 +72,8 @@ pub struct Cluster {
     members: RwLock<HashMap<NodeId, Member>>,
     names: RwLock<HashMap<String, Pid>>,
     groups: RwLock<HashMap<String, Vec<Pid>>>,
+    /// False while a chunked view is arriving.
+    view_complete: std::sync::atomic::AtomicBool,
     /// Messages dropped because a peer's queue was full.
     pub dropped: AtomicU64,
     /// The controller connection.
@@ -99,6 +101,7 @@ impl Cluster {
             members: RwLock::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
+            view_complete: std::sync::atomic::AtomicBool::new(true),
             dropped: AtomicU64::new(0),
         });
         let me = cluster.clone();
@@ -240,23 +243,30 @@ impl Cluster {
         for node in &view.nodes {
             self.update_member(node);
         }
+        // A large view arrives in chunks; the cache is replaced at the first one.
+        let first = self.view_complete.swap(view.last, Ordering::AcqRel);
         let mut names = self.names.write();
-        names.clear();
+        if first {
+            names.clear();
+        }
         for n in &view.names {
             if let Some(pid) = wire::pid_from_pb(n.pid.as_ref()) {
                 names.insert(n.name.clone(), pid);
             }
         }
         let mut groups = self.groups.write();
-        groups.clear();
-        for g in &view.groups {
-            let members = g
-                .members
-                .iter()
-                .filter_map(|p| wire::pid_from_pb(Some(p)))
-                .collect();
-            groups.insert(g.name.clone(), members);
+        if first {
+            groups.clear();
         }
+        for g in &view.groups {
+            let members = g.members.iter().filter_map(|p| wire::pid_from_pb(Some(p)));
+            groups.entry(g.name.clone()).or_default().extend(members);
+        }
+    }
+
+    /// A new watch stream starts: its first view replaces the cache.
+    pub fn begin_view(&self) {
+        self.view_complete.store(true, Ordering::Release);
     }
 
     /// Applies a group change from the watch stream.
