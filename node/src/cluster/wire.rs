@@ -29,14 +29,7 @@ pub fn pid_from_pb(pid: Option<&pb::Pid>) -> Option<Pid> {
 /// A reason for the wire.
 pub fn reason_to_pb(reason: &Reason) -> pb::WireReason {
     use pb::wire_reason::Kind;
-    let atom = |s: &str| Kind::Atom(s.to_string());
     let kind = match reason {
-        Reason::Normal => atom("normal"),
-        Reason::Shutdown => atom("shutdown"),
-        Reason::Kill => atom("kill"),
-        Reason::Killed => atom("killed"),
-        Reason::Noproc => atom("noproc"),
-        Reason::Noconnection => atom("noconnection"),
         Reason::ShutdownWith(term) => Kind::ShutdownTerm(term.to_vec()),
         Reason::Other(term) => Kind::Term(term.to_vec()),
         Reason::Crash(c) => Kind::Crash(pb::WireCrash {
@@ -44,6 +37,7 @@ pub fn reason_to_pb(reason: &Reason) -> pb::WireReason {
             message: c.message.clone(),
             traceback: c.traceback.clone(),
         }),
+        other => Kind::Atom(other.atom().unwrap_or("noconnection").to_string()),
     };
     pb::WireReason { kind: Some(kind) }
 }
@@ -52,14 +46,7 @@ pub fn reason_to_pb(reason: &Reason) -> pb::WireReason {
 pub fn reason_from_pb(reason: Option<pb::WireReason>) -> Reason {
     use pb::wire_reason::Kind;
     match reason.and_then(|r| r.kind) {
-        Some(Kind::Atom(a)) => match a.as_str() {
-            "normal" => Reason::Normal,
-            "shutdown" => Reason::Shutdown,
-            "kill" => Reason::Kill,
-            "killed" => Reason::Killed,
-            "noproc" => Reason::Noproc,
-            _ => Reason::Noconnection,
-        },
+        Some(Kind::Atom(a)) => Reason::from_atom(&a).unwrap_or(Reason::Noconnection),
         Some(Kind::ShutdownTerm(t)) => Reason::ShutdownWith(Arc::from(t)),
         Some(Kind::Term(t)) => Reason::Other(Arc::from(t)),
         Some(Kind::Crash(c)) => Reason::Crash(Arc::new(Crash {

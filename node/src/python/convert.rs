@@ -95,14 +95,7 @@ pub fn error<'py>(
 
 /// A reason as the Python value users see.
 pub fn reason_to_py<'py>(py: Python<'py>, reason: &Reason) -> PyResult<Bound<'py, PyAny>> {
-    let atom = |s: &str| Ok(PyString::new(py, s).into_any());
     match reason {
-        Reason::Normal => atom("normal"),
-        Reason::Shutdown => atom("shutdown"),
-        Reason::Kill => atom("kill"),
-        Reason::Killed => atom("killed"),
-        Reason::Noproc => atom("noproc"),
-        Reason::Noconnection => atom("noconnection"),
         Reason::ShutdownWith(term) => {
             let extra = Term::from_bytes(py, term)?;
             Ok(PyTuple::new(py, [PyString::new(py, "shutdown").into_any(), extra])?.into_any())
@@ -113,6 +106,7 @@ pub fn reason_to_py<'py>(py: Python<'py>, reason: &Reason) -> PyResult<Bound<'py
             c.traceback.as_str(),
         )),
         Reason::Other(term) => Term::from_bytes(py, term),
+        other => Ok(PyString::new(py, other.atom().unwrap_or("noconnection")).into_any()),
     }
 }
 
@@ -120,14 +114,8 @@ pub fn reason_to_py<'py>(py: Python<'py>, reason: &Reason) -> PyResult<Bound<'py
 pub fn reason_from_py(value: &Bound<'_, PyAny>) -> PyResult<Reason> {
     let py = value.py();
     if let Ok(s) = value.cast_exact::<PyString>() {
-        match s.to_str()? {
-            "normal" => return Ok(Reason::Normal),
-            "shutdown" => return Ok(Reason::Shutdown),
-            "kill" => return Ok(Reason::Kill),
-            "killed" => return Ok(Reason::Killed),
-            "noproc" => return Ok(Reason::Noproc),
-            "noconnection" => return Ok(Reason::Noconnection),
-            _ => {}
+        if let Some(reason) = Reason::from_atom(s.to_str()?) {
+            return Ok(reason);
         }
     }
     if let Ok(t) = value.cast_exact::<PyTuple>() {

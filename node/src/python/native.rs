@@ -196,6 +196,28 @@ fn _install(py: Python<'_>, types: &Bound<'_, PyDict>) -> PyResult<()> {
     convert::install(py, types)
 }
 
+/// A new process of `kind`, linked to and/or monitored by the caller as asked.
+type Spawned = (
+    &'static Arc<PyRuntime>,
+    Option<Arc<PyProcess>>,
+    Arc<PyProcess>,
+    Option<crate::runtime::Ref>,
+);
+
+fn begin_spawn(py: Python<'_>, kind: Kind, link: bool, monitor: bool) -> PyResult<Spawned> {
+    let rt = rt()?;
+    let parent = current();
+    if (link || monitor) && parent.is_none() {
+        this(py, "spawn_link/spawn_monitor")?;
+    }
+    let process = rt.spawn(kind, parent.as_ref().filter(|_| link), PyData::default());
+    let mref = match (&parent, monitor) {
+        (Some(p), true) => Some(rt.monitor(p, process.pid)),
+        _ => None,
+    };
+    Ok((rt, parent, process, mref))
+}
+
 /// Starts a server process for `server` (an instance whose `init` has not run yet); runs
 /// `init(*args, **kwargs)` on this thread as the new process, as `start_link` does in OTP.
 #[pyfunction]
@@ -208,21 +230,8 @@ fn spawn_server<'py>(
     link: bool,
     monitor: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let rt = rt()?;
-    let parent = current();
-    if (link || monitor) && parent.is_none() {
-        this(py, "spawn_link/spawn_monitor")?;
-    }
-    let process = rt.spawn(
-        Kind::Server,
-        parent.as_ref().filter(|_| link),
-        PyData::default(),
-    );
+    let (rt, parent, process, mref) = begin_spawn(py, Kind::Server, link, monitor)?;
     let _ = process.data.server.set(server.clone().unbind());
-    let mref = match (&parent, monitor) {
-        (Some(p), true) => Some(rt.monitor(p, process.pid)),
-        _ => None,
-    };
     let result = {
         let _enter = Enter::new(process.clone());
         server.call_method(pyo3::intern!(py, "init"), args, kwargs.as_ref())
@@ -296,20 +305,7 @@ fn spawn_function<'py>(
     link: bool,
     monitor: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let rt = rt()?;
-    let parent = current();
-    if (link || monitor) && parent.is_none() {
-        this(py, "spawn_link/spawn_monitor")?;
-    }
-    let process = rt.spawn(
-        Kind::Thread,
-        parent.as_ref().filter(|_| link),
-        PyData::default(),
-    );
-    let mref = match (&parent, monitor) {
-        (Some(p), true) => Some(rt.monitor(p, process.pid)),
-        _ => None,
-    };
+    let (rt, parent, process, mref) = begin_spawn(py, Kind::Thread, link, monitor)?;
     let function = function.unbind();
     let args = args.unbind();
     let kwargs = kwargs.map(|k| k.unbind());

@@ -46,6 +46,32 @@ impl Reason {
         matches!(self, Reason::Normal)
     }
 
+    /// The atom naming a reason that carries no data (`normal`, `killed`, ...).
+    pub fn atom(&self) -> Option<&'static str> {
+        Some(match self {
+            Reason::Normal => "normal",
+            Reason::Shutdown => "shutdown",
+            Reason::Kill => "kill",
+            Reason::Killed => "killed",
+            Reason::Noproc => "noproc",
+            Reason::Noconnection => "noconnection",
+            _ => return None,
+        })
+    }
+
+    /// The reason an atom names, if it names one.
+    pub fn from_atom(atom: &str) -> Option<Reason> {
+        Some(match atom {
+            "normal" => Reason::Normal,
+            "shutdown" => Reason::Shutdown,
+            "kill" => Reason::Kill,
+            "killed" => Reason::Killed,
+            "noproc" => Reason::Noproc,
+            "noconnection" => Reason::Noconnection,
+            _ => return None,
+        })
+    }
+
     /// True for `shutdown` and `("shutdown", _)`, which transient children are not restarted for.
     pub fn is_shutdown(&self) -> bool {
         matches!(self, Reason::Shutdown | Reason::ShutdownWith(_))
