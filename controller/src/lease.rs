@@ -14,6 +14,8 @@ use crate::types::Command;
 pub struct Leases {
     deadlines: Mutex<HashMap<String, (u64, Instant)>>,
     declaring: Mutex<HashSet<(String, u64)>>,
+    /// Watch streams closed since the last tick: (node, incarnation, shortened deadline).
+    closed: Mutex<Vec<(String, u64, Instant)>>,
 }
 
 impl Leases {
@@ -27,6 +29,11 @@ impl Leases {
     /// The node's watch stream closed: the node fences itself within `stream_fence`, so it may
     /// be declared dead once that has passed rather than after the whole lease.
     pub fn stream_closed(&self, node: &str, incarnation: u64, stream_fence: std::time::Duration) {
+        // Also kept aside until the lease task's next tick: a leader that just took over
+        // resets every deadline on its first tick, which must not erase this.
+        self.closed
+            .lock()
+            .push((node.to_string(), incarnation, Instant::now() + stream_fence));
         let mut d = self.deadlines.lock();
         tracing::debug!(node, incarnation, known = ?d.get(node), "shortening lease after stream close");
         if let Some((inc, deadline)) = d.get_mut(node) {
@@ -39,6 +46,17 @@ impl Leases {
 
     fn clear(&self) {
         self.deadlines.lock().clear();
+    }
+
+    /// Applies the stream closes seen since the last tick to the deadlines.
+    fn apply_closed(&self, d: &mut HashMap<String, (u64, Instant)>) {
+        for (node, incarnation, soon) in self.closed.lock().drain(..) {
+            if let Some((inc, deadline)) = d.get_mut(&node) {
+                if *inc == incarnation && *deadline > soon {
+                    *deadline = soon;
+                }
+            }
+        }
     }
 }
 
@@ -75,6 +93,7 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
         if !leader {
             led_term = None;
             core.leases.clear();
+            core.leases.closed.lock().clear();
             continue;
         }
         if led_term != Some(term) {
@@ -101,7 +120,11 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
                 if e.0 != *inc {
                     *e = (*inc, now + lease);
                 }
-                if now >= e.1 {
+            }
+            core.leases.apply_closed(&mut d);
+            for (node, inc) in &alive {
+                let Some(e) = d.get(node) else { continue };
+                if e.0 == *inc && now >= e.1 {
                     expired.push((node.clone(), *inc));
                 }
             }
