@@ -64,6 +64,20 @@ async fn whole_state_survives_a_full_restart() {
     assert_eq!(after.groups, 1);
     assert_eq!(whereis(&c, "n42").await, Some(pid("node-a", inc, 43)));
     for i in 0..3 {
+        // Followers replay the log at their own pace: wait until this one has the code.
+        c.wait_until(
+            Duration::from_secs(20),
+            "the member to re-apply the code",
+            || async {
+                c.node_client(i)
+                    .fetch_code(pb::FetchCodeRequest {
+                        code_hash: app.code_hash.clone(),
+                    })
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
         let fetched = c
             .node_client(i)
             .fetch_code(pb::FetchCodeRequest {
