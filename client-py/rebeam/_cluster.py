@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._native import native
 from ._process import spawn
+from ._supervisor import register_name
+from ._types import Global
 
 
 def install_code(base_dir: str, app: str, code_hash: str, blob: bytes) -> str:
@@ -38,10 +39,5 @@ def start_child(code_dir: str, start: str, args_json: str, name: str, is_global:
         args = [args]
     pid = spawn(target, *args)
     if name:
-        if is_global:
-            from ._globals import register_global
-
-            register_global(name, pid)
-        else:
-            native.register(name, pid)
+        register_name(Global(name) if is_global else name, pid)
     return pid

@@ -54,6 +54,16 @@ def child(start: Callable[..., Any] | type, args: tuple[Any, ...] | list[Any] = 
     return ChildSpec(start, tuple(args), dict(kwargs or {}), id, name, restart, shutdown)
 
 
+def register_name(name: str | Global, pid: Any) -> None:
+    """Registers a child's local name, or its cluster-wide one for ``Global(...)``."""
+    if isinstance(name, Global):
+        from ._globals import register_global
+
+        register_global(name.name, pid)
+    else:
+        native.register(name, pid)
+
+
 def _validate(spec: Any, where: str) -> ChildSpec:
     if not isinstance(spec, ChildSpec):
         raise TypeError(f"{where}: expected rebeam.child(...), got {type(spec).__name__}")
@@ -143,12 +153,8 @@ class Supervisor(GenServer):
         from ._process import spawn_link
 
         pid = spawn_link(spec.start, *spec.args, **spec.kwargs)
-        if isinstance(spec.name, str):
-            native.register(spec.name, pid)
-        elif isinstance(spec.name, Global):
-            from . import _globals
-
-            _globals.register_global(spec.name.name, pid)
+        if spec.name is not None:
+            register_name(spec.name, pid)
         return pid
 
     def _stop_child(self, entry: _Child) -> None:

@@ -118,22 +118,38 @@ impl Cluster {
     /// member (the caller then treats the target as unreachable).
     pub fn route(self: &Arc<Self>, out: Outbound<Term>) -> Result<(), Outbound<Term>> {
         let node = target_node(&out);
-        let Some(address) = self.address_of(node) else {
+        // An open link means a live member (links to lost members are removed): the message
+        // path checks membership only when it has to open one.
+        let reachable = self.links.lock().contains_key(&node) || self.address_of(node).is_some();
+        if !reachable {
             tracing::debug!(peer = %node.name(), "no live member to route to");
             return Err(out);
-        };
+        }
         let (node, frame) = peers::frame_for(self, out)?;
+        self.push(node, frame);
+        Ok(())
+    }
+
+    /// Queues a frame on the link to `node`, opening it on first use; a full queue drops the
+    /// frame (and counts it).
+    fn push(self: &Arc<Self>, node: NodeId, frame: pb::PeerFrame) {
         let mut links = self.links.lock();
-        let link = links
-            .entry(node)
-            .or_insert_with(|| peers::open(self, node, address));
+        let link = match links.entry(node) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let Some(address) = self.address_of(node) else {
+                    tracing::debug!(peer = %node.name(), "frame to an unknown member dropped");
+                    return;
+                };
+                e.insert(peers::open(self, node, address))
+            }
+        };
         if !link.push(frame) {
             let count = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if count.is_power_of_two() {
                 tracing::warn!(peer = %node.name(), count, "peer queue full: messages dropped");
             }
         }
-        Ok(())
     }
 
     /// Answers a call that came from `node`.
@@ -152,17 +168,7 @@ impl Cluster {
                 result: Some(result),
             })),
         };
-        let Some(address) = self.address_of(node) else {
-            tracing::debug!(peer = %node.name(), "reply to an unknown member dropped");
-            return;
-        };
-        let mut links = self.links.lock();
-        let link = links
-            .entry(node)
-            .or_insert_with(|| peers::open(self, node, address));
-        if !link.push(frame) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.push(node, frame);
     }
 
     fn address_of(&self, node: NodeId) -> Option<String> {
