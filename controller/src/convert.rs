@@ -82,6 +82,9 @@ impl From<App> for pb::AppInfo {
             submitted_at_ms: a.submitted_at_ms,
             manifest_toml: a.draft.manifest_toml,
             previous_version: a.previous.map(|p| p.0).unwrap_or_default(),
+            last_error: String::new(),
+            upgrades: Vec::new(),
+            upgrade_error: String::new(),
         }
     }
 }

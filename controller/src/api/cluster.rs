@@ -297,6 +297,13 @@ impl ClusterService for ClusterApi {
         Ok(Response::new(self.submit(req.into_inner(), true).await?))
     }
 
+    async fn rollback_app(
+        &self,
+        _req: Request<pb::RollbackAppRequest>,
+    ) -> Result<Response<pb::SubmitAppReply>, Status> {
+        Err(Status::unimplemented("TEMP: RollbackApp"))
+    }
+
     async fn stop_app(
         &self,
         req: Request<pb::StopAppRequest>,

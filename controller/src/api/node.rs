@@ -192,4 +192,18 @@ impl NodeService for NodeApi {
             code: blob.0.clone(),
         }))
     }
+
+    async fn report_child_failed(
+        &self,
+        _req: Request<pb::ChildFailedRequest>,
+    ) -> Result<Response<pb::ChildFailedReply>, Status> {
+        Err(Status::unimplemented("TEMP: ReportChildFailed"))
+    }
+
+    async fn report_upgrade(
+        &self,
+        _req: Request<pb::UpgradeReportRequest>,
+    ) -> Result<Response<pb::UpgradeReportReply>, Status> {
+        Err(Status::unimplemented("TEMP: ReportUpgrade"))
+    }
 }

@@ -59,6 +59,24 @@ impl Gateway {
 
 #[tonic::async_trait]
 impl pb::gateway_service_server::GatewayService for Gateway {
+    type LogsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::LogsReply, Status>> + Send + 'static>,
+    >;
+
+    async fn list_processes(
+        &self,
+        _request: Request<pb::ListProcessesRequest>,
+    ) -> Result<Response<pb::ListProcessesReply>, Status> {
+        Err(Status::unimplemented("TEMP: ListProcesses"))
+    }
+
+    async fn logs(
+        &self,
+        _request: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        Err(Status::unimplemented("TEMP: Logs"))
+    }
+
     async fn deliver(
         &self,
         request: Request<pb::DeliverRequest>,

@@ -2,4 +2,4 @@
 # ruff: noqa
 """Generated protobuf and gRPC modules for the controller's client service."""
 
-PROTO_SHA256 = "354feddc1ac4b93122ad8f8aeabed312d1bd371d6688830d19b38d9b22df0d5d"
+PROTO_SHA256 = "5ee9cbac810201ba01330ca0b23bff1fa9d8136666f524269e00e8278a707416"

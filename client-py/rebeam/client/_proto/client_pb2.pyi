@@ -139,6 +139,12 @@ class StopAppReply(_message.Message):
     app: _common_pb2.AppInfo
     def __init__(self, app: _Optional[_Union[_common_pb2.AppInfo, _Mapping]] = ...) -> None: ...
 
+class RollbackAppRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
 class ListAppsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -94,6 +94,11 @@ class ClusterServiceStub:
                 request_serializer=rebeam_dot_v1_dot_client__pb2.StopAppRequest.SerializeToString,
                 response_deserializer=rebeam_dot_v1_dot_client__pb2.StopAppReply.FromString,
                 _registered_method=True)
+        self.RollbackApp = channel.unary_unary(
+                '/rebeam.v1.ClusterService/RollbackApp',
+                request_serializer=rebeam_dot_v1_dot_client__pb2.RollbackAppRequest.SerializeToString,
+                response_deserializer=rebeam_dot_v1_dot_client__pb2.SubmitAppReply.FromString,
+                _registered_method=True)
         self.ListApps = channel.unary_unary(
                 '/rebeam.v1.ClusterService/ListApps',
                 request_serializer=rebeam_dot_v1_dot_client__pb2.ListAppsRequest.SerializeToString,
@@ -199,6 +204,14 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RollbackApp(self, request, context):
+        """Makes the version that ran before the last upgrade current again (the nodes move the
+        app's processes back through code_change); refused when there is no previous version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListApps(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -292,6 +305,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.StopApp,
                     request_deserializer=rebeam_dot_v1_dot_client__pb2.StopAppRequest.FromString,
                     response_serializer=rebeam_dot_v1_dot_client__pb2.StopAppReply.SerializeToString,
+            ),
+            'RollbackApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackApp,
+                    request_deserializer=rebeam_dot_v1_dot_client__pb2.RollbackAppRequest.FromString,
+                    response_serializer=rebeam_dot_v1_dot_client__pb2.SubmitAppReply.SerializeToString,
             ),
             'ListApps': grpc.unary_unary_rpc_method_handler(
                     servicer.ListApps,
@@ -624,6 +642,33 @@ class ClusterService:
             '/rebeam.v1.ClusterService/StopApp',
             rebeam_dot_v1_dot_client__pb2.StopAppRequest.SerializeToString,
             rebeam_dot_v1_dot_client__pb2.StopAppReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rebeam.v1.ClusterService/RollbackApp',
+            rebeam_dot_v1_dot_client__pb2.RollbackAppRequest.SerializeToString,
+            rebeam_dot_v1_dot_client__pb2.SubmitAppReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,6 +29,13 @@ class AppStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     APP_STATUS_STOPPED: _ClassVar[AppStatus]
     APP_STATUS_FAILED: _ClassVar[AppStatus]
 
+class UpgradeStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPGRADE_STATUS_UNSPECIFIED: _ClassVar[UpgradeStatus]
+    UPGRADE_STATUS_DONE: _ClassVar[UpgradeStatus]
+    UPGRADE_STATUS_PARTIAL: _ClassVar[UpgradeStatus]
+    UPGRADE_STATUS_FAILED: _ClassVar[UpgradeStatus]
+
 class AssignmentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ASSIGNMENT_STATE_UNSPECIFIED: _ClassVar[AssignmentState]
@@ -46,6 +53,10 @@ APP_STATUS_UNSPECIFIED: AppStatus
 APP_STATUS_RUNNING: AppStatus
 APP_STATUS_STOPPED: AppStatus
 APP_STATUS_FAILED: AppStatus
+UPGRADE_STATUS_UNSPECIFIED: UpgradeStatus
+UPGRADE_STATUS_DONE: UpgradeStatus
+UPGRADE_STATUS_PARTIAL: UpgradeStatus
+UPGRADE_STATUS_FAILED: UpgradeStatus
 ASSIGNMENT_STATE_UNSPECIFIED: AssignmentState
 ASSIGNMENT_STATE_PENDING: AssignmentState
 ASSIGNMENT_STATE_ASSIGNED: AssignmentState
@@ -132,7 +143,7 @@ class ChildSpec(_message.Message):
     def __init__(self, id: _Optional[str] = ..., start: _Optional[str] = ..., args_json: _Optional[str] = ..., name: _Optional[str] = ..., restart: _Optional[_Union[RestartType, str]] = ..., placement: _Optional[str] = ..., **kwargs) -> None: ...
 
 class AppInfo(_message.Message):
-    __slots__ = ("name", "version", "code_hash", "code_size", "status", "max_restarts", "max_seconds", "children", "failure_reason", "submitted_at_ms", "manifest_toml", "previous_version")
+    __slots__ = ("name", "version", "code_hash", "code_size", "status", "max_restarts", "max_seconds", "children", "failure_reason", "submitted_at_ms", "manifest_toml", "previous_version", "last_error", "upgrades", "upgrade_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CODE_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +156,9 @@ class AppInfo(_message.Message):
     SUBMITTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_TOML_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    UPGRADES_FIELD_NUMBER: _ClassVar[int]
+    UPGRADE_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     code_hash: str
@@ -157,7 +171,38 @@ class AppInfo(_message.Message):
     submitted_at_ms: int
     manifest_toml: str
     previous_version: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., code_hash: _Optional[str] = ..., code_size: _Optional[int] = ..., status: _Optional[_Union[AppStatus, str]] = ..., max_restarts: _Optional[int] = ..., max_seconds: _Optional[int] = ..., children: _Optional[_Iterable[_Union[ChildSpec, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., manifest_toml: _Optional[str] = ..., previous_version: _Optional[str] = ...) -> None: ...
+    last_error: str
+    upgrades: _containers.RepeatedCompositeFieldContainer[NodeUpgrade]
+    upgrade_error: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., code_hash: _Optional[str] = ..., code_size: _Optional[int] = ..., status: _Optional[_Union[AppStatus, str]] = ..., max_restarts: _Optional[int] = ..., max_seconds: _Optional[int] = ..., children: _Optional[_Iterable[_Union[ChildSpec, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., submitted_at_ms: _Optional[int] = ..., manifest_toml: _Optional[str] = ..., previous_version: _Optional[str] = ..., last_error: _Optional[str] = ..., upgrades: _Optional[_Iterable[_Union[NodeUpgrade, _Mapping]]] = ..., upgrade_error: _Optional[str] = ...) -> None: ...
+
+class StayedProcess(_message.Message):
+    __slots__ = ("pid", "name", "error")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    pid: Pid
+    name: str
+    error: str
+    def __init__(self, pid: _Optional[_Union[Pid, _Mapping]] = ..., name: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class NodeUpgrade(_message.Message):
+    __slots__ = ("node", "code_hash", "version", "status", "error", "upgraded", "stayed")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CODE_HASH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    UPGRADED_FIELD_NUMBER: _ClassVar[int]
+    STAYED_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    code_hash: str
+    version: str
+    status: UpgradeStatus
+    error: str
+    upgraded: int
+    stayed: _containers.RepeatedCompositeFieldContainer[StayedProcess]
+    def __init__(self, node: _Optional[str] = ..., code_hash: _Optional[str] = ..., version: _Optional[str] = ..., status: _Optional[_Union[UpgradeStatus, str]] = ..., error: _Optional[str] = ..., upgraded: _Optional[int] = ..., stayed: _Optional[_Iterable[_Union[StayedProcess, _Mapping]]] = ...) -> None: ...
 
 class RestartRecord(_message.Message):
     __slots__ = ("at_ms", "reason", "from_node", "from_incarnation")

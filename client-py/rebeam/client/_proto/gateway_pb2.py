@@ -27,19 +27,31 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as rebeam_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rebeam/v1/gateway.proto\x12\trebeam.v1\x1a\x16rebeam/v1/common.proto\"\x96\x01\n\x0e\x44\x65liverRequest\x12\x10\n\x06global\x18\x01 \x01(\tH\x00\x12\x1d\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.PidH\x00\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.rebeam.v1.DeliveryKind\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x42\x08\n\x06target\"\x96\x01\n\x0c\x44\x65liverReply\x12\x0f\n\x05value\x18\x01 \x01(\x0cH\x00\x12%\n\x04\x65xit\x18\x02 \x01(\x0b\x32\x15.rebeam.v1.WireReasonH\x00\x12\x13\n\ttimed_out\x18\x03 \x01(\x08H\x00\x12\x12\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08H\x00\x12\x1b\n\x03pid\x18\x05 \x01(\x0b\x32\x0e.rebeam.v1.PidB\x08\n\x06result*u\n\x0c\x44\x65liveryKind\x12\x1d\n\x19\x44\x45LIVERY_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45LIVERY_KIND_CALL\x10\x01\x12\x16\n\x12\x44\x45LIVERY_KIND_CAST\x10\x02\x12\x16\n\x12\x44\x45LIVERY_KIND_SEND\x10\x03\x32O\n\x0eGatewayService\x12=\n\x07\x44\x65liver\x12\x19.rebeam.v1.DeliverRequest\x1a\x17.rebeam.v1.DeliverReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rebeam/v1/gateway.proto\x12\trebeam.v1\x1a\x16rebeam/v1/common.proto\"\x96\x01\n\x0e\x44\x65liverRequest\x12\x10\n\x06global\x18\x01 \x01(\tH\x00\x12\x1d\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.PidH\x00\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.rebeam.v1.DeliveryKind\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x42\x08\n\x06target\"\x96\x01\n\x0c\x44\x65liverReply\x12\x0f\n\x05value\x18\x01 \x01(\x0cH\x00\x12%\n\x04\x65xit\x18\x02 \x01(\x0b\x32\x15.rebeam.v1.WireReasonH\x00\x12\x13\n\ttimed_out\x18\x03 \x01(\x08H\x00\x12\x12\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08H\x00\x12\x1b\n\x03pid\x18\x05 \x01(\x0b\x32\x0e.rebeam.v1.PidB\x08\n\x06result\"#\n\x14ListProcessesRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\"\xb6\x02\n\x0bProcessInfo\x12\x1b\n\x03pid\x18\x01 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03\x61pp\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0f\n\x07initial\x18\x06 \x01(\t\x12\x18\n\x10\x63urrent_function\x18\x07 \x01(\t\x12\x13\n\x0bmailbox_len\x18\x08 \x01(\x04\x12\x18\n\x10messages_handled\x18\t \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\n \x01(\x04\x12\x1e\n\x06parent\x18\x0b \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\r\n\x05\x63hild\x18\x0c \x01(\t\x12\x12\n\ntrap_exits\x18\r \x01(\x08\x12\x1d\n\x05links\x18\x0e \x03(\x0b\x32\x0e.rebeam.v1.Pid\"M\n\x12ListProcessesReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12)\n\tprocesses\x18\x02 \x03(\x0b\x32\x16.rebeam.v1.ProcessInfo\"=\n\x0bLogsRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"~\n\x08LogEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07time_ms\x18\x02 \x01(\x04\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x1b\n\x03pid\x18\x04 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\x0e\n\x06stream\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0b\n\x03\x61pp\x18\x07 \x01(\t\"1\n\tLogsReply\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.rebeam.v1.LogEntry*u\n\x0c\x44\x65liveryKind\x12\x1d\n\x19\x44\x45LIVERY_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45LIVERY_KIND_CALL\x10\x01\x12\x16\n\x12\x44\x45LIVERY_KIND_CAST\x10\x02\x12\x16\n\x12\x44\x45LIVERY_KIND_SEND\x10\x03\x32\xd8\x01\n\x0eGatewayService\x12=\n\x07\x44\x65liver\x12\x19.rebeam.v1.DeliverRequest\x1a\x17.rebeam.v1.DeliverReply\x12O\n\rListProcesses\x12\x1f.rebeam.v1.ListProcessesRequest\x1a\x1d.rebeam.v1.ListProcessesReply\x12\x36\n\x04Logs\x12\x16.rebeam.v1.LogsRequest\x1a\x14.rebeam.v1.LogsReply0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rebeam.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELIVERYKIND']._serialized_start=368
-  _globals['_DELIVERYKIND']._serialized_end=485
+  _globals['_DELIVERYKIND']._serialized_start=1039
+  _globals['_DELIVERYKIND']._serialized_end=1156
   _globals['_DELIVERREQUEST']._serialized_start=63
   _globals['_DELIVERREQUEST']._serialized_end=213
   _globals['_DELIVERREPLY']._serialized_start=216
   _globals['_DELIVERREPLY']._serialized_end=366
-  _globals['_GATEWAYSERVICE']._serialized_start=487
-  _globals['_GATEWAYSERVICE']._serialized_end=566
+  _globals['_LISTPROCESSESREQUEST']._serialized_start=368
+  _globals['_LISTPROCESSESREQUEST']._serialized_end=403
+  _globals['_PROCESSINFO']._serialized_start=406
+  _globals['_PROCESSINFO']._serialized_end=716
+  _globals['_LISTPROCESSESREPLY']._serialized_start=718
+  _globals['_LISTPROCESSESREPLY']._serialized_end=795
+  _globals['_LOGSREQUEST']._serialized_start=797
+  _globals['_LOGSREQUEST']._serialized_end=858
+  _globals['_LOGENTRY']._serialized_start=860
+  _globals['_LOGENTRY']._serialized_end=986
+  _globals['_LOGSREPLY']._serialized_start=988
+  _globals['_LOGSREPLY']._serialized_end=1037
+  _globals['_GATEWAYSERVICE']._serialized_start=1159
+  _globals['_GATEWAYSERVICE']._serialized_end=1375
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,16 @@ class GatewayServiceStub:
                 request_serializer=rebeam_dot_v1_dot_gateway__pb2.DeliverRequest.SerializeToString,
                 response_deserializer=rebeam_dot_v1_dot_gateway__pb2.DeliverReply.FromString,
                 _registered_method=True)
+        self.ListProcesses = channel.unary_unary(
+                '/rebeam.v1.GatewayService/ListProcesses',
+                request_serializer=rebeam_dot_v1_dot_gateway__pb2.ListProcessesRequest.SerializeToString,
+                response_deserializer=rebeam_dot_v1_dot_gateway__pb2.ListProcessesReply.FromString,
+                _registered_method=True)
+        self.Logs = channel.unary_stream(
+                '/rebeam.v1.GatewayService/Logs',
+                request_serializer=rebeam_dot_v1_dot_gateway__pb2.LogsRequest.SerializeToString,
+                response_deserializer=rebeam_dot_v1_dot_gateway__pb2.LogsReply.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -52,6 +62,20 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProcesses(self, request, context):
+        """The processes on this node (the CLI asks every node and merges).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logs(self, request, context):
+        """The node's kept log of an app's output and crash reports, optionally followed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +83,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Deliver,
                     request_deserializer=rebeam_dot_v1_dot_gateway__pb2.DeliverRequest.FromString,
                     response_serializer=rebeam_dot_v1_dot_gateway__pb2.DeliverReply.SerializeToString,
+            ),
+            'ListProcesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProcesses,
+                    request_deserializer=rebeam_dot_v1_dot_gateway__pb2.ListProcessesRequest.FromString,
+                    response_serializer=rebeam_dot_v1_dot_gateway__pb2.ListProcessesReply.SerializeToString,
+            ),
+            'Logs': grpc.unary_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=rebeam_dot_v1_dot_gateway__pb2.LogsRequest.FromString,
+                    response_serializer=rebeam_dot_v1_dot_gateway__pb2.LogsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +122,60 @@ class GatewayService:
             '/rebeam.v1.GatewayService/Deliver',
             rebeam_dot_v1_dot_gateway__pb2.DeliverRequest.SerializeToString,
             rebeam_dot_v1_dot_gateway__pb2.DeliverReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProcesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rebeam.v1.GatewayService/ListProcesses',
+            rebeam_dot_v1_dot_gateway__pb2.ListProcessesRequest.SerializeToString,
+            rebeam_dot_v1_dot_gateway__pb2.ListProcessesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rebeam.v1.GatewayService/Logs',
+            rebeam_dot_v1_dot_gateway__pb2.LogsRequest.SerializeToString,
+            rebeam_dot_v1_dot_gateway__pb2.LogsReply.FromString,
             options,
             channel_credentials,
             insecure,
