@@ -19,8 +19,9 @@ pub fn start_child(
     spec: &pb::ChildSpec,
     code: Vec<u8>,
 ) -> Result<Pid, String> {
+    let app = super::apps::tag(&assignment.app);
     Python::attach(|py| {
-        let result = (|| -> PyResult<Pid> {
+        let result = super::apps::spawning_for(app, || -> PyResult<Pid> {
             let glue = py.import("rebeam._cluster")?;
             let dir = glue.call_method1(
                 "install_code",
@@ -42,11 +43,12 @@ pub fn start_child(
                 ),
             )?;
             Ok(pid.cast::<PyPid>()?.get().0)
-        })();
+        });
         match result {
             Ok(pid) => {
                 if let Some(p) = cluster.rt.lookup(pid) {
                     p.data.report_exit.store(true, Ordering::Release);
+                    let _ = p.data.child.set(assignment.child.clone());
                 }
                 Ok(pid)
             }

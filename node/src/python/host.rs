@@ -1,6 +1,7 @@
 //! The Python host: per-process data, the current process of each thread, and the node's
 //! one runtime that the `_rebeam_native` functions act on.
 
+use super::apps::AppTag;
 use super::convert;
 use super::executor::Pool;
 use super::term::Term;
@@ -36,6 +37,27 @@ pub struct PyData {
     /// This process's thread is running a callee's handler (an inline call): killing this
     /// process must not interrupt that handler; the call raises when the handler returns.
     pub lent: AtomicBool,
+    /// The app this process belongs to, inherited from its spawner.
+    pub app: Option<Arc<AppTag>>,
+    /// The process that spawned this one (OTP's first ancestor).
+    pub parent: Option<Pid>,
+    /// For a top-level child the controller placed here, its id in the app's manifest.
+    pub child: OnceLock<String>,
+}
+
+impl PyData {
+    /// Data for a process spawned now by `parent` (or, outside processes, for the app the
+    /// calling thread spawns for).
+    pub fn spawned_by(parent: Option<&Arc<PyProcess>>) -> PyData {
+        PyData {
+            app: match parent {
+                Some(p) => p.data.app.clone(),
+                None => super::apps::spawning(),
+            },
+            parent: parent.map(|p| p.pid),
+            ..PyData::default()
+        }
+    }
 }
 
 /// The host side of the runtime: executors, timers and hooks into Python.

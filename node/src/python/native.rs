@@ -210,7 +210,11 @@ fn begin_spawn(py: Python<'_>, kind: Kind, link: bool, monitor: bool) -> PyResul
     if (link || monitor) && parent.is_none() {
         this(py, "spawn_link/spawn_monitor")?;
     }
-    let process = rt.spawn(kind, parent.as_ref().filter(|_| link), PyData::default());
+    let process = rt.spawn(
+        kind,
+        parent.as_ref().filter(|_| link),
+        PyData::spawned_by(parent.as_ref()),
+    );
     let mref = match (&parent, monitor) {
         (Some(p), true) => Some(rt.monitor(p, process.pid)),
         _ => None,

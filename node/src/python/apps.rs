@@ -1,0 +1,55 @@
+//! Which application a process belongs to: a tag each process inherits from its spawner, so
+//! upgrades, `rebeam ps` and `rebeam logs` can find an app's processes on this node.
+
+use parking_lot::Mutex;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+
+/// One application as this node runs it; shared by all of its processes here.
+pub struct AppTag {
+    /// The app's name from its manifest.
+    pub name: String,
+    /// Bumped whenever the app's current code changes on this node; a process whose own
+    /// epoch differs moves to the current code before its next message.
+    pub epoch: AtomicU64,
+}
+
+static APPS: OnceLock<Mutex<HashMap<String, Arc<AppTag>>>> = OnceLock::new();
+
+/// The node's one tag for the app `name` (created on first use).
+pub fn tag(name: &str) -> Arc<AppTag> {
+    let mut apps = APPS.get_or_init(Default::default).lock();
+    apps.entry(name.to_string())
+        .or_insert_with(|| {
+            Arc::new(AppTag {
+                name: name.to_string(),
+                epoch: AtomicU64::new(0),
+            })
+        })
+        .clone()
+}
+
+/// The tag of the app `name`, if any process of it ever ran here.
+pub fn find(name: &str) -> Option<Arc<AppTag>> {
+    APPS.get()?.lock().get(name).cloned()
+}
+
+thread_local! {
+    static SPAWNING_FOR: RefCell<Option<Arc<AppTag>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with processes spawned outside any process (the top-level children the cluster
+/// glue starts) tagged with `app`.
+pub fn spawning_for<R>(app: Arc<AppTag>, f: impl FnOnce() -> R) -> R {
+    let previous = SPAWNING_FOR.with(|s| s.borrow_mut().replace(app));
+    let result = f();
+    SPAWNING_FOR.with(|s| *s.borrow_mut() = previous);
+    result
+}
+
+/// The app a process spawned now by the calling thread belongs to, when no process spawns it.
+pub fn spawning() -> Option<Arc<AppTag>> {
+    SPAWNING_FOR.with(|s| s.borrow().clone())
+}
