@@ -1,14 +1,13 @@
-"""Cluster glue run by the node: unpack an application's code and start its top-level
-children as the controller places them."""
+"""Cluster glue run by the node: unpack and load an application's code versions and start
+its top-level children as the controller places them."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from . import _code
 from ._process import spawn
 from ._supervisor import register_name
 from ._types import Global
@@ -26,14 +25,22 @@ def install_code(base_dir: str, app: str, code_hash: str, blob: bytes) -> str:
     return str(target)
 
 
-def start_child(code_dir: str, start: str, args_json: str, name: str, is_global: bool) -> Any:
-    """Imports ``module:attribute`` from ``code_dir`` and spawns it with the manifest's args;
-    registers its local or global name. Returns the pid."""
-    if code_dir not in sys.path:
-        sys.path.insert(0, code_dir)
-    module_name, _, attribute = start.partition(":")
-    module = importlib.import_module(module_name)
-    target = getattr(module, attribute)
+def load_version(base_dir: str, app: str, version: str, code_hash: str, blob: bytes,
+                 modules: list[str]) -> None:
+    """Unpacks and imports a version of ``app`` beside its other versions and makes it the
+    one new processes start from and running servers move to."""
+    directory = install_code(base_dir, app, code_hash, blob)
+    _code.make_current(_code.load(app, version, code_hash, directory, modules))
+
+
+def start_child(app: str, code_hash: str, start: str, args_json: str, name: str,
+                is_global: bool) -> Any:
+    """Spawns ``module:attribute`` of the loaded version ``code_hash`` of ``app`` with the
+    manifest's args; registers its local or global name. Returns the pid."""
+    version = _code.loaded(app, code_hash)
+    if version is None:
+        raise RuntimeError(f"app {app}: code {code_hash[:12]} is not loaded on this node")
+    target = version.resolve(start)
     args = json.loads(args_json) if args_json else []
     if not isinstance(args, list):
         args = [args]

@@ -157,6 +157,13 @@ class Supervisor(GenServer):
             register_name(spec.name, pid)
         return pid
 
+    def _move_children(self, translate: Callable[[Any], Any]) -> list[_Child]:
+        """Points each child spec's ``start`` at the code ``translate`` gives (the app's
+        new version, on a hot upgrade), so restarts run the new code; returns the old list."""
+        saved = self._children
+        self._children = [_Child(replace(c.spec, start=translate(c.spec.start)), c.pid) for c in saved]
+        return saved
+
     def _stop_child(self, entry: _Child) -> None:
         pid, entry.pid = entry.pid, None
         if pid is None:

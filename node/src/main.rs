@@ -57,6 +57,10 @@ struct Cli {
         hide_env_values = true
     )]
     client_tokens: Vec<String>,
+    /// On --dev, where the embedded controller's client API listens (clients and the
+    /// `rebeam` CLI connect here); the default picks a free port and prints it.
+    #[arg(long, default_value = "127.0.0.1:0", env = "REBEAM_API_LISTEN")]
+    api_listen: std::net::SocketAddr,
     /// The cluster secret (required in cluster mode).
     #[arg(long, env = "REBEAM_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -169,10 +173,8 @@ fn run(cli: Cli) -> Result<i32> {
                 .map(drop)
         });
     }
-    if !cli.controllers.is_empty() {
-        return serve_cluster();
-    }
-    bail!("nothing to run: pass --app DIR, --run SCRIPT or -m MODULE");
+    // Nothing to run here: serve the cluster (a dev node waits for apps to be submitted).
+    serve_cluster()
 }
 
 /// The embedded default: a one-member controller in this process, state in `--data-dir`
@@ -202,6 +204,7 @@ fn start_dev_controller(
     let mut config =
         rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
     config.client_tokens = cli.client_tokens.clone();
+    config.api_listen = cli.api_listen;
     let handle = tokio
         .block_on(rebeam_controller::start(config))
         .context("starting the embedded controller")?;
@@ -209,7 +212,8 @@ fn start_dev_controller(
         .block_on(handle.wait_for_leader(std::time::Duration::from_secs(10)))
         .context("the embedded controller did not elect itself")?;
     let api = handle.api_addr().to_string();
-    tracing::info!("dev controller at http://{api}");
+    // Printed, not only logged: a user (or a test) needs the address to connect a client.
+    eprintln!("rebeam-node: dev controller at http://{api}");
     // The controller lives as long as the process.
     std::mem::forget(handle);
     Ok((vec![api], secret, data_dir.join("node")))

@@ -1,6 +1,7 @@
 //! The node's side of the control plane: join, lease renewal, the watch stream, fencing,
 //! top-level children, global names and exit reports.
 
+use super::code::{self, Target};
 use super::wire::{pid_from_pb, pid_to_pb, reason_report};
 use super::Cluster;
 use crate::runtime::{Pid, Reason};
@@ -307,6 +308,9 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
     match event {
         Event::Snapshot(view) => {
             cluster.load_view(&view);
+            for app in &view.apps {
+                app_changed(cluster, session, app);
+            }
             for a in view.assignments {
                 start_assignment(cluster, session, started, a);
             }
@@ -337,8 +341,41 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
                 cluster.set_member(&c.group, pid, false);
             }
         }
-        Event::AppChanged(_) => {}
+        Event::AppChanged(app) => app_changed(cluster, session, &app),
     }
+}
+
+/// Follows an app's current version: when it changes (upgrade, rollback) for an app running
+/// here, loads the new one and moves the app's servers to it, then reports the outcome.
+fn app_changed(cluster: &Arc<Cluster>, session: Session, app: &pb::AppInfo) {
+    if app.status != pb::AppStatus::Running as i32 {
+        cluster.code.forget(&app.name);
+        return;
+    }
+    if !cluster.code.differs(&app.name, &app.code_hash) {
+        return;
+    }
+    let target = Target::of_app(app);
+    let cluster = cluster.clone();
+    cluster.clone().tokio.spawn(async move {
+        let name = target.app.clone();
+        let (version, hash) = (target.version.clone(), target.code_hash.clone());
+        let result = match cluster.code.ensure(&cluster, target).await {
+            Ok(Some(report)) => report,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(app = %name, "version {version} does not load here; keeping the running one:\n{error}");
+                let t = Target {
+                    app: name.clone(),
+                    version,
+                    code_hash: hash,
+                    modules: Vec::new(),
+                };
+                code::failed(&cluster, &t, error)
+            }
+        };
+        report_upgrade(&cluster, session, &name, result).await;
+    });
 }
 
 fn start_assignment(
@@ -364,20 +401,26 @@ fn start_assignment(
     let cluster = cluster.clone();
     let started = started.clone();
     cluster.clone().tokio.spawn(async move {
-        let code = match fetch_code(&cluster, &a.code_hash).await {
-            Ok(code) => code,
-            Err(status) => {
-                tracing::error!(app = %a.app, child = %a.child, "cannot fetch code {}: {}", a.code_hash, status.message());
-                return;
-            }
+        let target = Target {
+            app: a.app.clone(),
+            version: a.app_version.clone(),
+            code_hash: a.code_hash.clone(),
+            modules: vec![code::start_module(&spec.start)],
         };
-        let base = cluster.config.data_dir.display().to_string();
-        let c2 = cluster.clone();
-        let a2 = a.clone();
-        let spawned = tokio::task::spawn_blocking(move || {
-            crate::python::cluster_glue::start_child(&c2, &base, &a2, &spec, code)
-        })
-        .await;
+        let spawned = match cluster.code.ensure(&cluster, target).await {
+            Ok(report) => {
+                if let Some(report) = report {
+                    report_upgrade(&cluster, session, &a.app, report).await;
+                }
+                let c2 = cluster.clone();
+                let a2 = a.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::python::cluster_glue::start_child(&c2, &a2, &spec)
+                })
+                .await
+            }
+            Err(error) => Ok(Err(error)),
+        };
         let pid = match spawned {
             Ok(Ok(pid)) => pid,
             Ok(Err(message)) => {
@@ -420,45 +463,55 @@ fn start_assignment(
     });
 }
 
+/// Tells the controller what an upgrade did here; a lost report is logged, not retried (the
+/// controller only records it, or rolls back on a failure the user also sees).
+async fn report_upgrade(cluster: &Arc<Cluster>, session: Session, app: &str, result: pb::NodeUpgrade) {
+    let request = pb::UpgradeReportRequest {
+        node: Some(node_ref(cluster, session)),
+        app: app.to_string(),
+        result: Some(result),
+    };
+    let r = cluster
+        .controller
+        .with_leader(|ch, b| {
+            let req = request.clone();
+            async move { Controller::node_client(ch, b).report_upgrade(req).await }
+        })
+        .await;
+    if let Err(status) = r {
+        tracing::warn!(app, "cannot report an upgrade: {}", status.message());
+    }
+}
+
+/// Tells the controller a top-level child could not start (its code does not import or its
+/// `init` raised); the controller counts it like a crash and shows the user the traceback.
 async fn report_failed_start(
     cluster: &Arc<Cluster>,
     session: Session,
     a: &pb::Assignment,
-    message: String,
+    error: String,
 ) {
-    // A child that fails to start is reported like one that crashed: the controller's
-    // restart intensity decides what happens next.
-    let placeholder = Pid {
-        node: cluster.rt.node(),
-        incarnation: session.incarnation,
-        serial: 0,
-    };
-    let request = pb::ChildStartedRequest {
+    let request = pb::ChildFailedRequest {
         node: Some(node_ref(cluster, session)),
         app: a.app.clone(),
         child: a.child.clone(),
         generation: a.generation,
-        pid: Some(pid_to_pb(placeholder)),
+        error,
     };
-    let _ = cluster
+    let r = cluster
         .controller
         .with_leader(|ch, b| {
             let req = request.clone();
-            async move {
-                Controller::node_client(ch, b)
-                    .report_child_started(req)
-                    .await
-            }
+            async move { Controller::node_client(ch, b).report_child_failed(req).await }
         })
         .await;
-    report_exits(
-        cluster,
-        vec![(placeholder, format!("crash: start failed: {message}"))],
-    )
-    .await;
+    if let Err(status) = r {
+        tracing::warn!(app = %a.app, child = %a.child, "cannot report a failed start: {}", status.message());
+    }
 }
 
-async fn fetch_code(cluster: &Arc<Cluster>, hash: &str) -> Result<Vec<u8>, Status> {
+/// Fetches an app's code blob by hash from the leader.
+pub async fn fetch_code(cluster: &Arc<Cluster>, hash: &str) -> Result<Vec<u8>, Status> {
     let request = pb::FetchCodeRequest {
         code_hash: hash.to_string(),
     };

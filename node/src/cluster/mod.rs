@@ -1,6 +1,7 @@
 //! Cluster mode: the node joins the controller, keeps its lease, follows the watch stream,
 //! runs the top-level children placed on it, and talks to peer nodes directly.
 
+pub mod code;
 pub mod control;
 pub mod gateway;
 pub mod peers;
@@ -78,6 +79,8 @@ pub struct Cluster {
     pub dropped: AtomicU64,
     /// The controller connection.
     pub controller: control::Controller,
+    /// Which version of each app runs here.
+    pub code: code::AppCode,
 }
 
 impl Cluster {
@@ -93,6 +96,7 @@ impl Cluster {
             tokio,
             bearer: BearerInjector::new(&config.secret),
             controller: control::Controller::new(config.controllers.clone(), &config.secret),
+            code: code::AppCode::default(),
             config,
             next_call: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),

@@ -1,41 +1,70 @@
-//! Where cluster mode meets Python: starting assigned top-level children from fetched code.
+//! Where cluster mode meets Python: loading an app's code versions and starting its assigned
+//! top-level children from them.
 
 use super::convert;
 use super::objects::Pid as PyPid;
+use super::upgrade::{move_all, Moves};
+use crate::cluster::code::Target;
 use crate::cluster::Cluster;
-use crate::runtime::Pid;
+use crate::runtime::{Pid, Reason};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use rebeam_proto as pb;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Unpacks the app's code (once per hash) and spawns the child; returns its pid or the
+/// How long an upgrade waits for servers busy in a handler before reporting them as stayed.
+const UPGRADE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Unpacks (once per hash) and imports a version of an app beside the loaded ones and makes
+/// it current; when `upgrading`, moves the app's servers here to it. Returns what moved, or
+/// the Python error with its traceback.
+pub fn load_version(
+    cluster: &Arc<Cluster>,
+    base_dir: &str,
+    target: &Target,
+    code: Vec<u8>,
+    upgrading: bool,
+) -> Result<Option<Moves>, String> {
+    Python::attach(|py| {
+        let glue = py.import("rebeam._cluster")?;
+        glue.call_method1(
+            "load_version",
+            (
+                base_dir,
+                target.app.as_str(),
+                target.version.as_str(),
+                target.code_hash.as_str(),
+                PyBytes::new(py, &code),
+                target.modules.clone(),
+            ),
+        )
+        .map(drop)
+    })
+    .map_err(error_text)?;
+    if !upgrading {
+        return Ok(None);
+    }
+    let app = super::apps::tag(&target.app);
+    Ok(Some(move_all(&cluster.rt, &app, UPGRADE_PATIENCE)))
+}
+
+/// Spawns a top-level child from the loaded version of its app; returns its pid or the
 /// Python error text (with traceback).
 pub fn start_child(
     cluster: &Arc<Cluster>,
-    base_dir: &str,
     assignment: &pb::Assignment,
     spec: &pb::ChildSpec,
-    code: Vec<u8>,
 ) -> Result<Pid, String> {
     let app = super::apps::tag(&assignment.app);
-    Python::attach(|py| {
-        let result = super::apps::spawning_for(app, || -> PyResult<Pid> {
-            let glue = py.import("rebeam._cluster")?;
-            let dir = glue.call_method1(
-                "install_code",
-                (
-                    base_dir,
-                    assignment.app.as_str(),
-                    assignment.code_hash.as_str(),
-                    PyBytes::new(py, &code),
-                ),
-            )?;
-            let pid = glue.call_method1(
+    let pid = Python::attach(|py| {
+        super::apps::spawning_for(app, || -> PyResult<Pid> {
+            let pid = py.import("rebeam._cluster")?.call_method1(
                 "start_child",
                 (
-                    dir,
+                    assignment.app.as_str(),
+                    assignment.code_hash.as_str(),
                     spec.start.as_str(),
                     spec.args_json.as_str(),
                     spec.name.as_str(),
@@ -43,19 +72,19 @@ pub fn start_child(
                 ),
             )?;
             Ok(pid.cast::<PyPid>()?.get().0)
-        });
-        match result {
-            Ok(pid) => {
-                if let Some(p) = cluster.rt.lookup(pid) {
-                    p.data.report_exit.store(true, Ordering::Release);
-                    let _ = p.data.child.set(assignment.child.clone());
-                }
-                Ok(pid)
-            }
-            Err(err) => Err(match convert::crash_reason(py, &err) {
-                crate::runtime::Reason::Crash(c) => c.traceback.clone(),
-                other => other.to_string(),
-            }),
-        }
+        })
+    })
+    .map_err(error_text)?;
+    if let Some(p) = cluster.rt.lookup(pid) {
+        p.data.report_exit.store(true, Ordering::Release);
+        let _ = p.data.child.set(assignment.child.clone());
+    }
+    Ok(pid)
+}
+
+fn error_text(err: PyErr) -> String {
+    Python::attach(|py| match convert::crash_reason(py, &err) {
+        Reason::Crash(c) => c.traceback.clone(),
+        other => other.to_string(),
     })
 }

@@ -237,6 +237,12 @@ fn dispatch(
     server: &Bound<'_, PyAny>,
     envelope: Envelope<Term>,
 ) -> Option<Reason> {
+    if let Some(app) = &process.data.app {
+        let epoch = app.epoch.load(Ordering::Acquire);
+        if process.data.code_epoch.load(Ordering::Relaxed) != epoch {
+            super::upgrade::move_process(py, process, server, app, epoch);
+        }
+    }
     let result: PyResult<()> = (|| match envelope {
         Envelope::Cast(m) => server
             .call_method1(intern!(py, "handle_cast"), (m.to_py(py)?,))

@@ -43,6 +43,9 @@ pub struct PyData {
     pub parent: Option<Pid>,
     /// For a top-level child the controller placed here, its id in the app's manifest.
     pub child: OnceLock<String>,
+    /// The app code epoch this server last moved to (see `upgrade`); 0 until its first
+    /// message, so a server started from any version is checked once.
+    pub code_epoch: AtomicU64,
 }
 
 impl PyData {

@@ -9,5 +9,6 @@ pub mod host;
 pub mod native;
 pub mod objects;
 pub mod term;
+pub mod upgrade;
 
 pub use host::{node_runtime, start_node, NodeConfig, PyRuntime};

@@ -1,0 +1,141 @@
+//! Application code on this node: fetching a version by hash, loading it into Python beside
+//! the versions already loaded, and moving the app's running servers when the version the
+//! controller names for an app changes (an upgrade or a rollback).
+
+use super::control::fetch_code;
+use super::Cluster;
+use crate::python::upgrade::Moves;
+use parking_lot::Mutex;
+use rebeam_proto as pb;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The version each app runs on this node, and one lock per app so loads never interleave.
+#[derive(Default)]
+pub struct AppCode {
+    current: Mutex<HashMap<String, String>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Which version of which app to make current here, and the modules that must import.
+pub struct Target {
+    /// The app's name.
+    pub app: String,
+    /// The version string from its manifest.
+    pub version: String,
+    /// The code blob's hash.
+    pub code_hash: String,
+    /// Modules to import up front (the top-level children's start modules).
+    pub modules: Vec<String>,
+}
+
+impl Target {
+    /// The target an app's description names.
+    pub fn of_app(info: &pb::AppInfo) -> Target {
+        Target {
+            app: info.name.clone(),
+            version: info.version.clone(),
+            code_hash: info.code_hash.clone(),
+            modules: info.children.iter().map(|c| start_module(&c.start)).collect(),
+        }
+    }
+}
+
+/// The module part of a manifest's `module:attribute`.
+pub fn start_module(start: &str) -> String {
+    start.split(':').next().unwrap_or_default().to_string()
+}
+
+impl AppCode {
+    /// True when `app` runs here on another version than `code_hash`.
+    pub fn differs(&self, app: &str, code_hash: &str) -> bool {
+        self.current
+            .lock()
+            .get(app)
+            .is_some_and(|h| h != code_hash)
+    }
+
+    /// Forgets which version `app` ran (it stopped), so a later submit starts fresh.
+    pub fn forget(&self, app: &str) {
+        self.current.lock().remove(app);
+    }
+
+    fn lock_for(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().entry(app.to_string()).or_default().clone()
+    }
+
+    /// Makes `target` the app's current version here: fetches and loads it if needed and,
+    /// when another version ran before, moves the app's servers to it. Returns the upgrade
+    /// report when servers were moved; the error (with traceback) when it does not load.
+    pub async fn ensure(
+        &self,
+        cluster: &Arc<Cluster>,
+        target: Target,
+    ) -> Result<Option<pb::NodeUpgrade>, String> {
+        let lock = self.lock_for(&target.app);
+        let _held = lock.lock().await;
+        let before = self.current.lock().get(&target.app).cloned();
+        if before.as_deref() == Some(target.code_hash.as_str()) {
+            return Ok(None);
+        }
+        let code = fetch_code(cluster, &target.code_hash)
+            .await
+            .map_err(|s| format!("cannot fetch code {}: {}", target.code_hash, s.message()))?;
+        let c2 = cluster.clone();
+        let base = cluster.config.data_dir.display().to_string();
+        let upgrading = before.is_some();
+        let t = Target {
+            app: target.app.clone(),
+            version: target.version.clone(),
+            code_hash: target.code_hash.clone(),
+            modules: target.modules.clone(),
+        };
+        let moves = tokio::task::spawn_blocking(move || {
+            crate::python::cluster_glue::load_version(&c2, &base, &t, code, upgrading)
+        })
+        .await
+        .map_err(|e| format!("loading the code panicked: {e}"))??;
+        self.current
+            .lock()
+            .insert(target.app.clone(), target.code_hash.clone());
+        Ok(moves.map(|m| report(cluster, &target, m)))
+    }
+}
+
+fn report(cluster: &Cluster, target: &Target, moves: Moves) -> pb::NodeUpgrade {
+    let status = if moves.stayed.is_empty() {
+        pb::UpgradeStatus::Done
+    } else {
+        pb::UpgradeStatus::Partial
+    };
+    pb::NodeUpgrade {
+        node: cluster.rt.node().name().to_string(),
+        code_hash: target.code_hash.clone(),
+        version: target.version.clone(),
+        status: status as i32,
+        error: String::new(),
+        upgraded: moves.moved,
+        stayed: moves
+            .stayed
+            .into_iter()
+            .map(|s| pb::StayedProcess {
+                pid: Some(super::wire::pid_to_pb(s.pid)),
+                name: s.name,
+                error: s.error,
+            })
+            .collect(),
+    }
+}
+
+/// The report of a version that did not load here.
+pub fn failed(cluster: &Cluster, target: &Target, error: String) -> pb::NodeUpgrade {
+    pb::NodeUpgrade {
+        node: cluster.rt.node().name().to_string(),
+        code_hash: target.code_hash.clone(),
+        version: target.version.clone(),
+        status: pb::UpgradeStatus::Failed as i32,
+        error,
+        upgraded: 0,
+        stayed: Vec::new(),
+    }
+}
