@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -257,6 +258,57 @@ class Node:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+@dataclass
+class DevNode(Node):
+    """A `rebeam-node --dev` serving: the embedded one-member controller at ``url``, the
+    node joined to it; clients submit apps to it as to a cluster."""
+
+    api_port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> DevNode:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        args = [str(node_binary()), "--dev", "--name", self.name, "--secret", SECRET,
+                "--client-token", TOKEN, "--api-listen", f"127.0.0.1:{self.api_port}",
+                "--data-dir", str(self.dir / "data"), *self.extra]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
+        env["REBEAM_LOG"] = "info"
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.wait_output(f"dev controller at {self.url}")
+        return self
+
+    def client(self) -> rebeam.Client:
+        return rebeam.connect(self.url, token=TOKEN)
+
+
+class Nodes:
+    """Nodes of one test joined to one controller group, stopped at the end."""
+
+    def __init__(self, root: Path, controllers: str) -> None:
+        self.root = root
+        self.controllers = controllers
+        self.all: list[Node] = []
+
+    def start(self, name: str, script: str | None = None, extra: list[str] | None = None,
+              controllers: str | None = None) -> Node:
+        path = None
+        if script is not None:
+            path = self.root / f"{name}.py"
+            path.write_text(textwrap.dedent(script))
+        node = Node(name, self.root / name, controllers or self.controllers, path,
+                    list(extra or []))
+        self.all.append(node.start())
+        return node
+
+    def stop(self) -> None:
+        for n in self.all:
+            n.stop()
 
 
 class Blackhole:

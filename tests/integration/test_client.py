@@ -225,7 +225,7 @@ def rebeam_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 def test_cli_submit_apps_stop(single: Cluster, tmp_path: Path) -> None:
     url = f"http://{single.members[0].api}"
     app = make_app(tmp_path, "clidemo")
-    r = rebeam_cli("submit", str(app), "--url", url, "--token", TOKEN)
+    r = rebeam_cli("submit", str(app), "--no-wait", "--url", url, "--token", TOKEN)
     assert r.returncode == 0, r.stderr
     assert "submitted clidemo 1.0.0 (running, 1 top-level child)" in r.stdout
     assert "packed clidemo 1.0.0" in r.stderr  # progress

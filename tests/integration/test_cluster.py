@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import rebeam
-from harness import TOKEN, Blackhole, Cluster, Node, _cluster, wait_for
+from harness import TOKEN, Blackhole, Cluster, Nodes, _cluster, wait_for
 
 
 @pytest.fixture
@@ -36,30 +36,6 @@ def controllers() -> Iterator[Cluster]:
 
 def api_list(cluster: Cluster) -> str:
     return ",".join(m.api for m in cluster.members)
-
-
-class Nodes:
-    """Nodes of one test, stopped at the end."""
-
-    def __init__(self, root: Path, controllers: str) -> None:
-        self.root = root
-        self.controllers = controllers
-        self.all: list[Node] = []
-
-    def start(self, name: str, script: str | None = None, extra: list[str] | None = None,
-              controllers: str | None = None) -> Node:
-        path = None
-        if script is not None:
-            path = self.root / f"{name}.py"
-            path.write_text(textwrap.dedent(script))
-        node = Node(name, self.root / name, controllers or self.controllers, path,
-                    list(extra or []))
-        self.all.append(node.start())
-        return node
-
-    def stop(self) -> None:
-        for n in self.all:
-            n.stop()
 
 
 @pytest.fixture

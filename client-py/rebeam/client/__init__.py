@@ -27,6 +27,7 @@ from ._errors import (
     Refused,
     TooLarge,
     Unavailable,
+    UpgradeFailed,
 )
 from ._types import (
     AppInfo,
@@ -35,8 +36,10 @@ from ._types import (
     ClusterState,
     ControllerMember,
     NodeInfo,
+    NodeUpgrade,
     Restart,
     Status,
+    StayedProcess,
 )
 from .archive import Archive, pack, unpack
 
@@ -44,6 +47,7 @@ __all__ = [
     "DEFAULT_TIMEOUT", "DEFAULT_URL", "LEADER_METADATA_KEY", "AlreadyExists", "AppFailed", "AppInfo",
     "Archive", "ArchiveError", "Assignment", "AuthError", "ChildInfo", "Client", "ClusterState",
     "ConfigError", "ControllerError", "ControllerMember", "InvalidRequest", "Manifest", "ManifestError",
-    "NodeInfo", "NotFound", "Refused", "Restart", "Status", "TooLarge", "Unavailable", "config_path",
+    "NodeInfo", "NodeUpgrade", "NotFound", "Refused", "Restart", "StayedProcess", "Status", "TooLarge",
+    "Unavailable", "UpgradeFailed", "config_path",
     "connect", "load_manifest", "pack", "unpack",
 ]

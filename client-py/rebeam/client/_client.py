@@ -25,6 +25,7 @@ from ._errors import (
     Refused,
     TooLarge,
     Unavailable,
+    UpgradeFailed,
 )
 from ._types import AppInfo, Assignment, ClusterState, NodeInfo, Status, pid_from_proto
 from .archive import DEFAULT_MAX_BYTES, Archive, pack
@@ -243,18 +244,76 @@ class Client:
             raise
         return AppInfo.from_proto(reply.app)
 
-    def submit(self, app: str | os.PathLike[str] | Archive) -> AppInfo:
+    def submit(self, app: str | os.PathLike[str] | Archive, *, wait: float | None = None,
+               progress: Callable[[AppInfo, list[Assignment]], None] | None = None) -> AppInfo:
         """Packs the app directory (or takes an :func:`pack`-ed archive), uploads it and lets
-        the controller place its top-level children.
+        the controller place its top-level children; with ``wait`` (seconds), waits until
+        they all run, as :meth:`wait_running` does.
 
         Raises :class:`rebeam.ManifestError` or :class:`ArchiveError` before uploading
-        anything that would be refused, :class:`AlreadyExists` if the app already runs."""
-        return self._submit(app, upgrade=False)
+        anything that would be refused, :class:`AlreadyExists` if the app already runs, and
+        with ``wait`` :class:`AppFailed` carrying the traceback when its code does not
+        import or an ``init`` raises."""
+        info = self._submit(app, upgrade=False)
+        return info if wait is None else self.wait_running(info.name, timeout=wait, progress=progress)
 
-    def upgrade(self, app: str | os.PathLike[str] | Archive) -> AppInfo:
-        """Uploads a new version of a running app; the nodes move its processes to the new
-        code. The manifest's version must differ from the running one."""
-        return self._submit(app, upgrade=True)
+    def upgrade(self, app: str | os.PathLike[str] | Archive, *, wait: float | None = 60.0,
+                progress: Callable[[AppInfo, set[str], set[str]], None] | None = None) -> AppInfo:
+        """Uploads a new version of a running app (its manifest's version must differ); each
+        node loads it beside the old one and moves the app's servers to it through their
+        ``code_change``. Waits up to ``wait`` seconds (None: not at all) until every node
+        running the app reported; their results are in ``AppInfo.upgrades`` (processes whose
+        ``code_change`` raised stay on the old code and are listed there).
+
+        Raises :class:`UpgradeFailed` with the traceback when a node cannot load the new
+        version: the controller then rolls the app back and every process keeps serving on
+        the old version."""
+        info = self._submit(app, upgrade=True)
+        return info if wait is None else self.wait_moved(info, timeout=wait, progress=progress)
+
+    def rollback(self, name: str, *, wait: float | None = 60.0,
+                 progress: Callable[[AppInfo, set[str], set[str]], None] | None = None) -> AppInfo:
+        """Makes the version that ran before the last upgrade current again; the nodes move the
+        app's servers back (the newer code's ``code_change(version, "rollback")`` converts
+        their state). Waits like :meth:`upgrade`. Raises :class:`Refused` when there is no
+        previous version."""
+        from ._proto import client_pb2
+
+        reply = self._call("RollbackApp", client_pb2.RollbackAppRequest(name=name))
+        info = AppInfo.from_proto(reply.app)
+        return info if wait is None else self.wait_moved(info, timeout=wait, progress=progress)
+
+    def wait_moved(self, target: AppInfo, *, timeout: float = 60.0,
+                   progress: Callable[[AppInfo, set[str], set[str]], None] | None = None) -> AppInfo:
+        """Waits until every node running ``target``'s app reported moving it to
+        ``target``'s code; ``progress`` gets the app, the nodes to hear from and those heard
+        from on each change. Raises :class:`UpgradeFailed` if the app was rolled back
+        because a node could not load the code, :class:`rebeam.Timeout` naming the silent
+        nodes."""
+        deadline = time.monotonic() + timeout
+        seen: object = None
+        while True:
+            state = self.cluster()
+            app = next((a for a in state.apps if a.name == target.name), None)
+            if app is None:
+                raise NotFound(f"app `{target.name}` does not exist; list apps to see the names", "NOT_FOUND")
+            if app.code_hash != target.code_hash:
+                if app.upgrade_error:
+                    raise UpgradeFailed(app.name, app.upgrade_error)
+                raise Refused(f"app `{app.name}` changed while waiting: it now runs version {app.version}",
+                              "FAILED_PRECONDITION")
+            hosts = {a.node for a in state.assignments
+                     if a.app == app.name and a.node and a.state in ("assigned", "running")}
+            heard = {u.node for u in app.upgrades if u.code_hash == target.code_hash}
+            if progress is not None and (hosts, heard) != seen:
+                progress(app, hosts, heard)
+            seen = (hosts, heard)
+            if hosts <= heard:
+                return app
+            if time.monotonic() >= deadline:
+                raise Timeout(f"{app.name} {app.version}: no report after {timeout:g} s from "
+                              f"{', '.join(sorted(hosts - heard))}")
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def stop(self, name: str) -> AppInfo:
         """Stops the app ``name`` everywhere; stopping a stopped app is not an error."""

@@ -27,6 +27,20 @@ class AppFailed(Error):
         return f"app {self.app} failed: {self.reason}"
 
 
+class UpgradeFailed(Error):
+    """A node could not load the new version (its modules do not import), so the controller
+    rolled the app back and every process kept the version it ran; ``reason`` names the
+    node and carries the Python traceback."""
+
+    def __init__(self, app: str, reason: str) -> None:
+        super().__init__(app, reason)
+        self.app = app
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"upgrade of {self.app} failed: {self.reason}"
+
+
 class ControllerError(Error):
     """The controller refused or failed a request.
 

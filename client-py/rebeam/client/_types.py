@@ -86,6 +86,12 @@ class AppInfo:
     #: The version that ran before the last upgrade, if any.
     previous_version: str | None
     manifest_toml: str = field(repr=False)
+    #: Why the latest start of a top-level child failed, with its traceback; None once started.
+    last_error: str | None = None
+    #: Each node's result of the latest upgrade or rollback.
+    upgrades: list[NodeUpgrade] = field(default_factory=list)
+    #: Set when the latest upgrade did not load on a node and the app was rolled back.
+    upgrade_error: str | None = None
 
     @classmethod
     def from_proto(cls, a: Any) -> AppInfo:
@@ -98,7 +104,45 @@ class AppInfo:
             max_seconds=a.max_seconds, children=[ChildInfo.from_proto(c) for c in a.children],
             failure_reason=a.failure_reason or None, submitted_at=_time(a.submitted_at_ms),
             previous_version=a.previous_version or None, manifest_toml=a.manifest_toml,
+            last_error=a.last_error or None, upgrades=[NodeUpgrade.from_proto(u) for u in a.upgrades],
+            upgrade_error=a.upgrade_error or None,
         )
+
+
+@dataclass(frozen=True)
+class StayedProcess:
+    """A process that kept its old code in an upgrade: its ``code_change`` raised (or it
+    could not move), with the reason and traceback in ``error``."""
+
+    pid: Pid | None
+    name: str
+    error: str
+
+
+@dataclass(frozen=True)
+class NodeUpgrade:
+    """What one node did in an upgrade or rollback."""
+
+    node: str
+    code_hash: str
+    version: str
+    #: "done" (every process moved), "partial" (some stayed) or "failed" (did not load).
+    status: str
+    #: For "failed": the import error with its traceback.
+    error: str | None
+    #: Processes that moved to the new code.
+    upgraded: int
+    stayed: list[StayedProcess]
+
+    @classmethod
+    def from_proto(cls, u: Any) -> NodeUpgrade:
+        from ._proto import common_pb2
+
+        return cls(node=u.node, code_hash=u.code_hash, version=u.version,
+                   status=_enum(u.status, common_pb2.UpgradeStatus, "UPGRADE_STATUS_"),
+                   error=u.error or None, upgraded=u.upgraded,
+                   stayed=[StayedProcess(pid_from_proto(p.pid) if p.HasField("pid") else None, p.name,
+                                         p.error) for p in u.stayed])
 
 
 @dataclass(frozen=True)

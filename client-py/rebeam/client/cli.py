@@ -105,7 +105,7 @@ def cmd_submit(args: argparse.Namespace, o: _Output) -> int:
     with _client(args) as client:
         o.progress(f"uploading to {client.target}")
         app = client.submit(archive)
-        if args.wait is not None:
+        if not args.no_wait:
             app = client.wait_running(app.name, timeout=args.wait, progress=_show_progress(o))
     if o.json:
         o.data(app)
@@ -114,17 +114,44 @@ def cmd_submit(args: argparse.Namespace, o: _Output) -> int:
     return 0
 
 
+def _show_moves(o: _Output) -> Callable[[AppInfo, set[str], set[str]], None]:
+    def show(app: AppInfo, hosts: set[str], heard: set[str]) -> None:
+        waiting = sorted(hosts - heard)
+        tail = f"; waiting for {', '.join(waiting)}" if waiting else ""
+        o.progress(f"{app.name} {app.version}: {len(heard & hosts)}/{len(hosts)} nodes moved{tail}")
+
+    return show
+
+
+def _moved(verb: str, app: AppInfo, o: _Output) -> int:
+    """Prints an upgrade's or rollback's outcome; 0, or 3 when processes stayed behind."""
+    if o.json:
+        o.data(app)
+    else:
+        previous = f"{app.previous_version} -> " if app.previous_version and verb == "upgraded" else ""
+        o.out.write(f"{verb} {app.name} {previous}{app.version}\n")
+        for u in sorted(app.upgrades, key=lambda u: u.node):
+            if u.code_hash == app.code_hash:
+                o.out.write(f"  {u.node}: {u.status}, {u.upgraded} processes moved\n")
+    stayed = [(u.node, s) for u in app.upgrades if u.code_hash == app.code_hash for s in u.stayed]
+    for node, s in stayed:
+        o.err.write(f"rebeam: warning: {s.pid} ({s.name}) on {node} stayed on the old code:\n"
+                    f"{s.error.rstrip()}\n")
+    return 3 if stayed else 0
+
+
 def cmd_upgrade(args: argparse.Namespace, o: _Output) -> int:
     archive = _pack(args, o)
     with _client(args) as client:
         o.progress(f"uploading to {client.target}")
-        app = client.upgrade(archive)
-    if o.json:
-        o.data(app)
-    else:
-        previous = f"{app.previous_version} -> " if app.previous_version else ""
-        o.out.write(f"upgraded {app.name} {previous}{app.version} ({app.status})\n")
-    return 0
+        app = client.upgrade(archive, wait=args.wait, progress=_show_moves(o))
+    return _moved("upgraded", app, o)
+
+
+def cmd_rollback(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        app = client.rollback(args.app, wait=args.wait, progress=_show_moves(o))
+    return _moved("rolled back", app, o)
 
 
 def cmd_stop(args: argparse.Namespace, o: _Output) -> int:
@@ -293,6 +320,7 @@ def _parser() -> argparse.ArgumentParser:
     commands: list[tuple[str, Callable[[argparse.Namespace, _Output], int], str]] = [
         ("submit", cmd_submit, "pack an app directory and start it on the cluster"),
         ("upgrade", cmd_upgrade, "upload a new version of a running app (hot upgrade)"),
+        ("rollback", cmd_rollback, "go back to the version an app ran before its last upgrade"),
         ("stop", cmd_stop, "stop an app everywhere"),
         ("apps", cmd_apps, "list apps"),
         ("nodes", cmd_nodes, "list nodes"),
@@ -311,9 +339,14 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
                            help=f"refuse archives over this size (default {DEFAULT_MAX_BYTES})")
         if name == "submit":
-            p.add_argument("--wait", type=float, nargs="?", const=60.0, default=None, metavar="SECONDS",
-                           help="wait until every top-level child runs (default 60 s)")
-        if name == "stop":
+            p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                           help="how long to wait until every top-level child runs (default 60)")
+            p.add_argument("--no-wait", action="store_true",
+                           help="return once the controller accepted the app")
+        if name in ("upgrade", "rollback"):
+            p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                           help="how long to wait for every node to move the app (default 60)")
+        if name in ("stop", "rollback"):
             p.add_argument("app", metavar="APP", help="the app's name")
         if name == "whereis":
             p.add_argument("name", metavar="NAME", help="a global name")

@@ -65,8 +65,9 @@ impl AppCode {
     }
 
     /// Makes `target` the app's current version here: fetches and loads it if needed and,
-    /// when another version ran before, moves the app's servers to it. Returns the upgrade
-    /// report when servers were moved; the error (with traceback) when it does not load.
+    /// when another version ran before, moves the app's servers to it. Returns the report
+    /// for the controller when it loaded something, the error (with traceback) when the
+    /// code does not load.
     pub async fn ensure(
         &self,
         cluster: &Arc<Cluster>,
@@ -98,7 +99,9 @@ impl AppCode {
         self.current
             .lock()
             .insert(target.app.clone(), target.code_hash.clone());
-        Ok(moves.map(|m| report(cluster, &target, m)))
+        // Reported even for a first load (nothing to move): a client waiting for an upgrade
+        // hears from every node running the app, also one that just got its first child.
+        Ok(Some(report(cluster, &target, moves.unwrap_or_default())))
     }
 }
 
