@@ -325,10 +325,7 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
                 .remove(&(r.app.clone(), r.child.clone()))
                 .map(|(_, pid)| pid);
             if let Some(pid) = pid {
-                let rt = cluster.rt.clone();
-                cluster.tokio.spawn_blocking(move || {
-                    pyo3::Python::attach(|_py| rt.exit_signal(pid, pid, Reason::Shutdown));
-                });
+                cluster.stopper.stop(pid);
             }
         }
         Event::PgJoined(c) => {

@@ -5,6 +5,7 @@ pub mod code;
 pub mod control;
 pub mod gateway;
 pub mod peers;
+pub mod stopper;
 pub mod wire;
 
 use crate::python::host::PyRuntime;
@@ -81,6 +82,8 @@ pub struct Cluster {
     pub controller: control::Controller,
     /// Which version of each app runs here.
     pub code: code::AppCode,
+    /// Stops removed top-level children in order.
+    pub stopper: stopper::Stopper,
 }
 
 impl Cluster {
@@ -91,12 +94,14 @@ impl Cluster {
         config: ClusterConfig,
     ) -> Arc<Cluster> {
         let (tx, rx) = std::sync::mpsc::channel();
+        let stopper = stopper::Stopper::start(rt.clone());
         let cluster = Arc::new(Cluster {
             rt,
             tokio,
             bearer: BearerInjector::new(&config.secret),
             controller: control::Controller::new(config.controllers.clone(), &config.secret),
             code: code::AppCode::default(),
+            stopper,
             config,
             next_call: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),

@@ -1,0 +1,57 @@
+//! Stops the top-level children the controller removes from this node one at a time, in the
+//! order it removed them (the reverse of the app's start order on a stop), each with the
+//! `shutdown` exit signal and then, if it has not exited within the patience, `kill`, as a
+//! supervisor stops its children.
+
+use crate::python::host::PyRuntime;
+use crate::runtime::{Pid, Reason};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a top-level child may take to shut its tree down before it is killed.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The queue of children to stop, served by one thread.
+pub struct Stopper {
+    queue: mpsc::Sender<Pid>,
+}
+
+impl Stopper {
+    /// Starts the stopping thread for `rt`.
+    pub fn start(rt: Arc<PyRuntime>) -> Stopper {
+        let (queue, pids) = mpsc::channel::<Pid>();
+        let spawned = std::thread::Builder::new()
+            .name("rebeam-stopper".into())
+            .spawn(move || {
+                for pid in pids {
+                    stop(&rt, pid);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the stopper thread: {e}");
+        }
+        Stopper { queue }
+    }
+
+    /// Queues `pid` to be stopped after the ones queued before it.
+    pub fn stop(&self, pid: Pid) {
+        if self.queue.send(pid).is_err() {
+            tracing::error!(%pid, "the stopper thread is gone; cannot stop this process");
+        }
+    }
+}
+
+fn stop(rt: &Arc<PyRuntime>, pid: Pid) {
+    pyo3::Python::attach(|_py| rt.exit_signal(pid, pid, Reason::Shutdown));
+    let deadline = Instant::now() + PATIENCE;
+    while rt.lookup(pid).is_some() {
+        if Instant::now() >= deadline {
+            tracing::warn!(%pid, "top-level child still running {PATIENCE:?} after shutdown; killing it");
+            pyo3::Python::attach(|_py| rt.exit_signal(pid, pid, Reason::Kill));
+            return;
+        }
+        // Waits for the child's own tree shutdown (supervisors stop their children first).
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
