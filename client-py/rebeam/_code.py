@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_PREFIX = "_rebeam_app_"
+#: How the module namespaces of app versions begin.
+APP_MODULE_PREFIX = "_rebeam_app_"
 _lock = threading.RLock()
 _versions: dict[str, Version] = {}  # by prefix
 _current: dict[str, Version] = {}  # by app name
@@ -81,7 +82,7 @@ class Version:
 
 
 def _prefix(app: str, code_hash: str) -> str:
-    return f"{_PREFIX}{re.sub(r'[^A-Za-z0-9]', '_', app)}_{code_hash[:16]}"
+    return f"{APP_MODULE_PREFIX}{re.sub(r'[^A-Za-z0-9]', '_', app)}_{code_hash[:16]}"
 
 
 def _top_level(directory: Path) -> frozenset[str]:
@@ -199,7 +200,7 @@ def _import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = 
             level: int = 0) -> Any:
     if level == 0 and globals:
         importer = globals.get("__name__")
-        if importer and importer.startswith(_PREFIX):
+        if importer and importer.startswith(APP_MODULE_PREFIX):
             version = _versions.get(importer.partition(".")[0])
             top = name.partition(".")[0]
             if version is not None and top in version.top:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .._code import APP_MODULE_PREFIX
 from .._errors import Exit, Timeout
 from .._pid import Pid
 from .._types import Crash, Global
@@ -473,12 +475,27 @@ class Client:
             raise self._error(e.code(), e.details() or e.code().name.lower(), timeout) from None
         outcome = reply.WhichOneof("result")
         if outcome == "value":
-            return pickle.loads(reply.value)
+            return _loads(reply.value)
         if outcome == "exit":
             raise Exit(pid, _reason(reply.exit))
         if outcome == "timed_out":
             raise Timeout(f"call to {pid} timed out after {timeout:g}s")
         return None
+
+
+class _Unpickler(pickle.Unpickler):
+    """Maps classes of an app version's module namespace (``_rebeam_app_<app>_<hash>.m``,
+    how nodes load app code) to the plain module ``m``, so a client that has the app's
+    modules on its path can read replies holding the app's own classes."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith(APP_MODULE_PREFIX):
+            module = module.partition(".")[2] or module
+        return super().find_class(module, name)
+
+
+def _loads(data: bytes) -> Any:
+    return _Unpickler(io.BytesIO(data)).load()
 
 
 def _reason(reason: Any) -> Any:
@@ -489,9 +506,9 @@ def _reason(reason: Any) -> Any:
     if kind == "crash":
         return Crash(reason.crash.type, reason.crash.message, reason.crash.traceback)
     if kind == "shutdown_term":
-        return ("shutdown", pickle.loads(reason.shutdown_term))
+        return ("shutdown", _loads(reason.shutdown_term))
     if kind == "term":
-        return pickle.loads(reason.term)
+        return _loads(reason.term)
     return "noconnection"
 
 
