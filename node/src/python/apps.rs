@@ -14,6 +14,8 @@ pub struct AppTag {
     /// Bumped whenever the app's current code changes on this node; a process whose own
     /// epoch differs moves to the current code before its next message.
     pub epoch: AtomicU64,
+    /// What the app's processes on this node wrote, for `rebeam logs`.
+    pub log: Arc<super::logs::AppLog>,
 }
 
 static APPS: OnceLock<Mutex<HashMap<String, Arc<AppTag>>>> = OnceLock::new();
@@ -26,6 +28,7 @@ pub fn tag(name: &str) -> Arc<AppTag> {
             Arc::new(AppTag {
                 name: name.to_string(),
                 epoch: AtomicU64::new(0),
+                log: super::logs::log_for(name),
             })
         })
         .clone()

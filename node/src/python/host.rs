@@ -9,7 +9,7 @@ use crate::runtime::{Host, Outbound, Pid, Process, Reason, Runtime, Timers};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// The runtime as the embedding instantiates it.
@@ -43,6 +43,13 @@ pub struct PyData {
     pub parent: Option<Pid>,
     /// For a top-level child the controller placed here, its id in the app's manifest.
     pub child: OnceLock<String>,
+    /// The function a function process runs (for `rebeam ps`).
+    pub function: OnceLock<Py<PyAny>>,
+    /// Messages a selective `receive` took out of the mailbox and holds while it waits for
+    /// a match: still queued for the process, so `rebeam ps` counts them.
+    pub held: AtomicUsize,
+    /// What the process wrote to stdout/stderr since its last complete line.
+    pub output: Mutex<super::logs::Partial>,
 }
 
 impl PyData {
@@ -107,6 +114,8 @@ impl Host for PyHost {
     }
 
     fn exited(&self, process: &Arc<PyProcess>, reason: &Reason) {
+        // A last line without its newline still belongs to the app's log.
+        super::logs::flush(process);
         if process.data.report_exit.load(Ordering::Acquire) {
             if let Some(cluster) = self.cluster.get() {
                 // This node's view drops the process at once; the others learn it from the
