@@ -28,6 +28,7 @@ from ._errors import (
     TooLarge,
     Unavailable,
 )
+from ._inspect import LogEntry, LogStream, ProcessInfo, ProcessList, Tree, TreeNode
 from ._types import (
     AppInfo,
     Assignment,
@@ -43,7 +44,8 @@ from .archive import Archive, pack, unpack
 __all__ = [
     "DEFAULT_TIMEOUT", "DEFAULT_URL", "LEADER_METADATA_KEY", "AlreadyExists", "AppFailed", "AppInfo",
     "Archive", "ArchiveError", "Assignment", "AuthError", "ChildInfo", "Client", "ClusterState",
-    "ConfigError", "ControllerError", "ControllerMember", "InvalidRequest", "Manifest", "ManifestError",
-    "NodeInfo", "NotFound", "Refused", "Restart", "Status", "TooLarge", "Unavailable", "config_path",
-    "connect", "load_manifest", "pack", "unpack",
+    "ConfigError", "ControllerError", "ControllerMember", "InvalidRequest", "LogEntry", "LogStream",
+    "Manifest", "ManifestError", "NodeInfo", "NotFound", "ProcessInfo", "ProcessList", "Refused", "Restart",
+    "Status", "TooLarge", "Tree", "TreeNode", "Unavailable", "config_path", "connect", "load_manifest",
+    "pack", "unpack",
 ]
