@@ -34,6 +34,8 @@ class CapturedStream:
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (flush, fileno, encoding, isatty, buffer, ...) is the real stream's.
+        if name == "_inner":  # not set yet (a copy being built): no endless recursion
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
     def __repr__(self) -> str:
