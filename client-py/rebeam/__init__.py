@@ -103,3 +103,6 @@ if IN_NODE:
         "ProcessKilled": ProcessKilled, "NOREPLY": NOREPLY, "TIMEOUT": TIMEOUT,
         "Global": Global, "cleanup": _cleanup.cleanup,
     })
+    from . import _output
+
+    _output.install()

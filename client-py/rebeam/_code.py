@@ -196,6 +196,17 @@ def move_server(server: Any, app: str) -> bool:
     return True
 
 
+def describe(code: Any) -> tuple[str, str] | None:
+    """``(module.qualname, version)`` of an app's class or function, with the module named
+    as in the app (without its version's namespace); None for code that is not an app's."""
+    version = version_of(code) if isinstance(code, type) else _versions.get(
+        (getattr(code, "__module__", None) or "").partition(".")[0])
+    if version is None:
+        return None
+    module = code.__module__[len(version.prefix) + 1:]
+    return f"{module}.{code.__qualname__}", version.version
+
+
 def _import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (),
             level: int = 0) -> Any:
     if level == 0 and globals:

@@ -29,6 +29,7 @@ from ._errors import (
     Unavailable,
     UpgradeFailed,
 )
+from ._inspect import LogEntry, LogStream, ProcessInfo, ProcessList, Tree, TreeNode
 from ._types import (
     AppInfo,
     Assignment,
@@ -46,8 +47,8 @@ from .archive import Archive, pack, unpack
 __all__ = [
     "DEFAULT_TIMEOUT", "DEFAULT_URL", "LEADER_METADATA_KEY", "AlreadyExists", "AppFailed", "AppInfo",
     "Archive", "ArchiveError", "Assignment", "AuthError", "ChildInfo", "Client", "ClusterState",
-    "ConfigError", "ControllerError", "ControllerMember", "InvalidRequest", "Manifest", "ManifestError",
-    "NodeInfo", "NodeUpgrade", "NotFound", "Refused", "Restart", "StayedProcess", "Status", "TooLarge",
-    "Unavailable", "UpgradeFailed", "config_path",
-    "connect", "load_manifest", "pack", "unpack",
+    "ConfigError", "ControllerError", "ControllerMember", "InvalidRequest", "LogEntry", "LogStream",
+    "Manifest", "ManifestError", "NodeInfo", "NodeUpgrade", "NotFound", "ProcessInfo", "ProcessList",
+    "Refused", "Restart", "StayedProcess", "Status", "TooLarge", "Tree", "TreeNode", "Unavailable",
+    "UpgradeFailed", "config_path", "connect", "load_manifest", "pack", "unpack",
 ]

@@ -8,6 +8,7 @@ import pickle
 import random
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from .._code import APP_MODULE_PREFIX
 from .._errors import Exit, Timeout
 from .._pid import Pid
 from .._types import Crash, Global
+from . import _inspect
 from ._config import ConfigError, resolve
 from ._errors import (
     AlreadyExists,
@@ -29,6 +31,7 @@ from ._errors import (
     Unavailable,
     UpgradeFailed,
 )
+from ._inspect import LogStream, ProcessList, Tree
 from ._types import AppInfo, Assignment, ClusterState, NodeInfo, Status, pid_from_proto
 from .archive import DEFAULT_MAX_BYTES, Archive, pack
 
@@ -441,7 +444,7 @@ class Client:
     def _deliver(self, target: Global | str | Pid, kind: str, value: Any, timeout: float) -> Any:
         import grpc
 
-        from ._proto import common_pb2, gateway_pb2, gateway_pb2_grpc
+        from ._proto import common_pb2, gateway_pb2
 
         if isinstance(target, Global | str):
             name = target.name if isinstance(target, Global) else target
@@ -464,13 +467,9 @@ class Client:
         request = gateway_pb2.DeliverRequest(
             pid=common_pb2.Pid(node=pid.node, incarnation=pid.incarnation, serial=pid.serial),
             kind=kinds[kind], payload=payload, timeout_s=timeout)
-        stub = self._gateways.get(node.address)
-        if stub is None:
-            channel = grpc.insecure_channel(node.address)
-            self._channels[f"gateway {node.address}"] = channel
-            stub = self._gateways[node.address] = gateway_pb2_grpc.GatewayServiceStub(channel)
         try:
-            reply = stub.Deliver(request, timeout=timeout + self.timeout, metadata=self._metadata())
+            reply = self._gateway(node.address).Deliver(request, timeout=timeout + self.timeout,
+                                                        metadata=self._metadata())
         except grpc.RpcError as e:
             raise self._error(e.code(), e.details() or e.code().name.lower(), timeout) from None
         outcome = reply.WhichOneof("result")
@@ -481,6 +480,43 @@ class Client:
         if outcome == "timed_out":
             raise Timeout(f"call to {pid} timed out after {timeout:g}s")
         return None
+
+    def _gateway(self, address: str) -> Any:
+        """The gateway service of the node at ``address`` (one kept channel per node)."""
+        stub = self._gateways.get(address)
+        if stub is None:
+            import grpc
+
+            from ._proto import gateway_pb2_grpc
+
+            # A node with many processes answers a listing in one large message.
+            options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+            channel = grpc.insecure_channel(address, options=options)
+            self._channels[f"gateway {address}"] = channel
+            stub = self._gateways[address] = gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
+        return stub
+
+    # -- inspection (see _inspect.py) -----------------------------------------------------
+
+    def processes(self, app: str | None = None) -> ProcessList:
+        """The processes on every alive node, or those of the app ``app``, asked of every
+        node at once. A node that does not answer is listed in the result's ``missing``
+        (node id → why) and its processes are absent."""
+        return _inspect.processes(self, app)
+
+    def tree(self, app: str) -> Tree:
+        """The app's supervision tree across nodes: its top-level children where the
+        controller placed them, and below each process the processes it started. Raises
+        :class:`NotFound` for an app never submitted."""
+        return _inspect.tree(self, app)
+
+    def logs(self, app: str, *, follow: bool = False, since: datetime | float | None = None,
+             on_missing: Callable[[str, str], None] | None = None) -> LogStream:
+        """What the app's processes wrote to stdout/stderr and their crash reports, merged by
+        time across nodes; ``follow`` then streams new entries until the stream is closed.
+        ``since`` is a time or seconds ago. Nodes keep each app's newest 10,000 entries or
+        4 MiB. Nodes that do not answer are reported to ``on_missing(node, why)``."""
+        return _inspect.LogStream(self, app, follow=follow, since=since, on_missing=on_missing)
 
 
 class _Unpickler(pickle.Unpickler):

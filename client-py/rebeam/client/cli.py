@@ -2,6 +2,7 @@
 
     rebeam submit DIR | upgrade DIR | stop APP | apps | nodes | names | whereis NAME | status
     rebeam pack DIR [-o FILE]
+    rebeam ps [APP] | tree APP | logs APP [-f] [--since DURATION]
 
 Tables for people by default, ``--json`` for scripts. Errors print one line to stderr and
 exit with status 1 (2 for a wrong command line)."""
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 
 from .._errors import Error
 from ._client import DEFAULT_TIMEOUT, Client
+from ._inspect import LogEntry
 from ._types import AppInfo, Assignment, to_jsonable
 from .archive import DEFAULT_MAX_BYTES, Archive, pack
 
@@ -256,6 +258,97 @@ def cmd_status(args: argparse.Namespace, o: _Output) -> int:
     return 0
 
 
+def _missing(missing: dict[str, str], o: _Output) -> int:
+    """Warns of nodes that did not answer; exit status 1 if any (the output lacks them)."""
+    for node, why in sorted(missing.items()):
+        o.err.write(f"rebeam: warning: node {node} did not answer ({why}); its processes are not shown\n")
+    return 1 if missing else 0
+
+
+def cmd_ps(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        found = client.processes(args.app)
+    if o.json:
+        o.data(list(found))
+        return _missing(found.missing, o)
+    if not found:
+        o.out.write(f"no processes of app {args.app} run\n" if args.app else "no processes run\n")
+        return _missing(found.missing, o)
+    header = ["pid", "name", "node", "mailbox", "handled", "memory", "current"]
+    rows = []
+    for p in found:
+        row = [repr(p.pid), p.name or p.child or p.initial or "-", p.node, p.mailbox_len,
+               p.messages_handled, _size(p.memory_bytes), p.current_function]
+        rows.append(row if args.app else [*row[:3], p.app or "-", *row[3:]])
+    table(rows, header if args.app else [*header[:3], "app", *header[3:]], o.out)
+    return _missing(found.missing, o)
+
+
+def cmd_tree(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        tree = client.tree(args.app)
+    if o.json:
+        o.data(tree)
+    else:
+        o.out.write("\n".join(tree.lines()) + "\n")
+    return _missing(tree.missing, o)
+
+
+def _since(text: str) -> float:
+    """``30``, ``30s``, ``5m``, ``2h`` or ``1d`` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 5m, 2h or 1d") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+    return seconds
+
+
+def _log_line(entry: LogEntry) -> str:
+    stamp = entry.time.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    head = f"{stamp}  {entry.node}  {entry.pid!r}  {entry.stream}"
+    if entry.stream != "crash":
+        return f"{head}  {entry.text}\n"
+    # A crash report is a whole traceback: one indented line each, under its header.
+    body = "".join(f"    {line}\n" for line in entry.text.splitlines())
+    return f"{head}:\n{body}"
+
+
+def cmd_logs(args: argparse.Namespace, o: _Output) -> int:
+    lost: dict[str, str] = {}
+
+    def on_missing(node: str, why: str) -> None:
+        lost[node] = why
+        o.err.write(f"rebeam: warning: node {node} did not answer ({why}); its output is not shown\n")
+        o.err.flush()
+
+    count = 0
+    with _client(args) as client:
+        if args.follow:
+            o.progress(f"following the output of app {args.app} (Ctrl-C to stop)")
+        try:
+            with client.logs(args.app, follow=args.follow, since=args.since,
+                             on_missing=on_missing) as stream:
+                for entry in stream:
+                    count += 1
+                    if o.json:
+                        o.out.write(json.dumps(to_jsonable(entry)) + "\n")
+                    else:
+                        o.out.write(_log_line(entry))
+                    if args.follow:
+                        o.out.flush()
+        except KeyboardInterrupt:
+            if not args.follow:
+                raise
+            return 1 if lost else 0
+    if count == 0 and not o.json:
+        o.out.write(f"no output from app {args.app} yet\n")
+    return 1 if lost else 0
+
+
 def _value(text: str) -> Any:
     import ast
 
@@ -330,6 +423,9 @@ def _parser() -> argparse.ArgumentParser:
         ("pack", cmd_pack, "check and pack an app directory without uploading it"),
         ("call", cmd_call, "call a process by global name and print the reply"),
         ("cast", cmd_cast, "cast a request to a process by global name"),
+        ("ps", cmd_ps, "list processes on every node (of one app)"),
+        ("tree", cmd_tree, "draw an app's supervision tree across nodes"),
+        ("logs", cmd_logs, "print what an app's processes wrote, and their crash reports"),
     ]
     for name, func, help_text in commands:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -355,6 +451,15 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("call", "cast"):
             p.add_argument("target", metavar="NAME", help="the global name of the process")
             p.add_argument("request", metavar="EXPR", help="a Python literal, e.g. '(\"join\", \"ann\")'")
+        if name == "ps":
+            p.add_argument("app", metavar="APP", nargs="?", help="only this app's processes")
+        if name in ("tree", "logs"):
+            p.add_argument("app", metavar="APP", help="the app's name")
+        if name == "logs":
+            p.add_argument("-f", "--follow", action="store_true",
+                           help="keep printing new output as it is written (Ctrl-C to stop)")
+            p.add_argument("--since", type=_since, default=None, metavar="DURATION",
+                           help="only output newer than this, e.g. 30s, 5m, 2h")
         if name == "call":
             p.add_argument("--call-timeout", type=float, default=5.0, metavar="SECONDS",
                            help="how long to wait for the reply (default 5)")

@@ -1,8 +1,10 @@
 //! The gateway: messages from outside the cluster (the Python client) enter at any node,
-//! which routes them to the target process wherever it lives.
+//! which routes them to the target process wherever it lives; and the node's processes and
+//! kept app output, for `rebeam ps`, `tree` and `logs`.
 
-use super::wire::{pid_from_pb, pid_to_pb, reason_to_pb};
+use super::wire::{log_entry_to_pb, pid_from_pb, pid_to_pb, reason_to_pb};
 use super::Cluster;
+use crate::python::logs;
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, Pid, Reason};
 use pb::deliver_reply::Result as Outcome;
@@ -16,11 +18,51 @@ use tonic::{Request, Response, Status};
 const DEFAULT_TIMEOUT: f64 = 5.0;
 /// The longest wait a client may ask for.
 const MAX_TIMEOUT: f64 = 3600.0;
+/// The longest app name (as the manifest allows).
+const MAX_APP_NAME: usize = 64;
+/// Entries per `LogsReply`, and about how many bytes of text: well under the 4 MiB message
+/// limit of default gRPC clients, since one entry holds at most 64 KiB.
+const LOG_BATCH: usize = 512;
+const LOG_BATCH_BYTES: usize = 1024 * 1024;
 
 /// The gateway service of one node.
 pub struct Gateway {
     /// The cluster this node belongs to.
     pub cluster: Arc<Cluster>,
+}
+
+/// Streams the app's entries after `after_seq`, then (following) each new one, until the
+/// client goes away.
+async fn send_logs(
+    log: Arc<logs::AppLog>,
+    node: String,
+    request: pb::LogsRequest,
+    tx: tokio::sync::mpsc::Sender<Result<pb::LogsReply, Status>>,
+) {
+    // Subscribed before the first read: an entry appended in between wakes us.
+    let mut appended = log.subscribe();
+    let mut last = request.after_seq;
+    loop {
+        loop {
+            let batch = log.after(last, LOG_BATCH, LOG_BATCH_BYTES);
+            let Some(newest) = batch.last() else { break };
+            last = newest.seq;
+            let entries = batch
+                .iter()
+                .map(|e| log_entry_to_pb(e, &node, &request.app))
+                .collect();
+            if tx.send(Ok(pb::LogsReply { entries })).await.is_err() {
+                return;
+            }
+        }
+        if !request.follow {
+            return;
+        }
+        tokio::select! {
+            _ = tx.closed() => return,
+            changed = appended.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 fn exit(pid: Option<Pid>, reason: &Reason) -> pb::DeliverReply {
@@ -65,16 +107,47 @@ impl pb::gateway_service_server::GatewayService for Gateway {
 
     async fn list_processes(
         &self,
-        _request: Request<pb::ListProcessesRequest>,
+        request: Request<pb::ListProcessesRequest>,
     ) -> Result<Response<pb::ListProcessesReply>, Status> {
-        Err(Status::unimplemented("TEMP: ListProcesses"))
+        let app = request.into_inner().app;
+        let rt = self.cluster.rt.clone();
+        // Reading Python objects needs the GIL: off the async workers.
+        let processes = tokio::task::spawn_blocking(move || {
+            crate::python::inspect::list(&rt, (!app.is_empty()).then_some(app.as_str()))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("listing processes failed: {e}")))?;
+        Ok(Response::new(pb::ListProcessesReply {
+            node: self.cluster.rt.node().name().to_string(),
+            processes: processes.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn logs(
         &self,
-        _request: Request<pb::LogsRequest>,
+        request: Request<pb::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
-        Err(Status::unimplemented("TEMP: Logs"))
+        let r = request.into_inner();
+        if r.app.is_empty() || r.app.len() > MAX_APP_NAME {
+            return Err(Status::invalid_argument(format!(
+                "an app name of 1 to {MAX_APP_NAME} bytes is required"
+            )));
+        }
+        // A follower may come before the app's first process starts here: it waits on the
+        // app's (empty) log. A one-off read of an unknown app is just empty.
+        let log = if r.follow {
+            Some(logs::log_for(&r.app))
+        } else {
+            logs::find(&r.app)
+        };
+        let node = self.cluster.rt.node().name().to_string();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        if let Some(log) = log {
+            tokio::spawn(send_logs(log, node, r, tx));
+        }
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn deliver(

@@ -68,6 +68,41 @@ pub fn reason_report(reason: &Reason) -> String {
     }
 }
 
+impl From<crate::python::inspect::ProcessReport> for pb::ProcessInfo {
+    fn from(r: crate::python::inspect::ProcessReport) -> Self {
+        pb::ProcessInfo {
+            pid: Some(pid_to_pb(r.pid)),
+            name: r.name.unwrap_or_default(),
+            app: r.app.unwrap_or_default(),
+            // Per-process code versions come with hot upgrades.
+            kind: r.kind.to_string(),
+            initial: r.initial,
+            version: r.version,
+            current_function: r.current_function,
+            mailbox_len: r.mailbox_len as u64,
+            messages_handled: r.handled,
+            memory_bytes: r.memory_bytes as u64,
+            parent: r.parent.map(pid_to_pb),
+            child: r.child.unwrap_or_default(),
+            trap_exits: r.trap_exits,
+            links: r.links.into_iter().map(pid_to_pb).collect(),
+        }
+    }
+}
+
+/// A kept log entry of the app `app` on the node `node`, for the wire.
+pub fn log_entry_to_pb(entry: &crate::python::logs::Entry, node: &str, app: &str) -> pb::LogEntry {
+    pb::LogEntry {
+        seq: entry.seq,
+        time_ms: entry.time_ms,
+        node: node.to_string(),
+        pid: Some(pid_to_pb(entry.pid)),
+        stream: entry.stream.as_str().to_string(),
+        text: entry.text.clone(),
+        app: app.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

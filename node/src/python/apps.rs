@@ -16,6 +16,8 @@ pub struct AppTag {
     pub epoch: AtomicU64,
     /// The outcome of the upgrade in progress (or the last one), filled as processes move.
     pub moves: Mutex<super::upgrade::Moves>,
+    /// What the app's processes on this node wrote, for `rebeam logs`.
+    pub log: Arc<super::logs::AppLog>,
 }
 
 static APPS: OnceLock<Mutex<HashMap<String, Arc<AppTag>>>> = OnceLock::new();
@@ -29,6 +31,7 @@ pub fn tag(name: &str) -> Arc<AppTag> {
                 name: name.to_string(),
                 epoch: AtomicU64::new(0),
                 moves: Mutex::default(),
+                log: super::logs::log_for(name),
             })
         })
         .clone()

@@ -349,9 +349,12 @@ fn finish_server(
     rt.terminate(process, reason);
 }
 
-/// Prints a crash report, as OTP's logger does for abnormal exits.
+/// Prints a crash report, as OTP's logger does for abnormal exits, and keeps it in the app's
+/// log. Called only where a process's own code raised: a process that dies of a linked
+/// process's crash reports nothing itself (as in OTP).
 pub fn log_crash(process: &Arc<PyProcess>, reason: &Reason) {
     if let Reason::Crash(crash) = reason {
         tracing::warn!(pid = %process.pid, "process crashed: {}: {}\n{}", crash.kind, crash.message, crash.traceback);
+        super::logs::crashed(process, reason);
     }
 }

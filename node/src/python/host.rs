@@ -9,7 +9,7 @@ use crate::runtime::{Host, Outbound, Pid, Process, Reason, Runtime, Timers};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// The runtime as the embedding instantiates it.
@@ -46,6 +46,13 @@ pub struct PyData {
     /// The app code epoch this server last moved to (see `upgrade`); 0 until its first
     /// message, so a server started from any version is checked once.
     pub code_epoch: AtomicU64,
+    /// The function a function process runs (for `rebeam ps`).
+    pub function: OnceLock<Py<PyAny>>,
+    /// Messages a selective `receive` took out of the mailbox and holds while it waits for
+    /// a match: still queued for the process, so `rebeam ps` counts them.
+    pub held: AtomicUsize,
+    /// What the process wrote to stdout/stderr since its last complete line.
+    pub output: Mutex<super::logs::Partial>,
 }
 
 impl PyData {
@@ -110,6 +117,8 @@ impl Host for PyHost {
     }
 
     fn exited(&self, process: &Arc<PyProcess>, reason: &Reason) {
+        // A last line without its newline still belongs to the app's log.
+        super::logs::flush(process);
         if process.data.report_exit.load(Ordering::Acquire) {
             if let Some(cluster) = self.cluster.get() {
                 // This node's view drops the process at once; the others learn it from the

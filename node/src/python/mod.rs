@@ -6,6 +6,8 @@ pub mod cluster_glue;
 pub mod convert;
 pub mod executor;
 pub mod host;
+pub mod inspect;
+pub mod logs;
 pub mod native;
 pub mod objects;
 pub mod term;

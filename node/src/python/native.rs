@@ -310,6 +310,7 @@ fn spawn_function<'py>(
     monitor: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (rt, parent, process, mref) = begin_spawn(py, Kind::Thread, link, monitor)?;
+    let _ = process.data.function.set(function.clone().unbind());
     let function = function.unbind();
     let args = args.unbind();
     let kwargs = kwargs.map(|k| k.unbind());
@@ -374,6 +375,7 @@ fn run<'py>(
         ));
     }
     let process = rt.spawn(Kind::Thread, None, PyData::default());
+    let _ = process.data.function.set(function.clone().unbind());
     let result = {
         let _enter = Enter::new(process.clone());
         function.call(args, kwargs.as_ref())
@@ -730,6 +732,7 @@ fn receive<'py>(
     let mut scanned = 0;
     let outcome = loop {
         saved.extend(std::mem::take(&mut me.lock().mailbox));
+        me.data.held.store(saved.len(), Ordering::Relaxed);
         let mut found = None;
         while scanned < saved.len() {
             let value = match convert::envelope_to_py(py, &saved[scanned]) {
@@ -760,6 +763,7 @@ fn receive<'py>(
         if let Some(result) = found {
             if result.is_ok() {
                 saved.remove(scanned);
+                me.data.handled.fetch_add(1, Ordering::Relaxed);
             }
             // (an unrestorable message was already removed above)
             break result.map(Some);
@@ -804,6 +808,7 @@ fn receive<'py>(
 /// Returns unmatched messages to the front of the mailbox, ahead of newer arrivals.
 fn put_back(me: &Arc<PyProcess>, saved: VecDeque<Envelope<crate::python::term::Term>>) {
     let mut st = me.lock();
+    me.data.held.store(0, Ordering::Relaxed);
     if st.status == Status::Exited {
         drop(st);
         drop(saved);
@@ -907,7 +912,7 @@ fn is_alive(pid: &Bound<'_, PyPid>) -> PyResult<bool> {
     Ok(rt()?.lookup(pid.get().0).is_some_and(|p| !p.is_exited()))
 }
 
-/// Facts about a live local process, or None.
+/// Facts about a live local process (what `rebeam ps` shows of it), or None.
 #[pyfunction]
 fn process_info<'py>(
     py: Python<'py>,
@@ -916,32 +921,42 @@ fn process_info<'py>(
     let Some(p) = rt()?.lookup(pid.get().0) else {
         return Ok(None);
     };
-    let info = PyDict::new(py);
-    let (status, mailbox, links, monitors, trap, name) = {
-        let st = p.lock();
-        (
-            format!("{:?}", st.status).to_lowercase(),
-            st.mailbox.len(),
-            st.links.clone(),
-            st.watchers.len(),
-            st.trap_exit,
-            st.name.as_ref().map(|n| n.to_string()),
-        )
+    let Some(r) = super::inspect::describe(py, &p) else {
+        return Ok(None);
     };
-    info.set_item("pid", PyPid(p.pid))?;
-    info.set_item("status", status)?;
-    info.set_item("kind", format!("{:?}", p.kind).to_lowercase())?;
-    info.set_item("mailbox", mailbox)?;
-    info.set_item("handled", p.data.handled.load(Ordering::Relaxed))?;
-    info.set_item("links", PyList::new(py, links.into_iter().map(PyPid))?)?;
-    info.set_item("monitored_by", monitors)?;
-    info.set_item("trap_exit", trap)?;
-    info.set_item("name", name)?;
-    info.set_item("parent", p.parent.map(PyPid))?;
-    if let Some(server) = p.data.server.get() {
-        info.set_item("class", server.bind(py).get_type().fully_qualified_name()?)?;
-    }
+    let info = PyDict::new(py);
+    info.set_item("pid", PyPid(r.pid))?;
+    info.set_item("status", format!("{:?}", r.status).to_lowercase())?;
+    info.set_item("kind", r.kind)?;
+    info.set_item("initial", r.initial)?;
+    info.set_item("current_function", r.current_function)?;
+    info.set_item("mailbox", r.mailbox_len)?;
+    info.set_item("handled", r.handled)?;
+    info.set_item("memory", r.memory_bytes)?;
+    info.set_item("links", PyList::new(py, r.links.into_iter().map(PyPid))?)?;
+    info.set_item("monitored_by", r.monitored_by)?;
+    info.set_item("trap_exit", r.trap_exits)?;
+    info.set_item("name", r.name)?;
+    info.set_item("parent", r.parent.map(PyPid))?;
+    info.set_item("app", r.app)?;
+    info.set_item("child", r.child)?;
     Ok(Some(info))
+}
+
+/// Takes text the current process wrote to stdout (`fd` 1) or stderr (2) for its app's log;
+/// the caller has already written it to the real stream. Outside any app it does nothing.
+#[pyfunction]
+fn write_output(fd: u8, text: &Bound<'_, PyString>) -> PyResult<()> {
+    let Some(process) = current() else {
+        return Ok(());
+    };
+    if process.data.app.is_none() {
+        return Ok(());
+    }
+    if let Some(stream) = super::logs::Stream::from_fd(fd) {
+        super::logs::capture(&process, stream, &text.to_string_lossy());
+    }
+    Ok(())
 }
 
 /// Every live local process.
@@ -996,6 +1011,7 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(current_process, m)?)?;
     m.add_function(wrap_pyfunction!(is_alive, m)?)?;
     m.add_function(wrap_pyfunction!(process_info, m)?)?;
+    m.add_function(wrap_pyfunction!(write_output, m)?)?;
     m.add_function(wrap_pyfunction!(processes, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(register_global, m)?)?;

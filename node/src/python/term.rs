@@ -19,6 +19,14 @@ enum Repr {
     Wire(Vec<u8>),
 }
 
+/// A payload's size as `Term::footprint` reports it.
+pub enum Footprint {
+    /// Known bytes.
+    Bytes(usize),
+    /// A Python object still to measure.
+    Object(Py<PyAny>),
+}
+
 /// Nesting depth beyond which a tuple is copied rather than checked element by element.
 const MAX_SHARED_DEPTH: usize = 8;
 
@@ -98,6 +106,18 @@ impl Term {
             Repr::Shared(obj) => Self::to_bytes(obj.bind(py)),
             Repr::Pickled(bytes) => Ok(bytes.bind(py).cast::<PyBytes>()?.as_bytes().to_vec()),
             Repr::Wire(bytes) => Ok(bytes.clone()),
+        }
+    }
+
+    /// How to size the payload for `rebeam ps`: a pickle's length is known at once; a value
+    /// shared by reference is measured later (with `sys.getsizeof`, no lock held), because
+    /// measuring may run Python code.
+    pub fn footprint(&self, py: Python<'_>) -> Footprint {
+        match &self.0 {
+            Repr::Shared(obj) => Footprint::Object(obj.clone_ref(py)),
+            // A bytes object's length is a field read: no code runs.
+            Repr::Pickled(bytes) => Footprint::Bytes(bytes.bind(py).len().unwrap_or(0)),
+            Repr::Wire(bytes) => Footprint::Bytes(bytes.len()),
         }
     }
 
