@@ -315,13 +315,21 @@ fn current_label(innermost: &Bound<'_, PyAny>) -> Option<String> {
 
 fn frame_module(frame: &Bound<'_, PyAny>) -> String {
     let py = frame.py();
-    frame
+    let module: String = frame
         .getattr(intern!(py, "f_globals"))
         .ok()
         .and_then(|g| g.get_item(intern!(py, "__name__")).ok())
         .and_then(|m| m.extract().ok())
-        .unwrap_or_else(|| "?".to_string())
+        .unwrap_or_else(|| "?".to_string());
+    // An app's modules live under their version's namespace; show them as the app names them.
+    match module.strip_prefix(APP_MODULE_PREFIX) {
+        Some(rest) => rest.split_once('.').map_or(module.clone(), |(_, m)| m.to_string()),
+        None => module,
+    }
 }
+
+/// How the module namespaces of app versions begin (`rebeam._code.APP_MODULE_PREFIX`).
+const APP_MODULE_PREFIX: &str = "_rebeam_app_";
 
 /// `module.function:line` of a frame.
 fn frame_label(frame: &Bound<'_, PyAny>, module: &str) -> Option<String> {
