@@ -325,8 +325,9 @@ def test_cli_ps_tree_logs(controllers: Cluster, client: rebeam.Client) -> None:
     code, out, err = run_cli("ps", APP, *url)
     assert code == 0, err
     header, *rows = out.splitlines()
-    assert header.split() == ["PID", "NAME", "NODE", "MAILBOX", "HANDLED", "MEMORY", "CURRENT"]
+    assert header.split() == ["PID", "NAME", "NODE", "VERSION", "MAILBOX", "HANDLED", "MEMORY", "CURRENT"]
     assert {r.split()[1] for r in rows} == {"top_a", "top_b", "a-w1", "a-w2", "b-w1", "b-w2"}
+    assert {r.split()[3] for r in rows} == {"1.0.0"}
     code, out, _ = run_cli("ps", APP, "--json", *url)
     listed = json.loads(out)
     assert code == 0 and len(listed) == 6

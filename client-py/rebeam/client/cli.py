@@ -274,13 +274,16 @@ def cmd_ps(args: argparse.Namespace, o: _Output) -> int:
     if not found:
         o.out.write(f"no processes of app {args.app} run\n" if args.app else "no processes run\n")
         return _missing(found.missing, o)
-    header = ["pid", "name", "node", "mailbox", "handled", "memory", "current"]
+    # Filtered to one app, the fourth column is the version each process runs (after an
+    # upgrade, a process whose code_change raised shows the old one); else the app.
+    header = ["pid", "name", "node", "version" if args.app else "app", "mailbox", "handled", "memory",
+              "current"]
     rows = []
     for p in found:
-        row = [repr(p.pid), p.name or p.child or p.initial or "-", p.node, p.mailbox_len,
-               p.messages_handled, _size(p.memory_bytes), p.current_function]
-        rows.append(row if args.app else [*row[:3], p.app or "-", *row[3:]])
-    table(rows, header if args.app else [*header[:3], "app", *header[3:]], o.out)
+        code = p.version if args.app else " ".join(filter(None, (p.app, p.version)))
+        rows.append([repr(p.pid), p.name or p.child or p.initial or "-", p.node, code or "-",
+                     p.mailbox_len, p.messages_handled, _size(p.memory_bytes), p.current_function])
+    table(rows, header, o.out)
     return _missing(found.missing, o)
 
 
