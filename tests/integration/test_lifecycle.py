@@ -271,3 +271,41 @@ def test_rollback_without_a_previous_version_is_refused(target: Target, tmp_path
                 c.rollback("fresh")
         finally:
             c.stop("fresh")
+
+
+ORDERED = '''
+import time
+
+import rebeam
+
+
+class Part(rebeam.GenServer):
+    def init(self, log: str, name: str) -> None:
+        rebeam.trap_exits(True)
+        self.log, self.name = log, name
+
+    def terminate(self, reason) -> None:
+        time.sleep(0.05)  # a slow shutdown: the next child must wait for it
+        with open(self.log, "a") as f:
+            f.write(f"{self.name} {reason}\\n")
+'''
+
+
+def test_stop_shuts_children_down_in_reverse_start_order(target: Target, tmp_path: Path) -> None:
+    log = tmp_path / "terminated.log"
+    d = tmp_path / "ordered"
+    d.mkdir()
+    children = ["alpha", "zulu", "mike"]  # start order, unlike alphabetical order
+    (d / "rebeam.toml").write_text('[app]\nname = "ordered"\nversion = "1"\n' + "".join(
+        f'\n[[children]]\nstart = "parts:Part"\nname = "{n}"\nargs = ["{log}", "{n}"]\n' for n in children))
+    (d / "parts.py").write_text(ORDERED)
+    with target.client() as c:
+        c.submit(d, wait=60)
+        placed = {a.child: a.node for a in c.cluster().assignments if a.app == "ordered"}
+        c.stop("ordered")  # waits until no process of the app runs
+        lines = log.read_text().splitlines()
+    assert sorted(lines) == sorted(f"{n} shutdown" for n in children)
+    stopped = [line.split()[0] for line in lines]
+    for node in set(placed.values()):
+        here = [n for n in children if placed[n] == node]
+        assert [n for n in stopped if n in here] == here[::-1], (node, stopped)

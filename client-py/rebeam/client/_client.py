@@ -320,12 +320,30 @@ class Client:
                               f"{', '.join(sorted(hosts - heard))}")
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
-    def stop(self, name: str) -> AppInfo:
-        """Stops the app ``name`` everywhere; stopping a stopped app is not an error."""
+    def stop(self, name: str, *, wait: float | None = 30.0,
+             progress: Callable[[ProcessList], None] | None = None) -> AppInfo:
+        """Stops the app ``name`` everywhere: each node shuts its top-level children down one
+        at a time, in the reverse of their start order, each tree in order (a supervisor
+        stops its children first). Waits up to ``wait`` seconds (None: not at all) until no
+        process of the app runs on any node that answers, calling ``progress`` with the
+        processes left. Stopping a stopped app is not an error."""
         from ._proto import client_pb2
 
         reply = self._call("StopApp", client_pb2.StopAppRequest(name=name))
-        return AppInfo.from_proto(reply.app)
+        info = AppInfo.from_proto(reply.app)
+        if wait is None:
+            return info
+        deadline = time.monotonic() + wait
+        while True:
+            left = self.processes(name)
+            if progress is not None:
+                progress(left)
+            if not left:
+                return info
+            if time.monotonic() >= deadline:
+                raise Timeout(f"app {name}: {len(left)} processes still running {wait:g} s after the "
+                              f"stop: {', '.join(f'{p.pid} on {p.node}' for p in left[:10])}")
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def apps(self) -> list[AppInfo]:
         """Every submitted app (running, stopped or failed), sorted by name."""

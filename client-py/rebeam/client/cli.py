@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from .._errors import Error
 from ._client import DEFAULT_TIMEOUT, Client
-from ._inspect import LogEntry
+from ._inspect import LogEntry, ProcessList
 from ._types import AppInfo, Assignment, to_jsonable
 from .archive import DEFAULT_MAX_BYTES, Archive, pack
 
@@ -157,8 +157,13 @@ def cmd_rollback(args: argparse.Namespace, o: _Output) -> int:
 
 
 def cmd_stop(args: argparse.Namespace, o: _Output) -> int:
+    def show(left: ProcessList) -> None:
+        if left:
+            nodes = ", ".join(sorted({p.node for p in left}))
+            o.progress(f"stopping {args.app}: {len(left)} processes left on {nodes}")
+
     with _client(args) as client:
-        app = client.stop(args.app)
+        app = client.stop(args.app, wait=args.wait, progress=show)
     if o.json:
         o.data(app)
     else:
@@ -445,6 +450,9 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("upgrade", "rollback"):
             p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                            help="how long to wait for every node to move the app (default 60)")
+        if name == "stop":
+            p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                           help="how long to wait until no process of the app runs (default 30)")
         if name in ("stop", "rollback"):
             p.add_argument("app", metavar="APP", help="the app's name")
         if name == "whereis":

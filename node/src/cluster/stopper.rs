@@ -43,12 +43,15 @@ impl Stopper {
 }
 
 fn stop(rt: &Arc<PyRuntime>, pid: Pid) {
-    pyo3::Python::attach(|_py| rt.exit_signal(pid, pid, Reason::Shutdown));
+    // From the application master, the child's parent: a child trapping exits (any
+    // supervisor) shuts its own tree down in order instead of taking it as a message.
+    let master = Pid::app_master(&pid);
+    pyo3::Python::attach(|_py| rt.exit_signal(master, pid, Reason::Shutdown));
     let deadline = Instant::now() + PATIENCE;
     while rt.lookup(pid).is_some() {
         if Instant::now() >= deadline {
             tracing::warn!(%pid, "top-level child still running {PATIENCE:?} after shutdown; killing it");
-            pyo3::Python::attach(|_py| rt.exit_signal(pid, pid, Reason::Kill));
+            pyo3::Python::attach(|_py| rt.exit_signal(master, pid, Reason::Kill));
             return;
         }
         // Waits for the child's own tree shutdown (supervisors stop their children first).

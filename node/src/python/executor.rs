@@ -5,7 +5,7 @@ use super::convert::{self, crash_reason, envelope_to_py, reason_to_py};
 use super::host::{Enter, PyProcess, PyRuntime};
 use super::objects::Sender;
 use super::term::Term;
-use crate::runtime::{CallResult, Envelope, Reason};
+use crate::runtime::{CallResult, Envelope, Pid, Reason};
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::cell::Cell;
@@ -291,8 +291,12 @@ fn dispatch(
             }
             Ok(())
         }
-        Envelope::Exit { from, reason } if Some(from) == process.parent => {
-            // The parent's exit signal, trapped: shut down like a gen_server does.
+        Envelope::Exit { from, reason }
+            if Some(from) == process.parent
+                || (process.data.child.get().is_some() && from == Pid::app_master(&process.pid)) =>
+        {
+            // The parent's exit signal, trapped: shut down like a gen_server does. A top-level
+            // child's parent is the node's application master, which stops it on app stop.
             *process.data.stop.lock() = Some(reason);
             Ok(())
         }

@@ -54,6 +54,18 @@ pub struct Pid {
     pub serial: u64,
 }
 
+impl Pid {
+    /// The node's application master in `pid`'s incarnation: the parent, for exit signals,
+    /// of the top-level children the controller placed there. Serial 0 is never a process.
+    pub fn app_master(pid: &Pid) -> Pid {
+        Pid {
+            node: pid.node.clone(),
+            incarnation: pid.incarnation,
+            serial: 0,
+        }
+    }
+}
+
 impl fmt::Display for Pid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
