@@ -308,9 +308,17 @@ impl ClusterService for ClusterApi {
 
     async fn rollback_app(
         &self,
-        _req: Request<pb::RollbackAppRequest>,
+        req: Request<pb::RollbackAppRequest>,
     ) -> Result<Response<pb::SubmitAppReply>, Status> {
-        Err(Status::unimplemented("TEMP: RollbackApp"))
+        let name = req.into_inner().name;
+        validate::required("app name", &name, "pass the name from rebeam.toml")?;
+        validate::name("app name", &name)?;
+        match self.core.propose(Command::RollbackApp { name }).await? {
+            Outcome::App(app) => Ok(Response::new(pb::SubmitAppReply {
+                app: Some((*app).into()),
+            })),
+            other => Err(Error::internal(format!("unexpected rollback outcome {other:?}")).into()),
+        }
     }
 
     async fn stop_app(
