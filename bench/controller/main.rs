@@ -228,11 +228,20 @@ async fn join(c: &Cluster, node: &str, labels: &[(&str, &str)]) -> anyhow::Resul
     }
 }
 
+/// The smallest archive the controller accepts for `manifest_toml`: the manifest at its root.
+fn app_archive(manifest_toml: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    w.start_file("rebeam.toml", zip::write::SimpleFileOptions::default())?;
+    w.write_all(manifest_toml.as_bytes())?;
+    Ok(w.finish()?.into_inner())
+}
+
 /// Submits an app to the leader, following leader changes.
 async fn submit(c: &Cluster, manifest_toml: String) -> anyhow::Result<()> {
     let req = pb::SubmitAppRequest {
+        code: app_archive(&manifest_toml)?,
         manifest_toml,
-        code: vec![1],
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

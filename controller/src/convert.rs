@@ -2,8 +2,13 @@
 
 use rebeam_proto::v1 as pb;
 
+use crate::error::{Error, Result};
 use crate::state::{AssignmentView, Event};
-use crate::types::{App, AppStatus, ChildSpec, NodeEntry, Pid, Restart, RestartRecord};
+use crate::types::{
+    App, AppStatus, ChildSpec, NodeEntry, NodeUpgrade, Pid, Restart, RestartRecord, StayedProcess,
+    UpgradeStatus,
+};
+use crate::validate;
 
 impl From<Pid> for pb::Pid {
     fn from(p: Pid) -> Self {
@@ -81,11 +86,90 @@ impl From<App> for pb::AppInfo {
             failure_reason: a.failure_reason,
             submitted_at_ms: a.submitted_at_ms,
             manifest_toml: a.draft.manifest_toml,
-            previous_version: a.previous.map(|p| p.0).unwrap_or_default(),
-            last_error: String::new(),
-            upgrades: Vec::new(),
-            upgrade_error: String::new(),
+            previous_version: a.previous.map(|p| p.draft.version).unwrap_or_default(),
+            last_error: a.last_error,
+            upgrades: a.upgrades.into_values().map(Into::into).collect(),
+            upgrade_error: a.upgrade_error,
         }
+    }
+}
+
+impl From<NodeUpgrade> for pb::NodeUpgrade {
+    fn from(u: NodeUpgrade) -> Self {
+        pb::NodeUpgrade {
+            node: u.node,
+            code_hash: u.code_hash,
+            version: u.version,
+            status: match u.status {
+                UpgradeStatus::Done => pb::UpgradeStatus::Done,
+                UpgradeStatus::Partial => pb::UpgradeStatus::Partial,
+                UpgradeStatus::Failed => pb::UpgradeStatus::Failed,
+            } as i32,
+            error: u.error,
+            upgraded: u.upgraded,
+            stayed: u
+                .stayed
+                .into_iter()
+                .map(|p| pb::StayedProcess {
+                    pid: p.pid.map(Into::into),
+                    name: p.name,
+                    error: p.error,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::NodeUpgrade> for NodeUpgrade {
+    type Error = Error;
+
+    /// Checks a node's report and bounds what is kept of it (tracebacks, stayed processes).
+    fn try_from(u: pb::NodeUpgrade) -> Result<Self> {
+        validate::required(
+            "code_hash",
+            &u.code_hash,
+            "pass the hash of the code the processes were moved to",
+        )?;
+        let status = match pb::UpgradeStatus::try_from(u.status) {
+            Ok(pb::UpgradeStatus::Done) => UpgradeStatus::Done,
+            Ok(pb::UpgradeStatus::Partial) => UpgradeStatus::Partial,
+            Ok(pb::UpgradeStatus::Failed) => UpgradeStatus::Failed,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "upgrade status {} is not one of DONE, PARTIAL or FAILED; pass what happened",
+                    u.status
+                )))
+            }
+        };
+        let total = u.stayed.len();
+        let mut stayed = Vec::with_capacity(total.min(validate::MAX_STAYED_LISTED));
+        for p in u.stayed.into_iter().take(validate::MAX_STAYED_LISTED) {
+            stayed.push(StayedProcess {
+                pid: p.pid.map(|p| validate::pid(Some(p.into()))).transpose()?,
+                name: validate::tail(&p.name, validate::MAX_NAME_BYTES),
+                error: validate::tail(&p.error, validate::MAX_STAYED_ERROR_BYTES),
+            });
+        }
+        let mut error = validate::tail(&u.error, validate::MAX_REPORT_ERROR_BYTES);
+        if total > stayed.len() {
+            // Keep the count visible although only the first processes are listed.
+            if !error.is_empty() {
+                error.push('\n');
+            }
+            error.push_str(&format!(
+                "{total} processes stayed on the old code; the first {} are listed",
+                stayed.len()
+            ));
+        }
+        Ok(NodeUpgrade {
+            node: u.node,
+            code_hash: u.code_hash,
+            version: validate::tail(&u.version, validate::MAX_NAME_BYTES),
+            status,
+            error,
+            upgraded: u.upgraded,
+            stayed,
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! process groups, applications and the top-level supervision tree.
 
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod convert;

@@ -148,6 +148,58 @@ pub struct AppDraft {
     pub manifest_toml: String,
 }
 
+/// One version of an app: what a rollback makes current again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppVersion {
+    /// Manifest values, the manifest text included.
+    pub draft: AppDraft,
+    /// Hex SHA-256 of the code.
+    pub code_hash: String,
+    /// Size of the code in bytes.
+    pub code_size: u64,
+}
+
+/// What happened when a node moved an app's processes to a code version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpgradeStatus {
+    /// Every process of the app on the node moved.
+    Done,
+    /// Some processes stayed on the old code (their `code_change` raised).
+    Partial,
+    /// The node could not load the code; nothing moved.
+    Failed,
+}
+
+/// A process that stayed on its old code because its `code_change` raised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StayedProcess {
+    /// Its pid, when the node gave one.
+    pub pid: Option<Pid>,
+    /// Its name, or its class.
+    pub name: String,
+    /// The exception with its traceback.
+    pub error: String,
+}
+
+/// One node's result of moving an app's processes to a code version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUpgrade {
+    /// The reporting node.
+    pub node: String,
+    /// The code the processes were moved to.
+    pub code_hash: String,
+    /// The version the node names (informational; the app's own version is authoritative).
+    pub version: String,
+    /// Outcome.
+    pub status: UpgradeStatus,
+    /// For `Failed`: the import error with its traceback.
+    pub error: String,
+    /// Processes that moved.
+    pub upgraded: u32,
+    /// Processes that stayed on the old code.
+    pub stayed: Vec<StayedProcess>,
+}
+
 /// A submitted application.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
@@ -161,12 +213,54 @@ pub struct App {
     pub status: AppStatus,
     /// Why the app failed, if it did.
     pub failure_reason: String,
-    /// When this version was submitted.
+    /// When this version became current (submit, upgrade or rollback).
     pub submitted_at_ms: u64,
-    /// Version before the last upgrade and its code hash.
-    pub previous: Option<(String, String)>,
+    /// The version before the last upgrade or rollback, for `RollbackApp`.
+    #[serde(default, deserialize_with = "previous_of_any_age")]
+    pub previous: Option<AppVersion>,
     /// Times of restarts inside the intensity window.
     pub restart_times: Vec<u64>,
+    /// Why the latest start of a top-level child failed (child, node and traceback); cleared
+    /// once every child started, and by submit, upgrade and rollback.
+    #[serde(default)]
+    pub last_error: String,
+    /// Each node's report of moving to the current code, by node id; cleared whenever the
+    /// code hash changes.
+    #[serde(default)]
+    pub upgrades: BTreeMap<String, NodeUpgrade>,
+    /// Which upgrade a node failed to load and that the app was rolled back; cleared by the
+    /// next submit, upgrade or rollback.
+    #[serde(default)]
+    pub upgrade_error: String,
+}
+
+impl App {
+    /// The current version, as a rollback would restore it.
+    pub fn version(&self) -> AppVersion {
+        AppVersion {
+            draft: self.draft.clone(),
+            code_hash: self.code_hash.clone(),
+            code_size: self.code_size,
+        }
+    }
+}
+
+/// Reads [`App::previous`] from snapshots of any age. Before rollback existed it held only
+/// `(version, code hash)`, which lacks the manifest needed to make it current again, so such
+/// an entry loads as no previous version.
+fn previous_of_any_age<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<AppVersion>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Full(AppVersion),
+        VersionAndHash(serde::de::IgnoredAny, serde::de::IgnoredAny),
+    }
+    Ok(match Option::<Stored>::deserialize(d)? {
+        Some(Stored::Full(v)) => Some(v),
+        Some(Stored::VersionAndHash(..)) | None => None,
+    })
 }
 
 /// One restart of a top-level child.
@@ -271,6 +365,24 @@ pub enum Command {
     },
     /// Stop an application.
     StopApp { name: String },
+    /// Make an app's previous version current again.
+    RollbackApp { name: String },
+    /// A node could not start a top-level child (import error or exception in `init`).
+    ChildFailed {
+        node: String,
+        incarnation: u64,
+        app: String,
+        child: String,
+        generation: u64,
+        error: String,
+    },
+    /// A node reports moving an app's processes to the code the app names.
+    UpgradeReport {
+        node: String,
+        incarnation: u64,
+        app: String,
+        result: NodeUpgrade,
+    },
 }
 
 /// A log entry's payload: commands proposed together (batched) at the leader's clock.

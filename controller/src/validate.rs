@@ -13,6 +13,13 @@ pub const MAX_NODE_ID_BYTES: usize = 128;
 pub const MAX_LABELS: usize = 64;
 /// Most exits reported in one request.
 pub const MAX_EXITS_PER_REPORT: usize = 10_000;
+/// Longest error text (a Python traceback) kept from a node's report; the end, which names
+/// the exception, is kept.
+pub const MAX_REPORT_ERROR_BYTES: usize = 16 * 1024;
+/// Most processes listed as having stayed on old code, per node report.
+pub const MAX_STAYED_LISTED: usize = 32;
+/// Longest error kept for one process that stayed on old code.
+pub const MAX_STAYED_ERROR_BYTES: usize = 2048;
 
 /// Checks a node id: 1..=128 chars of `[A-Za-z0-9._-]`.
 pub fn node_id(id: &str) -> Result<()> {
@@ -71,6 +78,27 @@ pub fn pid(pid: Option<Pid>) -> Result<Pid> {
     Ok(pid)
 }
 
+/// The last `max` bytes of `text` (at a character boundary), marked when something was cut:
+/// a traceback's end names the exception, its start is the least useful part.
+pub fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[first {start} bytes cut]\n{}", &text[start..])
+}
+
+/// Checks that a required text field is present, naming it and what to pass.
+pub fn required(field: &str, value: &str, hint: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(format!("{field} is empty; {hint}")));
+    }
+    Ok(())
+}
+
 /// Checks a peer-link address: non-empty `host:port`, at most 256 bytes.
 pub fn address(addr: &str) -> Result<()> {
     if addr.is_empty() || addr.len() > 256 || !addr.contains(':') {
@@ -109,6 +137,14 @@ mod tests {
         assert!(name("name", &"x".repeat(256)).is_err());
         assert!(name("name", "a\nb").is_err());
         assert!(name("name", "lobby").is_ok());
+    }
+
+    #[test]
+    fn tails_keep_the_end_at_a_char_boundary() {
+        assert_eq!(tail("short", 10), "short");
+        let t = tail("aébc", 3);
+        assert!(t.ends_with("\nbc"), "{t}");
+        assert!(t.starts_with("[first 3 bytes cut]"), "{t}");
     }
 
     #[test]

@@ -286,9 +286,35 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
         "placement `moon` is unknown",
     );
     let s = status(
+        cl.submit_app(pb::SubmitAppRequest {
+            manifest_toml: m.clone(),
+            code: b"not a zip".to_vec(),
+        })
+        .await,
+    );
+    check(
+        "code that is not an archive",
+        s,
+        Code::InvalidArgument,
+        "not a ZIP archive",
+    );
+    let s = status(
+        cl.submit_app(pb::SubmitAppRequest {
+            manifest_toml: m.clone(),
+            code: app_code(&manifest("a", "2", &["any"]), 0),
+        })
+        .await,
+    );
+    check(
+        "archive with another manifest",
+        s,
+        Code::InvalidArgument,
+        "differs from the manifest sent with it",
+    );
+    let s = status(
         cl.upgrade_app(pb::SubmitAppRequest {
             manifest_toml: m.clone(),
-            code: vec![],
+            code: app_code(&m, 0),
         })
         .await,
     );

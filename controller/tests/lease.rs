@@ -42,7 +42,8 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
     let hb_a = heartbeat(c.clone(), "node-a", inc_a, Duration::from_millis(200));
     let last_a = hb_a.last.clone();
     let _hb_b = heartbeat(c.clone(), "node-b", inc_b, Duration::from_millis(200));
-    submit(&c, manifest("svc", "1", &["spread"; 4]), b"code".to_vec()).await;
+    let m = manifest("svc", "1", &["spread"; 4]);
+    submit(&c, m.clone(), app_code(&m, 0)).await;
     let a_pid = pid("node-a", inc_a, 1);
     register(&c, "on-a", a_pid.clone()).await;
     pg_join(&c, "grp", a_pid.clone()).await;

@@ -29,13 +29,9 @@ async fn whole_state_survives_a_full_restart() {
         );
     }
     pg_join(&c, "g", pid("node-a", inc, 1)).await;
-    let code = vec![7u8; 100_000];
-    let app = submit(
-        &c,
-        manifest("shop", "1.0.0", &["any", "zone=eu"]),
-        code.clone(),
-    )
-    .await;
+    let m = manifest("shop", "1.0.0", &["any", "zone=eu"]);
+    let code = app_code(&m, 100_000);
+    let app = submit(&c, m, code.clone()).await;
     let before = cluster_state(&c).await;
     assert_eq!(before.assignments.len(), 2);
 

@@ -27,8 +27,9 @@ async fn lagging_member_catches_up_by_snapshot() {
     let lagging = (leader + 1) % 3;
     c.kill9(lagging);
 
-    let code = vec![3u8; 50_000];
-    let app = submit(&c, manifest("blobby", "1", &["any"]), code.clone()).await;
+    let m = manifest("blobby", "1", &["any"]);
+    let code = app_code(&m, 50_000);
+    let app = submit(&c, m, code.clone()).await;
     // Sequential writes: one log entry each, so the log outgrows several snapshots.
     for k in 0..300u64 {
         register(&c, &format!("s{k}"), pid("node-a", inc, k + 1)).await;

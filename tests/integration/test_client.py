@@ -571,10 +571,6 @@ SERVER_CASES: list[tuple[str, str, bytes, grpc.StatusCode, str]] = [
      f"app code is {MAX_CODE_BYTES + 1} bytes; the limit is {MAX_CODE_BYTES}"),
 ]
 
-# The controller stores the code blob without opening it (controller/src/api/cluster.rs only
-# checks its size), so it accepts these today; rebeam.client.unpack refuses each of them.
-# Strict: once the controller checks archives these pass, and the marker must go.
-MISSING = "the controller does not inspect the code archive yet (issue 5: server-side validation)"
 # What the controller's message should mention for each hostile archive.
 SERVER_PATTERNS = {"not a zip": "(?i)zip|archive", "absolute path": "(?i)absolute", "dot-dot": r"\.\.",
                    "duplicate entries": "(?i)duplicate", "symlink entry": "(?i)link",
@@ -605,7 +601,6 @@ def test_controller_refuses_malformed_app(single: Cluster, manifest: str, code: 
         assert _app_name(manifest) not in {a.name for a in c.apps()}
 
 
-@pytest.mark.xfail(strict=True, reason=MISSING)
 @pytest.mark.parametrize(("manifest", "code", "status", "pattern"),
                          [pytest.param(*c[1:], id=c[0]) for c in SERVER_ARCHIVE_CASES])
 def test_controller_refuses_hostile_archive(single: Cluster, manifest: str, code: bytes,

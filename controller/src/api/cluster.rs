@@ -11,6 +11,7 @@ use sha2::Digest;
 use tonic::{Request, Response, Status};
 
 use super::pid;
+use crate::archive;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::manifest;
@@ -64,10 +65,18 @@ impl ClusterApi {
             )));
         }
         let draft = manifest::parse(&r.manifest_toml)?;
-        let code_hash = hex::encode(sha2::Sha256::digest(&r.code));
+        // Unpacking and hashing megabytes would stall a runtime worker: do it on the side.
+        let checked = tokio::task::spawn_blocking(move || {
+            archive::check(&r.code, &r.manifest_toml)?;
+            let hash = hex::encode(sha2::Sha256::digest(&r.code));
+            Ok::<_, Error>((r.code, hash))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("archive check stopped: {e}")))?;
+        let (code, code_hash) = checked?;
         let cmd = Command::SubmitApp {
             draft,
-            code: Blob(r.code),
+            code: Blob(code),
             code_hash,
             upgrade,
         };
@@ -299,9 +308,17 @@ impl ClusterService for ClusterApi {
 
     async fn rollback_app(
         &self,
-        _req: Request<pb::RollbackAppRequest>,
+        req: Request<pb::RollbackAppRequest>,
     ) -> Result<Response<pb::SubmitAppReply>, Status> {
-        Err(Status::unimplemented("TEMP: RollbackApp"))
+        let name = req.into_inner().name;
+        validate::required("app name", &name, "pass the name from rebeam.toml")?;
+        validate::name("app name", &name)?;
+        match self.core.propose(Command::RollbackApp { name }).await? {
+            Outcome::App(app) => Ok(Response::new(pb::SubmitAppReply {
+                app: Some((*app).into()),
+            })),
+            other => Err(Error::internal(format!("unexpected rollback outcome {other:?}")).into()),
+        }
     }
 
     async fn stop_app(

@@ -1,4 +1,4 @@
-//! The node service: join, lease renewal, watch, exit reports, code fetch.
+//! The node service: join, lease renewal, watch, exit, start and upgrade reports, code fetch.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::{node_ref, pid};
 use crate::core::Core;
 use crate::error::Error;
-use crate::types::{Command, Outcome};
+use crate::types::{Command, NodeUpgrade, Outcome};
 use crate::validate;
 
 /// Serves the nodes of the cluster.
@@ -195,15 +195,56 @@ impl NodeService for NodeApi {
 
     async fn report_child_failed(
         &self,
-        _req: Request<pb::ChildFailedRequest>,
+        req: Request<pb::ChildFailedRequest>,
     ) -> Result<Response<pb::ChildFailedReply>, Status> {
-        Err(Status::unimplemented("TEMP: ReportChildFailed"))
+        let r = req.into_inner();
+        let (node, incarnation) = node_ref(r.node)?;
+        validate::required("app", &r.app, "pass the app of the assignment")?;
+        validate::required("child", &r.child, "pass the child id of the assignment")?;
+        if r.generation == 0 {
+            return Err(
+                Error::invalid("generation is 0; pass the generation of the assignment").into(),
+            );
+        }
+        let cmd = Command::ChildFailed {
+            node,
+            incarnation,
+            app: r.app,
+            child: r.child,
+            generation: r.generation,
+            error: validate::tail(&r.error, validate::MAX_REPORT_ERROR_BYTES),
+        };
+        self.core.propose(cmd).await?;
+        Ok(Response::new(pb::ChildFailedReply {}))
     }
 
     async fn report_upgrade(
         &self,
-        _req: Request<pb::UpgradeReportRequest>,
+        req: Request<pb::UpgradeReportRequest>,
     ) -> Result<Response<pb::UpgradeReportReply>, Status> {
-        Err(Status::unimplemented("TEMP: ReportUpgrade"))
+        let r = req.into_inner();
+        let (node, incarnation) = node_ref(r.node)?;
+        validate::required("app", &r.app, "pass the app whose processes were moved")?;
+        let result = r.result.ok_or_else(|| {
+            Error::invalid("result is missing; pass what happened on the node as a NodeUpgrade")
+        })?;
+        let mut result = NodeUpgrade::try_from(result)?;
+        if result.node.is_empty() {
+            result.node = node.clone();
+        } else if result.node != node {
+            return Err(Error::invalid(format!(
+                "the result names node `{}` but `{node}` reports it; nodes report only their own upgrades",
+                result.node
+            ))
+            .into());
+        }
+        let cmd = Command::UpgradeReport {
+            node,
+            incarnation,
+            app: r.app,
+            result,
+        };
+        self.core.propose(cmd).await?;
+        Ok(Response::new(pb::UpgradeReportReply {}))
     }
 }

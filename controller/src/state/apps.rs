@@ -1,6 +1,6 @@
-//! Applications: submit, upgrade, stop, and their code blobs.
+//! Applications: submit, upgrade, rollback, stop, and their code blobs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Ctx, Event, State};
 use crate::error::{Error, Result};
@@ -41,7 +41,7 @@ impl State {
             )));
         }
         let previous = if upgrade {
-            existing.map(|o| (o.draft.version.clone(), o.code_hash.clone()))
+            existing.map(App::version)
         } else {
             None
         };
@@ -61,6 +61,9 @@ impl State {
             submitted_at_ms: cx.now_ms,
             previous,
             restart_times,
+            last_error: String::new(),
+            upgrades: BTreeMap::new(),
+            upgrade_error: String::new(),
         };
         self.code.entry(code_hash).or_insert(code);
         self.apps.insert(name.clone(), app.clone());
@@ -73,6 +76,68 @@ impl State {
         }
         self.collect_code();
         Ok(Outcome::App(Box::new(app)))
+    }
+
+    /// Makes a running app's previous version current again (the newer one becomes the
+    /// previous, so rolling back again re-applies it).
+    pub(super) fn rollback(&mut self, cx: &mut Ctx<'_>, name: &str) -> Result<Outcome> {
+        let Some(app) = self.apps.get(name) else {
+            return Err(Error::NotFound(format!(
+                "app `{name}` does not exist; list apps to see the names"
+            )));
+        };
+        if app.status != AppStatus::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "app `{name}` is not running ({}); submit the version you want instead of rolling back",
+                match app.status {
+                    AppStatus::Stopped => "stopped",
+                    AppStatus::Failed => "failed",
+                    AppStatus::Running => "running",
+                }
+            )));
+        }
+        if app.previous.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "app `{name}` has no previous version to roll back to (only an upgrade or a rollback leaves one); upgrade it to the version you want instead"
+            )));
+        }
+        let app = self.switch_to_previous(cx, name, true, String::new())?;
+        Ok(Outcome::App(Box::new(app)))
+    }
+
+    /// Makes the previous version of a running app current, the way an upgrade moves children,
+    /// and keeps the version it replaces as the next previous one when `keep_replaced`.
+    pub(super) fn switch_to_previous(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        name: &str,
+        keep_replaced: bool,
+        upgrade_error: String,
+    ) -> Result<App> {
+        let app = self
+            .apps
+            .get_mut(name)
+            .ok_or_else(|| Error::internal(format!("app `{name}` vanished while rolling back")))?;
+        let previous = app.previous.take().ok_or_else(|| {
+            Error::internal(format!(
+                "app `{name}` lost its previous version while rolling back"
+            ))
+        })?;
+        let replaced = app.version();
+        app.draft = previous.draft;
+        app.code_hash = previous.code_hash;
+        app.code_size = previous.code_size;
+        app.previous = keep_replaced.then_some(replaced);
+        app.submitted_at_ms = cx.now_ms;
+        app.last_error.clear();
+        app.upgrades.clear();
+        app.upgrade_error = upgrade_error;
+        let app = app.clone();
+        tracing::info!(app = name, version = %app.draft.version, "app rolled back");
+        cx.events.push(Event::AppChanged(Box::new(app.clone())));
+        self.upgrade_assignments(cx, name);
+        self.collect_code();
+        Ok(app)
     }
 
     /// Keeps children that still exist (nodes see the new version and upgrade in place), stops
@@ -134,7 +199,8 @@ impl State {
             .apps
             .values()
             .flat_map(|a| {
-                std::iter::once(a.code_hash.clone()).chain(a.previous.iter().map(|p| p.1.clone()))
+                std::iter::once(a.code_hash.clone())
+                    .chain(a.previous.iter().map(|p| p.code_hash.clone()))
             })
             .collect();
         self.code.retain(|h, _| used.contains(h));

@@ -9,6 +9,7 @@ mod registry;
 mod supervision;
 #[cfg(test)]
 mod tests;
+mod upgrades;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -192,6 +193,27 @@ impl State {
                 upgrade,
             } => self.submit(cx, draft, code, code_hash, upgrade),
             Command::StopApp { name } => self.stop_app(cx, &name),
+            Command::RollbackApp { name } => self.rollback(cx, &name),
+            Command::ChildFailed {
+                node,
+                incarnation,
+                app,
+                child,
+                generation,
+                error,
+            } => {
+                self.check_live(&node, incarnation)?;
+                Ok(self.child_failed(cx, &node, incarnation, &app, &child, generation, &error))
+            }
+            Command::UpgradeReport {
+                node,
+                incarnation,
+                app,
+                result,
+            } => {
+                self.check_live(&node, incarnation)?;
+                self.upgrade_report(cx, &node, &app, result)
+            }
         }
     }
 

@@ -7,9 +7,13 @@ use crate::error::{Error, Result};
 use crate::types::{
     AppStatus, Assignment, ChildSpec, Outcome, Pid, Placement, Restart, RestartRecord,
 };
+use crate::validate;
 
 /// Restart records kept per child.
 const MAX_HISTORY: usize = 32;
+/// Longest reason kept in one restart record; the full text of a failed start stays in the
+/// app's `last_error` (32 tracebacks per child would bloat every snapshot).
+const MAX_HISTORY_REASON_BYTES: usize = 2048;
 
 impl State {
     /// Top-level children placed on each alive node, total and per app.
@@ -178,12 +182,24 @@ impl State {
         self.place_pending(cx);
     }
 
-    /// Removes every assignment of an app, telling the nodes to stop them.
+    /// Removes every assignment of an app, telling the nodes to stop them in the reverse of
+    /// the manifest's start order (then any the manifest no longer names).
     pub(super) fn remove_assignments(&mut self, cx: &mut Ctx<'_>, app: &str) {
-        if let Some(m) = self.assignments.remove(app) {
-            for a in m.values() {
-                Self::emit_removed(cx, a);
+        let Some(mut m) = self.assignments.remove(app) else {
+            return;
+        };
+        let order: Vec<String> = self
+            .apps
+            .get(app)
+            .map(|a| a.draft.children.iter().map(|c| c.id.clone()).collect())
+            .unwrap_or_default();
+        for id in order.iter().rev() {
+            if let Some(a) = m.remove(id) {
+                Self::emit_removed(cx, &a);
             }
+        }
+        for a in m.values() {
+            Self::emit_removed(cx, a);
         }
     }
 
@@ -236,7 +252,7 @@ impl State {
         let (from_node, from_incarnation) = old.node.clone().unwrap_or_default();
         history.push(RestartRecord {
             at_ms: cx.now_ms,
-            reason: why.to_string(),
+            reason: validate::tail(why, MAX_HISTORY_REASON_BYTES),
             from_node,
             from_incarnation,
         });
@@ -303,7 +319,68 @@ impl State {
         }
         a.pid = Some(pid);
         self.emit_set(cx, app, child);
+        let all_started = self
+            .assignments
+            .get(app)
+            .is_some_and(|m| m.values().all(|a| a.pid.is_some()));
+        if let Some(a) = self
+            .apps
+            .get_mut(app)
+            .filter(|a| all_started && !a.last_error.is_empty())
+        {
+            a.last_error.clear();
+            cx.events.push(Event::AppChanged(Box::new(a.clone())));
+        }
         Ok(Outcome::Done)
+    }
+
+    /// The node could not start a child for a generation (import error or exception in
+    /// `init`): recorded as the app's `last_error`, then handled like a crash of the child.
+    /// A report about a generation no longer assigned to that node changes nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn child_failed(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        node: &str,
+        incarnation: u64,
+        app: &str,
+        child: &str,
+        generation: u64,
+        error: &str,
+    ) -> Outcome {
+        let current = self
+            .assignments
+            .get(app)
+            .and_then(|m| m.get(child))
+            .is_some_and(|a| {
+                a.generation == generation
+                    && a.node
+                        .as_ref()
+                        .is_some_and(|(n, i)| n == node && *i == incarnation)
+            });
+        if !current {
+            tracing::debug!(app, child, generation, node, "stale start failure ignored");
+            return Outcome::Changed(false);
+        }
+        if let Some(a) = self.apps.get_mut(app) {
+            a.last_error = format!("child {child} failed to start on {node}: {error}");
+        }
+        self.child_down(
+            cx,
+            app,
+            child,
+            &format!("child {child} failed to start: {error}"),
+            false,
+        );
+        // A failed app already told watchers; a running one changed its last_error.
+        if let Some(a) = self
+            .apps
+            .get(app)
+            .filter(|a| a.status == AppStatus::Running)
+        {
+            cx.events.push(Event::AppChanged(Box::new(a.clone())));
+        }
+        Outcome::Changed(true)
     }
 
     /// A reported exit of a top-level child: restart per its restart type and app intensity.
@@ -313,31 +390,38 @@ impl State {
             .find(|a| a.pid.as_ref() == Some(pid))
             .map(|a| (a.app.clone(), a.child.clone()));
         let Some((app, child)) = found else { return };
-        let Some(spec) = self.spec(&app, &child) else {
-            return;
-        };
         let normal = reason == "normal"
             || reason == "shutdown"
             || reason.starts_with("(\"shutdown\"")
             || reason.starts_with("shutdown:");
+        self.child_down(
+            cx,
+            &app,
+            &child,
+            &format!("child {child} exited: {reason}"),
+            normal,
+        );
+    }
+
+    /// A top-level child is gone (exited, or never started): restart it per its restart type
+    /// and the app's intensity, or drop its assignment.
+    fn child_down(&mut self, cx: &mut Ctx<'_>, app: &str, child: &str, why: &str, normal: bool) {
+        let Some(spec) = self.spec(app, child) else {
+            return;
+        };
         let restart = match spec.restart {
             Restart::Permanent => true,
             Restart::Transient => !normal,
             Restart::Temporary => false,
         };
         if !restart {
-            if let Some(old) = self
-                .assignments
-                .get_mut(&app)
-                .and_then(|m| m.remove(&child))
-            {
+            if let Some(old) = self.assignments.get_mut(app).and_then(|m| m.remove(child)) {
                 Self::emit_removed(cx, &old);
             }
             return;
         }
-        let why = format!("child {child} exited: {reason}");
-        if self.note_restart(cx, &app, &why) {
-            self.restart_child(cx, &app, &child, &why, true);
+        if self.note_restart(cx, app, why) {
+            self.restart_child(cx, app, child, why, true);
         }
     }
 }

@@ -406,6 +406,30 @@ pub fn manifest(name: &str, version: &str, placements: &[&str]) -> String {
     m
 }
 
+/// An app archive as `rebeam.client.pack` builds it: `manifest_toml` as the root
+/// `rebeam.toml`, one module, and `padding` bytes stored uncompressed (for tests that need a
+/// large blob).
+pub fn app_code(manifest_toml: &str, padding: usize) -> Vec<u8> {
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let deflated =
+        SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    w.start_file("rebeam.toml", deflated).expect("zip manifest");
+    w.write_all(manifest_toml.as_bytes()).expect("zip manifest");
+    w.start_file("mod.py", deflated).expect("zip module");
+    w.write_all(b"class Child0: pass\n").expect("zip module");
+    if padding > 0 {
+        let stored =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        w.start_file("data.bin", stored).expect("zip padding");
+        // Varied bytes, so the blob is as large as asked whatever the writer does.
+        let bytes: Vec<u8> = (0..padding).map(|i| (i * 7 % 251) as u8).collect();
+        w.write_all(&bytes).expect("zip padding");
+    }
+    w.finish().expect("zip finish").into_inner()
+}
+
 /// Runs `f` against the leader's client service, retrying on `unavailable` (leader changes
 /// under load) for up to 20 s; other errors are returned.
 pub async fn on_leader<T, F, Fut>(c: &Cluster, mut f: F) -> Result<T, tonic::Status>

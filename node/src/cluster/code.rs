@@ -36,7 +36,11 @@ impl Target {
             app: info.name.clone(),
             version: info.version.clone(),
             code_hash: info.code_hash.clone(),
-            modules: info.children.iter().map(|c| start_module(&c.start)).collect(),
+            modules: info
+                .children
+                .iter()
+                .map(|c| start_module(&c.start))
+                .collect(),
         }
     }
 }
@@ -49,10 +53,7 @@ pub fn start_module(start: &str) -> String {
 impl AppCode {
     /// True when `app` runs here on another version than `code_hash`.
     pub fn differs(&self, app: &str, code_hash: &str) -> bool {
-        self.current
-            .lock()
-            .get(app)
-            .is_some_and(|h| h != code_hash)
+        self.current.lock().get(app).is_some_and(|h| h != code_hash)
     }
 
     /// Forgets which version `app` ran (it stopped), so a later submit starts fresh.
@@ -61,7 +62,11 @@ impl AppCode {
     }
 
     fn lock_for(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().entry(app.to_string()).or_default().clone()
+        self.locks
+            .lock()
+            .entry(app.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Makes `target` the app's current version here: fetches and loads it if needed and,

@@ -462,7 +462,12 @@ fn start_assignment(
 
 /// Tells the controller what an upgrade did here; a lost report is logged, not retried (the
 /// controller only records it, or rolls back on a failure the user also sees).
-async fn report_upgrade(cluster: &Arc<Cluster>, session: Session, app: &str, result: pb::NodeUpgrade) {
+async fn report_upgrade(
+    cluster: &Arc<Cluster>,
+    session: Session,
+    app: &str,
+    result: pb::NodeUpgrade,
+) {
     let request = pb::UpgradeReportRequest {
         node: Some(node_ref(cluster, session)),
         app: app.to_string(),
@@ -499,7 +504,11 @@ async fn report_failed_start(
         .controller
         .with_leader(|ch, b| {
             let req = request.clone();
-            async move { Controller::node_client(ch, b).report_child_failed(req).await }
+            async move {
+                Controller::node_client(ch, b)
+                    .report_child_failed(req)
+                    .await
+            }
         })
         .await;
     if let Err(status) = r {

@@ -293,7 +293,8 @@ fn dispatch(
         }
         Envelope::Exit { from, reason }
             if Some(from) == process.parent
-                || (process.data.child.get().is_some() && from == Pid::app_master(&process.pid)) =>
+                || (process.data.child.get().is_some()
+                    && from == Pid::app_master(&process.pid)) =>
         {
             // The parent's exit signal, trapped: shut down like a gen_server does. A top-level
             // child's parent is the node's application master, which stops it on app stop.

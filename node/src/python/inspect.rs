@@ -195,7 +195,11 @@ fn describe_with(
             (kind, Some(class), state_size(lookups, server))
         }
         (Kind::Server, None) => ("server", None, 0),
-        (Kind::Thread, _) => ("function", data.function.get().map(|f| f.bind(py).clone()), 0),
+        (Kind::Thread, _) => (
+            "function",
+            data.function.get().map(|f| f.bind(py).clone()),
+            0,
+        ),
     };
     let (initial, version) = match &code {
         Some(code) if data.app.is_some() => lookups
@@ -323,7 +327,9 @@ fn frame_module(frame: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|| "?".to_string());
     // An app's modules live under their version's namespace; show them as the app names them.
     match module.strip_prefix(APP_MODULE_PREFIX) {
-        Some(rest) => rest.split_once('.').map_or(module.clone(), |(_, m)| m.to_string()),
+        Some(rest) => rest
+            .split_once('.')
+            .map_or(module.clone(), |(_, m)| m.to_string()),
         None => module,
     }
 }
