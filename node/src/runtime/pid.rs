@@ -59,7 +59,7 @@ impl Pid {
     /// of the top-level children the controller placed there. Serial 0 is never a process.
     pub fn app_master(pid: &Pid) -> Pid {
         Pid {
-            node: pid.node.clone(),
+            node: pid.node,
             incarnation: pid.incarnation,
             serial: 0,
         }
