@@ -18,6 +18,7 @@ pub struct AppCode {
 }
 
 /// Which version of which app to make current here, and the modules that must import.
+#[derive(Clone)]
 pub struct Target {
     /// The app's name.
     pub app: String,
@@ -90,12 +91,7 @@ impl AppCode {
         let c2 = cluster.clone();
         let base = cluster.config.data_dir.display().to_string();
         let upgrading = before.is_some();
-        let t = Target {
-            app: target.app.clone(),
-            version: target.version.clone(),
-            code_hash: target.code_hash.clone(),
-            modules: target.modules.clone(),
-        };
+        let t = target.clone();
         let moves = tokio::task::spawn_blocking(move || {
             crate::python::cluster_glue::load_version(&c2, &base, &t, code, upgrading)
         })

@@ -356,19 +356,12 @@ fn app_changed(cluster: &Arc<Cluster>, session: Session, app: &pb::AppInfo) {
     let cluster = cluster.clone();
     cluster.clone().tokio.spawn(async move {
         let name = target.app.clone();
-        let (version, hash) = (target.version.clone(), target.code_hash.clone());
-        let result = match cluster.code.ensure(&cluster, target).await {
+        let result = match cluster.code.ensure(&cluster, target.clone()).await {
             Ok(Some(report)) => report,
             Ok(None) => return,
             Err(error) => {
-                tracing::error!(app = %name, "version {version} does not load here; keeping the running one:\n{error}");
-                let t = Target {
-                    app: name.clone(),
-                    version,
-                    code_hash: hash,
-                    modules: Vec::new(),
-                };
-                code::failed(&cluster, &t, error)
+                tracing::error!(app = %name, "version {} does not load here; keeping the running one:\n{error}", target.version);
+                code::failed(&cluster, &target, error)
             }
         };
         report_upgrade(&cluster, session, &name, result).await;
