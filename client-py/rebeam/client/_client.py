@@ -39,6 +39,8 @@ from .archive import DEFAULT_MAX_BYTES, Archive, pack
 LEADER_METADATA_KEY = "x-rebeam-leader"
 #: Seconds a request may take, retries on other members included, unless told otherwise.
 DEFAULT_TIMEOUT = 10.0
+#: Seconds the client reuses its list of alive nodes for calls from outside.
+NODES_TTL = 5.0
 
 _R = TypeVar("_R")
 _ERRORS: dict[str, type[ControllerError]] = {
@@ -96,6 +98,9 @@ class Client:
         self._channels: dict[str, Any] = {}
         self._stubs: dict[str, Any] = {}
         self._gateways: dict[str, Any] = {}
+        self._nodes: list[NodeInfo] = []
+        self._nodes_at = -NODES_TTL
+        self._last_entry = ""
         self._closed = False
 
     # -- connection ---------------------------------------------------------------------
@@ -464,40 +469,63 @@ class Client:
 
         from ._proto import common_pb2, gateway_pb2
 
-        if isinstance(target, Global | str):
-            name = target.name if isinstance(target, Global) else target
-            pid = self.whereis(name)
-            if pid is None:
-                raise Exit(target, "noproc")
-        elif isinstance(target, Pid):
-            pid = target
-        else:
-            raise TypeError(f"a target is a global name or a Pid, not {type(target).__name__}")
-        node = next((n for n in self.nodes() if n.id == pid.node and n.status == "alive"), None)
-        if node is None or node.incarnation != pid.incarnation:
-            raise Exit(pid, "noconnection" if node is None else "noproc")
         try:
             payload = pickle.dumps(value, protocol=5)
         except Exception as e:
             raise TypeError(f"cannot send a value of type {type(value).__name__!r}: {e}") from e
         kinds = {"call": gateway_pb2.DELIVERY_KIND_CALL, "cast": gateway_pb2.DELIVERY_KIND_CAST,
                  "send": gateway_pb2.DELIVERY_KIND_SEND}
-        request = gateway_pb2.DeliverRequest(
-            pid=common_pb2.Pid(node=pid.node, incarnation=pid.incarnation, serial=pid.serial),
-            kind=kinds[kind], payload=payload, timeout_s=timeout)
-        try:
-            reply = self._gateway(node.address).Deliver(request, timeout=timeout + self.timeout,
-                                                        metadata=self._metadata())
-        except grpc.RpcError as e:
-            raise self._error(e.code(), e.details() or e.code().name.lower(), timeout) from None
+        request = gateway_pb2.DeliverRequest(kind=kinds[kind], payload=payload, timeout_s=timeout)
+        if isinstance(target, Global | str):
+            # Any node resolves a global name (from its cache of the registry, else from the
+            # leader) and routes the message to the holder: no registry round trip here.
+            setattr(request, "global", target.name if isinstance(target, Global) else target)
+        elif isinstance(target, Pid):
+            request.pid.CopyFrom(common_pb2.Pid(node=target.node, incarnation=target.incarnation,
+                                                serial=target.serial))
+        else:
+            raise TypeError(f"a target is a global name or a Pid, not {type(target).__name__}")
+        for attempt in range(2):
+            node = self._entry_node(target, refresh=attempt > 0)
+            if node is None:
+                if attempt == 0:
+                    continue
+                if isinstance(target, Pid):
+                    alive = any(n.id == target.node for n in self._nodes)
+                    raise Exit(target, "noproc" if alive else "noconnection")
+                raise Exit(target, "noconnection")
+            try:
+                reply = self._gateway(node.address).Deliver(request, timeout=timeout + self.timeout,
+                                                            metadata=self._metadata())
+                self._last_entry = node.address
+                break
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0:
+                    continue  # the node went away: look again
+                raise self._error(e.code(), e.details() or e.code().name.lower(), timeout) from None
+        pid = pid_from_proto(reply.pid) if reply.HasField("pid") else None
         outcome = reply.WhichOneof("result")
         if outcome == "value":
             return _loads(reply.value)
         if outcome == "exit":
-            raise Exit(pid, _reason(reply.exit))
+            raise Exit(pid or target, _reason(reply.exit))
         if outcome == "timed_out":
-            raise Timeout(f"call to {pid} timed out after {timeout:g}s")
+            raise Timeout(f"call to {pid or target} timed out after {timeout:g}s")
         return None
+
+    def _entry_node(self, target: Global | str | Pid, *, refresh: bool) -> NodeInfo | None:
+        """The node a message to ``target`` enters at: the pid's own node (alive, in the pid's
+        incarnation), or for a name the node used last (else any alive node). The alive nodes
+        are remembered for a few seconds, and looked up again on ``refresh``."""
+        now = time.monotonic()
+        if refresh or now - self._nodes_at > NODES_TTL:
+            self._nodes = [n for n in self.nodes() if n.status == "alive"]
+            self._nodes_at = now
+        if isinstance(target, Pid):
+            return next((n for n in self._nodes
+                         if n.id == target.node and n.incarnation == target.incarnation), None)
+        return next((n for n in self._nodes if n.address == self._last_entry),
+                    self._nodes[0] if self._nodes else None)
 
     def _gateway(self, address: str) -> Any:
         """The gateway service of the node at ``address`` (one kept channel per node)."""
