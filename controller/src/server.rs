@@ -12,7 +12,6 @@ use rebeam_proto::v1::AddControllerRequest;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::api::cluster::ClusterApi;
@@ -187,9 +186,8 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     let mut s = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         let r = Server::builder()
-            .tcp_nodelay(true)
             .add_service(raft_svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), async move {
+            .serve_with_incoming_shutdown(no_delay(raft_listener), async move {
                 let _ = s.changed().await;
             })
             .await;
@@ -214,10 +212,9 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     let mut s = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         let r = Server::builder()
-            .tcp_nodelay(true)
             .add_service(node_svc)
             .add_service(cluster_svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), async move {
+            .serve_with_incoming_shutdown(no_delay(api_listener), async move {
                 let _ = s.changed().await;
             })
             .await;
@@ -319,4 +316,11 @@ async fn join_group(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Accepted connections with `TCP_NODELAY` set. The builder's `tcp_nodelay` is ignored for a
+/// listener we bound ourselves, and without it a reply written in two parts (headers, then
+/// the body of a handler that awaited) sat out the peer's 40 ms delayed ACK (Nagle).
+pub fn no_delay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -271,10 +271,9 @@ fn join_cluster(
     );
     tokio.spawn(async move {
         let served = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(service)
             .add_service(gateway)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(rebeam_controller::server::no_delay(listener))
             .await;
         if let Err(err) = served {
             tracing::error!("peer service stopped: {err}");
