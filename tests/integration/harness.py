@@ -40,6 +40,17 @@ def controller_binary() -> Path:
                 "`cargo build --release -p rebeam-controller` or set REBEAM_CONTROLLER")
 
 
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A fresh temporary directory for a fixture to yield, removed afterwards unless
+    REBEAM_KEEP_TEST_DIRS is set."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield root
+    finally:
+        if not os.environ.get("REBEAM_KEEP_TEST_DIRS"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,10 +4,7 @@ killed. Python code runs inside the nodes (scripts and a submitted app)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -16,17 +13,12 @@ from pathlib import Path
 import pytest
 
 import rebeam
-from harness import TOKEN, Blackhole, Cluster, Nodes, _cluster, wait_for
+from harness import TOKEN, Blackhole, Cluster, Nodes, _cluster, scratch_dir, wait_for
 
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="rebeam-cluster-test-"))
-    try:
-        yield root
-    finally:
-        if not os.environ.get("REBEAM_KEEP_TEST_DIRS"):
-            shutil.rmtree(root, ignore_errors=True)
+    yield from scratch_dir("rebeam-cluster-test-")
 
 
 @pytest.fixture

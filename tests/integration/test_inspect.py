@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -22,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import rebeam
-from harness import TOKEN, Cluster, Node, _cluster, wait_for
+from harness import TOKEN, Cluster, Node, _cluster, scratch_dir, wait_for
 from rebeam.client import LogEntry, ProcessInfo, cli
 
 APP = "insp"
@@ -85,12 +82,7 @@ MANIFEST = f"""
 
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="rebeam-inspect-test-"))
-    try:
-        yield root
-    finally:
-        if not os.environ.get("REBEAM_KEEP_TEST_DIRS"):
-            shutil.rmtree(root, ignore_errors=True)
+    yield from scratch_dir("rebeam-inspect-test-")
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ reported), start errors with their tracebacks, and stop."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +15,7 @@ from typing import Any
 import pytest
 
 import rebeam
-from harness import TOKEN, DevNode, Nodes, _cluster, wait_for
+from harness import TOKEN, DevNode, Nodes, _cluster, scratch_dir, wait_for
 from rebeam.client import AppFailed, Refused, UpgradeFailed
 from rebeam.client.cli import main as cli
 
@@ -116,11 +114,7 @@ class Target:
 
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="rebeam-lifecycle-"))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from scratch_dir("rebeam-lifecycle-")
 
 
 @pytest.fixture(scope="module", params=["dev", "cluster"])

@@ -14,9 +14,11 @@ class ArchiveError(Error, ValueError):
     the file and what is wrong with it."""
 
 
-class AppFailed(Error):
-    """An app stopped or failed (its restart intensity was exceeded) while the client waited
-    for it to run; ``reason`` is the controller's account."""
+class _AppError(Error):
+    """Something happened to the app ``app``; ``reason`` is the account, with the Python
+    traceback where code failed."""
+
+    _summary = "app {app} failed"
 
     def __init__(self, app: str, reason: str) -> None:
         super().__init__(app, reason)
@@ -24,21 +26,21 @@ class AppFailed(Error):
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"app {self.app} failed: {self.reason}"
+        return f"{self._summary.format(app=self.app)}: {self.reason}"
 
 
-class UpgradeFailed(Error):
+class AppFailed(_AppError):
+    """An app stopped or failed (its restart intensity was exceeded, or its code does not
+    import / an ``init`` raised) while the client waited for it to run; ``reason`` is the
+    controller's account, with the traceback."""
+
+
+class UpgradeFailed(_AppError):
     """A node could not load the new version (its modules do not import), so the controller
     rolled the app back and every process kept the version it ran; ``reason`` names the
     node and carries the Python traceback."""
 
-    def __init__(self, app: str, reason: str) -> None:
-        super().__init__(app, reason)
-        self.app = app
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"upgrade of {self.app} failed: {self.reason}"
+    _summary = "upgrade of {app} failed"
 
 
 class ControllerError(Error):
