@@ -187,7 +187,8 @@ def run_app(directory: str) -> int:
     native.trap_exits(True)
     native.register(MASTER_NAME, native.self_pid())
     try:
-        root = spawn_link(AppSupervisor, manifest)
+        # The tree belongs to the app, for `rebeam ps` and `rebeam logs`.
+        root = native.spawn_as_app(manifest.name, spawn_link, AppSupervisor, manifest)
     except InitError as e:
         _report_start_failure(manifest.name, e)
         return 1

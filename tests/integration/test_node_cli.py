@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+import rebeam
+from harness import TOKEN, free_port, wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 NODE = Path(os.environ.get("REBEAM_NODE", ROOT / "target" / "release" / "rebeam-node"))
 
@@ -155,6 +158,27 @@ def test_good_app_starts_and_shuts_down_in_order_on_sigint(tmp_path):
     assert stops == ["stop sub-b shutdown", "stop sub-a shutdown", "stop second shutdown",
                      "stop first shutdown"]
     assert "shut down" in out.splitlines()[-1]
+
+
+def test_a_local_app_is_visible_to_ps_and_logs(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([str(NODE), "--dev", "--app", str(make_app(tmp_path, GOOD_MANIFEST)),
+                             "--client-token", TOKEN, "--api-listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        read_until(proc, "started")
+        with rebeam.connect(f"http://127.0.0.1:{port}", token=TOKEN) as client:
+            processes = client.processes("demo")
+            initial = sorted(p.initial for p in processes)
+            assert initial == ["demo_app.Sub", *["demo_app.Worker"] * 4, "rebeam._app.AppSupervisor"]
+            assert {p.app for p in processes} == {"demo"}
+            printed = wait_for("the app's output in its log",
+                               lambda: [e.text for e in client.logs("demo") if e.stream == "stdout"])
+            assert "start first" in printed
+    finally:
+        proc.send_signal(signal.SIGINT)
+        finish(proc)
+    assert proc.returncode == 0
 
 
 def test_sigterm_also_shuts_down_cleanly(tmp_path):

@@ -56,14 +56,13 @@ pub struct PyData {
 }
 
 impl PyData {
-    /// Data for a process spawned now by `parent` (or, outside processes, for the app the
-    /// calling thread spawns for).
+    /// Data for a process spawned now by `parent`: in its app, else in the app the calling
+    /// thread spawns for, if any.
     pub fn spawned_by(parent: Option<&Arc<PyProcess>>) -> PyData {
         PyData {
-            app: match parent {
-                Some(p) => p.data.app.clone(),
-                None => super::apps::spawning(),
-            },
+            app: parent
+                .and_then(|p| p.data.app.clone())
+                .or_else(super::apps::spawning),
             parent: parent.map(|p| p.pid),
             ..PyData::default()
         }

@@ -357,6 +357,19 @@ fn finish_function(
     clear_interrupt(py);
 }
 
+/// Calls `function(*args)` so that the processes it spawns belong to the app `name` (and
+/// so everything they spawn in turn): how a locally run app (`--app DIR`) tags its tree for
+/// `rebeam ps` and `rebeam logs`.
+#[pyfunction]
+#[pyo3(signature = (name, function, *args))]
+fn spawn_as_app<'py>(
+    name: &str,
+    function: Bound<'py, PyAny>,
+    args: Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    super::apps::spawning_for(super::apps::tag(name), || function.call1(args))
+}
+
 /// Runs `function` as a process on the calling thread and returns its result.
 #[pyfunction]
 #[pyo3(signature = (function, args, kwargs=None))]
@@ -987,6 +1000,7 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spawn_server, m)?)?;
     m.add_function(wrap_pyfunction!(spawn_function, m)?)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(spawn_as_app, m)?)?;
     m.add_function(wrap_pyfunction!(send, m)?)?;
     m.add_function(wrap_pyfunction!(cast, m)?)?;
     m.add_function(wrap_pyfunction!(call, m)?)?;
