@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import rebeam
-from harness import TOKEN, DevNode, Nodes, _cluster, scratch_dir, wait_for
+from harness import TOKEN, DevNode, Node, Nodes, _cluster, scratch_dir, wait_for
 from rebeam.client import AppFailed, Refused, UpgradeFailed
 from rebeam.client.cli import main as cli
 
@@ -303,3 +303,52 @@ def test_stop_shuts_children_down_in_reverse_start_order(target: Target, tmp_pat
     for node in set(placed.values()):
         here = [n for n in children if placed[n] == node]
         assert [n for n in stopped if n in here] == here[::-1], (node, stopped)
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> Iterator[tuple[str, dict[str, Node]]]:
+    """One controller and two nodes: the controller's URL and the nodes by name."""
+    for controllers in _cluster(1):
+        nodes = Nodes(tmp_path / "nodes", controllers.members[0].api)
+        try:
+            started = {name: nodes.start(name, extra=["--client-token", TOKEN]) for name in ("a", "b")}
+            with controllers.client() as c:
+                wait_for("two alive nodes", lambda c=c: sum(n.status == "alive" for n in c.nodes()) == 2)
+            yield controllers.url, started
+        finally:
+            nodes.stop()
+
+
+def upgrade_into(url: str, app: Path, outcome: dict[str, Any]) -> None:
+    """Upgrades to ``app``, keeping the AppInfo or the exception in ``outcome``."""
+    try:
+        with rebeam.connect(url, token=TOKEN) as c:
+            outcome["app"] = c.upgrade(app)
+    except BaseException as e:  # noqa: BLE001 - the test reports it
+        outcome["error"] = e
+
+
+@pytest.mark.parametrize("when", ["as-it-starts", "once-accepted"])
+def test_an_upgrade_finishes_when_a_node_dies_during_it(two_nodes: tuple[str, dict[str, Node]],
+                                                        tmp_path: Path, when: str) -> None:
+    url, started = two_nodes
+    with rebeam.connect(url, token=TOKEN) as c:
+        c.submit(write_app(tmp_path, "1.0.0", V1), wait=60)
+        victim = c.whereis("counter")
+        assert victim is not None
+        outcome: dict[str, Any] = {}
+        thread = threading.Thread(target=upgrade_into,
+                                  args=(url, write_app(tmp_path, "2.0.0", V2, helpers=2), outcome))
+        thread.start()
+        if when == "once-accepted":  # the nodes are loading or moving by now
+            wait_for("the controller to take the upgrade", lambda: c.app("counter").version == "2.0.0")
+        started[victim.node].kill9()
+        thread.join(timeout=60)
+        assert "error" not in outcome, outcome.get("error")
+        app = outcome["app"]
+        assert app.version == "2.0.0" and {u.status for u in app.upgrades} <= {"done"}
+        # The counter restarted on the surviving node, on the new code.
+        reply = wait_for("the counter answering elsewhere", lambda: c.call("counter", "get"), timeout=30)
+        assert reply == ("v2", 0, "helpers-2")
+        moved = c.whereis("counter")
+        assert moved is not None and moved.node != victim.node
