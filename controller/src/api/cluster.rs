@@ -80,12 +80,18 @@ impl ClusterApi {
             code_hash,
             upgrade,
         };
+        Ok(pb::SubmitAppReply {
+            app: Some(self.app_write(cmd, "submit").await?),
+        })
+    }
+
+    /// Proposes a command that answers with the app it changed (submit, upgrade, rollback,
+    /// stop).
+    async fn app_write(&self, cmd: Command, what: &str) -> Result<pb::AppInfo> {
         match self.core.propose(cmd).await? {
-            Outcome::App(app) => Ok(pb::SubmitAppReply {
-                app: Some((*app).into()),
-            }),
+            Outcome::App(app) => Ok((*app).into()),
             other => Err(Error::internal(format!(
-                "unexpected submit outcome {other:?}"
+                "unexpected {what} outcome {other:?}"
             ))),
         }
     }
@@ -313,12 +319,10 @@ impl ClusterService for ClusterApi {
         let name = req.into_inner().name;
         validate::required("app name", &name, "pass the name from rebeam.toml")?;
         validate::name("app name", &name)?;
-        match self.core.propose(Command::RollbackApp { name }).await? {
-            Outcome::App(app) => Ok(Response::new(pb::SubmitAppReply {
-                app: Some((*app).into()),
-            })),
-            other => Err(Error::internal(format!("unexpected rollback outcome {other:?}")).into()),
-        }
+        let app = self
+            .app_write(Command::RollbackApp { name }, "rollback")
+            .await?;
+        Ok(Response::new(pb::SubmitAppReply { app: Some(app) }))
     }
 
     async fn stop_app(
@@ -329,12 +333,8 @@ impl ClusterService for ClusterApi {
         if name.is_empty() {
             return Err(Error::invalid("app name is empty; pass the name from rebeam.toml").into());
         }
-        match self.core.propose(Command::StopApp { name }).await? {
-            Outcome::App(app) => Ok(Response::new(pb::StopAppReply {
-                app: Some((*app).into()),
-            })),
-            other => Err(Error::internal(format!("unexpected stop outcome {other:?}")).into()),
-        }
+        let app = self.app_write(Command::StopApp { name }, "stop").await?;
+        Ok(Response::new(pb::StopAppReply { app: Some(app) }))
     }
 
     async fn list_apps(
