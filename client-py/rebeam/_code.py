@@ -101,6 +101,7 @@ def load(app: str, version: str, code_hash: str, directory: str, modules: list[s
     with _lock:
         prefix = _prefix(app, code_hash)
         loaded = _versions.get(prefix)
+        created = loaded is None
         if loaded is None:
             path = Path(directory)
             package = types.ModuleType(prefix, f"app {app} {version}")
@@ -116,7 +117,8 @@ def load(app: str, version: str, code_hash: str, directory: str, modules: list[s
             for name in modules:
                 loaded.module(name)
         except BaseException:
-            _forget(loaded)
+            if created:  # a version processes may already run is never dropped
+                _forget(loaded)
             raise
         return loaded
 
