@@ -26,11 +26,12 @@ def install_code(base_dir: str, app: str, code_hash: str, blob: bytes) -> str:
 
 
 def load_version(base_dir: str, app: str, version: str, code_hash: str, blob: bytes,
-                 modules: list[str]) -> None:
+                 modules: list[str], fresh: bool) -> None:
     """Unpacks and imports a version of ``app`` beside its other versions and makes it the
-    one new processes start from and running servers move to."""
+    one new processes start from and running servers move to; ``fresh`` when no version of
+    the app ran here before (or it was stopped since)."""
     directory = install_code(base_dir, app, code_hash, blob)
-    _code.make_current(_code.load(app, version, code_hash, directory, modules))
+    _code.make_current(_code.load(app, version, code_hash, directory, modules), fresh=fresh)
 
 
 def start_child(app: str, code_hash: str, start: str, args_json: str, name: str,

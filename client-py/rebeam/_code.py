@@ -131,12 +131,15 @@ def _forget(version: Version) -> None:
         del sys.modules[name]
 
 
-def make_current(version: Version) -> Version | None:
+def make_current(version: Version, *, fresh: bool = False) -> Version | None:
     """Makes ``version`` the one new and upgraded processes of its app use; returns the
     version it replaces. Going back to the version that was current before the current one
-    is a rollback: ``code_change`` then gets ``extra="rollback"``."""
+    is a rollback: ``code_change`` then gets ``extra="rollback"``. ``fresh`` starts the
+    app's history over (a first start here, or a submit after a stop)."""
     with _lock:
         previous = _current.get(version.app)
+        if fresh:
+            _history.pop(version.app, None)
         history = _history.setdefault(version.app, [])
         if len(history) >= 2 and history[-2] is version:
             history.pop()

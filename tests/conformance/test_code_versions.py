@@ -136,3 +136,13 @@ def test_a_supervisor_restarts_children_on_the_code_it_moved_to(tmp_path: Path, 
     assert _code.move_server(top, app) is True
     assert type(top) is v2.module("server").Top
     assert [c.spec.start for c in top._children] == [v2.module("server").Counter]
+
+
+def test_a_fresh_start_is_never_taken_for_a_rollback(tmp_path: Path, app: str) -> None:
+    v1, v2 = version(tmp_path, app, 1), version(tmp_path, app, 2)
+    _code.make_current(v1)
+    _code.make_current(v2)
+    server = new_counter(v2)
+    _code.make_current(v1, fresh=True)  # the app was stopped and submitted again at 1.0
+    assert _code.move_server(server, app) is True
+    assert server.calls == [(1, "2.0", None)]  # an upgrade: the code moved to converts

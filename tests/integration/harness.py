@@ -218,12 +218,15 @@ class Node:
     def log(self) -> Path:
         return self.dir / f"{self.name}.log"
 
+    def mode(self) -> list[str]:
+        """How the node finds its controllers (and what it runs)."""
+        args = ["--controllers", self.controllers]
+        return args + ["--run", str(self.script)] if self.script is not None else args
+
     def start(self) -> Node:
         self.dir.mkdir(parents=True, exist_ok=True)
-        args = [str(node_binary()), "--controllers", self.controllers, "--secret", SECRET,
-                "--name", self.name, "--data-dir", str(self.dir / "data"), *self.extra]
-        if self.script is not None:
-            args += ["--run", str(self.script)]
+        args = [str(node_binary()), *self.mode(), "--secret", SECRET, "--name", self.name,
+                "--data-dir", str(self.dir / "data"), *self.extra]
         env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
         env["REBEAM_LOG"] = "info"
         with open(self.log, "ab") as log:
@@ -282,15 +285,11 @@ class DevNode(Node):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    def mode(self) -> list[str]:
+        return ["--dev", "--client-token", TOKEN, "--api-listen", f"127.0.0.1:{self.api_port}"]
+
     def start(self) -> DevNode:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        args = [str(node_binary()), "--dev", "--name", self.name, "--secret", SECRET,
-                "--client-token", TOKEN, "--api-listen", f"127.0.0.1:{self.api_port}",
-                "--data-dir", str(self.dir / "data"), *self.extra]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
-        env["REBEAM_LOG"] = "info"
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        super().start()
         self.wait_output(f"dev controller at {self.url}")
         return self
 

@@ -6,7 +6,7 @@ use super::objects::Pid as PyPid;
 use super::upgrade::{move_all, Moves};
 use crate::cluster::code::Target;
 use crate::cluster::Cluster;
-use crate::runtime::{Pid, Reason};
+use crate::runtime::Pid;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use rebeam_proto as pb;
@@ -38,6 +38,7 @@ pub fn load_version(
                 target.code_hash.as_str(),
                 PyBytes::new(py, &code),
                 target.modules.clone(),
+                !upgrading,
             ),
         )
         .map(drop)
@@ -83,8 +84,5 @@ pub fn start_child(
 }
 
 fn error_text(err: PyErr) -> String {
-    Python::attach(|py| match convert::crash_reason(py, &err) {
-        Reason::Crash(c) => c.traceback.clone(),
-        other => other.to_string(),
-    })
+    Python::attach(|py| convert::traceback_text(py, &err))
 }

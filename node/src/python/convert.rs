@@ -134,6 +134,14 @@ pub fn reason_from_py(value: &Bound<'_, PyAny>) -> PyResult<Reason> {
     Ok(Reason::Other(Arc::from(Term::to_bytes(value)?)))
 }
 
+/// An exception as a person reads it in a report: its formatted traceback.
+pub fn traceback_text(py: Python<'_>, err: &PyErr) -> String {
+    match crash_reason(py, err) {
+        Reason::Crash(c) => c.traceback.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The reason for an uncaught exception: a `Crash` with type, message and traceback.
 pub fn crash_reason(py: Python<'_>, err: &PyErr) -> Reason {
     let kind = err

@@ -5,7 +5,7 @@ use super::apps::AppTag;
 use super::convert;
 use super::executor::is_killed;
 use super::host::{Enter, PyProcess, PyRuntime};
-use crate::runtime::{Kind, Pid, Reason};
+use crate::runtime::{Kind, Pid};
 use pyo3::prelude::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -60,10 +60,7 @@ pub fn move_process(
             if is_killed(py, &err) {
                 return;
             }
-            let error = match convert::crash_reason(py, &err) {
-                Reason::Crash(c) => c.traceback.clone(),
-                other => other.to_string(),
-            };
+            let error = convert::traceback_text(py, &err);
             tracing::warn!(pid = %process.pid, app = %app.name, "process stays on its old code: code_change raised\n{error}");
             moves.stayed.push(Stayed {
                 pid: process.pid,
