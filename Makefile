@@ -7,7 +7,7 @@ APP ?= examples/chat
 .PHONY: setup build run test test-rust test-python lint bench clean
 
 setup:
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py pytest ruff
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py -r tests/requirements.txt
 
 build:
 	cargo build --release --workspace
