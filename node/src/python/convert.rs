@@ -37,6 +37,9 @@ pub struct PyTypes {
     pub global: Py<PyAny>,
     /// Called with a pid when a process that registered cleanups exits.
     pub cleanup: Py<PyAny>,
+    /// `rebeam._errors.controller_error(code, message)`: the typed exception for a controller
+    /// answer, the same classes the client raises.
+    pub controller_error: Py<PyAny>,
     /// `traceback.format_exception`.
     pub format_exception: Py<PyAny>,
 }
@@ -65,6 +68,7 @@ pub fn install(py: Python<'_>, types: &Bound<'_, PyDict>) -> PyResult<()> {
         timeout_message: get("TIMEOUT")?,
         global: get("Global")?,
         cleanup: get("cleanup")?,
+        controller_error: get("controller_error")?,
         format_exception: py
             .import("traceback")?
             .getattr("format_exception")?

@@ -79,14 +79,40 @@ fn cluster(py: Python<'_>) -> PyResult<&'static Arc<crate::cluster::Cluster>> {
     })
 }
 
+/// The typed `rebeam` exception (`Unavailable`, `NotFound`, ...) for a controller's answer.
 fn controller_error(py: Python<'_>, status: &tonic::Status) -> PyErr {
-    error(
-        py,
-        &types(py)
-            .map(|t| t.error.clone_ref(py))
-            .unwrap_or_else(|_| py.None()),
-        (format!("the controller refused: {}", status.message()),),
-    )
+    match types(py) {
+        Ok(t) => error(
+            py,
+            &t.controller_error,
+            (grpc_code_name(status.code()), status.message()),
+        ),
+        Err(e) => e,
+    }
+}
+
+/// The gRPC status name (`NOT_FOUND`), as the client's errors carry it.
+fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// `register_global(name, pid)`: a cluster-wide unique name, held by the controller.
