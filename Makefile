@@ -26,11 +26,18 @@ test-rust:
 test-python:
 	REBEAM_NODE=$(CURDIR)/$(NODE) $(PYTHON) -m pytest tests/integration -q
 	$(NODE) --dev -m pytest tests/conformance -q
+	for app in jobqueue sessions; do \
+	  $(NODE) --dev -m pytest -p rebeam.testing examples/$$app/tests -q || exit 1; \
+	done
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	$(PYTHON) -m ruff check client-py examples tests bench
+	$(PYTHON) -m mypy --config-file client-py/pyproject.toml client-py/rebeam examples/chat/chat
+	for app in jobqueue sessions; do \
+	  MYPYPATH=examples/$$app $(PYTHON) -m mypy --config-file client-py/pyproject.toml examples/$$app || exit 1; \
+	done
 
 bench: setup build
 	REBEAM_LOG=error $(NODE) --dev --run bench/peers/rebeam_peer.py --mode $${BENCH_MODE:-full} --out bench/results/rebeam.json

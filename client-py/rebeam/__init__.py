@@ -11,22 +11,30 @@ from typing import TYPE_CHECKING, Any
 
 from . import _cleanup, pg
 from ._errors import (
+    AlreadyExists,
+    AuthError,
+    ControllerError,
     Error,
     Exit,
     InitError,
+    InvalidRequest,
     NameTaken,
+    NotFound,
     NotInNode,
     ProcessKilled,
+    Refused,
     Timeout,
+    TooLarge,
+    Unavailable,
     UnknownName,
+    controller_error,
 )
 from ._genserver import GenServer
 from ._globals import register_global, unregister_global, whereis_global
+from ._names import Dest, Name, NameRegistry, Via
 from ._native import IN_NODE, native
+from ._pid import Pid, Ref, Sender
 from ._process import (
-    Pid,
-    Ref,
-    Sender,
     call,
     cancel_timer,
     cast,
@@ -35,6 +43,7 @@ from ._process import (
     is_alive,
     link,
     monitor,
+    monitoring,
     noreply,
     process_info,
     processes,
@@ -52,6 +61,7 @@ from ._process import (
     spawn_monitor,
     stop,
     trap_exits,
+    trapping_exits,
     unlink,
     unregister,
     whereis,
@@ -67,24 +77,26 @@ from ._supervisor import (
     which_children,
 )
 from ._table import Table, TableError, table
-from ._types import NOREPLY, TIMEOUT, Crash, Down, Global
+from ._types import NOREPLY, TIMEOUT, Crash, Down, Global, Reason
 
 __all__ = [
-    "AuthError", "Client", "connect",
-    "NOREPLY", "TIMEOUT", "ChildSpec", "Crash", "Down", "DynamicSupervisor", "Error", "Exit",
-    "GenServer", "Global", "InitError", "KeyRegistry", "NameTaken", "NotInNode", "Pid", "Ref",
-    "Sender", "Supervisor", "Table", "TableError", "Timeout", "UnknownName", "call",
-    "cancel_timer", "cast", "child", "demonitor", "exit", "is_alive", "link", "monitor",
-    "noreply", "pg", "process_info", "processes", "receive", "register", "register_global",
-    "registered", "registry", "reply", "run", "self_pid", "send", "send_after", "set_timeout",
-    "spawn", "spawn_link", "spawn_monitor", "start_child", "stop", "table", "terminate_child",
-    "trap_exits", "unlink", "unregister", "unregister_global", "whereis", "whereis_global", "which_children",
+    "IN_NODE", "NOREPLY", "TIMEOUT", "AlreadyExists", "AuthError", "ChildSpec", "Client",
+    "ControllerError", "Crash", "Dest", "Down", "DynamicSupervisor", "Error", "Exit", "GenServer",
+    "Global", "InitError", "InvalidRequest", "KeyRegistry", "Name", "NameRegistry", "NameTaken",
+    "NotFound", "NotInNode", "Pid", "Reason", "Ref", "Refused", "Sender", "Supervisor", "Table",
+    "TableError", "Timeout", "TooLarge", "Unavailable", "UnknownName", "Via", "call",
+    "cancel_timer", "cast", "child", "connect", "demonitor", "exit", "is_alive", "link",
+    "monitor", "monitoring", "noreply", "pg", "process_info", "processes", "receive",
+    "register", "register_global", "registered", "registry", "reply", "run", "self_pid",
+    "send", "send_after", "set_timeout", "spawn", "spawn_link", "spawn_monitor", "start_child",
+    "stop", "table", "terminate_child", "trap_exits", "trapping_exits", "unlink", "unregister",
+    "unregister_global", "whereis", "whereis_global", "which_children",
 ]
 
 if TYPE_CHECKING:
-    from .client import AuthError, Client, connect
+    from .client import Client, connect
 
-_CLIENT_NAMES = frozenset({"AuthError", "Client", "connect"})
+_CLIENT_NAMES = frozenset({"Client", "connect"})
 
 
 def __getattr__(name: str) -> Any:
@@ -101,7 +113,7 @@ if IN_NODE:
         "Exit": Exit, "Down": Down, "Crash": Crash, "Timeout": Timeout, "Error": Error,
         "InitError": InitError, "UnknownName": UnknownName, "NameTaken": NameTaken,
         "ProcessKilled": ProcessKilled, "NOREPLY": NOREPLY, "TIMEOUT": TIMEOUT,
-        "Global": Global, "cleanup": _cleanup.cleanup,
+        "Global": Global, "cleanup": _cleanup.cleanup, "controller_error": controller_error,
     })
     from . import _output
 

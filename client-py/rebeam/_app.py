@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import Error, Exit, InitError
+from ._names import Name, Via
 from ._native import native
 from ._process import receive, spawn_link
 from ._supervisor import RESTARTS, ChildSpec, Supervisor, child
@@ -89,8 +90,17 @@ def load_manifest(directory: str | Path) -> Manifest:
         if restart not in RESTARTS:
             raise ManifestError(f"{path}: {where}.restart must be one of {RESTARTS}, "
                                 f"got {restart!r}")
+        registry = _field(path, entry, "registry", str, where, None)
+        if registry is not None:
+            if registry.count(":") != 1 or not all(registry.split(":")):
+                raise ManifestError(f"{path}: {where}.registry must be 'module:attribute', "
+                                    f"got {registry!r}")
+            if not entry.get("name") or entry.get("global"):
+                raise ManifestError(f"{path}: {where}.registry needs a name (the key) and "
+                                    "no global = true")
         checked.append({
             "start": start,
+            "registry": registry,
             "args": _field(path, entry, "args", list, where, []),
             "name": _field(path, entry, "name", str, where, None),
             "global": _field(path, entry, "global", bool, where, False),
@@ -124,9 +134,14 @@ def child_specs(manifest: Manifest) -> list[ChildSpec]:
     for i, entry in enumerate(manifest.children):
         target = _resolve(manifest, entry["start"], f"children[{i}]")
         name = entry["name"]
+        registered: Name | None = name
+        if name and entry["global"]:
+            registered = Global(name)
+        elif name and entry["registry"]:
+            registered = Via(_resolve(manifest, entry["registry"], f"children[{i}]"), name)
         # The manifest has no id field: a child is known by its name, else by its position.
         specs.append(child(target, entry["args"], id=name or f"children[{i}]",
-                           name=Global(name) if name and entry["global"] else name,
+                           name=registered,
                            restart=entry["restart"], shutdown=entry["shutdown"]))
     return specs
 
@@ -135,7 +150,7 @@ class AppSupervisor(Supervisor):
     """The root of an application: its top-level children, one_for_one, with the app's
     restart intensity."""
 
-    def children(self, manifest: Manifest) -> list[ChildSpec]:  # type: ignore[override]
+    def children(self, manifest: Manifest) -> list[ChildSpec]:
         self.max_restarts = manifest.max_restarts
         self.max_seconds = manifest.max_seconds
         return child_specs(manifest)

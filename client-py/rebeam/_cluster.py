@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _code
+from ._names import Via, register_name
 from ._process import spawn
-from ._supervisor import register_name
 from ._types import Global
 
 
@@ -45,7 +45,28 @@ def start_child(app: str, code_hash: str, start: str, args_json: str, name: str,
     args = json.loads(args_json) if args_json else []
     if not isinstance(args, list):
         args = [args]
+    registry = None if is_global or not name else _registry_of(version, start, name)
     pid = spawn(target, *args)
     if name:
-        register_name(Global(name) if is_global else name, pid)
+        if registry is not None:
+            register_name(Via(registry, name), pid)
+        else:
+            register_name(Global(name) if is_global else name, pid)
     return pid
+
+
+def _registry_of(version: _code.Version, start: str, name: str) -> Any:
+    """The user-defined registry (``registry = "module:attribute"``) the manifest names for
+    the child ``start``/``name``, or None. The controller passes only the name on, so the
+    node reads it from the version's own manifest."""
+    import tomllib
+
+    try:
+        manifest = tomllib.loads((version.directory / "rebeam.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    for entry in manifest.get("children", []):
+        if (isinstance(entry, dict) and entry.get("start") == start and entry.get("name") == name
+                and isinstance(entry.get("registry"), str)):
+            return version.resolve(entry["registry"])
+    return None

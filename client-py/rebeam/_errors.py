@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import threading
 from typing import Any
 
 
@@ -15,7 +17,20 @@ class Timeout(Error, TimeoutError):
 
 class Exit(Error):
     """A process exit: raised by ``call`` when the target is dead or dies before replying,
-    and delivered as a message ``Exit(pid, reason)`` to processes that trap exits."""
+    and delivered as a message ``Exit(pid, reason)`` to processes that trap exits.
+
+    When ``reason`` is a :class:`rebeam.Crash` of a built-in exception type (``KeyError``,
+    ``ValueError``, ...) or of a Re:BEAM one, the value is an instance of a subclass of both
+    ``Exit`` and that type, so ``except KeyError`` catches a remote ``KeyError`` too (as
+    Ray's ``as_instanceof_cause``). ``reason.traceback`` is the remote traceback."""
+
+    pid: Any
+    reason: Any
+
+    def __new__(cls, pid: Any, reason: Any) -> Exit:
+        if cls is Exit:
+            cls = _exit_class(reason)
+        return super().__new__(cls, pid, reason)
 
     def __init__(self, pid: Any, reason: Any) -> None:
         super().__init__(pid, reason)
@@ -37,7 +52,39 @@ class Exit(Error):
         return hash((self.pid, repr(self.reason)))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.pid, self.reason))
+        # The plain class: unpickling rebuilds the same subclass from the reason.
+        return (Exit, (self.pid, self.reason))
+
+
+_exit_classes: dict[type[BaseException], type[Exit]] = {}
+_exit_classes_lock = threading.Lock()
+
+
+def _cause_type(reason: Any) -> type[Exception] | None:
+    """The exception class a crash reason names, if this interpreter can name it safely:
+    a built-in exception or one of Re:BEAM's own (a crash only carries the class name)."""
+    name = getattr(reason, "type", None)
+    if not isinstance(name, str) or not hasattr(reason, "traceback"):
+        return None
+    found = getattr(builtins, name, None) or _OWN.get(name)
+    if isinstance(found, type) and issubclass(found, Exception) and not issubclass(found, Exit):
+        return found
+    return None
+
+
+def _exit_class(reason: Any) -> type[Exit]:
+    cause = _cause_type(reason)
+    if cause is None:
+        return Exit
+    with _exit_classes_lock:
+        made = _exit_classes.get(cause)
+        if made is None:
+            try:
+                made = type(f"Exit({cause.__name__})", (Exit, cause), {"__module__": "rebeam"})
+            except TypeError:  # an instance layout that cannot be combined (none built in)
+                made = Exit
+            _exit_classes[cause] = made
+    return made
 
 
 class InitError(Error):
@@ -82,3 +129,75 @@ class NotInNode(Error):
 
 class ProcessKilled(BaseException):
     """Unwinds the code of a process that was killed; not meant to be caught."""
+
+
+class ControllerError(Error):
+    """The controller refused or failed a request, from a client or from inside a node.
+
+    ``code`` is the gRPC status name (``"INVALID_ARGUMENT"``, ``"NOT_FOUND"``, ...) and
+    the message is the controller's own, which says what to do."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidRequest(ControllerError, ValueError):
+    """The controller found the request malformed (for an app: its manifest or code)."""
+
+
+class NotFound(ControllerError, LookupError):
+    """The app, node or name the request refers to does not exist."""
+
+
+class AlreadyExists(ControllerError):
+    """The app already runs (submit), or already runs this version (upgrade)."""
+
+
+class Refused(ControllerError):
+    """The request is well formed but the cluster's state refuses it."""
+
+
+class TooLarge(ControllerError):
+    """The app's code or manifest is over the controller's size limit."""
+
+
+class Unavailable(ControllerError, ConnectionError):
+    """No controller member could serve the request before the timeout (none reachable,
+    or no leader elected)."""
+
+
+class AuthError(Error, PermissionError):
+    """The client (or node) has no token, or the controller refused the one presented."""
+
+
+CONTROLLER_ERRORS: dict[str, type[ControllerError]] = {
+    "INVALID_ARGUMENT": InvalidRequest,
+    "NOT_FOUND": NotFound,
+    "ALREADY_EXISTS": AlreadyExists,
+    "FAILED_PRECONDITION": Refused,
+    "RESOURCE_EXHAUSTED": TooLarge,
+    "UNAVAILABLE": Unavailable,
+}
+"""gRPC status names and the exception each raises, in the client and inside nodes."""
+
+
+def controller_error(code: str, message: str) -> Error:
+    """The exception for a controller answer with gRPC status ``code`` (its name)."""
+    if code == "UNAUTHENTICATED" or code == "PERMISSION_DENIED":
+        return AuthError(message)
+    if code == "DEADLINE_EXCEEDED":
+        return Timeout(message)
+    return CONTROLLER_ERRORS.get(code, ControllerError)(message, code)
+
+
+_OWN: dict[str, type[Exception]] = {
+    cls.__name__: cls
+    for cls in (Error, Timeout, InitError, UnknownName, NameTaken, NotInNode, ControllerError,
+                InvalidRequest, NotFound, AlreadyExists, Refused, TooLarge, Unavailable,
+                AuthError)
+}

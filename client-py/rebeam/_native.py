@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import NotInNode
+
+__all__ = ["IN_NODE", "native"]
 
 
 class _Missing(ModuleType):
@@ -21,10 +23,16 @@ class _Missing(ModuleType):
         return unavailable
 
 
-try:
-    import _rebeam_native as native  # type: ignore[import-not-found]
+if TYPE_CHECKING:
+    # The stub (rebeam/_rebeam_native.pyi) types the native module's functions.
+    from . import _rebeam_native as native
 
-    IN_NODE = True
-except ImportError:
-    native = _Missing("_rebeam_native")
-    IN_NODE = False
+    IN_NODE: bool
+else:
+    try:
+        import _rebeam_native as native
+
+        IN_NODE = True
+    except ImportError:
+        native = _Missing("_rebeam_native")
+        IN_NODE = False

@@ -10,7 +10,9 @@ from typing import Any, Literal
 
 from ._errors import Exit, InitError, Timeout
 from ._genserver import GenServer
+from ._names import Name, Via, register_name
 from ._native import native
+from ._process import call
 from ._types import Global
 
 Restart = Literal["permanent", "transient", "temporary"]
@@ -28,7 +30,7 @@ class ChildSpec:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     id: Any = None
-    name: str | Global | None = None
+    name: Name | None = None
     restart: Restart = "permanent"
     shutdown: Shutdown = None
 
@@ -45,23 +47,13 @@ class ChildSpec:
 
 def child(start: Callable[..., Any] | type, args: tuple[Any, ...] | list[Any] = (), *,
           kwargs: dict[str, Any] | None = None, id: Any = None,
-          name: str | Global | None = None, restart: Restart = "permanent",
+          name: Name | None = None, restart: Restart = "permanent",
           shutdown: Shutdown = None) -> ChildSpec:
     """A child specification: ``start`` is a GenServer/Supervisor class or a function.
 
     ``shutdown`` is seconds to wait after the ``shutdown`` signal before killing (default
     5), ``"brutal_kill"``, or ``"infinity"`` (the default for supervisors)."""
     return ChildSpec(start, tuple(args), dict(kwargs or {}), id, name, restart, shutdown)
-
-
-def register_name(name: str | Global, pid: Any) -> None:
-    """Registers a child's local name, or its cluster-wide one for ``Global(...)``."""
-    if isinstance(name, Global):
-        from ._globals import register_global
-
-        register_global(name.name, pid)
-    else:
-        native.register(name, pid)
 
 
 def _validate(spec: Any, where: str) -> ChildSpec:
@@ -78,11 +70,13 @@ def _validate(spec: Any, where: str) -> ChildSpec:
     ):
         raise ValueError(f"{where}: field 'shutdown' must be seconds >= 0, 'brutal_kill' or "
                          f"'infinity', got {policy!r}")
-    if spec.name is not None and not isinstance(spec.name, str | Global):
-        raise TypeError(f"{where}: field 'name' must be a str or Global, got {spec.name!r}")
-    if spec.id is None:
-        spec = replace(spec, id=spec.name if spec.name is not None else _default_id(spec))
-    return spec
+    if spec.name is not None and not isinstance(spec.name, str | Global | Via):
+        raise TypeError(f"{where}: field 'name' must be a str, Global or Via, got {spec.name!r}")
+    checked: ChildSpec = spec
+    if checked.id is None:
+        checked = replace(checked, id=checked.name if checked.name is not None
+                          else _default_id(checked))
+    return checked
 
 
 def _default_id(spec: ChildSpec) -> str:
@@ -287,7 +281,7 @@ class DynamicSupervisor(Supervisor):
 
 def start_child(supervisor: Any, spec: ChildSpec, timeout: float | None = None) -> Any:
     """Starts a child under a running supervisor; returns its pid or raises InitError."""
-    outcome, value = native.call(supervisor, ("$start_child", spec), timeout)
+    outcome, value = call(supervisor, ("$start_child", spec), timeout)
     if outcome == "error":
         raise InitError(None, value)
     return value
@@ -295,9 +289,10 @@ def start_child(supervisor: Any, spec: ChildSpec, timeout: float | None = None) 
 
 def terminate_child(supervisor: Any, child_id_or_pid: Any, timeout: float | None = None) -> bool:
     """Stops a child (by id or pid) and forgets it; false if there was none."""
-    return native.call(supervisor, ("$terminate_child", child_id_or_pid), timeout)
+    return bool(call(supervisor, ("$terminate_child", child_id_or_pid), timeout))
 
 
 def which_children(supervisor: Any) -> list[tuple[Any, Any, str]]:
     """``(id, pid or None, "worker" | "supervisor")`` for each child, in start order."""
-    return native.call(supervisor, ("$which_children",))
+    children: list[tuple[Any, Any, str]] = call(supervisor, ("$which_children",))
+    return children

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeAlias
+
+from ._pid import Pid, Ref
+
+Reason: TypeAlias = object
+"""An exit reason: ``"normal"``, ``"shutdown"``, ``("shutdown", term)``, ``"kill"``/``"killed"``,
+``"noproc"``, ``"noconnection"``, a :class:`Crash` for an uncaught exception, or any other
+value a process chose with ``stop``/``exit``. Narrow it with ``==`` or ``isinstance``."""
 
 
 @dataclass(frozen=True)
@@ -22,9 +29,9 @@ class Crash:
 class Down:
     """A monitor fired: ``pid`` exited with ``reason``; ``ref`` is what ``monitor`` returned."""
 
-    ref: Any
-    pid: Any
-    reason: Any
+    ref: Ref
+    pid: Pid
+    reason: Reason
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .._code import APP_MODULE_PREFIX
-from .._errors import Exit, Timeout
+from .._errors import CONTROLLER_ERRORS, Exit, Timeout
 from .._pid import Pid
 from .._types import Crash, Global
 from . import _inspect
@@ -24,10 +24,8 @@ from ._errors import (
     AppFailed,
     AuthError,
     ControllerError,
-    InvalidRequest,
     NotFound,
     Refused,
-    TooLarge,
     Unavailable,
     UpgradeFailed,
 )
@@ -43,14 +41,6 @@ DEFAULT_TIMEOUT = 10.0
 NODES_TTL = 5.0
 
 _R = TypeVar("_R")
-_ERRORS: dict[str, type[ControllerError]] = {
-    "INVALID_ARGUMENT": InvalidRequest,
-    "NOT_FOUND": NotFound,
-    "ALREADY_EXISTS": AlreadyExists,
-    "FAILED_PRECONDITION": Refused,
-    "RESOURCE_EXHAUSTED": TooLarge,
-    "UNAVAILABLE": Unavailable,
-}
 
 
 def _split_url(url: str) -> tuple[list[str], bool]:
@@ -222,8 +212,7 @@ class Client:
             return AuthError(f"the controller refused the token from {self._token_source}: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return Timeout(f"the controller did not answer within {budget:g} s")
-        cls = _ERRORS.get(code.name, ControllerError)
-        return cls(details, code.name)
+        return CONTROLLER_ERRORS.get(code.name, ControllerError)(details, code.name)
 
     # -- applications -------------------------------------------------------------------
 

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from .._errors import Error
+# The controller's errors are the same classes inside a node and in the client.
+from .._errors import (
+    AlreadyExists,
+    AuthError,
+    ControllerError,
+    Error,
+    InvalidRequest,
+    NotFound,
+    Refused,
+    TooLarge,
+    Unavailable,
+)
 
-
-class AuthError(Error, PermissionError):
-    """The client has no token, or the controller refused the one it presented."""
+__all__ = [
+    "AlreadyExists", "AppFailed", "ArchiveError", "AuthError", "ControllerError", "Error",
+    "InvalidRequest", "NotFound", "Refused", "TooLarge", "Unavailable", "UpgradeFailed",
+]
 
 
 class ArchiveError(Error, ValueError):
@@ -41,43 +53,3 @@ class UpgradeFailed(_AppError):
     node and carries the Python traceback."""
 
     _summary = "upgrade of {app} failed"
-
-
-class ControllerError(Error):
-    """The controller refused or failed a request.
-
-    ``code`` is the gRPC status name (``"INVALID_ARGUMENT"``, ``"NOT_FOUND"``, ...) and
-    the message is the controller's own, which says what to do."""
-
-    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class InvalidRequest(ControllerError, ValueError):
-    """The controller found the request malformed (for an app: its manifest or code)."""
-
-
-class NotFound(ControllerError, LookupError):
-    """The app, node or name the request refers to does not exist."""
-
-
-class AlreadyExists(ControllerError):
-    """The app already runs (submit), or already runs this version (upgrade)."""
-
-
-class Refused(ControllerError):
-    """The request is well formed but the cluster's state refuses it."""
-
-
-class TooLarge(ControllerError):
-    """The app's code or manifest is over the controller's size limit."""
-
-
-class Unavailable(ControllerError, ConnectionError):
-    """No controller member could serve the request before the timeout (none reachable,
-    or no leader elected)."""

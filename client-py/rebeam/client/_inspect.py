@@ -105,8 +105,11 @@ class TreeNode:
     #: The node it runs on (or is placed on).
     node: str | None
     children: list[TreeNode] = field(default_factory=list)
-    #: For a top-level child, the controller's state: "running", "assigned" or "pending".
+    #: For a top-level child, the controller's state: "running", "assigned" or "pending",
+    #: or "ended" for one that exited and is not restarted (temporary or transient).
     state: str | None = None
+    #: For a top-level child, its restart type ("permanent", "transient", "temporary").
+    restart: str | None = None
 
     @property
     def pid(self) -> Pid | None:
@@ -155,6 +158,8 @@ class Tree:
 def _describe(n: TreeNode) -> str:
     p = n.process
     if p is None:
+        if n.state == "ended":
+            return f"{n.label}  (ended: exited and not restarted, restart = {n.restart})"
         where = f"placed on {n.node}, not started" if n.node else "waiting for an eligible node"
         return f"{n.label}  ({n.state}: {where})"
     named = f"{n.label}  " if n.label != p.initial else ""
@@ -263,8 +268,10 @@ def tree(client: Client, app: str) -> Tree:
         if running is not None and running.pid not in placed:
             roots.append(subtree(running))
         else:
+            # No assignment: the controller dropped it because the child ended and its
+            # restart type does not bring it back (temporary, or transient ended normally).
             roots.append(TreeNode(label=spec.id, process=None, node=a.node if a else None,
-                                  state=a.state if a else "pending"))
+                                  state=a.state if a else "ended", restart=spec.restart))
     detached = [subtree(p) for p in found
                 if p.pid not in placed and (p.parent is None or p.parent not in by_pid)]
     return Tree(app=app, version=info.version, roots=roots, detached=detached,

@@ -1,0 +1,180 @@
+"""Testing Re:BEAM code with pytest: the ``rebeam.testing`` plugin and assertion helpers.
+
+Enable the plugin with ``-p rebeam.testing`` (or ``pytest_plugins = ["rebeam.testing"]`` in
+a conftest). Then:
+
+- a plain ``pytest`` run starts one real dev node for the session (``rebeam-node --dev``,
+  found through ``$REBEAM_NODE`` or ``PATH``) and runs the whole session inside it;
+- inside the node every test function runs as a process (``rebeam.run``), so it can spawn,
+  link, monitor, trap exits and receive; processes it started are killed after it, while
+  processes started by session fixtures (an app under test) keep running;
+- :func:`assert_receive`, :func:`refute_receive` and :func:`assert_down` check mailboxes
+  with a timeout (they return as soon as the message is there), and :func:`running_app`
+  runs an application directory under its root supervisor for a fixture.
+
+See docs/guide.md ("Testing")."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from ._native import IN_NODE
+from ._pid import Pid, Ref
+from ._process import exit, monitor, process_info, processes, receive, run, self_pid, spawn
+from ._types import Down
+
+__all__ = ["assert_down", "assert_receive", "refute_receive", "running_app"]
+
+WAIT = 5.0
+"""Default seconds an expected message may take; a passing assertion returns at once."""
+
+_ANY: Any = object()
+_INSIDE = "REBEAM_TESTING_INSIDE"
+
+
+def _matcher(pattern: Any, match: Callable[[Any], object] | None) -> Callable[[Any], object]:
+    if match is not None:
+        return match
+    if pattern is _ANY:
+        return lambda _m: True
+    return lambda m: bool(m == pattern)
+
+
+def assert_receive(pattern: Any = _ANY, *, match: Callable[[Any], object] | None = None,
+                   timeout: float = WAIT) -> Any:
+    """Takes and returns the first message equal to ``pattern`` (or for which ``match`` is
+    true, or any message); fails the test if none arrives within ``timeout`` seconds."""
+    missing = object()
+    got = receive(_matcher(pattern, match), timeout, default=missing)
+    if got is missing:
+        wanted = f"matching {match!r}" if match is not None else (
+            "at all" if pattern is _ANY else f"equal to {pattern!r}")
+        raise AssertionError(f"no message {wanted} arrived within {timeout:g} s")
+    return got
+
+
+def refute_receive(pattern: Any = _ANY, *, match: Callable[[Any], object] | None = None,
+                   timeout: float = 0.1) -> None:
+    """Fails the test if a message equal to ``pattern`` (or matching, or any) arrives within
+    ``timeout`` seconds; such a message is taken out of the mailbox."""
+    missing = object()
+    got = receive(_matcher(pattern, match), timeout, default=missing)
+    if got is not missing:
+        raise AssertionError(f"unexpected message {got!r}")
+
+
+def assert_down(target: Pid | Ref, reason: Any = _ANY, *, timeout: float = WAIT) -> Down:
+    """Waits for the ``Down`` of a monitor ``ref``, or monitors ``pid`` now and waits for
+    its ``Down`` (``noproc`` if it is already gone); checks the reason if given."""
+    ref = monitor(target) if isinstance(target, Pid) else target
+    down: Down | None = receive(lambda m: isinstance(m, Down) and m.ref == ref, timeout,
+                                default=None)
+    if down is None:
+        raise AssertionError(f"{target!r} did not go down within {timeout:g} s")
+    if reason is not _ANY and down.reason != reason:
+        raise AssertionError(f"{down.pid} went down with {down.reason!r}, expected {reason!r}")
+    return down
+
+
+@contextmanager
+def running_app(directory: str | os.PathLike[str]) -> Iterator[Pid]:
+    """Runs the application in ``directory`` (its ``rebeam.toml``) under its root supervisor
+    for the block, as ``rebeam-node --app`` would; yields the root's pid, stops it after."""
+    from ._app import AppSupervisor, child_specs, load_manifest
+
+    manifest = load_manifest(os.fspath(directory))
+    child_specs(manifest)  # imports the modules, so an import error fails here, plainly
+    root = spawn(AppSupervisor, manifest)
+    try:
+        yield root
+    finally:
+        def stop_root() -> None:
+            ref = monitor(root)
+            exit(root, "shutdown")
+            receive(lambda m: isinstance(m, Down) and m.ref == ref, WAIT * 2)
+
+        run(stop_root)
+
+
+def _started_by_test(before: set[Pid]) -> list[Pid]:
+    """Live processes that are new since the test began and do not descend from a process
+    that was there before it (an app a fixture started keeps what its supervisors restart)."""
+    parents: dict[Pid, Any] = {}
+    for pid in processes():
+        info = process_info(pid)
+        if info is not None:
+            parents[pid] = info.get("parent")
+    found: list[Pid] = []
+    for pid in parents:
+        if pid in before:
+            continue
+        seen: set[Pid] = set()
+        parent = parents.get(pid)
+        while parent is not None and parent not in seen and parent not in before:
+            seen.add(parent)
+            parent = parents.get(parent)
+        if parent is None or parent not in before:
+            found.append(pid)
+    return found
+
+
+def _reap(pids: list[Pid]) -> None:
+    def reaper() -> None:
+        me = self_pid()
+        refs = [monitor(p) for p in pids if p != me]
+        for pid in pids:
+            if pid != me:
+                exit(pid, "kill")
+        for ref in refs:
+            assert_down(ref)
+
+    if pids:
+        run(reaper)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Runs each test function as a process inside the node, then kills what it started."""
+    if not IN_NODE:
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+    before = set(processes())
+    try:
+        run(pyfuncitem.obj, **kwargs)
+    finally:
+        _reap(_started_by_test(before))
+    return True
+
+
+def _node_binary() -> str:
+    found = os.environ.get("REBEAM_NODE") or shutil.which("rebeam-node")
+    if not found:
+        raise pytest.UsageError(
+            "rebeam.testing runs the tests inside a Re:BEAM node: set REBEAM_NODE to the "
+            "rebeam-node binary or put it on PATH (or run `rebeam-node --dev -m pytest`)")
+    return found
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """Outside a node: starts one dev node for the session and runs pytest inside it."""
+    if IN_NODE or os.environ.get(_INSIDE):
+        return None
+    if config.option.collectonly or getattr(config.option, "help", False):
+        return None
+    env = dict(os.environ, **{_INSIDE: "1"})
+    # The node's embedded Python must find the code the outer one found.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    command = [_node_binary(), "--dev", "-m", "pytest", *config.invocation_params.args]
+    if not any("rebeam.testing" in str(a) for a in config.invocation_params.args):
+        command[4:4] = ["-p", "rebeam.testing"]
+    return subprocess.call(command, cwd=config.invocation_params.dir, env=env)
