@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import _cleanup, pg
+from . import _cleanup, _errors, pg
 from ._errors import (
     AlreadyExists,
     AuthError,
@@ -30,7 +30,7 @@ from ._errors import (
     controller_error,
 )
 from ._genserver import GenServer
-from ._globals import register_global, unregister_global, whereis_global
+from ._globals import nodes, register_global, unregister_global, whereis_global
 from ._names import Dest, Name, NameRegistry, Via
 from ._native import IN_NODE, native
 from ._pid import Pid, Ref, Sender
@@ -86,7 +86,7 @@ __all__ = [
     "NotFound", "NotInNode", "Pid", "Reason", "Ref", "Refused", "Sender", "Supervisor", "Table",
     "TableError", "Timeout", "TooLarge", "Unavailable", "UnknownName", "Via", "call",
     "cancel_timer", "cast", "child", "connect", "demonitor", "exit", "is_alive", "link",
-    "monitor", "monitoring", "noreply", "pg", "process_info", "processes", "receive",
+    "monitor", "monitoring", "nodes", "noreply", "pg", "process_info", "processes", "receive",
     "register", "register_global", "registered", "registry", "reply", "run", "self_pid",
     "send", "send_after", "set_timeout", "spawn", "spawn_link", "spawn_monitor", "start_child",
     "stop", "table", "terminate_child", "trap_exits", "trapping_exits", "unlink", "unregister",
@@ -114,6 +114,7 @@ if IN_NODE:
         "InitError": InitError, "UnknownName": UnknownName, "NameTaken": NameTaken,
         "ProcessKilled": ProcessKilled, "NOREPLY": NOREPLY, "TIMEOUT": TIMEOUT,
         "Global": Global, "cleanup": _cleanup.cleanup, "controller_error": controller_error,
+        "format_exception": _errors.format_exception,
     })
     from . import _output
 

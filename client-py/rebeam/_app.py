@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import Error, Exit, InitError
+from ._errors import Error, Exit, InitError, failed_child
 from ._names import Name, Via
 from ._native import native
 from ._process import receive, spawn_link
@@ -156,21 +156,9 @@ class AppSupervisor(Supervisor):
         return child_specs(manifest)
 
 
-def _failed_child(reason: Any) -> tuple[list[Any], Any]:
-    """Unwraps nested ``("shutdown", ("failed_to_start_child", id, reason))``: the path of
-    child ids down to the child that failed, and its own reason."""
-    path = []
-    while (isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "shutdown"
-           and isinstance(reason[1], tuple) and len(reason[1]) == 3
-           and reason[1][0] == "failed_to_start_child"):
-        path.append(reason[1][1])
-        reason = reason[1][2]
-    return path, reason
-
-
 def _report_start_failure(name: str, error: InitError) -> None:
     """Prints why the application did not start: which child, the exception, its traceback."""
-    path, reason = _failed_child(error.reason)
+    path, reason = failed_child(error.reason)
     where = f" in child {' / '.join(repr(p) for p in path)}" if path else ""
     if isinstance(reason, Crash):
         print(f"rebeam: application {name} failed to start{where}: {reason.type}: "

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import builtins
+import os
 import threading
+import traceback
+from types import TracebackType
 from typing import Any
 
 
@@ -38,7 +41,7 @@ class Exit(Error):
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"{self.pid} exited: {self.reason!r}"
+        return f"{self.pid} exited: {describe_reason(self.reason)}"
 
     def __repr__(self) -> str:
         return f"Exit({self.pid!r}, {self.reason!r})"
@@ -97,7 +100,7 @@ class InitError(Error):
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"{self.pid} failed to start: {self.reason!r}"
+        return f"{self.pid} failed to start: {describe_reason(self.reason)}"
 
 
 class UnknownName(Error, LookupError):
@@ -201,3 +204,61 @@ _OWN: dict[str, type[Exception]] = {
                 InvalidRequest, NotFound, AlreadyExists, Refused, TooLarge, Unavailable,
                 AuthError)
 }
+
+
+def failed_child(reason: Any) -> tuple[list[Any], Any]:
+    """Unwraps nested ``("shutdown", ("failed_to_start_child", id, reason))``: the path of
+    child ids down to the child that failed, and its own reason."""
+    path = []
+    while (isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "shutdown"
+           and isinstance(reason[1], tuple) and len(reason[1]) == 3
+           and reason[1][0] == "failed_to_start_child"):
+        path.append(reason[1][1])
+        reason = reason[1][2]
+    return path, reason
+
+
+def describe_reason(reason: Any) -> str:
+    """An exit reason as one readable line: a crash as ``Type: message`` (its traceback is
+    shown apart), a failed child start as the path of child ids and its reason."""
+    ids, reason = failed_child(reason)
+    path = [repr(i) for i in ids]
+    if hasattr(reason, "traceback") and hasattr(reason, "type"):
+        text = f"{reason.type}: {reason.message}"
+    else:
+        text = repr(reason)
+    return f"child {' / '.join(path)}: {text}" if path else text
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _runtime_frame(frame: traceback.FrameSummary) -> bool:
+    return frame.filename.startswith(_PACKAGE) or frame.filename.startswith("<frozen importlib")
+
+
+def _trim(te: traceback.TracebackException, seen: set[int]) -> None:
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    te.stack = traceback.StackSummary.from_list(
+        [f for f in te.stack if not _runtime_frame(f)])
+    for chained in (te.__cause__, te.__context__):
+        if chained is not None:
+            _trim(chained, seen)
+
+
+def format_exception(etype: type[BaseException] | None, value: BaseException | None,
+                     tb: TracebackType | None) -> list[str]:
+    """``traceback.format_exception`` without the runtime's own frames (this package's
+    files and the import machinery), so a crash report shows the user's code. The node
+    formats every crash and failed start with it."""
+    if value is None:
+        return traceback.format_exception_only(etype, value)
+    te = traceback.TracebackException(type(value), value, tb, compact=True)
+    _trim(te, set())
+    return list(te.format())
+
+# Reports and tracebacks name the public path (rebeam.InitError), where users import them.
+for _cls in (*_OWN.values(), Exit):
+    _cls.__module__ = "rebeam"

@@ -9,6 +9,7 @@ registered through a registry when the process exits."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, runtime_checkable
@@ -127,9 +128,32 @@ def register_name(name: Name, pid: Pid) -> None:
     if isinstance(name, Via):
         register_via(name, pid)
     elif isinstance(name, Global):
-        native.register_global(name.name, pid)
+        _register_global(name.name, pid)
     else:
         native.register(name, pid)
+
+
+RELEASE_WAIT = 5.0
+"""Seconds a registration waits for the controller to release a global name whose holder
+was a process of this node that has exited (its exit report is still on the way)."""
+
+
+def _register_global(name: str, pid: Pid) -> None:
+    # A local name goes with its process at once; a global one when the controller applies
+    # the exit report, a moment later. A supervisor restarting a globally named child must
+    # not fail on that moment, so a dead local holder's name is waited for.
+    deadline = time.monotonic() + RELEASE_WAIT
+    while True:
+        try:
+            native.register_global(name, pid)
+            return
+        except NameTaken as taken:
+            holder = taken.holder
+            stale = (isinstance(holder, Pid) and holder.node == native.stats()["node"]
+                     and not native.is_alive(holder))
+            if not stale or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.002)
 
 
 @_cleanup.on_exit

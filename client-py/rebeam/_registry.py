@@ -117,6 +117,10 @@ class KeyRegistry:
     def __repr__(self) -> str:
         return f"KeyRegistry({self.name!r}, keys={self.keys!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Travels by name, like a table: the receiver gets the node's live registry.
+        return (registry, (self.name,))
+
     def __iter__(self) -> Iterator[Hashable]:
         return iter(list(self._entries))
 

@@ -26,9 +26,22 @@ from typing import Any
 
 import pytest
 
+from ._errors import Exit, InitError
 from ._native import IN_NODE
 from ._pid import Pid, Ref
-from ._process import exit, monitor, process_info, processes, receive, run, self_pid, spawn
+from ._process import (
+    exit,
+    monitor,
+    process_info,
+    processes,
+    receive,
+    run,
+    self_pid,
+    send,
+    spawn,
+    spawn_link,
+    trap_exits,
+)
 from ._types import Down
 
 __all__ = ["assert_down", "assert_receive", "refute_receive", "running_app"]
@@ -84,24 +97,57 @@ def assert_down(target: Pid | Ref, reason: Any = _ANY, *, timeout: float = WAIT)
     return down
 
 
+def _app_owner(manifest: Any, caller: Pid) -> None:
+    """Holds an app's root supervisor as its parent (as ``rebeam-node --app`` does), so a
+    ``stop`` shuts the tree down in order."""
+    from ._app import AppSupervisor
+
+    trap_exits(True)
+    try:
+        root = spawn_link(AppSupervisor, manifest)
+    except InitError as e:
+        send(caller, ("failed", self_pid(), e.reason))
+        return
+    send(caller, ("started", self_pid(), root))
+    while True:
+        message = receive()
+        if message == "stop":
+            exit(root, "shutdown")
+            receive(lambda m: isinstance(m, Exit) and m.pid == root)
+            return
+        if isinstance(message, Exit) and message.pid == root:
+            return
+
+
 @contextmanager
 def running_app(directory: str | os.PathLike[str]) -> Iterator[Pid]:
     """Runs the application in ``directory`` (its ``rebeam.toml``) under its root supervisor
-    for the block, as ``rebeam-node --app`` would; yields the root's pid, stops it after."""
-    from ._app import AppSupervisor, child_specs, load_manifest
+    for the block, as ``rebeam-node --app`` would; yields the root's pid, then shuts the
+    tree down in order. A failed start raises :class:`rebeam.InitError`."""
+    from ._app import child_specs, load_manifest
 
     manifest = load_manifest(os.fspath(directory))
     child_specs(manifest)  # imports the modules, so an import error fails here, plainly
-    root = spawn(AppSupervisor, manifest)
-    try:
-        yield root
-    finally:
-        def stop_root() -> None:
-            ref = monitor(root)
-            exit(root, "shutdown")
-            receive(lambda m: isinstance(m, Down) and m.ref == ref, WAIT * 2)
 
-        run(stop_root)
+    def start() -> tuple[Pid, str, Any]:
+        owner = spawn(_app_owner, manifest, self_pid())
+        state, _, outcome = assert_receive(
+            match=lambda m: isinstance(m, tuple) and len(m) == 3
+            and m[0] in ("started", "failed") and m[1] == owner, timeout=WAIT * 6)
+        return owner, state, outcome
+
+    owner, state, outcome = run(start)
+    if state == "failed":
+        raise InitError(None, outcome)
+    try:
+        yield outcome
+    finally:
+        def stop() -> None:
+            ref = monitor(owner)
+            send(owner, "stop")
+            assert_down(ref, timeout=WAIT * 6)
+
+        run(stop)
 
 
 def _started_by_test(before: set[Pid]) -> list[Pid]:

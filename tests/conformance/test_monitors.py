@@ -141,3 +141,17 @@ def test_monitor_of_an_unknown_name_raises_unknown_name():
     # OTP would deliver Down(noproc) for an unregistered name; see docs/semantics.md
     with pytest.raises(rebeam.UnknownName):
         rebeam.monitor(f"nobody-{rebeam.self_pid().serial}")
+
+
+def test_monitoring_is_a_context_manager_that_demonitors_and_flushes():
+    pid = rebeam.spawn(forever)
+    with rebeam.monitoring(pid) as ref:
+        rebeam.exit(pid, "bye")
+        assert wait_down(ref).reason == "bye"
+    other = rebeam.spawn(forever)
+    with rebeam.monitoring(other) as ref:
+        rebeam.exit(other, "kill")
+        # leave the block without receiving: the Down is flushed with the monitor
+        while rebeam.is_alive(other):
+            nothing(0.005)
+    assert nothing(0.05, match=lambda m: isinstance(m, rebeam.Down) and m.ref == ref)

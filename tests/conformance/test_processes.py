@@ -485,3 +485,7 @@ def test_reply_then_return_answers_once():
     assert rebeam.call(pid, "x") == "first"
     assert nothing(0.05)
     assert rebeam.call(pid, "x") == "first"
+
+
+def test_nodes_lists_the_alive_nodes_with_this_one():
+    assert rebeam.self_pid().node in rebeam.nodes()

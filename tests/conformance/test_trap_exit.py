@@ -155,3 +155,12 @@ def test_killed_code_that_swallows_the_kill_cannot_send():
     rebeam.exit(pid, "kill")
     assert wait_down(ref).reason == "killed"
     assert rebeam.receive(match=lambda m: m == "zombie", timeout=0.2, default=None) is None
+
+
+def test_trapping_exits_is_a_context_manager_that_restores_the_setting():
+    assert rebeam.trap_exits(False) is False
+    with rebeam.trapping_exits():
+        pid = rebeam.spawn_link(forever)
+        rebeam.exit(pid, "bye")
+        assert wait_exit(pid).reason == "bye"
+    assert rebeam.trap_exits(False) is False  # restored

@@ -238,6 +238,50 @@ def test_tree_has_each_supervisor_with_its_workers_on_its_node(client: rebeam.Cl
     assert any(line.startswith("└── top_b  <") for line in lines)
 
 
+def test_tree_shows_a_finished_temporary_child_as_ended(client: rebeam.Client,
+                                                        workdir: Path) -> None:
+    d = workdir / "once"
+    (d / "once").mkdir(parents=True)
+    (d / "once" / "__init__.py").write_text("")
+    (d / "once" / "jobs.py").write_text(textwrap.dedent("""
+        import rebeam
+
+        class Idle(rebeam.GenServer):
+            pass
+
+        def migrate():
+            return None
+    """))
+    (d / "rebeam.toml").write_text(textwrap.dedent("""
+        [app]
+        name = "once"
+        version = "1.0.0"
+
+        [[children]]
+        start = "once.jobs:Idle"
+        name = "idle"
+
+        [[children]]
+        start = "once.jobs:migrate"
+        name = "migrate"
+        restart = "temporary"
+    """))
+    client.submit(d)
+    try:
+        def ended() -> rebeam.client.TreeNode | None:
+            roots = client.tree("once").roots
+            return roots[1] if roots[1].state == "ended" else None
+
+        node = wait_for("the temporary child to end", ended)
+        assert isinstance(node, rebeam.client.TreeNode)
+        assert node.process is None and node.restart == "temporary"
+        line = client.tree("once").lines()[2]
+        assert line == "└── migrate  (ended: exited and not restarted, restart = temporary)"
+        assert "waiting for an eligible node" not in "\n".join(client.tree("once").lines())
+    finally:
+        client.stop("once")
+
+
 def test_tree_of_an_unknown_app_is_not_found(client: rebeam.Client) -> None:
     with pytest.raises(rebeam.client.NotFound):
         client.tree("never-submitted")

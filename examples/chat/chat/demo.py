@@ -22,13 +22,14 @@ class Demo(rebeam.GenServer):
     def init(self) -> None:
         # In a cluster the lobby may start on another node a moment later: join on the
         # first tick, not here.
-        self.room = None
+        self.room: rebeam.Pid | None = None
         self.step = 0
         rebeam.send_after(0.2, rebeam.self_pid(), "tick")
 
     def join(self) -> None:
-        self.room = rebeam.call(LOBBY, ("room", "general"))
-        rebeam.call(self.room, ("join", "demo", rebeam.self_pid()))
+        room: rebeam.Pid = rebeam.call(LOBBY, ("room", "general"))
+        rebeam.call(room, ("join", "demo", rebeam.self_pid()))
+        self.room = room
 
     def handle_info(self, message: Any) -> None:
         match message:
