@@ -40,7 +40,8 @@ pub struct PyTypes {
     /// `rebeam._errors.controller_error(code, message)`: the typed exception for a controller
     /// answer, the same classes the client raises.
     pub controller_error: Py<PyAny>,
-    /// `traceback.format_exception`.
+    /// `rebeam._errors.format_exception`: `traceback.format_exception` without the
+    /// runtime's own frames, for crash reports users read.
     pub format_exception: Py<PyAny>,
 }
 
@@ -69,10 +70,7 @@ pub fn install(py: Python<'_>, types: &Bound<'_, PyDict>) -> PyResult<()> {
         global: get("Global")?,
         cleanup: get("cleanup")?,
         controller_error: get("controller_error")?,
-        format_exception: py
-            .import("traceback")?
-            .getattr("format_exception")?
-            .unbind(),
+        format_exception: get("format_exception")?,
     };
     let _ = TYPES.set(py, installed);
     Ok(())
