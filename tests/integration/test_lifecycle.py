@@ -249,9 +249,11 @@ def test_start_errors_reach_the_user_with_their_traceback(target: Target, tmp_pa
                                                           code: str, pattern: str) -> None:
     with target.client() as c:
         try:
-            with pytest.raises(AppFailed, match=pattern):
+            with pytest.raises(AppFailed, match=pattern) as info:
                 c.submit(write_app(tmp_path, "1.0.0", code, name=name), wait=60)
             assert c.app(name).status == "failed"
+            # The user's frames and exception only: no runtime frames, no escaped repr.
+            assert "rebeam/_" not in info.value.reason and "Crash(" not in info.value.reason
         finally:
             if c.app(name).status == "running":
                 c.stop(name)

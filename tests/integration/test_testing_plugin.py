@@ -1,0 +1,54 @@
+"""`rebeam.testing` from a plain pytest run: one real dev node for the session, each test a
+process, what a test started killed after it, failures reported with pytest's exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from harness import REPO, node_binary
+
+TESTS = """
+    import rebeam
+    from rebeam.testing import assert_down, assert_receive, refute_receive
+
+    LEFT = []
+
+    def forever():
+        while True:
+            rebeam.receive()
+
+    def test_a_body_is_a_process():
+        rebeam.send(rebeam.self_pid(), "hi")
+        assert assert_receive("hi") == "hi"
+        refute_receive("hi")
+        LEFT.append(rebeam.spawn(forever))
+
+    def test_what_the_previous_test_started_was_killed():
+        (pid,) = LEFT
+        assert_down(pid, "noproc")
+
+    def test_a_failing_assertion_fails():
+        assert_receive("never", timeout=0.05)
+"""
+
+
+def run_pytest(directory: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, REBEAM_NODE=str(node_binary()),
+               PYTHONPATH=os.pathsep.join([str(REPO / "client-py"), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "rebeam.testing", "-q", "-p",
+                           "no:cacheprovider", str(directory)],
+                          cwd=directory, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_plugin_runs_the_session_in_a_node(tmp_path: Path) -> None:
+    (tmp_path / "test_app.py").write_text(textwrap.dedent(TESTS))
+    result = run_pytest(tmp_path)
+    out = result.stdout + result.stderr
+    assert "rebeam-node: dev controller at" in out
+    assert "2 passed" in out and "1 failed" in out, out
+    assert "no message equal to 'never' arrived within 0.05 s" in out
+    assert result.returncode == 1
