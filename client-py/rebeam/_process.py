@@ -97,7 +97,10 @@ def noreply() -> Any:
 
 
 # The functions below take any destination. A `Via` name is resolved here, in Python; every
-# other destination goes to the node as it is, so pids and local names pay one type check.
+# other destination goes to the node as it is, so pids and local names pay one type check
+# (bound once: the hot paths skip the attribute lookups).
+_send, _cast, _call = native.send, native.cast, native.call
+
 
 def send(dest: Dest, message: object) -> None:
     """Sends ``message`` to a pid or name; never blocks, and a message to a dead process is
@@ -109,7 +112,7 @@ def send(dest: Dest, message: object) -> None:
             custom(via.key, message)
             return
         dest = pid_of(via)
-    native.send(dest, message)
+    _send(dest, message)
 
 
 def cast(dest: Dest, request: object) -> None:
@@ -120,7 +123,7 @@ def cast(dest: Dest, request: object) -> None:
         if pid is None:
             return
         dest = pid
-    native.cast(dest, request)
+    _cast(dest, request)
 
 
 def call(dest: Dest, request: object, timeout: float | None = 5.0) -> Any:
@@ -133,7 +136,7 @@ def call(dest: Dest, request: object, timeout: float | None = 5.0) -> Any:
         if pid is None:
             raise Exit(dest, "noproc")
         dest = pid
-    return native.call(dest, request, timeout)
+    return _call(dest, request, timeout)
 
 
 def reply(sender: Sender, value: object) -> bool:
