@@ -354,3 +354,61 @@ def test_an_upgrade_finishes_when_a_node_dies_during_it(two_nodes: tuple[str, di
         assert reply == ("v2", 0, "helpers-2")
         moved = c.whereis("counter")
         assert moved is not None and moved.node != victim.node
+
+
+
+VIA_APP = """
+import rebeam
+
+try:
+    NAMES = rebeam.registry("via-names")
+except LookupError:
+    NAMES = rebeam.KeyRegistry("via-names")
+
+
+class Main(rebeam.GenServer):
+    def handle_call(self, request, sender):
+        if request == "crash":
+            raise RuntimeError("asked to crash")
+        return rebeam.self_pid(), rebeam.whereis(rebeam.Via(NAMES, "main"))
+"""
+VIA_MANIFEST = """
+[app]
+name = "viaapp"
+version = "1.0.0"
+
+[[children]]
+start = "viamod:Main"
+name = "main"
+registry = "viamod:NAMES"
+"""
+
+
+def test_a_manifest_child_named_in_a_user_registry(target: Target, tmp_path: Path) -> None:
+    d = tmp_path / "viaapp"
+    d.mkdir()
+    (d / "rebeam.toml").write_text(VIA_MANIFEST)
+    (d / "viamod.py").write_text(VIA_APP)
+    with target.client() as c:
+        c.submit(d, wait=60)
+        try:
+            def main() -> object:
+                found = [p.pid for p in c.processes("viaapp") if p.label == "main"]
+                return found[0] if len(found) == 1 else None
+
+            first = wait_for("the child", main)
+            me, named = c.call(first, "whoami")
+            assert me == first and named == first  # registered under Via(NAMES, "main")
+            with pytest.raises(RuntimeError):  # the crash, as its own type
+                c.call(first, "crash")
+
+            # Restarted (on any node): the new process holds the name; the old one let go.
+            def restarted() -> object:
+                pid = main()
+                if pid is None or pid == first:
+                    return None
+                me, named = c.call(pid, "whoami")
+                return me == named == pid
+            wait_for("the restarted child under its Via name", restarted)
+        finally:
+            c.stop("viaapp")
