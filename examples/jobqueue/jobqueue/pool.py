@@ -9,6 +9,8 @@ import rebeam
 
 from .tasks import TASKS
 
+QUEUE = rebeam.Global("jobqueue")
+
 
 def _workers() -> rebeam.KeyRegistry:
     # A node keeps one registry per name; a new code version of this module reuses it.
@@ -19,20 +21,37 @@ def _workers() -> rebeam.KeyRegistry:
 
 
 WORKERS = _workers()
-"""Worker ``i`` is registered as ``Via(WORKERS, i)`` while it runs."""
+"""Worker ``i`` of pool ``p`` is registered as ``Via(WORKERS, (p, i))`` on its node."""
 
 
 class Worker(rebeam.GenServer):
-    def init(self, index: int) -> None:
-        self.index = index
-        rebeam.cast("jobqueue", ("ready", rebeam.self_pid()))
+    def init(self, pool: str, index: int) -> None:
+        self.pool, self.index = pool, index
+        self.announce()
+
+    def announce(self) -> None:
+        """Tells the queue this worker is free. On another node the queue's global name may
+        not be known yet, and a restarted queue forgets its workers: so find it, watch it,
+        and announce again when it comes back."""
+        queue = rebeam.whereis(QUEUE)
+        if queue is None:
+            rebeam.send_after(0.05, rebeam.self_pid(), "announce")
+            return
+        rebeam.monitor(queue)
+        rebeam.cast(queue, ("ready", rebeam.self_pid()))
+
+    def handle_info(self, message: Any) -> None:
+        if message == "announce":
+            self.announce()
+        elif isinstance(message, rebeam.Down):  # the queue went; its name lags a moment
+            rebeam.send_after(0.05, rebeam.self_pid(), "announce")
 
     def handle_cast(self, request: Any) -> None:
         match request:
             case ("run", job_id, task, args, attempt):
                 # An exception here crashes the worker; the queue sees it go down.
                 value = TASKS[task](attempt, *args)
-                rebeam.cast("jobqueue", ("done", job_id, value, rebeam.self_pid()))
+                rebeam.cast(QUEUE, ("done", job_id, value, rebeam.self_pid()))
 
 
 class Pool(rebeam.Supervisor):
@@ -40,5 +59,6 @@ class Pool(rebeam.Supervisor):
     max_restarts = 100  # crashing jobs are expected; the queue bounds them by max_attempts
     max_seconds = 1
 
-    def children(self, size: int) -> list[rebeam.ChildSpec]:
-        return [rebeam.child(Worker, (i,), name=rebeam.Via(WORKERS, i)) for i in range(size)]
+    def children(self, pool: str, size: int) -> list[rebeam.ChildSpec]:
+        return [rebeam.child(Worker, (pool, i), name=rebeam.Via(WORKERS, (pool, i)))
+                for i in range(size)]

@@ -9,7 +9,7 @@ from typing import Any
 
 import rebeam
 
-QUEUE = "jobqueue"
+QUEUE = rebeam.Global("jobqueue")
 MAX_ATTEMPTS = 3
 
 

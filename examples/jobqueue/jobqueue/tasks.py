@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,12 @@ class Crash(Exception):
 
 
 def square(attempt: int, x: int) -> int:
+    return x * x
+
+
+def slow_square(attempt: int, x: int) -> int:
+    """Takes a moment, so that jobs are in flight when a node is lost."""
+    time.sleep(0.02)
     return x * x
 
 
@@ -26,5 +33,5 @@ def always_crash(attempt: int, x: int) -> int:
 
 
 TASKS: dict[str, Callable[..., Any]] = {
-    "square": square, "crash_once": crash_once, "always_crash": always_crash,
+    "square": square, "slow_square": slow_square, "crash_once": crash_once, "always_crash": always_crash,
 }
