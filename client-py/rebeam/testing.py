@@ -8,6 +8,8 @@ a conftest). Then:
 - inside the node every test function runs as a process (``rebeam.run``), so it can spawn,
   link, monitor, trap exits and receive; processes it started are killed after it, while
   processes started by session fixtures (an app under test) keep running;
+- the ``rebeam_client`` fixture is a client of that node's embedded controller, to submit
+  an app and call it as users do from outside;
 - :func:`assert_receive`, :func:`refute_receive` and :func:`assert_down` check mailboxes
   with a timeout (they return as soon as the message is there), and :func:`running_app`
   runs an application directory under its root supervisor for a fixture.
@@ -17,12 +19,14 @@ See docs/guide.md ("Testing")."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -44,13 +48,18 @@ from ._process import (
 )
 from ._types import Down
 
-__all__ = ["assert_down", "assert_receive", "refute_receive", "running_app"]
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["assert_down", "assert_receive", "refute_receive", "rebeam_client", "running_app"]
 
 WAIT = 5.0
 """Default seconds an expected message may take; a passing assertion returns at once."""
 
 _ANY: Any = object()
 _INSIDE = "REBEAM_TESTING_INSIDE"
+_URL = "REBEAM_TESTING_URL"
+_TOKEN = "REBEAM_TESTING_TOKEN"
 
 
 def _matcher(pattern: Any, match: Callable[[Any], object] | None) -> Callable[[Any], object]:
@@ -201,6 +210,28 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def rebeam_client() -> Iterator[Client]:
+    """A client of the session's dev node (its embedded controller): submit apps, call
+    global names and inspect them as from outside the cluster."""
+    from .client import connect
+
+    url, token = os.environ.get(_URL), os.environ.get(_TOKEN)
+    if not url or not token:
+        raise pytest.UsageError(
+            "rebeam_client needs the node rebeam.testing starts: run pytest outside a node "
+            "with -p rebeam.testing (REBEAM_NODE set), not inside `rebeam-node -m pytest`")
+    with connect(url, token=token) as client:
+        yield client
+
+
 def _node_binary() -> str:
     found = os.environ.get("REBEAM_NODE") or shutil.which("rebeam-node")
     if not found:
@@ -217,7 +248,12 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         return None
     if config.option.collectonly or getattr(config.option, "help", False):
         return None
-    env = dict(os.environ, **{_INSIDE: "1"})
+    token = secrets.token_urlsafe(24)
+    url = f"http://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, **{_INSIDE: "1", _URL: url, _TOKEN: token,
+                              # the dev node's embedded controller serves clients there
+                              "REBEAM_API_LISTEN": url.removeprefix("http://"),
+                              "REBEAM_CLIENT_TOKENS": token})
     # The node's embedded Python must find the code the outer one found.
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     command = [_node_binary(), "--dev", "-m", "pytest", *config.invocation_params.args]

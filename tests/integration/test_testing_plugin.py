@@ -12,6 +12,8 @@ from pathlib import Path
 from harness import REPO, node_binary
 
 TESTS = """
+    from pathlib import Path
+
     import rebeam
     from rebeam.testing import assert_down, assert_receive, refute_receive
 
@@ -33,6 +35,31 @@ TESTS = """
 
     def test_a_failing_assertion_fails():
         assert_receive("never", timeout=0.05)
+
+    def test_the_client_fixture_reaches_the_node(rebeam_client):
+        app = Path(__file__).parent / "echoapp"
+        rebeam_client.submit(app, wait=30)
+        try:
+            assert rebeam_client.call(rebeam.Global("echo"), "hi") == "hi"
+        finally:
+            rebeam_client.stop("echoapp")
+"""
+ECHO = """
+    import rebeam
+
+    class Echo(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            return request
+"""
+ECHO_MANIFEST = """
+    [app]
+    name = "echoapp"
+    version = "1.0.0"
+
+    [[children]]
+    start = "echomod:Echo"
+    name = "echo"
+    global = true
 """
 
 
@@ -46,9 +73,12 @@ def run_pytest(directory: Path) -> subprocess.CompletedProcess[str]:
 
 def test_the_plugin_runs_the_session_in_a_node(tmp_path: Path) -> None:
     (tmp_path / "test_app.py").write_text(textwrap.dedent(TESTS))
+    (tmp_path / "echoapp").mkdir()
+    (tmp_path / "echoapp" / "rebeam.toml").write_text(textwrap.dedent(ECHO_MANIFEST))
+    (tmp_path / "echoapp" / "echomod.py").write_text(textwrap.dedent(ECHO))
     result = run_pytest(tmp_path)
     out = result.stdout + result.stderr
     assert "rebeam-node: dev controller at" in out
-    assert "2 passed" in out and "1 failed" in out, out
+    assert "3 passed" in out and "1 failed" in out, out
     assert "no message equal to 'never' arrived within 0.05 s" in out
     assert result.returncode == 1
