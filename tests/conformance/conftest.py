@@ -28,8 +28,9 @@ def _reap(before: set) -> None:
         for pid in leftovers:
             rebeam.exit(pid, "kill")
         for ref in refs:
-            rebeam.receive(match=lambda m, ref=ref: isinstance(m, rebeam.Down) and m.ref == ref,
-                           timeout=5)
+            def down(m: object, ref: rebeam.Ref = ref) -> bool:
+                return isinstance(m, rebeam.Down) and m.ref == ref
+            rebeam.receive(match=down, timeout=5)
 
     rebeam.run(reaper)
 

@@ -61,7 +61,7 @@ def test_trapped_exit_messages_compare_with_plain_exits():
         rebeam.call(pid, ("crash", "x"))
     message = rebeam.receive(lambda m: isinstance(m, rebeam.Exit) and m.pid == pid, timeout=5)
     assert isinstance(message, RuntimeError)
-    assert message.reason.message == "x"
+    assert message.reason.message == "x"  # type: ignore[attr-defined]
 
 
 def test_controller_failures_are_the_client_classes():

@@ -8,6 +8,7 @@ import pytest
 
 import rebeam
 from _util import expect, forever, nothing, wait_down, wait_exit, warm
+from rebeam._native import native
 
 
 class Recorder(rebeam.GenServer):
@@ -152,7 +153,7 @@ def test_terminate_not_called_when_killed_by_an_exit_signal_without_trapping():
 
 def test_terminate_called_on_parent_shutdown_when_trapping():
     class Trapping(Recorder):
-        def init(self, owner):
+        def init(self, owner):  # type: ignore[override]
             super().init(owner)
             rebeam.trap_exits(True)
 
@@ -279,9 +280,9 @@ def test_init_calling_stop_fails_the_start_with_that_reason():
 
 def test_genserver_handles_messages_without_holding_a_thread_when_idle():
     # many idle servers must not need many threads
-    before = rebeam.native.stats()["executors"]
+    before = native.stats()["executors"]
     pids = [rebeam.spawn(Recorder, rebeam.self_pid()) for _ in range(300)]
-    assert rebeam.native.stats()["executors"] <= before + 2
+    assert native.stats()["executors"] <= before + 2
     assert sum(rebeam.call(p, "get") for p in pids) == 0
 
 

@@ -26,7 +26,7 @@ def test_mutating_a_sent_list_afterwards_is_not_observed():
     rebeam.send(pid, message)
     expect("holding")
     message.append(4)
-    message[0] = "changed"
+    message[0] = "changed"  # type: ignore[call-overload]
     rebeam.send(pid, "mutated")
     assert rebeam.receive(timeout=5) == ("held", [1, 2, 3])
 
@@ -37,7 +37,7 @@ def test_mutating_a_sent_dict_afterwards_is_not_observed():
     message = {"a": {"nested": [1]}}
     rebeam.send(pid, message)
     message["a"]["nested"].append(2)
-    message["b"] = 1
+    message["b"] = 1  # type: ignore[assignment]
     expect("holding")
     rebeam.send(pid, "mutated")
     assert rebeam.receive(timeout=5) == ("held", {"a": {"nested": [1]}})

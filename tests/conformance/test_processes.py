@@ -80,7 +80,7 @@ def test_send_never_fails_to_a_dead_process():
     pid, ref = rebeam.spawn_monitor(lambda: None)
     wait_down(ref)
     assert not rebeam.is_alive(pid)
-    assert rebeam.send(pid, "into the void") is None
+    assert rebeam.send(pid, "into the void") is None  # type: ignore[func-returns-value]
     rebeam.cast(pid, "into the void")
 
 
@@ -449,7 +449,7 @@ def test_every_exception_derives_from_error():
 
 
 def test_cast_to_an_unknown_name_is_silently_dropped():
-    assert rebeam.cast(f"nobody-{rebeam.self_pid().serial}", "x") is None
+    assert rebeam.cast(f"nobody-{rebeam.self_pid().serial}", "x") is None  # type: ignore[func-returns-value]
 
 
 def test_stop_without_reason_is_normal():

@@ -141,7 +141,7 @@ def test_invalid_names_are_refused():
     with pytest.raises(ValueError):
         rebeam.register("", pid)
     with pytest.raises(TypeError):
-        rebeam.register(42, pid)
+        rebeam.register(42, pid)  # type: ignore[arg-type]
 
 
 # -- key registry -----------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_key_registry_unregister_and_names():
     with pytest.raises(rebeam.NameTaken):
         rebeam.KeyRegistry(name)
     with pytest.raises(ValueError):
-        rebeam.KeyRegistry(fresh("reg"), keys="several")
+        rebeam.KeyRegistry(fresh("reg"), keys="several")  # type: ignore[arg-type]
     reg.register("mine", 1)
     assert reg.lookup("mine") == [(rebeam.self_pid(), 1)]
     reg.unregister("mine")

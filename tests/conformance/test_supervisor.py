@@ -4,6 +4,7 @@ dynamic children and spec validation (DESIGN §3)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -344,11 +345,11 @@ def test_child_init_raising_makes_supervisor_start_fail():
     ("strategy", {"strategy": "one_for_some"}),
     ("max_restarts", {"max_restarts": -1}),
     ("max_seconds", {"max_seconds": 0}),
-    ("restart", child(Worker, restart="sometimes")),
+    ("restart", child(Worker, restart="sometimes")),  # type: ignore[arg-type]
     ("shutdown", child(Worker, shutdown=-1)),
-    ("shutdown", child(Worker, shutdown="later")),
-    ("name", child(Worker, name=42)),
-    ("start", child(42)),
+    ("shutdown", child(Worker, shutdown="later")),  # type: ignore[arg-type]
+    ("name", child(Worker, name=42)),  # type: ignore[arg-type]
+    ("start", child(42)),  # type: ignore[arg-type]
 ])
 def test_invalid_specs_are_rejected_naming_the_field(field, spec_or_attrs):
     if isinstance(spec_or_attrs, dict):
@@ -442,7 +443,7 @@ def test_supervisor_stops_children_when_its_parent_exits():
     assert wait_down(refs["b"]).reason == "shutdown"
 
 
-_attempts = {}
+_attempts: dict[Any, int] = {}
 
 
 class FailsAfterFirst(rebeam.GenServer):

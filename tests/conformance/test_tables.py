@@ -48,7 +48,7 @@ def test_set_has_no_order_promise_but_keeps_every_key():
     t = rebeam.Table(fresh(), kind="set")
     for key in range(100):
         t.insert(key, key)
-    assert sorted(t.keys()) == list(range(100))
+    assert sorted(t.keys()) == list(range(100)) # type: ignore[type-var]
 
 
 def test_bag_keeps_distinct_values_per_key():
@@ -123,9 +123,9 @@ def test_access_public_protected_private():
 def test_bad_kind_access_and_taken_name():
     name = fresh()
     with pytest.raises(ValueError, match="kind"):
-        rebeam.Table(name, kind="heap")
+        rebeam.Table(name, kind="heap")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="access"):
-        rebeam.Table(name, access="secret")
+        rebeam.Table(name, access="secret")  # type: ignore[arg-type]
     rebeam.Table(name)
     with pytest.raises(rebeam.NameTaken) as info:
         rebeam.Table(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -15,7 +15,7 @@ from _util import Echo, expect, forever, nothing, wait_down, wait_exit
 _serial = itertools.count()
 
 
-def fresh_registry(keys: str = "unique") -> rebeam.KeyRegistry:
+def fresh_registry(keys: Literal["unique", "duplicate"] = "unique") -> rebeam.KeyRegistry:
     return rebeam.KeyRegistry(f"via-{rebeam.self_pid().serial}-{next(_serial)}", keys=keys)
 
 
