@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 from ._errors import Error
+from ._pid import Sender
+from ._types import Reason
 
 log = logging.getLogger("rebeam")
 
@@ -27,7 +29,7 @@ class GenServer:
                 f"args={args!r} kwargs={kwargs!r}; define init(self, ...) to accept them"
             )
 
-    def handle_call(self, request: Any, sender: Any) -> Any:
+    def handle_call(self, request: Any, sender: Sender) -> Any:
         """Answers a ``call``; the default crashes the server, as OTP's does."""
         raise Error(f"{type(self).__qualname__} does not handle calls (got {request!r})")
 
@@ -39,7 +41,7 @@ class GenServer:
         """Handles any other message; the default logs and drops it."""
         log.debug("%s dropped an unexpected message: %r", type(self).__qualname__, message)
 
-    def terminate(self, reason: Any) -> None:
+    def terminate(self, reason: Reason) -> None:
         """Cleans up before the process exits with ``reason``."""
 
     def code_change(self, old_version: str, extra: Any) -> None:
