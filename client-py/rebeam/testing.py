@@ -9,7 +9,8 @@ a conftest). Then:
   link, monitor, trap exits and receive; processes it started are killed after it, while
   processes started by session fixtures (an app under test) keep running;
 - the ``rebeam_client`` fixture is a client of that node's embedded controller, to submit
-  an app and call it as users do from outside;
+  an app and call it as users do from outside; ``rebeam_cluster`` joins more real nodes
+  (``--rebeam-nodes N``, default 2) to it for the session;
 - :func:`assert_receive`, :func:`refute_receive` and :func:`assert_down` check mailboxes
   with a timeout (they return as soon as the message is there), and :func:`running_app`
   runs an application directory under its root supervisor for a fixture.
@@ -24,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ._errors import Exit, InitError
-from ._native import IN_NODE
+from ._native import IN_NODE, native
 from ._pid import Pid, Ref
 from ._process import (
     exit,
@@ -51,7 +53,8 @@ from ._types import Down
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["assert_down", "assert_receive", "refute_receive", "rebeam_client", "running_app"]
+__all__ = ["assert_down", "assert_receive", "rebeam_client", "rebeam_cluster", "refute_receive",
+           "running_app"]
 
 WAIT = 5.0
 """Default seconds an expected message may take; a passing assertion returns at once."""
@@ -60,6 +63,8 @@ _ANY: Any = object()
 _INSIDE = "REBEAM_TESTING_INSIDE"
 _URL = "REBEAM_TESTING_URL"
 _TOKEN = "REBEAM_TESTING_TOKEN"
+_SECRET = "REBEAM_TESTING_SECRET"
+_BINARY = "REBEAM_TESTING_NODE"
 
 
 def _matcher(pattern: Any, match: Callable[[Any], object] | None) -> Callable[[Any], object]:
@@ -232,6 +237,62 @@ def rebeam_client() -> Iterator[Client]:
         yield client
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--rebeam-nodes", type=int, default=2, metavar="N",
+                     help="rebeam.testing: nodes the rebeam_cluster fixture adds to the "
+                          "session's dev node (default 2)")
+
+
+@pytest.fixture(scope="session")
+def rebeam_cluster(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """A small cluster for the session: ``--rebeam-nodes`` more real nodes joined to the
+    dev node's controller. Yields the names of all nodes, this one first; stops the added
+    ones at the end. Top-level children of submitted apps are placed on all of them."""
+    url, secret, binary, token = (os.environ.get(k) for k in (_URL, _SECRET, _BINARY, _TOKEN))
+    if not url or not secret or not binary or not token:
+        raise pytest.UsageError(
+            "rebeam_cluster needs the node rebeam.testing starts: run pytest outside a node "
+            "with -p rebeam.testing (REBEAM_NODE set)")
+    from ._globals import nodes
+
+    count: int = request.config.getoption("--rebeam-nodes")
+    root = tmp_path_factory.mktemp("rebeam-cluster")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
+    started: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        for i in range(1, count + 1):
+            name = f"node{i}"
+            with open(root / f"{name}.log", "wb") as log:
+                started.append((name, subprocess.Popen(
+                    [binary, "--controllers", url.removeprefix("http://"), "--secret", secret,
+                     "--name", name, "--data-dir", str(root / name),
+                     # the session's clients inspect every node with the same token
+                     "--client-token", token],
+                    stdout=log, stderr=subprocess.STDOUT, env=env)))
+        names = [n for n, _ in started]
+        deadline = time.monotonic() + 30
+        while not set(names) <= set(nodes()):
+            for name, proc in started:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"node {name} exited with {proc.returncode}; see "
+                                       f"{root / (name + '.log')}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nodes {names} did not join within 30 s; logs in {root}")
+            time.sleep(0.02)
+        here = str(native.stats()["node"])
+        yield [here, *names]
+    finally:
+        for _, proc in started:
+            proc.terminate()
+        for _, proc in started:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def _node_binary() -> str:
     found = os.environ.get("REBEAM_NODE") or shutil.which("rebeam-node")
     if not found:
@@ -248,15 +309,17 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         return None
     if config.option.collectonly or getattr(config.option, "help", False):
         return None
-    token = secrets.token_urlsafe(24)
+    token, secret = secrets.token_urlsafe(24), secrets.token_hex(16)
     url = f"http://127.0.0.1:{_free_port()}"
-    env = dict(os.environ, **{_INSIDE: "1", _URL: url, _TOKEN: token,
-                              # the dev node's embedded controller serves clients there
+    binary = _node_binary()
+    env = dict(os.environ, **{_INSIDE: "1", _URL: url, _TOKEN: token, _SECRET: secret,
+                              _BINARY: binary,
+                              # the dev node's embedded controller serves clients and nodes there
                               "REBEAM_API_LISTEN": url.removeprefix("http://"),
-                              "REBEAM_CLIENT_TOKENS": token})
+                              "REBEAM_CLIENT_TOKENS": token, "REBEAM_SECRET": secret})
     # The node's embedded Python must find the code the outer one found.
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    command = [_node_binary(), "--dev", "-m", "pytest", *config.invocation_params.args]
+    command = [binary, "--dev", "-m", "pytest", *config.invocation_params.args]
     if not any("rebeam.testing" in str(a) for a in config.invocation_params.args):
         command[4:4] = ["-p", "rebeam.testing"]
     return subprocess.call(command, cwd=config.invocation_params.dir, env=env)

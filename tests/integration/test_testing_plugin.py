@@ -1,5 +1,6 @@
 """`rebeam.testing` from a plain pytest run: one real dev node for the session, each test a
-process, what a test started killed after it, failures reported with pytest's exit code."""
+process, what a test started killed after it, failures reported with pytest's exit code, a
+client of the node and a small cluster of real nodes joined to it."""
 
 from __future__ import annotations
 
@@ -43,6 +44,18 @@ TESTS = """
             assert rebeam_client.call(rebeam.Global("echo"), "hi") == "hi"
         finally:
             rebeam_client.stop("echoapp")
+
+    def test_a_small_cluster_for_the_session(rebeam_cluster, rebeam_client):
+        assert len(rebeam_cluster) == 3 and rebeam.nodes() == sorted(rebeam_cluster)
+        rebeam_client.submit(Path(__file__).parent / "spreadapp", wait=30)
+        try:
+            placed = {a.child: a.node for a in rebeam_client.cluster().assignments
+                      if a.app == "spreadapp"}
+            assert sorted(placed.values()) == sorted(rebeam_cluster)  # one on each node
+            for i in range(3):  # each answers, wherever it runs
+                assert rebeam.call(rebeam.Global(f"spread{i}"), i) == i
+        finally:
+            rebeam_client.stop("spreadapp")
 """
 ECHO = """
     import rebeam
@@ -63,6 +76,19 @@ ECHO_MANIFEST = """
 """
 
 
+SPREAD_MANIFEST = """
+    [app]
+    name = "spreadapp"
+    version = "1.0.0"
+""" + "".join(f"""
+    [[children]]
+    start = "echomod:Echo"
+    name = "spread{i}"
+    global = true
+    placement = "spread"
+""" for i in range(3))
+
+
 def run_pytest(directory: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, REBEAM_NODE=str(node_binary()),
                PYTHONPATH=os.pathsep.join([str(REPO / "client-py"), os.environ.get("PYTHONPATH", "")]))
@@ -76,9 +102,12 @@ def test_the_plugin_runs_the_session_in_a_node(tmp_path: Path) -> None:
     (tmp_path / "echoapp").mkdir()
     (tmp_path / "echoapp" / "rebeam.toml").write_text(textwrap.dedent(ECHO_MANIFEST))
     (tmp_path / "echoapp" / "echomod.py").write_text(textwrap.dedent(ECHO))
+    (tmp_path / "spreadapp").mkdir()
+    (tmp_path / "spreadapp" / "rebeam.toml").write_text(textwrap.dedent(SPREAD_MANIFEST))
+    (tmp_path / "spreadapp" / "echomod.py").write_text(textwrap.dedent(ECHO))
     result = run_pytest(tmp_path)
     out = result.stdout + result.stderr
     assert "rebeam-node: dev controller at" in out
-    assert "3 passed" in out and "1 failed" in out, out
+    assert "4 passed" in out and "1 failed" in out, out
     assert "no message equal to 'never' arrived within 0.05 s" in out
     assert result.returncode == 1
