@@ -76,6 +76,15 @@ impl Controller {
         Ok(channel)
     }
 
+    /// Moves off `address` (a stream served from it just broke), so the next request tries
+    /// another member first: a frozen member would otherwise take a whole attempt again.
+    fn avoid(&self, address: &str) {
+        let (i, current) = self.current();
+        if current == address {
+            *self.leader.lock() = i + 1;
+        }
+    }
+
     fn current(&self) -> (usize, String) {
         let addresses = self.addresses.lock();
         let i = *self.leader.lock() % addresses.len().max(1);
@@ -383,13 +392,18 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         let request = pb::WatchRequest {
             node: Some(node_ref(cluster, session)),
         };
-        let deadline = match broken_since {
-            Some(since) => since + session.stream_fence,
-            None => Instant::now() + PATIENCE,
+        // Any member serves the stream: after a break each one gets a third of the stream
+        // fence, so a frozen member (connections open, nothing answers) cannot use it all.
+        let (deadline, attempt) = match broken_since {
+            Some(since) => (
+                since + session.stream_fence,
+                (session.stream_fence / 3).max(Duration::from_millis(20)),
+            ),
+            None => (Instant::now() + PATIENCE, ATTEMPT),
         };
         let opened = cluster
             .controller
-            .until(deadline, ATTEMPT, |ch, b| {
+            .until(deadline, attempt, |ch, b| {
                 let req = request.clone();
                 async move { Controller::node_client(ch, b).watch(req).await }
             })
@@ -424,6 +438,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         let now = Instant::now();
         broken_since = Some(now);
         keeper.stream_broke(cluster, now);
+        cluster.controller.avoid(&member);
         if member_is_gone(&member).await {
             keeper.member_gone(cluster);
         }
