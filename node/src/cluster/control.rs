@@ -126,8 +126,7 @@ impl Controller {
             let (i, address) = self.current();
             let channel = self.channel(&address)?;
             let bound = attempt.min(deadline - now);
-            let status = match tokio::time::timeout(bound, f(channel, self.bearer.clone())).await
-            {
+            let status = match tokio::time::timeout(bound, f(channel, self.bearer.clone())).await {
                 Ok(Ok(r)) => return Ok((r.into_inner(), address)),
                 Ok(Err(status)) => status,
                 Err(_) => Status::deadline_exceeded(format!(
@@ -343,17 +342,15 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
             node: Some(node_ref(cluster, session)),
         };
         let tried = Mutex::new(Instant::now());
-        let call = cluster.controller.until(
-            keeper.last_ok() + session.fence,
-            attempt,
-            |ch, b| {
+        let call = cluster
+            .controller
+            .until(keeper.last_ok() + session.fence, attempt, |ch, b| {
                 let req = request.clone();
                 // Counted from the send of the attempt that succeeds: the controller's lease
                 // started no earlier.
                 *tried.lock() = Instant::now();
                 async move { Controller::node_client(ch, b).heartbeat(req).await }
-            },
-        );
+            });
         match call.await {
             Ok(_) => {
                 let sent = *tried.lock();
