@@ -118,6 +118,10 @@ impl Controller {
     {
         let mut last = Status::unavailable("no controller answered in time");
         let mut misses = 0usize;
+        // Members that failed in this round: a redirect to one of them is not followed (the
+        // leader's advertised address may be unreachable from here while another member's
+        // is not), so the round goes on through the other members.
+        let mut failed: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -137,7 +141,7 @@ impl Controller {
                 .metadata()
                 .get(LEADER_METADATA_KEY)
                 .and_then(|v| v.to_str().ok())
-                .filter(|s| !s.is_empty() && *s != address)
+                .filter(|s| !s.is_empty() && *s != address && !failed.contains(*s))
                 .map(str::to_string);
             if let Some(leader) = redirect {
                 let mut addresses = self.addresses.lock();
@@ -154,10 +158,12 @@ impl Controller {
                 Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
             ) {
                 *self.leader.lock() = i + 1;
+                failed.insert(address);
                 misses += 1;
                 // Every member tried and none leads (an election is on): pause a moment
                 // rather than spin, then go round again.
                 if misses % self.addresses.lock().len().max(1) == 0 {
+                    failed.clear();
                     let pause = RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(pause).await;
                 }
