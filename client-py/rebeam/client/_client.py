@@ -182,6 +182,10 @@ class Client:
         deadline = time.monotonic() + budget
         delay = 0.05
         last: str | None = None
+        # Members that failed during this request: a redirect to one of them is not
+        # followed (the leader's advertised address may be unreachable from here), so the
+        # request goes on through the other members.
+        failed: set[str] = set()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -201,7 +205,7 @@ class Client:
                     details = f"no answer within {attempt:g} s"
                 if code == grpc.StatusCode.UNAVAILABLE:
                     leader = _leader(e)
-                    if leader and leader != target:
+                    if leader and leader != target and leader not in failed:
                         if leader not in self._targets:
                             self._targets.append(leader)
                         self._current = leader
@@ -209,6 +213,9 @@ class Client:
                     if "failed to connect" in details.lower():
                         details = "cannot connect: " + details.rsplit(": ", 1)[-1]
                     last = f"{target}: {details}"
+                    failed.add(target)
+                    if len(failed) >= len(self._known()):
+                        failed.clear()  # a new round: the leader may be back
                     if on_retry is not None:
                         on_retry()  # the request may have been applied before the failure
                     self._current = self._next(target)
