@@ -11,7 +11,7 @@ use pb::watch_event::Event;
 use rebeam_controller::auth::BearerInjector;
 use rebeam_controller::LEADER_METADATA_KEY;
 use rebeam_proto as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +35,8 @@ const ATTEMPT: Duration = Duration::from_secs(1);
 const PATIENCE: Duration = Duration::from_secs(10);
 /// The pause after every member was tried without finding a leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// A member that did not answer within an attempt is tried after the others for this long.
+const HUNG_FOR: Duration = Duration::from_secs(2);
 
 /// A connection to the controller group that follows the leader.
 pub struct Controller {
@@ -42,6 +44,8 @@ pub struct Controller {
     leader: Mutex<usize>,
     channels: Mutex<HashMap<String, Channel>>,
     bearer: BearerInjector,
+    /// Members whose last attempt timed out, and when.
+    hung: Mutex<HashMap<String, Instant>>,
 }
 
 impl Controller {
@@ -52,6 +56,7 @@ impl Controller {
             leader: Mutex::new(0),
             channels: Mutex::new(HashMap::new()),
             bearer: BearerInjector::new(secret),
+            hung: Mutex::new(HashMap::new()),
         }
     }
 
@@ -117,25 +122,37 @@ impl Controller {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut last = Status::unavailable("no controller answered in time");
-        let mut misses = 0usize;
-        // Members that failed in this round: a redirect to one of them is not followed (the
-        // leader's advertised address may be unreachable from here while another member's
-        // is not), so the round goes on through the other members.
-        let mut failed: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Members that failed in this round: the round goes on through the others (a
+        // redirect to a failed one is not followed either: the leader's advertised address
+        // may be unreachable from here while another member's is not). Members that hung
+        // lately come last, so a frozen one costs one attempt, not one per round.
+        let mut failed: HashSet<String> = HashSet::new();
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(last);
             }
-            let (i, address) = self.current();
+            let Some((i, address)) = self.pick(&failed) else {
+                // Every member tried and none leads (an election is on): pause a moment
+                // rather than spin, then go round again.
+                failed.clear();
+                tokio::time::sleep(RETRY_PAUSE.min(deadline - now)).await;
+                continue;
+            };
             let channel = self.channel(&address)?;
             let bound = attempt.min(deadline - now);
             let status = match tokio::time::timeout(bound, f(channel, self.bearer.clone())).await {
-                Ok(Ok(r)) => return Ok((r.into_inner(), address)),
+                Ok(Ok(r)) => {
+                    self.hung.lock().remove(&address);
+                    return Ok((r.into_inner(), address));
+                }
                 Ok(Err(status)) => status,
-                Err(_) => Status::deadline_exceeded(format!(
-                    "controller {address} did not answer within {bound:?}"
-                )),
+                Err(_) => {
+                    self.hung.lock().insert(address.clone(), Instant::now());
+                    Status::deadline_exceeded(format!(
+                        "controller {address} did not answer within {bound:?}"
+                    ))
+                }
             };
             let redirect = status
                 .metadata()
@@ -159,19 +176,32 @@ impl Controller {
             ) {
                 *self.leader.lock() = i + 1;
                 failed.insert(address);
-                misses += 1;
-                // Every member tried and none leads (an election is on): pause a moment
-                // rather than spin, then go round again.
-                if misses % self.addresses.lock().len().max(1) == 0 {
-                    failed.clear();
-                    let pause = RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
-                    tokio::time::sleep(pause).await;
-                }
             } else {
                 return Err(status);
             }
             last = status;
         }
+    }
+
+    /// The member to try next: the current one unless it failed in this round, else the
+    /// next that did not, preferring members that have not hung within `HUNG_FOR`; None
+    /// when every member failed in this round.
+    fn pick(&self, failed: &HashSet<String>) -> Option<(usize, String)> {
+        let addresses = self.addresses.lock().clone();
+        if addresses.is_empty() {
+            return None;
+        }
+        let n = addresses.len();
+        let start = *self.leader.lock() % n;
+        let hung = self.hung.lock();
+        let recently_hung = |a: &String| hung.get(a).is_some_and(|t| t.elapsed() < HUNG_FOR);
+        let order = (0..n).map(|k| (start + k) % n);
+        let chosen = order
+            .clone()
+            .find(|&j| !failed.contains(&addresses[j]) && !recently_hung(&addresses[j]))
+            .or_else(|| order.clone().find(|&j| !failed.contains(&addresses[j])))?;
+        *self.leader.lock() = chosen;
+        Some((chosen, addresses[chosen].clone()))
     }
 
     fn node_client(channel: Channel, bearer: BearerInjector) -> NodeClient {
