@@ -4,7 +4,7 @@ export PYO3_PYTHON := $(PYTHON)
 NODE := target/release/rebeam-node
 APP ?= examples/chat
 
-.PHONY: setup build run test test-rust test-python lint bench clean
+.PHONY: setup build run test test-rust test-python test-chaos chaos lint bench clean
 
 setup:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py -r tests/requirements.txt
@@ -16,7 +16,7 @@ build:
 run: setup build
 	$(NODE) --dev --app $(APP)
 
-test: setup build lint test-rust test-python
+test: setup build lint test-rust test-python test-chaos
 
 # One test at a time: the controller tests run 3-member groups of real processes with
 # sub-second timings, and running them side by side on 2 cores starves their elections.
@@ -29,6 +29,20 @@ test-python:
 	for app in jobqueue sessions; do \
 	  $(NODE) --dev -m pytest -p rebeam.testing examples/$$app/tests -q || exit 1; \
 	done
+
+# A short fixed-seed chaos run (tests/chaos): faults injected into a real cluster, checked.
+test-chaos:
+	REBEAM_NODE=$(CURDIR)/$(NODE) REBEAM_CONTROLLER=$(CURDIR)/target/release/rebeam-controller \
+		$(PYTHON) -m pytest tests/chaos -q
+
+# The long chaos run: `make chaos TRIALS=100 SEED=7 CONTROLLERS=3,5`; a failing seed reruns alike.
+TRIALS ?= 10
+SEED ?=
+CONTROLLERS ?= 3,5
+chaos: setup build
+	REBEAM_NODE=$(CURDIR)/$(NODE) REBEAM_CONTROLLER=$(CURDIR)/target/release/rebeam-controller \
+		$(PYTHON) tests/chaos/chaos.py --trials $(TRIALS) $(if $(SEED),--seed $(SEED)) \
+		--controllers $(CONTROLLERS) --out bench/results/chaos.json
 
 lint:
 	cargo fmt --all -- --check

@@ -58,12 +58,23 @@ pub struct Timings {
     pub election_timeout: Duration,
 }
 
+impl Timings {
+    /// How recently a leader must have confirmed its leadership with a quorum to renew a
+    /// lease. A member deposed without knowing it renews nothing: a heartbeat it accepts was
+    /// sent after the last quorum acknowledgement it holds, so after every lease a newer
+    /// leader honours by at most this much, which together with the node's fence stays
+    /// under the lease (`node_fence + confirm_within < lease`).
+    pub fn confirm_within(&self) -> Duration {
+        self.lease.saturating_sub(self.node_fence) / 2
+    }
+}
+
 impl Default for Timings {
     fn default() -> Self {
         Timings {
-            lease: Duration::from_millis(1000),
+            lease: Duration::from_millis(1500),
             heartbeat: Duration::from_millis(200),
-            node_fence: Duration::from_millis(700),
+            node_fence: Duration::from_millis(1000),
             stream_fence: Duration::from_millis(150),
             raft_heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(150),
@@ -165,6 +176,11 @@ impl ControllerConfig {
         if t.node_fence >= t.lease || t.heartbeat >= t.node_fence {
             return Err(Error::invalid(
                 "timings must satisfy heartbeat < node fence < lease; adjust --heartbeat-ms, --node-fence-ms or --lease-ms",
+            ));
+        }
+        if t.confirm_within() < t.raft_heartbeat * 2 {
+            return Err(Error::invalid(
+                "--lease-ms minus --node-fence-ms must be at least 4 times --raft-heartbeat-ms: a leader confirms its leadership every Raft heartbeat and renews leases only within half that gap",
             ));
         }
         if t.raft_heartbeat >= t.election_timeout {

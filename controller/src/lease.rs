@@ -16,6 +16,8 @@ pub struct Leases {
     declaring: Mutex<HashSet<(String, u64)>>,
     /// Watch streams closed since the last tick: (node, incarnation, shortened deadline).
     closed: Mutex<Vec<(String, u64, Instant)>>,
+    /// When this member last confirmed with a quorum that it leads: (term, start of the check).
+    confirmed: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Leases {
@@ -44,6 +46,12 @@ impl Leases {
         }
     }
 
+    /// True when this member confirmed its leadership of `term` with a quorum less than
+    /// `within` ago: only then may it renew leases (see `Timings::confirm_within`).
+    pub fn confirmed_within(&self, term: u64, within: std::time::Duration) -> bool {
+        matches!(*self.confirmed.lock(), Some((t, at)) if t == term && at.elapsed() < within)
+    }
+
     fn clear(&self) {
         self.deadlines.lock().clear();
     }
@@ -55,6 +63,36 @@ impl Leases {
                 if *inc == incarnation && *deadline > soon {
                     *deadline = soon;
                 }
+            }
+        }
+    }
+}
+
+/// Runs on every member: while it leads, confirms its leadership with a quorum every Raft
+/// heartbeat interval, so heartbeats are renewed only by a leader that still is one.
+pub async fn confirm(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let every = core.config.timings.raft_heartbeat;
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let term = {
+            let m = core.raft.metrics();
+            let m = m.borrow();
+            if !(m.current_leader == Some(core.id) && m.state.is_leader()) {
+                continue;
+            }
+            m.current_term
+        };
+        let start = Instant::now();
+        let checked = tokio::time::timeout(every * 4, core.raft.get_read_log_id()).await;
+        if matches!(checked, Ok(Ok(_))) {
+            let mut c = core.leases.confirmed.lock();
+            if c.is_none_or(|(t, at)| t < term || (t == term && at < start)) {
+                *c = Some((term, start));
             }
         }
     }

@@ -224,6 +224,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     }));
 
     tasks.push(tokio::spawn(lease::run(core.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(lease::confirm(core.clone(), stop_rx.clone())));
 
     if config.init {
         let mut members = BTreeMap::new();

@@ -91,6 +91,8 @@ class Cluster:
     root: Path
     members: list[Member]
     extra: list[str] = field(default_factory=list)
+    #: API addresses the members advertise (in leader redirects) instead of their own, by id.
+    advertise: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def create(cls, root: Path, n: int, extra: list[str] | None = None) -> Cluster:
@@ -113,9 +115,12 @@ class Cluster:
         args = [str(controller_binary()), "--id", str(m.id), "--data-dir", str(m.dir),
                 "--raft-listen", m.raft, "--api-listen", m.api, "--init",
                 "--secret", SECRET, "--client-token", TOKEN, *self.extra]
+        if m.id in self.advertise:
+            args += ["--api-advertise", self.advertise[m.id]]
         for other in self.members:
             if other is not m:
-                args += ["--peer", f"{other.id}={other.raft}/{other.api}"]
+                api = self.advertise.get(other.id, other.api)
+                args += ["--peer", f"{other.id}={other.raft}/{api}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
         env["RUST_LOG"] = "info,openraft=warn"
         with open(m.log, "ab") as log:
@@ -373,6 +378,14 @@ class Blackhole:
                 dst.sendall(data)
         except OSError:
             pass
+        if not self._cut.is_set():
+            # One side closed or reset (its process died): pass that on, as TCP would,
+            # instead of leaving the other side connected to nothing.
+            for sock in (dst, src):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def cut(self) -> None:
         """Stops forwarding: open connections stay open but carry nothing, new ones hang."""

@@ -350,3 +350,48 @@ def test_a_client_outside_calls_into_the_cluster(nodes: Nodes, controllers: Clus
         assert unknown.value.reason == "noproc"
     with controllers.client(token="wrong-token") as client, pytest.raises(rebeam.Error):
         client.call("echo", 1)
+
+
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_controller_leader_faults_never_fence_a_node(nodes: Nodes, controllers: Cluster,
+                                                     workdir: Path, fault: str) -> None:
+    # A leader killed (-9) or frozen for longer than an election, again and again: the
+    # nodes renew through the new leader within their fence, so none fences, no process is
+    # killed and the singleton never moves.
+    for name in ("n1", "n2"):
+        nodes.start(name).wait_output("joined the cluster")
+    log = submit_singleton(controllers, workdir)
+    first = wait_for("the singleton to register", lambda: holder(controllers))
+    elections = []
+    for _ in range(5 if fault == "kill" else 3):
+        leader = controllers.wait_leader()
+        member = controllers.members[leader]
+        assert member.process is not None
+        t0 = time.monotonic()
+        if fault == "kill":
+            controllers.kill9(leader)
+        else:
+            member.process.send_signal(signal.SIGSTOP)
+            time.sleep(1.5)
+        others = [i for i in range(len(controllers.members)) if i != leader]
+
+        def elected(others: list[int] = others) -> bool:
+            for i in others:
+                with controllers.client(i, timeout=1.0) as c:
+                    if c.status().is_leader:
+                        return True
+            return False
+
+        wait_for("a new leader", elected)
+        elections.append(time.monotonic() - t0)
+        if fault == "kill":
+            controllers.spawn(member)
+        else:
+            member.process.send_signal(signal.SIGCONT)
+        controllers.wait_leader()
+        time.sleep(0.5)
+    print(f"new leader after {fault}: " + ", ".join(f"{e * 1000:.0f} ms" for e in elections))
+    for n in nodes.all:
+        assert "fencing" not in n.output(), n.output()[-3000:]
+    assert holder(controllers) == first
+    assert [s[0] for s in assert_never_overlapping(log)] == [str(first)]

@@ -8,6 +8,7 @@ import pickle
 import random
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +40,10 @@ LEADER_METADATA_KEY = "x-rebeam-leader"
 DEFAULT_TIMEOUT = 10.0
 #: Seconds the client reuses its list of alive nodes for calls from outside.
 NODES_TTL = 5.0
+# The least time one controller member gets to answer before the next one is tried.
+ATTEMPT_MIN = 2.0
+# How long an entry node that could not be reached is tried only after the others.
+DOWN_TTL = 5.0
 
 _R = TypeVar("_R")
 
@@ -91,6 +96,7 @@ class Client:
         self._nodes: list[NodeInfo] = []
         self._nodes_at = -NODES_TTL
         self._last_entry = ""
+        self._down: dict[str, float] = {}
         self._closed = False
 
     # -- connection ---------------------------------------------------------------------
@@ -166,20 +172,30 @@ class Client:
         deadline = time.monotonic() + budget
         delay = 0.05
         last: str | None = None
+        # Members that failed during this request: a redirect to one of them is not
+        # followed (the leader's advertised address may be unreachable from here), so the
+        # request goes on through the other members.
+        failed: set[str] = set()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Unavailable(f"no controller member served the request within {budget:g} s "
                                   f"(tried {', '.join(self._known())}; last: {last})", "UNAVAILABLE")
             target = self._current
+            # One member may take a share of the budget, not all of it: a frozen member
+            # (connections open, nothing answers) is given up on and the next one tried.
+            attempt = min(remaining, max(ATTEMPT_MIN, budget / 3))
             try:
-                return getattr(self._stub(target), method)(request, timeout=remaining, metadata=metadata)
+                return getattr(self._stub(target), method)(request, timeout=attempt, metadata=metadata)
             except grpc.RpcError as e:
                 code = e.code()
                 details = e.details() or code.name.lower()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and attempt < remaining:
+                    code = grpc.StatusCode.UNAVAILABLE
+                    details = f"no answer within {attempt:g} s"
                 if code == grpc.StatusCode.UNAVAILABLE:
                     leader = _leader(e)
-                    if leader and leader != target:
+                    if leader and leader != target and leader not in failed:
                         if leader not in self._targets:
                             self._targets.append(leader)
                         self._current = leader
@@ -187,6 +203,9 @@ class Client:
                     if "failed to connect" in details.lower():
                         details = "cannot connect: " + details.rsplit(": ", 1)[-1]
                     last = f"{target}: {details}"
+                    failed.add(target)
+                    if len(failed) >= len(self._known()):
+                        failed.clear()  # a new round: the leader may be back
                     if on_retry is not None:
                         on_retry()  # the request may have been applied before the failure
                     self._current = self._next(target)
@@ -454,7 +473,6 @@ class Client:
         self._deliver(target, "send", message, self.timeout)
 
     def _deliver(self, target: Global | str | Pid, kind: str, value: Any, timeout: float) -> Any:
-        import grpc
 
         from ._proto import common_pb2, gateway_pb2
 
@@ -474,24 +492,7 @@ class Client:
                                                 serial=target.serial))
         else:
             raise TypeError(f"a target is a global name or a Pid, not {type(target).__name__}")
-        for attempt in range(2):
-            node = self._entry_node(target, refresh=attempt > 0)
-            if node is None:
-                if attempt == 0:
-                    continue
-                if isinstance(target, Pid):
-                    alive = any(n.id == target.node for n in self._nodes)
-                    raise Exit(target, "noproc" if alive else "noconnection")
-                raise Exit(target, "noconnection")
-            try:
-                reply = self._gateway(node.address).Deliver(request, timeout=timeout + self.timeout,
-                                                            metadata=self._metadata())
-                self._last_entry = node.address
-                break
-            except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0:
-                    continue  # the node went away: look again
-                raise self._error(e.code(), e.details() or e.code().name.lower(), timeout) from None
+        reply = self._deliver_once(target, request, timeout)
         pid = pid_from_proto(reply.pid) if reply.HasField("pid") else None
         outcome = reply.WhichOneof("result")
         if outcome == "value":
@@ -502,19 +503,62 @@ class Client:
             raise Timeout(f"call to {pid or target} timed out after {timeout:g}s")
         return None
 
-    def _entry_node(self, target: Global | str | Pid, *, refresh: bool) -> NodeInfo | None:
+    def _deliver_once(self, target: Global | str | Pid, request: Any, timeout: float) -> Any:
+        """Sends ``request`` through an entry node, failing over at once to another alive
+        node when one cannot be reached. A message is re-sent only when it never left (the
+        connection could not be made), so delivery stays at most once; a target that cannot
+        be reached raises :class:`rebeam.Exit` with ``noconnection``, as inside the cluster."""
+        import grpc
+
+        tried: set[str] = set()
+        refreshed = False
+        while True:
+            node = self._entry_node(target, refresh=False, skip=tried)
+            if node is None and not refreshed:
+                refreshed = True
+                node = self._entry_node(target, refresh=True, skip=tried)
+            if node is None:
+                if isinstance(target, Pid):
+                    alive = any(n.id == target.node and n.incarnation == target.incarnation
+                                for n in self._nodes)
+                    raise Exit(target, "noconnection" if alive or tried else "noproc")
+                raise Exit(target, "noconnection")
+            try:
+                reply = self._gateway(node.address).Deliver(request, timeout=timeout + self.timeout,
+                                                            metadata=self._metadata())
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise self._error(e.code(), e.details() or e.code().name.lower(),
+                                      timeout) from None
+                tried.add(node.address)
+                self._down[node.address] = time.monotonic() + DOWN_TTL
+                if _never_sent(e.details() or ""):
+                    continue  # another entry node at once
+                # The connection broke with the message possibly delivered: not sent again.
+                raise Exit(target, "noconnection") from None
+            self._last_entry = node.address
+            self._down.pop(node.address, None)
+            return reply
+
+    def _entry_node(self, target: Global | str | Pid, *, refresh: bool,
+                    skip: AbstractSet[str] = frozenset()) -> NodeInfo | None:
         """The node a message to ``target`` enters at: the pid's own node (alive, in the pid's
-        incarnation), or for a name the node used last (else any alive node). The alive nodes
-        are remembered for a few seconds, and looked up again on ``refresh``."""
+        incarnation), or for a name the node used last (else another alive node, those that
+        failed lately last). The alive nodes are remembered for a few seconds, and looked up
+        again on ``refresh``. Nodes in ``skip`` are not chosen."""
         now = time.monotonic()
         if refresh or now - self._nodes_at > NODES_TTL:
             self._nodes = [n for n in self.nodes() if n.status == "alive"]
             self._nodes_at = now
         if isinstance(target, Pid):
             return next((n for n in self._nodes
-                         if n.id == target.node and n.incarnation == target.incarnation), None)
-        return next((n for n in self._nodes if n.address == self._last_entry),
-                    self._nodes[0] if self._nodes else None)
+                         if n.id == target.node and n.incarnation == target.incarnation
+                         and n.address not in skip), None)
+        candidates = [n for n in self._nodes if n.address not in skip]
+        # The last entry first, then nodes not seen failing, then the rest.
+        candidates.sort(key=lambda n: (n.address != self._last_entry,
+                                       self._down.get(n.address, 0.0) > now))
+        return candidates[0] if candidates else None
 
     def _gateway(self, address: str) -> Any:
         """The gateway service of the node at ``address`` (one kept channel per node)."""
@@ -524,8 +568,18 @@ class Client:
 
             from ._proto import gateway_pb2_grpc
 
-            # A node with many processes answers a listing in one large message.
-            options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+            options = [
+                # A node with many processes answers a listing in one large message.
+                ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                # A node restarted on the same address is used again within half a second;
+                # gRPC's default backoff grows to 120 s (shared by the process's channels).
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 500),
+                ("grpc.enable_retries", 0),
+                # Each client gets its own subchannels, so one client's backoff is not another's.
+                ("grpc.use_local_subchannel_pool", 1),
+            ]
             channel = grpc.insecure_channel(address, options=options)
             self._channels[f"gateway {address}"] = channel
             stub = self._gateways[address] = gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -581,6 +635,15 @@ def _reason(reason: Any) -> Any:
     if kind == "term":
         return _loads(reason.term)
     return "noconnection"
+
+
+def _never_sent(details: str) -> bool:
+    """True when gRPC's UNAVAILABLE says no connection could be made, so the request never
+    left this process and may go to another node."""
+    text = details.lower()
+    return any(s in text for s in ("failed to connect", "connection refused",
+                                   "connections to all backends failing", "no route to host",
+                                   "dns resolution failed", "connect failed"))
 
 
 def _leader(error: Any) -> str | None:

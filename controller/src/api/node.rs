@@ -74,6 +74,16 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
         let (node, incarnation) = node_ref(req.into_inner().node)?;
         self.core.ensure_leader()?;
+        let term = self.core.raft.metrics().borrow().current_term;
+        let t = &self.core.config.timings;
+        if !self.core.leases.confirmed_within(term, t.confirm_within()) {
+            // Possibly deposed without knowing it: renewing here could outlast what the
+            // real leader honours. The node tries another member.
+            return Err(Error::Unavailable(
+                "this leader has not confirmed its leadership with a quorum lately; retry at another member".into(),
+            )
+            .into());
+        }
         self.core
             .shared
             .applied

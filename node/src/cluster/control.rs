@@ -11,7 +11,7 @@ use pb::watch_event::Event;
 use rebeam_controller::auth::BearerInjector;
 use rebeam_controller::LEADER_METADATA_KEY;
 use rebeam_proto as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +29,14 @@ type Started = Arc<Mutex<HashMap<(String, String), (u64, Pid)>>>;
 
 /// Largest message accepted from the controller (application code travels in one).
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// How long one request to one controller member may take before the next one is tried.
+const ATTEMPT: Duration = Duration::from_secs(1);
+/// How long a request waits for a leader (an election, a hung leader) before it fails.
+const PATIENCE: Duration = Duration::from_secs(10);
+/// The pause after every member was tried without finding a leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// A member that did not answer within an attempt is tried after the others for this long.
+const HUNG_FOR: Duration = Duration::from_secs(2);
 
 /// A connection to the controller group that follows the leader.
 pub struct Controller {
@@ -36,6 +44,8 @@ pub struct Controller {
     leader: Mutex<usize>,
     channels: Mutex<HashMap<String, Channel>>,
     bearer: BearerInjector,
+    /// Members whose last attempt timed out, and when.
+    hung: Mutex<HashMap<String, Instant>>,
 }
 
 impl Controller {
@@ -46,6 +56,7 @@ impl Controller {
             leader: Mutex::new(0),
             channels: Mutex::new(HashMap::new()),
             bearer: BearerInjector::new(secret),
+            hung: Mutex::new(HashMap::new()),
         }
     }
 
@@ -70,58 +81,127 @@ impl Controller {
         Ok(channel)
     }
 
+    /// Moves off `address` (a stream served from it just broke), so the next request tries
+    /// another member first: a frozen member would otherwise take a whole attempt again.
+    fn avoid(&self, address: &str) {
+        let (i, current) = self.current();
+        if current == address {
+            *self.leader.lock() = i + 1;
+        }
+    }
+
     fn current(&self) -> (usize, String) {
         let addresses = self.addresses.lock();
         let i = *self.leader.lock() % addresses.len().max(1);
         (i, addresses.get(i).cloned().unwrap_or_default())
     }
 
-    /// Runs `f` against the leader, following redirects and skipping dead members.
+    /// Runs `f` against the leader, following redirects and skipping dead members; waits out
+    /// an election (up to `PATIENCE`) instead of failing while a leader can still be elected.
     async fn with_leader<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
         F: Fn(Channel, BearerInjector) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let attempts = 2 * self.addresses.lock().len().max(1) + 2;
-        let mut last = Status::unavailable("no controller address configured");
-        for _ in 0..attempts {
-            let (i, address) = self.current();
-            let channel = self.channel(&address)?;
-            match f(channel, self.bearer.clone()).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(status) => {
-                    let redirect = status
-                        .metadata()
-                        .get(LEADER_METADATA_KEY)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string);
-                    if let Some(leader) = redirect {
-                        let mut addresses = self.addresses.lock();
-                        let j = match addresses.iter().position(|a| *a == leader) {
-                            Some(j) => j,
-                            None => {
-                                addresses.push(leader);
-                                addresses.len() - 1
-                            }
-                        };
-                        *self.leader.lock() = j;
-                    } else if matches!(
-                        status.code(),
-                        Code::Unavailable
-                            | Code::Unknown
-                            | Code::Cancelled
-                            | Code::DeadlineExceeded
-                    ) {
-                        *self.leader.lock() = i + 1;
-                    } else {
-                        return Err(status);
-                    }
-                    last = status;
-                }
+        self.until(Instant::now() + PATIENCE, ATTEMPT, f)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// Runs `f` against the leader until `deadline`, each attempt bounded by `attempt` so a
+    /// hung member (frozen, or cut off with its connections open) costs one attempt, not the
+    /// whole budget; returns the reply and the address of the member that gave it.
+    async fn until<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        attempt: Duration,
+        f: F,
+    ) -> Result<(T, String), Status>
+    where
+        F: Fn(Channel, BearerInjector) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut last = Status::unavailable("no controller answered in time");
+        // Members that failed in this round: the round goes on through the others (a
+        // redirect to a failed one is not followed either: the leader's advertised address
+        // may be unreachable from here while another member's is not). Members that hung
+        // lately come last, so a frozen one costs one attempt, not one per round.
+        let mut failed: HashSet<String> = HashSet::new();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(last);
             }
+            let Some((i, address)) = self.pick(&failed) else {
+                // Every member tried and none leads (an election is on): pause a moment
+                // rather than spin, then go round again.
+                failed.clear();
+                tokio::time::sleep(RETRY_PAUSE.min(deadline - now)).await;
+                continue;
+            };
+            let channel = self.channel(&address)?;
+            let bound = attempt.min(deadline - now);
+            let status = match tokio::time::timeout(bound, f(channel, self.bearer.clone())).await {
+                Ok(Ok(r)) => {
+                    self.hung.lock().remove(&address);
+                    return Ok((r.into_inner(), address));
+                }
+                Ok(Err(status)) => status,
+                Err(_) => {
+                    self.hung.lock().insert(address.clone(), Instant::now());
+                    Status::deadline_exceeded(format!(
+                        "controller {address} did not answer within {bound:?}"
+                    ))
+                }
+            };
+            let redirect = status
+                .metadata()
+                .get(LEADER_METADATA_KEY)
+                .and_then(|v| v.to_str().ok())
+                .filter(|s| !s.is_empty() && *s != address && !failed.contains(*s))
+                .map(str::to_string);
+            if let Some(leader) = redirect {
+                let mut addresses = self.addresses.lock();
+                let j = match addresses.iter().position(|a| *a == leader) {
+                    Some(j) => j,
+                    None => {
+                        addresses.push(leader);
+                        addresses.len() - 1
+                    }
+                };
+                *self.leader.lock() = j;
+            } else if matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+            ) {
+                *self.leader.lock() = i + 1;
+                failed.insert(address);
+            } else {
+                return Err(status);
+            }
+            last = status;
         }
-        Err(last)
+    }
+
+    /// The member to try next: the current one unless it failed in this round, else the
+    /// next that did not, preferring members that have not hung within `HUNG_FOR`; None
+    /// when every member failed in this round.
+    fn pick(&self, failed: &HashSet<String>) -> Option<(usize, String)> {
+        let addresses = self.addresses.lock().clone();
+        if addresses.is_empty() {
+            return None;
+        }
+        let n = addresses.len();
+        let start = *self.leader.lock() % n;
+        let hung = self.hung.lock();
+        let recently_hung = |a: &String| hung.get(a).is_some_and(|t| t.elapsed() < HUNG_FOR);
+        let order = (0..n).map(|k| (start + k) % n);
+        let chosen = order
+            .clone()
+            .find(|&j| !failed.contains(&addresses[j]) && !recently_hung(&addresses[j]))
+            .or_else(|| order.clone().find(|&j| !failed.contains(&addresses[j])))?;
+        *self.leader.lock() = chosen;
+        Some((chosen, addresses[chosen].clone()))
     }
 
     fn node_client(channel: Channel, bearer: BearerInjector) -> NodeClient {
@@ -143,6 +223,76 @@ struct Session {
     stream_fence: Duration,
 }
 
+/// What the node knows of its lease, and the deadline the process gate follows from it.
+///
+/// The lease holds until the send time of the last acknowledged heartbeat plus the fence
+/// (the controllers count their longer lease from a later moment, its arrival). While the
+/// watch stream is broken it holds at most `stream_fence` past the break, because the member
+/// that served the stream, if it leads, may declare this node dead that soon after seeing
+/// the close; a heartbeat sent after the break, or finding that member's process gone,
+/// lifts that bound.
+struct LeaseKeeper {
+    session: Session,
+    state: Mutex<KeeperState>,
+    renew_now: tokio::sync::Notify,
+}
+
+struct KeeperState {
+    last_ok: Instant,
+    broken_at: Option<Instant>,
+}
+
+impl LeaseKeeper {
+    fn new(session: Session, joined_at: Instant) -> LeaseKeeper {
+        LeaseKeeper {
+            session,
+            state: Mutex::new(KeeperState {
+                last_ok: joined_at,
+                broken_at: None,
+            }),
+            renew_now: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn publish(&self, cluster: &Cluster, st: &KeeperState) {
+        let mut until = st.last_ok + self.session.fence;
+        if let Some(b) = st.broken_at {
+            until = until.min(b + self.session.stream_fence);
+        }
+        cluster.rt.hold_lease_until(until);
+    }
+
+    fn last_ok(&self) -> Instant {
+        self.state.lock().last_ok
+    }
+
+    /// A heartbeat sent at `sent` was acknowledged.
+    fn renewed(&self, cluster: &Cluster, sent: Instant) {
+        let mut st = self.state.lock();
+        st.last_ok = st.last_ok.max(sent);
+        if st.broken_at.is_some_and(|b| sent > b) {
+            st.broken_at = None;
+        }
+        self.publish(cluster, &st);
+    }
+
+    /// The watch stream broke at `at`: bound the lease and renew at once.
+    fn stream_broke(&self, cluster: &Cluster, at: Instant) {
+        let mut st = self.state.lock();
+        st.broken_at.get_or_insert(at);
+        self.publish(cluster, &st);
+        drop(st);
+        self.renew_now.notify_one();
+    }
+
+    /// The member that served the broken stream is not running: it cannot declare anything.
+    fn member_gone(&self, cluster: &Cluster) {
+        let mut st = self.state.lock();
+        st.broken_at = None;
+        self.publish(cluster, &st);
+    }
+}
+
 /// Joins (retrying until a controller answers), then keeps the node's lease and follows
 /// the watch stream; fences and rejoins whenever the lease cannot be kept. Runs forever.
 pub async fn run(cluster: Arc<Cluster>, joined: tokio::sync::oneshot::Sender<u64>) {
@@ -150,7 +300,8 @@ pub async fn run(cluster: Arc<Cluster>, joined: tokio::sync::oneshot::Sender<u64
     loop {
         let joined_at = Instant::now();
         let session = join(&cluster).await;
-        cluster.rt.hold_lease_until(joined_at + session.fence);
+        let keeper = LeaseKeeper::new(session, joined_at);
+        keeper.publish(&cluster, &keeper.state.lock());
         cluster.rt.set_incarnation(session.incarnation);
         tracing::info!(incarnation = session.incarnation, "joined the cluster");
         if let Some(tx) = joined.take() {
@@ -158,8 +309,8 @@ pub async fn run(cluster: Arc<Cluster>, joined: tokio::sync::oneshot::Sender<u64
         }
         let started = Arc::new(Mutex::new(HashMap::new()));
         let reason = tokio::select! {
-            r = keep_lease(&cluster, session) => r,
-            r = follow_watch(&cluster, session, started.clone()) => r,
+            r = keep_lease(&cluster, &keeper) => r,
+            r = follow_watch(&cluster, &keeper, started.clone()) => r,
         };
         tracing::warn!("fencing: {reason}; stopping every process before rejoining");
         fence(&cluster).await;
@@ -211,29 +362,37 @@ fn node_ref(cluster: &Cluster, session: Session) -> pb::NodeRef {
 }
 
 /// Heartbeats; returns (to fence) once no renewal succeeded for the fence interval or the
-/// controller refused this incarnation.
-async fn keep_lease(cluster: &Arc<Cluster>, session: Session) -> String {
-    let mut last_ok = Instant::now();
+/// controller refused this incarnation. A failed renewal is retried at once through any
+/// member (each attempt bounded well under the fence), not at the next tick.
+async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
+    let session = keeper.session;
+    let attempt = (session.fence / 5).clamp(Duration::from_millis(50), Duration::from_millis(250));
     let mut tick = tokio::time::interval(session.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = keeper.renew_now.notified() => {}
+        }
         let request = pb::HeartbeatRequest {
             node: Some(node_ref(cluster, session)),
         };
-        let sent = Instant::now();
-        let call = cluster.controller.with_leader(|ch, b| {
-            let req = request.clone();
-            async move { Controller::node_client(ch, b).heartbeat(req).await }
-        });
-        let remaining = session.fence.saturating_sub(last_ok.elapsed());
-        match tokio::time::timeout(remaining.max(Duration::from_millis(1)), call).await {
-            Ok(Ok(_)) => {
-                // Counted from the send: the controller's lease started no earlier.
-                last_ok = sent;
-                cluster.rt.hold_lease_until(sent + session.fence);
+        let tried = Mutex::new(Instant::now());
+        let call = cluster
+            .controller
+            .until(keeper.last_ok() + session.fence, attempt, |ch, b| {
+                let req = request.clone();
+                // Counted from the send of the attempt that succeeds: the controller's lease
+                // started no earlier.
+                *tried.lock() = Instant::now();
+                async move { Controller::node_client(ch, b).heartbeat(req).await }
+            });
+        match call.await {
+            Ok(_) => {
+                let sent = *tried.lock();
+                keeper.renewed(cluster, sent);
             }
-            Ok(Err(status))
+            Err(status)
                 if matches!(
                     status.code(),
                     Code::FailedPrecondition | Code::NotFound | Code::PermissionDenied
@@ -244,9 +403,9 @@ async fn keep_lease(cluster: &Arc<Cluster>, session: Session) -> String {
                     status.message()
                 );
             }
-            Ok(Err(_)) | Err(_) => {}
+            Err(_) => {}
         }
-        if last_ok.elapsed() >= session.fence {
+        if keeper.last_ok().elapsed() >= session.fence {
             return format!("no lease renewal for {:?}", session.fence);
         }
     }
@@ -254,7 +413,8 @@ async fn keep_lease(cluster: &Arc<Cluster>, session: Session) -> String {
 
 /// Follows the watch stream, reconnecting at once when it breaks; returns (to fence) when
 /// no stream could be re-established within the stream fence interval.
-async fn follow_watch(cluster: &Arc<Cluster>, session: Session, started: Started) -> String {
+async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Started) -> String {
+    let session = keeper.session;
     let mut broken_since: Option<Instant> = None;
     loop {
         if let Some(since) = broken_since {
@@ -265,14 +425,23 @@ async fn follow_watch(cluster: &Arc<Cluster>, session: Session, started: Started
         let request = pb::WatchRequest {
             node: Some(node_ref(cluster, session)),
         };
+        // Any member serves the stream: after a break each one gets a third of the stream
+        // fence, so a frozen member (connections open, nothing answers) cannot use it all.
+        let (deadline, attempt) = match broken_since {
+            Some(since) => (
+                since + session.stream_fence,
+                (session.stream_fence / 3).max(Duration::from_millis(20)),
+            ),
+            None => (Instant::now() + PATIENCE, ATTEMPT),
+        };
         let opened = cluster
             .controller
-            .with_leader(|ch, b| {
+            .until(deadline, attempt, |ch, b| {
                 let req = request.clone();
                 async move { Controller::node_client(ch, b).watch(req).await }
             })
             .await;
-        let mut stream = match opened {
+        let (mut stream, member) = match opened {
             Ok(s) => s,
             Err(status) => {
                 if matches!(
@@ -299,8 +468,25 @@ async fn follow_watch(cluster: &Arc<Cluster>, session: Session, started: Started
                 }
             }
         }
-        broken_since = Some(Instant::now());
+        let now = Instant::now();
+        broken_since = Some(now);
+        keeper.stream_broke(cluster, now);
+        cluster.controller.avoid(&member);
+        if member_is_gone(&member).await {
+            keeper.member_gone(cluster);
+        }
     }
+}
+
+/// True when nothing listens at `address` any more (the member's process is gone, so it
+/// cannot declare this node dead); a hung or unreachable member is not gone.
+async fn member_is_gone(address: &str) -> bool {
+    let probe = tokio::time::timeout(
+        Duration::from_millis(50),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await;
+    matches!(probe, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
 fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, event: pb::WatchEvent) {

@@ -168,12 +168,17 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
     };
     let enter = Enter::new(process.clone());
     for _ in 0..BATCH {
+        // Checked before every message, not once per batch: a node frozen in the middle of
+        // a batch must not go on with it when it wakes after its lease lapsed.
+        if !rt.lease_ok() {
+            break;
+        }
         let Some(envelope) = rt.take_next(process) else {
             break;
         };
         process.data.handled.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = dispatch(py, process, server.bind(py), envelope);
+        let outcome = dispatch(py, rt, process, server.bind(py), envelope);
         if started.elapsed() > INLINE_LIMIT {
             process.data.slow.store(true, Ordering::Relaxed);
         }
@@ -203,10 +208,17 @@ pub fn run_inline(
         rt.finish_batch(process);
         return;
     };
+    if !rt.lease_ok() {
+        // No lease: the message waits in the mailbox for an executor (which waits for the
+        // lease or the fence) instead of holding this caller's or peer link's thread.
+        let _ = rt.deliver(process, envelope);
+        rt.finish_batch(process);
+        return;
+    }
     let enter = Enter::new(process.clone());
     process.data.handled.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let outcome = dispatch(py, process, server.bind(py), envelope);
+    let outcome = dispatch(py, rt, process, server.bind(py), envelope);
     if started.elapsed() > INLINE_LIMIT {
         process.data.slow.store(true, Ordering::Relaxed);
     }
@@ -230,13 +242,33 @@ pub fn clear_interrupt(_py: Python<'_>) {
     }
 }
 
+/// Waits, with the GIL released, while the node's lease has lapsed; false once `process`
+/// exited meanwhile (the fence killed it). Called right before process code starts (each
+/// handler, `init`, `terminate`, `code_change`, a function process): a node that was frozen
+/// or cut off past its lease may already have been replaced elsewhere, so it runs nothing
+/// until it renews or fences. The lease is on the monotonic clock, which runs on while the
+/// process is stopped.
+pub fn lease_gate(py: Python<'_>, rt: &PyRuntime, process: &PyProcess) -> bool {
+    while !rt.lease_ok() {
+        if process.is_exited() {
+            return false;
+        }
+        py.detach(|| std::thread::sleep(Duration::from_millis(1)));
+    }
+    !process.is_exited()
+}
+
 /// Handles one envelope; returns the reason to stop with, if the server must stop.
 fn dispatch(
     py: Python<'_>,
+    rt: &PyRuntime,
     process: &Arc<PyProcess>,
     server: &Bound<'_, PyAny>,
     envelope: Envelope<Term>,
 ) -> Option<Reason> {
+    if !lease_gate(py, rt, process) {
+        return None;
+    }
     if let Some(app) = &process.data.app {
         let epoch = app.epoch.load(Ordering::Acquire);
         if process.data.code_epoch.load(Ordering::Relaxed) != epoch {
@@ -344,6 +376,9 @@ fn finish_server(
     reason: Reason,
 ) {
     log_crash(process, &reason);
+    if !lease_gate(py, rt, process) {
+        return;
+    }
     let result =
         reason_to_py(py, &reason).and_then(|r| server.call_method1(intern!(py, "terminate"), (r,)));
     if let Err(err) = result {

@@ -1,7 +1,9 @@
 //! `_rebeam_native`: the functions behind the `rebeam` package inside a node.
 
 use super::convert::{self, error, reason_from_py, reason_to_py, types};
-use super::executor::{clear_interrupt, is_killed, log_crash, run_inline, Blocking, INLINE_WARMUP};
+use super::executor::{
+    clear_interrupt, is_killed, lease_gate, log_crash, run_inline, Blocking, INLINE_WARMUP,
+};
 use super::host::{current, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime};
 use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
 use super::term::Term;
@@ -264,7 +266,11 @@ fn spawn_server<'py>(
     let _ = process.data.server.set(server.clone().unbind());
     let result = {
         let _enter = Enter::new(process.clone());
-        server.call_method(pyo3::intern!(py, "init"), args, kwargs.as_ref())
+        if lease_gate(py, rt, &process) {
+            server.call_method(pyo3::intern!(py, "init"), args, kwargs.as_ref())
+        } else {
+            Err(error(py, &types(py)?.killed, ()))
+        }
     };
     let stop = process.data.stop.lock().take();
     let failure = match result {
@@ -348,9 +354,14 @@ fn spawn_function<'py>(
             Python::attach(|py| {
                 let result = {
                     let _enter = Enter::new(child.clone());
-                    function
-                        .bind(py)
-                        .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
+                    if lease_gate(py, &rt2, &child) {
+                        function
+                            .bind(py)
+                            .call(args.bind(py), kwargs.as_ref().map(|k| k.bind(py)))
+                    } else {
+                        // Exited while the lease was lapsed: `finish_function` ignores it.
+                        Err(PyValueError::new_err("killed before it started"))
+                    }
                 };
                 finish_function(py, &rt2, &child, result.map(drop));
             })

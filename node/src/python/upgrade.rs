@@ -109,7 +109,9 @@ pub fn move_all(rt: &Arc<PyRuntime>, app: &Arc<AppTag>, patience: Duration) -> M
                 Python::attach(|py| {
                     if let Some(server) = p.data.server.get().map(|s| s.clone_ref(py)) {
                         let _enter = Enter::new(p.clone());
-                        move_process(py, p, server.bind(py), app, epoch);
+                        if super::executor::lease_gate(py, rt, p) {
+                            move_process(py, p, server.bind(py), app, epoch);
+                        }
                     }
                 });
                 rt.finish_batch(p);
