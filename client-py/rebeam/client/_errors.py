@@ -58,6 +58,11 @@ class ControllerError(Error):
         return self.message
 
 
+class Forbidden(ControllerError, PermissionError):
+    """The token is valid but its role does not allow the request (roles: read < call <
+    deploy < admin); the message names the role needed."""
+
+
 class InvalidRequest(ControllerError, ValueError):
     """The controller found the request malformed (for an app: its manifest or code)."""
 
