@@ -16,6 +16,7 @@ from ._errors import (
     ControllerError,
     Error,
     Exit,
+    Forbidden,
     InitError,
     InvalidRequest,
     NameTaken,
@@ -80,7 +81,7 @@ from ._table import Table, TableError, table
 from ._types import NOREPLY, TIMEOUT, Crash, Down, Global, Reason
 
 __all__ = [
-    "IN_NODE", "NOREPLY", "TIMEOUT", "AlreadyExists", "AuthError", "ChildSpec", "Client",
+    "IN_NODE", "NOREPLY", "TIMEOUT", "AlreadyExists", "AuthError", "ChildSpec", "Forbidden", "Client",
     "ControllerError", "Crash", "Dest", "Down", "DynamicSupervisor", "Error", "Exit", "GenServer",
     "Global", "InitError", "InvalidRequest", "KeyRegistry", "Name", "NameRegistry", "NameTaken",
     "NotFound", "NotInNode", "Pid", "Reason", "Ref", "Refused", "Sender", "Supervisor", "Table",

@@ -4,6 +4,7 @@ under a root supervisor by ``rebeam-node --dev --app DIR``."""
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import tomllib
 import traceback
@@ -20,6 +21,14 @@ from ._types import Crash, Global
 
 MANIFEST = "rebeam.toml"
 MASTER_NAME = "$app_master"
+#: Keys of the manifest's [app] table and of each [[children]] entry; others are refused.
+APP_KEYS = frozenset({"name", "version", "max_restarts", "max_seconds"})
+CHILD_KEYS = frozenset({"start", "args", "name", "global", "restart", "shutdown", "placement"})
+#: App names: ASCII letters, digits, '_' and '-', starting with a letter or digit (no dots:
+#: the name becomes part of module and directory names on the nodes).
+APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: Child names: ASCII letters, digits, '.', '_' and '-', starting with a letter or digit.
+CHILD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 class ManifestError(Error):
@@ -52,6 +61,13 @@ def _field(path: Path, table: dict[str, Any], key: str, kind: type | tuple[type,
     return value
 
 
+def _unknown_keys(path: Path, table: dict[str, Any], known: frozenset[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ManifestError(f"{path}: unknown key {where}.{unknown[0]}; the keys of {where} are "
+                            f"{', '.join(sorted(known))}")
+
+
 def load_manifest(directory: str | Path) -> Manifest:
     """Reads and checks ``DIR/rebeam.toml``; errors name the file and the field."""
     directory = Path(directory).resolve()
@@ -67,23 +83,32 @@ def load_manifest(directory: str | Path) -> Manifest:
     app = data.get("app")
     if not isinstance(app, dict):
         raise ManifestError(f"{path}: the [app] table is required")
+    _unknown_keys(path, app, APP_KEYS, "app")
     name = _field(path, app, "name", str, "app")
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ManifestError(f"{path}: app.name must be letters, digits, '-' or '_', got {name!r}")
+    if not APP_NAME.fullmatch(name):
+        raise ManifestError(f"{path}: app.name must be 1 to 64 ASCII letters, digits, '_' or '-', "
+                            f"starting with a letter or digit, got {name!r}")
     version = _field(path, app, "version", str, "app")
     max_restarts = _field(path, app, "max_restarts", int, "app", 3)
     max_seconds = _field(path, app, "max_seconds", (int, float), "app", 5)
     if max_restarts < 0 or max_seconds <= 0:
         raise ManifestError(f"{path}: app.max_restarts must be >= 0 and app.max_seconds > 0")
     children = data.get("children", [])
-    if not isinstance(children, list) or not children:
+    if not isinstance(children, list):
+        raise ManifestError(f"{path}: children must be [[children]] tables, got {children!r}")
+    if not children:
         raise ManifestError(f"{path}: at least one [[children]] entry is required")
     checked = []
     for i, entry in enumerate(children):
         where = f"children[{i}]"
         if not isinstance(entry, dict):
             raise ManifestError(f"{path}: {where} must be a table")
+        _unknown_keys(path, entry, CHILD_KEYS, where)
         start = _field(path, entry, "start", str, where)
+        child_name = _field(path, entry, "name", str, where, None)
+        if child_name is not None and not CHILD_NAME.fullmatch(child_name):
+            raise ManifestError(f"{path}: {where}.name must be 1 to 255 ASCII letters, digits, '.', "
+                                f"'_' or '-', starting with a letter or digit, got {child_name!r}")
         if start.count(":") != 1 or not all(start.split(":")):
             raise ManifestError(f"{path}: {where}.start must be 'module:attribute', got {start!r}")
         restart = _field(path, entry, "restart", str, where, "permanent")
@@ -102,7 +127,7 @@ def load_manifest(directory: str | Path) -> Manifest:
             "start": start,
             "registry": registry,
             "args": _field(path, entry, "args", list, where, []),
-            "name": _field(path, entry, "name", str, where, None),
+            "name": child_name,
             "global": _field(path, entry, "global", bool, where, False),
             "restart": restart,
             "shutdown": _field(path, entry, "shutdown", (int, float, str), where, None),

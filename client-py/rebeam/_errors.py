@@ -174,6 +174,11 @@ class Unavailable(ControllerError, ConnectionError):
     or no leader elected)."""
 
 
+class Forbidden(ControllerError, PermissionError):
+    """The token is valid but its role does not allow the request (roles: read < call <
+    deploy < admin); the message names the role needed."""
+
+
 class AuthError(Error, PermissionError):
     """The client (or node) has no token, or the controller refused the one presented."""
 
@@ -185,13 +190,14 @@ CONTROLLER_ERRORS: dict[str, type[ControllerError]] = {
     "FAILED_PRECONDITION": Refused,
     "RESOURCE_EXHAUSTED": TooLarge,
     "UNAVAILABLE": Unavailable,
+    "PERMISSION_DENIED": Forbidden,
 }
 """gRPC status names and the exception each raises, in the client and inside nodes."""
 
 
 def controller_error(code: str, message: str) -> Error:
     """The exception for a controller answer with gRPC status ``code`` (its name)."""
-    if code == "UNAUTHENTICATED" or code == "PERMISSION_DENIED":
+    if code == "UNAUTHENTICATED":
         return AuthError(message)
     if code == "DEADLINE_EXCEEDED":
         return Timeout(message)

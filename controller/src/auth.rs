@@ -1,9 +1,163 @@
-//! Shared-secret authentication for every gRPC service.
+//! Who may call what: the credentials every gRPC service accepts (the cluster secret for
+//! members, client tokens carrying a role) and the one table mapping each RPC to what it needs.
+//!
+//! Every service is wrapped in a [`Guard`], which looks the request's method up in
+//! [`RPC_TABLE`] before the handler runs: a method missing from the table is refused, so a new
+//! RPC cannot be served until someone decides who may call it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
+
+/// What a client token may do; each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Look: apps, nodes, processes, trees, logs, names, cluster state.
+    Read,
+    /// Read, plus call, cast and send into apps' processes.
+    Call,
+    /// Call, plus submit, upgrade, roll back, stop and delete apps and write the registry.
+    Deploy,
+    /// Everything: controller membership, snapshots, client tokens.
+    Admin,
+}
+
+impl Role {
+    /// Every role, weakest first.
+    pub const ALL: [Role; 4] = [Role::Read, Role::Call, Role::Deploy, Role::Admin];
+
+    /// The role's name as users write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Call => "call",
+            Role::Deploy => "deploy",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read" => Ok(Role::Read),
+            "call" => Ok(Role::Call),
+            "deploy" => Ok(Role::Deploy),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role `{other}`; use read, call, deploy or admin"
+            )),
+        }
+    }
+}
+
+/// What a method requires of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// The cluster secret: controller members and nodes only.
+    Member,
+    /// A client token of at least this role (the cluster secret also passes).
+    Role(Role),
+}
+
+/// Who a request comes from, once authenticated; handlers find it in the request extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Holder of the cluster secret (a controller member or a node).
+    Member,
+    /// A client with a token of this role; `token` is the token's id (`static` for tokens
+    /// given on the command line).
+    Client {
+        /// The token's role.
+        role: Role,
+        /// The token's id.
+        token: String,
+    },
+}
+
+impl Principal {
+    fn satisfies(&self, need: Need) -> bool {
+        match (self, need) {
+            (Principal::Member, _) => true,
+            (Principal::Client { .. }, Need::Member) => false,
+            (Principal::Client { role, .. }, Need::Role(r)) => *role >= r,
+        }
+    }
+}
+
+use Need::{Member as M, Role as R};
+use Role::{Admin, Call, Deploy, Read};
+
+/// Every RPC of every service and what it needs. The single place that decides access: a
+/// method that is not listed here is refused.
+pub const RPC_TABLE: &[(&str, Need)] = &[
+    // Client and admin traffic (controllers).
+    ("/rebeam.v1.ClusterService/RegisterName", R(Deploy)),
+    ("/rebeam.v1.ClusterService/RegisterNames", R(Deploy)),
+    ("/rebeam.v1.ClusterService/UnregisterName", R(Deploy)),
+    ("/rebeam.v1.ClusterService/Whereis", R(Read)),
+    ("/rebeam.v1.ClusterService/ListNames", R(Read)),
+    ("/rebeam.v1.ClusterService/PgJoin", R(Deploy)),
+    ("/rebeam.v1.ClusterService/PgLeave", R(Deploy)),
+    ("/rebeam.v1.ClusterService/PgMembers", R(Read)),
+    ("/rebeam.v1.ClusterService/SubmitApp", R(Deploy)),
+    ("/rebeam.v1.ClusterService/UpgradeApp", R(Deploy)),
+    ("/rebeam.v1.ClusterService/StopApp", R(Deploy)),
+    ("/rebeam.v1.ClusterService/RollbackApp", R(Deploy)),
+    ("/rebeam.v1.ClusterService/DeleteApp", R(Deploy)),
+    ("/rebeam.v1.ClusterService/ListApps", R(Read)),
+    ("/rebeam.v1.ClusterService/ClusterState", R(Read)),
+    ("/rebeam.v1.ClusterService/Status", R(Read)),
+    ("/rebeam.v1.ClusterService/AddController", R(Admin)),
+    ("/rebeam.v1.ClusterService/RemoveController", R(Admin)),
+    ("/rebeam.v1.ClusterService/Snapshot", R(Admin)),
+    ("/rebeam.v1.ClusterService/CreateToken", R(Admin)),
+    ("/rebeam.v1.ClusterService/ListTokens", R(Admin)),
+    ("/rebeam.v1.ClusterService/RevokeToken", R(Admin)),
+    // Node control traffic (controllers).
+    ("/rebeam.v1.NodeService/Join", M),
+    ("/rebeam.v1.NodeService/Heartbeat", M),
+    ("/rebeam.v1.NodeService/Leave", M),
+    ("/rebeam.v1.NodeService/Watch", M),
+    ("/rebeam.v1.NodeService/ReportExit", M),
+    ("/rebeam.v1.NodeService/ReportChildStarted", M),
+    ("/rebeam.v1.NodeService/FetchCode", M),
+    ("/rebeam.v1.NodeService/ReportChildFailed", M),
+    ("/rebeam.v1.NodeService/ReportUpgrade", M),
+    // Raft between controller members.
+    ("/rebeam.v1.RaftPeer/AppendEntries", M),
+    ("/rebeam.v1.RaftPeer/Vote", M),
+    ("/rebeam.v1.RaftPeer/InstallSnapshot", M),
+    // Node to node.
+    ("/rebeam.v1.PeerService/Stream", M),
+    // Clients at a node's gateway.
+    ("/rebeam.v1.GatewayService/Deliver", R(Call)),
+    ("/rebeam.v1.GatewayService/ListProcesses", R(Read)),
+    ("/rebeam.v1.GatewayService/Logs", R(Read)),
+];
+
+/// What `path` (`/package.Service/Method`) needs, or None for a method nobody may call.
+pub fn required(path: &str) -> Option<Need> {
+    RPC_TABLE
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, need)| *need)
+}
 
 /// Compares without an early exit so timing does not leak how much of a token matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -13,25 +167,228 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks `authorization: Bearer <token>` against a set of accepted tokens.
-#[derive(Clone)]
-pub struct Authenticator {
-    tokens: Arc<Vec<String>>,
+/// Prefix of every token the cluster issues (`rbt_<id>_<secret>`), so they are recognisable in
+/// a leaked file and their id can be found without a table scan.
+pub const TOKEN_PREFIX: &str = "rbt_";
+
+/// A client token as the replicated state keeps it: never the token itself, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public id (shown by `rebeam token list`, used to revoke).
+    pub id: String,
+    /// Hex SHA-256 of the whole token text.
+    pub sha256: String,
+    /// What the token may do.
+    pub role: Role,
+    /// When it was created (leader clock, ms since the epoch).
+    pub created_at_ms: u64,
+    /// When it stops working (ms since the epoch); 0 for never.
+    pub expires_at_ms: u64,
+    /// Free text saying whom it was made for.
+    pub note: String,
 }
 
-impl Authenticator {
-    /// Accepts exactly these tokens.
-    pub fn new(tokens: Vec<String>) -> Self {
-        Authenticator {
-            tokens: Arc::new(tokens.into_iter().filter(|t| !t.is_empty()).collect()),
+impl TokenRecord {
+    /// Whether the token has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != 0 && now_ms >= self.expires_at_ms
+    }
+}
+
+/// A freshly made token: the text to show once, and the record to store.
+pub struct NewToken {
+    /// The token text; shown to its creator once and never stored.
+    pub text: String,
+    /// What the state keeps.
+    pub record: TokenRecord,
+}
+
+/// Hex SHA-256 of a token's text.
+pub fn token_hash(text: &str) -> String {
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// Makes a token with 256 random bits; `ttl_ms` 0 means it never expires.
+pub fn new_token(role: Role, now_ms: u64, ttl_ms: u64, note: String) -> NewToken {
+    let id = format!("{:016x}", rand::random::<u64>());
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let text = format!("{TOKEN_PREFIX}{id}_{secret}");
+    let record = TokenRecord {
+        id,
+        sha256: token_hash(&text),
+        role,
+        created_at_ms: now_ms,
+        expires_at_ms: if ttl_ms == 0 {
+            0
+        } else {
+            now_ms.saturating_add(ttl_ms)
+        },
+        note,
+    };
+    NewToken { text, record }
+}
+
+/// Where issued tokens are looked up (the controller's applied state, a node's watch cache).
+pub trait TokenSource: Send + Sync + 'static {
+    /// The record with this id, if any.
+    fn token(&self, id: &str) -> Option<TokenRecord>;
+}
+
+/// A node's copy of the issued tokens, kept current by the controller's watch stream.
+#[derive(Default)]
+pub struct TokenCache {
+    tokens: RwLock<HashMap<String, TokenRecord>>,
+}
+
+impl TokenCache {
+    /// Replaces every record (a fresh view).
+    pub fn replace(&self, records: impl IntoIterator<Item = TokenRecord>) {
+        *self.tokens.write() = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+    }
+
+    /// Adds or replaces one record.
+    pub fn set(&self, record: TokenRecord) {
+        self.tokens.write().insert(record.id.clone(), record);
+    }
+
+    /// Forgets a revoked token.
+    pub fn remove(&self, id: &str) {
+        self.tokens.write().remove(id);
+    }
+}
+
+impl TokenSource for TokenCache {
+    fn token(&self, id: &str) -> Option<TokenRecord> {
+        self.tokens.read().get(id).cloned()
+    }
+}
+
+/// A token given at start (`--client-token`): `ROLE:TOKEN`, or a bare `TOKEN` for admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticToken {
+    /// What it may do.
+    pub role: Role,
+    /// The token text.
+    pub token: String,
+}
+
+impl std::str::FromStr for StaticToken {
+    type Err = String;
+
+    /// A prefix that is not a role name is part of the token, so `a:b` is the admin token `a:b`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (role, token) = match s.split_once(':') {
+            Some((r, t)) => match r.parse::<Role>() {
+                Ok(role) => (role, t),
+                Err(_) => (Role::Admin, s),
+            },
+            None => (Role::Admin, s),
+        };
+        if token.is_empty() {
+            return Err("a client token is empty; give ROLE:TOKEN or TOKEN".into());
+        }
+        Ok(StaticToken {
+            role,
+            token: token.to_string(),
+        })
+    }
+}
+
+/// Reads tokens from a file: one per line (`ROLE:TOKEN` or `TOKEN`); blank lines and lines
+/// starting with `#` are skipped.
+pub fn read_token_file(path: &std::path::Path) -> Result<Vec<StaticToken>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read client tokens from {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| (i, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(i, l)| {
+            l.parse()
+                .map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Reads the cluster secret from a file (surrounding whitespace is dropped).
+pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read the cluster secret from {}: {e}",
+            path.display()
+        )
+    })?;
+    let secret = text.trim().to_string();
+    if secret.is_empty() {
+        return Err(format!("the secret file {} is empty", path.display()));
+    }
+    Ok(secret)
+}
+
+/// The credentials one server accepts.
+#[derive(Clone)]
+pub struct Credentials {
+    secret: String,
+    static_tokens: Arc<Vec<StaticToken>>,
+    issued: Option<Arc<dyn TokenSource>>,
+}
+
+impl Credentials {
+    /// Accepts the cluster secret, the static tokens, and tokens found in `issued`.
+    pub fn new(
+        secret: String,
+        static_tokens: Vec<StaticToken>,
+        issued: Option<Arc<dyn TokenSource>>,
+    ) -> Self {
+        Credentials {
+            secret,
+            static_tokens: Arc::new(static_tokens),
+            issued,
         }
     }
 
-    /// Interceptor body: passes authenticated requests, refuses others with `unauthenticated`.
-    pub fn check<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
-        let Some(value) = req.metadata().get("authorization") else {
+    /// Who presented `token`, or None when it is not a valid credential.
+    pub fn authenticate(&self, token: &str, now_ms: u64) -> Option<Principal> {
+        if token.is_empty() {
+            return None;
+        }
+        if !self.secret.is_empty() && constant_time_eq(self.secret.as_bytes(), token.as_bytes()) {
+            return Some(Principal::Member);
+        }
+        let mut found = None;
+        for t in self.static_tokens.iter() {
+            if constant_time_eq(t.token.as_bytes(), token.as_bytes()) {
+                found = Some(t.role);
+            }
+        }
+        if let Some(role) = found {
+            return Some(Principal::Client {
+                role,
+                token: "static".into(),
+            });
+        }
+        let rest = token.strip_prefix(TOKEN_PREFIX)?;
+        let (id, _) = rest.split_once('_')?;
+        let record = self.issued.as_ref()?.token(id)?;
+        let hash = token_hash(token);
+        (constant_time_eq(record.sha256.as_bytes(), hash.as_bytes()) && !record.expired(now_ms))
+            .then(|| Principal::Client {
+                role: record.role,
+                token: record.id,
+            })
+    }
+
+    /// Decides a request for `path` carrying these headers: the caller, or the refusal.
+    pub fn authorize(&self, path: &str, headers: &http::HeaderMap) -> Result<Principal, Status> {
+        let Some(need) = required(path) else {
+            return Err(Status::permission_denied(format!(
+                "`{path}` is not an rpc this server authorizes"
+            )));
+        };
+        let Some(value) = headers.get("authorization") else {
             return Err(Status::unauthenticated(
-                "missing credentials; send `authorization: Bearer <cluster secret or client token>`",
+                "missing credentials; send `authorization: Bearer <client token>`",
             ));
         };
         let presented = value
@@ -39,16 +396,69 @@ impl Authenticator {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if self
-            .tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), presented.as_bytes()))
-        {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated(
-                "wrong credentials; check the cluster secret or client token",
-            ))
+        let Some(principal) = self.authenticate(presented, crate::types::now_ms()) else {
+            return Err(Status::unauthenticated(
+                "wrong, revoked or expired credentials; check the client token",
+            ));
+        };
+        if principal.satisfies(need) {
+            return Ok(principal);
+        }
+        Err(Status::permission_denied(match (need, &principal) {
+            (Need::Member, _) => format!("`{path}` is for cluster members only"),
+            (Need::Role(r), Principal::Client { role, .. }) => {
+                format!("`{path}` needs the `{r}` role; this token's role is `{role}`")
+            }
+            (Need::Role(r), Principal::Member) => format!("`{path}` needs the `{r}` role"),
+        }))
+    }
+}
+
+/// Wraps a gRPC service: every request is checked against [`RPC_TABLE`] before it reaches
+/// the service, and the caller's [`Principal`] is put in the request extensions.
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    credentials: Credentials,
+}
+
+impl<S> Guard<S> {
+    /// Guards `inner` with these credentials.
+    pub fn new(inner: S, credentials: Credentials) -> Self {
+        Guard { inner, credentials }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Guard<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for Guard<S>
+where
+    S: tonic::codegen::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self.credentials.authorize(req.uri().path(), req.headers()) {
+            Ok(principal) => {
+                req.extensions_mut().insert(principal);
+                Box::pin(self.inner.call(req))
+            }
+            Err(status) => {
+                let response = status.into_http();
+                Box::pin(async move { Ok(response) })
+            }
         }
     }
 }
@@ -76,3 +486,6 @@ impl tonic::service::Interceptor for BearerInjector {
         Ok(req)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -94,7 +94,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_code_bytes: 8 * 1024 * 1024,
+            max_code_bytes: crate::archive::MAX_CODE_BYTES,
             max_manifest_bytes: 64 * 1024,
         }
     }
@@ -123,8 +123,8 @@ pub struct ControllerConfig {
     pub join: Option<String>,
     /// Cluster secret required on every service.
     pub secret: String,
-    /// Extra tokens accepted on the client service only.
-    pub client_tokens: Vec<String>,
+    /// Client tokens given at start, each with its role (bare tokens are admin).
+    pub client_tokens: Vec<crate::auth::StaticToken>,
     /// Failure detection and Raft timings.
     pub timings: Timings,
     /// Size limits.
@@ -171,6 +171,13 @@ impl ControllerConfig {
             return Err(Error::invalid(
                 "--peer lists this member's own id; list only the other members",
             ));
+        }
+        if self.limits.max_code_bytes > crate::archive::MAX_CODE_BYTES {
+            return Err(Error::invalid(format!(
+                "--max-code-bytes {} is above the {} bytes nodes unpack; an app that large would be accepted and never run",
+                self.limits.max_code_bytes,
+                crate::archive::MAX_CODE_BYTES
+            )));
         }
         let t = &self.timings;
         if t.node_fence >= t.lease || t.heartbeat >= t.node_fence {

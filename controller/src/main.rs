@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use rebeam_controller::auth::{read_secret_file, read_token_file, StaticToken};
 use rebeam_controller::{ControllerConfig, Limits, PeerSpec, Timings};
 
 // glibc malloc showed up as a quarter of the leader's CPU under registration load.
@@ -43,17 +44,31 @@ struct Cli {
     /// API address of a running member to ask for admission into the group.
     #[arg(long)]
     join: Option<String>,
-    /// Cluster secret required on every service.
-    #[arg(long, env = "REBEAM_SECRET", hide_env_values = true)]
-    secret: String,
-    /// Extra tokens accepted by the client service only (comma-separated).
+    /// Cluster secret shared by members and nodes (prefer --secret-file: a command line is
+    /// visible to every local user).
+    #[arg(
+        long,
+        env = "REBEAM_SECRET",
+        hide_env_values = true,
+        required_unless_present = "secret_file",
+        conflicts_with = "secret_file"
+    )]
+    secret: Option<String>,
+    /// File holding the cluster secret (surrounding whitespace is ignored).
+    #[arg(long, env = "REBEAM_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// A client token as ROLE:TOKEN (read, call, deploy, admin) or TOKEN (admin); repeat or
+    /// comma-separate.
     #[arg(
         long = "client-token",
         env = "REBEAM_CLIENT_TOKENS",
         value_delimiter = ',',
         hide_env_values = true
     )]
-    client_tokens: Vec<String>,
+    client_tokens: Vec<StaticToken>,
+    /// File of client tokens, one ROLE:TOKEN or TOKEN per line (`#` starts a comment line).
+    #[arg(long, env = "REBEAM_CLIENT_TOKEN_FILE")]
+    client_token_file: Option<PathBuf>,
     /// Node lease in ms: a node silent this long is declared dead.
     #[arg(long, default_value_t = 1500)]
     lease_ms: u64,
@@ -83,8 +98,17 @@ struct Cli {
     max_code_bytes: usize,
 }
 
-fn config(cli: Cli) -> ControllerConfig {
-    ControllerConfig {
+fn config(cli: Cli) -> anyhow::Result<ControllerConfig> {
+    let secret = match (&cli.secret, &cli.secret_file) {
+        (_, Some(path)) => read_secret_file(path).map_err(anyhow::Error::msg)?,
+        (Some(s), None) => s.clone(),
+        (None, None) => anyhow::bail!("give the cluster secret with --secret-file or --secret"),
+    };
+    let mut client_tokens = cli.client_tokens;
+    if let Some(path) = &cli.client_token_file {
+        client_tokens.extend(read_token_file(path).map_err(anyhow::Error::msg)?);
+    }
+    Ok(ControllerConfig {
         id: cli.id,
         data_dir: cli.data_dir,
         raft_listen: cli.raft_listen,
@@ -94,8 +118,8 @@ fn config(cli: Cli) -> ControllerConfig {
         peers: cli.peers,
         init: cli.init,
         join: cli.join,
-        secret: cli.secret,
-        client_tokens: cli.client_tokens,
+        secret,
+        client_tokens,
         timings: Timings {
             lease: Duration::from_millis(cli.lease_ms),
             heartbeat: Duration::from_millis(cli.heartbeat_ms),
@@ -110,7 +134,7 @@ fn config(cli: Cli) -> ControllerConfig {
         },
         snapshot_logs: cli.snapshot_logs,
         keep_logs: cli.keep_logs,
-    }
+    })
 }
 
 #[tokio::main]
@@ -121,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
-    let cfg = config(Cli::parse());
+    let cfg = config(Cli::parse())?;
     let handle = rebeam_controller::start(cfg)
         .await
         .context("starting the controller")?;

@@ -19,6 +19,7 @@ struct RawManifest {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawApp {
     name: String,
     version: String,
@@ -29,6 +30,7 @@ struct RawApp {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawChild {
     start: String,
     #[serde(default)]
@@ -41,6 +43,9 @@ struct RawChild {
     restart: String,
     #[serde(default = "default_placement")]
     placement: String,
+    /// Read by the nodes' supervisors: seconds, `brutal_kill` or `infinity`.
+    #[serde(default)]
+    shutdown: Option<toml::Value>,
 }
 
 fn default_max_restarts() -> u32 {
@@ -56,18 +61,69 @@ fn default_placement() -> String {
     "any".into()
 }
 
-fn ident(kind: &str, s: &str) -> Result<()> {
-    if s.is_empty()
+/// Checks an app name: 1 to 64 ASCII letters, digits, `_` or `-`, starting with a letter or
+/// digit. No dots: an app name becomes part of a module and a directory name on the nodes,
+/// where `.` and `..` would escape or alias them.
+pub fn app_name(s: &str) -> Result<()> {
+    let mut chars = s.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok
         || s.len() > 64
-        || !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
     {
         return Err(Error::invalid(format!(
-            "manifest {kind} `{s}` is invalid; use 1..=64 letters, digits, `.`, `_`, `-` or `+`"
+            "rebeam.toml: app.name {s:?} is invalid; use 1 to 64 ASCII letters, digits, `_` or `-`, starting with a letter or digit"
         )));
     }
     Ok(())
+}
+
+/// Checks a version: 1 to 64 ASCII letters, digits, `.`, `_`, `-` or `+`, starting with a
+/// letter or digit.
+fn version(s: &str) -> Result<()> {
+    let mut chars = s.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok
+        || s.len() > 64
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+    {
+        return Err(Error::invalid(format!(
+            "rebeam.toml: app.version {s:?} is invalid; use 1 to 64 ASCII letters, digits, `.`, `_`, `-` or `+`, starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a child name: 1 to 255 bytes of ASCII letters, digits, `.`, `_` or `-`, starting
+/// with a letter or digit (so `.`, `..`, `-x` and names with spaces or NUL are refused).
+pub fn child_name(s: &str) -> Result<()> {
+    let mut chars = s.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok
+        || s.len() > 255
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(Error::invalid(format!(
+            "rebeam.toml: child name {s:?} is invalid; use 1 to 255 ASCII letters, digits, `.`, `_` or `-`, starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+/// A TOML error as a message naming the file, the line and the key written there.
+fn toml_error(text: &str, e: &toml::de::Error) -> Error {
+    let at = e.span().map(|span| {
+        let start = span.start.min(text.len());
+        let line_no = text[..start].matches('\n').count() + 1;
+        let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+        let line: String = line.chars().take(80).collect();
+        format!(" line {line_no} (`{line}`)")
+    });
+    Error::invalid(format!(
+        "rebeam.toml{}: {}",
+        at.unwrap_or_default(),
+        e.message().trim_end()
+    ))
 }
 
 /// Parses a placement string: `any`, `spread` or `label=value`.
@@ -99,10 +155,14 @@ fn restart(s: &str) -> Result<Restart> {
 
 /// Parses and validates a manifest.
 pub fn parse(toml_text: &str) -> Result<AppDraft> {
-    let raw: RawManifest = toml::from_str(toml_text)
-        .map_err(|e| Error::invalid(format!("rebeam.toml does not parse: {}", e.message())))?;
-    ident("app name", &raw.app.name)?;
-    ident("version", &raw.app.version)?;
+    let raw: RawManifest = toml::from_str(toml_text).map_err(|e| toml_error(toml_text, &e))?;
+    app_name(&raw.app.name)?;
+    version(&raw.app.version)?;
+    if raw.children.is_empty() {
+        return Err(Error::invalid(
+            "rebeam.toml: at least one [[children]] entry is required",
+        ));
+    }
     if raw.app.max_seconds == 0 || raw.app.max_seconds > 86_400 {
         return Err(Error::invalid("max_seconds must be between 1 and 86400"));
     }
@@ -133,7 +193,18 @@ pub fn parse(toml_text: &str) -> Result<AppDraft> {
             )));
         }
         if !c.name.is_empty() {
-            crate::validate::name("child name", &c.name)?;
+            child_name(&c.name)?;
+        }
+        match &c.shutdown {
+            None => {}
+            Some(toml::Value::Integer(n)) if *n >= 0 => {}
+            Some(toml::Value::Float(f)) if f.is_finite() && *f >= 0.0 => {}
+            Some(toml::Value::String(s)) if s == "brutal_kill" || s == "infinity" => {}
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "rebeam.toml: children[{i}].shutdown is {other}; use seconds, \"brutal_kill\" or \"infinity\""
+                )))
+            }
         }
         let id = if c.name.is_empty() {
             format!("child-{i}")
@@ -194,6 +265,74 @@ placement = "zone=eu"
             Placement::Label("zone".into(), "eu".into())
         );
         assert_eq!(d.children[0].args_json, r#"[1,"x"]"#);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_wrong_types_and_bad_names_naming_the_key() {
+        let cases = [
+            (
+                "[app]\nname='a'\nversion='1'\nmax_restart=1\n[[children]]\nstart='m:f'\n",
+                "max_restart",
+            ),
+            (
+                "[app]\nname='a'\nversion='1'\n[[children]]\nstart='m:f'\nrestat='temporary'\n",
+                "restat",
+            ),
+            ("[app]\nname='a'\nversion='1'\nchildren='m:f'\n", "children"),
+            (
+                "[app]\nname='a'\nversion='1'\n",
+                "at least one [[children]]",
+            ),
+            (
+                "[app]\nname='..'\nversion='1'\n[[children]]\nstart='m:f'\n",
+                "app.name",
+            ),
+            (
+                "[app]\nname='.'\nversion='1'\n[[children]]\nstart='m:f'\n",
+                "app.name",
+            ),
+            (
+                "[app]\nname='-x'\nversion='1'\n[[children]]\nstart='m:f'\n",
+                "app.name",
+            ),
+            (
+                "[app]\nname='+'\nversion='1'\n[[children]]\nstart='m:f'\n",
+                "app.name",
+            ),
+            (
+                "[app]\nname='a\\u0000'\nversion='1'\n[[children]]\nstart='m:f'\n",
+                "app.name",
+            ),
+            (
+                "[app]\nname='a.b'\nversion='1'\n[[children]]\nstart='m:f'\n",
+                "app.name",
+            ),
+            (
+                "[app]\nname='a'\nversion='..'\n[[children]]\nstart='m:f'\n",
+                "app.version",
+            ),
+            (
+                "[app]\nname='a'\nversion='1'\n[[children]]\nstart='m:f'\nname='..'\n",
+                "child name",
+            ),
+            (
+                "[app]\nname='a'\nversion='1'\n[[children]]\nstart='m:f'\nname='-x'\n",
+                "child name",
+            ),
+            (
+                "[app]\nname='a'\nversion='1'\n[[children]]\nstart='m:f'\nshutdown=[1]\n",
+                "shutdown",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(
+                e.contains(key) && e.contains("rebeam.toml"),
+                "{text:?}: {e}"
+            );
+        }
+        let ok = "[app]\nname='a-1'\nversion='1.0+b'\n[[children]]\nstart='m:f'\nname='x.y'\nshutdown='brutal_kill'\n";
+        assert!(parse(ok).is_ok());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tonic::transport::Server;
 use crate::api::cluster::ClusterApi;
 use crate::api::node::NodeApi;
 use crate::api::raft::RaftService;
-use crate::auth::{Authenticator, BearerInjector};
+use crate::auth::{BearerInjector, Credentials, Guard, TokenSource};
 use crate::config::ControllerConfig;
 use crate::core::Core;
 use crate::error::{Error, Result, LEADER_METADATA_KEY};
@@ -171,18 +171,20 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let secret_auth = Authenticator::new(vec![config.secret.clone()]);
-    let mut client_tokens = config.client_tokens.clone();
-    client_tokens.push(config.secret.clone());
-    let client_auth = Authenticator::new(client_tokens);
+    // One set of credentials for every service: auth::RPC_TABLE decides, per method, whether
+    // the cluster secret or which client role is needed.
+    let credentials = Credentials::new(
+        config.secret.clone(),
+        config.client_tokens.clone(),
+        Some(core.shared.clone() as Arc<dyn TokenSource>),
+    );
 
-    let raft_svc = {
-        let a = secret_auth.clone();
-        let svc = RaftPeerServer::new(RaftService::new(raft.clone()))
+    let raft_svc = Guard::new(
+        RaftPeerServer::new(RaftService::new(raft.clone()))
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE);
-        tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
-    };
+            .max_encoding_message_size(MAX_RAFT_MESSAGE),
+        credentials.clone(),
+    );
     let mut s = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         let r = Server::builder()
@@ -197,18 +199,14 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     }));
 
     let max_api = config.limits.max_code_bytes + config.limits.max_manifest_bytes + 64 * 1024;
-    let node_svc = {
-        let a = secret_auth.clone();
-        let svc =
-            NodeServiceServer::new(NodeApi::new(core.clone())).max_decoding_message_size(4 << 20);
-        tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
-    };
-    let cluster_svc = {
-        let a = client_auth.clone();
-        let svc = ClusterServiceServer::new(ClusterApi::new(core.clone()))
-            .max_decoding_message_size(max_api);
-        tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
-    };
+    let node_svc = Guard::new(
+        NodeServiceServer::new(NodeApi::new(core.clone())).max_decoding_message_size(4 << 20),
+        credentials.clone(),
+    );
+    let cluster_svc = Guard::new(
+        ClusterServiceServer::new(ClusterApi::new(core.clone())).max_decoding_message_size(max_api),
+        credentials,
+    );
     let mut s = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         let r = Server::builder()

@@ -232,6 +232,10 @@ pub struct App {
     /// next submit, upgrade or rollback.
     #[serde(default)]
     pub upgrade_error: String,
+    /// When nodes died while starting one of this app's top-level children (recent ones):
+    /// a repeat offender is charged alone for the next such death.
+    #[serde(default)]
+    pub killed_nodes_ms: Vec<u64>,
 }
 
 impl App {
@@ -367,6 +371,12 @@ pub enum Command {
     StopApp { name: String },
     /// Make an app's previous version current again.
     RollbackApp { name: String },
+    /// Remove a stopped app and its code.
+    DeleteApp { name: String },
+    /// Store a new client token's record (its hash, never the token).
+    IssueToken { record: crate::auth::TokenRecord },
+    /// Remove a client token.
+    RevokeToken { id: String },
     /// A node could not start a top-level child (import error or exception in `init`).
     ChildFailed {
         node: String,

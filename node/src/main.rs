@@ -4,6 +4,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use rebeam_controller::auth::{
+    read_secret_file, read_token_file, Credentials, Guard, StaticToken, TokenSource,
+};
 use rebeam_node::cluster::gateway::Gateway;
 use rebeam_node::cluster::peers::PeerService;
 use rebeam_node::cluster::{control, Cluster, ClusterConfig};
@@ -48,22 +51,35 @@ struct Cli {
     /// Most top-level children the controller may place here (0: no limit).
     #[arg(long, default_value_t = 0)]
     capacity: u32,
-    /// Tokens accepted from clients at this node's gateway (comma-separated), besides the
-    /// cluster secret; on --dev, the embedded controller accepts them too.
+    /// Client tokens accepted at this node's gateway (and, on --dev, by the embedded
+    /// controller), as ROLE:TOKEN (read, call, deploy, admin) or TOKEN (admin); repeat or
+    /// comma-separate. Tokens issued with `rebeam token create` work without listing them.
     #[arg(
         long = "client-token",
         value_delimiter = ',',
         env = "REBEAM_CLIENT_TOKENS",
         hide_env_values = true
     )]
-    client_tokens: Vec<String>,
+    client_tokens: Vec<StaticToken>,
+    /// File of client tokens, one ROLE:TOKEN or TOKEN per line (`#` starts a comment line).
+    #[arg(long, env = "REBEAM_CLIENT_TOKEN_FILE")]
+    client_token_file: Option<PathBuf>,
     /// On --dev, where the embedded controller's client API listens (clients and the
     /// `rebeam` CLI connect here); the default picks a free port and prints it.
     #[arg(long, default_value = "127.0.0.1:0", env = "REBEAM_API_LISTEN")]
     api_listen: std::net::SocketAddr,
-    /// The cluster secret (required in cluster mode).
-    #[arg(long, env = "REBEAM_SECRET", hide_env_values = true)]
+    /// The cluster secret (required in cluster mode). Prefer --secret-file: app code can read
+    /// the node's command line.
+    #[arg(
+        long,
+        env = "REBEAM_SECRET",
+        hide_env_values = true,
+        conflicts_with = "secret_file"
+    )]
     secret: Option<String>,
+    /// File holding the cluster secret (surrounding whitespace is ignored).
+    #[arg(long, env = "REBEAM_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
     /// Where fetched application code is kept.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -72,8 +88,17 @@ struct Cli {
     args: Vec<String>,
 }
 
+/// Environment variables that carry credentials; removed before Python starts so app code
+/// cannot read them from `os.environ`.
+const CREDENTIAL_VARS: [&str; 2] = ["REBEAM_SECRET", "REBEAM_CLIENT_TOKENS"];
+
 fn main() {
     let cli = Cli::parse();
+    for var in CREDENTIAL_VARS {
+        // SAFETY: no other thread runs yet (the runtimes and the interpreter start later), so
+        // nothing reads the environment concurrently.
+        unsafe { std::env::remove_var(var) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REBEAM_LOG")
@@ -102,6 +127,23 @@ fn exit_process(code: i32) -> ! {
     std::process::exit(code);
 }
 
+/// The cluster secret from --secret-file or --secret, if given.
+fn given_secret(cli: &Cli) -> Result<Option<String>> {
+    if let Some(path) = &cli.secret_file {
+        return read_secret_file(path).map(Some).map_err(anyhow::Error::msg);
+    }
+    Ok(cli.secret.clone().filter(|s| !s.is_empty()))
+}
+
+/// The client tokens from --client-token and --client-token-file.
+fn given_tokens(cli: &Cli) -> Result<Vec<StaticToken>> {
+    let mut tokens = cli.client_tokens.clone();
+    if let Some(path) = &cli.client_token_file {
+        tokens.extend(read_token_file(path).map_err(anyhow::Error::msg)?);
+    }
+    Ok(tokens)
+}
+
 fn run(cli: Cli) -> Result<i32> {
     if cli.dev != cli.controllers.is_empty() {
         bail!("pass either --dev (a single-machine node) or --controllers ADDR[,ADDR...] (join a cluster)");
@@ -123,11 +165,9 @@ fn run(cli: Cli) -> Result<i32> {
         let (controllers, secret, data_dir) = start_dev_controller(&cli, &tokio)?;
         join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir)?;
     } else {
-        let secret = cli
-            .secret
-            .clone()
-            .filter(|s| !s.is_empty())
-            .context("cluster mode needs the cluster secret: --secret or REBEAM_SECRET")?;
+        let secret = given_secret(&cli)?.context(
+            "cluster mode needs the cluster secret: --secret-file, --secret or REBEAM_SECRET",
+        )?;
         let data_dir = cli
             .data_dir
             .clone()
@@ -196,14 +236,10 @@ fn start_dev_controller(
             dir
         }
     };
-    let secret = cli
-        .secret
-        .clone()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let secret = given_secret(cli)?.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     let mut config =
         rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
-    config.client_tokens = cli.client_tokens.clone();
+    config.client_tokens = given_tokens(cli)?;
     config.api_listen = cli.api_listen;
     let handle = tokio
         .block_on(rebeam_controller::start(config))
@@ -253,21 +289,24 @@ fn join_cluster(
     };
     let cluster = Cluster::new(rt.clone(), tokio.handle().clone(), config);
     let _ = rt.host.cluster.set(cluster.clone());
-    let auth = rebeam_controller::auth::Authenticator::new(vec![secret.clone()]);
-    let mut client_tokens = cli.client_tokens.clone();
-    client_tokens.push(secret);
-    let client_auth = rebeam_controller::auth::Authenticator::new(client_tokens);
-    let gateway = rebeam_proto::gateway_service_server::GatewayServiceServer::with_interceptor(
-        Gateway {
-            cluster: cluster.clone(),
-        },
-        move |req| client_auth.check(req),
+    // auth::RPC_TABLE decides per method: the peer service needs the secret, the gateway a
+    // client role (tokens issued by the controller arrive through the watch stream).
+    let credentials = Credentials::new(
+        secret,
+        given_tokens(cli)?,
+        Some(cluster.tokens.clone() as std::sync::Arc<dyn TokenSource>),
     );
-    let service = rebeam_proto::peer_service_server::PeerServiceServer::with_interceptor(
-        PeerService {
+    let gateway = Guard::new(
+        rebeam_proto::gateway_service_server::GatewayServiceServer::new(Gateway {
             cluster: cluster.clone(),
-        },
-        move |req| auth.check(req),
+        }),
+        credentials.clone(),
+    );
+    let service = Guard::new(
+        rebeam_proto::peer_service_server::PeerServiceServer::new(PeerService {
+            cluster: cluster.clone(),
+        }),
+        credentials,
     );
     tokio.spawn(async move {
         let served = tonic::transport::Server::builder()

@@ -14,14 +14,16 @@ See docs/applications.md."""
 from __future__ import annotations
 
 from .._app import Manifest, ManifestError, load_manifest
-from ._client import DEFAULT_TIMEOUT, LEADER_METADATA_KEY, Client, connect
+from ._client import DEFAULT_TIMEOUT, LEADER_METADATA_KEY, ROLES, Client, connect
 from ._config import DEFAULT_URL, ConfigError, config_path
+from ._decode import SAFE_CLASSES, UntrustedValue
 from ._errors import (
     AlreadyExists,
     AppFailed,
     ArchiveError,
     AuthError,
     ControllerError,
+    Forbidden,
     InvalidRequest,
     NotFound,
     Refused,
@@ -41,14 +43,16 @@ from ._types import (
     Restart,
     Status,
     StayedProcess,
+    TokenInfo,
 )
 from .archive import Archive, pack, unpack
 
 __all__ = [
-    "DEFAULT_TIMEOUT", "DEFAULT_URL", "LEADER_METADATA_KEY", "AlreadyExists", "AppFailed", "AppInfo",
-    "Archive", "ArchiveError", "Assignment", "AuthError", "ChildInfo", "Client", "ClusterState",
-    "ConfigError", "ControllerError", "ControllerMember", "InvalidRequest", "LogEntry", "LogStream",
-    "Manifest", "ManifestError", "NodeInfo", "NodeUpgrade", "NotFound", "ProcessInfo", "ProcessList",
-    "Refused", "Restart", "StayedProcess", "Status", "TooLarge", "Tree", "TreeNode", "Unavailable",
-    "UpgradeFailed", "config_path", "connect", "load_manifest", "pack", "unpack",
+    "DEFAULT_TIMEOUT", "DEFAULT_URL", "LEADER_METADATA_KEY", "ROLES", "SAFE_CLASSES", "AlreadyExists",
+    "AppFailed", "AppInfo", "Archive", "ArchiveError", "Assignment", "AuthError", "ChildInfo", "Client",
+    "ClusterState", "ConfigError", "ControllerError", "ControllerMember", "Forbidden", "InvalidRequest",
+    "LogEntry", "LogStream", "Manifest", "ManifestError", "NodeInfo", "NodeUpgrade", "NotFound",
+    "ProcessInfo", "ProcessList", "Refused", "Restart", "Status", "StayedProcess", "TokenInfo",
+    "TooLarge", "Tree", "TreeNode", "Unavailable", "UntrustedValue", "UpgradeFailed", "config_path",
+    "connect", "load_manifest", "pack", "unpack"
 ]

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .._code import APP_MODULE_PREFIX
 from .._errors import CONTROLLER_ERRORS, Exit, Timeout
 from .._pid import Pid
 from .._types import Crash, Global
 from . import _inspect
 from ._config import ConfigError, resolve
+from ._decode import Trust, loads
 from ._errors import (
     AlreadyExists,
     AppFailed,
@@ -31,7 +30,7 @@ from ._errors import (
     UpgradeFailed,
 )
 from ._inspect import LogStream, ProcessList, Tree
-from ._types import AppInfo, Assignment, ClusterState, NodeInfo, Status, pid_from_proto
+from ._types import AppInfo, Assignment, ClusterState, NodeInfo, Status, TokenInfo, pid_from_proto
 from .archive import DEFAULT_MAX_BYTES, Archive, pack
 
 #: Metadata key in which a follower names the leader's API address.
@@ -46,6 +45,8 @@ ATTEMPT_MIN = 2.0
 DOWN_TTL = 5.0
 
 _R = TypeVar("_R")
+#: Roles a client token may have, weakest first; each includes the ones before it.
+ROLES = ("read", "call", "deploy", "admin")
 
 
 def _split_url(url: str) -> tuple[list[str], bool]:
@@ -81,7 +82,9 @@ class Client:
     cannot be reached is skipped. Closing the client closes its connections."""
 
     def __init__(self, url: str | None = None, *, token: str | None = None, secret: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, ca_file: str | os.PathLike[str] | None = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, ca_file: str | os.PathLike[str] | None = None,
+                 trusted_classes: Iterable[type] = (), trusted_modules: Iterable[str] = ()) -> None:
+        self._trust = Trust(trusted_classes, trusted_modules)
         settings = resolve(url, token, secret)
         self.url = settings.url
         self.timeout = timeout
@@ -358,6 +361,45 @@ class Client:
                               f"stop: {', '.join(f'{p.pid} on {p.node}' for p in left[:10])}")
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
+    def delete(self, name: str) -> None:
+        """Removes the stopped (or failed) app ``name`` and, unless another app version uses
+        it, its code from the cluster's state. Raises :class:`Refused` while the app runs
+        (stop it first) and :class:`NotFound` for an unknown app."""
+        from ._proto import client_pb2
+
+        self._call("DeleteApp", client_pb2.DeleteAppRequest(name=name))
+
+    # -- client tokens (admin) ----------------------------------------------------------
+
+    def create_token(self, role: str, *, ttl: float | None = None, note: str = "") -> tuple[str, TokenInfo]:
+        """Issues a client token of ``role`` (read, call, deploy or admin) that expires after
+        ``ttl`` seconds (None: never). Returns the token text, which is shown only now (the
+        cluster keeps its SHA-256), and its public record."""
+        from ._proto import client_pb2
+
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        if ttl is not None and ttl <= 0:
+            raise ValueError(f"a token's ttl must be positive seconds, not {ttl!r}")
+        ttl_s = 0 if ttl is None else max(1, round(ttl))
+        reply = self._call("CreateToken", client_pb2.CreateTokenRequest(role=role, ttl_s=ttl_s, note=note))
+        return reply.token, TokenInfo.from_proto(reply.info)
+
+    def tokens(self) -> list[TokenInfo]:
+        """Every issued client token (not the static ones given at start), oldest first."""
+        from ._proto import client_pb2
+
+        reply = self._call("ListTokens", client_pb2.ListTokensRequest())
+        return sorted((TokenInfo.from_proto(t) for t in reply.tokens),
+                      key=lambda t: (t.created_at is None, t.created_at, t.id))
+
+    def revoke_token(self, token_id: str) -> None:
+        """Revokes the issued token ``token_id``; controllers refuse it at once, nodes as soon
+        as the change reaches them (milliseconds)."""
+        from ._proto import client_pb2
+
+        self._call("RevokeToken", client_pb2.RevokeTokenRequest(id=token_id))
+
     def apps(self) -> list[AppInfo]:
         """Every submitted app (running, stopped or failed), sorted by name."""
         from ._proto import client_pb2
@@ -496,9 +538,9 @@ class Client:
         pid = pid_from_proto(reply.pid) if reply.HasField("pid") else None
         outcome = reply.WhichOneof("result")
         if outcome == "value":
-            return _loads(reply.value)
+            return loads(reply.value, self._trust)
         if outcome == "exit":
-            raise Exit(pid or target, _reason(reply.exit))
+            raise Exit(pid or target, _reason(reply.exit, self._trust))
         if outcome == "timed_out":
             raise Timeout(f"call to {pid or target} timed out after {timeout:g}s")
         return None
@@ -608,22 +650,7 @@ class Client:
         return _inspect.LogStream(self, app, follow=follow, since=since, on_missing=on_missing)
 
 
-class _Unpickler(pickle.Unpickler):
-    """Maps classes of an app version's module namespace (``_rebeam_app_<app>_<hash>.m``,
-    how nodes load app code) to the plain module ``m``, so a client that has the app's
-    modules on its path can read replies holding the app's own classes."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.startswith(APP_MODULE_PREFIX):
-            module = module.partition(".")[2] or module
-        return super().find_class(module, name)
-
-
-def _loads(data: bytes) -> Any:
-    return _Unpickler(io.BytesIO(data)).load()
-
-
-def _reason(reason: Any) -> Any:
+def _reason(reason: Any, trust: Trust) -> Any:
     """An exit reason from the wire, as the actor API shows it."""
     kind = reason.WhichOneof("kind")
     if kind == "atom":
@@ -631,9 +658,9 @@ def _reason(reason: Any) -> Any:
     if kind == "crash":
         return Crash(reason.crash.type, reason.crash.message, reason.crash.traceback)
     if kind == "shutdown_term":
-        return ("shutdown", _loads(reason.shutdown_term))
+        return ("shutdown", loads(reason.shutdown_term, trust))
     if kind == "term":
-        return _loads(reason.term)
+        return loads(reason.term, trust)
     return "noconnection"
 
 
@@ -658,7 +685,8 @@ def _leader(error: Any) -> str | None:
 
 
 def connect(url: str | None = None, *, token: str | None = None, secret: str | None = None,
-            timeout: float = DEFAULT_TIMEOUT, ca_file: str | os.PathLike[str] | None = None) -> Client:
+            timeout: float = DEFAULT_TIMEOUT, ca_file: str | os.PathLike[str] | None = None,
+            trusted_classes: Iterable[type] = (), trusted_modules: Iterable[str] = ()) -> Client:
     """Connects to a Re:BEAM cluster's controller from outside the cluster.
 
     ``url`` is ``http://host:port`` (the controller's ``--api-listen``), ``https://`` for TLS,
@@ -669,9 +697,16 @@ def connect(url: str | None = None, *, token: str | None = None, secret: str | N
     :class:`rebeam.AuthError`. ``timeout`` bounds each request, redirects and retries
     included. Connecting is lazy: the first request opens the connection.
 
+    Replies and exit reasons are rebuilt without running the sender's code: plain data,
+    pids, ``Exit``, ``Down``, ``Crash`` and ``Global`` only, plus the classes in
+    ``trusted_classes`` and the classes of modules in ``trusted_modules`` (a module and its
+    submodules); any other class raises :class:`rebeam.client.UntrustedValue`. See
+    docs/security.md.
+
     Use it as a context manager to close the connection::
 
         with rebeam.connect("http://127.0.0.1:7100", token=TOKEN) as client:
             client.submit("examples/chat")
     """
-    return Client(url, token=token, secret=secret, timeout=timeout, ca_file=ca_file)
+    return Client(url, token=token, secret=secret, timeout=timeout, ca_file=ca_file,
+                  trusted_classes=trusted_classes, trusted_modules=trusted_modules)

@@ -8,6 +8,7 @@ from .._errors import (
     AuthError,
     ControllerError,
     Error,
+    Forbidden,
     InvalidRequest,
     NotFound,
     Refused,
@@ -17,7 +18,7 @@ from .._errors import (
 
 __all__ = [
     "AlreadyExists", "AppFailed", "ArchiveError", "AuthError", "ControllerError", "Error",
-    "InvalidRequest", "NotFound", "Refused", "TooLarge", "Unavailable", "UpgradeFailed",
+    "Forbidden", "InvalidRequest", "NotFound", "Refused", "TooLarge", "Unavailable", "UpgradeFailed",
 ]
 
 

@@ -280,3 +280,20 @@ class ClusterState:
 def pid_from_proto(p: Any) -> Pid | None:
     """A proto Pid as a :class:`rebeam.Pid`, or None when unset."""
     return _pid(p)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A client token's public part; the token itself is shown once, when it is created."""
+
+    id: str
+    role: str
+    created_at: datetime | None
+    expires_at: datetime | None
+    note: str
+    expired: bool
+
+    @classmethod
+    def from_proto(cls, t: Any) -> TokenInfo:
+        return cls(id=t.id, role=t.role, created_at=_time(t.created_at_ms),
+                   expires_at=_time(t.expires_at_ms), note=t.note, expired=t.expired)

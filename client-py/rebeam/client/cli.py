@@ -1,25 +1,29 @@
 """The ``rebeam`` command: applications and cluster state from a terminal.
 
-    rebeam submit DIR | upgrade DIR | stop APP | apps | nodes | names | whereis NAME | status
-    rebeam pack DIR [-o FILE]
+    rebeam submit DIR | upgrade DIR | stop APP | delete APP | apps | nodes | names | whereis NAME
+    rebeam status | pack DIR [-o FILE]
     rebeam ps [APP] | tree APP | logs APP [-f] [--since DURATION]
+    rebeam token create --role ROLE [--ttl DURATION] [--note TEXT] | token list | token revoke ID
 
 Tables for people by default, ``--json`` for scripts. Errors print one line to stderr and
-exit with status 1 (2 for a wrong command line)."""
+exit with status 1 (2 for a wrong command line). Text from the cluster (app output, crash
+reports, failure reasons) is printed with terminal control characters escaped, so an app
+cannot drive the terminal of whoever reads its logs."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from .._errors import Error
-from ._client import DEFAULT_TIMEOUT, Client
+from ._client import DEFAULT_TIMEOUT, ROLES, Client
 from ._inspect import LogEntry, ProcessList
 from ._types import AppInfo, Assignment, to_jsonable
 from .archive import DEFAULT_MAX_BYTES, Archive, pack
@@ -41,6 +45,31 @@ def _age(t: datetime | None, now: datetime | None = None) -> str:
         if seconds >= span:
             return f"{seconds // span}{unit} ago"
     return f"{max(seconds, 0)}s ago"
+
+
+# C0 and C1 control characters but newline and tab, and the bidirectional overrides that can
+# make text read differently from what it is.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with terminal control characters shown as escapes (``\\x1b``), newlines and
+    tabs kept."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
+class _Escaping:
+    """A text stream that escapes control characters in everything written to it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(escape_controls(text))
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str], out: TextIO) -> None:
@@ -168,6 +197,48 @@ def cmd_stop(args: argparse.Namespace, o: _Output) -> int:
         o.data(app)
     else:
         o.out.write(f"stopped {app.name} {app.version}\n")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        client.delete(args.app)
+    if o.json:
+        o.data({"deleted": args.app})
+    else:
+        o.out.write(f"deleted {args.app}\n")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, o: _Output) -> int:
+    with _client(args) as client:
+        if args.action == "create":
+            if not args.role:
+                raise SystemExit("rebeam: token create needs --role (read, call, deploy or admin)")
+            text, info = client.create_token(args.role, ttl=args.ttl, note=args.note or "")
+            if o.json:
+                o.data({"token": text, "info": info})
+            else:
+                expires = info.expires_at.isoformat() if info.expires_at else "never"
+                o.err.write(f"created {info.role} token {info.id} (expires {expires}); it is shown "
+                            "only now, store it safely\n")
+                o.out.write(text + "\n")
+            return 0
+        if args.action == "list":
+            tokens = client.tokens()
+            if o.json:
+                o.data(tokens)
+            else:
+                table([(t.id, t.role, _age(t.created_at),
+                        ("expired" if t.expired else t.expires_at.isoformat(timespec="seconds"))
+                        if t.expires_at else "never", t.note or "-") for t in tokens],
+                      ("id", "role", "created", "expires", "note"), o.out)
+            return 0
+        if not args.id:
+            raise SystemExit("rebeam: token revoke needs the token's ID (see `rebeam token list`)")
+        client.revoke_token(args.id)
+        if not o.json:
+            o.out.write(f"revoked token {args.id}\n")
     return 0
 
 
@@ -423,6 +494,8 @@ def _parser() -> argparse.ArgumentParser:
         ("upgrade", cmd_upgrade, "upload a new version of a running app (hot upgrade)"),
         ("rollback", cmd_rollback, "go back to the version an app ran before its last upgrade"),
         ("stop", cmd_stop, "stop an app everywhere"),
+        ("delete", cmd_delete, "remove a stopped app and its code from the cluster"),
+        ("token", cmd_token, "create, list and revoke client tokens (admin)"),
         ("apps", cmd_apps, "list apps"),
         ("nodes", cmd_nodes, "list nodes"),
         ("names", cmd_names, "list global names"),
@@ -453,8 +526,16 @@ def _parser() -> argparse.ArgumentParser:
         if name == "stop":
             p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                            help="how long to wait until no process of the app runs (default 30)")
-        if name in ("stop", "rollback"):
+        if name in ("stop", "rollback", "delete"):
             p.add_argument("app", metavar="APP", help="the app's name")
+        if name == "token":
+            p.add_argument("action", choices=("create", "list", "revoke"))
+            p.add_argument("id", metavar="ID", nargs="?", help="the token to revoke")
+            p.add_argument("--role", choices=ROLES,
+                           help="what the token may do: read < call < deploy < admin")
+            p.add_argument("--ttl", type=_since, default=None, metavar="DURATION",
+                           help="lifetime, e.g. 12h or 30d (default: never expires)")
+            p.add_argument("--note", default=None, help="whom the token is for")
         if name == "whereis":
             p.add_argument("name", metavar="NAME", help="a global name")
         if name == "pack":
@@ -479,9 +560,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Runs the command line ``argv``; returns the exit status."""
-    out = out or sys.stdout
-    err = err or sys.stderr
+    raw_out = out or sys.stdout
+    err = cast(TextIO, _Escaping(err or sys.stderr))
     args = _parser().parse_args(argv)
+    # JSON output escapes control characters itself.
+    out = raw_out if getattr(args, "json", False) else cast(TextIO, _Escaping(raw_out))
     o = _Output(args, out, err)
     try:
         return int(args.func(args, o))

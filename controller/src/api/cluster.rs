@@ -12,12 +12,17 @@ use tonic::{Request, Response, Status};
 
 use super::pid;
 use crate::archive;
+use crate::auth::{self, Role};
+use crate::convert;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::manifest;
 use crate::proposer::write_error;
 use crate::types::{Blob, Command, MemberNode, Outcome};
 use crate::validate;
+
+/// Longest note on a client token, in bytes.
+pub const MAX_TOKEN_NOTE: usize = 256;
 
 /// Most registrations accepted in one `RegisterNames` call.
 pub const MAX_BATCH_REGISTRATIONS: usize = 10_000;
@@ -131,6 +136,55 @@ async fn change_membership(core: &Core, change: ChangeMembers<u64, MemberNode>) 
             Err(e) => return Err(write_error(e)),
         }
     }
+}
+
+/// How long a new member has to replicate the log as a learner before it may vote.
+const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Adds `id` as a learner, waits until it has acknowledged the log up to the entry that added
+/// it, and only then makes it a voter. openraft would count an unreachable learner as caught
+/// up while the log is short, and a voter that never answers can cost the group its quorum
+/// (one member plus one dead voter is two voters without a majority): such a member is
+/// removed again and the call fails.
+async fn add_caught_up_voter(core: &Core, id: u64, node: MemberNode) -> Result<()> {
+    let address = node.raft_addr.clone();
+    let added = core
+        .raft
+        .add_learner(id, node, false)
+        .await
+        .map_err(write_error)?;
+    let needed = added.log_id.index;
+    let mut rx = core.raft.metrics();
+    let caught_up = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
+        loop {
+            let acked = rx
+                .borrow()
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|l| l.index);
+            if acked.is_some_and(|i| i >= needed) {
+                return true;
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !caught_up {
+        let ids: BTreeSet<u64> = [id].into();
+        if let Err(e) = change_membership(core, ChangeMembers::RemoveNodes(ids)).await {
+            tracing::warn!(id, error = %e, "could not drop a learner that did not catch up");
+        }
+        return Err(Error::FailedPrecondition(format!(
+            "controller {id} at {address} did not replicate the log within {} s, so it was not made a voter; check that it runs, that --join/--raft-advertise give an address this leader can reach, and that it has the cluster secret",
+            CATCH_UP_TIMEOUT.as_secs()
+        )));
+    }
+    let ids: BTreeSet<u64> = [id].into();
+    change_membership(core, ChangeMembers::AddVoterIds(ids)).await
 }
 
 #[tonic::async_trait]
@@ -330,9 +384,8 @@ impl ClusterService for ClusterApi {
         req: Request<pb::StopAppRequest>,
     ) -> Result<Response<pb::StopAppReply>, Status> {
         let name = req.into_inner().name;
-        if name.is_empty() {
-            return Err(Error::invalid("app name is empty; pass the name from rebeam.toml").into());
-        }
+        validate::required("app name", &name, "pass the name from rebeam.toml")?;
+        validate::name("app name", &name)?;
         let app = self.app_write(Command::StopApp { name }, "stop").await?;
         Ok(Response::new(pb::StopAppReply { app: Some(app) }))
     }
@@ -416,13 +469,7 @@ impl ClusterService for ClusterApi {
             raft_addr: r.raft_address,
             api_addr: r.api_address,
         };
-        // Catch the new member up as a learner first so the group never waits on it to vote.
-        self.core
-            .raft
-            .add_learner(r.id, node, true)
-            .await
-            .map_err(write_error)?;
-        let is_voter = self
+        let already_voter = self
             .core
             .raft
             .metrics()
@@ -431,10 +478,12 @@ impl ClusterService for ClusterApi {
             .membership()
             .voter_ids()
             .any(|v| v == r.id);
-        if !is_voter {
-            let ids: BTreeSet<u64> = [r.id].into();
-            change_membership(&self.core, ChangeMembers::AddVoterIds(ids)).await?;
+        if already_voter {
+            return Ok(Response::new(pb::AddControllerReply {
+                controllers: self.controllers(),
+            }));
         }
+        add_caught_up_voter(&self.core, r.id, node).await?;
         tracing::info!(id = r.id, "controller member added");
         Ok(Response::new(pb::AddControllerReply {
             controllers: self.controllers(),
@@ -447,26 +496,30 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<pb::RemoveControllerReply>, Status> {
         let id = req.into_inner().id;
         self.core.ensure_leader()?;
-        let voters: BTreeSet<u64> = self
-            .core
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if !voters.contains(&id) {
-            return Err(Error::NotFound(format!("controller {id} is not a voting member")).into());
-        }
-        if voters.len() == 1 {
-            return Err(Error::FailedPrecondition(
-                "cannot remove the last controller member".into(),
+        let (voters, members): (BTreeSet<u64>, BTreeSet<u64>) = {
+            let m = self.core.raft.metrics();
+            let m = m.borrow();
+            let c = m.membership_config.membership();
+            (
+                c.voter_ids().collect(),
+                c.nodes().map(|(id, _)| *id).collect(),
             )
-            .into());
+        };
+        if !members.contains(&id) {
+            return Err(Error::NotFound(format!("controller {id} is not a member")).into());
         }
         let ids: BTreeSet<u64> = [id].into();
-        change_membership(&self.core, ChangeMembers::RemoveVoters(ids)).await?;
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(Error::FailedPrecondition(
+                    "cannot remove the last controller member".into(),
+                )
+                .into());
+            }
+            change_membership(&self.core, ChangeMembers::RemoveVoters(ids)).await?;
+        } else {
+            change_membership(&self.core, ChangeMembers::RemoveNodes(ids)).await?;
+        }
         tracing::info!(id, "controller member removed");
         Ok(Response::new(pb::RemoveControllerReply {
             controllers: self.controllers(),
@@ -512,5 +565,91 @@ impl ClusterService for ClusterApi {
         Ok(Response::new(pb::SnapshotReply {
             snapshot_index: idx,
         }))
+    }
+
+    async fn delete_app(
+        &self,
+        req: Request<pb::DeleteAppRequest>,
+    ) -> Result<Response<pb::DeleteAppReply>, Status> {
+        let name = req.into_inner().name;
+        validate::required("app name", &name, "pass the name from rebeam.toml")?;
+        validate::name("app name", &name)?;
+        match self.core.propose(Command::DeleteApp { name }).await? {
+            Outcome::Done => Ok(Response::new(pb::DeleteAppReply {})),
+            other => Err(Error::internal(format!("unexpected delete outcome {other:?}")).into()),
+        }
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenReply>, Status> {
+        let r = req.into_inner();
+        let role: Role = r.role.parse().map_err(Error::InvalidArgument)?;
+        if r.note.len() > MAX_TOKEN_NOTE || r.note.chars().any(char::is_control) {
+            return Err(Error::invalid(format!(
+                "a token note is at most {MAX_TOKEN_NOTE} bytes without control characters"
+            ))
+            .into());
+        }
+        let ttl_ms = r
+            .ttl_s
+            .checked_mul(1000)
+            .ok_or_else(|| Error::invalid("ttl is too large; give seconds, or 0 for no expiry"))?;
+        self.core.ensure_leader()?;
+        let now = crate::types::now_ms();
+        let made = auth::new_token(role, now, ttl_ms, r.note);
+        let info = convert::client_token(&made.record, now);
+        match self
+            .core
+            .propose(Command::IssueToken {
+                record: made.record,
+            })
+            .await?
+        {
+            Outcome::Done => {
+                tracing::info!(id = %info.id, role = %role, "client token issued");
+                Ok(Response::new(pb::CreateTokenReply {
+                    token: made.text,
+                    info: Some(info),
+                }))
+            }
+            other => Err(Error::internal(format!("unexpected token outcome {other:?}")).into()),
+        }
+    }
+
+    async fn list_tokens(
+        &self,
+        _req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensReply>, Status> {
+        let now = crate::types::now_ms();
+        let a = self.core.shared.applied.read();
+        let tokens = a
+            .state
+            .tokens
+            .values()
+            .map(|t| convert::client_token(t, now))
+            .collect();
+        Ok(Response::new(pb::ListTokensReply { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenReply>, Status> {
+        let id = req.into_inner().id;
+        validate::required("token id", &id, "`rebeam token list` shows the ids")?;
+        validate::name("token id", &id)?;
+        match self
+            .core
+            .propose(Command::RevokeToken { id: id.clone() })
+            .await?
+        {
+            Outcome::Done => {
+                tracing::info!(id = %id, "client token revoked");
+                Ok(Response::new(pb::RevokeTokenReply {}))
+            }
+            other => Err(Error::internal(format!("unexpected revoke outcome {other:?}")).into()),
+        }
     }
 }

@@ -62,6 +62,7 @@ pub fn view_chunks(state: &State, node: &str) -> Vec<pb::ClusterView> {
         }
     }
     current.last = true;
+    current.tokens = state.tokens.values().map(Into::into).collect();
     chunks.push(current);
     chunks
 }

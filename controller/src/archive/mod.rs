@@ -18,6 +18,9 @@ use names::NameSet;
 
 /// Most entries in one archive.
 pub const MAX_FILES: usize = 10_000;
+/// Largest archive nodes unpack (the client's `DEFAULT_MAX_BYTES`, which nodes use): the
+/// controller refuses larger uploads at submit, so an app it accepts can run.
+pub const MAX_CODE_BYTES: usize = 8 * 1024 * 1024;
 /// Most bytes the files of one archive may take once unpacked.
 pub const MAX_UNPACKED_BYTES: u64 = 64 * 1024 * 1024;
 /// The manifest's name at the archive root.

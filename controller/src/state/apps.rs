@@ -64,6 +64,7 @@ impl State {
             last_error: String::new(),
             upgrades: BTreeMap::new(),
             upgrade_error: String::new(),
+            killed_nodes_ms: Vec::new(),
         };
         self.code.entry(code_hash).or_insert(code);
         self.apps.insert(name.clone(), app.clone());
@@ -191,6 +192,27 @@ impl State {
         cx.events.push(Event::AppChanged(Box::new(app.clone())));
         self.place_pending(cx);
         Ok(Outcome::App(Box::new(app)))
+    }
+
+    /// Removes a stopped or failed app and, once no other app version refers to it, its code.
+    pub(super) fn delete_app(&mut self, cx: &mut Ctx<'_>, name: &str) -> Result<Outcome> {
+        let Some(app) = self.apps.get(name) else {
+            return Err(Error::NotFound(format!(
+                "app `{name}` does not exist; list apps to see the names"
+            )));
+        };
+        if app.status == AppStatus::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "app `{name}` is running; stop it before deleting it"
+            )));
+        }
+        self.remove_assignments(cx, name);
+        self.assignments.remove(name);
+        self.apps.remove(name);
+        cx.events.push(Event::AppDeleted(name.to_string()));
+        self.collect_code();
+        tracing::info!(app = name, "app deleted");
+        Ok(Outcome::Done)
     }
 
     /// Drops code blobs no app version (current or previous) refers to.

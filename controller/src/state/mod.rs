@@ -9,12 +9,14 @@ mod registry;
 mod supervision;
 #[cfg(test)]
 mod tests;
+mod tokens;
 mod upgrades;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::TokenRecord;
 use crate::error::Result;
 use crate::types::{
     App, Assignment, Blob, ChildSpec, Command, NodeEntry, Outcome, Pid, Request, Response,
@@ -58,6 +60,12 @@ pub enum Event {
     },
     /// An app was submitted, upgraded, stopped or failed.
     AppChanged(Box<App>),
+    /// A stopped app was deleted with its code.
+    AppDeleted(String),
+    /// A client token was issued.
+    TokenIssued(TokenRecord),
+    /// A client token was revoked.
+    TokenRevoked(String),
     /// The whole state was replaced (snapshot installed): watchers must resynchronize.
     Reset,
 }
@@ -87,6 +95,9 @@ pub struct State {
     pub code: BTreeMap<String, Blob>,
     /// Top-level assignments: app -> child id -> assignment.
     pub assignments: BTreeMap<String, BTreeMap<String, Assignment>>,
+    /// Issued client tokens by id (hashes only, never the tokens).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
     /// Names held by each pid (derived; rebuilt after loading).
     #[serde(skip)]
     names_by_pid: HashMap<Pid, BTreeSet<String>>,
@@ -194,6 +205,9 @@ impl State {
             } => self.submit(cx, draft, code, code_hash, upgrade),
             Command::StopApp { name } => self.stop_app(cx, &name),
             Command::RollbackApp { name } => self.rollback(cx, &name),
+            Command::DeleteApp { name } => self.delete_app(cx, &name),
+            Command::IssueToken { record } => self.issue_token(cx, record),
+            Command::RevokeToken { id } => self.revoke_token(cx, &id),
             Command::ChildFailed {
                 node,
                 incarnation,

@@ -1,6 +1,6 @@
 //! The top-level supervision tree: placement, restarts on node death or child exit, intensity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Ctx, Event, State};
 use crate::error::{Error, Result};
@@ -9,6 +9,11 @@ use crate::types::{
 };
 use crate::validate;
 
+/// How long a node death while starting one of an app's children counts against it when
+/// choosing whom to charge for the next one.
+const OFFENCE_MEMORY_MS: u64 = 10 * 60 * 1000;
+/// Such deaths remembered per app.
+const MAX_OFFENCES: usize = 8;
 /// Restart records kept per child.
 const MAX_HISTORY: usize = 32;
 /// Longest reason kept in one restart record; the full text of a failed start stays in the
@@ -203,7 +208,13 @@ impl State {
         }
     }
 
-    /// Restarts elsewhere the children a dead node incarnation ran.
+    /// Restarts elsewhere the children a dead node incarnation ran, charging the death to the
+    /// apps that likely caused it. A node that dies while some apps' children are starting
+    /// (placed, no pid reported yet) is charged to those apps alone, and among them to those
+    /// that killed a node while starting before (recently), if any; only a death while every
+    /// child ran is charged to every app on the node. Apps not charged get their children
+    /// restarted elsewhere without counting against their restart intensity, so one app whose
+    /// code kills its node (`os._exit`, a crashing C extension) fails alone.
     pub(super) fn reassign_from_dead_node(
         &mut self,
         cx: &mut Ctx<'_>,
@@ -212,6 +223,7 @@ impl State {
         reason: &str,
     ) {
         let mut by_app: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut starting: BTreeMap<String, String> = BTreeMap::new();
         for a in self.all_assignments() {
             if a.node
                 .as_ref()
@@ -221,14 +233,62 @@ impl State {
                     .entry(a.app.clone())
                     .or_default()
                     .push(a.child.clone());
+                if a.pid.is_none() {
+                    starting
+                        .entry(a.app.clone())
+                        .or_insert_with(|| a.child.clone());
+                }
             }
         }
-        for (app, children) in by_app {
-            // A node death is one failure of the app, however many of its children it hosted.
-            let why = format!("node {node} died: {reason}");
-            if !self.note_restart(cx, &app, &why) {
-                continue;
+        let now = cx.now_ms;
+        let repeat: BTreeSet<String> = starting
+            .keys()
+            .filter(|app| {
+                self.apps.get(*app).is_some_and(|a| {
+                    a.killed_nodes_ms
+                        .iter()
+                        .any(|t| now.saturating_sub(*t) < OFFENCE_MEMORY_MS)
+                })
+            })
+            .cloned()
+            .collect();
+        let charged: BTreeSet<String> = if starting.is_empty() {
+            by_app.keys().cloned().collect()
+        } else if repeat.is_empty() {
+            starting.keys().cloned().collect()
+        } else {
+            repeat
+        };
+        for (app, child) in &starting {
+            if let Some(a) = self.apps.get_mut(app) {
+                a.killed_nodes_ms
+                    .retain(|t| now.saturating_sub(*t) < OFFENCE_MEMORY_MS);
+                a.killed_nodes_ms.push(now);
+                if a.killed_nodes_ms.len() > MAX_OFFENCES {
+                    a.killed_nodes_ms.remove(0);
+                }
+                tracing::warn!(app = %app, child = %child, node, "node died while starting a child of this app");
             }
+        }
+        let blamed = charged.iter().cloned().collect::<Vec<_>>().join(", ");
+        for (app, children) in by_app {
+            let why = match starting.get(&app) {
+                Some(child) => format!("node {node} died while starting child {child}: {reason}"),
+                None => format!("node {node} died: {reason}"),
+            };
+            if charged.contains(&app) {
+                // A node death is one failure of the app, however many of its children it hosted.
+                if !self.note_restart(cx, &app, &why) {
+                    continue;
+                }
+            } else {
+                tracing::info!(app = %app, node, blamed = %blamed, "node death not charged to this app");
+            }
+            let why = if charged.contains(&app) {
+                why
+            } else {
+                format!("node {node} died (charged to {blamed}): {reason}")
+            };
             for child in children {
                 self.restart_child(cx, &app, &child, &why, false);
             }

@@ -726,3 +726,99 @@ fn a_stop_removes_children_in_reverse_start_order() {
         .collect();
     assert_eq!(removed, ["mike", "alpha", "zulu"]);
 }
+
+#[test]
+fn a_node_death_while_starting_a_child_is_charged_to_that_app_alone() {
+    let mut s = State::default();
+    let zone = || Placement::Label("zone".into(), "shared".into());
+    let mut inc = join(&mut s, 1, "a", &[("zone", "shared")]);
+    let mut good = draft(vec![("g", zone())], 0);
+    good.name = "good".into();
+    submit(&mut s, 2, good, "hg", false);
+    let g = s.assignments["good"]["g"].generation;
+    apply(
+        &mut s,
+        3,
+        30,
+        Command::ChildStarted {
+            node: "a".into(),
+            incarnation: inc,
+            app: "good".into(),
+            child: "g".into(),
+            generation: g,
+            pid: pid("a", inc, 1),
+        },
+    );
+    let mut bad = draft(vec![("b", zone())], 1);
+    bad.name = "bad".into();
+    submit(&mut s, 4, bad, "hb", false);
+    // The bad child kills its node while starting, each time the node comes back; the good
+    // app's child is on the same node (and the second time, starting beside it).
+    for (i, idx) in [10u64, 20].iter().enumerate() {
+        apply(
+            &mut s,
+            *idx,
+            1000 + 100 * i as u64,
+            Command::DeclareDead {
+                node: "a".into(),
+                incarnation: inc,
+                reason: "stream closed".into(),
+            },
+        );
+        inc = join(&mut s, idx + 1, "a", &[("zone", "shared")]);
+    }
+    assert_eq!(s.apps["bad"].status, AppStatus::Failed);
+    assert!(
+        s.apps["bad"]
+            .failure_reason
+            .contains("died while starting child b"),
+        "{}",
+        s.apps["bad"].failure_reason
+    );
+    assert_eq!(s.apps["good"].status, AppStatus::Running);
+    assert_eq!(s.apps["good"].restart_times, Vec::<u64>::new());
+    assert_eq!(
+        s.assignments["good"]["g"].node,
+        Some(("a".into(), inc)),
+        "the innocent app is placed again without manual action"
+    );
+}
+
+#[test]
+fn a_death_while_everything_ran_is_charged_to_every_app_on_the_node() {
+    let mut s = State::default();
+    let inc = join(&mut s, 1, "a", &[]);
+    submit(&mut s, 2, draft(vec![("c", Placement::Any)], 3), "h", false);
+    started(&mut s, 3, "a", inc, "c", 1);
+    apply(
+        &mut s,
+        4,
+        1000,
+        Command::DeclareDead {
+            node: "a".into(),
+            incarnation: inc,
+            reason: "lease".into(),
+        },
+    );
+    assert_eq!(s.apps["app"].restart_times, vec![1000]);
+}
+
+#[test]
+fn a_stopped_app_is_deleted_with_its_code_and_a_running_one_is_refused() {
+    let mut s = State::default();
+    join(&mut s, 1, "a", &[]);
+    submit(&mut s, 2, draft(vec![("c", Placement::Any)], 3), "h", false);
+    let refused = apply(&mut s, 3, 0, Command::DeleteApp { name: "app".into() });
+    assert!(matches!(
+        refused,
+        Outcome::Rejected(Error::FailedPrecondition(_))
+    ));
+    apply(&mut s, 4, 0, Command::StopApp { name: "app".into() });
+    assert_eq!(
+        apply(&mut s, 5, 0, Command::DeleteApp { name: "app".into() }),
+        Outcome::Done
+    );
+    assert!(s.apps.is_empty() && s.code.is_empty() && !s.assignments.contains_key("app"));
+    let missing = apply(&mut s, 6, 0, Command::DeleteApp { name: "app".into() });
+    assert!(matches!(missing, Outcome::Rejected(Error::NotFound(_))));
+}

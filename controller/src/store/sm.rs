@@ -52,6 +52,12 @@ pub struct SharedState {
     pub events: broadcast::Sender<Arc<EventBatch>>,
 }
 
+impl crate::auth::TokenSource for SharedState {
+    fn token(&self, id: &str) -> Option<crate::auth::TokenRecord> {
+        self.applied.read().state.tokens.get(id).cloned()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta<u64, MemberNode>,

@@ -493,6 +493,11 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
     let Some(event) = event.event else { return };
     match event {
         Event::Snapshot(view) => {
+            if view.last {
+                cluster
+                    .tokens
+                    .replace(view.tokens.iter().filter_map(issued));
+            }
             cluster.load_view(&view);
             for app in &view.apps {
                 app_changed(cluster, session, app);
@@ -525,7 +530,20 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
             }
         }
         Event::AppChanged(app) => app_changed(cluster, session, &app),
+        Event::TokenIssued(t) => {
+            if let Some(t) = issued(&t) {
+                cluster.tokens.set(t);
+            }
+        }
+        Event::TokenRevoked(id) => cluster.tokens.remove(&id),
     }
+}
+
+/// A token record from the watch; one with an unknown role is dropped (it would not be honoured).
+fn issued(t: &pb::IssuedToken) -> Option<rebeam_controller::auth::TokenRecord> {
+    t.try_into()
+        .map_err(|e| tracing::warn!(id = %t.id, "ignoring an issued token: {e}"))
+        .ok()
 }
 
 /// Follows an app's current version: when it changes (upgrade, rollback) for an app running

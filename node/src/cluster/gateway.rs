@@ -11,7 +11,7 @@ use pb::deliver_reply::Result as Outcome;
 use pb::deliver_request::Target;
 use rebeam_proto as pb;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// A call's default timeout, as `rebeam.call`'s.
@@ -182,7 +182,12 @@ impl pb::gateway_service_server::GatewayService for Gateway {
         } else {
             DEFAULT_TIMEOUT
         };
-        let slot = Arc::new(CallSlot::default());
+        // The reply is handed to this task instead of a thread blocked waiting for it: a
+        // client that goes away drops the wait (and a long timeout holds no pool thread).
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        let slot = Arc::new(CallSlot::forwarding(Box::new(move |result| {
+            let _ = reply_tx.send(result);
+        })));
         let envelope = Envelope::Call {
             request: term,
             from: None,
@@ -196,18 +201,28 @@ impl pb::gateway_service_server::GatewayService for Gateway {
             };
             return Ok(Response::new(exit(Some(pid), &reason)));
         }
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout);
-        let reply = tokio::task::spawn_blocking(move || match slot.wait(Some(deadline)) {
-            Some(CallResult::Reply(term)) => match pyo3::Python::attach(|py| term.to_wire(py)) {
-                Ok(bytes) => Ok(Outcome::Value(bytes)),
-                Err(e) => Err(Status::internal(format!("cannot serialize the reply: {e}"))),
-            },
-            Some(CallResult::Exit(reason)) => Ok(Outcome::Exit(reason_to_pb(&reason))),
-            Some(CallResult::CallerKilled) => Ok(Outcome::Exit(reason_to_pb(&Reason::Noproc))),
-            None => Ok(Outcome::TimedOut(true)),
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        let waited = tokio::time::timeout(Duration::from_secs_f64(timeout), reply_rx).await;
+        let reply = match waited {
+            Ok(Ok(CallResult::Reply(term))) => {
+                // Pickling the reply needs the GIL: off the async workers, briefly.
+                tokio::task::spawn_blocking(move || {
+                    pyo3::Python::attach(|py| term.to_wire(py))
+                        .map(Outcome::Value)
+                        .map_err(|e| Status::internal(format!("cannot serialize the reply: {e}")))
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+            }
+            Ok(Ok(CallResult::Exit(reason))) => Outcome::Exit(reason_to_pb(&reason)),
+            Ok(Ok(CallResult::CallerKilled)) | Ok(Err(_)) => {
+                Outcome::Exit(reason_to_pb(&Reason::Noproc))
+            }
+            Err(_) => {
+                // Refuse a late reply rather than keep it.
+                let _ = slot.complete(CallResult::CallerKilled);
+                Outcome::TimedOut(true)
+            }
+        };
         Ok(Response::new(pb::DeliverReply {
             result: Some(reply),
             pid: Some(pid_to_pb(pid)),

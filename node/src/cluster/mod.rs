@@ -13,7 +13,7 @@ use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, NodeId, Outbound, Pid, Reason};
 use parking_lot::{Mutex, RwLock};
 use peers::{Inbound, PeerLink};
-use rebeam_controller::auth::BearerInjector;
+use rebeam_controller::auth::{BearerInjector, TokenCache};
 use rebeam_proto as pb;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -84,6 +84,8 @@ pub struct Cluster {
     pub code: code::AppCode,
     /// Stops removed top-level children in order.
     pub stopper: stopper::Stopper,
+    /// Client tokens the controller issued (hashes), for the gateway; kept by the watch.
+    pub tokens: Arc<TokenCache>,
 }
 
 impl Cluster {
@@ -112,6 +114,7 @@ impl Cluster {
             groups: RwLock::new(HashMap::new()),
             view_complete: std::sync::atomic::AtomicBool::new(true),
             dropped: AtomicU64::new(0),
+            tokens: Arc::new(TokenCache::default()),
         });
         let me = cluster.clone();
         let spawned = std::thread::Builder::new()

@@ -2,4 +2,4 @@
 # ruff: noqa
 """Generated protobuf and gRPC modules for the controller's client service."""
 
-PROTO_SHA256 = "5ee9cbac810201ba01330ca0b23bff1fa9d8136666f524269e00e8278a707416"
+PROTO_SHA256 = "03b408d8521df8908d63e5018c2bcfdc7181c497bb0cb72462dce73dd9927a1d"

@@ -27,7 +27,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as rebeam_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rebeam/v1/client.proto\x12\trebeam.v1\x1a\x16rebeam/v1/common.proto\"@\n\x13RegisterNameRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"G\n\x11RegisterNameReply\x12\x12\n\nregistered\x18\x01 \x01(\x08\x12\x1e\n\x06holder\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"M\n\x14RegisterNamesRequest\x12\x35\n\rregistrations\x18\x01 \x03(\x0b\x32\x1e.rebeam.v1.RegisterNameRequest\"X\n\x13RegisterNameOutcome\x12\x12\n\nregistered\x18\x01 \x01(\x08\x12\x1e\n\x06holder\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"F\n\x12RegisterNamesReply\x12\x30\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1e.rebeam.v1.RegisterNameOutcome\"B\n\x15UnregisterNameRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"\'\n\x13UnregisterNameReply\x12\x10\n\x08released\x18\x01 \x01(\x08\"4\n\x0eWhereisRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0clinearizable\x18\x02 \x01(\x08\"+\n\x0cWhereisReply\x12\x1b\n\x03pid\x18\x01 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"\x12\n\x10ListNamesRequest\"6\n\x0eListNamesReply\x12$\n\x05names\x18\x01 \x03(\x0b\x32\x15.rebeam.v1.GlobalName\"7\n\tPgRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x1b\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"\x1a\n\x07PgReply\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"7\n\x10PgMembersRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x14\n\x0clinearizable\x18\x02 \x01(\x08\"1\n\x0ePgMembersReply\x12\x1f\n\x07members\x18\x01 \x03(\x0b\x32\x0e.rebeam.v1.Pid\"7\n\x10SubmitAppRequest\x12\x15\n\rmanifest_toml\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x0c\"1\n\x0eSubmitAppReply\x12\x1f\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x12.rebeam.v1.AppInfo\"\x1e\n\x0eStopAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x0cStopAppReply\x12\x1f\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x12.rebeam.v1.AppInfo\"\"\n\x12RollbackAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListAppsRequest\"1\n\rListAppsReply\x12 \n\x04\x61pps\x18\x01 \x03(\x0b\x32\x12.rebeam.v1.AppInfo\"X\n\x10\x43ontrollerMember\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_address\x18\x03 \x01(\t\x12\r\n\x05voter\x18\x04 \x01(\x08\"\x15\n\x13\x43lusterStateRequest\"\xa8\x02\n\x11\x43lusterStateReply\x12\x11\n\tleader_id\x18\x01 \x01(\x04\x12\x1a\n\x12leader_api_address\x18\x02 \x01(\t\x12\x30\n\x0b\x63ontrollers\x18\x03 \x03(\x0b\x32\x1b.rebeam.v1.ControllerMember\x12\"\n\x05nodes\x18\x04 \x03(\x0b\x32\x13.rebeam.v1.NodeInfo\x12 \n\x04\x61pps\x18\x05 \x03(\x0b\x32\x12.rebeam.v1.AppInfo\x12*\n\x0b\x61ssignments\x18\x06 \x03(\x0b\x32\x15.rebeam.v1.Assignment\x12\x14\n\x0cglobal_names\x18\x07 \x01(\x04\x12\x0e\n\x06groups\x18\x08 \x01(\x04\x12\x1a\n\x12last_applied_index\x18\t \x01(\x04\"\x0f\n\rStatusRequest\"\xcb\x01\n\x0bStatusReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x14\n\x0c\x63urrent_term\x18\x02 \x01(\x04\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x1a\n\x12leader_api_address\x18\x04 \x01(\t\x12\x11\n\tis_leader\x18\x05 \x01(\x08\x12\x16\n\x0elast_log_index\x18\x06 \x01(\x04\x12\x1a\n\x12last_applied_index\x18\x07 \x01(\x04\x12\x16\n\x0esnapshot_index\x18\x08 \x01(\x04\x12\x0c\n\x04role\x18\t \x01(\t\"M\n\x14\x41\x64\x64\x43ontrollerRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_address\x18\x03 \x01(\t\"F\n\x12\x41\x64\x64\x43ontrollerReply\x12\x30\n\x0b\x63ontrollers\x18\x01 \x03(\x0b\x32\x1b.rebeam.v1.ControllerMember\"%\n\x17RemoveControllerRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"I\n\x15RemoveControllerReply\x12\x30\n\x0b\x63ontrollers\x18\x01 \x03(\x0b\x32\x1b.rebeam.v1.ControllerMember\"\x11\n\x0fSnapshotRequest\"\'\n\rSnapshotReply\x12\x16\n\x0esnapshot_index\x18\x01 \x01(\x04\x32\x81\n\n\x0e\x43lusterService\x12L\n\x0cRegisterName\x12\x1e.rebeam.v1.RegisterNameRequest\x1a\x1c.rebeam.v1.RegisterNameReply\x12O\n\rRegisterNames\x12\x1f.rebeam.v1.RegisterNamesRequest\x1a\x1d.rebeam.v1.RegisterNamesReply\x12R\n\x0eUnregisterName\x12 .rebeam.v1.UnregisterNameRequest\x1a\x1e.rebeam.v1.UnregisterNameReply\x12=\n\x07Whereis\x12\x19.rebeam.v1.WhereisRequest\x1a\x17.rebeam.v1.WhereisReply\x12\x43\n\tListNames\x12\x1b.rebeam.v1.ListNamesRequest\x1a\x19.rebeam.v1.ListNamesReply\x12\x32\n\x06PgJoin\x12\x14.rebeam.v1.PgRequest\x1a\x12.rebeam.v1.PgReply\x12\x33\n\x07PgLeave\x12\x14.rebeam.v1.PgRequest\x1a\x12.rebeam.v1.PgReply\x12\x43\n\tPgMembers\x12\x1b.rebeam.v1.PgMembersRequest\x1a\x19.rebeam.v1.PgMembersReply\x12\x43\n\tSubmitApp\x12\x1b.rebeam.v1.SubmitAppRequest\x1a\x19.rebeam.v1.SubmitAppReply\x12\x44\n\nUpgradeApp\x12\x1b.rebeam.v1.SubmitAppRequest\x1a\x19.rebeam.v1.SubmitAppReply\x12=\n\x07StopApp\x12\x19.rebeam.v1.StopAppRequest\x1a\x17.rebeam.v1.StopAppReply\x12G\n\x0bRollbackApp\x12\x1d.rebeam.v1.RollbackAppRequest\x1a\x19.rebeam.v1.SubmitAppReply\x12@\n\x08ListApps\x12\x1a.rebeam.v1.ListAppsRequest\x1a\x18.rebeam.v1.ListAppsReply\x12L\n\x0c\x43lusterState\x12\x1e.rebeam.v1.ClusterStateRequest\x1a\x1c.rebeam.v1.ClusterStateReply\x12:\n\x06Status\x12\x18.rebeam.v1.StatusRequest\x1a\x16.rebeam.v1.StatusReply\x12O\n\rAddController\x12\x1f.rebeam.v1.AddControllerRequest\x1a\x1d.rebeam.v1.AddControllerReply\x12X\n\x10RemoveController\x12\".rebeam.v1.RemoveControllerRequest\x1a .rebeam.v1.RemoveControllerReply\x12@\n\x08Snapshot\x12\x1a.rebeam.v1.SnapshotRequest\x1a\x18.rebeam.v1.SnapshotReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rebeam/v1/client.proto\x12\trebeam.v1\x1a\x16rebeam/v1/common.proto\"@\n\x13RegisterNameRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"G\n\x11RegisterNameReply\x12\x12\n\nregistered\x18\x01 \x01(\x08\x12\x1e\n\x06holder\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"M\n\x14RegisterNamesRequest\x12\x35\n\rregistrations\x18\x01 \x03(\x0b\x32\x1e.rebeam.v1.RegisterNameRequest\"X\n\x13RegisterNameOutcome\x12\x12\n\nregistered\x18\x01 \x01(\x08\x12\x1e\n\x06holder\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"F\n\x12RegisterNamesReply\x12\x30\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1e.rebeam.v1.RegisterNameOutcome\"B\n\x15UnregisterNameRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"\'\n\x13UnregisterNameReply\x12\x10\n\x08released\x18\x01 \x01(\x08\"4\n\x0eWhereisRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0clinearizable\x18\x02 \x01(\x08\"+\n\x0cWhereisReply\x12\x1b\n\x03pid\x18\x01 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"\x12\n\x10ListNamesRequest\"6\n\x0eListNamesReply\x12$\n\x05names\x18\x01 \x03(\x0b\x32\x15.rebeam.v1.GlobalName\"7\n\tPgRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x1b\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"\x1a\n\x07PgReply\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"7\n\x10PgMembersRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x14\n\x0clinearizable\x18\x02 \x01(\x08\"1\n\x0ePgMembersReply\x12\x1f\n\x07members\x18\x01 \x03(\x0b\x32\x0e.rebeam.v1.Pid\"7\n\x10SubmitAppRequest\x12\x15\n\rmanifest_toml\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x0c\"1\n\x0eSubmitAppReply\x12\x1f\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x12.rebeam.v1.AppInfo\"\x1e\n\x0eStopAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x0cStopAppReply\x12\x1f\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x12.rebeam.v1.AppInfo\"\"\n\x12RollbackAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10\x44\x65leteAppRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x10\n\x0e\x44\x65leteAppReply\"\x11\n\x0fListAppsRequest\"1\n\rListAppsReply\x12 \n\x04\x61pps\x18\x01 \x03(\x0b\x32\x12.rebeam.v1.AppInfo\"X\n\x10\x43ontrollerMember\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_address\x18\x03 \x01(\t\x12\r\n\x05voter\x18\x04 \x01(\x08\"\x15\n\x13\x43lusterStateRequest\"\xa8\x02\n\x11\x43lusterStateReply\x12\x11\n\tleader_id\x18\x01 \x01(\x04\x12\x1a\n\x12leader_api_address\x18\x02 \x01(\t\x12\x30\n\x0b\x63ontrollers\x18\x03 \x03(\x0b\x32\x1b.rebeam.v1.ControllerMember\x12\"\n\x05nodes\x18\x04 \x03(\x0b\x32\x13.rebeam.v1.NodeInfo\x12 \n\x04\x61pps\x18\x05 \x03(\x0b\x32\x12.rebeam.v1.AppInfo\x12*\n\x0b\x61ssignments\x18\x06 \x03(\x0b\x32\x15.rebeam.v1.Assignment\x12\x14\n\x0cglobal_names\x18\x07 \x01(\x04\x12\x0e\n\x06groups\x18\x08 \x01(\x04\x12\x1a\n\x12last_applied_index\x18\t \x01(\x04\"\x0f\n\rStatusRequest\"\xcb\x01\n\x0bStatusReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x14\n\x0c\x63urrent_term\x18\x02 \x01(\x04\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x1a\n\x12leader_api_address\x18\x04 \x01(\t\x12\x11\n\tis_leader\x18\x05 \x01(\x08\x12\x16\n\x0elast_log_index\x18\x06 \x01(\x04\x12\x1a\n\x12last_applied_index\x18\x07 \x01(\x04\x12\x16\n\x0esnapshot_index\x18\x08 \x01(\x04\x12\x0c\n\x04role\x18\t \x01(\t\"M\n\x14\x41\x64\x64\x43ontrollerRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x13\n\x0b\x61pi_address\x18\x03 \x01(\t\"F\n\x12\x41\x64\x64\x43ontrollerReply\x12\x30\n\x0b\x63ontrollers\x18\x01 \x03(\x0b\x32\x1b.rebeam.v1.ControllerMember\"%\n\x17RemoveControllerRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"I\n\x15RemoveControllerReply\x12\x30\n\x0b\x63ontrollers\x18\x01 \x03(\x0b\x32\x1b.rebeam.v1.ControllerMember\"t\n\x0b\x43lientToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x03 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x04\x12\x0c\n\x04note\x18\x05 \x01(\t\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\x08\"?\n\x12\x43reateTokenRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x04\x12\x0c\n\x04note\x18\x03 \x01(\t\"G\n\x10\x43reateTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\x12$\n\x04info\x18\x02 \x01(\x0b\x32\x16.rebeam.v1.ClientToken\"\x13\n\x11ListTokensRequest\"9\n\x0fListTokensReply\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.rebeam.v1.ClientToken\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x12\n\x10RevokeTokenReply\"\x11\n\x0fSnapshotRequest\"\'\n\rSnapshotReply\x12\x16\n\x0esnapshot_index\x18\x01 \x01(\x04\x32\xa4\x0c\n\x0e\x43lusterService\x12L\n\x0cRegisterName\x12\x1e.rebeam.v1.RegisterNameRequest\x1a\x1c.rebeam.v1.RegisterNameReply\x12O\n\rRegisterNames\x12\x1f.rebeam.v1.RegisterNamesRequest\x1a\x1d.rebeam.v1.RegisterNamesReply\x12R\n\x0eUnregisterName\x12 .rebeam.v1.UnregisterNameRequest\x1a\x1e.rebeam.v1.UnregisterNameReply\x12=\n\x07Whereis\x12\x19.rebeam.v1.WhereisRequest\x1a\x17.rebeam.v1.WhereisReply\x12\x43\n\tListNames\x12\x1b.rebeam.v1.ListNamesRequest\x1a\x19.rebeam.v1.ListNamesReply\x12\x32\n\x06PgJoin\x12\x14.rebeam.v1.PgRequest\x1a\x12.rebeam.v1.PgReply\x12\x33\n\x07PgLeave\x12\x14.rebeam.v1.PgRequest\x1a\x12.rebeam.v1.PgReply\x12\x43\n\tPgMembers\x12\x1b.rebeam.v1.PgMembersRequest\x1a\x19.rebeam.v1.PgMembersReply\x12\x43\n\tSubmitApp\x12\x1b.rebeam.v1.SubmitAppRequest\x1a\x19.rebeam.v1.SubmitAppReply\x12\x44\n\nUpgradeApp\x12\x1b.rebeam.v1.SubmitAppRequest\x1a\x19.rebeam.v1.SubmitAppReply\x12=\n\x07StopApp\x12\x19.rebeam.v1.StopAppRequest\x1a\x17.rebeam.v1.StopAppReply\x12G\n\x0bRollbackApp\x12\x1d.rebeam.v1.RollbackAppRequest\x1a\x19.rebeam.v1.SubmitAppReply\x12@\n\x08ListApps\x12\x1a.rebeam.v1.ListAppsRequest\x1a\x18.rebeam.v1.ListAppsReply\x12L\n\x0c\x43lusterState\x12\x1e.rebeam.v1.ClusterStateRequest\x1a\x1c.rebeam.v1.ClusterStateReply\x12:\n\x06Status\x12\x18.rebeam.v1.StatusRequest\x1a\x16.rebeam.v1.StatusReply\x12O\n\rAddController\x12\x1f.rebeam.v1.AddControllerRequest\x1a\x1d.rebeam.v1.AddControllerReply\x12X\n\x10RemoveController\x12\".rebeam.v1.RemoveControllerRequest\x1a .rebeam.v1.RemoveControllerReply\x12@\n\x08Snapshot\x12\x1a.rebeam.v1.SnapshotRequest\x1a\x18.rebeam.v1.SnapshotReply\x12\x43\n\tDeleteApp\x12\x1b.rebeam.v1.DeleteAppRequest\x1a\x19.rebeam.v1.DeleteAppReply\x12I\n\x0b\x43reateToken\x12\x1d.rebeam.v1.CreateTokenRequest\x1a\x1b.rebeam.v1.CreateTokenReply\x12\x46\n\nListTokens\x12\x1c.rebeam.v1.ListTokensRequest\x1a\x1a.rebeam.v1.ListTokensReply\x12I\n\x0bRevokeToken\x12\x1d.rebeam.v1.RevokeTokenRequest\x1a\x1b.rebeam.v1.RevokeTokenReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -74,32 +74,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOPAPPREPLY']._serialized_end=1105
   _globals['_ROLLBACKAPPREQUEST']._serialized_start=1107
   _globals['_ROLLBACKAPPREQUEST']._serialized_end=1141
-  _globals['_LISTAPPSREQUEST']._serialized_start=1143
-  _globals['_LISTAPPSREQUEST']._serialized_end=1160
-  _globals['_LISTAPPSREPLY']._serialized_start=1162
-  _globals['_LISTAPPSREPLY']._serialized_end=1211
-  _globals['_CONTROLLERMEMBER']._serialized_start=1213
-  _globals['_CONTROLLERMEMBER']._serialized_end=1301
-  _globals['_CLUSTERSTATEREQUEST']._serialized_start=1303
-  _globals['_CLUSTERSTATEREQUEST']._serialized_end=1324
-  _globals['_CLUSTERSTATEREPLY']._serialized_start=1327
-  _globals['_CLUSTERSTATEREPLY']._serialized_end=1623
-  _globals['_STATUSREQUEST']._serialized_start=1625
-  _globals['_STATUSREQUEST']._serialized_end=1640
-  _globals['_STATUSREPLY']._serialized_start=1643
-  _globals['_STATUSREPLY']._serialized_end=1846
-  _globals['_ADDCONTROLLERREQUEST']._serialized_start=1848
-  _globals['_ADDCONTROLLERREQUEST']._serialized_end=1925
-  _globals['_ADDCONTROLLERREPLY']._serialized_start=1927
-  _globals['_ADDCONTROLLERREPLY']._serialized_end=1997
-  _globals['_REMOVECONTROLLERREQUEST']._serialized_start=1999
-  _globals['_REMOVECONTROLLERREQUEST']._serialized_end=2036
-  _globals['_REMOVECONTROLLERREPLY']._serialized_start=2038
-  _globals['_REMOVECONTROLLERREPLY']._serialized_end=2111
-  _globals['_SNAPSHOTREQUEST']._serialized_start=2113
-  _globals['_SNAPSHOTREQUEST']._serialized_end=2130
-  _globals['_SNAPSHOTREPLY']._serialized_start=2132
-  _globals['_SNAPSHOTREPLY']._serialized_end=2171
-  _globals['_CLUSTERSERVICE']._serialized_start=2174
-  _globals['_CLUSTERSERVICE']._serialized_end=3455
+  _globals['_DELETEAPPREQUEST']._serialized_start=1143
+  _globals['_DELETEAPPREQUEST']._serialized_end=1175
+  _globals['_DELETEAPPREPLY']._serialized_start=1177
+  _globals['_DELETEAPPREPLY']._serialized_end=1193
+  _globals['_LISTAPPSREQUEST']._serialized_start=1195
+  _globals['_LISTAPPSREQUEST']._serialized_end=1212
+  _globals['_LISTAPPSREPLY']._serialized_start=1214
+  _globals['_LISTAPPSREPLY']._serialized_end=1263
+  _globals['_CONTROLLERMEMBER']._serialized_start=1265
+  _globals['_CONTROLLERMEMBER']._serialized_end=1353
+  _globals['_CLUSTERSTATEREQUEST']._serialized_start=1355
+  _globals['_CLUSTERSTATEREQUEST']._serialized_end=1376
+  _globals['_CLUSTERSTATEREPLY']._serialized_start=1379
+  _globals['_CLUSTERSTATEREPLY']._serialized_end=1675
+  _globals['_STATUSREQUEST']._serialized_start=1677
+  _globals['_STATUSREQUEST']._serialized_end=1692
+  _globals['_STATUSREPLY']._serialized_start=1695
+  _globals['_STATUSREPLY']._serialized_end=1898
+  _globals['_ADDCONTROLLERREQUEST']._serialized_start=1900
+  _globals['_ADDCONTROLLERREQUEST']._serialized_end=1977
+  _globals['_ADDCONTROLLERREPLY']._serialized_start=1979
+  _globals['_ADDCONTROLLERREPLY']._serialized_end=2049
+  _globals['_REMOVECONTROLLERREQUEST']._serialized_start=2051
+  _globals['_REMOVECONTROLLERREQUEST']._serialized_end=2088
+  _globals['_REMOVECONTROLLERREPLY']._serialized_start=2090
+  _globals['_REMOVECONTROLLERREPLY']._serialized_end=2163
+  _globals['_CLIENTTOKEN']._serialized_start=2165
+  _globals['_CLIENTTOKEN']._serialized_end=2281
+  _globals['_CREATETOKENREQUEST']._serialized_start=2283
+  _globals['_CREATETOKENREQUEST']._serialized_end=2346
+  _globals['_CREATETOKENREPLY']._serialized_start=2348
+  _globals['_CREATETOKENREPLY']._serialized_end=2419
+  _globals['_LISTTOKENSREQUEST']._serialized_start=2421
+  _globals['_LISTTOKENSREQUEST']._serialized_end=2440
+  _globals['_LISTTOKENSREPLY']._serialized_start=2442
+  _globals['_LISTTOKENSREPLY']._serialized_end=2499
+  _globals['_REVOKETOKENREQUEST']._serialized_start=2501
+  _globals['_REVOKETOKENREQUEST']._serialized_end=2533
+  _globals['_REVOKETOKENREPLY']._serialized_start=2535
+  _globals['_REVOKETOKENREPLY']._serialized_end=2553
+  _globals['_SNAPSHOTREQUEST']._serialized_start=2555
+  _globals['_SNAPSHOTREQUEST']._serialized_end=2572
+  _globals['_SNAPSHOTREPLY']._serialized_start=2574
+  _globals['_SNAPSHOTREPLY']._serialized_end=2613
+  _globals['_CLUSTERSERVICE']._serialized_start=2616
+  _globals['_CLUSTERSERVICE']._serialized_end=4188
 # @@protoc_insertion_point(module_scope)

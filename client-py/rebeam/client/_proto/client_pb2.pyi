@@ -145,6 +145,16 @@ class RollbackAppRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class DeleteAppRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteAppReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ListAppsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -246,6 +256,60 @@ class RemoveControllerReply(_message.Message):
     CONTROLLERS_FIELD_NUMBER: _ClassVar[int]
     controllers: _containers.RepeatedCompositeFieldContainer[ControllerMember]
     def __init__(self, controllers: _Optional[_Iterable[_Union[ControllerMember, _Mapping]]] = ...) -> None: ...
+
+class ClientToken(_message.Message):
+    __slots__ = ("id", "role", "created_at_ms", "expires_at_ms", "note", "expired")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    role: str
+    created_at_ms: int
+    expires_at_ms: int
+    note: str
+    expired: bool
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., note: _Optional[str] = ..., expired: _Optional[bool] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("role", "ttl_s", "note")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    ttl_s: int
+    note: str
+    def __init__(self, role: _Optional[str] = ..., ttl_s: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+
+class CreateTokenReply(_message.Message):
+    __slots__ = ("token", "info")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    info: ClientToken
+    def __init__(self, token: _Optional[str] = ..., info: _Optional[_Union[ClientToken, _Mapping]] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTokensReply(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[ClientToken]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[ClientToken, _Mapping]]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()

@@ -28,8 +28,9 @@ if _version_not_supported:
 
 
 class ClusterServiceStub:
-    """Registry, applications, cluster state and controller membership; requires a client token or
-    the cluster secret. A follower answers writes with `unavailable` and the leader's API address
+    """Registry, applications, cluster state, controller membership and client tokens. Each rpc
+    needs a client token of some role (read < call < deploy < admin) or the cluster secret; the
+    table is controller/src/auth.rs `RPC_TABLE` (and docs/security.md). A follower answers writes with `unavailable` and the leader's API address
     in the `x-rebeam-leader` metadata key; retry there.
     """
 
@@ -129,11 +130,32 @@ class ClusterServiceStub:
                 request_serializer=rebeam_dot_v1_dot_client__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=rebeam_dot_v1_dot_client__pb2.SnapshotReply.FromString,
                 _registered_method=True)
+        self.DeleteApp = channel.unary_unary(
+                '/rebeam.v1.ClusterService/DeleteApp',
+                request_serializer=rebeam_dot_v1_dot_client__pb2.DeleteAppRequest.SerializeToString,
+                response_deserializer=rebeam_dot_v1_dot_client__pb2.DeleteAppReply.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/rebeam.v1.ClusterService/CreateToken',
+                request_serializer=rebeam_dot_v1_dot_client__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=rebeam_dot_v1_dot_client__pb2.CreateTokenReply.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/rebeam.v1.ClusterService/ListTokens',
+                request_serializer=rebeam_dot_v1_dot_client__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=rebeam_dot_v1_dot_client__pb2.ListTokensReply.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/rebeam.v1.ClusterService/RevokeToken',
+                request_serializer=rebeam_dot_v1_dot_client__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=rebeam_dot_v1_dot_client__pb2.RevokeTokenReply.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
-    """Registry, applications, cluster state and controller membership; requires a client token or
-    the cluster secret. A follower answers writes with `unavailable` and the leader's API address
+    """Registry, applications, cluster state, controller membership and client tokens. Each rpc
+    needs a client token of some role (read < call < deploy < admin) or the cluster secret; the
+    table is controller/src/auth.rs `RPC_TABLE` (and docs/security.md). A follower answers writes with `unavailable` and the leader's API address
     in the `x-rebeam-leader` metadata key; retry there.
     """
 
@@ -248,6 +270,31 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteApp(self, request, context):
+        """Refused unless the app is stopped or failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -341,6 +388,26 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     request_deserializer=rebeam_dot_v1_dot_client__pb2.SnapshotRequest.FromString,
                     response_serializer=rebeam_dot_v1_dot_client__pb2.SnapshotReply.SerializeToString,
             ),
+            'DeleteApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteApp,
+                    request_deserializer=rebeam_dot_v1_dot_client__pb2.DeleteAppRequest.FromString,
+                    response_serializer=rebeam_dot_v1_dot_client__pb2.DeleteAppReply.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=rebeam_dot_v1_dot_client__pb2.CreateTokenRequest.FromString,
+                    response_serializer=rebeam_dot_v1_dot_client__pb2.CreateTokenReply.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=rebeam_dot_v1_dot_client__pb2.ListTokensRequest.FromString,
+                    response_serializer=rebeam_dot_v1_dot_client__pb2.ListTokensReply.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=rebeam_dot_v1_dot_client__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=rebeam_dot_v1_dot_client__pb2.RevokeTokenReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'rebeam.v1.ClusterService', rpc_method_handlers)
@@ -350,8 +417,9 @@ def add_ClusterServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ClusterService:
-    """Registry, applications, cluster state and controller membership; requires a client token or
-    the cluster secret. A follower answers writes with `unavailable` and the leader's API address
+    """Registry, applications, cluster state, controller membership and client tokens. Each rpc
+    needs a client token of some role (read < call < deploy < admin) or the cluster secret; the
+    table is controller/src/auth.rs `RPC_TABLE` (and docs/security.md). A follower answers writes with `unavailable` and the leader's API address
     in the `x-rebeam-leader` metadata key; retry there.
     """
 
@@ -831,6 +899,114 @@ class ClusterService:
             '/rebeam.v1.ClusterService/Snapshot',
             rebeam_dot_v1_dot_client__pb2.SnapshotRequest.SerializeToString,
             rebeam_dot_v1_dot_client__pb2.SnapshotReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rebeam.v1.ClusterService/DeleteApp',
+            rebeam_dot_v1_dot_client__pb2.DeleteAppRequest.SerializeToString,
+            rebeam_dot_v1_dot_client__pb2.DeleteAppReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rebeam.v1.ClusterService/CreateToken',
+            rebeam_dot_v1_dot_client__pb2.CreateTokenRequest.SerializeToString,
+            rebeam_dot_v1_dot_client__pb2.CreateTokenReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rebeam.v1.ClusterService/ListTokens',
+            rebeam_dot_v1_dot_client__pb2.ListTokensRequest.SerializeToString,
+            rebeam_dot_v1_dot_client__pb2.ListTokensReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rebeam.v1.ClusterService/RevokeToken',
+            rebeam_dot_v1_dot_client__pb2.RevokeTokenRequest.SerializeToString,
+            rebeam_dot_v1_dot_client__pb2.RevokeTokenReply.FromString,
             options,
             channel_credentials,
             insecure,

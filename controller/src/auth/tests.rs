@@ -1,0 +1,168 @@
+use super::*;
+
+/// Every `rpc` of every `service` in the .proto files, as `/rebeam.v1.Service/Method`.
+fn proto_rpcs() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/rebeam/v1");
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("proto dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "found only {files:?}");
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read proto");
+        let mut service = None;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with("//") {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.split_whitespace().next().map(str::to_string);
+            } else if let Some(rest) = line.strip_prefix("rpc ") {
+                let method = rest.split('(').next().expect("rpc name").trim();
+                let s = service.as_ref().expect("rpc outside a service");
+                out.push(format!("/rebeam.v1.{s}/{method}"));
+            } else if line.starts_with('}') {
+                // Services hold only rpc lines here; a closing brace ends one.
+                if line == "}" {
+                    service = None;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_rpc_in_the_protos_is_in_the_table_and_nothing_else() {
+    let rpcs = proto_rpcs();
+    assert!(rpcs.len() > 30, "parsed only {rpcs:?}");
+    for r in &rpcs {
+        assert!(required(r).is_some(), "{r} is not in auth::RPC_TABLE");
+    }
+    for (p, _) in RPC_TABLE {
+        assert!(
+            rpcs.iter().any(|r| r == p),
+            "{p} is in the table but not in the protos"
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    assert!(RPC_TABLE.iter().all(|(p, _)| seen.insert(*p)), "duplicates");
+}
+
+#[test]
+fn membership_and_tokens_are_admin_only_and_member_services_secret_only() {
+    for m in [
+        "AddController",
+        "RemoveController",
+        "Snapshot",
+        "CreateToken",
+        "ListTokens",
+        "RevokeToken",
+    ] {
+        assert_eq!(
+            required(&format!("/rebeam.v1.ClusterService/{m}")),
+            Some(Need::Role(Role::Admin))
+        );
+    }
+    for (p, need) in RPC_TABLE {
+        if p.contains(".RaftPeer/") || p.contains(".NodeService/") || p.contains(".PeerService/") {
+            assert_eq!(*need, Need::Member, "{p}");
+        }
+    }
+    assert_eq!(required("/rebeam.v1.ClusterService/Nope"), None);
+}
+
+#[test]
+fn static_tokens_carry_a_role_or_are_admin() {
+    let t: StaticToken = "deploy:abc".parse().expect("parse");
+    assert_eq!((t.role, t.token.as_str()), (Role::Deploy, "abc"));
+    let t: StaticToken = "abc".parse().expect("parse");
+    assert_eq!((t.role, t.token.as_str()), (Role::Admin, "abc"));
+    let t: StaticToken = "x:y".parse().expect("parse");
+    assert_eq!((t.role, t.token.as_str()), (Role::Admin, "x:y"));
+    assert!("read:".parse::<StaticToken>().is_err());
+}
+
+#[test]
+fn issued_tokens_authenticate_by_hash_until_expired_or_revoked() {
+    let cache = Arc::new(TokenCache::default());
+    let made = new_token(Role::Call, 1_000, 500, "ci".into());
+    assert!(!made.record.sha256.contains(&made.text));
+    cache.set(made.record.clone());
+    let creds = Credentials::new(
+        "sekret".into(),
+        vec!["read:r0".parse().expect("parse")],
+        Some(cache.clone() as Arc<dyn TokenSource>),
+    );
+    assert_eq!(creds.authenticate("sekret", 0), Some(Principal::Member));
+    assert_eq!(
+        creds.authenticate("r0", 0),
+        Some(Principal::Client {
+            role: Role::Read,
+            token: "static".into()
+        })
+    );
+    assert_eq!(
+        creds.authenticate(&made.text, 1_200),
+        Some(Principal::Client {
+            role: Role::Call,
+            token: made.record.id.clone()
+        })
+    );
+    assert_eq!(creds.authenticate(&made.text, 1_500), None, "expired");
+    let forged = format!("{TOKEN_PREFIX}{}_{}", made.record.id, "00".repeat(32));
+    assert_eq!(creds.authenticate(&forged, 1_200), None);
+    assert_eq!(creds.authenticate("", 0), None);
+    cache.remove(&made.record.id);
+    assert_eq!(creds.authenticate(&made.text, 1_200), None, "revoked");
+}
+
+#[test]
+fn roles_are_ordered_and_checked_against_the_table() {
+    let creds = Credentials::new(
+        "s".into(),
+        vec![
+            "read:r".parse().expect("parse"),
+            "deploy:d".parse().expect("parse"),
+        ],
+        None,
+    );
+    let mut h = http::HeaderMap::new();
+    h.insert("authorization", "Bearer r".parse().expect("header"));
+    let deliver = "/rebeam.v1.GatewayService/Deliver";
+    assert_eq!(
+        creds
+            .authorize(deliver, &h)
+            .expect_err("read cannot call")
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    h.insert("authorization", "Bearer d".parse().expect("header"));
+    assert!(creds.authorize(deliver, &h).is_ok());
+    assert_eq!(
+        creds
+            .authorize("/rebeam.v1.RaftPeer/Vote", &h)
+            .expect_err("clients cannot vote")
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    h.insert("authorization", "Bearer s".parse().expect("header"));
+    assert!(creds.authorize("/rebeam.v1.RaftPeer/Vote", &h).is_ok());
+    assert_eq!(
+        creds
+            .authorize("/rebeam.v1.RaftPeer/Nope", &h)
+            .expect_err("unlisted")
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        creds
+            .authorize(deliver, &http::HeaderMap::new())
+            .expect_err("no credential")
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+}
