@@ -68,6 +68,23 @@ impl BearerInjector {
     }
 }
 
+impl BearerInjector {
+    /// Sends no credential: with mTLS, members authenticate by certificate and the cluster
+    /// secret never goes on the wire.
+    pub fn none() -> Self {
+        BearerInjector { value: None }
+    }
+
+    /// The secret as a member sends it: nothing when `dialer` uses TLS, else the secret.
+    pub fn for_member(secret: &str, dialer: &rebeam_tls::Dialer) -> Self {
+        if dialer.is_tls() {
+            BearerInjector::none()
+        } else {
+            BearerInjector::new(secret)
+        }
+    }
+}
+
 impl tonic::service::Interceptor for BearerInjector {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(v) = &self.value {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use rebeam_controller::{ControllerConfig, Limits, PeerSpec, Timings};
+use rebeam_tls::{TlsFiles, TlsSource};
 
 // glibc malloc showed up as a quarter of the leader's CPU under registration load.
 #[global_allocator]
@@ -81,10 +82,30 @@ struct Cli {
     /// Largest accepted app code blob in bytes.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     max_code_bytes: usize,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
-fn config(cli: Cli) -> ControllerConfig {
-    ControllerConfig {
+/// TLS on every service; off unless all three files are given (re-read every 2 s).
+#[derive(clap::Args, Debug)]
+struct TlsArgs {
+    /// PEM certificate chain this member presents, with the URI SAN
+    /// urn:rebeam:controller:<id> and its advertised host names/IPs as DNS/IP SANs.
+    #[arg(long, env = "REBEAM_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "REBEAM_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign members' (and clients') certificates.
+    #[arg(long, env = "REBEAM_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+}
+
+fn config(cli: Cli) -> anyhow::Result<ControllerConfig> {
+    let tls = TlsFiles::from_options(cli.tls.tls_cert, cli.tls.tls_key, cli.tls.tls_ca)?
+        .map(TlsSource::load)
+        .transpose()?;
+    Ok(ControllerConfig {
         id: cli.id,
         data_dir: cli.data_dir,
         raft_listen: cli.raft_listen,
@@ -110,7 +131,8 @@ fn config(cli: Cli) -> ControllerConfig {
         },
         snapshot_logs: cli.snapshot_logs,
         keep_logs: cli.keep_logs,
-    }
+        tls,
+    })
 }
 
 #[tokio::main]
@@ -121,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
-    let cfg = config(Cli::parse());
+    let cfg = config(Cli::parse()).context("setting up TLS")?;
     let handle = rebeam_controller::start(cfg)
         .await
         .context("starting the controller")?;

@@ -148,10 +148,14 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
             .unwrap_or_else(|| api_addr.to_string()),
     };
 
+    let dialer = rebeam_tls::Dialer::new(config.tls.clone());
+    if let Some(tls) = &config.tls {
+        tls.watch();
+    }
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
-        Network::new(config.secret.clone()),
+        Network::new(config.secret.clone(), dialer.clone()),
         log,
         sm,
     )
@@ -176,20 +180,33 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     client_tokens.push(config.secret.clone());
     let client_auth = Authenticator::new(client_tokens);
 
+    // With TLS, members prove who they are by certificate and the secret is not accepted
+    // on member services; without it, the cluster secret is the member credential.
+    let mtls = config.tls.is_some();
     let raft_svc = {
         let a = secret_auth.clone();
         let svc = RaftPeerServer::new(RaftService::new(raft.clone()))
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE);
-        tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
+        tonic::service::interceptor::InterceptedService::new(svc, move |r| {
+            if mtls {
+                rebeam_tls::identity::require_controller(r)
+            } else {
+                a.check(r)
+            }
+        })
     };
     let mut s = stop_rx.clone();
+    let raft_tls = config.tls.clone();
     tasks.push(tokio::spawn(async move {
         let r = Server::builder()
             .add_service(raft_svc)
-            .serve_with_incoming_shutdown(no_delay(raft_listener), async move {
-                let _ = s.changed().await;
-            })
+            .serve_with_incoming_shutdown(
+                rebeam_tls::incoming(raft_listener, raft_tls),
+                async move {
+                    let _ = s.changed().await;
+                },
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "raft listener failed");
@@ -201,20 +218,29 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         let a = secret_auth.clone();
         let svc =
             NodeServiceServer::new(NodeApi::new(core.clone())).max_decoding_message_size(4 << 20);
-        tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
+        tonic::service::interceptor::InterceptedService::new(svc, move |r| {
+            if mtls {
+                rebeam_tls::identity::require_node(r)
+            } else {
+                a.check(r)
+            }
+        })
     };
     let cluster_svc = {
         let a = client_auth.clone();
         let svc = ClusterServiceServer::new(ClusterApi::new(core.clone()))
             .max_decoding_message_size(max_api);
-        tonic::service::interceptor::InterceptedService::new(svc, move |r| a.check(r))
+        tonic::service::interceptor::InterceptedService::new(svc, move |r| {
+            rebeam_tls::identity::member_or(r, |r| a.check(r))
+        })
     };
     let mut s = stop_rx.clone();
+    let api_tls = config.tls.clone();
     tasks.push(tokio::spawn(async move {
         let r = Server::builder()
             .add_service(node_svc)
             .add_service(cluster_svc)
-            .serve_with_incoming_shutdown(no_delay(api_listener), async move {
+            .serve_with_incoming_shutdown(rebeam_tls::incoming(api_listener, api_tls), async move {
                 let _ = s.changed().await;
             })
             .await;
@@ -254,7 +280,8 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
                 seed,
                 config.id,
                 me.clone(),
-                config.secret.clone(),
+                BearerInjector::for_member(&config.secret, &dialer),
+                dialer.clone(),
                 stop_rx,
             )));
         }
@@ -274,19 +301,19 @@ async fn join_group(
     seed: String,
     id: u64,
     me: MemberNode,
-    secret: String,
+    bearer: BearerInjector,
+    dialer: rebeam_tls::Dialer,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut target = seed;
     loop {
         let attempt = async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-                .connect()
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let mut c =
-                ClusterServiceClient::with_interceptor(channel, BearerInjector::new(&secret));
+            let channel = dialer
+                .channel(&target, |e| {
+                    e.connect_timeout(std::time::Duration::from_secs(2))
+                })
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            let mut c = ClusterServiceClient::with_interceptor(channel, bearer.clone());
             c.add_controller(AddControllerRequest {
                 id,
                 raft_address: me.raft_addr.clone(),
@@ -316,11 +343,4 @@ async fn join_group(
             _ = stop.changed() => return,
         }
     }
-}
-
-/// Accepted connections with `TCP_NODELAY` set. The builder's `tcp_nodelay` is ignored for a
-/// listener we bound ourselves, and without it a reply written in two parts (headers, then
-/// the body of a handler that awaited) sat out the peer's 40 ms delayed ACK (Nagle).
-pub fn no_delay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
