@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use rebeam_tls::identity::{members_of, PEER_NODE_HEADER};
+use rebeam_tls::{Member, PeerInfo};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tonic::codegen::http;
@@ -329,6 +331,7 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
 /// The credentials one server accepts.
 #[derive(Clone)]
 pub struct Credentials {
+    mtls: bool,
     secret: String,
     static_tokens: Arc<Vec<StaticToken>>,
     issued: Option<Arc<dyn TokenSource>>,
@@ -342,6 +345,7 @@ impl Credentials {
         issued: Option<Arc<dyn TokenSource>>,
     ) -> Self {
         Credentials {
+            mtls: false,
             secret,
             static_tokens: Arc::new(static_tokens),
             issued,
@@ -379,13 +383,35 @@ impl Credentials {
             })
     }
 
-    /// Decides a request for `path` carrying these headers: the caller, or the refusal.
-    pub fn authorize(&self, path: &str, headers: &http::HeaderMap) -> Result<Principal, Status> {
+    /// With mutual TLS on, members prove who they are by certificate only: the cluster secret
+    /// no longer passes where a member is needed, so it never has to travel on the wire.
+    pub fn with_mtls(mut self, on: bool) -> Self {
+        self.mtls = on;
+        self
+    }
+
+    /// Decides a request for `path` carrying these headers, on a connection whose verified
+    /// client certificate names `members` (empty without TLS): the caller, or the refusal.
+    pub fn authorize(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        members: &[Member],
+    ) -> Result<Principal, Status> {
         let Some(need) = required(path) else {
             return Err(Status::permission_denied(format!(
                 "`{path}` is not an rpc this server authorizes"
             )));
         };
+        if let Some(principal) = member_by_certificate(path, headers, members)? {
+            return Ok(principal);
+        }
+        if self.mtls && need == Need::Member {
+            return Err(Status::unauthenticated(format!(
+                "`{path}` needs a member certificate signed by the cluster CA (URI SAN \
+                 urn:rebeam:controller:<id> or urn:rebeam:node:<name>)"
+            )));
+        }
         let Some(value) = headers.get("authorization") else {
             return Err(Status::unauthenticated(
                 "missing credentials; send `authorization: Bearer <client token>`",
@@ -412,6 +438,47 @@ impl Credentials {
             (Need::Role(r), Principal::Member) => format!("`{path}` needs the `{r}` role"),
         }))
     }
+}
+
+/// The members named by the connection's verified client certificate (none without TLS).
+fn certificate_members(extensions: &http::Extensions) -> Vec<Member> {
+    extensions
+        .get::<PeerInfo>()
+        .and_then(|p| p.certs.as_ref())
+        .and_then(|c| c.first())
+        .map(members_of)
+        .unwrap_or_default()
+}
+
+/// A caller proven a member by certificate, checked against what the path allows: Raft
+/// traffic only from controllers, a peer link only from the node it says it is.
+fn member_by_certificate(
+    path: &str,
+    headers: &http::HeaderMap,
+    members: &[Member],
+) -> Result<Option<Principal>, Status> {
+    if members.is_empty() {
+        return Ok(None);
+    }
+    if path.starts_with("/rebeam.v1.RaftPeer/")
+        && !members.iter().any(|m| matches!(m, Member::Controller(_)))
+    {
+        return Err(Status::permission_denied(
+            "raft traffic needs a controller certificate (URI SAN urn:rebeam:controller:<id>)",
+        ));
+    }
+    if path.starts_with("/rebeam.v1.PeerService/") {
+        let claimed = headers
+            .get(PEER_NODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !members.contains(&Member::Node(claimed.to_string())) {
+            return Err(Status::permission_denied(format!(
+                "the peer says it is node {claimed:?} but its certificate does not name it"
+            )));
+        }
+    }
+    Ok(Some(Principal::Member))
 }
 
 /// Wraps a gRPC service: every request is checked against [`RPC_TABLE`] before it reaches
@@ -450,7 +517,11 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match self.credentials.authorize(req.uri().path(), req.headers()) {
+        let members = certificate_members(req.extensions());
+        match self
+            .credentials
+            .authorize(req.uri().path(), req.headers(), &members)
+        {
             Ok(principal) => {
                 req.extensions_mut().insert(principal);
                 Box::pin(self.inner.call(req))
@@ -474,6 +545,23 @@ impl BearerInjector {
     pub fn new(secret: &str) -> Self {
         BearerInjector {
             value: MetadataValue::try_from(format!("Bearer {secret}")).ok(),
+        }
+    }
+}
+
+impl BearerInjector {
+    /// Sends no credential: with mTLS, members authenticate by certificate and the cluster
+    /// secret never goes on the wire.
+    pub fn none() -> Self {
+        BearerInjector { value: None }
+    }
+
+    /// The secret as a member sends it: nothing when `dialer` uses TLS, else the secret.
+    pub fn for_member(secret: &str, dialer: &rebeam_tls::Dialer) -> Self {
+        if dialer.is_tls() {
+            BearerInjector::none()
+        } else {
+            BearerInjector::new(secret)
         }
     }
 }

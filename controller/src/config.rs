@@ -133,6 +133,9 @@ pub struct ControllerConfig {
     pub snapshot_logs: u64,
     /// Log entries kept behind the last snapshot for slow followers.
     pub keep_logs: u64,
+    /// TLS on every listener and outbound channel, with members authenticated by
+    /// certificate (see `rebeam_tls::identity`); `None` is plaintext with the bearer secret.
+    pub tls: Option<rebeam_tls::TlsSource>,
 }
 
 impl ControllerConfig {
@@ -154,6 +157,7 @@ impl ControllerConfig {
             limits: Limits::default(),
             snapshot_logs: 10_000,
             keep_logs: 1_000,
+            tls: None,
         }
     }
 

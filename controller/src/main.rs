@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use rebeam_controller::auth::{read_secret_file, read_token_file, StaticToken};
 use rebeam_controller::{ControllerConfig, Limits, PeerSpec, Timings};
+use rebeam_tls::{TlsFiles, TlsSource};
 
 // glibc malloc showed up as a quarter of the leader's CPU under registration load.
 #[global_allocator]
@@ -96,6 +97,23 @@ struct Cli {
     /// Largest accepted app code blob in bytes.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     max_code_bytes: usize,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS on every service; off unless all three files are given (re-read every 2 s).
+#[derive(clap::Args, Debug)]
+struct TlsArgs {
+    /// PEM certificate chain this member presents, with the URI SAN
+    /// urn:rebeam:controller:<id> and its advertised host names/IPs as DNS/IP SANs.
+    #[arg(long, env = "REBEAM_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "REBEAM_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign members' (and clients') certificates.
+    #[arg(long, env = "REBEAM_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 fn config(cli: Cli) -> anyhow::Result<ControllerConfig> {
@@ -108,6 +126,9 @@ fn config(cli: Cli) -> anyhow::Result<ControllerConfig> {
     if let Some(path) = &cli.client_token_file {
         client_tokens.extend(read_token_file(path).map_err(anyhow::Error::msg)?);
     }
+    let tls = TlsFiles::from_options(cli.tls.tls_cert, cli.tls.tls_key, cli.tls.tls_ca)?
+        .map(TlsSource::load)
+        .transpose()?;
     Ok(ControllerConfig {
         id: cli.id,
         data_dir: cli.data_dir,
@@ -134,6 +155,7 @@ fn config(cli: Cli) -> anyhow::Result<ControllerConfig> {
         },
         snapshot_logs: cli.snapshot_logs,
         keep_logs: cli.keep_logs,
+        tls,
     })
 }
 
@@ -145,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
-    let cfg = config(Cli::parse())?;
+    let cfg = config(Cli::parse()).context("reading the configuration")?;
     let handle = rebeam_controller::start(cfg)
         .await
         .context("starting the controller")?;

@@ -13,7 +13,7 @@ use rebeam_proto::v1::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::auth::BearerInjector;
 use crate::types::{MemberNode, TypeConfig};
@@ -24,13 +24,18 @@ pub const MAX_RAFT_MESSAGE: usize = 1 << 30;
 /// Builds a client per peer.
 #[derive(Clone)]
 pub struct Network {
-    secret: String,
+    bearer: BearerInjector,
+    dialer: rebeam_tls::Dialer,
 }
 
 impl Network {
-    /// A network factory that authenticates with `secret`.
-    pub fn new(secret: String) -> Self {
-        Network { secret }
+    /// A network factory dialing with `dialer`; it authenticates with `secret` only when
+    /// the dialer is plaintext (with TLS the certificate is the credential).
+    pub fn new(secret: String, dialer: rebeam_tls::Dialer) -> Self {
+        Network {
+            bearer: BearerInjector::for_member(&secret, &dialer),
+            dialer,
+        }
     }
 }
 
@@ -44,14 +49,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &MemberNode) -> Self::Network {
-        let client = Endpoint::from_shared(format!("http://{}", node.raft_addr))
+        let client = self
+            .dialer
+            .channel(&node.raft_addr, |e| {
+                e.connect_timeout(std::time::Duration::from_millis(500))
+            })
             .ok()
-            .map(|e| {
-                let channel = e
-                    .connect_timeout(std::time::Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                RaftPeerClient::with_interceptor(channel, BearerInjector::new(&self.secret))
+            .map(|channel| {
+                RaftPeerClient::with_interceptor(channel, self.bearer.clone())
                     .max_decoding_message_size(MAX_RAFT_MESSAGE)
                     .max_encoding_message_size(MAX_RAFT_MESSAGE)
             });

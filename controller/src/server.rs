@@ -148,10 +148,14 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
             .unwrap_or_else(|| api_addr.to_string()),
     };
 
+    let dialer = rebeam_tls::Dialer::new(config.tls.clone());
+    if let Some(tls) = &config.tls {
+        tls.watch();
+    }
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
-        Network::new(config.secret.clone()),
+        Network::new(config.secret.clone(), dialer.clone()),
         log,
         sm,
     )
@@ -172,12 +176,14 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     let mut tasks = Vec::new();
 
     // One set of credentials for every service: auth::RPC_TABLE decides, per method, whether
-    // the cluster secret or which client role is needed.
+    // a member (by certificate with TLS, else by the cluster secret) or which client role is
+    // needed.
     let credentials = Credentials::new(
         config.secret.clone(),
         config.client_tokens.clone(),
         Some(core.shared.clone() as Arc<dyn TokenSource>),
-    );
+    )
+    .with_mtls(config.tls.is_some());
 
     let raft_svc = Guard::new(
         RaftPeerServer::new(RaftService::new(raft.clone()))
@@ -186,12 +192,16 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         credentials.clone(),
     );
     let mut s = stop_rx.clone();
+    let raft_tls = config.tls.clone();
     tasks.push(tokio::spawn(async move {
         let r = Server::builder()
             .add_service(raft_svc)
-            .serve_with_incoming_shutdown(no_delay(raft_listener), async move {
-                let _ = s.changed().await;
-            })
+            .serve_with_incoming_shutdown(
+                rebeam_tls::incoming(raft_listener, raft_tls),
+                async move {
+                    let _ = s.changed().await;
+                },
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "raft listener failed");
@@ -208,11 +218,12 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         credentials,
     );
     let mut s = stop_rx.clone();
+    let api_tls = config.tls.clone();
     tasks.push(tokio::spawn(async move {
         let r = Server::builder()
             .add_service(node_svc)
             .add_service(cluster_svc)
-            .serve_with_incoming_shutdown(no_delay(api_listener), async move {
+            .serve_with_incoming_shutdown(rebeam_tls::incoming(api_listener, api_tls), async move {
                 let _ = s.changed().await;
             })
             .await;
@@ -253,7 +264,8 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
                 seed,
                 config.id,
                 me.clone(),
-                config.secret.clone(),
+                BearerInjector::for_member(&config.secret, &dialer),
+                dialer.clone(),
                 stop_rx,
             )));
         }
@@ -273,19 +285,19 @@ async fn join_group(
     seed: String,
     id: u64,
     me: MemberNode,
-    secret: String,
+    bearer: BearerInjector,
+    dialer: rebeam_tls::Dialer,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut target = seed;
     loop {
         let attempt = async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-                .connect()
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let mut c =
-                ClusterServiceClient::with_interceptor(channel, BearerInjector::new(&secret));
+            let channel = dialer
+                .channel(&target, |e| {
+                    e.connect_timeout(std::time::Duration::from_secs(2))
+                })
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            let mut c = ClusterServiceClient::with_interceptor(channel, bearer.clone());
             c.add_controller(AddControllerRequest {
                 id,
                 raft_address: me.raft_addr.clone(),
@@ -315,11 +327,4 @@ async fn join_group(
             _ = stop.changed() => return,
         }
     }
-}
-
-/// Accepted connections with `TCP_NODELAY` set. The builder's `tcp_nodelay` is ignored for a
-/// listener we bound ourselves, and without it a reply written in two parts (headers, then
-/// the body of a handler that awaited) sat out the peer's 40 ms delayed ACK (Nagle).
-pub fn no_delay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -83,6 +83,17 @@ struct Cli {
     /// Where fetched application code is kept.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// PEM certificate chain this node presents (and, on --dev, its embedded controller),
+    /// with the URI SAN urn:rebeam:node:<name> and the advertised host as a DNS/IP SAN.
+    /// TLS is off unless --tls-cert, --tls-key and --tls-ca are all given.
+    #[arg(long, env = "REBEAM_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "REBEAM_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign members' (and clients') certificates.
+    #[arg(long, env = "REBEAM_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
     /// Arguments passed to the script or module as sys.argv[1:].
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -148,6 +159,15 @@ fn run(cli: Cli) -> Result<i32> {
     if cli.dev != cli.controllers.is_empty() {
         bail!("pass either --dev (a single-machine node) or --controllers ADDR[,ADDR...] (join a cluster)");
     }
+    // Checked before anything starts, so a wrong file is reported at once.
+    let tls = rebeam_tls::TlsFiles::from_options(
+        cli.tls_cert.clone(),
+        cli.tls_key.clone(),
+        cli.tls_ca.clone(),
+    )?
+    .map(rebeam_tls::TlsSource::load)
+    .transpose()
+    .context("setting up TLS")?;
     pyo3::append_to_inittab!(_rebeam_native);
     Python::initialize();
     let rt = python::start_node(&NodeConfig {
@@ -162,8 +182,8 @@ fn run(cli: Cli) -> Result<i32> {
         .build()
         .context("starting the I/O runtime")?;
     if cli.dev {
-        let (controllers, secret, data_dir) = start_dev_controller(&cli, &tokio)?;
-        join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir)?;
+        let (controllers, secret, data_dir) = start_dev_controller(&cli, &tokio, tls.clone())?;
+        join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir, tls)?;
     } else {
         let secret = given_secret(&cli)?.context(
             "cluster mode needs the cluster secret: --secret-file, --secret or REBEAM_SECRET",
@@ -172,7 +192,15 @@ fn run(cli: Cli) -> Result<i32> {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("rebeam-data").join(&cli.name));
-        join_cluster(&cli, &rt, &tokio, cli.controllers.clone(), secret, data_dir)?;
+        join_cluster(
+            &cli,
+            &rt,
+            &tokio,
+            cli.controllers.clone(),
+            secret,
+            data_dir,
+            tls,
+        )?;
     }
     // The I/O runtime lives as long as the process.
     std::mem::forget(tokio);
@@ -223,6 +251,7 @@ fn run(cli: Cli) -> Result<i32> {
 fn start_dev_controller(
     cli: &Cli,
     tokio: &tokio::runtime::Runtime,
+    tls: Option<rebeam_tls::TlsSource>,
 ) -> Result<(Vec<String>, String, PathBuf)> {
     let data_dir = match &cli.data_dir {
         Some(dir) => dir.clone(),
@@ -241,6 +270,8 @@ fn start_dev_controller(
         rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
     config.client_tokens = given_tokens(cli)?;
     config.api_listen = cli.api_listen;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    config.tls = tls;
     let handle = tokio
         .block_on(rebeam_controller::start(config))
         .context("starting the embedded controller")?;
@@ -249,7 +280,7 @@ fn start_dev_controller(
         .context("the embedded controller did not elect itself")?;
     let api = handle.api_addr().to_string();
     // Printed, not only logged: a user (or a test) needs the address to connect a client.
-    eprintln!("rebeam-node: dev controller at http://{api}");
+    eprintln!("rebeam-node: dev controller at {scheme}://{api}");
     // The controller lives as long as the process.
     std::mem::forget(handle);
     Ok((vec![api], secret, data_dir.join("node")))
@@ -266,6 +297,7 @@ fn join_cluster(
     controllers: Vec<String>,
     secret: String,
     data_dir: PathBuf,
+    tls: Option<rebeam_tls::TlsSource>,
 ) -> Result<()> {
     let mut labels = std::collections::HashMap::new();
     for label in &cli.labels {
@@ -286,16 +318,19 @@ fn join_cluster(
         capacity: cli.capacity,
         secret: secret.clone(),
         data_dir,
+        tls: tls.clone(),
     };
     let cluster = Cluster::new(rt.clone(), tokio.handle().clone(), config);
     let _ = rt.host.cluster.set(cluster.clone());
-    // auth::RPC_TABLE decides per method: the peer service needs the secret, the gateway a
-    // client role (tokens issued by the controller arrive through the watch stream).
+    // auth::RPC_TABLE decides per method: the peer service needs a member (by certificate
+    // with TLS, else the secret), the gateway a client role (tokens issued by the controller
+    // arrive through the watch stream).
     let credentials = Credentials::new(
         secret,
         given_tokens(cli)?,
         Some(cluster.tokens.clone() as std::sync::Arc<dyn TokenSource>),
-    );
+    )
+    .with_mtls(tls.is_some());
     let gateway = Guard::new(
         rebeam_proto::gateway_service_server::GatewayServiceServer::new(Gateway {
             cluster: cluster.clone(),
@@ -308,11 +343,15 @@ fn join_cluster(
         }),
         credentials,
     );
+    if let Some(tls) = &tls {
+        let _guard = tokio.enter();
+        tls.watch();
+    }
     tokio.spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(service)
             .add_service(gateway)
-            .serve_with_incoming(rebeam_controller::server::no_delay(listener))
+            .serve_with_incoming(rebeam_tls::incoming(listener, tls))
             .await;
         if let Err(err) = served {
             tracing::error!("peer service stopped: {err}");

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -17,7 +16,7 @@ from .._errors import CONTROLLER_ERRORS, Exit, Timeout
 from .._pid import Pid
 from .._types import Crash, Global
 from . import _inspect
-from ._config import ConfigError, resolve
+from ._config import ConfigError, resolve, resolve_tls
 from ._decode import Trust, loads
 from ._errors import (
     AlreadyExists,
@@ -82,7 +81,9 @@ class Client:
     cannot be reached is skipped. Closing the client closes its connections."""
 
     def __init__(self, url: str | None = None, *, token: str | None = None, secret: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, ca_file: str | os.PathLike[str] | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, ca: str | os.PathLike[str] | None = None,
+                 cert: str | os.PathLike[str] | None = None,
+                 key: str | os.PathLike[str] | None = None,
                  trusted_classes: Iterable[type] = (), trusted_modules: Iterable[str] = ()) -> None:
         self._trust = Trust(trusted_classes, trusted_modules)
         settings = resolve(url, token, secret)
@@ -92,7 +93,12 @@ class Client:
         self._current = self._targets[0]
         self._token = settings.token
         self._token_source = settings.token_source
-        self._ca = Path(ca_file).read_bytes() if ca_file else None
+        tls = resolve_tls(ca, cert, key)
+        if tls.given and not self._secure:
+            # Never a silent downgrade: TLS files mean the user expects TLS.
+            raise ConfigError(f"controller URL {self.url!r} is plaintext but TLS files were given "
+                              "(ca/cert/key, REBEAM_CA/REBEAM_CERT/REBEAM_KEY); use https://")
+        self._tls = tls
         self._channels: dict[str, Any] = {}
         self._stubs: dict[str, Any] = {}
         self._gateways: dict[str, Any] = {}
@@ -131,8 +137,6 @@ class Client:
     def _stub(self, target: str) -> Any:
         stub = self._stubs.get(target)
         if stub is None:
-            import grpc  # type: ignore[import-untyped]
-
             from ._proto import client_pb2_grpc
 
             options = [
@@ -143,14 +147,23 @@ class Client:
                 ("grpc.max_reconnect_backoff_ms", 1000),
                 ("grpc.enable_retries", 0),
             ]
-            if self._secure:
-                creds = grpc.ssl_channel_credentials(root_certificates=self._ca)
-                channel = grpc.secure_channel(target, creds, options=options)
-            else:
-                channel = grpc.insecure_channel(target, options=options)
+            channel = self._open_channel(target, options)
             self._channels[target] = channel
             stub = self._stubs[target] = client_pb2_grpc.ClusterServiceStub(channel)  # type: ignore[no-untyped-call]
         return stub
+
+    def _open_channel(self, target: str, options: list[tuple[str, Any]]) -> Any:
+        """A channel to a controller or a node gateway: TLS (verifying the server's
+        certificate, presenting the client's if given) whenever the URL is https://, so
+        gateways never get a plaintext connection from a TLS client."""
+        import grpc
+
+        if not self._secure:
+            return grpc.insecure_channel(target, options=options)
+        creds = grpc.ssl_channel_credentials(root_certificates=self._tls.ca,
+                                             private_key=self._tls.key,
+                                             certificate_chain=self._tls.cert)
+        return grpc.secure_channel(target, creds, options=options)
 
     def _metadata(self) -> list[tuple[str, str]]:
         if not self._token:
@@ -606,8 +619,6 @@ class Client:
         """The gateway service of the node at ``address`` (one kept channel per node)."""
         stub = self._gateways.get(address)
         if stub is None:
-            import grpc
-
             from ._proto import gateway_pb2_grpc
 
             options = [
@@ -622,7 +633,7 @@ class Client:
                 # Each client gets its own subchannels, so one client's backoff is not another's.
                 ("grpc.use_local_subchannel_pool", 1),
             ]
-            channel = grpc.insecure_channel(address, options=options)
+            channel = self._open_channel(address, options)
             self._channels[f"gateway {address}"] = channel
             stub = self._gateways[address] = gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
         return stub
@@ -685,7 +696,9 @@ def _leader(error: Any) -> str | None:
 
 
 def connect(url: str | None = None, *, token: str | None = None, secret: str | None = None,
-            timeout: float = DEFAULT_TIMEOUT, ca_file: str | os.PathLike[str] | None = None,
+            timeout: float = DEFAULT_TIMEOUT, ca: str | os.PathLike[str] | None = None,
+            cert: str | os.PathLike[str] | None = None,
+            key: str | os.PathLike[str] | None = None,
             trusted_classes: Iterable[type] = (), trusted_modules: Iterable[str] = ()) -> Client:
     """Connects to a Re:BEAM cluster's controller from outside the cluster.
 
@@ -703,10 +716,14 @@ def connect(url: str | None = None, *, token: str | None = None, secret: str | N
     submodules); any other class raises :class:`rebeam.client.UntrustedValue`. See
     docs/security.md.
 
+    With ``https://`` every connection (controllers and node gateways) uses TLS and verifies
+    the server's certificate against ``ca`` (a PEM file; default ``REBEAM_CA``, else the
+    system's roots); ``cert`` and ``key`` (``REBEAM_CERT``/``REBEAM_KEY``) present a client
+    certificate for clusters that ask for one. TLS files with an ``http://`` URL raise
+    :class:`ConfigError` rather than connect in plaintext.
+
     Use it as a context manager to close the connection::
 
         with rebeam.connect("http://127.0.0.1:7100", token=TOKEN) as client:
             client.submit("examples/chat")
     """
-    return Client(url, token=token, secret=secret, timeout=timeout, ca_file=ca_file,
-                  trusted_classes=trusted_classes, trusted_modules=trusted_modules)

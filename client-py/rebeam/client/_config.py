@@ -29,6 +29,49 @@ class Settings:
     token_source: str | None
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM contents the client verifies servers with and, for mTLS, presents."""
+
+    #: CA certificate(s) that must sign the servers' certificates (None: the system's roots).
+    ca: bytes | None
+    #: The client's certificate chain, if it presents one.
+    cert: bytes | None
+    #: The private key of ``cert``.
+    key: bytes | None
+
+    @property
+    def given(self) -> bool:
+        """Whether any TLS file was given (then only ``https://`` is acceptable)."""
+        return any(v is not None for v in (self.ca, self.cert, self.key))
+
+
+def _read_pem(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+    if path is None or path == "":
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot be read: {e.strerror or e}") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{what} {path}: not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def resolve_tls(ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
+                key: str | os.PathLike[str] | None = None) -> TlsFiles:
+    """Reads the TLS files named by the arguments, else ``REBEAM_CA``, ``REBEAM_CERT`` and
+    ``REBEAM_KEY``; a certificate needs its key and the reverse."""
+    ca = ca if ca is not None else os.environ.get("REBEAM_CA")
+    cert = cert if cert is not None else os.environ.get("REBEAM_CERT")
+    key = key if key is not None else os.environ.get("REBEAM_KEY")
+    if bool(cert) != bool(key):
+        raise ConfigError("a client certificate needs its key and the reverse: "
+                          "give both cert= and key= (--cert/--key, REBEAM_CERT/REBEAM_KEY)")
+    return TlsFiles(_read_pem(ca, "CA file"), _read_pem(cert, "certificate file"),
+                    _read_pem(key, "key file"))
+
+
 def config_path() -> Path:
     """``$REBEAM_CONFIG``, else ``$XDG_CONFIG_HOME/rebeam/config.toml``, else
     ``~/.config/rebeam/config.toml``."""

@@ -99,7 +99,8 @@ class _Output:
 
 def _client(args: argparse.Namespace) -> Client:
     return Client(getattr(args, "url", None), token=getattr(args, "token", None),
-                  timeout=getattr(args, "timeout", DEFAULT_TIMEOUT))
+                  timeout=getattr(args, "timeout", DEFAULT_TIMEOUT), ca=getattr(args, "ca", None),
+                  cert=getattr(args, "cert", None), key=getattr(args, "key", None))
 
 
 def _pack(args: argparse.Namespace, o: _Output) -> Archive:
@@ -478,6 +479,13 @@ def _parser() -> argparse.ArgumentParser:
                              "(default: $REBEAM_URL, the config file, http://127.0.0.1:7100)")
     common.add_argument("--token", default=argparse.SUPPRESS,
                         help="client token (default: $REBEAM_TOKEN, then ~/.config/rebeam/config.toml)")
+    common.add_argument("--ca", default=argparse.SUPPRESS, metavar="FILE",
+                        help="PEM CA that signs the cluster's certificates, for https:// "
+                             "(default: $REBEAM_CA)")
+    common.add_argument("--cert", default=argparse.SUPPRESS, metavar="FILE",
+                        help="PEM client certificate to present (default: $REBEAM_CERT)")
+    common.add_argument("--key", default=argparse.SUPPRESS, metavar="FILE",
+                        help="PEM key of --cert (default: $REBEAM_KEY)")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
                         help=f"seconds per request, retries included (default {DEFAULT_TIMEOUT:g})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

@@ -44,6 +44,8 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + S
 #[tonic::async_trait]
 impl NodeService for NodeApi {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        // With mTLS a node joins only under the name its certificate carries.
+        rebeam_tls::identity::check_node_name(&req, &req.get_ref().node)?;
         let r = req.into_inner();
         validate::node_id(&r.node)?;
         validate::address(&r.address)?;

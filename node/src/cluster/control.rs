@@ -46,16 +46,23 @@ pub struct Controller {
     bearer: BearerInjector,
     /// Members whose last attempt timed out, and when.
     hung: Mutex<HashMap<String, Instant>>,
+    dialer: rebeam_tls::Dialer,
 }
 
 impl Controller {
-    /// A controller connection trying `addresses` in turn.
-    pub fn new(addresses: Vec<String>, secret: &str) -> Controller {
+    /// A controller connection trying `addresses` in turn, dialed with `dialer` and
+    /// authenticated with `bearer`.
+    pub fn new(
+        addresses: Vec<String>,
+        bearer: BearerInjector,
+        dialer: rebeam_tls::Dialer,
+    ) -> Controller {
         Controller {
             addresses: Mutex::new(addresses),
             leader: Mutex::new(0),
             channels: Mutex::new(HashMap::new()),
-            bearer: BearerInjector::new(secret),
+            bearer,
+            dialer,
             hung: Mutex::new(HashMap::new()),
         }
     }
@@ -64,17 +71,18 @@ impl Controller {
         if let Some(c) = self.channels.lock().get(address) {
             return Ok(c.clone());
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        let channel = self
+            .dialer
+            .channel(address, |e| {
+                e.connect_timeout(Duration::from_millis(500))
+                    // A connection that silently stopped carrying anything is found and replaced.
+                    .http2_keep_alive_interval(Duration::from_millis(500))
+                    .keep_alive_timeout(Duration::from_millis(500))
+                    .keep_alive_while_idle(true)
+            })
             .map_err(|e| {
                 Status::invalid_argument(format!("bad controller address {address}: {e}"))
-            })?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500))
-            // A connection that silently stopped carrying anything is found and replaced.
-            .http2_keep_alive_interval(Duration::from_millis(500))
-            .keep_alive_timeout(Duration::from_millis(500))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+            })?;
         self.channels
             .lock()
             .insert(address.to_string(), channel.clone());

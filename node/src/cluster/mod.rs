@@ -38,6 +38,9 @@ pub struct ClusterConfig {
     pub secret: String,
     /// Where fetched application code is unpacked.
     pub data_dir: PathBuf,
+    /// TLS for the peer service, peer links and the controller connection; with it the
+    /// node authenticates by certificate and never sends the secret.
+    pub tls: Option<rebeam_tls::TlsSource>,
 }
 
 /// A call waiting for a reply from another node: the node and the caller's slot.
@@ -60,8 +63,10 @@ pub struct Cluster {
     pub rt: Arc<PyRuntime>,
     /// The async runtime running gRPC.
     pub tokio: tokio::runtime::Handle,
-    /// Adds the cluster secret to outgoing requests.
+    /// Adds the cluster secret to outgoing requests (nothing with TLS).
     pub bearer: BearerInjector,
+    /// Opens channels to controllers and peers (TLS or plaintext).
+    pub dialer: rebeam_tls::Dialer,
     /// The configuration it joined with.
     pub config: ClusterConfig,
     /// Ids for calls that wait for a reply from another node.
@@ -97,11 +102,18 @@ impl Cluster {
     ) -> Arc<Cluster> {
         let (tx, rx) = std::sync::mpsc::channel();
         let stopper = stopper::Stopper::start(rt.clone());
+        let dialer = rebeam_tls::Dialer::new(config.tls.clone());
+        let bearer = BearerInjector::for_member(&config.secret, &dialer);
         let cluster = Arc::new(Cluster {
             rt,
             tokio,
-            bearer: BearerInjector::new(&config.secret),
-            controller: control::Controller::new(config.controllers.clone(), &config.secret),
+            controller: control::Controller::new(
+                config.controllers.clone(),
+                bearer.clone(),
+                dialer.clone(),
+            ),
+            bearer,
+            dialer,
             code: code::AppCode::default(),
             stopper,
             config,

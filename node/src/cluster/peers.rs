@@ -20,6 +20,9 @@ pub const QUEUE_FRAMES: usize = 65_536;
 /// Frames carried by one stream message.
 const BATCH_FRAMES: usize = 1024;
 
+/// Metadata naming the node a peer link comes from (checked against its certificate on TLS).
+pub const NODE_HEADER: &str = rebeam_tls::identity::PEER_NODE_HEADER;
+
 /// The sending half of the link to one node.
 pub struct PeerLink {
     tx: mpsc::Sender<pb::PeerFrame>,
@@ -52,11 +55,9 @@ async fn stream_to(
     rx: mpsc::Receiver<pb::PeerFrame>,
 ) -> anyhow::Result<()> {
     tracing::debug!("opening a peer link to {address}");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .connect()
-        .await?;
+    let channel = cluster.dialer.channel(address, |e| {
+        e.connect_timeout(std::time::Duration::from_secs(2))
+    })?;
     let mut client = pb::peer_service_client::PeerServiceClient::with_interceptor(
         channel,
         cluster.bearer.clone(),
@@ -75,7 +76,7 @@ async fn stream_to(
     });
     let mut request = Request::new(batches);
     let me = cluster.rt.node().name();
-    request.metadata_mut().insert("x-rebeam-node", me.parse()?);
+    request.metadata_mut().insert(NODE_HEADER, me.parse()?);
     client.stream(request).await?;
     Ok(())
 }
@@ -225,7 +226,7 @@ impl pb::peer_service_server::PeerService for PeerService {
     ) -> Result<Response<pb::PeerStreamEnd>, Status> {
         let from_node = request
             .metadata()
-            .get("x-rebeam-node")
+            .get(NODE_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(NodeId::intern)
             .ok_or_else(|| {

@@ -1,0 +1,15 @@
+//! TLS for every Re:BEAM connection (rustls with the ring provider): certificate files that
+//! are re-read while running, one acceptor every server uses, one dialer every member-side
+//! client uses, and the member identities carried in certificates.
+
+pub mod dial;
+pub mod files;
+pub mod identity;
+pub mod incoming;
+pub mod source;
+
+pub use dial::Dialer;
+pub use files::{TlsError, TlsFiles};
+pub use identity::Member;
+pub use incoming::{incoming, PeerInfo, ServerIo};
+pub use source::TlsSource;
