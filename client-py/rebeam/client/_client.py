@@ -156,7 +156,7 @@ class Client:
         """A channel to a controller or a node gateway: TLS (verifying the server's
         certificate, presenting the client's if given) whenever the URL is https://, so
         gateways never get a plaintext connection from a TLS client."""
-        import grpc
+        import grpc  # type: ignore[import-untyped]
 
         if not self._secure:
             return grpc.insecure_channel(target, options=options)
@@ -727,3 +727,5 @@ def connect(url: str | None = None, *, token: str | None = None, secret: str | N
         with rebeam.connect("http://127.0.0.1:7100", token=TOKEN) as client:
             client.submit("examples/chat")
     """
+    return Client(url, token=token, secret=secret, timeout=timeout, ca=ca, cert=cert, key=key,
+                  trusted_classes=trusted_classes, trusted_modules=trusted_modules)
