@@ -4,7 +4,7 @@ export PYO3_PYTHON := $(PYTHON)
 NODE := target/release/rebeam-node
 APP ?= examples/chat
 
-.PHONY: setup build run test test-rust test-python lint bench clean
+.PHONY: setup build run test test-rust test-python test-deploy lint bench clean image compose-env
 
 setup:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py -r tests/requirements.txt
@@ -16,7 +16,7 @@ build:
 run: setup build
 	$(NODE) --dev --app $(APP)
 
-test: setup build lint test-rust test-python
+test: setup build lint test-rust test-python test-deploy
 
 # One test at a time: the controller tests run 3-member groups of real processes with
 # sub-second timings, and running them side by side on 2 cores starves their elections.
@@ -26,6 +26,30 @@ test-rust:
 test-python:
 	REBEAM_NODE=$(CURDIR)/$(NODE) $(PYTHON) -m pytest tests/integration -q
 	$(NODE) --dev -m pytest tests/conformance -q
+
+# The Helm chart rendered and validated, the image run as the chart's pods, the compose
+# cluster broken on purpose (tests/deploy; needs Docker).
+test-deploy: image
+	$(PYTHON) -m pytest tests/deploy -q
+
+# rebeam:dev from the release binaries built here, on a Debian base made locally
+# (debootstrap, cached by a hash of its inputs): no registry needed.
+IMAGE ?= rebeam:dev
+image: build
+	rm -rf deploy/docker/.build && mkdir -p deploy/docker/.build/bin deploy/docker/.build/site
+	strip --strip-debug -o deploy/docker/.build/bin/rebeam-node target/release/rebeam-node
+	strip --strip-debug -o deploy/docker/.build/bin/rebeam-controller target/release/rebeam-controller
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-build-isolation \
+		--target deploy/docker/.build/site ./client-py
+	base=$$(deploy/docker/base-image.sh) && DOCKER_BUILDKIT=1 docker build --quiet \
+		-f deploy/docker/Dockerfile --build-arg BASE=$$base --build-arg BUILDER=$$base \
+		--build-arg BINARIES=prebuilt -t $(IMAGE) .
+
+# deploy/docker/.env: a fresh cluster secret and client token for docker compose (kept out
+# of git), and client.env for the `rebeam` command on the host.
+compose-env: deploy/docker/.env
+deploy/docker/.env:
+	deploy/docker/gen-env.sh
 
 lint:
 	cargo fmt --all -- --check

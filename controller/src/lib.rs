@@ -4,6 +4,7 @@
 pub mod api;
 pub mod archive;
 pub mod auth;
+pub mod bootstrap;
 pub mod config;
 pub mod convert;
 pub mod core;

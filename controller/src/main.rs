@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use rebeam_controller::{ControllerConfig, Limits, PeerSpec, Timings};
+use rebeam_controller::types::MemberNode;
+use rebeam_controller::{bootstrap, ControllerConfig, Limits, PeerSpec, Timings};
 
 // glibc malloc showed up as a quarter of the leader's CPU under registration load.
 #[global_allocator]
@@ -16,9 +17,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "rebeam-controller", version, about)]
 struct Cli {
-    /// Raft member id, unique and non-zero.
-    #[arg(long, env = "REBEAM_CONTROLLER_ID")]
-    id: u64,
+    /// Raft member id, unique and non-zero (or --id-from-hostname).
+    #[arg(long, env = "REBEAM_CONTROLLER_ID", required_unless_present = "id_from_hostname")]
+    id: Option<u64>,
+    /// Take the id from the hostname's trailing ordinal: `rebeam-controller-0` is member 1.
+    #[arg(long, env = "REBEAM_ID_FROM_HOSTNAME", conflicts_with = "id")]
+    id_from_hostname: bool,
+    /// Form or join the group without manual steps by asking these members' API addresses
+    /// (comma-separated HOST:PORT; a name may resolve to several members).
+    #[arg(long, env = "REBEAM_SEEDS", value_delimiter = ',', conflicts_with_all = ["init", "join"])]
+    seeds: Vec<String>,
+    /// With --seeds: how many members the group starts with; member 1 forms the group once
+    /// that many members answered with empty logs.
+    #[arg(long, env = "REBEAM_BOOTSTRAP_EXPECT", default_value_t = 1)]
+    bootstrap_expect: usize,
     /// Directory for the Raft log and snapshots.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: PathBuf,
@@ -83,9 +95,9 @@ struct Cli {
     max_code_bytes: usize,
 }
 
-fn config(cli: Cli) -> ControllerConfig {
+fn config(cli: Cli, id: u64) -> ControllerConfig {
     ControllerConfig {
-        id: cli.id,
+        id,
         data_dir: cli.data_dir,
         raft_listen: cli.raft_listen,
         api_listen: cli.api_listen,
@@ -121,10 +133,41 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
-    let cfg = config(Cli::parse());
+    let cli = Cli::parse();
+    let id = match cli.id {
+        Some(id) => id,
+        None => bootstrap::id_from_hostname(&bootstrap::hostname()?)?,
+    };
+    let seeds = cli.seeds.clone();
+    let expect = cli.bootstrap_expect;
+    let cfg = config(cli, id);
+    let mut boot = (!seeds.is_empty() || expect > 1).then(|| bootstrap::BootstrapConfig {
+        id,
+        me: MemberNode {
+            raft_addr: cfg.raft_advertise.clone().unwrap_or_default(),
+            api_addr: cfg.api_advertise.clone().unwrap_or_default(),
+        },
+        seeds,
+        expect,
+        secret: cfg.secret.clone(),
+    });
+    if let Some(b) = &boot {
+        bootstrap::validate(b)?;
+    }
     let handle = rebeam_controller::start(cfg)
         .await
         .context("starting the controller")?;
+    let (boot_stop, boot_stopped) = tokio::sync::watch::channel(false);
+    let boot_task = boot.take().map(|mut b| {
+        // Without advertised addresses the bound ones are all the others can dial.
+        if b.me.raft_addr.is_empty() {
+            b.me.raft_addr = handle.raft_addr().to_string();
+        }
+        if b.me.api_addr.is_empty() {
+            b.me.api_addr = handle.api_addr().to_string();
+        }
+        tokio::spawn(bootstrap::run(handle.raft().clone(), b, boot_stopped))
+    });
     // Machine-readable line so supervisors and tests learn ports chosen with :0.
     println!(
         "rebeam-controller listening raft={} api={}",
@@ -138,6 +181,10 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+    let _ = boot_stop.send(true);
+    if let Some(t) = boot_task {
+        let _ = t.await;
+    }
     handle.shutdown().await.context("shutting down")?;
     Ok(())
 }

@@ -78,6 +78,23 @@ def _split_url(url: str) -> tuple[list[str], bool]:
     return targets, bool(secure)
 
 
+def _connect_to(spec: str) -> dict[str, str]:
+    """Parses ``REBEAM_CONNECT_TO``: ``HOST:PORT=HOST:PORT`` pairs, comma-separated. A client
+    outside the cluster's network (the host of a docker compose cluster) dials the address on
+    the right where the cluster names the one on the left, like curl's ``--connect-to``."""
+    out: dict[str, str] = {}
+    for pair in spec.split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        name, sep, dial = pair.partition("=")
+        if not sep or ":" not in name or ":" not in dial:
+            raise ConfigError(f"REBEAM_CONNECT_TO entry {pair!r} must be HOST:PORT=HOST:PORT, "
+                              "e.g. node-1:7200=127.0.0.1:7201")
+        out[name.strip()] = dial.strip()
+    return out
+
+
 class Client:
     """A connection to a Re:BEAM cluster's controller; see :func:`connect`.
 
@@ -102,6 +119,7 @@ class Client:
         self._nodes_at = -NODES_TTL
         self._last_entry = ""
         self._closed = False
+        self._connect_to = _connect_to(os.environ.get("REBEAM_CONNECT_TO", ""))
 
     # -- connection ---------------------------------------------------------------------
 
@@ -144,11 +162,15 @@ class Client:
                 ("grpc.max_reconnect_backoff_ms", 1000),
                 ("grpc.enable_retries", 0),
             ]
+            dial = self._connect_to.get(target, target)
             if self._secure:
                 creds = grpc.ssl_channel_credentials(root_certificates=self._ca)
-                channel = grpc.secure_channel(target, creds, options=options)
+                if dial != target:
+                    # The certificate names the member, not the address it is reached at.
+                    options.append(("grpc.ssl_target_name_override", target.rsplit(":", 1)[0]))
+                channel = grpc.secure_channel(dial, creds, options=options)
             else:
-                channel = grpc.insecure_channel(target, options=options)
+                channel = grpc.insecure_channel(dial, options=options)
             self._channels[target] = channel
             stub = self._stubs[target] = client_pb2_grpc.ClusterServiceStub(channel)  # type: ignore[no-untyped-call]
         return stub
@@ -537,7 +559,7 @@ class Client:
 
             # A node with many processes answers a listing in one large message.
             options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
-            channel = grpc.insecure_channel(address, options=options)
+            channel = grpc.insecure_channel(self._connect_to.get(address, address), options=options)
             self._channels[f"gateway {address}"] = channel
             stub = self._gateways[address] = gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
         return stub
