@@ -72,6 +72,9 @@ struct Cli {
     /// Raft election timeout lower bound in ms.
     #[arg(long, default_value_t = 150)]
     election_timeout_ms: u64,
+    /// Address of the HTTP server (dashboard, REST API, /metrics, /healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:7180", env = "REBEAM_HTTP_LISTEN")]
+    http_listen: SocketAddr,
     /// Build a snapshot every this many log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_logs: u64,
@@ -121,16 +124,27 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
-    let cfg = config(Cli::parse());
+    let cli = Cli::parse();
+    let http_listen = cli.http_listen;
+    let cfg = config(cli);
     let handle = rebeam_controller::start(cfg)
         .await
         .context("starting the controller")?;
+    let http = rebeam_controller::http::HttpListener::bind(http_listen).await?;
     // Machine-readable line so supervisors and tests learn ports chosen with :0.
     println!(
-        "rebeam-controller listening raft={} api={}",
+        "rebeam-controller listening raft={} api={} http={}",
         handle.raft_addr(),
-        handle.api_addr()
+        handle.api_addr(),
+        http.addr()
     );
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(http.serve(
+        rebeam_controller::http::member::router(handle.core()),
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
@@ -138,6 +152,8 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+    let _ = http_stop.send(());
+    let _ = http_task.await;
     handle.shutdown().await.context("shutting down")?;
     Ok(())
 }
