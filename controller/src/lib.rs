@@ -9,6 +9,7 @@ pub mod config;
 pub mod convert;
 pub mod core;
 pub mod error;
+pub mod http;
 pub mod lease;
 pub mod manifest;
 pub mod network;

@@ -84,6 +84,9 @@ struct Cli {
     /// Raft election timeout lower bound in ms.
     #[arg(long, default_value_t = 150)]
     election_timeout_ms: u64,
+    /// Address of the HTTP server (dashboard, REST API, /metrics, /healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:7180", env = "REBEAM_HTTP_LISTEN")]
+    http_listen: SocketAddr,
     /// Build a snapshot every this many log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_logs: u64,
@@ -138,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         Some(id) => id,
         None => bootstrap::id_from_hostname(&bootstrap::hostname()?)?,
     };
+    let http_listen = cli.http_listen;
     let seeds = cli.seeds.clone();
     let expect = cli.bootstrap_expect;
     let cfg = config(cli, id);
@@ -157,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
     let handle = rebeam_controller::start(cfg)
         .await
         .context("starting the controller")?;
+    let http = rebeam_controller::http::HttpListener::bind(http_listen).await?;
     let (boot_stop, boot_stopped) = tokio::sync::watch::channel(false);
     let boot_task = boot.take().map(|mut b| {
         // Without advertised addresses the bound ones are all the others can dial.
@@ -170,10 +175,18 @@ async fn main() -> anyhow::Result<()> {
     });
     // Machine-readable line so supervisors and tests learn ports chosen with :0.
     println!(
-        "rebeam-controller listening raft={} api={}",
+        "rebeam-controller listening raft={} api={} http={}",
         handle.raft_addr(),
-        handle.api_addr()
+        handle.api_addr(),
+        http.addr()
     );
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(http.serve(
+        rebeam_controller::http::member::router(handle.core()),
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
@@ -185,6 +198,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(t) = boot_task {
         let _ = t.await;
     }
+    let _ = http_stop.send(());
+    let _ = http_task.await;
     handle.shutdown().await.context("shutting down")?;
     Ok(())
 }

@@ -64,6 +64,10 @@ struct Cli {
     /// The cluster secret (required in cluster mode).
     #[arg(long, env = "REBEAM_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Where the HTTP server listens (probes, metrics; the dashboard on --dev). Off in
+    /// cluster mode unless given; --dev serves it on a free loopback port and prints it.
+    #[arg(long, env = "REBEAM_HTTP_LISTEN")]
+    http_listen: Option<std::net::SocketAddr>,
     /// Where fetched application code is kept.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -120,8 +124,13 @@ fn run(cli: Cli) -> Result<i32> {
         .build()
         .context("starting the I/O runtime")?;
     if cli.dev {
-        let (controllers, secret, data_dir) = start_dev_controller(&cli, &tokio)?;
+        let (controllers, secret, data_dir, core) = start_dev_controller(&cli, &tokio)?;
         join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir)?;
+        let addr = cli
+            .http_listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), Some(core))?;
+        eprintln!("rebeam-node: dashboard at http://{bound}/");
     } else {
         let secret = cli
             .secret
@@ -133,6 +142,10 @@ fn run(cli: Cli) -> Result<i32> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("rebeam-data").join(&cli.name));
         join_cluster(&cli, &rt, &tokio, cli.controllers.clone(), secret, data_dir)?;
+        if let Some(addr) = cli.http_listen {
+            let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), None)?;
+            eprintln!("rebeam-node: http at http://{bound}/");
+        }
     }
     // The I/O runtime lives as long as the process.
     std::mem::forget(tokio);
@@ -180,10 +193,7 @@ fn run(cli: Cli) -> Result<i32> {
 /// The embedded default: a one-member controller in this process, state in `--data-dir`
 /// (or a fresh directory removed at exit), so global names, groups and apps work on one
 /// machine exactly as in a cluster.
-fn start_dev_controller(
-    cli: &Cli,
-    tokio: &tokio::runtime::Runtime,
-) -> Result<(Vec<String>, String, PathBuf)> {
+fn start_dev_controller(cli: &Cli, tokio: &tokio::runtime::Runtime) -> Result<DevController> {
     let data_dir = match &cli.data_dir {
         Some(dir) => dir.clone(),
         None => {
@@ -214,10 +224,19 @@ fn start_dev_controller(
     let api = handle.api_addr().to_string();
     // Printed, not only logged: a user (or a test) needs the address to connect a client.
     eprintln!("rebeam-node: dev controller at http://{api}");
+    let core = handle.core();
     // The controller lives as long as the process.
     std::mem::forget(handle);
-    Ok((vec![api], secret, data_dir.join("node")))
+    Ok((vec![api], secret, data_dir.join("node"), core))
 }
+
+/// The embedded controller's addresses, secret, the node's data dir and its shared handles.
+type DevController = (
+    Vec<String>,
+    String,
+    PathBuf,
+    std::sync::Arc<rebeam_controller::core::Core>,
+);
 
 /// The dev node's scratch directory, removed at exit.
 static DEV_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
