@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
 use rebeam_proto::v1::{
-    AddControllerRequest, ClusterStateRequest, RemoveControllerRequest, StatusReply,
-    StatusRequest,
+    AddControllerRequest, ClusterStateRequest, RemoveControllerRequest, StatusReply, StatusRequest,
 };
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
@@ -93,7 +92,10 @@ pub fn validate(cfg: &BootstrapConfig) -> Result<()> {
         ));
     }
     for s in &cfg.seeds {
-        if s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if s.rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             return Err(Error::invalid(format!(
                 "seed `{s}` must be HOST:PORT, e.g. rebeam-controller-0.rebeam-controller:7100"
             )));
@@ -119,11 +121,13 @@ pub async fn run(raft: Raft, cfg: BootstrapConfig, mut stop: watch::Receiver<boo
                 Standing::Voter => return,
                 // Admitted as a learner but not promoted yet (the leader changed or the
                 // admission call broke midway): ask again, which promotes it once caught up.
-                Standing::Learner(Some(leader)) => async {
-                    let mut c = client(&leader, &cfg.secret).await?;
-                    add(&mut c, &cfg).await.map(|()| false)
+                Standing::Learner(Some(leader)) => {
+                    async {
+                        let mut c = client(&leader, &cfg.secret).await?;
+                        add(&mut c, &cfg).await.map(|()| false)
+                    }
+                    .await
                 }
-                .await,
                 Standing::Learner(None) => Ok(false),
             }
         };
@@ -261,7 +265,10 @@ async fn join(cfg: &BootstrapConfig, leader: &str) -> Result<()> {
             id = cfg.id,
             "bootstrap: the group lists this member but its data is empty; re-adding it as a learner"
         );
-        if let Err(s) = c.remove_controller(RemoveControllerRequest { id: cfg.id }).await {
+        if let Err(s) = c
+            .remove_controller(RemoveControllerRequest { id: cfg.id })
+            .await
+        {
             // NotFound: it was only a learner; re-adding it below is enough.
             if s.code() != tonic::Code::NotFound {
                 return Err(Error::Unavailable(format!(

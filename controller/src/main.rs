@@ -18,7 +18,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "rebeam-controller", version, about)]
 struct Cli {
     /// Raft member id, unique and non-zero (or --id-from-hostname).
-    #[arg(long, env = "REBEAM_CONTROLLER_ID", required_unless_present = "id_from_hostname")]
+    #[arg(
+        long,
+        env = "REBEAM_CONTROLLER_ID",
+        required_unless_present = "id_from_hostname"
+    )]
     id: Option<u64>,
     /// Take the id from the hostname's trailing ordinal: `rebeam-controller-0` is member 1.
     #[arg(long, env = "REBEAM_ID_FROM_HOSTNAME", conflicts_with = "id")]

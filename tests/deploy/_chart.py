@@ -1,6 +1,8 @@
 """Renders the Helm chart with Helm's own engine (helm-python-sdk) into parsed manifests."""
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +12,24 @@ import yaml
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "rebeam"
 
 
+_rendered: dict[str, list[dict[str, Any]]] = {}
+
+
 def render(values: dict[str, Any] | None = None, *, name: str = "rebeam",
-           namespace: str = "default") -> list[dict[str, Any]]:
-    """Every manifest the chart renders for ``values``, as a fresh install."""
-    chart = helm_python.Chart.load(str(CHART))
-    files = chart.render(values or {}, name=name, namespace=namespace, is_install=True)
-    docs: list[dict[str, Any]] = []
-    for path, text in sorted(files.items()):
-        if not path.endswith((".yaml", ".yml")):
-            continue
-        docs.extend(d for d in yaml.safe_load_all(text) if d)
-    return docs
+           namespace: str = "default", fresh: bool = False) -> list[dict[str, Any]]:
+    """Every manifest the chart renders for ``values``, as a fresh install (a copy of an
+    earlier rendering of the same values unless ``fresh``)."""
+    key = json.dumps([values, name, namespace], sort_keys=True)
+    if fresh or key not in _rendered:
+        chart = helm_python.Chart.load(str(CHART))
+        files = chart.render(values or {}, name=name, namespace=namespace, is_install=True)
+        docs: list[dict[str, Any]] = []
+        for path, text in sorted(files.items()):
+            if not path.endswith((".yaml", ".yml")):
+                continue
+            docs.extend(d for d in yaml.safe_load_all(text) if d)
+        _rendered[key] = docs
+    return copy.deepcopy(_rendered[key])
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 from harness import free_port, scratch_dir, wait_for  # noqa: E402
 
-__all__ = ["REPO", "docker", "free_port", "health", "image", "scratch_dir", "wait_for"]
+__all__ = ["REPO", "docker", "free_port", "health", "image", "inspect", "logs", "scratch_dir", "timed",
+           "wait_for"]
 
 
 def image() -> str:
@@ -42,6 +43,13 @@ def docker(*args: str, check: bool = True, timeout: float = 180,
 def inspect(container: str) -> dict[str, Any]:
     """`docker inspect` of one container."""
     return json.loads(docker("inspect", container))[0]  # type: ignore[no-any-return]
+
+
+def logs(container: str) -> str:
+    """Everything the container wrote (stdout and stderr interleaved)."""
+    r = subprocess.run(["docker", "logs", container], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=60)
+    return r.stdout
 
 
 def health(container: str) -> str:

@@ -109,12 +109,13 @@ def test_worker_groups_become_deployments_with_placement_labels() -> None:
 
 
 def test_secrets_are_generated_or_taken_from_existing_ones() -> None:
-    docs = render()
+    docs = render(fresh=True)
     names = {d["metadata"]["name"] for d in find(docs, "Secret")}
     assert names == {"rebeam-cluster-secret", "rebeam-client-token"}
     secret = one(docs, "Secret", "rebeam-cluster-secret")
     assert len(secret["data"]["secret"]) >= 40  # generated, base64
-    assert one(render(), "Secret", "rebeam-cluster-secret")["data"] != secret["data"]
+    # Each install gets its own (upgrades keep the live one through `lookup`).
+    assert one(render(fresh=True), "Secret", "rebeam-cluster-secret")["data"] != secret["data"]
 
     docs = render(COMBINATIONS["existing-secrets"])
     assert find(docs, "Secret") == []
