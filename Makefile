@@ -35,13 +35,21 @@ test-deploy: image
 # rebeam:dev from the release binaries built here, on a Debian base made locally
 # (debootstrap, cached by a hash of its inputs): no registry needed.
 IMAGE ?= rebeam:dev
+PIP_QUIET := --quiet --disable-pip-version-check --root-user-action=ignore --no-build-isolation
 image: build
-	rm -rf deploy/docker/.build && mkdir -p deploy/docker/.build/bin deploy/docker/.build/site
+	rm -rf deploy/docker/.build/bin deploy/docker/.build/site
+	mkdir -p deploy/docker/.build/bin deploy/docker/.build/site
 	strip --strip-debug -o deploy/docker/.build/bin/rebeam-node target/release/rebeam-node
 	strip --strip-debug -o deploy/docker/.build/bin/rebeam-controller target/release/rebeam-controller
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-build-isolation \
-		--target deploy/docker/.build/site ./client-py
-	base=$$(deploy/docker/base-image.sh) && DOCKER_BUILDKIT=1 docker build --quiet \
+	# The package's dependencies (grpcio, protobuf) are fetched once per pyproject.toml.
+	stamp=deploy/docker/.build/deps-$$(sha256sum client-py/pyproject.toml | cut -c1-12).stamp; \
+	if [ ! -e $$stamp ]; then rm -rf deploy/docker/.build/deps deploy/docker/.build/deps-*.stamp && \
+		$(PYTHON) -m pip install $(PIP_QUIET) --target deploy/docker/.build/deps ./client-py && \
+		rm -rf deploy/docker/.build/deps/rebeam deploy/docker/.build/deps/rebeam-*.dist-info && \
+		touch $$stamp; fi
+	$(PYTHON) -m pip install $(PIP_QUIET) --no-deps --target deploy/docker/.build/site ./client-py
+	cp -a deploy/docker/.build/deps/. deploy/docker/.build/site/
+	base=$$(deploy/docker/base-image.sh) && docker build --quiet \
 		-f deploy/docker/Dockerfile --build-arg BASE=$$base --build-arg BUILDER=$$base \
 		--build-arg BINARIES=prebuilt -t $(IMAGE) .
 
