@@ -5,6 +5,7 @@ StatefulSet's DNS names. The probes are executed as the kubelet would."""
 from __future__ import annotations
 
 import base64
+import os
 import random
 import re
 import secrets
@@ -12,14 +13,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import rebeam
 
+from ._apps import write_singleton_app
 from ._chart import find, one, render
-from ._docker import REPO, docker, image, logs, wait_for
+from ._docker import REPO, docker, image, logs, scratch_dir, wait_for
 
 NAMESPACE = "default"
 SECRET = "pods-cluster-secret"
@@ -53,8 +56,9 @@ class Pod:
 class Cluster:
     """The rendered manifests, run on one Docker network."""
 
-    def __init__(self, docs: list[dict[str, Any]]) -> None:
+    def __init__(self, docs: list[dict[str, Any]], root: Path) -> None:
         self.docs = docs
+        self.root = root
         self.tag = f"deploy-pods-{secrets.token_hex(3)}"
         self.network = ""
         self.subnet = ""
@@ -113,7 +117,9 @@ class Cluster:
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for m in c.get("volumeMounts", []):
             if m["name"] in volumes and "emptyDir" in volumes[m["name"]]:
-                flags += ["--tmpfs", f"{m['mountPath']}:mode=1777"]
+                # An emptyDir, writable by the pod's fsGroup as the kubelet makes it.
+                flags += ["--tmpfs", f"{m['mountPath']}:mode=1777,uid={psc['runAsUser']},"
+                                     f"gid={psc['fsGroup']}"]
             else:  # the StatefulSet's volume claim
                 assert pod.volume, f"{pod.name} mounts {m['name']} without a volume"
                 flags += ["-v", f"{pod.volume}:{m['mountPath']}"]
@@ -150,15 +156,18 @@ def cluster() -> Iterator[Cluster]:
                    "workerGroups": [{"name": "default", "replicas": 2}],
                    "clusterSecret": {"value": SECRET}, "clientToken": {"value": TOKEN}},
                   name="rebeam", namespace=NAMESPACE)
-    c = Cluster(docs)
-    try:
-        c.create_network()
-        yield c
-    finally:
-        c.teardown()
+    for root in scratch_dir("deploy-pods-"):
+        c = Cluster(docs, root)
+        try:
+            c.create_network()
+            yield c
+        finally:
+            c.teardown()
 
 
 def client(pod: Pod, timeout: float = 5.0) -> rebeam.Client:
+    """A client entering at ``pod`` (the client Service); the host cannot resolve the
+    cluster's DNS names that leader redirects carry, so they are mapped to the pods' IPs."""
     return rebeam.connect(f"http://{pod.ip}:7100", token=TOKEN, timeout=timeout)
 
 
@@ -178,6 +187,7 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
     nodes = [Pod(f"{deployment['metadata']['name']}-{secrets.token_hex(3)}-{i}", f"{c.subnet}.{20 + i}",
                  deployment["spec"]["template"], aliases=[]) for i in range(deployment["spec"]["replicas"])]
     c.pods = controllers + nodes
+    os.environ["REBEAM_CONNECT_TO"] = ",".join(f"{p.aliases[0]}:7100={p.ip}:7100" for p in controllers)
     for pod in c.pods:
         c.run(pod)
 
@@ -195,6 +205,9 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
         assert sorted(n.id for n in cl.nodes() if n.status == "alive") == sorted(p.name for p in nodes)
         cl.submit(REPO / "examples" / "chat", wait=60.0)
         assert cl.call("lobby", "rooms") == []
+        single = write_singleton_app(c.root / "single", "/tmp/intervals.log")
+        cl.submit(single, wait=60.0)
+        assert cl.call("singleton", "whoami")
 
     # A controller pod deleted and re-created with its volume rejoins from its data.
     victim = controllers[2]
@@ -207,7 +220,10 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
     assert "re-adding it as a learner" not in c.logs(victim)
     with client(victim) as cl:
         assert sorted(m.id for m in cl.cluster().controllers) == [1, 2, 3]
-        assert {a.name for a in cl.apps()} == {"chat"}
+        assert {a.name for a in cl.apps()} == {"chat", "single"}
+        # A leader change can fence nodes (elections outlast the node fence): the singleton
+        # may move, and answers again once it has.
+        wait_for("the singleton after the member came back", lambda: cl.call("singleton", "whoami"))
 
     # One whose data is lost comes back as a new learner and is promoted once caught up.
     c.remove(victim)
@@ -218,5 +234,5 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
     assert "re-adding it as a learner" in c.logs(victim)
     with client(victim) as cl:
         assert sorted(m.id for m in cl.cluster().controllers) == [1, 2, 3]
-        wait_for("the app replicated to it", lambda: {a.name for a in cl.apps()} == {"chat"})
-        assert cl.call("lobby", "rooms") == []
+        wait_for("the apps replicated to it", lambda: {a.name for a in cl.apps()} == {"chat", "single"})
+        wait_for("the singleton after the member rejoined", lambda: cl.call("singleton", "whoami"))
