@@ -98,6 +98,18 @@ def all_healthy(p: Project) -> bool:
     return all(health(p.container(s)) == "healthy" for s in CONTROLLERS + NODES)
 
 
+def healths(p: Project) -> str:
+    """Each service's health, for failure messages."""
+    return ", ".join(f"{s}: {health(p.container(s))}" for s in CONTROLLERS + NODES)
+
+
+def start_again(p: Project, service: str) -> None:
+    """Starts a killed service's container again unless its restart policy already did."""
+    container = p.container(service)
+    if inspect(container)["State"]["Status"] != "running":
+        docker("start", container)
+
+
 def holder(p: Project, name: str = "singleton") -> rebeam.Pid | None:
     with p.client(timeout=3.0) as c:
         return c.whereis(name)
@@ -162,6 +174,7 @@ def test_compose_cluster_survives_kills_partitions_and_restarts(project: Project
     print(f"singleton answered on {moved.node} {1000 * (time.monotonic() - killed_at):.0f} ms "
           f"after docker kill of {first.node}")
     assert moved.node != first.node
+    start_again(p, first.node)
 
     # Cut the new holder off the network: the singleton moves and never runs twice.
     network = f"{p.name}_default"
@@ -188,13 +201,14 @@ def test_compose_cluster_survives_kills_partitions_and_restarts(project: Project
              lambda: answers_register(p, "registered-after-leader-kill"), timeout=30)
     print(f"calls and registrations work {1000 * (time.monotonic() - killed_at):.0f} ms after "
           f"docker kill of the leader {victim}")
-    if inspect(p.container(victim))["State"]["Status"] != "running":
-        docker("start", p.container(victim))
-    wait_for("every member healthy again", lambda: all_healthy(p), timeout=90)
+    start_again(p, victim)
+    wait_for("every member healthy again", lambda: all_healthy(p), timeout=90,
+             on_timeout=lambda: healths(p))
 
     # Restart everything: apps and names come back from the controllers' volumes.
     p.compose("restart", "-t", "10", timeout=300)
-    wait_for("every member healthy after restart", lambda: all_healthy(p), timeout=120)
+    wait_for("every member healthy after restart", lambda: all_healthy(p), timeout=120,
+             on_timeout=lambda: healths(p))
     with p.client(timeout=10.0) as c:
         assert {a.name for a in c.apps()} >= {"chat", "single"}
     wait_for("the lobby after restart", lambda: p.cli("call", "lobby", '"rooms"'), timeout=60)
