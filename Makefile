@@ -4,7 +4,7 @@ export PYO3_PYTHON := $(PYTHON)
 NODE := target/release/rebeam-node
 APP ?= examples/chat
 
-.PHONY: setup build run test test-rust test-python test-chaos chaos lint bench clean
+.PHONY: setup build run test test-rust test-python test-chaos test-deploy chaos lint bench clean image compose-env
 
 setup:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py -r tests/requirements.txt
@@ -16,7 +16,7 @@ build:
 run: setup build
 	$(NODE) --dev --app $(APP)
 
-test: setup build lint test-rust test-python test-chaos
+test: setup build lint test-rust test-python test-chaos test-deploy
 
 # One test at a time: the controller tests run 3-member groups of real processes with
 # sub-second timings, and running them side by side on 2 cores starves their elections.
@@ -43,6 +43,38 @@ chaos: setup build
 	REBEAM_NODE=$(CURDIR)/$(NODE) REBEAM_CONTROLLER=$(CURDIR)/target/release/rebeam-controller \
 		$(PYTHON) tests/chaos/chaos.py --trials $(TRIALS) $(if $(SEED),--seed $(SEED)) \
 		--controllers $(CONTROLLERS) --out bench/results/chaos.json
+
+# The Helm chart rendered and validated, the image run as the chart's pods, the compose
+# cluster broken on purpose (tests/deploy; needs Docker).
+test-deploy: image
+	$(PYTHON) -m pytest tests/deploy -q
+
+# rebeam:dev from the release binaries built here, on a Debian base made locally
+# (debootstrap, cached by a hash of its inputs): no registry needed.
+IMAGE ?= rebeam:dev
+PIP_QUIET := --quiet --disable-pip-version-check --root-user-action=ignore --no-build-isolation
+image: build
+	rm -rf deploy/docker/.build/bin deploy/docker/.build/site
+	mkdir -p deploy/docker/.build/bin deploy/docker/.build/site
+	strip --strip-debug -o deploy/docker/.build/bin/rebeam-node target/release/rebeam-node
+	strip --strip-debug -o deploy/docker/.build/bin/rebeam-controller target/release/rebeam-controller
+	# The package's dependencies (grpcio, protobuf) are fetched once per pyproject.toml.
+	stamp=deploy/docker/.build/deps-$$(sha256sum client-py/pyproject.toml | cut -c1-12).stamp; \
+	if [ ! -e $$stamp ]; then rm -rf deploy/docker/.build/deps deploy/docker/.build/deps-*.stamp && \
+		$(PYTHON) -m pip install $(PIP_QUIET) --target deploy/docker/.build/deps ./client-py && \
+		rm -rf deploy/docker/.build/deps/rebeam deploy/docker/.build/deps/rebeam-*.dist-info && \
+		touch $$stamp; fi
+	$(PYTHON) -m pip install $(PIP_QUIET) --no-deps --target deploy/docker/.build/site ./client-py
+	cp -a deploy/docker/.build/deps/. deploy/docker/.build/site/
+	base=$$(deploy/docker/base-image.sh) && docker build --quiet \
+		-f deploy/docker/Dockerfile --build-arg BASE=$$base --build-arg BUILDER=$$base \
+		--build-arg BINARIES=prebuilt -t $(IMAGE) .
+
+# deploy/docker/.env: a fresh cluster secret and client token for docker compose (kept out
+# of git), and client.env for the `rebeam` command on the host.
+compose-env: deploy/docker/.env
+deploy/docker/.env:
+	deploy/docker/gen-env.sh
 
 lint:
 	cargo fmt --all -- --check

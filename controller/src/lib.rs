@@ -4,10 +4,12 @@
 pub mod api;
 pub mod archive;
 pub mod auth;
+pub mod bootstrap;
 pub mod config;
 pub mod convert;
 pub mod core;
 pub mod error;
+pub mod http;
 pub mod lease;
 pub mod manifest;
 pub mod network;

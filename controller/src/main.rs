@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use rebeam_controller::auth::{read_secret_file, read_token_file, StaticToken};
-use rebeam_controller::{ControllerConfig, Limits, PeerSpec, Timings};
+use rebeam_controller::types::MemberNode;
+use rebeam_controller::{bootstrap, ControllerConfig, Limits, PeerSpec, Timings};
 use rebeam_tls::{TlsFiles, TlsSource};
 
 // glibc malloc showed up as a quarter of the leader's CPU under registration load.
@@ -18,9 +19,24 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "rebeam-controller", version, about)]
 struct Cli {
-    /// Raft member id, unique and non-zero.
-    #[arg(long, env = "REBEAM_CONTROLLER_ID")]
-    id: u64,
+    /// Raft member id, unique and non-zero (or --id-from-hostname).
+    #[arg(
+        long,
+        env = "REBEAM_CONTROLLER_ID",
+        required_unless_present = "id_from_hostname"
+    )]
+    id: Option<u64>,
+    /// Take the id from the hostname's trailing ordinal: `rebeam-controller-0` is member 1.
+    #[arg(long, env = "REBEAM_ID_FROM_HOSTNAME", conflicts_with = "id")]
+    id_from_hostname: bool,
+    /// Form or join the group without manual steps by asking these members' API addresses
+    /// (comma-separated HOST:PORT; a name may resolve to several members).
+    #[arg(long, env = "REBEAM_SEEDS", value_delimiter = ',', conflicts_with_all = ["init", "join"])]
+    seeds: Vec<String>,
+    /// With --seeds: how many members the group starts with; member 1 forms the group once
+    /// that many members answered with empty logs.
+    #[arg(long, env = "REBEAM_BOOTSTRAP_EXPECT", default_value_t = 1)]
+    bootstrap_expect: usize,
     /// Directory for the Raft log and snapshots.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: PathBuf,
@@ -88,6 +104,9 @@ struct Cli {
     /// Raft election timeout lower bound in ms.
     #[arg(long, default_value_t = 150)]
     election_timeout_ms: u64,
+    /// Address of the HTTP server (dashboard, REST API, /metrics, /healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:7180", env = "REBEAM_HTTP_LISTEN")]
+    http_listen: SocketAddr,
     /// Build a snapshot every this many log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_logs: u64,
@@ -116,7 +135,7 @@ struct TlsArgs {
     tls_ca: Option<PathBuf>,
 }
 
-fn config(cli: Cli) -> anyhow::Result<ControllerConfig> {
+fn config(cli: Cli, id: u64) -> anyhow::Result<ControllerConfig> {
     let secret = match (&cli.secret, &cli.secret_file) {
         (_, Some(path)) => read_secret_file(path).map_err(anyhow::Error::msg)?,
         (Some(s), None) => s.clone(),
@@ -130,7 +149,7 @@ fn config(cli: Cli) -> anyhow::Result<ControllerConfig> {
         .map(TlsSource::load)
         .transpose()?;
     Ok(ControllerConfig {
-        id: cli.id,
+        id,
         data_dir: cli.data_dir,
         raft_listen: cli.raft_listen,
         api_listen: cli.api_listen,
@@ -167,16 +186,57 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
-    let cfg = config(Cli::parse()).context("reading the configuration")?;
+    let cli = Cli::parse();
+    let id = match cli.id {
+        Some(id) => id,
+        None => bootstrap::id_from_hostname(&bootstrap::hostname()?)?,
+    };
+    let http_listen = cli.http_listen;
+    let seeds = cli.seeds.clone();
+    let expect = cli.bootstrap_expect;
+    let cfg = config(cli, id).context("reading the configuration")?;
+    let mut boot = (!seeds.is_empty() || expect > 1).then(|| bootstrap::BootstrapConfig {
+        id,
+        me: MemberNode {
+            raft_addr: cfg.raft_advertise.clone().unwrap_or_default(),
+            api_addr: cfg.api_advertise.clone().unwrap_or_default(),
+        },
+        seeds,
+        expect,
+        secret: cfg.secret.clone(),
+    });
+    if let Some(b) = &boot {
+        bootstrap::validate(b)?;
+    }
     let handle = rebeam_controller::start(cfg)
         .await
         .context("starting the controller")?;
+    let http = rebeam_controller::http::HttpListener::bind(http_listen).await?;
+    let (boot_stop, boot_stopped) = tokio::sync::watch::channel(false);
+    let boot_task = boot.take().map(|mut b| {
+        // Without advertised addresses the bound ones are all the others can dial.
+        if b.me.raft_addr.is_empty() {
+            b.me.raft_addr = handle.raft_addr().to_string();
+        }
+        if b.me.api_addr.is_empty() {
+            b.me.api_addr = handle.api_addr().to_string();
+        }
+        tokio::spawn(bootstrap::run(handle.raft().clone(), b, boot_stopped))
+    });
     // Machine-readable line so supervisors and tests learn ports chosen with :0.
     println!(
-        "rebeam-controller listening raft={} api={}",
+        "rebeam-controller listening raft={} api={} http={}",
         handle.raft_addr(),
-        handle.api_addr()
+        handle.api_addr(),
+        http.addr()
     );
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(http.serve(
+        rebeam_controller::http::member::router(handle.core()),
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
@@ -184,6 +244,12 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+    let _ = boot_stop.send(true);
+    if let Some(t) = boot_task {
+        let _ = t.await;
+    }
+    let _ = http_stop.send(());
+    let _ = http_task.await;
     handle.shutdown().await.context("shutting down")?;
     Ok(())
 }

@@ -47,6 +47,11 @@ impl ControllerHandle {
         self.api_addr
     }
 
+    /// The shared handles, for the HTTP server.
+    pub fn core(&self) -> Arc<Core> {
+        self.core.clone()
+    }
+
     /// The Raft handle (metrics, leadership).
     pub fn raft(&self) -> &Raft {
         &self.core.raft

@@ -1,5 +1,6 @@
 //! Re:BEAM worker node: an OTP-style actor runtime in Rust hosting Python actors.
 
 pub mod cluster;
+pub mod observe;
 pub mod python;
 pub mod runtime;

@@ -80,6 +80,10 @@ struct Cli {
     /// File holding the cluster secret (surrounding whitespace is ignored).
     #[arg(long, env = "REBEAM_SECRET_FILE")]
     secret_file: Option<PathBuf>,
+    /// Where the HTTP server listens (probes, metrics; the dashboard on --dev). Off in
+    /// cluster mode unless given; --dev serves it on a free loopback port and prints it.
+    #[arg(long, env = "REBEAM_HTTP_LISTEN")]
+    http_listen: Option<std::net::SocketAddr>,
     /// Where fetched application code is kept.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -182,8 +186,13 @@ fn run(cli: Cli) -> Result<i32> {
         .build()
         .context("starting the I/O runtime")?;
     if cli.dev {
-        let (controllers, secret, data_dir) = start_dev_controller(&cli, &tokio, tls.clone())?;
+        let (controllers, secret, data_dir, core) = start_dev_controller(&cli, &tokio, tls.clone())?;
         join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir, tls)?;
+        let addr = cli
+            .http_listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), Some(core))?;
+        eprintln!("rebeam-node: dashboard at http://{bound}/");
     } else {
         let secret = given_secret(&cli)?.context(
             "cluster mode needs the cluster secret: --secret-file, --secret or REBEAM_SECRET",
@@ -201,6 +210,10 @@ fn run(cli: Cli) -> Result<i32> {
             data_dir,
             tls,
         )?;
+        if let Some(addr) = cli.http_listen {
+            let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), None)?;
+            eprintln!("rebeam-node: http at http://{bound}/");
+        }
     }
     // The I/O runtime lives as long as the process.
     std::mem::forget(tokio);
@@ -252,7 +265,7 @@ fn start_dev_controller(
     cli: &Cli,
     tokio: &tokio::runtime::Runtime,
     tls: Option<rebeam_tls::TlsSource>,
-) -> Result<(Vec<String>, String, PathBuf)> {
+) -> Result<DevController> {
     let data_dir = match &cli.data_dir {
         Some(dir) => dir.clone(),
         None => {
@@ -281,10 +294,19 @@ fn start_dev_controller(
     let api = handle.api_addr().to_string();
     // Printed, not only logged: a user (or a test) needs the address to connect a client.
     eprintln!("rebeam-node: dev controller at {scheme}://{api}");
+    let core = handle.core();
     // The controller lives as long as the process.
     std::mem::forget(handle);
-    Ok((vec![api], secret, data_dir.join("node")))
+    Ok((vec![api], secret, data_dir.join("node"), core))
 }
+
+/// The embedded controller's addresses, secret, the node's data dir and its shared handles.
+type DevController = (
+    Vec<String>,
+    String,
+    PathBuf,
+    std::sync::Arc<rebeam_controller::core::Core>,
+);
 
 /// The dev node's scratch directory, removed at exit.
 static DEV_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

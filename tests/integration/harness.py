@@ -82,6 +82,7 @@ class Member:
     api: str
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    http: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Cluster:
 
     def spawn(self, m: Member) -> None:
         args = [str(controller_binary()), "--id", str(m.id), "--data-dir", str(m.dir),
-                "--raft-listen", m.raft, "--api-listen", m.api, "--init",
+                "--raft-listen", m.raft, "--api-listen", m.api, "--http-listen", m.http, "--init",
                 "--secret", SECRET, "--client-token", TOKEN, *self.extra]
         if m.id in self.advertise:
             args += ["--api-advertise", self.advertise[m.id]]

@@ -73,6 +73,23 @@ def _split_url(url: str) -> tuple[list[str], bool]:
     return targets, bool(secure)
 
 
+def _connect_to(spec: str) -> dict[str, str]:
+    """Parses ``REBEAM_CONNECT_TO``: ``HOST:PORT=HOST:PORT`` pairs, comma-separated. A client
+    outside the cluster's network (the host of a docker compose cluster) dials the address on
+    the right where the cluster names the one on the left, like curl's ``--connect-to``."""
+    out: dict[str, str] = {}
+    for pair in spec.split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        name, sep, dial = pair.partition("=")
+        if not sep or ":" not in name or ":" not in dial:
+            raise ConfigError(f"REBEAM_CONNECT_TO entry {pair!r} must be HOST:PORT=HOST:PORT, "
+                              "e.g. node-1:7200=127.0.0.1:7201")
+        out[name.strip()] = dial.strip()
+    return out
+
+
 class Client:
     """A connection to a Re:BEAM cluster's controller; see :func:`connect`.
 
@@ -107,6 +124,7 @@ class Client:
         self._last_entry = ""
         self._down: dict[str, float] = {}
         self._closed = False
+        self._connect_to = _connect_to(os.environ.get("REBEAM_CONNECT_TO", ""))
 
     # -- connection ---------------------------------------------------------------------
 
@@ -147,7 +165,11 @@ class Client:
                 ("grpc.max_reconnect_backoff_ms", 1000),
                 ("grpc.enable_retries", 0),
             ]
-            channel = self._open_channel(target, options)
+            dial = self._connect_to.get(target, target)
+            if self._secure and dial != target:
+                # The certificate names the member, not the address it is reached at.
+                options.append(("grpc.ssl_target_name_override", target.rsplit(":", 1)[0]))
+            channel = self._open_channel(dial, options)
             self._channels[target] = channel
             stub = self._stubs[target] = client_pb2_grpc.ClusterServiceStub(channel)  # type: ignore[no-untyped-call]
         return stub
@@ -633,7 +655,7 @@ class Client:
                 # Each client gets its own subchannels, so one client's backoff is not another's.
                 ("grpc.use_local_subchannel_pool", 1),
             ]
-            channel = self._open_channel(address, options)
+            channel = self._open_channel(self._connect_to.get(address, address), options)
             self._channels[f"gateway {address}"] = channel
             stub = self._gateways[address] = gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
         return stub

@@ -1,0 +1,55 @@
+//! The HTTP side of a controller or node: health probes, the REST API, metrics and the
+//! dashboard, served by axum beside (never inside) the gRPC services.
+
+pub mod health;
+pub mod member;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::serve::ListenerExt;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::error::{Error, Result};
+
+/// A bound HTTP listener, so the caller learns the port (`:0`) before serving.
+pub struct HttpListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl HttpListener {
+    /// Binds `addr`; a clear error names the flag to change when the port is taken.
+    pub async fn bind(addr: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            Error::invalid(format!(
+                "cannot listen on {addr} for http: {e}; pick another --http-listen"
+            ))
+        })?;
+        let addr = listener.local_addr().map_err(Error::internal)?;
+        Ok(HttpListener { listener, addr })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `router` until `stop` completes.
+    pub async fn serve(self, router: Router, stop: impl Future<Output = ()> + Send + 'static) {
+        // Small JSON answers written after an await otherwise wait out a delayed ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "http listener failed");
+        }
+    }
+}

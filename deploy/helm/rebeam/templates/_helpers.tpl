@@ -1,0 +1,64 @@
+{{/* Chart name. */}}
+{{- define "rebeam.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Resource name prefix: release-chart, or the release alone when it already names the chart. */}}
+{{- define "rebeam.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rebeam.controller" -}}{{ include "rebeam.fullname" . }}-controller{{- end -}}
+{{/* The headless Service giving members their stable $(POD_NAME).<this> names. */}}
+{{- define "rebeam.headless" -}}{{ include "rebeam.fullname" . }}-controller-peers{{- end -}}
+
+{{- define "rebeam.labels" -}}
+app.kubernetes.io/name: {{ include "rebeam.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "rebeam.selector" -}}
+app.kubernetes.io/name: {{ include "rebeam.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "rebeam.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag }}{{- end -}}
+
+{{- define "rebeam.serviceAccount" -}}
+{{- if .Values.serviceAccount.create -}}{{ default (include "rebeam.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
+{{- end -}}
+
+{{- define "rebeam.secretName" -}}{{ default (printf "%s-cluster-secret" (include "rebeam.fullname" .)) .Values.clusterSecret.existingSecret }}{{- end -}}
+{{- define "rebeam.tokenName" -}}{{ default (printf "%s-client-token" (include "rebeam.fullname" .)) .Values.clientToken.existingSecret }}{{- end -}}
+
+{{/* Environment both roles share: the secret, the client token, the pod's name and IP. */}}
+{{- define "rebeam.commonEnv" -}}
+- name: POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: POD_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: POD_IP
+  valueFrom: {fieldRef: {fieldPath: status.podIP}}
+- name: REBEAM_SECRET
+  valueFrom: {secretKeyRef: {name: {{ include "rebeam.secretName" . }}, key: {{ .Values.clusterSecret.key }}}}
+- name: REBEAM_CLIENT_TOKENS
+  valueFrom: {secretKeyRef: {name: {{ include "rebeam.tokenName" . }}, key: {{ .Values.clientToken.key }}}}
+{{- end -}}
+
+{{/* A random value kept across upgrades: the one in the live Secret, else a new one. */}}
+{{- define "rebeam.keep" -}}
+{{- $s := lookup "v1" "Secret" .ns .name -}}
+{{- if and $s $s.data (hasKey $s.data .key) -}}{{ index $s.data .key }}{{- else -}}{{ randAlphaNum 40 | b64enc }}{{- end -}}
+{{- end -}}

@@ -1,0 +1,4 @@
+//! What a node shows of itself over HTTP: probes now; metrics and the process API build on
+//! it. Kept apart from the runtime so the message path only bumps counters.
+
+pub mod http;

@@ -1,0 +1,192 @@
+"""The Helm chart: linted and rendered by Helm's engine, every manifest checked against the
+schemas of the three newest Kubernetes minors kubernetes-validate knows."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import all_versions
+
+from ._chart import CHART, find, one, render
+
+#: The three newest Kubernetes minors the validator has schemas for.
+MINORS = sorted({".".join(v.split(".")[:2]) for v in all_versions()},
+                key=lambda v: tuple(int(x) for x in v.split(".")))[-3:]
+
+COMBINATIONS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "one-controller": {"controller": {"replicas": 1}},
+    "five-controllers": {"controller": {"replicas": 5}},
+    "two-groups": {"workerGroups": [
+        {"name": "cpu", "replicas": 3},
+        {"name": "gpu", "replicas": 1, "labels": {"gpu": "yes", "zone": "b"}, "capacity": 4},
+    ]},
+    "existing-secrets": {"clusterSecret": {"existingSecret": "my-secret", "key": "s"},
+                         "clientToken": {"existingSecret": "my-token"}},
+    "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
+}
+
+
+def pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pod templates of every workload."""
+    return [d["spec"]["template"] for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
+
+
+def test_lint_is_clean() -> None:
+    report = helm_python.lint(str(CHART), strict=True)
+    assert report["errors"] == []
+    # Info-level findings (an icon) are fine; nothing at warning or error level.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("combo", sorted(COMBINATIONS))
+def test_every_manifest_is_valid_kubernetes(combo: str) -> None:
+    docs = render(COMBINATIONS[combo])
+    assert docs
+    for minor in MINORS:
+        for doc in docs:
+            if doc["kind"] == "ServiceMonitor":
+                continue  # a CRD: no schema in Kubernetes itself
+            kubernetes_validate.validate(doc, minor + ".0", strict=True)
+
+
+def test_validation_catches_a_broken_manifest() -> None:
+    """The validator is not a no-op: a wrong field type fails."""
+    sts = one(render(), "StatefulSet")
+    sts["spec"]["replicas"] = "three"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(sts, MINORS[-1] + ".0", strict=True)
+
+
+@pytest.mark.parametrize("replicas", [1, 3, 5])
+def test_controller_statefulset(replicas: int) -> None:
+    docs = render({"controller": {"replicas": replicas}})
+    sts = one(docs, "StatefulSet")
+    spec = sts["spec"]
+    assert spec["replicas"] == replicas
+    assert spec["podManagementPolicy"] == "Parallel"
+    headless = one(docs, "Service", spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert f"--bootstrap-expect={replicas}" in args
+    assert "--id-from-hostname" in args
+    assert f"--seeds={spec['serviceName']}.$(POD_NAMESPACE).svc:7100" in args
+    claim = spec["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # No hook or preStop removes members: a restart is not a departure.
+    container = spec["template"]["spec"]["containers"][0]
+    assert "lifecycle" not in container
+    assert not [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
+
+
+def test_bad_values_are_refused_by_the_schema() -> None:
+    with pytest.raises(helm_python.HelmError, match="replicas"):
+        render({"controller": {"replicas": 2}})
+    with pytest.raises(helm_python.HelmError, match="name"):
+        render({"workerGroups": [{"name": "Not A Label", "replicas": 1}]})
+    with pytest.raises(helm_python.HelmError, match="typo"):
+        render({"controller": {"typo": 1}})
+
+
+def test_worker_groups_become_deployments_with_placement_labels() -> None:
+    docs = render(COMBINATIONS["two-groups"])
+    deployments = {d["metadata"]["name"]: d for d in find(docs, "Deployment")}
+    assert set(deployments) == {"rebeam-node-cpu", "rebeam-node-gpu"}
+    gpu = deployments["rebeam-node-gpu"]
+    assert gpu["spec"]["replicas"] == 1
+    args = gpu["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--label=gpu=yes" in args and "--label=zone=b" in args
+    assert "--label=group=gpu" in args and "--capacity=4" in args
+    cpu_args = deployments["rebeam-node-cpu"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--label=gpu=yes" not in cpu_args
+
+
+def test_secrets_are_generated_or_taken_from_existing_ones() -> None:
+    docs = render(fresh=True)
+    names = {d["metadata"]["name"] for d in find(docs, "Secret")}
+    assert names == {"rebeam-cluster-secret", "rebeam-client-token"}
+    secret = one(docs, "Secret", "rebeam-cluster-secret")
+    assert len(secret["data"]["secret"]) >= 40  # generated, base64
+    # Each install gets its own (upgrades keep the live one through `lookup`).
+    assert one(render(fresh=True), "Secret", "rebeam-cluster-secret")["data"] != secret["data"]
+
+    docs = render(COMBINATIONS["existing-secrets"])
+    assert find(docs, "Secret") == []
+    for pod in pods(docs):
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["REBEAM_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "my-secret", "key": "s"}
+        token_ref = env["REBEAM_CLIENT_TOKENS"]["valueFrom"]["secretKeyRef"]
+        assert token_ref == {"name": "my-token", "key": "token"}
+
+
+def test_pods_are_locked_down_and_probed() -> None:
+    docs = render(COMBINATIONS["two-groups"])
+    assert len(pods(docs)) == 3
+    for pod in pods(docs):
+        spec = pod["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+        (c,) = spec["containers"]
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["resources"]["requests"]
+        assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/tmp", "/var/lib/rebeam/data"}
+
+
+def test_services_for_clients_and_dashboard() -> None:
+    docs = render()
+    api = one(docs, "Service", "rebeam-controller")
+    assert api["spec"]["ports"][0]["port"] == 7100
+    assert "publishNotReadyAddresses" not in api["spec"]  # clients get ready members only
+    assert one(docs, "Service", "rebeam-dashboard")["spec"]["ports"][0]["targetPort"] == "http"
+    assert find(render({"dashboard": {"enabled": False}}), "Service", "rebeam-dashboard") == []
+
+
+def test_service_monitor_is_optional() -> None:
+    assert find(render(), "ServiceMonitor") == []
+    monitors = find(render(COMBINATIONS["service-monitor"]), "ServiceMonitor")
+    assert {m["metadata"]["name"] for m in monitors} == {"rebeam-controller", "rebeam-node"}
+    assert all(m["spec"]["endpoints"][0]["path"] == "/metrics" for m in monitors)
+
+
+def test_every_value_is_documented() -> None:
+    """Each value in values.yaml carries a `# --` comment (helm-docs style), on itself or on
+    the value it belongs to."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    stack: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*(?:- )?)([A-Za-z][A-Za-z0-9]*):(.*)$", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        block = []
+        j = i - 1
+        while j >= 0 and lines[j].strip().lstrip("- ").startswith("#"):
+            block.append(lines[j])
+            j -= 1
+        documented = any("# --" in b for b in block) or any(d for _, d in stack)
+        nxt = next((ln for ln in lines[i + 1:] if ln.strip() and not ln.strip().startswith("#")), "")
+        is_leaf = m.group(3).strip() != "" or len(nxt) - len(nxt.lstrip(" -")) <= indent
+        if is_leaf and not documented:
+            undocumented.append(f"line {i + 1}: {m.group(2)}")
+        stack.append((indent, documented))
+    assert undocumented == []
+    # And the schema names every top-level value (additionalProperties is off).
+    schema = yaml.safe_load((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) == set(schema["properties"])

@@ -1,0 +1,238 @@
+"""No Kubernetes runs here, so run what the chart renders: the controller and node pod specs
+(image, command, args, env with the downward-API fields filled in, ports, probes, security
+context, volumes) become containers on a Docker network whose hostnames and aliases are the
+StatefulSet's DNS names. The probes are executed as the kubelet would."""
+from __future__ import annotations
+
+import base64
+import os
+import random
+import re
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rebeam
+
+from ._apps import write_singleton_app
+from ._chart import find, one, render
+from ._docker import REPO, docker, image, logs, scratch_dir, wait_for
+
+NAMESPACE = "default"
+SECRET = "pods-cluster-secret"
+TOKEN = "pods-client-token"
+
+
+@dataclass
+class Pod:
+    """A pod of the rendered chart, run as a container."""
+
+    name: str
+    ip: str
+    template: dict[str, Any]
+    aliases: list[str]
+    volume: str | None = None
+    container: str = ""
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def probe(self, kind: str) -> bool:
+        """Runs the container's readinessProbe or livenessProbe once."""
+        c = self.template["spec"]["containers"][0]
+        get = c[f"{kind}Probe"]["httpGet"]
+        port = get["port"] if isinstance(get["port"], int) else self.ports[get["port"]]
+        try:
+            with urllib.request.urlopen(f"http://{self.ip}:{port}{get['path']}", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+class Cluster:
+    """The rendered manifests, run on one Docker network."""
+
+    def __init__(self, docs: list[dict[str, Any]], root: Path) -> None:
+        self.docs = docs
+        self.root = root
+        self.tag = f"deploy-pods-{secrets.token_hex(3)}"
+        self.network = ""
+        self.subnet = ""
+        self.pods: list[Pod] = []
+        self.secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
+                        for s in find(docs, "Secret")}
+
+    def create_network(self) -> None:
+        for _ in range(10):
+            self.subnet = f"10.{random.randint(100, 250)}.{random.randint(0, 255)}"
+            name = f"{self.tag}-net"
+            r = docker("network", "create", "--subnet", f"{self.subnet}.0/24", name, check=False)
+            if r.strip():
+                self.network = name
+                return
+        raise AssertionError("no free subnet for the test network")
+
+    def env(self, pod: Pod) -> dict[str, str]:
+        """The container's env as the kubelet fills it in (downward API, secret refs)."""
+        out: dict[str, str] = {}
+        for e in pod.template["spec"]["containers"][0].get("env", []):
+            if "value" in e:
+                out[e["name"]] = expand(str(e["value"]), out)
+                continue
+            src = e["valueFrom"]
+            if "fieldRef" in src:
+                path = src["fieldRef"]["fieldPath"]
+                out[e["name"]] = {"metadata.name": pod.name, "metadata.namespace": NAMESPACE,
+                                  "status.podIP": pod.ip}[path]
+            elif "secretKeyRef" in src:
+                ref = src["secretKeyRef"]
+                out[e["name"]] = self.secrets[ref["name"]][ref["key"]]
+            else:
+                raise AssertionError(f"unsupported env source {src}")
+        return out
+
+    def run(self, pod: Pod) -> None:
+        spec = pod.template["spec"]
+        (c,) = spec["containers"]
+        env = self.env(pod)
+        command = [expand(a, env) for a in c.get("command", [])]
+        args = [expand(a, env) for a in c.get("args", [])]
+        pod.ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        sc, psc = c.get("securityContext", {}), spec.get("securityContext", {})
+        flags = ["--name", f"{self.tag}-{pod.name}", "--hostname", pod.name,
+                 "--network", self.network, "--ip", pod.ip,
+                 "--user", f"{psc['runAsUser']}:{psc['runAsGroup']}"]
+        for alias in pod.aliases:
+            flags += ["--network-alias", alias]
+        if sc.get("readOnlyRootFilesystem"):
+            flags.append("--read-only")
+        for cap in sc.get("capabilities", {}).get("drop", []):
+            flags += ["--cap-drop", cap]
+        if sc.get("allowPrivilegeEscalation") is False:
+            flags += ["--security-opt", "no-new-privileges"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for m in c.get("volumeMounts", []):
+            if m["name"] in volumes and "emptyDir" in volumes[m["name"]]:
+                # An emptyDir, writable by the pod's fsGroup as the kubelet makes it.
+                flags += ["--tmpfs", f"{m['mountPath']}:mode=1777,uid={psc['runAsUser']},"
+                                     f"gid={psc['fsGroup']}"]
+            else:  # the StatefulSet's volume claim
+                assert pod.volume, f"{pod.name} mounts {m['name']} without a volume"
+                flags += ["-v", f"{pod.volume}:{m['mountPath']}"]
+        for k, v in env.items():
+            flags += ["-e", f"{k}={v}"]
+        entry = command[0]
+        pod.container = docker("run", "-d", *flags, "--entrypoint", entry, image(),
+                               *command[1:], *args).strip()
+
+    def remove(self, pod: Pod) -> None:
+        docker("rm", "-f", pod.container, check=False)
+
+    def logs(self, pod: Pod) -> str:
+        return logs(pod.container)
+
+    def teardown(self) -> None:
+        for pod in self.pods:
+            docker("rm", "-f", f"{self.tag}-{pod.name}", check=False)
+        if self.network:
+            docker("network", "rm", self.network, check=False)
+        for pod in self.pods:
+            if pod.volume:
+                docker("volume", "rm", "-f", pod.volume, check=False)
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command, args and env values."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    docs = render({"controller": {"replicas": 3},
+                   "workerGroups": [{"name": "default", "replicas": 2}],
+                   "clusterSecret": {"value": SECRET}, "clientToken": {"value": TOKEN}},
+                  name="rebeam", namespace=NAMESPACE)
+    for root in scratch_dir("deploy-pods-"):
+        c = Cluster(docs, root)
+        try:
+            c.create_network()
+            yield c
+        finally:
+            c.teardown()
+
+
+def client(pod: Pod, timeout: float = 5.0) -> rebeam.Client:
+    """A client entering at ``pod`` (the client Service); the host cannot resolve the
+    cluster's DNS names that leader redirects carry, so they are mapped to the pods' IPs."""
+    return rebeam.connect(f"http://{pod.ip}:7100", token=TOKEN, timeout=timeout)
+
+
+def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster: Cluster) -> None:
+    c = cluster
+    sts = one(c.docs, "StatefulSet")
+    headless = f"{sts['spec']['serviceName']}.{NAMESPACE}.svc"
+    api_service = f"{one(c.docs, 'Service', 'rebeam-controller')['metadata']['name']}.{NAMESPACE}.svc"
+    controllers = []
+    for i in range(sts["spec"]["replicas"]):
+        name = f"{sts['metadata']['name']}-{i}"
+        pod = Pod(name, f"{c.subnet}.{10 + i}", sts["spec"]["template"],
+                  aliases=[f"{name}.{headless}", headless, api_service],
+                  volume=f"{c.tag}-data-{name}")
+        controllers.append(pod)
+    deployment = one(c.docs, "Deployment")
+    nodes = [Pod(f"{deployment['metadata']['name']}-{secrets.token_hex(3)}-{i}", f"{c.subnet}.{20 + i}",
+                 deployment["spec"]["template"], aliases=[]) for i in range(deployment["spec"]["replicas"])]
+    c.pods = controllers + nodes
+    os.environ["REBEAM_CONNECT_TO"] = ",".join(f"{p.aliases[0]}:7100={p.ip}:7100" for p in controllers)
+    for pod in c.pods:
+        c.run(pod)
+
+    def ready(pods: list[Pod]) -> bool:
+        return all(p.probe("liveness") and p.probe("readiness") for p in pods)
+
+    wait_for("the controller group to form (every member ready)", lambda: ready(controllers),
+             timeout=90, on_timeout=lambda: "\n".join(c.logs(p)[-3000:] for p in controllers))
+    with client(controllers[0]) as cl:
+        state = cl.cluster()
+        assert sorted(m.id for m in state.controllers) == [1, 2, 3]
+    wait_for("the nodes to join (ready)", lambda: ready(nodes), timeout=60,
+             on_timeout=lambda: "\n".join(c.logs(p)[-3000:] for p in nodes))
+    with client(controllers[1], timeout=30) as cl:
+        assert sorted(n.id for n in cl.nodes() if n.status == "alive") == sorted(p.name for p in nodes)
+        cl.submit(REPO / "examples" / "chat", wait=60.0)
+        assert cl.call("lobby", "rooms") == []
+        single = write_singleton_app(c.root / "single", "/tmp/intervals.log")
+        cl.submit(single, wait=60.0)
+        assert cl.call("singleton", "whoami")
+
+    # A controller pod deleted and re-created with its volume rejoins from its data.
+    victim = controllers[2]
+    c.remove(victim)
+    with client(controllers[0]) as cl:
+        wait_for("the others to keep a leader", lambda: cl.status().leader_id != 0)
+    c.run(victim)
+    wait_for("the re-created member ready", lambda: victim.probe("readiness"), timeout=60,
+             on_timeout=lambda: c.logs(victim)[-3000:])
+    assert "re-adding it as a learner" not in c.logs(victim)
+    with client(victim) as cl:
+        assert sorted(m.id for m in cl.cluster().controllers) == [1, 2, 3]
+        assert {a.name for a in cl.apps()} == {"chat", "single"}
+        # A leader change can fence nodes (elections outlast the node fence): the singleton
+        # may move, and answers again once it has.
+        wait_for("the singleton after the member came back", lambda: cl.call("singleton", "whoami"))
+
+    # One whose data is lost comes back as a new learner and is promoted once caught up.
+    c.remove(victim)
+    docker("volume", "rm", victim.volume or "")
+    c.run(victim)
+    wait_for("the member with lost data ready", lambda: victim.probe("readiness"), timeout=60,
+             on_timeout=lambda: c.logs(victim)[-3000:])
+    assert "re-adding it as a learner" in c.logs(victim)
+    with client(victim) as cl:
+        assert sorted(m.id for m in cl.cluster().controllers) == [1, 2, 3]
+        wait_for("the apps replicated to it", lambda: {a.name for a in cl.apps()} == {"chat", "single"})
+        wait_for("the singleton after the member rejoined", lambda: cl.call("singleton", "whoami"))
