@@ -157,7 +157,7 @@ class Client:
         if stub is None:
             from ._proto import client_pb2_grpc
 
-            options = [
+            options: list[tuple[str, Any]] = [
                 ("grpc.max_receive_message_length", 256 * 1024 * 1024),
                 ("grpc.max_send_message_length", 256 * 1024 * 1024),
                 ("grpc.initial_reconnect_backoff_ms", 100),
