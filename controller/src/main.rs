@@ -75,6 +75,22 @@ struct Cli {
     /// Address of the HTTP server (dashboard, REST API, /metrics, /healthz, /readyz).
     #[arg(long, default_value = "127.0.0.1:7180", env = "REBEAM_HTTP_LISTEN")]
     http_listen: SocketAddr,
+    /// Tokens that may read the dashboard and REST API but change nothing (comma-separated).
+    #[arg(
+        long = "http-read-token",
+        env = "REBEAM_HTTP_READ_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    http_read_tokens: Vec<String>,
+    /// A host name the HTTP server answers to besides IP literals and localhost (repeat, or
+    /// comma-separate), e.g. the DNS name an ingress forwards; others are refused.
+    #[arg(
+        long = "http-allowed-host",
+        env = "REBEAM_HTTP_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    http_allowed_hosts: Vec<String>,
     /// Build a snapshot every this many log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_logs: u64,
@@ -126,6 +142,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let http_listen = cli.http_listen;
+    let http_opts = rebeam_controller::http::member::HttpOptions {
+        read_tokens: cli.http_read_tokens.clone(),
+        allowed_hosts: cli.http_allowed_hosts.clone(),
+    };
     let cfg = config(cli);
     let handle = rebeam_controller::start(cfg)
         .await
@@ -140,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(http.serve(
-        rebeam_controller::http::member::router(handle.core()),
+        rebeam_controller::http::member::router(handle.core(), &http_opts),
         async move {
             let _ = http_stopped.await;
         },
@@ -153,7 +173,8 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     let _ = http_stop.send(());
-    let _ = http_task.await;
+    // An open event stream would hold a graceful shutdown forever.
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     handle.shutdown().await.context("shutting down")?;
     Ok(())
 }

@@ -68,6 +68,21 @@ struct Cli {
     /// cluster mode unless given; --dev serves it on a free loopback port and prints it.
     #[arg(long, env = "REBEAM_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
+    /// Tokens that may read the node's HTTP server (and the dev dashboard) but change nothing.
+    #[arg(
+        long = "http-read-token",
+        value_delimiter = ',',
+        env = "REBEAM_HTTP_READ_TOKENS",
+        hide_env_values = true
+    )]
+    http_read_tokens: Vec<String>,
+    /// A host name the HTTP server answers to besides IP literals and localhost.
+    #[arg(
+        long = "http-allowed-host",
+        value_delimiter = ',',
+        env = "REBEAM_HTTP_ALLOWED_HOSTS"
+    )]
+    http_allowed_hosts: Vec<String>,
     /// Where fetched application code is kept.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -125,11 +140,13 @@ fn run(cli: Cli) -> Result<i32> {
         .context("starting the I/O runtime")?;
     if cli.dev {
         let (controllers, secret, data_dir, core) = start_dev_controller(&cli, &tokio)?;
+        let access = http_access(&cli, &secret);
         join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir)?;
         let addr = cli
             .http_listen
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-        let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), Some(core))?;
+        let bound =
+            rebeam_node::observe::http::start(&tokio, addr, rt.clone(), Some(core), access)?;
         eprintln!("rebeam-node: dashboard at http://{bound}/");
     } else {
         let secret = cli
@@ -141,9 +158,10 @@ fn run(cli: Cli) -> Result<i32> {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("rebeam-data").join(&cli.name));
+        let access = http_access(&cli, &secret);
         join_cluster(&cli, &rt, &tokio, cli.controllers.clone(), secret, data_dir)?;
         if let Some(addr) = cli.http_listen {
-            let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), None)?;
+            let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), None, access)?;
             eprintln!("rebeam-node: http at http://{bound}/");
         }
     }
@@ -237,6 +255,16 @@ type DevController = (
     PathBuf,
     std::sync::Arc<rebeam_controller::core::Core>,
 );
+
+/// Who may use the node's HTTP server: its flags and the cluster secret in use.
+fn http_access(cli: &Cli, secret: &str) -> rebeam_node::observe::http::NodeHttp {
+    rebeam_node::observe::http::NodeHttp {
+        secret: secret.to_string(),
+        client_tokens: cli.client_tokens.clone(),
+        read_tokens: cli.http_read_tokens.clone(),
+        allowed_hosts: cli.http_allowed_hosts.clone(),
+    }
+}
 
 /// The dev node's scratch directory, removed at exit.
 static DEV_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
