@@ -28,6 +28,17 @@ pub struct Core {
 }
 
 impl Core {
+    /// The credentials every service of this member accepts: the cluster secret (or, with
+    /// TLS, member certificates), static client tokens and the tokens issued through Raft.
+    pub fn credentials(&self) -> crate::auth::Credentials {
+        crate::auth::Credentials::new(
+            self.config.secret.clone(),
+            self.config.client_tokens.clone(),
+            Some(self.shared.clone() as Arc<dyn crate::auth::TokenSource>),
+        )
+        .with_mtls(self.config.tls.is_some())
+    }
+
     /// API address of the current leader, when known.
     pub fn leader_api(&self) -> Option<String> {
         let m = self.raft.metrics();

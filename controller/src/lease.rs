@@ -52,6 +52,21 @@ impl Leases {
         matches!(*self.confirmed.lock(), Some((t, at)) if t == term && at.elapsed() < within)
     }
 
+    /// Milliseconds left on each node's lease, with its incarnation (empty unless leading).
+    pub fn remaining(&self) -> HashMap<String, (u64, u64)> {
+        let now = Instant::now();
+        self.deadlines
+            .lock()
+            .iter()
+            .map(|(n, (inc, d))| {
+                (
+                    n.clone(),
+                    (*inc, d.saturating_duration_since(now).as_millis() as u64),
+                )
+            })
+            .collect()
+    }
+
     fn clear(&self) {
         self.deadlines.lock().clear();
     }

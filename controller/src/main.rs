@@ -107,6 +107,22 @@ struct Cli {
     /// Address of the HTTP server (dashboard, REST API, /metrics, /healthz, /readyz).
     #[arg(long, default_value = "127.0.0.1:7180", env = "REBEAM_HTTP_LISTEN")]
     http_listen: SocketAddr,
+    /// Tokens that may read the dashboard and REST API but change nothing (comma-separated).
+    #[arg(
+        long = "http-read-token",
+        env = "REBEAM_HTTP_READ_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    http_read_tokens: Vec<String>,
+    /// A host name the HTTP server answers to besides IP literals and localhost (repeat, or
+    /// comma-separate), e.g. the DNS name an ingress forwards; others are refused.
+    #[arg(
+        long = "http-allowed-host",
+        env = "REBEAM_HTTP_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    http_allowed_hosts: Vec<String>,
     /// Build a snapshot every this many log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_logs: u64,
@@ -192,6 +208,10 @@ async fn main() -> anyhow::Result<()> {
         None => bootstrap::id_from_hostname(&bootstrap::hostname()?)?,
     };
     let http_listen = cli.http_listen;
+    let http_opts = rebeam_controller::http::member::HttpOptions {
+        read_tokens: cli.http_read_tokens.clone(),
+        allowed_hosts: cli.http_allowed_hosts.clone(),
+    };
     let seeds = cli.seeds.clone();
     let expect = cli.bootstrap_expect;
     let cfg = config(cli, id).context("reading the configuration")?;
@@ -232,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(http.serve(
-        rebeam_controller::http::member::router(handle.core()),
+        rebeam_controller::http::member::router(handle.core(), &http_opts),
         async move {
             let _ = http_stopped.await;
         },
@@ -249,7 +269,8 @@ async fn main() -> anyhow::Result<()> {
         let _ = t.await;
     }
     let _ = http_stop.send(());
-    let _ = http_task.await;
+    // An open event stream would hold a graceful shutdown forever.
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     handle.shutdown().await.context("shutting down")?;
     Ok(())
 }

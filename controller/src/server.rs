@@ -183,12 +183,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     // One set of credentials for every service: auth::RPC_TABLE decides, per method, whether
     // a member (by certificate with TLS, else by the cluster secret) or which client role is
     // needed.
-    let credentials = Credentials::new(
-        config.secret.clone(),
-        config.client_tokens.clone(),
-        Some(core.shared.clone() as Arc<dyn TokenSource>),
-    )
-    .with_mtls(config.tls.is_some());
+    let credentials = core.credentials();
 
     let raft_svc = Guard::new(
         RaftPeerServer::new(RaftService::new(raft.clone()))

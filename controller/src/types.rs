@@ -386,6 +386,13 @@ pub enum Command {
         generation: u64,
         error: String,
     },
+    /// An operator's action, recorded in the event journal with who did it.
+    Note {
+        who: String,
+        app: String,
+        node: String,
+        text: String,
+    },
     /// A node reports moving an app's processes to the code the app names.
     UpgradeReport {
         node: String,

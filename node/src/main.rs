@@ -84,6 +84,21 @@ struct Cli {
     /// cluster mode unless given; --dev serves it on a free loopback port and prints it.
     #[arg(long, env = "REBEAM_HTTP_LISTEN")]
     http_listen: Option<std::net::SocketAddr>,
+    /// Tokens that may read the node's HTTP server (and the dev dashboard) but change nothing.
+    #[arg(
+        long = "http-read-token",
+        value_delimiter = ',',
+        env = "REBEAM_HTTP_READ_TOKENS",
+        hide_env_values = true
+    )]
+    http_read_tokens: Vec<String>,
+    /// A host name the HTTP server answers to besides IP literals and localhost.
+    #[arg(
+        long = "http-allowed-host",
+        value_delimiter = ',',
+        env = "REBEAM_HTTP_ALLOWED_HOSTS"
+    )]
+    http_allowed_hosts: Vec<String>,
     /// Where fetched application code is kept.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -187,11 +202,13 @@ fn run(cli: Cli) -> Result<i32> {
         .context("starting the I/O runtime")?;
     if cli.dev {
         let (controllers, secret, data_dir, core) = start_dev_controller(&cli, &tokio, tls.clone())?;
+        let access = http_access(&cli, &secret)?;
         join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir, tls)?;
         let addr = cli
             .http_listen
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-        let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), Some(core))?;
+        let bound =
+            rebeam_node::observe::http::start(&tokio, addr, rt.clone(), Some(core), access)?;
         eprintln!("rebeam-node: dashboard at http://{bound}/");
     } else {
         let secret = given_secret(&cli)?.context(
@@ -201,6 +218,7 @@ fn run(cli: Cli) -> Result<i32> {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("rebeam-data").join(&cli.name));
+        let access = http_access(&cli, &secret)?;
         join_cluster(
             &cli,
             &rt,
@@ -211,7 +229,7 @@ fn run(cli: Cli) -> Result<i32> {
             tls,
         )?;
         if let Some(addr) = cli.http_listen {
-            let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), None)?;
+            let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), None, access)?;
             eprintln!("rebeam-node: http at http://{bound}/");
         }
     }
@@ -307,6 +325,15 @@ type DevController = (
     PathBuf,
     std::sync::Arc<rebeam_controller::core::Core>,
 );
+
+/// Who may use the node's HTTP server: its flags and the cluster secret in use.
+fn http_access(cli: &Cli, secret: &str) -> Result<rebeam_node::observe::http::NodeHttp> {
+    Ok(rebeam_node::observe::http::NodeHttp {
+        credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, None),
+        read_tokens: cli.http_read_tokens.clone(),
+        allowed_hosts: cli.http_allowed_hosts.clone(),
+    })
+}
 
 /// The dev node's scratch directory, removed at exit.
 static DEV_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 import sys
+import webbrowser
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -24,6 +25,8 @@ from typing import Any, TextIO, cast
 
 from .._errors import Error
 from ._client import DEFAULT_TIMEOUT, ROLES, Client
+from ._config import resolve
+from ._dashboard import dashboard_url
 from ._inspect import LogEntry, ProcessList
 from ._types import AppInfo, Assignment, to_jsonable
 from .archive import DEFAULT_MAX_BYTES, Archive, pack
@@ -456,6 +459,18 @@ def cmd_cast(args: argparse.Namespace, o: _Output) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace, o: _Output) -> int:
+    settings = resolve(getattr(args, "url", None), getattr(args, "token", None))
+    url = dashboard_url(settings.url, args.http)
+    if o.json:
+        o.data({"url": url})
+    else:
+        o.out.write(url + "\n")
+    if args.open:
+        webbrowser.open(url)
+    return 0
+
+
 def cmd_pack(args: argparse.Namespace, o: _Output) -> int:
     archive = _pack(args, o)
     if args.output:
@@ -515,6 +530,7 @@ def _parser() -> argparse.ArgumentParser:
         ("ps", cmd_ps, "list processes on every node (of one app)"),
         ("tree", cmd_tree, "draw an app's supervision tree across nodes"),
         ("logs", cmd_logs, "print what an app's processes wrote, and their crash reports"),
+        ("dashboard", cmd_dashboard, "print (or open) the dashboard's URL"),
     ]
     for name, func, help_text in commands:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -560,6 +576,11 @@ def _parser() -> argparse.ArgumentParser:
                            help="keep printing new output as it is written (Ctrl-C to stop)")
             p.add_argument("--since", type=_since, default=None, metavar="DURATION",
                            help="only output newer than this, e.g. 30s, 5m, 2h")
+        if name == "dashboard":
+            p.add_argument("--http", metavar="URL", default=None,
+                           help="the controller's HTTP address (default: $REBEAM_DASHBOARD_URL, "
+                                "else the controller's host on port 7180)")
+            p.add_argument("--open", action="store_true", help="open it in a browser")
         if name == "call":
             p.add_argument("--call-timeout", type=float, default=5.0, metavar="SECONDS",
                            help="how long to wait for the reply (default 5)")

@@ -259,4 +259,21 @@ impl NodeService for NodeApi {
         self.core.propose(cmd).await?;
         Ok(Response::new(pb::UpgradeReportReply {}))
     }
+
+    async fn record_note(
+        &self,
+        req: Request<pb::RecordNoteRequest>,
+    ) -> Result<Response<pb::RecordNoteReply>, Status> {
+        let r = req.into_inner();
+        validate::required("who", &r.who, "name who acted")?;
+        validate::required("text", &r.text, "say what was done")?;
+        let cmd = Command::Note {
+            who: r.who,
+            app: r.app,
+            node: r.node,
+            text: r.text,
+        };
+        self.core.propose(cmd).await?;
+        Ok(Response::new(pb::RecordNoteReply {}))
+    }
 }

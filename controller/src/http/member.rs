@@ -1,7 +1,19 @@
-//! A controller member's readiness: a voter that sees a leader.
+//! A controller member over HTTP: its readiness (a voter that sees a leader) and the
+//! routes it serves.
+
+use std::sync::Arc;
+
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+use axum::Router;
 
 use crate::core::Core;
-use crate::http::health::Readiness;
+use crate::http::api::{self, Api};
+use crate::http::auth::{self, AccessPolicy, ClusterTokens, HttpAuth};
+use crate::http::health::{self, Readiness};
+use crate::http::live::{self, Series};
+use crate::http::metrics::{self, HttpStats};
+use crate::http::pages;
 
 impl Readiness for Core {
     fn readiness(&self) -> Result<(), String> {
@@ -28,12 +40,55 @@ impl Readiness for Core {
     }
 }
 
-/// Everything a controller member serves over HTTP.
-pub fn router(core: std::sync::Arc<Core>) -> axum::Router {
-    crate::http::health::routes(core.clone()).merge(api_routes(core))
+/// Options of the HTTP server beyond the controller's configuration.
+#[derive(Clone, Debug, Default)]
+pub struct HttpOptions {
+    /// Tokens that may read everything and change nothing.
+    pub read_tokens: Vec<String>,
+    /// Host names answered besides IP literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
 }
 
-/// The routes besides the probes (a dev node serves these next to its own probes).
-pub fn api_routes(_core: std::sync::Arc<Core>) -> axum::Router {
-    axum::Router::new()
+/// The authentication of `core`'s HTTP server: the cluster's credentials (secret, static
+/// and issued tokens with their roles), plus `opts`' read-only tokens.
+pub fn http_auth(core: &Core, opts: &HttpOptions) -> Arc<HttpAuth> {
+    let tokens = ClusterTokens::new(core.credentials(), &opts.read_tokens);
+    Arc::new(HttpAuth::new(
+        Arc::new(tokens),
+        AccessPolicy {
+            allowed_hosts: opts.allowed_hosts.clone(),
+        },
+    ))
+}
+
+/// Everything a controller member serves over HTTP, behind the access guard.
+pub fn router(core: Arc<Core>, opts: &HttpOptions) -> Router {
+    let auth = http_auth(&core, opts);
+    health::routes(core.clone())
+        .merge(api_routes(core, auth.clone()))
+        .layer(from_fn_with_state(auth, auth::guard))
+}
+
+/// The routes besides the probes, unguarded (the caller adds [`auth::guard`]); a dev node
+/// serves these next to its own probes. Starts the sampling and election-watching tasks.
+pub fn api_routes(core: Arc<Core>, auth: Arc<HttpAuth>) -> Router {
+    let stats = Arc::new(HttpStats::default());
+    let series = Arc::new(Series::default());
+    tokio::spawn(metrics::watch_elections(core.clone(), stats.clone()));
+    tokio::spawn(live::sample(core.clone(), stats.clone(), series.clone()));
+    let metrics_core = core.clone();
+    let metrics_stats = stats.clone();
+    Router::new()
+        .merge(api::routes(Api::new(core.clone())))
+        .merge(pages::routes(auth))
+        .route(
+            "/metrics",
+            get(move || {
+                let (c, s) = (metrics_core.clone(), metrics_stats.clone());
+                async move { metrics::render(&c, &s).into_response() }
+            }),
+        )
+        .route("/api/v1/series", get(live::series).with_state(series))
+        .route("/api/v1/stream", get(live::stream).with_state(core))
+        .layer(from_fn_with_state(stats, metrics::count))
 }

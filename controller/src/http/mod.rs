@@ -1,8 +1,16 @@
 //! The HTTP side of a controller or node: health probes, the REST API, metrics and the
 //! dashboard, served by axum beside (never inside) the gRPC services.
 
+pub mod api;
+pub mod auth;
 pub mod health;
+pub mod live;
 pub mod member;
+pub mod metrics;
+pub mod nodes;
+pub mod openapi;
+pub mod pages;
+pub mod prom;
 
 use std::future::Future;
 use std::net::SocketAddr;

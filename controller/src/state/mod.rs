@@ -4,6 +4,7 @@
 //! as it was; commands batched into one entry succeed or fail independently.
 
 mod apps;
+pub mod journal;
 mod membership;
 mod registry;
 mod supervision;
@@ -98,6 +99,9 @@ pub struct State {
     /// Issued client tokens by id (hashes only, never the tokens).
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// What happened, bounded (absent from snapshots written before it existed).
+    #[serde(default)]
+    pub journal: journal::Journal,
     /// Names held by each pid (derived; rebuilt after loading).
     #[serde(skip)]
     names_by_pid: HashMap<Pid, BTreeSet<String>>,
@@ -129,6 +133,7 @@ impl State {
 
     /// Applies one log entry's commands; each gets its own outcome.
     pub fn apply(&mut self, req: Request, index: u64, events: &mut Vec<Event>) -> Response {
+        let first_new = events.len();
         let mut cx = Ctx {
             now_ms: req.now_ms,
             index,
@@ -142,6 +147,11 @@ impl State {
                     .unwrap_or_else(Outcome::Rejected)
             })
             .collect();
+        for event in &cx.events[first_new..] {
+            if let Some(note) = journal::note_for(event, req.now_ms) {
+                self.journal.push(index, req.now_ms, note);
+            }
+        }
         Response { outcomes }
     }
 
@@ -218,6 +228,22 @@ impl State {
             } => {
                 self.check_live(&node, incarnation)?;
                 Ok(self.child_failed(cx, &node, incarnation, &app, &child, generation, &error))
+            }
+            Command::Note {
+                who,
+                app,
+                node,
+                text,
+            } => {
+                let note = journal::Note {
+                    kind: "operator",
+                    app,
+                    node,
+                    who,
+                    text,
+                };
+                self.journal.push(cx.index, cx.now_ms, note);
+                Ok(Outcome::Done)
             }
             Command::UpgradeReport {
                 node,

@@ -123,6 +123,17 @@ impl pb::gateway_service_server::GatewayService for Gateway {
         }))
     }
 
+    async fn kill(
+        &self,
+        request: Request<pb::KillRequest>,
+    ) -> Result<Response<pb::KillReply>, Status> {
+        let pid = request.into_inner().pid;
+        let pid = pid_from_pb(pid.as_ref())
+            .ok_or_else(|| Status::invalid_argument("a pid with a node is required"))?;
+        self.cluster.rt.exit_signal(pid, pid, Reason::Kill);
+        Ok(Response::new(pb::KillReply {}))
+    }
+
     async fn logs(
         &self,
         request: Request<pb::LogsRequest>,

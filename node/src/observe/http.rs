@@ -1,9 +1,12 @@
-//! The node's HTTP server: its readiness (holds its lease), and on `--dev` the embedded
-//! controller's routes beside it.
+//! The node's HTTP server: its readiness (holds its lease), its `/metrics`, and on `--dev`
+//! the embedded controller's dashboard and API beside them, all behind the access guard.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+use rebeam_controller::http::auth::{guard, AccessPolicy, ClusterTokens, HttpAuth};
 use rebeam_controller::http::health::{self, Readiness};
 use rebeam_controller::http::HttpListener;
 
@@ -26,6 +29,17 @@ impl Readiness for NodeReadiness {
     }
 }
 
+/// Who may use a node's HTTP server: the cluster's credentials (roles as on gRPC) and
+/// read-only tokens; host names besides IP literals and localhost.
+pub struct NodeHttp {
+    /// The cluster secret and client tokens with their roles.
+    pub credentials: rebeam_controller::auth::Credentials,
+    /// Read-only tokens.
+    pub read_tokens: Vec<String>,
+    /// Extra host names answered.
+    pub allowed_hosts: Vec<String>,
+}
+
 /// Binds `addr` and serves the node's routes (and `controller`'s, on `--dev`) on `tokio`
 /// for the life of the process; returns the bound address.
 pub fn start(
@@ -33,14 +47,33 @@ pub fn start(
     addr: SocketAddr,
     rt: Arc<PyRuntime>,
     controller: Option<Arc<rebeam_controller::core::Core>>,
+    access: NodeHttp,
 ) -> rebeam_controller::Result<SocketAddr> {
+    let _entered = tokio.enter();
+    let rt_for_metrics = rt.clone();
     let listener = tokio.block_on(HttpListener::bind(addr))?;
     let bound = listener.addr();
-    let mut router = health::routes(Arc::new(NodeReadiness { rt }));
-    if let Some(core) = controller {
-        // Probes answer for the node; the controller adds what only it knows.
-        router = router.merge(rebeam_controller::http::member::api_routes(core));
-    }
+    let auth = Arc::new(HttpAuth::new(
+        Arc::new(ClusterTokens::new(access.credentials, &access.read_tokens)),
+        AccessPolicy {
+            allowed_hosts: access.allowed_hosts,
+        },
+    ));
+    let node_metrics = get(move || {
+        let rt = rt_for_metrics.clone();
+        async move { super::metrics::render(&rt).into_response() }
+    });
+    let mut router =
+        health::routes(Arc::new(NodeReadiness { rt })).route("/node/metrics", node_metrics.clone());
+    router = match controller {
+        // On --dev, /metrics is the controller's; the node's own stay at /node/metrics.
+        Some(core) => router.merge(rebeam_controller::http::member::api_routes(
+            core,
+            auth.clone(),
+        )),
+        None => router.route("/metrics", node_metrics),
+    };
+    let router = router.layer(from_fn_with_state(auth, guard));
     tokio.spawn(listener.serve(router, std::future::pending()));
     Ok(bound)
 }

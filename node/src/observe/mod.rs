@@ -2,3 +2,4 @@
 //! it. Kept apart from the runtime so the message path only bumps counters.
 
 pub mod http;
+pub mod metrics;

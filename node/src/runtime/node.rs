@@ -8,6 +8,7 @@ use super::process::{Envelope, Kind, Process, Status};
 use super::reason::Reason;
 use super::registry::{Registry, RegistryError};
 use super::runqueue::RunQueue;
+use super::stats::STATS;
 use super::table::ProcessTable;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -121,6 +122,7 @@ impl<H: Host> Runtime<H> {
         let parent = link.map(|p| p.pid);
         let process = Arc::new(Process::new(pid, kind, parent, data));
         self.table.insert(process.clone());
+        STATS.spawned.inc();
         if let Some(parent) = link {
             let parent_alive = {
                 let mut st = parent.lock();
@@ -149,17 +151,25 @@ impl<H: Host> Runtime<H> {
     /// outside any lock).
     pub fn send(&self, pid: Pid, envelope: Envelope<H::Msg>) -> Result<(), Envelope<H::Msg>> {
         if self.is_remote(pid) {
-            return self
+            let routed = self
                 .host
                 .route(Outbound::Message { to: pid, envelope })
                 .map_err(|out| match out {
                     Outbound::Message { envelope, .. } => envelope,
                     _ => unreachable!("route gives back what it was given"),
                 });
+            match &routed {
+                Ok(()) => STATS.routed.inc(),
+                Err(_) => STATS.dropped.inc(),
+            }
+            return routed;
         }
         match self.lookup(pid) {
             Some(process) => self.deliver(&process, envelope),
-            None => Err(envelope),
+            None => {
+                STATS.dropped.inc();
+                Err(envelope)
+            }
         }
     }
 
@@ -177,7 +187,10 @@ impl<H: Host> Runtime<H> {
         let schedule = {
             let mut st = process.lock();
             match st.status {
-                Status::Exited => return Err(envelope),
+                Status::Exited => {
+                    STATS.dropped.inc();
+                    return Err(envelope);
+                }
                 Status::Idle if process.kind == Kind::Server => {
                     st.status = Status::Queued;
                     st.mailbox.push_back(envelope);
@@ -190,6 +203,7 @@ impl<H: Host> Runtime<H> {
                 }
             }
         };
+        STATS.delivered.inc();
         if schedule {
             self.runq.push(process.clone());
         }
@@ -427,6 +441,10 @@ impl<H: Host> Runtime<H> {
             let Some(dead) = self.mark_exited(&p, &reason) else {
                 continue;
             };
+            STATS.exited.inc();
+            if matches!(reason, Reason::Crash(_)) {
+                STATS.crashed.inc();
+            }
             if let Some(name) = &dead.name {
                 self.names.release(name, p.pid);
             }

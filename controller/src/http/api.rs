@@ -1,0 +1,793 @@
+//! The JSON REST API under `/api/v1`: the cluster, nodes, apps, names, groups, the
+//! supervision tree, processes (gathered from the nodes, paged on the server) and events.
+//! The dashboard and `rebeam --json` read the same documents.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use parking_lot::Mutex;
+use rebeam_proto::v1 as pb;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::core::Core;
+use crate::error::Error;
+use crate::http::auth::{require, Authenticated, Role};
+use crate::http::nodes::NodeClients;
+use crate::types::{AppStatus, Command, Pid};
+
+/// Most rows one page of processes may hold.
+pub const MAX_PAGE: usize = 1_000;
+/// How long a gathered process list serves further pages (paging stays consistent and cheap).
+const PROCESS_CACHE_TTL: Duration = Duration::from_millis(1_000);
+
+/// What the API handlers share.
+pub struct Api {
+    /// The controller member.
+    pub core: Arc<Core>,
+    /// Clients of the nodes' gateways.
+    pub nodes: NodeClients,
+    cache: Mutex<HashMap<String, (Instant, Arc<ProcessList>)>>,
+}
+
+/// Every process the nodes reported, with the nodes that did not answer.
+pub struct ProcessList {
+    rows: Vec<pb::ProcessInfo>,
+    missing: Vec<(String, String)>,
+}
+
+impl Api {
+    /// The API over `core`.
+    pub fn new(core: Arc<Core>) -> Arc<Self> {
+        Arc::new(Api {
+            nodes: NodeClients::new(core.clone()),
+            core,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn processes(&self, app: &str) -> Arc<ProcessList> {
+        if let Some((at, list)) = self.cache.lock().get(app) {
+            if at.elapsed() < PROCESS_CACHE_TTL {
+                return list.clone();
+            }
+        }
+        let g = self.nodes.processes(app).await;
+        let list = Arc::new(ProcessList {
+            rows: g.answers.into_iter().flat_map(|(_, p)| p).collect(),
+            missing: g.missing,
+        });
+        let mut cache = self.cache.lock();
+        cache.retain(|_, (at, _)| at.elapsed() < PROCESS_CACHE_TTL);
+        cache.insert(app.to_string(), (Instant::now(), list.clone()));
+        list
+    }
+}
+
+/// An error as the API answers it: the status from the crate's error, a JSON body.
+pub struct ApiError(StatusCode, String, String);
+
+impl ApiError {
+    fn bad(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, "invalid".into(), msg.into())
+    }
+    fn not_found(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::NOT_FOUND, "not_found".into(), msg.into())
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = format!("{:?}", e.code()).to_lowercase();
+        ApiError(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1, "message": self.2}))).into_response()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The `/api/v1` routes.
+pub fn routes(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/api/v1/session", get(session))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/apps", get(apps))
+        .route("/api/v1/apps/{name}", get(app))
+        .route("/api/v1/apps/{name}/stop", post(stop_app))
+        .route("/api/v1/names", get(names))
+        .route("/api/v1/groups", get(groups))
+        .route("/api/v1/tree", get(tree))
+        .route("/api/v1/processes", get(processes))
+        .route("/api/v1/processes/{pid}", get(process))
+        .route("/api/v1/processes/{pid}/kill", post(kill))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/openapi.json", get(crate::http::openapi::document))
+        .with_state(api)
+}
+
+/// `node.incarnation.serial`: the unambiguous pid form the API uses in paths.
+pub fn pid_id(p: &pb::Pid) -> String {
+    format!("{}.{}.{}", p.node, p.incarnation, p.serial)
+}
+
+fn pid_json(p: &Pid) -> Value {
+    json!({"id": format!("{}.{}.{}", p.node, p.incarnation, p.serial),
+           "node": p.node, "incarnation": p.incarnation, "serial": p.serial})
+}
+
+fn parse_pid(s: &str) -> Result<pb::Pid, ApiError> {
+    let mut parts = s.rsplitn(3, '.');
+    let (serial, inc, node) = (parts.next(), parts.next(), parts.next());
+    match (
+        node,
+        inc.and_then(|i| i.parse().ok()),
+        serial.and_then(|x| x.parse().ok()),
+    ) {
+        (Some(node), Some(incarnation), Some(serial)) if !node.is_empty() => Ok(pb::Pid {
+            node: node.to_string(),
+            incarnation,
+            serial,
+        }),
+        _ => Err(ApiError::bad(format!(
+            "pid {s:?} is malformed; write it as NODE.INCARNATION.SERIAL, e.g. web.3.42"
+        ))),
+    }
+}
+
+async fn session(Extension(a): Extension<Authenticated>) -> ApiResult {
+    Ok(Json(json!({
+        "who": a.principal.who,
+        "role": a.principal.role,
+        "can_act": a.principal.role >= Role::OPERATOR,
+        "csrf": a.csrf,
+    })))
+}
+
+fn role_name(s: openraft::ServerState) -> &'static str {
+    match s {
+        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Candidate => "candidate",
+        openraft::ServerState::Learner => "learner",
+        openraft::ServerState::Shutdown => "shutdown",
+    }
+}
+
+async fn cluster(State(api): State<Arc<Api>>) -> ApiResult {
+    let m = api.core.raft.metrics().borrow().clone();
+    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    let last = m.last_log_index.unwrap_or(0);
+    // Followers' progress is known to the leader only.
+    let replication = m.replication.clone().unwrap_or_default();
+    let controllers: Vec<Value> = m
+        .membership_config
+        .nodes()
+        .map(|(id, n)| {
+            let matched = if *id == api.core.id {
+                m.last_applied.map(|l| l.index)
+            } else {
+                replication.get(id).and_then(|x| x.map(|l| l.index))
+            };
+            json!({
+                "id": id,
+                "raft_address": n.raft_addr,
+                "api_address": n.api_addr,
+                "voter": voters.contains(id),
+                "leader": m.current_leader == Some(*id),
+                "matched_index": matched,
+                "lag": matched.map(|x| last.saturating_sub(x)),
+            })
+        })
+        .collect();
+    let (alive, dead, apps, names, groups) = {
+        let a = api.core.shared.applied.read();
+        let s = &a.state;
+        (
+            s.nodes.values().filter(|n| n.alive).count(),
+            s.nodes.values().filter(|n| !n.alive).count(),
+            s.apps.len(),
+            s.names.len(),
+            s.groups.len(),
+        )
+    };
+    Ok(Json(json!({
+        "this": {
+            "id": api.core.id,
+            "role": role_name(m.state),
+            "term": m.current_term,
+            "leader": m.current_leader,
+            "last_log_index": m.last_log_index,
+            "commit_index": crate::http::metrics::commit_index(&m),
+            "applied_index": m.last_applied.map(|l| l.index),
+            "snapshot_index": m.snapshot.map(|l| l.index),
+        },
+        "leader": m.current_leader,
+        "leader_api_address": api.core.leader_api(),
+        "controllers": controllers,
+        "nodes_alive": alive,
+        "nodes_dead": dead,
+        "apps": apps,
+        "global_names": names,
+        "groups": groups,
+    })))
+}
+
+async fn nodes(State(api): State<Arc<Api>>) -> ApiResult {
+    let lease_left = api.core.leases.remaining();
+    let a = api.core.shared.applied.read();
+    let s = &a.state;
+    let mut children: BTreeMap<&str, usize> = BTreeMap::new();
+    for x in s.all_assignments() {
+        if let Some((n, _)) = &x.node {
+            *children.entry(n.as_str()).or_default() += 1;
+        }
+    }
+    let nodes: Vec<Value> = s
+        .nodes
+        .values()
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "incarnation": n.incarnation,
+                "address": n.address,
+                "status": if n.alive { "alive" } else { "dead" },
+                "labels": n.labels,
+                "capacity": n.capacity,
+                "joined_at_ms": n.joined_at_ms,
+                "died_at_ms": (!n.alive).then_some(n.died_at_ms),
+                "death_reason": n.death_reason,
+                "top_level_children": children.get(n.id.as_str()).copied().unwrap_or(0),
+                // Known while this member leads (leases live in the leader's memory).
+                "lease_remaining_ms": lease_left.get(&n.id).filter(|(i, _)| *i == n.incarnation).map(|(_, ms)| *ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": nodes })))
+}
+
+fn app_json(app: &crate::types::App, now_ms: u64) -> Value {
+    let window = u64::from(app.draft.max_seconds) * 1000;
+    let used = app
+        .restart_times
+        .iter()
+        .filter(|t| now_ms.saturating_sub(**t) < window)
+        .count();
+    json!({
+        "name": app.draft.name,
+        "version": app.draft.version,
+        "status": match app.status {
+            AppStatus::Running => "running",
+            AppStatus::Stopped => "stopped",
+            AppStatus::Failed => "failed",
+        },
+        "failure_reason": app.failure_reason,
+        "intensity_exceeded": app.status == AppStatus::Failed && app.failure_reason.contains("intensity exceeded"),
+        "max_restarts": app.draft.max_restarts,
+        "max_seconds": app.draft.max_seconds,
+        "restarts_in_window": used,
+        "code_hash": app.code_hash,
+        "code_size": app.code_size,
+        "submitted_at_ms": app.submitted_at_ms,
+        "previous_version": app.previous.as_ref().map(|p| p.draft.version.clone()),
+        "last_error": app.last_error,
+        "upgrade_error": app.upgrade_error,
+        "upgrades": app.upgrades,
+        "children": app.draft.children.iter().map(|c| json!({
+            "id": c.id, "start": c.start, "name": c.name, "global": c.global,
+            "restart": c.restart, "placement": c.placement,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Wall clock in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn apps(State(api): State<Arc<Api>>) -> ApiResult {
+    let a = api.core.shared.applied.read();
+    let now = now_ms();
+    let apps: Vec<Value> = a.state.apps.values().map(|x| app_json(x, now)).collect();
+    Ok(Json(json!({ "apps": apps })))
+}
+
+fn upgrade_history(api: &Api, name: &str) -> Vec<Value> {
+    let a = api.core.shared.applied.read();
+    a.state
+        .journal
+        .entries
+        .iter()
+        .filter(|e| e.app == name && (e.kind == "app" || e.kind == "operator"))
+        .map(|e| json!(e))
+        .collect()
+}
+
+async fn app(State(api): State<Arc<Api>>, Path(name): Path<String>) -> ApiResult {
+    let found = {
+        let a = api.core.shared.applied.read();
+        a.state.apps.get(&name).map(|x| app_json(x, now_ms()))
+    };
+    let mut app = found.ok_or_else(|| ApiError::not_found(format!("no app named {name:?}")))?;
+    app["history"] = Value::Array(upgrade_history(&api, &name));
+    Ok(Json(app))
+}
+
+async fn stop_app(
+    State(api): State<Arc<Api>>,
+    Extension(who): Extension<Authenticated>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Response> {
+    require(&who, Role::OPERATOR)?;
+    let done = async {
+        at_leader(&api, Command::StopApp { name: name.clone() }).await?;
+        at_leader(
+            &api,
+            Command::Note {
+                who: who.principal.who.clone(),
+                app: name.clone(),
+                node: String::new(),
+                text: format!("stopped app {name} from the dashboard"),
+            },
+        )
+        .await
+    };
+    done.await.map_err(|e| ApiError::from(e).into_response())?;
+    Ok(Json(json!({"stopped": name})))
+}
+
+/// Writes `cmd` through the leader: proposed here when this member leads, else sent to
+/// the leader's API with the cluster secret (the dashboard works on any member).
+async fn at_leader(api: &Api, cmd: Command) -> Result<(), Error> {
+    if api.core.ensure_leader().is_ok() {
+        return match api.core.propose(cmd).await? {
+            crate::types::Outcome::Rejected(e) => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let leader = api
+        .core
+        .leader_api()
+        .ok_or_else(|| Error::NotLeader { leader: None })?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
+        .map_err(Error::internal)?
+        .connect_timeout(crate::http::nodes::NODE_TIMEOUT)
+        .timeout(crate::http::nodes::NODE_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot reach the leader at {leader}: {e}")))?;
+    let bearer = crate::auth::BearerInjector::new(&api.core.config.secret);
+    let status_err = |s: tonic::Status| match s.code() {
+        tonic::Code::NotFound => Error::NotFound(s.message().to_string()),
+        tonic::Code::InvalidArgument => Error::InvalidArgument(s.message().to_string()),
+        tonic::Code::FailedPrecondition => Error::FailedPrecondition(s.message().to_string()),
+        _ => Error::Unavailable(s.message().to_string()),
+    };
+    match cmd {
+        Command::StopApp { name } => {
+            let mut c =
+                rebeam_proto::v1::cluster_service_client::ClusterServiceClient::with_interceptor(
+                    channel, bearer,
+                );
+            c.stop_app(pb::StopAppRequest { name })
+                .await
+                .map_err(status_err)?;
+        }
+        Command::Note {
+            who,
+            app,
+            node,
+            text,
+        } => {
+            let mut c = rebeam_proto::v1::node_service_client::NodeServiceClient::with_interceptor(
+                channel, bearer,
+            );
+            c.record_note(pb::RecordNoteRequest {
+                who,
+                app,
+                node,
+                text,
+            })
+            .await
+            .map_err(status_err)?;
+        }
+        other => {
+            return Err(Error::internal(format!(
+                "the dashboard does not forward {other:?}"
+            )))
+        }
+    }
+    Ok(())
+}
+
+async fn names(State(api): State<Arc<Api>>) -> ApiResult {
+    let a = api.core.shared.applied.read();
+    let names: Vec<Value> = a
+        .state
+        .names
+        .iter()
+        .map(|(n, p)| json!({"name": n, "pid": pid_json(p), "node": p.node}))
+        .collect();
+    Ok(Json(json!({ "names": names })))
+}
+
+async fn groups(State(api): State<Arc<Api>>) -> ApiResult {
+    let a = api.core.shared.applied.read();
+    let groups: Vec<Value> = a
+        .state
+        .groups
+        .iter()
+        .map(|(g, m)| json!({"group": g, "members": m.iter().map(pid_json).collect::<Vec<_>>()}))
+        .collect();
+    Ok(Json(json!({ "groups": groups })))
+}
+
+fn process_json(p: &pb::ProcessInfo) -> Value {
+    let pid = p.pid.clone().unwrap_or_default();
+    json!({
+        "id": pid_id(&pid),
+        "node": pid.node,
+        "name": p.name,
+        "app": p.app,
+        "version": p.version,
+        "kind": p.kind,
+        "initial": p.initial,
+        "current_function": p.current_function,
+        "mailbox": p.mailbox_len,
+        "handled": p.messages_handled,
+        "memory": p.memory_bytes,
+        "parent": p.parent.as_ref().map(pid_id),
+        "child": p.child,
+        "trap_exits": p.trap_exits,
+        "links": p.links.iter().map(pid_id).collect::<Vec<_>>(),
+    })
+}
+
+/// Query of `/api/v1/processes`.
+#[derive(Deserialize)]
+pub struct ProcessQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+    sort: Option<String>,
+    order: Option<String>,
+    q: Option<String>,
+    node: Option<String>,
+    app: Option<String>,
+}
+
+const SORT_KEYS: &[&str] = &[
+    "pid", "name", "app", "node", "kind", "mailbox", "handled", "memory", "function",
+];
+
+async fn processes(State(api): State<Arc<Api>>, Query(q): Query<ProcessQuery>) -> ApiResult {
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad(format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let sort = q.sort.as_deref().unwrap_or("pid");
+    if !SORT_KEYS.contains(&sort) {
+        return Err(ApiError::bad(format!(
+            "cannot sort by {sort:?}; use one of {}",
+            SORT_KEYS.join(", ")
+        )));
+    }
+    let desc = match q.order.as_deref().unwrap_or("asc") {
+        "asc" => false,
+        "desc" => true,
+        other => {
+            return Err(ApiError::bad(format!(
+                "order {other:?} is neither asc nor desc"
+            )))
+        }
+    };
+    let started = Instant::now();
+    let list = api.processes(q.app.as_deref().unwrap_or("")).await;
+    let needle = q.q.as_deref().unwrap_or("").to_lowercase();
+    let mut rows: Vec<&pb::ProcessInfo> = list
+        .rows
+        .iter()
+        .filter(|p| {
+            q.node
+                .as_deref()
+                .is_none_or(|n| p.pid.as_ref().is_some_and(|x| x.node == n))
+        })
+        .filter(|p| {
+            needle.is_empty()
+                || p.name.to_lowercase().contains(&needle)
+                || p.initial.to_lowercase().contains(&needle)
+                || p.current_function.to_lowercase().contains(&needle)
+                || p.app.to_lowercase().contains(&needle)
+                || p.pid.as_ref().is_some_and(|x| pid_id(x).contains(&needle))
+        })
+        .collect();
+    let key_pid = |p: &pb::ProcessInfo| {
+        let x = p.pid.clone().unwrap_or_default();
+        (x.node, x.incarnation, x.serial)
+    };
+    match sort {
+        "name" => rows.sort_by(|a, b| a.name.cmp(&b.name)),
+        "app" => rows.sort_by(|a, b| a.app.cmp(&b.app)),
+        "node" => rows.sort_by_key(|p| key_pid(p)),
+        "kind" => rows.sort_by(|a, b| a.kind.cmp(&b.kind)),
+        "mailbox" => rows.sort_by_key(|p| p.mailbox_len),
+        "handled" => rows.sort_by_key(|p| p.messages_handled),
+        "memory" => rows.sort_by_key(|p| p.memory_bytes),
+        "function" => rows.sort_by(|a, b| a.current_function.cmp(&b.current_function)),
+        _ => rows.sort_by_key(|p| key_pid(p)),
+    }
+    if desc {
+        rows.reverse();
+    }
+    let total = rows.len();
+    let offset = q.offset.unwrap_or(0).min(total);
+    let items: Vec<Value> = rows
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|p| process_json(p))
+        .collect();
+    Ok(Json(json!({
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "items": items,
+        "missing_nodes": list.missing.iter().map(|(n, e)| json!({"node": n, "error": e})).collect::<Vec<_>>(),
+        "took_ms": started.elapsed().as_secs_f64() * 1000.0,
+    })))
+}
+
+async fn process(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+    let pid = parse_pid(&id)?;
+    let list = api.processes("").await;
+    let found = list
+        .rows
+        .iter()
+        .find(|p| p.pid.as_ref() == Some(&pid))
+        .ok_or_else(|| ApiError::not_found(format!("no live process {id}")))?;
+    let mut v = process_json(found);
+    let a = api.core.shared.applied.read();
+    let domain: Pid = pid.clone().into();
+    v["global_names"] = json!(a
+        .state
+        .names
+        .iter()
+        .filter(|(_, p)| **p == domain)
+        .map(|(n, _)| n)
+        .collect::<Vec<_>>());
+    v["groups"] = json!(a
+        .state
+        .groups
+        .iter()
+        .filter(|(_, m)| m.contains(&domain))
+        .map(|(g, _)| g)
+        .collect::<Vec<_>>());
+    Ok(Json(v))
+}
+
+async fn kill(
+    State(api): State<Arc<Api>>,
+    Extension(who): Extension<Authenticated>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Response> {
+    require(&who, Role::OPERATOR)?;
+    let pid = parse_pid(&id).map_err(IntoResponse::into_response)?;
+    let node = pid.node.clone();
+    api.nodes
+        .kill(pid)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, "node".into(), e).into_response())?;
+    // Recorded after the fact: the journal is the audit trail, the kill does not wait on Raft.
+    let note = Command::Note {
+        who: who.principal.who.clone(),
+        app: String::new(),
+        node,
+        text: format!("killed process {id} from the dashboard"),
+    };
+    if let Err(e) = at_leader(&api, note).await {
+        tracing::warn!(error = %e, "could not record a kill in the journal");
+    }
+    Ok(Json(json!({"killed": id})))
+}
+
+/// Query of `/api/v1/events`.
+#[derive(Deserialize)]
+pub struct EventQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    app: Option<String>,
+    kind: Option<String>,
+}
+
+async fn events(State(api): State<Arc<Api>>, Query(q): Query<EventQuery>) -> ApiResult {
+    let limit = q.limit.unwrap_or(200);
+    if limit == 0 || limit > crate::state::journal::MAX_ENTRIES {
+        return Err(ApiError::bad(format!(
+            "limit must be 1 to {}",
+            crate::state::journal::MAX_ENTRIES
+        )));
+    }
+    let a = api.core.shared.applied.read();
+    let entries: Vec<Value> = a
+        .state
+        .journal
+        .entries
+        .iter()
+        .filter(|e| e.seq > q.after.unwrap_or(0))
+        .filter(|e| q.app.as_deref().is_none_or(|x| e.app == x))
+        .filter(|e| q.kind.as_deref().is_none_or(|x| e.kind == x))
+        .take(limit)
+        .map(|e| json!(e))
+        .collect();
+    Ok(Json(
+        json!({ "events": entries, "next_seq": a.state.journal.next_seq }),
+    ))
+}
+
+/// Query of `/api/v1/tree`.
+#[derive(Deserialize)]
+pub struct TreeQuery {
+    app: Option<String>,
+}
+
+/// Most processes below top-level children shown per app in the tree.
+const MAX_TREE_PROCESSES: usize = 2_000;
+
+async fn tree(State(api): State<Arc<Api>>, Query(q): Query<TreeQuery>) -> ApiResult {
+    let (apps, assignments) = {
+        let a = api.core.shared.applied.read();
+        let s = &a.state;
+        let now = now_ms();
+        let apps: Vec<(String, Value)> = s
+            .apps
+            .values()
+            .filter(|x| q.app.as_deref().is_none_or(|n| x.draft.name == n))
+            .map(|x| (x.draft.name.clone(), app_json(x, now)))
+            .collect();
+        let assignments: Vec<crate::types::Assignment> = s.all_assignments().cloned().collect();
+        (apps, assignments)
+    };
+    let mut out = Vec::new();
+    for (name, mut app) in apps {
+        let running = app["status"] == "running";
+        let list = if running {
+            Some(api.processes(&name).await)
+        } else {
+            None
+        };
+        let crashes = if running {
+            crash_reports(&api, &name).await
+        } else {
+            Vec::new()
+        };
+        let mut by_parent: HashMap<String, Vec<&pb::ProcessInfo>> = HashMap::new();
+        if let Some(l) = &list {
+            for p in &l.rows {
+                if let Some(parent) = &p.parent {
+                    by_parent.entry(pid_id(parent)).or_default().push(p);
+                }
+            }
+        }
+        let mut budget = MAX_TREE_PROCESSES;
+        let children: Vec<Value> = assignments
+            .iter()
+            .filter(|x| x.app == name)
+            .map(|x| {
+                let pid = x
+                    .pid
+                    .as_ref()
+                    .map(|p| format!("{}.{}.{}", p.node, p.incarnation, p.serial));
+                let below = pid
+                    .as_deref()
+                    .map(|p| subtree(p, &by_parent, &mut budget))
+                    .unwrap_or_default();
+                let top = list.as_ref().and_then(|l| {
+                    l.rows
+                        .iter()
+                        .find(|r| r.pid.as_ref().map(pid_id) == pid)
+                        .map(process_json)
+                });
+                json!({
+                    "child": x.child,
+                    "generation": x.generation,
+                    "node": x.node.as_ref().map(|(n, _)| n),
+                    "pid": pid,
+                    "process": top,
+                    "restarts": x.history.len(),
+                    "history": x.history,
+                    "children": below,
+                })
+            })
+            .collect();
+        app["children"] = Value::Array(children);
+        app["crashes"] = Value::Array(crashes);
+        app["missing_nodes"] = json!(list
+            .map(|l| l
+                .missing
+                .iter()
+                .map(|(n, e)| json!({"node": n, "error": e}))
+                .collect::<Vec<_>>())
+            .unwrap_or_default());
+        out.push(app);
+    }
+    Ok(Json(json!({ "apps": out })))
+}
+
+fn subtree(
+    pid: &str,
+    by_parent: &HashMap<String, Vec<&pb::ProcessInfo>>,
+    budget: &mut usize,
+) -> Vec<Value> {
+    let Some(kids) = by_parent.get(pid) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for k in kids {
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        let id = k.pid.as_ref().map(pid_id).unwrap_or_default();
+        let mut v = process_json(k);
+        v["children"] = Value::Array(subtree(&id, by_parent, budget));
+        out.push(v);
+    }
+    out
+}
+
+/// Most crash reports returned per app (the newest).
+const MAX_CRASHES: usize = 20;
+
+/// The newest crash reports (with tracebacks) of `app` from its nodes' kept logs.
+async fn crash_reports(api: &Api, app: &str) -> Vec<Value> {
+    let g = api.nodes.logs(app).await;
+    let mut crashes: Vec<pb::LogEntry> = g
+        .answers
+        .into_iter()
+        .flat_map(|(_, e)| e)
+        .filter(|e| e.stream == "crash")
+        .collect();
+    crashes.sort_by_key(|e| e.time_ms);
+    let skip = crashes.len().saturating_sub(MAX_CRASHES);
+    crashes
+        .into_iter()
+        .skip(skip)
+        .map(|e| {
+            json!({
+                "time_ms": e.time_ms,
+                "node": e.node,
+                "pid": e.pid.as_ref().map(pid_id),
+                "text": neutralise(&e.text),
+            })
+        })
+        .collect()
+}
+
+/// Replaces terminal control characters (escape sequences, bells) with visible `\u{..}`
+/// escapes so logs cannot drive an operator's terminal or confuse the page.
+pub fn neutralise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

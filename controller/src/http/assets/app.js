@@ -1,0 +1,167 @@
+"use strict";
+// The dashboard: reads /api/v1, refreshes the visible view whenever the server-sent event
+// stream says the cluster state moved. Every value goes through textContent, never HTML.
+let session = null;
+let view = "cluster";
+const page = {offset: 0, limit: 50};
+
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+  }
+  for (const k of kids) e.append(k instanceof Node ? k : document.createTextNode(k == null ? "" : String(k)));
+  return e;
+}
+
+async function api(path, opts) {
+  const r = await fetch(path, Object.assign({credentials: "same-origin"}, opts || {}));
+  if (r.status === 401) { location.href = "/login"; throw new Error("not logged in"); }
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.message || r.statusText);
+  return body;
+}
+
+async function act(path, what) {
+  if (!confirm(what + "?")) return;
+  try {
+    await api(path, {method: "POST", headers: {"x-rebeam-csrf": session.csrf || ""}});
+    refresh();
+  } catch (e) { showError(e); }
+}
+
+function showError(e) { document.getElementById("error").textContent = e ? String(e.message || e) : ""; }
+
+function table(id, headers, rows) {
+  const t = document.getElementById(id);
+  t.replaceChildren(el("tr", {}, ...headers.map(h => el("th", {}, h))),
+    ...rows.map(r => el("tr", {}, ...r.map(c => c instanceof Node ? el("td", {}, c) : el("td", {class: typeof c === "number" ? "num" : ""}, c)))));
+}
+
+function ago(ms) { return ms ? new Date(ms).toLocaleTimeString() : ""; }
+
+async function cluster() {
+  const [c, n, s] = await Promise.all([api("/api/v1/cluster"), api("/api/v1/nodes"), api("/api/v1/series")]);
+  table("controllers", ["id", "role", "term", "api", "voter", "matched", "lag"], c.controllers.map(x => [
+    x.id, el("span", {class: x.leader ? "leader" : ""}, x.leader ? "leader" : (x.id === c.this.id ? c.this.role : "member")),
+    x.id === c.this.id ? c.this.term : "", x.api_address, x.voter ? "yes" : "no", x.matched_index ?? "?", x.lag ?? "?"]));
+  table("nodes", ["node", "status", "incarnation", "address", "labels", "top-level children", "lease left (ms)", "reason"], n.nodes.map(x => [
+    x.id, el("span", {class: x.status}, x.status), x.incarnation, x.address, Object.entries(x.labels).map(([k, v]) => k + "=" + v).join(" "),
+    x.top_level_children, x.lease_remaining_ms ?? "", x.death_reason]));
+  chart(s.samples);
+}
+
+function chart(samples) {
+  const cv = document.getElementById("chart"), g = cv.getContext("2d");
+  g.clearRect(0, 0, cv.width, cv.height);
+  const series = [["commits_per_s", "#175cd3"], ["events_per_s", "#b54708"], ["restarts", "#b42318"], ["http_per_s", "#067647"]];
+  const max = Math.max(1, ...samples.flatMap(s => series.map(([k]) => s[k])));
+  for (const [k, color] of series) {
+    g.strokeStyle = color; g.beginPath();
+    samples.forEach((s, i) => { const x = i * cv.width / 600, y = cv.height - s[k] / max * (cv.height - 4); i ? g.lineTo(x, y) : g.moveTo(x, y); });
+    g.stroke();
+  }
+  document.getElementById("chart-legend").textContent = "max " + max.toFixed(1) + "/s — blue: Raft commits, orange: events, red: restarts, green: HTTP requests";
+}
+
+function procLine(p) {
+  const kill = session.can_act ? el("button", {class: "danger", onclick: () => act("/api/v1/processes/" + encodeURIComponent(p.id) + "/kill", "Kill " + p.id)}, "kill") : "";
+  return el("div", {class: "proc", "data-pid": p.id}, el("a", {href: "#process:" + p.id}, p.id), " ", p.kind, " ", p.name || p.initial, " mailbox ", p.mailbox, " ", kill,
+    ...(p.children || []).map(procLine));
+}
+
+async function tree() {
+  const t = await api("/api/v1/tree");
+  const box = document.getElementById("tree");
+  box.replaceChildren(...t.apps.map(a => el("div", {class: "app", "data-app": a.name},
+    el("h3", {}, a.name + " " + a.version + " — ", el("span", {class: a.status}, a.status),
+      " — intensity " + a.restarts_in_window + "/" + a.max_restarts + " in " + a.max_seconds + " s"),
+    a.intensity_exceeded ? el("p", {class: "exceeded"}, "intensity exceeded: " + a.failure_reason) : "",
+    ...a.children.map(c => el("div", {class: "child", "data-child": c.child},
+      el("strong", {}, c.child), " on " + (c.node || "(waiting)") + " — pid " + (c.pid || "-") + " — generation " + c.generation + " — restarts " + c.restarts,
+      ...c.history.slice(-3).map(h => el("div", {class: "restart"}, "restarted " + ago(h.at_ms) + " (was on " + h.from_node + "): " + h.reason)),
+      c.process ? procLine(Object.assign({}, c.process, {children: c.children})) : "")),
+    a.crashes.length ? el("h4", {}, "Crashes and the restarts they caused") : "",
+    ...a.crashes.slice().reverse().map(cr => el("div", {class: "crash"},
+      el("div", {}, ago(cr.time_ms) + " " + cr.pid + " on " + cr.node, el("div", {class: "restart"}, "→ restarted by its supervisor (see the tree above)")),
+      el("pre", {class: "traceback"}, cr.text))))));
+}
+
+async function processes() {
+  const q = new URLSearchParams({offset: page.offset, limit: page.limit, sort: document.getElementById("psort").value,
+    order: document.getElementById("porder").value, q: document.getElementById("pq").value});
+  const r = await api("/api/v1/processes?" + q);
+  page.total = r.total;
+  document.getElementById("pinfo").textContent = (r.total ? r.offset + 1 : 0) + "–" + (r.offset + r.items.length) + " of " + r.total +
+    " (" + r.took_ms.toFixed(0) + " ms)" + (r.missing_nodes.length ? " — no answer from " + r.missing_nodes.map(m => m.node).join(", ") : "");
+  table("processes", ["pid", "name", "app", "kind", "function", "mailbox", "handled", "memory", ""], r.items.map(p => [
+    el("a", {href: "#process:" + p.id}, p.id), p.name, p.app, p.kind, p.current_function, p.mailbox, p.handled, p.memory,
+    session.can_act ? el("button", {class: "danger", onclick: () => act("/api/v1/processes/" + encodeURIComponent(p.id) + "/kill", "Kill " + p.id)}, "kill") : ""]));
+}
+
+async function processPage(id) {
+  const p = await api("/api/v1/processes/" + encodeURIComponent(id));
+  document.getElementById("process").replaceChildren(el("h3", {}, "Process " + p.id),
+    el("pre", {}, JSON.stringify(p, null, 2)));
+}
+
+async function names() {
+  const [n, g] = await Promise.all([api("/api/v1/names"), api("/api/v1/groups")]);
+  table("names", ["name", "pid", "node"], n.names.map(x => [x.name, x.pid.id, x.node]));
+  table("groups", ["group", "members"], g.groups.map(x => [x.group, x.members.map(m => m.id).join(" ")]));
+}
+
+async function apps() {
+  const a = await api("/api/v1/apps");
+  table("apps", ["app", "version", "status", "restarts in window", "previous", "problem", ""], a.apps.map(x => [
+    x.name, x.version, el("span", {class: x.status}, x.status), x.restarts_in_window + "/" + x.max_restarts, x.previous_version || "",
+    x.failure_reason || x.upgrade_error || x.last_error,
+    session.can_act && x.status === "running" ? el("button", {class: "danger", onclick: () => act("/api/v1/apps/" + encodeURIComponent(x.name) + "/stop", "Stop " + x.name)}, "stop") : ""]));
+  const sel = document.getElementById("logapp"), keep = sel.value;
+  sel.replaceChildren(...a.apps.map(x => el("option", {}, x.name)));
+  if (keep) sel.value = keep;
+  if (sel.value) {
+    const t = await api("/api/v1/tree?app=" + encodeURIComponent(sel.value));
+    const crashes = t.apps.flatMap(x => x.crashes);
+    document.getElementById("logs").textContent = crashes.map(c => ago(c.time_ms) + " " + c.pid + "\n" + c.text).join("\n");
+  }
+}
+
+async function events() {
+  const e = await api("/api/v1/events?limit=2000");
+  table("events", ["seq", "time", "kind", "app", "node", "who", "what"], e.events.slice().reverse().map(x => [
+    x.seq, ago(x.at_ms), x.kind, x.app, x.node, x.who, el("pre", {}, x.text)]));
+}
+
+const views = {cluster, tree, processes, names, apps, events};
+let busy = false, again = false;
+async function refresh() {
+  if (busy) { again = true; return; }
+  busy = true;
+  try { await views[view](); showError(null); } catch (e) { showError(e); }
+  busy = false;
+  if (again) { again = false; refresh(); }
+}
+
+function route() {
+  const h = location.hash.slice(1) || "cluster";
+  if (h.startsWith("process:")) { view = "processes"; processPage(h.slice(8)).catch(showError); } else view = h in views ? h : "cluster";
+  for (const s of document.querySelectorAll(".view")) s.classList.toggle("active", s.id === "view-" + view);
+  for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.view === view);
+  refresh();
+}
+
+async function main() {
+  session = await api("/api/v1/session");
+  document.getElementById("who").textContent = session.who + " (" + session.role + ")";
+  document.getElementById("pfilter").addEventListener("submit", e => { e.preventDefault(); page.offset = 0; refresh(); });
+  document.getElementById("prev").addEventListener("click", () => { page.offset = Math.max(0, page.offset - page.limit); refresh(); });
+  document.getElementById("next").addEventListener("click", () => { if (page.offset + page.limit < (page.total || 0)) { page.offset += page.limit; refresh(); } });
+  document.getElementById("logapp").addEventListener("change", refresh);
+  window.addEventListener("hashchange", route);
+  const es = new EventSource("/api/v1/stream");
+  es.addEventListener("tick", () => { if (view !== "processes") refresh(); });
+  setInterval(() => { if (view === "tree" || view === "processes" || view === "cluster") refresh(); }, 1000);
+  route();
+}
+main().catch(showError);

@@ -1,0 +1,340 @@
+//! Who may use the HTTP server and how: bearer tokens or a login cookie, roles, and the
+//! Host/Origin/CSRF checks that keep a browser from being turned against the cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+pub use crate::auth::Role;
+
+impl Role {
+    /// The lowest role allowed to act from the dashboard (stop an app, kill a process).
+    pub const OPERATOR: Role = Role::Deploy;
+}
+
+
+/// Who made a request: a role and a name for the event log (never the token itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// What the request may do.
+    pub role: Role,
+    /// How events name this client.
+    pub who: String,
+}
+
+/// Maps a presented token to its principal; the controller's token roles plug in here.
+pub trait TokenRoles: Send + Sync + 'static {
+    /// The principal for `token`, or `None` when it is not accepted.
+    fn principal(&self, token: &str) -> Option<Principal>;
+}
+
+/// Compares without an early exit so timing does not leak how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A short, stable, non-reversible name for a token.
+fn token_name(role: Role, token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    format!("{role} token {}", hex::encode(&digest[..4]))
+}
+
+/// The cluster's credentials (the secret is admin; static and issued client tokens carry
+/// their own role) plus the dashboard's read-only tokens.
+pub struct ClusterTokens {
+    credentials: crate::auth::Credentials,
+    read_tokens: Vec<String>,
+}
+
+impl ClusterTokens {
+    /// Roles from `credentials`, and `read_tokens` that may only look.
+    pub fn new(credentials: crate::auth::Credentials, read_tokens: &[String]) -> Self {
+        ClusterTokens {
+            credentials,
+            read_tokens: read_tokens.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        }
+    }
+}
+
+impl TokenRoles for ClusterTokens {
+    fn principal(&self, token: &str) -> Option<Principal> {
+        match self.credentials.authenticate(token, crate::types::now_ms()) {
+            Some(crate::auth::Principal::Member) => {
+                return Some(Principal {
+                    role: Role::Admin,
+                    who: "cluster secret".to_string(),
+                })
+            }
+            Some(crate::auth::Principal::Client { role, token: id }) => {
+                let who = if id == "static" {
+                    token_name(role, token)
+                } else {
+                    format!("{role} token {id}")
+                };
+                return Some(Principal { role, who });
+            }
+            None => {}
+        }
+        // Every entry is compared, so the time taken does not say which one matched.
+        let mut found = false;
+        for t in &self.read_tokens {
+            found |= constant_time_eq(t.as_bytes(), token.as_bytes());
+        }
+        found.then(|| Principal {
+            role: Role::Read,
+            who: token_name(Role::Read, token),
+        })
+    }
+}
+
+/// Name of the HttpOnly session cookie.
+pub const SESSION_COOKIE: &str = "rebeam_session";
+/// Header a cookie-authenticated non-GET request must carry with the session's CSRF token.
+pub const CSRF_HEADER: &str = "x-rebeam-csrf";
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+const MAX_SESSIONS: usize = 10_000;
+
+/// A logged-in browser.
+#[derive(Clone)]
+struct Session {
+    principal: Principal,
+    csrf: String,
+    expires: Instant,
+}
+
+/// How a request was authenticated: cookie-borne credentials need a CSRF token on writes.
+#[derive(Clone, Debug)]
+pub struct Authenticated {
+    /// Who it is.
+    pub principal: Principal,
+    /// The session's CSRF token when authenticated by cookie.
+    pub csrf: Option<String>,
+}
+
+/// Hosts and origins the server answers to, beyond IP literals and `localhost`.
+#[derive(Clone, Debug, Default)]
+pub struct AccessPolicy {
+    /// Extra host names (without port) accepted in `Host` and `Origin`, e.g. a DNS name
+    /// an ingress forwards under; `*` accepts any (only behind a trusted proxy).
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The HTTP server's authentication state: token roles, sessions and the access policy.
+pub struct HttpAuth {
+    tokens: Arc<dyn TokenRoles>,
+    sessions: Mutex<HashMap<String, Session>>,
+    policy: AccessPolicy,
+}
+
+fn random_hex() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl HttpAuth {
+    /// Authenticates with `tokens` and answers only hosts `policy` allows.
+    pub fn new(tokens: Arc<dyn TokenRoles>, policy: AccessPolicy) -> Self {
+        HttpAuth {
+            tokens,
+            sessions: Mutex::new(HashMap::new()),
+            policy,
+        }
+    }
+
+    /// The principal for a raw token.
+    pub fn principal(&self, token: &str) -> Option<Principal> {
+        self.tokens.principal(token)
+    }
+
+    /// Starts a session for `principal`; returns the cookie value.
+    pub fn login(&self, principal: Principal) -> String {
+        let id = random_hex();
+        let now = Instant::now();
+        let mut sessions = self.sessions.lock();
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS {
+            // The oldest session makes room: a flood of logins cannot grow memory.
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+            {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                principal,
+                csrf: random_hex(),
+                expires: now + SESSION_TTL,
+            },
+        );
+        id
+    }
+
+    /// Ends the session with this cookie value.
+    pub fn logout(&self, id: &str) {
+        self.sessions.lock().remove(id);
+    }
+
+    /// Who presented these headers: a bearer token first, else the session cookie.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Option<Authenticated> {
+        if let Some(v) = headers.get(header::AUTHORIZATION) {
+            let token = v.to_str().ok()?.strip_prefix("Bearer ")?;
+            return self.principal(token.trim()).map(|principal| Authenticated {
+                principal,
+                csrf: None,
+            });
+        }
+        let id = session_cookie(headers)?;
+        let sessions = self.sessions.lock();
+        let s = sessions.get(&id).filter(|s| s.expires > Instant::now())?;
+        Some(Authenticated {
+            principal: s.principal.clone(),
+            csrf: Some(s.csrf.clone()),
+        })
+    }
+
+    /// Whether a `Host` or `Origin` host name may be answered: IP literals (a DNS
+    /// rebinding attack needs a name), `localhost`, and the configured names.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let name = strip_port(host).to_ascii_lowercase();
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<std::net::IpAddr>().is_ok() || name == "localhost" {
+            return true;
+        }
+        self.policy
+            .allowed_hosts
+            .iter()
+            .any(|h| h == "*" || h.eq_ignore_ascii_case(&name))
+    }
+}
+
+/// The session cookie's value, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// `host[:port]` or `[v6]:port` without the port.
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split_once(']')
+            .map(|(h, _)| &host[..h.len() + 2])
+            .unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Paths served without credentials: probes, the login form and the page shell (which
+/// holds no data; it asks the API, which does check).
+fn public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/login" | "/")
+}
+
+fn refuse(status: StatusCode, error: &str, message: String) -> Response {
+    (status, Json(json!({"error": error, "message": message}))).into_response()
+}
+
+/// Middleware on every route: Host and Origin checks on every method, authentication,
+/// and CSRF protection for non-GET requests made with the cookie.
+pub async fn guard(State(auth): State<Arc<HttpAuth>>, mut req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    if !auth.host_allowed(host) {
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            format!("host {host:?} is not served here; add it with --http-allowed-host"),
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let origin_host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .unwrap_or("");
+        // Same origin as the Host asked for, or an allowed name: a page elsewhere cannot
+        // drive the API with the browser's cookie or reach a loopback-only server.
+        if !(origin_host.eq_ignore_ascii_case(host)
+            || (!origin_host.is_empty() && auth.host_allowed(origin_host)))
+        {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                format!("requests from origin {origin:?} are refused"),
+            );
+        }
+    }
+    let authed = auth.authenticate(headers);
+    let path = req.uri().path().to_string();
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    match authed {
+        None if public(&path) => {}
+        None => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send `Authorization: Bearer <token>` or log in at /login".into(),
+            )
+        }
+        Some(a) => {
+            if let (false, Some(expected)) = (safe, &a.csrf) {
+                let sent = req
+                    .headers()
+                    .get(CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !constant_time_eq(sent.as_bytes(), expected.as_bytes()) {
+                    return refuse(
+                        StatusCode::FORBIDDEN,
+                        "csrf",
+                        format!("a {} with the session cookie needs the {CSRF_HEADER} header from /api/v1/session", req.method()),
+                    );
+                }
+            }
+            req.extensions_mut().insert(a);
+        }
+    }
+    next.run(req).await
+}
+
+/// Errs with 403 unless the request's principal holds at least `role`.
+pub fn require(authed: &Authenticated, role: Role) -> Result<(), Response> {
+    if authed.principal.role >= role {
+        Ok(())
+    } else {
+        Err(refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this needs the {role} role; {} has {}",
+                authed.principal.who, authed.principal.role
+            ),
+        ))
+    }
+}

@@ -1,0 +1,174 @@
+//! Asking the live nodes over their gateway service (the controller's only route to what
+//! runs on them): process lists, crash logs, kills. Answers are gathered concurrently and
+//! a node that does not answer in time is named in the reply rather than failing it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rebeam_proto::v1 as pb;
+use rebeam_proto::v1::gateway_service_client::GatewayServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::BearerInjector;
+use crate::core::Core;
+
+/// How long one node may take to answer before it is reported missing.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the live nodes answered, and which did not.
+pub struct Gathered<T> {
+    /// Answers by node id.
+    pub answers: Vec<(String, T)>,
+    /// Nodes that failed or timed out, with why.
+    pub missing: Vec<(String, String)>,
+}
+
+/// Cached channels to the nodes' gateways.
+pub struct NodeClients {
+    core: Arc<Core>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+type Client =
+    GatewayServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerInjector>>;
+
+impl NodeClients {
+    /// Clients of `core`'s live nodes, authenticated with the cluster secret.
+    pub fn new(core: Arc<Core>) -> Self {
+        NodeClients {
+            core,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, address: &str) -> Result<Client, String> {
+        let channel = {
+            let mut channels = self.channels.lock();
+            match channels.get(address) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Endpoint::from_shared(format!("http://{address}"))
+                        .map_err(|e| format!("bad node address {address:?}: {e}"))?
+                        .connect_timeout(NODE_TIMEOUT)
+                        .tcp_nodelay(true)
+                        .connect_lazy();
+                    channels.insert(address.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        Ok(GatewayServiceClient::with_interceptor(
+            channel,
+            BearerInjector::new(&self.core.config.secret),
+        )
+        .max_decoding_message_size(256 << 20))
+    }
+
+    /// Live nodes: id and gateway address.
+    pub fn live(&self) -> Vec<(String, String)> {
+        let a = self.core.shared.applied.read();
+        a.state
+            .nodes
+            .values()
+            .filter(|n| n.alive)
+            .map(|n| (n.id.clone(), n.address.clone()))
+            .collect()
+    }
+
+    /// The address of live node `node`.
+    pub fn address_of(&self, node: &str) -> Option<String> {
+        self.live()
+            .into_iter()
+            .find(|(id, _)| id == node)
+            .map(|(_, a)| a)
+    }
+
+    /// Every live node's process list.
+    pub async fn processes(&self, app: &str) -> Gathered<Vec<pb::ProcessInfo>> {
+        let calls = self.live().into_iter().map(|(id, address)| {
+            let app = app.to_string();
+            async move {
+                let r = async {
+                    let mut c = self.client(&address)?;
+                    let reply = tokio::time::timeout(
+                        NODE_TIMEOUT,
+                        c.list_processes(pb::ListProcessesRequest { app }),
+                    )
+                    .await
+                    .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
+                    .map_err(|s| s.message().to_string())?;
+                    Ok::<_, String>(reply.into_inner().processes)
+                }
+                .await;
+                (id, r)
+            }
+        });
+        gather(futures::future::join_all(calls).await)
+    }
+
+    /// The kept log entries of `app` on every live node (not followed).
+    pub async fn logs(&self, app: &str) -> Gathered<Vec<pb::LogEntry>> {
+        let calls = self.live().into_iter().map(|(id, address)| {
+            let app = app.to_string();
+            async move {
+                let r = async {
+                    let mut c = self.client(&address)?;
+                    let read = async {
+                        let mut stream = c
+                            .logs(pb::LogsRequest {
+                                app,
+                                after_seq: 0,
+                                follow: false,
+                            })
+                            .await
+                            .map_err(|s| s.message().to_string())?
+                            .into_inner();
+                        let mut out = Vec::new();
+                        while let Some(batch) = stream
+                            .message()
+                            .await
+                            .map_err(|s| s.message().to_string())?
+                        {
+                            out.extend(batch.entries);
+                        }
+                        Ok::<_, String>(out)
+                    };
+                    tokio::time::timeout(NODE_TIMEOUT, read)
+                        .await
+                        .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
+                };
+                (id, r.await)
+            }
+        });
+        gather(futures::future::join_all(calls).await)
+    }
+
+    /// Kills `pid` (untrappable) through its node.
+    pub async fn kill(&self, pid: pb::Pid) -> Result<(), String> {
+        let address = self
+            .address_of(&pid.node)
+            .ok_or_else(|| format!("node {} is not a live member", pid.node))?;
+        let mut c = self.client(&address)?;
+        tokio::time::timeout(NODE_TIMEOUT, c.kill(pb::KillRequest { pid: Some(pid) }))
+            .await
+            .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
+            .map_err(|s| s.message().to_string())?;
+        Ok(())
+    }
+}
+
+fn gather<T>(results: Vec<(String, Result<T, String>)>) -> Gathered<T> {
+    let mut g = Gathered {
+        answers: Vec::new(),
+        missing: Vec::new(),
+    };
+    for (id, r) in results {
+        match r {
+            Ok(v) => g.answers.push((id, v)),
+            Err(e) => g.missing.push((id, e)),
+        }
+    }
+    g
+}

@@ -1,0 +1,290 @@
+"""The REST API, its access rules, the event journal and /metrics on a real cluster:
+three controllers, nodes running real processes, a submitted app whose child crashes."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import rebeam
+from harness import SECRET, TOKEN, Cluster, Nodes, _cluster, scratch_dir, wait_for
+from rebeam import Global
+
+READ = "test-read-token"
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    yield from scratch_dir("rebeam-dashboard-test-")
+
+
+@pytest.fixture
+def controllers() -> Iterator[Cluster]:
+    yield from _cluster(3, ["--http-read-token", READ])
+
+
+@pytest.fixture
+def nodes(workdir: Path, controllers: Cluster) -> Iterator[Nodes]:
+    ns = Nodes(workdir, ",".join(m.api for m in controllers.members))
+    try:
+        yield ns
+    finally:
+        ns.stop()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def request(url: str, token: str | None = TOKEN, method: str = "GET",
+            headers: dict[str, str] | None = None,
+            data: bytes | None = None) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and headers of one request, whatever the status."""
+    h = dict(headers or {})
+    if token is not None:
+        h["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, method=method, headers=h, data=data)
+    try:
+        with _opener.open(req, timeout=10) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def get_json(url: str, token: str | None = TOKEN) -> object:
+    status, body, _ = request(url, token)
+    assert status == 200, (status, body[:500])
+    return json.loads(body)
+
+
+CRASHY_APP = """
+    import time
+
+    import rebeam
+
+    class Worker(rebeam.GenServer):
+        def init(self):
+            # The name of the previous life is released once its node reported the exit.
+            for _ in range(100):
+                try:
+                    rebeam.register_global("worker", rebeam.self_pid())
+                    return
+                except rebeam.Error:
+                    time.sleep(0.05)
+            rebeam.register_global("worker", rebeam.self_pid())
+
+        def handle_call(self, request, sender):
+            if request == "crash":
+                raise ValueError("dashboard-test-boom")
+            return "ok"
+
+    class Root(rebeam.Supervisor):
+        strategy = "one_for_one"
+
+        def children(self):
+            return [rebeam.child(Worker, name="worker")]
+"""
+
+
+def submit_crashy(controllers: Cluster, root: Path) -> None:
+    app = root / "crashy-app"
+    (app / "crashy").mkdir(parents=True)
+    (app / "crashy" / "__init__.py").write_text("")
+    (app / "crashy" / "tree.py").write_text(textwrap.dedent(CRASHY_APP))
+    (app / "rebeam.toml").write_text(textwrap.dedent("""
+        [app]
+        name = "crashy"
+        version = "1.0.0"
+        max_restarts = 10
+        max_seconds = 60
+
+        [[children]]
+        start = "crashy.tree:Root"
+        name = "root"
+    """))
+    with controllers.client(token=TOKEN) as client:
+        client.submit(app)
+
+
+SPAWNER = """
+    import rebeam
+
+    def idle():
+        rebeam.receive()
+
+    def main():
+        for _ in range({n}):
+            rebeam.spawn(idle)
+        print("spawned", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+
+def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir: Path) -> None:
+    http = f"http://{controllers.members[0].http}"
+    for name in ("a", "b", "c"):
+        nodes.start(name, SPAWNER.format(n=300)).wait_output("spawned")
+
+    # Access: nothing without a token; a read token reads but cannot act.
+    assert request(f"{http}/api/v1/cluster", token=None)[0] == 401
+    assert request(f"{http}/api/v1/cluster", token="wrong")[0] == 401
+    cluster = get_json(f"{http}/api/v1/cluster", READ)
+    assert isinstance(cluster, dict) and len(cluster["controllers"]) == 3
+    assert {c["voter"] for c in cluster["controllers"]} == {True}
+    session = get_json(f"{http}/api/v1/session", READ)
+    assert session == {"who": session["who"], "role": "read", "can_act": False, "csrf": None}
+
+    # DNS rebinding and cross-site requests are refused on every method.
+    assert request(f"{http}/api/v1/cluster", headers={"Host": "evil.example:80"})[0] == 421
+    for method in ("GET", "POST", "DELETE"):
+        status, _, _ = request(f"{http}/api/v1/apps/x/stop", method=method,
+                               headers={"Origin": "http://evil.example"})
+        assert status == 403, method
+
+    # Processes from every node, paged, sorted and filtered on the server.
+    def all_listed() -> dict[str, object] | None:
+        page = get_json(f"{http}/api/v1/processes?limit=100")
+        assert isinstance(page, dict)
+        return page if page["total"] >= 900 and not page["missing_nodes"] else None
+
+    first = wait_for("every node's processes", all_listed)
+    assert isinstance(first, dict) and len(first["items"]) == 100
+    second = get_json(f"{http}/api/v1/processes?limit=100&offset=100")
+    assert isinstance(second, dict)
+    ids = {p["id"] for p in first["items"]} | {p["id"] for p in second["items"]}
+    assert len(ids) == 200
+    only_b = get_json(f"{http}/api/v1/processes?limit=1000&node=b&sort=pid&order=desc")
+    assert isinstance(only_b, dict) and {p["node"] for p in only_b["items"]} == {"b"}
+    serials = [int(p["id"].rsplit(".", 1)[1]) for p in only_b["items"]]
+    assert serials == sorted(serials, reverse=True)
+    assert request(f"{http}/api/v1/processes?sort=nonsense")[0] == 400
+    assert request(f"{http}/api/v1/processes?limit=0")[0] == 400
+
+    # A crash in a submitted app: its traceback and the restart show up in the tree.
+    submit_crashy(controllers, workdir)
+    with controllers.client(token=TOKEN) as client:
+        wait_for("the worker", lambda: client.whereis("worker"))
+        old = client.whereis("worker")
+        assert old is not None
+    # Nodes' gateways take the cluster secret (the harness gives them no client token).
+    with controllers.client(token=SECRET) as client, pytest.raises(rebeam.Exit):
+        client.call(Global("worker"), "crash")
+    old_id = f"{old.node}.{old.incarnation}.{old.serial}"
+
+    def crash_in_tree() -> dict[str, object] | None:
+        tree = get_json(f"{http}/api/v1/tree?app=crashy")
+        assert isinstance(tree, dict)
+        app = tree["apps"][0]
+        crashes = [c for c in app["crashes"] if "dashboard-test-boom" in c["text"]]
+        workers = [p["id"] for p in app["children"][0]["children"] if "Worker" in p["initial"]]
+        restarted = workers and old_id not in workers
+        return app if restarted and crashes and "Traceback" in crashes[0]["text"] else None
+
+    app = wait_for("the crash traceback in the tree", crash_in_tree,
+                   on_timeout=lambda: json.dumps(get_json(f"{http}/api/v1/tree?app=crashy"))[:4000])
+    assert isinstance(app, dict) and app["children"][0]["child"] == "root"
+
+    # Kill: refused to the read token, allowed to an operator, recorded with who did it.
+    victim = only_b["items"][0]["id"]
+    status, body, _ = request(f"{http}/api/v1/processes/{victim}/kill", READ, method="POST")
+    assert status == 403, body
+    status, body, _ = request(f"{http}/api/v1/processes/{victim}/kill", method="POST")
+    assert status == 200, body
+
+    def gone() -> bool:
+        return request(f"{http}/api/v1/processes/{victim}")[0] == 404
+
+    wait_for("the killed process to be gone", gone)
+
+    # Cookie login: HttpOnly + SameSite=Strict; writes need the CSRF header.
+    status, _, headers = request(f"{http}/login", token=None, method="POST",
+                                 data=f"token={TOKEN}".encode(),
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    cookie = headers.get("set-cookie") or headers.get("Set-Cookie") or ""
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+    jar = {"Cookie": cookie.split(";")[0]}
+    me = json.loads(request(f"{http}/api/v1/session", token=None, headers=jar)[1])
+    assert me["role"] == "deploy" and me["csrf"]
+    assert request(f"{http}/api/v1/apps/crashy/stop", token=None, method="POST", headers=jar)[0] == 403
+    status, body, _ = request(f"{http}/api/v1/apps/crashy/stop", token=None, method="POST",
+                              headers={**jar, "x-rebeam-csrf": me["csrf"]})
+    assert status == 200, body
+
+    # Events: restart, kill and stop, with who; the same on every member, and after
+    # the whole controller group restarted from disk.
+    def journal(i: int = 0) -> list[dict[str, object]]:
+        e = get_json(f"http://{controllers.members[i].http}/api/v1/events?limit=2000", READ)
+        assert isinstance(e, dict)
+        return list(e["events"])
+
+    def complete() -> list[dict[str, object]] | None:
+        ev = journal()
+        texts = " ".join(str(e["text"]) for e in ev)
+        ok = f"killed process {victim}" in texts and "stopped app crashy" in texts
+        return ev if ok else None
+
+    events = wait_for("the operator actions in the journal", complete)
+    assert isinstance(events, list)
+    kinds = {e["kind"] for e in events}
+    assert {"node", "placement", "app", "operator"} <= kinds, kinds
+    ops = [e for e in events if e["kind"] == "operator"]
+    assert all(e["who"] and e["who"] != "cluster" and TOKEN not in str(e["who"]) for e in ops)
+    wait_for("the journal on every member",
+             lambda: all(journal(i)[: len(events)] == events for i in (1, 2)))
+
+    # /metrics: parsed by Prometheus' own parser, counters move.
+    def scrape() -> dict[str, float]:
+        status, body, _ = request(f"{http}/metrics")
+        assert status == 200
+        out = {}
+        for fam in text_string_to_metric_families(body.decode()):
+            for s in fam.samples:
+                out[s.name + json.dumps(s.labels, sort_keys=True)] = s.value
+        return out
+
+    before = scrape()
+    assert before['rebeam_nodes{"status": "alive"}'] == 3
+    get_json(f"{http}/api/v1/cluster")
+    after = scrape()
+    ok_2xx = 'rebeam_http_requests_total{"code": "2xx"}'
+    assert after[ok_2xx] > before[ok_2xx]
+    assert after['rebeam_events_total'] >= len(events)
+    assert request(f"{http}/metrics", token=None)[0] == 401
+
+    controllers.stop()
+    controllers.start()
+    restarted = wait_for("the journal after a full restart",
+                         lambda: journal()[: len(events)] == events and journal())
+    assert restarted
+
+
+def test_rest_api_fuzzed_from_its_openapi_document(controllers: Cluster, nodes: Nodes) -> None:
+    """schemathesis drives every documented operation with generated input: never a 5xx,
+    and answers match the document. Actions run with a read token (refused, 403) so the
+    fuzzer cannot stop the cluster under itself."""
+    import subprocess
+
+    nodes.start("a", SPAWNER.format(n=20)).wait_output("spawned")
+    http = f"http://{controllers.members[0].http}"
+    spec = get_json(f"{http}/api/v1/openapi.json")
+    assert isinstance(spec, dict) and spec["openapi"].startswith("3.")
+    run = subprocess.run(
+        ["st", "run", f"{http}/api/v1/openapi.json", "-H", f"Authorization: Bearer {READ}",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance",
+         "--max-examples", "25", "--request-timeout", "10", "--phases", "examples,fuzzing",
+         "--url", http],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
