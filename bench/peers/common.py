@@ -196,7 +196,7 @@ def cpu_work(loop: int) -> int:
 
 def scaling_workload(rates_1: list[float], rates_2: list[float], jobs: int, notes: str) -> Workload:
     """`cpu_scaling`: per repeat, jobs/s with two cores over jobs/s with one."""
-    factors = [two / one for one, two in zip(rates_1, rates_2)]
+    factors = [two / one for one, two in zip(rates_1, rates_2, strict=True)]
     detail = (f"; jobs/s with 1 core {statistics.median(rates_1):.1f}, with 2 cores "
               f"{statistics.median(rates_2):.1f}")
     return value_workload("cpu_scaling", "x", "higher", factors, jobs * 2 * len(factors), 0,

@@ -8,6 +8,7 @@ the nodes, and merges the numbers into the Re:BEAM result file.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import tempfile
@@ -20,15 +21,21 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
+import rebeam  # noqa: E402
 from common import (  # noqa: E402
+    PAYLOAD,
     Sizes,
     Workload,
+    check,
+    cpu_work,
+    guarded,
     latency_workload,
     parse_args,
+    scaling_workload,
     sizes_for,
     value_workload,
 )
-from harness import TOKEN, Node, _cluster, wait_for  # noqa: E402
+from harness import TOKEN, DevNode, Node, _cluster, wait_for  # noqa: E402
 
 SERVER = """
     import rebeam
@@ -112,6 +119,63 @@ CALLER = """
                 time.sleep(0.001)
 
     rebeam.run(main)
+"""
+
+
+CPU_WORKER = """
+    import rebeam
+
+    class CpuWorker(rebeam.GenServer):
+        def handle_cast(self, request):
+            _, loop, reply_to, i = request
+            rebeam.send(reply_to, ("done", i, cpu_work(loop)))
+"""
+
+CPU_REMOTE = CPU_WORKER + """
+    def main():
+        for i in range({half}):
+            rebeam.register_global(f"bench-cpu-{{i}}", rebeam.spawn(CpuWorker))
+        print("cpu workers ready", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+CPU_DRIVER = CPU_WORKER + """
+    import json, time
+
+    def run(workers):
+        me = rebeam.self_pid()
+        t0 = time.perf_counter()
+        for i in range({jobs}):
+            rebeam.cast(workers[i % len(workers)], ("job", {loop}, me, i))
+        results = [rebeam.receive(lambda m: isinstance(m, tuple) and m[0] == "done", timeout=600)
+                   for _ in range({jobs})]
+        rate = {jobs} / (time.perf_counter() - t0)
+        assert sorted(r[1] for r in results) == list(range({jobs}))
+        assert {{r[2] for r in results}} == {{cpu_work({loop})}}
+        return rate
+
+    def main():
+        local = [rebeam.spawn(CpuWorker) for _ in range({actors})]
+        remote = [rebeam.whereis_global(f"bench-cpu-{{i}}") for i in range({half})]
+        assert all(p is not None and p.node != rebeam.self_pid().node for p in remote), remote
+        run(local)  # warm-up
+        one, two = [], []
+        for _ in range({repeats}):
+            one.append(run(local))
+            two.append(run(local[:{half}] + remote))
+        print("RESULT " + json.dumps({{"one": one, "two": two}}), flush=True)
+
+    rebeam.run(main)
+"""
+
+CLIENT_APP = """
+    import rebeam
+
+    class Echo(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            return request[1]
 """
 
 
@@ -199,6 +263,75 @@ def failover(root: Path, cluster: Any, s: Sizes) -> Workload:
                           "call to it on the other node (default timings: lease 1 s)")
 
 
+def cpu_scaling(root: Path, api: str, s: Sizes) -> Workload:
+    """The same CPU-bound jobs over many workers, all on one node (one interpreter: one core),
+    then half of them on a second node on this machine (two interpreters: two cores)."""
+    # The job itself is common.cpu_work, the same function the Python peers run.
+    helper = "\n    " + "\n    ".join(inspect.getsource(cpu_work).splitlines()) + "\n"
+    half = s.cpu_actors // 2
+    remote = Node("cpu-b", root / "cpu-b", api,
+                  script(root, "cpu_remote", helper + CPU_REMOTE.format(half=half))).start()
+    driver = None
+    try:
+        remote.wait_output("cpu workers ready", timeout=60)
+        text = helper + CPU_DRIVER.format(jobs=s.cpu_jobs, loop=s.cpu_loop, actors=s.cpu_actors,
+                                          half=half, repeats=s.repeats)
+        driver = Node("cpu-a", root / "cpu-a", api, script(root, "cpu_driver", text)).start()
+        code = driver.wait_exit(timeout=900)
+        out = driver.output()
+        line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+        if code != 0 or line is None:
+            raise RuntimeError(f"the CPU driver failed ({code}):\n{out[-2000:]}")
+        result = json.loads(line[len("RESULT "):])
+    finally:
+        remote.stop()
+        if driver is not None:
+            driver.stop()
+    return scaling_workload(
+        result["one"], result["two"], s.cpu_jobs,
+        f"{s.cpu_jobs} pure-Python jobs ({s.cpu_loop} loop steps each) cast to {s.cpu_actors} "
+        f"GenServers on one node (one interpreter), then to {half} there and {half} on a second "
+        "node on this machine; results sent back to the driver process")
+
+
+def client_calls(root: Path, s: Sizes) -> Workload:
+    """`rebeam.connect` to a dev node from this (outside) process: calls to a global server."""
+    app = root / "client-app"
+    app.mkdir()
+    (app / "echoapp.py").write_text(textwrap.dedent(CLIENT_APP))
+    (app / "rebeam.toml").write_text(textwrap.dedent("""
+        [app]
+        name = "bench-client"
+        version = "1.0.0"
+
+        [[children]]
+        start = "echoapp:Echo"
+        name = "bench-client-echo"
+        global = true
+    """))
+    node = DevNode("bench-dev", root / "dev", controllers="").start()
+    try:
+        with rebeam.connect(node.url, token=TOKEN) as client:
+            client.submit(app, wait=60)
+            message = ("echo", PAYLOAD)
+            for _ in range(s.call_warmup):
+                client.call("bench-client-echo", message)
+            runs = []
+            for _ in range(s.repeats):
+                samples = []
+                for _ in range(s.client_calls):
+                    t0 = time.perf_counter_ns()
+                    reply = client.call("bench-client-echo", message)
+                    samples.append((time.perf_counter_ns() - t0) / 1000)
+                    check(reply == PAYLOAD, "client echo reply")
+                runs.append(samples)
+    finally:
+        node.stop()
+    return latency_workload("client_call_rtt", "us", runs, s.call_warmup,
+                            "rebeam.connect(dev node).call(global name, payload) from a Python "
+                            "process outside the cluster, one connection reused, sequential")
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
     s = sizes_for(args.mode)
@@ -206,10 +339,13 @@ def main() -> None:
     gen = _cluster(1)
     cluster = next(gen)
     try:
-        work = call_and_oneway(root, ",".join(m.api for m in cluster.members), s)
+        api = ",".join(m.api for m in cluster.members)
+        work = call_and_oneway(root, api, s)
         work.append(failover(root, cluster, s))
+        work.append(guarded("cpu_scaling", "x", "higher", lambda: cpu_scaling(root, api, s)))
     finally:
         gen.close()
+    work.append(guarded("client_call_rtt", "us", "lower", lambda: client_calls(root, s)))
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {"workloads": []}
     names = {w.name for w in work}
@@ -219,7 +355,8 @@ def main() -> None:
         "cross-node workloads: two nodes and a one-member controller on loopback")
     out.write_text(json.dumps(doc, indent=2) + "\n")
     for w in work:
-        print(f"  rebeam           {w.name:20} {w.median:>12.4g} {w.unit}")
+        shown = "-" if w.median is None else f"{w.median:.4g}"
+        print(f"  rebeam           {w.name:20} {shown:>12} {w.unit} {w.status}")
 
 
 if __name__ == "__main__":
