@@ -50,6 +50,9 @@ class Sizes:
     cpu_actors: int = 8
     cpu_loop: int = 200_000
     client_calls: int = 1_000
+    pipeline_items: int = 10_000
+    pipeline_workers: int = 4  # per worker node
+    pipeline_loop: int = 2_000
 
 
 QUICK = Sizes(
@@ -71,6 +74,7 @@ QUICK = Sizes(
     idle_servers=200_000,
     cpu_jobs=32,
     client_calls=500,
+    pipeline_items=2_000,
 )
 
 FULL = Sizes(
@@ -100,7 +104,8 @@ def scaled(sizes: Sizes, factor: float, **fixed: int) -> Sizes:
     values: dict[str, int] = {}
     for key, value in asdict(sizes).items():
         if key in ("repeats", "m2m_senders", "m2m_receivers", "failover_repeats", "chain_servers",
-                   "idle_servers", "cpu_jobs", "cpu_actors", "cpu_loop"):
+                   "idle_servers", "cpu_jobs", "cpu_actors", "cpu_loop", "pipeline_items",
+                   "pipeline_workers", "pipeline_loop"):
             values[key] = value
         else:
             values[key] = max(1, int(value * factor))
@@ -201,6 +206,34 @@ def scaling_workload(rates_1: list[float], rates_2: list[float], jobs: int, note
               f"{statistics.median(rates_2):.1f}")
     return value_workload("cpu_scaling", "x", "higher", factors, jobs * 2 * len(factors), 0,
                           notes + detail)
+
+
+# The app-like pipeline: item i is a job of `pipeline_loop` steps whose worker crashes on its
+# first attempt when i % PIPELINE_CRASH_EVERY == PIPELINE_CRASH_AT; one worker node is killed
+# once half of the items reached the aggregator.
+PIPELINE_CRASH_EVERY = 50
+PIPELINE_CRASH_AT = 7
+
+
+def pipeline_value(item: int, loop: int) -> int:
+    """What the aggregator must receive for `item`."""
+    return cpu_work(loop) + item
+
+
+def pipeline_workloads(n: int, elapsed: float, counts: dict[int, int], notes: str) -> list[Workload]:
+    """`app_pipeline` (items/s), `app_lost` and `app_duplicated` from the aggregator's counts."""
+    lost = sum(1 for i in range(n) if counts.get(i, 0) == 0)
+    dup = sum(c - 1 for c in counts.values() if c > 1)
+    crashes = sum(1 for i in range(n) if i % PIPELINE_CRASH_EVERY == PIPELINE_CRASH_AT)
+    notes = (f"{n} items, {crashes} of them crash their worker on the first attempt, one worker "
+             f"node killed (SIGKILL) at half-way; {notes}")
+    return [
+        value_workload("app_pipeline", "items/s", "higher", [(n - lost) / elapsed], n, 0, notes),
+        value_workload("app_lost", "items", "lower", [float(lost)], n, 0,
+                       "items that never reached the aggregator"),
+        value_workload("app_duplicated", "items", "lower", [float(dup)], n, 0,
+                       "extra deliveries of an item to the aggregator"),
+    ]
 
 
 def call_rate_from(rtt: Workload) -> Workload:

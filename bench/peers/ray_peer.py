@@ -31,6 +31,7 @@ from common import (  # noqa: E402
     Workload,
     call_rate_from,
     check,
+    cpu_work,
     exit_on_sigterm,
     guarded,
     involved_pids,
@@ -38,6 +39,7 @@ from common import (  # noqa: E402
     pkg_version,
     proc_table,
     scaled,
+    scaling_workload,
     sizes_for,
     status_workload,
     tree_pss_kib,
@@ -47,6 +49,7 @@ from common import (  # noqa: E402
 )
 
 CLUSTER_WORKLOADS = (
+    ("client_call_rtt", "us", "lower"),
     ("cross_node_rtt", "us", "lower"),
     ("cross_node_oneway", "msgs/s", "higher"),
     ("failover", "ms", "lower"),
@@ -82,6 +85,12 @@ class Counter:
 class Idle:
     def ready(self) -> bool:
         return True
+
+
+@ray.remote(num_cpus=1)
+class CpuWorker:
+    def work(self, loop: int) -> int:
+        return cpu_work(loop)
 
 
 @ray.remote
@@ -232,6 +241,44 @@ def many_to_many(s: Sizes) -> Workload:
     )
 
 
+def cpu_scaling(s: Sizes) -> Workload:
+    """CPU-bound jobs in actors that reserve a CPU each (num_cpus=1): Ray places one such actor
+    per CPU, so ray.init(num_cpus=1) runs them on one, num_cpus=2 on two."""
+    expected = cpu_work(s.cpu_loop)
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for cpus in (1, 2):
+        ray.init(address="local", _node_ip_address="127.0.0.2", num_cpus=cpus)
+        try:
+            actors = [CpuWorker.remote() for _ in range(cpus)]
+
+            def run(actors: list[Any] = actors) -> float:
+                t0 = time.perf_counter()
+                refs = [actors[i % len(actors)].work.remote(s.cpu_loop) for i in range(s.cpu_jobs)]
+                check(set(ray.get(refs)) == {expected}, "cpu results")
+                return s.cpu_jobs / (time.perf_counter() - t0)
+
+            run()  # warm-up (and the actors' start-up)
+            rates[cpus] = [run() for _ in range(s.repeats)]
+        finally:
+            ray.shutdown()
+    return scaling_workload(rates[1], rates[2], s.cpu_jobs,
+                            f"{s.cpu_jobs} pure-Python jobs over actors declared num_cpus=1 (one per "
+                            "CPU: Ray places no more), ray.init(num_cpus=1) then num_cpus=2")
+
+
+def client_calls(address: str, s: Sizes) -> Workload:
+    """Ray client (ray://) from this process to the head's client server: calls to an actor."""
+    ray.init(f"ray://{address}")
+    try:
+        echo = Echo.remote()
+        rtt = call_rtt(echo, scaled(s, 1, calls=s.client_calls), "client_call_rtt")
+        rtt.notes = ("Ray client: ray.init('ray://head') from a process outside the cluster, "
+                     "ray.get(actor.ping.remote(payload)), sequential")
+        return rtt
+    finally:
+        ray.shutdown()
+
+
 # ---------------------------------------------------------------- two nodes on loopback
 
 
@@ -275,7 +322,7 @@ class RayNode:
                 pass
 
 
-def cluster(s: Sizes, port: int, out: list[Workload]) -> None:
+def cluster(s: Sizes, port: int, out: list[Workload]) -> None:  # noqa: C901 - one sequence
     """Head on 127.0.0.2, second node on 127.0.0.3 (both loopback); the driver attaches to the
     head. Appends to `out` as results come."""
     # Ray rewrites 127.0.0.1 to the machine's interface address; other 127/8 addresses are
@@ -285,8 +332,10 @@ def cluster(s: Sizes, port: int, out: list[Workload]) -> None:
     if not (Path.home() / ".ray" / "auth_token").exists() and "RAY_AUTH_TOKEN" not in os.environ:
         subprocess.run([RAY_BIN, "get-auth-token", "--generate"], check=True, capture_output=True)
     nodes: list[RayNode] = []
+    client_port = free_port()
     try:
-        nodes.append(RayNode(head_ip, ["--head", f"--port={port}", "--include-dashboard=false"]))
+        nodes.append(RayNode(head_ip, ["--head", f"--port={port}", "--include-dashboard=false",
+                                       f"--ray-client-server-port={client_port}"]))
         nodes.append(RayNode(second_ip, [f"--address={address}"]))
         ray.init(address=address, _node_ip_address=head_ip)
         head_id = ray.get_runtime_context().get_node_id()
@@ -334,6 +383,9 @@ def cluster(s: Sizes, port: int, out: list[Workload]) -> None:
             "process of that node; time until a call answers from the actor restarted on the "
             "head (default health-check timings). Node start-up excluded",
         ))
+        ray.shutdown()
+        out.append(guarded("client_call_rtt", "us", "lower",
+                           lambda: client_calls(f"{head_ip}:{client_port}", s)))
     finally:
         ray.shutdown()
         for n in nodes:
@@ -376,6 +428,7 @@ def main() -> None:
         work.append(guarded("many_to_many", "msgs/s", "higher", lambda: many_to_many(s)))
     finally:
         ray.shutdown()
+    work.append(guarded("cpu_scaling", "x", "higher", lambda: cpu_scaling(s)))
     if args.no_cluster:
         for name, unit, better in CLUSTER_WORKLOADS:
             work.append(status_workload(name, unit, better, "skipped", "--no-cluster"))
