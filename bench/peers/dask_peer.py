@@ -8,14 +8,18 @@ the client (this process, outside the cluster) calls them directly. The workers 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import time
 from typing import Any
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, wait
 
 from common import (
     PAYLOAD,
+    PIPELINE_CRASH_AT,
+    PIPELINE_CRASH_EVERY,
     Sizes,
     Workload,
     call_rate_from,
@@ -24,6 +28,8 @@ from common import (
     exit_on_sigterm,
     guarded,
     latency_workload,
+    pipeline_value,
+    pipeline_workloads,
     pkg_version,
     scaled,
     scaling_workload,
@@ -59,6 +65,38 @@ class Idle:
 class CpuWorker:
     def work(self, loop: int) -> int:
         return cpu_work(loop)
+
+
+class Aggregator:
+    def __init__(self, loop: int) -> None:
+        self.loop = loop
+        self.counts: dict[int, int] = {}
+        self.wrong = 0
+        self.attempted: set[int] = set()
+
+    def add(self, item: int, value: int) -> None:
+        self.counts[item] = self.counts.get(item, 0) + 1
+        self.wrong += value != pipeline_value(item, self.loop)
+
+    def first_attempt(self, item: int) -> bool:
+        first = item not in self.attempted
+        self.attempted.add(item)
+        return first
+
+    def distinct(self) -> int:
+        return len(self.counts)
+
+    def result(self) -> tuple[dict[int, int], int]:
+        return self.counts, self.wrong
+
+
+def pipe_task(item: int, agg: Any, loop: int) -> int:
+    """One item of the pipeline, as a Dask task: retried on an exception (``retries``) and
+    rescheduled when its worker dies."""
+    if item % PIPELINE_CRASH_EVERY == PIPELINE_CRASH_AT and agg.first_attempt(item).result():
+        raise RuntimeError(f"task crashes on item {item}")
+    agg.add(item, pipeline_value(item, loop)).result()
+    return item
 
 
 def local_cluster(workers: int) -> LocalCluster:
@@ -173,6 +211,41 @@ def cpu_scaling(s: Sizes) -> Workload:
                             "over both)")
 
 
+def pipeline(s: Sizes) -> list[Workload]:
+    """The app-like workload: the client submits every item as a task (retries=3) over two
+    worker processes; tasks send results to an aggregator actor on the first worker; the
+    second worker process is SIGKILLed at half-way (its nanny starts a new one)."""
+    n = s.pipeline_items
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        first, second = sorted(client.scheduler_info()["workers"])
+        agg = client.submit(Aggregator, s.pipeline_loop, actor=True, workers=[first]).result()
+        victim = client.run(os.getpid, workers=[second])[second]
+        t0 = time.perf_counter()
+        futures = [client.submit(pipe_task, i, agg, s.pipeline_loop, retries=3, pure=False)
+                   for i in range(n)]
+        deadline, killed, end = t0 + 180, False, None
+        while time.perf_counter() < deadline:
+            distinct = agg.distinct().result()
+            if not killed and distinct >= n // 2:
+                os.kill(victim, signal.SIGKILL)
+                killed = True
+            if distinct >= n:
+                end = time.perf_counter()
+                break
+            time.sleep(0.005)
+        elapsed = (end or time.perf_counter()) - t0
+        wait(futures, timeout=max(1.0, deadline - time.perf_counter()))
+        time.sleep(0.5)  # late duplicates still count
+        counts, wrong = agg.result().result()
+        check(wrong == 0 and killed, "aggregated values, worker killed")
+    return pipeline_workloads(
+        n, elapsed, counts,
+        "the client submits every item as a task (retries=3) to a LocalCluster of 2 worker "
+        "processes (the 'nodes', with nannies); each task sends its result to an aggregator "
+        "actor on the first worker and waits for it; a crash is an exception in the task; the "
+        "killed worker process is started again by its nanny")
+
+
 def main() -> None:
     exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__)
@@ -202,6 +275,10 @@ def main() -> None:
         work.append(guarded("client_call_rtt", "us", "lower",
                             lambda: call_rtt(client, s, "client_call_rtt")))
     work.append(guarded("cpu_scaling", "x", "higher", lambda: cpu_scaling(s)))
+    try:
+        work.extend(pipeline(s))
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON
+        work.append(status_workload("app_pipeline", "items/s", "higher", "error", repr(exc)))
     version = pkg_version("distributed")
     write_result(
         args.out, "dask", f"Dask {version} actors", version, args.mode, started, work,

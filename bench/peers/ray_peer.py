@@ -27,6 +27,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noq
 
 from common import (  # noqa: E402
     PAYLOAD,
+    PIPELINE_CRASH_AT,
+    PIPELINE_CRASH_EVERY,
     Sizes,
     Workload,
     call_rate_from,
@@ -36,6 +38,8 @@ from common import (  # noqa: E402
     guarded,
     involved_pids,
     latency_workload,
+    pipeline_value,
+    pipeline_workloads,
     pkg_version,
     proc_table,
     scaled,
@@ -91,6 +95,43 @@ class Idle:
 class CpuWorker:
     def work(self, loop: int) -> int:
         return cpu_work(loop)
+
+
+@ray.remote
+class Aggregator:
+    def __init__(self, loop: int) -> None:
+        self.loop = loop
+        self.counts: dict[int, int] = {}
+        self.wrong = 0
+        self.attempted: set[int] = set()
+
+    def add(self, item: int, value: int) -> None:
+        self.counts[item] = self.counts.get(item, 0) + 1
+        self.wrong += value != pipeline_value(item, self.loop)
+
+    def first_attempt(self, item: int) -> bool:
+        first = item not in self.attempted
+        self.attempted.add(item)
+        return first
+
+    def distinct(self) -> int:
+        return len(self.counts)
+
+    def result(self) -> tuple[dict[int, int], int]:
+        return self.counts, self.wrong
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1)
+class PipeWorker:
+    def __init__(self, agg: Any, loop: int) -> None:
+        self.agg, self.loop = agg, loop
+
+    def process(self, item: int) -> int:
+        if item % PIPELINE_CRASH_EVERY == PIPELINE_CRASH_AT and ray.get(
+                self.agg.first_attempt.remote(item)):
+            os._exit(1)  # a raise would not restart a Ray actor: its process must die
+        self.agg.add.remote(item, pipeline_value(item, self.loop))
+        return item
 
 
 @ray.remote
@@ -279,6 +320,50 @@ def client_calls(address: str, s: Sizes) -> Workload:
         ray.shutdown()
 
 
+def pipeline(s: Sizes, head_id: str, node2: str, second: Any) -> list[Workload]:
+    """The app-like workload: the driver feeds restartable worker actors spread over both
+    nodes, which send results to an aggregator actor on the head; the second node is killed
+    at half-way (its actors restart on the head, their calls retried)."""
+    n = s.pipeline_items
+    agg = Aggregator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        head_id, soft=False)).remote(s.pipeline_loop)
+    workers = [PipeWorker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node, soft=True)).remote(agg, s.pipeline_loop)
+        for node in (head_id, node2) for _ in range(s.pipeline_workers)]
+    ray.get([w.process.remote(-1) for w in workers])  # started (item -1 is never counted)
+    t0 = time.perf_counter()
+    refs = [workers[i % len(workers)].process.remote(i) for i in range(n)]
+    deadline, killed, end = t0 + 180, False, None
+    while time.perf_counter() < deadline:
+        distinct = ray.get(agg.distinct.remote()) - 1  # minus the warm-up item
+        if not killed and distinct >= n // 2:
+            second.kill()
+            killed = True
+        if distinct >= n:
+            end = time.perf_counter()
+            break
+        time.sleep(0.005)
+    elapsed = (end or time.perf_counter()) - t0
+    for ref in refs:  # every call retried to its end (or failed for good)
+        try:
+            ray.get(ref, timeout=max(1.0, deadline - time.perf_counter()))
+        except Exception:  # noqa: BLE001 - a lost item shows in the aggregator's counts
+            continue
+    time.sleep(0.5)  # late duplicates still count
+    counts, wrong = ray.get(agg.result.remote())
+    check(wrong == 0 and killed, "aggregated values, node killed")
+    counts.pop(-1, None)
+    for a in [agg, *workers]:
+        ray.kill(a)
+    return pipeline_workloads(
+        n, elapsed, counts,
+        f"the driver submits every item at once to {len(workers)} worker actors (max_restarts=-1, "
+        "max_task_retries=-1), half on each node (soft affinity), each sends its result to an "
+        "aggregator actor on the head; a crash is os._exit in the worker (a raise would not "
+        "restart a Ray actor); the killed node is not started again (its actors restart on the "
+        "head)")
+
+
 # ---------------------------------------------------------------- two nodes on loopback
 
 
@@ -383,6 +468,11 @@ def cluster(s: Sizes, port: int, out: list[Workload]) -> None:  # noqa: C901 - o
             "process of that node; time until a call answers from the actor restarted on the "
             "head (default health-check timings). Node start-up excluded",
         ))
+        try:
+            nodes.append(RayNode(second_ip, [f"--address={address}"]))
+            out.extend(pipeline(s, head_id, second_node_id(), nodes[-1]))
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON
+            out.append(status_workload("app_pipeline", "items/s", "higher", "error", repr(exc)))
         ray.shutdown()
         out.append(guarded("client_call_rtt", "us", "lower",
                            lambda: client_calls(f"{head_ip}:{client_port}", s)))
