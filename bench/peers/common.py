@@ -50,7 +50,7 @@ class Sizes:
     cpu_actors: int = 8
     cpu_loop: int = 200_000
     client_calls: int = 1_000
-    pipeline_items: int = 10_000
+    pipeline_items: int = 5_000
     pipeline_workers: int = 4  # per worker node
     pipeline_loop: int = 2_000
 

@@ -243,7 +243,8 @@ def pipeline(s: Sizes) -> list[Workload]:
         "the client submits every item as a task (retries=3) to a LocalCluster of 2 worker "
         "processes (the 'nodes', with nannies); each task sends its result to an aggregator "
         "actor on the first worker and waits for it; a crash is an exception in the task; the "
-        "killed worker process is started again by its nanny")
+        "killed worker process is started again by its nanny; items not at the aggregator 180 s "
+        "after the start count as lost")
 
 
 def main() -> None:
@@ -257,7 +258,7 @@ def main() -> None:
     quick = args.mode == "quick"
     s = scaled(base, 0.1 if quick else 0.05, spawn=50 if quick else 200,
                oneway=300 if quick else 1_000, oneway_warmup=30,
-               fanout_actors=200 if quick else 1_000, crash_repeats=0)
+               fanout_actors=200 if quick else 1_000, crash_repeats=0, pipeline_items=2_000)
     dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"})
     started = time.time()
     work: list[Workload] = []

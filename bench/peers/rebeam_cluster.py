@@ -483,7 +483,7 @@ def pipeline(root: Path, api: str, s: Sizes) -> list[Workload]:
     pool = helper + PIPE_POOL.format(every=PIPELINE_CRASH_EVERY, at=PIPELINE_CRASH_AT,
                                      loop=s.pipeline_loop, workers=s.pipeline_workers)
     driver_text = helper + PIPE_DRIVER.format(loop=s.pipeline_loop, items=s.pipeline_items,
-                                              deadline=120, all_workers=2 * s.pipeline_workers)
+                                              deadline=180, all_workers=2 * s.pipeline_workers)
     driver = Node("pipe-a", root / "pipe-a", api, script(root, "pipe_driver", driver_text)).start()
     workers: list[Node] = []
     try:
@@ -509,7 +509,8 @@ def pipeline(root: Path, api: str, s: Sizes) -> list[Workload]:
         f"a dispatcher GenServer hands items to {s.pipeline_workers} supervised workers on each "
         "of 2 worker nodes (one_for_one pools), re-dispatching the item of a worker that went "
         "down (monitor); workers cast results to an aggregator GenServer; the killed node is "
-        "started again at once; a controller, the driver node and both worker nodes on loopback")
+        "started again at once; a controller, the driver node and both worker nodes on loopback; "
+        "items not at the aggregator 180 s after the start count as lost")
 
 
 def main() -> None:
