@@ -43,6 +43,16 @@ class Sizes:
     cross_calls: int
     cross_oneway: int
     failover_repeats: int
+    chain_servers: int = 1_000
+    chain_laps: int = 20
+    idle_servers: int = 1_000_000
+    cpu_jobs: int = 64
+    cpu_actors: int = 8
+    cpu_loop: int = 200_000
+    client_calls: int = 1_000
+    pipeline_items: int = 5_000
+    pipeline_workers: int = 4  # per worker node
+    pipeline_loop: int = 2_000
 
 
 QUICK = Sizes(
@@ -60,6 +70,11 @@ QUICK = Sizes(
     cross_calls=1_000,
     cross_oneway=20_000,
     failover_repeats=1,
+    chain_laps=10,
+    idle_servers=200_000,
+    cpu_jobs=32,
+    client_calls=500,
+    pipeline_items=2_000,
 )
 
 FULL = Sizes(
@@ -88,7 +103,9 @@ def scaled(sizes: Sizes, factor: float, **fixed: int) -> Sizes:
     """Sizes scaled down by `factor` for slow peers (counts only; at least 1), with overrides."""
     values: dict[str, int] = {}
     for key, value in asdict(sizes).items():
-        if key in ("repeats", "m2m_senders", "m2m_receivers", "failover_repeats"):
+        if key in ("repeats", "m2m_senders", "m2m_receivers", "failover_repeats", "chain_servers",
+                   "idle_servers", "cpu_jobs", "cpu_actors", "cpu_loop", "pipeline_items",
+                   "pipeline_workers", "pipeline_loop"):
             values[key] = value
         else:
             values[key] = max(1, int(value * factor))
@@ -172,6 +189,51 @@ def value_workload(
 
 def status_workload(name: str, unit: str, better: str, status: str, notes: str) -> Workload:
     return Workload(name=name, unit=unit, better=better, status=status, notes=notes)
+
+
+def cpu_work(loop: int) -> int:
+    """The CPU-bound job of the `cpu_scaling` workload: pure Python, holds the GIL throughout."""
+    total = 0
+    for i in range(loop):
+        total += i * i % 7
+    return total
+
+
+def scaling_workload(rates_1: list[float], rates_2: list[float], jobs: int, notes: str) -> Workload:
+    """`cpu_scaling`: per repeat, jobs/s with two cores over jobs/s with one."""
+    factors = [two / one for one, two in zip(rates_1, rates_2, strict=True)]
+    detail = (f"; jobs/s with 1 core {statistics.median(rates_1):.1f}, with 2 cores "
+              f"{statistics.median(rates_2):.1f}")
+    return value_workload("cpu_scaling", "x", "higher", factors, jobs * 2 * len(factors), 0,
+                          notes + detail)
+
+
+# The app-like pipeline: item i is a job of `pipeline_loop` steps whose worker crashes on its
+# first attempt when i % PIPELINE_CRASH_EVERY == PIPELINE_CRASH_AT; one worker node is killed
+# once half of the items reached the aggregator.
+PIPELINE_CRASH_EVERY = 50
+PIPELINE_CRASH_AT = 7
+
+
+def pipeline_value(item: int, loop: int) -> int:
+    """What the aggregator must receive for `item`."""
+    return cpu_work(loop) + item
+
+
+def pipeline_workloads(n: int, elapsed: float, counts: dict[int, int], notes: str) -> list[Workload]:
+    """`app_pipeline` (items/s), `app_lost` and `app_duplicated` from the aggregator's counts."""
+    lost = sum(1 for i in range(n) if counts.get(i, 0) == 0)
+    dup = sum(c - 1 for c in counts.values() if c > 1)
+    crashes = sum(1 for i in range(n) if i % PIPELINE_CRASH_EVERY == PIPELINE_CRASH_AT)
+    notes = (f"{n} items, {crashes} of them crash their worker on the first attempt, one worker "
+             f"node killed (SIGKILL) at half-way; {notes}")
+    return [
+        value_workload("app_pipeline", "items/s", "higher", [(n - lost) / elapsed], n, 0, notes),
+        value_workload("app_lost", "items", "lower", [float(lost)], n, 0,
+                       "items that never reached the aggregator"),
+        value_workload("app_duplicated", "items", "lower", [float(dup)], n, 0,
+                       "extra deliveries of an item to the aggregator"),
+    ]
 
 
 def call_rate_from(rtt: Workload) -> Workload:

@@ -20,6 +20,7 @@ from common import (
     latency_workload,
     parse_args,
     scaled,
+    scaling_workload,
     sizes_for,
     status_workload,
     value_workload,
@@ -41,6 +42,9 @@ SPEC: dict[str, tuple[str, str]] = {
     "cross_node_rtt": ("us", "lower"),
     "cross_node_oneway": ("msgs/s", "higher"),
     "failover": ("ms", "lower"),
+    "chain_1000": ("hops/s", "higher"),
+    "idle_servers_spawn": ("s", "lower"),
+    "idle_servers_memory": ("KiB", "lower"),
 }
 
 
@@ -63,6 +67,11 @@ def notes_for(s: Sizes) -> dict[str, str]:
         "(timer starts before /bin/kill is spawned, ~1 ms); a standby process on this node "
         "(monitor_node) starts it here and registers it globally; time until a call by global "
         "name answers from this node. Peer node start-up excluded",
+        "chain_1000": f"one message passed along {s.chain_servers} gen_servers by gen_server:cast, "
+        f"the last sends it back; {s.chain_laps} laps one after another, one warm-up lap excluded",
+        "idle_servers_spawn": f"{s.idle_servers:,} idle gen_server:start (erl +P 2000000); "
+        "time to start them all",
+        "idle_servers_memory": f"{s.idle_servers:,} idle gen_servers: VmRSS growth of beam.smp",
     }
 
 
@@ -76,10 +85,11 @@ def run_erlang(s: Sizes, timeout: float) -> tuple[list[str], str]:
     args = [
         s.repeats, s.call_warmup, s.calls, s.oneway_warmup, s.oneway, s.spawn, s.crash_repeats,
         s.fanout_actors, s.m2m_senders, s.m2m_receivers, s.m2m_per_pair, s.cross_calls,
-        s.cross_oneway, s.failover_repeats,
+        s.cross_oneway, s.failover_repeats, s.chain_servers, s.chain_laps, s.idle_servers,
+        s.cpu_jobs, s.cpu_actors, s.cpu_loop,
     ]
     cmd = [
-        erl, "-sname", f"rbbench{os.getpid()}", "-setcookie", cookie, "-noshell",
+        erl, "-sname", f"rbbench{os.getpid()}", "-setcookie", cookie, "-noshell", "+P", "2000000",
         "-kernel", "inet_dist_use_interface", "{127,0,0,1}", "-pa", str(BUILD),
         "-run", "rebeam_bench", "main", *[str(a) for a in args], str(BUILD), cookie,
     ]
@@ -117,8 +127,11 @@ def kill_leftovers(cookie: str) -> None:
 def parse(lines: list[str], s: Sizes) -> list[Workload]:
     lat: dict[str, list[list[float]]] = {}
     vals: dict[str, list[tuple[float, int]]] = {}
+    cpu: list[tuple[float, float]] = []
     for line in lines:
         parts = line.split()
+        if len(parts) == 4 and parts[0] == "CPU":
+            cpu.append((float(parts[1]), float(parts[2])))
         if len(parts) >= 2 and parts[0] == "LAT":
             lat.setdefault(parts[1], []).append([float(x) for x in parts[2:]])
         elif len(parts) == 4 and parts[0] == "VAL":
@@ -140,6 +153,13 @@ def parse(lines: list[str], s: Sizes) -> list[Workload]:
             out.append(value_workload(name, unit, better, values, sum(n for _, n in vals[name]), warm, note))
         else:
             out.append(status_workload(name, unit, better, "error", "no result printed"))
+    if cpu:
+        out.append(scaling_workload(
+            [a for a, _ in cpu], [b for _, b in cpu], s.cpu_jobs,
+            f"{s.cpu_jobs} jobs (an Erlang loop of {s.cpu_loop} steps, the same arithmetic as the "
+            f"Python job) over {s.cpu_actors} processes; schedulers_online 1, then 2, same VM"))
+    else:
+        out.append(status_workload("cpu_scaling", "x", "higher", "error", "no result printed"))
     return out
 
 
@@ -148,7 +168,7 @@ def main() -> None:
     args = parse_args(__doc__ or "")
     # Erlang is fast: ten times the message counts so each timed run lasts long enough to measure.
     base = sizes_for(args.mode)
-    s = scaled(base, 10, fanout_actors=1_000, crash_repeats=base.crash_repeats,
+    s = scaled(base, 10, fanout_actors=1_000, crash_repeats=base.crash_repeats, cpu_loop=base.cpu_loop * 20,
                failover_repeats=base.failover_repeats)
     started = time.time()
     lines, version = run_erlang(s, timeout=600)

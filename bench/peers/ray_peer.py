@@ -27,17 +27,23 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noq
 
 from common import (  # noqa: E402
     PAYLOAD,
+    PIPELINE_CRASH_AT,
+    PIPELINE_CRASH_EVERY,
     Sizes,
     Workload,
     call_rate_from,
     check,
+    cpu_work,
     exit_on_sigterm,
     guarded,
     involved_pids,
     latency_workload,
+    pipeline_value,
+    pipeline_workloads,
     pkg_version,
     proc_table,
     scaled,
+    scaling_workload,
     sizes_for,
     status_workload,
     tree_pss_kib,
@@ -47,6 +53,7 @@ from common import (  # noqa: E402
 )
 
 CLUSTER_WORKLOADS = (
+    ("client_call_rtt", "us", "lower"),
     ("cross_node_rtt", "us", "lower"),
     ("cross_node_oneway", "msgs/s", "higher"),
     ("failover", "ms", "lower"),
@@ -82,6 +89,49 @@ class Counter:
 class Idle:
     def ready(self) -> bool:
         return True
+
+
+@ray.remote(num_cpus=1)
+class CpuWorker:
+    def work(self, loop: int) -> int:
+        return cpu_work(loop)
+
+
+@ray.remote
+class Aggregator:
+    def __init__(self, loop: int) -> None:
+        self.loop = loop
+        self.counts: dict[int, int] = {}
+        self.wrong = 0
+        self.attempted: set[int] = set()
+
+    def add(self, item: int, value: int) -> None:
+        self.counts[item] = self.counts.get(item, 0) + 1
+        self.wrong += value != pipeline_value(item, self.loop)
+
+    def first_attempt(self, item: int) -> bool:
+        first = item not in self.attempted
+        self.attempted.add(item)
+        return first
+
+    def distinct(self) -> int:
+        return len(self.counts)
+
+    def result(self) -> tuple[dict[int, int], int]:
+        return self.counts, self.wrong
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1)
+class PipeWorker:
+    def __init__(self, agg: Any, loop: int) -> None:
+        self.agg, self.loop = agg, loop
+
+    def process(self, item: int) -> int:
+        if item % PIPELINE_CRASH_EVERY == PIPELINE_CRASH_AT and ray.get(
+                self.agg.first_attempt.remote(item)):
+            os._exit(1)  # a raise would not restart a Ray actor: its process must die
+        self.agg.add.remote(item, pipeline_value(item, self.loop))
+        return item
 
 
 @ray.remote
@@ -232,6 +282,85 @@ def many_to_many(s: Sizes) -> Workload:
     )
 
 
+def cpu_scaling(s: Sizes) -> Workload:
+    """CPU-bound jobs in actors that reserve a CPU each (num_cpus=1): Ray places one such actor
+    per CPU, so ray.init(num_cpus=1) runs them on one, num_cpus=2 on two."""
+    expected = cpu_work(s.cpu_loop)
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for cpus in (1, 2):
+        ray.init(address="local", _node_ip_address="127.0.0.2", num_cpus=cpus)
+        try:
+            actors = [CpuWorker.remote() for _ in range(cpus)]
+
+            def run(actors: list[Any] = actors) -> float:
+                t0 = time.perf_counter()
+                refs = [actors[i % len(actors)].work.remote(s.cpu_loop) for i in range(s.cpu_jobs)]
+                check(set(ray.get(refs)) == {expected}, "cpu results")
+                return s.cpu_jobs / (time.perf_counter() - t0)
+
+            run()  # warm-up (and the actors' start-up)
+            rates[cpus] = [run() for _ in range(s.repeats)]
+        finally:
+            ray.shutdown()
+    return scaling_workload(rates[1], rates[2], s.cpu_jobs,
+                            f"{s.cpu_jobs} pure-Python jobs over actors declared num_cpus=1 (one per "
+                            "CPU: Ray places no more), ray.init(num_cpus=1) then num_cpus=2")
+
+
+def client_calls(address: str, s: Sizes) -> Workload:
+    """Ray client (ray://) from this process to the head's client server: calls to an actor."""
+    ray.init(f"ray://{address}")
+    try:
+        echo = Echo.remote()
+        rtt = call_rtt(echo, scaled(s, 1, calls=s.client_calls), "client_call_rtt")
+        rtt.notes = ("Ray client: ray.init('ray://head') from a process outside the cluster, "
+                     "ray.get(actor.ping.remote(payload)), sequential")
+        return rtt
+    finally:
+        ray.shutdown()
+
+
+def pipeline(s: Sizes, head_id: str, node2: str, second: Any) -> list[Workload]:
+    """The app-like workload: the driver feeds restartable worker actors spread over both
+    nodes, which send results to an aggregator actor on the head; the second node is killed
+    at half-way (its actors restart on the head, their calls retried)."""
+    n = s.pipeline_items
+    agg = Aggregator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        head_id, soft=False)).remote(s.pipeline_loop)
+    workers = [PipeWorker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node, soft=True)).remote(agg, s.pipeline_loop)
+        for node in (head_id, node2) for _ in range(s.pipeline_workers)]
+    ray.get([w.process.remote(-1) for w in workers])  # started (item -1 is never counted)
+    t0 = time.perf_counter()
+    refs = [workers[i % len(workers)].process.remote(i) for i in range(n)]
+    deadline, killed, end = t0 + 180, False, None
+    while time.perf_counter() < deadline:
+        distinct = ray.get(agg.distinct.remote()) - 1  # minus the warm-up item
+        if not killed and distinct >= n // 2:
+            second.kill()
+            killed = True
+        if distinct >= n:
+            end = time.perf_counter()
+            break
+        time.sleep(0.005)
+    elapsed = (end or time.perf_counter()) - t0
+    # Every call retried to its end (or failed for good); a lost item shows in the counts.
+    ray.wait(refs, num_returns=len(refs), timeout=max(1.0, deadline - time.perf_counter()))
+    time.sleep(0.5)  # late duplicates still count
+    counts, wrong = ray.get(agg.result.remote())
+    check(wrong == 0 and killed, "aggregated values, node killed")
+    counts.pop(-1, None)
+    for a in [agg, *workers]:
+        ray.kill(a)
+    return pipeline_workloads(
+        n, elapsed, counts,
+        f"the driver submits every item at once to {len(workers)} worker actors (max_restarts=-1, "
+        "max_task_retries=-1), half on each node (soft affinity), each sends its result to an "
+        "aggregator actor on the head; a crash is os._exit in the worker (a raise would not "
+        "restart a Ray actor); the killed node is not started again (its actors restart on the "
+        "head); items not at the aggregator 180 s after the start count as lost")
+
+
 # ---------------------------------------------------------------- two nodes on loopback
 
 
@@ -275,7 +404,7 @@ class RayNode:
                 pass
 
 
-def cluster(s: Sizes, port: int, out: list[Workload]) -> None:
+def cluster(s: Sizes, port: int, out: list[Workload]) -> None:  # noqa: C901 - one sequence
     """Head on 127.0.0.2, second node on 127.0.0.3 (both loopback); the driver attaches to the
     head. Appends to `out` as results come."""
     # Ray rewrites 127.0.0.1 to the machine's interface address; other 127/8 addresses are
@@ -285,8 +414,10 @@ def cluster(s: Sizes, port: int, out: list[Workload]) -> None:
     if not (Path.home() / ".ray" / "auth_token").exists() and "RAY_AUTH_TOKEN" not in os.environ:
         subprocess.run([RAY_BIN, "get-auth-token", "--generate"], check=True, capture_output=True)
     nodes: list[RayNode] = []
+    client_port = free_port()
     try:
-        nodes.append(RayNode(head_ip, ["--head", f"--port={port}", "--include-dashboard=false"]))
+        nodes.append(RayNode(head_ip, ["--head", f"--port={port}", "--include-dashboard=false",
+                                       f"--ray-client-server-port={client_port}"]))
         nodes.append(RayNode(second_ip, [f"--address={address}"]))
         ray.init(address=address, _node_ip_address=head_ip)
         head_id = ray.get_runtime_context().get_node_id()
@@ -334,6 +465,14 @@ def cluster(s: Sizes, port: int, out: list[Workload]) -> None:
             "process of that node; time until a call answers from the actor restarted on the "
             "head (default health-check timings). Node start-up excluded",
         ))
+        try:
+            nodes.append(RayNode(second_ip, [f"--address={address}"]))
+            out.extend(pipeline(s, head_id, second_node_id(), nodes[-1]))
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON
+            out.append(status_workload("app_pipeline", "items/s", "higher", "error", repr(exc)))
+        ray.shutdown()
+        out.append(guarded("client_call_rtt", "us", "lower",
+                           lambda: client_calls(f"{head_ip}:{client_port}", s)))
     finally:
         ray.shutdown()
         for n in nodes:
@@ -352,7 +491,7 @@ def main() -> None:
     # Each call costs ~0.7 ms and each actor is a process (~80 MB, seconds to start).
     s = scaled(base, 0.2 if quick else 0.1, spawn=4 if quick else 8, fanout_actors=8 if quick else 16,
                crash_repeats=3 if quick else 5, failover_repeats=base.failover_repeats,
-               repeats=base.repeats)
+               repeats=base.repeats, pipeline_items=2_000)
     started = time.time()
     version = pkg_version("ray")
     work: list[Workload] = []
@@ -376,6 +515,7 @@ def main() -> None:
         work.append(guarded("many_to_many", "msgs/s", "higher", lambda: many_to_many(s)))
     finally:
         ray.shutdown()
+    work.append(guarded("cpu_scaling", "x", "higher", lambda: cpu_scaling(s)))
     if args.no_cluster:
         for name, unit, better in CLUSTER_WORKLOADS:
             work.append(status_workload(name, unit, better, "skipped", "--no-cluster"))

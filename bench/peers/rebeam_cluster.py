@@ -8,6 +8,7 @@ the nodes, and merges the numbers into the Re:BEAM result file.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import tempfile
@@ -20,15 +21,25 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
+import rebeam  # noqa: E402
 from common import (  # noqa: E402
+    PAYLOAD,
+    PIPELINE_CRASH_AT,
+    PIPELINE_CRASH_EVERY,
     Sizes,
     Workload,
+    check,
+    cpu_work,
+    guarded,
     latency_workload,
     parse_args,
+    pipeline_workloads,
+    scaling_workload,
     sizes_for,
+    status_workload,
     value_workload,
 )
-from harness import TOKEN, Node, _cluster, wait_for  # noqa: E402
+from harness import TOKEN, DevNode, Node, _cluster, wait_for  # noqa: E402
 
 SERVER = """
     import rebeam
@@ -110,6 +121,202 @@ CALLER = """
                     return
             except rebeam.Error:
                 time.sleep(0.001)
+
+    rebeam.run(main)
+"""
+
+
+CPU_WORKER = """
+    import rebeam
+
+    class CpuWorker(rebeam.GenServer):
+        def handle_cast(self, request):
+            _, loop, reply_to, i = request
+            rebeam.send(reply_to, ("done", i, cpu_work(loop)))
+"""
+
+CPU_REMOTE = CPU_WORKER + """
+    def main():
+        for i in range({half}):
+            rebeam.register_global(f"bench-cpu-{{i}}", rebeam.spawn(CpuWorker))
+        print("cpu workers ready", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+CPU_DRIVER = CPU_WORKER + """
+    import json, time
+
+    def run(workers):
+        me = rebeam.self_pid()
+        t0 = time.perf_counter()
+        for i in range({jobs}):
+            rebeam.cast(workers[i % len(workers)], ("job", {loop}, me, i))
+        results = [rebeam.receive(lambda m: isinstance(m, tuple) and m[0] == "done", timeout=600)
+                   for _ in range({jobs})]
+        rate = {jobs} / (time.perf_counter() - t0)
+        assert sorted(r[1] for r in results) == list(range({jobs}))
+        assert {{r[2] for r in results}} == {{cpu_work({loop})}}
+        return rate
+
+    def main():
+        local = [rebeam.spawn(CpuWorker) for _ in range({actors})]
+        remote = [rebeam.whereis_global(f"bench-cpu-{{i}}") for i in range({half})]
+        assert all(p is not None and p.node != rebeam.self_pid().node for p in remote), remote
+        run(local)  # warm-up
+        one, two = [], []
+        for _ in range({repeats}):
+            one.append(run(local))
+            two.append(run(local[:{half}] + remote))
+        print("RESULT " + json.dumps({{"one": one, "two": two}}), flush=True)
+
+    rebeam.run(main)
+"""
+
+CLIENT_APP = """
+    import rebeam
+
+    class Echo(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            return request[1]
+"""
+
+
+PIPE_POOL = """
+    import rebeam
+
+    class Worker(rebeam.GenServer):
+        \"\"\"Announces itself to the dispatcher, runs one item at a time, sends the result to
+        the aggregator; a crash takes it down and its supervisor starts a fresh one.\"\"\"
+
+        def init(self):
+            self.agg = self.dispatch = None
+            rebeam.send(rebeam.self_pid(), "announce")
+
+        def handle_info(self, message):
+            if message == "announce":
+                self.agg = rebeam.whereis_global("pipe-agg")
+                self.dispatch = rebeam.whereis_global("pipe-dispatch")
+                if self.agg is None or self.dispatch is None:
+                    rebeam.send_after(0.05, rebeam.self_pid(), "announce")
+                    return
+                rebeam.cast(self.dispatch, ("ready", rebeam.self_pid()))
+
+        def handle_cast(self, request):
+            _, item, attempt = request
+            if item % {every} == {at} and attempt == 1:
+                raise RuntimeError(f"worker crashes on item {{item}}")
+            rebeam.cast(self.agg, ("result", item, cpu_work({loop}) + item))
+            rebeam.cast(self.dispatch, ("done", item, rebeam.self_pid()))
+
+    class Pool(rebeam.Supervisor):
+        max_restarts = 1_000_000
+        max_seconds = 1
+
+        def children(self):
+            return [rebeam.child(Worker, id=i) for i in range({workers})]
+
+    def main():
+        rebeam.spawn_link(Pool)
+        print("pool ready", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+PIPE_DRIVER = """
+    import collections, json, time
+    import rebeam
+
+    class Aggregator(rebeam.GenServer):
+        def init(self):
+            self.counts = collections.Counter()
+            self.wrong = 0
+
+        def handle_cast(self, request):
+            _, item, value = request
+            self.counts[item] += 1
+            self.wrong += value != cpu_work({loop}) + item
+
+        def handle_call(self, request, sender):
+            if request == "distinct":
+                return len(self.counts), self.wrong
+            return dict(self.counts)
+
+    class Dispatcher(rebeam.GenServer):
+        \"\"\"Hands items to idle workers; an item whose worker goes down is handed out again.\"\"\"
+
+        def init(self):
+            self.pending = collections.deque()
+            self.idle = collections.deque()
+            self.running = {{}}
+            self.attempts = collections.Counter()
+            self.watched = set()
+
+        def handle_cast(self, request):
+            if request[0] == "item":
+                self.pending.append(request[1])
+            elif request[0] == "ready":
+                worker = request[1]
+                if worker not in self.watched:
+                    self.watched.add(worker)
+                    rebeam.monitor(worker)
+                self.idle.append(worker)
+            elif request[0] == "done":
+                self.running.pop(request[2], None)
+                self.idle.append(request[2])
+            self.dispatch()
+
+        def handle_info(self, message):
+            if isinstance(message, rebeam.Down):
+                self.watched.discard(message.pid)
+                if message.pid in self.idle:
+                    self.idle.remove(message.pid)
+                item = self.running.pop(message.pid, None)
+                if item is not None:
+                    self.pending.appendleft(item)
+                self.dispatch()
+
+        def dispatch(self):
+            while self.pending and self.idle:
+                worker, item = self.idle.popleft(), self.pending.popleft()
+                self.attempts[item] += 1
+                self.running[worker] = item
+                rebeam.cast(worker, ("run", item, self.attempts[item]))
+
+        def handle_call(self, request, sender):
+            return len(self.idle)
+
+    def main():
+        agg, dispatch = rebeam.spawn(Aggregator), rebeam.spawn(Dispatcher)
+        rebeam.register_global("pipe-agg", agg)
+        rebeam.register_global("pipe-dispatch", dispatch)
+        print("driver ready", flush=True)
+        ready = time.monotonic() + 60
+        while rebeam.call(dispatch, "idle") < {all_workers}:  # every worker announced itself
+            assert time.monotonic() < ready, "workers did not announce themselves"
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        for i in range({items}):
+            rebeam.cast(dispatch, ("item", i))
+        half = False
+        deadline = t0 + {deadline}
+        end = None
+        while time.perf_counter() < deadline:
+            distinct, wrong = rebeam.call(agg, "distinct")
+            if not half and distinct >= {items} // 2:
+                half = True
+                print("HALF", flush=True)
+            if distinct >= {items}:
+                end = time.perf_counter()
+                break
+            time.sleep(0.005)
+        elapsed = (end or time.perf_counter()) - t0
+        time.sleep(0.5)  # late duplicates still count
+        counts = rebeam.call(agg, "counts")
+        print("RESULT " + json.dumps({{"elapsed": elapsed, "counts": counts, "wrong": wrong}}),
+              flush=True)
 
     rebeam.run(main)
 """
@@ -199,6 +406,113 @@ def failover(root: Path, cluster: Any, s: Sizes) -> Workload:
                           "call to it on the other node (default timings: lease 1 s)")
 
 
+def cpu_scaling(root: Path, api: str, s: Sizes) -> Workload:
+    """The same CPU-bound jobs over many workers, all on one node (one interpreter: one core),
+    then half of them on a second node on this machine (two interpreters: two cores)."""
+    # The job itself is common.cpu_work, the same function the Python peers run.
+    helper = "\n    " + "\n    ".join(inspect.getsource(cpu_work).splitlines()) + "\n"
+    half = s.cpu_actors // 2
+    remote = Node("cpu-b", root / "cpu-b", api,
+                  script(root, "cpu_remote", helper + CPU_REMOTE.format(half=half))).start()
+    driver = None
+    try:
+        remote.wait_output("cpu workers ready", timeout=60)
+        text = helper + CPU_DRIVER.format(jobs=s.cpu_jobs, loop=s.cpu_loop, actors=s.cpu_actors,
+                                          half=half, repeats=s.repeats)
+        driver = Node("cpu-a", root / "cpu-a", api, script(root, "cpu_driver", text)).start()
+        code = driver.wait_exit(timeout=900)
+        out = driver.output()
+        line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+        if code != 0 or line is None:
+            raise RuntimeError(f"the CPU driver failed ({code}):\n{out[-2000:]}")
+        result = json.loads(line[len("RESULT "):])
+    finally:
+        remote.stop()
+        if driver is not None:
+            driver.stop()
+    return scaling_workload(
+        result["one"], result["two"], s.cpu_jobs,
+        f"{s.cpu_jobs} pure-Python jobs ({s.cpu_loop} loop steps each) cast to {s.cpu_actors} "
+        f"GenServers on one node (one interpreter), then to {half} there and {half} on a second "
+        "node on this machine; results sent back to the driver process")
+
+
+def client_calls(root: Path, s: Sizes) -> Workload:
+    """`rebeam.connect` to a dev node from this (outside) process: calls to a global server."""
+    app = root / "client-app"
+    app.mkdir()
+    (app / "echoapp.py").write_text(textwrap.dedent(CLIENT_APP))
+    (app / "rebeam.toml").write_text(textwrap.dedent("""
+        [app]
+        name = "bench-client"
+        version = "1.0.0"
+
+        [[children]]
+        start = "echoapp:Echo"
+        name = "bench-client-echo"
+        global = true
+    """))
+    node = DevNode("bench-dev", root / "dev", controllers="").start()
+    try:
+        with rebeam.connect(node.url, token=TOKEN) as client:
+            client.submit(app, wait=60)
+            message = ("echo", PAYLOAD)
+            for _ in range(s.call_warmup):
+                client.call("bench-client-echo", message)
+            runs = []
+            for _ in range(s.repeats):
+                samples = []
+                for _ in range(s.client_calls):
+                    t0 = time.perf_counter_ns()
+                    reply = client.call("bench-client-echo", message)
+                    samples.append((time.perf_counter_ns() - t0) / 1000)
+                    check(reply == PAYLOAD, "client echo reply")
+                runs.append(samples)
+    finally:
+        node.stop()
+    return latency_workload("client_call_rtt", "us", runs, s.call_warmup,
+                            "rebeam.connect(dev node).call(global name, payload) from a Python "
+                            "process outside the cluster, one connection reused, sequential")
+
+
+def pipeline(root: Path, api: str, s: Sizes) -> list[Workload]:
+    """The app-like workload: a producer and a dispatcher on node a feed supervised pools of
+    workers on nodes w1 and w2; results go to an aggregator on node a. w2 is killed at
+    half-way and started again (as a service manager would)."""
+    helper = "\n    " + "\n    ".join(inspect.getsource(cpu_work).splitlines()) + "\n"
+    pool = helper + PIPE_POOL.format(every=PIPELINE_CRASH_EVERY, at=PIPELINE_CRASH_AT,
+                                     loop=s.pipeline_loop, workers=s.pipeline_workers)
+    driver_text = helper + PIPE_DRIVER.format(loop=s.pipeline_loop, items=s.pipeline_items,
+                                              deadline=180, all_workers=2 * s.pipeline_workers)
+    driver = Node("pipe-a", root / "pipe-a", api, script(root, "pipe_driver", driver_text)).start()
+    workers: list[Node] = []
+    try:
+        driver.wait_output("driver ready", timeout=60)
+        pool_script = script(root, "pipe_pool", pool)
+        workers = [Node(n, root / n, api, pool_script).start() for n in ("pipe-w1", "pipe-w2")]
+        driver.wait_output("HALF", timeout=180)
+        workers[1].kill9()
+        workers.append(Node("pipe-w2", root / "pipe-w2-again", api, pool_script).start())
+        code = driver.wait_exit(timeout=300)
+        out = driver.output()
+        line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+        if code != 0 or line is None:
+            raise RuntimeError(f"the pipeline driver failed ({code}):\n{out[-2000:]}")
+        result = json.loads(line[len("RESULT "):])
+    finally:
+        for n in [driver, *workers]:
+            n.stop()
+    check(result["wrong"] == 0, "aggregated values")
+    counts = {int(k): v for k, v in result["counts"].items()}
+    return pipeline_workloads(
+        s.pipeline_items, result["elapsed"], counts,
+        f"a dispatcher GenServer hands items to {s.pipeline_workers} supervised workers on each "
+        "of 2 worker nodes (one_for_one pools), re-dispatching the item of a worker that went "
+        "down (monitor); workers cast results to an aggregator GenServer; the killed node is "
+        "started again at once; a controller, the driver node and both worker nodes on loopback; "
+        "items not at the aggregator 180 s after the start count as lost")
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
     s = sizes_for(args.mode)
@@ -206,10 +520,18 @@ def main() -> None:
     gen = _cluster(1)
     cluster = next(gen)
     try:
-        work = call_and_oneway(root, ",".join(m.api for m in cluster.members), s)
+        api = ",".join(m.api for m in cluster.members)
+        work = call_and_oneway(root, api, s)
         work.append(failover(root, cluster, s))
+        work.append(guarded("cpu_scaling", "x", "higher", lambda: cpu_scaling(root, api, s)))
+        try:
+            work.extend(pipeline(root, api, s))
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON
+            print(f"[app_pipeline] error: {exc!r}", file=sys.stderr)
+            work.append(status_workload("app_pipeline", "items/s", "higher", "error", repr(exc)))
     finally:
         gen.close()
+    work.append(guarded("client_call_rtt", "us", "lower", lambda: client_calls(root, s)))
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {"workloads": []}
     names = {w.name for w in work}
@@ -219,7 +541,8 @@ def main() -> None:
         "cross-node workloads: two nodes and a one-member controller on loopback")
     out.write_text(json.dumps(doc, indent=2) + "\n")
     for w in work:
-        print(f"  rebeam           {w.name:20} {w.median:>12.4g} {w.unit}")
+        shown = "-" if w.median is None else f"{w.median:.4g}"
+        print(f"  rebeam           {w.name:20} {shown:>12} {w.unit} {w.status}")
 
 
 if __name__ == "__main__":

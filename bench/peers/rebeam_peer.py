@@ -60,6 +60,19 @@ class Crashy(rebeam.GenServer):
         raise RuntimeError("crash on purpose")
 
 
+class Hop(rebeam.GenServer):
+    """One server of the chain: passes each message on to the next (the last to the origin)."""
+
+    def init(self, after: Any) -> None:
+        self.after = after
+
+    def handle_cast(self, request: Any) -> None:
+        if self.after is None:
+            rebeam.send(request[1], ("lap", request[2]))
+        else:
+            rebeam.cast(self.after, request)
+
+
 class Root(rebeam.Supervisor):
     max_restarts = 1_000_000
     max_seconds = 1
@@ -211,6 +224,59 @@ def many_to_many(s: Sizes) -> Workload:
                           f"{s.m2m_senders} sender processes x {s.m2m_receivers} counters")
 
 
+def chain(s: Sizes) -> Workload:
+    rates = []
+    for _ in range(s.repeats):
+        def run() -> float:
+            me = rebeam.self_pid()
+            hops: list[Any] = []
+            after = None
+            for _ in range(s.chain_servers):
+                after = rebeam.spawn(Hop, after)
+                hops.append(after)
+            first = hops[-1]
+            rebeam.cast(first, ("hop", me, PAYLOAD))  # warm-up lap, excluded
+            rebeam.receive(lambda m: isinstance(m, tuple) and m[0] == "lap", timeout=60)
+            t0 = time.perf_counter()
+            for _ in range(s.chain_laps):
+                rebeam.cast(first, ("hop", me, PAYLOAD))
+                lap = rebeam.receive(lambda m: isinstance(m, tuple) and m[0] == "lap", timeout=60)
+                check(lap[1] == PAYLOAD, "payload through the chain")
+            elapsed = time.perf_counter() - t0
+            for h in hops:
+                rebeam.exit(h, "kill")
+            return s.chain_servers * s.chain_laps / elapsed
+
+        rates.append(in_process(run))
+    return value_workload("chain_1000", "hops/s", "higher", rates,
+                          s.chain_servers * s.chain_laps * s.repeats, s.chain_servers,
+                          f"one message passed along {s.chain_servers} GenServers by rebeam.cast, "
+                          f"the last sends it back; {s.chain_laps} laps one after another, one "
+                          "warm-up lap excluded")
+
+
+def idle_servers(s: Sizes) -> list[Workload]:
+    gc.collect()
+    before = tree_rss_kib()
+    t0 = time.perf_counter()
+    pids = [rebeam.spawn(Idle) for _ in range(s.idle_servers)]
+    elapsed = time.perf_counter() - t0
+    grown = tree_rss_kib() - before
+    check(all(rebeam.is_alive(p) for p in pids[:: max(1, len(pids) // 1000)]), "idle servers alive")
+    for p in pids:
+        rebeam.exit(p, "kill")
+    n = s.idle_servers
+    note = f"{n:,} idle GenServers on one node" + (
+        " (quick mode: fewer than the 1,000,000 of full mode)" if n < 1_000_000 else "")
+    return [
+        value_workload("idle_servers_spawn", "s", "lower", [elapsed], n, 0,
+                       note + ": time to spawn them all (each spawn returns after init)"),
+        value_workload("idle_servers_memory", "KiB", "lower", [float(grown)], n, 0,
+                       note + f": RSS growth of the node, pid list included ({grown / n:.2f} KiB "
+                       "a server)"),
+    ]
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
     s = sizes_for(args.mode)
@@ -225,6 +291,12 @@ def main() -> None:
     work.append(guarded("crash_restart", "ms", "lower", lambda: crash_restart(s)))
     work.append(guarded("fanout_1000", "calls/s", "higher", lambda: fanout(s)))
     work.append(guarded("many_to_many", "msgs/s", "higher", lambda: many_to_many(s)))
+    work.append(guarded("chain_1000", "hops/s", "higher", lambda: chain(s)))
+    try:
+        work.extend(idle_servers(s))
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON
+        for name, unit in (("idle_servers_spawn", "s"), ("idle_servers_memory", "KiB")):
+            work.append(status_workload(name, unit, "lower", "error", repr(exc)))
     for name, unit, better in (
         ("cross_node_rtt", "us", "lower"),
         ("cross_node_oneway", "msgs/s", "higher"),

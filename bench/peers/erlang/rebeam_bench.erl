@@ -18,6 +18,7 @@ init(echo) -> {ok, echo};
 init(idle) -> {ok, idle};
 init({counter, Expected, Notify}) -> {ok, {counter, 0, Expected, Notify}};
 init(sender) -> {ok, sender};
+init({hop, After}) -> {ok, {hop, After}};
 init(crashy_sup) ->
     %% Restart intensity raised from OTP's default (1 in 5 s) so that the repeated crashes
     %% of this benchmark do not take the supervisor down; it does not change restart speed.
@@ -41,6 +42,12 @@ handle_cast({inc, _P}, {counter, N, Expected, Notify}) ->
 handle_cast({go, Receivers, PerPair}, sender) ->
     send_rounds(Receivers, PerPair),
     {noreply, sender};
+handle_cast({hop, Origin, P}, {hop, none} = S) ->
+    Origin ! {lap, P},
+    {noreply, S};
+handle_cast(Msg = {hop, _, _}, {hop, After} = S) ->
+    gen_server:cast(After, Msg),
+    {noreply, S};
 handle_cast(crash, _S) ->
     erlang:error(crash_requested).
 
@@ -195,6 +202,69 @@ many_to_many(S, R, PerPair, Repeats) ->
     repeat(Repeats, fun() -> val(many_to_many, Once(), Total) end),
     stop_all(Senders).
 
+%% One message passed along a chain of gen_servers by gen_server:cast; the last one sends it
+%% back to the origin; Laps laps one after another (one warm-up lap excluded).
+chain(N, Laps, Repeats) ->
+    repeat(Repeats, fun() ->
+        Hops = lists:foldl(fun(_, Acc = [After | _]) -> [start({hop, After}) | Acc] end,
+                           [start({hop, none})], lists:seq(2, N)),
+        First = hd(Hops),
+        Lap = fun() ->
+            gen_server:cast(First, {hop, self(), ?PAYLOAD}),
+            receive {lap, P} -> check(P =:= ?PAYLOAD, chain_payload) after 60000 -> erlang:error(chain_timeout) end
+        end,
+        Lap(),
+        T0 = now_ns(),
+        repeat(Laps, Lap),
+        T1 = now_ns(),
+        val(chain_1000, N * Laps / ((T1 - T0) / 1.0e9), N * Laps),
+        stop_all(Hops)
+    end).
+
+%% N idle gen_servers on one node: time to start them all and the VM's RSS growth.
+idle_servers(N) ->
+    garbage_collect(),
+    timer:sleep(50),
+    Before = rss_kib(),
+    T0 = now_ns(),
+    Pids = [start(idle) || _ <- lists:seq(1, N)],
+    T1 = now_ns(),
+    garbage_collect(),
+    Grown = rss_kib() - Before,
+    check(lists:all(fun erlang:is_process_alive/1, lists:sublist(Pids, 1000)), idle_alive),
+    val(idle_servers_spawn, (T1 - T0) / 1.0e9, N),
+    val(idle_servers_memory, Grown, N),
+    stop_all(Pids).
+
+%% CPU-bound work in many processes with one scheduler online, then two: jobs/s each way.
+cpu_scaling(Jobs, Actors, Loop, Repeats) ->
+    Workers = [spawn(fun() -> cpu_worker() end) || _ <- lists:seq(1, Actors)],
+    Run = fun() ->
+        T0 = now_ns(),
+        Refs = [begin W = lists:nth(1 + (I rem Actors), Workers), W ! {job, self(), Loop}, W end
+                || I <- lists:seq(1, Jobs)],
+        Results = [receive {done, W, R} -> R after 600000 -> timeout end || W <- Refs],
+        T1 = now_ns(),
+        check(lists:all(fun(R) -> R =:= cpu_loop(Loop, 0, 0) end, lists:usort(Results)), cpu_results),
+        Jobs / ((T1 - T0) / 1.0e9)
+    end,
+    Online = erlang:system_info(schedulers_online),
+    repeat(Repeats, fun() ->
+        erlang:system_flag(schedulers_online, 1),
+        One = Run(),
+        erlang:system_flag(schedulers_online, min(2, erlang:system_info(schedulers))),
+        Two = Run(),
+        io:format("CPU ~.3f ~.3f ~b~n", [One, Two, Jobs])
+    end),
+    erlang:system_flag(schedulers_online, Online),
+    stop_all(Workers).
+
+cpu_worker() ->
+    receive {job, From, Loop} -> From ! {done, self(), cpu_loop(Loop, 0, 0)}, cpu_worker() end.
+
+cpu_loop(0, _I, Acc) -> Acc;
+cpu_loop(K, I, Acc) -> cpu_loop(K - 1, I + 1, Acc + (I * I rem 7)).
+
 %% ------------------------------------------------------------------ cross-node
 
 peer_args(Dir, Cookie) ->
@@ -257,11 +327,13 @@ wait_singleton_local() ->
 %% ------------------------------------------------------------------ entry point
 
 %% Args: Repeats CallWarmup Calls OnewayWarmup Oneway Spawn CrashRepeats FanoutActors
-%%       M2MSenders M2MReceivers M2MPerPair CrossCalls CrossOneway FailoverRepeats Dir Cookie
+%%       M2MSenders M2MReceivers M2MPerPair CrossCalls CrossOneway FailoverRepeats
+%%       ChainServers ChainLaps IdleServers CpuJobs CpuActors CpuLoop Dir Cookie
 main(Args) ->
-    [Rep, CW, Calls, OW, Ow, Spawn, CrashRep, Fan, MS, MR, MP, XC, XO, FR] =
-        [list_to_integer(A) || A <- lists:sublist(Args, 14)],
-    [Dir, Cookie] = lists:nthtail(14, Args),
+    [Rep, CW, Calls, OW, Ow, Spawn, CrashRep, Fan, MS, MR, MP, XC, XO, FR,
+     ChainN, ChainLaps, Idle, CpuJobs, CpuActors, CpuLoop] =
+        [list_to_integer(A) || A <- lists:sublist(Args, 20)],
+    [Dir, Cookie] = lists:nthtail(20, Args),
     try
         io:format("VERSION ~s ~s~n", [erlang:system_info(otp_release), erlang:system_info(version)]),
         spawn_memory(Spawn, Rep),  % first, in a fresh VM: memory is measured on repeat 1
@@ -272,6 +344,9 @@ main(Args) ->
         crash_restart(CrashRep),
         fanout(Fan, Rep),
         many_to_many(MS, MR, MP, Rep),
+        chain(ChainN, ChainLaps, Rep),
+        cpu_scaling(CpuJobs, CpuActors, CpuLoop, Rep),
+        idle_servers(Idle),
         case node() of
             nonode@nohost -> io:format("SKIP cross-node: not distributed~n");
             _ -> cross_node(Dir, Cookie, CW, XC, XO, Rep, FR)
