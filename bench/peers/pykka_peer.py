@@ -55,6 +55,21 @@ class Idle(pykka.ThreadingActor):
         return None
 
 
+class Hop(pykka.ThreadingActor):
+    """One actor of the chain: tells the next; the last completes the lap's future."""
+
+    def __init__(self, after: pykka.ActorRef[Any] | None) -> None:
+        super().__init__()
+        self.after = after
+
+    def on_receive(self, message: Any) -> Any:
+        if self.after is None:
+            message[1].set(message[2])
+        else:
+            self.after.tell(message)
+        return None
+
+
 class Sender(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         _, targets, per_target = message
@@ -186,6 +201,35 @@ def many_to_many(s: Sizes) -> Workload:
     )
 
 
+def chain(s: Sizes) -> Workload:
+    rates: list[float] = []
+    for _ in range(s.repeats):
+        hops: list[pykka.ActorRef[Any]] = []
+        after = None
+        for _ in range(s.chain_servers):
+            after = Hop.start(after)
+            hops.append(after)
+        first = hops[-1]
+
+        def lap(first: pykka.ActorRef[Any] = first) -> None:
+            done: pykka.ThreadingFuture[bytes] = pykka.ThreadingFuture()
+            first.tell(("hop", done, PAYLOAD))
+            check(done.get(timeout=60) == PAYLOAD, "payload through the chain")
+
+        lap()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(s.chain_laps):
+            lap()
+        rates.append(s.chain_servers * s.chain_laps / (time.perf_counter() - t0))
+        for h in hops:
+            h.stop()
+    return value_workload(
+        "chain_1000", "hops/s", "higher", rates, s.chain_servers * s.chain_laps * s.repeats,
+        s.chain_servers, f"one message passed along {s.chain_servers} ThreadingActors by tell(), "
+        f"the last completes a future; {s.chain_laps} laps, one warm-up lap excluded",
+    )
+
+
 def main() -> None:
     exit_on_sigterm()
     args = parse_args(__doc__ or "")
@@ -207,6 +251,7 @@ def main() -> None:
     ))
     work.append(guarded("fanout_1000", "calls/s", "higher", lambda: fanout(s)))
     work.append(guarded("many_to_many", "msgs/s", "higher", lambda: many_to_many(s)))
+    work.append(guarded("chain_1000", "hops/s", "higher", lambda: chain(s)))
     for name, unit, better in (
         ("cross_node_rtt", "us", "lower"),
         ("cross_node_oneway", "msgs/s", "higher"),
