@@ -17,7 +17,7 @@ use tonic::transport::Server;
 use crate::api::cluster::ClusterApi;
 use crate::api::node::NodeApi;
 use crate::api::raft::RaftService;
-use crate::auth::{BearerInjector, Credentials, Guard, TokenSource};
+use crate::auth::{BearerInjector, Guard};
 use crate::config::ControllerConfig;
 use crate::core::Core;
 use crate::error::{Error, Result, LEADER_METADATA_KEY};
