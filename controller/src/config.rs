@@ -54,7 +54,7 @@ pub struct Timings {
     pub stream_fence: Duration,
     /// Raft leader heartbeat interval.
     pub raft_heartbeat: Duration,
-    /// Raft election timeout lower bound (upper bound is 1.6 times it).
+    /// Raft election timeout lower bound (upper bound is twice it).
     pub election_timeout: Duration,
 }
 
@@ -72,10 +72,10 @@ impl Timings {
 impl Default for Timings {
     fn default() -> Self {
         Timings {
-            lease: Duration::from_millis(1500),
+            lease: Duration::from_millis(2000),
             heartbeat: Duration::from_millis(200),
-            node_fence: Duration::from_millis(1000),
-            stream_fence: Duration::from_millis(150),
+            node_fence: Duration::from_millis(1400),
+            stream_fence: Duration::from_millis(300),
             raft_heartbeat: Duration::from_millis(50),
             election_timeout: Duration::from_millis(150),
         }

@@ -87,16 +87,16 @@ struct Cli {
     #[arg(long, env = "REBEAM_CLIENT_TOKEN_FILE")]
     client_token_file: Option<PathBuf>,
     /// Node lease in ms: a node silent this long is declared dead.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 2000)]
     lease_ms: u64,
     /// Heartbeat interval nodes are told to use, in ms.
     #[arg(long, default_value_t = 200)]
     heartbeat_ms: u64,
     /// Nodes fence themselves when they could not renew for this long (ms, below --lease-ms).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1400)]
     node_fence_ms: u64,
     /// Nodes fence this long after their watch stream broke (ms).
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 300)]
     stream_fence_ms: u64,
     /// Raft leader heartbeat interval in ms.
     #[arg(long, default_value_t = 50)]
