@@ -377,7 +377,7 @@ impl Credentials {
         let record = self.issued.as_ref()?.token(id)?;
         let hash = token_hash(token);
         (constant_time_eq(record.sha256.as_bytes(), hash.as_bytes()) && !record.expired(now_ms))
-            .then(|| Principal::Client {
+            .then_some(Principal::Client {
                 role: record.role,
                 token: record.id,
             })
@@ -424,7 +424,7 @@ impl Credentials {
             .unwrap_or("");
         let Some(principal) = self.authenticate(presented, crate::types::now_ms()) else {
             return Err(Status::unauthenticated(
-                "wrong, revoked or expired credentials; check the client token",
+                "wrong credentials (or a revoked or expired token); check the client token",
             ));
         };
         if principal.satisfies(need) {

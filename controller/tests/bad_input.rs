@@ -86,8 +86,8 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
     check(
         "client token on the node service",
         s,
-        Code::Unauthenticated,
-        "wrong credentials",
+        Code::PermissionDenied,
+        "cluster members only",
     );
     let raft_addr = c.members[leader].raft;
     let mut raft = RaftPeerClient::with_interceptor(

@@ -537,16 +537,16 @@ CODE = zip_bytes(OK)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 # (id, manifest, code, expected status, message pattern)
 SERVER_CASES: list[tuple[str, str, bytes, grpc.StatusCode, str]] = [
-    ("invalid toml", "[app\nname=", CODE, INVALID, "rebeam.toml does not parse"),
-    ("no app table", CHILD, CODE, INVALID, "rebeam.toml does not parse: missing field `app`"),
+    ("invalid toml", "[app\nname=", CODE, INVALID, r"rebeam\.toml line 1 \(`\[app`\): invalid table header"),
+    ("no app table", CHILD, CODE, INVALID, r"rebeam\.toml line 1 .*: missing field `app`"),
     ("bad name", _manifest('name = "my app"\nversion = "1"'), CODE, INVALID,
-     "manifest app name `my app` is invalid"),
+     'rebeam.toml: app.name "my app" is invalid'),
     ("bad version", _manifest('name = "s1"\nversion = "1 0"'), CODE, INVALID,
-     "manifest version `1 0` is invalid"),
+     'rebeam.toml: app.version "1 0" is invalid'),
     ("zero max_seconds", _manifest('name = "s2"\nversion = "1"\nmax_seconds = 0'), CODE, INVALID,
      "max_seconds must be between 1 and 86400"),
     ("fractional max_seconds", _manifest('name = "s3"\nversion = "1"\nmax_seconds = 2.5'), CODE, INVALID,
-     "rebeam.toml does not parse"),
+     r"rebeam\.toml line \d+ \(`max_seconds = 2\.5`\)"),
     ("huge max_restarts", _manifest('name = "s4"\nversion = "1"\nmax_restarts = 20000'), CODE, INVALID,
      "max_restarts must be at most 10000"),
     ("too many children", _manifest('name = "s5"\nversion = "1"', _children(257)), CODE, INVALID,

@@ -416,6 +416,12 @@ def test_replies_rebuild_only_plain_data_rebeam_values_and_trusted_classes():
              rebeam.Pid("a", 1, 2), rebeam.Crash("E", "m", "tb"), rebeam.Global("g")]
     assert loads(pickle.dumps(plain, 5), Trust()) == plain
 
+    class NodePid:  # how a node pickles its native pids
+        def __reduce__(self):
+            from rebeam._pid import restore_pid
+            return (restore_pid, ("a", 1, 2))
+    assert loads(pickle.dumps(NodePid(), 5), Trust()) == rebeam.Pid("a", 1, 2)
+
     # A reply that would run a command when unpickled is refused before anything runs.
     class Evil:
         def __reduce__(self):
@@ -463,7 +469,7 @@ def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tm
     nodes = Nodes(tmp_path / "nodes", c.members[0].api)
     try:
         c.start()
-        node = nodes.start("a", extra=["--label", "zone=shared"])
+        node = nodes.start("a", extra=["--label", "zone=shared", "--client-token", TOKEN])
         with c.client() as client:
             client.submit(good, wait=60)
             assert client.call("good", 1) == ("good", 1)
@@ -474,15 +480,16 @@ def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tm
                 nonlocal node, deaths
                 if node.process is not None and node.process.poll() is not None:
                     deaths += 1
-                    node = nodes.start("a", extra=["--label", "zone=shared"])
+                    node = nodes.start("a", extra=["--label", "zone=shared", "--client-token", TOKEN])
                 return client.app("bad").status == "failed"
 
             wait_for("the node-killing app to fail", bad_failed, timeout=90,
                      on_timeout=lambda: node.output()[-2000:] + c.logs())
             assert deaths >= 1
+            innocent = client.app("good")
+            assert innocent.status == "running", innocent.failure_reason
             failed = client.app("bad")
             assert "died while starting child bad" in (failed.failure_reason or ""), failed
-            assert client.app("good").status == "running"
             client.wait_running("good", timeout=60)
             assert client.call("good", 2) == ("good", 2)
             assert client.app("good").status == "running"

@@ -26,6 +26,8 @@ SAFE_CLASSES: frozenset[tuple[str, str]] = frozenset({
     ("datetime", "timedelta"), ("datetime", "timezone"),
     ("decimal", "Decimal"), ("fractions", "Fraction"), ("uuid", "UUID"),
     ("rebeam._pid", "Pid"), ("rebeam._pid", "Ref"),
+    # How a node pickles its own pids and refs (they rebuild plain Pid and Ref values here).
+    ("rebeam._pid", "restore_pid"), ("rebeam._pid", "restore_ref"),
     ("rebeam._types", "Crash"), ("rebeam._types", "Down"), ("rebeam._types", "Global"),
     ("rebeam._errors", "Exit"),
 })
