@@ -157,7 +157,7 @@ class Client:
         """A channel to a controller or a node gateway: TLS (verifying the server's
         certificate, presenting the client's if given) whenever the URL is https://, so
         gateways never get a plaintext connection from a TLS client."""
-        import grpc
+        import grpc  # type: ignore[import-untyped]
 
         if not self._secure:
             return grpc.insecure_channel(target, options=options)
