@@ -224,7 +224,9 @@ def test_tls_cluster_serves_clients_and_refuses_plaintext_wrong_ca_and_wrong_nam
         # Node b reached a's process over a TLS peer link, both nodes joined over TLS.
         b.wait_output("remote reply over the peer link")
         with controllers.client() as client:
-            assert {n.id for n in client.nodes() if n.status == "alive"} == {"a", "b"}
+            # A follower's view may lag the leader's by a moment.
+            wait_for("both nodes alive", lambda: {n.id for n in client.nodes() if n.status == "alive"}
+                     == {"a", "b"})
             # The gateway call goes to a node over TLS as well.
             assert client.call("echo", [1, 2])[:2] == ("echo", [1, 2])
             gateway = next(n.address for n in client.nodes() if n.id == "a")
