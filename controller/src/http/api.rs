@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -334,7 +335,7 @@ async fn stop_app(
     Extension(who): Extension<Authenticated>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Response> {
-    require(&who, Role::OPERATOR)?;
+    require(&who, Role::OPERATOR).map_err(|r| *r)?;
     let done = async {
         at_leader(&api, Command::StopApp { name: name.clone() }).await?;
         at_leader(
@@ -364,7 +365,7 @@ async fn at_leader(api: &Api, cmd: Command) -> Result<(), Error> {
     let leader = api
         .core
         .leader_api()
-        .ok_or_else(|| Error::NotLeader { leader: None })?;
+        .ok_or(Error::NotLeader { leader: None })?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
         .map_err(Error::internal)?
         .connect_timeout(crate::http::nodes::NODE_TIMEOUT)
@@ -475,7 +476,17 @@ const SORT_KEYS: &[&str] = &[
     "pid", "name", "app", "node", "kind", "mailbox", "handled", "memory", "function",
 ];
 
-async fn processes(State(api): State<Arc<Api>>, Query(q): Query<ProcessQuery>) -> ApiResult {
+/// A query string that does not parse, answered as JSON like every other API error.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad(format!("bad query string: {}", e.body_text())))
+}
+
+async fn processes(
+    State(api): State<Arc<Api>>,
+    q: Result<Query<ProcessQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad(format!("limit must be 1 to {MAX_PAGE}")));
@@ -585,7 +596,7 @@ async fn kill(
     Extension(who): Extension<Authenticated>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Response> {
-    require(&who, Role::OPERATOR)?;
+    require(&who, Role::OPERATOR).map_err(|r| *r)?;
     let pid = parse_pid(&id).map_err(IntoResponse::into_response)?;
     let node = pid.node.clone();
     api.nodes
@@ -614,7 +625,11 @@ pub struct EventQuery {
     kind: Option<String>,
 }
 
-async fn events(State(api): State<Arc<Api>>, Query(q): Query<EventQuery>) -> ApiResult {
+async fn events(
+    State(api): State<Arc<Api>>,
+    q: Result<Query<EventQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
     let limit = q.limit.unwrap_or(200);
     if limit == 0 || limit > crate::state::journal::MAX_ENTRIES {
         return Err(ApiError::bad(format!(
@@ -648,7 +663,11 @@ pub struct TreeQuery {
 /// Most processes below top-level children shown per app in the tree.
 const MAX_TREE_PROCESSES: usize = 2_000;
 
-async fn tree(State(api): State<Arc<Api>>, Query(q): Query<TreeQuery>) -> ApiResult {
+async fn tree(
+    State(api): State<Arc<Api>>,
+    q: Result<Query<TreeQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
     let (apps, assignments) = {
         let a = api.core.shared.applied.read();
         let s = &a.state;

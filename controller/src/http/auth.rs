@@ -323,18 +323,19 @@ pub async fn guard(State(auth): State<Arc<HttpAuth>>, mut req: Request, next: Ne
     next.run(req).await
 }
 
-/// Errs with 403 unless the request's principal holds at least `role`.
-pub fn require(authed: &Authenticated, role: Role) -> Result<(), Response> {
+/// Errs with 403 unless the request's principal holds at least `role` (boxed: a response is
+/// large and the check is on every action).
+pub fn require(authed: &Authenticated, role: Role) -> Result<(), Box<Response>> {
     if authed.principal.role >= role {
         Ok(())
     } else {
-        Err(refuse(
+        Err(Box::new(refuse(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
                 "this needs the {role} role; {} has {}",
                 authed.principal.who, authed.principal.role
             ),
-        ))
+        )))
     }
 }

@@ -27,7 +27,8 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
             ),
             (header::X_FRAME_OPTIONS, "DENY"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
+            // `no-referrer` would make browsers send `Origin: null` on the login POST.
+            (header::REFERRER_POLICY, "same-origin"),
         ],
         body,
     )
