@@ -201,7 +201,8 @@ fn run(cli: Cli) -> Result<i32> {
         .build()
         .context("starting the I/O runtime")?;
     if cli.dev {
-        let (controllers, secret, data_dir, core) = start_dev_controller(&cli, &tokio, tls.clone())?;
+        let (controllers, secret, data_dir, core) =
+            start_dev_controller(&cli, &tokio, tls.clone())?;
         let access = http_access(&cli, &secret)?;
         join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir, tls)?;
         let addr = cli

@@ -135,34 +135,79 @@ fn roles_are_ordered_and_checked_against_the_table() {
     let deliver = "/rebeam.v1.GatewayService/Deliver";
     assert_eq!(
         creds
-            .authorize(deliver, &h)
+            .authorize(deliver, &h, &[])
             .expect_err("read cannot call")
             .code(),
         tonic::Code::PermissionDenied
     );
     h.insert("authorization", "Bearer d".parse().expect("header"));
-    assert!(creds.authorize(deliver, &h).is_ok());
+    assert!(creds.authorize(deliver, &h, &[]).is_ok());
     assert_eq!(
         creds
-            .authorize("/rebeam.v1.RaftPeer/Vote", &h)
+            .authorize("/rebeam.v1.RaftPeer/Vote", &h, &[])
             .expect_err("clients cannot vote")
             .code(),
         tonic::Code::PermissionDenied
     );
     h.insert("authorization", "Bearer s".parse().expect("header"));
-    assert!(creds.authorize("/rebeam.v1.RaftPeer/Vote", &h).is_ok());
+    assert!(creds.authorize("/rebeam.v1.RaftPeer/Vote", &h, &[]).is_ok());
     assert_eq!(
         creds
-            .authorize("/rebeam.v1.RaftPeer/Nope", &h)
+            .authorize("/rebeam.v1.RaftPeer/Nope", &h, &[])
             .expect_err("unlisted")
             .code(),
         tonic::Code::PermissionDenied
     );
     assert_eq!(
         creds
-            .authorize(deliver, &http::HeaderMap::new())
+            .authorize(deliver, &http::HeaderMap::new(), &[])
             .expect_err("no credential")
             .code(),
         tonic::Code::Unauthenticated
+    );
+}
+
+#[test]
+fn with_mtls_members_prove_themselves_by_certificate_only() {
+    let creds = Credentials::new("s".into(), vec![], None).with_mtls(true);
+    let vote = "/rebeam.v1.RaftPeer/Vote";
+    let stream = "/rebeam.v1.PeerService/Stream";
+    let mut h = http::HeaderMap::new();
+    h.insert("authorization", "Bearer s".parse().expect("header"));
+    assert_eq!(
+        creds
+            .authorize(vote, &h, &[])
+            .expect_err("the secret alone is no member credential under mTLS")
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    let controller = [Member::Controller(2)];
+    let node_a = [Member::Node("a".into())];
+    let empty = http::HeaderMap::new();
+    assert_eq!(
+        creds.authorize(vote, &empty, &controller),
+        Ok(Principal::Member)
+    );
+    assert_eq!(
+        creds
+            .authorize(vote, &empty, &node_a)
+            .expect_err("a node certificate cannot vote")
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    let mut claims_b = http::HeaderMap::new();
+    claims_b.insert(PEER_NODE_HEADER, "b".parse().expect("header"));
+    assert_eq!(
+        creds
+            .authorize(stream, &claims_b, &node_a)
+            .expect_err("node a cannot open a link as node b")
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    let mut claims_a = http::HeaderMap::new();
+    claims_a.insert(PEER_NODE_HEADER, "a".parse().expect("header"));
+    assert_eq!(
+        creds.authorize(stream, &claims_a, &node_a),
+        Ok(Principal::Member)
     );
 }

@@ -22,7 +22,6 @@ impl Role {
     pub const OPERATOR: Role = Role::Deploy;
 }
 
-
 /// Who made a request: a role and a name for the event log (never the token itself).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Principal {
@@ -61,7 +60,11 @@ impl ClusterTokens {
     pub fn new(credentials: crate::auth::Credentials, read_tokens: &[String]) -> Self {
         ClusterTokens {
             credentials,
-            read_tokens: read_tokens.iter().filter(|t| !t.is_empty()).cloned().collect(),
+            read_tokens: read_tokens
+                .iter()
+                .filter(|t| !t.is_empty())
+                .cloned()
+                .collect(),
         }
     }
 }
