@@ -185,8 +185,10 @@ fn with_mtls_members_prove_themselves_by_certificate_only() {
     let node_a = [Member::Node("a".into())];
     let empty = http::HeaderMap::new();
     assert_eq!(
-        creds.authorize(vote, &empty, &controller),
-        Ok(Principal::Member)
+        creds
+            .authorize(vote, &empty, &controller)
+            .expect("a member by certificate"),
+        Principal::Member
     );
     assert_eq!(
         creds
@@ -207,7 +209,9 @@ fn with_mtls_members_prove_themselves_by_certificate_only() {
     let mut claims_a = http::HeaderMap::new();
     claims_a.insert(PEER_NODE_HEADER, "a".parse().expect("header"));
     assert_eq!(
-        creds.authorize(stream, &claims_a, &node_a),
-        Ok(Principal::Member)
+        creds
+            .authorize(stream, &claims_a, &node_a)
+            .expect("a member by certificate"),
+        Principal::Member
     );
 }
