@@ -112,6 +112,9 @@ impl Cluster {
             &m.raft.to_string(),
             "--api-listen",
             &m.api.to_string(),
+            // Members share one machine: each HTTP server on a port of its own.
+            "--http-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(&m.dir)

@@ -34,6 +34,16 @@ impl Readiness for Core {
             ));
         }
         match m.current_leader {
+            // openraft keeps a leader cut off from its quorum a leader; only a recent quorum
+            // acknowledgement (the one lease renewals also need) shows it still leads.
+            Some(leader)
+                if leader == self.id
+                    && !self
+                        .leases
+                        .confirmed_within(m.current_term, self.config.timings.confirm_within()) =>
+            {
+                Err("leader without a recent quorum acknowledgement; it may be cut off".into())
+            }
             Some(_) => Ok(()),
             None => Err("no leader known; waiting for an election".into()),
         }

@@ -112,6 +112,9 @@ impl Cluster {
             .arg(m.raft.to_string())
             .arg("--api-listen")
             .arg(m.api.to_string())
+            // Members share one machine: each HTTP server on a port of its own.
+            .arg("--http-listen")
+            .arg("127.0.0.1:0")
             .arg("--init")
             .arg("--secret")
             .arg(SECRET)
