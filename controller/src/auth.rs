@@ -141,6 +141,7 @@ pub const RPC_TABLE: &[(&str, Need)] = &[
     ("/rebeam.v1.NodeService/FetchCode", M),
     ("/rebeam.v1.NodeService/ReportChildFailed", M),
     ("/rebeam.v1.NodeService/ReportUpgrade", M),
+    ("/rebeam.v1.NodeService/RecordNote", M),
     // Raft between controller members.
     ("/rebeam.v1.RaftPeer/AppendEntries", M),
     ("/rebeam.v1.RaftPeer/Vote", M),
@@ -151,6 +152,7 @@ pub const RPC_TABLE: &[(&str, Need)] = &[
     ("/rebeam.v1.GatewayService/Deliver", R(Call)),
     ("/rebeam.v1.GatewayService/ListProcesses", R(Read)),
     ("/rebeam.v1.GatewayService/Logs", R(Read)),
+    ("/rebeam.v1.GatewayService/Kill", R(Admin)),
 ];
 
 /// What `path` (`/package.Service/Method`) needs, or None for a method nobody may call.

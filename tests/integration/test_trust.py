@@ -62,6 +62,7 @@ EXPECTED: dict[str, str] = {
     "NodeService/FetchCode": "member",
     "NodeService/ReportChildFailed": "member",
     "NodeService/ReportUpgrade": "member",
+    "NodeService/RecordNote": "member",
     "RaftPeer/AppendEntries": "member",
     "RaftPeer/Vote": "member",
     "RaftPeer/InstallSnapshot": "member",
@@ -69,6 +70,7 @@ EXPECTED: dict[str, str] = {
     "GatewayService/Deliver": "call",
     "GatewayService/ListProcesses": "read",
     "GatewayService/Logs": "read",
+    "GatewayService/Kill": "admin",
 }
 
 

@@ -596,7 +596,8 @@ async fn kill(
     Extension(who): Extension<Authenticated>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Response> {
-    require(&who, Role::OPERATOR).map_err(|r| *r)?;
+    // Killing a process is an admin's action, as `GatewayService/Kill` in auth::RPC_TABLE.
+    require(&who, Role::Admin).map_err(|r| *r)?;
     let pid = parse_pid(&id).map_err(IntoResponse::into_response)?;
     let node = pid.node.clone();
     api.nodes
