@@ -200,15 +200,24 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
         Code::InvalidArgument,
         "not host:port",
     );
-    let s = status(
-        nc.heartbeat(pb::HeartbeatRequest {
-            node: Some(pb::NodeRef {
-                node: "ghost".into(),
-                incarnation: 3,
-            }),
-        })
-        .await,
-    );
+    // A leader renews nothing until it has confirmed its leadership with a quorum (one Raft
+    // heartbeat after its election); until then it answers a retryable Unavailable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        let s = status(
+            nc.heartbeat(pb::HeartbeatRequest {
+                node: Some(pb::NodeRef {
+                    node: "ghost".into(),
+                    incarnation: 3,
+                }),
+            })
+            .await,
+        );
+        if s.code() != Code::Unavailable || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     check("heartbeat of unknown node", s, Code::NotFound, "join first");
     let s = status(nc.heartbeat(pb::HeartbeatRequest { node: None }).await);
     check(
