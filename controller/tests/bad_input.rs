@@ -279,7 +279,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
         "malformed manifest",
         s,
         Code::InvalidArgument,
-        "does not parse",
+        "rebeam.toml line 1",
     );
     let s = status(
         cl.submit_app(pb::SubmitAppRequest {

@@ -78,6 +78,14 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
         matches!(first.event, Some(pb::watch_event::Event::Snapshot(v)) if v.last && v.assignments.len() == 2)
     );
 
+    // A leader renews only once it has confirmed its leadership with a quorum; on a loaded
+    // machine that can take longer than the steps above, so wait for an accepted renewal.
+    c.wait_until(
+        Duration::from_secs(5),
+        "node-a's first accepted heartbeat",
+        || async { last_a.lock().is_some() },
+    )
+    .await;
     hb_a.stop().await;
     wait_dead(&c, "node-a").await;
     let silent_for = last_a.lock().expect("node-a heartbeated").elapsed();
