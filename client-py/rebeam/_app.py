@@ -23,7 +23,8 @@ MANIFEST = "rebeam.toml"
 MASTER_NAME = "$app_master"
 #: Keys of the manifest's [app] table and of each [[children]] entry; others are refused.
 APP_KEYS = frozenset({"name", "version", "max_restarts", "max_seconds"})
-CHILD_KEYS = frozenset({"start", "args", "name", "global", "restart", "shutdown", "placement"})
+CHILD_KEYS = frozenset({"start", "args", "name", "global", "restart", "shutdown", "placement",
+                        "registry"})
 #: App names: ASCII letters, digits, '_' and '-', starting with a letter or digit (no dots:
 #: the name becomes part of module and directory names on the nodes).
 APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")

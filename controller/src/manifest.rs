@@ -46,6 +46,10 @@ struct RawChild {
     /// Read by the nodes' supervisors: seconds, `brutal_kill` or `infinity`.
     #[serde(default)]
     shutdown: Option<toml::Value>,
+    /// Read by the nodes: `module:attribute` of a user-defined registry in which `name` is
+    /// the child's key (`rebeam.Via`).
+    #[serde(default)]
+    registry: Option<String>,
 }
 
 fn default_max_restarts() -> u32 {
@@ -194,6 +198,19 @@ pub fn parse(toml_text: &str) -> Result<AppDraft> {
         }
         if !c.name.is_empty() {
             child_name(&c.name)?;
+        }
+        if let Some(registry) = &c.registry {
+            if !matches!(registry.split_once(':'), Some((m, a)) if !m.is_empty() && !a.is_empty() && !a.contains(':'))
+            {
+                return Err(Error::invalid(format!(
+                    "rebeam.toml: children[{i}].registry `{registry}` is not `module:attribute`"
+                )));
+            }
+            if c.name.is_empty() || c.global {
+                return Err(Error::invalid(format!(
+                    "rebeam.toml: children[{i}].registry needs a name (its key) and no global = true"
+                )));
+            }
         }
         match &c.shutdown {
             None => {}

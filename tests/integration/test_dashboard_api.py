@@ -217,7 +217,7 @@ def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
     jar = {"Cookie": cookie.split(";")[0]}
     me = json.loads(request(f"{http}/api/v1/session", token=None, headers=jar)[1])
-    assert me["role"] == "deploy" and me["csrf"]
+    assert me["role"] == "admin" and me["csrf"]
     assert request(f"{http}/api/v1/apps/crashy/stop", token=None, method="POST", headers=jar)[0] == 403
     status, body, _ = request(f"{http}/api/v1/apps/crashy/stop", token=None, method="POST",
                               headers={**jar, "x-rebeam-csrf": me["csrf"]})

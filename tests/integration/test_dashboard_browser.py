@@ -96,7 +96,7 @@ def test_dashboard_in_chromium(controllers: Cluster, nodes: Nodes, workdir: Path
 
     # An operator sees the crash's traceback beside the restart, within a second.
     login(chrome, http, TOKEN)
-    assert "(deploy)" in token_role(chrome)
+    assert "(admin)" in token_role(chrome)
     chrome.get(f"{http}/#tree")
     wait_for("the app in the tree", lambda: "crashy" in chrome.find_element(By.ID, "tree").text)
     shot(chrome, "cluster-tree")
