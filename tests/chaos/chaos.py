@@ -50,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "integration")]
 
 from linearizability import Op, check  # noqa: E402
+from singleton import overlaps, spans, write_singleton_app  # noqa: E402
 
 import rebeam  # noqa: E402
 from harness import TOKEN, Blackhole, Cluster, Node, free_port, wait_for  # noqa: E402
@@ -302,80 +303,15 @@ def registry_violations(s: dict[str, Any]) -> list[str]:
 
 # -- the singleton workload -----------------------------------------------------------
 
-SINGLETON_APP = """
-    import time
-
-    import rebeam
-
-    class Singleton(rebeam.GenServer):
-        # Appends "<pid> <time_ns>" to a shared log at every handler it begins (ticks every
-        # 10 ms and every call), so two lifetimes that overlap by one handler show.
-        def init(self, log_path):
-            self.log_path = log_path
-            self.me = str(rebeam.self_pid())
-            self.tick()
-
-        def note(self):
-            with open(self.log_path, "a") as f:
-                f.write(f"{self.me} {time.time_ns()}\\n")
-
-        def tick(self):
-            self.note()
-            rebeam.send_after(0.01, rebeam.self_pid(), "tick")
-
-        def handle_info(self, message):
-            if message == "tick":
-                self.tick()
-
-        def handle_call(self, request, sender):
-            self.note()
-            return self.me
-"""
-
 NODE_FAULTS = ("kill", "stop", "partition")
 
 
 def submit_singleton(cc: ChaosCluster) -> Path:
-    app = cc.root / "singleton-app"
-    (app / "single").mkdir(parents=True)
-    (app / "single" / "__init__.py").write_text("")
-    (app / "single" / "server.py").write_text(textwrap.dedent(SINGLETON_APP))
     log = cc.root / "singleton.log"
-    (app / "rebeam.toml").write_text(textwrap.dedent(f"""
-        [app]
-        name = "single"
-        version = "1.0.0"
-        max_restarts = 1000
-        max_seconds = 1
-
-        [[children]]
-        start = "single.server:Singleton"
-        args = ["{log}"]
-        name = "singleton"
-        global = true
-    """))
+    app = write_singleton_app(cc.root / "singleton-app", log, max_restarts=1000, max_seconds=1)
     with cc.client() as client:
         client.submit(app)
     return log
-
-
-def spans(log: Path) -> list[tuple[str, int, int]]:
-    seen: dict[str, list[int]] = {}
-    for line in log.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            seen.setdefault(parts[0], []).append(int(parts[1]))
-    return sorted(((p, min(t), max(t)) for p, t in seen.items()), key=lambda s: s[1])
-
-
-def overlaps(log: Path) -> list[str]:
-    out = []
-    ordered = spans(log)
-    for i, (p2, start2, _) in enumerate(ordered):
-        for p1, _, end1 in ordered[:i]:
-            if start2 <= end1:
-                out.append(f"{p2} began {(end1 - start2) / 1e6:.2f} ms before {p1} ended")
-    return out
 
 
 def _caller(cc: ChaosCluster, stop: threading.Event, calls: list[tuple[float, str]]) -> None:

@@ -20,9 +20,8 @@ import pytest
 
 import rebeam
 
-from ._apps import write_singleton_app
 from ._chart import find, one, render
-from ._docker import REPO, docker, image, logs, scratch_dir, wait_for
+from ._docker import REPO, docker, image, logs, scratch_dir, wait_for, write_singleton_app
 
 NAMESPACE = "default"
 SECRET = "pods-cluster-secret"

@@ -16,8 +16,19 @@ import pytest
 
 import rebeam
 
-from ._apps import write_singleton_app
-from ._docker import REPO, docker, free_port, health, image, inspect, scratch_dir, timed, wait_for
+from ._docker import (
+    REPO,
+    assert_never_overlapping,
+    docker,
+    free_port,
+    health,
+    image,
+    inspect,
+    scratch_dir,
+    timed,
+    wait_for,
+    write_singleton_app,
+)
 
 COMPOSE = REPO / "deploy" / "docker" / "docker-compose.yml"
 CONTROLLERS = ["controller-0", "controller-1", "controller-2"]
@@ -126,21 +137,6 @@ def answers(p: Project) -> str:
         return str(c.call("singleton", "whoami", timeout=2.0))
 
 
-def spans(log: Path) -> list[tuple[str, int, int]]:
-    found: dict[str, list[int]] = {}
-    for line in log.read_text().splitlines():
-        pid, t = line.split()
-        found.setdefault(pid, []).append(int(t))
-    return sorted(((k, min(v), max(v)) for k, v in found.items()), key=lambda s: s[1])
-
-
-def assert_never_overlapping(log: Path) -> list[tuple[str, int, int]]:
-    s = spans(log)
-    for (p1, _, end1), (p2, start2, _) in zip(s, s[1:], strict=False):
-        assert start2 > end1, f"{p2} started {(end1 - start2) / 1e6:.1f} ms before {p1} stopped"
-    return s
-
-
 def submit_singleton(p: Project) -> Path:
     with p.client(timeout=30.0) as c:
         write_singleton_app(p.root / "singleton-app", "/shared/intervals.log")
@@ -159,8 +155,6 @@ def test_compose_cluster_survives_kills_partitions_and_restarts(project: Project
     assert job["Status"] == "exited" and job["ExitCode"] == 0, p.logs()
 
     # The chat app answers from the host, through the published ports.
-    # (Not a room's name: the lobby lists rooms with is_alive, which sees only its own
-    # node's processes, and rooms start on the rooms supervisor's node.)
     assert p.cli("call", "lobby", '"rooms"').strip().startswith("[")
 
     # kill -9 the node holding a global singleton: it answers on another node.

@@ -5,12 +5,12 @@ killed. Python code runs inside the nodes (scripts and a submitted app)."""
 from __future__ import annotations
 
 import signal
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from singleton import assert_never_overlapping, write_singleton_app
 
 import rebeam
 from harness import TOKEN, Blackhole, Cluster, Nodes, _cluster, scratch_dir, wait_for
@@ -157,75 +157,16 @@ def test_node_kill_fires_noconnection_on_links_monitors_and_calls(nodes: Nodes) 
     assert "noconnection ok" in driver.output()
 
 
-SINGLETON_APP = """
-    import time
-
-    import rebeam
-
-    class Singleton(rebeam.GenServer):
-        # Appends "<pid> <time_ns>" to a shared file every 10 ms while it runs, so the test
-        # can check that two incarnations never ran at the same time.
-        def init(self, log_path):
-            self.log_path = log_path
-            self.me = str(rebeam.self_pid())
-            self.tick()
-
-        def tick(self):
-            with open(self.log_path, "a") as f:
-                f.write(f"{self.me} {time.time_ns()}\\n")
-            rebeam.send_after(0.01, rebeam.self_pid(), "tick")
-
-        def handle_info(self, message):
-            if message == "tick":
-                self.tick()
-
-        def handle_call(self, request, sender):
-            return self.me
-"""
-
-
 def submit_singleton(controllers: Cluster, root: Path) -> Path:
-    app = root / "singleton-app"
-    (app / "single").mkdir(parents=True)
-    (app / "single" / "__init__.py").write_text("")
-    (app / "single" / "server.py").write_text(textwrap.dedent(SINGLETON_APP))
     log = root / "intervals.log"
-    (app / "rebeam.toml").write_text(textwrap.dedent(f"""
-        [app]
-        name = "single"
-        version = "1.0.0"
-        max_restarts = 10
-        max_seconds = 60
-
-        [[children]]
-        start = "single.server:Singleton"
-        args = ["{log}"]
-        name = "singleton"
-        global = true
-    """))
     with controllers.client(token=TOKEN) as client:
-        client.submit(app)
+        client.submit(write_singleton_app(root / "singleton-app", log))
     return log
 
 
 def holder(controllers: Cluster) -> rebeam.Pid | None:
     with controllers.client(token=TOKEN, timeout=2.0) as client:
         return client.whereis("singleton")
-
-
-def intervals(log: Path) -> list[tuple[str, int, int]]:
-    spans: dict[str, list[int]] = {}
-    for line in log.read_text().splitlines():
-        pid, t = line.split()
-        spans.setdefault(pid, []).append(int(t))
-    return sorted(((p, min(ts), max(ts)) for p, ts in spans.items()), key=lambda s: s[1])
-
-
-def assert_never_overlapping(log: Path) -> list[tuple[str, int, int]]:
-    spans = intervals(log)
-    for (p1, _, end1), (p2, start2, _) in zip(spans, spans[1:], strict=False):
-        assert start2 > end1, f"{p2} started {(end1 - start2) / 1e6:.1f} ms before {p1} stopped"
-    return spans
 
 
 def moved_from(controllers: Cluster, old: object) -> object:
