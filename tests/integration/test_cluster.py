@@ -283,6 +283,10 @@ def test_a_client_outside_calls_into_the_cluster(nodes: Nodes, controllers: Clus
         with pytest.raises(rebeam.Exit) as crashed:
             client.call("echo", "crash")
         assert crashed.value.pid == echo and crashed.value.reason.type == "ValueError"
+        # The crash reply can overtake the process's end (as in OTP, a call that reaches a
+        # process still terminating gets its exit reason); once its global name is gone the
+        # process is gone, and a call to it is `noproc`.
+        wait_for("the crashed echo's name to go", lambda: client.whereis("echo") is None)
         with pytest.raises(rebeam.Exit) as dead:
             client.call(echo, 1)
         assert dead.value.reason == "noproc"
