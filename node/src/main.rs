@@ -371,7 +371,8 @@ fn join_cluster(
         tls: tls.clone(),
     };
     let cluster = Cluster::new(rt.clone(), tokio.handle().clone(), config);
-    let _ = rt.host.cluster.set(cluster.clone());
+    let ports = std::sync::Arc::new(rebeam_node::cluster::ports::Ports(cluster.clone()));
+    rt.host.connect(ports.clone(), ports);
     // auth::RPC_TABLE decides per method: the peer service needs a member (by certificate
     // with TLS, else the secret), the gateway a client role (tokens issued by the controller
     // arrive through the watch stream).

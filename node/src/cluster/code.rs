@@ -4,6 +4,7 @@
 
 use super::control::fetch_code;
 use super::Cluster;
+pub use crate::python::cluster_glue::Target;
 use crate::python::upgrade::Moves;
 use parking_lot::Mutex;
 use rebeam_proto as pb;
@@ -15,19 +16,6 @@ use std::sync::Arc;
 pub struct AppCode {
     current: Mutex<HashMap<String, String>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Which version of which app to make current here, and the modules that must import.
-#[derive(Clone)]
-pub struct Target {
-    /// The app's name.
-    pub app: String,
-    /// The version string from its manifest.
-    pub version: String,
-    /// The code blob's hash.
-    pub code_hash: String,
-    /// Modules to import up front (the top-level children's start modules).
-    pub modules: Vec<String>,
 }
 
 impl Target {
@@ -88,12 +76,12 @@ impl AppCode {
         let code = fetch_code(cluster, &target.code_hash)
             .await
             .map_err(|s| format!("cannot fetch code {}: {}", target.code_hash, s.message()))?;
-        let c2 = cluster.clone();
+        let rt = cluster.rt.clone();
         let base = cluster.config.data_dir.display().to_string();
         let upgrading = before.is_some();
         let t = target.clone();
         let moves = tokio::task::spawn_blocking(move || {
-            crate::python::cluster_glue::load_version(&c2, &base, &t, code, upgrading)
+            crate::python::cluster_glue::load_version(&rt, &base, &t, code, upgrading)
         })
         .await
         .map_err(|e| format!("loading the code panicked: {e}"))??;

@@ -4,6 +4,7 @@
 use super::code::{self, Target};
 use super::wire::{pid_from_pb, pid_to_pb, reason_report};
 use super::Cluster;
+use crate::python;
 use crate::runtime::{Pid, Reason};
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -617,7 +618,7 @@ fn start_assignment(
                 let c2 = cluster.clone();
                 let a2 = a.clone();
                 tokio::task::spawn_blocking(move || {
-                    crate::python::cluster_glue::start_child(&c2, &a2, &spec)
+                    python::cluster_glue::start_child(&c2.rt, &a2, &spec)
                 })
                 .await
             }
@@ -657,7 +658,7 @@ fn start_assignment(
                 started.lock().remove(&(a.app.clone(), a.child.clone()));
                 let rt = cluster.rt.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    pyo3::Python::attach(|_py| rt.exit_signal(pid, pid, Reason::Kill));
+                    python::host::exit_signal(&rt, pid, pid, Reason::Kill)
                 })
                 .await;
             }
@@ -740,14 +741,8 @@ pub async fn fetch_code(cluster: &Arc<Cluster>, hash: &str) -> Result<Vec<u8>, S
 /// children elsewhere), so nothing of this life runs on after its lease.
 async fn fence(cluster: &Arc<Cluster>) {
     let rt = cluster.rt.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        pyo3::Python::attach(|_py| {
-            for p in rt.processes() {
-                rt.terminate(&p, Reason::Killed);
-            }
-        })
-    })
-    .await;
+    let _ = tokio::task::spawn_blocking(move || python::host::terminate_all(&rt, &Reason::Killed))
+        .await;
 }
 
 /// Tells the controller that processes it cares about exited.

@@ -217,7 +217,7 @@ impl pb::gateway_service_server::GatewayService for Gateway {
             Ok(Ok(CallResult::Reply(term))) => {
                 // Pickling the reply needs the GIL: off the async workers, briefly.
                 tokio::task::spawn_blocking(move || {
-                    pyo3::Python::attach(|py| term.to_wire(py))
+                    term.encode()
                         .map(Outcome::Value)
                         .map_err(|e| Status::internal(format!("cannot serialize the reply: {e}")))
                 })

@@ -5,6 +5,7 @@ pub mod code;
 pub mod control;
 pub mod gateway;
 pub mod peers;
+pub mod ports;
 pub mod stopper;
 pub mod wire;
 
@@ -179,7 +180,7 @@ impl Cluster {
     /// Answers a call that came from `node`.
     pub fn send_reply(self: &Arc<Self>, node: NodeId, call_id: u64, result: CallResult<Term>) {
         let result = match result {
-            CallResult::Reply(term) => match pyo3::Python::attach(|py| term.to_wire(py)) {
+            CallResult::Reply(term) => match term.encode() {
                 Ok(bytes) => pb::peer_reply::Result::Value(bytes),
                 Err(_) => pb::peer_reply::Result::Exit(wire::reason_to_pb(&Reason::Noproc)),
             },

@@ -3,7 +3,8 @@
 
 use super::wire::{pid_from_pb, pid_to_pb, reason_from_pb, reason_to_pb};
 use super::Cluster;
-use crate::python::executor::{run_inline, INLINE_WARMUP};
+use crate::python::executor::deliver_call;
+use crate::python::host::with_thread_state;
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Ref};
 use futures::StreamExt;
@@ -106,7 +107,7 @@ pub fn frame_for(
                     from,
                     slot,
                 } => {
-                    let request = match pyo3::Python::attach(|py| request.to_wire(py)) {
+                    let request = match request.encode() {
                         Ok(bytes) => bytes,
                         Err(_) => {
                             let envelope = Envelope::Call {
@@ -190,7 +191,7 @@ fn wire_send(
     term: Term,
     cast: bool,
 ) -> Result<(NodeId, pb::PeerFrame), Outbound<Term>> {
-    match pyo3::Python::attach(|py| term.to_wire(py)) {
+    match term.encode() {
         Ok(payload) => Ok((
             to.node,
             pb::PeerFrame {
@@ -263,13 +264,11 @@ pub fn inbound_loop(cluster: Arc<Cluster>, rx: std::sync::mpsc::Receiver<Inbound
     // The thread keeps a Python thread state for life but runs without the GIL: most frames
     // need none, and those that do (a call run in place, a kill) take it cheaply.
     let rx = parking_lot::Mutex::new(rx);
-    pyo3::Python::attach(|py| {
-        py.detach(|| {
-            let rx = rx.lock();
-            while let Ok(next) = rx.recv() {
-                handle_inbound(&cluster, next);
-            }
-        })
+    with_thread_state(|| {
+        let rx = rx.lock();
+        while let Ok(next) = rx.recv() {
+            handle_inbound(&cluster, next);
+        }
     })
 }
 
@@ -313,23 +312,11 @@ fn apply(cluster: &Arc<Cluster>, from_node: NodeId, frame: pb::PeerFrame) {
                 from,
                 slot: slot.clone(),
             };
-            match rt.lookup(to) {
-                // An idle, fast server answers on this thread: one thread hand-off fewer.
-                Some(callee)
-                    if !callee.data.slow.load(Ordering::Relaxed)
-                        && callee.data.handled.load(Ordering::Relaxed) >= INLINE_WARMUP
-                        && rt.try_claim_idle(&callee) =>
-                {
-                    pyo3::Python::attach(|py| run_inline(py, rt, &callee, envelope));
-                }
-                Some(callee) => {
-                    if rt.deliver(&callee, envelope).is_err() {
-                        let _ = slot.complete(CallResult::Exit(crate::runtime::Reason::Noproc));
-                    }
-                }
-                None => {
-                    let _ = slot.complete(CallResult::Exit(crate::runtime::Reason::Noproc));
-                }
+            let delivered = rt
+                .lookup(to)
+                .is_some_and(|callee| deliver_call(rt, &callee, envelope, None));
+            if !delivered {
+                let _ = slot.complete(CallResult::Exit(crate::runtime::Reason::Noproc));
             }
         }),
         Frame::Reply(r) => {

@@ -3,7 +3,7 @@
 //! `shutdown` exit signal and then, if it has not exited within the patience, `kill`, as a
 //! supervisor stops its children.
 
-use crate::python::host::PyRuntime;
+use crate::python::host::{exit_signal, PyRuntime};
 use crate::runtime::{Pid, Reason};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -46,12 +46,12 @@ fn stop(rt: &Arc<PyRuntime>, pid: Pid) {
     // From the application master, the child's parent: a child trapping exits (any
     // supervisor) shuts its own tree down in order instead of taking it as a message.
     let master = Pid::app_master(&pid);
-    pyo3::Python::attach(|_py| rt.exit_signal(master, pid, Reason::Shutdown));
+    exit_signal(rt, master, pid, Reason::Shutdown);
     let deadline = Instant::now() + PATIENCE;
     while rt.lookup(pid).is_some() {
         if Instant::now() >= deadline {
             tracing::warn!(%pid, "top-level child still running {PATIENCE:?} after shutdown; killing it");
-            pyo3::Python::attach(|_py| rt.exit_signal(master, pid, Reason::Kill));
+            exit_signal(rt, master, pid, Reason::Kill);
             return;
         }
         // Waits for the child's own tree shutdown (supervisors stop their children first).

@@ -19,7 +19,7 @@ pub struct NodeReadiness {
 
 impl Readiness for NodeReadiness {
     fn readiness(&self) -> Result<(), String> {
-        if self.rt.host.cluster.get().is_none() {
+        if self.rt.host.remote.get().is_none() {
             return Err("not joined to a cluster yet".into());
         }
         if !self.rt.lease_ok() {

@@ -68,7 +68,7 @@ pub fn render(rt: &PyRuntime) -> Exposition {
         e.family(name, "counter", help)
             .sample(name, &l, value as f64);
     }
-    if let Some(cluster) = rt.host.cluster.get() {
+    if let Some(remote) = rt.host.remote.get() {
         e.family(
             "rebeam_peer_frames_dropped_total",
             "counter",
@@ -77,7 +77,7 @@ pub fn render(rt: &PyRuntime) -> Exposition {
         .sample(
             "rebeam_peer_frames_dropped_total",
             &l,
-            cluster.dropped.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            remote.dropped_frames() as f64,
         );
     }
     e

@@ -2,10 +2,9 @@
 //! top-level children from them.
 
 use super::convert;
+use super::host::PyRuntime;
 use super::objects::Pid as PyPid;
 use super::upgrade::{move_all, Moves};
-use crate::cluster::code::Target;
-use crate::cluster::Cluster;
 use crate::runtime::Pid;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -17,11 +16,24 @@ use std::time::Duration;
 /// How long an upgrade waits for servers busy in a handler before reporting them as stayed.
 const UPGRADE_PATIENCE: Duration = Duration::from_secs(5);
 
+/// Which version of which app to make current here, and the modules that must import.
+#[derive(Clone)]
+pub struct Target {
+    /// The app's name.
+    pub app: String,
+    /// The version string from its manifest.
+    pub version: String,
+    /// The code blob's hash.
+    pub code_hash: String,
+    /// Modules to import up front (the top-level children's start modules).
+    pub modules: Vec<String>,
+}
+
 /// Unpacks (once per hash) and imports a version of an app beside the loaded ones and makes
 /// it current; when `upgrading`, moves the app's servers here to it. Returns what moved, or
 /// the Python error with its traceback.
 pub fn load_version(
-    cluster: &Arc<Cluster>,
+    rt: &Arc<PyRuntime>,
     base_dir: &str,
     target: &Target,
     code: Vec<u8>,
@@ -48,13 +60,13 @@ pub fn load_version(
         return Ok(None);
     }
     let app = super::apps::tag(&target.app);
-    Ok(Some(move_all(&cluster.rt, &app, UPGRADE_PATIENCE)))
+    Ok(Some(move_all(rt, &app, UPGRADE_PATIENCE)))
 }
 
 /// Spawns a top-level child from the loaded version of its app; returns its pid or the
 /// Python error text (with traceback).
 pub fn start_child(
-    cluster: &Arc<Cluster>,
+    rt: &Arc<PyRuntime>,
     assignment: &pb::Assignment,
     spec: &pb::ChildSpec,
 ) -> Result<Pid, String> {
@@ -76,7 +88,7 @@ pub fn start_child(
         })
     })
     .map_err(error_text)?;
-    if let Some(p) = cluster.rt.lookup(pid) {
+    if let Some(p) = rt.lookup(pid) {
         p.data.report_exit.store(true, Ordering::Release);
         let _ = p.data.child.set(assignment.child.clone());
     }

@@ -21,7 +21,7 @@ const RETIRE_AFTER: Duration = Duration::from_secs(10);
 const INLINE_LIMIT: Duration = Duration::from_millis(10);
 /// Messages a server handles on executors (each faster than `INLINE_LIMIT`) before calls
 /// to it may run on the caller's thread: a fresh server's first calls keep exact timeouts.
-pub const INLINE_WARMUP: u64 = 3;
+const INLINE_WARMUP: u64 = 3;
 /// How often the stall monitor looks at the run queue.
 const MONITOR_TICK: Duration = Duration::from_millis(2);
 /// A queue head waiting this long with no idle executor means handlers hold every thread.
@@ -193,6 +193,47 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
     }
     drop(enter);
     rt.finish_batch(process);
+}
+
+/// Delivers a call to the local `callee`: runs its handler on the calling thread when the
+/// inline rule allows (see `claim_inline`), else queues it for an executor. False if the
+/// callee is gone. `caller` is the calling process, if any; it is left marked as lent.
+pub fn deliver_call(
+    rt: &Arc<PyRuntime>,
+    callee: &Arc<PyProcess>,
+    envelope: Envelope<Term>,
+    caller: Option<&Arc<PyProcess>>,
+) -> bool {
+    if claim_inline(rt, callee, caller) {
+        Python::attach(|py| run_inline(py, rt, callee, envelope));
+        true
+    } else {
+        rt.deliver(callee, envelope).is_ok()
+    }
+}
+
+/// The inline-call rule, in one place: a call runs the callee's handler on the caller's
+/// thread (one thread hand-off fewer) when the callee is past its warm-up, none of its
+/// handlers was ever slow, the caller is still alive (its thread is then marked as lent)
+/// and the callee is idle (it is then claimed).
+fn claim_inline(rt: &PyRuntime, callee: &Arc<PyProcess>, caller: Option<&Arc<PyProcess>>) -> bool {
+    !callee.data.slow.load(Ordering::Relaxed)
+        && callee.data.handled.load(Ordering::Relaxed) >= INLINE_WARMUP
+        && lend(caller)
+        && rt.try_claim_idle(callee)
+}
+
+/// Marks the caller's thread as lent to a callee's handler; false if the caller is already
+/// dead (then the call must not run a handler here). With a caller, called with the GIL
+/// held: `interrupt` checks `lent` under the GIL.
+fn lend(caller: Option<&Arc<PyProcess>>) -> bool {
+    match caller {
+        Some(m) => {
+            m.data.lent.store(true, Ordering::SeqCst);
+            !m.is_exited()
+        }
+        None => true,
+    }
 }
 
 /// Runs one call of a server claimed with `try_claim_idle` on the caller's thread: no

@@ -4,6 +4,7 @@
 use super::apps::AppTag;
 use super::convert;
 use super::executor::Pool;
+use super::ports::{GlobalNames, Remote};
 use super::term::Term;
 use crate::runtime::{Host, Outbound, Pid, Process, Reason, Runtime, Timers};
 use parking_lot::Mutex;
@@ -75,8 +76,18 @@ pub struct PyHost {
     pub pool: Pool,
     /// The timer service, set once the runtime exists.
     pub timers: OnceLock<Arc<Timers<Term>>>,
-    /// The cluster, when the node joined one.
-    pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Other nodes, when the node joined a cluster.
+    pub remote: OnceLock<Arc<dyn Remote>>,
+    /// Global names and groups, when the node joined a cluster.
+    pub names: OnceLock<Arc<dyn GlobalNames>>,
+}
+
+impl PyHost {
+    /// Plugs in the distribution layer (once; later calls are ignored).
+    pub fn connect(&self, remote: Arc<dyn Remote>, names: Arc<dyn GlobalNames>) {
+        let _ = self.remote.set(remote);
+        let _ = self.names.set(names);
+    }
 }
 
 impl Host for PyHost {
@@ -109,8 +120,8 @@ impl Host for PyHost {
     }
 
     fn route(&self, out: Outbound<Term>) -> Result<(), Outbound<Term>> {
-        match self.cluster.get() {
-            Some(cluster) => cluster.route(out),
+        match self.remote.get() {
+            Some(remote) => remote.route(out),
             None => Err(out),
         }
     }
@@ -119,11 +130,8 @@ impl Host for PyHost {
         // A last line without its newline still belongs to the app's log.
         super::logs::flush(process);
         if process.data.report_exit.load(Ordering::Acquire) {
-            if let Some(cluster) = self.cluster.get() {
-                // This node's view drops the process at once; the others learn it from the
-                // controller once the exit report is applied.
-                cluster.forget_pid(process.pid);
-                cluster.report_exit(process.pid, reason);
+            if let Some(remote) = self.remote.get() {
+                remote.process_exited(process.pid, reason);
             }
         }
         if !process.data.cleanup.load(Ordering::Acquire) {
@@ -235,7 +243,8 @@ pub fn start_node(config: &NodeConfig) -> Arc<PyRuntime> {
             let host = PyHost {
                 pool: Pool::new(config.max_executors),
                 timers: OnceLock::new(),
-                cluster: OnceLock::new(),
+                remote: OnceLock::new(),
+                names: OnceLock::new(),
             };
             let rt = Arc::new(Runtime::new(&config.name, incarnation, host));
             let _ = rt.host.timers.set(Timers::start(Arc::downgrade(&rt)));
@@ -243,4 +252,26 @@ pub fn start_node(config: &NodeConfig) -> Arc<PyRuntime> {
             rt
         })
         .clone()
+}
+
+/// Sends an exit signal from outside any process (the stopper, the control plane). The
+/// interpreter is taken once up front: the exits it causes run Python cleanups and
+/// interrupt running code, each of which needs it.
+pub fn exit_signal(rt: &PyRuntime, from: Pid, to: Pid, reason: Reason) {
+    Python::attach(|_py| rt.exit_signal(from, to, reason));
+}
+
+/// Ends every process of the node with `reason` (fencing), holding the interpreter once.
+pub fn terminate_all(rt: &PyRuntime, reason: &Reason) {
+    Python::attach(|_py| {
+        for p in rt.processes() {
+            rt.terminate(&p, reason.clone());
+        }
+    });
+}
+
+/// Runs `f` on the calling thread with a Python thread state kept for its whole run but
+/// without the GIL: for a long-lived thread that takes the GIL often but briefly.
+pub fn with_thread_state<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    Python::attach(|py| py.detach(f))
 }

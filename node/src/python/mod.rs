@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod logs;
 pub mod native;
 pub mod objects;
+pub mod ports;
 pub mod term;
 pub mod upgrade;
 

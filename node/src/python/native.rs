@@ -1,11 +1,10 @@
 //! `_rebeam_native`: the functions behind the `rebeam` package inside a node.
 
 use super::convert::{self, error, reason_from_py, reason_to_py, types};
-use super::executor::{
-    clear_interrupt, is_killed, lease_gate, log_crash, run_inline, Blocking, INLINE_WARMUP,
-};
+use super::executor::{clear_interrupt, deliver_call, is_killed, lease_gate, log_crash, Blocking};
 use super::host::{current, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime};
 use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
+use super::ports::{GlobalNames, Refused, Remote};
 use super::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, Kind, Pid, Reason, RegistryError, Status};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -54,12 +53,12 @@ fn resolve(dest: &Bound<'_, PyAny>) -> PyResult<Option<Pid>> {
     let py = dest.py();
     if dest.is_instance(types(py)?.global.bind(py))? {
         let name: String = dest.getattr("name")?.extract()?;
-        let cluster = cluster(py)?;
-        if let Some(pid) = cluster.whereis_cached(&name) {
+        let names = names(py)?;
+        if let Some(pid) = names.whereis_cached(&name) {
             return Ok(Some(pid));
         }
         return py
-            .detach(|| cluster.whereis_global(&name))
+            .detach(|| names.whereis_global(&name))
             .map_err(|s| controller_error(py, &s));
     }
     let type_name = dest.get_type().name()?.to_string();
@@ -68,52 +67,35 @@ fn resolve(dest: &Bound<'_, PyAny>) -> PyResult<Option<Pid>> {
     )))
 }
 
-/// The cluster this node joined, or a clear error on a single-machine node.
-fn cluster(py: Python<'_>) -> PyResult<&'static Arc<crate::cluster::Cluster>> {
-    rt()?.host.cluster.get().ok_or_else(|| {
-        error(
-            py,
-            &types(py)
-                .map(|t| t.error.clone_ref(py))
-                .unwrap_or_else(|_| py.None()),
-            ("global names need a cluster: start the node with --controllers ADDR",),
-        )
-    })
+/// The cluster's names and groups, or a clear error on a single-machine node.
+fn names(py: Python<'_>) -> PyResult<&'static Arc<dyn GlobalNames>> {
+    rt()?.host.names.get().ok_or_else(|| no_cluster(py))
+}
+
+/// The other nodes, or a clear error on a single-machine node.
+fn remote(py: Python<'_>) -> PyResult<&'static Arc<dyn Remote>> {
+    rt()?.host.remote.get().ok_or_else(|| no_cluster(py))
+}
+
+fn no_cluster(py: Python<'_>) -> PyErr {
+    error(
+        py,
+        &types(py)
+            .map(|t| t.error.clone_ref(py))
+            .unwrap_or_else(|_| py.None()),
+        ("global names need a cluster: start the node with --controllers ADDR",),
+    )
 }
 
 /// The typed `rebeam` exception (`Unavailable`, `NotFound`, ...) for a controller's answer.
-fn controller_error(py: Python<'_>, status: &tonic::Status) -> PyErr {
+fn controller_error(py: Python<'_>, refused: &Refused) -> PyErr {
     match types(py) {
         Ok(t) => error(
             py,
             &t.controller_error,
-            (grpc_code_name(status.code()), status.message()),
+            (refused.code, refused.message.as_str()),
         ),
         Err(e) => e,
-    }
-}
-
-/// The gRPC status name (`NOT_FOUND`), as the client's errors carry it.
-fn grpc_code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "OK",
-        C::Cancelled => "CANCELLED",
-        C::Unknown => "UNKNOWN",
-        C::InvalidArgument => "INVALID_ARGUMENT",
-        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        C::NotFound => "NOT_FOUND",
-        C::AlreadyExists => "ALREADY_EXISTS",
-        C::PermissionDenied => "PERMISSION_DENIED",
-        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        C::FailedPrecondition => "FAILED_PRECONDITION",
-        C::Aborted => "ABORTED",
-        C::OutOfRange => "OUT_OF_RANGE",
-        C::Unimplemented => "UNIMPLEMENTED",
-        C::Internal => "INTERNAL",
-        C::Unavailable => "UNAVAILABLE",
-        C::DataLoss => "DATA_LOSS",
-        C::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -121,9 +103,9 @@ fn grpc_code_name(code: tonic::Code) -> &'static str {
 #[pyfunction]
 fn register_global(py: Python<'_>, name: &str, pid: &Bound<'_, PyPid>) -> PyResult<()> {
     check_name(name)?;
-    let cluster = cluster(py)?;
+    let names = names(py)?;
     let pid = pid.get().0;
-    match py.detach(|| cluster.register_global(name, pid)) {
+    match py.detach(|| names.register_global(name, pid)) {
         Ok(Ok(())) => {
             if let Some(p) = rt()?.lookup(pid) {
                 p.data.report_exit.store(true, Ordering::Release);
@@ -142,16 +124,16 @@ fn register_global(py: Python<'_>, name: &str, pid: &Bound<'_, PyPid>) -> PyResu
 /// `unregister_global(name)`.
 #[pyfunction]
 fn unregister_global(py: Python<'_>, name: &str) -> PyResult<()> {
-    let cluster = cluster(py)?;
-    py.detach(|| cluster.unregister_global(name))
+    let names = names(py)?;
+    py.detach(|| names.unregister_global(name))
         .map_err(|s| controller_error(py, &s))
 }
 
 /// `whereis_global(name)` → Pid or None.
 #[pyfunction]
 fn whereis_global(py: Python<'_>, name: &str) -> PyResult<Option<PyPid>> {
-    let cluster = cluster(py)?;
-    py.detach(|| cluster.whereis_global(name))
+    let names = names(py)?;
+    py.detach(|| names.whereis_global(name))
         .map(|p| p.map(PyPid))
         .map_err(|s| controller_error(py, &s))
 }
@@ -160,10 +142,10 @@ fn whereis_global(py: Python<'_>, name: &str) -> PyResult<Option<PyPid>> {
 #[pyfunction]
 fn pg_join(py: Python<'_>, group: &str, pid: &Bound<'_, PyPid>) -> PyResult<bool> {
     check_name(group)?;
-    let cluster = cluster(py)?;
+    let names = names(py)?;
     let pid = pid.get().0;
     let changed = py
-        .detach(|| cluster.pg_join(group, pid))
+        .detach(|| names.pg_join(group, pid))
         .map_err(|s| controller_error(py, &s))?;
     if let Some(p) = rt()?.lookup(pid) {
         // Its memberships end when it exits: the controller hears of the exit.
@@ -175,16 +157,16 @@ fn pg_join(py: Python<'_>, group: &str, pid: &Bound<'_, PyPid>) -> PyResult<bool
 /// `pg.leave(group, pid)`; false if `pid` was not a member.
 #[pyfunction]
 fn pg_leave(py: Python<'_>, group: &str, pid: &Bound<'_, PyPid>) -> PyResult<bool> {
-    let cluster = cluster(py)?;
+    let names = names(py)?;
     let pid = pid.get().0;
-    py.detach(|| cluster.pg_leave(group, pid))
+    py.detach(|| names.pg_leave(group, pid))
         .map_err(|s| controller_error(py, &s))
 }
 
 /// `pg.members(group)`: from this node's cache of the watch stream, in join order.
 #[pyfunction]
 fn pg_members(py: Python<'_>, group: &str) -> PyResult<Vec<PyPid>> {
-    Ok(cluster(py)?
+    Ok(names(py)?
         .group_members(group)
         .into_iter()
         .map(PyPid)
@@ -194,17 +176,13 @@ fn pg_members(py: Python<'_>, group: &str) -> PyResult<Vec<PyPid>> {
 /// `pg.which_groups()`.
 #[pyfunction]
 fn pg_groups(py: Python<'_>) -> PyResult<Vec<String>> {
-    Ok(cluster(py)?.group_names())
+    Ok(names(py)?.group_names())
 }
 
 /// The cluster's members as this node sees them: [(name, incarnation, address, alive)].
 #[pyfunction]
 fn cluster_members(py: Python<'_>) -> PyResult<Vec<(String, u64, String, bool)>> {
-    Ok(cluster(py)?
-        .members()
-        .into_iter()
-        .map(|(n, m)| (n, m.incarnation, m.address, m.alive))
-        .collect())
+    Ok(remote(py)?.members())
 }
 
 fn unknown_name(py: Python<'_>, dest: &Bound<'_, PyAny>) -> PyResult<PyErr> {
@@ -526,16 +504,7 @@ fn call<'py>(
     let Some(callee) = rt.lookup(pid) else {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     };
-    let inline = !callee.data.slow.load(Ordering::Relaxed)
-        && callee.data.handled.load(Ordering::Relaxed) >= INLINE_WARMUP
-        && lend(me.as_ref())
-        && rt.try_claim_idle(&callee);
-    let delivered = if inline {
-        run_inline(py, rt, &callee, envelope);
-        true
-    } else {
-        rt.deliver(&callee, envelope).is_ok()
-    };
+    let delivered = deliver_call(rt, &callee, envelope, me.as_ref());
     if let Some(m) = &me {
         m.data.lent.store(false, Ordering::SeqCst);
     }
@@ -583,18 +552,6 @@ fn wait_for_reply<'py>(
                 timeout.unwrap_or(0.0)
             ),),
         )),
-    }
-}
-
-/// Marks the caller's thread as lent to a callee's handler; false if the caller is already
-/// dead (then the call must not run a handler here). Called with the GIL held.
-fn lend(me: Option<&Arc<PyProcess>>) -> bool {
-    match me {
-        Some(m) => {
-            m.data.lent.store(true, Ordering::SeqCst);
-            !m.is_exited()
-        }
-        None => true,
     }
 }
 

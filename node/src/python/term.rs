@@ -109,6 +109,14 @@ impl Term {
         }
     }
 
+    /// The pickle to put on the wire, taking the interpreter only if encoding needs it.
+    pub fn encode(&self) -> PyResult<Vec<u8>> {
+        match &self.0 {
+            Repr::Wire(bytes) => Ok(bytes.clone()),
+            _ => Python::attach(|py| self.to_wire(py)),
+        }
+    }
+
     /// How to size the payload for `rebeam ps`: a pickle's length is known at once; a value
     /// shared by reference is measured later (with `sys.getsizeof`, no lock held), because
     /// measuring may run Python code.

@@ -1,0 +1,101 @@
+//! The cluster serving the Python host's ports (`python::ports`): `main.rs` plugs these in.
+
+use super::Cluster;
+use crate::python::ports::{GlobalNames, Refused, Remote};
+use crate::python::term::Term;
+use crate::runtime::{Outbound, Pid, Reason};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The cluster as the Python host sees it.
+pub struct Ports(pub Arc<Cluster>);
+
+impl Remote for Ports {
+    fn route(&self, out: Outbound<Term>) -> Result<(), Outbound<Term>> {
+        self.0.route(out)
+    }
+
+    fn process_exited(&self, pid: Pid, reason: &Reason) {
+        // This node's view drops the process at once; the others learn it from the
+        // controller once the exit report is applied.
+        self.0.forget_pid(pid);
+        self.0.report_exit(pid, reason);
+    }
+
+    fn members(&self) -> Vec<(String, u64, String, bool)> {
+        self.0
+            .members()
+            .into_iter()
+            .map(|(n, m)| (n, m.incarnation, m.address, m.alive))
+            .collect()
+    }
+
+    fn dropped_frames(&self) -> u64 {
+        self.0.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl GlobalNames for Ports {
+    fn whereis_cached(&self, name: &str) -> Option<Pid> {
+        self.0.whereis_cached(name)
+    }
+
+    fn whereis_global(&self, name: &str) -> Result<Option<Pid>, Refused> {
+        self.0.whereis_global(name).map_err(refused)
+    }
+
+    fn register_global(&self, name: &str, pid: Pid) -> Result<Result<(), Pid>, Refused> {
+        self.0.register_global(name, pid).map_err(refused)
+    }
+
+    fn unregister_global(&self, name: &str) -> Result<(), Refused> {
+        self.0.unregister_global(name).map_err(refused)
+    }
+
+    fn pg_join(&self, group: &str, pid: Pid) -> Result<bool, Refused> {
+        self.0.pg_join(group, pid).map_err(refused)
+    }
+
+    fn pg_leave(&self, group: &str, pid: Pid) -> Result<bool, Refused> {
+        self.0.pg_leave(group, pid).map_err(refused)
+    }
+
+    fn group_members(&self, group: &str) -> Vec<Pid> {
+        self.0.group_members(group)
+    }
+
+    fn group_names(&self) -> Vec<String> {
+        self.0.group_names()
+    }
+}
+
+fn refused(status: tonic::Status) -> Refused {
+    Refused {
+        code: grpc_code_name(status.code()),
+        message: status.message().to_string(),
+    }
+}
+
+/// The gRPC status name (`NOT_FOUND`), as the client's errors carry it.
+fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
