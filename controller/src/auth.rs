@@ -14,8 +14,7 @@ use rebeam_tls::{Member, PeerInfo};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tonic::codegen::http;
-use tonic::metadata::MetadataValue;
-use tonic::{Request, Status};
+use tonic::Status;
 
 /// What a client token may do; each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -536,46 +535,7 @@ where
     }
 }
 
-/// Adds `authorization: Bearer <secret>` to outgoing requests.
-#[derive(Clone)]
-pub struct BearerInjector {
-    value: Option<MetadataValue<tonic::metadata::Ascii>>,
-}
-
-impl BearerInjector {
-    /// Injects this secret; a secret that is not valid metadata is sent as nothing (and refused).
-    pub fn new(secret: &str) -> Self {
-        BearerInjector {
-            value: MetadataValue::try_from(format!("Bearer {secret}")).ok(),
-        }
-    }
-}
-
-impl BearerInjector {
-    /// Sends no credential: with mTLS, members authenticate by certificate and the cluster
-    /// secret never goes on the wire.
-    pub fn none() -> Self {
-        BearerInjector { value: None }
-    }
-
-    /// The secret as a member sends it: nothing when `dialer` uses TLS, else the secret.
-    pub fn for_member(secret: &str, dialer: &rebeam_tls::Dialer) -> Self {
-        if dialer.is_tls() {
-            BearerInjector::none()
-        } else {
-            BearerInjector::new(secret)
-        }
-    }
-}
-
-impl tonic::service::Interceptor for BearerInjector {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.value {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
+pub use rebeam_grpc::BearerInjector;
 
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, Pid, Reason};
 use pb::deliver_reply::Result as Outcome;
 use pb::deliver_request::Target;
+use rebeam_grpc::Error;
 use rebeam_proto as pb;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,12 +78,10 @@ impl Gateway {
         match target {
             Some(Target::Pid(p)) => pid_from_pb(Some(&p))
                 .map(Some)
-                .ok_or_else(|| Status::invalid_argument("the target pid names no node")),
+                .ok_or_else(|| bad_request("the target pid names no node")),
             Some(Target::Global(name)) => {
                 if name.is_empty() || name.len() > 255 {
-                    return Err(Status::invalid_argument(
-                        "a global name must be 1 to 255 bytes long",
-                    ));
+                    return Err(bad_request("a global name must be 1 to 255 bytes long"));
                 }
                 if let Some(pid) = self.cluster.whereis_cached(&name) {
                     return Ok(Some(pid));
@@ -90,11 +89,9 @@ impl Gateway {
                 let cluster = self.cluster.clone();
                 tokio::task::spawn_blocking(move || cluster.whereis_global(&name))
                     .await
-                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(|e| internal(e.to_string()))?
             }
-            None => Err(Status::invalid_argument(
-                "a target is required: a global name or a pid",
-            )),
+            None => Err(bad_request("a target is required: a global name or a pid")),
         }
     }
 }
@@ -116,7 +113,7 @@ impl pb::gateway_service_server::GatewayService for Gateway {
             crate::python::inspect::list(&rt, (!app.is_empty()).then_some(app.as_str()))
         })
         .await
-        .map_err(|e| Status::internal(format!("listing processes failed: {e}")))?;
+        .map_err(|e| internal(format!("listing processes failed: {e}")))?;
         Ok(Response::new(pb::ListProcessesReply {
             node: self.cluster.rt.node().name().to_string(),
             processes: processes.into_iter().map(Into::into).collect(),
@@ -129,7 +126,7 @@ impl pb::gateway_service_server::GatewayService for Gateway {
     ) -> Result<Response<pb::KillReply>, Status> {
         let pid = request.into_inner().pid;
         let pid = pid_from_pb(pid.as_ref())
-            .ok_or_else(|| Status::invalid_argument("a pid with a node is required"))?;
+            .ok_or_else(|| bad_request("a pid with a node is required"))?;
         self.cluster.rt.exit_signal(pid, pid, Reason::Kill);
         Ok(Response::new(pb::KillReply {}))
     }
@@ -140,7 +137,7 @@ impl pb::gateway_service_server::GatewayService for Gateway {
     ) -> Result<Response<Self::LogsStream>, Status> {
         let r = request.into_inner();
         if r.app.is_empty() || r.app.len() > MAX_APP_NAME {
-            return Err(Status::invalid_argument(format!(
+            return Err(bad_request(format!(
                 "an app name of 1 to {MAX_APP_NAME} bytes is required"
             )));
         }
@@ -169,7 +166,7 @@ impl pb::gateway_service_server::GatewayService for Gateway {
         let kind = pb::DeliveryKind::try_from(r.kind)
             .ok()
             .filter(|k| *k != pb::DeliveryKind::Unspecified)
-            .ok_or_else(|| Status::invalid_argument("kind must be call, cast or send"))?;
+            .ok_or_else(|| bad_request("kind must be call, cast or send"))?;
         let Some(pid) = self.resolve(r.target).await? else {
             return Ok(Response::new(exit(None, &Reason::Noproc)));
         };
@@ -219,10 +216,10 @@ impl pb::gateway_service_server::GatewayService for Gateway {
                 tokio::task::spawn_blocking(move || {
                     term.encode()
                         .map(Outcome::Value)
-                        .map_err(|e| Status::internal(format!("cannot serialize the reply: {e}")))
+                        .map_err(|e| internal(format!("cannot serialize the reply: {e}")))
                 })
                 .await
-                .map_err(|e| Status::internal(e.to_string()))??
+                .map_err(|e| internal(e.to_string()))??
             }
             Ok(Ok(CallResult::Exit(reason))) => Outcome::Exit(reason_to_pb(&reason)),
             Ok(Ok(CallResult::CallerKilled)) | Ok(Err(_)) => {
@@ -239,4 +236,14 @@ impl pb::gateway_service_server::GatewayService for Gateway {
             pid: Some(pid_to_pb(pid)),
         }))
     }
+}
+
+/// A refused request, as every Re:BEAM service reports one (`rebeam_grpc::Error`).
+fn bad_request(message: impl Into<String>) -> Status {
+    Error::invalid(message).into()
+}
+
+/// A failure inside the node, as every Re:BEAM service reports one.
+fn internal(cause: impl std::fmt::Display) -> Status {
+    Error::internal(cause).into()
 }

@@ -9,6 +9,7 @@ use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Ref};
 use futures::StreamExt;
 use pb::peer_frame::Frame;
+use rebeam_grpc::Error;
 use rebeam_proto as pb;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -231,7 +232,7 @@ impl pb::peer_service_server::PeerService for PeerService {
             .and_then(|v| v.to_str().ok())
             .map(NodeId::intern)
             .ok_or_else(|| {
-                Status::invalid_argument("peer stream without x-rebeam-node metadata")
+                Status::from(Error::invalid("peer stream without x-rebeam-node metadata"))
             })?;
         let mut frames = request.into_inner();
         while let Some(batch) = frames.next().await {
@@ -244,7 +245,7 @@ impl pb::peer_service_server::PeerService for PeerService {
                 .send(Inbound::Batch(from_node, batch))
                 .is_err()
             {
-                return Err(Status::unavailable("node is shutting down"));
+                return Err(Error::Unavailable("node is shutting down".into()).into());
             }
         }
         Ok(Response::new(pb::PeerStreamEnd {}))
