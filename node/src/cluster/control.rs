@@ -2,6 +2,7 @@
 //! top-level children, global names and exit reports.
 
 use super::code::{self, Target};
+use super::leader::Leaders;
 use super::wire::{pid_from_pb, pid_to_pb, reason_report};
 use super::Cluster;
 use crate::python;
@@ -9,10 +10,9 @@ use crate::runtime::{Pid, Reason};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use pb::watch_event::Event;
-use rebeam_controller::auth::BearerInjector;
-use rebeam_controller::LEADER_METADATA_KEY;
+use rebeam_grpc::BearerInjector;
 use rebeam_proto as pb;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,19 +34,12 @@ const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 const ATTEMPT: Duration = Duration::from_secs(1);
 /// How long a request waits for a leader (an election, a hung leader) before it fails.
 const PATIENCE: Duration = Duration::from_secs(10);
-/// The pause after every member was tried without finding a leader.
-const RETRY_PAUSE: Duration = Duration::from_millis(20);
-/// A member that did not answer within an attempt is tried after the others for this long.
-const HUNG_FOR: Duration = Duration::from_secs(2);
 
-/// A connection to the controller group that follows the leader.
+/// A connection to the controller group that follows the leader (see `leader::Leaders`).
 pub struct Controller {
-    addresses: Mutex<Vec<String>>,
-    leader: Mutex<usize>,
+    leaders: Leaders,
     channels: Mutex<HashMap<String, Channel>>,
     bearer: BearerInjector,
-    /// Members whose last attempt timed out, and when.
-    hung: Mutex<HashMap<String, Instant>>,
     dialer: rebeam_tls::Dialer,
 }
 
@@ -59,12 +52,10 @@ impl Controller {
         dialer: rebeam_tls::Dialer,
     ) -> Controller {
         Controller {
-            addresses: Mutex::new(addresses),
-            leader: Mutex::new(0),
+            leaders: Leaders::new(addresses),
             channels: Mutex::new(HashMap::new()),
             bearer,
             dialer,
-            hung: Mutex::new(HashMap::new()),
         }
     }
 
@@ -90,37 +81,54 @@ impl Controller {
         Ok(channel)
     }
 
-    /// Moves off `address` (a stream served from it just broke), so the next request tries
-    /// another member first: a frozen member would otherwise take a whole attempt again.
-    fn avoid(&self, address: &str) {
-        let (i, current) = self.current();
-        if current == address {
-            *self.leader.lock() = i + 1;
-        }
-    }
-
-    fn current(&self) -> (usize, String) {
-        let addresses = self.addresses.lock();
-        let i = *self.leader.lock() % addresses.len().max(1);
-        (i, addresses.get(i).cloned().unwrap_or_default())
-    }
-
-    /// Runs `f` against the leader, following redirects and skipping dead members; waits out
-    /// an election (up to `PATIENCE`) instead of failing while a leader can still be elected.
-    async fn with_leader<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    /// Calls a `NodeService` method on the leader, waiting out an election (up to
+    /// `PATIENCE`): `controller.node(request, |mut c, r| async move { c.join(r).await })`.
+    async fn node<Req, T, F, Fut>(&self, request: Req, rpc: F) -> Result<T, Status>
     where
-        F: Fn(Channel, BearerInjector) -> Fut,
+        Req: Clone,
+        F: Fn(NodeClient, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.until(Instant::now() + PATIENCE, ATTEMPT, f)
+        self.node_until(Instant::now() + PATIENCE, ATTEMPT, request, rpc)
             .await
             .map(|(r, _)| r)
     }
 
-    /// Runs `f` against the leader until `deadline`, each attempt bounded by `attempt` so a
-    /// hung member (frozen, or cut off with its connections open) costs one attempt, not the
-    /// whole budget; returns the reply and the address of the member that gave it.
-    async fn until<T, F, Fut>(
+    /// Like `node`, until `deadline` with each attempt bounded by `attempt`; also returns
+    /// the member that answered.
+    async fn node_until<Req, T, F, Fut>(
+        &self,
+        deadline: Instant,
+        attempt: Duration,
+        request: Req,
+        rpc: F,
+    ) -> Result<(T, String), Status>
+    where
+        Req: Clone,
+        F: Fn(NodeClient, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.follow(deadline, attempt, |ch, b| {
+            rpc(node_client(ch, b), request.clone())
+        })
+        .await
+    }
+
+    /// Calls a `ClusterService` method on the leader, waiting out an election (up to
+    /// `PATIENCE`).
+    async fn cluster<Req, T, F, Fut>(&self, request: Req, rpc: F) -> Result<T, Status>
+    where
+        Req: Clone,
+        F: Fn(ClusterClient, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let client = |ch, b| rpc(cluster_client(ch, b), request.clone());
+        self.follow(Instant::now() + PATIENCE, ATTEMPT, client)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    async fn follow<T, F, Fut>(
         &self,
         deadline: Instant,
         attempt: Duration,
@@ -130,97 +138,22 @@ impl Controller {
         F: Fn(Channel, BearerInjector) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut last = Status::unavailable("no controller answered in time");
-        // Members that failed in this round: the round goes on through the others (a
-        // redirect to a failed one is not followed either: the leader's advertised address
-        // may be unreachable from here while another member's is not). Members that hung
-        // lately come last, so a frozen one costs one attempt, not one per round.
-        let mut failed: HashSet<String> = HashSet::new();
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(last);
-            }
-            let Some((i, address)) = self.pick(&failed) else {
-                // Every member tried and none leads (an election is on): pause a moment
-                // rather than spin, then go round again.
-                failed.clear();
-                tokio::time::sleep(RETRY_PAUSE.min(deadline - now)).await;
-                continue;
-            };
-            let channel = self.channel(&address)?;
-            let bound = attempt.min(deadline - now);
-            let status = match tokio::time::timeout(bound, f(channel, self.bearer.clone())).await {
-                Ok(Ok(r)) => {
-                    self.hung.lock().remove(&address);
-                    return Ok((r.into_inner(), address));
-                }
-                Ok(Err(status)) => status,
-                Err(_) => {
-                    self.hung.lock().insert(address.clone(), Instant::now());
-                    Status::deadline_exceeded(format!(
-                        "controller {address} did not answer within {bound:?}"
-                    ))
-                }
-            };
-            let redirect = status
-                .metadata()
-                .get(LEADER_METADATA_KEY)
-                .and_then(|v| v.to_str().ok())
-                .filter(|s| !s.is_empty() && *s != address && !failed.contains(*s))
-                .map(str::to_string);
-            if let Some(leader) = redirect {
-                let mut addresses = self.addresses.lock();
-                let j = match addresses.iter().position(|a| *a == leader) {
-                    Some(j) => j,
-                    None => {
-                        addresses.push(leader);
-                        addresses.len() - 1
-                    }
-                };
-                *self.leader.lock() = j;
-            } else if matches!(
-                status.code(),
-                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-            ) {
-                *self.leader.lock() = i + 1;
-                failed.insert(address);
-            } else {
-                return Err(status);
-            }
-            last = status;
-        }
+        self.leaders
+            .follow(deadline, attempt, |address| {
+                let call = self.channel(address).map(|ch| f(ch, self.bearer.clone()));
+                async move { Ok(call?.await?.into_inner()) }
+            })
+            .await
     }
+}
 
-    /// The member to try next: the current one unless it failed in this round, else the
-    /// next that did not, preferring members that have not hung within `HUNG_FOR`; None
-    /// when every member failed in this round.
-    fn pick(&self, failed: &HashSet<String>) -> Option<(usize, String)> {
-        let addresses = self.addresses.lock().clone();
-        if addresses.is_empty() {
-            return None;
-        }
-        let n = addresses.len();
-        let start = *self.leader.lock() % n;
-        let hung = self.hung.lock();
-        let recently_hung = |a: &String| hung.get(a).is_some_and(|t| t.elapsed() < HUNG_FOR);
-        let order = (0..n).map(|k| (start + k) % n);
-        let chosen = order
-            .clone()
-            .find(|&j| !failed.contains(&addresses[j]) && !recently_hung(&addresses[j]))
-            .or_else(|| order.clone().find(|&j| !failed.contains(&addresses[j])))?;
-        *self.leader.lock() = chosen;
-        Some((chosen, addresses[chosen].clone()))
-    }
+fn node_client(channel: Channel, bearer: BearerInjector) -> NodeClient {
+    pb::node_service_client::NodeServiceClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(MAX_MESSAGE)
+}
 
-    fn node_client(channel: Channel, bearer: BearerInjector) -> NodeClient {
-        pb::node_service_client::NodeServiceClient::with_interceptor(channel, bearer)
-            .max_decoding_message_size(MAX_MESSAGE)
-    }
-
-    fn cluster_client(channel: Channel, bearer: BearerInjector) -> ClusterClient {
-        pb::cluster_service_client::ClusterServiceClient::with_interceptor(channel, bearer)
-    }
+fn cluster_client(channel: Channel, bearer: BearerInjector) -> ClusterClient {
+    pb::cluster_service_client::ClusterServiceClient::with_interceptor(channel, bearer)
 }
 
 /// One life of this node in the cluster, as the controller granted it.
@@ -341,10 +274,7 @@ async fn join(cluster: &Arc<Cluster>) -> Session {
     loop {
         let r = cluster
             .controller
-            .with_leader(|ch, b| {
-                let req = request.clone();
-                async move { Controller::node_client(ch, b).join(req).await }
-            })
+            .node(request.clone(), |mut c, r| async move { c.join(r).await })
             .await;
         match r {
             Ok(reply) => {
@@ -387,15 +317,17 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
             node: Some(node_ref(cluster, session)),
         };
         let tried = Mutex::new(Instant::now());
-        let call = cluster
-            .controller
-            .until(keeper.last_ok() + session.fence, attempt, |ch, b| {
-                let req = request.clone();
+        let call = cluster.controller.node_until(
+            keeper.last_ok() + session.fence,
+            attempt,
+            request,
+            |mut c, r| {
                 // Counted from the send of the attempt that succeeds: the controller's lease
                 // started no earlier.
                 *tried.lock() = Instant::now();
-                async move { Controller::node_client(ch, b).heartbeat(req).await }
-            });
+                async move { c.heartbeat(r).await }
+            },
+        );
         match call.await {
             Ok(_) => {
                 let sent = *tried.lock();
@@ -445,9 +377,8 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         };
         let opened = cluster
             .controller
-            .until(deadline, attempt, |ch, b| {
-                let req = request.clone();
-                async move { Controller::node_client(ch, b).watch(req).await }
+            .node_until(deadline, attempt, request, |mut c, r| async move {
+                c.watch(r).await
             })
             .await;
         let (mut stream, member) = match opened {
@@ -480,7 +411,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         let now = Instant::now();
         broken_since = Some(now);
         keeper.stream_broke(cluster, now);
-        cluster.controller.avoid(&member);
+        cluster.controller.leaders.avoid(&member);
         if member_is_gone(&member).await {
             keeper.member_gone(cluster);
         }
@@ -646,10 +577,7 @@ fn start_assignment(
         };
         let r = cluster
             .controller
-            .with_leader(|ch, b| {
-                let req = request.clone();
-                async move { Controller::node_client(ch, b).report_child_started(req).await }
-            })
+            .node(request, |mut c, r| async move { c.report_child_started(r).await })
             .await;
         if let Err(status) = r {
             tracing::warn!("cannot report a started child: {}", status.message());
@@ -681,10 +609,7 @@ async fn report_upgrade(
     };
     let r = cluster
         .controller
-        .with_leader(|ch, b| {
-            let req = request.clone();
-            async move { Controller::node_client(ch, b).report_upgrade(req).await }
-        })
+        .node(request, |mut c, r| async move { c.report_upgrade(r).await })
         .await;
     if let Err(status) = r {
         tracing::warn!(app, "cannot report an upgrade: {}", status.message());
@@ -708,14 +633,10 @@ async fn report_failed_start(
     };
     let r = cluster
         .controller
-        .with_leader(|ch, b| {
-            let req = request.clone();
-            async move {
-                Controller::node_client(ch, b)
-                    .report_child_failed(req)
-                    .await
-            }
-        })
+        .node(
+            request,
+            |mut c, r| async move { c.report_child_failed(r).await },
+        )
         .await;
     if let Err(status) = r {
         tracing::warn!(app = %a.app, child = %a.child, "cannot report a failed start: {}", status.message());
@@ -729,10 +650,7 @@ pub async fn fetch_code(cluster: &Arc<Cluster>, hash: &str) -> Result<Vec<u8>, S
     };
     let reply = cluster
         .controller
-        .with_leader(|ch, b| {
-            let req = request.clone();
-            async move { Controller::node_client(ch, b).fetch_code(req).await }
-        })
+        .node(request, |mut c, r| async move { c.fetch_code(r).await })
         .await?;
     Ok(reply.code)
 }
@@ -763,10 +681,7 @@ pub async fn report_exits(cluster: &Arc<Cluster>, exits: Vec<(Pid, String)>) {
     };
     let r = cluster
         .controller
-        .with_leader(|ch, b| {
-            let req = request.clone();
-            async move { Controller::node_client(ch, b).report_exit(req).await }
-        })
+        .node(request, |mut c, r| async move { c.report_exit(r).await })
         .await;
     if let Err(status) = r {
         tracing::warn!("cannot report exits: {}", status.message());
@@ -788,10 +703,10 @@ impl Cluster {
             name: name.to_string(),
             pid: Some(pid_to_pb(pid)),
         };
-        let reply = self.tokio.block_on(self.controller.with_leader(|ch, b| {
-            let req = request.clone();
-            async move { Controller::cluster_client(ch, b).register_name(req).await }
-        }))?;
+        let reply = self.tokio.block_on(
+            self.controller
+                .cluster(request, |mut c, r| async move { c.register_name(r).await }),
+        )?;
         if reply.registered {
             self.set_name(name, Some(pid));
             return Ok(Ok(()));
@@ -805,10 +720,10 @@ impl Cluster {
             name: name.to_string(),
             ..Default::default()
         };
-        self.tokio.block_on(self.controller.with_leader(|ch, b| {
-            let req = request.clone();
-            async move { Controller::cluster_client(ch, b).unregister_name(req).await }
-        }))?;
+        self.tokio
+            .block_on(self.controller.cluster(request, |mut c, r| async move {
+                c.unregister_name(r).await
+            }))?;
         self.set_name(name, None);
         Ok(())
     }
@@ -819,10 +734,10 @@ impl Cluster {
             group: group.to_string(),
             pid: Some(pid_to_pb(pid)),
         };
-        let reply = self.tokio.block_on(self.controller.with_leader(|ch, b| {
-            let req = request.clone();
-            async move { Controller::cluster_client(ch, b).pg_join(req).await }
-        }))?;
+        let reply = self.tokio.block_on(
+            self.controller
+                .cluster(request, |mut c, r| async move { c.pg_join(r).await }),
+        )?;
         self.set_member(group, pid, true);
         Ok(reply.changed)
     }
@@ -833,10 +748,10 @@ impl Cluster {
             group: group.to_string(),
             pid: Some(pid_to_pb(pid)),
         };
-        let reply = self.tokio.block_on(self.controller.with_leader(|ch, b| {
-            let req = request.clone();
-            async move { Controller::cluster_client(ch, b).pg_leave(req).await }
-        }))?;
+        let reply = self.tokio.block_on(
+            self.controller
+                .cluster(request, |mut c, r| async move { c.pg_leave(r).await }),
+        )?;
         self.set_member(group, pid, false);
         Ok(reply.changed)
     }
@@ -850,10 +765,10 @@ impl Cluster {
             name: name.to_string(),
             linearizable: true,
         };
-        let reply = self.tokio.block_on(self.controller.with_leader(|ch, b| {
-            let req = request.clone();
-            async move { Controller::cluster_client(ch, b).whereis(req).await }
-        }))?;
+        let reply = self.tokio.block_on(
+            self.controller
+                .cluster(request, |mut c, r| async move { c.whereis(r).await }),
+        )?;
         Ok(pid_from_pb(reply.pid.as_ref()))
     }
 }

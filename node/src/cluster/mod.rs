@@ -4,6 +4,7 @@
 pub mod code;
 pub mod control;
 pub mod gateway;
+pub mod leader;
 pub mod peers;
 pub mod ports;
 pub mod stopper;
