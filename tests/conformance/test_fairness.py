@@ -1,4 +1,5 @@
-"""Scheduling: a runaway handler does not stop the other actors of its node (DESIGN §2)."""
+"""Scheduling: a runaway handler does not stop the other actors of its node (docs/semantics.md, "The
+model")."""
 
 from __future__ import annotations
 

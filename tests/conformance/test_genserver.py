@@ -1,4 +1,5 @@
-"""GenServer: callbacks, stop, terminate, crashes, idle timeouts, init failure (DESIGN §3)."""
+"""GenServer: callbacks, stop, terminate, crashes, idle timeouts, init failure (docs/semantics.md,
+"GenServer and Supervisor")."""
 
 from __future__ import annotations
 

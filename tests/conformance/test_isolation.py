@@ -1,4 +1,5 @@
-"""Isolation: a receiver never observes a later mutation made by the sender (DESIGN §2)."""
+"""Isolation: a receiver never observes a later mutation made by the sender (docs/semantics.md, "The
+model")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Links: bidirectional, abnormal exits propagate, normal does not (DESIGN §2)."""
+"""Links: bidirectional, abnormal exits propagate, normal does not (docs/semantics.md, "The model")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Monitors: one-way, Down exactly once, noproc for the dead, demonitor (DESIGN §2)."""
+"""Monitors: one-way, Down exactly once, noproc for the dead, demonitor (docs/semantics.md, "The model")."""
 
 from __future__ import annotations
 

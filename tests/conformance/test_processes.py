@@ -1,4 +1,4 @@
-"""Processes: pids, spawn, send, selective receive, call and cast (DESIGN §2)."""
+"""Processes: pids, spawn, send, selective receive, call and cast (docs/semantics.md, "The model")."""
 
 from __future__ import annotations
 

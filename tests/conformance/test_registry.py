@@ -1,4 +1,5 @@
-"""Registries: local names, the key registry and process groups (DESIGN §3)."""
+"""Registries: local names, the key registry and process groups (docs/semantics.md, "The model";
+docs/guide.md, "Names you define")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Supervisors: strategies, intensity, restart types, shutdown order and policies, nesting,
-dynamic children and spec validation (DESIGN §3)."""
+dynamic children and spec validation (docs/semantics.md, "GenServer and Supervisor")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tables (ETS): kinds, access rights, ownership, heirs and concurrent use (DESIGN §3)."""
+"""Tables (ETS): kinds, access rights, ownership, heirs and concurrent use (docs/guide.md, "Shared
+state without a bottleneck: tables"; docs/semantics.md, "Differences from OTP")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Timers: send_after, cancel_timer and GenServer timeouts (DESIGN §3)."""
+"""Timers: send_after, cancel_timer and GenServer timeouts (docs/semantics.md, "The model")."""
 
 from __future__ import annotations
 

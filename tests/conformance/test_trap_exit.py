@@ -1,4 +1,4 @@
-"""Trapping exits: Exit messages, kill is untrappable, killed propagates (DESIGN §2)."""
+"""Trapping exits: Exit messages, kill is untrappable, killed propagates (docs/semantics.md, "The model")."""
 
 from __future__ import annotations
 

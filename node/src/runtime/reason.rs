@@ -71,11 +71,6 @@ impl Reason {
             _ => return None,
         })
     }
-
-    /// True for `shutdown` and `("shutdown", _)`, which transient children are not restarted for.
-    pub fn is_shutdown(&self) -> bool {
-        matches!(self, Reason::Shutdown | Reason::ShutdownWith(_))
-    }
 }
 
 impl fmt::Display for Reason {

@@ -90,9 +90,4 @@ impl<H: Host> RunQueue<H> {
             q.stalled_since.map(|t| t.elapsed()),
         )
     }
-
-    /// Wakes every waiting thread (shutdown).
-    pub fn wake_all(&self) {
-        self.ready.notify_all();
-    }
 }
