@@ -176,18 +176,7 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
         let Some(envelope) = rt.take_next(process) else {
             break;
         };
-        process.data.handled.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let outcome = dispatch(py, rt, process, server.bind(py), envelope);
-        if started.elapsed() > INLINE_LIMIT {
-            process.data.slow.store(true, Ordering::Relaxed);
-        }
-        if process.is_exited() {
-            clear_interrupt(py);
-            break;
-        }
-        if let Some(reason) = outcome {
-            finish_server(py, rt, process, server.bind(py), reason);
+        if !handle_one(py, rt, process, server.bind(py), envelope) {
             break;
         }
     }
@@ -257,19 +246,36 @@ pub fn run_inline(
         return;
     }
     let enter = Enter::new(process.clone());
+    handle_one(py, rt, process, server.bind(py), envelope);
+    drop(enter);
+    rt.finish_batch(process);
+}
+
+/// Handles one envelope of an entered server on this thread, counting it and marking the
+/// server slow if the handler took longer than `INLINE_LIMIT`; false once the server
+/// stopped (it was killed meanwhile, or its handler asked to stop and it has finished).
+fn handle_one(
+    py: Python<'_>,
+    rt: &Arc<PyRuntime>,
+    process: &Arc<PyProcess>,
+    server: &Bound<'_, PyAny>,
+    envelope: Envelope<Term>,
+) -> bool {
     process.data.handled.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let outcome = dispatch(py, rt, process, server.bind(py), envelope);
+    let outcome = dispatch(py, rt, process, server, envelope);
     if started.elapsed() > INLINE_LIMIT {
         process.data.slow.store(true, Ordering::Relaxed);
     }
     if process.is_exited() {
         clear_interrupt(py);
-    } else if let Some(reason) = outcome {
-        finish_server(py, rt, process, server.bind(py), reason);
+        return false;
     }
-    drop(enter);
-    rt.finish_batch(process);
+    if let Some(reason) = outcome {
+        finish_server(py, rt, process, server, reason);
+        return false;
+    }
+    true
 }
 
 /// Drops an interrupt that was aimed at a process that has already stopped running here.

@@ -1,0 +1,136 @@
+//! Sending, casting, calling and replying.
+
+use super::*;
+
+/// `send(dest, message)`: never blocks; a message to a dead process is dropped.
+#[pyfunction]
+pub(super) fn send(
+    py: Python<'_>,
+    dest: &Bound<'_, PyAny>,
+    message: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    not_killed(py)?;
+    let Some(pid) = resolve(dest)? else {
+        return Err(unknown_name(py, dest)?);
+    };
+    let term = Term::copy_in(message)?;
+    let _ = rt()?.send(pid, Envelope::Info(term));
+    Ok(())
+}
+
+/// `cast(dest, request)`: an asynchronous request to a GenServer.
+#[pyfunction]
+pub(super) fn cast(
+    py: Python<'_>,
+    dest: &Bound<'_, PyAny>,
+    request: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    not_killed(py)?;
+    let Some(pid) = resolve(dest)? else {
+        return Ok(());
+    };
+    let term = Term::copy_in(request)?;
+    let _ = rt()?.send(pid, Envelope::Cast(term));
+    Ok(())
+}
+
+/// `call(dest, request, timeout)`: a synchronous request; raises Timeout or Exit.
+#[pyfunction]
+#[pyo3(signature = (dest, request, timeout=5.0))]
+pub(super) fn call<'py>(
+    py: Python<'py>,
+    dest: &Bound<'py, PyAny>,
+    request: &Bound<'py, PyAny>,
+    timeout: Option<f64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let rt = rt()?;
+    let me = current();
+    let Some(pid) = resolve(dest)? else {
+        return Err(error(py, &types(py)?.exit, (dest.clone(), "noproc")));
+    };
+    if me.as_ref().is_some_and(|m| m.pid == pid) {
+        return Err(rebeam_error(
+            py,
+            format!("{pid} called itself: a process cannot wait for its own reply"),
+        ));
+    }
+    let deadline = deadline_after(timeout)?;
+    let slot = Arc::new(CallSlot::default());
+    let envelope = Envelope::Call {
+        request: Term::copy_in(request)?,
+        from: me.as_ref().map(|m| m.pid),
+        slot: slot.clone(),
+    };
+    if rt.is_remote(pid) {
+        if rt.send(pid, envelope).is_err() {
+            return Err(exit_error(py, pid, &Reason::Noconnection)?);
+        }
+        return wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
+    }
+    let Some(callee) = rt.lookup(pid) else {
+        return Err(exit_error(py, pid, &Reason::Noproc)?);
+    };
+    let delivered = deliver_call(rt, &callee, envelope, me.as_ref());
+    if let Some(m) = &me {
+        m.data.lent.store(false, Ordering::SeqCst);
+    }
+    if !delivered {
+        return Err(exit_error(py, pid, &Reason::Noproc)?);
+    }
+    drop(callee);
+    wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout)
+}
+
+/// Waits for a call's reply (or takes the one already given on this thread).
+pub(super) fn wait_for_reply<'py>(
+    py: Python<'py>,
+    rt: &Arc<PyRuntime>,
+    me: Option<&Arc<PyProcess>>,
+    pid: Pid,
+    slot: &Arc<CallSlot<Term>>,
+    deadline: Option<Instant>,
+    timeout: Option<f64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(m) = me {
+        rt.block_on(m, Some(slot.clone()));
+    }
+    let outcome = if slot.is_complete() {
+        // Answered on this thread; a reply later than the deadline still counts as a timeout.
+        slot.wait(None)
+            .filter(|_| deadline.is_none_or(|d| Instant::now() <= d))
+    } else {
+        let _blocking = Blocking::begin(rt);
+        py.detach(|| slot.wait(deadline))
+    };
+    if let Some(m) = me {
+        rt.block_on(m, None);
+        still_alive(py, m)?;
+    }
+    match outcome {
+        Some(CallResult::Reply(term)) => term.to_py(py),
+        Some(CallResult::Exit(reason)) => Err(exit_error(py, pid, &reason)?),
+        Some(CallResult::CallerKilled) => Err(error(py, &types(py)?.killed, ())),
+        None => Err(error(
+            py,
+            &types(py)?.timeout,
+            (format!(
+                "call to {pid} timed out after {}s",
+                timeout.unwrap_or(0.0)
+            ),),
+        )),
+    }
+}
+
+/// `reply(sender, value)`: answers a call whose handler returned `noreply()`.
+#[pyfunction]
+pub(super) fn reply(sender: &Bound<'_, Sender>, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let sender = sender.get();
+    let term = Term::copy_in(value)?;
+    let done = sender.slot.complete(CallResult::Reply(term)).is_ok();
+    if let Some(me) = current() {
+        me.lock()
+            .pending_calls
+            .retain(|s| !Arc::ptr_eq(s, &sender.slot));
+    }
+    Ok(done)
+}
