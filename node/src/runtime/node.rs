@@ -312,7 +312,17 @@ impl<H: Host> Runtime<H> {
         };
         if added {
             let mut st = process.lock();
-            if !st.links.contains(&other) {
+            if st.status == Status::Exited {
+                // The caller was terminated after the target took the link and before this
+                // half: its exit did not see the link, so it fires here (as in OTP, where
+                // the link signal reaches the target before the caller's exit signal).
+                let reason = st.reason.clone();
+                drop(st);
+                if let (Some(reason), Some(target)) = (reason, self.lookup(other)) {
+                    target.lock().links.retain(|x| *x != process.pid);
+                    self.deliver_exit(&target, process.pid, reason);
+                }
+            } else if !st.links.contains(&other) {
                 st.links.push(other);
             }
         } else {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 #[derive(Default)]
 struct TestHost {
     exited: Mutex<Vec<(Pid, Reason)>>,
-    routed: Mutex<Vec<String>>,
+    routed: Mutex<Vec<Outbound<&'static str>>>,
 }
 
 impl Host for TestHost {
@@ -18,7 +18,7 @@ impl Host for TestHost {
         self.exited.lock().push((process.pid, reason.clone()));
     }
     fn route(&self, out: Outbound<Self::Msg>) -> Result<(), Outbound<Self::Msg>> {
-        self.routed.lock().push(format!("{out:?}"));
+        self.routed.lock().push(out);
         Ok(())
     }
 }
@@ -228,22 +228,37 @@ fn remote_operations_are_routed_to_the_peer() {
     let r = rt.monitor(&a, remote(2));
     rt.send(remote(3), Envelope::Info("hi")).unwrap();
     rt.terminate(&a, crash());
-    let routed = rt.host.routed.lock().join("\n");
-    assert!(routed.contains("Link"), "{routed}");
-    assert!(routed.contains("Monitor"), "{routed}");
-    assert!(routed.contains("Message"), "{routed}");
+    let routed = rt.host.routed.lock();
+    let sent = |check: &dyn Fn(&Outbound<&'static str>) -> bool| routed.iter().any(check);
     assert!(
-        routed.contains("Exit") && routed.contains("link: true"),
-        "{routed}"
+        sent(&|o| matches!(o, Outbound::Link { from, to } if *from == a.pid && *to == remote(1))),
+        "{routed:?}"
     );
     assert!(
-        routed.contains(&format!(
-            "Demonitor {{ watcher: {:?}, target: {:?}, mref: {:?}",
-            a.pid,
-            remote(2),
-            r
-        )),
-        "{routed}"
+        sent(&|o| matches!(o, Outbound::Monitor { watcher, target, mref }
+            if *watcher == a.pid && *target == remote(2) && *mref == r)),
+        "{routed:?}"
+    );
+    assert!(
+        sent(
+            &|o| matches!(o, Outbound::Message { to, envelope: Envelope::Info("hi") }
+            if *to == remote(3))
+        ),
+        "{routed:?}"
+    );
+    assert!(
+        sent(
+            &|o| matches!(o, Outbound::Exit { from, to, reason, link: true }
+            if *from == a.pid && *to == remote(1) && *reason == crash())
+        ),
+        "{routed:?}"
+    );
+    assert!(
+        sent(
+            &|o| matches!(o, Outbound::Demonitor { watcher, target, mref }
+            if *watcher == a.pid && *target == remote(2) && *mref == r)
+        ),
+        "{routed:?}"
     );
 }
 
@@ -287,6 +302,107 @@ fn remote_link_to_a_dead_process_answers_noproc() {
     let dead = spawn(&rt);
     rt.terminate(&dead, Reason::Normal);
     rt.remote_link(remote(1), dead.pid);
-    let routed = rt.host.routed.lock().join("\n");
-    assert!(routed.contains("Noproc"), "{routed}");
+    let routed = rt.host.routed.lock();
+    assert!(
+        routed.iter().any(
+            |o| matches!(o, Outbound::Exit { from, to, reason: Reason::Noproc, link: true }
+            if *from == dead.pid && *to == remote(1))
+        ),
+        "{routed:?}"
+    );
+}
+
+/// Runs `a` and `b` at once on two threads, many times over fresh state from `setup`.
+fn race<S: Sync>(
+    rounds: usize,
+    setup: impl Fn() -> S,
+    a: impl Fn(&S) + Sync,
+    b: impl Fn(&S) + Sync,
+    check: impl Fn(&S),
+) {
+    for _ in 0..rounds {
+        let state = setup();
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                start.wait();
+                a(&state);
+            });
+            start.wait();
+            b(&state);
+        });
+        check(&state);
+    }
+}
+
+#[test]
+fn a_link_racing_the_callers_death_is_never_half_made() {
+    // However the caller's kill interleaves with its link call, the target ends up
+    // killed by the caller's exit, never alive holding a link to a dead process.
+    race(
+        2000,
+        || {
+            let rt = rt();
+            let (a, b) = (spawn(&rt), spawn(&rt));
+            (rt, a, b)
+        },
+        |(rt, a, b)| rt.link(a, b.pid),
+        |(rt, a, _)| rt.terminate(a, crash()),
+        |(_, a, b)| {
+            assert_eq!(
+                b.exit_reason(),
+                Some(crash()),
+                "links of b: {:?}",
+                b.lock().links
+            );
+            assert!(a.lock().links.is_empty() || a.is_exited());
+        },
+    );
+}
+
+#[test]
+fn a_link_from_a_caller_killed_before_it_links_still_fires() {
+    // The window above made deterministic: the caller is already dead when its thread
+    // (not yet interrupted) links.
+    let rt = rt();
+    let (a, b) = (spawn(&rt), spawn(&rt));
+    rt.terminate(&a, crash());
+    rt.link(&a, b.pid);
+    assert_eq!(b.exit_reason(), Some(crash()));
+}
+
+#[test]
+fn a_monitor_racing_the_targets_exit_gets_exactly_one_down() {
+    race(
+        2000,
+        || {
+            let rt = rt();
+            let (watcher, target) = (spawn(&rt), spawn(&rt));
+            let mref = Mutex::new(None);
+            (rt, watcher, target, mref)
+        },
+        |(rt, watcher, target, mref)| *mref.lock() = Some(rt.monitor(watcher, target.pid)),
+        |(rt, _, target, _)| rt.terminate(target, crash()),
+        |(_, watcher, target, mref)| {
+            let mref = mref.lock().expect("monitor returned");
+            let downs: Vec<_> = watcher
+                .lock()
+                .mailbox
+                .iter()
+                .filter_map(|e| match e {
+                    Envelope::Down {
+                        mref: m,
+                        pid,
+                        reason,
+                    } if *m == mref && *pid == target.pid => Some(reason.clone()),
+                    _ => None,
+                })
+                .collect();
+            // Crash when the monitor came first, noproc when the exit did: once either way.
+            assert!(
+                downs == [crash()] || downs == [Reason::Noproc],
+                "downs: {downs:?}"
+            );
+        },
+    );
 }
