@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use parking_lot::Mutex;
+use rebeam_grpc::BearerInjector;
 use rebeam_proto::v1 as pb;
 use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
 use rebeam_proto::v1::node_service_client::NodeServiceClient;
@@ -22,20 +23,13 @@ use tonic::transport::Channel;
 
 const SECRET: &str = "bench-secret";
 
-#[derive(Clone)]
-struct Bearer;
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Ok(v) = format!("Bearer {SECRET}").parse() {
-            req.metadata_mut().insert("authorization", v);
-        }
-        Ok(req)
-    }
+/// The cluster secret on every request, as members send it.
+fn bearer() -> BearerInjector {
+    BearerInjector::new(SECRET)
 }
 
-type Client = ClusterServiceClient<InterceptedService<Channel, Bearer>>;
-type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
+type Client = ClusterServiceClient<InterceptedService<Channel, BearerInjector>>;
+type NodeClient = NodeServiceClient<InterceptedService<Channel, BearerInjector>>;
 
 fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
     Ok(
@@ -153,20 +147,20 @@ impl Cluster {
     fn client(&self, i: usize) -> anyhow::Result<Client> {
         Ok(ClusterServiceClient::with_interceptor(
             channel(self.members[i].api)?,
-            Bearer,
+            bearer(),
         ))
     }
 
     fn node_client(&self, i: usize) -> anyhow::Result<NodeClient> {
         Ok(
-            NodeServiceClient::with_interceptor(self.control[i].clone(), Bearer)
+            NodeServiceClient::with_interceptor(self.control[i].clone(), bearer())
                 .max_decoding_message_size(64 << 20),
         )
     }
 
     /// A client on the member's long-lived control connection.
     fn control_client(&self, i: usize) -> Client {
-        ClusterServiceClient::with_interceptor(self.control[i].clone(), Bearer)
+        ClusterServiceClient::with_interceptor(self.control[i].clone(), bearer())
     }
 
     async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {

@@ -71,7 +71,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
             tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
                 .expect("ep")
                 .connect_lazy(),
-            Bearer("client-tok".into()),
+            Bearer::new("client-tok"),
         );
     let s = status(
         node_with_client_token
@@ -94,7 +94,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
         tonic::transport::Endpoint::from_shared(format!("http://{raft_addr}"))
             .expect("ep")
             .connect_lazy(),
-        Bearer("wrong".into()),
+        Bearer::new("wrong"),
     );
     let s = status(
         raft.vote(pb::RaftPayload {
@@ -112,7 +112,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
         tonic::transport::Endpoint::from_shared(format!("http://{raft_addr}"))
             .expect("ep")
             .connect_lazy(),
-        Bearer(SECRET.into()),
+        Bearer::new(SECRET),
     );
     let s = status(
         raft.append_entries(pb::RaftPayload {

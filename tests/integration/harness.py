@@ -31,7 +31,6 @@ def controller_binary() -> Path:
     explicit = os.environ.get("REBEAM_CONTROLLER")
     candidates = [Path(explicit)] if explicit else [
         REPO / "target" / "release" / "rebeam-controller",
-        Path("/work/target-controller/release/rebeam-controller"),
     ]
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):

@@ -1,7 +1,7 @@
 //! Starts real `rebeam-controller` processes on loopback for integration tests.
 //!
 //! Each member gets its own temporary directory and log file; ports come from binding
-//! 127.0.0.1:0. Set REBEAM_TEST_KEEP=1 to keep the directories (they are also kept, and their
+//! 127.0.0.1:0. Set REBEAM_KEEP_TEST_DIRS=1 to keep the directories (they are also kept, and their
 //! path printed, when a test panics).
 
 #![allow(dead_code)]
@@ -19,18 +19,8 @@ use tonic::transport::Channel;
 
 pub const SECRET: &str = "test-secret";
 
-/// Adds the bearer token to requests.
-#[derive(Clone)]
-pub struct Bearer(pub String);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Ok(v) = format!("Bearer {}", self.0).parse() {
-            req.metadata_mut().insert("authorization", v);
-        }
-        Ok(req)
-    }
-}
+/// Adds the bearer token to requests: the interceptor members use (`rebeam-grpc`).
+pub type Bearer = rebeam_grpc::BearerInjector;
 
 pub type Client = ClusterServiceClient<InterceptedService<Channel, Bearer>>;
 pub type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
@@ -156,7 +146,7 @@ impl Cluster {
     /// A client of member `i`'s node service.
     pub fn node_client(&self, i: usize) -> NodeClient {
         let ch = channel(&self.members[i].api.to_string());
-        NodeServiceClient::with_interceptor(ch, Bearer(SECRET.into()))
+        NodeServiceClient::with_interceptor(ch, Bearer::new(SECRET))
     }
 
     /// Waits until a running member says it leads and returns its index.
@@ -210,7 +200,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_all();
-        let keep = std::thread::panicking() || std::env::var_os("REBEAM_TEST_KEEP").is_some();
+        let keep = std::thread::panicking() || std::env::var_os("REBEAM_KEEP_TEST_DIRS").is_some();
         if let Some(t) = self.tmp.take() {
             if keep {
                 let p = t.keep();
@@ -230,7 +220,7 @@ fn channel(addr: &str) -> Channel {
 
 /// A cluster-service client for `addr` with `token`.
 pub fn client_at(addr: &str, token: &str) -> Client {
-    ClusterServiceClient::with_interceptor(channel(addr), Bearer(token.into()))
+    ClusterServiceClient::with_interceptor(channel(addr), Bearer::new(token))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }
