@@ -52,7 +52,7 @@ test-deploy: image
 # rebeam:dev from the release binaries built here, on a Debian base made locally
 # (debootstrap, cached by a hash of its inputs): no registry needed.
 IMAGE ?= rebeam:dev
-PIP_QUIET := --quiet --disable-pip-version-check --root-user-action=ignore --no-build-isolation
+PIP_QUIET := --quiet --disable-pip-version-check --root-user-action=ignore
 image: build
 	rm -rf deploy/docker/.build/bin deploy/docker/.build/site
 	mkdir -p deploy/docker/.build/bin deploy/docker/.build/site

@@ -135,6 +135,12 @@ class Cluster:
         return logs(pod.container)
 
     def teardown(self) -> None:
+        keep = os.environ.get("REBEAM_KEEP_LOGS")
+        if keep:  # each container's log kept for after the run (a failure to investigate)
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for pod in self.pods:
+                if pod.container:
+                    (Path(keep) / f"{pod.name}.log").write_text(self.logs(pod))
         for pod in self.pods:
             docker("rm", "-f", f"{self.tag}-{pod.name}", check=False)
         if self.network:
@@ -170,10 +176,6 @@ def client(pod: Pod, timeout: float = 5.0) -> rebeam.Client:
     return rebeam.connect(f"http://{pod.ip}:7100", token=TOKEN, timeout=timeout)
 
 
-# Known failure, open: after a controller pod is re-created with its volume, calls to the
-# global singleton timed out for 20 s in one CI run (passed before the lease changes merged).
-@pytest.mark.xfail(strict=False, reason="open: the singleton stopped answering after a "
-                   "controller member was re-created (seen once after the lease changes)")
 def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster: Cluster) -> None:
     c = cluster
     sts = one(c.docs, "StatefulSet")
@@ -207,7 +209,8 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
     with client(controllers[1], timeout=30) as cl:
         assert sorted(n.id for n in cl.nodes() if n.status == "alive") == sorted(p.name for p in nodes)
         cl.submit(REPO / "examples" / "chat", wait=60.0)
-        assert cl.call("lobby", "rooms") == []
+        # The app's demo may have opened its room already.
+        assert set(cl.call("lobby", "rooms")) <= {"general"}
         single = write_singleton_app(c.root / "single", "/tmp/intervals.log")
         cl.submit(single, wait=60.0)
         assert cl.call("singleton", "whoami")

@@ -3,7 +3,6 @@
 
 use super::wire::{pid_from_pb, pid_to_pb, reason_from_pb, reason_to_pb};
 use super::Cluster;
-use crate::python::executor::{run_inline, INLINE_WARMUP};
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Ref};
 use futures::StreamExt;
@@ -313,15 +312,10 @@ fn apply(cluster: &Arc<Cluster>, from_node: NodeId, frame: pb::PeerFrame) {
                 from,
                 slot: slot.clone(),
             };
+            // Never run on this thread (no inline fast path here): a handler that calls
+            // another node would wait for a reply only this thread can apply, stalling every
+            // frame from this peer until its call timed out.
             match rt.lookup(to) {
-                // An idle, fast server answers on this thread: one thread hand-off fewer.
-                Some(callee)
-                    if !callee.data.slow.load(Ordering::Relaxed)
-                        && callee.data.handled.load(Ordering::Relaxed) >= INLINE_WARMUP
-                        && rt.try_claim_idle(&callee) =>
-                {
-                    pyo3::Python::attach(|py| run_inline(py, rt, &callee, envelope));
-                }
                 Some(callee) => {
                     if rt.deliver(&callee, envelope).is_err() {
                         let _ = slot.complete(CallResult::Exit(crate::runtime::Reason::Noproc));
