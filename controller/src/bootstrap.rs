@@ -128,7 +128,9 @@ pub async fn run(raft: Raft, cfg: BootstrapConfig, mut stop: watch::Receiver<boo
                     }
                     .await
                 }
-                Standing::Learner(None) => Ok(false),
+                // No leader known from its own log: a member a scale-down removed, started
+                // again with its data by a later scale-up. The seeds know the leader.
+                Standing::Learner(None) => rejoin(&cfg).await,
             }
         };
         if let Err(e) = step {
@@ -207,6 +209,25 @@ async fn round(raft: &Raft, cfg: &BootstrapConfig) -> Result<bool> {
         Err(e) => tracing::info!(error = %e, "bootstrap: initialize skipped"),
     }
     Ok(true)
+}
+
+/// Asks the leader some seed sees to admit this member again (as a learner, promoted once
+/// caught up); false while none sees a leader.
+async fn rejoin(cfg: &BootstrapConfig) -> Result<bool> {
+    let answers = ask_seeds(cfg).await;
+    let Some((addr, s)) = answers
+        .iter()
+        .find(|(_, s)| s.id != cfg.id && s.leader_id != 0)
+    else {
+        return Ok(false);
+    };
+    let leader = if s.leader_api_address.is_empty() {
+        addr.clone()
+    } else {
+        s.leader_api_address.clone()
+    };
+    let mut c = client(&leader, &cfg.secret).await?;
+    add(&mut c, cfg).await.map(|()| false)
 }
 
 /// Resolves every seed and asks each member behind it for its status.
