@@ -60,7 +60,11 @@ pub fn depart(rt: &Arc<PyRuntime>) {
             .tokio
             .block_on(crate::cluster::control::leave(cluster, incarnation))
         {
-            Ok(()) => tracing::info!(incarnation, "left the cluster"),
+            // Printed like the join line: operators see departures at any log level.
+            Ok(()) => eprintln!(
+                "rebeam-node: {} left the cluster (incarnation {incarnation})",
+                rt.node().name()
+            ),
             Err(status) => tracing::warn!(
                 incarnation,
                 "could not tell the controller this node leaves (its lease will lapse): {}",
