@@ -4,7 +4,7 @@ export PYO3_PYTHON := $(PYTHON)
 NODE := target/release/rebeam-node
 APP ?= examples/chat
 
-.PHONY: setup build run test test-rust test-python test-chaos test-deploy chaos lint bench clean image compose-env
+.PHONY: setup build run test test-rust test-python test-chaos test-deploy chaos lint bench clean image compose-env compose-tls
 
 setup:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py -r tests/requirements.txt
@@ -75,6 +75,12 @@ image: build
 compose-env: deploy/docker/.env
 deploy/docker/.env:
 	deploy/docker/gen-env.sh
+
+# deploy/docker/tls: a private CA and a certificate per compose member (kept out of git), for
+# docker-compose.tls.yml.
+compose-tls: deploy/docker/tls/ca/ca.crt
+deploy/docker/tls/ca/ca.crt:
+	deploy/docker/gen-tls.sh
 
 lint:
 	cargo fmt --all -- --check

@@ -230,6 +230,7 @@ def test_tls_gives_every_member_its_certificate() -> None:
     assert second["secretName"] == "rebeam-controller-tls-1"
     assert "rebeam-controller-1.rebeam-controller-peers.default.svc" in second["dnsNames"]
     assert "rebeam-controller.default.svc" in second["dnsNames"]  # nodes and clients dial this
+    assert "rebeam-controller-peers.default.svc" in second["dnsNames"]  # the bootstrap seeds
     assert second["issuerRef"] == {"name": "rebeam-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
     # Scaling with TLS on still restarts no member.
     five = one(render({"controller": {"replicas": 5}, **COMBINATIONS["tls"]}), "StatefulSet")
