@@ -230,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
         seeds,
         expect,
         secret: cfg.secret.clone(),
+        dialer: rebeam_tls::Dialer::new(cfg.tls.clone()),
     });
     if let Some(b) = &boot {
         bootstrap::validate(b)?;

@@ -53,9 +53,11 @@ for i in $(seq 1 "$nodes"); do
     member "node-$i" "urn:rebeam:node:node-$i"
 done
 rm -f "$dir/ca/ca.srl" "$dir/ca-key/ca.srl"
-# For the `rebeam` command on the host, after client.env (gen-env.sh): https and the CA.
+# For the `rebeam` command on the host, after client.env (gen-env.sh): https and the CA. The
+# URLs name the members, as their certificates do; client.env's REBEAM_CONNECT_TO maps the
+# names to the ports published on 127.0.0.1.
 cat > "$dir/client-tls.env" <<EOT
-export REBEAM_URL=https://127.0.0.1:7100,https://127.0.0.1:7101,https://127.0.0.1:7102
+export REBEAM_URL=https://controller-0:7100,https://controller-1:7100,https://controller-2:7100
 export REBEAM_CA=$dir/ca/ca.crt
 EOT
 echo "wrote a CA and $controllers controller and $nodes node certificates into $dir"
