@@ -643,7 +643,7 @@ class Client:
         if stub is None:
             from ._proto import gateway_pb2_grpc
 
-            options = [
+            options: list[tuple[str, Any]] = [
                 # A node with many processes answers a listing in one large message.
                 ("grpc.max_receive_message_length", 256 * 1024 * 1024),
                 # A node restarted on the same address is used again within half a second;
