@@ -159,13 +159,6 @@ def submit_singleton(p: Project) -> Path:
     return p.shared / "intervals.log"
 
 
-# Known failure, open. The lost cross-node reply is fixed (a peer call ran inline on the
-# inbound thread and blocked it). What fails now is examples/chat across nodes: after the
-# demo's empty post crashes the room, the demo's rejoin gets the dead room's pid from the
-# lobby and dies with it; each restart replays the crashing post, so the app exceeds its
-# restart intensity (4 in 5 s), fails, and `rebeam call lobby` answers noproc.
-@pytest.mark.xfail(strict=False, reason="open: examples/chat's demo crash-loops the chat app "
-                   "when the rooms run on another node (restart intensity exceeded)")
 def test_compose_cluster_survives_kills_partitions_and_restarts(project: Project) -> None:
     p = project
     started = time.monotonic()
