@@ -4,7 +4,7 @@ export PYO3_PYTHON := $(PYTHON)
 NODE := target/release/rebeam-node
 APP ?= examples/chat
 
-.PHONY: setup build run test test-rust test-python test-chaos test-deploy chaos lint bench clean image compose-env
+.PHONY: setup build run test test-rust test-python test-chaos test-deploy chaos lint bench clean image compose-env compose-tls
 
 setup:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py -r tests/requirements.txt
@@ -52,7 +52,7 @@ test-deploy: image
 # rebeam:dev from the release binaries built here, on a Debian base made locally
 # (debootstrap, cached by a hash of its inputs): no registry needed.
 IMAGE ?= rebeam:dev
-PIP_QUIET := --quiet --disable-pip-version-check --root-user-action=ignore --no-build-isolation
+PIP_QUIET := --quiet --disable-pip-version-check --root-user-action=ignore
 image: build
 	rm -rf deploy/docker/.build/bin deploy/docker/.build/site
 	mkdir -p deploy/docker/.build/bin deploy/docker/.build/site
@@ -75,6 +75,12 @@ image: build
 compose-env: deploy/docker/.env
 deploy/docker/.env:
 	deploy/docker/gen-env.sh
+
+# deploy/docker/tls: a private CA and a certificate per compose member (kept out of git), for
+# docker-compose.tls.yml.
+compose-tls: deploy/docker/tls/ca/ca.crt
+deploy/docker/tls/ca/ca.crt:
+	deploy/docker/gen-tls.sh
 
 lint:
 	cargo fmt --all -- --check

@@ -42,8 +42,10 @@ pub struct BootstrapConfig {
     pub seeds: Vec<String>,
     /// How many members the group starts with; member 1 initialises once it heard from all.
     pub expect: usize,
-    /// The cluster secret, which members present to each other.
+    /// The cluster secret, which members present to each other (not sent with TLS).
     pub secret: String,
+    /// Dials the seeds: with TLS, members prove themselves by certificate.
+    pub dialer: rebeam_tls::Dialer,
 }
 
 /// The pause between two rounds of asking the seeds.
@@ -123,12 +125,14 @@ pub async fn run(raft: Raft, cfg: BootstrapConfig, mut stop: watch::Receiver<boo
                 // admission call broke midway): ask again, which promotes it once caught up.
                 Standing::Learner(Some(leader)) => {
                     async {
-                        let mut c = client(&leader, &cfg.secret).await?;
+                        let mut c = client(&cfg, &leader, &leader)?;
                         add(&mut c, &cfg).await.map(|()| false)
                     }
                     .await
                 }
-                Standing::Learner(None) => Ok(false),
+                // No leader known from its own log: a member a scale-down removed, started
+                // again with its data by a later scale-up. The seeds know the leader.
+                Standing::Learner(None) => rejoin(&cfg).await,
             }
         };
         if let Err(e) = step {
@@ -209,21 +213,41 @@ async fn round(raft: &Raft, cfg: &BootstrapConfig) -> Result<bool> {
     Ok(true)
 }
 
+/// Asks the leader some seed sees to admit this member again (as a learner, promoted once
+/// caught up); false while none sees a leader.
+async fn rejoin(cfg: &BootstrapConfig) -> Result<bool> {
+    let answers = ask_seeds(cfg).await;
+    let Some((addr, s)) = answers
+        .iter()
+        .find(|(_, s)| s.id != cfg.id && s.leader_id != 0)
+    else {
+        return Ok(false);
+    };
+    let leader = if s.leader_api_address.is_empty() {
+        addr.clone()
+    } else {
+        s.leader_api_address.clone()
+    };
+    let mut c = client(cfg, &leader, &leader)?;
+    add(&mut c, cfg).await.map(|()| false)
+}
+
 /// Resolves every seed and asks each member behind it for its status.
 async fn ask_seeds(cfg: &BootstrapConfig) -> Vec<(String, StatusReply)> {
-    let mut targets = Vec::new();
+    // Each member at its own address; with TLS its certificate must cover the seed's name.
+    let mut targets: Vec<(String, &str)> = Vec::new();
     for seed in &cfg.seeds {
         match tokio::net::lookup_host(seed.as_str()).await {
-            Ok(addrs) => targets.extend(addrs.map(|a| a.to_string())),
+            Ok(addrs) => targets.extend(addrs.map(|a| (a.to_string(), seed.as_str()))),
             Err(e) => tracing::debug!(seed, error = %e, "seed does not resolve yet"),
         }
     }
     targets.sort();
-    targets.dedup();
+    targets.dedup_by(|a, b| a.0 == b.0);
     let mut out = Vec::new();
-    for t in targets {
+    for (t, seed) in targets {
         let asked = async {
-            let mut c = client(&t, &cfg.secret).await?;
+            let mut c = client(cfg, &t, seed)?;
             c.status(StatusRequest {})
                 .await
                 .map(|r| r.into_inner())
@@ -238,23 +262,22 @@ async fn ask_seeds(cfg: &BootstrapConfig) -> Vec<(String, StatusReply)> {
     out
 }
 
-async fn client(addr: &str, secret: &str) -> Result<Client> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Error::invalid(format!("seed address `{addr}`: {e}")))?
-        .connect_timeout(ASK_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| Error::Unavailable(format!("cannot reach {addr}: {e}")))?;
+/// A client of the member at `addr`, whose certificate (with TLS) must be valid for `name`.
+fn client(cfg: &BootstrapConfig, addr: &str, name: &str) -> Result<Client> {
+    let channel = cfg
+        .dialer
+        .channel_as(addr, name, |e| e.connect_timeout(ASK_TIMEOUT))
+        .map_err(|e| Error::invalid(format!("seed address `{addr}`: {e}")))?;
     Ok(ClusterServiceClient::with_interceptor(
         channel,
-        BearerInjector::new(secret),
+        BearerInjector::for_member(&cfg.secret, &cfg.dialer),
     ))
 }
 
 /// Asks the leader at `leader` to admit this member; first removes a stale entry of the same
 /// id (this member's lost data) so it comes back as a learner.
 async fn join(cfg: &BootstrapConfig, leader: &str) -> Result<()> {
-    let mut c = client(leader, &cfg.secret).await?;
+    let mut c = client(cfg, leader, leader)?;
     let state = c
         .cluster_state(ClusterStateRequest {})
         .await
@@ -320,6 +343,7 @@ mod tests {
             seeds: vec!["c0".into()],
             expect: 3,
             secret: "s".into(),
+            dialer: rebeam_tls::Dialer::new(None),
         };
         assert!(validate(&cfg).is_err());
         let ok = BootstrapConfig {

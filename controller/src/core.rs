@@ -25,6 +25,8 @@ pub struct Core {
     pub leases: Leases,
     /// Configuration.
     pub config: ControllerConfig,
+    /// The declared number of voters (`--voters-file`), which scales the group down.
+    pub voters: crate::voters::Target,
 }
 
 impl Core {

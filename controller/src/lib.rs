@@ -19,6 +19,7 @@ pub mod state;
 pub mod store;
 pub mod types;
 pub mod validate;
+pub mod voters;
 
 pub use config::{ControllerConfig, Limits, PeerSpec, Timings};
 pub use error::{Error, Result, LEADER_METADATA_KEY};

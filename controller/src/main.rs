@@ -37,6 +37,11 @@ struct Cli {
     /// that many members answered with empty logs.
     #[arg(long, env = "REBEAM_BOOTSTRAP_EXPECT", default_value_t = 1)]
     bootstrap_expect: usize,
+    /// A file holding the number of voters the group should have (the chart's ConfigMap):
+    /// the leader removes the voters with the highest ids above it and admits none there.
+    /// Stopping a member never removes it; only a lower number here does.
+    #[arg(long, env = "REBEAM_VOTERS_FILE")]
+    voters_file: Option<PathBuf>,
     /// Directory for the Raft log and snapshots.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: PathBuf,
@@ -214,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let seeds = cli.seeds.clone();
     let expect = cli.bootstrap_expect;
+    let voters_file = cli.voters_file.clone();
     let cfg = config(cli, id).context("reading the configuration")?;
     let mut boot = (!seeds.is_empty() || expect > 1).then(|| bootstrap::BootstrapConfig {
         id,
@@ -224,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
         seeds,
         expect,
         secret: cfg.secret.clone(),
+        dialer: rebeam_tls::Dialer::new(cfg.tls.clone()),
     });
     if let Some(b) = &boot {
         bootstrap::validate(b)?;
@@ -242,6 +249,13 @@ async fn main() -> anyhow::Result<()> {
             b.me.api_addr = handle.api_addr().to_string();
         }
         tokio::spawn(bootstrap::run(handle.raft().clone(), b, boot_stopped))
+    });
+    let voters_task = voters_file.map(|path| {
+        tokio::spawn(rebeam_controller::voters::run(
+            handle.core(),
+            path,
+            boot_stop.subscribe(),
+        ))
     });
     // Machine-readable line so supervisors and tests learn ports chosen with :0.
     println!(
@@ -266,6 +280,9 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = boot_stop.send(true);
     if let Some(t) = boot_task {
+        let _ = t.await;
+    }
+    if let Some(t) = voters_task {
         let _ = t.await;
     }
     let _ = http_stop.send(());

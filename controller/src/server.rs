@@ -178,6 +178,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         proposer,
         leases: Leases::default(),
         config: config.clone(),
+        voters: Default::default(),
     });
 
     let (stop, stop_rx) = watch::channel(false);

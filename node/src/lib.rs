@@ -4,3 +4,4 @@ pub mod cluster;
 pub mod observe;
 pub mod python;
 pub mod runtime;
+pub mod shutdown;

@@ -429,7 +429,17 @@ fn serve_cluster() -> Result<i32> {
     ])
     .context("installing signal handlers")?;
     let signal = Python::attach(|py| py.detach(|| signals.forever().next()));
-    eprintln!("rebeam-node: stopping on signal {signal:?}");
+    eprintln!("rebeam-node: stopping on signal {signal:?} (again to exit at once)");
+    let _ = std::thread::Builder::new()
+        .name("rebeam-signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                exit_process(130);
+            }
+        });
+    if let Ok(rt) = python::node_runtime() {
+        Python::attach(|py| py.detach(|| rebeam_node::shutdown::depart(rt)));
+    }
     Ok(0)
 }
 

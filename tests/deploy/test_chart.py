@@ -28,7 +28,10 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "existing-secrets": {"clusterSecret": {"existingSecret": "my-secret", "key": "s"},
                          "clientToken": {"existingSecret": "my-token"}},
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
+    "tls": {"tls": {"enabled": True, "issuer": {"name": "rebeam-ca", "kind": "ClusterIssuer"}}},
 }
+#: Kinds of CRDs (Prometheus Operator, cert-manager): no schema in Kubernetes itself.
+CRDS = {"ServiceMonitor", "Certificate"}
 
 
 def pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -49,8 +52,8 @@ def test_every_manifest_is_valid_kubernetes(combo: str) -> None:
     assert docs
     for minor in MINORS:
         for doc in docs:
-            if doc["kind"] == "ServiceMonitor":
-                continue  # a CRD: no schema in Kubernetes itself
+            if doc["kind"] in CRDS:
+                continue
             kubernetes_validate.validate(doc, minor + ".0", strict=True)
 
 
@@ -73,7 +76,9 @@ def test_controller_statefulset(replicas: int) -> None:
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["spec"]["publishNotReadyAddresses"] is True
     args = spec["template"]["spec"]["containers"][0]["args"]
-    assert f"--bootstrap-expect={replicas}" in args
+    assert "--voters-file=/etc/rebeam/members/voters" in args
+    members = one(docs, "ConfigMap", f"{sts['metadata']['name']}-members")
+    assert members["data"] == {"voters": str(replicas), "bootstrapExpect": str(replicas)}
     assert "--id-from-hostname" in args
     assert f"--seeds={spec['serviceName']}.$(POD_NAMESPACE).svc:7100" in args
     claim = spec["volumeClaimTemplates"][0]
@@ -84,6 +89,19 @@ def test_controller_statefulset(replicas: int) -> None:
     container = spec["template"]["spec"]["containers"][0]
     assert "lifecycle" not in container
     assert not [d for d in docs if "helm.sh/hook" in d["metadata"].get("annotations", {})]
+
+
+def test_scaling_the_controllers_restarts_no_member() -> None:
+    """Only the StatefulSet's replicas and the members ConfigMap change, never the pod
+    template: a scale-down removes voters through the ConfigMap (the leader drops the ids
+    above it), not by rolling the remaining members."""
+    def template(replicas: int) -> object:
+        return one(render({"controller": {"replicas": replicas}}), "StatefulSet")["spec"]["template"]
+
+    assert template(3) == template(5)
+    pinned = render({"controller": {"replicas": 5, "bootstrapExpect": 3}})
+    assert one(pinned, "ConfigMap", "rebeam-controller-members")["data"] == {
+        "voters": "5", "bootstrapExpect": "3"}
 
 
 def test_bad_values_are_refused_by_the_schema() -> None:
@@ -190,3 +208,51 @@ def test_every_value_is_documented() -> None:
     schema = yaml.safe_load((CHART / "values.schema.json").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(values) == set(schema["properties"])
+
+
+def test_tls_gives_every_member_its_certificate() -> None:
+    docs = render({"controller": {"replicas": 3}, **COMBINATIONS["tls"]})
+    sts = one(docs, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["REBEAM_TLS_CERT"] == "/etc/rebeam/tls/$(POD_NAME)/tls.crt"
+    assert env["REBEAM_TLS_KEY"] == "/etc/rebeam/tls/$(POD_NAME)/tls.key"
+    assert env["REBEAM_TLS_CA"] == "/etc/rebeam/tls/$(POD_NAME)/ca.crt"
+    (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    sources = tls["projected"]["sources"]
+    assert [src["secret"]["name"] for src in sources] == [f"rebeam-controller-tls-{i}" for i in range(5)]
+    assert all(src["secret"]["optional"] for src in sources)
+    assert sources[1]["secret"]["items"][0] == {"key": "tls.crt", "path": "rebeam-controller-1/tls.crt"}
+    certs = {c["metadata"]["name"]: c["spec"] for c in find(docs, "Certificate")}
+    assert sorted(certs) == [f"rebeam-controller-tls-{i}" for i in range(3)]
+    second = certs["rebeam-controller-tls-1"]
+    assert second["uris"] == ["urn:rebeam:controller:2"]
+    assert second["secretName"] == "rebeam-controller-tls-1"
+    assert "rebeam-controller-1.rebeam-controller-peers.default.svc" in second["dnsNames"]
+    assert "rebeam-controller.default.svc" in second["dnsNames"]  # nodes and clients dial this
+    assert "rebeam-controller-peers.default.svc" in second["dnsNames"]  # the bootstrap seeds
+    assert second["issuerRef"] == {"name": "rebeam-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    # Scaling with TLS on still restarts no member.
+    five = one(render({"controller": {"replicas": 5}, **COMBINATIONS["tls"]}), "StatefulSet")
+    assert five["spec"]["template"] == sts["spec"]["template"]
+
+    (deployment,) = find(docs, "Deployment")
+    node = deployment["spec"]["template"]["spec"]
+    assert node["subdomain"] == "rebeam-nodes"
+    assert one(docs, "Service", "rebeam-nodes")["spec"]["clusterIP"] == "None"
+    args = node["containers"][0]["args"]
+    assert "--advertise=$(POD_NAME).rebeam-nodes.$(POD_NAMESPACE).svc:7200" in args
+    (csi,) = [v["csi"] for v in node["volumes"] if v["name"] == "tls"]
+    attrs = csi["volumeAttributes"]
+    assert csi["driver"] == "csi.cert-manager.io"
+    assert attrs["csi.cert-manager.io/uri-sans"] == "urn:rebeam:node:${POD_NAME}"
+    assert attrs["csi.cert-manager.io/dns-names"] == "${POD_NAME}.rebeam-nodes.${POD_NAMESPACE}.svc"
+    assert attrs["csi.cert-manager.io/fs-group"] == "10001"
+
+
+def test_tls_without_an_issuer_is_refused() -> None:
+    with pytest.raises(helm_python.HelmError, match="issuer"):
+        render({"tls": {"enabled": True}})
+    with pytest.raises(helm_python.HelmError, match="maxControllers"):
+        render({"controller": {"replicas": 5},
+                "tls": {"enabled": True, "issuer": {"name": "ca"}, "maxControllers": 3}})

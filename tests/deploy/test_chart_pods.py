@@ -21,7 +21,7 @@ import pytest
 import rebeam
 
 from ._chart import find, one, render
-from ._docker import REPO, docker, image, logs, scratch_dir, wait_for, write_singleton_app
+from ._docker import REPO, docker, image, inspect, logs, scratch_dir, wait_for, write_singleton_app
 
 NAMESPACE = "default"
 SECRET = "pods-cluster-secret"
@@ -64,6 +64,7 @@ class Cluster:
         self.pods: list[Pod] = []
         self.secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
                         for s in find(docs, "Secret")}
+        self.config_maps = {m["metadata"]["name"]: m["data"] for m in find(docs, "ConfigMap")}
 
     def create_network(self) -> None:
         for _ in range(10):
@@ -90,6 +91,9 @@ class Cluster:
             elif "secretKeyRef" in src:
                 ref = src["secretKeyRef"]
                 out[e["name"]] = self.secrets[ref["name"]][ref["key"]]
+            elif "configMapKeyRef" in src:
+                ref = src["configMapKeyRef"]
+                out[e["name"]] = self.config_maps[ref["name"]][ref["key"]]
             else:
                 raise AssertionError(f"unsupported env source {src}")
         return out
@@ -115,7 +119,16 @@ class Cluster:
             flags += ["--security-opt", "no-new-privileges"]
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for m in c.get("volumeMounts", []):
-            if m["name"] in volumes and "emptyDir" in volumes[m["name"]]:
+            if m["name"] in volumes and "configMap" in volumes[m["name"]]:
+                # A file per key, as the kubelet projects a ConfigMap (read-only).
+                files = self.root / pod.name / m["name"]
+                files.mkdir(parents=True, exist_ok=True)
+                files.chmod(0o755)
+                for key, value in self.config_maps[volumes[m["name"]]["configMap"]["name"]].items():
+                    (files / key).write_text(value)
+                    (files / key).chmod(0o644)
+                flags += ["-v", f"{files}:{m['mountPath']}:ro"]
+            elif m["name"] in volumes and "emptyDir" in volumes[m["name"]]:
                 # An emptyDir, writable by the pod's fsGroup as the kubelet makes it.
                 flags += ["--tmpfs", f"{m['mountPath']}:mode=1777,uid={psc['runAsUser']},"
                                      f"gid={psc['fsGroup']}"]
@@ -135,6 +148,12 @@ class Cluster:
         return logs(pod.container)
 
     def teardown(self) -> None:
+        keep = os.environ.get("REBEAM_KEEP_LOGS")
+        if keep:  # each container's log kept for after the run (a failure to investigate)
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for pod in self.pods:
+                if pod.container:
+                    (Path(keep) / f"{pod.name}.log").write_text(self.logs(pod))
         for pod in self.pods:
             docker("rm", "-f", f"{self.tag}-{pod.name}", check=False)
         if self.network:
@@ -170,10 +189,6 @@ def client(pod: Pod, timeout: float = 5.0) -> rebeam.Client:
     return rebeam.connect(f"http://{pod.ip}:7100", token=TOKEN, timeout=timeout)
 
 
-# Known failure, open: after a controller pod is re-created with its volume, calls to the
-# global singleton timed out for 20 s in one CI run (passed before the lease changes merged).
-@pytest.mark.xfail(strict=False, reason="open: the singleton stopped answering after a "
-                   "controller member was re-created (seen once after the lease changes)")
 def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster: Cluster) -> None:
     c = cluster
     sts = one(c.docs, "StatefulSet")
@@ -207,7 +222,8 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
     with client(controllers[1], timeout=30) as cl:
         assert sorted(n.id for n in cl.nodes() if n.status == "alive") == sorted(p.name for p in nodes)
         cl.submit(REPO / "examples" / "chat", wait=60.0)
-        assert cl.call("lobby", "rooms") == []
+        # The app's demo may have opened its room already.
+        assert set(cl.call("lobby", "rooms")) <= {"general"}
         single = write_singleton_app(c.root / "single", "/tmp/intervals.log")
         cl.submit(single, wait=60.0)
         assert cl.call("singleton", "whoami")
@@ -239,3 +255,21 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
         assert sorted(m.id for m in cl.cluster().controllers) == [1, 2, 3]
         wait_for("the apps replicated to it", lambda: {a.name for a in cl.apps()} == {"chat", "single"})
         wait_for("the singleton after the member rejoined", lambda: cl.call("singleton", "whoami"))
+
+    # A node pod deleted: the kubelet's SIGTERM reaches the node through tini; it stops its
+    # trees, leaves the cluster and exits 0 within the grace period, and the singleton
+    # answers on the other node.
+    with client(controllers[0], timeout=30) as cl:
+        holder = wait_for("the singleton's holder", lambda: cl.whereis("singleton"))
+        leaving = next(p for p in nodes if p.name == getattr(holder, "node", None))
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        docker("stop", "-t", str(grace), leaving.container, timeout=grace + 30)
+        state = inspect(leaving.container)["State"]
+        assert state["ExitCode"] == 0, c.logs(leaving)[-3000:]
+        assert f"{leaving.name} left the cluster" in c.logs(leaving), c.logs(leaving)[-3000:]
+
+        def moved() -> object:
+            pid = cl.whereis("singleton")
+            return pid is not None and pid.node != leaving.name and cl.call("singleton", "whoami")
+
+        wait_for("the singleton on the other node", moved)

@@ -43,6 +43,18 @@ impl Dialer {
         address: &str,
         tune: impl FnOnce(Endpoint) -> Endpoint,
     ) -> Result<Channel, TlsError> {
+        self.channel_as(address, address, tune)
+    }
+
+    /// Like [`Dialer::channel`], but the server's certificate must be valid for the host of
+    /// `name` (`host:port`) rather than of `address`: one member behind a name that resolves
+    /// to several, dialed at its own IP address.
+    pub fn channel_as(
+        &self,
+        address: &str,
+        name: &str,
+        tune: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> Result<Channel, TlsError> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| TlsError::Address(address.to_string(), e.to_string()))?
             .tcp_nodelay(true);
@@ -50,7 +62,7 @@ impl Dialer {
         let Some(source) = self.tls.clone() else {
             return Ok(endpoint.connect_lazy());
         };
-        let name = server_name(address)?;
+        let name = server_name(name)?;
         let connector = tower::service_fn(move |uri: Uri| {
             let config = source.client_config();
             let name = name.clone();

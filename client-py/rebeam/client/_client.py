@@ -643,7 +643,7 @@ class Client:
         if stub is None:
             from ._proto import gateway_pb2_grpc
 
-            options = [
+            options: list[tuple[str, Any]] = [
                 # A node with many processes answers a listing in one large message.
                 ("grpc.max_receive_message_length", 256 * 1024 * 1024),
                 # A node restarted on the same address is used again within half a second;
@@ -655,7 +655,11 @@ class Client:
                 # Each client gets its own subchannels, so one client's backoff is not another's.
                 ("grpc.use_local_subchannel_pool", 1),
             ]
-            channel = self._open_channel(self._connect_to.get(address, address), options)
+            dial = self._connect_to.get(address, address)
+            if self._secure and dial != address:
+                # The node's certificate names its advertised address, not the mapped one.
+                options.append(("grpc.ssl_target_name_override", address.rsplit(":", 1)[0]))
+            channel = self._open_channel(dial, options)
             self._channels[f"gateway {address}"] = channel
             stub = self._gateways[address] = gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
         return stub

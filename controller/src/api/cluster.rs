@@ -123,7 +123,10 @@ impl ClusterApi {
 }
 
 /// Changes the voter set, waiting (up to 10 s) for a change already in flight to finish.
-async fn change_membership(core: &Core, change: ChangeMembers<u64, MemberNode>) -> Result<()> {
+pub(crate) async fn change_membership(
+    core: &Core,
+    change: ChangeMembers<u64, MemberNode>,
+) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match core.raft.change_membership(change.clone(), false).await {
@@ -464,6 +467,10 @@ impl ClusterService for ClusterApi {
         }
         validate::address(&r.raft_address)?;
         validate::address(&r.api_address)?;
+        self.core
+            .voters
+            .admits(r.id)
+            .map_err(Error::FailedPrecondition)?;
         self.core.ensure_leader()?;
         let node = MemberNode {
             raft_addr: r.raft_address,

@@ -5,6 +5,8 @@ pub mod node;
 pub mod raft;
 mod watch;
 
+pub(crate) use cluster::change_membership;
+
 use crate::error::Error;
 use crate::types::Pid;
 use crate::validate;

@@ -27,8 +27,14 @@ class Demo(rebeam.GenServer):
         rebeam.send_after(0.2, rebeam.self_pid(), "tick")
 
     def join(self) -> None:
-        room: rebeam.Pid = rebeam.call(LOBBY, ("room", "general"))
-        rebeam.call(room, ("join", "demo", rebeam.self_pid()))
+        try:
+            room: rebeam.Pid = rebeam.call(LOBBY, ("room", "general"))
+            rebeam.call(room, ("join", "demo", rebeam.self_pid()))
+        except rebeam.Exit:
+            # The room just crashed and the lobby (on another node, maybe) has not seen it go
+            # yet: try again on the next tick rather than crash and replay the demo.
+            self.room = None
+            return
         self.room = room
 
     def handle_info(self, message: Any) -> None:
@@ -38,6 +44,9 @@ class Demo(rebeam.GenServer):
             case "tick":
                 if self.room is None:
                     self.join()
+                if self.room is None:
+                    rebeam.send_after(0.2, rebeam.self_pid(), "tick")
+                    return
                 self.post_next()
 
     def post_next(self) -> None:

@@ -240,6 +240,10 @@ impl LeaseKeeper {
 pub async fn run(cluster: Arc<Cluster>, joined: tokio::sync::oneshot::Sender<u64>) {
     let mut joined = Some(joined);
     loop {
+        if crate::shutdown::leaving() {
+            // A node that left stays out: its children are being placed elsewhere.
+            return;
+        }
         let joined_at = Instant::now();
         let session = join(&cluster).await;
         let keeper = LeaseKeeper::new(session, joined_at);
@@ -518,7 +522,10 @@ fn start_assignment(
     started: &Started,
     a: pb::Assignment,
 ) {
-    if a.node != cluster.rt.node().name().as_ref() || a.incarnation != session.incarnation {
+    if a.node != cluster.rt.node().name().as_ref()
+        || a.incarnation != session.incarnation
+        || crate::shutdown::leaving()
+    {
         return;
     }
     let key = (a.app.clone(), a.child.clone());
@@ -663,6 +670,24 @@ async fn fence(cluster: &Arc<Cluster>) {
         .await;
 }
 
+/// Tells the controller this node incarnation leaves (its children are reassigned at once).
+pub async fn leave(cluster: &Arc<Cluster>, incarnation: u64) -> Result<(), Status> {
+    let request = pb::LeaveRequest {
+        node: Some(pb::NodeRef {
+            node: cluster.rt.node().name().to_string(),
+            incarnation,
+        }),
+    };
+    cluster
+        .controller
+        .with_leader(|ch, b| {
+            let req = request.clone();
+            async move { Controller::node_client(ch, b).leave(req).await }
+        })
+        .await
+        .map(drop)
+}
+
 /// Tells the controller that processes it cares about exited.
 pub async fn report_exits(cluster: &Arc<Cluster>, exits: Vec<(Pid, String)>) {
     let Some(first) = exits.first() else { return };
@@ -691,6 +716,10 @@ pub async fn report_exits(cluster: &Arc<Cluster>, exits: Vec<(Pid, String)>) {
 impl Cluster {
     /// Reports an exit of a top-level child or global-name holder (asynchronously).
     pub fn report_exit(self: &Arc<Self>, pid: Pid, reason: &Reason) {
+        if crate::shutdown::leaving() {
+            // Not restarted here: the controller reassigns them all once this node left.
+            return;
+        }
         let cluster = self.clone();
         let reason = reason_report(reason);
         self.tokio

@@ -3,7 +3,6 @@
 
 use super::wire::{pid_from_pb, pid_to_pb, reason_from_pb, reason_to_pb};
 use super::Cluster;
-use crate::python::executor::deliver_call;
 use crate::python::host::with_thread_state;
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Ref};
@@ -313,11 +312,18 @@ fn apply(cluster: &Arc<Cluster>, from_node: NodeId, frame: pb::PeerFrame) {
                 from,
                 slot: slot.clone(),
             };
-            let delivered = rt
-                .lookup(to)
-                .is_some_and(|callee| deliver_call(rt, &callee, envelope, None));
-            if !delivered {
-                let _ = slot.complete(CallResult::Exit(crate::runtime::Reason::Noproc));
+            // Never run on this thread (no inline fast path here): a handler that calls
+            // another node would wait for a reply only this thread can apply, stalling every
+            // frame from this peer until its call timed out.
+            match rt.lookup(to) {
+                Some(callee) => {
+                    if rt.deliver(&callee, envelope).is_err() {
+                        let _ = slot.complete(CallResult::Exit(crate::runtime::Reason::Noproc));
+                    }
+                }
+                None => {
+                    let _ = slot.complete(CallResult::Exit(crate::runtime::Reason::Noproc));
+                }
             }
         }),
         Frame::Reply(r) => {

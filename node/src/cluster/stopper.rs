@@ -25,7 +25,7 @@ impl Stopper {
             .name("rebeam-stopper".into())
             .spawn(move || {
                 for pid in pids {
-                    stop(&rt, pid);
+                    stop_child(&rt, pid);
                 }
             });
         if let Err(e) = spawned {
@@ -42,7 +42,8 @@ impl Stopper {
     }
 }
 
-fn stop(rt: &Arc<PyRuntime>, pid: Pid) {
+/// Stops one top-level child now: `shutdown`, then `kill` after the patience.
+pub fn stop_child(rt: &Arc<PyRuntime>, pid: Pid) {
     // From the application master, the child's parent: a child trapping exits (any
     // supervisor) shuts its own tree down in order instead of taking it as a message.
     let master = Pid::app_master(&pid);

@@ -20,6 +20,15 @@
 {{- define "rebeam.controller" -}}{{ include "rebeam.fullname" . }}-controller{{- end -}}
 {{/* The headless Service giving members their stable $(POD_NAME).<this> names. */}}
 {{- define "rebeam.headless" -}}{{ include "rebeam.fullname" . }}-controller-peers{{- end -}}
+{{/* With TLS: the headless Service giving nodes the stable names their certificates carry. */}}
+{{- define "rebeam.nodesHeadless" -}}{{ include "rebeam.fullname" . }}-nodes{{- end -}}
+
+{{/* The TLS files' environment (docs/tls.md), under DIR. */}}
+{{- define "rebeam.tlsEnv" -}}
+- {name: REBEAM_TLS_CERT, value: "{{ . }}/tls.crt"}
+- {name: REBEAM_TLS_KEY, value: "{{ . }}/tls.key"}
+- {name: REBEAM_TLS_CA, value: "{{ . }}/ca.crt"}
+{{- end -}}
 
 {{- define "rebeam.labels" -}}
 app.kubernetes.io/name: {{ include "rebeam.name" . }}
