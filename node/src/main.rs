@@ -99,6 +99,14 @@ struct Cli {
         env = "REBEAM_HTTP_ALLOWED_HOSTS"
     )]
     http_allowed_hosts: Vec<String>,
+    /// Export traces of messages over OTLP/gRPC to this endpoint (`http://host:4317`);
+    /// tracing is off without it.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Fraction (0 to 1) of new traces kept; a message in a kept trace is always kept.
+    /// Without it, OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG decide (default: all).
+    #[arg(long, env = "REBEAM_TRACE_SAMPLE_RATIO", value_name = "RATIO")]
+    trace_sample_ratio: Option<f64>,
     /// Where fetched application code is kept.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -151,6 +159,7 @@ fn main() {
 /// finalizing the interpreter (executor threads stay attached to it).
 fn exit_process(code: i32) -> ! {
     flush_python();
+    rebeam_node::observe::trace::flush();
     if let Some(dir) = DEV_DIR.get() {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -200,6 +209,18 @@ fn run(cli: Cli) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the I/O runtime")?;
+    let tracing = cli
+        .otlp_endpoint
+        .clone()
+        .filter(|e| !e.is_empty())
+        .map(|endpoint| rebeam_node::observe::trace::TraceConfig {
+            endpoint,
+            sample_ratio: cli.trace_sample_ratio,
+            node: cli.name.clone(),
+        });
+    if let Some(config) = &tracing {
+        rebeam_node::observe::trace::init(tokio.handle(), config)?;
+    }
     if cli.dev {
         let (controllers, secret, data_dir, core) =
             start_dev_controller(&cli, &tokio, tls.clone())?;
@@ -242,6 +263,9 @@ fn run(cli: Cli) -> Result<i32> {
             .context(
                 "cannot import the rebeam package; install it with `pip install ./client-py`",
             )?;
+        if let Some(config) = &tracing {
+            rebeam_node::observe::trace::init_python(py, config);
+        }
         Ok(())
     })?;
     if let Some(dir) = &cli.app {

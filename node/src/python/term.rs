@@ -2,13 +2,15 @@
 //! at send time, so a receiver never sees the sender's later mutations.
 
 use super::objects::{Pid as PyPid, Ref as PyRef};
+use crate::observe::trace::{Carried, MessageTrace};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyFrozenSet, PyInt, PyString, PyTuple};
 
-/// A message payload as held in a mailbox.
-pub struct Term(Repr);
+/// A message payload as held in a mailbox, with the message's trace context when tracing is
+/// on (see `observe::trace`).
+pub struct Term(Repr, MessageTrace);
 
 enum Repr {
     /// An immutable value, shared by reference.
@@ -65,11 +67,11 @@ impl Term {
     /// Takes a value for sending: shared when immutable, else pickled now.
     pub fn copy_in(value: &Bound<'_, PyAny>) -> PyResult<Term> {
         if is_immutable(value, 0) {
-            return Ok(Term(Repr::Shared(value.clone().unbind())));
+            return Ok(Term(Repr::Shared(value.clone().unbind()), None));
         }
         let py = value.py();
         match pickle_fn(py, "dumps")?.call1((value, 5)) {
-            Ok(bytes) => Ok(Term(Repr::Pickled(bytes.unbind()))),
+            Ok(bytes) => Ok(Term(Repr::Pickled(bytes.unbind()), None)),
             Err(cause) => {
                 let type_name = value
                     .get_type()
@@ -97,7 +99,17 @@ impl Term {
 
     /// A payload received from another node; needs no interpreter until it is read.
     pub fn from_wire(bytes: Vec<u8>) -> Term {
-        Term(Repr::Wire(bytes))
+        Term(Repr::Wire(bytes), None)
+    }
+
+    /// The same payload carrying `trace` (the context of the span it is sent in).
+    pub fn traced(self, trace: MessageTrace) -> Term {
+        Term(self.0, trace)
+    }
+
+    /// The trace context the message carries, if any.
+    pub fn trace(&self) -> Option<&Carried> {
+        self.1.as_deref()
     }
 
     /// The pickle to put on the wire to another node.
