@@ -275,6 +275,7 @@ fn dispatch(
             super::upgrade::move_process(py, process, server, app, epoch);
         }
     }
+    let span = crate::observe::trace::handling(py, &envelope, process.pid);
     let result: PyResult<()> = (|| match envelope {
         Envelope::Cast(m) => server
             .call_method1(intern!(py, "handle_cast"), (m.to_py(py)?,))
@@ -349,6 +350,9 @@ fn dispatch(
                 .map(drop)
         }
     })();
+    if let Some(span) = span {
+        span.end(py, result.as_ref().err().map(|e| e.to_string()));
+    }
     match result {
         Ok(()) => process.data.stop.lock().take(),
         Err(err) => {

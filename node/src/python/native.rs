@@ -7,6 +7,7 @@ use super::executor::{
 use super::host::{current, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime};
 use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
 use super::term::Term;
+use crate::observe::trace::{self, Delivery};
 use crate::runtime::{CallResult, CallSlot, Envelope, Kind, Pid, Reason, RegistryError, Status};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -462,7 +463,7 @@ fn send(py: Python<'_>, dest: &Bound<'_, PyAny>, message: &Bound<'_, PyAny>) -> 
     let Some(pid) = resolve(dest)? else {
         return Err(unknown_name(py, dest)?);
     };
-    let term = Term::copy_in(message)?;
+    let (term, _span) = trace::stamp(py, Delivery::Send, pid, Term::copy_in(message)?);
     let _ = rt()?.send(pid, Envelope::Info(term));
     Ok(())
 }
@@ -474,7 +475,7 @@ fn cast(py: Python<'_>, dest: &Bound<'_, PyAny>, request: &Bound<'_, PyAny>) -> 
     let Some(pid) = resolve(dest)? else {
         return Ok(());
     };
-    let term = Term::copy_in(request)?;
+    let (term, _span) = trace::stamp(py, Delivery::Cast, pid, Term::copy_in(request)?);
     let _ = rt()?.send(pid, Envelope::Cast(term));
     Ok(())
 }
@@ -512,8 +513,9 @@ fn call<'py>(
         None => None,
     };
     let slot = Arc::new(CallSlot::default());
+    let (request, span) = trace::stamp(py, Delivery::Call, pid, Term::copy_in(request)?);
     let envelope = Envelope::Call {
-        request: Term::copy_in(request)?,
+        request,
         from: me.as_ref().map(|m| m.pid),
         slot: slot.clone(),
     };
@@ -521,7 +523,9 @@ fn call<'py>(
         if rt.send(pid, envelope).is_err() {
             return Err(exit_error(py, pid, &Reason::Noconnection)?);
         }
-        return wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
+        let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
+        trace::call_done(span, &outcome);
+        return outcome;
     }
     let Some(callee) = rt.lookup(pid) else {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
@@ -543,7 +547,9 @@ fn call<'py>(
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     }
     drop(callee);
-    wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout)
+    let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
+    trace::call_done(span, &outcome);
+    outcome
 }
 
 /// Waits for a call's reply (or takes the one already given on this thread).
