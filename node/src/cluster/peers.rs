@@ -3,6 +3,7 @@
 
 use super::wire::{pid_from_pb, pid_to_pb, reason_from_pb, reason_to_pb};
 use super::Cluster;
+use crate::observe::trace;
 use crate::python::executor::{run_inline, INLINE_WARMUP};
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Ref};
@@ -106,6 +107,7 @@ pub fn frame_for(
                     from,
                     slot,
                 } => {
+                    let traceparent = trace::to_wire(request.trace());
                     let request = match pyo3::Python::attach(|py| request.to_wire(py)) {
                         Ok(bytes) => bytes,
                         Err(_) => {
@@ -124,6 +126,7 @@ pub fn frame_for(
                         from: from.map(pid_to_pb),
                         call_id,
                         request,
+                        traceparent,
                     })
                 }
                 // Exit/Down/Timeout envelopes only arise locally.
@@ -198,6 +201,7 @@ fn wire_send(
                     to: Some(pid_to_pb(to)),
                     payload,
                     cast,
+                    traceparent: trace::to_wire(term.trace()),
                 })),
             },
         )),
@@ -293,7 +297,7 @@ fn apply(cluster: &Arc<Cluster>, from_node: NodeId, frame: pb::PeerFrame) {
     let Some(frame) = frame.frame else { return };
     let ok = match frame {
         Frame::Send(m) => pid_from_pb(m.to.as_ref()).map(|to| {
-            let term = Term::from_wire(m.payload);
+            let term = Term::from_wire(m.payload).traced(trace::from_wire(&m.traceparent));
             let envelope = if m.cast {
                 Envelope::Cast(term)
             } else {
@@ -309,7 +313,7 @@ fn apply(cluster: &Arc<Cluster>, from_node: NodeId, frame: pb::PeerFrame) {
                 reply_cluster.send_reply(from_node, call_id, result);
             })));
             let envelope = Envelope::Call {
-                request: Term::from_wire(c.request),
+                request: Term::from_wire(c.request).traced(trace::from_wire(&c.traceparent)),
                 from,
                 slot: slot.clone(),
             };
