@@ -33,6 +33,7 @@ def setup(endpoint: str, node: str, sample_ratio: float | None) -> bool:
         except ImportError as e:
             _log.warning("handler spans are not exported: %s (install opentelemetry-sdk and "
                          "opentelemetry-exporter-otlp-proto-grpc)", e)
+            _load()
             return True
         attributes = {"rebeam.node": node}
         resource = Resource.create(attributes)
@@ -46,6 +47,7 @@ def setup(endpoint: str, node: str, sample_ratio: float | None) -> bool:
         provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure)))
         trace.set_tracer_provider(provider)
+    _load()
     return True
 
 
@@ -55,31 +57,60 @@ def _has_provider(trace: Any) -> bool:
                                                               "NoOpTracerProvider")
 
 
+class _Glue:
+    """The API's pieces the runtime uses per message, looked up once by :func:`setup`."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, trace
+
+        self.attach = context.attach
+        self.detach = context.detach
+        self.span_context = trace.SpanContext
+        self.non_recording = trace.NonRecordingSpan
+        self.in_context = trace.set_span_in_context
+        self.current_span = trace.get_current_span
+        self.flags = (trace.TraceFlags(0), trace.TraceFlags(1))
+        # The context of every message in a trace that is not sampled: what a handler starts
+        # there is not sampled either (parent-based), and building one per message is spared.
+        self.unsampled = self.in_context(self.non_recording(self.span_context(
+            trace_id=1, span_id=1, is_remote=True, trace_flags=self.flags[0])))
+
+
+_glue: _Glue | None = None
+
+
 def enter(trace_id: int, span_id: int, flags: int) -> object:
     """Makes the message's span current for the handler about to run; returns the token."""
-    from opentelemetry import context, trace
+    g = _glue or _load()
+    span = g.non_recording(g.span_context(trace_id, span_id, True, g.flags[flags & 1]))
+    return g.attach(g.in_context(span))
 
-    span = trace.NonRecordingSpan(trace.SpanContext(
-        trace_id=trace_id, span_id=span_id, is_remote=True,
-        trace_flags=trace.TraceFlags(flags)))
-    return context.attach(trace.set_span_in_context(span))
+
+def enter_unsampled() -> object:
+    """Makes a not-sampled span current for a handler of a message in a not-sampled trace."""
+    g = _glue or _load()
+    return g.attach(g.unsampled)
 
 
 def leave(token: object) -> None:
     """Restores the context from before :func:`enter`."""
-    from opentelemetry import context
-
-    context.detach(token)  # type: ignore[arg-type]
+    g = _glue or _load()
+    g.detach(token)  # type: ignore[arg-type]
 
 
 def current() -> tuple[int, int, int] | None:
     """The current span's (trace id, span id, flags), or None when no valid span is current."""
-    from opentelemetry import trace
-
-    cx = trace.get_current_span().get_span_context()
+    g = _glue or _load()
+    cx = g.current_span().get_span_context()
     if not cx.is_valid:
         return None
     return cx.trace_id, cx.span_id, int(cx.trace_flags)
+
+
+def _load() -> _Glue:
+    global _glue
+    _glue = _Glue()
+    return _glue
 
 
 def flush(timeout_ms: int = 5000) -> None:

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
@@ -229,7 +229,13 @@ pub fn call_done<T>(span: Option<Sending>, outcome: &PyResult<T>) {
 /// the message carries. `None` when tracing is off.
 pub fn sending(py: Python<'_>, kind: Delivery, to: Pid) -> Option<(Sending, MessageTrace)> {
     let tracing = TRACING.get()?;
-    let parent = python_current(py).or_else(|| CURRENT.with(|c| c.borrow().clone()));
+    let handled = CURRENT.with(|c| c.borrow().clone());
+    let parent = match handled {
+        // In a trace that is not sampled nothing is recorded: no need to ask Python for a
+        // more precise parent.
+        Some(cx) if !cx.is_sampled() => Some(cx),
+        handled => python_current(py).or(handled),
+    };
     Some(start_sending(tracing, kind, to, parent, SpanKind::Producer))
 }
 
@@ -261,12 +267,14 @@ fn start_sending(
         Some(p) => Context::new().with_remote_span_context(p),
         None => Context::new(),
     };
-    let span = tracing
+    let mut span = tracing
         .tracer
         .span_builder(kind.sent())
         .with_kind(span_kind)
-        .with_attributes([KeyValue::new("rebeam.to", to.to_string())])
         .start_with_context(&tracing.tracer, &cx);
+    if span.is_recording() {
+        span.set_attribute(KeyValue::new("rebeam.to", to.to_string()));
+    }
     let carried = Box::new(Carried {
         cx: span.span_context().clone(),
         queued: Instant::now(),
@@ -354,16 +362,18 @@ impl Handling {
         let now = Instant::now();
         let waited = now.saturating_duration_since(trace.queued);
         let parent = Context::new().with_remote_span_context(trace.cx.clone());
-        let span = tracing
+        let mut span = tracing
             .tracer
             .span_builder(kind.handled())
             .with_kind(SpanKind::Consumer)
-            .with_start_time(SystemTime::now())
-            .with_attributes([
-                KeyValue::new("rebeam.pid", process.to_string()),
-                KeyValue::new("rebeam.mailbox_wait_us", waited.as_micros() as i64),
-            ])
             .start_with_context(&tracing.tracer, &parent);
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new("rebeam.pid", process.to_string()));
+            span.set_attribute(KeyValue::new(
+                "rebeam.mailbox_wait_us",
+                waited.as_micros() as i64,
+            ));
+        }
         let cx = span.span_context().clone();
         let token = if PY_OTEL.load(Ordering::Acquire) {
             python_enter(py, &cx)
@@ -398,8 +408,10 @@ fn tracing_fn<'py>(py: Python<'py>, name: &'static str) -> PyResult<&'py Bound<'
     static ENTER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     static LEAVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     static CURRENT_FN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static UNSAMPLED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let cell = match name {
         "enter" => &ENTER,
+        "enter_unsampled" => &UNSAMPLED,
         "leave" => &LEAVE,
         _ => &CURRENT_FN,
     };
@@ -408,10 +420,14 @@ fn tracing_fn<'py>(py: Python<'py>, name: &'static str) -> PyResult<&'py Bound<'
 
 /// Makes `cx` the Python API's current span; the token undoes it.
 fn python_enter(py: Python<'_>, cx: &SpanContext) -> Option<Py<PyAny>> {
-    let trace_id = u128::from_be_bytes(cx.trace_id().to_bytes());
-    let span_id = u64::from_be_bytes(cx.span_id().to_bytes());
-    let result = tracing_fn(py, "enter")
-        .and_then(|f| f.call1((trace_id, span_id, cx.trace_flags().to_u8())));
+    let result = if cx.is_sampled() {
+        let trace_id = u128::from_be_bytes(cx.trace_id().to_bytes());
+        let span_id = u64::from_be_bytes(cx.span_id().to_bytes());
+        tracing_fn(py, "enter").and_then(|f| f.call1((trace_id, span_id, 1u8)))
+    } else {
+        // One shared not-sampled context: a handler's spans follow the message's decision.
+        tracing_fn(py, "enter_unsampled").and_then(|f| f.call0())
+    };
     match result {
         Ok(token) => Some(token.unbind()),
         Err(err) => {
