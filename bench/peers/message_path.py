@@ -13,9 +13,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from rebeam_peer import call_rtt, oneway  # noqa: E402
+
 import rebeam  # noqa: E402
 from common import sizes_for  # noqa: E402
-from rebeam_peer import call_rtt, oneway  # noqa: E402
 
 
 def main() -> None:
