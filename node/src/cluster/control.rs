@@ -276,6 +276,7 @@ impl LeaseKeeper {
 
     /// A heartbeat sent at `sent` was acknowledged.
     fn renewed(&self, cluster: &Cluster, sent: Instant) {
+        crate::observe::stats::STATS.lease_renewals.inc();
         let mut st = self.state.lock();
         st.last_ok = st.last_ok.max(sent);
         if st.broken_at.is_some_and(|b| sent > b) {
@@ -739,6 +740,7 @@ pub async fn fetch_code(cluster: &Arc<Cluster>, hash: &str) -> Result<Vec<u8>, S
 /// Kills every process of this incarnation (the controller may restart their top-level
 /// children elsewhere), so nothing of this life runs on after its lease.
 async fn fence(cluster: &Arc<Cluster>) {
+    crate::observe::stats::STATS.fences.inc();
     let rt = cluster.rt.clone();
     let _ = tokio::task::spawn_blocking(move || {
         pyo3::Python::attach(|_py| {

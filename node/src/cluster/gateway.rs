@@ -4,6 +4,7 @@
 
 use super::wire::{log_entry_to_pb, pid_from_pb, pid_to_pb, reason_to_pb};
 use super::Cluster;
+use crate::observe::stats::{GATEWAY_LATENCY, STATS};
 use crate::observe::trace::{self, Delivery};
 use crate::python::logs;
 use crate::python::term::Term;
@@ -171,6 +172,7 @@ impl pb::gateway_service_server::GatewayService for Gateway {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let started = std::time::Instant::now();
         let r = request.into_inner();
         let kind = pb::DeliveryKind::try_from(r.kind)
             .ok()
@@ -185,6 +187,7 @@ impl pb::gateway_service_server::GatewayService for Gateway {
             pb::DeliveryKind::Cast => Delivery::Cast,
             _ => Delivery::Send,
         };
+        STATS.gateway_requests[delivery as usize].inc();
         let (span, carried) = trace::entering(delivery, pid, traceparent.as_deref()).unzip();
         let term = Term::from_wire(r.payload).traced(carried.flatten());
         if kind != pb::DeliveryKind::Call {
@@ -246,6 +249,7 @@ impl pb::gateway_service_server::GatewayService for Gateway {
                 Outcome::TimedOut(true)
             }
         };
+        GATEWAY_LATENCY.observe(started.elapsed());
         if let Some(span) = span {
             span.end(match &reply {
                 Outcome::Value(_) | Outcome::Accepted(_) => None,

@@ -3,6 +3,7 @@
 
 use super::wire::{pid_from_pb, pid_to_pb, reason_from_pb, reason_to_pb};
 use super::Cluster;
+use crate::observe::stats::STATS;
 use crate::observe::trace;
 use crate::python::executor::{run_inline, INLINE_WARMUP};
 use crate::python::term::Term;
@@ -39,6 +40,7 @@ impl PeerLink {
 /// Opens the outbound stream to `address` for `node`; the link ends when the stream breaks.
 pub fn open(cluster: &Arc<Cluster>, node: NodeId, address: String) -> PeerLink {
     let (tx, rx) = mpsc::channel::<pb::PeerFrame>(QUEUE_FRAMES);
+    STATS.peer_links_opened.inc();
     let cluster2 = cluster.clone();
     cluster.tokio.spawn(async move {
         let result = stream_to(&cluster2, &address, rx).await;
@@ -73,7 +75,12 @@ async fn stream_to(
                 Err(_) => break,
             }
         }
-        Some((pb::PeerBatch { frames }, rx))
+        let batch = pb::PeerBatch { frames };
+        STATS.peer_frames_out.add(batch.frames.len() as u64);
+        STATS
+            .peer_bytes_out
+            .add(prost::Message::encoded_len(&batch) as u64);
+        Some((batch, rx))
     });
     let mut request = Request::new(batches);
     let me = cluster.rt.node().name();
@@ -239,6 +246,10 @@ impl pb::peer_service_server::PeerService for PeerService {
         let mut frames = request.into_inner();
         while let Some(batch) = frames.next().await {
             let batch = batch?;
+            STATS.peer_frames_in.add(batch.frames.len() as u64);
+            STATS
+                .peer_bytes_in
+                .add(prost::Message::encoded_len(&batch) as u64);
             // Applied on the inbound thread, which may need the interpreter (a kill
             // interrupts running code); a tokio worker must not wait for the GIL.
             if self

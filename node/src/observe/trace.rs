@@ -216,8 +216,10 @@ pub fn stamp(py: Python<'_>, kind: Delivery, to: Pid, term: Term) -> (Term, Opti
     }
 }
 
-/// Ends a call's span with the call's outcome.
-pub fn call_done<T>(span: Option<Sending>, outcome: &PyResult<T>) {
+/// Records a call made by process code that started at `started`: its latency, and its span
+/// (if traced) ended with the call's outcome.
+pub fn call_done<T>(started: Instant, span: Option<Sending>, outcome: &PyResult<T>) {
+    super::stats::CALL_LATENCY.observe(started.elapsed());
     if let Some(span) = span {
         let error = outcome.as_ref().err().map(|e| e.to_string());
         span.end(error.as_deref());

@@ -18,6 +18,10 @@ pub struct AppTag {
     pub moves: Mutex<super::upgrade::Moves>,
     /// What the app's processes on this node wrote, for `rebeam logs`.
     pub log: Arc<super::logs::AppLog>,
+    /// Its processes here that crashed (`/metrics`).
+    pub crashes: AtomicU64,
+    /// Children its supervisors here restarted (`/metrics`).
+    pub restarts: AtomicU64,
 }
 
 static APPS: OnceLock<Mutex<HashMap<String, Arc<AppTag>>>> = OnceLock::new();
@@ -32,6 +36,8 @@ pub fn tag(name: &str) -> Arc<AppTag> {
                 epoch: AtomicU64::new(0),
                 moves: Mutex::default(),
                 log: super::logs::log_for(name),
+                crashes: AtomicU64::new(0),
+                restarts: AtomicU64::new(0),
             })
         })
         .clone()
@@ -40,6 +46,16 @@ pub fn tag(name: &str) -> Arc<AppTag> {
 /// The tag of the app `name`, if any process of it ever ran here.
 pub fn find(name: &str) -> Option<Arc<AppTag>> {
     APPS.get()?.lock().get(name).cloned()
+}
+
+/// Every app that ever ran a process here, by name.
+pub fn all() -> Vec<Arc<AppTag>> {
+    let mut apps: Vec<_> = APPS
+        .get()
+        .map(|a| a.lock().values().cloned().collect())
+        .unwrap_or_default();
+    apps.sort_by(|a: &Arc<AppTag>, b| a.name.cmp(&b.name));
+    apps
 }
 
 thread_local! {

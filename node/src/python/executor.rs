@@ -400,5 +400,8 @@ pub fn log_crash(process: &Arc<PyProcess>, reason: &Reason) {
     if let Reason::Crash(crash) = reason {
         tracing::warn!(pid = %process.pid, "process crashed: {}: {}\n{}", crash.kind, crash.message, crash.traceback);
         super::logs::crashed(process, reason);
+        if let Some(app) = &process.data.app {
+            app.crashes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

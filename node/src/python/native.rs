@@ -512,6 +512,7 @@ fn call<'py>(
         Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
         None => None,
     };
+    let started = Instant::now();
     let slot = Arc::new(CallSlot::default());
     let (request, span) = trace::stamp(py, Delivery::Call, pid, Term::copy_in(request)?);
     let envelope = Envelope::Call {
@@ -524,7 +525,7 @@ fn call<'py>(
             return Err(exit_error(py, pid, &Reason::Noconnection)?);
         }
         let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
-        trace::call_done(span, &outcome);
+        trace::call_done(started, span, &outcome);
         return outcome;
     }
     let Some(callee) = rt.lookup(pid) else {
@@ -548,7 +549,7 @@ fn call<'py>(
     }
     drop(callee);
     let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
-    trace::call_done(span, &outcome);
+    trace::call_done(started, span, &outcome);
     outcome
 }
 
@@ -616,6 +617,15 @@ fn reply(sender: &Bound<'_, Sender>, value: &Bound<'_, PyAny>) -> PyResult<bool>
             .retain(|s| !Arc::ptr_eq(s, &sender.slot));
     }
     Ok(done)
+}
+
+/// A supervisor restarted a child: counted for `/metrics` (node-wide and by app).
+#[pyfunction]
+fn note_restart() {
+    crate::observe::stats::STATS.restarts.inc();
+    if let Some(app) = current().and_then(|p| p.data.app.clone()) {
+        app.restarts.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// `self_pid()`.
@@ -1071,6 +1081,7 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_output, m)?)?;
     m.add_function(wrap_pyfunction!(processes, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(note_restart, m)?)?;
     m.add_function(wrap_pyfunction!(register_global, m)?)?;
     m.add_function(wrap_pyfunction!(unregister_global, m)?)?;
     m.add_function(wrap_pyfunction!(whereis_global, m)?)?;
