@@ -224,8 +224,16 @@ fn run(cli: Cli) -> Result<i32> {
     if cli.dev {
         let (controllers, secret, data_dir, core) =
             start_dev_controller(&cli, &tokio, tls.clone())?;
-        let access = http_access(&cli, &secret)?;
-        join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir, tls)?;
+        join_cluster(
+            &cli,
+            &rt,
+            &tokio,
+            controllers,
+            secret.clone(),
+            data_dir,
+            tls,
+        )?;
+        let access = http_access(&cli, &secret, &rt)?;
         let addr = cli
             .http_listen
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -240,16 +248,16 @@ fn run(cli: Cli) -> Result<i32> {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("rebeam-data").join(&cli.name));
-        let access = http_access(&cli, &secret)?;
         join_cluster(
             &cli,
             &rt,
             &tokio,
             cli.controllers.clone(),
-            secret,
+            secret.clone(),
             data_dir,
             tls,
         )?;
+        let access = http_access(&cli, &secret, &rt)?;
         if let Some(addr) = cli.http_listen {
             let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), None, access)?;
             eprintln!("rebeam-node: http at http://{bound}/");
@@ -351,10 +359,20 @@ type DevController = (
     std::sync::Arc<rebeam_controller::core::Core>,
 );
 
-/// Who may use the node's HTTP server: its flags and the cluster secret in use.
-fn http_access(cli: &Cli, secret: &str) -> Result<rebeam_node::observe::http::NodeHttp> {
+/// Who may use the node's HTTP server: its flags, the cluster secret in use and the tokens
+/// the controller issued (as the gateway: they arrive through the watch stream).
+fn http_access(
+    cli: &Cli,
+    secret: &str,
+    rt: &python::PyRuntime,
+) -> Result<rebeam_node::observe::http::NodeHttp> {
+    let issued = rt
+        .host
+        .cluster
+        .get()
+        .map(|c| c.tokens.clone() as std::sync::Arc<dyn TokenSource>);
     Ok(rebeam_node::observe::http::NodeHttp {
-        credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, None),
+        credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, issued),
         read_tokens: cli.http_read_tokens.clone(),
         allowed_hosts: cli.http_allowed_hosts.clone(),
     })
