@@ -132,8 +132,9 @@ def test_node_metrics_move(controllers: Cluster, workdir: Path) -> None:
     # The caller's node: sends routed to the peer, the calls' latencies.
     assert caller["rebeam_messages_sent_total{}"] >= 200
     assert caller["rebeam_messages_routed_total{}"] >= 200
-    assert caller["rebeam_call_duration_seconds_count{}"] >= 200
-    assert caller['rebeam_call_duration_seconds_bucket{"le": "+Inf"}'] >= 200
+    # One call in 16 per thread is timed.
+    assert caller["rebeam_call_duration_seconds_count{}"] >= 200 // 16
+    assert caller['rebeam_call_duration_seconds_bucket{"le": "+Inf"}'] >= 200 // 16
     assert caller["rebeam_call_duration_seconds_sum{}"] > 0
     # The client's calls entered through some node's gateway.
     gateway_calls = sum(m.get('rebeam_gateway_requests_total{"kind": "call"}', 0)

@@ -182,7 +182,7 @@ pub fn render(rt: &PyRuntime) -> Exposition {
     CALL_LATENCY.write(
         &mut e,
         "rebeam_call_duration_seconds",
-        "Time from rebeam.call in process code to its reply (or failure).",
+        "Time from rebeam.call in process code to its reply (or failure); one call in 16 per thread is timed.",
         &l,
     );
     e

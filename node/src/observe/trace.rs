@@ -216,10 +216,12 @@ pub fn stamp(py: Python<'_>, kind: Delivery, to: Pid, term: Term) -> (Term, Opti
     }
 }
 
-/// Records a call made by process code that started at `started`: its latency, and its span
-/// (if traced) ended with the call's outcome.
-pub fn call_done<T>(started: Instant, span: Option<Sending>, outcome: &PyResult<T>) {
-    super::stats::CALL_LATENCY.observe(started.elapsed());
+/// Records a call made by process code: its latency when timed (see `stats::call_clock`),
+/// and its span (if traced) ended with the call's outcome.
+pub fn call_done<T>(started: Option<Instant>, span: Option<Sending>, outcome: &PyResult<T>) {
+    if let Some(started) = started {
+        super::stats::CALL_LATENCY.observe(started.elapsed());
+    }
     if let Some(span) = span {
         let error = outcome.as_ref().err().map(|e| e.to_string());
         span.end(error.as_deref());

@@ -512,7 +512,7 @@ fn call<'py>(
         Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
         None => None,
     };
-    let started = Instant::now();
+    let started = crate::observe::stats::call_clock();
     let slot = Arc::new(CallSlot::default());
     let (request, span) = trace::stamp(py, Delivery::Call, pid, Term::copy_in(request)?);
     let envelope = Envelope::Call {

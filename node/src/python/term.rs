@@ -10,7 +10,11 @@ use pyo3::types::{PyBool, PyBytes, PyFloat, PyFrozenSet, PyInt, PyString, PyTupl
 
 /// A message payload as held in a mailbox, with the message's trace context when tracing is
 /// on (see `observe::trace`).
-pub struct Term(Repr, MessageTrace);
+pub struct Term(Repr);
+
+// Three words: the trace context must not grow every mailbox entry (the cast benchmark lost
+// about 15% when it did).
+const _: () = assert!(std::mem::size_of::<Term>() == 3 * std::mem::size_of::<usize>());
 
 enum Repr {
     /// An immutable value, shared by reference.
@@ -19,6 +23,9 @@ enum Repr {
     Pickled(Py<PyAny>),
     /// A pickle that arrived from another node; made into Python only by the receiver.
     Wire(Vec<u8>),
+    /// A payload with the trace context of its message. Boxed, so that with tracing off a
+    /// term stays three words (mailbox entries stay within a cache line).
+    Traced(Box<(Repr, Carried)>),
 }
 
 /// A payload's size as `Term::footprint` reports it.
@@ -63,15 +70,25 @@ fn is_immutable(value: &Bound<'_, PyAny>, depth: usize) -> bool {
     false
 }
 
+impl Repr {
+    /// The payload itself, a trace context it carried dropped.
+    fn untraced(self) -> Repr {
+        match self {
+            Repr::Traced(t) => t.0,
+            other => other,
+        }
+    }
+}
+
 impl Term {
     /// Takes a value for sending: shared when immutable, else pickled now.
     pub fn copy_in(value: &Bound<'_, PyAny>) -> PyResult<Term> {
         if is_immutable(value, 0) {
-            return Ok(Term(Repr::Shared(value.clone().unbind()), None));
+            return Ok(Term(Repr::Shared(value.clone().unbind())));
         }
         let py = value.py();
         match pickle_fn(py, "dumps")?.call1((value, 5)) {
-            Ok(bytes) => Ok(Term(Repr::Pickled(bytes.unbind()), None)),
+            Ok(bytes) => Ok(Term(Repr::Pickled(bytes.unbind()))),
             Err(cause) => {
                 let type_name = value
                     .get_type()
@@ -90,34 +107,50 @@ impl Term {
 
     /// Gives the receiver its own value.
     pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match &self.0 {
+        match self.payload() {
             Repr::Shared(obj) => Ok(obj.bind(py).clone()),
             Repr::Pickled(bytes) => pickle_fn(py, "loads")?.call1((bytes.bind(py),)),
             Repr::Wire(bytes) => Self::from_bytes(py, bytes),
+            Repr::Traced(_) => unreachable!("payload() unwraps the trace"),
         }
     }
 
     /// A payload received from another node; needs no interpreter until it is read.
     pub fn from_wire(bytes: Vec<u8>) -> Term {
-        Term(Repr::Wire(bytes), None)
+        Term(Repr::Wire(bytes))
     }
 
     /// The same payload carrying `trace` (the context of the span it is sent in).
     pub fn traced(self, trace: MessageTrace) -> Term {
-        Term(self.0, trace)
+        match trace {
+            None => self,
+            Some(carried) => Term(Repr::Traced(Box::new((self.0.untraced(), *carried)))),
+        }
     }
 
     /// The trace context the message carries, if any.
     pub fn trace(&self) -> Option<&Carried> {
-        self.1.as_deref()
+        match &self.0 {
+            Repr::Traced(t) => Some(&t.1),
+            _ => None,
+        }
+    }
+
+    /// The payload without its trace context.
+    fn payload(&self) -> &Repr {
+        match &self.0 {
+            Repr::Traced(t) => &t.0,
+            other => other,
+        }
     }
 
     /// The pickle to put on the wire to another node.
     pub fn to_wire(&self, py: Python<'_>) -> PyResult<Vec<u8>> {
-        match &self.0 {
+        match self.payload() {
             Repr::Shared(obj) => Self::to_bytes(obj.bind(py)),
             Repr::Pickled(bytes) => Ok(bytes.bind(py).cast::<PyBytes>()?.as_bytes().to_vec()),
             Repr::Wire(bytes) => Ok(bytes.clone()),
+            Repr::Traced(_) => unreachable!("payload() unwraps the trace"),
         }
     }
 
@@ -125,11 +158,12 @@ impl Term {
     /// shared by reference is measured later (with `sys.getsizeof`, no lock held), because
     /// measuring may run Python code.
     pub fn footprint(&self, py: Python<'_>) -> Footprint {
-        match &self.0 {
+        match self.payload() {
             Repr::Shared(obj) => Footprint::Object(obj.clone_ref(py)),
             // A bytes object's length is a field read: no code runs.
             Repr::Pickled(bytes) => Footprint::Bytes(bytes.bind(py).len().unwrap_or(0)),
             Repr::Wire(bytes) => Footprint::Bytes(bytes.len()),
+            Repr::Traced(_) => unreachable!("payload() unwraps the trace"),
         }
     }
 
