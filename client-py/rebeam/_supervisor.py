@@ -226,6 +226,7 @@ class Supervisor(GenServer):
             group = list(range(index, len(self._children)))
         else:
             group = [index]
+        native.note_restart()
         self._stop_all([self._children[i] for i in group if i != index])
         # Temporary siblings are stopped but never restarted, even by a sibling's failure.
         restart = [self._children[i] for i in group

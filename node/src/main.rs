@@ -99,6 +99,14 @@ struct Cli {
         env = "REBEAM_HTTP_ALLOWED_HOSTS"
     )]
     http_allowed_hosts: Vec<String>,
+    /// Export traces of messages over OTLP/gRPC to this endpoint (`http://host:4317`);
+    /// tracing is off without it.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Fraction (0 to 1) of new traces kept; a message in a kept trace is always kept.
+    /// Without it, OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG decide (default: all).
+    #[arg(long, env = "REBEAM_TRACE_SAMPLE_RATIO", value_name = "RATIO")]
+    trace_sample_ratio: Option<f64>,
     /// Where fetched application code is kept.
     #[arg(long, env = "REBEAM_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -151,6 +159,7 @@ fn main() {
 /// finalizing the interpreter (executor threads stay attached to it).
 fn exit_process(code: i32) -> ! {
     flush_python();
+    rebeam_node::observe::trace::flush();
     if let Some(dir) = DEV_DIR.get() {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -200,11 +209,31 @@ fn run(cli: Cli) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the I/O runtime")?;
+    let tracing = cli
+        .otlp_endpoint
+        .clone()
+        .filter(|e| !e.is_empty())
+        .map(|endpoint| rebeam_node::observe::trace::TraceConfig {
+            endpoint,
+            sample_ratio: cli.trace_sample_ratio,
+            node: cli.name.clone(),
+        });
+    if let Some(config) = &tracing {
+        rebeam_node::observe::trace::init(tokio.handle(), config)?;
+    }
     if cli.dev {
         let (controllers, secret, data_dir, core) =
             start_dev_controller(&cli, &tokio, tls.clone())?;
-        let access = http_access(&cli, &secret)?;
-        join_cluster(&cli, &rt, &tokio, controllers, secret, data_dir, tls)?;
+        let issued = join_cluster(
+            &cli,
+            &rt,
+            &tokio,
+            controllers,
+            secret.clone(),
+            data_dir,
+            tls,
+        )?;
+        let access = http_access(&cli, &secret, issued)?;
         let addr = cli
             .http_listen
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -219,16 +248,16 @@ fn run(cli: Cli) -> Result<i32> {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("rebeam-data").join(&cli.name));
-        let access = http_access(&cli, &secret)?;
-        join_cluster(
+        let issued = join_cluster(
             &cli,
             &rt,
             &tokio,
             cli.controllers.clone(),
-            secret,
+            secret.clone(),
             data_dir,
             tls,
         )?;
+        let access = http_access(&cli, &secret, issued)?;
         if let Some(addr) = cli.http_listen {
             let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), None, access)?;
             eprintln!("rebeam-node: http at http://{bound}/");
@@ -242,6 +271,9 @@ fn run(cli: Cli) -> Result<i32> {
             .context(
                 "cannot import the rebeam package; install it with `pip install ./client-py`",
             )?;
+        if let Some(config) = &tracing {
+            rebeam_node::observe::trace::init_python(py, config);
+        }
         Ok(())
     })?;
     if let Some(dir) = &cli.app {
@@ -327,10 +359,16 @@ type DevController = (
     std::sync::Arc<rebeam_controller::core::Core>,
 );
 
-/// Who may use the node's HTTP server: its flags and the cluster secret in use.
-fn http_access(cli: &Cli, secret: &str) -> Result<rebeam_node::observe::http::NodeHttp> {
+/// Who may use the node's HTTP server: its flags, the cluster secret in use and the tokens
+/// the controller issued (as the gateway: they arrive through the watch stream).
+fn http_access(
+    cli: &Cli,
+    secret: &str,
+    issued: std::sync::Arc<dyn TokenSource>,
+) -> Result<rebeam_node::observe::http::NodeHttp> {
+    let issued = Some(issued);
     Ok(rebeam_node::observe::http::NodeHttp {
-        credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, None),
+        credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, issued),
         read_tokens: cli.http_read_tokens.clone(),
         allowed_hosts: cli.http_allowed_hosts.clone(),
     })
@@ -348,7 +386,7 @@ fn join_cluster(
     secret: String,
     data_dir: PathBuf,
     tls: Option<rebeam_tls::TlsSource>,
-) -> Result<()> {
+) -> Result<std::sync::Arc<dyn TokenSource>> {
     let mut labels = std::collections::HashMap::new();
     for label in &cli.labels {
         let (k, v) = label
@@ -409,6 +447,7 @@ fn join_cluster(
         }
     });
     let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
+    let issued = cluster.tokens.clone() as std::sync::Arc<dyn TokenSource>;
     tokio.spawn(control::run(cluster, joined_tx));
     let incarnation = Python::attach(|py| py.detach(|| tokio.block_on(joined_rx)))
         .context("the control loop stopped before joining")?;
@@ -418,7 +457,7 @@ fn join_cluster(
             cli.name
         );
     }
-    Ok(())
+    Ok(issued)
 }
 
 /// A cluster node with nothing else to run serves its placed children until SIGINT/SIGTERM.

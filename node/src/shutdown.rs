@@ -54,21 +54,18 @@ pub fn depart(rt: &Arc<PyRuntime>) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    if let Some(cluster) = rt.host.cluster.get() {
+    if let Some(remote) = rt.host.remote.get() {
         let incarnation = rt.incarnation();
-        match cluster
-            .tokio
-            .block_on(crate::cluster::control::leave(cluster, incarnation))
-        {
+        match remote.leave(incarnation) {
             // Printed like the join line: operators see departures at any log level.
             Ok(()) => eprintln!(
                 "rebeam-node: {} left the cluster (incarnation {incarnation})",
                 rt.node().name()
             ),
-            Err(status) => tracing::warn!(
+            Err(refused) => tracing::warn!(
                 incarnation,
                 "could not tell the controller this node leaves (its lease will lapse): {}",
-                status.message()
+                refused.message
             ),
         }
     }

@@ -12,38 +12,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dashboard import (
+    READ,
+    SPAWNER,
+    submit_crashy,
+)
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from test_dashboard_api import READ, SPAWNER, submit_crashy
 
 import rebeam
-from harness import REPO, SECRET, TOKEN, Cluster, Nodes, _cluster, scratch_dir, wait_for
+from harness import REPO, SECRET, TOKEN, Cluster, Nodes, wait_for
 from rebeam import Global
 
 ARTIFACTS = REPO / "target" / "artifacts"
 #: Processes spread over the three nodes for the paging test (the issue asks for 100,000).
 PROCESSES = int(os.environ.get("REBEAM_DASHBOARD_PROCESSES", "1500"))
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    yield from scratch_dir("rebeam-browser-test-")
-
-
-@pytest.fixture
-def controllers() -> Iterator[Cluster]:
-    yield from _cluster(3, ["--http-read-token", READ])
-
-
-@pytest.fixture
-def nodes(workdir: Path, controllers: Cluster) -> Iterator[Nodes]:
-    ns = Nodes(workdir, ",".join(m.api for m in controllers.members))
-    try:
-        yield ns
-    finally:
-        ns.stop()
 
 
 def browser() -> WebDriver:

@@ -7,31 +7,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from harness import Cluster, Nodes, _cluster, free_port, scratch_dir, wait_for
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    yield from scratch_dir("rebeam-http-test-")
-
-
-@pytest.fixture
-def controllers() -> Iterator[Cluster]:
-    yield from _cluster(3)
-
-
-@pytest.fixture
-def nodes(workdir: Path, controllers: Cluster) -> Iterator[Nodes]:
-    ns = Nodes(workdir, ",".join(m.api for m in controllers.members))
-    try:
-        yield ns
-    finally:
-        ns.stop()
+from harness import Cluster, Nodes, free_port, wait_for
 
 
 def get(url: str) -> tuple[int, dict[str, object]]:

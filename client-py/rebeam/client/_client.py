@@ -12,6 +12,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .. import _tracing
 from .._errors import CONTROLLER_ERRORS, Exit, Timeout
 from .._pid import Pid
 from .._types import Crash, Global
@@ -569,7 +570,8 @@ class Client:
                                                 serial=target.serial))
         else:
             raise TypeError(f"a target is a global name or a Pid, not {type(target).__name__}")
-        reply = self._deliver_once(target, request, timeout)
+        with _tracing.client_span(kind, str(target)) as trace_context:
+            reply = self._deliver_once(target, request, timeout, trace_context)
         pid = pid_from_proto(reply.pid) if reply.HasField("pid") else None
         outcome = reply.WhichOneof("result")
         if outcome == "value":
@@ -580,7 +582,8 @@ class Client:
             raise Timeout(f"call to {pid or target} timed out after {timeout:g}s")
         return None
 
-    def _deliver_once(self, target: Global | str | Pid, request: Any, timeout: float) -> Any:
+    def _deliver_once(self, target: Global | str | Pid, request: Any, timeout: float,
+                      trace_context: list[tuple[str, str]]) -> Any:
         """Sends ``request`` through an entry node, failing over at once to another alive
         node when one cannot be reached. A message is re-sent only when it never left (the
         connection could not be made), so delivery stays at most once; a target that cannot
@@ -602,7 +605,7 @@ class Client:
                 raise Exit(target, "noconnection")
             try:
                 reply = self._gateway(node.address).Deliver(request, timeout=timeout + self.timeout,
-                                                            metadata=self._metadata())
+                                                            metadata=self._metadata() + trace_context)
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     raise self._error(e.code(), e.details() or e.code().name.lower(),

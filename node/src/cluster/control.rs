@@ -210,6 +210,7 @@ impl LeaseKeeper {
 
     /// A heartbeat sent at `sent` was acknowledged.
     fn renewed(&self, cluster: &Cluster, sent: Instant) {
+        crate::observe::stats::STATS.lease_renewals.inc();
         let mut st = self.state.lock();
         st.last_ok = st.last_ok.max(sent);
         if st.broken_at.is_some_and(|b| sent > b) {
@@ -553,11 +554,8 @@ fn start_assignment(
                 if let Some(report) = report {
                     report_upgrade(&cluster, session, &a.app, report).await;
                 }
-                let c2 = cluster.clone();
                 let a2 = a.clone();
-                tokio::task::spawn_blocking(move || {
-                    python::cluster_glue::start_child(&c2.rt, &a2, &spec)
-                })
+                tokio::task::spawn_blocking(move || python::cluster_glue::start_child(&a2, &spec))
                 .await
             }
             Err(error) => Ok(Err(error)),
@@ -598,6 +596,7 @@ fn start_assignment(
                 .await;
             }
         }
+        cluster.start_reported(pid);
     });
 }
 
@@ -665,6 +664,7 @@ pub async fn fetch_code(cluster: &Arc<Cluster>, hash: &str) -> Result<Vec<u8>, S
 /// Kills every process of this incarnation (the controller may restart their top-level
 /// children elsewhere), so nothing of this life runs on after its lease.
 async fn fence(cluster: &Arc<Cluster>) {
+    crate::observe::stats::STATS.fences.inc();
     let rt = cluster.rt.clone();
     let _ = tokio::task::spawn_blocking(move || python::host::terminate_all(&rt, &Reason::Killed))
         .await;
@@ -680,10 +680,7 @@ pub async fn leave(cluster: &Arc<Cluster>, incarnation: u64) -> Result<(), Statu
     };
     cluster
         .controller
-        .with_leader(|ch, b| {
-            let req = request.clone();
-            async move { Controller::node_client(ch, b).leave(req).await }
-        })
+        .node(request, |mut c, r| async move { c.leave(r).await })
         .await
         .map(drop)
 }
@@ -716,12 +713,30 @@ pub async fn report_exits(cluster: &Arc<Cluster>, exits: Vec<(Pid, String)>) {
 impl Cluster {
     /// Reports an exit of a top-level child or global-name holder (asynchronously).
     pub fn report_exit(self: &Arc<Self>, pid: Pid, reason: &Reason) {
+        self.send_exit_report(pid, reason_report(reason));
+    }
+
+    /// Reports the exit of a top-level child once its start is reported (see `child_exits`).
+    pub fn child_exited(self: &Arc<Self>, pid: Pid, reason: &Reason) {
+        if let Some(reason) = self.child_starts.lock().exited(pid, reason_report(reason)) {
+            self.send_exit_report(pid, reason);
+        }
+    }
+
+    /// The start of the top-level child `pid` was reported (or given up on): an exit that
+    /// came first goes now.
+    fn start_reported(self: &Arc<Self>, pid: Pid) {
+        if let Some(reason) = self.child_starts.lock().start_reported(pid) {
+            self.send_exit_report(pid, reason);
+        }
+    }
+
+    fn send_exit_report(self: &Arc<Self>, pid: Pid, reason: String) {
         if crate::shutdown::leaving() {
             // Not restarted here: the controller reassigns them all once this node left.
             return;
         }
         let cluster = self.clone();
-        let reason = reason_report(reason);
         self.tokio
             .spawn(async move { report_exits(&cluster, vec![(pid, reason)]).await });
     }

@@ -4,6 +4,8 @@
 
 use super::wire::{log_entry_to_pb, pid_from_pb, pid_to_pb, reason_to_pb};
 use super::Cluster;
+use crate::observe::stats::{GATEWAY_LATENCY, STATS};
+use crate::observe::trace::{self, Delivery};
 use crate::python::logs;
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, Pid, Reason};
@@ -162,6 +164,12 @@ impl pb::gateway_service_server::GatewayService for Gateway {
         &self,
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverReply>, Status> {
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let started = std::time::Instant::now();
         let r = request.into_inner();
         let kind = pb::DeliveryKind::try_from(r.kind)
             .ok()
@@ -171,7 +179,14 @@ impl pb::gateway_service_server::GatewayService for Gateway {
             return Ok(Response::new(exit(None, &Reason::Noproc)));
         };
         let rt = &self.cluster.rt;
-        let term = Term::from_wire(r.payload);
+        let delivery = match kind {
+            pb::DeliveryKind::Call => Delivery::Call,
+            pb::DeliveryKind::Cast => Delivery::Cast,
+            _ => Delivery::Send,
+        };
+        STATS.gateway_requests[delivery as usize].inc();
+        let (span, carried) = trace::entering(delivery, pid, traceparent.as_deref()).unzip();
+        let term = Term::from_wire(r.payload).traced(carried.flatten());
         if kind != pb::DeliveryKind::Call {
             let envelope = if kind == pb::DeliveryKind::Cast {
                 Envelope::Cast(term)
@@ -231,6 +246,14 @@ impl pb::gateway_service_server::GatewayService for Gateway {
                 Outcome::TimedOut(true)
             }
         };
+        GATEWAY_LATENCY.observe(started.elapsed());
+        if let Some(span) = span {
+            span.end(match &reply {
+                Outcome::Value(_) | Outcome::Accepted(_) => None,
+                Outcome::Exit(_) => Some("the callee exited"),
+                Outcome::TimedOut(_) => Some("timed out"),
+            });
+        }
         Ok(Response::new(pb::DeliverReply {
             result: Some(reply),
             pid: Some(pid_to_pb(pid)),

@@ -1,10 +1,12 @@
 //! Cluster mode: the node joins the controller, keeps its lease, follows the watch stream,
 //! runs the top-level children placed on it, and talks to peer nodes directly.
 
+pub mod child_exits;
 pub mod code;
 pub mod control;
 pub mod gateway;
 pub mod leader;
+pub mod links;
 pub mod peers;
 pub mod ports;
 pub mod stopper;
@@ -14,7 +16,8 @@ use crate::python::host::PyRuntime;
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, NodeId, Outbound, Pid, Reason};
 use parking_lot::{Mutex, RwLock};
-use peers::{Inbound, PeerLink};
+use links::{Links, Pushed};
+use peers::Inbound;
 use rebeam_controller::auth::TokenCache;
 use rebeam_grpc::BearerInjector;
 use rebeam_proto as pb;
@@ -78,7 +81,7 @@ pub struct Cluster {
     pub calls: Mutex<HashMap<u64, RemoteCall>>,
     /// Work for the inbound thread.
     pub inbound: std::sync::mpsc::Sender<Inbound>,
-    links: Mutex<HashMap<NodeId, PeerLink>>,
+    links: Mutex<Links>,
     members: RwLock<HashMap<NodeId, Member>>,
     names: RwLock<HashMap<String, Pid>>,
     groups: RwLock<HashMap<String, Vec<Pid>>>,
@@ -94,6 +97,8 @@ pub struct Cluster {
     pub stopper: stopper::Stopper,
     /// Client tokens the controller issued (hashes), for the gateway; kept by the watch.
     pub tokens: Arc<TokenCache>,
+    /// Exits of top-level children held until their start is reported.
+    child_starts: Mutex<child_exits::StartGate>,
 }
 
 impl Cluster {
@@ -123,13 +128,14 @@ impl Cluster {
             next_call: AtomicU64::new(1),
             calls: Mutex::new(HashMap::new()),
             inbound: tx,
-            links: Mutex::new(HashMap::new()),
+            links: Mutex::new(Links::default()),
             members: RwLock::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
             view_complete: std::sync::atomic::AtomicBool::new(true),
             dropped: AtomicU64::new(0),
             tokens: Arc::new(TokenCache::default()),
+            child_starts: Mutex::default(),
         });
         let me = cluster.clone();
         let spawned = std::thread::Builder::new()
@@ -145,9 +151,9 @@ impl Cluster {
     /// member (the caller then treats the target as unreachable).
     pub fn route(self: &Arc<Self>, out: Outbound<Term>) -> Result<(), Outbound<Term>> {
         let node = target_node(&out);
-        // An open link means a live member (links to lost members are removed): the message
-        // path checks membership only when it has to open one.
-        let reachable = self.links.lock().contains_key(&node) || self.address_of(node).is_some();
+        // An open link or inbound stream means a live member (links to lost members are
+        // removed): the message path checks membership only when it has to open one.
+        let reachable = self.links.lock().reachable(node) || self.address_of(node).is_some();
         if !reachable {
             tracing::debug!(peer = %node.name(), "no live member to route to");
             return Err(out);
@@ -160,22 +166,25 @@ impl Cluster {
     /// Queues a frame on the link to `node`, opening it on first use; a full queue drops the
     /// frame (and counts it).
     fn push(self: &Arc<Self>, node: NodeId, frame: pb::PeerFrame) {
-        let mut links = self.links.lock();
-        let link = match links.entry(node) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let Some(address) = self.address_of(node) else {
-                    tracing::debug!(peer = %node.name(), "frame to an unknown member dropped");
-                    return;
-                };
-                e.insert(peers::open(self, node, address))
+        let open = || Some(peers::open(self, node, self.address_of(node)?));
+        match self.links.lock().push(node, frame, open) {
+            Pushed::Queued | Pushed::Held => {}
+            Pushed::Full => self.count_dropped(node, 1),
+            Pushed::Unknown => {
+                tracing::debug!(peer = %node.name(), "frame to an unknown member dropped");
             }
-        };
-        if !link.push(frame) {
-            let count = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if count.is_power_of_two() {
-                tracing::warn!(peer = %node.name(), count, "peer queue full: messages dropped");
-            }
+        }
+    }
+
+    fn count_dropped(&self, node: NodeId, frames: usize) {
+        if frames == 0 {
+            return;
+        }
+        let before = self.dropped.fetch_add(frames as u64, Ordering::Relaxed);
+        let count = before + frames as u64;
+        // Logged at each power of two, so that a flood does not flood the log too.
+        if before.checked_ilog2() != count.checked_ilog2() {
+            tracing::warn!(peer = %node.name(), count, "peer queue full: messages dropped");
         }
     }
 
@@ -204,10 +213,19 @@ impl Cluster {
         m.alive.then(|| m.address.clone())
     }
 
-    /// The outbound stream to `node` broke: like Erlang, the connection's loss is the
-    /// peer's loss for every link and monitor across it.
-    pub fn peer_lost(&self, node: NodeId) {
-        self.links.lock().remove(&node);
+    /// The outbound link `link` to `node` ended: like Erlang, the connection's loss is the
+    /// peer's loss for every link, monitor and call across it. Unless the peer itself reset
+    /// the connection, its inbound streams are cut too, so that it learns of the loss (its
+    /// calls here may have had their replies on the lost link).
+    pub fn link_ended(&self, node: NodeId, link: u64, cut_inbound: bool) {
+        let Some(cuts) = self.links.lock().link_ended(node, link) else {
+            return;
+        };
+        if cut_inbound {
+            for cut in cuts {
+                cut.notify_one();
+            }
+        }
         let _ = self.inbound.send(Inbound::NodeDown(node));
     }
 
@@ -229,7 +247,7 @@ impl Cluster {
     }
 
     /// Updates the membership cache; a member that died or changed incarnation is lost.
-    pub fn update_member(&self, info: &pb::NodeInfo) {
+    pub fn update_member(self: &Arc<Self>, info: &pb::NodeInfo) {
         let node = NodeId::intern(&info.id);
         if node == self.rt.node() {
             return;
@@ -248,8 +266,13 @@ impl Cluster {
             previous.is_some_and(|p| p.alive && (!alive || p.incarnation != info.incarnation))
         };
         if lost {
-            self.links.lock().remove(&node);
+            self.links.lock().forget(node);
             let _ = self.inbound.send(Inbound::NodeDown(node));
+        } else if alive {
+            // Frames held for a peer that called in before the watch brought its address.
+            let open = || Some(peers::open(self, node, info.address.clone()));
+            let dropped = self.links.lock().release(node, open);
+            self.count_dropped(node, dropped);
         }
     }
 
@@ -272,7 +295,7 @@ impl Cluster {
     }
 
     /// Replaces the caches with a full view (the first event of a watch stream).
-    pub fn load_view(&self, view: &pb::ClusterView) {
+    pub fn load_view(self: &Arc<Self>, view: &pb::ClusterView) {
         for node in &view.nodes {
             self.update_member(node);
         }

@@ -3,6 +3,8 @@
 
 use super::wire::{pid_from_pb, pid_to_pb, reason_from_pb, reason_to_pb};
 use super::Cluster;
+use crate::observe::stats::STATS;
+use crate::observe::trace;
 use crate::python::host::with_thread_state;
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Ref};
@@ -10,7 +12,7 @@ use futures::StreamExt;
 use pb::peer_frame::Frame;
 use rebeam_grpc::Error;
 use rebeam_proto as pb;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -24,12 +26,27 @@ const BATCH_FRAMES: usize = 1024;
 /// Metadata naming the node a peer link comes from (checked against its certificate on TLS).
 pub const NODE_HEADER: &str = rebeam_tls::identity::PEER_NODE_HEADER;
 
+/// The message a node's peer service ends an inbound stream with when it cut it because its
+/// own link back broke: the dialling side then loses the peer without cutting back.
+const PEER_RESET: &str = "peer link reset: the link back to you broke";
+
 /// The sending half of the link to one node.
 pub struct PeerLink {
+    id: u64,
     tx: mpsc::Sender<pb::PeerFrame>,
 }
 
 impl PeerLink {
+    /// A link numbered `id` whose frames go to `tx`.
+    pub fn new(id: u64, tx: mpsc::Sender<pb::PeerFrame>) -> PeerLink {
+        PeerLink { id, tx }
+    }
+
+    /// Which link this is (a node opens a new one after each loss).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Queues a frame; false when the queue is full or the link is gone.
     pub fn push(&self, frame: pb::PeerFrame) -> bool {
         self.tx.try_send(frame).is_ok()
@@ -38,16 +55,24 @@ impl PeerLink {
 
 /// Opens the outbound stream to `address` for `node`; the link ends when the stream breaks.
 pub fn open(cluster: &Arc<Cluster>, node: NodeId, address: String) -> PeerLink {
+    static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<pb::PeerFrame>(QUEUE_FRAMES);
+    STATS.peer_links_opened.inc();
     let cluster2 = cluster.clone();
     cluster.tokio.spawn(async move {
         let result = stream_to(&cluster2, &address, rx).await;
-        if let Err(err) = result {
-            tracing::info!(peer = %node.name(), "peer link to {address} closed: {err}");
-        }
-        cluster2.peer_lost(node);
+        let reset_by_peer = match &result {
+            Err(err) => {
+                tracing::info!(peer = %node.name(), "peer link to {address} closed: {err}");
+                err.downcast_ref::<Status>()
+                    .is_some_and(|s| s.code() == tonic::Code::Aborted && s.message() == PEER_RESET)
+            }
+            Ok(()) => false,
+        };
+        cluster2.link_ended(node, id, !reset_by_peer);
     });
-    PeerLink { tx }
+    PeerLink::new(id, tx)
 }
 
 async fn stream_to(
@@ -73,7 +98,12 @@ async fn stream_to(
                 Err(_) => break,
             }
         }
-        Some((pb::PeerBatch { frames }, rx))
+        let batch = pb::PeerBatch { frames };
+        STATS.peer_frames_out.add(batch.frames.len() as u64);
+        STATS
+            .peer_bytes_out
+            .add(prost::Message::encoded_len(&batch) as u64);
+        Some((batch, rx))
     });
     let mut request = Request::new(batches);
     let me = cluster.rt.node().name();
@@ -107,6 +137,7 @@ pub fn frame_for(
                     from,
                     slot,
                 } => {
+                    let traceparent = trace::to_wire(request.trace());
                     let request = match request.encode() {
                         Ok(bytes) => bytes,
                         Err(_) => {
@@ -125,6 +156,7 @@ pub fn frame_for(
                         from: from.map(pid_to_pb),
                         call_id,
                         request,
+                        traceparent,
                     })
                 }
                 // Exit/Down/Timeout envelopes only arise locally.
@@ -199,6 +231,7 @@ fn wire_send(
                     to: Some(pid_to_pb(to)),
                     payload,
                     cast,
+                    traceparent: trace::to_wire(term.trace()),
                 })),
             },
         )),
@@ -234,8 +267,18 @@ impl pb::peer_service_server::PeerService for PeerService {
                 Status::from(Error::invalid("peer stream without x-rebeam-node metadata"))
             })?;
         let mut frames = request.into_inner();
-        while let Some(batch) = frames.next().await {
+        let stream = InboundStream::open(&self.cluster, from_node);
+        loop {
+            let batch = tokio::select! {
+                batch = frames.next() => batch,
+                () = stream.cut.notified() => return Err(Status::aborted(PEER_RESET)),
+            };
+            let Some(batch) = batch else { break };
             let batch = batch?;
+            STATS.peer_frames_in.add(batch.frames.len() as u64);
+            STATS
+                .peer_bytes_in
+                .add(prost::Message::encoded_len(&batch) as u64);
             // Applied on the inbound thread, which may need the interpreter (a kill
             // interrupts running code); a tokio worker must not wait for the GIL.
             if self
@@ -248,6 +291,33 @@ impl pb::peer_service_server::PeerService for PeerService {
             }
         }
         Ok(Response::new(pb::PeerStreamEnd {}))
+    }
+}
+
+/// An inbound stream's place in the node's links, from its start until it ends or its
+/// handler is dropped (the peer went away).
+struct InboundStream {
+    cluster: Arc<Cluster>,
+    node: NodeId,
+    id: u64,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl InboundStream {
+    fn open(cluster: &Arc<Cluster>, node: NodeId) -> InboundStream {
+        let (id, cut) = cluster.links.lock().stream_opened(node);
+        InboundStream {
+            cluster: cluster.clone(),
+            node,
+            id,
+            cut,
+        }
+    }
+}
+
+impl Drop for InboundStream {
+    fn drop(&mut self) {
+        self.cluster.links.lock().stream_closed(self.node, self.id);
     }
 }
 
@@ -292,7 +362,7 @@ fn apply(cluster: &Arc<Cluster>, from_node: NodeId, frame: pb::PeerFrame) {
     let Some(frame) = frame.frame else { return };
     let ok = match frame {
         Frame::Send(m) => pid_from_pb(m.to.as_ref()).map(|to| {
-            let term = Term::from_wire(m.payload);
+            let term = Term::from_wire(m.payload).traced(trace::from_wire(&m.traceparent));
             let envelope = if m.cast {
                 Envelope::Cast(term)
             } else {
@@ -308,7 +378,7 @@ fn apply(cluster: &Arc<Cluster>, from_node: NodeId, frame: pb::PeerFrame) {
                 reply_cluster.send_reply(from_node, call_id, result);
             })));
             let envelope = Envelope::Call {
-                request: Term::from_wire(c.request),
+                request: Term::from_wire(c.request).traced(trace::from_wire(&c.traceparent)),
                 from,
                 slot: slot.clone(),
             };

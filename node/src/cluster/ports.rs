@@ -15,11 +15,20 @@ impl Remote for Ports {
         self.0.route(out)
     }
 
-    fn process_exited(&self, pid: Pid, reason: &Reason) {
+    fn process_exited(&self, pid: Pid, reason: &Reason, top_level: bool) {
         // This node's view drops the process at once; the others learn it from the
         // controller once the exit report is applied.
         self.0.forget_pid(pid);
-        self.0.report_exit(pid, reason);
+        if top_level {
+            self.0.child_exited(pid, reason);
+        } else {
+            self.0.report_exit(pid, reason);
+        }
+    }
+
+    fn leave(&self, incarnation: u64) -> Result<(), Refused> {
+        let leaving = super::control::leave(&self.0, incarnation);
+        self.0.tokio.block_on(leaving).map_err(refused)
     }
 
     fn members(&self) -> Vec<(String, u64, String, bool)> {

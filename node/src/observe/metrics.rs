@@ -1,84 +1,189 @@
-//! The node's `/metrics`: the runtime's counters (relaxed atomics, see `runtime::stats`),
-//! processes, lease and peer-link drops.
+//! The node's `/metrics`: the runtime's counters (relaxed atomics, see `runtime::stats` and
+//! `observe::stats`), processes and mailboxes, per-app crashes and restarts, peer links,
+//! the lease, the gateway and call latency. Names and labels: docs/operations.md.
+
+use std::sync::atomic::Ordering::Relaxed;
 
 use rebeam_controller::http::prom::Exposition;
 
+use super::stats::{CALL_LATENCY, GATEWAY_LATENCY, STATS};
 use crate::python::host::PyRuntime;
+use crate::runtime::stats::STATS as RUNTIME;
 
 /// The exposition for this node.
 pub fn render(rt: &PyRuntime) -> Exposition {
     let mut e = Exposition::default();
     let node = rt.node().name().to_string();
     let l = [("node", node.as_str())];
-    e.family(
-        "rebeam_node_processes",
-        "gauge",
-        "Live processes on the node.",
-    )
-    .sample("rebeam_node_processes", &l, rt.process_count() as f64);
-    e.family(
-        "rebeam_node_incarnation",
-        "gauge",
-        "The node's current incarnation.",
-    )
-    .sample("rebeam_node_incarnation", &l, rt.incarnation() as f64);
-    e.family(
-        "rebeam_node_lease_held",
-        "gauge",
-        "1 while the node holds its cluster lease (may run process code).",
-    )
-    .sample(
-        "rebeam_node_lease_held",
-        &l,
-        f64::from(u8::from(rt.lease_ok())),
-    );
-    let st = &crate::runtime::stats::STATS;
-    for (name, help, value) in [
+    let processes = rt.processes();
+    let (queued, deepest) = processes.iter().fold((0usize, 0usize), |(sum, max), p| {
+        let n = p.mailbox_len() + p.data.held.load(Relaxed);
+        (sum + n, max.max(n))
+    });
+    let gauges: [(&str, &str, f64); 5] = [
+        (
+            "rebeam_node_processes",
+            "Live processes on the node.",
+            processes.len() as f64,
+        ),
+        (
+            "rebeam_node_incarnation",
+            "The node's current incarnation.",
+            rt.incarnation() as f64,
+        ),
+        (
+            "rebeam_node_lease_held",
+            "1 while the node holds its cluster lease (may run process code).",
+            f64::from(u8::from(rt.lease_ok())),
+        ),
+        (
+            "rebeam_mailbox_messages",
+            "Messages waiting in all mailboxes of the node.",
+            queued as f64,
+        ),
+        (
+            "rebeam_mailbox_messages_max",
+            "Messages waiting in the fullest mailbox.",
+            deepest as f64,
+        ),
+    ];
+    drop(processes);
+    for (name, help, value) in gauges {
+        e.family(name, "gauge", help).sample(name, &l, value);
+    }
+    let counters = [
+        (
+            "rebeam_messages_sent_total",
+            "Messages sent by processes, the gateway and peers (send, cast, call).",
+            &RUNTIME.sent,
+        ),
         (
             "rebeam_messages_delivered_total",
-            "Messages put in a local mailbox.",
-            st.delivered.get(),
+            "Messages delivered to a local process (its mailbox, or an inline call).",
+            &RUNTIME.delivered,
         ),
         (
             "rebeam_messages_routed_total",
             "Messages handed to a peer link for another node.",
-            st.routed.get(),
+            &RUNTIME.routed,
         ),
         (
             "rebeam_messages_dropped_total",
             "Messages dropped: target dead or unreachable.",
-            st.dropped.get(),
+            &RUNTIME.dropped,
         ),
         (
             "rebeam_spawns_total",
             "Processes spawned.",
-            st.spawned.get(),
+            &RUNTIME.spawned,
         ),
         (
             "rebeam_crashes_total",
             "Processes that ended with an uncaught exception.",
-            st.crashed.get(),
+            &RUNTIME.crashed,
         ),
         (
             "rebeam_exits_total",
             "Processes that ended, whatever the reason.",
-            st.exited.get(),
+            &RUNTIME.exited,
+        ),
+        (
+            "rebeam_restarts_total",
+            "Children restarted by supervisors on the node.",
+            &STATS.restarts,
+        ),
+        (
+            "rebeam_peer_frames_sent_total",
+            "Frames sent on peer links.",
+            &STATS.peer_frames_out,
+        ),
+        (
+            "rebeam_peer_frames_received_total",
+            "Frames received from peers.",
+            &STATS.peer_frames_in,
+        ),
+        (
+            "rebeam_peer_bytes_sent_total",
+            "Encoded bytes sent on peer links.",
+            &STATS.peer_bytes_out,
+        ),
+        (
+            "rebeam_peer_bytes_received_total",
+            "Encoded bytes received from peers.",
+            &STATS.peer_bytes_in,
+        ),
+        (
+            "rebeam_peer_links_opened_total",
+            "Peer links opened: one per peer, then one per reconnect.",
+            &STATS.peer_links_opened,
+        ),
+        (
+            "rebeam_lease_renewals_total",
+            "Lease renewals the controller acknowledged.",
+            &STATS.lease_renewals,
+        ),
+        (
+            "rebeam_fences_total",
+            "Times the node lost its lease and killed its processes.",
+            &STATS.fences,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        e.family(name, "counter", help)
+            .sample(name, &l, counter.get() as f64);
+    }
+    let peer_drops = rt.host.remote.get().map_or(0, |r| r.dropped_frames());
+    e.family(
+        "rebeam_peer_frames_dropped_total",
+        "counter",
+        "Frames dropped because a peer link's queue was full.",
+    )
+    .sample("rebeam_peer_frames_dropped_total", &l, peer_drops as f64);
+    let apps = crate::python::apps::all();
+    for (name, help, pick) in [
+        (
+            "rebeam_app_crashes_total",
+            "Processes of the app on this node that crashed.",
+            (|a: &crate::python::apps::AppTag| a.crashes.load(Relaxed)) as fn(&_) -> u64,
+        ),
+        (
+            "rebeam_app_restarts_total",
+            "Children the app's supervisors on this node restarted.",
+            |a| a.restarts.load(Relaxed),
         ),
     ] {
-        e.family(name, "counter", help)
-            .sample(name, &l, value as f64);
+        e.family(name, "counter", help);
+        for app in &apps {
+            e.sample(
+                name,
+                &[("node", node.as_str()), ("app", app.name.as_str())],
+                pick(app) as f64,
+            );
+        }
     }
-    if let Some(remote) = rt.host.remote.get() {
-        e.family(
-            "rebeam_peer_frames_dropped_total",
-            "counter",
-            "Frames dropped because a peer link's queue was full.",
-        )
-        .sample(
-            "rebeam_peer_frames_dropped_total",
-            &l,
-            remote.dropped_frames() as f64,
+    e.family(
+        "rebeam_gateway_requests_total",
+        "counter",
+        "Messages clients delivered through this node's gateway, by kind.",
+    );
+    for (kind, counter) in ["send", "cast", "call"].iter().zip(&STATS.gateway_requests) {
+        e.sample(
+            "rebeam_gateway_requests_total",
+            &[("node", node.as_str()), ("kind", kind)],
+            counter.get() as f64,
         );
     }
+    GATEWAY_LATENCY.write(
+        &mut e,
+        "rebeam_gateway_call_duration_seconds",
+        "Time the gateway took to answer a client's call.",
+        &l,
+    );
+    CALL_LATENCY.write(
+        &mut e,
+        "rebeam_call_duration_seconds",
+        "Time from rebeam.call in process code to its reply (or failure); one call in 16 per thread is timed.",
+        &l,
+    );
     e
 }

@@ -18,6 +18,10 @@ pub struct AppTag {
     pub moves: Mutex<super::upgrade::Moves>,
     /// What the app's processes on this node wrote, for `rebeam logs`.
     pub log: Arc<super::logs::AppLog>,
+    /// Its processes here that crashed (`/metrics`).
+    pub crashes: AtomicU64,
+    /// Children its supervisors here restarted (`/metrics`).
+    pub restarts: AtomicU64,
 }
 
 static APPS: OnceLock<Mutex<HashMap<String, Arc<AppTag>>>> = OnceLock::new();
@@ -32,6 +36,8 @@ pub fn tag(name: &str) -> Arc<AppTag> {
                 epoch: AtomicU64::new(0),
                 moves: Mutex::default(),
                 log: super::logs::log_for(name),
+                crashes: AtomicU64::new(0),
+                restarts: AtomicU64::new(0),
             })
         })
         .clone()
@@ -42,8 +48,34 @@ pub fn find(name: &str) -> Option<Arc<AppTag>> {
     APPS.get()?.lock().get(name).cloned()
 }
 
+/// Every app that ever ran a process here, by name.
+pub fn all() -> Vec<Arc<AppTag>> {
+    let mut apps: Vec<_> = APPS
+        .get()
+        .map(|a| a.lock().values().cloned().collect())
+        .unwrap_or_default();
+    apps.sort_by(|a: &Arc<AppTag>, b| a.name.cmp(&b.name));
+    apps
+}
+
 thread_local! {
     static SPAWNING_FOR: RefCell<Option<Arc<AppTag>>> = const { RefCell::new(None) };
+    static SPAWNING_CHILD: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, which spawns the top-level child `child` of `app` outside any process: the
+/// first process it spawns so is that child, marked as such from its first instant (its
+/// exit may come before `f` returns).
+pub fn spawning_child<R>(app: Arc<AppTag>, child: &str, f: impl FnOnce() -> R) -> R {
+    SPAWNING_CHILD.with(|s| *s.borrow_mut() = Some(child.to_string()));
+    let result = spawning_for(app, f);
+    SPAWNING_CHILD.with(|s| *s.borrow_mut() = None);
+    result
+}
+
+/// The top-level child a process spawned now outside any process is, taken once.
+pub fn take_spawning_child() -> Option<String> {
+    SPAWNING_CHILD.with(|s| s.borrow_mut().take())
 }
 
 /// Runs `f` with processes spawned outside any process (the top-level children the cluster

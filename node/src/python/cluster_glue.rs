@@ -9,7 +9,6 @@ use crate::runtime::Pid;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use rebeam_proto as pb;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,13 +65,12 @@ pub fn load_version(
 /// Spawns a top-level child from the loaded version of its app; returns its pid or the
 /// Python error text (with traceback).
 pub fn start_child(
-    rt: &Arc<PyRuntime>,
     assignment: &pb::Assignment,
     spec: &pb::ChildSpec,
 ) -> Result<Pid, String> {
     let app = super::apps::tag(&assignment.app);
     let pid = Python::attach(|py| {
-        super::apps::spawning_for(app, || -> PyResult<Pid> {
+        super::apps::spawning_child(app, &assignment.child, || -> PyResult<Pid> {
             let pid = py.import("rebeam._cluster")?.call_method1(
                 "start_child",
                 (
@@ -88,10 +86,6 @@ pub fn start_child(
         })
     })
     .map_err(error_text)?;
-    if let Some(p) = rt.lookup(pid) {
-        p.data.report_exit.store(true, Ordering::Release);
-        let _ = p.data.child.set(assignment.child.clone());
-    }
     Ok(pid)
 }
 

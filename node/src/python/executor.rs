@@ -322,6 +322,7 @@ fn dispatch(
             super::upgrade::move_process(py, process, server, app, epoch);
         }
     }
+    let span = crate::observe::trace::handling(py, &envelope, process.pid);
     let result: PyResult<()> = (|| match envelope {
         Envelope::Cast(m) => server
             .call_method1(intern!(py, "handle_cast"), (m.to_py(py)?,))
@@ -396,6 +397,9 @@ fn dispatch(
                 .map(drop)
         }
     })();
+    if let Some(span) = span {
+        span.end(py, result.as_ref().err().map(|e| e.to_string()));
+    }
     match result {
         Ok(()) => process.data.stop.lock().take(),
         Err(err) => {
@@ -443,5 +447,8 @@ pub fn log_crash(process: &Arc<PyProcess>, reason: &Reason) {
     if let Reason::Crash(crash) = reason {
         tracing::warn!(pid = %process.pid, "process crashed: {}: {}\n{}", crash.kind, crash.message, crash.traceback);
         super::logs::crashed(process, reason);
+        if let Some(app) = &process.data.app {
+            app.crashes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

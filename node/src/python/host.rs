@@ -60,13 +60,20 @@ impl PyData {
     /// Data for a process spawned now by `parent`: in its app, else in the app the calling
     /// thread spawns for, if any.
     pub fn spawned_by(parent: Option<&Arc<PyProcess>>) -> PyData {
-        PyData {
+        let data = PyData {
             app: parent
                 .and_then(|p| p.data.app.clone())
                 .or_else(super::apps::spawning),
             parent: parent.map(|p| p.pid),
             ..PyData::default()
+        };
+        if parent.is_none() {
+            if let Some(child) = super::apps::take_spawning_child() {
+                let _ = data.child.set(child);
+                data.report_exit.store(true, Ordering::Release);
+            }
         }
+        data
     }
 }
 
@@ -131,7 +138,7 @@ impl Host for PyHost {
         super::logs::flush(process);
         if process.data.report_exit.load(Ordering::Acquire) {
             if let Some(remote) = self.remote.get() {
-                remote.process_exited(process.pid, reason);
+                remote.process_exited(process.pid, reason, process.data.child.get().is_some());
             }
         }
         if !process.data.cleanup.load(Ordering::Acquire) {

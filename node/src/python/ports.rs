@@ -13,7 +13,12 @@ pub trait Remote: Send + Sync {
 
     /// A local process the control plane cares about (a top-level child, a global name's
     /// holder, a group member) exited.
-    fn process_exited(&self, pid: Pid, reason: &Reason);
+    /// `top_level` marks a top-level child the controller placed here.
+    fn process_exited(&self, pid: Pid, reason: &Reason, top_level: bool);
+
+    /// Tells the control plane this node's incarnation leaves (an orderly shutdown), so
+    /// its children are placed elsewhere at once.
+    fn leave(&self, incarnation: u64) -> Result<(), Refused>;
 
     /// The other nodes this one knows of: (name, incarnation, address, alive), by name.
     fn members(&self) -> Vec<(String, u64, String, bool)>;

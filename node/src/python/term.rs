@@ -2,13 +2,19 @@
 //! at send time, so a receiver never sees the sender's later mutations.
 
 use super::objects::{Pid as PyPid, Ref as PyRef};
+use crate::observe::trace::{Carried, MessageTrace};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyFrozenSet, PyInt, PyString, PyTuple};
 
-/// A message payload as held in a mailbox.
+/// A message payload as held in a mailbox, with the message's trace context when tracing is
+/// on (see `observe::trace`).
 pub struct Term(Repr);
+
+// Three words: the trace context must not grow every mailbox entry (the cast benchmark lost
+// about 15% when it did).
+const _: () = assert!(std::mem::size_of::<Term>() == 3 * std::mem::size_of::<usize>());
 
 enum Repr {
     /// An immutable value, shared by reference.
@@ -17,6 +23,9 @@ enum Repr {
     Pickled(Py<PyAny>),
     /// A pickle that arrived from another node; made into Python only by the receiver.
     Wire(Vec<u8>),
+    /// A payload with the trace context of its message. Boxed, so that with tracing off a
+    /// term stays three words (mailbox entries stay within a cache line).
+    Traced(Box<(Repr, Carried)>),
 }
 
 /// A payload's size as `Term::footprint` reports it.
@@ -61,6 +70,16 @@ fn is_immutable(value: &Bound<'_, PyAny>, depth: usize) -> bool {
     false
 }
 
+impl Repr {
+    /// The payload itself, a trace context it carried dropped.
+    fn untraced(self) -> Repr {
+        match self {
+            Repr::Traced(t) => t.0,
+            other => other,
+        }
+    }
+}
+
 impl Term {
     /// Takes a value for sending: shared when immutable, else pickled now.
     pub fn copy_in(value: &Bound<'_, PyAny>) -> PyResult<Term> {
@@ -88,10 +107,11 @@ impl Term {
 
     /// Gives the receiver its own value.
     pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match &self.0 {
+        match self.payload() {
             Repr::Shared(obj) => Ok(obj.bind(py).clone()),
             Repr::Pickled(bytes) => pickle_fn(py, "loads")?.call1((bytes.bind(py),)),
             Repr::Wire(bytes) => Self::from_bytes(py, bytes),
+            Repr::Traced(_) => unreachable!("payload() unwraps the trace"),
         }
     }
 
@@ -100,12 +120,37 @@ impl Term {
         Term(Repr::Wire(bytes))
     }
 
+    /// The same payload carrying `trace` (the context of the span it is sent in).
+    pub fn traced(self, trace: MessageTrace) -> Term {
+        match trace {
+            None => self,
+            Some(carried) => Term(Repr::Traced(Box::new((self.0.untraced(), *carried)))),
+        }
+    }
+
+    /// The trace context the message carries, if any.
+    pub fn trace(&self) -> Option<&Carried> {
+        match &self.0 {
+            Repr::Traced(t) => Some(&t.1),
+            _ => None,
+        }
+    }
+
+    /// The payload without its trace context.
+    fn payload(&self) -> &Repr {
+        match &self.0 {
+            Repr::Traced(t) => &t.0,
+            other => other,
+        }
+    }
+
     /// The pickle to put on the wire to another node.
     pub fn to_wire(&self, py: Python<'_>) -> PyResult<Vec<u8>> {
-        match &self.0 {
+        match self.payload() {
             Repr::Shared(obj) => Self::to_bytes(obj.bind(py)),
             Repr::Pickled(bytes) => Ok(bytes.bind(py).cast::<PyBytes>()?.as_bytes().to_vec()),
             Repr::Wire(bytes) => Ok(bytes.clone()),
+            Repr::Traced(_) => unreachable!("payload() unwraps the trace"),
         }
     }
 
@@ -121,11 +166,12 @@ impl Term {
     /// shared by reference is measured later (with `sys.getsizeof`, no lock held), because
     /// measuring may run Python code.
     pub fn footprint(&self, py: Python<'_>) -> Footprint {
-        match &self.0 {
+        match self.payload() {
             Repr::Shared(obj) => Footprint::Object(obj.clone_ref(py)),
             // A bytes object's length is a field read: no code runs.
             Repr::Pickled(bytes) => Footprint::Bytes(bytes.bind(py).len().unwrap_or(0)),
             Repr::Wire(bytes) => Footprint::Bytes(bytes.len()),
+            Repr::Traced(_) => unreachable!("payload() unwraps the trace"),
         }
     }
 

@@ -150,6 +150,7 @@ impl<H: Host> Runtime<H> {
     /// Delivers an envelope; gives it back when the target is not alive (the caller drops it
     /// outside any lock).
     pub fn send(&self, pid: Pid, envelope: Envelope<H::Msg>) -> Result<(), Envelope<H::Msg>> {
+        STATS.sent.inc();
         if self.is_remote(pid) {
             let routed = self
                 .host
@@ -255,6 +256,8 @@ impl<H: Host> Runtime<H> {
         }
         st.status = Status::Running;
         st.timeout_gen += 1;
+        // The caller hands its message straight to the handler: delivered all the same.
+        STATS.delivered.inc();
         true
     }
 

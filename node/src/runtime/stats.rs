@@ -10,6 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Counter(AtomicU64);
 
 impl Counter {
+    /// A counter at zero.
+    pub const fn new() -> Self {
+        Counter(AtomicU64::new(0))
+    }
+
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+
     /// Adds one.
     #[inline]
     pub fn inc(&self) {
@@ -24,7 +35,10 @@ impl Counter {
 
 /// The runtime's counters.
 pub struct Stats {
-    /// Messages put in a local mailbox.
+    /// Messages sent (local or remote, delivered or not).
+    pub sent: Counter,
+    /// Messages delivered to a local process: put in its mailbox, or handed straight to an
+    /// idle server's handler (an inline call).
     pub delivered: Counter,
     /// Messages handed to a peer link for another node.
     pub routed: Counter,
@@ -40,10 +54,11 @@ pub struct Stats {
 
 /// The counters of this process's runtime (one node per OS process).
 pub static STATS: Stats = Stats {
-    delivered: Counter(AtomicU64::new(0)),
-    routed: Counter(AtomicU64::new(0)),
-    dropped: Counter(AtomicU64::new(0)),
-    spawned: Counter(AtomicU64::new(0)),
-    crashed: Counter(AtomicU64::new(0)),
-    exited: Counter(AtomicU64::new(0)),
+    sent: Counter::new(),
+    delivered: Counter::new(),
+    routed: Counter::new(),
+    dropped: Counter::new(),
+    spawned: Counter::new(),
+    crashed: Counter::new(),
+    exited: Counter::new(),
 };

@@ -13,7 +13,7 @@ pub(super) fn send(
     let Some(pid) = resolve(dest)? else {
         return Err(unknown_name(py, dest)?);
     };
-    let term = Term::copy_in(message)?;
+    let (term, _span) = trace::stamp(py, Delivery::Send, pid, Term::copy_in(message)?);
     let _ = rt()?.send(pid, Envelope::Info(term));
     Ok(())
 }
@@ -29,7 +29,7 @@ pub(super) fn cast(
     let Some(pid) = resolve(dest)? else {
         return Ok(());
     };
-    let term = Term::copy_in(request)?;
+    let (term, _span) = trace::stamp(py, Delivery::Cast, pid, Term::copy_in(request)?);
     let _ = rt()?.send(pid, Envelope::Cast(term));
     Ok(())
 }
@@ -55,9 +55,11 @@ pub(super) fn call<'py>(
         ));
     }
     let deadline = deadline_after(timeout)?;
+    let started = crate::observe::stats::call_clock();
     let slot = Arc::new(CallSlot::default());
+    let (request, span) = trace::stamp(py, Delivery::Call, pid, Term::copy_in(request)?);
     let envelope = Envelope::Call {
-        request: Term::copy_in(request)?,
+        request,
         from: me.as_ref().map(|m| m.pid),
         slot: slot.clone(),
     };
@@ -65,7 +67,9 @@ pub(super) fn call<'py>(
         if rt.send(pid, envelope).is_err() {
             return Err(exit_error(py, pid, &Reason::Noconnection)?);
         }
-        return wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
+        let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
+        trace::call_done(started, span, &outcome);
+        return outcome;
     }
     let Some(callee) = rt.lookup(pid) else {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
@@ -78,7 +82,18 @@ pub(super) fn call<'py>(
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     }
     drop(callee);
-    wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout)
+    let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
+    trace::call_done(started, span, &outcome);
+    outcome
+}
+
+/// A supervisor restarted a child: counted for `/metrics` (node-wide and by app).
+#[pyfunction]
+pub(super) fn note_restart() {
+    crate::observe::stats::STATS.restarts.inc();
+    if let Some(app) = current().and_then(|p| p.data.app.clone()) {
+        app.restarts.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Waits for a call's reply (or takes the one already given on this thread).

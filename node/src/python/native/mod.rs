@@ -6,6 +6,7 @@ use super::host::{current, current_pid, node_runtime, Enter, PyData, PyProcess, 
 use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
 use super::ports::{GlobalNames, Refused, Remote};
 use super::term::Term;
+use crate::observe::trace::{self, Delivery};
 use crate::runtime::{CallResult, CallSlot, Envelope, Kind, Pid, Reason, RegistryError, Status};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -176,6 +177,7 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_output, m)?)?;
     m.add_function(wrap_pyfunction!(processes, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(note_restart, m)?)?;
     m.add_function(wrap_pyfunction!(register_global, m)?)?;
     m.add_function(wrap_pyfunction!(unregister_global, m)?)?;
     m.add_function(wrap_pyfunction!(whereis_global, m)?)?;

@@ -1,0 +1,213 @@
+"""OpenTelemetry traces across the cluster: a Python client calls a server on one node, whose
+handler calls a server on another; a real OTLP/gRPC receiver run by the test gets one
+connected trace with spans from the client, both nodes and the handler's own span."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from harness import TOKEN, Cluster, Nodes, _cluster, scratch_dir, wait_for
+
+
+@dataclass(frozen=True)
+class Received:
+    """One span as the receiver got it."""
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent: str
+    kind: int
+    node: str
+    service: str
+    attributes: dict[str, Any]
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace receiver: keeps every span exported to it."""
+
+    def __init__(self) -> None:
+        self.spans: list[Received] = []
+        self.lock = threading.Lock()
+
+    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the gRPC method
+        got = []
+        for rs in request.resource_spans:
+            res = {a.key: a.value.string_value for a in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    attrs = {a.key: _value(a.value) for a in s.attributes}
+                    got.append(Received(s.name, s.trace_id.hex(), s.span_id.hex(),
+                                        s.parent_span_id.hex(), s.kind,
+                                        res.get("rebeam.node", ""), res.get("service.name", ""),
+                                        attrs))
+        with self.lock:
+            self.spans.extend(got)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def snapshot(self) -> list[Received]:
+        with self.lock:
+            return list(self.spans)
+
+
+def _value(v: Any) -> Any:
+    field = v.WhichOneof("value")
+    return getattr(v, field) if field else None
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    r = Receiver()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(r, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield r, f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    yield from scratch_dir("rebeam-tracing-test-")
+
+
+@pytest.fixture
+def controllers() -> Iterator[Cluster]:
+    yield from _cluster(1)
+
+
+FRONT = """
+    import rebeam
+    from rebeam import Global
+
+    class Front(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            return ("front", rebeam.call(Global("back"), request))
+
+    def main():
+        rebeam.register_global("front", rebeam.spawn(Front))
+        print("front ready", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+BACK = """
+    import rebeam
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("test.back")
+
+    class Back(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            # The app's own span: a child of the message's span.
+            with tracer.start_as_current_span("back.work") as span:
+                span.set_attribute("request", request)
+                return ("back", request)
+
+    def main():
+        rebeam.register_global("back", rebeam.spawn(Back))
+        print("back ready", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+CLIENT = """
+    import sys
+    import rebeam
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    endpoint, url, token = sys.argv[1:4]
+    provider = TracerProvider(resource=Resource.create({"service.name": "test-client"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
+                                                                     insecure=True)))
+    trace.set_tracer_provider(provider)
+    with rebeam.connect(url, token=token) as client:
+        print(client.call("front", 7), flush=True)
+    provider.shutdown()
+"""
+
+
+def test_a_client_call_across_two_nodes_is_one_connected_trace(
+        receiver: tuple[Receiver, str], controllers: Cluster, workdir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rec, endpoint = receiver
+    # Batches leave every 100 ms instead of every 5 s (both SDKs read this).
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    nodes = Nodes(workdir, controllers.members[0].api)
+    try:
+        flags = ["--client-token", TOKEN, "--otlp-endpoint", endpoint]
+        front = nodes.start("front", FRONT, extra=flags)
+        back = nodes.start("back", BACK, extra=flags)
+        front.wait_output("front ready")
+        back.wait_output("back ready")
+        script = workdir / "client.py"
+        script.write_text(textwrap.dedent(CLIENT))
+        done = subprocess.run([sys.executable, str(script), endpoint, controllers.url, TOKEN],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip() == "('front', ('back', 7))"
+
+        client_spans = [s for s in rec.snapshot() if s.service == "test-client"]
+        assert len(client_spans) == 1, client_spans
+        root = client_spans[0]
+        assert root.name == "call" and root.parent == ""
+
+        def whole_trace() -> list[Received] | None:
+            spans = [s for s in rec.snapshot() if s.trace_id == root.trace_id]
+            names = {(s.node, s.name) for s in spans}
+            wanted = {("back", "handle_call"), ("back", "back.work"), ("front", "handle_call")}
+            return spans if wanted <= names else None
+
+        spans = wait_for("the nodes' spans of the client's trace", whole_trace,
+                         on_timeout=lambda: "\n".join(map(str, rec.snapshot())))
+        assert isinstance(spans, list)
+    finally:
+        nodes.stop()
+
+    by_id = {s.span_id: s for s in spans}
+    # Connected: one root (the client's span), every other span's parent is in the trace.
+    assert [s for s in spans if s.parent == ""] == [root]
+    orphans = [s for s in spans if s.parent and s.parent not in by_id]
+    assert not orphans, orphans
+
+    def chain(span: Received) -> list[tuple[str, str]]:
+        out = []
+        while span.parent:
+            span = by_id[span.parent]
+            out.append((span.node or span.service, span.name))
+        return out
+
+    work = next(s for s in spans if s.name == "back.work")
+    # The handler's span hangs under the back node's handling of the front's call, which
+    # hangs under the front's handling of the client's call, which entered at a gateway.
+    path = chain(work)
+    assert path[0] == ("back", "handle_call"), path
+    assert ("front", "call") in path and ("front", "handle_call") in path, path
+    assert path[-1] == ("test-client", "call"), path
+    assert path.index(("front", "call")) < path.index(("front", "handle_call")), path
+    gateway = [s for s in spans if s.name == "call" and s.kind == 2]  # SPAN_KIND_SERVER
+    assert len(gateway) == 1 and gateway[0].parent == root.span_id, gateway
+    for handled in (s for s in spans if s.name == "handle_call"):
+        assert handled.attributes["rebeam.mailbox_wait_us"] >= 0
+        assert handled.attributes["rebeam.pid"].startswith(f"<{handled.node}.")
+    assert work.attributes["request"] == 7
