@@ -64,6 +64,16 @@ pub fn render(rt: &PyRuntime) -> Exposition {
             "Processes that ended, whatever the reason.",
             st.exited.get(),
         ),
+        (
+            "rebeam_mailbox_limit_kills_total",
+            "Processes killed because a delivery would have passed their mailbox limit.",
+            st.mailbox_limit.get(),
+        ),
+        (
+            "rebeam_memory_guard_actions_total",
+            "Times the memory guard ended an app's processes on this node.",
+            st.memory_guard.get(),
+        ),
     ] {
         e.family(name, "counter", help)
             .sample(name, &l, value as f64);

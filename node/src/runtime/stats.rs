@@ -36,6 +36,10 @@ pub struct Stats {
     pub crashed: Counter,
     /// Processes that ended, whatever the reason.
     pub exited: Counter,
+    /// Processes killed because a delivery would have passed their mailbox limit.
+    pub mailbox_limit: Counter,
+    /// Times the memory guard ended an app's processes.
+    pub memory_guard: Counter,
 }
 
 /// The counters of this process's runtime (one node per OS process).
@@ -46,4 +50,6 @@ pub static STATS: Stats = Stats {
     spawned: Counter(AtomicU64::new(0)),
     crashed: Counter(AtomicU64::new(0)),
     exited: Counter(AtomicU64::new(0)),
+    mailbox_limit: Counter(AtomicU64::new(0)),
+    memory_guard: Counter(AtomicU64::new(0)),
 };
