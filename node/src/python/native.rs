@@ -232,16 +232,40 @@ type Spawned = (
     Option<crate::runtime::Ref>,
 );
 
-fn begin_spawn(py: Python<'_>, kind: Kind, link: bool, monitor: bool) -> PyResult<Spawned> {
+/// A spawn's mailbox limit: the node's default with the fields the spawner gave (a child
+/// spec's `max_mailbox` / `max_mailbox_bytes`; 0 for unbounded) put in.
+fn mailbox_limit(
+    rt: &PyRuntime,
+    messages: Option<usize>,
+    bytes: Option<usize>,
+) -> crate::runtime::MailboxLimit {
+    let mut limit = rt.default_mailbox_limit();
+    if let Some(m) = messages {
+        limit.messages = m;
+    }
+    if let Some(b) = bytes {
+        limit.bytes = b;
+    }
+    limit
+}
+
+fn begin_spawn(
+    py: Python<'_>,
+    kind: Kind,
+    link: bool,
+    monitor: bool,
+    limit: (Option<usize>, Option<usize>),
+) -> PyResult<Spawned> {
     let rt = rt()?;
     let parent = current();
     if (link || monitor) && parent.is_none() {
         this(py, "spawn_link/spawn_monitor")?;
     }
-    let process = rt.spawn(
+    let process = rt.spawn_with(
         kind,
         parent.as_ref().filter(|_| link),
         PyData::spawned_by(parent.as_ref()),
+        mailbox_limit(rt, limit.0, limit.1),
     );
     let mref = match (&parent, monitor) {
         (Some(p), true) => Some(rt.monitor(p, process.pid)),
@@ -253,7 +277,9 @@ fn begin_spawn(py: Python<'_>, kind: Kind, link: bool, monitor: bool) -> PyResul
 /// Starts a server process for `server` (an instance whose `init` has not run yet); runs
 /// `init(*args, **kwargs)` on this thread as the new process, as `start_link` does in OTP.
 #[pyfunction]
-#[pyo3(signature = (server, args, kwargs=None, link=false, monitor=false))]
+#[pyo3(signature = (server, args, kwargs=None, link=false, monitor=false, max_mailbox=None, max_mailbox_bytes=None))]
+// The Python keyword arguments of `rebeam.spawn*`, one parameter each.
+#[allow(clippy::too_many_arguments)]
 fn spawn_server<'py>(
     py: Python<'py>,
     server: Bound<'py, PyAny>,
@@ -261,8 +287,16 @@ fn spawn_server<'py>(
     kwargs: Option<Bound<'py, PyDict>>,
     link: bool,
     monitor: bool,
+    max_mailbox: Option<usize>,
+    max_mailbox_bytes: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (rt, parent, process, mref) = begin_spawn(py, Kind::Server, link, monitor)?;
+    let (rt, parent, process, mref) = begin_spawn(
+        py,
+        Kind::Server,
+        link,
+        monitor,
+        (max_mailbox, max_mailbox_bytes),
+    )?;
     let _ = process.data.server.set(server.clone().unbind());
     let result = {
         let _enter = Enter::new(process.clone());
@@ -332,7 +366,9 @@ fn spawned<'py>(
 
 /// Starts a function process on a thread of its own.
 #[pyfunction]
-#[pyo3(signature = (function, args, kwargs=None, link=false, monitor=false))]
+#[pyo3(signature = (function, args, kwargs=None, link=false, monitor=false, max_mailbox=None, max_mailbox_bytes=None))]
+// The Python keyword arguments of `rebeam.spawn*`, one parameter each.
+#[allow(clippy::too_many_arguments)]
 fn spawn_function<'py>(
     py: Python<'py>,
     function: Bound<'py, PyAny>,
@@ -340,8 +376,16 @@ fn spawn_function<'py>(
     kwargs: Option<Bound<'py, PyDict>>,
     link: bool,
     monitor: bool,
+    max_mailbox: Option<usize>,
+    max_mailbox_bytes: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (rt, parent, process, mref) = begin_spawn(py, Kind::Thread, link, monitor)?;
+    let (rt, parent, process, mref) = begin_spawn(
+        py,
+        Kind::Thread,
+        link,
+        monitor,
+        (max_mailbox, max_mailbox_bytes),
+    )?;
     let _ = process.data.function.set(function.clone().unbind());
     let function = function.unbind();
     let args = args.unbind();
@@ -665,6 +709,9 @@ fn demonitor(py: Python<'_>, mref: &Bound<'_, PyRef>, flush: bool) -> PyResult<b
                 .into_iter()
                 .partition(|e| matches!(e, Envelope::Down { mref, .. } if *mref == r));
             st.mailbox = keep;
+            for envelope in &gone {
+                st.settle(envelope);
+            }
             gone.into_iter().collect()
         };
         drop(removed);
@@ -789,7 +836,9 @@ fn receive<'py>(
                 Ok(v) => v,
                 Err(e) => {
                     // A message that cannot be restored is dropped rather than block the mailbox.
-                    saved.remove(scanned);
+                    if let Some(gone) = saved.remove(scanned) {
+                        me.lock().settle(&gone);
+                    }
                     found = Some(Err(e));
                     break;
                 }
@@ -812,7 +861,9 @@ fn receive<'py>(
         }
         if let Some(result) = found {
             if result.is_ok() {
-                saved.remove(scanned);
+                if let Some(taken) = saved.remove(scanned) {
+                    me.lock().settle(&taken);
+                }
                 me.data.handled.fetch_add(1, Ordering::Relaxed);
             }
             // (an unrestorable message was already removed above)
