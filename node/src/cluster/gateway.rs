@@ -77,7 +77,11 @@ impl Gateway {
         match target {
             Some(Target::Pid(p)) => pid_from_pb(Some(&p))
                 .map(Some)
-                .ok_or_else(|| Status::invalid_argument("the target pid names no node")),
+                .ok_or_else(|| {
+                    Status::invalid_argument(
+                        "the target pid names no valid node: a node id is 1 to 128 ASCII letters, digits, '.', '_' or '-'",
+                    )
+                }),
             Some(Target::Global(name)) => {
                 if name.is_empty() || name.len() > 255 {
                     return Err(Status::invalid_argument(

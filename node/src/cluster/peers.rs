@@ -228,9 +228,9 @@ impl pb::peer_service_server::PeerService for PeerService {
             .metadata()
             .get(NODE_HEADER)
             .and_then(|v| v.to_str().ok())
-            .map(NodeId::intern)
-            .ok_or_else(|| {
-                Status::invalid_argument("peer stream without x-rebeam-node metadata")
+            .ok_or_else(|| Status::invalid_argument("peer stream without x-rebeam-node metadata"))
+            .and_then(|name| {
+                NodeId::from_wire(name).map_err(|e| Status::invalid_argument(e.to_string()))
             })?;
         let mut frames = request.into_inner();
         while let Some(batch) = frames.next().await {
