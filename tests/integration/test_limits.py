@@ -246,3 +246,20 @@ def test_the_memory_guard_ends_the_hogging_app_before_the_kernel_kills_the_node(
             assert client.app("good").status == "running"
     finally:
         node.stop()
+
+
+def test_pids_naming_made_up_nodes_are_refused_and_do_not_grow_the_node(dev: DevNode) -> None:
+    """200 sends to pids with 1 MiB node names used to intern every name for the life of
+    the node (+100 MB). Node names from the wire now follow the node id grammar (at most
+    128 bytes): such a pid is refused with a message naming the rule, and keeps nothing."""
+    assert dev.process is not None
+    with dev.client() as client:
+        before = 0
+        for i in range(201):
+            if i == 1:
+                before = rss(dev.process.pid)  # after the gateway's first use
+            with pytest.raises(rebeam.Error, match="no valid node"):
+                client.send(rebeam.Pid("n" * (1 << 20) + str(i), 1, 2), "x")
+        grown = rss(dev.process.pid) - before
+        assert grown < 40 << 20, f"the node grew by {grown >> 20} MiB"
+        assert dev.process.poll() is None
