@@ -24,7 +24,11 @@ MASTER_NAME = "$app_master"
 #: Keys of the manifest's [app] table and of each [[children]] entry; others are refused.
 APP_KEYS = frozenset({"name", "version", "max_restarts", "max_seconds"})
 CHILD_KEYS = frozenset({"start", "args", "name", "global", "restart", "shutdown", "placement",
-                        "registry"})
+                        "registry", "max_mailbox", "max_mailbox_bytes"})
+#: Keys of a [[children]] entry that bound its mailbox (see rebeam.child).
+MAILBOX_KEYS = ("max_mailbox", "max_mailbox_bytes")
+#: Largest mailbox bound a manifest may give (as the controller: it only catches typos).
+MAX_MAILBOX_BOUND = 1 << 48
 #: App names: ASCII letters, digits, '_' and '-', starting with a letter or digit (no dots:
 #: the name becomes part of module and directory names on the nodes).
 APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -124,7 +128,13 @@ def load_manifest(directory: str | Path) -> Manifest:
             if not entry.get("name") or entry.get("global"):
                 raise ManifestError(f"{path}: {where}.registry needs a name (the key) and "
                                     "no global = true")
+        limits = {key: _field(path, entry, key, int, where, None) for key in MAILBOX_KEYS}
+        for key, limit in limits.items():
+            if limit is not None and not 0 <= limit <= MAX_MAILBOX_BOUND:
+                raise ManifestError(f"{path}: {where}.{key} must be 0 (unbounded) to "
+                                    f"{MAX_MAILBOX_BOUND}, got {limit!r}")
         checked.append({
+            **limits,
             "start": start,
             "registry": registry,
             "args": _field(path, entry, "args", list, where, []),
@@ -168,7 +178,9 @@ def child_specs(manifest: Manifest) -> list[ChildSpec]:
         # The manifest has no id field: a child is known by its name, else by its position.
         specs.append(child(target, entry["args"], id=name or f"children[{i}]",
                            name=registered,
-                           restart=entry["restart"], shutdown=entry["shutdown"]))
+                           restart=entry["restart"], shutdown=entry["shutdown"],
+                           max_mailbox=entry["max_mailbox"],
+                           max_mailbox_bytes=entry["max_mailbox_bytes"]))
     return specs
 
 

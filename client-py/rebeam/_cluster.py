@@ -9,7 +9,7 @@ from typing import Any
 
 from . import _code
 from ._names import Via, register_name
-from ._process import spawn
+from ._process import _start
 from ._types import Global
 
 
@@ -45,8 +45,15 @@ def start_child(app: str, code_hash: str, start: str, args_json: str, name: str,
     args = json.loads(args_json) if args_json else []
     if not isinstance(args, list):
         args = [args]
-    registry = None if is_global or not name else _registry_of(version, start, name)
-    pid = spawn(target, *args)
+    entry = _manifest_entry(version, start, name)
+    registry = None
+    if not is_global and name and isinstance(entry.get("registry"), str):
+        registry = version.resolve(entry["registry"])
+    # The controller passes only what placement needs; limits come from the version's own
+    # manifest, which the controller checked at submit.
+    limits = [entry.get(key) if isinstance(entry.get(key), int) else None
+              for key in ("max_mailbox", "max_mailbox_bytes")]
+    pid = _start(target, tuple(args), {}, False, False, *limits)
     if name:
         if registry is not None:
             register_name(Via(registry, name), pid)
@@ -55,18 +62,17 @@ def start_child(app: str, code_hash: str, start: str, args_json: str, name: str,
     return pid
 
 
-def _registry_of(version: _code.Version, start: str, name: str) -> Any:
-    """The user-defined registry (``registry = "module:attribute"``) the manifest names for
-    the child ``start``/``name``, or None. The controller passes only the name on, so the
-    node reads it from the version's own manifest."""
+def _manifest_entry(version: _code.Version, start: str, name: str) -> dict[str, Any]:
+    """The [[children]] entry of the version's own manifest for the child ``start``/``name``
+    (empty when there is none)."""
     import tomllib
 
     try:
         manifest = tomllib.loads((version.directory / "rebeam.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
-        return None
+        return {}
     for entry in manifest.get("children", []):
-        if (isinstance(entry, dict) and entry.get("start") == start and entry.get("name") == name
-                and isinstance(entry.get("registry"), str)):
-            return version.resolve(entry["registry"])
-    return None
+        if isinstance(entry, dict) and entry.get("start") == start and (
+                entry.get("name") or "") == name:
+            return entry
+    return {}

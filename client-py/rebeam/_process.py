@@ -28,7 +28,8 @@ _D = TypeVar("_D")
 
 
 def _start(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], link: bool,
-           monitor: bool) -> Any:
+           monitor: bool, max_mailbox: int | None = None,
+           max_mailbox_bytes: int | None = None) -> Any:
     from ._genserver import GenServer
 
     if inspect.isclass(target):
@@ -38,10 +39,12 @@ def _start(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], link: boo
                 "rebeam.GenServer or rebeam.Supervisor; plain functions are spawned as they are"
             )
         server = target.__new__(target)
-        return native.spawn_server(server, args, kwargs or None, link, monitor)
+        return native.spawn_server(server, args, kwargs or None, link, monitor, max_mailbox,
+                                   max_mailbox_bytes)
     if not callable(target):
         raise TypeError(f"cannot spawn {target!r}: give a GenServer class or a function")
-    return native.spawn_function(target, args, kwargs or None, link, monitor)
+    return native.spawn_function(target, args, kwargs or None, link, monitor, max_mailbox,
+                                 max_mailbox_bytes)
 
 
 def spawn(target: Callable[..., object] | type, *args: Any, **kwargs: Any) -> Pid:

@@ -33,6 +33,8 @@ class ChildSpec:
     name: Name | None = None
     restart: Restart = "permanent"
     shutdown: Shutdown = None
+    max_mailbox: int | None = None
+    max_mailbox_bytes: int | None = None
 
     @property
     def is_supervisor(self) -> bool:
@@ -48,12 +50,17 @@ class ChildSpec:
 def child(start: Callable[..., Any] | type, args: tuple[Any, ...] | list[Any] = (), *,
           kwargs: dict[str, Any] | None = None, id: Any = None,
           name: Name | None = None, restart: Restart = "permanent",
-          shutdown: Shutdown = None) -> ChildSpec:
+          shutdown: Shutdown = None, max_mailbox: int | None = None,
+          max_mailbox_bytes: int | None = None) -> ChildSpec:
     """A child specification: ``start`` is a GenServer/Supervisor class or a function.
 
     ``shutdown`` is seconds to wait after the ``shutdown`` signal before killing (default
-    5), ``"brutal_kill"``, or ``"infinity"`` (the default for supervisors)."""
-    return ChildSpec(start, tuple(args), dict(kwargs or {}), id, name, restart, shutdown)
+    5), ``"brutal_kill"``, or ``"infinity"`` (the default for supervisors).
+    ``max_mailbox`` (messages) and ``max_mailbox_bytes`` bound the child's mailbox (the
+    node's defaults when None, unbounded when 0): a delivery past either kills the child with
+    reason ``"mailbox_limit"`` and this supervisor restarts it as for any other exit."""
+    return ChildSpec(start, tuple(args), dict(kwargs or {}), id, name, restart, shutdown,
+                     max_mailbox, max_mailbox_bytes)
 
 
 def _validate(spec: Any, where: str) -> ChildSpec:
@@ -70,6 +77,12 @@ def _validate(spec: Any, where: str) -> ChildSpec:
     ):
         raise ValueError(f"{where}: field 'shutdown' must be seconds >= 0, 'brutal_kill' or "
                          f"'infinity', got {policy!r}")
+    for key in ("max_mailbox", "max_mailbox_bytes"):
+        limit = getattr(spec, key)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or limit < 0):
+            raise ValueError(f"{where}: field {key!r} must be an int >= 0 (0: unbounded) or "
+                             f"None (the node's default), got {limit!r}")
     if spec.name is not None and not isinstance(spec.name, str | Global | Via):
         raise TypeError(f"{where}: field 'name' must be a str, Global or Via, got {spec.name!r}")
     checked: ChildSpec = spec
@@ -144,9 +157,10 @@ class Supervisor(GenServer):
     # -- starting and stopping children -------------------------------------------------
 
     def _start(self, spec: ChildSpec) -> Any:
-        from ._process import spawn_link
+        from ._process import _start
 
-        pid = spawn_link(spec.start, *spec.args, **spec.kwargs)
+        pid = _start(spec.start, spec.args, spec.kwargs, True, False, spec.max_mailbox,
+                     spec.max_mailbox_bytes)
         if spec.name is not None:
             register_name(spec.name, pid)
         return pid

@@ -9,6 +9,9 @@ use crate::types::{AppDraft, ChildSpec, Placement, Restart};
 
 /// Most top-level children in one app.
 pub const MAX_CHILDREN: usize = 256;
+/// Largest mailbox bound a manifest may give (2^48: past any real memory, so it only
+/// catches typos and overflows).
+pub const MAX_MAILBOX_BOUND: u64 = 1 << 48;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +53,12 @@ struct RawChild {
     /// the child's key (`rebeam.Via`).
     #[serde(default)]
     registry: Option<String>,
+    /// Read by the nodes: most messages in the child's mailbox (0: unbounded).
+    #[serde(default)]
+    max_mailbox: Option<u64>,
+    /// Read by the nodes: most bytes in the child's mailbox (0: unbounded).
+    #[serde(default)]
+    max_mailbox_bytes: Option<u64>,
 }
 
 fn default_max_restarts() -> u32 {
@@ -223,6 +232,16 @@ pub fn parse(toml_text: &str) -> Result<AppDraft> {
                 )))
             }
         }
+        for (key, value) in [
+            ("max_mailbox", c.max_mailbox),
+            ("max_mailbox_bytes", c.max_mailbox_bytes),
+        ] {
+            if value.is_some_and(|v| v > MAX_MAILBOX_BOUND) {
+                return Err(Error::invalid(format!(
+                    "rebeam.toml: children[{i}].{key} is over {MAX_MAILBOX_BOUND}; use a smaller bound, or 0 for none"
+                )));
+            }
+        }
         let id = if c.name.is_empty() {
             format!("child-{i}")
         } else {
@@ -340,6 +359,18 @@ placement = "zone=eu"
                 "[app]\nname='a'\nversion='1'\n[[children]]\nstart='m:f'\nshutdown=[1]\n",
                 "shutdown",
             ),
+            (
+                "[app]\nname='a'\nversion='1'\n[[children]]\nstart='m:f'\nmax_mailbox=-1\n",
+                "max_mailbox",
+            ),
+            (
+                "[app]\nname='a'\nversion='1'\n[[children]]\nstart='m:f'\nmax_mailbox_bytes='1M'\n",
+                "max_mailbox_bytes",
+            ),
+            (
+                "[app]\nname='a'\nversion='1'\n[[children]]\nstart='m:f'\nmax_mailbox_bytes=9999999999999999\n",
+                "max_mailbox_bytes",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).expect_err(text).to_string();
@@ -348,7 +379,7 @@ placement = "zone=eu"
                 "{text:?}: {e}"
             );
         }
-        let ok = "[app]\nname='a-1'\nversion='1.0+b'\n[[children]]\nstart='m:f'\nname='x.y'\nshutdown='brutal_kill'\n";
+        let ok = "[app]\nname='a-1'\nversion='1.0+b'\n[[children]]\nstart='m:f'\nname='x.y'\nshutdown='brutal_kill'\nmax_mailbox=1000\nmax_mailbox_bytes=0\n";
         assert!(parse(ok).is_ok());
     }
 

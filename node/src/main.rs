@@ -48,6 +48,22 @@ struct Cli {
     /// A placement label `key=value` (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Most messages a process's mailbox may hold unless its child spec says otherwise
+    /// (0: unbounded); a delivery past it kills the process with `mailbox_limit`.
+    #[arg(long, default_value_t = DEFAULT_MAX_MAILBOX, env = "REBEAM_MAX_MAILBOX")]
+    max_mailbox: usize,
+    /// Most bytes a process's mailbox may hold unless its child spec says otherwise
+    /// (0: unbounded); a delivery past it kills the process with `mailbox_limit`.
+    #[arg(long, default_value_t = DEFAULT_MAX_MAILBOX_BYTES, env = "REBEAM_MAX_MAILBOX_BYTES")]
+    max_mailbox_bytes: usize,
+    /// The memory this node may use, in bytes (default: its cgroup's memory.max, else the
+    /// machine's memory); the memory guard acts at --memory-guard of it.
+    #[arg(long, env = "REBEAM_MEMORY_LIMIT")]
+    memory_limit: Option<u64>,
+    /// Fraction of --memory-limit past which the memory guard ends the processes of the app
+    /// holding the most queued messages (0: off).
+    #[arg(long, default_value_t = 0.9, env = "REBEAM_MEMORY_GUARD")]
+    memory_guard: f64,
     /// Most top-level children the controller may place here (0: no limit).
     #[arg(long, default_value_t = 0)]
     capacity: u32,
@@ -126,6 +142,13 @@ struct Cli {
     args: Vec<String>,
 }
 
+/// Default mailbox bound in messages: far above what a healthy process queues, low enough
+/// that a flood of small messages costs a node at most a few hundred MB per process.
+const DEFAULT_MAX_MAILBOX: usize = 1_000_000;
+/// Default mailbox bound in bytes (256 MiB): a flood of large messages kills the receiver
+/// long before it kills the node.
+const DEFAULT_MAX_MAILBOX_BYTES: usize = 256 << 20;
+
 /// Environment variables that carry credentials; removed before Python starts so app code
 /// cannot read them from `os.environ`.
 const CREDENTIAL_VARS: [&str; 2] = ["REBEAM_SECRET", "REBEAM_CLIENT_TOKENS"];
@@ -203,6 +226,25 @@ fn run(cli: Cli) -> Result<i32> {
         executors: cli.executors,
         ..NodeConfig::default()
     });
+    rt.set_default_mailbox_limit(rebeam_node::runtime::MailboxLimit {
+        messages: cli.max_mailbox,
+        bytes: cli.max_mailbox_bytes,
+    });
+    if !(0.0..=1.0).contains(&cli.memory_guard) {
+        bail!(
+            "--memory-guard must be a fraction between 0 (off) and 1, got {}",
+            cli.memory_guard
+        );
+    }
+    rebeam_node::guard::start(
+        rt.clone(),
+        rebeam_node::guard::MemoryGuard {
+            limit: cli
+                .memory_limit
+                .unwrap_or_else(rebeam_node::guard::default_limit),
+            fraction: cli.memory_guard,
+        },
+    );
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("rebeam-io")

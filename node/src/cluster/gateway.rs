@@ -80,7 +80,11 @@ impl Gateway {
         match target {
             Some(Target::Pid(p)) => pid_from_pb(Some(&p))
                 .map(Some)
-                .ok_or_else(|| bad_request("the target pid names no node")),
+                .ok_or_else(|| {
+                    bad_request(
+                        "the target pid names no valid node: a node id is 1 to 128 ASCII letters, digits, '.', '_' or '-'",
+                    )
+                }),
             Some(Target::Global(name)) => {
                 if name.is_empty() || name.len() > 255 {
                     return Err(bad_request("a global name must be 1 to 255 bytes long"));

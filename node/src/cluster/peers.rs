@@ -262,9 +262,11 @@ impl pb::peer_service_server::PeerService for PeerService {
             .metadata()
             .get(NODE_HEADER)
             .and_then(|v| v.to_str().ok())
-            .map(NodeId::intern)
             .ok_or_else(|| {
                 Status::from(Error::invalid("peer stream without x-rebeam-node metadata"))
+            })
+            .and_then(|name| {
+                NodeId::from_wire(name).map_err(|e| Status::from(Error::invalid(e.to_string())))
             })?;
         let mut frames = request.into_inner();
         let stream = InboundStream::open(&self.cluster, from_node);

@@ -13,14 +13,11 @@ pub fn pid_to_pb(pid: Pid) -> pb::Pid {
     }
 }
 
-/// A pid from the wire; `None` when it is missing or names no node.
+/// A pid from the wire; `None` when it is missing or its node name is not a node id.
 pub fn pid_from_pb(pid: Option<&pb::Pid>) -> Option<Pid> {
     let pid = pid?;
-    if pid.node.is_empty() {
-        return None;
-    }
     Some(Pid {
-        node: NodeId::intern(&pid.node),
+        node: NodeId::from_wire(&pid.node).ok()?,
         incarnation: pid.incarnation,
         serial: pid.serial,
     })

@@ -151,6 +151,16 @@ pub fn render(rt: &PyRuntime) -> Exposition {
             "Children the app's supervisors on this node restarted.",
             |a| a.restarts.load(Relaxed),
         ),
+        (
+            "rebeam_mailbox_limit_kills_total",
+            "Processes killed because a delivery would have passed their mailbox limit.",
+            st.mailbox_limit.get(),
+        ),
+        (
+            "rebeam_memory_guard_actions_total",
+            "Times the memory guard ended an app's processes on this node.",
+            st.memory_guard.get(),
+        ),
     ] {
         e.family(name, "counter", help);
         for app in &apps {

@@ -14,13 +14,17 @@ pub struct Pid(pub runtime::Pid);
 
 #[pymethods]
 impl Pid {
+    /// Also how pickles rebuild pids, so the node name is checked and bounded as any
+    /// name from the wire.
     #[new]
-    fn new(node: &str, incarnation: u64, serial: u64) -> Self {
-        Pid(runtime::Pid {
-            node: NodeId::intern(node),
+    fn new(node: &str, incarnation: u64, serial: u64) -> PyResult<Self> {
+        let node = NodeId::from_wire(node)
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+        Ok(Pid(runtime::Pid {
+            node,
             incarnation,
             serial,
-        })
+        }))
     }
 
     /// The node the process lives on.

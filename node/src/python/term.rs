@@ -9,12 +9,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyFrozenSet, PyInt, PyString, PyTuple};
 
 /// A message payload as held in a mailbox, with the message's trace context when tracing is
-/// on (see `observe::trace`).
-pub struct Term(Repr);
+/// on (see `observe::trace`) and its size for mailbox limits.
+pub struct Term(Repr, usize);
 
-// Three words: the trace context must not grow every mailbox entry (the cast benchmark lost
-// about 15% when it did).
-const _: () = assert!(std::mem::size_of::<Term>() == 3 * std::mem::size_of::<usize>());
+// Four words: the payload and its size; the trace context must not grow every mailbox entry
+// (the cast benchmark lost about 15% when it did), so it is boxed inside the payload.
+const _: () = assert!(std::mem::size_of::<Term>() == 4 * std::mem::size_of::<usize>());
 
 enum Repr {
     /// An immutable value, shared by reference.
@@ -46,28 +46,47 @@ fn pickle_fn<'py>(py: Python<'py>, name: &'static str) -> PyResult<&'py Bound<'p
     cell.import(py, "pickle", name)
 }
 
-fn is_immutable(value: &Bound<'_, PyAny>, depth: usize) -> bool {
+/// Bytes counted for a scalar or a container's slot: about what CPython spends on a small
+/// object, so a flood of small values is not counted as free.
+const OBJECT_BYTES: usize = 32;
+
+/// The size of an immutable value (shared by reference rather than copied), or `None`
+/// when the value is mutable. Strings and bytes count their length; the estimate needs no
+/// Python code to run, so it is taken while the value is checked.
+fn immutable_size(value: &Bound<'_, PyAny>, depth: usize) -> Option<usize> {
+    if value.is_exact_instance_of::<PyBytes>() || value.is_exact_instance_of::<PyString>() {
+        return Some(OBJECT_BYTES + value.len().unwrap_or(0));
+    }
     if value.is_none()
         || value.is_exact_instance_of::<PyInt>()
-        || value.is_exact_instance_of::<PyString>()
         || value.is_exact_instance_of::<PyBool>()
         || value.is_exact_instance_of::<PyFloat>()
-        || value.is_exact_instance_of::<PyBytes>()
         || value.is_exact_instance_of::<PyPid>()
         || value.is_exact_instance_of::<PyRef>()
     {
-        return true;
+        return Some(OBJECT_BYTES);
     }
     if depth >= MAX_SHARED_DEPTH {
-        return false;
+        return None;
     }
-    if let Ok(tuple) = value.cast_exact::<PyTuple>() {
-        return tuple.iter().all(|v| is_immutable(&v, depth + 1));
+    let items: Vec<Bound<'_, PyAny>> = if let Ok(tuple) = value.cast_exact::<PyTuple>() {
+        tuple.iter().collect()
+    } else if let Ok(set) = value.cast_exact::<PyFrozenSet>() {
+        set.iter().collect()
+    } else {
+        return None;
+    };
+    let mut size = OBJECT_BYTES;
+    for item in &items {
+        size += 8 + immutable_size(item, depth + 1)?;
     }
-    if let Ok(set) = value.cast_exact::<PyFrozenSet>() {
-        return set.iter().all(|v| is_immutable(&v, depth + 1));
+    Some(size)
+}
+
+impl crate::runtime::Payload for Term {
+    fn bytes(&self) -> usize {
+        self.1
     }
-    false
 }
 
 impl Repr {
@@ -83,12 +102,15 @@ impl Repr {
 impl Term {
     /// Takes a value for sending: shared when immutable, else pickled now.
     pub fn copy_in(value: &Bound<'_, PyAny>) -> PyResult<Term> {
-        if is_immutable(value, 0) {
-            return Ok(Term(Repr::Shared(value.clone().unbind())));
+        if let Some(size) = immutable_size(value, 0) {
+            return Ok(Term(Repr::Shared(value.clone().unbind()), size));
         }
         let py = value.py();
         match pickle_fn(py, "dumps")?.call1((value, 5)) {
-            Ok(bytes) => Ok(Term(Repr::Pickled(bytes.unbind()))),
+            Ok(bytes) => {
+                let size = bytes.len().unwrap_or(0);
+                Ok(Term(Repr::Pickled(bytes.unbind()), size))
+            }
             Err(cause) => {
                 let type_name = value
                     .get_type()
@@ -117,14 +139,18 @@ impl Term {
 
     /// A payload received from another node; needs no interpreter until it is read.
     pub fn from_wire(bytes: Vec<u8>) -> Term {
-        Term(Repr::Wire(bytes))
+        let size = bytes.len();
+        Term(Repr::Wire(bytes), size)
     }
 
     /// The same payload carrying `trace` (the context of the span it is sent in).
     pub fn traced(self, trace: MessageTrace) -> Term {
         match trace {
             None => self,
-            Some(carried) => Term(Repr::Traced(Box::new((self.0.untraced(), *carried)))),
+            Some(carried) => Term(
+                Repr::Traced(Box::new((self.0.untraced(), *carried))),
+                self.1,
+            ),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The seam between the actor core and whatever runs handlers (embedded Python, or tests).
 
 use super::pid::{Pid, Ref};
-use super::process::{Envelope, Process};
+use super::process::{Envelope, Payload, Process};
 use super::reason::Reason;
 use std::sync::Arc;
 
@@ -74,7 +74,7 @@ pub enum Outbound<M> {
 /// What the core needs from the layer that executes process code.
 pub trait Host: Send + Sync + Sized + 'static {
     /// A message payload as carried in mailboxes.
-    type Msg: Send + 'static;
+    type Msg: Payload + Send + 'static;
     /// Per-process data owned by the host (e.g. the Python object behind a GenServer).
     type Data: Send + Sync + 'static;
 

@@ -4,7 +4,7 @@
 use super::call::{CallResult, CallSlot};
 use super::host::{Host, Outbound};
 use super::pid::{NodeId, Pid, Ref};
-use super::process::{Envelope, Kind, Process, Status};
+use super::process::{Envelope, Kind, MailboxLimit, Process, Status};
 use super::reason::Reason;
 use super::registry::{Registry, RegistryError};
 use super::runqueue::RunQueue;
@@ -24,6 +24,8 @@ pub struct Runtime<H: Host> {
     /// is needed (a node outside any cluster).
     lease_until: AtomicU64,
     epoch: Instant,
+    /// The mailbox limit of processes spawned without one of their own.
+    default_limit: parking_lot::RwLock<MailboxLimit>,
     table: ProcessTable<H>,
     names: Registry,
     /// Servers with mail, for the executor threads.
@@ -42,6 +44,7 @@ impl<H: Host> Runtime<H> {
             refs: AtomicU64::new(1),
             lease_until: AtomicU64::new(0),
             epoch: Instant::now(),
+            default_limit: parking_lot::RwLock::new(MailboxLimit::default()),
             table: ProcessTable::default(),
             names: Registry::default(),
             runq: RunQueue::default(),
@@ -106,6 +109,16 @@ impl<H: Host> Runtime<H> {
         self.table.get(pid.serial)
     }
 
+    /// Sets the mailbox limit of processes spawned from now on without one of their own.
+    pub fn set_default_mailbox_limit(&self, limit: MailboxLimit) {
+        *self.default_limit.write() = limit;
+    }
+
+    /// The mailbox limit processes get unless their spawner gives one.
+    pub fn default_mailbox_limit(&self) -> MailboxLimit {
+        *self.default_limit.read()
+    }
+
     /// Creates a process in status `Running` (the spawner runs its start-up code) and,
     /// when `link` is given, links it to that process atomically with its birth.
     pub fn spawn(
@@ -114,13 +127,24 @@ impl<H: Host> Runtime<H> {
         link: Option<&Arc<Process<H>>>,
         data: H::Data,
     ) -> Arc<Process<H>> {
+        self.spawn_with(kind, link, data, self.default_mailbox_limit())
+    }
+
+    /// `spawn` with the new process's own mailbox limit.
+    pub fn spawn_with(
+        &self,
+        kind: Kind,
+        link: Option<&Arc<Process<H>>>,
+        data: H::Data,
+        limit: MailboxLimit,
+    ) -> Arc<Process<H>> {
         let pid = Pid {
             node: self.node,
             incarnation: self.incarnation(),
             serial: self.serials.fetch_add(1, Ordering::Relaxed),
         };
         let parent = link.map(|p| p.pid);
-        let process = Arc::new(Process::new(pid, kind, parent, data));
+        let process = Arc::new(Process::new(pid, kind, parent, data, limit));
         self.table.insert(process.clone());
         STATS.spawned.inc();
         if let Some(parent) = link {
@@ -179,7 +203,8 @@ impl<H: Host> Runtime<H> {
         pid.node != self.node
     }
 
-    /// Delivers an envelope to a known process.
+    /// Delivers an envelope to a known process. A delivery that would pass the receiver's
+    /// mailbox limit kills the receiver with `mailbox_limit` instead (see `over_limit`).
     pub fn deliver(
         &self,
         process: &Arc<Process<H>>,
@@ -187,21 +212,24 @@ impl<H: Host> Runtime<H> {
     ) -> Result<(), Envelope<H::Msg>> {
         let schedule = {
             let mut st = process.lock();
-            match st.status {
-                Status::Exited => {
-                    STATS.dropped.inc();
-                    return Err(envelope);
-                }
-                Status::Idle if process.kind == Kind::Server => {
-                    st.status = Status::Queued;
-                    st.mailbox.push_back(envelope);
-                    true
-                }
-                _ => {
-                    st.mailbox.push_back(envelope);
-                    process.wake(&st);
-                    false
-                }
+            if st.status == Status::Exited {
+                STATS.dropped.inc();
+                return Err(envelope);
+            }
+            let size = envelope.bytes();
+            if st.limit.exceeded(st.queued + 1, st.queued_bytes + size) {
+                let (queued, bytes, limit) = (st.queued, st.queued_bytes, st.limit);
+                drop(st);
+                self.over_limit(process, envelope, queued, bytes, limit);
+                return Ok(());
+            }
+            st.push(envelope);
+            if st.status == Status::Idle && process.kind == Kind::Server {
+                st.status = Status::Queued;
+                true
+            } else {
+                process.wake(&st);
+                false
             }
         };
         STATS.delivered.inc();
@@ -211,13 +239,48 @@ impl<H: Host> Runtime<H> {
         Ok(())
     }
 
+    /// A delivery would pass `process`'s mailbox limit: the process is killed with
+    /// `mailbox_limit` (untrappable, as OTP kills a process past its `max_heap_size`) and
+    /// its links and supervisor decide what follows. A call in the envelope fails with that
+    /// reason, as a call to a process that died does. Not backpressure: a sender must never
+    /// wait on a slow receiver (a peer link or the gateway would stall every other process's
+    /// traffic), and not a silent drop: the only gap a receiver's mail may have is its death,
+    /// which links and monitors report.
+    fn over_limit(
+        &self,
+        process: &Arc<Process<H>>,
+        envelope: Envelope<H::Msg>,
+        queued: usize,
+        bytes: usize,
+        limit: MailboxLimit,
+    ) {
+        STATS.mailbox_limit.inc();
+        tracing::warn!(
+            pid = %process.pid,
+            queued,
+            bytes,
+            max_messages = limit.messages,
+            max_bytes = limit.bytes,
+            "process killed: its mailbox passed its limit (mailbox_limit)"
+        );
+        self.terminate(process, Reason::MailboxLimit);
+        if let Envelope::Call { slot, .. } = envelope {
+            let _ = slot.complete(CallResult::Exit(Reason::MailboxLimit));
+        }
+    }
+
+    /// Sets the mailbox limit of a live process (deliveries from now on are checked).
+    pub fn set_mailbox_limit(&self, process: &Arc<Process<H>>, limit: MailboxLimit) {
+        process.lock().limit = limit;
+    }
+
     /// Takes the next envelope of a server being run; `None` means the batch is over.
     pub fn take_next(&self, process: &Arc<Process<H>>) -> Option<Envelope<H::Msg>> {
         let mut st = process.lock();
         if st.status == Status::Exited {
             return None;
         }
-        let envelope = st.mailbox.pop_front()?;
+        let envelope = st.pop()?;
         st.timeout_gen += 1;
         Some(envelope)
     }
@@ -544,7 +607,11 @@ impl<H: Host> Runtime<H> {
             Dead {
                 was_running,
                 name: st.name.take(),
-                mailbox: std::mem::take(&mut st.mailbox),
+                mailbox: {
+                    st.queued = 0;
+                    st.queued_bytes = 0;
+                    std::mem::take(&mut st.mailbox)
+                },
                 pending_calls: std::mem::take(&mut st.pending_calls),
                 blocked_call: st.blocked_call.take(),
                 links: std::mem::take(&mut st.links),

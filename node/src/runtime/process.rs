@@ -31,6 +31,37 @@ pub enum Status {
     Exited,
 }
 
+/// What the core knows of a message payload: its size, which mailbox limits count.
+pub trait Payload {
+    /// Bytes the payload holds (an estimate where exact sizes would cost a measurement).
+    fn bytes(&self) -> usize;
+}
+
+/// Bounds on one process's queued messages, as OTP's `max_heap_size` bounds a process's
+/// heap: a delivery that would pass either bound kills the receiver with `mailbox_limit`.
+/// Zero means unbounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MailboxLimit {
+    /// Most messages queued at once.
+    pub messages: usize,
+    /// Most bytes queued at once (payloads as `Payload::bytes` counts them, plus a fixed
+    /// overhead per envelope).
+    pub bytes: usize,
+}
+
+impl MailboxLimit {
+    /// No bound at all.
+    pub const UNBOUNDED: MailboxLimit = MailboxLimit {
+        messages: 0,
+        bytes: 0,
+    };
+
+    /// True when `messages` messages holding `bytes` bytes pass a bound.
+    pub fn exceeded(&self, messages: usize, bytes: usize) -> bool {
+        (self.messages != 0 && messages > self.messages) || (self.bytes != 0 && bytes > self.bytes)
+    }
+}
+
 /// One entry of a mailbox.
 #[derive(Debug)]
 pub enum Envelope<M> {
@@ -67,10 +98,30 @@ pub enum Envelope<M> {
     Timeout(u64),
 }
 
+impl<M: Payload> Envelope<M> {
+    /// The bytes this envelope counts against its receiver's mailbox limit.
+    pub fn bytes(&self) -> usize {
+        let payload = match self {
+            Envelope::Info(m) | Envelope::Cast(m) => m.bytes(),
+            Envelope::Call { request, .. } => request.bytes(),
+            Envelope::Exit { reason, .. } | Envelope::Down { reason, .. } => reason.bytes(),
+            Envelope::Timeout(_) => 0,
+        };
+        std::mem::size_of::<Self>() + payload
+    }
+}
+
 /// The mutable part of a process.
 pub struct State<M> {
-    /// Messages not yet taken.
+    /// Messages not yet taken. Add with `push` and take with `pop` or `settle`, so the
+    /// counts below stay true.
     pub mailbox: VecDeque<Envelope<M>>,
+    /// Messages queued for the process: in `mailbox`, or held by a selective receive.
+    pub queued: usize,
+    /// Bytes of the messages counted in `queued`.
+    pub queued_bytes: usize,
+    /// Bounds on `queued` and `queued_bytes`.
+    pub limit: MailboxLimit,
     /// Lifecycle status.
     pub status: Status,
     /// Linked processes.
@@ -95,6 +146,29 @@ pub struct State<M> {
     pub timeout_gen: u64,
 }
 
+impl<M: Payload> State<M> {
+    /// Queues a message at the back of the mailbox and counts it.
+    pub fn push(&mut self, envelope: Envelope<M>) {
+        self.queued += 1;
+        self.queued_bytes += envelope.bytes();
+        self.mailbox.push_back(envelope);
+    }
+
+    /// Takes the oldest message and stops counting it.
+    pub fn pop(&mut self) -> Option<Envelope<M>> {
+        let envelope = self.mailbox.pop_front()?;
+        self.settle(&envelope);
+        Some(envelope)
+    }
+
+    /// Stops counting a message that left the queue by another way (a selective receive
+    /// matched it, a flush dropped it). Messages a receive merely holds stay counted.
+    pub fn settle(&mut self, envelope: &Envelope<M>) {
+        self.queued = self.queued.saturating_sub(1);
+        self.queued_bytes = self.queued_bytes.saturating_sub(envelope.bytes());
+    }
+}
+
 /// A process as the runtime holds it.
 pub struct Process<H: Host> {
     /// Its identifier.
@@ -110,7 +184,13 @@ pub struct Process<H: Host> {
 }
 
 impl<H: Host> Process<H> {
-    pub(crate) fn new(pid: Pid, kind: Kind, parent: Option<Pid>, data: H::Data) -> Self {
+    pub(crate) fn new(
+        pid: Pid,
+        kind: Kind,
+        parent: Option<Pid>,
+        data: H::Data,
+        limit: MailboxLimit,
+    ) -> Self {
         Process {
             pid,
             kind,
@@ -118,6 +198,9 @@ impl<H: Host> Process<H> {
             data,
             state: Mutex::new(State {
                 mailbox: VecDeque::new(),
+                queued: 0,
+                queued_bytes: 0,
+                limit,
                 status: Status::Running,
                 links: Vec::new(),
                 watchers: Vec::new(),

@@ -23,6 +23,11 @@ pub enum Reason {
     Noproc,
     /// The target's node was lost.
     Noconnection,
+    /// The process was killed because a delivery would have passed its mailbox limit.
+    MailboxLimit,
+    /// The node's memory guard ended the process: its app held the most queued messages
+    /// when the node ran short of memory.
+    MemoryGuard,
     /// An uncaught exception in the process's code.
     Crash(Arc<Crash>),
     /// Any other term.
@@ -55,6 +60,8 @@ impl Reason {
             Reason::Killed => "killed",
             Reason::Noproc => "noproc",
             Reason::Noconnection => "noconnection",
+            Reason::MailboxLimit => "mailbox_limit",
+            Reason::MemoryGuard => "memory_guard",
             _ => return None,
         })
     }
@@ -68,8 +75,19 @@ impl Reason {
             "killed" => Reason::Killed,
             "noproc" => Reason::Noproc,
             "noconnection" => Reason::Noconnection,
+            "mailbox_limit" => Reason::MailboxLimit,
+            "memory_guard" => Reason::MemoryGuard,
             _ => return None,
         })
+    }
+
+    /// The bytes a reason carries beyond its fixed size (terms, crash texts).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Reason::ShutdownWith(t) | Reason::Other(t) => t.len(),
+            Reason::Crash(c) => c.kind.len() + c.message.len() + c.traceback.len(),
+            _ => 0,
+        }
     }
 }
 
@@ -83,6 +101,8 @@ impl fmt::Display for Reason {
             Reason::Killed => f.write_str("killed"),
             Reason::Noproc => f.write_str("noproc"),
             Reason::Noconnection => f.write_str("noconnection"),
+            Reason::MailboxLimit => f.write_str("mailbox_limit"),
+            Reason::MemoryGuard => f.write_str("memory_guard"),
             Reason::Crash(c) => write!(f, "{}: {}", c.kind, c.message),
             Reason::Other(_) => f.write_str("<term>"),
         }

@@ -50,6 +50,10 @@ pub struct Stats {
     pub crashed: Counter,
     /// Processes that ended, whatever the reason.
     pub exited: Counter,
+    /// Processes killed because a delivery would have passed their mailbox limit.
+    pub mailbox_limit: Counter,
+    /// Times the memory guard ended an app's processes.
+    pub memory_guard: Counter,
 }
 
 /// The counters of this process's runtime (one node per OS process).
@@ -61,4 +65,6 @@ pub static STATS: Stats = Stats {
     spawned: Counter::new(),
     crashed: Counter::new(),
     exited: Counter::new(),
+    mailbox_limit: Counter::new(),
+    memory_guard: Counter::new(),
 };

@@ -23,6 +23,12 @@ impl Host for TestHost {
     }
 }
 
+impl Payload for &'static str {
+    fn bytes(&self) -> usize {
+        self.len()
+    }
+}
+
 fn rt() -> Runtime<TestHost> {
     Runtime::new("test", 7, TestHost::default())
 }
@@ -405,4 +411,89 @@ fn a_monitor_racing_the_targets_exit_gets_exactly_one_down() {
             );
         },
     );
+}
+
+#[test]
+fn a_delivery_past_the_message_limit_kills_the_receiver_with_mailbox_limit() {
+    let rt = rt();
+    let limit = MailboxLimit {
+        messages: 2,
+        bytes: 0,
+    };
+    let p = rt.spawn_with(Kind::Server, None, (), limit);
+    rt.release(&p);
+    let linked = spawn(&rt);
+    rt.set_trap_exit(&linked, true);
+    rt.link(&linked, p.pid);
+    rt.send(p.pid, Envelope::Info("a")).unwrap();
+    rt.send(p.pid, Envelope::Info("b")).unwrap();
+    assert!(!p.is_exited());
+    let slot = Arc::new(CallSlot::default());
+    let over = Envelope::Call {
+        request: "c",
+        from: None,
+        slot: slot.clone(),
+    };
+    assert!(
+        rt.send(p.pid, over).is_ok(),
+        "the send itself does not fail"
+    );
+    assert_eq!(p.exit_reason(), Some(Reason::MailboxLimit));
+    assert!(matches!(
+        slot.wait(None),
+        Some(CallResult::Exit(Reason::MailboxLimit))
+    ));
+    assert!(matches!(
+        linked.lock().mailbox.back(),
+        Some(Envelope::Exit { reason: Reason::MailboxLimit, from }) if *from == p.pid
+    ));
+    assert_eq!(
+        Reason::from_atom("mailbox_limit"),
+        Some(Reason::MailboxLimit)
+    );
+}
+
+#[test]
+fn taken_messages_stop_counting_against_the_byte_limit() {
+    let rt = rt();
+    let envelope = std::mem::size_of::<Envelope<&'static str>>();
+    let limit = MailboxLimit {
+        messages: 0,
+        bytes: 2 * (envelope + 4),
+    };
+    let p = rt.spawn_with(Kind::Server, None, (), limit);
+    rt.release(&p);
+    for _ in 0..10 {
+        rt.send(p.pid, Envelope::Info("1234")).unwrap();
+        rt.send(p.pid, Envelope::Info("5678")).unwrap();
+        assert!(!p.is_exited(), "two messages fit");
+        let queued = rt.runq.try_pop().unwrap();
+        assert!(rt.begin_batch(&queued));
+        while rt.take_next(&queued).is_some() {}
+        rt.finish_batch(&queued);
+        let st = p.lock();
+        assert_eq!((st.queued, st.queued_bytes), (0, 0));
+    }
+    rt.send(p.pid, Envelope::Info("1234")).unwrap();
+    rt.send(p.pid, Envelope::Info("5678")).unwrap();
+    rt.send(p.pid, Envelope::Info("x")).unwrap();
+    assert_eq!(p.exit_reason(), Some(Reason::MailboxLimit));
+}
+
+#[test]
+fn the_default_limit_applies_to_spawns_without_their_own() {
+    let rt = rt();
+    rt.set_default_mailbox_limit(MailboxLimit {
+        messages: 1,
+        bytes: 0,
+    });
+    let p = spawn(&rt);
+    rt.send(p.pid, Envelope::Info("a")).unwrap();
+    rt.send(p.pid, Envelope::Info("b")).unwrap();
+    assert_eq!(p.exit_reason(), Some(Reason::MailboxLimit));
+    let unbounded = rt.spawn_with(Kind::Server, None, (), MailboxLimit::UNBOUNDED);
+    for _ in 0..1000 {
+        rt.send(unbounded.pid, Envelope::Info("a")).unwrap();
+    }
+    assert!(!unbounded.is_exited());
 }

@@ -25,7 +25,9 @@ pub(super) fn receive<'py>(
                 Ok(v) => v,
                 Err(e) => {
                     // A message that cannot be restored is dropped rather than block the mailbox.
-                    saved.remove(scanned);
+                    if let Some(gone) = saved.remove(scanned) {
+                        me.lock().settle(&gone);
+                    }
                     found = Some(Err(e));
                     break;
                 }
@@ -48,7 +50,9 @@ pub(super) fn receive<'py>(
         }
         if let Some(result) = found {
             if result.is_ok() {
-                saved.remove(scanned);
+                if let Some(taken) = saved.remove(scanned) {
+                    me.lock().settle(&taken);
+                }
                 me.data.handled.fetch_add(1, Ordering::Relaxed);
             }
             // (an unrestorable message was already removed above)

@@ -55,6 +55,9 @@ pub(super) fn demonitor(py: Python<'_>, mref: &Bound<'_, PyRef>, flush: bool) ->
                 .into_iter()
                 .partition(|e| matches!(e, Envelope::Down { mref, .. } if *mref == r));
             st.mailbox = keep;
+            for envelope in &gone {
+                st.settle(envelope);
+            }
             gone.into_iter().collect()
         };
         drop(removed);

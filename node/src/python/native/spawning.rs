@@ -10,21 +10,40 @@ pub(super) type Spawned = (
     Option<crate::runtime::Ref>,
 );
 
+/// A spawn's mailbox limit: the node's default with the fields the spawner gave (a child
+/// spec's `max_mailbox` / `max_mailbox_bytes`; 0 for unbounded) put in.
+fn mailbox_limit(
+    rt: &PyRuntime,
+    messages: Option<usize>,
+    bytes: Option<usize>,
+) -> crate::runtime::MailboxLimit {
+    let mut limit = rt.default_mailbox_limit();
+    if let Some(m) = messages {
+        limit.messages = m;
+    }
+    if let Some(b) = bytes {
+        limit.bytes = b;
+    }
+    limit
+}
+
 pub(super) fn begin_spawn(
     py: Python<'_>,
     kind: Kind,
     link: bool,
     monitor: bool,
+    limit: (Option<usize>, Option<usize>),
 ) -> PyResult<Spawned> {
     let rt = rt()?;
     let parent = current();
     if (link || monitor) && parent.is_none() {
         this(py, "spawn_link/spawn_monitor")?;
     }
-    let process = rt.spawn(
+    let process = rt.spawn_with(
         kind,
         parent.as_ref().filter(|_| link),
         PyData::spawned_by(parent.as_ref()),
+        mailbox_limit(rt, limit.0, limit.1),
     );
     let mref = match (&parent, monitor) {
         (Some(p), true) => Some(rt.monitor(p, process.pid)),
@@ -36,7 +55,9 @@ pub(super) fn begin_spawn(
 /// Starts a server process for `server` (an instance whose `init` has not run yet); runs
 /// `init(*args, **kwargs)` on this thread as the new process, as `start_link` does in OTP.
 #[pyfunction]
-#[pyo3(signature = (server, args, kwargs=None, link=false, monitor=false))]
+#[pyo3(signature = (server, args, kwargs=None, link=false, monitor=false, max_mailbox=None, max_mailbox_bytes=None))]
+// The Python keyword arguments of `rebeam.spawn*`, one parameter each.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn spawn_server<'py>(
     py: Python<'py>,
     server: Bound<'py, PyAny>,
@@ -44,8 +65,16 @@ pub(super) fn spawn_server<'py>(
     kwargs: Option<Bound<'py, PyDict>>,
     link: bool,
     monitor: bool,
+    max_mailbox: Option<usize>,
+    max_mailbox_bytes: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (rt, parent, process, mref) = begin_spawn(py, Kind::Server, link, monitor)?;
+    let (rt, parent, process, mref) = begin_spawn(
+        py,
+        Kind::Server,
+        link,
+        monitor,
+        (max_mailbox, max_mailbox_bytes),
+    )?;
     let _ = process.data.server.set(server.clone().unbind());
     let result = {
         let _enter = Enter::new(process.clone());
@@ -115,7 +144,9 @@ pub(super) fn spawned<'py>(
 
 /// Starts a function process on a thread of its own.
 #[pyfunction]
-#[pyo3(signature = (function, args, kwargs=None, link=false, monitor=false))]
+#[pyo3(signature = (function, args, kwargs=None, link=false, monitor=false, max_mailbox=None, max_mailbox_bytes=None))]
+// The Python keyword arguments of `rebeam.spawn*`, one parameter each.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn spawn_function<'py>(
     py: Python<'py>,
     function: Bound<'py, PyAny>,
@@ -123,8 +154,16 @@ pub(super) fn spawn_function<'py>(
     kwargs: Option<Bound<'py, PyDict>>,
     link: bool,
     monitor: bool,
+    max_mailbox: Option<usize>,
+    max_mailbox_bytes: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (rt, parent, process, mref) = begin_spawn(py, Kind::Thread, link, monitor)?;
+    let (rt, parent, process, mref) = begin_spawn(
+        py,
+        Kind::Thread,
+        link,
+        monitor,
+        (max_mailbox, max_mailbox_bytes),
+    )?;
     let _ = process.data.function.set(function.clone().unbind());
     let function = function.unbind();
     let args = args.unbind();
