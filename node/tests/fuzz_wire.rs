@@ -41,12 +41,14 @@ fn peer_batches() {
             to: pid("node-a"),
             payload: b"\x80\x05K\x01.".to_vec(),
             cast: true,
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         }),
         Frame::Call(pb::PeerCall {
             to: pid("node-a"),
             from: pid("node-b"),
             call_id: 9,
             request: b"\x80\x05N.".to_vec(),
+            traceparent: String::new(),
         }),
         Frame::Exit(pb::PeerExit {
             from: pid("node-b"),

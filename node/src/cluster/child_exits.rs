@@ -61,7 +61,10 @@ mod tests {
     fn an_exit_after_the_start_report_goes_at_once() {
         let mut gate = StartGate::default();
         assert_eq!(gate.start_reported(pid(2)), None);
-        assert_eq!(gate.exited(pid(2), "killed".into()).as_deref(), Some("killed"));
+        assert_eq!(
+            gate.exited(pid(2), "killed".into()).as_deref(),
+            Some("killed")
+        );
         assert!(gate.reported.is_empty() && gate.early.is_empty());
     }
 }

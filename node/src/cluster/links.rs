@@ -7,6 +7,7 @@
 use super::peers::{PeerLink, QUEUE_FRAMES};
 use crate::runtime::NodeId;
 use rebeam_proto as pb;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -47,11 +48,10 @@ impl Links {
         frame: pb::PeerFrame,
         open: impl FnOnce() -> Option<PeerLink>,
     ) -> Pushed {
-        if !self.open.contains_key(&node) {
-            match open() {
-                Some(link) => {
-                    self.open.insert(node, link);
-                }
+        let link = match self.open.entry(node) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => match open() {
+                Some(link) => e.insert(link),
                 None if self.inbound.contains_key(&node) => {
                     let held = self.held.entry(node).or_default();
                     if held.len() >= QUEUE_FRAMES {
@@ -61,12 +61,12 @@ impl Links {
                     return Pushed::Held;
                 }
                 None => return Pushed::Unknown,
-            }
-        }
-        match self.open.get(&node) {
-            Some(link) if link.push(frame) => Pushed::Queued,
-            Some(_) => Pushed::Full,
-            None => Pushed::Unknown,
+            },
+        };
+        if link.push(frame) {
+            Pushed::Queued
+        } else {
+            Pushed::Full
         }
     }
 
@@ -77,16 +77,12 @@ impl Links {
             return 0;
         };
         let total = frames.len();
-        if !self.open.contains_key(&node) {
-            match open() {
-                Some(link) => {
-                    self.open.insert(node, link);
-                }
+        let link = match self.open.entry(node) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => match open() {
+                Some(link) => e.insert(link),
                 None => return total,
-            }
-        }
-        let Some(link) = self.open.get(&node) else {
-            return total;
+            },
         };
         let mut dropped = 0;
         for frame in frames {
@@ -104,7 +100,11 @@ impl Links {
         }
         self.open.remove(&node);
         self.held.remove(&node);
-        let streams = self.inbound.get(&node).map(Vec::as_slice).unwrap_or_default();
+        let streams = self
+            .inbound
+            .get(&node)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         Some(streams.iter().map(|(_, cut)| cut.clone()).collect())
     }
 
@@ -200,7 +200,11 @@ mod tests {
         links.stream_closed(node, second);
         assert!(!links.reachable(node));
         let (peer, mut rx) = link(1);
-        assert_eq!(links.release(node, || Some(peer)), 0, "nothing was left to release");
+        assert_eq!(
+            links.release(node, || Some(peer)),
+            0,
+            "nothing was left to release"
+        );
         assert!(rx.try_recv().is_err());
     }
 

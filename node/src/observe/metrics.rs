@@ -88,6 +88,16 @@ pub fn render(rt: &PyRuntime) -> Exposition {
             &RUNTIME.exited,
         ),
         (
+            "rebeam_mailbox_limit_kills_total",
+            "Processes killed because a delivery would have passed their mailbox limit.",
+            &RUNTIME.mailbox_limit,
+        ),
+        (
+            "rebeam_memory_guard_actions_total",
+            "Times the memory guard ended an app's processes on this node.",
+            &RUNTIME.memory_guard,
+        ),
+        (
             "rebeam_restarts_total",
             "Children restarted by supervisors on the node.",
             &STATS.restarts,
@@ -150,16 +160,6 @@ pub fn render(rt: &PyRuntime) -> Exposition {
             "rebeam_app_restarts_total",
             "Children the app's supervisors on this node restarted.",
             |a| a.restarts.load(Relaxed),
-        ),
-        (
-            "rebeam_mailbox_limit_kills_total",
-            "Processes killed because a delivery would have passed their mailbox limit.",
-            st.mailbox_limit.get(),
-        ),
-        (
-            "rebeam_memory_guard_actions_total",
-            "Times the memory guard ended an app's processes on this node.",
-            st.memory_guard.get(),
         ),
     ] {
         e.family(name, "counter", help);

@@ -64,10 +64,7 @@ pub fn load_version(
 
 /// Spawns a top-level child from the loaded version of its app; returns its pid or the
 /// Python error text (with traceback).
-pub fn start_child(
-    assignment: &pb::Assignment,
-    spec: &pb::ChildSpec,
-) -> Result<Pid, String> {
+pub fn start_child(assignment: &pb::Assignment, spec: &pb::ChildSpec) -> Result<Pid, String> {
     let app = super::apps::tag(&assignment.app);
     let pid = Python::attach(|py| {
         super::apps::spawning_child(app, &assignment.child, || -> PyResult<Pid> {
