@@ -238,10 +238,6 @@ def test_tree_has_each_supervisor_with_its_workers_on_its_node(client: rebeam.Cl
     assert any(line.startswith("└── top_b  <") for line in lines)
 
 
-# Timing decides which report reaches the controller first, so it may still pass sometimes.
-@pytest.mark.xfail(strict=False, reason="known race, open: a top-level child's exit report can "
-                   "reach the controller before its ReportChildStarted, which then keeps the "
-                   "ended temporary child's assignment")
 def test_tree_shows_a_finished_temporary_child_as_ended(client: rebeam.Client,
                                                         workdir: Path) -> None:
     d = workdir / "once"
