@@ -4,7 +4,7 @@ export PYO3_PYTHON := $(PYTHON)
 NODE := target/release/rebeam-node
 APP ?= examples/chat
 
-.PHONY: setup build run test test-rust test-python test-chaos test-deploy chaos lint bench clean image compose-env
+.PHONY: setup build run test test-rust test-python test-chaos test-scale test-deploy chaos lint bench bench-scale clean image compose-env
 
 setup:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py -r tests/requirements.txt
@@ -16,7 +16,7 @@ build:
 run: setup build
 	$(NODE) --dev --app $(APP)
 
-test: setup build lint test-rust test-python test-chaos test-deploy
+test: setup build lint test-rust test-python test-chaos test-scale test-deploy
 
 # One test at a time: the controller tests run 3-member groups of real processes with
 # sub-second timings, and running them side by side on 2 cores starves their elections.
@@ -43,6 +43,18 @@ chaos: setup build
 	REBEAM_NODE=$(CURDIR)/$(NODE) REBEAM_CONTROLLER=$(CURDIR)/target/release/rebeam-controller \
 		$(PYTHON) tests/chaos/chaos.py --trials $(TRIALS) $(if $(SEED),--seed $(SEED)) \
 		--controllers $(CONTROLLERS) --out bench/results/chaos.json
+
+# The scale harness (bench/scale): simulated nodes against a real 3-member controller group.
+# The short run fails when a healthy node is declared dead or misses a fence (leader killed
+# under load included); the long one writes bench/results/scale.json (docs/capacity.md).
+SCALE_NODES ?= 1000
+SCALE_NAMES ?= 100000
+test-scale:
+	target/release/rebeam-scale-bench --nodes 100 --names 10000 --seconds 3 --probes 5 \
+		--real-nodes 0 --check
+bench-scale: build
+	target/release/rebeam-scale-bench --nodes $(SCALE_NODES) --names $(SCALE_NAMES) \
+		--out bench/results/scale.json
 
 # The Helm chart rendered and validated, the image run as the chart's pods, the compose
 # cluster broken on purpose (tests/deploy; needs Docker).

@@ -248,6 +248,8 @@ struct LeaseKeeper {
 struct KeeperState {
     last_ok: Instant,
     broken_at: Option<Instant>,
+    /// A watch stream is open (told to the leader with each renewal).
+    watching: bool,
 }
 
 impl LeaseKeeper {
@@ -257,6 +259,7 @@ impl LeaseKeeper {
             state: Mutex::new(KeeperState {
                 last_ok: joined_at,
                 broken_at: None,
+                watching: false,
             }),
             renew_now: tokio::sync::Notify::new(),
         }
@@ -288,9 +291,15 @@ impl LeaseKeeper {
     fn stream_broke(&self, cluster: &Cluster, at: Instant) {
         let mut st = self.state.lock();
         st.broken_at.get_or_insert(at);
+        st.watching = false;
         self.publish(cluster, &st);
         drop(st);
         self.renew_now.notify_one();
+    }
+
+    /// A watch stream is open again.
+    fn stream_opened(&self) {
+        self.state.lock().watching = true;
     }
 
     /// The member that served the broken stream is not running: it cannot declare anything.
@@ -384,6 +393,7 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
         }
         let request = pb::HeartbeatRequest {
             node: Some(node_ref(cluster, session)),
+            watching: keeper.state.lock().watching,
         };
         let tried = Mutex::new(Instant::now());
         let call = cluster
@@ -466,6 +476,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
                 continue;
             }
         };
+        keeper.stream_opened();
         cluster.begin_view();
         while let Some(event) = stream.next().await {
             match event {
