@@ -297,6 +297,14 @@ impl LeaseKeeper {
         self.renew_now.notify_one();
     }
 
+    /// What the next renewal says of the watch stream: open only if no break is still
+    /// untold (a renewal sent after the break has not succeeded yet), even if a new stream
+    /// opened meanwhile, so that the leader can tell the node saw the break.
+    fn watching_for_renewal(&self) -> bool {
+        let st = self.state.lock();
+        st.watching && st.broken_at.is_none()
+    }
+
     /// A watch stream is open again.
     fn stream_opened(&self) {
         self.state.lock().watching = true;
@@ -393,7 +401,7 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
         }
         let request = pb::HeartbeatRequest {
             node: Some(node_ref(cluster, session)),
-            watching: keeper.state.lock().watching,
+            watching: keeper.watching_for_renewal(),
         };
         let tried = Mutex::new(Instant::now());
         let call = cluster
