@@ -4,7 +4,7 @@ export PYO3_PYTHON := $(PYTHON)
 NODE := target/release/rebeam-node
 APP ?= examples/chat
 
-.PHONY: setup build run test test-rust test-python test-chaos test-deploy chaos lint bench clean image compose-env compose-tls
+.PHONY: setup build run test test-rust test-python test-chaos test-scale test-deploy chaos lint bench bench-scale clean image compose-env compose-tls
 
 setup:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py -r tests/requirements.txt
@@ -43,6 +43,19 @@ chaos: setup build
 	REBEAM_NODE=$(CURDIR)/$(NODE) REBEAM_CONTROLLER=$(CURDIR)/target/release/rebeam-controller \
 		$(PYTHON) tests/chaos/chaos.py --trials $(TRIALS) $(if $(SEED),--seed $(SEED)) \
 		--controllers $(CONTROLLERS) --out bench/results/chaos.json
+
+# The scale harness (bench/scale): simulated nodes against a real 3-member controller group.
+# `make test-scale` (not in `make test` yet: it fails while a loaded leader change outlasts the
+# node fence, see docs/capacity.md) fails when a healthy node is declared dead or misses a fence (leader killed
+# under load included); the long one writes bench/results/scale.json (docs/capacity.md).
+SCALE_NODES ?= 1000
+SCALE_NAMES ?= 100000
+test-scale:
+	target/release/rebeam-scale-bench --nodes 100 --names 10000 --seconds 3 --probes 5 \
+		--real-nodes 0 --check
+bench-scale: build
+	target/release/rebeam-scale-bench --nodes $(SCALE_NODES) --names $(SCALE_NAMES) \
+		--out bench/results/scale.json
 
 # The Helm chart rendered and validated, the image run as the chart's pods, the compose
 # cluster broken on purpose (tests/deploy; needs Docker).

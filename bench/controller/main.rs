@@ -271,6 +271,8 @@ fn heartbeat(
                             node: node.clone(),
                             incarnation: inc,
                         }),
+                        // The crash rounds hold a watch stream for this node.
+                        watching: true,
                     };
                     if nc.heartbeat(req).await.is_ok() && !stop.load(Ordering::Relaxed) {
                         *last2.lock() = Some(Instant::now());
@@ -300,7 +302,10 @@ fn keep_bench_node(
                         incarnation: inc.load(Ordering::Relaxed),
                     };
                     let r = nc
-                        .heartbeat(pb::HeartbeatRequest { node: Some(node) })
+                        .heartbeat(pb::HeartbeatRequest {
+                            node: Some(node),
+                            watching: false,
+                        })
                         .await;
                     if r.is_err_and(|e| e.code() == tonic::Code::FailedPrecondition) {
                         deaths.fetch_add(1, Ordering::Relaxed);

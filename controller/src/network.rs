@@ -93,8 +93,11 @@ impl PeerClient {
             "vote" => client.vote(request).await,
             _ => client.install_snapshot(request).await,
         };
+        // Only a peer that cannot be reached is Unreachable, which makes openraft back off
+        // (see `backoff`). A slow answer is not: under load a follower that answered late
+        // would otherwise get no heartbeat for the whole backoff and call an election.
         let reply = reply.map_err(|s| match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            tonic::Code::Unavailable => {
                 RPCError::Unreachable(Unreachable::new(&Msg(s.message().to_string())))
             }
             _ => RPCError::Network(NetworkError::new(&Msg(format!(
@@ -111,6 +114,12 @@ impl PeerClient {
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
+    /// A peer that could not be reached is tried again after 100 ms (openraft's default is
+    /// 500 ms, longer than an election timeout, so a restarted member waited needlessly).
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(std::time::Duration::from_millis(100)))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -80,6 +80,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
                     node: "node-a".into(),
                     incarnation: inc,
                 }),
+                watching: false,
             })
             .await,
     );
@@ -210,6 +211,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
                     node: "ghost".into(),
                     incarnation: 3,
                 }),
+                watching: false,
             })
             .await,
         );
@@ -219,7 +221,13 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     check("heartbeat of unknown node", s, Code::NotFound, "join first");
-    let s = status(nc.heartbeat(pb::HeartbeatRequest { node: None }).await);
+    let s = status(
+        nc.heartbeat(pb::HeartbeatRequest {
+            node: None,
+            watching: false,
+        })
+        .await,
+    );
     check(
         "heartbeat without node",
         s,

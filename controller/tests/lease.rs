@@ -129,7 +129,13 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
     });
     let e = on_leader_node(&c, |mut n| {
         let node = node_a.clone();
-        async move { n.heartbeat(pb::HeartbeatRequest { node }).await }
+        async move {
+            n.heartbeat(pb::HeartbeatRequest {
+                node,
+                watching: false,
+            })
+            .await
+        }
     })
     .await
     .expect_err("stale");

@@ -62,7 +62,7 @@ impl NodeService for NodeApi {
             Outcome::Joined { incarnation } => {
                 self.core
                     .leases
-                    .renew(&node, incarnation, self.core.config.timings.lease);
+                    .renew(&node, incarnation, self.core.config.timings.lease, true);
                 tracing::info!(node, incarnation, "node joined");
                 Ok(Response::new(self.join_reply(incarnation)))
             }
@@ -74,7 +74,9 @@ impl NodeService for NodeApi {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
-        let (node, incarnation) = node_ref(req.into_inner().node)?;
+        let r = req.into_inner();
+        let watching = r.watching;
+        let (node, incarnation) = node_ref(r.node)?;
         self.core.ensure_leader()?;
         let term = self.core.raft.metrics().borrow().current_term;
         let t = &self.core.config.timings;
@@ -93,7 +95,7 @@ impl NodeService for NodeApi {
             .state
             .check_live(&node, incarnation)?;
         let lease = self.core.config.timings.lease;
-        self.core.leases.renew(&node, incarnation, lease);
+        self.core.leases.renew(&node, incarnation, lease, watching);
         Ok(Response::new(pb::HeartbeatReply {
             lease_ms: lease.as_millis() as u64,
         }))

@@ -1,6 +1,7 @@
 //! The per-node watch stream: a full view first, then every relevant change in log order.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use rebeam_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
@@ -87,10 +88,10 @@ fn snapshot_events(
 
 /// The node went away (crash or lost connection). It fences itself within the stream fence,
 /// so the leader need not wait for the whole lease.
-fn gone(core: &Core, node: &str, incarnation: u64) {
+fn gone(core: &Core, node: &str, incarnation: u64, opened: Instant) {
     if core.ensure_leader().is_ok() {
         core.leases
-            .stream_closed(node, incarnation, core.config.timings.stream_fence);
+            .stream_closed(node, incarnation, opened, core.config.timings.stream_fence);
     }
 }
 
@@ -101,16 +102,17 @@ pub fn start(
     incarnation: u64,
 ) -> mpsc::Receiver<Result<pb::WatchEvent, Status>> {
     let (tx, out) = mpsc::channel(1024);
+    let opened = Instant::now();
     tokio::spawn(async move {
         let (first, mut rx) = snapshot_events(&core, &node);
         for ev in first {
             if tx.send(Ok(ev)).await.is_err() {
-                return gone(&core, &node, incarnation);
+                return gone(&core, &node, incarnation, opened);
             }
         }
         loop {
             let batch = tokio::select! {
-                _ = tx.closed() => return gone(&core, &node, incarnation),
+                _ = tx.closed() => return gone(&core, &node, incarnation, opened),
                 r = rx.recv() => r,
             };
             let batch = match batch {
@@ -132,7 +134,7 @@ pub fn start(
                     rx = new_rx;
                     for ev in snap {
                         if tx.send(Ok(ev)).await.is_err() {
-                            return gone(&core, &node, incarnation);
+                            return gone(&core, &node, incarnation, opened);
                         }
                     }
                     break;
@@ -142,7 +144,7 @@ pub fn start(
                 }
                 if let Some(e) = watch_event(batch.index, ev, &node) {
                     if tx.send(Ok(e)).await.is_err() {
-                        return gone(&core, &node, incarnation);
+                        return gone(&core, &node, incarnation, opened);
                     }
                 }
             }

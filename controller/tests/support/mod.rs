@@ -372,6 +372,8 @@ pub fn heartbeat(
                         node: node.clone(),
                         incarnation,
                     }),
+                    // Tests that hold a watch stream for the node count on its close.
+                    watching: true,
                 };
                 if c.node_client(l).heartbeat(req).await.is_ok() {
                     *last2.lock() = Some(Instant::now());

@@ -182,6 +182,8 @@ struct LeaseKeeper {
 struct KeeperState {
     last_ok: Instant,
     broken_at: Option<Instant>,
+    /// A watch stream is open (told to the leader with each renewal).
+    watching: bool,
 }
 
 impl LeaseKeeper {
@@ -191,6 +193,7 @@ impl LeaseKeeper {
             state: Mutex::new(KeeperState {
                 last_ok: joined_at,
                 broken_at: None,
+                watching: false,
             }),
             renew_now: tokio::sync::Notify::new(),
         }
@@ -223,9 +226,23 @@ impl LeaseKeeper {
     fn stream_broke(&self, cluster: &Cluster, at: Instant) {
         let mut st = self.state.lock();
         st.broken_at.get_or_insert(at);
+        st.watching = false;
         self.publish(cluster, &st);
         drop(st);
         self.renew_now.notify_one();
+    }
+
+    /// What the next renewal says of the watch stream: open only if no break is still
+    /// untold (a renewal sent after the break has not succeeded yet), even if a new stream
+    /// opened meanwhile, so that the leader can tell the node saw the break.
+    fn watching_for_renewal(&self) -> bool {
+        let st = self.state.lock();
+        st.watching && st.broken_at.is_none()
+    }
+
+    /// A watch stream is open again.
+    fn stream_opened(&self) {
+        self.state.lock().watching = true;
     }
 
     /// The member that served the broken stream is not running: it cannot declare anything.
@@ -320,6 +337,7 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
         }
         let request = pb::HeartbeatRequest {
             node: Some(node_ref(cluster, session)),
+            watching: keeper.watching_for_renewal(),
         };
         let tried = Mutex::new(Instant::now());
         let call = cluster.controller.node_until(
@@ -403,6 +421,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
                 continue;
             }
         };
+        keeper.stream_opened();
         cluster.begin_view();
         while let Some(event) = stream.next().await {
             match event {

@@ -1,0 +1,1089 @@
+//! Scale harness (issue 16): many simulated nodes against a real 3-member controller group.
+//!
+//! Each simulated node is what a real node is to the controllers, without Python: it joins,
+//! renews its lease every heartbeat through whichever member leads, and follows its watch
+//! stream (the full view, then every change). Real `rebeam-node` processes can run beside
+//! them (`--real-nodes`). Measured: lease renewals/s, watch fan-out latency (a name
+//! registered → seen by every node), registry writes/s with many names held, time to detect
+//! a dead node and reassign its child, controller memory, snapshot size and time, and leader
+//! failover under that load. `make bench-scale`; `--check` fails the run when a healthy node
+//! was declared dead or went a fence without a renewal, or a probe did not reach every node.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use parking_lot::Mutex;
+use rebeam_proto::v1 as pb;
+use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
+use rebeam_proto::v1::node_service_client::NodeServiceClient;
+use serde_json::json;
+use tokio::task::JoinSet;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+const SECRET: &str = "scale-bench-secret";
+
+#[derive(Parser, Debug)]
+#[command(about = "Simulated nodes against a real 3-member controller group")]
+struct Args {
+    /// Simulated nodes (lease and watch clients).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Global names registered before the write measurements.
+    #[arg(long, default_value_t = 100_000)]
+    names: usize,
+    /// Seconds of each throughput measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent registry writers (one connection each).
+    #[arg(long, default_value_t = 64)]
+    writers: usize,
+    /// Names registered per call in the batched write measurement (as a node batches its
+    /// processes' concurrent registrations).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Watch fan-out probes (one name each, registered one after the other).
+    #[arg(long, default_value_t = 20)]
+    probes: usize,
+    /// Real `rebeam-node` processes started beside the simulated ones.
+    #[arg(long, default_value_t = 2)]
+    real_nodes: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Exit non-zero when a healthy node was declared dead or went a fence without renewal,
+    /// or a probe did not reach every watching node.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Clone)]
+struct Bearer;
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Ok(v) = format!("Bearer {SECRET}").parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
+type Client = ClusterServiceClient<InterceptedService<Channel, Bearer>>;
+
+fn node_client(ch: Channel) -> NodeClient {
+    NodeServiceClient::with_interceptor(ch, Bearer).max_decoding_message_size(256 << 20)
+}
+
+fn cluster_client(ch: Channel) -> Client {
+    ClusterServiceClient::with_interceptor(ch, Bearer)
+}
+
+fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_millis(500))
+            .keep_alive_timeout(Duration::from_millis(500))
+            .keep_alive_while_idle(true)
+            .connect_lazy(),
+    )
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+struct Member {
+    id: u64,
+    raft: SocketAddr,
+    api: SocketAddr,
+    dir: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+/// Three real controller processes, and which one was last seen leading.
+struct Cluster {
+    root: PathBuf,
+    members: Vec<Member>,
+    hint: AtomicUsize,
+    control: Vec<Channel>,
+}
+
+impl Cluster {
+    fn start(n: u64) -> anyhow::Result<Cluster> {
+        let root = std::env::temp_dir().join(format!("rebeam-scale-{}", std::process::id()));
+        let mut members = Vec::new();
+        for id in 1..=n {
+            let dir = root.join(format!("member-{id}"));
+            std::fs::create_dir_all(&dir)?;
+            members.push(Member {
+                id,
+                raft: free_port()?,
+                api: free_port()?,
+                dir,
+                child: Mutex::new(None),
+            });
+        }
+        let control = members
+            .iter()
+            .map(|m| channel(m.api))
+            .collect::<anyhow::Result<_>>()?;
+        let c = Cluster {
+            root,
+            members,
+            hint: AtomicUsize::new(0),
+            control,
+        };
+        for i in 0..c.members.len() {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    fn spawn(&self, i: usize) -> anyhow::Result<()> {
+        let exe = sibling("rebeam-controller")?;
+        let m = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("member-{}.log", m.id)))?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--id", &m.id.to_string()])
+            .args(["--raft-listen", &m.raft.to_string()])
+            .args(["--api-listen", &m.api.to_string()])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&m.dir)
+            .args(["--init", "--secret", SECRET])
+            .env(
+                "RUST_LOG",
+                std::env::var("SCALE_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        for p in self.members.iter().filter(|p| p.id != m.id) {
+            cmd.arg("--peer")
+                .arg(format!("{}={}/{}", p.id, p.raft, p.api));
+        }
+        *m.child.lock() = Some(
+            cmd.spawn()
+                .with_context(|| format!("spawning {}", exe.display()))?,
+        );
+        Ok(())
+    }
+
+    fn kill9(&self, i: usize) {
+        if let Some(mut c) = self.members[i].child.lock().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.lock().as_ref().map(|c| c.id())
+    }
+
+    fn index_of(&self, api: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.api.to_string() == api)
+    }
+
+    async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            for i in 0..self.members.len() {
+                if self.pid(i).is_none() {
+                    continue;
+                }
+                let status = tokio::time::timeout(
+                    Duration::from_millis(300),
+                    cluster_client(self.control[i].clone()).status(pb::StatusRequest {}),
+                )
+                .await;
+                if let Ok(Ok(s)) = status {
+                    if s.get_ref().is_leader {
+                        self.hint.store(i, Ordering::Relaxed);
+                        return Ok(i);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        bail!("no leader within {timeout:?}")
+    }
+
+    fn api_list(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.api.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+        if std::env::var_os("REBEAM_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        } else {
+            println!("logs kept in {}", self.root.display());
+        }
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let p = std::env::current_exe()?.with_file_name(name);
+    if !p.exists() {
+        bail!(
+            "{} not found next to this binary; build the workspace in release",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Runs `f` against the leader (following redirects, trying every member), each attempt
+/// bounded by `attempt`, until `deadline`.
+async fn call<T, F, Fut>(
+    c: &Cluster,
+    chans: &[Channel],
+    deadline: Instant,
+    attempt: Duration,
+    f: F,
+) -> Result<T, Status>
+where
+    F: Fn(Channel) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let n = chans.len();
+    let mut last = Status::unavailable("no attempt");
+    let mut tries = 0usize;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(last);
+        }
+        let i = c.hint.load(Ordering::Relaxed) % n;
+        let bound = attempt.min(deadline - now);
+        let status = match tokio::time::timeout(bound, f(chans[i].clone())).await {
+            Ok(Ok(r)) => return Ok(r.into_inner()),
+            Ok(Err(s)) => s,
+            Err(_) => Status::deadline_exceeded("attempt timed out"),
+        };
+        let redirect = status
+            .metadata()
+            .get("x-rebeam-leader")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| c.index_of(a))
+            .filter(|&j| j != i);
+        match redirect {
+            Some(j) => c.hint.store(j, Ordering::Relaxed),
+            None if matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+            ) =>
+            {
+                let _ =
+                    c.hint
+                        .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+                tries += 1;
+                if tries.is_multiple_of(n) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            None => return Err(status),
+        }
+        last = status;
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    renewals: AtomicU64,
+    renew_failures: AtomicU64,
+    declared_dead: AtomicU64,
+    fence_gaps: AtomicU64,
+    max_gap_ms: AtomicU64,
+    events: AtomicU64,
+    lagged: AtomicU64,
+    reopened: AtomicU64,
+    probes: Mutex<HashMap<String, Vec<Instant>>>,
+    dead_seen: Mutex<HashMap<String, Instant>>,
+    assigned: Mutex<Vec<(String, Instant)>>,
+}
+
+/// One simulated node.
+struct Sim {
+    name: String,
+    incarnation: u64,
+    heartbeat: Duration,
+    fence: Duration,
+    chans: Vec<Channel>,
+    last_ok: Mutex<Instant>,
+    /// Stops renewing (a silent node, its stream still open).
+    silent: AtomicBool,
+    /// Its watch stream is open (said with each renewal, as a real node does).
+    watching: AtomicBool,
+    /// The stream broke: renew at once, as a real node does.
+    renew_now: tokio::sync::Notify,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Sim {
+    fn node_ref(&self) -> pb::NodeRef {
+        pb::NodeRef {
+            node: self.name.clone(),
+            incarnation: self.incarnation,
+        }
+    }
+
+    fn pid(&self, serial: u64) -> pb::Pid {
+        pb::Pid {
+            node: self.name.clone(),
+            incarnation: self.incarnation,
+            serial,
+        }
+    }
+
+    /// A crash: no more renewals, the watch stream closes.
+    fn crash(&self) {
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn join(c: &Arc<Cluster>, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<Arc<Sim>> {
+    let chans: Vec<Channel> = c
+        .members
+        .iter()
+        .map(|m| channel(m.api))
+        .collect::<anyhow::Result<_>>()?;
+    let req = pb::JoinRequest {
+        node: name.into(),
+        address: "127.0.0.1:9".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        capacity: 0,
+    };
+    let r = call(
+        c,
+        &chans,
+        Instant::now() + Duration::from_secs(30),
+        Duration::from_secs(5),
+        |ch| {
+            let req = req.clone();
+            async move { node_client(ch).join(req).await }
+        },
+    )
+    .await
+    .with_context(|| format!("joining {name}"))?;
+    Ok(Arc::new(Sim {
+        name: name.into(),
+        incarnation: r.incarnation,
+        heartbeat: Duration::from_millis(r.heartbeat_ms.max(10)),
+        fence: Duration::from_millis(r.fence_ms.max(50)),
+        chans,
+        last_ok: Mutex::new(Instant::now()),
+        silent: AtomicBool::new(false),
+        watching: AtomicBool::new(false),
+        renew_now: tokio::sync::Notify::new(),
+        tasks: Mutex::new(Vec::new()),
+    }))
+}
+
+fn start_sim(c: &Arc<Cluster>, s: &Arc<Sim>, st: &Arc<Stats>, watch: bool) {
+    let mut tasks = vec![tokio::spawn(heartbeats(c.clone(), s.clone(), st.clone()))];
+    if watch {
+        tasks.push(tokio::spawn(follow(c.clone(), s.clone(), st.clone())));
+    }
+    s.tasks.lock().extend(tasks);
+}
+
+async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
+    let mut tick = tokio::time::interval(s.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let attempt = (s.fence / 5).clamp(Duration::from_millis(50), Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = s.renew_now.notified() => {}
+        }
+        if s.silent.load(Ordering::Relaxed) {
+            continue;
+        }
+        let req = pb::HeartbeatRequest {
+            node: Some(s.node_ref()),
+            watching: s.watching.load(Ordering::Relaxed),
+        };
+        let deadline = *s.last_ok.lock() + s.fence;
+        let sent = Instant::now();
+        let r = call(&c, &s.chans, deadline.max(sent + attempt), attempt, |ch| {
+            let req = req.clone();
+            async move { node_client(ch).heartbeat(req).await }
+        })
+        .await;
+        match r {
+            Ok(_) => {
+                st.renewals.fetch_add(1, Ordering::Relaxed);
+                let mut last = s.last_ok.lock();
+                let gap = sent.saturating_duration_since(*last);
+                if gap > s.fence {
+                    st.fence_gaps.fetch_add(1, Ordering::Relaxed);
+                }
+                st.max_gap_ms
+                    .fetch_max(gap.as_millis() as u64, Ordering::Relaxed);
+                *last = sent;
+            }
+            Err(e) if matches!(e.code(), Code::FailedPrecondition | Code::NotFound) => {
+                st.declared_dead.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{} declared dead: {}", s.name, e.message());
+                return;
+            }
+            Err(_) => {
+                st.renew_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
+    loop {
+        let req = pb::WatchRequest {
+            node: Some(s.node_ref()),
+        };
+        let opened = call(
+            &c,
+            &s.chans,
+            Instant::now() + Duration::from_secs(10),
+            Duration::from_secs(2),
+            |ch| {
+                let req = req.clone();
+                async move { node_client(ch).watch(req).await }
+            },
+        )
+        .await;
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) if e.code() == Code::FailedPrecondition => return,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        s.watching.store(true, Ordering::Relaxed);
+        loop {
+            match stream.message().await {
+                Ok(Some(ev)) => seen(&s, &st, ev),
+                Ok(None) => break,
+                Err(e) => {
+                    if e.code() == Code::ResourceExhausted {
+                        st.lagged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if e.code() == Code::FailedPrecondition {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        s.watching.store(false, Ordering::Relaxed);
+        s.renew_now.notify_one();
+        st.reopened.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn seen(s: &Sim, st: &Stats, ev: pb::WatchEvent) {
+    use pb::watch_event::Event;
+    let now = Instant::now();
+    st.events.fetch_add(1, Ordering::Relaxed);
+    match ev.event {
+        Some(Event::NameRegistered(n)) if n.name.starts_with("probe-") => {
+            st.probes.lock().entry(n.name).or_default().push(now);
+        }
+        Some(Event::NodeChanged(n)) if n.status != pb::NodeStatus::Alive as i32 => {
+            st.dead_seen.lock().entry(n.id).or_insert(now);
+        }
+        Some(Event::Assignment(_)) => st.assigned.lock().push((s.name.clone(), now)),
+        Some(Event::Snapshot(v)) if !v.assignments.is_empty() => {
+            st.assigned.lock().push((s.name.clone(), now))
+        }
+        _ => {}
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn rss_mib(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return f64::NAN };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Counters of the simulated nodes, to report a phase's share.
+fn counters(st: &Stats) -> [u64; 6] {
+    [
+        st.renewals.load(Ordering::Relaxed),
+        st.renew_failures.load(Ordering::Relaxed),
+        st.declared_dead.load(Ordering::Relaxed),
+        st.fence_gaps.load(Ordering::Relaxed),
+        st.lagged.load(Ordering::Relaxed),
+        st.events.load(Ordering::Relaxed),
+    ]
+}
+
+fn delta(a: [u64; 6], b: [u64; 6], secs: f64) -> serde_json::Value {
+    json!({
+        "renewals_per_s": ((b[0] - a[0]) as f64 / secs).round(),
+        "renewal_failures": b[1] - a[1],
+        "declared_dead": b[2] - a[2],
+        "fence_gaps": b[3] - a[3],
+        "watch_lagged": b[4] - a[4],
+        "watch_events_per_s": ((b[5] - a[5]) as f64 / secs).round(),
+    })
+}
+
+/// Registers and releases names as fast as `writers` concurrent callers can, for `secs`;
+/// with `batch` > 1 each call registers that many fresh names at once.
+async fn write_load(
+    c: &Arc<Cluster>,
+    owners: &[Arc<Sim>],
+    writers: usize,
+    batch: usize,
+    secs: Duration,
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<(Instant, Instant)>>>,
+) -> anyhow::Result<(u64, u64)> {
+    let acked = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + secs;
+    let mut set = JoinSet::new();
+    for w in 0..writers {
+        let c = c.clone();
+        let owner = owners[w % owners.len()].clone();
+        let (acked, failed, stop, acks) =
+            (acked.clone(), failed.clone(), stop.clone(), acks.clone());
+        let chans: Vec<Channel> = c
+            .members
+            .iter()
+            .map(|m| channel(m.api))
+            .collect::<anyhow::Result<_>>()?;
+        set.spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let pid = owner.pid(1_000_000 + w as u64);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let attempt = Duration::from_secs(1);
+                let ok = if batch > 1 {
+                    let req = pb::RegisterNamesRequest {
+                        registrations: (0..batch)
+                            .map(|k| pb::RegisterNameRequest {
+                                name: format!("b-{w}-{i}-{k}"),
+                                pid: Some(pid.clone()),
+                            })
+                            .collect(),
+                    };
+                    call(&c, &chans, deadline, attempt, |ch| {
+                        let req = req.clone();
+                        async move { cluster_client(ch).register_names(req).await }
+                    })
+                    .await
+                    .map(|r| r.outcomes.iter().filter(|o| o.registered).count() as u64)
+                } else {
+                    let name = format!("w-{w}-{i}");
+                    let req = pb::RegisterNameRequest {
+                        name: name.clone(),
+                        pid: Some(pid.clone()),
+                    };
+                    let reg = call(&c, &chans, deadline, attempt, |ch| {
+                        let req = req.clone();
+                        async move { cluster_client(ch).register_name(req).await }
+                    })
+                    .await;
+                    let un = pb::UnregisterNameRequest {
+                        name,
+                        pid: Some(pid.clone()),
+                    };
+                    match reg {
+                        Ok(_) => call(&c, &chans, deadline, attempt, |ch| {
+                            let un = un.clone();
+                            async move { cluster_client(ch).unregister_name(un).await }
+                        })
+                        .await
+                        .map(|_| 2),
+                        Err(e) => Err(e),
+                    }
+                };
+                match ok {
+                    Ok(n) => {
+                        acked.fetch_add(n, Ordering::Relaxed);
+                        // When an acknowledged write was sent and acknowledged: the first
+                        // one sent after a fault shows when the group took writes again.
+                        acks.lock().push((sent, Instant::now()));
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    Ok((
+        acked.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    ))
+}
+
+async fn submit(c: &Arc<Cluster>, chans: &[Channel], manifest_toml: String) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    w.start_file("rebeam.toml", zip::write::SimpleFileOptions::default())?;
+    w.write_all(manifest_toml.as_bytes())?;
+    let req = pb::SubmitAppRequest {
+        code: w.finish()?.into_inner(),
+        manifest_toml,
+    };
+    call(
+        c,
+        chans,
+        Instant::now() + Duration::from_secs(10),
+        Duration::from_secs(5),
+        |ch| {
+            let req = req.clone();
+            async move { cluster_client(ch).submit_app(req).await }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn wait_until<F: Fn() -> bool>(what: &str, timeout: Duration, f: F) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// A node crashes (stream closed) or goes silent (stream open, no renewals); times how long
+/// until every... the others see it dead and its child is assigned to another node.
+async fn dead_node(
+    st: &Arc<Stats>,
+    holder: &Arc<Sim>,
+    crash: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let before = st.assigned.lock().len();
+    let t0 = Instant::now();
+    if crash {
+        holder.crash();
+    } else {
+        holder.silent.store(true, Ordering::Relaxed);
+    }
+    wait_until("node seen dead", Duration::from_secs(20), || {
+        st.dead_seen.lock().contains_key(&holder.name)
+    })
+    .await?;
+    let dead_at = st.dead_seen.lock()[&holder.name];
+    wait_until("child reassigned", Duration::from_secs(20), || {
+        st.assigned.lock()[before..]
+            .iter()
+            .any(|(n, _)| *n != holder.name)
+    })
+    .await?;
+    let moved = st.assigned.lock()[before..]
+        .iter()
+        .find(|(n, _)| *n != holder.name)
+        .map(|(_, t)| *t)
+        .unwrap_or(t0);
+    if !crash {
+        holder.crash();
+    }
+    Ok(json!({
+        "fault": if crash { "crash (stream closed)" } else { "silent (lease expiry)" },
+        "declared_dead_ms": ms(dead_at - t0),
+        "child_reassigned_ms": ms(moved - t0),
+    }))
+}
+
+fn start_real_node(c: &Cluster, i: usize) -> anyhow::Result<Child> {
+    let exe = sibling("rebeam-node")?;
+    let dir = c.root.join(format!("real-{i}"));
+    std::fs::create_dir_all(&dir)?;
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET)?;
+    let log = std::fs::File::create(dir.join("node.log"))?;
+    Ok(Command::new(exe)
+        .args(["--name", &format!("real-{i}")])
+        .args(["--controllers", &c.api_list()])
+        .arg("--secret-file")
+        .arg(&secret)
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("REBEAM_LOG", "warn")
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let mut report = serde_json::Map::new();
+    let mut problems: Vec<String> = Vec::new();
+    report.insert("loadavg_start".into(), json!(loadavg()));
+    report.insert(
+        "config".into(),
+        json!({"nodes": a.nodes, "names": a.names, "seconds": a.seconds,
+               "writers": a.writers, "batch": a.batch, "real_nodes": a.real_nodes}),
+    );
+    let c = Arc::new(Cluster::start(3)?);
+    c.leader(Duration::from_secs(30)).await?;
+    let st = Arc::new(Stats::default());
+    let control = c.control.clone();
+
+    // Nodes join, renew and watch.
+    let t = Instant::now();
+    let mut set = JoinSet::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    for i in 0..a.nodes {
+        let (c, gate) = (c.clone(), gate.clone());
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            join(&c, &format!("sim-{i:05}"), &[("role", "sim")]).await
+        });
+    }
+    let mut sims = Vec::new();
+    while let Some(r) = set.join_next().await {
+        sims.push(r??);
+    }
+    sims.sort_by(|x, y| x.name.cmp(&y.name));
+    for s in &sims {
+        start_sim(&c, s, &st, true);
+    }
+    let mut real = Vec::new();
+    for i in 0..a.real_nodes {
+        real.push(start_real_node(&c, i)?);
+    }
+    let joined_s = t.elapsed().as_secs_f64();
+    println!("{} nodes joined in {joined_s:.1} s", sims.len());
+    report.insert("join_s".into(), json!(joined_s));
+    // Every watch delivered its first view.
+    wait_until("first views", Duration::from_secs(60), || {
+        st.events.load(Ordering::Relaxed) >= sims.len() as u64
+    })
+    .await?;
+
+    // Steady state: renewals only.
+    let secs = Duration::from_secs(a.seconds);
+    let c0 = counters(&st);
+    tokio::time::sleep(secs).await;
+    let idle = delta(c0, counters(&st), secs.as_secs_f64());
+    println!("idle: {idle}");
+    report.insert("idle".into(), idle);
+
+    // Dead-node detection and reassignment among all the nodes.
+    let spares: Vec<Arc<Sim>> = {
+        let mut v = Vec::new();
+        for k in 0..3 {
+            let s = join(&c, &format!("victim-{k}"), &[("role", "victim")]).await?;
+            start_sim(&c, &s, &st, true);
+            v.push(s);
+        }
+        v
+    };
+    submit(
+        &c,
+        &control,
+        "[app]\nname = \"scale-app\"\nversion = \"1\"\n[[children]]\nstart = \"m:C\"\nname = \"c\"\nplacement = \"role=victim\"\n".into(),
+    )
+    .await?;
+    wait_until("child placed", Duration::from_secs(10), || {
+        !st.assigned.lock().is_empty()
+    })
+    .await?;
+    let mut dead = Vec::new();
+    for crash in [true, false] {
+        let holder = st.assigned.lock().last().map(|(n, _)| n.clone());
+        let Some(holder) = holder.and_then(|h| spares.iter().find(|s| s.name == h).cloned()) else {
+            bail!("the child is not on a victim node");
+        };
+        let r = dead_node(&st, &holder, crash).await?;
+        println!("dead node: {r}");
+        dead.push(r);
+    }
+    report.insert("dead_node".into(), json!(dead));
+
+    // Names held.
+    let t = Instant::now();
+    let c0 = counters(&st);
+    let mut set = JoinSet::new();
+    let per = 1000usize;
+    let gate = Arc::new(tokio::sync::Semaphore::new(8));
+    for chunk in 0..a.names.div_ceil(per) {
+        let (c, gate, owner, control) = (
+            c.clone(),
+            gate.clone(),
+            sims[chunk % sims.len()].clone(),
+            control.clone(),
+        );
+        let n = per.min(a.names - chunk * per);
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let req = pb::RegisterNamesRequest {
+                registrations: (0..n)
+                    .map(|k| pb::RegisterNameRequest {
+                        name: format!("held-{chunk}-{k}"),
+                        pid: Some(owner.pid(k as u64 + 1)),
+                    })
+                    .collect(),
+            };
+            let r = call(
+                &c,
+                &control,
+                Instant::now() + Duration::from_secs(30),
+                Duration::from_secs(10),
+                |ch| {
+                    let req = req.clone();
+                    async move { cluster_client(ch).register_names(req).await }
+                },
+            )
+            .await?;
+            anyhow::Ok(r.outcomes.iter().filter(|o| o.registered).count())
+        });
+    }
+    let mut held = 0;
+    while let Some(r) = set.join_next().await {
+        held += r??;
+    }
+    let fill = t.elapsed();
+    let fill_phase = delta(c0, counters(&st), fill.as_secs_f64());
+    println!(
+        "{held} names registered in {:.1} s ({:.0}/s, batches of {per}): {fill_phase}",
+        fill.as_secs_f64(),
+        held as f64 / fill.as_secs_f64()
+    );
+    report.insert(
+        "names_fill".into(),
+        json!({"names": held, "s": fill.as_secs_f64(),
+               "per_s": (held as f64 / fill.as_secs_f64()).round(), "nodes": fill_phase}),
+    );
+
+    // Watch fan-out: one name registered, seen by every watching node.
+    let watchers = sims.len();
+    let mut lat = Vec::new();
+    let mut all = Vec::new();
+    let mut incomplete = 0;
+    for p in 0..a.probes {
+        let name = format!("probe-{p}");
+        let req = pb::RegisterNameRequest {
+            name: name.clone(),
+            pid: Some(sims[0].pid(999)),
+        };
+        let t0 = Instant::now();
+        call(
+            &c,
+            &control,
+            t0 + Duration::from_secs(10),
+            Duration::from_secs(5),
+            |ch| {
+                let req = req.clone();
+                async move { cluster_client(ch).register_name(req).await }
+            },
+        )
+        .await?;
+        let done = wait_until("probe seen by every node", Duration::from_secs(10), || {
+            st.probes.lock().get(&name).map_or(0, |v| v.len()) >= watchers
+        })
+        .await;
+        if done.is_err() {
+            incomplete += 1;
+        }
+        let seen: Vec<f64> = st
+            .probes
+            .lock()
+            .get(&name)
+            .map(|v| v.iter().map(|t| ms(*t - t0)).collect())
+            .unwrap_or_default();
+        if let Some(m) = seen.iter().cloned().reduce(f64::max) {
+            all.push(m);
+        }
+        lat.extend(seen);
+    }
+    let fanout = json!({
+        "probes": a.probes, "watchers": watchers, "incomplete": incomplete,
+        "per_node_ms": {"p50": pct(&mut lat, 0.5), "p99": pct(&mut lat, 0.99)},
+        "all_nodes_ms": {"p50": pct(&mut all, 0.5), "p99": pct(&mut all, 0.99), "max": pct(&mut all, 1.0)},
+    });
+    println!("watch fan-out: {fanout}");
+    if incomplete > 0 {
+        problems.push(format!("{incomplete} probes did not reach every node"));
+    }
+    report.insert("fanout".into(), fanout);
+
+    // Registry writes with the names held, one name per call and batched.
+    let mut writes = Vec::new();
+    for batch in [1, a.batch] {
+        let c0 = counters(&st);
+        let t = Instant::now();
+        let (acked, failed) = write_load(
+            &c,
+            &sims,
+            a.writers,
+            batch,
+            secs,
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(Vec::new())),
+        )
+        .await?;
+        let el = t.elapsed().as_secs_f64();
+        let nodes = delta(c0, counters(&st), el);
+        let r = json!({"names_per_call": batch, "writes": acked, "failed_calls": failed,
+                       "writes_per_s": (acked as f64 / el).round(), "nodes": nodes});
+        println!("registry writes: {r}");
+        writes.push(r);
+    }
+    report.insert("registry_writes".into(), json!(writes));
+
+    // Memory and snapshot.
+    let rss: Vec<f64> = (0..c.members.len()).map(|i| rss_mib(c.pid(i))).collect();
+    let l = c.leader(Duration::from_secs(10)).await?;
+    let t = Instant::now();
+    let snap = cluster_client(c.control[l].clone())
+        .snapshot(pb::SnapshotRequest {})
+        .await?;
+    let snap_s = t.elapsed().as_secs_f64();
+    let snap_bytes = dir_bytes(&c.members[l].dir.join("snapshots"));
+    let mem = json!({"rss_mib": rss, "snapshot_s": snap_s, "snapshot_bytes": snap_bytes,
+                     "snapshot_index": snap.get_ref().snapshot_index,
+                     "data_dir_bytes": dir_bytes(&c.members[l].dir)});
+    println!("memory and snapshot: {mem}");
+    report.insert("controller".into(), mem);
+
+    // Leader failover under load: writers and every node's renewals keep going.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let load = {
+        let (c, sims, stop, acks) = (c.clone(), sims.clone(), stop.clone(), acks.clone());
+        let writers = a.writers;
+        tokio::spawn(async move {
+            write_load(&c, &sims, writers, 1, Duration::from_secs(3600), stop, acks).await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c0 = counters(&st);
+    let old = c.leader(Duration::from_secs(10)).await?;
+    let t0 = Instant::now();
+    c.kill9(old);
+    let new = c.leader(Duration::from_secs(20)).await?;
+    let elected = t0.elapsed();
+    wait_until("a write after the kill", Duration::from_secs(20), || {
+        acks.lock().iter().any(|(sent, _)| *sent > t0)
+    })
+    .await?;
+    let first_write = acks
+        .lock()
+        .iter()
+        .filter(|(sent, _)| *sent > t0)
+        .map(|(_, acked)| *acked - t0)
+        .min()
+        .unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (_, failed) = load.await??;
+    let nodes = delta(c0, counters(&st), t0.elapsed().as_secs_f64());
+    let fo = json!({"killed": c.members[old].id, "new_leader": c.members[new].id,
+                    "leader_elected_ms": ms(elected), "first_write_ms": ms(first_write),
+                    "failed_write_calls": failed, "nodes": nodes});
+    println!("leader failover under load: {fo}");
+    c.spawn(old)?;
+    report.insert("failover".into(), fo);
+
+    let dead = st.declared_dead.load(Ordering::Relaxed);
+    let gaps = st.fence_gaps.load(Ordering::Relaxed);
+    if dead > 0 {
+        problems.push(format!("{dead} healthy simulated nodes were declared dead"));
+    }
+    if gaps > 0 {
+        problems.push(format!(
+            "{gaps} renewals came more than a fence after the previous one (max gap {} ms)",
+            st.max_gap_ms.load(Ordering::Relaxed)
+        ));
+    }
+    for mut r in real {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+    report.insert("loadavg_end".into(), json!(loadavg()));
+    report.insert("problems".into(), json!(problems));
+    let out = serde_json::Value::Object(report);
+    if let Some(p) = &a.out {
+        std::fs::write(p, serde_json::to_string_pretty(&out)? + "\n")?;
+    }
+    for p in &problems {
+        println!("PROBLEM {p}");
+    }
+    if a.check && !problems.is_empty() {
+        bail!("{} problems", problems.len());
+    }
+    Ok(())
+}
