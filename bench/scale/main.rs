@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use parking_lot::Mutex;
+use rebeam_grpc::BearerInjector;
 use rebeam_proto::v1 as pb;
 use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
 use rebeam_proto::v1::node_service_client::NodeServiceClient;
@@ -66,27 +67,20 @@ struct Args {
     check: bool,
 }
 
-#[derive(Clone)]
-struct Bearer;
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Ok(v) = format!("Bearer {SECRET}").parse() {
-            req.metadata_mut().insert("authorization", v);
-        }
-        Ok(req)
-    }
+/// The cluster secret on every request, as members send it (the project's one injector).
+fn bearer() -> BearerInjector {
+    BearerInjector::new(SECRET)
 }
 
-type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
-type Client = ClusterServiceClient<InterceptedService<Channel, Bearer>>;
+type NodeClient = NodeServiceClient<InterceptedService<Channel, BearerInjector>>;
+type Client = ClusterServiceClient<InterceptedService<Channel, BearerInjector>>;
 
 fn node_client(ch: Channel) -> NodeClient {
-    NodeServiceClient::with_interceptor(ch, Bearer).max_decoding_message_size(256 << 20)
+    NodeServiceClient::with_interceptor(ch, bearer()).max_decoding_message_size(256 << 20)
 }
 
 fn cluster_client(ch: Channel) -> Client {
-    ClusterServiceClient::with_interceptor(ch, Bearer)
+    ClusterServiceClient::with_interceptor(ch, bearer())
 }
 
 fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
