@@ -3,191 +3,31 @@
 //! Measures: registrations/s sustained with concurrent clients, lookup latency, time from a
 //! leader kill -9 to the first acknowledged write, and time from a node's last heartbeat (or
 //! its crash) to its top-level child being reassigned. Run a release build:
-//! `cargo run --release -p rebeam-controller --bin rebeam-controller-bench`.
+//! `cargo run --release -p rebeam-controller-bench` (needs `rebeam-controller` built beside it).
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use parking_lot::Mutex;
-use rebeam_grpc::BearerInjector;
 use rebeam_proto::v1 as pb;
-use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
-use rebeam_proto::v1::node_service_client::NodeServiceClient;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use rebeam_testkit::{app_archive, sibling, Client, ControllerGroup, GroupOptions};
 
-const SECRET: &str = "bench-secret";
+/// Three members started with `BENCH_CONTROLLER_ARGS` (to explore timings, e.g.
+/// "--election-timeout-ms 100") and quiet logs.
+type Cluster = ControllerGroup;
 
-/// The cluster secret on every request, as members send it.
-fn bearer() -> BearerInjector {
-    BearerInjector::new(SECRET)
-}
-
-type Client = ClusterServiceClient<InterceptedService<Channel, BearerInjector>>;
-type NodeClient = NodeServiceClient<InterceptedService<Channel, BearerInjector>>;
-
-fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(200))
-            .timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect_lazy(),
-    )
-}
-
-struct Member {
-    id: u64,
-    raft: SocketAddr,
-    api: SocketAddr,
-    dir: PathBuf,
-    child: Mutex<Option<Child>>,
-}
-
-struct Cluster {
-    root: PathBuf,
-    members: Vec<Member>,
-    /// One long-lived connection per member for control calls (status, heartbeats, probes),
-    /// as a node keeps one; tonic reconnects it after a member restarts.
-    control: Vec<Channel>,
-}
-
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-impl Cluster {
-    fn start(n: u64) -> anyhow::Result<Cluster> {
-        let root = std::env::temp_dir().join(format!("rebeam-ctl-bench-{}", std::process::id()));
-        let mut members = Vec::new();
-        for id in 1..=n {
-            let dir = root.join(format!("member-{id}"));
-            std::fs::create_dir_all(&dir)?;
-            members.push(Member {
-                id,
-                raft: free_port()?,
-                api: free_port()?,
-                dir,
-                child: Mutex::new(None),
-            });
-        }
-        let control = members
-            .iter()
-            .map(|m| channel(m.api))
-            .collect::<anyhow::Result<_>>()?;
-        let c = Cluster {
-            root,
-            members,
-            control,
-        };
-        for i in 0..c.members.len() {
-            c.spawn(i)?;
-        }
-        Ok(c)
-    }
-
-    fn spawn(&self, i: usize) -> anyhow::Result<()> {
-        let exe = std::env::current_exe()?.with_file_name("rebeam-controller");
-        let m = &self.members[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join(format!("member-{}.log", m.id)))?;
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "--id",
-            &m.id.to_string(),
-            "--raft-listen",
-            &m.raft.to_string(),
-            "--api-listen",
-            &m.api.to_string(),
-            // Members share one machine: each HTTP server on a port of its own.
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(&m.dir)
-        .args(["--init", "--secret", SECRET])
-        // Extra member flags, e.g. to explore timings: BENCH_CONTROLLER_ARGS="--election-timeout-ms 100".
-        .args(
-            std::env::var("BENCH_CONTROLLER_ARGS")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log));
-        for p in self.members.iter().filter(|p| p.id != m.id) {
-            cmd.arg("--peer")
-                .arg(format!("{}={}/{}", p.id, p.raft, p.api));
-        }
-        *m.child.lock() = Some(
-            cmd.spawn()
-                .with_context(|| format!("spawning {}", exe.display()))?,
-        );
-        Ok(())
-    }
-
-    fn kill9(&self, i: usize) {
-        if let Some(mut c) = self.members[i].child.lock().take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn running(&self, i: usize) -> bool {
-        self.members[i].child.lock().is_some()
-    }
-
-    fn client(&self, i: usize) -> anyhow::Result<Client> {
-        Ok(ClusterServiceClient::with_interceptor(
-            channel(self.members[i].api)?,
-            bearer(),
-        ))
-    }
-
-    fn node_client(&self, i: usize) -> anyhow::Result<NodeClient> {
-        Ok(
-            NodeServiceClient::with_interceptor(self.control[i].clone(), bearer())
-                .max_decoding_message_size(64 << 20),
-        )
-    }
-
-    /// A client on the member's long-lived control connection.
-    fn control_client(&self, i: usize) -> Client {
-        ClusterServiceClient::with_interceptor(self.control[i].clone(), bearer())
-    }
-
-    async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            for i in 0..self.members.len() {
-                if self.running(i) {
-                    if let Ok(s) = self.control_client(i).status(pb::StatusRequest {}).await {
-                        if s.get_ref().is_leader {
-                            return Ok(i);
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        bail!("no leader within {timeout:?}")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill9(i);
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
+fn start_cluster() -> anyhow::Result<Cluster> {
+    let mut opts = GroupOptions::new(sibling("rebeam-controller")?, "bench-secret");
+    opts.extra = std::env::var("BENCH_CONTROLLER_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    opts.log_filter = "warn".into();
+    opts.dir_prefix = "rebeam-ctl-bench-".into();
+    ControllerGroup::start(3, opts)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -212,45 +52,28 @@ async fn join(c: &Cluster, node: &str, labels: &[(&str, &str)]) -> anyhow::Resul
         capacity: 0,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let l = c.leader(Duration::from_secs(10)).await?;
-        match c.node_client(l)?.join(req.clone()).await {
-            Ok(r) => return Ok(r.into_inner().incarnation),
-            // The leader moved between finding it and writing: find it again.
-            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// The smallest archive the controller accepts for `manifest_toml`: the manifest at its root.
-fn app_archive(manifest_toml: &str) -> anyhow::Result<Vec<u8>> {
-    use std::io::Write;
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    w.start_file("rebeam.toml", zip::write::SimpleFileOptions::default())?;
-    w.write_all(manifest_toml.as_bytes())?;
-    Ok(w.finish()?.into_inner())
+    let reply = c
+        .on_leader(deadline, Duration::from_secs(3), |i| {
+            let req = req.clone();
+            async move { c.control_node_client(i).join(req).await }
+        })
+        .await?;
+    Ok(reply.incarnation)
 }
 
 /// Submits an app to the leader, following leader changes.
 async fn submit(c: &Cluster, manifest_toml: String) -> anyhow::Result<()> {
     let req = pb::SubmitAppRequest {
-        code: app_archive(&manifest_toml)?,
+        code: app_archive(&manifest_toml, &[], 0)?,
         manifest_toml,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let l = c.leader(Duration::from_secs(10)).await?;
-        match c.client(l)?.submit_app(req.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    c.on_leader(deadline, Duration::from_secs(3), |i| {
+        let req = req.clone();
+        async move { c.control_client(i).submit_app(req).await }
+    })
+    .await?;
+    Ok(())
 }
 
 /// Heartbeats a node to the leader until `stop`; records the last acknowledged heartbeat.
@@ -265,18 +88,17 @@ fn heartbeat(
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
             if let Ok(l) = c.leader(Duration::from_millis(500)).await {
-                if let Ok(mut nc) = c.node_client(l) {
-                    let req = pb::HeartbeatRequest {
-                        node: Some(pb::NodeRef {
-                            node: node.clone(),
-                            incarnation: inc,
-                        }),
-                        // The crash rounds hold a watch stream for this node.
-                        watching: true,
-                    };
-                    if nc.heartbeat(req).await.is_ok() && !stop.load(Ordering::Relaxed) {
-                        *last2.lock() = Some(Instant::now());
-                    }
+                let mut nc = c.control_node_client(l);
+                let req = pb::HeartbeatRequest {
+                    node: Some(pb::NodeRef {
+                        node: node.clone(),
+                        incarnation: inc,
+                    }),
+                    // The crash rounds hold a watch stream for this node.
+                    watching: true,
+                };
+                if nc.heartbeat(req).await.is_ok() && !stop.load(Ordering::Relaxed) {
+                    *last2.lock() = Some(Instant::now());
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -296,22 +118,21 @@ fn keep_bench_node(
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
             if let Ok(l) = c.leader(Duration::from_millis(500)).await {
-                if let Ok(mut nc) = c.node_client(l) {
-                    let node = pb::NodeRef {
-                        node: "bench-node".into(),
-                        incarnation: inc.load(Ordering::Relaxed),
-                    };
-                    let r = nc
-                        .heartbeat(pb::HeartbeatRequest {
-                            node: Some(node),
-                            watching: false,
-                        })
-                        .await;
-                    if r.is_err_and(|e| e.code() == tonic::Code::FailedPrecondition) {
-                        deaths.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(new) = join(&c, "bench-node", &[]).await {
-                            inc.store(new, Ordering::Relaxed);
-                        }
+                let mut nc = c.control_node_client(l);
+                let node = pb::NodeRef {
+                    node: "bench-node".into(),
+                    incarnation: inc.load(Ordering::Relaxed),
+                };
+                let r = nc
+                    .heartbeat(pb::HeartbeatRequest {
+                        node: Some(node),
+                        watching: false,
+                    })
+                    .await;
+                if r.is_err_and(|e| e.code() == tonic::Code::FailedPrecondition) {
+                    deaths.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(new) = join(&c, "bench-node", &[]).await {
+                        inc.store(new, Ordering::Relaxed);
                     }
                 }
             }
@@ -431,7 +252,7 @@ async fn settle(c: &Cluster) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         let mut applied = Vec::new();
         for i in 0..c.members.len() {
-            if c.running(i) {
+            if c.is_running(i) {
                 if let Ok(s) = c.client(i)?.status(pb::StatusRequest {}).await {
                     applied.push(s.get_ref().last_applied_index);
                 }
@@ -474,7 +295,7 @@ async fn bench_leader_kill(c: &Cluster, rounds: usize) -> anyhow::Result<Vec<Dur
         let mut last_err = String::new();
         'found: loop {
             for i in 0..c.members.len() {
-                if !c.running(i) {
+                if !c.is_running(i) {
                     continue;
                 }
                 k += 1;
@@ -484,7 +305,7 @@ async fn bench_leader_kill(c: &Cluster, rounds: usize) -> anyhow::Result<Vec<Dur
                     address: "127.0.0.1:9".into(),
                     ..Default::default()
                 };
-                match c.node_client(i)?.join(req).await {
+                match c.control_node_client(i).join(req).await {
                     Ok(_) => {
                         out.push(killed.elapsed());
                         break 'found;
@@ -541,7 +362,7 @@ async fn bench_reassign(
         let stop_o = Arc::new(AtomicBool::new(false));
         heartbeat(c.clone(), other.clone(), oi, stop_o.clone());
         let mut watch = c
-            .node_client(leader)?
+            .control_node_client(leader)
             .watch(pb::WatchRequest {
                 node: Some(pb::NodeRef {
                     node: victim.clone(),
@@ -605,7 +426,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let c = Arc::new(Cluster::start(3)?);
+    let c = Arc::new(start_cluster()?);
     c.leader(Duration::from_secs(15)).await?;
     let inc = Arc::new(AtomicU64::new(join(&c, "bench-node", &[]).await?));
     let stop = Arc::new(AtomicBool::new(false));
