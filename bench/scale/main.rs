@@ -315,6 +315,7 @@ struct Stats {
     events: AtomicU64,
     lagged: AtomicU64,
     reopened: AtomicU64,
+    full_views: AtomicU64,
     probes: Mutex<HashMap<String, Vec<Instant>>>,
     dead_seen: Mutex<HashMap<String, Instant>>,
     assigned: Mutex<Vec<(String, Instant)>>,
@@ -458,9 +459,17 @@ async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
 }
 
 async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
+    // Where the node's view stands (resumed there after a break, as a real node does).
+    let mut position: Option<u64> = None;
+    let mut mid_view = false;
     loop {
+        if mid_view {
+            position = None;
+            mid_view = false;
+        }
         let req = pb::WatchRequest {
             node: Some(s.node_ref()),
+            resume_from: position.unwrap_or(0),
         };
         let opened = call(
             &c,
@@ -484,7 +493,22 @@ async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
         s.watching.store(true, Ordering::Relaxed);
         loop {
             match stream.message().await {
-                Ok(Some(ev)) => seen(&s, &st, ev),
+                Ok(Some(ev)) => {
+                    match &ev.event {
+                        Some(pb::watch_event::Event::Snapshot(v)) => {
+                            mid_view = !v.last;
+                            position = v.last.then_some(ev.log_index);
+                            if v.last {
+                                st.full_views.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        _ if !mid_view => {
+                            position = Some(position.unwrap_or(0).max(ev.log_index));
+                        }
+                        _ => {}
+                    }
+                    seen(&s, &st, ev)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     if e.code() == Code::ResourceExhausted {
@@ -1026,6 +1050,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let c0 = counters(&st);
     let old = c.leader(Duration::from_secs(10)).await?;
+    let views0 = st.full_views.load(Ordering::Relaxed);
+    let reopened0 = st.reopened.load(Ordering::Relaxed);
     let t0 = Instant::now();
     c.kill9(old);
     let new = c.leader(Duration::from_secs(20)).await?;
@@ -1047,7 +1073,9 @@ async fn main() -> anyhow::Result<()> {
     let nodes = delta(c0, counters(&st), t0.elapsed().as_secs_f64());
     let fo = json!({"killed": c.members[old].id, "new_leader": c.members[new].id,
                     "leader_elected_ms": ms(elected), "first_write_ms": ms(first_write),
-                    "failed_write_calls": failed, "nodes": nodes});
+                    "failed_write_calls": failed, "nodes": nodes,
+                    "watch_reopened": st.reopened.load(Ordering::Relaxed) - reopened0,
+                    "full_views_sent": st.full_views.load(Ordering::Relaxed) - views0});
     println!("leader failover under load: {fo}");
     c.spawn(old)?;
     report.insert("failover".into(), fo);

@@ -69,6 +69,7 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
                 node: "node-b".into(),
                 incarnation: inc_b,
             }),
+            ..Default::default()
         })
         .await
         .expect("watch")
@@ -204,6 +205,7 @@ async fn crashed_node_is_declared_dead_after_the_stream_fence() {
                 node: "node-c".into(),
                 incarnation: inc,
             }),
+            ..Default::default()
         })
         .await
         .expect("watch")
