@@ -333,6 +333,12 @@ struct Sim {
     silent: AtomicBool,
     /// Its watch stream is open (said with each renewal, as a real node does).
     watching: AtomicBool,
+    /// Breaks of its watch stream, and how many of them a successful renewal has told the
+    /// controller about: it says "watching" only once every break was told, as a real node
+    /// does (a renewal saying "watching" after an untold break would undo nothing, and the
+    /// stream close would cut the lease of a node that never fenced).
+    breaks: AtomicU64,
+    told: AtomicU64,
     /// The stream broke: renew at once, as a real node does.
     renew_now: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -398,13 +404,30 @@ async fn join(c: &Arc<Cluster>, name: &str, labels: &[(&str, &str)]) -> anyhow::
         last_ok: Mutex::new(Instant::now()),
         silent: AtomicBool::new(false),
         watching: AtomicBool::new(false),
+        breaks: AtomicU64::new(0),
+        told: AtomicU64::new(0),
         renew_now: tokio::sync::Notify::new(),
         tasks: Mutex::new(Vec::new()),
     }))
 }
 
+/// The runtime the simulated nodes' renewals run on, apart from their watch streams and the
+/// writers: a real node renews from its own process, so the CPU this harness spends decoding
+/// a hundred nodes' watch streams must not delay renewals and pass for a slow controller.
+fn renewals_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("renewals")
+            .enable_all()
+            .build()
+            .expect("a runtime for renewals")
+    })
+}
+
 fn start_sim(c: &Arc<Cluster>, s: &Arc<Sim>, st: &Arc<Stats>, watch: bool) {
-    let mut tasks = vec![tokio::spawn(heartbeats(c.clone(), s.clone(), st.clone()))];
+    let mut tasks = vec![renewals_runtime().spawn(heartbeats(c.clone(), s.clone(), st.clone()))];
     if watch {
         tasks.push(tokio::spawn(follow(c.clone(), s.clone(), st.clone())));
     }
@@ -412,6 +435,15 @@ fn start_sim(c: &Arc<Cluster>, s: &Arc<Sim>, st: &Arc<Stats>, watch: bool) {
 }
 
 async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
+    // Channels of this runtime (a channel's connection is driven where it was made).
+    let Ok(chans) = c
+        .members
+        .iter()
+        .map(|m| channel(m.api))
+        .collect::<anyhow::Result<Vec<Channel>>>()
+    else {
+        return;
+    };
     let mut tick = tokio::time::interval(s.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let attempt = (s.fence / 5).clamp(Duration::from_millis(50), Duration::from_millis(250));
@@ -423,19 +455,21 @@ async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
         if s.silent.load(Ordering::Relaxed) {
             continue;
         }
+        let breaks = s.breaks.load(Ordering::SeqCst);
         let req = pb::HeartbeatRequest {
             node: Some(s.node_ref()),
-            watching: s.watching.load(Ordering::Relaxed),
+            watching: s.watching.load(Ordering::SeqCst) && s.told.load(Ordering::SeqCst) == breaks,
         };
         let deadline = *s.last_ok.lock() + s.fence;
         let sent = Instant::now();
-        let r = call(&c, &s.chans, deadline.max(sent + attempt), attempt, |ch| {
+        let r = call(&c, &chans, deadline.max(sent + attempt), attempt, |ch| {
             let req = req.clone();
             async move { node_client(ch).heartbeat(req).await }
         })
         .await;
         match r {
             Ok(_) => {
+                s.told.fetch_max(breaks, Ordering::SeqCst);
                 st.renewals.fetch_add(1, Ordering::Relaxed);
                 let mut last = s.last_ok.lock();
                 let gap = sent.saturating_duration_since(*last);
@@ -490,7 +524,7 @@ async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
                 continue;
             }
         };
-        s.watching.store(true, Ordering::Relaxed);
+        s.watching.store(true, Ordering::SeqCst);
         loop {
             match stream.message().await {
                 Ok(Some(ev)) => {
@@ -521,7 +555,8 @@ async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
                 }
             }
         }
-        s.watching.store(false, Ordering::Relaxed);
+        s.watching.store(false, Ordering::SeqCst);
+        s.breaks.fetch_add(1, Ordering::SeqCst);
         s.renew_now.notify_one();
         st.reopened.fetch_add(1, Ordering::Relaxed);
     }
