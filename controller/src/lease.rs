@@ -415,7 +415,7 @@ mod tests {
         for s in steps {
             match *s {
                 Renew(t, watching) => f.renew(at(t), watching),
-                Close(o, c) | Gone(o, c) => f.close(Close {
+                Close(o, c) | Gone(o, c) => f.close(super::Close {
                     opened: at(o),
                     at: at(c),
                     process_gone: matches!(s, Gone(..)),
