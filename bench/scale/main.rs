@@ -418,7 +418,7 @@ fn renewals_runtime() -> &'static tokio::runtime::Runtime {
     static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .thread_name("renewals")
             .enable_all()
             .build()
@@ -859,10 +859,14 @@ async fn main() -> anyhow::Result<()> {
     let mut set = JoinSet::new();
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
     for i in 0..a.nodes {
-        let (c, gate) = (c.clone(), gate.clone());
+        let (c, gate, st) = (c.clone(), gate.clone(), st.clone());
         set.spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            join(&c, &format!("sim-{i:05}"), &[("role", "sim")]).await
+            let s = join(&c, &format!("sim-{i:05}"), &[("role", "sim")]).await?;
+            // Renewing from the moment it joined, as a real node does: with many nodes,
+            // the first ones would otherwise wait for the last join past their lease.
+            start_sim(&c, &s, &st, true);
+            anyhow::Ok(s)
         });
     }
     let mut sims = Vec::new();
@@ -870,9 +874,6 @@ async fn main() -> anyhow::Result<()> {
         sims.push(r??);
     }
     sims.sort_by(|x, y| x.name.cmp(&y.name));
-    for s in &sims {
-        start_sim(&c, s, &st, true);
-    }
     let mut real = Vec::new();
     for i in 0..a.real_nodes {
         real.push(start_real_node(&c, i)?);
