@@ -12,6 +12,9 @@ use crate::core::Core;
 use crate::state::{Event, State};
 use crate::store::EventBatch;
 
+/// The stream of applied changes.
+type Changes = broadcast::Receiver<Arc<EventBatch>>;
+
 /// Names or group members per view chunk, so no message nears the 4 MiB gRPC default.
 const CHUNK: usize = 20_000;
 
@@ -88,10 +91,7 @@ fn snapshot_events(
 
 /// The changes from log index `from` on, if this member still holds them all, and the
 /// stream of later ones.
-fn resumed_events(
-    core: &Core,
-    from: u64,
-) -> Option<(Vec<Arc<EventBatch>>, broadcast::Receiver<Arc<EventBatch>>)> {
+fn resumed_events(core: &Core, from: u64) -> Option<(Vec<Arc<EventBatch>>, Changes)> {
     // Under the read lock, like `snapshot_events`: nothing falls between window and stream.
     let _a = core.shared.applied.read();
     let batches = core.shared.recent.lock().since(from)?;
