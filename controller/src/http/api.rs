@@ -606,7 +606,7 @@ async fn processes(
     match sort {
         "name" => rows.sort_by(|a, b| a.name.cmp(&b.name)),
         "app" => rows.sort_by(|a, b| a.app.cmp(&b.app)),
-        "node" => rows.sort_by_key(|p| key_pid(p)),
+        "node" => rows.sort_by_cached_key(|p| key_pid(p)),
         "kind" => rows.sort_by(|a, b| a.kind.cmp(&b.kind)),
         "mailbox" => rows.sort_by_key(|p| p.mailbox_len),
         "handled" => rows.sort_by_key(|p| p.messages_handled),
@@ -618,7 +618,7 @@ async fn processes(
                 key_pid(p),
             )
         }),
-        _ => rows.sort_by_key(|p| key_pid(p)),
+        _ => rows.sort_by_cached_key(|p| key_pid(p)),
     }
     if desc {
         rows.reverse();
@@ -740,10 +740,10 @@ async fn restart(
                 .any(|p| p.pid.as_ref() == Some(parent) && p.kind == "supervisor")
         });
         if !supervised {
-            return Err(conflict(format!(
-                "{id} is not a supervisor's child; kill it instead"
-            ))
-            .into_response());
+            return Err(
+                conflict(format!("{id} is not a supervisor's child; kill it instead"))
+                    .into_response(),
+            );
         }
         let name = [&found.name, &found.initial]
             .into_iter()

@@ -146,7 +146,10 @@ async fn feed(api: Arc<Api>, app: String, tail: usize, tx: mpsc::Sender<Event>) 
     }
     let live = api.nodes.live();
     for (node, after) in from {
-        let Some(address) = live.iter().find(|(id, _)| *id == node).map(|(_, a)| a.clone())
+        let Some(address) = live
+            .iter()
+            .find(|(id, _)| *id == node)
+            .map(|(_, a)| a.clone())
         else {
             continue;
         };

@@ -72,7 +72,9 @@ pub fn spec() -> Value {
             "stuck_reason": {"type": "string", "nullable": true, "enum": ["handler running", "mailbox growing", null]},
             "stuck_for_ms": {"type": "integer", "nullable": true},
         }),
-        &["id", "node", "kind", "mailbox", "handled", "memory", "stuck"],
+        &[
+            "id", "node", "kind", "mailbox", "handled", "memory", "stuck",
+        ],
     );
     let event = obj(
         json!({

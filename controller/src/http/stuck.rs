@@ -90,10 +90,13 @@ impl StuckWatch {
             }
         }
         let d = now.duration_since(s.handled_since);
-        (p.mailbox_len > s.mailbox_then && d >= STUCK_AFTER).then(|| Stuck {
-            reason: "mailbox growing",
-            for_ms: d.as_millis() as u64,
-        })
+        if p.mailbox_len > s.mailbox_then && d >= STUCK_AFTER {
+            return Some(Stuck {
+                reason: "mailbox growing",
+                for_ms: d.as_millis() as u64,
+            });
+        }
+        None
     }
 }
 

@@ -381,7 +381,14 @@ pub struct TableReport {
 /// read them (the Python side missing) is an error the caller reports.
 pub fn tables(rows: usize) -> Result<Vec<TableReport>, String> {
     let rows = rows.min(MAX_TABLE_PREVIEW);
-    type Row = (String, String, String, u64, (String, u64, u64), Vec<(String, String)>);
+    type Row = (
+        String,
+        String,
+        String,
+        u64,
+        (String, u64, u64),
+        Vec<(String, String)>,
+    );
     Python::attach(|py| {
         let described: Vec<Row> = py
             .import("rebeam._table")
@@ -391,21 +398,23 @@ pub fn tables(rows: usize) -> Result<Vec<TableReport>, String> {
             .map_err(|e| format!("cannot list tables: {e}"))?;
         Ok(described
             .into_iter()
-            .filter_map(|(name, kind, access, size, (node, incarnation, serial), preview)| {
-                let owner = Pid {
-                    node: crate::runtime::NodeId::from_wire(&node).ok()?,
-                    incarnation,
-                    serial,
-                };
-                Some(TableReport {
-                    name,
-                    kind,
-                    access,
-                    size,
-                    owner,
-                    preview,
-                })
-            })
+            .filter_map(
+                |(name, kind, access, size, (node, incarnation, serial), preview)| {
+                    let owner = Pid {
+                        node: crate::runtime::NodeId::from_wire(&node).ok()?,
+                        incarnation,
+                        serial,
+                    };
+                    Some(TableReport {
+                        name,
+                        kind,
+                        access,
+                        size,
+                        owner,
+                        preview,
+                    })
+                },
+            )
             .collect())
     })
 }
