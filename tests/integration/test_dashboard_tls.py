@@ -4,6 +4,7 @@ a client trusting another CA are refused at the handshake, on a controller and o
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -37,7 +38,8 @@ def refused(url: str, ca: Path | None) -> bool:
     """True when the request fails before any HTTP answer (handshake or plaintext refused)."""
     try:
         fetch(url, ca)
-    except (urllib.error.URLError, ssl.SSLError, ConnectionError, OSError):
+    # A plaintext request gets the TLS alert back, which is no HTTP status line.
+    except (urllib.error.URLError, ssl.SSLError, OSError, http.client.HTTPException):
         return True
     return False
 
