@@ -22,7 +22,6 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
 import rebeam
@@ -175,17 +174,20 @@ def test_dashboard_in_chromium(controllers: Cluster, nodes: Nodes, workdir: Path
     assert "(deploy)" in token_role(chrome)
     chrome.get(f"{http}/#tree")
 
-    def worker_button() -> WebElement | None:
+    def click_restart() -> str | None:
+        # The tree re-renders every second: find and click in one go, retried when the
+        # element went stale in between.
         for line in chrome.find_elements(By.CSS_SELECTOR, "#tree .proc"):
             if "worker" in line.text.split("\n")[0].lower():
-                return line.find_element(By.CSS_SELECTOR, "button.restart-child")
+                pid = line.get_attribute("data-pid")
+                line.find_element(By.CSS_SELECTOR, "button.restart-child").click()
+                return pid
         return None
 
-    button = wait_for("the worker's restart button", worker_button)
-    assert isinstance(button, WebElement)
+    wait_for("the worker's restart button", lambda: chrome.find_elements(
+        By.CSS_SELECTOR, "#tree button.restart-child"))
     assert not chrome.find_elements(By.CSS_SELECTOR, "#tree button.danger")  # kill is admin's
-    old_worker = button.find_element(By.XPATH, "..").get_attribute("data-pid")
-    button.click()
+    old_worker = wait_for("a click on the worker's restart button", click_restart)
     chrome.switch_to.alert.accept()
 
     def restarted() -> bool:
