@@ -295,14 +295,16 @@ def _shown(value: Any, chars: int) -> str:
         return f"<unprintable {type(value).__name__}: {e}>"
 
 
-def _describe_all(rows: int, chars: int) -> list[tuple[str, str, str, int, tuple[str, int, int],
-                                                       list[tuple[str, str]]]]:
+_Described = tuple[str, str, str, int, tuple[str, int, int], list[tuple[str, str]]]
+
+
+def _describe_all(rows: int, chars: int) -> list[_Described]:
     """Every live table of this node, for the dashboard: name, kind, access, size, owner as
     ``(node, incarnation, serial)`` and a preview of at most ``rows`` entries, each side's
     repr cut to ``chars``. A private table shows no entries: only its owner may read them."""
     with _tables_lock:
         tables = list(_tables.values())
-    out = []
+    out: list[_Described] = []
     for t in tables:
         if t._deleted:
             continue
