@@ -282,3 +282,53 @@ def _owner_exited(pid: Any) -> None:
         with _tables_lock:
             if _tables.get(t.name) is t:
                 del _tables[t.name]
+
+
+def _cut(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[:chars] + "…"
+
+
+def _shown(value: Any, chars: int) -> str:
+    try:
+        return _cut(repr(value), chars)
+    except Exception as e:  # noqa: BLE001 - a value's own __repr__ may raise anything
+        return f"<unprintable {type(value).__name__}: {e}>"
+
+
+_Described = tuple[str, str, str, int, tuple[str, int, int], list[tuple[str, str]]]
+
+
+def _describe_all(rows: int, chars: int) -> list[_Described]:
+    """Every live table of this node, for the dashboard: name, kind, access, size, owner as
+    ``(node, incarnation, serial)`` and a preview of at most ``rows`` entries, each side's
+    repr cut to ``chars``. A private table shows no entries: only its owner may read them."""
+    with _tables_lock:
+        tables = list(_tables.values())
+    out: list[_Described] = []
+    for t in tables:
+        if t._deleted:
+            continue
+        sets = t.kind in ("set", "ordered_set")
+        # Copies under the GIL in one step each: a writer on another thread cannot change
+        # the dict while it is being copied.
+        data = dict(t._data)
+        size = len(data) if sets else sum(len(v) for v in data.values())
+        preview: list[tuple[str, str]] = []
+        if t.access != "private":
+            keys = list(t._order[:rows]) if t.kind == "ordered_set" else list(data)[:rows]
+            for key in keys:
+                stored = data.get(key, _MISSING)
+                if stored is _MISSING:
+                    continue
+                for value in ([stored] if sets else list(stored)):
+                    if len(preview) >= rows:
+                        break
+                    try:
+                        thawed = _thaw(value)
+                    except Exception as e:  # noqa: BLE001 - unpickling runs app code
+                        thawed = f"<cannot unpickle: {e}>"
+                    preview.append((_shown(key, chars), _shown(thawed, chars)))
+        owner = t.owner
+        out.append((t.name, t.kind, t.access, size,
+                    (str(owner.node), int(owner.incarnation), int(owner.serial)), preview))
+    return out

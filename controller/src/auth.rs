@@ -152,6 +152,7 @@ pub const RPC_TABLE: &[(&str, Need)] = &[
     ("/rebeam.v1.GatewayService/ListProcesses", R(Read)),
     ("/rebeam.v1.GatewayService/Logs", R(Read)),
     ("/rebeam.v1.GatewayService/Kill", R(Admin)),
+    ("/rebeam.v1.GatewayService/ListTables", R(Read)),
 ];
 
 /// What `path` (`/package.Service/Method`) needs, or None for a method nobody may call.

@@ -235,10 +235,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(b) = &boot {
         bootstrap::validate(b)?;
     }
+    let http_tls = cfg.tls.clone();
     let handle = rebeam_controller::start(cfg)
         .await
         .context("starting the controller")?;
-    let http = rebeam_controller::http::HttpListener::bind(http_listen).await?;
+    let http = rebeam_controller::http::HttpListener::bind(http_listen)
+        .await?
+        .with_tls(http_tls);
     let (boot_stop, boot_stopped) = tokio::sync::watch::channel(false);
     let boot_task = boot.take().map(|mut b| {
         // Without advertised addresses the bound ones are all the others can dial.

@@ -263,6 +263,9 @@ fn run(cli: Cli) -> Result<i32> {
     if let Some(config) = &tracing {
         rebeam_node::observe::trace::init(tokio.handle(), config)?;
     }
+    // The HTTP server serves HTTPS with the same certificates when TLS is on.
+    let http_tls = tls.clone();
+    let http_scheme = if http_tls.is_some() { "https" } else { "http" };
     if cli.dev {
         let (controllers, secret, data_dir, core) =
             start_dev_controller(&cli, &tokio, tls.clone())?;
@@ -275,13 +278,14 @@ fn run(cli: Cli) -> Result<i32> {
             data_dir,
             tls,
         )?;
-        let access = http_access(&cli, &secret, issued)?;
+        let mut access = http_access(&cli, &secret, issued)?;
+        access.tls = http_tls;
         let addr = cli
             .http_listen
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         let bound =
             rebeam_node::observe::http::start(&tokio, addr, rt.clone(), Some(core), access)?;
-        eprintln!("rebeam-node: dashboard at http://{bound}/");
+        eprintln!("rebeam-node: dashboard at {http_scheme}://{bound}/");
     } else {
         let secret = given_secret(&cli)?.context(
             "cluster mode needs the cluster secret: --secret-file, --secret or REBEAM_SECRET",
@@ -299,10 +303,11 @@ fn run(cli: Cli) -> Result<i32> {
             data_dir,
             tls,
         )?;
-        let access = http_access(&cli, &secret, issued)?;
+        let mut access = http_access(&cli, &secret, issued)?;
+        access.tls = http_tls;
         if let Some(addr) = cli.http_listen {
             let bound = rebeam_node::observe::http::start(&tokio, addr, rt.clone(), None, access)?;
-            eprintln!("rebeam-node: http at http://{bound}/");
+            eprintln!("rebeam-node: http at {http_scheme}://{bound}/");
         }
     }
     // The I/O runtime lives as long as the process.
@@ -413,6 +418,7 @@ fn http_access(
         credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, issued),
         read_tokens: cli.http_read_tokens.clone(),
         allowed_hosts: cli.http_allowed_hosts.clone(),
+        tls: None,
     })
 }
 

@@ -107,3 +107,92 @@ SPAWNER = """
 
     rebeam.run(main)
 """
+
+
+#: Idle servers hold no thread (function processes each hold one), so a node can keep
+#: tens of thousands of them: the process table's paging test spawns these.
+SERVER_SPAWNER = """
+    import rebeam
+
+    class Idle(rebeam.GenServer):
+        pass
+
+    def main():
+        for _ in range({n}):
+            rebeam.spawn(Idle)
+        print("spawned", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+#: An app for the live views: a printer whose output holds terminal control characters, a
+#: keeper of tables, and a sleeper whose handler can be made to hang (a stuck process).
+OBSERVED_APP = """
+    import time
+
+    import rebeam
+
+    class Printer(rebeam.GenServer):
+        def init(self):
+            print("printer started", flush=True)
+
+        def handle_cast(self, request):
+            print(request, flush=True)
+
+    class Keeper(rebeam.GenServer):
+        def init(self):
+            self.inventory = rebeam.Table("inventory", kind="set", access="public")
+            for i in range(100):
+                self.inventory.insert(f"item-{i:03}", {"count": i})
+            self.secrets = rebeam.Table("secrets", kind="set", access="private")
+            self.secrets.insert("password", "hunter2")
+
+    class Sleeper(rebeam.GenServer):
+        def handle_cast(self, request):
+            time.sleep(request)
+
+    class Root(rebeam.Supervisor):
+        strategy = "one_for_one"
+        max_restarts = 20
+
+        def children(self):
+            return [rebeam.child(Printer, name="printer"), rebeam.child(Keeper, name="keeper"),
+                    rebeam.child(Sleeper, name="sleeper")]
+
+    class Caster(rebeam.GenServer):
+        \"\"\"Casts to the local names above for the tests (clients reach global names).\"\"\"
+
+        def init(self):
+            rebeam.register_global("caster", rebeam.self_pid())
+
+        def handle_call(self, request, sender):
+            target, message = request
+            rebeam.cast(target, message)
+            return "ok"
+"""
+
+
+def submit_observed(controllers: Cluster, root: Path, token: str = TOKEN) -> None:
+    """Submits OBSERVED_APP as app ``observed`` (a supervisor and a global ``caster``)."""
+    app = root / "observed-app"
+    (app / "observed").mkdir(parents=True)
+    (app / "observed" / "__init__.py").write_text("")
+    (app / "observed" / "tree.py").write_text(textwrap.dedent(OBSERVED_APP))
+    (app / "rebeam.toml").write_text(textwrap.dedent("""
+        [app]
+        name = "observed"
+        version = "1.0.0"
+        max_restarts = 20
+        max_seconds = 60
+
+        [[children]]
+        start = "observed.tree:Root"
+        name = "root"
+
+        [[children]]
+        start = "observed.tree:Caster"
+        name = "caster-server"
+    """))
+    with controllers.client(token=token) as client:
+        client.submit(app)

@@ -33,7 +33,8 @@ def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir
     assert isinstance(cluster, dict) and len(cluster["controllers"]) == 3
     assert {c["voter"] for c in cluster["controllers"]} == {True}
     session = get_json(f"{http}/api/v1/session", READ)
-    assert session == {"who": session["who"], "role": "read", "can_act": False, "csrf": None}
+    assert session == {"who": session["who"], "role": "read", "can_act": False, "can_kill": False,
+                       "csrf": None}
 
     # DNS rebinding and cross-site requests are refused on every method.
     assert request(f"{http}/api/v1/cluster", headers={"Host": "evil.example:80"})[0] == 421

@@ -71,6 +71,7 @@ EXPECTED: dict[str, str] = {
     "GatewayService/ListProcesses": "read",
     "GatewayService/Logs": "read",
     "GatewayService/Kill": "admin",
+    "GatewayService/ListTables": "read",
 }
 
 

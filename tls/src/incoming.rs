@@ -131,6 +131,25 @@ pub fn incoming(
     listener: TcpListener,
     tls: Option<TlsSource>,
 ) -> impl Stream<Item = io::Result<ServerIo>> + Send + 'static {
+    accept_loop(listener, tls, None)
+}
+
+/// Like [`incoming`], for an HTTP/1.1 server (the dashboard, REST API and metrics): the
+/// same certificates and reload, but ALPN offers `http/1.1` instead of gRPC's `h2`, so a
+/// browser does not pick a protocol the server does not speak. A client certificate is
+/// optional, as on the gRPC side (browsers have none; tokens authenticate).
+pub fn incoming_http1(
+    listener: TcpListener,
+    tls: TlsSource,
+) -> impl Stream<Item = io::Result<ServerIo>> + Send + 'static {
+    accept_loop(listener, Some(tls), Some(b"http/1.1"))
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsSource>,
+    alpn: Option<&'static [u8]>,
+) -> impl Stream<Item = io::Result<ServerIo>> + Send + 'static {
     let (tx, rx) = mpsc::channel::<io::Result<ServerIo>>(64);
     tokio::spawn(async move {
         loop {
@@ -154,7 +173,15 @@ pub fn incoming(
                     }
                 }
                 Some(source) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(source.server_config());
+                    let config = match alpn {
+                        None => source.server_config(),
+                        Some(protocol) => {
+                            let mut c = (*source.server_config()).clone();
+                            c.alpn_protocols = vec![protocol.to_vec()];
+                            Arc::new(c)
+                        }
+                    };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -11,5 +11,5 @@ pub mod source;
 pub use dial::Dialer;
 pub use files::{TlsError, TlsFiles};
 pub use identity::Member;
-pub use incoming::{incoming, PeerInfo, ServerIo};
+pub use incoming::{incoming, incoming_http1, PeerInfo, ServerIo};
 pub use source::TlsSource;

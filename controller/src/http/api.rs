@@ -21,12 +21,17 @@ use crate::core::Core;
 use crate::error::Error;
 use crate::http::auth::{require, Authenticated, Role};
 use crate::http::nodes::NodeClients;
+use crate::http::stuck::StuckWatch;
 use crate::types::{AppStatus, Command, Pid};
 
 /// Most rows one page of processes may hold.
 pub const MAX_PAGE: usize = 1_000;
-/// How long a gathered process list serves further pages (paging stays consistent and cheap).
+/// How long a gathered process list is fresh: pages asked within it read the same list
+/// (paging stays consistent and cheap).
 const PROCESS_CACHE_TTL: Duration = Duration::from_millis(1_000);
+/// How long a stale list is still served while a new one is gathered in the background, so
+/// a page over a very large cluster answers at once; an older one is gathered in line.
+const PROCESS_CACHE_STALE: Duration = Duration::from_secs(30);
 
 /// What the API handlers share.
 pub struct Api {
@@ -34,13 +39,24 @@ pub struct Api {
     pub core: Arc<Core>,
     /// Clients of the nodes' gateways.
     pub nodes: NodeClients,
-    cache: Mutex<HashMap<String, (Instant, Arc<ProcessList>)>>,
+    cache: Mutex<HashMap<String, Cached>>,
+    /// Which processes look stuck, from successive lists.
+    pub stuck: StuckWatch,
+}
+
+struct Cached {
+    at: Instant,
+    list: Arc<ProcessList>,
+    refreshing: bool,
 }
 
 /// Every process the nodes reported, with the nodes that did not answer.
 pub struct ProcessList {
     rows: Vec<pb::ProcessInfo>,
     missing: Vec<(String, String)>,
+    /// When it was gathered.
+    at: Instant,
+    at_ms: u64,
 }
 
 impl Api {
@@ -50,35 +66,71 @@ impl Api {
             nodes: NodeClients::new(core.clone()),
             core,
             cache: Mutex::new(HashMap::new()),
+            stuck: StuckWatch::default(),
         })
     }
 
-    async fn processes(&self, app: &str) -> Arc<ProcessList> {
-        if let Some((at, list)) = self.cache.lock().get(app) {
-            if at.elapsed() < PROCESS_CACHE_TTL {
-                return list.clone();
-            }
-        }
+    async fn gather(&self, app: &str) -> Arc<ProcessList> {
         let g = self.nodes.processes(app).await;
+        let now = Instant::now();
         let list = Arc::new(ProcessList {
             rows: g.answers.into_iter().flat_map(|(_, p)| p).collect(),
             missing: g.missing,
+            at: now,
+            at_ms: now_ms(),
         });
+        self.stuck.observe(&list.rows, now);
         let mut cache = self.cache.lock();
-        cache.retain(|_, (at, _)| at.elapsed() < PROCESS_CACHE_TTL);
-        cache.insert(app.to_string(), (Instant::now(), list.clone()));
+        cache.retain(|_, c| c.at.elapsed() < PROCESS_CACHE_STALE);
+        cache.insert(
+            app.to_string(),
+            Cached {
+                at: now,
+                list: list.clone(),
+                refreshing: false,
+            },
+        );
         list
+    }
+
+    /// The processes of `app` (all for ""): a fresh list, else a stale one while a new one
+    /// is gathered in the background, else one gathered now.
+    async fn processes(self: &Arc<Self>, app: &str) -> Arc<ProcessList> {
+        let stale = {
+            let mut cache = self.cache.lock();
+            match cache.get_mut(app) {
+                Some(c) if c.at.elapsed() < PROCESS_CACHE_TTL => return c.list.clone(),
+                Some(c) if c.at.elapsed() < PROCESS_CACHE_STALE => {
+                    let start = !c.refreshing;
+                    c.refreshing = true;
+                    Some((c.list.clone(), start))
+                }
+                _ => None,
+            }
+        };
+        match stale {
+            Some((list, start)) => {
+                if start {
+                    let (api, app) = (self.clone(), app.to_string());
+                    tokio::spawn(async move { api.gather(&app).await });
+                }
+                list
+            }
+            None => self.gather(app).await,
+        }
     }
 }
 
 /// An error as the API answers it: the status from the crate's error, a JSON body.
-pub struct ApiError(StatusCode, String, String);
+pub struct ApiError(pub StatusCode, pub String, pub String);
 
 impl ApiError {
-    fn bad(msg: impl Into<String>) -> Self {
+    /// A 400 with `msg`.
+    pub fn bad(msg: impl Into<String>) -> Self {
         ApiError(StatusCode::BAD_REQUEST, "invalid".into(), msg.into())
     }
-    fn not_found(msg: impl Into<String>) -> Self {
+    /// A 404 with `msg`.
+    pub fn not_found(msg: impl Into<String>) -> Self {
         ApiError(StatusCode::NOT_FOUND, "not_found".into(), msg.into())
     }
 }
@@ -102,7 +154,15 @@ type ApiResult = Result<Json<Value>, ApiError>;
 
 /// The `/api/v1` routes.
 pub fn routes(api: Arc<Api>) -> Router {
+    let logs = Arc::new(crate::http::logs::LogState {
+        api: api.clone(),
+        viewers: crate::http::logs::Viewers::default(),
+    });
     Router::new()
+        .route(
+            "/api/v1/apps/{name}/logs",
+            get(crate::http::logs::stream).with_state(logs),
+        )
         .route("/api/v1/session", get(session))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/nodes", get(nodes))
@@ -115,7 +175,9 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/processes/{pid}", get(process))
         .route("/api/v1/processes/{pid}/kill", post(kill))
+        .route("/api/v1/processes/{pid}/restart", post(restart))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/tables", get(tables))
         .route("/api/v1/openapi.json", get(crate::http::openapi::document))
         .with_state(api)
 }
@@ -154,6 +216,7 @@ async fn session(Extension(a): Extension<Authenticated>) -> ApiResult {
         "who": a.principal.who,
         "role": a.principal.role,
         "can_act": a.principal.role >= Role::OPERATOR,
+        "can_kill": a.principal.role >= Role::Admin,
         "csrf": a.csrf,
     })))
 }
@@ -439,9 +502,13 @@ async fn groups(State(api): State<Arc<Api>>) -> ApiResult {
     Ok(Json(json!({ "groups": groups })))
 }
 
-fn process_json(p: &pb::ProcessInfo) -> Value {
+fn process_json(p: &pb::ProcessInfo, stuck: &StuckWatch) -> Value {
     let pid = p.pid.clone().unwrap_or_default();
+    let s = stuck.judge(p, Instant::now());
     json!({
+        "stuck": s.is_some(),
+        "stuck_reason": s.as_ref().map(|s| s.reason),
+        "stuck_for_ms": s.as_ref().map(|s| s.for_ms),
         "id": pid_id(&pid),
         "node": pid.node,
         "name": p.name,
@@ -470,10 +537,11 @@ pub struct ProcessQuery {
     q: Option<String>,
     node: Option<String>,
     app: Option<String>,
+    stuck: Option<bool>,
 }
 
 const SORT_KEYS: &[&str] = &[
-    "pid", "name", "app", "node", "kind", "mailbox", "handled", "memory", "function",
+    "pid", "name", "app", "node", "kind", "mailbox", "handled", "memory", "function", "stuck",
 ];
 
 /// A query string that does not parse, answered as JSON like every other API error.
@@ -526,6 +594,10 @@ async fn processes(
                 || p.app.to_lowercase().contains(&needle)
                 || p.pid.as_ref().is_some_and(|x| pid_id(x).contains(&needle))
         })
+        .filter(|p| {
+            q.stuck
+                .is_none_or(|want| api.stuck.judge(p, started).is_some() == want)
+        })
         .collect();
     let key_pid = |p: &pb::ProcessInfo| {
         let x = p.pid.clone().unwrap_or_default();
@@ -534,13 +606,19 @@ async fn processes(
     match sort {
         "name" => rows.sort_by(|a, b| a.name.cmp(&b.name)),
         "app" => rows.sort_by(|a, b| a.app.cmp(&b.app)),
-        "node" => rows.sort_by_key(|p| key_pid(p)),
+        "node" => rows.sort_by_cached_key(|p| key_pid(p)),
         "kind" => rows.sort_by(|a, b| a.kind.cmp(&b.kind)),
         "mailbox" => rows.sort_by_key(|p| p.mailbox_len),
         "handled" => rows.sort_by_key(|p| p.messages_handled),
         "memory" => rows.sort_by_key(|p| p.memory_bytes),
         "function" => rows.sort_by(|a, b| a.current_function.cmp(&b.current_function)),
-        _ => rows.sort_by_key(|p| key_pid(p)),
+        "stuck" => rows.sort_by_cached_key(|p| {
+            (
+                api.stuck.judge(p, started).map(|s| s.for_ms).unwrap_or(0),
+                key_pid(p),
+            )
+        }),
+        _ => rows.sort_by_cached_key(|p| key_pid(p)),
     }
     if desc {
         rows.reverse();
@@ -551,10 +629,12 @@ async fn processes(
         .iter()
         .skip(offset)
         .take(limit)
-        .map(|p| process_json(p))
+        .map(|p| process_json(p, &api.stuck))
         .collect();
     Ok(Json(json!({
         "total": total,
+        "as_of_ms": list.at_ms,
+        "age_ms": list.at.elapsed().as_millis() as u64,
         "offset": offset,
         "limit": limit,
         "items": items,
@@ -571,7 +651,7 @@ async fn process(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResu
         .iter()
         .find(|p| p.pid.as_ref() == Some(&pid))
         .ok_or_else(|| ApiError::not_found(format!("no live process {id}")))?;
-    let mut v = process_json(found);
+    let mut v = process_json(found, &api.stuck);
     let a = api.core.shared.applied.read();
     let domain: Pid = pid.clone().into();
     v["global_names"] = json!(a
@@ -615,6 +695,128 @@ async fn kill(
         tracing::warn!(error = %e, "could not record a kill in the journal");
     }
     Ok(Json(json!({"killed": id})))
+}
+
+/// Restarts a supervised child: kills it (`killed`, an abnormal exit) so its supervisor
+/// (or, for a top-level child, the controller) starts it again under its restart rules.
+/// The operator's action; refused for a process no one restarts.
+async fn restart(
+    State(api): State<Arc<Api>>,
+    Extension(who): Extension<Authenticated>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Response> {
+    require(&who, Role::OPERATOR).map_err(|r| *r)?;
+    let pid = parse_pid(&id).map_err(IntoResponse::into_response)?;
+    let list = api.processes("").await;
+    let found = list
+        .rows
+        .iter()
+        .find(|p| p.pid.as_ref() == Some(&pid))
+        .ok_or_else(|| ApiError::not_found(format!("no live process {id}")).into_response())?;
+    let conflict = |msg: String| ApiError(StatusCode::CONFLICT, "not_restartable".into(), msg);
+    let what = if !found.child.is_empty() {
+        let temporary = {
+            let a = api.core.shared.applied.read();
+            a.state.apps.get(&found.app).is_some_and(|app| {
+                app.draft
+                    .children
+                    .iter()
+                    .any(|c| c.id == found.child && c.restart == crate::types::Restart::Temporary)
+            })
+        };
+        if temporary {
+            return Err(conflict(format!(
+                "{id} is the temporary top-level child {}; it would not be started again",
+                found.child
+            ))
+            .into_response());
+        }
+        format!("top-level child {}", found.child)
+    } else {
+        let parent = found.parent.as_ref();
+        let supervised = parent.is_some_and(|parent| {
+            list.rows
+                .iter()
+                .any(|p| p.pid.as_ref() == Some(parent) && p.kind == "supervisor")
+        });
+        if !supervised {
+            return Err(
+                conflict(format!("{id} is not a supervisor's child; kill it instead"))
+                    .into_response(),
+            );
+        }
+        let name = [&found.name, &found.initial]
+            .into_iter()
+            .find(|x| !x.is_empty())
+            .cloned()
+            .unwrap_or_default();
+        format!("child {name}")
+    };
+    let app = found.app.clone();
+    api.nodes
+        .kill(pid.clone())
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, "node".into(), e).into_response())?;
+    let note = Command::Note {
+        who: who.principal.who.clone(),
+        app: app.clone(),
+        node: pid.node.clone(),
+        text: format!("restarted {what} ({id}) of app {app} from the dashboard"),
+    };
+    if let Err(e) = at_leader(&api, note).await {
+        tracing::warn!(error = %e, "could not record a restart in the journal");
+    }
+    Ok(Json(json!({"restarting": id})))
+}
+
+/// Query of `/api/v1/tables`.
+#[derive(Deserialize)]
+pub struct TableQuery {
+    node: Option<String>,
+    preview: Option<u32>,
+}
+
+/// Most preview entries per table (the node caps it the same way).
+const MAX_TABLE_PREVIEW: u32 = 50;
+
+async fn tables(
+    State(api): State<Arc<Api>>,
+    q: Result<Query<TableQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let rows = q.preview.unwrap_or(10);
+    if rows > MAX_TABLE_PREVIEW {
+        return Err(ApiError::bad(format!(
+            "preview must be 0 to {MAX_TABLE_PREVIEW}"
+        )));
+    }
+    let g = api.nodes.tables(rows).await;
+    let mut out: Vec<Value> = Vec::new();
+    for (node, tables) in g.answers {
+        if q.node.as_deref().is_some_and(|n| n != node) {
+            continue;
+        }
+        for t in tables {
+            out.push(json!({
+                "node": node,
+                "name": neutralise(&t.name),
+                "kind": t.kind,
+                "access": t.access,
+                "size": t.size,
+                "owner": t.owner.as_ref().map(pid_id),
+                "preview": t.preview.iter().map(|e| json!({
+                    "key": neutralise(&e.key), "value": neutralise(&e.value),
+                })).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    out.sort_by(|a, b| {
+        (a["node"].as_str(), a["name"].as_str()).cmp(&(b["node"].as_str(), b["name"].as_str()))
+    });
+    Ok(Json(json!({
+        "tables": out,
+        "missing_nodes": g.missing.iter().map(|(n, e)| json!({"node": n, "error": e})).collect::<Vec<_>>(),
+    })))
 }
 
 /// Query of `/api/v1/events`.
@@ -714,13 +916,13 @@ async fn tree(
                     .map(|p| format!("{}.{}.{}", p.node, p.incarnation, p.serial));
                 let below = pid
                     .as_deref()
-                    .map(|p| subtree(p, &by_parent, &mut budget))
+                    .map(|p| subtree(p, &by_parent, &mut budget, &api.stuck))
                     .unwrap_or_default();
                 let top = list.as_ref().and_then(|l| {
                     l.rows
                         .iter()
                         .find(|r| r.pid.as_ref().map(pid_id) == pid)
-                        .map(process_json)
+                        .map(|p| process_json(p, &api.stuck))
                 });
                 json!({
                     "child": x.child,
@@ -752,6 +954,7 @@ fn subtree(
     pid: &str,
     by_parent: &HashMap<String, Vec<&pb::ProcessInfo>>,
     budget: &mut usize,
+    stuck: &StuckWatch,
 ) -> Vec<Value> {
     let Some(kids) = by_parent.get(pid) else {
         return Vec::new();
@@ -763,8 +966,8 @@ fn subtree(
         }
         *budget -= 1;
         let id = k.pid.as_ref().map(pid_id).unwrap_or_default();
-        let mut v = process_json(k);
-        v["children"] = Value::Array(subtree(&id, by_parent, budget));
+        let mut v = process_json(k, stuck);
+        v["children"] = Value::Array(subtree(&id, by_parent, budget, stuck));
         out.push(v);
     }
     out
@@ -798,12 +1001,14 @@ async fn crash_reports(api: &Api, app: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Replaces terminal control characters (escape sequences, bells) with visible `\u{..}`
-/// escapes so logs cannot drive an operator's terminal or confuse the page.
+/// Replaces terminal control characters (escape sequences, bells) and the bidirectional
+/// overrides that make text read otherwise than it is with visible `\u{..}` escapes, so logs
+/// cannot drive an operator's terminal or confuse the page.
 pub fn neutralise(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if (c.is_control() && c != '\n' && c != '\t') || bidi {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));
         } else {
             out.push(c);

@@ -108,6 +108,26 @@ impl NodeClients {
         gather(futures::future::join_all(calls).await)
     }
 
+    /// Every live node's shared tables, with at most `rows` preview entries each.
+    pub async fn tables(&self, rows: u32) -> Gathered<Vec<pb::TableInfo>> {
+        let calls = self.live().into_iter().map(|(id, address)| async move {
+            let r = async {
+                let mut c = self.client(&address)?;
+                let reply = tokio::time::timeout(
+                    NODE_TIMEOUT,
+                    c.list_tables(pb::ListTablesRequest { preview_rows: rows }),
+                )
+                .await
+                .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
+                .map_err(|s| s.message().to_string())?;
+                Ok::<_, String>(reply.into_inner().tables)
+            }
+            .await;
+            (id, r)
+        });
+        gather(futures::future::join_all(calls).await)
+    }
+
     /// The kept log entries of `app` on every live node (not followed).
     pub async fn logs(&self, app: &str) -> Gathered<Vec<pb::LogEntry>> {
         let calls = self.live().into_iter().map(|(id, address)| {
@@ -143,6 +163,27 @@ impl NodeClients {
             }
         });
         gather(futures::future::join_all(calls).await)
+    }
+
+    /// The log entries of `app` on the node at `address` after `after_seq`, followed while
+    /// the stream stays open (the dashboard's live log).
+    pub async fn follow_logs(
+        &self,
+        address: &str,
+        app: &str,
+        after_seq: u64,
+    ) -> Result<tonic::Streaming<pb::LogsReply>, String> {
+        let mut c = self.client(address)?;
+        let opened = c.logs(pb::LogsRequest {
+            app: app.to_string(),
+            after_seq,
+            follow: true,
+        });
+        Ok(tokio::time::timeout(NODE_TIMEOUT, opened)
+            .await
+            .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
+            .map_err(|s| s.message().to_string())?
+            .into_inner())
     }
 
     /// Kills `pid` (untrappable) through its node.

@@ -68,8 +68,13 @@ pub fn spec() -> Value {
             "memory": {"type": "integer"}, "parent": {"type": "string", "nullable": true},
             "child": {"type": "string"}, "trap_exits": {"type": "boolean"},
             "links": {"type": "array", "items": {"type": "string"}},
+            "stuck": {"type": "boolean"},
+            "stuck_reason": {"type": "string", "nullable": true, "enum": ["handler running", "mailbox growing", null]},
+            "stuck_for_ms": {"type": "integer", "nullable": true},
         }),
-        &["id", "node", "kind", "mailbox", "handled", "memory"],
+        &[
+            "id", "node", "kind", "mailbox", "handled", "memory", "stuck",
+        ],
     );
     let event = obj(
         json!({
@@ -101,7 +106,7 @@ pub fn spec() -> Value {
         },
         "paths": {
             "/api/v1/session": get_op("Who you are, your role, and the CSRF token for cookie sessions", vec![],
-                ok("session", obj(json!({"who": {"type": "string"}, "role": {"type": "string", "enum": ["read", "call", "deploy", "admin"]}, "can_act": {"type": "boolean"}, "csrf": {"type": "string", "nullable": true}}), &["who", "role", "can_act"]))),
+                ok("session", obj(json!({"who": {"type": "string"}, "role": {"type": "string", "enum": ["read", "call", "deploy", "admin"]}, "can_act": {"type": "boolean"}, "can_kill": {"type": "boolean"}, "csrf": {"type": "string", "nullable": true}}), &["who", "role", "can_act", "can_kill"]))),
             "/api/v1/cluster": get_op("Controllers (role, term, leader, commit/applied, lag) and counts", vec![],
                 ok("cluster", obj(json!({"this": any_obj(), "controllers": {"type": "array", "items": any_obj()}}), &["this", "controllers"]))),
             "/api/v1/nodes": get_op("Member nodes: incarnation, status, labels, lease", vec![], ok("nodes", list_of("nodes", any_obj()))),
@@ -116,17 +121,28 @@ pub fn spec() -> Value {
             "/api/v1/processes": get_op("Processes of every live node, filtered, sorted and paged on the server", vec![
                 param("offset", "query", json!({"type": "integer", "minimum": 0}), "rows to skip"),
                 param("limit", "query", limit(1000, 50), "rows per page"),
-                param("sort", "query", json!({"type": "string", "enum": ["pid", "name", "app", "node", "kind", "mailbox", "handled", "memory", "function"]}), "sort key"),
+                param("sort", "query", json!({"type": "string", "enum": ["pid", "name", "app", "node", "kind", "mailbox", "handled", "memory", "function", "stuck"]}), "sort key (stuck: longest stuck last)"),
                 param("order", "query", json!({"type": "string", "enum": ["asc", "desc"]}), "sort order"),
                 param("q", "query", json!({"type": "string"}), "substring of pid, name, app, initial or current function"),
                 param("node", "query", json!({"type": "string"}), "only this node"),
                 param("app", "query", json!({"type": "string"}), "only this app"),
+                param("stuck", "query", json!({"type": "boolean"}), "only processes that are (true) or are not (false) stuck: a handler running over 5 s, or a mailbox growing over 5 s while nothing is handled"),
             ], ok("a page", obj(json!({"total": {"type": "integer"}, "offset": {"type": "integer"}, "limit": {"type": "integer"},
-                "items": {"type": "array", "items": process}, "missing_nodes": {"type": "array", "items": any_obj()}, "took_ms": {"type": "number"}}),
+                "items": {"type": "array", "items": process}, "missing_nodes": {"type": "array", "items": any_obj()}, "took_ms": {"type": "number"},
+                "as_of_ms": {"type": "integer"}, "age_ms": {"type": "integer"}}),
                 &["total", "offset", "limit", "items", "missing_nodes"]))),
             "/api/v1/processes/{pid}": get_op("One process: links, trap_exit, mailbox, current function, names and groups", vec![pid_param.clone()], {
                 let mut r = ok("process", any_obj()); r["404"] = json!({"$ref": "#/components/responses/Error"}); r }),
-            "/api/v1/processes/{pid}/kill": action("Kill a process (untrappable; recorded in events)", vec![pid_param], obj(json!({"killed": {"type": "string"}}), &["killed"])),
+            "/api/v1/processes/{pid}/kill": action("Kill a process (untrappable; recorded in events)", vec![pid_param.clone()], obj(json!({"killed": {"type": "string"}}), &["killed"])),
+            "/api/v1/processes/{pid}/restart": action("Restart a supervised child: it is killed and its supervisor (or the controller, for a top-level child) starts it again; recorded in events", vec![pid_param], obj(json!({"restarting": {"type": "string"}}), &["restarting"])),
+            "/api/v1/tables": get_op("Every live node's shared tables (ETS): kind, access, size, owner and a bounded preview (none for private tables)", vec![
+                param("node", "query", json!({"type": "string"}), "only this node"),
+                param("preview", "query", json!({"type": "integer", "minimum": 0, "maximum": 50, "default": 10}), "entries shown per table"),
+            ], ok("tables", obj(json!({"tables": {"type": "array", "items": obj(json!({
+                "node": {"type": "string"}, "name": {"type": "string"}, "kind": {"type": "string"}, "access": {"type": "string"},
+                "size": {"type": "integer"}, "owner": {"type": "string", "nullable": true},
+                "preview": {"type": "array", "items": obj(json!({"key": {"type": "string"}, "value": {"type": "string"}}), &["key", "value"])},
+            }), &["node", "name", "kind", "access", "size", "preview"])}, "missing_nodes": {"type": "array", "items": any_obj()}}), &["tables", "missing_nodes"]))),
             "/api/v1/events": get_op("The replicated event journal: crashes, restarts, membership, upgrades, operator actions", vec![
                 param("after", "query", json!({"type": "integer", "minimum": 0}), "only events with a larger seq"),
                 param("limit", "query", limit(2000, 200), "most events returned"),

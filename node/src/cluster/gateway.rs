@@ -137,6 +137,36 @@ impl pb::gateway_service_server::GatewayService for Gateway {
         Ok(Response::new(pb::KillReply {}))
     }
 
+    async fn list_tables(
+        &self,
+        request: Request<pb::ListTablesRequest>,
+    ) -> Result<Response<pb::ListTablesReply>, Status> {
+        let rows = request.into_inner().preview_rows as usize;
+        // Reading the tables needs the GIL: off the async workers.
+        let tables = tokio::task::spawn_blocking(move || crate::python::inspect::tables(rows))
+            .await
+            .map_err(|e| internal(format!("listing tables failed: {e}")))?
+            .map_err(internal)?;
+        Ok(Response::new(pb::ListTablesReply {
+            node: self.cluster.rt.node().name().to_string(),
+            tables: tables
+                .into_iter()
+                .map(|t| pb::TableInfo {
+                    name: t.name,
+                    kind: t.kind,
+                    access: t.access,
+                    size: t.size,
+                    owner: Some(pid_to_pb(t.owner)),
+                    preview: t
+                        .preview
+                        .into_iter()
+                        .map(|(key, value)| pb::TableEntry { key, value })
+                        .collect(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn logs(
         &self,
         request: Request<pb::LogsRequest>,

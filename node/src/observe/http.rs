@@ -38,6 +38,8 @@ pub struct NodeHttp {
     pub read_tokens: Vec<String>,
     /// Extra host names answered.
     pub allowed_hosts: Vec<String>,
+    /// The node's TLS files: the server speaks HTTPS with them when given.
+    pub tls: Option<rebeam_tls::TlsSource>,
 }
 
 /// Binds `addr` and serves the node's routes (and `controller`'s, on `--dev`) on `tokio`
@@ -51,7 +53,9 @@ pub fn start(
 ) -> rebeam_controller::Result<SocketAddr> {
     let _entered = tokio.enter();
     let rt_for_metrics = rt.clone();
-    let listener = tokio.block_on(HttpListener::bind(addr))?;
+    let listener = tokio
+        .block_on(HttpListener::bind(addr))?
+        .with_tls(access.tls);
     let bound = listener.addr();
     let auth = Arc::new(HttpAuth::new(
         Arc::new(ClusterTokens::new(access.credentials, &access.read_tokens)),

@@ -354,3 +354,67 @@ fn frame_label(frame: &Bound<'_, PyAny>, module: &str) -> Option<String> {
         .unwrap_or(0);
     Some(format!("{module}.{name}:{line}"))
 }
+
+/// Entries a table preview may hold, at most.
+pub const MAX_TABLE_PREVIEW: usize = 50;
+/// Characters of a key's or value's repr in a table preview.
+const TABLE_REPR_CHARS: usize = 200;
+
+/// One shared table as the dashboard shows it.
+#[derive(Clone, Debug)]
+pub struct TableReport {
+    /// Its name.
+    pub name: String,
+    /// "set", "ordered_set", "bag" or "duplicate_bag".
+    pub kind: String,
+    /// "public", "protected" or "private".
+    pub access: String,
+    /// Entries (values, for bags).
+    pub size: u64,
+    /// The owning process.
+    pub owner: Pid,
+    /// The first entries as bounded reprs (none for a private table).
+    pub preview: Vec<(String, String)>,
+}
+
+/// Every live table of this node with at most `rows` preview entries each; a failure to
+/// read them (the Python side missing) is an error the caller reports.
+pub fn tables(rows: usize) -> Result<Vec<TableReport>, String> {
+    let rows = rows.min(MAX_TABLE_PREVIEW);
+    type Row = (
+        String,
+        String,
+        String,
+        u64,
+        (String, u64, u64),
+        Vec<(String, String)>,
+    );
+    Python::attach(|py| {
+        let described: Vec<Row> = py
+            .import("rebeam._table")
+            .and_then(|m| m.getattr("_describe_all"))
+            .and_then(|f| f.call1((rows, TABLE_REPR_CHARS)))
+            .and_then(|v| v.extract())
+            .map_err(|e| format!("cannot list tables: {e}"))?;
+        Ok(described
+            .into_iter()
+            .filter_map(
+                |(name, kind, access, size, (node, incarnation, serial), preview)| {
+                    let owner = Pid {
+                        node: crate::runtime::NodeId::from_wire(&node).ok()?,
+                        incarnation,
+                        serial,
+                    };
+                    Some(TableReport {
+                        name,
+                        kind,
+                        access,
+                        size,
+                        owner,
+                        preview,
+                    })
+                },
+            )
+            .collect())
+    })
+}

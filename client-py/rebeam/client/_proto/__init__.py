@@ -2,4 +2,4 @@
 # ruff: noqa
 """Generated protobuf and gRPC modules for the controller's client service."""
 
-PROTO_SHA256 = "03b408d8521df8908d63e5018c2bcfdc7181c497bb0cb72462dce73dd9927a1d"
+PROTO_SHA256 = "358dbd31c46195770f4927112c556802771a1dc3ab17bfe0f191080f6b336bd3"

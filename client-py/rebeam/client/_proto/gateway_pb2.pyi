@@ -127,3 +127,51 @@ class LogsReply(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+
+class KillRequest(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: _common_pb2.Pid
+    def __init__(self, pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ...) -> None: ...
+
+class KillReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTablesRequest(_message.Message):
+    __slots__ = ("preview_rows",)
+    PREVIEW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    preview_rows: int
+    def __init__(self, preview_rows: _Optional[int] = ...) -> None: ...
+
+class TableEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class TableInfo(_message.Message):
+    __slots__ = ("name", "kind", "access", "size", "owner", "preview")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    access: str
+    size: int
+    owner: _common_pb2.Pid
+    preview: _containers.RepeatedCompositeFieldContainer[TableEntry]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., access: _Optional[str] = ..., size: _Optional[int] = ..., owner: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ..., preview: _Optional[_Iterable[_Union[TableEntry, _Mapping]]] = ...) -> None: ...
+
+class ListTablesReply(_message.Message):
+    __slots__ = ("node", "tables")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    tables: _containers.RepeatedCompositeFieldContainer[TableInfo]
+    def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ...) -> None: ...

@@ -51,6 +51,16 @@ class GatewayServiceStub:
                 request_serializer=rebeam_dot_v1_dot_gateway__pb2.LogsRequest.SerializeToString,
                 response_deserializer=rebeam_dot_v1_dot_gateway__pb2.LogsReply.FromString,
                 _registered_method=True)
+        self.Kill = channel.unary_unary(
+                '/rebeam.v1.GatewayService/Kill',
+                request_serializer=rebeam_dot_v1_dot_gateway__pb2.KillRequest.SerializeToString,
+                response_deserializer=rebeam_dot_v1_dot_gateway__pb2.KillReply.FromString,
+                _registered_method=True)
+        self.ListTables = channel.unary_unary(
+                '/rebeam.v1.GatewayService/ListTables',
+                request_serializer=rebeam_dot_v1_dot_gateway__pb2.ListTablesRequest.SerializeToString,
+                response_deserializer=rebeam_dot_v1_dot_gateway__pb2.ListTablesReply.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -76,6 +86,20 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Kill(self, request, context):
+        """Sends the untrappable kill exit signal to a process (an operator's action).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTables(self, request, context):
+        """The node's shared tables with a bounded preview of their contents (the dashboard).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +117,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=rebeam_dot_v1_dot_gateway__pb2.LogsRequest.FromString,
                     response_serializer=rebeam_dot_v1_dot_gateway__pb2.LogsReply.SerializeToString,
+            ),
+            'Kill': grpc.unary_unary_rpc_method_handler(
+                    servicer.Kill,
+                    request_deserializer=rebeam_dot_v1_dot_gateway__pb2.KillRequest.FromString,
+                    response_serializer=rebeam_dot_v1_dot_gateway__pb2.KillReply.SerializeToString,
+            ),
+            'ListTables': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTables,
+                    request_deserializer=rebeam_dot_v1_dot_gateway__pb2.ListTablesRequest.FromString,
+                    response_serializer=rebeam_dot_v1_dot_gateway__pb2.ListTablesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +210,60 @@ class GatewayService:
             '/rebeam.v1.GatewayService/Logs',
             rebeam_dot_v1_dot_gateway__pb2.LogsRequest.SerializeToString,
             rebeam_dot_v1_dot_gateway__pb2.LogsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Kill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rebeam.v1.GatewayService/Kill',
+            rebeam_dot_v1_dot_gateway__pb2.KillRequest.SerializeToString,
+            rebeam_dot_v1_dot_gateway__pb2.KillReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTables(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rebeam.v1.GatewayService/ListTables',
+            rebeam_dot_v1_dot_gateway__pb2.ListTablesRequest.SerializeToString,
+            rebeam_dot_v1_dot_gateway__pb2.ListTablesReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,10 +64,12 @@ function chart(samples) {
   document.getElementById("chart-legend").textContent = "max " + max.toFixed(1) + "/s — blue: Raft commits, orange: events, red: restarts, green: HTTP requests";
 }
 
-function procLine(p) {
-  const kill = session.can_act ? el("button", {class: "danger", onclick: () => act("/api/v1/processes/" + encodeURIComponent(p.id) + "/kill", "Kill " + p.id)}, "kill") : "";
-  return el("div", {class: "proc", "data-pid": p.id}, el("a", {href: "#process:" + p.id}, p.id), " ", p.kind, " ", p.name || p.initial, " mailbox ", p.mailbox, " ", kill,
-    ...(p.children || []).map(procLine));
+function procLine(p, supervised) {
+  const kill = session.can_kill ? el("button", {class: "danger", onclick: () => act("/api/v1/processes/" + encodeURIComponent(p.id) + "/kill", "Kill " + p.id)}, "kill") : "";
+  const restart = session.can_act && supervised ? el("button", {class: "restart-child", onclick: () => act("/api/v1/processes/" + encodeURIComponent(p.id) + "/restart", "Restart " + (p.name || p.initial) + " (" + p.id + ")")}, "restart") : "";
+  return el("div", {class: "proc", "data-pid": p.id}, el("a", {href: "#process:" + p.id}, p.id), " ", p.kind, " ", p.name || p.initial, " mailbox ", p.mailbox, " ",
+    p.stuck ? el("span", {class: "stuck"}, "stuck: " + p.stuck_reason + " " + (p.stuck_for_ms / 1000).toFixed(0) + " s") : "", " ", restart, " ", kill,
+    ...(p.children || []).map(c => procLine(c, p.kind === "supervisor")));
 }
 
 async function tree() {
@@ -80,7 +82,7 @@ async function tree() {
     ...a.children.map(c => el("div", {class: "child", "data-child": c.child},
       el("strong", {}, c.child), " on " + (c.node || "(waiting)") + " — pid " + (c.pid || "-") + " — generation " + c.generation + " — restarts " + c.restarts,
       ...c.history.slice(-3).map(h => el("div", {class: "restart"}, "restarted " + ago(h.at_ms) + " (was on " + h.from_node + "): " + h.reason)),
-      c.process ? procLine(Object.assign({}, c.process, {children: c.children})) : "")),
+      c.process ? procLine(Object.assign({}, c.process, {children: c.children}), true) : "")),
     a.crashes.length ? el("h4", {}, "Crashes and the restarts they caused") : "",
     ...a.crashes.slice().reverse().map(cr => el("div", {class: "crash"},
       el("div", {}, ago(cr.time_ms) + " " + cr.pid + " on " + cr.node, el("div", {class: "restart"}, "→ restarted by its supervisor (see the tree above)")),
@@ -90,13 +92,15 @@ async function tree() {
 async function processes() {
   const q = new URLSearchParams({offset: page.offset, limit: page.limit, sort: document.getElementById("psort").value,
     order: document.getElementById("porder").value, q: document.getElementById("pq").value});
+  if (document.getElementById("pstuck").checked) q.set("stuck", "true");
   const r = await api("/api/v1/processes?" + q);
   page.total = r.total;
   document.getElementById("pinfo").textContent = (r.total ? r.offset + 1 : 0) + "–" + (r.offset + r.items.length) + " of " + r.total +
     " (" + r.took_ms.toFixed(0) + " ms)" + (r.missing_nodes.length ? " — no answer from " + r.missing_nodes.map(m => m.node).join(", ") : "");
-  table("processes", ["pid", "name", "app", "kind", "function", "mailbox", "handled", "memory", ""], r.items.map(p => [
+  table("processes", ["pid", "name", "app", "kind", "function", "mailbox", "handled", "memory", "stuck", ""], r.items.map(p => [
     el("a", {href: "#process:" + p.id}, p.id), p.name, p.app, p.kind, p.current_function, p.mailbox, p.handled, p.memory,
-    session.can_act ? el("button", {class: "danger", onclick: () => act("/api/v1/processes/" + encodeURIComponent(p.id) + "/kill", "Kill " + p.id)}, "kill") : ""]));
+    p.stuck ? el("span", {class: "stuck"}, p.stuck_reason + " " + (p.stuck_for_ms / 1000).toFixed(0) + " s") : "",
+    session.can_kill ? el("button", {class: "danger", onclick: () => act("/api/v1/processes/" + encodeURIComponent(p.id) + "/kill", "Kill " + p.id)}, "kill") : ""]));
 }
 
 async function processPage(id) {
@@ -117,14 +121,49 @@ async function apps() {
     x.name, x.version, el("span", {class: x.status}, x.status), x.restarts_in_window + "/" + x.max_restarts, x.previous_version || "",
     x.failure_reason || x.upgrade_error || x.last_error,
     session.can_act && x.status === "running" ? el("button", {class: "danger", onclick: () => act("/api/v1/apps/" + encodeURIComponent(x.name) + "/stop", "Stop " + x.name)}, "stop") : ""]));
+}
+
+// Logs: one live stream (server-sent events) of the chosen app's output and crash reports
+// from every node. The server neutralises control characters; lines go in via textContent
+// and the page keeps the newest MAX_LOG_LINES.
+const MAX_LOG_LINES = 2000;
+let logSource = null, logApp = null;
+function logLine(e) {
+  const box = document.getElementById("logs");
+  const d = JSON.parse(e.data);
+  const head = new Date(d.time_ms).toLocaleTimeString() + " " + d.node + " " + d.pid + " " + d.stream + (d.stream === "crash" ? ":\n" : " ");
+  box.append(el("div", {class: "logline " + d.stream}, head + d.text));
+  while (box.childElementCount > MAX_LOG_LINES) box.firstElementChild.remove();
+  box.scrollTop = box.scrollHeight;
+}
+function follow(app) {
+  if (logSource && logApp === app) return;
+  if (logSource) logSource.close();
+  logApp = app;
+  const box = document.getElementById("logs");
+  box.replaceChildren();
+  document.getElementById("logstate").textContent = "";
+  if (!app) { logSource = null; return; }
+  logSource = new EventSource("/api/v1/apps/" + encodeURIComponent(app) + "/logs");
+  logSource.addEventListener("log", logLine);
+  logSource.addEventListener("missing", e => { const d = JSON.parse(e.data); document.getElementById("logstate").textContent = "no logs from node " + d.node + ": " + d.error; });
+  logSource.addEventListener("open", () => { document.getElementById("logstate").textContent = "following " + app; });
+}
+async function logs() {
+  const a = await api("/api/v1/apps");
   const sel = document.getElementById("logapp"), keep = sel.value;
   sel.replaceChildren(...a.apps.map(x => el("option", {}, x.name)));
   if (keep) sel.value = keep;
-  if (sel.value) {
-    const t = await api("/api/v1/tree?app=" + encodeURIComponent(sel.value));
-    const crashes = t.apps.flatMap(x => x.crashes);
-    document.getElementById("logs").textContent = crashes.map(c => ago(c.time_ms) + " " + c.pid + "\n" + c.text).join("\n");
-  }
+  follow(sel.value);
+}
+
+// Tables: every node's shared tables with a bounded preview of their rows.
+async function tables() {
+  const t = await api("/api/v1/tables");
+  table("tables", ["node", "table", "kind", "access", "size", "owner", "preview"], t.tables.map(x => [
+    x.node, x.name, x.kind, x.access, x.size, x.owner,
+    el("pre", {class: "preview"}, x.preview.map(r => r.key + " → " + r.value).join("\n") + (x.size > x.preview.length ? "\n… " + (x.size - x.preview.length) + " more" : ""))]));
+  document.getElementById("tables-missing").textContent = t.missing_nodes.length ? "no answer from " + t.missing_nodes.map(m => m.node).join(", ") : "";
 }
 
 async function events() {
@@ -133,7 +172,7 @@ async function events() {
     x.seq, ago(x.at_ms), x.kind, x.app, x.node, x.who, el("pre", {}, x.text)]));
 }
 
-const views = {cluster, tree, processes, names, apps, events};
+const views = {cluster, tree, processes, names, apps, logs, tables, events};
 let busy = false, again = false;
 async function refresh() {
   if (busy) { again = true; return; }
@@ -146,6 +185,7 @@ async function refresh() {
 function route() {
   const h = location.hash.slice(1) || "cluster";
   if (h.startsWith("process:")) { view = "processes"; processPage(h.slice(8)).catch(showError); } else view = h in views ? h : "cluster";
+  if (view !== "logs") follow(null);
   for (const s of document.querySelectorAll(".view")) s.classList.toggle("active", s.id === "view-" + view);
   for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.view === view);
   refresh();
@@ -157,10 +197,10 @@ async function main() {
   document.getElementById("pfilter").addEventListener("submit", e => { e.preventDefault(); page.offset = 0; refresh(); });
   document.getElementById("prev").addEventListener("click", () => { page.offset = Math.max(0, page.offset - page.limit); refresh(); });
   document.getElementById("next").addEventListener("click", () => { if (page.offset + page.limit < (page.total || 0)) { page.offset += page.limit; refresh(); } });
-  document.getElementById("logapp").addEventListener("change", refresh);
+  document.getElementById("logapp").addEventListener("change", e => follow(e.target.value));
   window.addEventListener("hashchange", route);
   const es = new EventSource("/api/v1/stream");
-  es.addEventListener("tick", () => { if (view !== "processes") refresh(); });
+  es.addEventListener("tick", () => { if (view !== "processes" && view !== "logs") refresh(); });
   setInterval(() => { if (view === "tree" || view === "processes" || view === "cluster") refresh(); }, 1000);
   route();
 }
