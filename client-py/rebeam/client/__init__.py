@@ -27,6 +27,7 @@ from ._errors import (
     InvalidRequest,
     NotFound,
     Refused,
+    RateLimited,
     TooLarge,
     Unavailable,
     UpgradeFailed,
@@ -53,6 +54,6 @@ __all__ = [
     "ClusterState", "ConfigError", "ControllerError", "ControllerMember", "Forbidden", "InvalidRequest",
     "LogEntry", "LogStream", "Manifest", "ManifestError", "NodeInfo", "NodeUpgrade", "NotFound",
     "ProcessInfo", "ProcessList", "Refused", "Restart", "Status", "StayedProcess", "TokenInfo",
-    "TooLarge", "Tree", "TreeNode", "Unavailable", "UntrustedValue", "UpgradeFailed", "config_path",
+    "RateLimited", "TooLarge", "Tree", "TreeNode", "Unavailable", "UntrustedValue", "UpgradeFailed", "config_path",
     "connect", "load_manifest", "pack", "unpack"
 ]

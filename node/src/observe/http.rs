@@ -38,6 +38,8 @@ pub struct NodeHttp {
     pub read_tokens: Vec<String>,
     /// Extra host names answered.
     pub allowed_hosts: Vec<String>,
+    /// Connection cap and idle timeout of the HTTP listener.
+    pub connections: rebeam_tls::ConnLimits,
 }
 
 /// Binds `addr` and serves the node's routes (and `controller`'s, on `--dev`) on `tokio`
@@ -51,7 +53,7 @@ pub fn start(
 ) -> rebeam_controller::Result<SocketAddr> {
     let _entered = tokio.enter();
     let rt_for_metrics = rt.clone();
-    let listener = tokio.block_on(HttpListener::bind(addr))?;
+    let listener = tokio.block_on(HttpListener::bind(addr))?.with_limits(access.connections);
     let bound = listener.addr();
     let auth = Arc::new(HttpAuth::new(
         Arc::new(ClusterTokens::new(access.credentials, &access.read_tokens)),
