@@ -26,8 +26,8 @@ from ._errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
-    Refused,
     RateLimited,
+    Refused,
     TooLarge,
     Unavailable,
     UpgradeFailed,
@@ -54,6 +54,7 @@ __all__ = [
     "ClusterState", "ConfigError", "ControllerError", "ControllerMember", "Forbidden", "InvalidRequest",
     "LogEntry", "LogStream", "Manifest", "ManifestError", "NodeInfo", "NodeUpgrade", "NotFound",
     "ProcessInfo", "ProcessList", "Refused", "Restart", "Status", "StayedProcess", "TokenInfo",
-    "RateLimited", "TooLarge", "Tree", "TreeNode", "Unavailable", "UntrustedValue", "UpgradeFailed", "config_path",
+    "RateLimited", "TooLarge", "Tree", "TreeNode", "Unavailable", "UntrustedValue", "UpgradeFailed",
+    "config_path",
     "connect", "load_manifest", "pack", "unpack"
 ]

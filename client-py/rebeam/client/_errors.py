@@ -19,7 +19,8 @@ from .._errors import (
 
 __all__ = [
     "AlreadyExists", "AppFailed", "ArchiveError", "AuthError", "ControllerError", "Error",
-    "Forbidden", "InvalidRequest", "NotFound", "RateLimited", "Refused", "TooLarge", "Unavailable", "UpgradeFailed",
+    "Forbidden", "InvalidRequest", "NotFound", "RateLimited", "Refused", "TooLarge", "Unavailable",
+    "UpgradeFailed",
 ]
 
 
