@@ -497,9 +497,7 @@ impl Credentials {
             ));
         };
         if let Principal::Client { .. } = principal {
-            self.limiter
-                .take(Key::Token(key))
-                .map_err(|l| l.status())?;
+            self.limiter.take(Key::Token(key)).map_err(|l| l.status())?;
         }
         if principal.satisfies(need) {
             return Ok(principal);

@@ -251,13 +251,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        assert!(!slot.poll_idle(&mut cx), "a request in flight keeps it open");
+        assert!(
+            !slot.poll_idle(&mut cx),
+            "a request in flight keeps it open"
+        );
         drop(busy);
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(!slot.poll_idle(&mut cx));
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(slot.poll_idle(&mut cx), "idle past the timeout");
         drop(slot);
-        assert!(Slot::take(&limits, &counters).is_some(), "the slot came back");
+        assert!(
+            Slot::take(&limits, &counters).is_some(),
+            "the slot came back"
+        );
     }
 }

@@ -220,7 +220,10 @@ mod tests {
         assert!(limiter.take_at(ip.clone(), t0, false).is_ok());
         assert!(limiter.take_at(ip.clone(), t0, false).is_ok());
         assert!(limiter.take_at(ip.clone(), t0, true).is_ok());
-        assert!(limiter.take_at(ip, t0, false).is_err(), "spent by the failure");
+        assert!(
+            limiter.take_at(ip, t0, false).is_err(),
+            "spent by the failure"
+        );
     }
 
     #[test]

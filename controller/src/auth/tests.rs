@@ -150,7 +150,9 @@ fn roles_are_ordered_and_checked_against_the_table() {
         tonic::Code::PermissionDenied
     );
     h.insert("authorization", "Bearer s".parse().expect("header"));
-    assert!(creds.authorize("/rebeam.v1.RaftPeer/Vote", &h, &[], None).is_ok());
+    assert!(creds
+        .authorize("/rebeam.v1.RaftPeer/Vote", &h, &[], None)
+        .is_ok());
     assert_eq!(
         creds
             .authorize("/rebeam.v1.RaftPeer/Nope", &h, &[], None)
@@ -248,7 +250,10 @@ fn a_node_certificate_calls_only_what_nodes_use() {
 fn a_token_over_its_rate_is_refused_and_another_is_not() {
     let creds = Credentials::new(
         "s".into(),
-        vec!["read:one".parse().expect("token"), "read:two".parse().expect("token")],
+        vec![
+            "read:one".parse().expect("token"),
+            "read:two".parse().expect("token"),
+        ],
         None,
     )
     .with_rate_limit(rate::RateLimit {
@@ -258,7 +263,10 @@ fn a_token_over_its_rate_is_refused_and_another_is_not() {
     let status = "/rebeam.v1.ClusterService/Status";
     let bearer = |t: &str| {
         let mut h = http::HeaderMap::new();
-        h.insert("authorization", format!("Bearer {t}").parse().expect("header"));
+        h.insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
         h
     };
     let ip = Some(std::net::IpAddr::from([127, 0, 0, 1]));
@@ -269,7 +277,11 @@ fn a_token_over_its_rate_is_refused_and_another_is_not() {
         .authorize(status, &bearer("one"), &[], ip)
         .expect_err("over the rate");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-    assert!(refused.message().contains("rate limit"), "{}", refused.message());
+    assert!(
+        refused.message().contains("rate limit"),
+        "{}",
+        refused.message()
+    );
     assert!(refused.metadata().get(rate::RETRY_AFTER_KEY).is_some());
     assert!(
         creds.authorize(status, &bearer("two"), &[], ip).is_ok(),

@@ -131,9 +131,7 @@ impl axum::serve::Listener for Limited {
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Limited>>
-    for HttpConn
-{
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Limited>> for HttpConn {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Limited>) -> Self {
         stream.remote_addr().clone()
     }

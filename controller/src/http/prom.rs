@@ -47,10 +47,30 @@ impl Exposition {
         let stats = rebeam_tls::limits::stats();
         type Pick = fn(&rebeam_tls::limits::ConnStats) -> u64;
         let families: [(&str, &str, &str, Pick); 4] = [
-            ("rebeam_connections_open", "gauge", "Connections open now, by server.", |s| s.open),
-            ("rebeam_connections_accepted_total", "counter", "Connections accepted, by server.", |s| s.accepted),
-            ("rebeam_connections_refused_total", "counter", "Connections closed at accept because --max-connections was reached, by server.", |s| s.refused),
-            ("rebeam_connections_idle_closed_total", "counter", "Connections closed after --idle-timeout-ms with no request in flight, by server.", |s| s.idle_closed),
+            (
+                "rebeam_connections_open",
+                "gauge",
+                "Connections open now, by server.",
+                |s| s.open,
+            ),
+            (
+                "rebeam_connections_accepted_total",
+                "counter",
+                "Connections accepted, by server.",
+                |s| s.accepted,
+            ),
+            (
+                "rebeam_connections_refused_total",
+                "counter",
+                "Connections closed at accept because --max-connections was reached, by server.",
+                |s| s.refused,
+            ),
+            (
+                "rebeam_connections_idle_closed_total",
+                "counter",
+                "Connections closed after --idle-timeout-ms with no request in flight, by server.",
+                |s| s.idle_closed,
+            ),
         ];
         for (name, kind, help, pick) in families {
             self.family(name, kind, help);

@@ -53,7 +53,9 @@ pub fn start(
 ) -> rebeam_controller::Result<SocketAddr> {
     let _entered = tokio.enter();
     let rt_for_metrics = rt.clone();
-    let listener = tokio.block_on(HttpListener::bind(addr))?.with_limits(access.connections);
+    let listener = tokio
+        .block_on(HttpListener::bind(addr))?
+        .with_limits(access.connections);
     let bound = listener.addr();
     let auth = Arc::new(HttpAuth::new(
         Arc::new(ClusterTokens::new(access.credentials, &access.read_tokens)),
