@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import threading
 import traceback
 from types import TracebackType
@@ -169,6 +170,32 @@ class TooLarge(ControllerError):
     """The app's code or manifest is over the controller's size limit."""
 
 
+class RateLimited(ControllerError):
+    """A server refused the request because the client's token went over its request rate
+    (``--rate-limit`` requests/s with a ``--rate-burst``; failed authentications count per
+    address). Nothing of the request ran. ``retry_after`` is how many seconds to wait; the
+    client waits and retries by itself while the caller's timeout allows."""
+
+    def __init__(self, message: str, code: str = "RESOURCE_EXHAUSTED",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, code)
+        if retry_after is None:
+            found = _RETRY_IN.search(message)
+            retry_after = int(found.group(1)) / 1000 if found else 1.0
+        self.retry_after = retry_after
+
+
+_RETRY_IN = re.compile(r"retry in (\d+) ms")
+
+
+def rate_limited(code: str, message: str) -> RateLimited | None:
+    """The :class:`RateLimited` for a refusal that says a rate limit was exceeded (servers
+    answer ``RESOURCE_EXHAUSTED`` with a message starting ``rate limit``), else None."""
+    if code == "RESOURCE_EXHAUSTED" and message.startswith("rate limit"):
+        return RateLimited(message, code)
+    return None
+
+
 class Unavailable(ControllerError, ConnectionError):
     """No controller member could serve the request before the timeout (none reachable,
     or no leader elected)."""
@@ -201,6 +228,9 @@ def controller_error(code: str, message: str) -> Error:
         return AuthError(message)
     if code == "DEADLINE_EXCEEDED":
         return Timeout(message)
+    limited = rate_limited(code, message)
+    if limited is not None:
+        return limited
     return CONTROLLER_ERRORS.get(code, ControllerError)(message, code)
 
 
@@ -208,7 +238,7 @@ _OWN: dict[str, type[Exception]] = {
     cls.__name__: cls
     for cls in (Error, Timeout, InitError, UnknownName, NameTaken, NotInNode, ControllerError,
                 InvalidRequest, NotFound, AlreadyExists, Refused, TooLarge, Unavailable,
-                AuthError)
+                AuthError, RateLimited)
 }
 
 

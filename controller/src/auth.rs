@@ -5,7 +5,10 @@
 //! [`RPC_TABLE`] before the handler runs: a method missing from the table is refused, so a new
 //! RPC cannot be served until someone decides who may call it.
 
+pub mod rate;
+
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -15,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tonic::codegen::http;
 use tonic::Status;
+
+use rate::{Key, RateLimit, RateLimiter};
 
 /// What a client token may do; each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -79,8 +84,12 @@ pub enum Need {
 /// Who a request comes from, once authenticated; handlers find it in the request extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    /// Holder of the cluster secret (a controller member or a node).
+    /// Holder of the cluster secret (a controller member or a node), or of a controller's
+    /// certificate.
     Member,
+    /// A node proven by its certificate (named here): only the RPCs nodes use
+    /// ([`NODE_RPCS`]), never membership, tokens or app changes.
+    Node(String),
     /// A client with a token of this role; `token` is the token's id (`static` for tokens
     /// given on the command line).
     Client {
@@ -95,6 +104,8 @@ impl Principal {
     fn satisfies(&self, need: Need) -> bool {
         match (self, need) {
             (Principal::Member, _) => true,
+            // Decided per method by NODE_RPCS, before roles are looked at.
+            (Principal::Node(_), _) => false,
             (Principal::Client { .. }, Need::Member) => false,
             (Principal::Client { role, .. }, Need::Role(r)) => *role >= r,
         }
@@ -153,6 +164,27 @@ pub const RPC_TABLE: &[(&str, Need)] = &[
     ("/rebeam.v1.GatewayService/Logs", R(Read)),
     ("/rebeam.v1.GatewayService/Kill", R(Admin)),
     ("/rebeam.v1.GatewayService/ListTables", R(Read)),
+];
+
+/// The RPCs a node's certificate may call: its control traffic, the registry writes and
+/// lookups it makes for its processes, and peer links. A node that is taken over must not
+/// be able to change membership, issue tokens or submit code, as a member could.
+pub const NODE_RPCS: &[&str] = &[
+    "/rebeam.v1.NodeService/Join",
+    "/rebeam.v1.NodeService/Heartbeat",
+    "/rebeam.v1.NodeService/Leave",
+    "/rebeam.v1.NodeService/Watch",
+    "/rebeam.v1.NodeService/ReportExit",
+    "/rebeam.v1.NodeService/ReportChildStarted",
+    "/rebeam.v1.NodeService/FetchCode",
+    "/rebeam.v1.NodeService/ReportChildFailed",
+    "/rebeam.v1.NodeService/ReportUpgrade",
+    "/rebeam.v1.ClusterService/RegisterName",
+    "/rebeam.v1.ClusterService/UnregisterName",
+    "/rebeam.v1.ClusterService/Whereis",
+    "/rebeam.v1.ClusterService/PgJoin",
+    "/rebeam.v1.ClusterService/PgLeave",
+    "/rebeam.v1.PeerService/Stream",
 ];
 
 /// What `path` (`/package.Service/Method`) needs, or None for a method nobody may call.
@@ -337,6 +369,7 @@ pub struct Credentials {
     secret: String,
     static_tokens: Arc<Vec<StaticToken>>,
     issued: Option<Arc<dyn TokenSource>>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Credentials {
@@ -351,37 +384,60 @@ impl Credentials {
             secret,
             static_tokens: Arc::new(static_tokens),
             issued,
+            limiter: Arc::new(RateLimiter::new(RateLimit::default())),
         }
+    }
+
+    /// Limits each client token to `limit` (and failed authentications per address alike).
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.limiter = Arc::new(RateLimiter::new(limit));
+        self
+    }
+
+    /// The request rate limiter these credentials apply.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
     }
 
     /// Who presented `token`, or None when it is not a valid credential.
     pub fn authenticate(&self, token: &str, now_ms: u64) -> Option<Principal> {
+        self.identify(token, now_ms).map(|(p, _)| p)
+    }
+
+    /// Who presented `token` and the id its requests are counted under (each static token
+    /// apart, though all show as `static`).
+    fn identify(&self, token: &str, now_ms: u64) -> Option<(Principal, String)> {
         if token.is_empty() {
             return None;
         }
         if !self.secret.is_empty() && constant_time_eq(self.secret.as_bytes(), token.as_bytes()) {
-            return Some(Principal::Member);
+            return Some((Principal::Member, String::new()));
         }
         let mut found = None;
-        for t in self.static_tokens.iter() {
+        for (i, t) in self.static_tokens.iter().enumerate() {
             if constant_time_eq(t.token.as_bytes(), token.as_bytes()) {
-                found = Some(t.role);
+                found = Some((i, t.role));
             }
         }
-        if let Some(role) = found {
-            return Some(Principal::Client {
+        if let Some((i, role)) = found {
+            let principal = Principal::Client {
                 role,
                 token: "static".into(),
-            });
+            };
+            return Some((principal, format!("static#{i}")));
         }
         let rest = token.strip_prefix(TOKEN_PREFIX)?;
         let (id, _) = rest.split_once('_')?;
         let record = self.issued.as_ref()?.token(id)?;
         let hash = token_hash(token);
         (constant_time_eq(record.sha256.as_bytes(), hash.as_bytes()) && !record.expired(now_ms))
-            .then_some(Principal::Client {
-                role: record.role,
-                token: record.id,
+            .then(|| {
+                let key = record.id.clone();
+                let principal = Principal::Client {
+                    role: record.role,
+                    token: record.id,
+                };
+                (principal, key)
             })
     }
 
@@ -392,13 +448,16 @@ impl Credentials {
         self
     }
 
-    /// Decides a request for `path` carrying these headers, on a connection whose verified
-    /// client certificate names `members` (empty without TLS): the caller, or the refusal.
+    /// Decides a request for `path` carrying these headers, on a connection from `remote`
+    /// whose verified client certificate names `members` (empty without TLS): the caller,
+    /// or the refusal. Client tokens are held to the rate limit, and so are failed attempts
+    /// per remote address (refused before the credential is hashed once over the limit).
     pub fn authorize(
         &self,
         path: &str,
         headers: &http::HeaderMap,
         members: &[Member],
+        remote: Option<IpAddr>,
     ) -> Result<Principal, Status> {
         let Some(need) = required(path) else {
             return Err(Status::permission_denied(format!(
@@ -424,11 +483,23 @@ impl Credentials {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let Some(principal) = self.authenticate(presented, crate::types::now_ms()) else {
+        if let Some(ip) = remote {
+            self.limiter
+                .check(Key::Address(ip))
+                .map_err(|l| l.status())?;
+        }
+        let Some((principal, key)) = self.identify(presented, crate::types::now_ms()) else {
+            if let Some(ip) = remote {
+                // Counted only now: a failure is what a guesser spends.
+                let _ = self.limiter.take(Key::Address(ip));
+            }
             return Err(Status::unauthenticated(
                 "wrong credentials (or a revoked or expired token); check the client token",
             ));
         };
+        if let Principal::Client { .. } = principal {
+            self.limiter.take(Key::Token(key)).map_err(|l| l.status())?;
+        }
         if principal.satisfies(need) {
             return Ok(principal);
         }
@@ -437,7 +508,9 @@ impl Credentials {
             (Need::Role(r), Principal::Client { role, .. }) => {
                 format!("`{path}` needs the `{r}` role; this token's role is `{role}`")
             }
-            (Need::Role(r), Principal::Member) => format!("`{path}` needs the `{r}` role"),
+            (Need::Role(r), Principal::Member | Principal::Node(_)) => {
+                format!("`{path}` needs the `{r}` role")
+            }
         }))
     }
 }
@@ -453,7 +526,8 @@ fn certificate_members(extensions: &http::Extensions) -> Vec<Member> {
 }
 
 /// A caller proven a member by certificate, checked against what the path allows: Raft
-/// traffic only from controllers, a peer link only from the node it says it is.
+/// traffic only from controllers, a peer link only from the node it says it is, and from a
+/// node (a certificate naming no controller) only [`NODE_RPCS`].
 fn member_by_certificate(
     path: &str,
     headers: &http::HeaderMap,
@@ -480,7 +554,23 @@ fn member_by_certificate(
             )));
         }
     }
-    Ok(Some(Principal::Member))
+    if members.iter().any(|m| matches!(m, Member::Controller(_))) {
+        return Ok(Some(Principal::Member));
+    }
+    let node = members
+        .iter()
+        .find_map(|m| match m {
+            Member::Node(name) => Some(name.clone()),
+            Member::Controller(_) => None,
+        })
+        .unwrap_or_default();
+    if !NODE_RPCS.contains(&path) {
+        return Err(Status::permission_denied(format!(
+            "`{path}` is not for nodes: node {node:?}'s certificate may call only what nodes \
+             use (control traffic, registry writes for its processes, peer links)"
+        )));
+    }
+    Ok(Some(Principal::Node(node)))
 }
 
 /// Wraps a gRPC service: every request is checked against [`RPC_TABLE`] before it reaches
@@ -520,13 +610,32 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let members = certificate_members(req.extensions());
+        let peer = req.extensions().get::<PeerInfo>();
+        let remote = peer.and_then(|p| p.remote).map(|a| a.ip());
+        // In flight until the reply's body ends, so the idle timeout spares a long stream.
+        let busy = peer.and_then(|p| p.activity.as_ref()).map(|a| a.begin());
         match self
             .credentials
-            .authorize(req.uri().path(), req.headers(), &members)
+            .authorize(req.uri().path(), req.headers(), &members, remote)
         {
             Ok(principal) => {
                 req.extensions_mut().insert(principal);
-                Box::pin(self.inner.call(req))
+                let reply = self.inner.call(req);
+                Box::pin(async move {
+                    let response = reply.await?;
+                    Ok(match busy {
+                        Some(busy) => response.map(|body| {
+                            tonic::body::Body::new(http_body_util::BodyExt::map_frame(
+                                body,
+                                move |frame| {
+                                    let _in_flight = &busy;
+                                    frame
+                                },
+                            ))
+                        }),
+                        None => response,
+                    })
+                })
             }
             Err(status) => {
                 let response = status.into_http();

@@ -39,6 +39,7 @@ impl Core {
             Some(self.shared.clone() as Arc<dyn crate::auth::TokenSource>),
         )
         .with_mtls(self.config.tls.is_some())
+        .with_rate_limit(self.config.rate_limit)
     }
 
     /// API address of the current leader, when known.

@@ -139,6 +139,8 @@ struct Cli {
     max_code_bytes: usize,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    serving: rebeam_controller::config::ServingArgs,
 }
 
 /// TLS on every service; off unless all three files are given (re-read every 2 s).
@@ -196,6 +198,8 @@ fn config(cli: Cli, id: u64) -> anyhow::Result<ControllerConfig> {
         snapshot_logs: cli.snapshot_logs,
         keep_logs: cli.keep_logs,
         tls,
+        connections: cli.serving.connections(),
+        rate_limit: cli.serving.rate_limit(),
     })
 }
 
@@ -236,12 +240,14 @@ async fn main() -> anyhow::Result<()> {
         bootstrap::validate(b)?;
     }
     let http_tls = cfg.tls.clone();
+    let connections = cfg.connections;
     let handle = rebeam_controller::start(cfg)
         .await
         .context("starting the controller")?;
     let http = rebeam_controller::http::HttpListener::bind(http_listen)
         .await?
-        .with_tls(http_tls);
+        .with_tls(http_tls)
+        .with_limits(connections);
     let (boot_stop, boot_stopped) = tokio::sync::watch::channel(false);
     let boot_task = boot.take().map(|mut b| {
         // Without advertised addresses the bound ones are all the others can dial.

@@ -12,7 +12,6 @@ use rebeam_proto::v1::AddControllerRequest;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 
 use crate::api::cluster::ClusterApi;
 use crate::api::node::NodeApi;
@@ -188,6 +187,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     // a member (by certificate with TLS, else by the cluster secret) or which client role is
     // needed.
     let credentials = core.credentials();
+    let connections = config.connections;
 
     let raft_svc = Guard::new(
         RaftPeerServer::new(RaftService::new(raft.clone()))
@@ -198,10 +198,11 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     let mut s = stop_rx.clone();
     let raft_tls = config.tls.clone();
     tasks.push(tokio::spawn(async move {
-        let r = Server::builder()
+        let r = connections
+            .grpc_server()
             .add_service(raft_svc)
             .serve_with_incoming_shutdown(
-                rebeam_tls::incoming(raft_listener, raft_tls),
+                rebeam_tls::incoming(raft_listener, raft_tls, connections, "raft"),
                 async move {
                     let _ = s.changed().await;
                 },
@@ -224,12 +225,16 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     let mut s = stop_rx.clone();
     let api_tls = config.tls.clone();
     tasks.push(tokio::spawn(async move {
-        let r = Server::builder()
+        let r = connections
+            .grpc_server()
             .add_service(node_svc)
             .add_service(cluster_svc)
-            .serve_with_incoming_shutdown(rebeam_tls::incoming(api_listener, api_tls), async move {
-                let _ = s.changed().await;
-            })
+            .serve_with_incoming_shutdown(
+                rebeam_tls::incoming(api_listener, api_tls, connections, "api"),
+                async move {
+                    let _ = s.changed().await;
+                },
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "api listener failed");

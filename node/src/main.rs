@@ -137,6 +137,8 @@ struct Cli {
     /// PEM CA certificate(s) that sign members' (and clients') certificates.
     #[arg(long, env = "REBEAM_TLS_CA", value_name = "FILE")]
     tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    serving: rebeam_controller::config::ServingArgs,
     /// Arguments passed to the script or module as sys.argv[1:].
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -381,6 +383,8 @@ fn start_dev_controller(
         rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
     config.client_tokens = given_tokens(cli)?;
     config.api_listen = cli.api_listen;
+    config.connections = cli.serving.connections();
+    config.rate_limit = cli.serving.rate_limit();
     let scheme = if tls.is_some() { "https" } else { "http" };
     config.tls = tls;
     let handle = tokio
@@ -415,7 +419,9 @@ fn http_access(
 ) -> Result<rebeam_node::observe::http::NodeHttp> {
     let issued = Some(issued);
     Ok(rebeam_node::observe::http::NodeHttp {
-        credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, issued),
+        credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, issued)
+            .with_rate_limit(cli.serving.rate_limit()),
+        connections: cli.serving.connections(),
         read_tokens: cli.http_read_tokens.clone(),
         allowed_hosts: cli.http_allowed_hosts.clone(),
         tls: None,
@@ -467,7 +473,8 @@ fn join_cluster(
         given_tokens(cli)?,
         Some(cluster.tokens.clone() as std::sync::Arc<dyn TokenSource>),
     )
-    .with_mtls(tls.is_some());
+    .with_mtls(tls.is_some())
+    .with_rate_limit(cli.serving.rate_limit());
     let gateway = Guard::new(
         rebeam_proto::gateway_service_server::GatewayServiceServer::new(Gateway {
             cluster: cluster.clone(),
@@ -484,11 +491,13 @@ fn join_cluster(
         let _guard = tokio.enter();
         tls.watch();
     }
+    let connections = cli.serving.connections();
     tokio.spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = connections
+            .grpc_server()
             .add_service(service)
             .add_service(gateway)
-            .serve_with_incoming(rebeam_tls::incoming(listener, tls))
+            .serve_with_incoming(rebeam_tls::incoming(listener, tls, connections, "gateway"))
             .await;
         // The controller takes a refused connection at this address, after this node's
         // watch stream closed, as proof that the process is gone (and declares it dead at

@@ -24,7 +24,7 @@ import pytest
 
 import rebeam
 import rebeam.client
-from harness import REPO, SECRET, TOKEN, Cluster, Nodes, wait_for
+from harness import REPO, SECRET, TOKEN, Cluster, Node, Nodes, wait_for
 
 PROTO_DIR = REPO / "proto" / "rebeam" / "v1"
 ROLES = ("read", "call", "deploy", "admin")
@@ -75,6 +75,19 @@ EXPECTED: dict[str, str] = {
 }
 
 
+# What a node's certificate may call (auth::NODE_RPCS): its control traffic, the registry
+# writes and lookups it makes for its processes, and peer links; nothing else, although a
+# node is a member. The row of the node identity in the table above.
+NODE_MAY: set[str] = {
+    "NodeService/Join", "NodeService/Heartbeat", "NodeService/Leave", "NodeService/Watch",
+    "NodeService/ReportExit", "NodeService/ReportChildStarted", "NodeService/FetchCode",
+    "NodeService/ReportChildFailed", "NodeService/ReportUpgrade",
+    "ClusterService/RegisterName", "ClusterService/UnregisterName", "ClusterService/Whereis",
+    "ClusterService/PgJoin", "ClusterService/PgLeave",
+    "PeerService/Stream",
+}
+
+
 def proto_rpcs() -> dict[str, tuple[bool, bool]]:
     """``Service/Method`` → (client streams?, server streams?) for every rpc in the protos."""
     rpcs: dict[str, tuple[bool, bool]] = {}
@@ -95,10 +108,14 @@ def allowed(need: str, credential: str) -> bool:
     return ROLES.index(credential) >= ROLES.index(need)
 
 
-def outcome(channel: grpc.Channel, rpc: str, streams: tuple[bool, bool], token: str | None) -> str:
-    """"unauthenticated", "denied", or "allowed" (the handler ran, whatever it answered)."""
+def outcome(channel: grpc.Channel, rpc: str, streams: tuple[bool, bool], token: str | None,
+            extra: tuple[tuple[str, str], ...] = (), guard_says: str | None = None) -> str:
+    """"unauthenticated", "denied", or "allowed" (the handler ran, whatever it answered).
+    With ``guard_says``, only a refusal whose message holds it counts as "denied" (a handler
+    may refuse with PERMISSION_DENIED too, after the guard let the call through)."""
     method = f"/rebeam.v1.{rpc}"
     metadata = [("authorization", f"Bearer {token}")] if token is not None else []
+    metadata += list(extra)
     kinds = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
              (True, False): channel.stream_unary, (True, True): channel.stream_stream}
     call = kinds[streams](method, request_serializer=None, response_deserializer=None)
@@ -113,7 +130,8 @@ def outcome(channel: grpc.Channel, rpc: str, streams: tuple[bool, bool], token: 
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return "unauthenticated"
         if code == grpc.StatusCode.PERMISSION_DENIED:
-            return "denied"
+            if guard_says is None or guard_says in (e.details() or ""):  # type: ignore[attr-defined]
+                return "denied"
     return "allowed"
 
 
@@ -171,6 +189,49 @@ def test_every_rpc_of_every_service_admits_exactly_the_expected_credentials(clus
     finally:
         for ch in channels.values():
             ch.close()
+
+
+def test_a_node_certificate_calls_exactly_what_nodes_use(tmp_path: Path) -> None:
+    """The node identity's row: with mTLS, a node's certificate passes only NODE_MAY, at
+    every service (controller API and Raft, a node's gateway and peer links)."""
+    from test_tls import LOOPBACK, Ca, TlsCluster
+
+    rpcs = proto_rpcs()
+    assert NODE_MAY <= set(rpcs), sorted(NODE_MAY - set(rpcs))
+    ca = Ca.create(tmp_path, "ca")
+    c = TlsCluster.create(tmp_path / "controllers", 1)
+    c.ca = ca
+    node = Node("a", tmp_path / "a", c.members[0].api, None,
+                ["--client-token", TOKEN, *ca.files("node-a", uris=["urn:rebeam:node:a"], ips=[LOOPBACK])])
+    try:
+        c.start()
+        node.start()
+        with c.client() as admin:
+            wait_for("node a to join", lambda: [n for n in admin.nodes() if n.status == "alive"])
+            address = next(n for n in admin.nodes() if n.status == "alive").address
+        cert, key = ca.issue("node-x", uris=["urn:rebeam:node:x"], ips=[LOOPBACK])
+        creds = grpc.ssl_channel_credentials(root_certificates=ca.pem.read_bytes(),
+                                             private_key=key, certificate_chain=cert)
+        where = {"ClusterService": c.members[0].api, "NodeService": c.members[0].api,
+                 "RaftPeer": c.members[0].raft, "GatewayService": address, "PeerService": address}
+        channels = {svc: grpc.secure_channel(addr, creds) for svc, addr in where.items()}
+        try:
+            wrong = []
+            for rpc, streams in sorted(rpcs.items()):
+                got = outcome(channels[rpc.split("/")[0]], rpc, streams, None,
+                              extra=(("x-rebeam-node", "x"),),
+                              guard_says="not for nodes" if not rpc.startswith("RaftPeer/")
+                              else "controller certificate")
+                want = "allowed" if rpc in NODE_MAY else "denied"
+                if got != want:
+                    wrong.append(f"{rpc} with a node certificate: {got}, expected {want}")
+            assert not wrong, "\n".join(wrong)
+        finally:
+            for ch in channels.values():
+                ch.close()
+    finally:
+        node.stop()
+        c.stop()
 
 
 def clean_env() -> dict[str, str]:

@@ -9,11 +9,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
+
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::limits::{counters, Activity, ConnLimits, Slot};
 use crate::source::TlsSource;
 
 /// A handshake that has not finished by then is dropped (a silent client holds no slot).
@@ -21,12 +23,42 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// One accepted connection, plaintext or TLS.
-pub enum ServerIo {
+/// One accepted connection, plaintext or TLS, holding its slot under the server's
+/// connection cap; it reads as closed once idle past the server's idle timeout.
+pub struct ServerIo {
+    stream: Transport,
+    slot: Slot,
+}
+
+enum Transport {
     /// TLS is off.
     Plain(TcpStream),
     /// A finished TLS handshake.
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl ServerIo {
+    /// What request handlers may learn about this connection.
+    pub fn peer_info(&self) -> PeerInfo {
+        let activity = Some(self.slot.activity());
+        match &self.stream {
+            Transport::Plain(tcp) => PeerInfo {
+                remote: tcp.peer_addr().ok(),
+                certs: None,
+                activity,
+            },
+            Transport::Tls(tls) => {
+                let (tcp, session) = tls.get_ref();
+                PeerInfo {
+                    remote: tcp.peer_addr().ok(),
+                    certs: session
+                        .peer_certificates()
+                        .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())),
+                    activity,
+                }
+            }
+        }
+    }
 }
 
 /// What a request's handler may learn about the connection it came on (in the request's
@@ -38,27 +70,16 @@ pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
     /// The verified client certificate chain (leaf first), when one was presented.
     pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The connection's requests in flight: a handler marks its request with
+    /// [`Activity::begin`] so the idle timeout spares the connection meanwhile.
+    pub activity: Option<Arc<Activity>>,
 }
 
 impl tonic::transport::server::Connected for ServerIo {
     type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> PeerInfo {
-        match self {
-            ServerIo::Plain(tcp) => PeerInfo {
-                remote: tcp.peer_addr().ok(),
-                certs: None,
-            },
-            ServerIo::Tls(tls) => {
-                let (tcp, session) = tls.get_ref();
-                PeerInfo {
-                    remote: tcp.peer_addr().ok(),
-                    certs: session
-                        .peer_certificates()
-                        .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())),
-                }
-            }
-        }
+        self.peer_info()
     }
 }
 
@@ -68,9 +89,14 @@ impl AsyncRead for ServerIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        if this.slot.poll_idle(cx) {
+            // End of stream: hyper closes the connection as if the client had.
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.stream {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -81,9 +107,9 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().stream {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -92,46 +118,50 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().stream {
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            ServerIo::Plain(s) => s.is_write_vectored(),
-            ServerIo::Tls(s) => s.is_write_vectored(),
+        match &self.stream {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().stream {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().stream {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
-/// The connections accepted on `listener`, with `TCP_NODELAY` set and, when `tls` is given,
-/// each one's handshake done (concurrently, with the configuration current at accept time,
-/// so a rotated certificate applies to the next connection). Failed handshakes are logged
-/// and dropped: a plaintext client, a wrong CA or a wrong name never reaches a service.
+/// The connections accepted on `listener` for the server called `server` (its counters in
+/// [`crate::limits::stats`]), with `TCP_NODELAY` set and, when `tls` is given, each one's
+/// handshake done (concurrently, with the configuration current at accept time, so a rotated
+/// certificate applies to the next connection). Failed handshakes are logged and dropped: a
+/// plaintext client, a wrong CA or a wrong name never reaches a service. Past
+/// `limits.max_connections` a new connection is closed at once.
 ///
 /// `TCP_NODELAY` matters: without it a reply written in two parts (headers, then the body
 /// of a handler that awaited) sat out the peer's 40 ms delayed ACK (Nagle).
 pub fn incoming(
     listener: TcpListener,
     tls: Option<TlsSource>,
+    limits: ConnLimits,
+    server: &'static str,
 ) -> impl Stream<Item = io::Result<ServerIo>> + Send + 'static {
-    accept_loop(listener, tls, None)
+    accept_loop(listener, tls, None, limits, server)
 }
 
 /// Like [`incoming`], for an HTTP/1.1 server (the dashboard, REST API and metrics): the
@@ -141,16 +171,20 @@ pub fn incoming(
 pub fn incoming_http1(
     listener: TcpListener,
     tls: TlsSource,
+    limits: ConnLimits,
 ) -> impl Stream<Item = io::Result<ServerIo>> + Send + 'static {
-    accept_loop(listener, Some(tls), Some(b"http/1.1"))
+    accept_loop(listener, Some(tls), Some(b"http/1.1"), limits, "http")
 }
 
 fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsSource>,
     alpn: Option<&'static [u8]>,
+    limits: ConnLimits,
+    server: &'static str,
 ) -> impl Stream<Item = io::Result<ServerIo>> + Send + 'static {
     let (tx, rx) = mpsc::channel::<io::Result<ServerIo>>(64);
+    let counters = counters(server);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -165,10 +199,19 @@ fn accept_loop(
                     continue;
                 }
             };
+            // Taken before the handshake: connections still handshaking count too.
+            let Some(slot) = Slot::take(&limits, &counters) else {
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             match &tls {
                 None => {
-                    if tx.send(Ok(ServerIo::Plain(tcp))).await.is_err() {
+                    let io = ServerIo {
+                        stream: Transport::Plain(tcp),
+                        slot,
+                    };
+                    if tx.send(Ok(io)).await.is_err() {
                         return;
                     }
                 }
@@ -186,7 +229,11 @@ fn accept_loop(
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(stream)) => {
-                                let _ = tx.send(Ok(ServerIo::Tls(Box::new(stream)))).await;
+                                let io = ServerIo {
+                                    stream: Transport::Tls(Box::new(stream)),
+                                    slot,
+                                };
+                                let _ = tx.send(Ok(io)).await;
                             }
                             Ok(Err(e)) => {
                                 tracing::info!(%remote, error = %e, "TLS handshake refused")

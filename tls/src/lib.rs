@@ -6,10 +6,12 @@ pub mod dial;
 pub mod files;
 pub mod identity;
 pub mod incoming;
+pub mod limits;
 pub mod source;
 
 pub use dial::Dialer;
 pub use files::{TlsError, TlsFiles};
 pub use identity::Member;
 pub use incoming::{incoming, incoming_http1, PeerInfo, ServerIo};
+pub use limits::{Activity, Busy, ConnLimits};
 pub use source::TlsSource;

@@ -26,6 +26,7 @@ from ._errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    RateLimited,
     Refused,
     TooLarge,
     Unavailable,
@@ -53,6 +54,7 @@ __all__ = [
     "ClusterState", "ConfigError", "ControllerError", "ControllerMember", "Forbidden", "InvalidRequest",
     "LogEntry", "LogStream", "Manifest", "ManifestError", "NodeInfo", "NodeUpgrade", "NotFound",
     "ProcessInfo", "ProcessList", "Refused", "Restart", "Status", "StayedProcess", "TokenInfo",
-    "TooLarge", "Tree", "TreeNode", "Unavailable", "UntrustedValue", "UpgradeFailed", "config_path",
+    "RateLimited", "TooLarge", "Tree", "TreeNode", "Unavailable", "UntrustedValue", "UpgradeFailed",
+    "config_path",
     "connect", "load_manifest", "pack", "unpack"
 ]

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .. import _tracing
-from .._errors import CONTROLLER_ERRORS, Exit, Timeout
+from .._errors import CONTROLLER_ERRORS, Exit, RateLimited, Timeout, rate_limited
 from .._pid import Pid
 from .._types import Crash, Global
 from . import _inspect
@@ -229,6 +229,13 @@ class Client:
             except grpc.RpcError as e:
                 code = e.code()
                 details = e.details() or code.name.lower()
+                limited = rate_limited(code.name, details)
+                if limited is not None:
+                    # Refused before anything ran: wait as told and try again, while the
+                    # caller's budget allows.
+                    if not _wait_out(limited, deadline):
+                        raise limited from None
+                    continue
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED and attempt < remaining:
                     code = grpc.StatusCode.UNAVAILABLE
                     details = f"no answer within {attempt:g} s"
@@ -270,6 +277,9 @@ class Client:
             return AuthError(f"the controller refused the token from {self._token_source}: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return Timeout(f"the controller did not answer within {budget:g} s")
+        limited = rate_limited(code.name, details)
+        if limited is not None:
+            return limited
         return CONTROLLER_ERRORS.get(code.name, ControllerError)(details, code.name)
 
     # -- applications -------------------------------------------------------------------
@@ -592,6 +602,7 @@ class Client:
 
         tried: set[str] = set()
         refreshed = False
+        waits_until = time.monotonic() + timeout
         while True:
             node = self._entry_node(target, refresh=False, skip=tried)
             if node is None and not refreshed:
@@ -608,8 +619,12 @@ class Client:
                                                             metadata=self._metadata() + trace_context)
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise self._error(e.code(), e.details() or e.code().name.lower(),
-                                      timeout) from None
+                    error = self._error(e.code(), e.details() or e.code().name.lower(), timeout)
+                    # A rate-limited message was refused before delivery: sending it again
+                    # keeps it at most once.
+                    if isinstance(error, RateLimited) and _wait_out(error, waits_until):
+                        continue
+                    raise error from None
                 tried.add(node.address)
                 self._down[node.address] = time.monotonic() + DOWN_TTL
                 if _never_sent(e.details() or ""):
@@ -702,6 +717,15 @@ def _reason(reason: Any, trust: Trust) -> Any:
     if kind == "term":
         return loads(reason.term, trust)
     return "noconnection"
+
+
+def _wait_out(limited: RateLimited, deadline: float) -> bool:
+    """Sleeps the wait a rate-limited refusal asks for when it ends before ``deadline``
+    (a ``time.monotonic()`` value); False, without sleeping, when it would not."""
+    if time.monotonic() + limited.retry_after >= deadline:
+        return False
+    time.sleep(limited.retry_after)
+    return True
 
 
 def _never_sent(details: str) -> bool:

@@ -11,6 +11,7 @@ from .._errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    RateLimited,
     Refused,
     TooLarge,
     Unavailable,
@@ -18,7 +19,8 @@ from .._errors import (
 
 __all__ = [
     "AlreadyExists", "AppFailed", "ArchiveError", "AuthError", "ControllerError", "Error",
-    "Forbidden", "InvalidRequest", "NotFound", "Refused", "TooLarge", "Unavailable", "UpgradeFailed",
+    "Forbidden", "InvalidRequest", "NotFound", "RateLimited", "Refused", "TooLarge", "Unavailable",
+    "UpgradeFailed",
 ]
 
 

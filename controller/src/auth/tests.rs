@@ -135,32 +135,34 @@ fn roles_are_ordered_and_checked_against_the_table() {
     let deliver = "/rebeam.v1.GatewayService/Deliver";
     assert_eq!(
         creds
-            .authorize(deliver, &h, &[])
+            .authorize(deliver, &h, &[], None)
             .expect_err("read cannot call")
             .code(),
         tonic::Code::PermissionDenied
     );
     h.insert("authorization", "Bearer d".parse().expect("header"));
-    assert!(creds.authorize(deliver, &h, &[]).is_ok());
+    assert!(creds.authorize(deliver, &h, &[], None).is_ok());
     assert_eq!(
         creds
-            .authorize("/rebeam.v1.RaftPeer/Vote", &h, &[])
+            .authorize("/rebeam.v1.RaftPeer/Vote", &h, &[], None)
             .expect_err("clients cannot vote")
             .code(),
         tonic::Code::PermissionDenied
     );
     h.insert("authorization", "Bearer s".parse().expect("header"));
-    assert!(creds.authorize("/rebeam.v1.RaftPeer/Vote", &h, &[]).is_ok());
+    assert!(creds
+        .authorize("/rebeam.v1.RaftPeer/Vote", &h, &[], None)
+        .is_ok());
     assert_eq!(
         creds
-            .authorize("/rebeam.v1.RaftPeer/Nope", &h, &[])
+            .authorize("/rebeam.v1.RaftPeer/Nope", &h, &[], None)
             .expect_err("unlisted")
             .code(),
         tonic::Code::PermissionDenied
     );
     assert_eq!(
         creds
-            .authorize(deliver, &http::HeaderMap::new(), &[])
+            .authorize(deliver, &http::HeaderMap::new(), &[], None)
             .expect_err("no credential")
             .code(),
         tonic::Code::Unauthenticated
@@ -176,7 +178,7 @@ fn with_mtls_members_prove_themselves_by_certificate_only() {
     h.insert("authorization", "Bearer s".parse().expect("header"));
     assert_eq!(
         creds
-            .authorize(vote, &h, &[])
+            .authorize(vote, &h, &[], None)
             .expect_err("the secret alone is no member credential under mTLS")
             .code(),
         tonic::Code::Unauthenticated
@@ -186,13 +188,13 @@ fn with_mtls_members_prove_themselves_by_certificate_only() {
     let empty = http::HeaderMap::new();
     assert_eq!(
         creds
-            .authorize(vote, &empty, &controller)
+            .authorize(vote, &empty, &controller, None)
             .expect("a member by certificate"),
         Principal::Member
     );
     assert_eq!(
         creds
-            .authorize(vote, &empty, &node_a)
+            .authorize(vote, &empty, &node_a, None)
             .expect_err("a node certificate cannot vote")
             .code(),
         tonic::Code::PermissionDenied
@@ -201,7 +203,7 @@ fn with_mtls_members_prove_themselves_by_certificate_only() {
     claims_b.insert(PEER_NODE_HEADER, "b".parse().expect("header"));
     assert_eq!(
         creds
-            .authorize(stream, &claims_b, &node_a)
+            .authorize(stream, &claims_b, &node_a, None)
             .expect_err("node a cannot open a link as node b")
             .code(),
         tonic::Code::PermissionDenied
@@ -210,8 +212,100 @@ fn with_mtls_members_prove_themselves_by_certificate_only() {
     claims_a.insert(PEER_NODE_HEADER, "a".parse().expect("header"));
     assert_eq!(
         creds
-            .authorize(stream, &claims_a, &node_a)
-            .expect("a member by certificate"),
-        Principal::Member
+            .authorize(stream, &claims_a, &node_a, None)
+            .expect("a node by certificate"),
+        Principal::Node("a".into())
+    );
+}
+
+#[test]
+fn a_node_certificate_calls_only_what_nodes_use() {
+    let creds = Credentials::new("s".into(), vec![], None).with_mtls(true);
+    let node = [Member::Node("a".into())];
+    let empty = http::HeaderMap::new();
+    for path in NODE_RPCS {
+        assert!(required(path).is_some(), "{path} is not in RPC_TABLE");
+        if path.starts_with("/rebeam.v1.PeerService/") {
+            continue; // needs the node name claimed, tested above
+        }
+        assert_eq!(
+            creds.authorize(path, &empty, &node, None).expect(path),
+            Principal::Node("a".into()),
+            "{path}"
+        );
+    }
+    for (path, _) in RPC_TABLE.iter().filter(|(p, _)| !NODE_RPCS.contains(p)) {
+        assert_eq!(
+            creds
+                .authorize(path, &empty, &node, None)
+                .expect_err(path)
+                .code(),
+            tonic::Code::PermissionDenied,
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_token_over_its_rate_is_refused_and_another_is_not() {
+    let creds = Credentials::new(
+        "s".into(),
+        vec![
+            "read:one".parse().expect("token"),
+            "read:two".parse().expect("token"),
+        ],
+        None,
+    )
+    .with_rate_limit(rate::RateLimit {
+        per_second: 0.001,
+        burst: 2.0,
+    });
+    let status = "/rebeam.v1.ClusterService/Status";
+    let bearer = |t: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
+        h
+    };
+    let ip = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    for _ in 0..2 {
+        assert!(creds.authorize(status, &bearer("one"), &[], ip).is_ok());
+    }
+    let refused = creds
+        .authorize(status, &bearer("one"), &[], ip)
+        .expect_err("over the rate");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("rate limit"),
+        "{}",
+        refused.message()
+    );
+    assert!(refused.metadata().get(rate::RETRY_AFTER_KEY).is_some());
+    assert!(
+        creds.authorize(status, &bearer("two"), &[], ip).is_ok(),
+        "the other static token has its own bucket"
+    );
+    assert!(
+        creds.authorize(status, &bearer("s"), &[], ip).is_ok(),
+        "members are not limited"
+    );
+    // Failed attempts from one address: two are counted, the third is refused unhashed.
+    for _ in 0..2 {
+        assert_eq!(
+            creds
+                .authorize(status, &bearer("wrong"), &[], ip)
+                .expect_err("wrong")
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+    assert_eq!(
+        creds
+            .authorize(status, &bearer("wrong"), &[], ip)
+            .expect_err("limited")
+            .code(),
+        tonic::Code::ResourceExhausted
     );
 }

@@ -15,6 +15,8 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::auth::rate::{Key, Limited, RateLimiter};
+
 pub use crate::auth::Role;
 
 impl Role {
@@ -35,6 +37,11 @@ pub struct Principal {
 pub trait TokenRoles: Send + Sync + 'static {
     /// The principal for `token`, or `None` when it is not accepted.
     fn principal(&self, token: &str) -> Option<Principal>;
+
+    /// The request rate limit these tokens are held to, if any.
+    fn limiter(&self) -> Option<&RateLimiter> {
+        None
+    }
 }
 
 /// Compares without an early exit so timing does not leak how much of a token matched.
@@ -70,6 +77,10 @@ impl ClusterTokens {
 }
 
 impl TokenRoles for ClusterTokens {
+    fn limiter(&self) -> Option<&RateLimiter> {
+        Some(self.credentials.limiter())
+    }
+
     fn principal(&self, token: &str) -> Option<Principal> {
         match self.credentials.authenticate(token, crate::types::now_ms()) {
             Some(crate::auth::Principal::Member) => {
@@ -86,7 +97,8 @@ impl TokenRoles for ClusterTokens {
                 };
                 return Some(Principal { role, who });
             }
-            None => {}
+            // Nodes are known by certificate only, never by a token.
+            Some(crate::auth::Principal::Node(_)) | None => {}
         }
         // Every entry is compared, so the time taken does not say which one matched.
         let mut found = false;
@@ -259,6 +271,20 @@ fn refuse(status: StatusCode, error: &str, message: String) -> Response {
     (status, Json(json!({"error": error, "message": message}))).into_response()
 }
 
+/// 429 naming the limit, with `Retry-After` in whole seconds (at least 1).
+fn too_many(limited: Limited) -> Response {
+    let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = refuse(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        limited.message(),
+    );
+    if let Ok(v) = secs.to_string().parse() {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
 /// Middleware on every route: Host and Origin checks on every method, authentication,
 /// and CSRF protection for non-GET requests made with the cookie.
 pub async fn guard(State(auth): State<Arc<HttpAuth>>, mut req: Request, next: Next) -> Response {
@@ -293,7 +319,32 @@ pub async fn guard(State(auth): State<Arc<HttpAuth>>, mut req: Request, next: Ne
             );
         }
     }
+    // Failed attempts are counted per address, and checked before the credential is
+    // hashed; a client's requests per token.
+    let limiter = auth.tokens.limiter();
+    let remote = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::http::HttpConn>>()
+        .and_then(|c| c.0.remote)
+        .map(|a| Key::Address(a.ip()));
+    let presented =
+        headers.contains_key(header::AUTHORIZATION) || session_cookie(headers).is_some();
+    if let (Some(limiter), Some(key), true) = (limiter, &remote, presented) {
+        if let Err(limited) = limiter.check(key.clone()) {
+            return too_many(limited);
+        }
+    }
     let authed = auth.authenticate(headers);
+    if let Some(limiter) = limiter {
+        let counted = match (&authed, remote) {
+            (Some(a), _) => limiter.take(Key::Token(a.principal.who.clone())),
+            (None, Some(key)) if presented => limiter.take(key),
+            (None, _) => Ok(()),
+        };
+        if let (Err(limited), Some(_)) = (counted, &authed) {
+            return too_many(limited);
+        }
+    }
     let path = req.uri().path().to_string();
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     match authed {

@@ -41,6 +41,46 @@ impl Exposition {
         self
     }
 
+    /// The connection counters of every server in this process (`rebeam_tls::limits`):
+    /// open, accepted, refused at the cap and closed idle, by server.
+    pub fn connections(&mut self) -> &mut Self {
+        let stats = rebeam_tls::limits::stats();
+        type Pick = fn(&rebeam_tls::limits::ConnStats) -> u64;
+        let families: [(&str, &str, &str, Pick); 4] = [
+            (
+                "rebeam_connections_open",
+                "gauge",
+                "Connections open now, by server.",
+                |s| s.open,
+            ),
+            (
+                "rebeam_connections_accepted_total",
+                "counter",
+                "Connections accepted, by server.",
+                |s| s.accepted,
+            ),
+            (
+                "rebeam_connections_refused_total",
+                "counter",
+                "Connections closed at accept because --max-connections was reached, by server.",
+                |s| s.refused,
+            ),
+            (
+                "rebeam_connections_idle_closed_total",
+                "counter",
+                "Connections closed after --idle-timeout-ms with no request in flight, by server.",
+                |s| s.idle_closed,
+            ),
+        ];
+        for (name, kind, help, pick) in families {
+            self.family(name, kind, help);
+            for s in &stats {
+                self.sample(name, &[("server", s.server)], pick(s) as f64);
+            }
+        }
+        self
+    }
+
     /// A family with one unlabelled sample.
     pub fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) -> &mut Self {
         self.family(name, kind, help).sample(name, &[], value)

@@ -19,9 +19,14 @@ pub struct HttpsListener {
 
 impl HttpsListener {
     /// Handshakes every connection accepted on `listener` with `tls`' current certificate.
-    pub fn new(listener: TcpListener, addr: SocketAddr, tls: TlsSource) -> Self {
+    pub fn new(
+        listener: TcpListener,
+        addr: SocketAddr,
+        tls: TlsSource,
+        limits: rebeam_tls::ConnLimits,
+    ) -> Self {
         HttpsListener {
-            incoming: Box::pin(rebeam_tls::incoming_http1(listener, tls)),
+            incoming: Box::pin(rebeam_tls::incoming_http1(listener, tls, limits)),
             addr,
         }
     }

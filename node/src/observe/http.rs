@@ -40,6 +40,8 @@ pub struct NodeHttp {
     pub allowed_hosts: Vec<String>,
     /// The node's TLS files: the server speaks HTTPS with them when given.
     pub tls: Option<rebeam_tls::TlsSource>,
+    /// Connection cap and idle timeout of the HTTP listener.
+    pub connections: rebeam_tls::ConnLimits,
 }
 
 /// Binds `addr` and serves the node's routes (and `controller`'s, on `--dev`) on `tokio`
@@ -55,7 +57,8 @@ pub fn start(
     let rt_for_metrics = rt.clone();
     let listener = tokio
         .block_on(HttpListener::bind(addr))?
-        .with_tls(access.tls);
+        .with_tls(access.tls)
+        .with_limits(access.connections);
     let bound = listener.addr();
     let auth = Arc::new(HttpAuth::new(
         Arc::new(ClusterTokens::new(access.credentials, &access.read_tokens)),
