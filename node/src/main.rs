@@ -8,7 +8,6 @@ use rebeam_controller::auth::{
     read_secret_file, read_token_file, Credentials, Guard, StaticToken, TokenSource,
 };
 use rebeam_node::cluster::gateway::Gateway;
-use rebeam_node::cluster::peers::PeerService;
 use rebeam_node::cluster::{control, Cluster, ClusterConfig};
 use rebeam_node::python::{self, NodeConfig};
 use rebeam_node::runtime::Reason;
@@ -453,9 +452,9 @@ fn join_cluster(
     let cluster = Cluster::new(rt.clone(), tokio.handle().clone(), config);
     let ports = std::sync::Arc::new(rebeam_node::cluster::ports::Ports(cluster.clone()));
     rt.host.connect(ports.clone(), ports);
-    // auth::RPC_TABLE decides per method: the peer service needs a member (by certificate
-    // with TLS, else the secret), the gateway a client role (tokens issued by the controller
-    // arrive through the watch stream).
+    // auth::RPC_TABLE decides per method: the gateway needs a client role (tokens issued by
+    // the controller arrive through the watch stream). Peer connections authenticate in the
+    // peer transport's own handshake (the secret, or a node certificate with TLS).
     let credentials = Credentials::new(
         secret,
         given_tokens(cli)?,
@@ -468,21 +467,17 @@ fn join_cluster(
         }),
         credentials.clone(),
     );
-    let service = Guard::new(
-        rebeam_proto::peer_service_server::PeerServiceServer::new(PeerService {
-            cluster: cluster.clone(),
-        }),
-        credentials,
-    );
     if let Some(tls) = &tls {
         let _guard = tokio.enter();
         tls.watch();
     }
+    // The peer port serves the peer transport (the data plane) and gRPC (the gateway).
+    let peers = cluster.clone();
+    let split = rebeam_node::cluster::transport::accept::split;
     tokio.spawn(async move {
         let served = tonic::transport::Server::builder()
-            .add_service(service)
             .add_service(gateway)
-            .serve_with_incoming(rebeam_tls::incoming(listener, tls))
+            .serve_with_incoming(split(peers, rebeam_tls::incoming(listener, tls)))
             .await;
         if let Err(err) = served {
             tracing::error!("peer service stopped: {err}");

@@ -13,3 +13,7 @@ pub use files::{TlsError, TlsFiles};
 pub use identity::Member;
 pub use incoming::{incoming, PeerInfo, ServerIo};
 pub use source::TlsSource;
+
+/// The ALPN protocol of the nodes' peer transport: a TLS connection to a node's peer port
+/// that negotiates it carries peer frames instead of gRPC.
+pub const PEER_ALPN: &[u8] = b"rebeam-peer/1";
