@@ -10,7 +10,7 @@ use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Ref};
 use pb::peer_frame::Frame;
 use rebeam_proto as pb;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use super::transport::dial::{self, LinkError};
@@ -240,10 +240,55 @@ impl Drop for InboundStream {
 
 /// Work for the inbound thread.
 pub enum Inbound {
-    /// Frames from a peer, in order.
-    Batch(NodeId, pb::PeerBatch),
+    /// Frames from a peer, in order; `pending` counts the connection's batches not yet
+    /// applied (see [`deliver`]).
+    Batch(NodeId, pb::PeerBatch, Arc<AtomicUsize>),
     /// A peer is gone: links and monitors to it fire `noconnection`.
     NodeDown(NodeId),
+}
+
+/// Whether a frame may be applied on the connection's I/O task rather than the inbound
+/// thread: messages, calls and replies only put an envelope in a mailbox or complete a call
+/// slot; they never run a handler. (A delivery past a mailbox limit kills the receiver,
+/// which may take the GIL briefly: a rare path.) Signals, and frames kinds added later,
+/// go to the inbound thread.
+fn direct(frame: &pb::PeerFrame) -> bool {
+    matches!(
+        frame.frame,
+        Some(Frame::Send(_) | Frame::Call(_) | Frame::Reply(_))
+    )
+}
+
+/// Applies a batch from `node` read by its connection's I/O task: frames that allow it are
+/// applied at once, saving a thread hand-off; from the first that does not, the rest goes to
+/// the inbound thread, and so does every later batch until the inbound thread has caught up
+/// (`pending`, per connection), so frames from one peer stay in order. False when the node is
+/// shutting down.
+pub fn deliver(
+    cluster: &Arc<Cluster>,
+    node: NodeId,
+    batch: pb::PeerBatch,
+    pending: &Arc<AtomicUsize>,
+) -> bool {
+    STATS.peer_frames_in.add(batch.frames.len() as u64);
+    let mut frames = batch.frames;
+    if pending.load(Ordering::Acquire) == 0 {
+        let split = frames.iter().position(|f| !direct(f)).unwrap_or(frames.len());
+        let rest = frames.split_off(split);
+        for frame in frames {
+            apply(cluster, node, frame);
+        }
+        frames = rest;
+    }
+    if frames.is_empty() {
+        return true;
+    }
+    pending.fetch_add(1, Ordering::AcqRel);
+    let batch = pb::PeerBatch { frames };
+    cluster
+        .inbound
+        .send(Inbound::Batch(node, batch, pending.clone()))
+        .is_ok()
 }
 
 /// The inbound thread: applies peer frames and node losses in arrival order.
@@ -262,11 +307,12 @@ pub fn inbound_loop(cluster: Arc<Cluster>, rx: std::sync::mpsc::Receiver<Inbound
 fn handle_inbound(cluster: &Arc<Cluster>, next: Inbound) {
     {
         match next {
-            Inbound::Batch(node, batch) => {
+            Inbound::Batch(node, batch, pending) => {
                 tracing::debug!(peer = %node.name(), frames = batch.frames.len(), "inbound batch");
                 for frame in batch.frames {
                     apply(cluster, node, frame);
                 }
+                pending.fetch_sub(1, Ordering::AcqRel);
             }
             Inbound::NodeDown(node) => cluster.apply_node_down(node),
         }

@@ -4,14 +4,14 @@
 
 use super::frames::{write_message, Reader, MAX_MESSAGE};
 use super::handshake::{self, Proof};
-use crate::cluster::peers::{Inbound, InboundStream};
+use crate::cluster::peers::{self, InboundStream};
 use crate::cluster::Cluster;
 use crate::observe::stats::STATS;
-use crate::runtime::NodeId;
 use futures::{Stream, StreamExt};
 use rebeam_proto as pb;
 use rebeam_tls::ServerIo;
 use std::io;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -110,8 +110,8 @@ async fn starts_with_magic(tcp: &tokio::net::TcpStream) -> io::Result<bool> {
     }
 }
 
-/// Authenticates the dialler, then hands its frames to the inbound thread in order until the
-/// connection ends or this node cuts it (its own link back broke).
+/// Authenticates the dialler, then applies its frames in order (see [`peers::deliver`]) until
+/// the connection ends or this node cuts it (its own link back broke).
 async fn serve<S>(cluster: Arc<Cluster>, io: S, proof: Proof)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -139,6 +139,7 @@ where
     };
     tracing::debug!(peer = %node.name(), "peer connection accepted");
     let stream = InboundStream::open(&cluster, node);
+    let pending = Arc::new(AtomicUsize::new(0));
     loop {
         let next = tokio::select! {
             next = reader.next::<pb::PeerBatch>(MAX_MESSAGE) => next,
@@ -150,7 +151,7 @@ where
         match next {
             Ok(Some(batch)) => {
                 STATS.peer_bytes_in.add(reader.last_len() as u64);
-                if !deliver(&cluster, node, batch) {
+                if !peers::deliver(&cluster, node, batch, &pending) {
                     return;
                 }
             }
@@ -161,12 +162,4 @@ where
             }
         }
     }
-}
-
-/// Hands a batch to the inbound thread; false when the node is shutting down.
-fn deliver(cluster: &Cluster, node: NodeId, batch: pb::PeerBatch) -> bool {
-    STATS.peer_frames_in.add(batch.frames.len() as u64);
-    // Applied on the inbound thread, which may need the interpreter (a kill interrupts
-    // running code); a tokio worker must not wait for the GIL.
-    cluster.inbound.send(Inbound::Batch(node, batch)).is_ok()
 }
