@@ -110,9 +110,9 @@ impl Dialer {
         let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
             .connect(name, tcp)
             .await
-            .inspect_err(|e| {
-                tracing::warn!(%address, error = %e, "TLS handshake with the server failed")
-            })?;
+            .inspect_err(
+                |e| tracing::warn!(%address, error = %e, "TLS handshake with the server failed"),
+            )?;
         Ok(ClientStream::Tls(Box::new(tls)))
     }
 }

@@ -49,10 +49,7 @@ impl Busy {
     pub fn wait(self, tokio: &tokio::runtime::Handle, wait: std::time::Duration) -> bool {
         let Busy { frame, link } = self;
         tokio.block_on(async move {
-            matches!(
-                tokio::time::timeout(wait, link.send(frame)).await,
-                Ok(true)
-            )
+            matches!(tokio::time::timeout(wait, link.send(frame)).await, Ok(true))
         })
     }
 }

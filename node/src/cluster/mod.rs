@@ -13,10 +13,10 @@ pub mod stopper;
 pub mod transport;
 pub mod wire;
 
+use crate::observe::stats::STATS;
 use crate::python::host::PyRuntime;
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, NodeId, Outbound, Pid, Reason};
-use crate::observe::stats::STATS;
 use links::{Links, Pushed};
 use parking_lot::{Mutex, RwLock};
 use peers::Inbound;
@@ -185,9 +185,8 @@ impl Cluster {
             Pushed::Full(Some(busy)) if may_wait() => {
                 STATS.peer_send_waits.inc();
                 let tokio = self.tokio.clone();
-                let sent = crate::python::host::without_gil(move || {
-                    busy.wait(&tokio, peers::SEND_WAIT)
-                });
+                let sent =
+                    crate::python::host::without_gil(move || busy.wait(&tokio, peers::SEND_WAIT));
                 if !sent {
                     self.count_dropped(node, 1);
                 }

@@ -1,6 +1,7 @@
 //! Peer links: one outbound connection per remote node carrying batched frames (the peer
 //! transport, `transport/`), and the inbound thread that applies frames to local processes.
 
+use super::transport::dial::{self, LinkError};
 use super::wire::{pid_from_pb, pid_to_pb, reason_from_pb, reason_to_pb};
 use super::Cluster;
 use crate::observe::stats::STATS;
@@ -13,7 +14,6 @@ use rebeam_proto as pb;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use super::transport::dial::{self, LinkError};
 
 /// Frames queued toward one node before senders wait for room (and, after
 /// [`SEND_WAIT`], drop). About 64 MiB for 1 KiB messages.
@@ -273,7 +273,10 @@ pub fn deliver(
     STATS.peer_frames_in.add(batch.frames.len() as u64);
     let mut frames = batch.frames;
     if pending.load(Ordering::Acquire) == 0 {
-        let split = frames.iter().position(|f| !direct(f)).unwrap_or(frames.len());
+        let split = frames
+            .iter()
+            .position(|f| !direct(f))
+            .unwrap_or(frames.len());
         let rest = frames.split_off(split);
         for frame in frames {
             apply(cluster, node, frame);

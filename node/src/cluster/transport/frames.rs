@@ -93,7 +93,6 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
         }
     }
-
 }
 
 /// Writes one length-prefixed message and flushes it.
@@ -159,4 +158,3 @@ impl BatchWriter {
         &self.buf
     }
 }
-

@@ -164,8 +164,7 @@ fn check_hello(hello: &pb::PeerHello, challenge: &[u8], proof: &Proof) -> Result
     match proof {
         Proof::Secret(key) => {
             let msg = transcript(HELLO, challenge, &hello.nonce, &hello.node);
-            if hello.nonce.len() != NONCE_BYTES || hmac::verify(key, &msg, &hello.proof).is_err()
-            {
+            if hello.nonce.len() != NONCE_BYTES || hmac::verify(key, &msg, &hello.proof).is_err() {
                 return Err("wrong cluster secret: peer links need the cluster's secret".into());
             }
         }

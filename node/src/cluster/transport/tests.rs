@@ -25,7 +25,10 @@ fn call_id(f: &pb::PeerFrame) -> u64 {
 }
 
 /// The acceptor's side on `io`: the node it let in, then every batch it read.
-async fn acceptor(io: DuplexStream, proof: Proof) -> Result<(NodeId, Vec<pb::PeerBatch>), HandshakeError> {
+async fn acceptor(
+    io: DuplexStream,
+    proof: Proof,
+) -> Result<(NodeId, Vec<pb::PeerBatch>), HandshakeError> {
     let (r, mut w) = tokio::io::split(io);
     let mut reader = Reader::new(r);
     if !reader.magic().await? {
@@ -67,15 +70,23 @@ fn frames_arrive_in_order_in_few_batches() {
                 }
             }
         });
-        let link = tokio::spawn(async move {
-            carry(a, "links-order-a", &Proof::secret("s3cret"), rx).await
-        });
+        let link =
+            tokio::spawn(
+                async move { carry(a, "links-order-a", &Proof::secret("s3cret"), rx).await },
+            );
         sender.await.expect("sender");
         let (node, batches) = server.await.expect("server").expect("accepted");
         let _ = link.await.expect("link");
         assert_eq!(node, NodeId::intern("links-order-a"));
-        let ids: Vec<u64> = batches.iter().flat_map(|b| b.frames.iter().map(call_id)).collect();
-        assert_eq!(ids, (0..30_000).collect::<Vec<_>>(), "every frame, in order");
+        let ids: Vec<u64> = batches
+            .iter()
+            .flat_map(|b| b.frames.iter().map(call_id))
+            .collect();
+        assert_eq!(
+            ids,
+            (0..30_000).collect::<Vec<_>>(),
+            "every frame, in order"
+        );
         assert!(
             batches.len() < 1_000,
             "writes carry many frames each ({} batches for 30,000 frames)",
@@ -120,7 +131,10 @@ fn frames_sent_without_a_handshake_are_never_read() {
         };
         write_message(&mut a, &batch).await.expect("write");
         let accepted = server.await.expect("server");
-        assert!(matches!(accepted, Err(HandshakeError::Refused(_))), "{accepted:?}");
+        assert!(
+            matches!(accepted, Err(HandshakeError::Refused(_))),
+            "{accepted:?}"
+        );
     });
 }
 
@@ -143,7 +157,10 @@ fn an_acceptor_without_the_secret_is_not_trusted_by_the_dialler() {
         let (_tx, rx) = mpsc::channel(8);
         let dialled = carry(a, "a", &Proof::secret("s"), rx).await;
         assert!(
-            matches!(dialled, Err(LinkError::Handshake(HandshakeError::Refused(_)))),
+            matches!(
+                dialled,
+                Err(LinkError::Handshake(HandshakeError::Refused(_)))
+            ),
             "{dialled:?}"
         );
         fake.await.expect("fake");
@@ -197,7 +214,10 @@ fn the_acceptor_reset_is_told_apart_from_a_close() {
             if reset {
                 assert!(matches!(dialled, Err(LinkError::Reset)), "{dialled:?}");
             } else {
-                assert!(matches!(dialled, Err(LinkError::Closed | LinkError::Io(_))), "{dialled:?}");
+                assert!(
+                    matches!(dialled, Err(LinkError::Closed | LinkError::Io(_))),
+                    "{dialled:?}"
+                );
             }
         }
     });
