@@ -4,7 +4,7 @@
 //! outbound one cuts the inbound ones too: the peer then sees the loss as well and fails its
 //! calls waiting on replies that went down with the link, instead of waiting forever.
 
-use super::peers::{PeerLink, QUEUE_FRAMES};
+use super::peers::{PeerLink, Queued, QUEUE_FRAMES};
 use crate::runtime::NodeId;
 use rebeam_proto as pb;
 use std::collections::hash_map::Entry;
@@ -93,12 +93,12 @@ impl Links {
             },
         };
         match link.push(frame) {
-            Ok(()) => Pushed::Queued,
-            Err(Some(frame)) => Pushed::Full(Some(Busy {
+            Queued::Yes => Pushed::Queued,
+            Queued::Full(frame) => Pushed::Full(Some(Busy {
                 frame,
                 link: link.clone(),
             })),
-            Err(None) => Pushed::Full(None),
+            Queued::Gone => Pushed::Full(None),
         }
     }
 
@@ -118,7 +118,7 @@ impl Links {
         };
         let mut dropped = 0;
         for frame in frames {
-            dropped += usize::from(link.push(frame).is_err());
+            dropped += usize::from(!matches!(link.push(frame), Queued::Yes));
         }
         dropped
     }

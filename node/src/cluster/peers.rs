@@ -22,6 +22,16 @@ pub const QUEUE_FRAMES: usize = 65_536;
 /// How long a process waits for room on a full link before its frame is dropped.
 pub const SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What became of a frame given to [`PeerLink::push`].
+pub enum Queued {
+    /// On the queue.
+    Yes,
+    /// The queue is full: the frame back.
+    Full(pb::PeerFrame),
+    /// The link is gone.
+    Gone,
+}
+
 /// The sending half of the link to one node.
 #[derive(Clone, Debug)]
 pub struct PeerLink {
@@ -40,12 +50,13 @@ impl PeerLink {
         self.id
     }
 
-    /// Queues a frame; gives it back when the queue is full, None when the link is gone.
-    pub fn push(&self, frame: pb::PeerFrame) -> Result<(), Option<pb::PeerFrame>> {
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(frame) => Some(frame),
-            mpsc::error::TrySendError::Closed(_) => None,
-        })
+    /// Queues a frame, or gives it back when the queue is full.
+    pub fn push(&self, frame: pb::PeerFrame) -> Queued {
+        match self.tx.try_send(frame) {
+            Ok(()) => Queued::Yes,
+            Err(mpsc::error::TrySendError::Full(frame)) => Queued::Full(frame),
+            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Gone,
+        }
     }
 
     /// Queues a frame once there is room; false when the link went away first.
