@@ -471,6 +471,8 @@ fn join_cluster(
         let _guard = tokio.enter();
         tls.watch();
     }
+    // Peers on this host may connect on a Unix socket too.
+    rebeam_node::cluster::transport::local::listen(&cluster, bound);
     // The peer port serves the peer transport (the data plane) and gRPC (the gateway).
     let peers = cluster.clone();
     let split = rebeam_node::cluster::transport::accept::split;

@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import struct
+import tempfile
 
 MAGIC = b"RBPEER1\n"
 ALPN = "rebeam-peer/1"
@@ -94,6 +95,20 @@ def connect(address: str, context: ssl.SSLContext | None = None) -> socket.socke
         sock = context.wrap_socket(sock, server_hostname=host)
     sock.sendall(MAGIC)
     return sock
+
+
+def connect_unix(path: str) -> socket.socket:
+    """A connection to a node's local peer socket (same host, TLS off)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(path)
+    sock.sendall(MAGIC)
+    return sock
+
+
+def local_socket(address: str) -> str:
+    """Where a node whose peer address is the loopback ``address`` takes local peers."""
+    return os.path.join(tempfile.gettempdir(), f"rebeam-peer-{address.rsplit(':', 1)[1]}.sock")
 
 
 def handshake(sock: socket.socket, node: str, secret: str | None) -> str:

@@ -1,6 +1,6 @@
 """The peer transport on real nodes: only a peer that proves it holds the cluster secret may
-put frames into a node; a flood toward a node that reads slowly makes the sender wait
-(backpressure) rather than lose messages."""
+put frames into a node, over TCP or the node's local Unix socket; a flood toward a node
+behind a slow path makes the sender wait (backpressure) rather than lose messages."""
 
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def test_only_a_peer_holding_the_secret_puts_frames_in(nodes: Nodes, controllers
     _, node, incarnation, serial = line.split()
     pid = (node, int(incarnation), int(serial))
     with controllers.client(token=TOKEN) as client:
-        address = wait_for("a's address", lambda: next(
-            (n.address for n in client.nodes() if n.id == "a" and n.address), None))
+        address = str(wait_for("a's address", lambda: next(
+            (n.address for n in client.nodes() if n.id == "a" and n.address), None)))
 
     # A wrong secret: refused with the reason, and frames written anyway are never read.
     with peer_wire.connect(address) as intruder:
@@ -74,6 +74,15 @@ def test_only_a_peer_holding_the_secret_puts_frames_in(nodes: Nodes, controllers
         assert peer_wire.recv_message(intruder) is not None, "the challenge"
         peer_wire.send_batch(intruder, *pid, pickle.dumps("without a handshake"))
         assert peer_wire.closed(intruder)
+
+    # Peers on the same host use the node's Unix socket: the same handshake guards it.
+    with peer_wire.connect_unix(peer_wire.local_socket(address)) as intruder:
+        assert "wrong cluster secret" in peer_wire.handshake(intruder, "mallory", "nope")
+        assert peer_wire.closed(intruder)
+    with peer_wire.connect_unix(peer_wire.local_socket(address)) as peer:
+        assert peer_wire.handshake(peer, "trusted", SECRET) == ""
+        peer_wire.send_batch(peer, *pid, pickle.dumps("over the local socket"))
+        a.wait_output("got over the local socket")
 
     # The same frame from a peer that proves the secret arrives: the refusals above were the
     # handshake's doing.

@@ -112,7 +112,7 @@ async fn starts_with_magic(tcp: &tokio::net::TcpStream) -> io::Result<bool> {
 
 /// Authenticates the dialler, then applies its frames in order (see [`peers::deliver`]) until
 /// the connection ends or this node cuts it (its own link back broke).
-async fn serve<S>(cluster: Arc<Cluster>, io: S, proof: Proof)
+pub async fn serve<S>(cluster: Arc<Cluster>, io: S, proof: Proof)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {

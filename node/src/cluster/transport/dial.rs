@@ -43,6 +43,16 @@ pub async fn run(
     proof: &Proof,
     rx: mpsc::Receiver<pb::PeerFrame>,
 ) -> Result<(), LinkError> {
+    if !dialer.is_tls() {
+        if let Some(path) = super::local::socket_path(address) {
+            // A peer on this host: its Unix socket, if it has one (else TCP, as to any).
+            if let Ok(Ok(unix)) =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(&path)).await
+            {
+                return carry(unix, me, proof, rx).await;
+            }
+        }
+    }
     let connect = dialer.stream(address, rebeam_tls::PEER_ALPN);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await

@@ -3,6 +3,9 @@
 //! the peer port serves both, told apart by the connection's first bytes (or, on TLS, its
 //! ALPN protocol).
 //!
+//! Between nodes on one host (loopback peer addresses) the same protocol runs on a Unix
+//! socket (`local`) when TLS is off.
+//!
 //! One connection per direction and per pair of nodes, as before: the dialler writes batches
 //! of frames, the acceptor applies them in order and answers only with control messages.
 
@@ -10,6 +13,7 @@ pub mod accept;
 pub mod dial;
 pub mod frames;
 pub mod handshake;
+pub mod local;
 
 #[cfg(test)]
 mod tests;
