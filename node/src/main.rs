@@ -8,7 +8,6 @@ use rebeam_controller::auth::{
     read_secret_file, read_token_file, Credentials, Guard, StaticToken, TokenSource,
 };
 use rebeam_node::cluster::gateway::Gateway;
-use rebeam_node::cluster::peers::PeerService;
 use rebeam_node::cluster::{control, Cluster, ClusterConfig};
 use rebeam_node::python::{self, NodeConfig};
 use rebeam_node::runtime::Reason;
@@ -465,9 +464,9 @@ fn join_cluster(
     let cluster = Cluster::new(rt.clone(), tokio.handle().clone(), config);
     let ports = std::sync::Arc::new(rebeam_node::cluster::ports::Ports(cluster.clone()));
     rt.host.connect(ports.clone(), ports);
-    // auth::RPC_TABLE decides per method: the peer service needs a member (by certificate
-    // with TLS, else the secret), the gateway a client role (tokens issued by the controller
-    // arrive through the watch stream).
+    // auth::RPC_TABLE decides per method: the gateway needs a client role (tokens issued by
+    // the controller arrive through the watch stream). Peer connections authenticate in the
+    // peer transport's own handshake (the secret, or a node certificate with TLS).
     let credentials = Credentials::new(
         secret,
         given_tokens(cli)?,
@@ -481,23 +480,24 @@ fn join_cluster(
         }),
         credentials.clone(),
     );
-    let service = Guard::new(
-        rebeam_proto::peer_service_server::PeerServiceServer::new(PeerService {
-            cluster: cluster.clone(),
-        }),
-        credentials,
-    );
     if let Some(tls) = &tls {
         let _guard = tokio.enter();
         tls.watch();
     }
+    // Peers on this host may connect on a Unix socket too.
+    rebeam_node::cluster::transport::local::listen(&cluster, bound);
+    // The peer port serves the peer transport (the data plane) and gRPC (the gateway).
+    let peers = cluster.clone();
+    let split = rebeam_node::cluster::transport::accept::split;
     let connections = cli.serving.connections();
     tokio.spawn(async move {
         let served = connections
             .grpc_server()
-            .add_service(service)
             .add_service(gateway)
-            .serve_with_incoming(rebeam_tls::incoming(listener, tls, connections, "gateway"))
+            .serve_with_incoming(split(
+                peers,
+                rebeam_tls::incoming(listener, tls, connections, "gateway"),
+            ))
             .await;
         // The controller takes a refused connection at this address, after this node's
         // watch stream closed, as proof that the process is gone (and declares it dead at

@@ -8,12 +8,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import ssl
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc  # type: ignore[import-untyped]
+import peer_wire
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -214,6 +216,20 @@ def raw_call(target: str, method: str, *, ca: Path | None, cert: tuple[bytes, by
     return grpc.StatusCode.OK
 
 
+def peer_refusal(address: str, issuer: Ca, trusted: Ca, cert: tuple[bytes, bytes], node: str) -> str:
+    """Dials ``address``'s peer transport over TLS trusting ``trusted``, presenting ``cert``
+    (issued by ``issuer``) and saying it is ``node``: the node's refusal, "" if welcomed."""
+    crt, key = issuer.dir / "peer-dial.crt", issuer.dir / "peer-dial.key"
+    write(crt, cert[0])
+    write(key, cert[1])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(trusted.pem)
+    context.load_cert_chain(crt, key)
+    context.set_alpn_protocols([peer_wire.ALPN])
+    with peer_wire.connect(address, context) as sock:
+        return peer_wire.handshake(sock, node, None)
+
+
 def test_tls_cluster_serves_clients_and_refuses_plaintext_wrong_ca_and_wrong_names(
         workdir: Path, ca: Ca, rogue: Ca, controllers: TlsCluster) -> None:
     apis = ",".join(m.api for m in controllers.members)
@@ -247,15 +263,26 @@ def test_tls_cluster_serves_clients_and_refuses_plaintext_wrong_ca_and_wrong_nam
         # certificate without a member identity is refused too.
         client_cert = ca.issue("client", uris=[])
         for target, method in [(controllers.members[0].api, "/rebeam.v1.NodeService/Join"),
-                               (controllers.members[0].raft, "/rebeam.v1.RaftPeer/Vote"),
-                               (gateway, "/rebeam.v1.PeerService/Stream")]:
+                               (controllers.members[0].raft, "/rebeam.v1.RaftPeer/Vote")]:
             code = raw_call(target, method, ca=ca.pem, cert=client_cert,
                             metadata=(("authorization", f"Bearer {SECRET}"), ("x-rebeam-node", "b")))
             assert code == grpc.StatusCode.UNAUTHENTICATED, (method, code)
-        # A node certificate opens the peer service only under its own name.
+        # The peer transport (the data plane, on the same port as the gateway) runs over TLS
+        # with the same certificates: only a node certificate, under its own name, gets in.
+        assert "need a node certificate" in peer_refusal(gateway, ca, ca, client_cert, "b")
         node_b = ca.issue("node-b-again", uris=["urn:rebeam:node:b"])
-        assert raw_call(gateway, "/rebeam.v1.PeerService/Stream", ca=ca.pem, cert=node_b,
-                        metadata=(("x-rebeam-node", "a"),)) == grpc.StatusCode.PERMISSION_DENIED
+        assert "certificate names urn:rebeam:node:b" in peer_refusal(gateway, ca, ca, node_b, "a")
+        assert peer_refusal(gateway, ca, ca, node_b, "b") == ""
+        # A node certificate from another CA: the TLS handshake itself fails.
+        rogue_b = rogue.issue("rogue-node-b", uris=["urn:rebeam:node:b"])
+        with pytest.raises((ssl.SSLError, ConnectionError, AssertionError)):
+            peer_refusal(gateway, rogue, ca, rogue_b, "b")
+        # A dialer trusting another CA refuses the node's certificate.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            peer_refusal(gateway, ca, rogue, node_b, "b")
+        # Plaintext peer bytes on a TLS port never reach the transport.
+        with peer_wire.connect(gateway) as plain:
+            assert peer_wire.recv_message(plain) is None
 
         # A client dialing a name the certificate is not valid for ("localhost"; the
         # certificates name 127.0.0.1) refuses the controller although the CA is right.

@@ -86,6 +86,37 @@ impl Dialer {
     }
 }
 
+/// A TCP connection opened by [`Dialer::stream`]: plaintext, or TLS.
+pub enum ClientStream {
+    /// TLS is off.
+    Plain(TcpStream),
+    /// A finished TLS handshake (the server verified against the CA and the dialed name).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Dialer {
+    /// Opens a raw stream (not gRPC) to `address` (`host:port`) with `TCP_NODELAY`; with TLS
+    /// the handshake offers only the ALPN protocol `alpn` and presents this member's
+    /// certificate, and the server must present one valid for the dialed host.
+    pub async fn stream(&self, address: &str, alpn: &[u8]) -> io::Result<ClientStream> {
+        let tcp = TcpStream::connect(address).await?;
+        tcp.set_nodelay(true)?;
+        let Some(source) = &self.tls else {
+            return Ok(ClientStream::Plain(tcp));
+        };
+        let name = server_name(address).map_err(io::Error::other)?;
+        let mut config = source.client_config().as_ref().clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(%address, error = %e, "TLS handshake with the server failed"),
+            )?;
+        Ok(ClientStream::Tls(Box::new(tls)))
+    }
+}
+
 /// The name the server's certificate must be valid for: the host part of `host:port`
 /// (a DNS name or an IP address, `[v6]:port` included).
 pub fn server_name(address: &str) -> Result<ServerName<'static>, TlsError> {

@@ -30,7 +30,9 @@ pub struct ServerIo {
     slot: Slot,
 }
 
-enum Transport {
+/// The stream of an accepted connection, for a server that hands some connections to
+/// another protocol (the node's peer transport shares the gateway's port).
+pub enum Transport {
     /// TLS is off.
     Plain(TcpStream),
     /// A finished TLS handshake.
@@ -38,6 +40,16 @@ enum Transport {
 }
 
 impl ServerIo {
+    /// The stream and the slot it holds under the cap (keep the slot while serving it).
+    pub fn into_parts(self) -> (Transport, Slot) {
+        (self.stream, self.slot)
+    }
+
+    /// A connection put back together after [`ServerIo::into_parts`].
+    pub fn from_parts(stream: Transport, slot: Slot) -> ServerIo {
+        ServerIo { stream, slot }
+    }
+
     /// What request handlers may learn about this connection.
     pub fn peer_info(&self) -> PeerInfo {
         let activity = Some(self.slot.activity());

@@ -12,6 +12,10 @@ pub mod source;
 pub use dial::Dialer;
 pub use files::{TlsError, TlsFiles};
 pub use identity::Member;
-pub use incoming::{incoming, incoming_http1, PeerInfo, ServerIo};
-pub use limits::{Activity, Busy, ConnLimits};
+pub use incoming::{incoming, incoming_http1, PeerInfo, ServerIo, Transport};
+pub use limits::{Activity, Busy, ConnLimits, Slot};
 pub use source::TlsSource;
+
+/// The ALPN protocol of the nodes' peer transport: a TLS connection to a node's peer port
+/// that negotiates it carries peer frames instead of gRPC.
+pub const PEER_ALPN: &[u8] = b"rebeam-peer/1";

@@ -165,7 +165,8 @@ impl Drop for Busy {
 }
 
 /// Holds a connection's slot under the cap and decides when it is idle.
-pub(crate) struct Slot {
+/// One connection's place under its server's cap, given back when dropped.
+pub struct Slot {
     counters: Arc<ConnCounters>,
     activity: Arc<Activity>,
     timeout: Duration,

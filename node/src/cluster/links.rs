@@ -4,7 +4,7 @@
 //! outbound one cuts the inbound ones too: the peer then sees the loss as well and fails its
 //! calls waiting on replies that went down with the link, instead of waiting forever.
 
-use super::peers::{PeerLink, QUEUE_FRAMES};
+use super::peers::{PeerLink, Queued, QUEUE_FRAMES};
 use crate::runtime::NodeId;
 use rebeam_proto as pb;
 use std::collections::hash_map::Entry;
@@ -19,10 +19,39 @@ pub enum Pushed {
     Queued,
     /// Held until the watch names the peer's address.
     Held,
-    /// Dropped: the link's queue (or the held frames) are full.
-    Full,
+    /// Not queued: the link's queue (or the held frames) are full. With the link's queue,
+    /// the frame and a way to wait for room come back (see [`Busy`]).
+    Full(Option<Busy>),
     /// Dropped: the peer is neither a known member nor connected to this node.
     Unknown,
+}
+
+/// A frame that found its link's queue full, with the queue, so that the sender can wait for
+/// room after letting go of the links' lock.
+#[derive(Debug)]
+pub struct Busy {
+    frame: pb::PeerFrame,
+    link: PeerLink,
+}
+
+impl PartialEq for Busy {
+    fn eq(&self, other: &Self) -> bool {
+        self.link.id() == other.link.id() && self.frame == other.frame
+    }
+}
+
+impl Eq for Busy {}
+
+impl Busy {
+    /// Waits up to `wait` for room on the link (blocking the calling thread, which must not
+    /// be one of `tokio`'s); false when the frame had to be dropped (still full, or the link
+    /// went away meanwhile).
+    pub fn wait(self, tokio: &tokio::runtime::Handle, wait: std::time::Duration) -> bool {
+        let Busy { frame, link } = self;
+        tokio.block_on(async move {
+            matches!(tokio::time::timeout(wait, link.send(frame)).await, Ok(true))
+        })
+    }
 }
 
 /// The links of one node to its peers (kept under one lock).
@@ -55,7 +84,7 @@ impl Links {
                 None if self.inbound.contains_key(&node) => {
                     let held = self.held.entry(node).or_default();
                     if held.len() >= QUEUE_FRAMES {
-                        return Pushed::Full;
+                        return Pushed::Full(None);
                     }
                     held.push(frame);
                     return Pushed::Held;
@@ -63,10 +92,13 @@ impl Links {
                 None => return Pushed::Unknown,
             },
         };
-        if link.push(frame) {
-            Pushed::Queued
-        } else {
-            Pushed::Full
+        match link.push(frame) {
+            Queued::Yes => Pushed::Queued,
+            Queued::Full(frame) => Pushed::Full(Some(Busy {
+                frame,
+                link: link.clone(),
+            })),
+            Queued::Gone => Pushed::Full(None),
         }
     }
 
@@ -86,7 +118,7 @@ impl Links {
         };
         let mut dropped = 0;
         for frame in frames {
-            dropped += usize::from(!link.push(frame));
+            dropped += usize::from(!matches!(link.push(frame), Queued::Yes));
         }
         dropped
     }
@@ -194,7 +226,7 @@ mod tests {
         for i in 0..QUEUE_FRAMES as u64 {
             assert_eq!(links.push(node, frame(i), || None), Pushed::Held);
         }
-        assert_eq!(links.push(node, frame(0), || None), Pushed::Full);
+        assert_eq!(links.push(node, frame(0), || None), Pushed::Full(None));
         links.stream_closed(node, first);
         assert!(links.reachable(node));
         links.stream_closed(node, second);
@@ -228,14 +260,39 @@ mod tests {
     }
 
     #[test]
-    fn a_full_link_drops_and_says_so() {
+    fn a_full_link_gives_the_frame_back_to_wait_for_room() {
         let node = NodeId::intern("links-full");
         let mut links = Links::default();
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, mut rx) = mpsc::channel(1);
         assert_eq!(
             links.push(node, frame(1), || Some(PeerLink::new(1, tx))),
             Pushed::Queued
         );
-        assert_eq!(links.push(node, frame(2), || None), Pushed::Full);
+        let Pushed::Full(Some(busy)) = links.push(node, frame(2), || None) else {
+            panic!("a full link's queue gives the frame back");
+        };
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let short = std::time::Duration::from_millis(20);
+        let Pushed::Full(Some(again)) = links.push(node, frame(3), || None) else {
+            panic!("still full");
+        };
+        assert!(
+            !again.wait(tokio.handle(), short),
+            "nobody made room: dropped after the bounded wait"
+        );
+        // Room made while the sender waits: the frame goes, after the one before it.
+        let reader = tokio.spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            let first = rx.recv().await.map(|f| call_id(&f));
+            let second = rx.recv().await.map(|f| call_id(&f));
+            (first, second)
+        });
+        assert!(busy.wait(tokio.handle(), std::time::Duration::from_secs(5)));
+        let got = tokio.block_on(reader).expect("reader");
+        assert_eq!(got, (Some(1), Some(2)));
     }
 }

@@ -10,8 +10,10 @@ pub mod links;
 pub mod peers;
 pub mod ports;
 pub mod stopper;
+pub mod transport;
 pub mod wire;
 
+use crate::observe::stats::STATS;
 use crate::python::host::PyRuntime;
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, NodeId, Outbound, Pid, Reason};
@@ -73,6 +75,8 @@ pub struct Cluster {
     pub bearer: BearerInjector,
     /// Opens channels to controllers and peers (TLS or plaintext).
     pub dialer: rebeam_tls::Dialer,
+    /// How this node proves itself on peer connections (the secret, or the certificate).
+    pub proof: transport::handshake::Proof,
     /// The configuration it joined with.
     pub config: ClusterConfig,
     /// Ids for calls that wait for a reply from another node.
@@ -112,9 +116,15 @@ impl Cluster {
         let stopper = stopper::Stopper::start(rt.clone());
         let dialer = rebeam_tls::Dialer::new(config.tls.clone());
         let bearer = BearerInjector::for_member(&config.secret, &dialer);
+        let proof = if dialer.is_tls() {
+            transport::handshake::Proof::Certificate(Vec::new())
+        } else {
+            transport::handshake::Proof::secret(&config.secret)
+        };
         let cluster = Arc::new(Cluster {
             rt,
             tokio,
+            proof,
             controller: control::Controller::new(
                 config.controllers.clone(),
                 bearer.clone(),
@@ -163,13 +173,25 @@ impl Cluster {
         Ok(())
     }
 
-    /// Queues a frame on the link to `node`, opening it on first use; a full queue drops the
-    /// frame (and counts it).
+    /// Queues a frame on the link to `node`, opening it on first use. When the link's queue
+    /// is full, a process's thread waits for room, up to [`peers::SEND_WAIT`] (as OTP suspends
+    /// a sender on a busy connection); other threads (tokio's, the inbound thread, timers)
+    /// must not block, and drop the frame. Waits and drops are counted.
     fn push(self: &Arc<Self>, node: NodeId, frame: pb::PeerFrame) {
         let open = || Some(peers::open(self, node, self.address_of(node)?));
-        match self.links.lock().push(node, frame, open) {
+        let pushed = self.links.lock().push(node, frame, open);
+        match pushed {
             Pushed::Queued | Pushed::Held => {}
-            Pushed::Full => self.count_dropped(node, 1),
+            Pushed::Full(Some(busy)) if may_wait() => {
+                STATS.peer_send_waits.inc();
+                let tokio = self.tokio.clone();
+                let sent =
+                    crate::python::host::without_gil(move || busy.wait(&tokio, peers::SEND_WAIT));
+                if !sent {
+                    self.count_dropped(node, 1);
+                }
+            }
+            Pushed::Full(_) => self.count_dropped(node, 1),
             Pushed::Unknown => {
                 tracing::debug!(peer = %node.name(), "frame to an unknown member dropped");
             }
@@ -370,6 +392,12 @@ impl Cluster {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
+}
+
+/// Whether the calling thread may wait for room on a link: a process's own thread, outside
+/// the async runtime.
+fn may_wait() -> bool {
+    crate::python::host::current_pid().is_some() && tokio::runtime::Handle::try_current().is_err()
 }
 
 fn target_node(out: &Outbound<Term>) -> NodeId {

@@ -1,6 +1,7 @@
-//! Peer links: one outbound gRPC stream per remote node carrying batched frames, and the
-//! service that applies inbound frames to local processes.
+//! Peer links: one outbound connection per remote node carrying batched frames (the peer
+//! transport, `transport/`), and the inbound thread that applies frames to local processes.
 
+use super::transport::dial::{self, LinkError};
 use super::wire::{pid_from_pb, pid_to_pb, reason_from_pb, reason_to_pb};
 use super::Cluster;
 use crate::observe::stats::STATS;
@@ -8,29 +9,31 @@ use crate::observe::trace;
 use crate::python::host::with_thread_state;
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Ref};
-use futures::StreamExt;
 use pb::peer_frame::Frame;
-use rebeam_grpc::Error;
 use rebeam_proto as pb;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
 
-/// Frames queued toward one node before sends start being dropped (at-most-once delivery:
-/// a sender never blocks). About 64 MiB for 1 KiB messages.
+/// Frames queued toward one node before senders wait for room (and, after
+/// [`SEND_WAIT`], drop). About 64 MiB for 1 KiB messages.
 pub const QUEUE_FRAMES: usize = 65_536;
-/// Frames carried by one stream message.
-const BATCH_FRAMES: usize = 1024;
 
-/// Metadata naming the node a peer link comes from (checked against its certificate on TLS).
-pub const NODE_HEADER: &str = rebeam_tls::identity::PEER_NODE_HEADER;
+/// How long a process waits for room on a full link before its frame is dropped.
+pub const SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The message a node's peer service ends an inbound stream with when it cut it because its
-/// own link back broke: the dialling side then loses the peer without cutting back.
-const PEER_RESET: &str = "peer link reset: the link back to you broke";
+/// What became of a frame given to [`PeerLink::push`].
+pub enum Queued {
+    /// On the queue.
+    Yes,
+    /// The queue is full: the frame back.
+    Full(pb::PeerFrame),
+    /// The link is gone.
+    Gone,
+}
 
 /// The sending half of the link to one node.
+#[derive(Clone, Debug)]
 pub struct PeerLink {
     id: u64,
     tx: mpsc::Sender<pb::PeerFrame>,
@@ -47,13 +50,23 @@ impl PeerLink {
         self.id
     }
 
-    /// Queues a frame; false when the queue is full or the link is gone.
-    pub fn push(&self, frame: pb::PeerFrame) -> bool {
-        self.tx.try_send(frame).is_ok()
+    /// Queues a frame, or gives it back when the queue is full.
+    pub fn push(&self, frame: pb::PeerFrame) -> Queued {
+        match self.tx.try_send(frame) {
+            Ok(()) => Queued::Yes,
+            Err(mpsc::error::TrySendError::Full(frame)) => Queued::Full(frame),
+            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Gone,
+        }
+    }
+
+    /// Queues a frame once there is room; false when the link went away first.
+    pub async fn send(&self, frame: pb::PeerFrame) -> bool {
+        self.tx.send(frame).await.is_ok()
     }
 }
 
-/// Opens the outbound stream to `address` for `node`; the link ends when the stream breaks.
+/// Opens the outbound connection to `address` for `node` (the peer transport); the link ends
+/// when the connection breaks.
 pub fn open(cluster: &Arc<Cluster>, node: NodeId, address: String) -> PeerLink {
     static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
     let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
@@ -61,55 +74,16 @@ pub fn open(cluster: &Arc<Cluster>, node: NodeId, address: String) -> PeerLink {
     STATS.peer_links_opened.inc();
     let cluster2 = cluster.clone();
     cluster.tokio.spawn(async move {
-        let result = stream_to(&cluster2, &address, rx).await;
-        let reset_by_peer = match &result {
-            Err(err) => {
-                tracing::info!(peer = %node.name(), "peer link to {address} closed: {err}");
-                err.downcast_ref::<Status>()
-                    .is_some_and(|s| s.code() == tonic::Code::Aborted && s.message() == PEER_RESET)
-            }
-            Ok(()) => false,
-        };
+        tracing::debug!("opening a peer link to {address}");
+        let me = cluster2.rt.node().name().to_string();
+        let result = dial::run(&cluster2.dialer, &address, &me, &cluster2.proof, rx).await;
+        if let Err(err) = &result {
+            tracing::info!(peer = %node.name(), "peer link to {address} closed: {err}");
+        }
+        let reset_by_peer = matches!(result, Err(LinkError::Reset));
         cluster2.link_ended(node, id, !reset_by_peer);
     });
     PeerLink::new(id, tx)
-}
-
-async fn stream_to(
-    cluster: &Arc<Cluster>,
-    address: &str,
-    rx: mpsc::Receiver<pb::PeerFrame>,
-) -> anyhow::Result<()> {
-    tracing::debug!("opening a peer link to {address}");
-    let channel = cluster.dialer.channel(address, |e| {
-        e.connect_timeout(std::time::Duration::from_secs(2))
-    })?;
-    let mut client = pb::peer_service_client::PeerServiceClient::with_interceptor(
-        channel,
-        cluster.bearer.clone(),
-    );
-    let batches = futures::stream::unfold(rx, |mut rx| async move {
-        let first = rx.recv().await?;
-        let mut frames = Vec::with_capacity(16);
-        frames.push(first);
-        while frames.len() < BATCH_FRAMES {
-            match rx.try_recv() {
-                Ok(frame) => frames.push(frame),
-                Err(_) => break,
-            }
-        }
-        let batch = pb::PeerBatch { frames };
-        STATS.peer_frames_out.add(batch.frames.len() as u64);
-        STATS
-            .peer_bytes_out
-            .add(prost::Message::encoded_len(&batch) as u64);
-        Some((batch, rx))
-    });
-    let mut request = Request::new(batches);
-    let me = cluster.rt.node().name();
-    request.metadata_mut().insert(NODE_HEADER, me.parse()?);
-    client.stream(request).await?;
-    Ok(())
 }
 
 /// Turns an outbound message or signal into a frame; a call's slot waits in `calls`.
@@ -246,67 +220,19 @@ fn wire_send(
     }
 }
 
-/// The peer service: applies frames from one dialling node, in order.
-pub struct PeerService {
-    /// The cluster this node belongs to.
-    pub cluster: Arc<Cluster>,
-}
-
-#[tonic::async_trait]
-impl pb::peer_service_server::PeerService for PeerService {
-    async fn stream(
-        &self,
-        request: Request<tonic::Streaming<pb::PeerBatch>>,
-    ) -> Result<Response<pb::PeerStreamEnd>, Status> {
-        let from_node = request
-            .metadata()
-            .get(NODE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                Status::from(Error::invalid("peer stream without x-rebeam-node metadata"))
-            })
-            .and_then(|name| {
-                NodeId::from_wire(name).map_err(|e| Status::from(Error::invalid(e.to_string())))
-            })?;
-        let mut frames = request.into_inner();
-        let stream = InboundStream::open(&self.cluster, from_node);
-        loop {
-            let batch = tokio::select! {
-                batch = frames.next() => batch,
-                () = stream.cut.notified() => return Err(Status::aborted(PEER_RESET)),
-            };
-            let Some(batch) = batch else { break };
-            let batch = batch?;
-            STATS.peer_frames_in.add(batch.frames.len() as u64);
-            STATS
-                .peer_bytes_in
-                .add(prost::Message::encoded_len(&batch) as u64);
-            // Applied on the inbound thread, which may need the interpreter (a kill
-            // interrupts running code); a tokio worker must not wait for the GIL.
-            if self
-                .cluster
-                .inbound
-                .send(Inbound::Batch(from_node, batch))
-                .is_err()
-            {
-                return Err(Error::Unavailable("node is shutting down".into()).into());
-            }
-        }
-        Ok(Response::new(pb::PeerStreamEnd {}))
-    }
-}
-
 /// An inbound stream's place in the node's links, from its start until it ends or its
 /// handler is dropped (the peer went away).
-struct InboundStream {
+pub struct InboundStream {
     cluster: Arc<Cluster>,
     node: NodeId,
     id: u64,
-    cut: Arc<tokio::sync::Notify>,
+    /// Notified when the node cuts the stream (its own link back broke).
+    pub cut: Arc<tokio::sync::Notify>,
 }
 
 impl InboundStream {
-    fn open(cluster: &Arc<Cluster>, node: NodeId) -> InboundStream {
+    /// Registers a stream from `node` that just opened.
+    pub fn open(cluster: &Arc<Cluster>, node: NodeId) -> InboundStream {
         let (id, cut) = cluster.links.lock().stream_opened(node);
         InboundStream {
             cluster: cluster.clone(),
@@ -325,10 +251,58 @@ impl Drop for InboundStream {
 
 /// Work for the inbound thread.
 pub enum Inbound {
-    /// Frames from a peer, in order.
-    Batch(NodeId, pb::PeerBatch),
+    /// Frames from a peer, in order; `pending` counts the connection's batches not yet
+    /// applied (see [`deliver`]).
+    Batch(NodeId, pb::PeerBatch, Arc<AtomicUsize>),
     /// A peer is gone: links and monitors to it fire `noconnection`.
     NodeDown(NodeId),
+}
+
+/// Whether a frame may be applied on the connection's I/O task rather than the inbound
+/// thread: messages, calls and replies only put an envelope in a mailbox or complete a call
+/// slot; they never run a handler. (A delivery past a mailbox limit kills the receiver,
+/// which may take the GIL briefly: a rare path.) Signals, and frames kinds added later,
+/// go to the inbound thread.
+fn direct(frame: &pb::PeerFrame) -> bool {
+    matches!(
+        frame.frame,
+        Some(Frame::Send(_) | Frame::Call(_) | Frame::Reply(_))
+    )
+}
+
+/// Applies a batch from `node` read by its connection's I/O task: frames that allow it are
+/// applied at once, saving a thread hand-off; from the first that does not, the rest goes to
+/// the inbound thread, and so does every later batch until the inbound thread has caught up
+/// (`pending`, per connection), so frames from one peer stay in order. False when the node is
+/// shutting down.
+pub fn deliver(
+    cluster: &Arc<Cluster>,
+    node: NodeId,
+    batch: pb::PeerBatch,
+    pending: &Arc<AtomicUsize>,
+) -> bool {
+    STATS.peer_frames_in.add(batch.frames.len() as u64);
+    let mut frames = batch.frames;
+    if pending.load(Ordering::Acquire) == 0 {
+        let split = frames
+            .iter()
+            .position(|f| !direct(f))
+            .unwrap_or(frames.len());
+        let rest = frames.split_off(split);
+        for frame in frames {
+            apply(cluster, node, frame);
+        }
+        frames = rest;
+    }
+    if frames.is_empty() {
+        return true;
+    }
+    pending.fetch_add(1, Ordering::AcqRel);
+    let batch = pb::PeerBatch { frames };
+    cluster
+        .inbound
+        .send(Inbound::Batch(node, batch, pending.clone()))
+        .is_ok()
 }
 
 /// The inbound thread: applies peer frames and node losses in arrival order.
@@ -347,11 +321,12 @@ pub fn inbound_loop(cluster: Arc<Cluster>, rx: std::sync::mpsc::Receiver<Inbound
 fn handle_inbound(cluster: &Arc<Cluster>, next: Inbound) {
     {
         match next {
-            Inbound::Batch(node, batch) => {
+            Inbound::Batch(node, batch, pending) => {
                 tracing::debug!(peer = %node.name(), frames = batch.frames.len(), "inbound batch");
                 for frame in batch.frames {
                     apply(cluster, node, frame);
                 }
+                pending.fetch_sub(1, Ordering::AcqRel);
             }
             Inbound::NodeDown(node) => cluster.apply_node_down(node),
         }

@@ -41,6 +41,7 @@ impl Remote for Ports {
 
     fn dropped_frames(&self) -> u64 {
         self.0.dropped.load(Ordering::Relaxed)
+            + crate::observe::stats::STATS.peer_frames_oversized.get()
     }
 }
 

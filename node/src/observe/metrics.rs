@@ -123,6 +123,11 @@ pub fn render(rt: &PyRuntime) -> Exposition {
             &STATS.peer_bytes_in,
         ),
         (
+            "rebeam_peer_send_waits_total",
+            "Times a process waited for room on a peer link whose queue was full.",
+            &STATS.peer_send_waits,
+        ),
+        (
             "rebeam_peer_links_opened_total",
             "Peer links opened: one per peer, then one per reconnect.",
             &STATS.peer_links_opened,

@@ -21,6 +21,10 @@ pub struct NodeStats {
     pub peer_bytes_in: Counter,
     /// Peer links opened (the first to a node, then one per reconnect).
     pub peer_links_opened: Counter,
+    /// Times a process waited for room on a peer link whose queue was full.
+    pub peer_send_waits: Counter,
+    /// Frames dropped because one frame alone was over the peer transport's size limit.
+    pub peer_frames_oversized: Counter,
     /// Lease renewals the controller acknowledged.
     pub lease_renewals: Counter,
     /// Times the node fenced itself (lost its lease and killed its processes).
@@ -38,6 +42,8 @@ pub static STATS: NodeStats = NodeStats {
     peer_bytes_out: Counter::new(),
     peer_bytes_in: Counter::new(),
     peer_links_opened: Counter::new(),
+    peer_send_waits: Counter::new(),
+    peer_frames_oversized: Counter::new(),
     lease_renewals: Counter::new(),
     fences: Counter::new(),
     gateway_requests: [Counter::new(), Counter::new(), Counter::new()],

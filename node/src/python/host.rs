@@ -277,6 +277,17 @@ pub fn terminate_all(rt: &PyRuntime, reason: &Reason) {
     });
 }
 
+/// Runs `f` without the GIL when the calling thread holds it: a process's thread waiting on
+/// something that needs no Python (room on a peer link) lets the node's other processes run.
+pub fn without_gil<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    // SAFETY: a plain query of the calling thread's GIL state.
+    if unsafe { pyo3::ffi::PyGILState_Check() } == 1 {
+        Python::attach(|py| py.detach(f))
+    } else {
+        f()
+    }
+}
+
 /// Runs `f` on the calling thread with a Python thread state kept for its whole run but
 /// without the GIL: for a long-lived thread that takes the GIL often but briefly.
 pub fn with_thread_state<R: Send>(f: impl FnOnce() -> R + Send) -> R {

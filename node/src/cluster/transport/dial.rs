@@ -1,0 +1,129 @@
+//! The dialling side of a peer connection: connect, prove who we are, then write the link's
+//! queued frames in batches (everything queued goes out in one write) while watching the
+//! connection for the acceptor's control messages.
+
+use super::frames::{BatchWriter, Reader, MAX_CONTROL};
+use super::handshake::{self, HandshakeError, Proof};
+use super::MAGIC;
+use crate::observe::stats::STATS;
+use rebeam_proto as pb;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// How long connecting and the handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How an outbound link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Connecting or the handshake failed.
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    /// Connecting or the handshake took too long.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The acceptor closed the connection (EOF or an unexpected message).
+    #[error("the peer closed the connection")]
+    Closed,
+    /// The acceptor cut the connection because its own link back to us broke.
+    #[error("the peer reset the link: its link back to this node broke")]
+    Reset,
+}
+
+/// Connects to `address` with `dialer` (TLS when it has TLS) and carries the frames of `rx`
+/// until the connection breaks or the queue's senders are gone (Ok).
+pub async fn run(
+    dialer: &rebeam_tls::Dialer,
+    address: &str,
+    me: &str,
+    proof: &Proof,
+    rx: mpsc::Receiver<pb::PeerFrame>,
+) -> Result<(), LinkError> {
+    if !dialer.is_tls() {
+        if let Some(path) = super::local::socket_path(address) {
+            // A peer on this host: its Unix socket, if it has one (else TCP, as to any).
+            if let Ok(Ok(unix)) =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(&path)).await
+            {
+                return carry(unix, me, proof, rx).await;
+            }
+        }
+    }
+    let connect = dialer.stream(address, rebeam_tls::PEER_ALPN);
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??;
+    match stream {
+        rebeam_tls::dial::ClientStream::Plain(tcp) => carry(tcp, me, proof, rx).await,
+        rebeam_tls::dial::ClientStream::Tls(tls) => carry(*tls, me, proof, rx).await,
+    }
+}
+
+/// Says who we are on `stream`, then carries the frames of `rx` (see [`run`]).
+pub async fn carry<S>(
+    stream: S,
+    me: &str,
+    proof: &Proof,
+    rx: mpsc::Receiver<pb::PeerFrame>,
+) -> Result<(), LinkError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (r, mut w) = tokio::io::split(stream);
+    let mut reader = Reader::new(r);
+    let hello = async {
+        w.write_all(MAGIC).await?;
+        handshake::dial(&mut reader, &mut w, me, proof).await
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, hello)
+        .await
+        .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??;
+    tokio::select! {
+        written = write_frames(w, rx) => written.map_err(LinkError::from),
+        control = reader.next::<pb::PeerControl>(MAX_CONTROL) => match control {
+            Ok(Some(c)) if c.reset => Err(LinkError::Reset),
+            Ok(_) => Err(LinkError::Closed),
+            Err(e) => Err(LinkError::Io(std::io::Error::other(e.to_string()))),
+        },
+    }
+}
+
+/// Writes the frames of `rx` until its senders are gone: each write carries everything
+/// queued by then (up to a batch's size), so a busy link makes few, large writes and an idle
+/// one sends a lone frame at once.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<pb::PeerFrame>,
+) -> std::io::Result<()> {
+    let mut batch = BatchWriter::default();
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            if !batch.push(&frame) {
+                STATS.peer_frames_oversized.inc();
+                tracing::warn!(
+                    bytes = prost::Message::encoded_len(&frame),
+                    "a peer frame over the size limit was dropped"
+                );
+            }
+            if batch.full() {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if batch.frames() == 0 {
+            continue;
+        }
+        STATS.peer_frames_out.add(batch.frames() as u64);
+        let bytes = batch.finish();
+        STATS.peer_bytes_out.add(bytes.len() as u64);
+        w.write_all(bytes).await?;
+        w.flush().await?;
+    }
+    w.shutdown().await
+}
