@@ -33,6 +33,11 @@ struct Cli {
     /// Run a Python module inside the node, like `python -m` (e.g. pytest).
     #[arg(short = 'm', long, value_name = "MODULE")]
     module: Option<String>,
+    /// On --dev, how many worker nodes to run, this process included (each is a node of the
+    /// same cluster with its own interpreter, so Python uses that many cores). Default: one
+    /// per core when serving or running an app, 1 for --run and -m (tests of one node).
+    #[arg(long, env = "REBEAM_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
     /// Executor threads to start with (the pool grows while handlers block).
     #[arg(long, default_value_t = 2, env = "REBEAM_EXECUTORS")]
     executors: usize,
@@ -181,6 +186,7 @@ fn main() {
 /// Flushes Python's streams, removes the dev scratch directory and exits, without
 /// finalizing the interpreter (executor threads stay attached to it).
 fn exit_process(code: i32) -> ! {
+    rebeam_node::dev::stop();
     flush_python();
     rebeam_node::observe::trace::flush();
     if let Some(dir) = DEV_DIR.get() {
@@ -266,15 +272,19 @@ fn run(cli: Cli) -> Result<i32> {
     if cli.dev {
         let (controllers, secret, data_dir, core) =
             start_dev_controller(&cli, &tokio, tls.clone())?;
+        let workers = worker_count(&cli, tls.is_some())?;
         let issued = join_cluster(
             &cli,
             &rt,
             &tokio,
-            controllers,
+            controllers.clone(),
             secret.clone(),
-            data_dir,
+            data_dir.clone(),
             tls,
         )?;
+        if workers > 1 {
+            start_workers(&cli, workers, &controllers, &secret, &data_dir)?;
+        }
         let access = http_access(&cli, &secret, issued)?;
         let addr = cli
             .http_listen
@@ -391,6 +401,87 @@ fn start_dev_controller(
     // The controller lives as long as the process.
     std::mem::forget(handle);
     Ok((vec![api], secret, data_dir.join("node"), core))
+}
+
+/// How many worker nodes a dev node runs, itself included (see `--workers`).
+fn worker_count(cli: &Cli, tls: bool) -> Result<usize> {
+    let quiet = cli.run.is_some() || cli.module.is_some();
+    match cli.workers {
+        Some(n) if n > 1 && tls => {
+            bail!("--workers {n} with TLS: worker nodes need certificates of their own; run them as cluster nodes instead")
+        }
+        Some(n) => Ok(usize::from(n)),
+        None if quiet || tls => Ok(1),
+        None => Ok(rebeam_node::dev::default_count()),
+    }
+}
+
+/// Starts `count - 1` worker node processes joined to the embedded controller and waits
+/// (up to 30 s) until they are members, so apps and `rebeam.nodes()` see them all.
+fn start_workers(
+    cli: &Cli,
+    count: usize,
+    controllers: &[String],
+    secret: &str,
+    data_dir: &std::path::Path,
+) -> Result<()> {
+    let tokens: Vec<String> = given_tokens(cli)?
+        .iter()
+        .map(|t| format!("{}:{}", t.role, t.token))
+        .collect();
+    let specs: Vec<rebeam_node::dev::WorkerSpec> = (1..count)
+        .map(|i| {
+            let name = format!("{}-w{i}", cli.name);
+            let mut args = vec![
+                "--controllers".to_string(),
+                controllers.join(","),
+                "--name".into(),
+                name.clone(),
+                "--data-dir".into(),
+                data_dir.with_file_name(format!("node-w{i}")).display().to_string(),
+                "--executors".into(),
+                cli.executors.to_string(),
+                "--max-mailbox".into(),
+                cli.max_mailbox.to_string(),
+                "--max-mailbox-bytes".into(),
+                cli.max_mailbox_bytes.to_string(),
+                "--memory-guard".into(),
+                cli.memory_guard.to_string(),
+            ];
+            let mut env = vec![("REBEAM_SECRET", secret.to_string())];
+            if !tokens.is_empty() {
+                // Clients reach processes through the gateway of the node holding them.
+                env.push(("REBEAM_CLIENT_TOKENS", tokens.join(",")));
+            }
+            rebeam_node::dev::WorkerSpec { name, args, env }
+        })
+        .collect();
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    rebeam_node::dev::start(specs).context("starting the worker nodes")?;
+    let rt = python::node_runtime().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let alive: Vec<String> = rt
+            .host
+            .remote
+            .get()
+            .map(|r| r.members())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, _, _, alive)| *alive)
+            .map(|(name, ..)| name)
+            .collect();
+        if names.iter().all(|n| alive.contains(n)) {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!("rebeam-node: not every worker joined within 30 s; going on without them");
+            break;
+        }
+        Python::attach(|py| py.detach(|| std::thread::sleep(std::time::Duration::from_millis(20))));
+    }
+    eprintln!("rebeam-node: {count} worker nodes: {}, {}", cli.name, names.join(", "));
+    Ok(())
 }
 
 /// The embedded controller's addresses, secret, the node's data dir and its shared handles.
@@ -518,6 +609,8 @@ fn serve_cluster() -> Result<i32> {
                 exit_process(130);
             }
         });
+    // Workers first: they depart through the embedded controller, which stops with us.
+    Python::attach(|py| py.detach(rebeam_node::dev::stop));
     if let Ok(rt) = python::node_runtime() {
         Python::attach(|py| py.detach(|| rebeam_node::shutdown::depart(rt)));
     }
