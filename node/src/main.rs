@@ -432,7 +432,7 @@ fn start_workers(
     let specs: Vec<rebeam_node::dev::WorkerSpec> = (1..count)
         .map(|i| {
             let name = format!("{}-w{i}", cli.name);
-            let mut args = vec![
+            let args = vec![
                 "--controllers".to_string(),
                 controllers.join(","),
                 "--name".into(),

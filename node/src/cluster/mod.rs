@@ -9,6 +9,7 @@ pub mod leader;
 pub mod links;
 pub mod peers;
 pub mod ports;
+pub mod remote_spawn;
 pub mod stopper;
 pub mod wire;
 
@@ -243,6 +244,7 @@ impl Cluster {
         for (_, slot) in failed {
             let _ = slot.complete(CallResult::Exit(Reason::Noconnection));
         }
+        remote_spawn::node_down(node);
         self.rt.node_down(node);
     }
 

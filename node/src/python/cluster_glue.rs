@@ -2,6 +2,7 @@
 //! top-level children from them.
 
 use super::convert;
+pub use super::native::{spawn_for_peer, Release};
 use super::host::PyRuntime;
 use super::objects::Pid as PyPid;
 use super::upgrade::{move_all, Moves};
