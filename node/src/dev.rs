@@ -99,7 +99,10 @@ pub fn stop() {
             match child.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) if Instant::now() >= deadline => {
-                    eprintln!("rebeam-node: worker {} did not stop in time; killing it", child.id());
+                    eprintln!(
+                        "rebeam-node: worker {} did not stop in time; killing it",
+                        child.id()
+                    );
                     let _ = child.kill();
                     let _ = child.wait();
                     break;
@@ -121,7 +124,9 @@ fn signal(child: &Child, sig: libc::c_int) {
 fn spawn(spec: &WorkerSpec) -> std::io::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
-    command.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v)));
+    command
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the worker when
     // this process dies (a kill -9 of the dev node leaves no orphan worker behind).
     unsafe {

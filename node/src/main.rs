@@ -329,7 +329,11 @@ fn run(cli: Cli) -> Result<i32> {
         Ok(())
     })?;
     if let Some(dir) = &cli.app {
-        return run_app(dir);
+        // With worker nodes the app goes through the embedded controller, as a submitted
+        // app: its children spread over the workers and `rebeam tree`, `upgrade` and
+        // `rollback` work on it. One worker keeps the local root supervisor.
+        let submit = DEV_CLIENT.get().filter(|_| !rebeam_node::dev::pids().is_empty());
+        return run_app(dir, submit);
     }
     if let Some(script) = &cli.run {
         let argv: Vec<String> = std::iter::once(script.display().to_string())
@@ -385,6 +389,13 @@ fn start_dev_controller(
     let mut config =
         rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
     config.client_tokens = given_tokens(cli)?;
+    // `--app` submits through this controller like `rebeam submit`, with a deploy token of
+    // its own (never printed).
+    let app_token = format!("{:032x}", rand::random::<u128>());
+    config.client_tokens.push(StaticToken {
+        role: rebeam_controller::auth::Role::Deploy,
+        token: app_token.clone(),
+    });
     config.api_listen = cli.api_listen;
     let scheme = if tls.is_some() { "https" } else { "http" };
     config.tls = tls;
@@ -395,6 +406,7 @@ fn start_dev_controller(
         .block_on(handle.wait_for_leader(std::time::Duration::from_secs(10)))
         .context("the embedded controller did not elect itself")?;
     let api = handle.api_addr().to_string();
+    DEV_CLIENT.set((format!("{scheme}://{api}"), app_token)).ok();
     // Printed, not only logged: a user (or a test) needs the address to connect a client.
     eprintln!("rebeam-node: dev controller at {scheme}://{api}");
     let core = handle.core();
@@ -438,7 +450,10 @@ fn start_workers(
                 "--name".into(),
                 name.clone(),
                 "--data-dir".into(),
-                data_dir.with_file_name(format!("node-w{i}")).display().to_string(),
+                data_dir
+                    .with_file_name(format!("node-w{i}"))
+                    .display()
+                    .to_string(),
                 "--executors".into(),
                 cli.executors.to_string(),
                 "--max-mailbox".into(),
@@ -480,7 +495,11 @@ fn start_workers(
         }
         Python::attach(|py| py.detach(|| std::thread::sleep(std::time::Duration::from_millis(20))));
     }
-    eprintln!("rebeam-node: {count} worker nodes: {}, {}", cli.name, names.join(", "));
+    eprintln!(
+        "rebeam-node: {count} worker nodes: {}, {}",
+        cli.name,
+        names.join(", ")
+    );
     Ok(())
 }
 
@@ -506,6 +525,9 @@ fn http_access(
         allowed_hosts: cli.http_allowed_hosts.clone(),
     })
 }
+
+/// The embedded controller's client URL and the deploy token `--app` submits with.
+static DEV_CLIENT: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
 
 /// The dev node's scratch directory, removed at exit.
 static DEV_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -661,7 +683,7 @@ fn python_error(py: Python<'_>, err: PyErr) -> anyhow::Error {
 }
 
 /// Runs an application until SIGINT/SIGTERM, then shuts its tree down in order.
-fn run_app(dir: &std::path::Path) -> Result<i32> {
+fn run_app(dir: &std::path::Path, submit: Option<&(String, String)>) -> Result<i32> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -692,7 +714,18 @@ fn run_app(dir: &std::path::Path) -> Result<i32> {
     run_python(std::slice::from_ref(&dir), |py| {
         let app = py.import("rebeam._app")?;
         let rebeam = py.import("rebeam")?;
-        let code = rebeam.call_method1("run", (app.getattr("run_app")?, dir.as_str()))?;
+        let code = match submit {
+            Some((url, token)) => rebeam.call_method1(
+                "run",
+                (
+                    app.getattr("run_submitted")?,
+                    dir.as_str(),
+                    url.as_str(),
+                    token.as_str(),
+                ),
+            )?,
+            None => rebeam.call_method1("run", (app.getattr("run_app")?, dir.as_str()))?,
+        };
         Err(pyo3::exceptions::PySystemExit::new_err(code.unbind()))
     })
 }

@@ -2,8 +2,8 @@
 //! top-level children from them.
 
 use super::convert;
-pub use super::native::{spawn_for_peer, Release};
 use super::host::PyRuntime;
+pub use super::native::{spawn_for_peer, Release};
 use super::objects::Pid as PyPid;
 use super::upgrade::{move_all, Moves};
 use crate::runtime::Pid;

@@ -309,10 +309,7 @@ pub type Release = Box<dyn FnOnce() + Send>;
 pub fn spawn_for_peer(request: SpawnRequest) -> (SpawnReply, Option<Release>) {
     Python::attach(|py| match peer_spawn(py, &request) {
         Ok(done) => done,
-        Err(err) => (
-            SpawnReply::Refused(convert::traceback_text(py, &err)),
-            None,
-        ),
+        Err(err) => (SpawnReply::Refused(convert::traceback_text(py, &err)), None),
     })
 }
 
@@ -325,7 +322,11 @@ fn peer_spawn(py: Python<'_>, request: &SpawnRequest) -> PyResult<(SpawnReply, O
     let (target, is_server): (Bound<'_, PyAny>, bool) = found.extract()?;
     let decoded = Term::from_bytes(py, &request.args)?;
     let (args, kwargs): (Bound<'_, PyTuple>, Option<Bound<'_, PyDict>>) = decoded.extract()?;
-    let kind = if is_server { Kind::Server } else { Kind::Thread };
+    let kind = if is_server {
+        Kind::Server
+    } else {
+        Kind::Thread
+    };
     let process = rt.spawn_with(
         kind,
         None,
