@@ -272,8 +272,3 @@ def monitoring(dest: Dest) -> Iterator[Ref]:
         native.demonitor(ref, True)
 
 
-
-def _peer_target(module: str, qualname: str, main_path: str) -> tuple[Any, bool]:
-    from ._remote import _peer_target as target  # TEMP shim until the node is rebuilt
-
-    return target(module, qualname, main_path)

@@ -34,6 +34,9 @@ def node() -> str:
     return str(native.stats()["node"])
 
 
+_this_node = node  # `spawn_on`'s parameter is named `node`, as in Erlang
+
+
 def _wire_name(target: Any) -> tuple[str, str, str]:
     """``(module, qualname, main_path)`` naming ``target`` for another node."""
     module = getattr(target, "__module__", None)
@@ -124,7 +127,7 @@ def spawn_on(node: str, target: Callable[..., object] | type, *args: Any,  # noq
     not a live member or cannot import the target, :class:`rebeam.Timeout` after
     ``timeout`` seconds (the process may then still start, unlinked). On this node's own
     name it is a local spawn."""
-    if node == globals()["node"]():
+    if node == _this_node():
         from ._process import _start
 
         return _start(target, args, kwargs, link, monitor)  # type: ignore[no-any-return]

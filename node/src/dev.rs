@@ -38,6 +38,22 @@ pub struct Workers {
 
 static WORKERS: OnceLock<Workers> = OnceLock::new();
 
+/// Environment variables of the dev node's flags that a worker must not inherit.
+const WORKER_UNSET: [&str; 12] = [
+    "REBEAM_LISTEN",
+    "REBEAM_ADVERTISE",
+    "REBEAM_HTTP_LISTEN",
+    "REBEAM_API_LISTEN",
+    "REBEAM_WORKERS",
+    "REBEAM_DATA_DIR",
+    "REBEAM_SECRET_FILE",
+    "REBEAM_CLIENT_TOKEN_FILE",
+    "REBEAM_TLS_CERT",
+    "REBEAM_TLS_KEY",
+    "REBEAM_TLS_CA",
+    "REBEAM_NODE_NAME",
+];
+
 /// The number of worker nodes `--workers` means when not given: one per core.
 pub fn default_count() -> usize {
     std::thread::available_parallelism()
@@ -124,9 +140,13 @@ fn signal(child: &Child, sig: libc::c_int) {
 fn spawn(spec: &WorkerSpec) -> std::io::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
-    command
-        .args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    command.args(&spec.args);
+    // The dev node's own settings must not reach a worker through the environment (two
+    // processes cannot listen on one port; a secret file would clash with the secret).
+    for var in WORKER_UNSET {
+        command.env_remove(var);
+    }
+    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the worker when
     // this process dies (a kill -9 of the dev node leaves no orphan worker behind).
     unsafe {

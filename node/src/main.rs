@@ -437,10 +437,14 @@ fn start_workers(
     secret: &str,
     data_dir: &std::path::Path,
 ) -> Result<()> {
-    let tokens: Vec<String> = given_tokens(cli)?
+    let mut tokens: Vec<String> = given_tokens(cli)?
         .iter()
         .map(|t| format!("{}:{}", t.role, t.token))
         .collect();
+    if let Some((_, app_token)) = DEV_CLIENT.get() {
+        // `--app` stops its app through the client, which asks every node's gateway.
+        tokens.push(format!("deploy:{app_token}"));
+    }
     let specs: Vec<rebeam_node::dev::WorkerSpec> = (1..count)
         .map(|i| {
             let name = format!("{}-w{i}", cli.name);

@@ -221,6 +221,8 @@ def test_dev_app_over_two_workers_spreads_and_stops_them_all(workdir: Path) -> N
         workers = _children(proc.pid)
         assert len(workers) == 1
         with rebeam.connect(f"http://127.0.0.1:{port}", token=TOKEN) as client:
+            wait_for("the app submitted", lambda: any(a.name == "chat" for a in client.apps()),
+                     timeout=60)
             client.wait_running("chat", timeout=60)
             nodes = {a.node for a in client.cluster().assignments if a.app == "chat"}
             assert nodes == {"dev", "dev-w1"}, "the top-level children spread over both"
