@@ -203,11 +203,18 @@ fn given_secret(cli: &Cli) -> Result<Option<String>> {
     Ok(cli.secret.clone().filter(|s| !s.is_empty()))
 }
 
-/// The client tokens from --client-token and --client-token-file.
+/// The client tokens from --client-token and --client-token-file, and on --dev the deploy
+/// token `--app` submits with (the client it uses asks every node's gateway, workers too).
 fn given_tokens(cli: &Cli) -> Result<Vec<StaticToken>> {
     let mut tokens = cli.client_tokens.clone();
     if let Some(path) = &cli.client_token_file {
         tokens.extend(read_token_file(path).map_err(anyhow::Error::msg)?);
+    }
+    if let Some((_, token)) = DEV_CLIENT.get() {
+        tokens.push(StaticToken {
+            role: rebeam_controller::auth::Role::Deploy,
+            token: token.clone(),
+        });
     }
     Ok(tokens)
 }
@@ -332,7 +339,9 @@ fn run(cli: Cli) -> Result<i32> {
         // With worker nodes the app goes through the embedded controller, as a submitted
         // app: its children spread over the workers and `rebeam tree`, `upgrade` and
         // `rollback` work on it. One worker keeps the local root supervisor.
-        let submit = DEV_CLIENT.get().filter(|_| !rebeam_node::dev::pids().is_empty());
+        let submit = DEV_CLIENT
+            .get()
+            .filter(|_| !rebeam_node::dev::pids().is_empty());
         return run_app(dir, submit);
     }
     if let Some(script) = &cli.run {
@@ -406,7 +415,9 @@ fn start_dev_controller(
         .block_on(handle.wait_for_leader(std::time::Duration::from_secs(10)))
         .context("the embedded controller did not elect itself")?;
     let api = handle.api_addr().to_string();
-    DEV_CLIENT.set((format!("{scheme}://{api}"), app_token)).ok();
+    DEV_CLIENT
+        .set((format!("{scheme}://{api}"), app_token))
+        .ok();
     // Printed, not only logged: a user (or a test) needs the address to connect a client.
     eprintln!("rebeam-node: dev controller at {scheme}://{api}");
     let core = handle.core();
@@ -437,14 +448,11 @@ fn start_workers(
     secret: &str,
     data_dir: &std::path::Path,
 ) -> Result<()> {
-    let mut tokens: Vec<String> = given_tokens(cli)?
+    let tokens: Vec<String> = given_tokens(cli)?
         .iter()
         .map(|t| format!("{}:{}", t.role, t.token))
         .collect();
-    if let Some((_, app_token)) = DEV_CLIENT.get() {
-        // `--app` stops its app through the client, which asks every node's gateway.
-        tokens.push(format!("deploy:{app_token}"));
-    }
+
     let specs: Vec<rebeam_node::dev::WorkerSpec> = (1..count)
         .map(|i| {
             let name = format!("{}-w{i}", cli.name);
