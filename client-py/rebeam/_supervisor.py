@@ -63,8 +63,15 @@ def child(start: Callable[..., Any] | type, args: tuple[Any, ...] | list[Any] = 
     ``node`` starts (and restarts) the child on that node of the cluster with
     :func:`rebeam.spawn_on`, linked to the supervisor across nodes; a restart while the node
     is gone fails and counts toward the restart intensity."""
+    _check_node(name, node)
     return ChildSpec(start, tuple(args), dict(kwargs or {}), id, name, restart, shutdown,
                      max_mailbox, max_mailbox_bytes, node)
+
+
+def _check_node(name: Name | None, node: str | None) -> None:
+    if node is not None and name is not None and not isinstance(name, Global):
+        raise ValueError(f"a child on node {node!r} can only have a rebeam.Global name "
+                         f"(local names hold this node's processes), got {name!r}")
 
 
 def _validate(spec: Any, where: str) -> ChildSpec:
@@ -311,6 +318,7 @@ def start_child(supervisor: Any, spec: ChildSpec, timeout: float | None = None, 
 
     ``node`` places the child on that node of the cluster (as ``child(..., node=)``)."""
     if node is not None:
+        _check_node(spec.name, node)
         spec = replace(spec, node=node)
     outcome, value = call(supervisor, ("$start_child", spec), timeout)
     if outcome == "error":
