@@ -271,4 +271,3 @@ def monitoring(dest: Dest) -> Iterator[Ref]:
     finally:
         native.demonitor(ref, True)
 
-
