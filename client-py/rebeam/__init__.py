@@ -25,6 +25,7 @@ from ._errors import (
     ProcessKilled,
     RateLimited,
     Refused,
+    SpawnError,
     Timeout,
     TooLarge,
     Unavailable,
@@ -36,6 +37,7 @@ from ._globals import nodes, register_global, unregister_global, whereis_global
 from ._names import Dest, Name, NameRegistry, Via
 from ._native import IN_NODE, native
 from ._pid import Pid, Ref, Sender
+from ._pool import Pool
 from ._process import (
     call,
     cancel_timer,
@@ -69,6 +71,7 @@ from ._process import (
     whereis,
 )
 from ._registry import KeyRegistry, registry
+from ._remote import demonitor_node, monitor_node, node, spawn_on
 from ._supervisor import (
     ChildSpec,
     DynamicSupervisor,
@@ -79,20 +82,21 @@ from ._supervisor import (
     which_children,
 )
 from ._table import Table, TableError, table
-from ._types import NOREPLY, TIMEOUT, Crash, Down, Global, Reason
+from ._types import NOREPLY, TIMEOUT, Crash, Down, Global, NodeDown, Reason
 
 __all__ = [
-    "IN_NODE", "NOREPLY", "TIMEOUT", "AlreadyExists", "AuthError", "ChildSpec", "Forbidden", "Client",
-    "ControllerError", "Crash", "Dest", "Down", "DynamicSupervisor", "Error", "Exit", "GenServer",
-    "Global", "InitError", "InvalidRequest", "KeyRegistry", "Name", "NameRegistry", "NameTaken",
-    "NotFound", "NotInNode", "Pid", "Reason", "Ref", "Refused", "Sender", "Supervisor", "Table",
-    "RateLimited", "TableError", "Timeout", "TooLarge", "Unavailable", "UnknownName", "Via", "call",
-    "cancel_timer", "cast", "child", "connect", "demonitor", "exit", "is_alive", "link",
-    "monitor", "monitoring", "nodes", "noreply", "pg", "process_info", "processes", "receive",
-    "register", "register_global", "registered", "registry", "reply", "run", "self_pid",
-    "send", "send_after", "set_timeout", "spawn", "spawn_link", "spawn_monitor", "start_child",
+    "IN_NODE", "NOREPLY", "TIMEOUT", "AlreadyExists", "AuthError", "ChildSpec", "Forbidden",
+    "Client", "ControllerError", "Crash", "Dest", "Down", "DynamicSupervisor", "Error", "Exit",
+    "GenServer", "Global", "InitError", "InvalidRequest", "KeyRegistry", "Name", "NameRegistry",
+    "NameTaken", "NodeDown", "NotFound", "NotInNode", "Pid", "Pool", "Reason", "Ref",
+    "RateLimited", "Refused", "Sender", "Supervisor", "Table", "SpawnError", "TableError", "Timeout", "TooLarge",
+    "Unavailable", "UnknownName", "Via", "call", "cancel_timer", "cast", "child", "connect",
+    "demonitor", "demonitor_node", "exit", "is_alive", "link", "monitor", "monitor_node",
+    "monitoring", "node", "nodes", "noreply", "pg", "process_info", "processes", "receive",
+    "register", "register_global", "registered", "registry", "reply", "run", "self_pid", "send",
+    "send_after", "set_timeout", "spawn", "spawn_link", "spawn_monitor", "spawn_on", "start_child",
     "stop", "table", "terminate_child", "trap_exits", "trapping_exits", "unlink", "unregister",
-    "unregister_global", "whereis", "whereis_global", "which_children",
+    "unregister_global", "whereis", "whereis_global", "which_children"
 ]
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import Error, Exit, InitError, failed_child
+from ._errors import Error, Exit, InitError, Timeout, failed_child
 from ._names import Name, Via
 from ._native import native
 from ._process import receive, spawn_link
@@ -246,4 +246,51 @@ def run_app(directory: str) -> int:
             native.exit(root, "shutdown")
             receive(lambda m: isinstance(m, Exit) and m.pid == root)
             print(f"rebeam: application {manifest.name} shut down", flush=True)
+            return 0
+
+
+def run_submitted(directory: str, url: str, token: str) -> int:
+    """``--app DIR`` on a dev node with worker nodes: submits the app to the embedded
+    controller (as ``rebeam submit`` does), so its top-level children spread over the
+    workers and ``rebeam tree``, ``upgrade`` and ``rollback`` work on it; serves until asked
+    to stop (an exit signal to the registered master), then stops the app everywhere, or
+    until the app fails. Returns an exit status."""
+    from .client import AppFailed, connect
+
+    try:
+        manifest = load_manifest(directory)
+    except ManifestError as e:
+        _report_manifest_error(directory, e)
+        return 2
+    native.trap_exits(True)
+    native.register(MASTER_NAME, native.self_pid())
+    me = native.self_pid()
+    with connect(url, token=token, timeout=30.0) as client:
+        try:
+            info = client.submit(directory, wait=120.0)
+        except AppFailed as e:
+            print(f"rebeam: application {manifest.name} failed to start: {e}", file=sys.stderr,
+                  flush=True)
+            return 1
+        except Error as e:
+            print(f"rebeam: cannot start the application in {directory}: {e}", file=sys.stderr,
+                  flush=True)
+            return 1
+        placed = sorted({a.node for a in client.cluster().assignments
+                         if a.app == info.name and a.node})
+        print(f"rebeam: application {info.name} {info.version} started on "
+              f"{', '.join(placed)} (submitted to {url})", flush=True)
+        while True:
+            try:
+                message = receive(lambda m: isinstance(m, Exit) and m.pid == me, 0.5)
+            except Timeout:
+                status = client.app(info.name).status
+                if status in ("stopped", "failed"):
+                    print(f"rebeam: application {info.name} stopped: {status}", file=sys.stderr,
+                          flush=True)
+                    return 1
+                continue
+            del message
+            client.stop(info.name, wait=60.0)
+            print(f"rebeam: application {info.name} shut down", flush=True)
             return 0

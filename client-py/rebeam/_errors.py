@@ -104,6 +104,16 @@ class InitError(Error):
         return f"{self.pid} failed to start: {describe_reason(self.reason)}"
 
 
+class SpawnError(Error):
+    """``spawn_on`` started nothing: the node is not a live member of the cluster (or was
+    lost before answering), or it cannot import or spawn the target (the message carries
+    that node's traceback)."""
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(f"spawn on node {node!r}: {message}")
+        self.node = node
+
+
 class UnknownName(Error, LookupError):
     """A message was addressed to a name that nobody has registered."""
 

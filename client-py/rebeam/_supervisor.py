@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ._errors import Exit, InitError, Timeout
+from ._errors import Exit, InitError, SpawnError, Timeout
 from ._genserver import GenServer
 from ._names import Name, Via, register_name
 from ._native import native
@@ -35,6 +35,7 @@ class ChildSpec:
     shutdown: Shutdown = None
     max_mailbox: int | None = None
     max_mailbox_bytes: int | None = None
+    node: str | None = None
 
     @property
     def is_supervisor(self) -> bool:
@@ -51,16 +52,26 @@ def child(start: Callable[..., Any] | type, args: tuple[Any, ...] | list[Any] = 
           kwargs: dict[str, Any] | None = None, id: Any = None,
           name: Name | None = None, restart: Restart = "permanent",
           shutdown: Shutdown = None, max_mailbox: int | None = None,
-          max_mailbox_bytes: int | None = None) -> ChildSpec:
+          max_mailbox_bytes: int | None = None, node: str | None = None) -> ChildSpec:
     """A child specification: ``start`` is a GenServer/Supervisor class or a function.
 
     ``shutdown`` is seconds to wait after the ``shutdown`` signal before killing (default
     5), ``"brutal_kill"``, or ``"infinity"`` (the default for supervisors).
     ``max_mailbox`` (messages) and ``max_mailbox_bytes`` bound the child's mailbox (the
     node's defaults when None, unbounded when 0): a delivery past either kills the child with
-    reason ``"mailbox_limit"`` and this supervisor restarts it as for any other exit."""
+    reason ``"mailbox_limit"`` and this supervisor restarts it as for any other exit.
+    ``node`` starts (and restarts) the child on that node of the cluster with
+    :func:`rebeam.spawn_on`, linked to the supervisor across nodes; a restart while the node
+    is gone fails and counts toward the restart intensity."""
+    _check_node(name, node)
     return ChildSpec(start, tuple(args), dict(kwargs or {}), id, name, restart, shutdown,
-                     max_mailbox, max_mailbox_bytes)
+                     max_mailbox, max_mailbox_bytes, node)
+
+
+def _check_node(name: Name | None, node: str | None) -> None:
+    if node is not None and name is not None and not isinstance(name, Global):
+        raise ValueError(f"a child on node {node!r} can only have a rebeam.Global name "
+                         f"(local names hold this node's processes), got {name!r}")
 
 
 def _validate(spec: Any, where: str) -> ChildSpec:
@@ -158,9 +169,16 @@ class Supervisor(GenServer):
 
     def _start(self, spec: ChildSpec) -> Any:
         from ._process import _start
+        from ._remote import node, spawn_on
 
-        pid = _start(spec.start, spec.args, spec.kwargs, True, False, spec.max_mailbox,
-                     spec.max_mailbox_bytes)
+        if spec.node is not None and spec.node != node():
+            try:
+                pid = spawn_on(spec.node, spec.start, *spec.args, link=True, **spec.kwargs)
+            except SpawnError as e:
+                raise InitError(None, ("spawn_error", spec.node, str(e))) from e
+        else:
+            pid = _start(spec.start, spec.args, spec.kwargs, True, False, spec.max_mailbox,
+                         spec.max_mailbox_bytes)
         if spec.name is not None:
             register_name(spec.name, pid)
         return pid
@@ -294,8 +312,14 @@ class DynamicSupervisor(Supervisor):
     strategy = "simple_one_for_one"
 
 
-def start_child(supervisor: Any, spec: ChildSpec, timeout: float | None = None) -> Any:
-    """Starts a child under a running supervisor; returns its pid or raises InitError."""
+def start_child(supervisor: Any, spec: ChildSpec, timeout: float | None = None, *,
+                node: str | None = None) -> Any:
+    """Starts a child under a running supervisor; returns its pid or raises InitError.
+
+    ``node`` places the child on that node of the cluster (as ``child(..., node=)``)."""
+    if node is not None:
+        _check_node(spec.name, node)
+        spec = replace(spec, node=node)
     outcome, value = call(supervisor, ("$start_child", spec), timeout)
     if outcome == "error":
         raise InitError(None, value)

@@ -35,6 +35,14 @@ class Down:
 
 
 @dataclass(frozen=True)
+class NodeDown:
+    """The message :func:`rebeam.monitor_node` delivers once when ``node`` is lost (killed,
+    cut off, or left the cluster), or at once if it was not a live member."""
+
+    node: str
+
+
+@dataclass(frozen=True)
 class Global:
     """A cluster-wide name, held by the controller."""
 

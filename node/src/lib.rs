@@ -1,6 +1,7 @@
 //! Re:BEAM worker node: an OTP-style actor runtime in Rust hosting Python actors.
 
 pub mod cluster;
+pub mod dev;
 pub mod guard;
 pub mod observe;
 pub mod python;

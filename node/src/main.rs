@@ -32,6 +32,11 @@ struct Cli {
     /// Run a Python module inside the node, like `python -m` (e.g. pytest).
     #[arg(short = 'm', long, value_name = "MODULE")]
     module: Option<String>,
+    /// On --dev, how many worker nodes to run, this process included (each is a node of the
+    /// same cluster with its own interpreter, so Python uses that many cores). Default: one
+    /// per core when serving or running an app, 1 for --run and -m (tests of one node).
+    #[arg(long, env = "REBEAM_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
     /// Executor threads to start with (the pool grows while handlers block).
     #[arg(long, default_value_t = 2, env = "REBEAM_EXECUTORS")]
     executors: usize,
@@ -182,6 +187,7 @@ fn main() {
 /// Flushes Python's streams, removes the dev scratch directory and exits, without
 /// finalizing the interpreter (executor threads stay attached to it).
 fn exit_process(code: i32) -> ! {
+    rebeam_node::dev::stop();
     flush_python();
     rebeam_node::observe::trace::flush();
     if let Some(dir) = DEV_DIR.get() {
@@ -198,11 +204,18 @@ fn given_secret(cli: &Cli) -> Result<Option<String>> {
     Ok(cli.secret.clone().filter(|s| !s.is_empty()))
 }
 
-/// The client tokens from --client-token and --client-token-file.
+/// The client tokens from --client-token and --client-token-file, and on --dev the deploy
+/// token `--app` submits with (the client it uses asks every node's gateway, workers too).
 fn given_tokens(cli: &Cli) -> Result<Vec<StaticToken>> {
     let mut tokens = cli.client_tokens.clone();
     if let Some(path) = &cli.client_token_file {
         tokens.extend(read_token_file(path).map_err(anyhow::Error::msg)?);
+    }
+    if let Some((_, token)) = DEV_CLIENT.get() {
+        tokens.push(StaticToken {
+            role: rebeam_controller::auth::Role::Deploy,
+            token: token.clone(),
+        });
     }
     Ok(tokens)
 }
@@ -270,15 +283,19 @@ fn run(cli: Cli) -> Result<i32> {
     if cli.dev {
         let (controllers, secret, data_dir, core) =
             start_dev_controller(&cli, &tokio, tls.clone())?;
+        let workers = worker_count(&cli, tls.is_some())?;
         let issued = join_cluster(
             &cli,
             &rt,
             &tokio,
-            controllers,
+            controllers.clone(),
             secret.clone(),
-            data_dir,
+            data_dir.clone(),
             tls,
         )?;
+        if workers > 1 {
+            start_workers(&cli, workers, &controllers, &secret, &data_dir)?;
+        }
         let mut access = http_access(&cli, &secret, issued)?;
         access.tls = http_tls;
         let addr = cli
@@ -325,7 +342,13 @@ fn run(cli: Cli) -> Result<i32> {
         Ok(())
     })?;
     if let Some(dir) = &cli.app {
-        return run_app(dir);
+        // With worker nodes the app goes through the embedded controller, as a submitted
+        // app: its children spread over the workers and `rebeam tree`, `upgrade` and
+        // `rollback` work on it. One worker keeps the local root supervisor.
+        let submit = DEV_CLIENT
+            .get()
+            .filter(|_| !rebeam_node::dev::pids().is_empty());
+        return run_app(dir, submit);
     }
     if let Some(script) = &cli.run {
         let argv: Vec<String> = std::iter::once(script.display().to_string())
@@ -381,6 +404,13 @@ fn start_dev_controller(
     let mut config =
         rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
     config.client_tokens = given_tokens(cli)?;
+    // `--app` submits through this controller like `rebeam submit`, with a deploy token of
+    // its own (never printed).
+    let app_token = format!("{:032x}", rand::random::<u128>());
+    config.client_tokens.push(StaticToken {
+        role: rebeam_controller::auth::Role::Deploy,
+        token: app_token.clone(),
+    });
     config.api_listen = cli.api_listen;
     config.connections = cli.serving.connections();
     config.rate_limit = cli.serving.rate_limit();
@@ -393,12 +423,104 @@ fn start_dev_controller(
         .block_on(handle.wait_for_leader(std::time::Duration::from_secs(10)))
         .context("the embedded controller did not elect itself")?;
     let api = handle.api_addr().to_string();
+    DEV_CLIENT
+        .set((format!("{scheme}://{api}"), app_token))
+        .ok();
     // Printed, not only logged: a user (or a test) needs the address to connect a client.
     eprintln!("rebeam-node: dev controller at {scheme}://{api}");
     let core = handle.core();
     // The controller lives as long as the process.
     std::mem::forget(handle);
     Ok((vec![api], secret, data_dir.join("node"), core))
+}
+
+/// How many worker nodes a dev node runs, itself included (see `--workers`).
+fn worker_count(cli: &Cli, tls: bool) -> Result<usize> {
+    let quiet = cli.run.is_some() || cli.module.is_some();
+    match cli.workers {
+        Some(n) if n > 1 && tls => {
+            bail!("--workers {n} with TLS: worker nodes need certificates of their own; run them as cluster nodes instead")
+        }
+        Some(n) => Ok(usize::from(n)),
+        None if quiet || tls => Ok(1),
+        None => Ok(rebeam_node::dev::default_count()),
+    }
+}
+
+/// Starts `count - 1` worker node processes joined to the embedded controller and waits
+/// (up to 30 s) until they are members, so apps and `rebeam.nodes()` see them all.
+fn start_workers(
+    cli: &Cli,
+    count: usize,
+    controllers: &[String],
+    secret: &str,
+    data_dir: &std::path::Path,
+) -> Result<()> {
+    let tokens: Vec<String> = given_tokens(cli)?
+        .iter()
+        .map(|t| format!("{}:{}", t.role, t.token))
+        .collect();
+
+    let specs: Vec<rebeam_node::dev::WorkerSpec> = (1..count)
+        .map(|i| {
+            let name = format!("{}-w{i}", cli.name);
+            let args = vec![
+                "--controllers".to_string(),
+                controllers.join(","),
+                "--name".into(),
+                name.clone(),
+                "--data-dir".into(),
+                data_dir
+                    .with_file_name(format!("node-w{i}"))
+                    .display()
+                    .to_string(),
+                "--executors".into(),
+                cli.executors.to_string(),
+                "--max-mailbox".into(),
+                cli.max_mailbox.to_string(),
+                "--max-mailbox-bytes".into(),
+                cli.max_mailbox_bytes.to_string(),
+                "--memory-guard".into(),
+                cli.memory_guard.to_string(),
+            ];
+            let mut env = vec![("REBEAM_SECRET", secret.to_string())];
+            if !tokens.is_empty() {
+                // Clients reach processes through the gateway of the node holding them.
+                env.push(("REBEAM_CLIENT_TOKENS", tokens.join(",")));
+            }
+            rebeam_node::dev::WorkerSpec { name, args, env }
+        })
+        .collect();
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    rebeam_node::dev::start(specs).context("starting the worker nodes")?;
+    let rt = python::node_runtime().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let alive: Vec<String> = rt
+            .host
+            .remote
+            .get()
+            .map(|r| r.members())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, _, _, alive)| *alive)
+            .map(|(name, ..)| name)
+            .collect();
+        if names.iter().all(|n| alive.contains(n)) {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!("rebeam-node: not every worker joined within 30 s; going on without them");
+            break;
+        }
+        Python::attach(|py| py.detach(|| std::thread::sleep(std::time::Duration::from_millis(20))));
+    }
+    eprintln!(
+        "rebeam-node: {count} worker nodes: {}, {}",
+        cli.name,
+        names.join(", ")
+    );
+    Ok(())
 }
 
 /// The embedded controller's addresses, secret, the node's data dir and its shared handles.
@@ -426,6 +548,9 @@ fn http_access(
         tls: None,
     })
 }
+
+/// The embedded controller's client URL and the deploy token `--app` submits with.
+static DEV_CLIENT: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
 
 /// The dev node's scratch directory, removed at exit.
 static DEV_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -538,6 +663,8 @@ fn serve_cluster() -> Result<i32> {
                 exit_process(130);
             }
         });
+    // Workers first: they depart through the embedded controller, which stops with us.
+    Python::attach(|py| py.detach(rebeam_node::dev::stop));
     if let Ok(rt) = python::node_runtime() {
         Python::attach(|py| py.detach(|| rebeam_node::shutdown::depart(rt)));
     }
@@ -588,7 +715,7 @@ fn python_error(py: Python<'_>, err: PyErr) -> anyhow::Error {
 }
 
 /// Runs an application until SIGINT/SIGTERM, then shuts its tree down in order.
-fn run_app(dir: &std::path::Path) -> Result<i32> {
+fn run_app(dir: &std::path::Path, submit: Option<&(String, String)>) -> Result<i32> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -619,7 +746,18 @@ fn run_app(dir: &std::path::Path) -> Result<i32> {
     run_python(std::slice::from_ref(&dir), |py| {
         let app = py.import("rebeam._app")?;
         let rebeam = py.import("rebeam")?;
-        let code = rebeam.call_method1("run", (app.getattr("run_app")?, dir.as_str()))?;
+        let code = match submit {
+            Some((url, token)) => rebeam.call_method1(
+                "run",
+                (
+                    app.getattr("run_submitted")?,
+                    dir.as_str(),
+                    url.as_str(),
+                    token.as_str(),
+                ),
+            )?,
+            None => rebeam.call_method1("run", (app.getattr("run_app")?, dir.as_str()))?,
+        };
         Err(pyo3::exceptions::PySystemExit::new_err(code.unbind()))
     })
 }

@@ -62,6 +62,26 @@ fn peer_batches() {
             r#ref: 3,
             reason,
         }),
+        Frame::Spawn(pb::PeerSpawn {
+            spawn_id: 4,
+            kind: Some(pb::peer_spawn::Kind::Request(pb::PeerSpawnRequest {
+                from: pid("node-b"),
+                module: "app.work".into(),
+                qualname: "Worker".into(),
+                main_path: String::new(),
+                args: b"\x80\x05N.".to_vec(),
+                link: true,
+                monitor_ref: 5,
+            })),
+        }),
+        Frame::Spawn(pb::PeerSpawn {
+            spawn_id: 4,
+            kind: Some(pb::peer_spawn::Kind::Result(pb::PeerSpawnResult {
+                result: Some(pb::peer_spawn_result::Result::InitFailed(
+                    pb::WireReason::default(),
+                )),
+            })),
+        }),
     ];
     let batch = pb::PeerBatch {
         frames: frames
@@ -104,6 +124,17 @@ fn peer_batches() {
                     check_pid(d.target.as_ref());
                     let _ = reason_from_pb(d.reason);
                 }
+                Frame::Spawn(s) => match s.kind {
+                    Some(pb::peer_spawn::Kind::Request(r)) => check_pid(r.from.as_ref()),
+                    Some(pb::peer_spawn::Kind::Result(r)) => match r.result {
+                        Some(pb::peer_spawn_result::Result::Pid(p)) => check_pid(Some(&p)),
+                        Some(pb::peer_spawn_result::Result::InitFailed(e)) => {
+                            let _ = reason_from_pb(Some(e));
+                        }
+                        _ => {}
+                    },
+                    None => {}
+                },
             }
         }
     });

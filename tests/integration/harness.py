@@ -291,7 +291,9 @@ class DevNode(Node):
         return f"http://127.0.0.1:{self.api_port}"
 
     def mode(self) -> list[str]:
-        return ["--dev", "--client-token", TOKEN, "--api-listen", f"127.0.0.1:{self.api_port}"]
+        # One node: the tests of a dev node count its processes and nodes.
+        return ["--dev", "--workers", "1", "--client-token", TOKEN, "--api-listen",
+                f"127.0.0.1:{self.api_port}"]
 
     def start(self) -> DevNode:
         super().start()

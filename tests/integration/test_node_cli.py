@@ -1,4 +1,5 @@
-"""The node binary as users run it: ``rebeam-node --dev --app DIR``.
+"""The node binary as users run it: ``rebeam-node --dev --app DIR``, with one worker node
+(the local root supervisor; test_workers.py runs apps over several).
 
 Run with plain pytest (outside a node): ``python3 -m pytest tests/integration/test_node_cli.py``.
 The binary is ``$REBEAM_NODE`` or ``target/release/rebeam-node`` under the repository root."""
@@ -98,7 +99,7 @@ def make_app(tmp_path: Path, manifest: str, module: str = APP_MODULE) -> Path:
 
 
 def start_node(app: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([str(NODE), "--dev", "--app", str(app)], stdout=subprocess.PIPE,
+    return subprocess.Popen([str(NODE), "--dev", "--workers", "1", "--app", str(app)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
 
@@ -140,7 +141,7 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 20) -> tuple[str, str
 
 
 def run_to_end(app: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(NODE), "--dev", "--app", str(app)], capture_output=True,
+    return subprocess.run([str(NODE), "--dev", "--workers", "1", "--app", str(app)], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -162,7 +163,8 @@ def test_good_app_starts_and_shuts_down_in_order_on_sigint(tmp_path):
 
 def test_a_local_app_is_visible_to_ps_and_logs(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([str(NODE), "--dev", "--app", str(make_app(tmp_path, GOOD_MANIFEST)),
+    proc = subprocess.Popen([str(NODE), "--dev", "--workers", "1", "--app",
+                             str(make_app(tmp_path, GOOD_MANIFEST)),
                              "--client-token", TOKEN, "--api-listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -9,6 +9,7 @@ pub mod leader;
 pub mod links;
 pub mod peers;
 pub mod ports;
+pub mod remote_spawn;
 pub mod stopper;
 pub mod transport;
 pub mod wire;
@@ -265,6 +266,7 @@ impl Cluster {
         for (_, slot) in failed {
             let _ = slot.complete(CallResult::Exit(Reason::Noconnection));
         }
+        remote_spawn::node_down(node);
         self.rt.node_down(node);
     }
 

@@ -409,6 +409,7 @@ fn apply(cluster: &Arc<Cluster>, from_node: NodeId, frame: pb::PeerFrame) {
         Frame::Down(d) => pid_from_pb(d.watcher.as_ref())
             .zip(pid_from_pb(d.target.as_ref()))
             .map(|(w, t)| rt.remote_down(w, t, Ref(d.r#ref), reason_from_pb(d.reason))),
+        Frame::Spawn(s) => super::remote_spawn::apply(cluster, from_node, s),
     };
     if ok.is_none() {
         tracing::warn!(peer = %from_node.name(), "dropped a malformed peer frame");

@@ -1,7 +1,7 @@
 //! The cluster serving the Python host's ports (`python::ports`): `main.rs` plugs these in.
 
 use super::Cluster;
-use crate::python::ports::{GlobalNames, Refused, Remote};
+use crate::python::ports::{GlobalNames, Refused, Remote, SpawnDone, SpawnRequest};
 use crate::python::term::Term;
 use crate::runtime::{Outbound, Pid, Reason};
 use std::sync::atomic::Ordering;
@@ -42,6 +42,10 @@ impl Remote for Ports {
     fn dropped_frames(&self) -> u64 {
         self.0.dropped.load(Ordering::Relaxed)
             + crate::observe::stats::STATS.peer_frames_oversized.get()
+    }
+
+    fn spawn_on(&self, node: &str, request: SpawnRequest, done: SpawnDone) -> Result<(), String> {
+        super::remote_spawn::request(&self.0, node, request, done)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::convert;
 use super::host::PyRuntime;
+pub use super::native::{spawn_for_peer, Release};
 use super::objects::Pid as PyPid;
 use super::upgrade::{move_all, Moves};
 use crate::runtime::Pid;

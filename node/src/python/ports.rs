@@ -3,7 +3,7 @@
 //! single-machine node has none), so the import direction stays `runtime ← python ← cluster`.
 
 use super::term::Term;
-use crate::runtime::{Outbound, Pid, Reason};
+use crate::runtime::{Outbound, Pid, Reason, Ref};
 
 /// Routing to other nodes, and the exits the control plane must hear of.
 pub trait Remote: Send + Sync {
@@ -25,7 +25,47 @@ pub trait Remote: Send + Sync {
 
     /// Frames dropped so far because a link's queue to another node was full.
     fn dropped_frames(&self) -> u64;
+
+    /// Asks the node named `node` to start a process (`rebeam.spawn_on`); `done` gets the
+    /// answer on the thread that applies peer frames, before any later frame from that node.
+    /// Err (saying why) when `node` is not a live member.
+    fn spawn_on(&self, node: &str, request: SpawnRequest, done: SpawnDone) -> Result<(), String>;
 }
+
+/// A request to start a process on another node (Erlang's `spawn(Node, ...)`).
+#[derive(Clone, Debug)]
+pub struct SpawnRequest {
+    /// The calling process, if any.
+    pub from: Option<Pid>,
+    /// The module defining the target, imported on the other node.
+    pub module: String,
+    /// The target's qualified name in `module`.
+    pub qualname: String,
+    /// The script's path when `module` is `__main__`, else empty.
+    pub main_path: String,
+    /// The pickled `(args, kwargs)`.
+    pub args: Vec<u8>,
+    /// Link `from` to the new process before it runs.
+    pub link: bool,
+    /// `from` monitors the new process under this ref, from before it runs.
+    pub monitor: Option<Ref>,
+}
+
+/// What the other node answered to a remote spawn.
+#[derive(Clone, Debug)]
+pub enum SpawnReply {
+    /// The process runs (a server's `init` returned).
+    Spawned(Pid),
+    /// A server's `init` failed with this reason.
+    InitFailed(Reason),
+    /// Nothing was started; the text says why (an import error's traceback, a bad target).
+    Refused(String),
+    /// The node was lost before it answered.
+    Lost,
+}
+
+/// Receives the answer to a remote spawn.
+pub type SpawnDone = Box<dyn FnOnce(SpawnReply) + Send>;
 
 /// Why the control plane did not answer a request: the gRPC code name (`UNAVAILABLE`, as
 /// the client's errors carry it) and its message.

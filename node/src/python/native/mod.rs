@@ -4,7 +4,7 @@ use super::convert::{self, error, reason_from_py, reason_to_py, types};
 use super::executor::{clear_interrupt, deliver_call, is_killed, lease_gate, log_crash, Blocking};
 use super::host::{current, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime};
 use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
-use super::ports::{GlobalNames, Refused, Remote};
+use super::ports::{GlobalNames, Refused, Remote, SpawnDone, SpawnReply, SpawnRequest};
 use super::term::Term;
 use crate::observe::trace::{self, Delivery};
 use crate::runtime::{CallResult, CallSlot, Envelope, Kind, Pid, Reason, RegistryError, Status};
@@ -32,6 +32,7 @@ use receiving::*;
 use registry::*;
 use signals::*;
 use spawning::*;
+pub use spawning::{spawn_for_peer, Release};
 use timing::*;
 
 /// Longest name accepted by the local registry.
@@ -150,6 +151,7 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spawn_function, m)?)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(spawn_as_app, m)?)?;
+    m.add_function(wrap_pyfunction!(spawn_remote, m)?)?;
     m.add_function(wrap_pyfunction!(send, m)?)?;
     m.add_function(wrap_pyfunction!(cast, m)?)?;
     m.add_function(wrap_pyfunction!(call, m)?)?;

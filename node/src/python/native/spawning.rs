@@ -76,30 +76,7 @@ pub(super) fn spawn_server<'py>(
         (max_mailbox, max_mailbox_bytes),
     )?;
     let _ = process.data.server.set(server.clone().unbind());
-    let result = {
-        let _enter = Enter::new(process.clone());
-        if lease_gate(py, rt, &process) {
-            server.call_method(pyo3::intern!(py, "init"), args, kwargs.as_ref())
-        } else {
-            Err(error(py, &types(py)?.killed, ()))
-        }
-    };
-    let stop = process.data.stop.lock().take();
-    let failure = match result {
-        Err(err) => {
-            let reason = if process.is_exited() || is_killed(py, &err) {
-                process.exit_reason().unwrap_or(Reason::Killed)
-            } else if let Some(reason) = stop {
-                // `init` chose its exit reason with `stop(reason)`, then raised the cause.
-                reason
-            } else {
-                convert::crash_reason(py, &err)
-            };
-            Some((reason, Some(err)))
-        }
-        Ok(_) => stop.map(|reason| (reason, None)),
-    };
-    if let Some((reason, cause)) = failure {
+    if let Err((reason, cause)) = run_init(py, rt, &process, &server, &args, kwargs.as_ref()) {
         // The caller learns of the failure from the exception, not also from a link signal
         // or a `Down` (as OTP's `start_monitor` flushes it).
         if let Some(p) = &parent {
@@ -128,6 +105,47 @@ pub(super) fn spawn_server<'py>(
     }
     rt.release(&process);
     spawned(py, process.pid, mref)
+}
+
+/// Runs a new server's `init(*args, **kwargs)` on this thread as that process; the reason
+/// (and the exception, if one was raised) when it failed or chose to stop.
+fn run_init(
+    py: Python<'_>,
+    rt: &Arc<PyRuntime>,
+    process: &Arc<PyProcess>,
+    server: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> Result<(), (Reason, Option<PyErr>)> {
+    let result = {
+        let _enter = Enter::new(process.clone());
+        if lease_gate(py, rt, process) {
+            server.call_method(pyo3::intern!(py, "init"), args, kwargs)
+        } else {
+            match types(py) {
+                Ok(t) => Err(error(py, &t.killed, ())),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let stop = process.data.stop.lock().take();
+    match result {
+        Err(err) => {
+            let reason = if process.is_exited() || is_killed(py, &err) {
+                process.exit_reason().unwrap_or(Reason::Killed)
+            } else if let Some(reason) = stop {
+                // `init` chose its exit reason with `stop(reason)`, then raised the cause.
+                reason
+            } else {
+                convert::crash_reason(py, &err)
+            };
+            Err((reason, Some(err)))
+        }
+        Ok(_) => match stop {
+            Some(reason) => Err((reason, None)),
+            None => Ok(()),
+        },
+    }
 }
 
 pub(super) fn spawned<'py>(
@@ -165,9 +183,28 @@ pub(super) fn spawn_function<'py>(
         (max_mailbox, max_mailbox_bytes),
     )?;
     let _ = process.data.function.set(function.clone().unbind());
-    let function = function.unbind();
-    let args = args.unbind();
-    let kwargs = kwargs.map(|k| k.unbind());
+    start_thread(
+        rt,
+        &process,
+        function.unbind(),
+        args.unbind(),
+        kwargs.map(|k| k.unbind()),
+    )
+    .map_err(|e| PyValueError::new_err(format!("cannot start a process thread: {e}")))?;
+    if let Some(p) = &parent {
+        still_alive(py, p)?;
+    }
+    spawned(py, process.pid, mref)
+}
+
+/// Starts the thread that runs a function process.
+fn start_thread(
+    rt: &Arc<PyRuntime>,
+    process: &Arc<PyProcess>,
+    function: Py<PyAny>,
+    args: Py<PyTuple>,
+    kwargs: Option<Py<PyDict>>,
+) -> std::io::Result<()> {
     let child = process.clone();
     let rt2 = rt.clone();
     std::thread::Builder::new()
@@ -188,11 +225,7 @@ pub(super) fn spawn_function<'py>(
                 finish_function(py, &rt2, &child, result.map(drop));
             })
         })
-        .map_err(|e| PyValueError::new_err(format!("cannot start a process thread: {e}")))?;
-    if let Some(p) = &parent {
-        still_alive(py, p)?;
-    }
-    spawned(py, process.pid, mref)
+        .map(drop)
 }
 
 pub(super) fn finish_function(
@@ -264,5 +297,212 @@ pub(super) fn run<'py>(
                 None => Err(err),
             }
         }
+    }
+}
+
+/// What lets a process started for a peer run, once the answer to its node is queued.
+pub type Release = Box<dyn FnOnce() + Send>;
+
+/// Starts a process another node asked for (`rebeam.spawn_on` there): returns the answer,
+/// and what lets the new process run. The caller's link and monitor are in place before any
+/// code of it runs; a server's `init` runs on this thread first, as for a local spawn.
+pub fn spawn_for_peer(request: SpawnRequest) -> (SpawnReply, Option<Release>) {
+    Python::attach(|py| match peer_spawn(py, &request) {
+        Ok(done) => done,
+        Err(err) => (SpawnReply::Refused(convert::traceback_text(py, &err)), None),
+    })
+}
+
+fn peer_spawn(py: Python<'_>, request: &SpawnRequest) -> PyResult<(SpawnReply, Option<Release>)> {
+    let rt = rt()?;
+    let found = py.import("rebeam._remote")?.call_method1(
+        "_peer_target",
+        (&request.module, &request.qualname, &request.main_path),
+    )?;
+    let (target, is_server): (Bound<'_, PyAny>, bool) = found.extract()?;
+    let decoded = Term::from_bytes(py, &request.args)?;
+    let (args, kwargs): (Bound<'_, PyTuple>, Option<Bound<'_, PyDict>>) = decoded.extract()?;
+    let kind = if is_server {
+        Kind::Server
+    } else {
+        Kind::Thread
+    };
+    let process = rt.spawn_with(
+        kind,
+        None,
+        PyData::spawned_by(None),
+        rt.default_mailbox_limit(),
+    );
+    if let Some(from) = request.from {
+        let mut st = process.lock();
+        if request.link {
+            st.links.push(from);
+        }
+        if let Some(r) = request.monitor {
+            st.watchers.push((r, from));
+        }
+    }
+    if is_server {
+        let server = target.call_method1(pyo3::intern!(py, "__new__"), (&target,))?;
+        let _ = process.data.server.set(server.clone().unbind());
+        if let Err((reason, _)) = run_init(py, rt, &process, &server, &args, kwargs.as_ref()) {
+            // The caller learns of it from the answer, not also from its link or monitor.
+            if let Some(from) = request.from {
+                let mut st = process.lock();
+                st.links.retain(|p| *p != from);
+                st.watchers.retain(|(_, w)| *w != from);
+            }
+            log_crash(&process, &reason);
+            rt.terminate(&process, reason.clone());
+            return Ok((SpawnReply::InitFailed(reason), None));
+        }
+        let rt = rt.clone();
+        let pid = process.pid;
+        return Ok((
+            SpawnReply::Spawned(pid),
+            Some(Box::new(move || rt.release(&process))),
+        ));
+    }
+    let _ = process.data.function.set(target.clone().unbind());
+    let (function, args, kwargs) = (target.unbind(), args.unbind(), kwargs.map(|k| k.unbind()));
+    let rt = rt.clone();
+    let pid = process.pid;
+    Ok((
+        SpawnReply::Spawned(pid),
+        Some(Box::new(move || {
+            if let Err(err) = start_thread(&rt, &process, function, args, kwargs) {
+                tracing::error!(%pid, "cannot start a process thread: {err}");
+                rt.terminate(&process, Reason::Killed);
+            }
+        })),
+    ))
+}
+
+/// `rebeam.spawn_on(node, ...)` to another node: asks it to start `module`'s `qualname`
+/// and waits for the answer. Returns `(status, value)`: `("ok", pid or (pid, ref))`,
+/// `("init_failed", reason)`, `("refused", why)`, `("no_node", why)`, `("lost", None)` or
+/// `("timeout", None)`; `rebeam.spawn_on` raises the matching exception.
+#[pyfunction]
+#[pyo3(signature = (node, module, qualname, main_path, args, kwargs=None, link=false, monitor=false, timeout=None))]
+// The Python arguments of `rebeam.spawn_on`, one parameter each.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn spawn_remote<'py>(
+    py: Python<'py>,
+    node: &str,
+    module: String,
+    qualname: String,
+    main_path: String,
+    args: Bound<'py, PyTuple>,
+    kwargs: Option<Bound<'py, PyDict>>,
+    link: bool,
+    monitor: bool,
+    timeout: Option<f64>,
+) -> PyResult<(&'static str, Bound<'py, PyAny>)> {
+    let rt = rt()?;
+    let me = current();
+    if (link || monitor) && me.is_none() {
+        this(py, "spawn_on(link=True/monitor=True)")?;
+    }
+    let deadline = deadline_after(timeout)?;
+    let kwargs = match kwargs {
+        Some(k) => k.into_any(),
+        None => py.None().into_bound(py),
+    };
+    let payload = Term::to_bytes(&PyTuple::new(py, [args.into_any(), kwargs])?.into_any())?;
+    let remote = remote(py)?;
+    let mref = monitor.then(|| rt.make_ref());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<SpawnReply>(1);
+    let rx = parking_lot::Mutex::new(rx);
+    let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done: SpawnDone = {
+        let caller = me.clone();
+        let rt = rt.clone();
+        let abandoned = abandoned.clone();
+        Box::new(move |reply| {
+            if let (SpawnReply::Spawned(pid), Some(c)) = (&reply, &caller) {
+                if !abandoned.load(Ordering::SeqCst) {
+                    adopt(&rt, c, *pid, link, mref);
+                }
+            }
+            let _ = tx.send(reply);
+        })
+    };
+    let request = SpawnRequest {
+        from: me.as_ref().map(|m| m.pid),
+        module,
+        qualname,
+        main_path,
+        args: payload,
+        link,
+        monitor: mref,
+    };
+    if let Err(why) = remote.spawn_on(node, request, done) {
+        return Ok(("no_node", PyString::new(py, &why).into_any()));
+    }
+    let blocking = Blocking::begin(rt);
+    let reply = loop {
+        match py.detach(|| rx.lock().recv_timeout(Duration::from_millis(50))) {
+            Ok(reply) => break Some(reply),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break Some(SpawnReply::Lost),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(m) = &me {
+            if m.is_exited() {
+                abandoned.store(true, Ordering::SeqCst);
+                still_alive(py, m)?;
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            abandoned.store(true, Ordering::SeqCst);
+            break None;
+        }
+    };
+    drop(blocking);
+    Ok(match reply {
+        Some(SpawnReply::Spawned(pid)) => ("ok", spawned(py, pid, mref)?),
+        Some(SpawnReply::InitFailed(reason)) => ("init_failed", reason_to_py(py, &reason)?),
+        Some(SpawnReply::Refused(why)) => ("refused", PyString::new(py, &why).into_any()),
+        Some(SpawnReply::Lost) => ("lost", py.None().into_bound(py)),
+        None => ("timeout", py.None().into_bound(py)),
+    })
+}
+
+/// Records the caller's half of a remote spawn's link and monitor (the new process's node
+/// holds the other half since its birth), on the thread applying that node's frames, before
+/// any later signal from it. A caller that died meanwhile passes its exit on instead.
+fn adopt(
+    rt: &Arc<PyRuntime>,
+    caller: &Arc<PyProcess>,
+    pid: Pid,
+    link: bool,
+    mref: Option<crate::runtime::Ref>,
+) {
+    use crate::runtime::Host as _;
+    let mut st = caller.lock();
+    if st.status == Status::Exited {
+        let reason = st.reason.clone().unwrap_or(Reason::Noproc);
+        drop(st);
+        if link {
+            let _ = rt.host.route(crate::runtime::Outbound::Exit {
+                from: caller.pid,
+                to: pid,
+                reason,
+                link: true,
+            });
+        }
+        if let Some(mref) = mref {
+            let _ = rt.host.route(crate::runtime::Outbound::Demonitor {
+                watcher: caller.pid,
+                target: pid,
+                mref,
+            });
+        }
+        return;
+    }
+    if link && !st.links.contains(&pid) {
+        st.links.push(pid);
+    }
+    if let Some(mref) = mref {
+        st.watching.push((mref, pid));
     }
 }

@@ -1,0 +1,114 @@
+"""``Pool``: a set of servers spread over the cluster's nodes, so that CPU-bound Python work
+runs on every core (one interpreter per node, one node per core on ``--dev``)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+from ._native import native
+from ._pid import Pid
+from ._remote import node as this_node
+from ._remote import spawn_on
+
+__all__ = ["Pool"]
+
+
+class Pool:
+    """``size`` servers of ``server`` (a GenServer class) started with ``*args, **kwargs``
+    and spread round-robin over ``nodes`` (default: every alive node, this one first), each
+    linked to the process that made the pool. ``size`` defaults to one per node.
+
+    ``pool.call(request)`` sends to the next server in turn; ``pool.map(requests)`` keeps
+    every server busy with one request at a time and returns the replies in order. Use it as
+    a context manager (or call ``stop()``) to stop the servers::
+
+        with rebeam.Pool(Hasher) as pool:
+            digests = pool.map(blocks)
+    """
+
+    def __init__(self, server: type, *args: Any, size: int | None = None,
+                 nodes: list[str] | None = None, **kwargs: Any) -> None:
+        from ._globals import nodes as alive_nodes
+
+        me = this_node()
+        if nodes is None:
+            nodes = [me] + [n for n in alive_nodes() if n != me]
+        if not nodes:
+            raise ValueError("Pool needs at least one node")
+        count = len(nodes) if size is None else size
+        if count < 1:
+            raise ValueError(f"Pool size must be at least 1, got {count}")
+        self.pids: list[Pid] = []
+        try:
+            for i in range(count):
+                self.pids.append(spawn_on(nodes[i % len(nodes)], server, *args, link=True,
+                                          **kwargs))
+        except BaseException:
+            self.stop()
+            raise
+        self._next = itertools.cycle(range(count))
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def call(self, request: object, timeout: float | None = 5.0) -> Any:
+        """Calls the next server in turn with ``request`` and returns its reply."""
+        return native.call(self.pids[next(self._next)], request, timeout)
+
+    def map(self, requests: Iterable[object], timeout: float | None = None) -> list[Any]:
+        """Calls the servers with every request, each server taking the next request as soon
+        as it answered the last one; returns the replies in the order of ``requests``. The
+        first request that raises makes ``map`` raise it (after the ones in flight finish).
+        ``timeout`` bounds each call."""
+        items = list(requests)
+        results: list[Any] = [None] * len(items)
+        failures: list[BaseException] = []
+        queue: Iterator[int] = iter(range(len(items)))
+        lock = threading.Lock()
+        me = native.self_pid()
+
+        def take() -> int | None:
+            with lock:
+                if failures:
+                    return None
+                return next(queue, None)
+
+        def drive(pid: Pid) -> None:
+            # One driver per server: a function process that calls it in a loop.
+            while (i := take()) is not None:
+                try:
+                    results[i] = native.call(pid, items[i], timeout)
+                except Exception as e:  # noqa: BLE001 - handed to the caller
+                    with lock:
+                        failures.append(e)
+            native.send(me, ("$pool_done", native.self_pid()))
+
+        from ._process import _start
+
+        drivers = {_start(drive, (pid,), {}, True, False)
+                   for pid in self.pids[:max(1, len(items))]}
+        while drivers:
+            done = native.receive(lambda m: isinstance(m, tuple) and len(m) == 2
+                                  and m[0] == "$pool_done" and m[1] in drivers, None)
+            drivers.discard(done[1])
+        if failures:
+            raise failures[0]
+        return results
+
+    def stop(self, reason: object = "shutdown") -> None:
+        """Stops every server (they are linked to the pool's owner: unlinked first)."""
+        for pid in self.pids:
+            native.unlink(pid)
+            native.exit(pid, reason)
+        self.pids = []
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,271 @@
+"""Every core of a machine: ``rebeam-node --dev --workers N`` (worker node processes under
+the embedded controller) and what spreads work over them: ``spawn_on``, ``monitor_node``,
+``child(..., node=)`` and ``Pool``. Real processes throughout: each test runs a script in a
+dev node with two workers and reads what it printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import rebeam
+from harness import TOKEN, free_port, node_binary, scratch_dir, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PRELUDE = '''
+import json, os, signal, sys, time
+import rebeam
+
+def other():
+    return next(n for n in rebeam.nodes() if n != rebeam.node())
+
+def report(**values):
+    print("RESULT " + json.dumps(values, default=repr), flush=True)
+
+class Echo(rebeam.GenServer):
+    def init(self, tag):
+        self.tag = tag
+
+    def handle_call(self, request, sender):
+        if request == "os_pid":
+            return os.getpid()
+        if request == "crash":
+            raise ValueError("crashing on purpose")
+        return (self.tag, rebeam.node(), request)
+
+def greet(to):
+    rebeam.send(to, ("hello from", rebeam.node(), os.getpid()))
+'''
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    yield from scratch_dir("rebeam-workers-test-")
+
+
+def run_script(workdir: Path, body: str, workers: int = 2, timeout: float = 60) -> dict:
+    """Runs PRELUDE + body (which defines main) in `--dev --workers N` and returns what it
+    reported."""
+    script = workdir / "script.py"
+    script.write_text(textwrap.dedent(PRELUDE) + textwrap.dedent(body) +
+                      "\nif __name__ == '__main__':\n    rebeam.run(main)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
+    done = subprocess.run([str(node_binary()), "--dev", "--workers", str(workers), "--run",
+                           str(script)], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=workdir)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert done.returncode == 0 and line is not None, (done.stdout[-3000:], done.stderr[-3000:])
+    result: dict = json.loads(line[len("RESULT "):])
+    return result
+
+
+def test_spawn_on_a_function_and_a_genserver(workdir: Path) -> None:
+    r = run_script(workdir, '''
+        def main():
+            there = other()
+            rebeam.spawn_on(there, greet, rebeam.self_pid())
+            greeting = rebeam.receive(timeout=10)
+            pid = rebeam.spawn_on(there, Echo, "t", link=True)
+            report(nodes=rebeam.nodes(), there=there, greeting=list(greeting),
+                   me=os.getpid(), pid_node=pid.node, reply=list(rebeam.call(pid, "ping")))
+    ''')
+    assert len(r["nodes"]) == 2
+    assert r["greeting"][:2] == ["hello from", r["there"]]
+    assert r["greeting"][2] != r["me"], "the function ran in the worker's OS process"
+    assert r["pid_node"] == r["there"]
+    assert r["reply"] == ["t", r["there"], "ping"]
+
+
+def test_a_link_across_nodes_fires_when_the_remote_process_crashes(workdir: Path) -> None:
+    r = run_script(workdir, '''
+        def main():
+            rebeam.trap_exits(True)
+            pid = rebeam.spawn_on(other(), Echo, "t", link=True)
+            try:
+                rebeam.call(pid, "crash")
+            except rebeam.Exit:
+                pass
+            exit = rebeam.receive(lambda m: isinstance(m, rebeam.Exit), timeout=10)
+            watched, ref = rebeam.spawn_on(other(), Echo, "m", monitor=True)
+            rebeam.exit(watched, "kill")
+            down = rebeam.receive(lambda m: isinstance(m, rebeam.Down), timeout=10)
+            report(same=exit.pid == pid, reason=exit.reason.type, down_ref=down.ref == ref,
+                   down=down.reason)
+    ''')
+    assert r == {"same": True, "reason": "ValueError", "down_ref": True, "down": "killed"}
+
+
+def test_kill9_of_a_node_fires_links_and_monitor_node(workdir: Path) -> None:
+    r = run_script(workdir, '''
+        def main():
+            rebeam.trap_exits(True)
+            there = other()
+            pid = rebeam.spawn_on(there, Echo, "t", link=True)
+            rebeam.monitor_node(there)
+            t0 = time.monotonic()
+            os.kill(rebeam.call(pid, "os_pid"), signal.SIGKILL)
+            exit = rebeam.receive(lambda m: isinstance(m, rebeam.Exit), timeout=10)
+            down = rebeam.receive(lambda m: isinstance(m, rebeam.NodeDown), timeout=10)
+            report(exit=exit.reason, linked=exit.pid == pid, node_down=down.node == there,
+                   seconds=time.monotonic() - t0)
+    ''')
+    assert r["exit"] == "noconnection" and r["linked"] and r["node_down"]
+    assert r["seconds"] < 5
+
+
+def test_monitor_node_of_an_unknown_node_answers_at_once(workdir: Path) -> None:
+    r = run_script(workdir, '''
+        def main():
+            rebeam.monitor_node("nowhere")
+            down = rebeam.receive(lambda m: isinstance(m, rebeam.NodeDown), timeout=10)
+            report(node=down.node)
+    ''', workers=1)
+    assert r == {"node": "nowhere"}
+
+
+def test_dynamic_supervisor_restarts_a_child_on_the_other_node(workdir: Path) -> None:
+    r = run_script(workdir, '''
+        def main():
+            there = other()
+            sup = rebeam.spawn_link(rebeam.DynamicSupervisor)
+            first = rebeam.start_child(sup, rebeam.child(Echo, ("w",)), node=there)
+            rebeam.exit(first, "kill")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                (_, now, _), = rebeam.which_children(sup)
+                if now is not None and now != first:
+                    break
+                time.sleep(0.02)
+            report(first_node=first.node, there=there, again=now != first, now_node=now.node,
+                   reply=list(rebeam.call(now, "x")))
+    ''')
+    assert r["first_node"] == r["there"] == r["now_node"] and r["again"]
+    assert r["reply"] == ["w", r["there"], "x"]
+
+
+def test_unknown_nodes_and_targets_raise_clear_errors(workdir: Path) -> None:
+    (workdir / "only_here.py").write_text("def work():\n    pass\n")
+    r = run_script(workdir, '''
+        sys.path.insert(0, os.getcwd())
+        import only_here   # importable on this node only: the worker's sys.path lacks it
+
+        def main():
+            errors = {}
+            try:
+                rebeam.spawn_on("nowhere", Echo, "x")
+            except rebeam.SpawnError as e:
+                errors["node"] = str(e)
+            try:
+                rebeam.spawn_on(other(), only_here.work)
+            except rebeam.SpawnError as e:
+                errors["import"] = str(e)
+            try:
+                rebeam.spawn_on(other(), lambda: None)
+            except TypeError as e:
+                errors["lambda"] = str(e)
+            report(**errors)
+    ''')
+    assert "no live node named \"nowhere\"" in r["node"]
+    assert "cannot import module 'only_here'" in r["import"]
+    assert "ModuleNotFoundError" in r["import"]
+    assert "module-level function or class" in r["lambda"]
+
+
+def test_pool_spreads_servers_over_the_nodes(workdir: Path) -> None:
+    r = run_script(workdir, '''
+        def main():
+            with rebeam.Pool(Echo, "p", size=4) as pool:
+                replies = pool.map(range(20))
+                one = pool.call("one")
+            report(nodes=sorted({node for _, node, _ in replies}), order=[x for _, _, x in replies],
+                   one=one[2], all_nodes=rebeam.nodes())
+    ''')
+    assert r["nodes"] == r["all_nodes"], "servers on both nodes"
+    assert r["order"] == list(range(20))
+    assert r["one"] == "one"
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_dev_app_over_two_workers_spreads_and_stops_them_all(workdir: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
+    proc = subprocess.Popen([str(node_binary()), "--dev", "--workers", "2", "--app",
+                             str(ROOT / "examples" / "chat"), "--client-token", TOKEN,
+                             "--api-listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env, text=True)
+    workers: list[int] = []
+    try:
+        wait_for("a worker process", lambda: _children(proc.pid), timeout=30)
+        workers = _children(proc.pid)
+        assert len(workers) == 1
+        with rebeam.connect(f"http://127.0.0.1:{port}", token=TOKEN) as client:
+            wait_for("the app submitted", lambda: any(a.name == "chat" for a in client.apps()),
+                     timeout=60)
+            client.wait_running("chat", timeout=60)
+            nodes = {a.node for a in client.cluster().assignments if a.app == "chat"}
+            assert nodes == {"dev", "dev-w1"}, "the top-level children spread over both"
+            tree = client.tree("chat")
+            assert {n.node for _, n in tree.walk()} >= {"dev", "dev-w1"}, tree.lines()
+            assert client.call(rebeam.Global("lobby"), "rooms") is not None
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out[-3000:]
+    assert "application chat shut down" in out
+    wait_for("no orphan worker", lambda: not any(_alive(w) for w in workers), timeout=10)
+
+
+def test_kill9_of_the_dev_node_leaves_no_orphan_worker(workdir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
+    proc = subprocess.Popen([str(node_binary()), "--dev", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        wait_for("a worker process", lambda: _children(proc.pid), timeout=30)
+        workers = _children(proc.pid)
+    finally:
+        proc.kill()
+        proc.communicate()
+    wait_for("the worker to die with its dev node",
+             lambda: not any(_alive(w) for w in workers), timeout=10)
+
+
+def test_a_crashed_worker_is_restarted(workdir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
+    proc = subprocess.Popen([str(node_binary()), "--dev", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        wait_for("a worker process", lambda: _children(proc.pid), timeout=30)
+        (first,) = _children(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_for("another worker", lambda: [w for w in _children(proc.pid) if w != first],
+                 timeout=15)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "worker dev-w1 exited" in err and "starting it again" in err
+
