@@ -66,7 +66,6 @@ EXPECTED: dict[str, str] = {
     "RaftPeer/AppendEntries": "member",
     "RaftPeer/Vote": "member",
     "RaftPeer/InstallSnapshot": "member",
-    "PeerService/Stream": "member",
     "GatewayService/Deliver": "call",
     "GatewayService/ListProcesses": "read",
     "GatewayService/Logs": "read",
@@ -84,7 +83,6 @@ NODE_MAY: set[str] = {
     "NodeService/ReportChildFailed", "NodeService/ReportUpgrade",
     "ClusterService/RegisterName", "ClusterService/UnregisterName", "ClusterService/Whereis",
     "ClusterService/PgJoin", "ClusterService/PgLeave",
-    "PeerService/Stream",
 }
 
 
@@ -166,8 +164,7 @@ def test_every_rpc_of_every_service_admits_exactly_the_expected_credentials(clus
                                           "forged": tokens["admin"][:-4] + "0000",
                                           **tokens, "secret": SECRET}
     where = {"ClusterService": c.members[0].api, "NodeService": c.members[0].api,
-             "RaftPeer": c.members[0].raft, "GatewayService": node.address,
-             "PeerService": node.address}
+             "RaftPeer": c.members[0].raft, "GatewayService": node.address}
     channels = {svc: grpc.insecure_channel(addr) for svc, addr in where.items()}
     try:
         # Nodes learn issued tokens from the watch stream: wait until this one has them.
@@ -213,7 +210,7 @@ def test_a_node_certificate_calls_exactly_what_nodes_use(tmp_path: Path) -> None
         creds = grpc.ssl_channel_credentials(root_certificates=ca.pem.read_bytes(),
                                              private_key=key, certificate_chain=cert)
         where = {"ClusterService": c.members[0].api, "NodeService": c.members[0].api,
-                 "RaftPeer": c.members[0].raft, "GatewayService": address, "PeerService": address}
+                 "RaftPeer": c.members[0].raft, "GatewayService": address}
         channels = {svc: grpc.secure_channel(addr, creds) for svc, addr in where.items()}
         try:
             wrong = []

@@ -220,6 +220,6 @@ pub fn render(core: &Core, stats: &HttpStats) -> Exposition {
         "Time to answer an HTTP request.",
         &[],
     );
-    e.connections();
+    e.connections(&[]);
     e
 }

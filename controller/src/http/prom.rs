@@ -43,7 +43,7 @@ impl Exposition {
 
     /// The connection counters of every server in this process (`rebeam_tls::limits`):
     /// open, accepted, refused at the cap and closed idle, by server.
-    pub fn connections(&mut self) -> &mut Self {
+    pub fn connections(&mut self, labels: &[(&str, &str)]) -> &mut Self {
         let stats = rebeam_tls::limits::stats();
         type Pick = fn(&rebeam_tls::limits::ConnStats) -> u64;
         let families: [(&str, &str, &str, Pick); 4] = [
@@ -75,7 +75,9 @@ impl Exposition {
         for (name, kind, help, pick) in families {
             self.family(name, kind, help);
             for s in &stats {
-                self.sample(name, &[("server", s.server)], pick(s) as f64);
+                let mut l = labels.to_vec();
+                l.push(("server", s.server));
+                self.sample(name, &l, pick(s) as f64);
             }
         }
         self

@@ -200,6 +200,6 @@ pub fn render(rt: &PyRuntime) -> Exposition {
         "Time from rebeam.call in process code to its reply (or failure); one call in 16 per thread is timed.",
         &l,
     );
-    e.connections();
+    e.connections(&[("node", node.as_str())]);
     e
 }
