@@ -368,7 +368,6 @@ async fn bench_reassign(
                     node: victim.clone(),
                     incarnation: vi,
                 }),
-                ..Default::default()
             })
             .await?
             .into_inner();
