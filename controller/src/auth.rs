@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use rebeam_tls::identity::{members_of, PEER_NODE_HEADER};
+use rebeam_tls::identity::members_of;
 use rebeam_tls::{Member, PeerInfo};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -157,7 +157,6 @@ pub const RPC_TABLE: &[(&str, Need)] = &[
     ("/rebeam.v1.RaftPeer/Vote", M),
     ("/rebeam.v1.RaftPeer/InstallSnapshot", M),
     // Node to node.
-    ("/rebeam.v1.PeerService/Stream", M),
     // Clients at a node's gateway.
     ("/rebeam.v1.GatewayService/Deliver", R(Call)),
     ("/rebeam.v1.GatewayService/ListProcesses", R(Read)),
@@ -184,7 +183,6 @@ pub const NODE_RPCS: &[&str] = &[
     "/rebeam.v1.ClusterService/Whereis",
     "/rebeam.v1.ClusterService/PgJoin",
     "/rebeam.v1.ClusterService/PgLeave",
-    "/rebeam.v1.PeerService/Stream",
 ];
 
 /// What `path` (`/package.Service/Method`) needs, or None for a method nobody may call.
@@ -464,7 +462,7 @@ impl Credentials {
                 "`{path}` is not an rpc this server authorizes"
             )));
         };
-        if let Some(principal) = member_by_certificate(path, headers, members)? {
+        if let Some(principal) = member_by_certificate(path, members)? {
             return Ok(principal);
         }
         if self.mtls && need == Need::Member {
@@ -526,13 +524,9 @@ fn certificate_members(extensions: &http::Extensions) -> Vec<Member> {
 }
 
 /// A caller proven a member by certificate, checked against what the path allows: Raft
-/// traffic only from controllers, a peer link only from the node it says it is, and from a
-/// node (a certificate naming no controller) only [`NODE_RPCS`].
-fn member_by_certificate(
-    path: &str,
-    headers: &http::HeaderMap,
-    members: &[Member],
-) -> Result<Option<Principal>, Status> {
+/// traffic only from controllers, and from a node (a certificate naming no controller) only
+/// [`NODE_RPCS`]. (Peer links authenticate in the node's peer transport handshake.)
+fn member_by_certificate(path: &str, members: &[Member]) -> Result<Option<Principal>, Status> {
     if members.is_empty() {
         return Ok(None);
     }
@@ -542,17 +536,6 @@ fn member_by_certificate(
         return Err(Status::permission_denied(
             "raft traffic needs a controller certificate (URI SAN urn:rebeam:controller:<id>)",
         ));
-    }
-    if path.starts_with("/rebeam.v1.PeerService/") {
-        let claimed = headers
-            .get(PEER_NODE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !members.contains(&Member::Node(claimed.to_string())) {
-            return Err(Status::permission_denied(format!(
-                "the peer says it is node {claimed:?} but its certificate does not name it"
-            )));
-        }
     }
     if members.iter().any(|m| matches!(m, Member::Controller(_))) {
         return Ok(Some(Principal::Member));

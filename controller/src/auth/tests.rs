@@ -68,7 +68,7 @@ fn membership_and_tokens_are_admin_only_and_member_services_secret_only() {
         );
     }
     for (p, need) in RPC_TABLE {
-        if p.contains(".RaftPeer/") || p.contains(".NodeService/") || p.contains(".PeerService/") {
+        if p.contains(".RaftPeer/") || p.contains(".NodeService/") {
             assert_eq!(*need, Need::Member, "{p}");
         }
     }
@@ -173,7 +173,6 @@ fn roles_are_ordered_and_checked_against_the_table() {
 fn with_mtls_members_prove_themselves_by_certificate_only() {
     let creds = Credentials::new("s".into(), vec![], None).with_mtls(true);
     let vote = "/rebeam.v1.RaftPeer/Vote";
-    let stream = "/rebeam.v1.PeerService/Stream";
     let mut h = http::HeaderMap::new();
     h.insert("authorization", "Bearer s".parse().expect("header"));
     assert_eq!(
@@ -199,23 +198,6 @@ fn with_mtls_members_prove_themselves_by_certificate_only() {
             .code(),
         tonic::Code::PermissionDenied
     );
-    let mut claims_b = http::HeaderMap::new();
-    claims_b.insert(PEER_NODE_HEADER, "b".parse().expect("header"));
-    assert_eq!(
-        creds
-            .authorize(stream, &claims_b, &node_a, None)
-            .expect_err("node a cannot open a link as node b")
-            .code(),
-        tonic::Code::PermissionDenied
-    );
-    let mut claims_a = http::HeaderMap::new();
-    claims_a.insert(PEER_NODE_HEADER, "a".parse().expect("header"));
-    assert_eq!(
-        creds
-            .authorize(stream, &claims_a, &node_a, None)
-            .expect("a node by certificate"),
-        Principal::Node("a".into())
-    );
 }
 
 #[test]
@@ -225,9 +207,6 @@ fn a_node_certificate_calls_only_what_nodes_use() {
     let empty = http::HeaderMap::new();
     for path in NODE_RPCS {
         assert!(required(path).is_some(), "{path} is not in RPC_TABLE");
-        if path.starts_with("/rebeam.v1.PeerService/") {
-            continue; // needs the node name claimed, tested above
-        }
         assert_eq!(
             creds.authorize(path, &empty, &node, None).expect(path),
             Principal::Node("a".into()),
