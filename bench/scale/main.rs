@@ -11,23 +11,19 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use parking_lot::Mutex;
-use rebeam_grpc::BearerInjector;
 use rebeam_proto::v1 as pb;
-use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
-use rebeam_proto::v1::node_service_client::NodeServiceClient;
+use rebeam_testkit::{app_archive, sibling, Client, ControllerGroup, GroupOptions, NodeClient};
 use serde_json::json;
 use tokio::task::JoinSet;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -67,191 +63,26 @@ struct Args {
     check: bool,
 }
 
-/// The cluster secret on every request, as members send it (the project's one injector).
-fn bearer() -> BearerInjector {
-    BearerInjector::new(SECRET)
+/// Three real controller processes (the shared harness), logging at `SCALE_CONTROLLER_LOG`.
+type Cluster = ControllerGroup;
+
+fn start_cluster() -> anyhow::Result<Cluster> {
+    let mut opts = GroupOptions::new(sibling("rebeam-controller")?, SECRET);
+    opts.log_filter = std::env::var("SCALE_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into());
+    opts.dir_prefix = "rebeam-scale-".into();
+    ControllerGroup::start(3, opts)
 }
 
-type NodeClient = NodeServiceClient<InterceptedService<Channel, BearerInjector>>;
-type Client = ClusterServiceClient<InterceptedService<Channel, BearerInjector>>;
-
 fn node_client(ch: Channel) -> NodeClient {
-    NodeServiceClient::with_interceptor(ch, bearer()).max_decoding_message_size(256 << 20)
+    rebeam_testkit::node_client(ch, SECRET)
 }
 
 fn cluster_client(ch: Channel) -> Client {
-    ClusterServiceClient::with_interceptor(ch, bearer())
+    rebeam_testkit::cluster_client(ch, SECRET)
 }
 
-fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_millis(500))
-            .keep_alive_timeout(Duration::from_millis(500))
-            .keep_alive_while_idle(true)
-            .connect_lazy(),
-    )
-}
-
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-struct Member {
-    id: u64,
-    raft: SocketAddr,
-    api: SocketAddr,
-    dir: PathBuf,
-    child: Mutex<Option<Child>>,
-}
-
-/// Three real controller processes, and which one was last seen leading.
-struct Cluster {
-    root: PathBuf,
-    members: Vec<Member>,
-    hint: AtomicUsize,
-    control: Vec<Channel>,
-}
-
-impl Cluster {
-    fn start(n: u64) -> anyhow::Result<Cluster> {
-        let root = std::env::temp_dir().join(format!("rebeam-scale-{}", std::process::id()));
-        let mut members = Vec::new();
-        for id in 1..=n {
-            let dir = root.join(format!("member-{id}"));
-            std::fs::create_dir_all(&dir)?;
-            members.push(Member {
-                id,
-                raft: free_port()?,
-                api: free_port()?,
-                dir,
-                child: Mutex::new(None),
-            });
-        }
-        let control = members
-            .iter()
-            .map(|m| channel(m.api))
-            .collect::<anyhow::Result<_>>()?;
-        let c = Cluster {
-            root,
-            members,
-            hint: AtomicUsize::new(0),
-            control,
-        };
-        for i in 0..c.members.len() {
-            c.spawn(i)?;
-        }
-        Ok(c)
-    }
-
-    fn spawn(&self, i: usize) -> anyhow::Result<()> {
-        let exe = sibling("rebeam-controller")?;
-        let m = &self.members[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join(format!("member-{}.log", m.id)))?;
-        let mut cmd = Command::new(&exe);
-        cmd.args(["--id", &m.id.to_string()])
-            .args(["--raft-listen", &m.raft.to_string()])
-            .args(["--api-listen", &m.api.to_string()])
-            .args(["--http-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(&m.dir)
-            .args(["--init", "--secret", SECRET])
-            .env(
-                "RUST_LOG",
-                std::env::var("SCALE_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log));
-        for p in self.members.iter().filter(|p| p.id != m.id) {
-            cmd.arg("--peer")
-                .arg(format!("{}={}/{}", p.id, p.raft, p.api));
-        }
-        *m.child.lock() = Some(
-            cmd.spawn()
-                .with_context(|| format!("spawning {}", exe.display()))?,
-        );
-        Ok(())
-    }
-
-    fn kill9(&self, i: usize) {
-        if let Some(mut c) = self.members[i].child.lock().take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn pid(&self, i: usize) -> Option<u32> {
-        self.members[i].child.lock().as_ref().map(|c| c.id())
-    }
-
-    fn index_of(&self, api: &str) -> Option<usize> {
-        self.members.iter().position(|m| m.api.to_string() == api)
-    }
-
-    async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            for i in 0..self.members.len() {
-                if self.pid(i).is_none() {
-                    continue;
-                }
-                let status = tokio::time::timeout(
-                    Duration::from_millis(300),
-                    cluster_client(self.control[i].clone()).status(pb::StatusRequest {}),
-                )
-                .await;
-                if let Ok(Ok(s)) = status {
-                    if s.get_ref().is_leader {
-                        self.hint.store(i, Ordering::Relaxed);
-                        return Ok(i);
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        bail!("no leader within {timeout:?}")
-    }
-
-    fn api_list(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| m.api.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill9(i);
-        }
-        if std::env::var_os("REBEAM_KEEP_TEST_DIRS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        } else {
-            println!("logs kept in {}", self.root.display());
-        }
-    }
-}
-
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let p = std::env::current_exe()?.with_file_name(name);
-    if !p.exists() {
-        bail!(
-            "{} not found next to this binary; build the workspace in release",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
-/// Runs `f` against the leader (following redirects, trying every member), each attempt
-/// bounded by `attempt`, until `deadline`.
+/// Runs `f` against the leader over the caller's own connections (`chans[i]` to member `i`),
+/// by the harness's leader-following policy.
 async fn call<T, F, Fut>(
     c: &Cluster,
     chans: &[Channel],
@@ -263,46 +94,8 @@ where
     F: Fn(Channel) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
 {
-    let n = chans.len();
-    let mut last = Status::unavailable("no attempt");
-    let mut tries = 0usize;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(last);
-        }
-        let i = c.hint.load(Ordering::Relaxed) % n;
-        let bound = attempt.min(deadline - now);
-        let status = match tokio::time::timeout(bound, f(chans[i].clone())).await {
-            Ok(Ok(r)) => return Ok(r.into_inner()),
-            Ok(Err(s)) => s,
-            Err(_) => Status::deadline_exceeded("attempt timed out"),
-        };
-        let redirect = status
-            .metadata()
-            .get("x-rebeam-leader")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|a| c.index_of(a))
-            .filter(|&j| j != i);
-        match redirect {
-            Some(j) => c.hint.store(j, Ordering::Relaxed),
-            None if matches!(
-                status.code(),
-                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
-            ) =>
-            {
-                let _ =
-                    c.hint
-                        .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
-                tries += 1;
-                if tries.is_multiple_of(n) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-            None => return Err(status),
-        }
-        last = status;
-    }
+    c.on_leader(deadline, attempt, |i| f(chans[i].clone()))
+        .await
 }
 
 #[derive(Default)]
@@ -362,11 +155,7 @@ impl Sim {
 }
 
 async fn join(c: &Arc<Cluster>, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<Arc<Sim>> {
-    let chans: Vec<Channel> = c
-        .members
-        .iter()
-        .map(|m| channel(m.api))
-        .collect::<anyhow::Result<_>>()?;
+    let chans = c.channels()?;
     let req = pb::JoinRequest {
         node: name.into(),
         address: "127.0.0.1:9".into(),
@@ -611,11 +400,7 @@ async fn write_load(
         let owner = owners[w % owners.len()].clone();
         let (acked, failed, stop, acks) =
             (acked.clone(), failed.clone(), stop.clone(), acks.clone());
-        let chans: Vec<Channel> = c
-            .members
-            .iter()
-            .map(|m| channel(m.api))
-            .collect::<anyhow::Result<_>>()?;
+        let chans = c.channels()?;
         set.spawn(async move {
             let mut i = 0u64;
             while Instant::now() < end && !stop.load(Ordering::Relaxed) {
@@ -686,12 +471,8 @@ async fn write_load(
 }
 
 async fn submit(c: &Arc<Cluster>, chans: &[Channel], manifest_toml: String) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    w.start_file("rebeam.toml", zip::write::SimpleFileOptions::default())?;
-    w.write_all(manifest_toml.as_bytes())?;
     let req = pb::SubmitAppRequest {
-        code: w.finish()?.into_inner(),
+        code: app_archive(&manifest_toml, &[], 0)?,
         manifest_toml,
     };
     call(
@@ -761,7 +542,7 @@ async fn dead_node(
 
 fn start_real_node(c: &Cluster, i: usize) -> anyhow::Result<Child> {
     let exe = sibling("rebeam-node")?;
-    let dir = c.root.join(format!("real-{i}"));
+    let dir = c.root().join(format!("real-{i}"));
     std::fs::create_dir_all(&dir)?;
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET)?;
@@ -790,10 +571,10 @@ async fn main() -> anyhow::Result<()> {
         json!({"nodes": a.nodes, "names": a.names, "seconds": a.seconds,
                "writers": a.writers, "batch": a.batch, "real_nodes": a.real_nodes}),
     );
-    let c = Arc::new(Cluster::start(3)?);
+    let c = Arc::new(start_cluster()?);
     c.leader(Duration::from_secs(30)).await?;
     let st = Arc::new(Stats::default());
-    let control = c.control.clone();
+    let control = c.channels()?;
 
     // Nodes join, renew and watch.
     let t = Instant::now();
@@ -1002,9 +783,7 @@ async fn main() -> anyhow::Result<()> {
     let rss: Vec<f64> = (0..c.members.len()).map(|i| rss_mib(c.pid(i))).collect();
     let l = c.leader(Duration::from_secs(10)).await?;
     let t = Instant::now();
-    let snap = cluster_client(c.control[l].clone())
-        .snapshot(pb::SnapshotRequest {})
-        .await?;
+    let snap = c.control_client(l).snapshot(pb::SnapshotRequest {}).await?;
     let snap_s = t.elapsed().as_secs_f64();
     let snap_bytes = dir_bytes(&c.members[l].dir.join("snapshots"));
     let mem = json!({"rss_mib": rss, "snapshot_s": snap_s, "snapshot_bytes": snap_bytes,

@@ -4,6 +4,7 @@ mod support;
 
 use std::time::Duration;
 
+use rebeam_grpc::BearerInjector as Bearer;
 use rebeam_proto::v1 as pb;
 use rebeam_proto::v1::raft_peer_client::RaftPeerClient;
 use support::*;

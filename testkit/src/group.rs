@@ -9,14 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use parking_lot::Mutex;
-use rebeam_grpc::BearerInjector;
 use rebeam_proto::v1 as pb;
-use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
-use rebeam_proto::v1::node_service_client::NodeServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::net::{channel, free_port, Client, NodeClient};
+use crate::net::{channel, cluster_client, free_port, node_client, Client, NodeClient};
 
 /// How the members of a group are started.
 #[derive(Clone, Debug)]
@@ -175,36 +172,33 @@ impl ControllerGroup {
 
     /// A cluster-service client of member `i` on a connection of its own.
     pub fn client(&self, i: usize) -> anyhow::Result<Client> {
-        Ok(self.client_on(channel(self.members[i].api)?))
+        Ok(cluster_client(
+            channel(self.members[i].api)?,
+            &self.opts.secret,
+        ))
     }
 
     /// A node-service client of member `i` on a connection of its own.
     pub fn node_client(&self, i: usize) -> anyhow::Result<NodeClient> {
-        Ok(self.node_client_on(channel(self.members[i].api)?))
+        Ok(node_client(
+            channel(self.members[i].api)?,
+            &self.opts.secret,
+        ))
     }
 
     /// A cluster-service client on member `i`'s long-lived control connection.
     pub fn control_client(&self, i: usize) -> Client {
-        self.client_on(self.control[i].clone())
+        cluster_client(self.control[i].clone(), &self.opts.secret)
     }
 
     /// A node-service client on member `i`'s long-lived control connection.
     pub fn control_node_client(&self, i: usize) -> NodeClient {
-        self.node_client_on(self.control[i].clone())
+        node_client(self.control[i].clone(), &self.opts.secret)
     }
 
-    /// A cluster-service client on `ch` with the group's secret and room for large replies.
-    pub fn client_on(&self, ch: Channel) -> Client {
-        ClusterServiceClient::with_interceptor(ch, BearerInjector::new(&self.opts.secret))
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(64 << 20)
-    }
-
-    /// A node-service client on `ch` with the group's secret and room for full watch views.
-    pub fn node_client_on(&self, ch: Channel) -> NodeClient {
-        NodeServiceClient::with_interceptor(ch, BearerInjector::new(&self.opts.secret))
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(64 << 20)
+    /// A fresh connection to each member, in member order (a load generator's own).
+    pub fn channels(&self) -> anyhow::Result<Vec<Channel>> {
+        self.members.iter().map(|m| channel(m.api)).collect()
     }
 
     /// The index of the member that says it leads, asking every running member once (each

@@ -11,4 +11,4 @@ mod net;
 
 pub use archive::app_archive;
 pub use group::{ControllerGroup, GroupOptions, Member};
-pub use net::{channel, free_port, sibling, Client, NodeClient};
+pub use net::{channel, cluster_client, free_port, node_client, sibling, Client, NodeClient};

@@ -16,6 +16,20 @@ pub type Client = ClusterServiceClient<InterceptedService<Channel, BearerInjecto
 /// A node-service client sending a bearer credential.
 pub type NodeClient = NodeServiceClient<InterceptedService<Channel, BearerInjector>>;
 
+/// A cluster-service client on `ch` sending `token`, with room for large replies.
+pub fn cluster_client(ch: Channel, token: &str) -> Client {
+    ClusterServiceClient::with_interceptor(ch, BearerInjector::new(token))
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// A node-service client on `ch` sending `token`, with room for full watch views.
+pub fn node_client(ch: Channel, token: &str) -> NodeClient {
+    NodeServiceClient::with_interceptor(ch, BearerInjector::new(token))
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
 /// A loopback address nobody listens on right now (the listener is dropped at once).
 pub fn free_port() -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;

@@ -73,12 +73,21 @@ CRASHY_APP = """
 """
 
 
+def submit_app(controllers: Cluster, root: Path, package: str, tree: str, manifest: str,
+               token: str = TOKEN) -> None:
+    """Writes an app whose package ``package`` has the module ``tree`` and the manifest
+    ``manifest`` (both dedented), and submits it."""
+    app = root / f"{package}-app"
+    (app / package).mkdir(parents=True)
+    (app / package / "__init__.py").write_text("")
+    (app / package / "tree.py").write_text(textwrap.dedent(tree))
+    (app / "rebeam.toml").write_text(textwrap.dedent(manifest))
+    with controllers.client(token=token) as client:
+        client.submit(app)
+
+
 def submit_crashy(controllers: Cluster, root: Path) -> None:
-    app = root / "crashy-app"
-    (app / "crashy").mkdir(parents=True)
-    (app / "crashy" / "__init__.py").write_text("")
-    (app / "crashy" / "tree.py").write_text(textwrap.dedent(CRASHY_APP))
-    (app / "rebeam.toml").write_text(textwrap.dedent("""
+    submit_app(controllers, root, "crashy", CRASHY_APP, """
         [app]
         name = "crashy"
         version = "1.0.0"
@@ -88,9 +97,7 @@ def submit_crashy(controllers: Cluster, root: Path) -> None:
         [[children]]
         start = "crashy.tree:Root"
         name = "root"
-    """))
-    with controllers.client(token=TOKEN) as client:
-        client.submit(app)
+    """)
 
 
 SPAWNER = """
@@ -99,27 +106,12 @@ SPAWNER = """
     def idle():
         rebeam.receive()
 
-    def main():
-        for _ in range({n}):
-            rebeam.spawn(idle)
-        print("spawned", flush=True)
-        rebeam.receive()
-
-    rebeam.run(main)
-"""
-
-
-#: Idle servers hold no thread (function processes each hold one), so a node can keep
-#: tens of thousands of them: the process table's paging test spawns these.
-SERVER_SPAWNER = """
-    import rebeam
-
     class Idle(rebeam.GenServer):
         pass
 
     def main():
         for _ in range({n}):
-            rebeam.spawn(Idle)
+            rebeam.spawn({target})
         print("spawned", flush=True)
         rebeam.receive()
 
@@ -175,11 +167,7 @@ OBSERVED_APP = """
 
 def submit_observed(controllers: Cluster, root: Path, token: str = TOKEN) -> None:
     """Submits OBSERVED_APP as app ``observed`` (a supervisor and a global ``caster``)."""
-    app = root / "observed-app"
-    (app / "observed").mkdir(parents=True)
-    (app / "observed" / "__init__.py").write_text("")
-    (app / "observed" / "tree.py").write_text(textwrap.dedent(OBSERVED_APP))
-    (app / "rebeam.toml").write_text(textwrap.dedent("""
+    submit_app(controllers, root, "observed", OBSERVED_APP, """
         [app]
         name = "observed"
         version = "1.0.0"
@@ -193,6 +181,4 @@ def submit_observed(controllers: Cluster, root: Path, token: str = TOKEN) -> Non
         [[children]]
         start = "observed.tree:Caster"
         name = "caster-server"
-    """))
-    with controllers.client(token=token) as client:
-        client.submit(app)
+    """, token)

@@ -24,7 +24,7 @@ from rebeam import Global
 def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir: Path) -> None:
     http = f"http://{controllers.members[0].http}"
     for name in ("a", "b", "c"):
-        nodes.start(name, SPAWNER.format(n=300)).wait_output("spawned")
+        nodes.start(name, SPAWNER.format(n=300, target="idle")).wait_output("spawned")
 
     # Access: nothing without a token; a read token reads but cannot act.
     assert request(f"{http}/api/v1/cluster", token=None)[0] == 401
@@ -166,7 +166,7 @@ def test_rest_api_fuzzed_from_its_openapi_document(controllers: Cluster, nodes: 
     fuzzer cannot stop the cluster under itself."""
     import subprocess
 
-    nodes.start("a", SPAWNER.format(n=20)).wait_output("spawned")
+    nodes.start("a", SPAWNER.format(n=20, target="idle")).wait_output("spawned")
     http = f"http://{controllers.members[0].http}"
     spec = get_json(f"{http}/api/v1/openapi.json")
     assert isinstance(spec, dict) and spec["openapi"].startswith("3.")

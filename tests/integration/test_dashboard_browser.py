@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dashboard import (
     READ,
-    SERVER_SPAWNER,
+    SPAWNER,
     submit_crashy,
 )
 from selenium import webdriver
@@ -80,7 +80,7 @@ def test_dashboard_in_chromium(controllers: Cluster, nodes: Nodes, workdir: Path
     http = f"http://{controllers.members[0].http}"
     per_node = PROCESSES // 3
     for name in ("a", "b", "c"):
-        nodes.start(name, SERVER_SPAWNER.format(n=per_node))
+        nodes.start(name, SPAWNER.format(n=per_node, target="Idle"))
     for n in nodes.all:
         n.wait_output("spawned", timeout=300)
     submit_crashy(controllers, workdir)

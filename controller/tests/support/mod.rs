@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use rebeam_proto::v1 as pb;
 use rebeam_testkit::{ControllerGroup, GroupOptions};
 
-pub use rebeam_grpc::BearerInjector as Bearer;
 pub use rebeam_testkit::{Client, NodeClient};
 
 pub const SECRET: &str = "test-secret";
@@ -74,13 +73,7 @@ impl Cluster {
 /// A cluster-service client for `addr` with `token`.
 pub fn client_at(addr: &str, token: &str) -> Client {
     let addr = addr.parse().expect("a socket address");
-    let ch = rebeam_testkit::channel(addr).expect("channel");
-    rebeam_proto::v1::cluster_service_client::ClusterServiceClient::with_interceptor(
-        ch,
-        Bearer::new(token),
-    )
-    .max_decoding_message_size(64 << 20)
-    .max_encoding_message_size(64 << 20)
+    rebeam_testkit::cluster_client(rebeam_testkit::channel(addr).expect("channel"), token)
 }
 
 pub fn pid(node: &str, incarnation: u64, serial: u64) -> pb::Pid {
