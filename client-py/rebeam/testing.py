@@ -20,6 +20,7 @@ See docs/guide.md ("Testing")."""
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -53,8 +54,8 @@ from ._types import Down
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["assert_down", "assert_receive", "rebeam_client", "rebeam_cluster", "refute_receive",
-           "running_app"]
+__all__ = ["assert_down", "assert_receive", "free_port", "rebeam_client", "rebeam_cluster",
+           "refute_receive", "running_app"]
 
 WAIT = 5.0
 """Default seconds an expected message may take; a passing assertion returns at once."""
@@ -215,11 +216,36 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, for a server a test starts.
+
+    Picked below the kernel's ephemeral range: a port the kernel handed out (bind to 0)
+    goes back into that range when released, where any outbound connection may take it as
+    its local port before the test's server binds it, and the server then dies with
+    "address in use". Ports are not handed out twice by one process."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    first = 10000 if low > 12000 else 1024
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(first, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free loopback port between {first} and {low}")
 
 
 @pytest.fixture(scope="session")
@@ -310,7 +336,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.option.collectonly or getattr(config.option, "help", False):
         return None
     token, secret = secrets.token_urlsafe(24), secrets.token_hex(16)
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     binary = _node_binary()
     env = dict(os.environ, **{_INSIDE: "1", _URL: url, _TOKEN: token, _SECRET: secret,
                               _BINARY: binary,

@@ -28,14 +28,8 @@ async fn a_member_joins_a_running_group_and_is_removed() {
     );
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let raft = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr");
-    let api = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr");
+    let raft = rebeam_testkit::free_port().expect("port");
+    let api = rebeam_testkit::free_port().expect("port");
     let log = std::fs::File::create(dir.path().join("member-2.log")).expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_rebeam-controller"))
         .args([

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import rebeam
+from rebeam.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "test-cluster-secret"
@@ -48,12 +49,6 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
     finally:
         if not os.environ.get("REBEAM_KEEP_TEST_DIRS"):
             shutil.rmtree(root, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0,
