@@ -150,6 +150,12 @@ def client_span(kind: str, target: str) -> Iterator[list[tuple[str, str]]]:
         yield []
         return
     propagate, trace = api
+    if (isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+            and not trace.get_current_span().get_span_context().is_valid):
+        # No SDK installed and no context to pass on: nothing would be recorded or carried,
+        # and a call from outside is cheap enough for the no-op span to show.
+        yield []
+        return
     tracer = trace.get_tracer("rebeam.client")
     with tracer.start_as_current_span(kind, kind=trace.SpanKind.CLIENT,
                                       attributes={"rebeam.to": target}):

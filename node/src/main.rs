@@ -599,6 +599,29 @@ fn join_cluster(
     )
     .with_mtls(tls.is_some())
     .with_rate_limit(cli.serving.rate_limit());
+    let wire_credentials = credentials.clone();
+    let authorize: rebeam_node::cluster::transport::client::Authorize =
+        std::sync::Arc::new(move |token: &str, info: &rebeam_tls::PeerInfo| {
+            // The client wire asks exactly what a gRPC `Deliver` with this bearer would.
+            let mut headers = tonic::codegen::http::HeaderMap::new();
+            let bearer = tonic::codegen::http::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| tonic::Status::unauthenticated("the token is not valid text"))?;
+            headers.insert("authorization", bearer);
+            let members = info
+                .certs
+                .as_ref()
+                .and_then(|c| c.first())
+                .map(rebeam_tls::identity::members_of)
+                .unwrap_or_default();
+            wire_credentials
+                .authorize(
+                    "/rebeam.v1.GatewayService/Deliver",
+                    &headers,
+                    &members,
+                    info.remote.map(|a| a.ip()),
+                )
+                .map(|_| ())
+        });
     let gateway = Guard::new(
         rebeam_proto::gateway_service_server::GatewayServiceServer::new(Gateway {
             cluster: cluster.clone(),
@@ -621,6 +644,7 @@ fn join_cluster(
             .add_service(gateway)
             .serve_with_incoming(split(
                 peers,
+                authorize,
                 rebeam_tls::incoming(listener, tls, connections, "gateway"),
             ))
             .await;

@@ -4,7 +4,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use rebeam_grpc::BearerInjector;
 use rebeam_proto::v1::cluster_service_client::ClusterServiceClient;
 use rebeam_proto::v1::node_service_client::NodeServiceClient;

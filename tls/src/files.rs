@@ -189,8 +189,13 @@ pub(crate) fn build(files: &TlsFiles, c: &Contents) -> Result<Configs, TlsError>
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
             certified.as_ref().clone(),
         )));
-    // gRPC, or the nodes' peer transport on the same port (see `crate::PEER_ALPN`).
-    server.alpn_protocols = vec![b"h2".to_vec(), crate::PEER_ALPN.to_vec()];
+    // gRPC, or the nodes' peer transport or the client wire on the same port (see
+    // `crate::PEER_ALPN`, `crate::CLIENT_ALPN`).
+    server.alpn_protocols = vec![
+        b"h2".to_vec(),
+        crate::PEER_ALPN.to_vec(),
+        crate::CLIENT_ALPN.to_vec(),
+    ];
 
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

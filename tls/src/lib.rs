@@ -19,3 +19,7 @@ pub use source::TlsSource;
 /// The ALPN protocol of the nodes' peer transport: a TLS connection to a node's peer port
 /// that negotiates it carries peer frames instead of gRPC.
 pub const PEER_ALPN: &[u8] = b"rebeam-peer/1";
+
+/// The ALPN protocol of the client wire: a TLS connection to a node's gateway port that
+/// negotiates it carries a client's framed `Deliver` requests instead of gRPC.
+pub const CLIENT_ALPN: &[u8] = b"rebeam-client/1";

@@ -16,7 +16,7 @@ from .. import _tracing
 from .._errors import CONTROLLER_ERRORS, Exit, RateLimited, Timeout, rate_limited
 from .._pid import Pid
 from .._types import Crash, Global
-from . import _inspect
+from . import _inspect, _wire
 from ._config import ConfigError, resolve, resolve_tls
 from ._decode import Trust, loads
 from ._errors import (
@@ -43,6 +43,8 @@ NODES_TTL = 5.0
 ATTEMPT_MIN = 2.0
 # How long an entry node that could not be reached is tried only after the others.
 DOWN_TTL = 5.0
+# How long a node that does not speak the client wire (an older version) gets gRPC only.
+NO_WIRE_TTL = 60.0
 
 _R = TypeVar("_R")
 #: Roles a client token may have, weakest first; each includes the ones before it.
@@ -124,6 +126,8 @@ class Client:
         self._nodes_at = -NODES_TTL
         self._last_entry = ""
         self._down: dict[str, float] = {}
+        self._wire_pool = _wire.Pool()
+        self._no_wire: dict[str, float] = {}
         self._closed = False
         self._connect_to = _connect_to(os.environ.get("REBEAM_CONNECT_TO", ""))
 
@@ -137,6 +141,7 @@ class Client:
     def close(self) -> None:
         """Closes every connection; the client cannot be used afterwards."""
         self._closed = True
+        self._wire_pool.close()
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
@@ -615,8 +620,24 @@ class Client:
                     raise Exit(target, "noconnection" if alive or tried else "noproc")
                 raise Exit(target, "noconnection")
             try:
-                reply = self._gateway(node.address).Deliver(request, timeout=timeout + self.timeout,
-                                                            metadata=self._metadata() + trace_context)
+                reply = self._wire_deliver(node.address, request, timeout, trace_context)
+                if reply is None:
+                    reply = self._gateway(node.address).Deliver(
+                        request, timeout=timeout + self.timeout,
+                        metadata=self._metadata() + trace_context)
+            except _wire.Refused as e:
+                code = _status_code(e.code)
+                error = self._error(code, e.message or code.name.lower(), timeout)
+                if isinstance(error, RateLimited) and _wait_out(error, waits_until):
+                    continue
+                raise error from None
+            except _wire.Unreachable as e:
+                tried.add(node.address)
+                self._down[node.address] = time.monotonic() + DOWN_TTL
+                self._wire_pool.drop(node.address)
+                if not e.sent:
+                    continue  # another entry node at once
+                raise Exit(target, "noconnection") from None
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     error = self._error(e.code(), e.details() or e.code().name.lower(), timeout)
@@ -634,6 +655,28 @@ class Client:
             self._last_entry = node.address
             self._down.pop(node.address, None)
             return reply
+
+    def _wire_deliver(self, address: str, request: Any, timeout: float,
+                      trace_context: list[tuple[str, str]]) -> Any:
+        """Delivers on the client wire (see ``_wire``); None when this node does not speak
+        it, so that gRPC carries the request instead."""
+        if self._no_wire.get(address, 0.0) > time.monotonic() or request.ByteSize() > _wire.MAX_REQUEST:
+            return None
+        conn = self._wire_pool.take(address)
+        if conn is None:
+            dial = self._connect_to.get(address, address)
+            tls = _wire.Tls(self._tls.ca, self._tls.cert, self._tls.key) if self._secure else None
+            try:
+                conn = _wire.Connection.open(dial, address.rsplit(":", 1)[0].strip("[]"),
+                                             self._metadata()[0][1].removeprefix("Bearer "),
+                                             min(self.timeout, 5.0), tls, self._wire_pool.contexts)
+            except _wire.NotSpoken:
+                self._no_wire[address] = time.monotonic() + NO_WIRE_TTL
+                return None
+        traceparent = next((v for k, v in trace_context if k == "traceparent"), "")
+        reply = conn.deliver(request, traceparent, timeout + self.timeout)
+        self._wire_pool.give(address, conn)
+        return reply
 
     def _entry_node(self, target: Global | str | Pid, *, refresh: bool,
                     skip: AbstractSet[str] = frozenset()) -> NodeInfo | None:
@@ -726,6 +769,13 @@ def _wait_out(limited: RateLimited, deadline: float) -> bool:
         return False
     time.sleep(limited.retry_after)
     return True
+
+
+def _status_code(number: int) -> Any:
+    """The ``grpc.StatusCode`` numbered ``number`` (as the client wire reports a refusal)."""
+    import grpc
+
+    return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
 
 
 def _never_sent(details: str) -> bool:

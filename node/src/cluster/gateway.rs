@@ -75,9 +75,10 @@ fn exit(pid: Option<Pid>, reason: &Reason) -> pb::DeliverReply {
     }
 }
 
-impl Gateway {
-    async fn resolve(&self, target: Option<Target>) -> Result<Option<Pid>, Status> {
-        match target {
+/// The pid a request is for: its own, or the holder of its global name (from the node's
+/// cache of the registry, else asked of the controller).
+async fn resolve(cluster: &Arc<Cluster>, target: Option<Target>) -> Result<Option<Pid>, Status> {
+    match target {
             Some(Target::Pid(p)) => pid_from_pb(Some(&p))
                 .map(Some)
                 .ok_or_else(|| {
@@ -89,17 +90,16 @@ impl Gateway {
                 if name.is_empty() || name.len() > 255 {
                     return Err(bad_request("a global name must be 1 to 255 bytes long"));
                 }
-                if let Some(pid) = self.cluster.whereis_cached(&name) {
+                if let Some(pid) = cluster.whereis_cached(&name) {
                     return Ok(Some(pid));
                 }
-                let cluster = self.cluster.clone();
+                let cluster = cluster.clone();
                 tokio::task::spawn_blocking(move || cluster.whereis_global(&name))
                     .await
                     .map_err(|e| internal(e.to_string()))?
             }
             None => Err(bad_request("a target is required: a global name or a pid")),
         }
-    }
 }
 
 #[tonic::async_trait]
@@ -203,96 +203,109 @@ impl pb::gateway_service_server::GatewayService for Gateway {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let started = std::time::Instant::now();
-        let r = request.into_inner();
-        let kind = pb::DeliveryKind::try_from(r.kind)
-            .ok()
-            .filter(|k| *k != pb::DeliveryKind::Unspecified)
-            .ok_or_else(|| bad_request("kind must be call, cast or send"))?;
-        let Some(pid) = self.resolve(r.target).await? else {
-            return Ok(Response::new(exit(None, &Reason::Noproc)));
-        };
-        let rt = &self.cluster.rt;
-        let delivery = match kind {
-            pb::DeliveryKind::Call => Delivery::Call,
-            pb::DeliveryKind::Cast => Delivery::Cast,
-            _ => Delivery::Send,
-        };
-        STATS.gateway_requests[delivery as usize].inc();
-        let (span, carried) = trace::entering(delivery, pid, traceparent.as_deref()).unzip();
-        let term = Term::from_wire(r.payload).traced(carried.flatten());
-        if kind != pb::DeliveryKind::Call {
-            let envelope = if kind == pb::DeliveryKind::Cast {
-                Envelope::Cast(term)
-            } else {
-                Envelope::Info(term)
-            };
-            // Like `send`, delivery to a dead process is not an error.
-            let _ = rt.send(pid, envelope);
-            return Ok(Response::new(pb::DeliverReply {
-                result: Some(Outcome::Accepted(true)),
-                pid: Some(pid_to_pb(pid)),
-            }));
-        }
-        let timeout = if r.timeout_s > 0.0 && r.timeout_s.is_finite() {
-            r.timeout_s.min(MAX_TIMEOUT)
-        } else {
-            DEFAULT_TIMEOUT
-        };
-        // The reply is handed to this task instead of a thread blocked waiting for it: a
-        // client that goes away drops the wait (and a long timeout holds no pool thread).
-        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-        let slot = Arc::new(CallSlot::forwarding(Box::new(move |result| {
-            let _ = reply_tx.send(result);
-        })));
-        let envelope = Envelope::Call {
-            request: term,
-            from: None,
-            slot: slot.clone(),
-        };
-        if rt.send(pid, envelope).is_err() {
-            let reason = if rt.is_remote(pid) {
-                Reason::Noconnection
-            } else {
-                Reason::Noproc
-            };
-            return Ok(Response::new(exit(Some(pid), &reason)));
-        }
-        let waited = tokio::time::timeout(Duration::from_secs_f64(timeout), reply_rx).await;
-        let reply = match waited {
-            Ok(Ok(CallResult::Reply(term))) => {
-                // Pickling the reply needs the GIL: off the async workers, briefly.
-                tokio::task::spawn_blocking(move || {
-                    term.encode()
-                        .map(Outcome::Value)
-                        .map_err(|e| internal(format!("cannot serialize the reply: {e}")))
-                })
-                .await
-                .map_err(|e| internal(e.to_string()))??
-            }
-            Ok(Ok(CallResult::Exit(reason))) => Outcome::Exit(reason_to_pb(&reason)),
-            Ok(Ok(CallResult::CallerKilled)) | Ok(Err(_)) => {
-                Outcome::Exit(reason_to_pb(&Reason::Noproc))
-            }
-            Err(_) => {
-                // Refuse a late reply rather than keep it.
-                let _ = slot.complete(CallResult::CallerKilled);
-                Outcome::TimedOut(true)
-            }
-        };
-        GATEWAY_LATENCY.observe(started.elapsed());
-        if let Some(span) = span {
-            span.end(match &reply {
-                Outcome::Value(_) | Outcome::Accepted(_) => None,
-                Outcome::Exit(_) => Some("the callee exited"),
-                Outcome::TimedOut(_) => Some("timed out"),
-            });
-        }
-        Ok(Response::new(pb::DeliverReply {
-            result: Some(reply),
-            pid: Some(pid_to_pb(pid)),
-        }))
+        deliver(&self.cluster, request.into_inner(), traceparent.as_deref())
+            .await
+            .map(Response::new)
     }
+}
+
+/// Delivers one message from outside the cluster to its target and, for a call, waits for
+/// the reply: the gRPC `Deliver` and the client wire (`transport::client`) both end here.
+pub async fn deliver(
+    cluster: &Arc<Cluster>,
+    r: pb::DeliverRequest,
+    traceparent: Option<&str>,
+) -> Result<pb::DeliverReply, Status> {
+    let started = std::time::Instant::now();
+    let kind = pb::DeliveryKind::try_from(r.kind)
+        .ok()
+        .filter(|k| *k != pb::DeliveryKind::Unspecified)
+        .ok_or_else(|| bad_request("kind must be call, cast or send"))?;
+    let Some(pid) = resolve(cluster, r.target).await? else {
+        return Ok(exit(None, &Reason::Noproc));
+    };
+    let rt = &cluster.rt;
+    let delivery = match kind {
+        pb::DeliveryKind::Call => Delivery::Call,
+        pb::DeliveryKind::Cast => Delivery::Cast,
+        _ => Delivery::Send,
+    };
+    STATS.gateway_requests[delivery as usize].inc();
+    let (span, carried) = trace::entering(delivery, pid, traceparent).unzip();
+    let term = Term::from_wire(r.payload).traced(carried.flatten());
+    if kind != pb::DeliveryKind::Call {
+        let envelope = if kind == pb::DeliveryKind::Cast {
+            Envelope::Cast(term)
+        } else {
+            Envelope::Info(term)
+        };
+        // Like `send`, delivery to a dead process is not an error.
+        let _ = rt.send(pid, envelope);
+        return Ok(pb::DeliverReply {
+            result: Some(Outcome::Accepted(true)),
+            pid: Some(pid_to_pb(pid)),
+        });
+    }
+    let timeout = if r.timeout_s > 0.0 && r.timeout_s.is_finite() {
+        r.timeout_s.min(MAX_TIMEOUT)
+    } else {
+        DEFAULT_TIMEOUT
+    };
+    // The reply is handed to this task instead of a thread blocked waiting for it: a
+    // client that goes away drops the wait (and a long timeout holds no pool thread).
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+    let slot = Arc::new(CallSlot::forwarding(Box::new(
+        move |result: CallResult<Term>| {
+            // Pickled where the reply is made: the callee's thread holds the interpreter then
+            // (a reply from another node is bytes already), which spares the async side a hop
+            // to the blocking pool to take it.
+            let outcome = match result {
+                CallResult::Reply(term) => term
+                    .encode()
+                    .map(Outcome::Value)
+                    .map_err(|e| internal(format!("cannot serialize the reply: {e}"))),
+                CallResult::Exit(reason) => Ok(Outcome::Exit(reason_to_pb(&reason))),
+                CallResult::CallerKilled => Ok(Outcome::Exit(reason_to_pb(&Reason::Noproc))),
+            };
+            let _ = reply_tx.send(outcome);
+        },
+    )));
+    let envelope = Envelope::Call {
+        request: term,
+        from: None,
+        slot: slot.clone(),
+    };
+    if rt.send(pid, envelope).is_err() {
+        let reason = if rt.is_remote(pid) {
+            Reason::Noconnection
+        } else {
+            Reason::Noproc
+        };
+        return Ok(exit(Some(pid), &reason));
+    }
+    let waited = tokio::time::timeout(Duration::from_secs_f64(timeout), reply_rx).await;
+    let reply = match waited {
+        Ok(Ok(outcome)) => outcome?,
+        // The slot was dropped unanswered (its process went without completing it).
+        Ok(Err(_)) => Outcome::Exit(reason_to_pb(&Reason::Noproc)),
+        Err(_) => {
+            // Refuse a late reply rather than keep it.
+            let _ = slot.complete(CallResult::CallerKilled);
+            Outcome::TimedOut(true)
+        }
+    };
+    GATEWAY_LATENCY.observe(started.elapsed());
+    if let Some(span) = span {
+        span.end(match &reply {
+            Outcome::Value(_) | Outcome::Accepted(_) => None,
+            Outcome::Exit(_) => Some("the callee exited"),
+            Outcome::TimedOut(_) => Some("timed out"),
+        });
+    }
+    Ok(pb::DeliverReply {
+        result: Some(reply),
+        pid: Some(pid_to_pb(pid)),
+    })
 }
 
 /// A refused request, as every Re:BEAM service reports one (`rebeam_grpc::Error`).

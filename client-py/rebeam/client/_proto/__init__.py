@@ -2,4 +2,4 @@
 # ruff: noqa
 """Generated protobuf and gRPC modules for the controller's client service."""
 
-PROTO_SHA256 = "358dbd31c46195770f4927112c556802771a1dc3ab17bfe0f191080f6b336bd3"
+PROTO_SHA256 = "ab39458ba95871eeaa789335ad67b1c6c0d104d9e1c256d90707cf34758b05e9"

@@ -175,3 +175,31 @@ class ListTablesReply(_message.Message):
     node: str
     tables: _containers.RepeatedCompositeFieldContainer[TableInfo]
     def __init__(self, node: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ...) -> None: ...
+
+class ClientHello(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class ClientRequest(_message.Message):
+    __slots__ = ("id", "deliver", "traceparent")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    deliver: DeliverRequest
+    traceparent: str
+    def __init__(self, id: _Optional[int] = ..., deliver: _Optional[_Union[DeliverRequest, _Mapping]] = ..., traceparent: _Optional[str] = ...) -> None: ...
+
+class ClientReply(_message.Message):
+    __slots__ = ("id", "reply", "code", "message")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    reply: DeliverReply
+    code: int
+    message: str
+    def __init__(self, id: _Optional[int] = ..., reply: _Optional[_Union[DeliverReply, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...

@@ -1,7 +1,8 @@
 //! The accepting side: connections to the peer port that open with the peer transport's
-//! first bytes (or, on TLS, negotiate its ALPN protocol) are served here; every other one
-//! goes on to the gRPC server.
+//! first bytes (or, on TLS, negotiate its ALPN protocol) are served here, those of the
+//! client wire by `client`; every other one goes on to the gRPC server.
 
+use super::client;
 use super::frames::{write_message, Reader, MAX_MESSAGE};
 use super::handshake::{self, Proof};
 use crate::cluster::peers::{self, InboundStream};
@@ -20,9 +21,11 @@ use tokio::sync::mpsc;
 /// A connection that has not said what it is by then is dropped.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the peer connections among `incoming` and passes the others on, for gRPC.
+/// Serves the peer and client-wire connections among `incoming` and passes the others on,
+/// for gRPC.
 pub fn split(
     cluster: Arc<Cluster>,
+    authorize: client::Authorize,
     incoming: impl Stream<Item = io::Result<ServerIo>> + Send + 'static,
 ) -> impl Stream<Item = io::Result<ServerIo>> + Send + 'static {
     let (tx, mut rx) = mpsc::channel::<io::Result<ServerIo>>(64);
@@ -41,9 +44,9 @@ pub fn split(
                     }
                 }
                 Some(Ok(io)) => {
-                    let (cluster, tx) = (cluster.clone(), tx.clone());
+                    let (cluster, authorize, tx) = (cluster.clone(), authorize.clone(), tx.clone());
                     tokio::spawn(async move {
-                        if let Some(io) = classify(&cluster, io).await {
+                        if let Some(io) = classify(&cluster, authorize, io).await {
                             let _ = tx.send(Ok(io)).await;
                         }
                     });
@@ -54,13 +57,24 @@ pub fn split(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Serves `io` if it is a peer connection (None), else gives it back for gRPC.
-async fn classify(cluster: &Arc<Cluster>, io: ServerIo) -> Option<ServerIo> {
+/// Serves `io` if it is a peer or client-wire connection (None), else gives it back for
+/// gRPC.
+async fn classify(
+    cluster: &Arc<Cluster>,
+    authorize: client::Authorize,
+    io: ServerIo,
+) -> Option<ServerIo> {
     let (stream, slot) = io.into_parts();
     match stream {
         Transport::Tls(tls) => {
             let (_, session) = tls.get_ref();
-            if session.alpn_protocol() != Some(rebeam_tls::PEER_ALPN) {
+            let alpn = session.alpn_protocol();
+            if alpn == Some(rebeam_tls::CLIENT_ALPN) {
+                let io = ServerIo::from_parts(Transport::Tls(tls), slot);
+                client::serve(cluster.clone(), authorize, io, false).await;
+                return None;
+            }
+            if alpn != Some(rebeam_tls::PEER_ALPN) {
                 return Some(ServerIo::from_parts(Transport::Tls(tls), slot));
             }
             let members = session
@@ -73,43 +87,58 @@ async fn classify(cluster: &Arc<Cluster>, io: ServerIo) -> Option<ServerIo> {
             None
         }
         Transport::Plain(tcp) => {
-            let peer = tokio::time::timeout(FIRST_BYTES_TIMEOUT, starts_with_magic(&tcp)).await;
-            match peer {
-                Ok(Ok(true)) if cluster.dialer.is_tls() => {
+            let first = tokio::time::timeout(FIRST_BYTES_TIMEOUT, first_bytes(&tcp)).await;
+            match first {
+                Ok(Ok(Opening::Peer)) if cluster.dialer.is_tls() => {
                     // With TLS on, a plaintext peer connection is never accepted.
                     tracing::info!("a plaintext peer connection refused: this node uses TLS");
                     None
                 }
-                Ok(Ok(true)) => {
+                Ok(Ok(Opening::Peer)) => {
                     let proof = Proof::secret(&cluster.config.secret);
                     serve(cluster.clone(), tcp, proof).await;
                     drop(slot);
                     None
                 }
-                Ok(Ok(false)) => Some(ServerIo::from_parts(Transport::Plain(tcp), slot)),
+                Ok(Ok(Opening::Client)) => {
+                    let io = ServerIo::from_parts(Transport::Plain(tcp), slot);
+                    client::serve(cluster.clone(), authorize, io, true).await;
+                    None
+                }
+                Ok(Ok(Opening::Other)) => Some(ServerIo::from_parts(Transport::Plain(tcp), slot)),
                 Ok(Err(_)) | Err(_) => None,
             }
         }
     }
 }
 
-/// Whether the connection's first bytes are the peer transport's, without consuming them.
-async fn starts_with_magic(tcp: &tokio::net::TcpStream) -> io::Result<bool> {
-    let magic = super::MAGIC;
+/// What a plaintext connection's first bytes say it is.
+enum Opening {
+    /// The peer transport's [`super::MAGIC`].
+    Peer,
+    /// The client wire's [`client::MAGIC`].
+    Client,
+    /// Anything else (gRPC).
+    Other,
+}
+
+/// Reads which protocol the connection opens with, without consuming its bytes.
+async fn first_bytes(tcp: &tokio::net::TcpStream) -> io::Result<Opening> {
     let mut buf = [0u8; 8];
     loop {
         let n = tcp.peek(&mut buf).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        if buf[..n] != magic[..n] {
-            return Ok(false);
+        let peer = buf[..n] == super::MAGIC[..n];
+        let client = buf[..n] == client::MAGIC[..n];
+        match (peer, client, n == buf.len()) {
+            (false, false, _) => return Ok(Opening::Other),
+            (true, _, true) => return Ok(Opening::Peer),
+            (_, true, true) => return Ok(Opening::Client),
+            // A prefix of a magic: the rest is on its way.
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
         }
-        if n == magic.len() {
-            return Ok(true);
-        }
-        // A prefix of the magic: the rest is on its way.
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

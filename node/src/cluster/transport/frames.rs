@@ -55,13 +55,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// Reads the connection's first bytes; true when they are [`super::MAGIC`].
     pub async fn magic(&mut self) -> std::io::Result<bool> {
-        let n = super::MAGIC.len();
+        self.magic_is(super::MAGIC).await
+    }
+
+    /// Reads as many bytes as `expected` has; true when they are those.
+    pub async fn magic_is(&mut self, expected: &[u8]) -> std::io::Result<bool> {
+        let n = expected.len();
         while self.buf.len() < n {
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
         }
-        Ok(&self.buf.split_to(n)[..] == super::MAGIC)
+        Ok(&self.buf.split_to(n)[..] == expected)
     }
 
     /// The next message of at most `max` bytes; None at a clean end of the stream.

@@ -10,6 +10,7 @@
 //! of frames, the acceptor applies them in order and answers only with control messages.
 
 pub mod accept;
+pub mod client;
 pub mod dial;
 pub mod frames;
 pub mod handshake;
