@@ -6,12 +6,11 @@ from __future__ import annotations
 import socket
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from harness import TOKEN, DevNode, scratch_dir
 
 import rebeam
+from harness import TOKEN, DevNode, scratch_dir
 from rebeam.client import _wire
 from rebeam.client._proto import gateway_pb2
 
@@ -134,7 +133,7 @@ def test_an_opening_that_is_neither_grpc_peer_nor_client_is_closed(node: DevNode
         assert s.recv(64) == b""
 
 
-def test_rebeam_connect_calls_over_the_wire(node: DevNode, tmp_path: Path) -> None:
+def test_rebeam_connect_calls_over_the_wire(node: DevNode) -> None:
     with rebeam.connect(node.url, token=TOKEN) as client:
         assert client.call("wire-echo", {"x": 1}) == {"x": 1}
         # The call left an idle wire connection to the node for the next one.
