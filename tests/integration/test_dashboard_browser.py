@@ -70,6 +70,14 @@ def token_role(d: WebDriver) -> str:
     return str(d.find_element(By.ID, "who").text)
 
 
+def texts(d: WebDriver, css: str) -> list[str]:
+    """The text of every element matching ``css``, read in one script run so that a
+    re-render of the table between finding and reading cannot make an element stale."""
+    found = d.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText)", css)
+    return [str(t) for t in found]
+
+
 def shot(d: WebDriver, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     d.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
@@ -137,7 +145,7 @@ def test_dashboard_in_chromium(controllers: Cluster, nodes: Nodes, workdir: Path
             Select(chrome.find_element(By.ID, "porder")).select_by_visible_text(order)
             chrome.find_element(By.CSS_SELECTOR, "#pfilter button").click()
         timed("sort", sort)
-    handled = [int(td.text) for td in chrome.find_elements(By.CSS_SELECTOR, "#processes td:nth-child(7)")]
+    handled = [int(t) for t in texts(chrome, "#processes td:nth-child(7)")]
     assert len(handled) == 50
     for needle in ("Worker", "crashy", ".b."):
         def search(needle: str = needle) -> None:
@@ -161,7 +169,7 @@ def test_dashboard_in_chromium(controllers: Cluster, nodes: Nodes, workdir: Path
     chrome.get(f"{http}/#processes")
     wait_for("the table", lambda: len(chrome.find_elements(By.CSS_SELECTOR, "#processes tr")) > 1)
     assert not chrome.find_elements(By.CSS_SELECTOR, "#processes button.danger")
-    pid = chrome.find_element(By.CSS_SELECTOR, "#processes tr:nth-child(2) a").text
+    pid = texts(chrome, "#processes tr:nth-child(2) a")[0]
     for action in ("kill", "restart"):
         assert post_from_page(chrome, f"/api/v1/processes/{pid}/{action}") == 403, action
     chrome.get(f"{http}/#tree")
