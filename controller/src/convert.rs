@@ -2,7 +2,7 @@
 
 use rebeam_proto::v1 as pb;
 
-use crate::auth::{Role, TokenRecord};
+use crate::auth::TokenRecord;
 use crate::error::{Error, Result};
 use crate::state::{AssignmentView, Event};
 use crate::types::{
@@ -264,33 +264,6 @@ pub fn watch_event(index: u64, ev: &Event, node: &str) -> Option<pb::WatchEvent>
         log_index: index,
         event: Some(event),
     })
-}
-
-impl From<&TokenRecord> for pb::IssuedToken {
-    fn from(t: &TokenRecord) -> Self {
-        pb::IssuedToken {
-            id: t.id.clone(),
-            sha256: t.sha256.clone(),
-            role: t.role.as_str().into(),
-            created_at_ms: t.created_at_ms,
-            expires_at_ms: t.expires_at_ms,
-        }
-    }
-}
-
-impl TryFrom<&pb::IssuedToken> for TokenRecord {
-    type Error = Error;
-
-    fn try_from(t: &pb::IssuedToken) -> Result<Self> {
-        Ok(TokenRecord {
-            id: t.id.clone(),
-            sha256: t.sha256.clone(),
-            role: t.role.parse::<Role>().map_err(Error::InvalidArgument)?,
-            created_at_ms: t.created_at_ms,
-            expires_at_ms: t.expires_at_ms,
-            note: String::new(),
-        })
-    }
 }
 
 /// A token's public part as clients see it (no hash) at `now_ms`.

@@ -3,7 +3,6 @@
 
 pub mod api;
 pub mod archive;
-pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod convert;
@@ -20,6 +19,9 @@ pub mod store;
 pub mod types;
 pub mod validate;
 pub mod voters;
+
+/// Who may call what: shared with nodes, so it lives in its own crate.
+pub use rebeam_auth as auth;
 
 pub use config::{ControllerConfig, Limits, PeerSpec, Timings};
 pub use error::{Error, Result, LEADER_METADATA_KEY};

@@ -435,10 +435,4 @@ pub struct Response {
     pub outcomes: Vec<Outcome>,
 }
 
-/// Milliseconds since the Unix epoch on this machine's clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use rebeam_auth::now_ms;

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use rebeam_controller::auth::{
+use rebeam_auth::{
     read_secret_file, read_token_file, Credentials, Guard, StaticToken, TokenSource,
 };
 use rebeam_node::cluster::gateway::Gateway;
@@ -142,7 +142,7 @@ struct Cli {
     #[arg(long, env = "REBEAM_TLS_CA", value_name = "FILE")]
     tls_ca: Option<PathBuf>,
     #[command(flatten)]
-    serving: rebeam_controller::config::ServingArgs,
+    serving: rebeam_auth::serving::ServingArgs,
     /// Arguments passed to the script or module as sys.argv[1:].
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -213,7 +213,7 @@ fn given_tokens(cli: &Cli) -> Result<Vec<StaticToken>> {
     }
     if let Some((_, token)) = DEV_CLIENT.get() {
         tokens.push(StaticToken {
-            role: rebeam_controller::auth::Role::Deploy,
+            role: rebeam_auth::Role::Deploy,
             token: token.clone(),
         });
     }
@@ -281,29 +281,39 @@ fn run(cli: Cli) -> Result<i32> {
     let http_tls = tls.clone();
     let http_scheme = if http_tls.is_some() { "https" } else { "http" };
     if cli.dev {
-        let (controllers, secret, data_dir, core) =
-            start_dev_controller(&cli, &tokio, tls.clone())?;
-        let workers = worker_count(&cli, tls.is_some())?;
-        let issued = join_cluster(
-            &cli,
-            &rt,
-            &tokio,
-            controllers.clone(),
-            secret.clone(),
-            data_dir.clone(),
-            tls,
-        )?;
-        if workers > 1 {
-            start_workers(&cli, workers, &controllers, &secret, &data_dir)?;
+        #[cfg(not(feature = "dev"))]
+        bail!("this rebeam-node was built without the `dev` feature, so it embeds no controller: join a cluster with --controllers ADDR, or build with default features for --dev");
+        #[cfg(feature = "dev")]
+        {
+            let (controllers, secret, data_dir, core) =
+                start_dev_controller(&cli, &tokio, tls.clone())?;
+            let workers = worker_count(&cli, tls.is_some())?;
+            let issued = join_cluster(
+                &cli,
+                &rt,
+                &tokio,
+                controllers.clone(),
+                secret.clone(),
+                data_dir.clone(),
+                tls,
+            )?;
+            if workers > 1 {
+                start_workers(&cli, workers, &controllers, &secret, &data_dir)?;
+            }
+            let mut access = http_access(&cli, &secret, issued)?;
+            access.tls = http_tls;
+            let addr = cli
+                .http_listen
+                .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+            let bound = rebeam_node::observe::http::start(
+                &tokio,
+                addr,
+                rt.clone(),
+                Some(dev_routes(core)),
+                access,
+            )?;
+            eprintln!("rebeam-node: dashboard at {http_scheme}://{bound}/");
         }
-        let mut access = http_access(&cli, &secret, issued)?;
-        access.tls = http_tls;
-        let addr = cli
-            .http_listen
-            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-        let bound =
-            rebeam_node::observe::http::start(&tokio, addr, rt.clone(), Some(core), access)?;
-        eprintln!("rebeam-node: dashboard at {http_scheme}://{bound}/");
     } else {
         let secret = given_secret(&cli)?.context(
             "cluster mode needs the cluster secret: --secret-file, --secret or REBEAM_SECRET",
@@ -380,6 +390,7 @@ fn run(cli: Cli) -> Result<i32> {
     serve_cluster()
 }
 
+#[cfg(feature = "dev")]
 /// The embedded default: a one-member controller in this process, state in `--data-dir`
 /// (or a fresh directory removed at exit), so global names, groups and apps work on one
 /// machine exactly as in a cluster.
@@ -408,7 +419,7 @@ fn start_dev_controller(
     // its own (never printed).
     let app_token = format!("{:032x}", rand::random::<u128>());
     config.client_tokens.push(StaticToken {
-        role: rebeam_controller::auth::Role::Deploy,
+        role: rebeam_auth::Role::Deploy,
         token: app_token.clone(),
     });
     config.api_listen = cli.api_listen;
@@ -524,12 +535,22 @@ fn start_workers(
 }
 
 /// The embedded controller's addresses, secret, the node's data dir and its shared handles.
+#[cfg(feature = "dev")]
 type DevController = (
     Vec<String>,
     String,
     PathBuf,
     std::sync::Arc<rebeam_controller::core::Core>,
 );
+
+/// The embedded controller's REST API, metrics and dashboard, served by the node's HTTP
+/// server.
+#[cfg(feature = "dev")]
+fn dev_routes(
+    core: std::sync::Arc<rebeam_controller::core::Core>,
+) -> rebeam_node::observe::http::ControllerRoutes {
+    Box::new(move |auth| rebeam_controller::http::member::api_routes(core, auth))
+}
 
 /// Who may use the node's HTTP server: its flags, the cluster secret in use and the tokens
 /// the controller issued (as the gateway: they arrive through the watch stream).

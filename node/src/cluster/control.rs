@@ -504,7 +504,7 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
 }
 
 /// A token record from the watch; one with an unknown role is dropped (it would not be honoured).
-fn issued(t: &pb::IssuedToken) -> Option<rebeam_controller::auth::TokenRecord> {
+fn issued(t: &pb::IssuedToken) -> Option<rebeam_auth::TokenRecord> {
     t.try_into()
         .map_err(|e| tracing::warn!(id = %t.id, "ignoring an issued token: {e}"))
         .ok()

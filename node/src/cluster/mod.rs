@@ -21,7 +21,7 @@ use crate::runtime::{CallResult, CallSlot, NodeId, Outbound, Pid, Reason};
 use links::{Links, Pushed};
 use parking_lot::{Mutex, RwLock};
 use peers::Inbound;
-use rebeam_controller::auth::TokenCache;
+use rebeam_auth::TokenCache;
 use rebeam_grpc::BearerInjector;
 use rebeam_proto as pb;
 use std::collections::HashMap;

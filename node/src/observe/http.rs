@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use axum::middleware::from_fn_with_state;
 use axum::routing::get;
-use rebeam_controller::http::auth::{guard, AccessPolicy, ClusterTokens, HttpAuth};
-use rebeam_controller::http::health::{self, Readiness};
-use rebeam_controller::http::HttpListener;
+use rebeam_http::auth::{guard, AccessPolicy, ClusterTokens, HttpAuth};
+use rebeam_http::health::{self, Readiness};
+use rebeam_http::HttpListener;
 
 use crate::python::host::PyRuntime;
 
@@ -33,7 +33,7 @@ impl Readiness for NodeReadiness {
 /// read-only tokens; host names besides IP literals and localhost.
 pub struct NodeHttp {
     /// The cluster secret and client tokens with their roles.
-    pub credentials: rebeam_controller::auth::Credentials,
+    pub credentials: rebeam_auth::Credentials,
     /// Read-only tokens.
     pub read_tokens: Vec<String>,
     /// Extra host names answered.
@@ -44,15 +44,19 @@ pub struct NodeHttp {
     pub connections: rebeam_tls::ConnLimits,
 }
 
-/// Binds `addr` and serves the node's routes (and `controller`'s, on `--dev`) on `tokio`
-/// for the life of the process; returns the bound address.
+/// The routes of a controller embedded in this process (`--dev`), built with the node's
+/// HTTP auth: a function, so this layer never names the controller crate.
+pub type ControllerRoutes = Box<dyn FnOnce(Arc<HttpAuth>) -> axum::Router + Send>;
+
+/// Binds `addr` and serves the node's routes (and the embedded controller's, on `--dev`)
+/// on `tokio` for the life of the process; returns the bound address.
 pub fn start(
     tokio: &tokio::runtime::Runtime,
     addr: SocketAddr,
     rt: Arc<PyRuntime>,
-    controller: Option<Arc<rebeam_controller::core::Core>>,
+    controller: Option<ControllerRoutes>,
     access: NodeHttp,
-) -> rebeam_controller::Result<SocketAddr> {
+) -> rebeam_grpc::Result<SocketAddr> {
     let _entered = tokio.enter();
     let rt_for_metrics = rt.clone();
     let listener = tokio
@@ -74,10 +78,7 @@ pub fn start(
         health::routes(Arc::new(NodeReadiness { rt })).route("/node/metrics", node_metrics.clone());
     router = match controller {
         // On --dev, /metrics is the controller's; the node's own stay at /node/metrics.
-        Some(core) => router.merge(rebeam_controller::http::member::api_routes(
-            core,
-            auth.clone(),
-        )),
+        Some(routes) => router.merge(routes(auth.clone())),
         None => router.route("/metrics", node_metrics),
     };
     let router = router.layer(from_fn_with_state(auth, guard));

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use rebeam_controller::http::prom::Exposition;
+use rebeam_http::prom::Exposition;
 
 use super::stats::{CALL_LATENCY, GATEWAY_LATENCY, STATS};
 use crate::python::host::PyRuntime;

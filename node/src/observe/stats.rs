@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use rebeam_controller::http::prom::{Histogram, LATENCY_BOUNDS};
+use rebeam_http::prom::{Histogram, LATENCY_BOUNDS};
 
 use crate::runtime::stats::Counter;
 

@@ -6,6 +6,8 @@
 //! RPC cannot be served until someone decides who may call it.
 
 pub mod rate;
+pub mod serving;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,6 +40,9 @@ pub enum Role {
 impl Role {
     /// Every role, weakest first.
     pub const ALL: [Role; 4] = [Role::Read, Role::Call, Role::Deploy, Role::Admin];
+
+    /// The lowest role allowed to act from the dashboard (stop an app, kill a process).
+    pub const OPERATOR: Role = Role::Deploy;
 
     /// The role's name as users write it.
     pub fn as_str(self) -> &'static str {
@@ -486,7 +491,7 @@ impl Credentials {
                 .check(Key::Address(ip))
                 .map_err(|l| l.status())?;
         }
-        let Some((principal, key)) = self.identify(presented, crate::types::now_ms()) else {
+        let Some((principal, key)) = self.identify(presented, now_ms()) else {
             if let Some(ip) = remote {
                 // Counted only now: a failure is what a guesser spends.
                 let _ = self.limiter.take(Key::Address(ip));
@@ -629,6 +634,15 @@ where
 }
 
 pub use rebeam_grpc::BearerInjector;
+
+/// Milliseconds since the Unix epoch on this machine's clock: token expiry is checked
+/// against it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 #[cfg(test)]
 mod tests;

@@ -15,14 +15,9 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::auth::rate::{Key, Limited, RateLimiter};
+use rebeam_auth::rate::{Key, Limited, RateLimiter};
 
-pub use crate::auth::Role;
-
-impl Role {
-    /// The lowest role allowed to act from the dashboard (stop an app, kill a process).
-    pub const OPERATOR: Role = Role::Deploy;
-}
+pub use rebeam_auth::Role;
 
 /// Who made a request: a role and a name for the event log (never the token itself).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -58,13 +53,13 @@ fn token_name(role: Role, token: &str) -> String {
 /// The cluster's credentials (the secret is admin; static and issued client tokens carry
 /// their own role) plus the dashboard's read-only tokens.
 pub struct ClusterTokens {
-    credentials: crate::auth::Credentials,
+    credentials: rebeam_auth::Credentials,
     read_tokens: Vec<String>,
 }
 
 impl ClusterTokens {
     /// Roles from `credentials`, and `read_tokens` that may only look.
-    pub fn new(credentials: crate::auth::Credentials, read_tokens: &[String]) -> Self {
+    pub fn new(credentials: rebeam_auth::Credentials, read_tokens: &[String]) -> Self {
         ClusterTokens {
             credentials,
             read_tokens: read_tokens
@@ -82,14 +77,14 @@ impl TokenRoles for ClusterTokens {
     }
 
     fn principal(&self, token: &str) -> Option<Principal> {
-        match self.credentials.authenticate(token, crate::types::now_ms()) {
-            Some(crate::auth::Principal::Member) => {
+        match self.credentials.authenticate(token, rebeam_auth::now_ms()) {
+            Some(rebeam_auth::Principal::Member) => {
                 return Some(Principal {
                     role: Role::Admin,
                     who: "cluster secret".to_string(),
                 })
             }
-            Some(crate::auth::Principal::Client { role, token: id }) => {
+            Some(rebeam_auth::Principal::Client { role, token: id }) => {
                 let who = if id == "static" {
                     token_name(role, token)
                 } else {
@@ -98,7 +93,7 @@ impl TokenRoles for ClusterTokens {
                 return Some(Principal { role, who });
             }
             // Nodes are known by certificate only, never by a token.
-            Some(crate::auth::Principal::Node(_)) | None => {}
+            Some(rebeam_auth::Principal::Node(_)) | None => {}
         }
         // Every entry is compared, so the time taken does not say which one matched.
         let mut found = false;
@@ -324,7 +319,7 @@ pub async fn guard(State(auth): State<Arc<HttpAuth>>, mut req: Request, next: Ne
     let limiter = auth.tokens.limiter();
     let remote = req
         .extensions()
-        .get::<axum::extract::ConnectInfo<crate::http::HttpConn>>()
+        .get::<axum::extract::ConnectInfo<crate::HttpConn>>()
         .and_then(|c| c.0.remote)
         .map(|a| Key::Address(a.ip()));
     let presented =
