@@ -5,13 +5,16 @@ use clap::Parser;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use rebeam_controller::auth::{
-    read_secret_file, read_token_file, Credentials, Guard, StaticToken, TokenSource,
+    read_node_secret_file, read_secret_file, read_token_file, Credentials, Guard, StaticToken,
+    TokenSource,
 };
 use rebeam_node::cluster::gateway::Gateway;
 use rebeam_node::cluster::{control, Cluster, ClusterConfig};
 use rebeam_node::python::{self, NodeConfig};
 use rebeam_node::runtime::Reason;
 use std::path::PathBuf;
+
+mod scrub;
 
 /// A Re:BEAM worker node: runs Python actors with OTP semantics.
 #[derive(Parser, Debug)]
@@ -88,8 +91,9 @@ struct Cli {
     /// `rebeam` CLI connect here); the default picks a free port and prints it.
     #[arg(long, default_value = "127.0.0.1:0", env = "REBEAM_API_LISTEN")]
     api_listen: std::net::SocketAddr,
-    /// The cluster secret (required in cluster mode). Prefer --secret-file: app code can read
-    /// the node's command line.
+    /// The cluster secret: on --dev, the embedded controller's. A cluster node should be
+    /// given the node secret instead; the cluster secret still works there but is not
+    /// recommended, since app code could then administer the whole cluster.
     #[arg(
         long,
         env = "REBEAM_SECRET",
@@ -100,6 +104,19 @@ struct Cli {
     /// File holding the cluster secret (surrounding whitespace is ignored).
     #[arg(long, env = "REBEAM_SECRET_FILE")]
     secret_file: Option<PathBuf>,
+    /// The node secret the controllers were given (`--node-secret`): good only for what
+    /// nodes call. Cluster mode needs it (or the cluster secret). Prefer --node-secret-file:
+    /// app code can read the node's command line.
+    #[arg(
+        long,
+        env = "REBEAM_NODE_SECRET",
+        hide_env_values = true,
+        conflicts_with = "node_secret_file"
+    )]
+    node_secret: Option<String>,
+    /// File holding the node secret (surrounding whitespace is ignored).
+    #[arg(long, env = "REBEAM_NODE_SECRET_FILE")]
+    node_secret_file: Option<PathBuf>,
     /// Where the HTTP server listens (probes, metrics; the dashboard on --dev). Off in
     /// cluster mode unless given; --dev serves it on a free loopback port and prints it.
     #[arg(long, env = "REBEAM_HTTP_LISTEN")]
@@ -156,8 +173,21 @@ const DEFAULT_MAX_MAILBOX: usize = 1_000_000;
 const DEFAULT_MAX_MAILBOX_BYTES: usize = 256 << 20;
 
 /// Environment variables that carry credentials; removed before Python starts so app code
-/// cannot read them from `os.environ`.
-const CREDENTIAL_VARS: [&str; 2] = ["REBEAM_SECRET", "REBEAM_CLIENT_TOKENS"];
+/// cannot read them from `os.environ`, and blanked in `/proc/self/environ`.
+const CREDENTIAL_VARS: [&str; 4] = [
+    "REBEAM_SECRET",
+    "REBEAM_NODE_SECRET",
+    "REBEAM_CLIENT_TOKENS",
+    "REBEAM_HTTP_READ_TOKENS",
+];
+
+/// Flags whose value is a credential, blanked in `/proc/self/cmdline` once parsed.
+const CREDENTIAL_FLAGS: [&str; 4] = [
+    "--secret",
+    "--node-secret",
+    "--client-token",
+    "--http-read-token",
+];
 
 fn main() {
     let cli = Cli::parse();
@@ -166,6 +196,9 @@ fn main() {
         // nothing reads the environment concurrently.
         unsafe { std::env::remove_var(var) };
     }
+    // SAFETY: still single-threaded, the flags and variables are parsed (into copies) and
+    // the variables removed, so nothing refers to the bytes being overwritten.
+    unsafe { scrub::blank_original_blocks(&CREDENTIAL_VARS, &CREDENTIAL_FLAGS) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REBEAM_LOG")
@@ -202,6 +235,39 @@ fn given_secret(cli: &Cli) -> Result<Option<String>> {
         return read_secret_file(path).map(Some).map_err(anyhow::Error::msg);
     }
     Ok(cli.secret.clone().filter(|s| !s.is_empty()))
+}
+
+/// The node secret from --node-secret-file or --node-secret, if given.
+fn given_node_secret(cli: &Cli) -> Result<Option<String>> {
+    if let Some(path) = &cli.node_secret_file {
+        return read_node_secret_file(path)
+            .map(Some)
+            .map_err(anyhow::Error::msg);
+    }
+    Ok(cli.node_secret.clone().filter(|s| !s.is_empty()))
+}
+
+/// What a cluster node presents to controllers and peers: the node secret, or (not
+/// recommended, but what nodes used before the node secret existed) the cluster secret.
+fn node_credential(cli: &Cli) -> Result<String> {
+    match (given_node_secret(cli)?, given_secret(cli)?) {
+        (Some(_), Some(_)) => bail!(
+            "give a cluster node the node secret only, not the cluster secret too: app code \
+             can read what its node holds"
+        ),
+        (Some(node), None) => Ok(node),
+        (None, Some(cluster)) => {
+            tracing::warn!(
+                "this node holds the cluster secret, with which its app code could administer \
+                 the whole cluster; give it the node secret instead (--node-secret-file)"
+            );
+            Ok(cluster)
+        }
+        (None, None) => bail!(
+            "cluster mode needs the node secret: --node-secret-file, --node-secret or \
+             REBEAM_NODE_SECRET (the cluster secret also works, not recommended)"
+        ),
+    }
 }
 
 /// The client tokens from --client-token and --client-token-file, and on --dev the deploy
@@ -305,9 +371,7 @@ fn run(cli: Cli) -> Result<i32> {
             rebeam_node::observe::http::start(&tokio, addr, rt.clone(), Some(core), access)?;
         eprintln!("rebeam-node: dashboard at {http_scheme}://{bound}/");
     } else {
-        let secret = given_secret(&cli)?.context(
-            "cluster mode needs the cluster secret: --secret-file, --secret or REBEAM_SECRET",
-        )?;
+        let secret = node_credential(&cli)?;
         let data_dir = cli
             .data_dir
             .clone()
@@ -403,6 +467,9 @@ fn start_dev_controller(
     let secret = given_secret(cli)?.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     let mut config =
         rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
+    // With a node secret the dev node and its workers present it, as cluster nodes do.
+    let node_secret = given_node_secret(cli)?;
+    config.node_secret = node_secret.clone().unwrap_or_default();
     config.client_tokens = given_tokens(cli)?;
     // `--app` submits through this controller like `rebeam submit`, with a deploy token of
     // its own (never printed).
@@ -431,7 +498,8 @@ fn start_dev_controller(
     let core = handle.core();
     // The controller lives as long as the process.
     std::mem::forget(handle);
-    Ok((vec![api], secret, data_dir.join("node"), core))
+    let presented = node_secret.unwrap_or(secret);
+    Ok((vec![api], presented, data_dir.join("node"), core))
 }
 
 /// How many worker nodes a dev node runs, itself included (see `--workers`).
@@ -483,7 +551,9 @@ fn start_workers(
                 "--memory-guard".into(),
                 cli.memory_guard.to_string(),
             ];
-            let mut env = vec![("REBEAM_SECRET", secret.to_string())];
+            // What this node presents (the embedded controller's secret unless a node secret
+            // was given), passed as the node secret so that a worker takes it for one.
+            let mut env = vec![("REBEAM_NODE_SECRET", secret.to_string())];
             if !tokens.is_empty() {
                 // Clients reach processes through the gateway of the node holding them.
                 env.push(("REBEAM_CLIENT_TOKENS", tokens.join(",")));
@@ -523,7 +593,8 @@ fn start_workers(
     Ok(())
 }
 
-/// The embedded controller's addresses, secret, the node's data dir and its shared handles.
+/// The embedded controller's addresses, the secret the dev node presents, the node's data
+/// dir and its shared handles.
 type DevController = (
     Vec<String>,
     String,
