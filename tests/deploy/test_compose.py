@@ -58,13 +58,16 @@ class Project:
                            check=True, capture_output=True)
             self.files.insert(1, COMPOSE_TLS)
         subprocess.run([str(REPO / "deploy" / "docker" / "gen-env.sh"), str(root / ".env"),
-                        str(root / "client.env")], check=True, capture_output=True)
+                        str(root / "client.env"), str(root / "node.env")], check=True,
+                       capture_output=True)
         env = dict(line.split("=", 1) for line in (root / ".env").read_text().splitlines()
                    if "=" in line and not line.startswith("#"))
         self.token = env["REBEAM_CLIENT_TOKENS"].split(",")[0]
         # The test's own secret, not the user's deploy/docker/.env.
         self.env = {**self.ports, "REBEAM_IMAGE": image(),
-                    "REBEAM_ENV_FILE": str(root / ".env"), "REBEAM_TLS_DIR": str(root / "tls")}
+                    "REBEAM_ENV_FILE": str(root / ".env"),
+                    "REBEAM_NODE_ENV_FILE": str(root / "node.env"),
+                    "REBEAM_TLS_DIR": str(root / "tls")}
         p = self.ports
         # With TLS the URL names the members (their certificates do), reached at the
         # published ports through REBEAM_CONNECT_TO.

@@ -50,9 +50,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "rebeam.secretName" -}}{{ default (printf "%s-cluster-secret" (include "rebeam.fullname" .)) .Values.clusterSecret.existingSecret }}{{- end -}}
+{{- define "rebeam.nodeSecretName" -}}{{ default (printf "%s-node-secret" (include "rebeam.fullname" .)) .Values.nodeSecret.existingSecret }}{{- end -}}
 {{- define "rebeam.tokenName" -}}{{ default (printf "%s-client-token" (include "rebeam.fullname" .)) .Values.clientToken.existingSecret }}{{- end -}}
 
-{{/* Environment both roles share: the secret, the client token, the pod's name and IP. */}}
+{{/* Environment both roles share: the node secret, the client token, the pod's name and
+IP. Controllers add the cluster secret (rebeam.clusterSecretEnv); nodes never get it. */}}
 {{- define "rebeam.commonEnv" -}}
 - name: POD_NAME
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
@@ -60,10 +62,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: POD_IP
   valueFrom: {fieldRef: {fieldPath: status.podIP}}
-- name: REBEAM_SECRET
-  valueFrom: {secretKeyRef: {name: {{ include "rebeam.secretName" . }}, key: {{ .Values.clusterSecret.key }}}}
+- name: REBEAM_NODE_SECRET
+  valueFrom: {secretKeyRef: {name: {{ include "rebeam.nodeSecretName" . }}, key: {{ .Values.nodeSecret.key }}}}
 - name: REBEAM_CLIENT_TOKENS
   valueFrom: {secretKeyRef: {name: {{ include "rebeam.tokenName" . }}, key: {{ .Values.clientToken.key }}}}
+{{- end -}}
+
+{{/* The cluster secret: controller pods only. */}}
+{{- define "rebeam.clusterSecretEnv" -}}
+- name: REBEAM_SECRET
+  valueFrom: {secretKeyRef: {name: {{ include "rebeam.secretName" . }}, key: {{ .Values.clusterSecret.key }}}}
 {{- end -}}
 
 {{/* A random value kept across upgrades: the one in the live Secret, else a new one. */}}
