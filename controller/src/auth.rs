@@ -332,6 +332,37 @@ impl std::str::FromStr for StaticToken {
     }
 }
 
+/// A static token known only by the hex SHA-256 of its text (`--client-token-digest
+/// ROLE:SHA256`, or `SHA256` for admin): what a node is given so that its gateway accepts the
+/// token without holding it, since app code can read what its node holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenDigest {
+    /// What the token may do.
+    pub role: Role,
+    /// Lowercase hex SHA-256 of the token's text (as [`token_hash`] makes it).
+    pub sha256: String,
+}
+
+impl std::str::FromStr for TokenDigest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (role, hex) = match s.split_once(':') {
+            Some((r, h)) => (r.parse::<Role>()?, h),
+            None => (Role::Admin, s),
+        };
+        let hex = hex.to_ascii_lowercase();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(
+                "a client token digest is ROLE:SHA256 with 64 hex digits (`sha256sum` of the token)"
+                    .into(),
+            );
+        }
+        Ok(TokenDigest { role, sha256: hex })
+    }
+}
+
 /// Reads tokens from a file: one per line (`ROLE:TOKEN` or `TOKEN`); blank lines and lines
 /// starting with `#` are skipped.
 pub fn read_token_file(path: &std::path::Path) -> Result<Vec<StaticToken>, String> {
@@ -377,6 +408,7 @@ pub struct Credentials {
     secret: String,
     node_secret: String,
     static_tokens: Arc<Vec<StaticToken>>,
+    digests: Arc<Vec<TokenDigest>>,
     issued: Option<Arc<dyn TokenSource>>,
     limiter: Arc<RateLimiter>,
 }
@@ -393,6 +425,7 @@ impl Credentials {
             secret,
             node_secret: String::new(),
             static_tokens: Arc::new(static_tokens),
+            digests: Arc::new(Vec::new()),
             issued,
             limiter: Arc::new(RateLimiter::new(RateLimit::default())),
         }
@@ -402,6 +435,12 @@ impl Credentials {
     /// only [`NODE_RPCS`]: what nodes are given instead of the cluster secret.
     pub fn with_node_secret(mut self, node_secret: String) -> Self {
         self.node_secret = node_secret;
+        self
+    }
+
+    /// Also accepts the static tokens whose digests these are.
+    pub fn with_token_digests(mut self, digests: Vec<TokenDigest>) -> Self {
+        self.digests = Arc::new(digests);
         self
     }
 
@@ -447,6 +486,22 @@ impl Credentials {
                 token: "static".into(),
             };
             return Some((principal, format!("static#{i}")));
+        }
+        if !self.digests.is_empty() {
+            let hash = token_hash(token);
+            let mut found = None;
+            for (i, d) in self.digests.iter().enumerate() {
+                if constant_time_eq(d.sha256.as_bytes(), hash.as_bytes()) {
+                    found = Some((i, d.role));
+                }
+            }
+            if let Some((i, role)) = found {
+                let principal = Principal::Client {
+                    role,
+                    token: "static".into(),
+                };
+                return Some((principal, format!("digest#{i}")));
+            }
         }
         let rest = token.strip_prefix(TOKEN_PREFIX)?;
         let (id, _) = rest.split_once('_')?;

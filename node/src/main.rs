@@ -5,8 +5,8 @@ use clap::Parser;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use rebeam_controller::auth::{
-    read_node_secret_file, read_secret_file, read_token_file, Credentials, Guard, StaticToken,
-    TokenSource,
+    read_node_secret_file, read_secret_file, read_token_file, token_hash, Credentials, Guard,
+    StaticToken, TokenDigest, TokenSource,
 };
 use rebeam_node::cluster::gateway::Gateway;
 use rebeam_node::cluster::{control, Cluster, ClusterConfig};
@@ -87,6 +87,15 @@ struct Cli {
     /// File of client tokens, one ROLE:TOKEN or TOKEN per line (`#` starts a comment line).
     #[arg(long, env = "REBEAM_CLIENT_TOKEN_FILE")]
     client_token_file: Option<PathBuf>,
+    /// A client token accepted at this node's gateway, given by its digest: ROLE:SHA256 (or
+    /// SHA256 for admin), the hex SHA-256 of the token's text. The node then does not hold
+    /// the token, which app code could read; repeat or comma-separate.
+    #[arg(
+        long = "client-token-digest",
+        value_delimiter = ',',
+        env = "REBEAM_CLIENT_TOKEN_DIGESTS"
+    )]
+    client_token_digests: Vec<TokenDigest>,
     /// On --dev, where the embedded controller's client API listens (clients and the
     /// `rebeam` CLI connect here); the default picks a free port and prints it.
     #[arg(long, default_value = "127.0.0.1:0", env = "REBEAM_API_LISTEN")]
@@ -524,9 +533,15 @@ fn start_workers(
     secret: &str,
     data_dir: &std::path::Path,
 ) -> Result<()> {
+    // Workers run app code: they get the tokens' digests, not the tokens.
     let tokens: Vec<String> = given_tokens(cli)?
         .iter()
-        .map(|t| format!("{}:{}", t.role, t.token))
+        .map(|t| format!("{}:{}", t.role, token_hash(&t.token)))
+        .chain(
+            cli.client_token_digests
+                .iter()
+                .map(|d| format!("{}:{}", d.role, d.sha256)),
+        )
         .collect();
 
     let specs: Vec<rebeam_node::dev::WorkerSpec> = (1..count)
@@ -556,7 +571,7 @@ fn start_workers(
             let mut env = vec![("REBEAM_NODE_SECRET", secret.to_string())];
             if !tokens.is_empty() {
                 // Clients reach processes through the gateway of the node holding them.
-                env.push(("REBEAM_CLIENT_TOKENS", tokens.join(",")));
+                env.push(("REBEAM_CLIENT_TOKEN_DIGESTS", tokens.join(",")));
             }
             rebeam_node::dev::WorkerSpec { name, args, env }
         })
@@ -612,6 +627,7 @@ fn http_access(
     let issued = Some(issued);
     Ok(rebeam_node::observe::http::NodeHttp {
         credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, issued)
+            .with_token_digests(cli.client_token_digests.clone())
             .with_rate_limit(cli.serving.rate_limit()),
         connections: cli.serving.connections(),
         read_tokens: cli.http_read_tokens.clone(),
@@ -668,6 +684,7 @@ fn join_cluster(
         given_tokens(cli)?,
         Some(cluster.tokens.clone() as std::sync::Arc<dyn TokenSource>),
     )
+    .with_token_digests(cli.client_token_digests.clone())
     .with_mtls(tls.is_some())
     .with_rate_limit(cli.serving.rate_limit());
     let wire_credentials = credentials.clone();

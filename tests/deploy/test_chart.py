@@ -2,6 +2,8 @@
 schemas of the three newest Kubernetes minors kubernetes-validate knows."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from typing import Any
 
@@ -145,11 +147,26 @@ def test_secrets_are_generated_or_taken_from_existing_ones() -> None:
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
         node_ref = env["REBEAM_NODE_SECRET"]["valueFrom"]["secretKeyRef"]
         assert node_ref == {"name": "my-node-secret", "key": "n"}
-        token_ref = env["REBEAM_CLIENT_TOKENS"]["valueFrom"]["secretKeyRef"]
-        assert token_ref == {"name": "my-token", "key": "token"}
     (sts,) = find(docs, "StatefulSet")
     env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["REBEAM_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "my-secret", "key": "s"}
+    token_ref = env["REBEAM_CLIENT_TOKENS"]["valueFrom"]["secretKeyRef"]
+    assert token_ref == {"name": "my-token", "key": "token"}
+    for d in find(docs, "Deployment"):
+        env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        digest_ref = env["REBEAM_CLIENT_TOKEN_DIGESTS"]["valueFrom"]["secretKeyRef"]
+        # A Secret brought without the digest key leaves nodes with issued tokens only.
+        assert digest_ref == {"name": "my-token", "key": "digest", "optional": True}
+
+
+def test_nodes_get_the_client_tokens_digest_not_the_token() -> None:
+    token = one(render(fresh=True), "Secret", "rebeam-client-token")["data"]
+    text = base64.b64decode(token["token"]).decode()
+    assert len(text) >= 40
+    want = "admin:" + hashlib.sha256(text.encode()).hexdigest()
+    assert base64.b64decode(token["digest"]).decode() == want
+    given = one(render({"clientToken": {"value": "s3cr3t"}}), "Secret", "rebeam-client-token")["data"]
+    assert base64.b64decode(given["digest"]).decode() == "admin:" + hashlib.sha256(b"s3cr3t").hexdigest()
 
 
 @pytest.mark.parametrize("combo", sorted(COMBINATIONS))
@@ -167,6 +184,8 @@ def test_node_pods_carry_no_cluster_secret(combo: str) -> None:
             env = {e["name"]: e for e in c.get("env", [])}
             assert "REBEAM_SECRET" not in env and "REBEAM_SECRET_FILE" not in env, d["metadata"]["name"]
             assert "REBEAM_NODE_SECRET" in env, d["metadata"]["name"]
+            # The client token is admin at the controllers: nodes get its digest only.
+            assert "REBEAM_CLIENT_TOKENS" not in env, d["metadata"]["name"]
             refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
                     if "secretKeyRef" in e.get("valueFrom", {})]
             refs += [f["secretRef"]["name"] for f in c.get("envFrom", []) if "secretRef" in f]
@@ -177,7 +196,7 @@ def test_node_pods_carry_no_cluster_secret(combo: str) -> None:
         assert not (mounted | projected) & cluster_secrets, d["metadata"]["name"]
     sts = one(docs, "StatefulSet")
     env = {e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert {"REBEAM_SECRET", "REBEAM_NODE_SECRET"} <= env
+    assert {"REBEAM_SECRET", "REBEAM_NODE_SECRET", "REBEAM_CLIENT_TOKENS"} <= env
 
 
 def test_pods_are_locked_down_and_probed() -> None:

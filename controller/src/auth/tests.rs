@@ -259,6 +259,29 @@ fn the_node_secret_calls_only_what_nodes_use_and_the_cluster_secret_still_everyt
 }
 
 #[test]
+fn a_token_known_by_its_digest_authenticates_with_its_role() {
+    let digest: TokenDigest = format!("call:{}", token_hash("t0k3n").to_uppercase())
+        .parse()
+        .expect("parse");
+    assert_eq!(digest.role, Role::Call);
+    let bare: TokenDigest = token_hash("x").parse().expect("parse");
+    assert_eq!(bare.role, Role::Admin);
+    assert!("call:abc".parse::<TokenDigest>().is_err());
+    assert!(format!("root:{}", token_hash("x")).parse::<TokenDigest>().is_err());
+    let creds = Credentials::new(String::new(), vec![], None).with_token_digests(vec![digest]);
+    assert_eq!(
+        creds.authenticate("t0k3n", 0),
+        Some(Principal::Client {
+            role: Role::Call,
+            token: "static".into()
+        })
+    );
+    assert_eq!(creds.authenticate("t0k3m", 0), None);
+    // The digest itself is no credential.
+    assert_eq!(creds.authenticate(&token_hash("t0k3n"), 0), None);
+}
+
+#[test]
 fn a_token_over_its_rate_is_refused_and_another_is_not() {
     let creds = Credentials::new(
         "s".into(),
