@@ -171,6 +171,15 @@ def test_compose_cluster_survives_kills_partitions_and_restarts(project: Project
           f"({took:.1f} s after `up -d` returned)")
     job = inspect(p.container("submit-chat"))["State"]
     assert job["Status"] == "exited" and job["ExitCode"] == 0, p.logs()
+    # Nodes run app code: they hold the node secret and the token's digest, no cluster secret
+    # and no token (the controllers hold those).
+    for service in NODES + CONTROLLERS:
+        names = {e.split("=", 1)[0] for e in inspect(p.container(service))["Config"]["Env"]}
+        if service in NODES:
+            assert not names & {"REBEAM_SECRET", "REBEAM_CLIENT_TOKENS"}, (service, names)
+            assert {"REBEAM_NODE_SECRET", "REBEAM_CLIENT_TOKEN_DIGESTS"} <= names, (service, names)
+        else:
+            assert {"REBEAM_SECRET", "REBEAM_NODE_SECRET", "REBEAM_CLIENT_TOKENS"} <= names
 
     # The chat app answers from the host, through the published ports (the job submits it
     # without waiting for its children to run).
