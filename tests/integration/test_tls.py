@@ -321,7 +321,6 @@ def test_tls_cluster_serves_clients_and_refuses_plaintext_wrong_ca_and_wrong_nam
         b.stop()
 
 
-@dataclass
 def https(url: str, ca: Path, method: str = "GET") -> tuple[int, dict[str, object]]:
     """Status and JSON body of a request to a controller's HTTP API with the client token."""
     req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -371,6 +370,7 @@ def test_a_controllers_http_side_reaches_nodes_and_the_leader_over_tls(
         a.stop()
 
 
+@dataclass
 class DevTls(DevNode):
     """A dev node (embedded controller and node in one process) serving TLS."""
 
