@@ -92,9 +92,7 @@ fn credential_vars(block: &[u8], vars: &[&str]) -> Vec<Range<usize>> {
         .filter_map(|(at, entry)| {
             vars.iter().find_map(|v| {
                 let name = v.as_bytes();
-                (entry.len() > name.len()
-                    && entry.starts_with(name)
-                    && entry[name.len()] == b'=')
+                (entry.len() > name.len() && entry.starts_with(name) && entry[name.len()] == b'=')
                     .then(|| at + name.len() + 1..at + entry.len())
             })
         })
@@ -150,7 +148,8 @@ mod tests {
 
     #[test]
     fn blanks_only_the_values_of_credential_variables() {
-        let block = b"PATH=/bin\0REBEAM_SECRET=abc\0REBEAM_SECRET_FILE=/s\0REBEAM_NODE_SECRET=xy\0\0";
+        let block =
+            b"PATH=/bin\0REBEAM_SECRET=abc\0REBEAM_SECRET_FILE=/s\0REBEAM_NODE_SECRET=xy\0\0";
         let vars = ["REBEAM_SECRET", "REBEAM_NODE_SECRET"];
         let got: Vec<&[u8]> = credential_vars(block, &vars)
             .into_iter()

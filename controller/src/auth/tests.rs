@@ -230,7 +230,10 @@ fn the_node_secret_calls_only_what_nodes_use_and_the_cluster_secret_still_everyt
     let creds = Credentials::new("cluster".into(), vec![], None).with_node_secret("node".into());
     let bearer = |t: &str| {
         let mut h = http::HeaderMap::new();
-        h.insert("authorization", format!("Bearer {t}").parse().expect("header"));
+        h.insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
         h
     };
     let node = bearer("node");
@@ -244,9 +247,14 @@ fn the_node_secret_calls_only_what_nodes_use_and_the_cluster_secret_still_everyt
     for (path, _) in RPC_TABLE.iter().filter(|(p, _)| !NODE_RPCS.contains(p)) {
         let refused = creds.authorize(path, &node, &[], None).expect_err(path);
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{path}");
-        assert!(refused.message().contains("not for nodes"), "{path}: {refused:?}");
+        assert!(
+            refused.message().contains("not for nodes"),
+            "{path}: {refused:?}"
+        );
         assert_eq!(
-            creds.authorize(path, &bearer("cluster"), &[], None).expect(path),
+            creds
+                .authorize(path, &bearer("cluster"), &[], None)
+                .expect(path),
             Principal::Member,
             "{path}"
         );
@@ -267,7 +275,9 @@ fn a_token_known_by_its_digest_authenticates_with_its_role() {
     let bare: TokenDigest = token_hash("x").parse().expect("parse");
     assert_eq!(bare.role, Role::Admin);
     assert!("call:abc".parse::<TokenDigest>().is_err());
-    assert!(format!("root:{}", token_hash("x")).parse::<TokenDigest>().is_err());
+    assert!(format!("root:{}", token_hash("x"))
+        .parse::<TokenDigest>()
+        .is_err());
     let creds = Credentials::new(String::new(), vec![], None).with_token_digests(vec![digest]);
     assert_eq!(
         creds.authenticate("t0k3n", 0),

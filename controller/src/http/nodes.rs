@@ -74,8 +74,10 @@ impl NodeClients {
                 }
             }
         };
-        Ok(GatewayServiceClient::with_interceptor(channel, self.bearer.clone())
-        .max_decoding_message_size(256 << 20))
+        Ok(
+            GatewayServiceClient::with_interceptor(channel, self.bearer.clone())
+                .max_decoding_message_size(256 << 20),
+        )
     }
 
     /// Live nodes: id and gateway address.
