@@ -371,7 +371,9 @@ fn run(cli: Cli) -> Result<i32> {
         if workers > 1 {
             start_workers(&cli, workers, &controllers, &secret, &data_dir)?;
         }
-        let mut access = http_access(&cli, &secret, issued)?;
+        // The dev dashboard is the embedded controller's: its members hold the cluster
+        // secret, not the node secret the workers (and their app code) hold.
+        let mut access = http_access(&cli, &core.config.secret, issued)?;
         access.tls = http_tls;
         let addr = cli
             .http_listen
