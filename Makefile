@@ -83,10 +83,10 @@ image: build
 		-f deploy/docker/Dockerfile --build-arg BASE=$$base --build-arg BUILDER=$$base \
 		--build-arg BINARIES=prebuilt -t $(IMAGE) .
 
-# deploy/docker/.env: a fresh cluster secret and client token for docker compose (kept out
-# of git), and client.env for the `rebeam` command on the host.
-compose-env: deploy/docker/.env
-deploy/docker/.env:
+# deploy/docker/.env: a fresh cluster secret, node secret and client token for docker compose
+# (kept out of git), node.env (what nodes get) and client.env for the `rebeam` command.
+compose-env: deploy/docker/.env deploy/docker/node.env
+deploy/docker/.env deploy/docker/node.env:
 	deploy/docker/gen-env.sh
 
 # deploy/docker/tls: a private CA and a certificate per compose member (kept out of git), for

@@ -1,5 +1,6 @@
 //! Who may call what: the credentials every gRPC service accepts (the cluster secret for
-//! members, client tokens carrying a role) and the one table mapping each RPC to what it needs.
+//! controller members, the node secret for nodes, client tokens carrying a role) and the one
+//! table mapping each RPC to what it needs.
 //!
 //! Every service is wrapped in a [`Guard`], which looks the request's method up in
 //! [`RPC_TABLE`] before the handler runs: a method missing from the table is refused, so a new
@@ -92,8 +93,9 @@ pub enum Principal {
     /// Holder of the cluster secret (a controller member or a node), or of a controller's
     /// certificate.
     Member,
-    /// A node proven by its certificate (named here): only the RPCs nodes use
-    /// ([`NODE_RPCS`]), never membership, tokens or app changes.
+    /// A node proven by its certificate (named here) or by the node secret (an empty
+    /// name): only the RPCs nodes use ([`NODE_RPCS`]), never membership, tokens or app
+    /// changes.
     Node(String),
     /// A client with a token of this role; `token` is the token's id (`static` for tokens
     /// given on the command line).
@@ -170,9 +172,10 @@ pub const RPC_TABLE: &[(&str, Need)] = &[
     ("/rebeam.v1.GatewayService/ListTables", R(Read)),
 ];
 
-/// The RPCs a node's certificate may call: its control traffic, the registry writes and
-/// lookups it makes for its processes, and peer links. A node that is taken over must not
-/// be able to change membership, issue tokens or submit code, as a member could.
+/// The RPCs a node's certificate or the node secret may call: its control traffic, the
+/// registry writes and lookups it makes for its processes, and peer links. A node that is
+/// taken over (app code can read what its node holds) must not be able to change
+/// membership, issue tokens or submit code, as a member could.
 pub const NODE_RPCS: &[&str] = &[
     "/rebeam.v1.NodeService/Join",
     "/rebeam.v1.NodeService/Heartbeat",
@@ -334,6 +337,37 @@ impl std::str::FromStr for StaticToken {
     }
 }
 
+/// A static token known only by the hex SHA-256 of its text (`--client-token-digest
+/// ROLE:SHA256`, or `SHA256` for admin): what a node is given so that its gateway accepts the
+/// token without holding it, since app code can read what its node holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenDigest {
+    /// What the token may do.
+    pub role: Role,
+    /// Lowercase hex SHA-256 of the token's text (as [`token_hash`] makes it).
+    pub sha256: String,
+}
+
+impl std::str::FromStr for TokenDigest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (role, hex) = match s.split_once(':') {
+            Some((r, h)) => (r.parse::<Role>()?, h),
+            None => (Role::Admin, s),
+        };
+        let hex = hex.to_ascii_lowercase();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(
+                "a client token digest is ROLE:SHA256 with 64 hex digits (`sha256sum` of the token)"
+                    .into(),
+            );
+        }
+        Ok(TokenDigest { role, sha256: hex })
+    }
+}
+
 /// Reads tokens from a file: one per line (`ROLE:TOKEN` or `TOKEN`); blank lines and lines
 /// starting with `#` are skipped.
 pub fn read_token_file(path: &std::path::Path) -> Result<Vec<StaticToken>, String> {
@@ -352,12 +386,19 @@ pub fn read_token_file(path: &std::path::Path) -> Result<Vec<StaticToken>, Strin
 
 /// Reads the cluster secret from a file (surrounding whitespace is dropped).
 pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "cannot read the cluster secret from {}: {e}",
-            path.display()
-        )
-    })?;
+    read_named_secret_file(path, "the cluster secret")
+}
+
+/// Reads the node secret (`--node-secret-file`) from a file (surrounding whitespace is
+/// dropped).
+pub fn read_node_secret_file(path: &std::path::Path) -> Result<String, String> {
+    read_named_secret_file(path, "the node secret")
+}
+
+/// Reads `what` from a file, refusing an empty one.
+fn read_named_secret_file(path: &std::path::Path, what: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {what} from {}: {e}", path.display()))?;
     let secret = text.trim().to_string();
     if secret.is_empty() {
         return Err(format!("the secret file {} is empty", path.display()));
@@ -370,7 +411,9 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
 pub struct Credentials {
     mtls: bool,
     secret: String,
+    node_secret: String,
     static_tokens: Arc<Vec<StaticToken>>,
+    digests: Arc<Vec<TokenDigest>>,
     issued: Option<Arc<dyn TokenSource>>,
     limiter: Arc<RateLimiter>,
 }
@@ -385,10 +428,25 @@ impl Credentials {
         Credentials {
             mtls: false,
             secret,
+            node_secret: String::new(),
             static_tokens: Arc::new(static_tokens),
+            digests: Arc::new(Vec::new()),
             issued,
             limiter: Arc::new(RateLimiter::new(RateLimit::default())),
         }
+    }
+
+    /// Also accepts `node_secret` (when not empty), as a [`Principal::Node`] that may call
+    /// only [`NODE_RPCS`]: what nodes are given instead of the cluster secret.
+    pub fn with_node_secret(mut self, node_secret: String) -> Self {
+        self.node_secret = node_secret;
+        self
+    }
+
+    /// Also accepts the static tokens whose digests these are.
+    pub fn with_token_digests(mut self, digests: Vec<TokenDigest>) -> Self {
+        self.digests = Arc::new(digests);
+        self
     }
 
     /// Limits each client token to `limit` (and failed authentications per address alike).
@@ -416,6 +474,11 @@ impl Credentials {
         if !self.secret.is_empty() && constant_time_eq(self.secret.as_bytes(), token.as_bytes()) {
             return Some((Principal::Member, String::new()));
         }
+        if !self.node_secret.is_empty()
+            && constant_time_eq(self.node_secret.as_bytes(), token.as_bytes())
+        {
+            return Some((Principal::Node(String::new()), String::new()));
+        }
         let mut found = None;
         for (i, t) in self.static_tokens.iter().enumerate() {
             if constant_time_eq(t.token.as_bytes(), token.as_bytes()) {
@@ -428,6 +491,22 @@ impl Credentials {
                 token: "static".into(),
             };
             return Some((principal, format!("static#{i}")));
+        }
+        if !self.digests.is_empty() {
+            let hash = token_hash(token);
+            let mut found = None;
+            for (i, d) in self.digests.iter().enumerate() {
+                if constant_time_eq(d.sha256.as_bytes(), hash.as_bytes()) {
+                    found = Some((i, d.role));
+                }
+            }
+            if let Some((i, role)) = found {
+                let principal = Principal::Client {
+                    role,
+                    token: "static".into(),
+                };
+                return Some((principal, format!("digest#{i}")));
+            }
         }
         let rest = token.strip_prefix(TOKEN_PREFIX)?;
         let (id, _) = rest.split_once('_')?;
@@ -502,6 +581,16 @@ impl Credentials {
         };
         if let Principal::Client { .. } = principal {
             self.limiter.take(Key::Token(key)).map_err(|l| l.status())?;
+        }
+        if let Principal::Node(_) = principal {
+            // The node secret: what nodes use and nothing else, whatever the table says.
+            if NODE_RPCS.contains(&path) {
+                return Ok(principal);
+            }
+            return Err(Status::permission_denied(format!(
+                "`{path}` is not for nodes: the node secret may call only what nodes use \
+                 (control traffic, registry writes for their processes)"
+            )));
         }
         if principal.satisfies(need) {
             return Ok(principal);

@@ -226,6 +226,72 @@ fn a_node_certificate_calls_only_what_nodes_use() {
 }
 
 #[test]
+fn the_node_secret_calls_only_what_nodes_use_and_the_cluster_secret_still_everything() {
+    let creds = Credentials::new("cluster".into(), vec![], None).with_node_secret("node".into());
+    let bearer = |t: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
+        h
+    };
+    let node = bearer("node");
+    for path in NODE_RPCS {
+        assert_eq!(
+            creds.authorize(path, &node, &[], None).expect(path),
+            Principal::Node(String::new()),
+            "{path}"
+        );
+    }
+    for (path, _) in RPC_TABLE.iter().filter(|(p, _)| !NODE_RPCS.contains(p)) {
+        let refused = creds.authorize(path, &node, &[], None).expect_err(path);
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{path}");
+        assert!(
+            refused.message().contains("not for nodes"),
+            "{path}: {refused:?}"
+        );
+        assert_eq!(
+            creds
+                .authorize(path, &bearer("cluster"), &[], None)
+                .expect(path),
+            Principal::Member,
+            "{path}"
+        );
+    }
+    assert_eq!(creds.authenticate("nod", 0), None);
+    // Without a node secret nothing empty or absent passes for one.
+    let plain = Credentials::new("cluster".into(), vec![], None);
+    assert_eq!(plain.authenticate("node", 0), None);
+    assert_eq!(plain.authenticate("", 0), None);
+}
+
+#[test]
+fn a_token_known_by_its_digest_authenticates_with_its_role() {
+    let digest: TokenDigest = format!("call:{}", token_hash("t0k3n").to_uppercase())
+        .parse()
+        .expect("parse");
+    assert_eq!(digest.role, Role::Call);
+    let bare: TokenDigest = token_hash("x").parse().expect("parse");
+    assert_eq!(bare.role, Role::Admin);
+    assert!("call:abc".parse::<TokenDigest>().is_err());
+    assert!(format!("root:{}", token_hash("x"))
+        .parse::<TokenDigest>()
+        .is_err());
+    let creds = Credentials::new(String::new(), vec![], None).with_token_digests(vec![digest]);
+    assert_eq!(
+        creds.authenticate("t0k3n", 0),
+        Some(Principal::Client {
+            role: Role::Call,
+            token: "static".into()
+        })
+    );
+    assert_eq!(creds.authenticate("t0k3m", 0), None);
+    // The digest itself is no credential.
+    assert_eq!(creds.authenticate(&token_hash("t0k3n"), 0), None);
+}
+
+#[test]
 fn a_token_over_its_rate_is_refused_and_another_is_not() {
     let creds = Credentials::new(
         "s".into(),

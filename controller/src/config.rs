@@ -123,6 +123,10 @@ pub struct ControllerConfig {
     pub join: Option<String>,
     /// Cluster secret required on every service.
     pub secret: String,
+    /// Node secret: what nodes are given instead of the cluster secret, good for the node
+    /// RPCs only (`auth::NODE_RPCS`) and sent to nodes' gateways; empty when nodes hold the
+    /// cluster secret.
+    pub node_secret: String,
     /// Client tokens given at start, each with its role (bare tokens are admin).
     pub client_tokens: Vec<crate::auth::StaticToken>,
     /// Failure detection and Raft timings.
@@ -156,6 +160,7 @@ impl ControllerConfig {
             init: true,
             join: None,
             secret,
+            node_secret: String::new(),
             client_tokens: Vec::new(),
             timings: Timings::default(),
             limits: Limits::default(),
@@ -175,6 +180,11 @@ impl ControllerConfig {
         if self.secret.is_empty() {
             return Err(Error::invalid(
                 "the cluster secret is empty; pass --secret or set REBEAM_SECRET",
+            ));
+        }
+        if !self.node_secret.is_empty() && self.node_secret == self.secret {
+            return Err(Error::invalid(
+                "the node secret equals the cluster secret, so nodes would hold the cluster's keys; make a separate --node-secret",
             ));
         }
         if self.peers.iter().any(|p| p.id == self.id) {

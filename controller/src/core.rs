@@ -38,6 +38,7 @@ impl Core {
             self.config.client_tokens.clone(),
             Some(self.shared.clone() as Arc<dyn crate::auth::TokenSource>),
         )
+        .with_node_secret(self.config.node_secret.clone())
         .with_mtls(self.config.tls.is_some())
         .with_rate_limit(self.config.rate_limit)
     }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use rebeam_controller::auth::{read_secret_file, read_token_file, StaticToken};
+use rebeam_controller::auth::{
+    read_node_secret_file, read_secret_file, read_token_file, StaticToken,
+};
 use rebeam_controller::types::MemberNode;
 use rebeam_controller::{bootstrap, ControllerConfig, Limits, PeerSpec, Timings};
 use rebeam_tls::{TlsFiles, TlsSource};
@@ -79,6 +81,19 @@ struct Cli {
     /// File holding the cluster secret (surrounding whitespace is ignored).
     #[arg(long, env = "REBEAM_SECRET_FILE")]
     secret_file: Option<PathBuf>,
+    /// Node secret: give nodes this instead of the cluster secret; it is good only for what
+    /// nodes call (join, heartbeat, watch, reports, code, registry writes). Prefer
+    /// --node-secret-file.
+    #[arg(
+        long,
+        env = "REBEAM_NODE_SECRET",
+        hide_env_values = true,
+        conflicts_with = "node_secret_file"
+    )]
+    node_secret: Option<String>,
+    /// File holding the node secret (surrounding whitespace is ignored).
+    #[arg(long, env = "REBEAM_NODE_SECRET_FILE")]
+    node_secret_file: Option<PathBuf>,
     /// A client token as ROLE:TOKEN (read, call, deploy, admin) or TOKEN (admin); repeat or
     /// comma-separate.
     #[arg(
@@ -164,6 +179,11 @@ fn config(cli: Cli, id: u64) -> anyhow::Result<ControllerConfig> {
         (Some(s), None) => s.clone(),
         (None, None) => anyhow::bail!("give the cluster secret with --secret-file or --secret"),
     };
+    let node_secret = match (&cli.node_secret, &cli.node_secret_file) {
+        (_, Some(path)) => read_node_secret_file(path).map_err(anyhow::Error::msg)?,
+        (Some(s), None) => s.clone(),
+        (None, None) => String::new(),
+    };
     let mut client_tokens = cli.client_tokens;
     if let Some(path) = &cli.client_token_file {
         client_tokens.extend(read_token_file(path).map_err(anyhow::Error::msg)?);
@@ -182,6 +202,7 @@ fn config(cli: Cli, id: u64) -> anyhow::Result<ControllerConfig> {
         init: cli.init,
         join: cli.join,
         secret,
+        node_secret,
         client_tokens,
         timings: Timings {
             lease: Duration::from_millis(cli.lease_ms),

@@ -5,13 +5,16 @@ use clap::Parser;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use rebeam_auth::{
-    read_secret_file, read_token_file, Credentials, Guard, StaticToken, TokenSource,
+    read_node_secret_file, read_secret_file, read_token_file, token_hash, Credentials, Guard,
+    StaticToken, TokenDigest, TokenSource,
 };
 use rebeam_node::cluster::gateway::Gateway;
 use rebeam_node::cluster::{control, Cluster, ClusterConfig};
 use rebeam_node::python::{self, NodeConfig};
 use rebeam_node::runtime::Reason;
 use std::path::PathBuf;
+
+mod scrub;
 
 /// A Re:BEAM worker node: runs Python actors with OTP semantics.
 #[derive(Parser, Debug)]
@@ -84,12 +87,22 @@ struct Cli {
     /// File of client tokens, one ROLE:TOKEN or TOKEN per line (`#` starts a comment line).
     #[arg(long, env = "REBEAM_CLIENT_TOKEN_FILE")]
     client_token_file: Option<PathBuf>,
+    /// A client token accepted at this node's gateway, given by its digest: ROLE:SHA256 (or
+    /// SHA256 for admin), the hex SHA-256 of the token's text. The node then does not hold
+    /// the token, which app code could read; repeat or comma-separate.
+    #[arg(
+        long = "client-token-digest",
+        value_delimiter = ',',
+        env = "REBEAM_CLIENT_TOKEN_DIGESTS"
+    )]
+    client_token_digests: Vec<TokenDigest>,
     /// On --dev, where the embedded controller's client API listens (clients and the
     /// `rebeam` CLI connect here); the default picks a free port and prints it.
     #[arg(long, default_value = "127.0.0.1:0", env = "REBEAM_API_LISTEN")]
     api_listen: std::net::SocketAddr,
-    /// The cluster secret (required in cluster mode). Prefer --secret-file: app code can read
-    /// the node's command line.
+    /// The cluster secret: on --dev, the embedded controller's. A cluster node should be
+    /// given the node secret instead; the cluster secret still works there but is not
+    /// recommended, since app code could then administer the whole cluster.
     #[arg(
         long,
         env = "REBEAM_SECRET",
@@ -100,6 +113,19 @@ struct Cli {
     /// File holding the cluster secret (surrounding whitespace is ignored).
     #[arg(long, env = "REBEAM_SECRET_FILE")]
     secret_file: Option<PathBuf>,
+    /// The node secret the controllers were given (`--node-secret`): good only for what
+    /// nodes call. Cluster mode needs it (or the cluster secret). Prefer --node-secret-file:
+    /// app code can read the node's command line.
+    #[arg(
+        long,
+        env = "REBEAM_NODE_SECRET",
+        hide_env_values = true,
+        conflicts_with = "node_secret_file"
+    )]
+    node_secret: Option<String>,
+    /// File holding the node secret (surrounding whitespace is ignored).
+    #[arg(long, env = "REBEAM_NODE_SECRET_FILE")]
+    node_secret_file: Option<PathBuf>,
     /// Where the HTTP server listens (probes, metrics; the dashboard on --dev). Off in
     /// cluster mode unless given; --dev serves it on a free loopback port and prints it.
     #[arg(long, env = "REBEAM_HTTP_LISTEN")]
@@ -156,8 +182,21 @@ const DEFAULT_MAX_MAILBOX: usize = 1_000_000;
 const DEFAULT_MAX_MAILBOX_BYTES: usize = 256 << 20;
 
 /// Environment variables that carry credentials; removed before Python starts so app code
-/// cannot read them from `os.environ`.
-const CREDENTIAL_VARS: [&str; 2] = ["REBEAM_SECRET", "REBEAM_CLIENT_TOKENS"];
+/// cannot read them from `os.environ`, and blanked in `/proc/self/environ`.
+const CREDENTIAL_VARS: [&str; 4] = [
+    "REBEAM_SECRET",
+    "REBEAM_NODE_SECRET",
+    "REBEAM_CLIENT_TOKENS",
+    "REBEAM_HTTP_READ_TOKENS",
+];
+
+/// Flags whose value is a credential, blanked in `/proc/self/cmdline` once parsed.
+const CREDENTIAL_FLAGS: [&str; 4] = [
+    "--secret",
+    "--node-secret",
+    "--client-token",
+    "--http-read-token",
+];
 
 fn main() {
     let cli = Cli::parse();
@@ -166,6 +205,9 @@ fn main() {
         // nothing reads the environment concurrently.
         unsafe { std::env::remove_var(var) };
     }
+    // SAFETY: still single-threaded, the flags and variables are parsed (into copies) and
+    // the variables removed, so nothing refers to the bytes being overwritten.
+    unsafe { scrub::blank_original_blocks(&CREDENTIAL_VARS, &CREDENTIAL_FLAGS) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REBEAM_LOG")
@@ -202,6 +244,39 @@ fn given_secret(cli: &Cli) -> Result<Option<String>> {
         return read_secret_file(path).map(Some).map_err(anyhow::Error::msg);
     }
     Ok(cli.secret.clone().filter(|s| !s.is_empty()))
+}
+
+/// The node secret from --node-secret-file or --node-secret, if given.
+fn given_node_secret(cli: &Cli) -> Result<Option<String>> {
+    if let Some(path) = &cli.node_secret_file {
+        return read_node_secret_file(path)
+            .map(Some)
+            .map_err(anyhow::Error::msg);
+    }
+    Ok(cli.node_secret.clone().filter(|s| !s.is_empty()))
+}
+
+/// What a cluster node presents to controllers and peers: the node secret, or (not
+/// recommended, but what nodes used before the node secret existed) the cluster secret.
+fn node_credential(cli: &Cli) -> Result<String> {
+    match (given_node_secret(cli)?, given_secret(cli)?) {
+        (Some(_), Some(_)) => bail!(
+            "give a cluster node the node secret only, not the cluster secret too: app code \
+             can read what its node holds"
+        ),
+        (Some(node), None) => Ok(node),
+        (None, Some(cluster)) => {
+            tracing::warn!(
+                "this node holds the cluster secret, with which its app code could administer \
+                 the whole cluster; give it the node secret instead (--node-secret-file)"
+            );
+            Ok(cluster)
+        }
+        (None, None) => bail!(
+            "cluster mode needs the node secret: --node-secret-file, --node-secret or \
+             REBEAM_NODE_SECRET (the cluster secret also works, not recommended)"
+        ),
+    }
 }
 
 /// The client tokens from --client-token and --client-token-file, and on --dev the deploy
@@ -300,7 +375,9 @@ fn run(cli: Cli) -> Result<i32> {
             if workers > 1 {
                 start_workers(&cli, workers, &controllers, &secret, &data_dir)?;
             }
-            let mut access = http_access(&cli, &secret, issued)?;
+            // The dev dashboard is the embedded controller's: its members hold the cluster
+            // secret, not the node secret the workers (and their app code) hold.
+            let mut access = http_access(&cli, &core.config.secret, issued)?;
             access.tls = http_tls;
             let addr = cli
                 .http_listen
@@ -315,9 +392,7 @@ fn run(cli: Cli) -> Result<i32> {
             eprintln!("rebeam-node: dashboard at {http_scheme}://{bound}/");
         }
     } else {
-        let secret = given_secret(&cli)?.context(
-            "cluster mode needs the cluster secret: --secret-file, --secret or REBEAM_SECRET",
-        )?;
+        let secret = node_credential(&cli)?;
         let data_dir = cli
             .data_dir
             .clone()
@@ -414,6 +489,9 @@ fn start_dev_controller(
     let secret = given_secret(cli)?.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     let mut config =
         rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
+    // With a node secret the dev node and its workers present it, as cluster nodes do.
+    let node_secret = given_node_secret(cli)?;
+    config.node_secret = node_secret.clone().unwrap_or_default();
     config.client_tokens = given_tokens(cli)?;
     // `--app` submits through this controller like `rebeam submit`, with a deploy token of
     // its own (never printed).
@@ -442,7 +520,8 @@ fn start_dev_controller(
     let core = handle.core();
     // The controller lives as long as the process.
     std::mem::forget(handle);
-    Ok((vec![api], secret, data_dir.join("node"), core))
+    let presented = node_secret.unwrap_or(secret);
+    Ok((vec![api], presented, data_dir.join("node"), core))
 }
 
 /// How many worker nodes a dev node runs, itself included (see `--workers`).
@@ -467,9 +546,15 @@ fn start_workers(
     secret: &str,
     data_dir: &std::path::Path,
 ) -> Result<()> {
+    // Workers run app code: they get the tokens' digests, not the tokens.
     let tokens: Vec<String> = given_tokens(cli)?
         .iter()
-        .map(|t| format!("{}:{}", t.role, t.token))
+        .map(|t| format!("{}:{}", t.role, token_hash(&t.token)))
+        .chain(
+            cli.client_token_digests
+                .iter()
+                .map(|d| format!("{}:{}", d.role, d.sha256)),
+        )
         .collect();
 
     let specs: Vec<rebeam_node::dev::WorkerSpec> = (1..count)
@@ -494,10 +579,12 @@ fn start_workers(
                 "--memory-guard".into(),
                 cli.memory_guard.to_string(),
             ];
-            let mut env = vec![("REBEAM_SECRET", secret.to_string())];
+            // What this node presents (the embedded controller's secret unless a node secret
+            // was given), passed as the node secret so that a worker takes it for one.
+            let mut env = vec![("REBEAM_NODE_SECRET", secret.to_string())];
             if !tokens.is_empty() {
                 // Clients reach processes through the gateway of the node holding them.
-                env.push(("REBEAM_CLIENT_TOKENS", tokens.join(",")));
+                env.push(("REBEAM_CLIENT_TOKEN_DIGESTS", tokens.join(",")));
             }
             rebeam_node::dev::WorkerSpec { name, args, env }
         })
@@ -534,7 +621,8 @@ fn start_workers(
     Ok(())
 }
 
-/// The embedded controller's addresses, secret, the node's data dir and its shared handles.
+/// The embedded controller's addresses, the secret the dev node presents, the node's data
+/// dir and its shared handles.
 #[cfg(feature = "dev")]
 type DevController = (
     Vec<String>,
@@ -562,6 +650,7 @@ fn http_access(
     let issued = Some(issued);
     Ok(rebeam_node::observe::http::NodeHttp {
         credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, issued)
+            .with_token_digests(cli.client_token_digests.clone())
             .with_rate_limit(cli.serving.rate_limit()),
         connections: cli.serving.connections(),
         read_tokens: cli.http_read_tokens.clone(),
@@ -618,6 +707,7 @@ fn join_cluster(
         given_tokens(cli)?,
         Some(cluster.tokens.clone() as std::sync::Arc<dyn TokenSource>),
     )
+    .with_token_digests(cli.client_token_digests.clone())
     .with_mtls(tls.is_some())
     .with_rate_limit(cli.serving.rate_limit());
     let wire_credentials = credentials.clone();

@@ -2,6 +2,8 @@
 schemas of the three newest Kubernetes minors kubernetes-validate knows."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from typing import Any
 
@@ -26,6 +28,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
         {"name": "gpu", "replicas": 1, "labels": {"gpu": "yes", "zone": "b"}, "capacity": 4},
     ]},
     "existing-secrets": {"clusterSecret": {"existingSecret": "my-secret", "key": "s"},
+                         "nodeSecret": {"existingSecret": "my-node-secret", "key": "n"},
                          "clientToken": {"existingSecret": "my-token"}},
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
     "tls": {"tls": {"enabled": True, "issuer": {"name": "rebeam-ca", "kind": "ClusterIssuer"}}},
@@ -129,9 +132,12 @@ def test_worker_groups_become_deployments_with_placement_labels() -> None:
 def test_secrets_are_generated_or_taken_from_existing_ones() -> None:
     docs = render(fresh=True)
     names = {d["metadata"]["name"] for d in find(docs, "Secret")}
-    assert names == {"rebeam-cluster-secret", "rebeam-client-token"}
+    assert names == {"rebeam-cluster-secret", "rebeam-node-secret", "rebeam-client-token"}
     secret = one(docs, "Secret", "rebeam-cluster-secret")
     assert len(secret["data"]["secret"]) >= 40  # generated, base64
+    node_secret = one(docs, "Secret", "rebeam-node-secret")
+    assert len(node_secret["data"]["node-secret"]) >= 40
+    assert node_secret["data"]["node-secret"] != secret["data"]["secret"]
     # Each install gets its own (upgrades keep the live one through `lookup`).
     assert one(render(fresh=True), "Secret", "rebeam-cluster-secret")["data"] != secret["data"]
 
@@ -139,9 +145,58 @@ def test_secrets_are_generated_or_taken_from_existing_ones() -> None:
     assert find(docs, "Secret") == []
     for pod in pods(docs):
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
-        assert env["REBEAM_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "my-secret", "key": "s"}
-        token_ref = env["REBEAM_CLIENT_TOKENS"]["valueFrom"]["secretKeyRef"]
-        assert token_ref == {"name": "my-token", "key": "token"}
+        node_ref = env["REBEAM_NODE_SECRET"]["valueFrom"]["secretKeyRef"]
+        assert node_ref == {"name": "my-node-secret", "key": "n"}
+    (sts,) = find(docs, "StatefulSet")
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["REBEAM_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "my-secret", "key": "s"}
+    token_ref = env["REBEAM_CLIENT_TOKENS"]["valueFrom"]["secretKeyRef"]
+    assert token_ref == {"name": "my-token", "key": "token"}
+    for d in find(docs, "Deployment"):
+        env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        digest_ref = env["REBEAM_CLIENT_TOKEN_DIGESTS"]["valueFrom"]["secretKeyRef"]
+        # A Secret brought without the digest key leaves nodes with issued tokens only.
+        assert digest_ref == {"name": "my-token", "key": "digest", "optional": True}
+
+
+def test_nodes_get_the_client_tokens_digest_not_the_token() -> None:
+    token = one(render(fresh=True), "Secret", "rebeam-client-token")["data"]
+    text = base64.b64decode(token["token"]).decode()
+    assert len(text) >= 40
+    want = "admin:" + hashlib.sha256(text.encode()).hexdigest()
+    assert base64.b64decode(token["digest"]).decode() == want
+    given = one(render({"clientToken": {"value": "s3cr3t"}}), "Secret", "rebeam-client-token")["data"]
+    assert base64.b64decode(given["digest"]).decode() == "admin:" + hashlib.sha256(b"s3cr3t").hexdigest()
+
+
+@pytest.mark.parametrize("combo", sorted(COMBINATIONS))
+def test_node_pods_carry_no_cluster_secret(combo: str) -> None:
+    """A node runs app code, which can read whatever its pod is given: nodes get the node
+    secret (good only for what nodes call), never the cluster secret, by any route."""
+    docs = render(COMBINATIONS[combo])
+    cluster_secrets = {d["metadata"]["name"] for d in find(docs, "Secret")
+                       if "secret" in d.get("data", {})} | {"my-secret"}
+    deployments = find(docs, "Deployment")
+    assert deployments
+    for d in deployments:
+        spec = d["spec"]["template"]["spec"]
+        for c in spec["containers"] + spec.get("initContainers", []):
+            env = {e["name"]: e for e in c.get("env", [])}
+            assert "REBEAM_SECRET" not in env and "REBEAM_SECRET_FILE" not in env, d["metadata"]["name"]
+            assert "REBEAM_NODE_SECRET" in env, d["metadata"]["name"]
+            # The client token is admin at the controllers: nodes get its digest only.
+            assert "REBEAM_CLIENT_TOKENS" not in env, d["metadata"]["name"]
+            refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                    if "secretKeyRef" in e.get("valueFrom", {})]
+            refs += [f["secretRef"]["name"] for f in c.get("envFrom", []) if "secretRef" in f]
+            assert not set(refs) & cluster_secrets, (d["metadata"]["name"], refs)
+        mounted = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+        projected = {s["secret"]["name"] for v in spec.get("volumes", []) if "projected" in v
+                     for s in v["projected"]["sources"] if "secret" in s}
+        assert not (mounted | projected) & cluster_secrets, d["metadata"]["name"]
+    sts = one(docs, "StatefulSet")
+    env = {e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {"REBEAM_SECRET", "REBEAM_NODE_SECRET", "REBEAM_CLIENT_TOKENS"} <= env
 
 
 def test_pods_are_locked_down_and_probed() -> None:

@@ -90,6 +90,8 @@ class Cluster:
                                   "status.podIP": pod.ip}[path]
             elif "secretKeyRef" in src:
                 ref = src["secretKeyRef"]
+                if ref.get("optional") and ref["key"] not in self.secrets.get(ref["name"], {}):
+                    continue
                 out[e["name"]] = self.secrets[ref["name"]][ref["key"]]
             elif "configMapKeyRef" in src:
                 ref = src["configMapKeyRef"]

@@ -58,13 +58,16 @@ class Project:
                            check=True, capture_output=True)
             self.files.insert(1, COMPOSE_TLS)
         subprocess.run([str(REPO / "deploy" / "docker" / "gen-env.sh"), str(root / ".env"),
-                        str(root / "client.env")], check=True, capture_output=True)
+                        str(root / "client.env"), str(root / "node.env")], check=True,
+                       capture_output=True)
         env = dict(line.split("=", 1) for line in (root / ".env").read_text().splitlines()
                    if "=" in line and not line.startswith("#"))
         self.token = env["REBEAM_CLIENT_TOKENS"].split(",")[0]
         # The test's own secret, not the user's deploy/docker/.env.
         self.env = {**self.ports, "REBEAM_IMAGE": image(),
-                    "REBEAM_ENV_FILE": str(root / ".env"), "REBEAM_TLS_DIR": str(root / "tls")}
+                    "REBEAM_ENV_FILE": str(root / ".env"),
+                    "REBEAM_NODE_ENV_FILE": str(root / "node.env"),
+                    "REBEAM_TLS_DIR": str(root / "tls")}
         p = self.ports
         # With TLS the URL names the members (their certificates do), reached at the
         # published ports through REBEAM_CONNECT_TO.
@@ -168,6 +171,15 @@ def test_compose_cluster_survives_kills_partitions_and_restarts(project: Project
           f"({took:.1f} s after `up -d` returned)")
     job = inspect(p.container("submit-chat"))["State"]
     assert job["Status"] == "exited" and job["ExitCode"] == 0, p.logs()
+    # Nodes run app code: they hold the node secret and the token's digest, no cluster secret
+    # and no token (the controllers hold those).
+    for service in NODES + CONTROLLERS:
+        names = {e.split("=", 1)[0] for e in inspect(p.container(service))["Config"]["Env"]}
+        if service in NODES:
+            assert not names & {"REBEAM_SECRET", "REBEAM_CLIENT_TOKENS"}, (service, names)
+            assert {"REBEAM_NODE_SECRET", "REBEAM_CLIENT_TOKEN_DIGESTS"} <= names, (service, names)
+        else:
+            assert {"REBEAM_SECRET", "REBEAM_NODE_SECRET", "REBEAM_CLIENT_TOKENS"} <= names
 
     # The chat app answers from the host, through the published ports (the job submits it
     # without waiting for its children to run).

@@ -24,6 +24,8 @@ from rebeam.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "test-cluster-secret"
+#: The node secret of tests that give controllers one (``--node-secret``).
+NODE_SECRET = "test-node-secret"
 TOKEN = "test-client-token"
 
 
@@ -212,6 +214,11 @@ class Node:
     controllers: str
     script: Path | None = None
     extra: list[str] = field(default_factory=list)
+    #: The arguments giving the node its credential (the cluster secret unless a test gives
+    #: it the node secret).
+    secret: list[str] = field(default_factory=lambda: ["--secret", SECRET])
+    #: Variables added to the node's environment (others named REBEAM_* are dropped).
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -225,10 +232,11 @@ class Node:
 
     def start(self) -> Node:
         self.dir.mkdir(parents=True, exist_ok=True)
-        args = [str(node_binary()), *self.mode(), "--secret", SECRET, "--name", self.name,
+        args = [str(node_binary()), *self.mode(), *self.secret, "--name", self.name,
                 "--data-dir", str(self.dir / "data"), *self.extra]
         env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
         env["REBEAM_LOG"] = "info"
+        env.update(self.env)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self

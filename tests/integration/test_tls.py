@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import ssl
 import textwrap
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,6 +319,55 @@ def test_tls_cluster_serves_clients_and_refuses_plaintext_wrong_ca_and_wrong_nam
     finally:
         a.stop()
         b.stop()
+
+
+def https(url: str, ca: Path, method: str = "GET") -> tuple[int, dict[str, object]]:
+    """Status and JSON body of a request to a controller's HTTP API with the client token."""
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {TOKEN}"})
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=context) as r:  # noqa: S310
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_a_controllers_http_side_reaches_nodes_and_the_leader_over_tls(
+        workdir: Path, ca: Ca, controllers: TlsCluster) -> None:
+    """A follower's HTTP API asks the nodes' gateways (process lists) and forwards writes
+    to the leader (stopping an app): both over the cluster's TLS with its certificate, since
+    the gateways and the leader's API speak nothing else."""
+    apis = ",".join(m.api for m in controllers.members)
+    a = node(workdir, "a", apis, ECHO, ca.files("node-a", uris=["urn:rebeam:node:a"], ips=[LOOPBACK]))
+    try:
+        a.wait_output("services ready")
+        leader = controllers.wait_leader()
+        follower = controllers.members[(leader + 1) % len(controllers.members)]
+        url = f"https://{follower.http}/api/v1"
+
+        def from_a() -> bool:
+            status, body = https(f"{url}/processes?limit=500", ca.pem)
+            assert status == 200, body
+            # A node the follower could not reach is named with why, not failed silently.
+            assert body["missing_nodes"] == [], body["missing_nodes"]
+            return any(p["node"] == "a" for p in body["items"])  # type: ignore[index, union-attr]
+        wait_for("node a's processes in the follower's list", from_a)
+
+        app = workdir / "tlsapp"
+        app.mkdir()
+        (app / "rebeam.toml").write_text('[app]\nname = "tlsapp"\nversion = "1"\n\n'
+                                         '[[children]]\nstart = "tlsmod:Server"\n')
+        (app / "tlsmod.py").write_text("import rebeam\n\nclass Server(rebeam.GenServer):\n"
+                                       "    def handle_call(self, request, sender):\n"
+                                       "        return request\n")
+        with controllers.client() as client:
+            client.submit(app, wait=30.0)
+            status, body = https(f"{url}/apps/tlsapp/stop", ca.pem, method="POST")
+            assert status == 200, body
+            wait_for("the app stopped through the leader",
+                     lambda: next(x for x in client.apps() if x.name == "tlsapp").status == "stopped")
+    finally:
+        a.stop()
 
 
 @dataclass

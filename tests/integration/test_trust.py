@@ -24,7 +24,7 @@ import pytest
 
 import rebeam
 import rebeam.client
-from harness import REPO, SECRET, TOKEN, Cluster, Node, Nodes, wait_for
+from harness import NODE_SECRET, REPO, SECRET, TOKEN, Cluster, Node, Nodes, wait_for
 
 PROTO_DIR = REPO / "proto" / "rebeam" / "v1"
 ROLES = ("read", "call", "deploy", "admin")
@@ -229,6 +229,112 @@ def test_a_node_certificate_calls_exactly_what_nodes_use(tmp_path: Path) -> None
     finally:
         node.stop()
         c.stop()
+
+
+PROBE_MODULE = """
+import os
+import rebeam
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError as e:
+        return f"unreadable: {e}"
+
+class Probe(rebeam.GenServer):
+    def handle_call(self, request, sender):
+        return {"environ": dict(os.environ), "proc_environ": _read("/proc/self/environ"),
+                "cmdline": _read("/proc/self/cmdline")}
+"""
+
+
+def test_a_node_holding_only_the_node_secret_runs_apps_and_can_do_only_what_nodes_do(tmp_path):
+    """The node secret's row: a node given only it (in its environment, a client token on its
+    command line) joins and runs an app whose code finds no credential in os.environ,
+    /proc/self/environ or /proc/self/cmdline; the node secret passes exactly NODE_MAY at the
+    controller (everything else PERMISSION_DENIED), and the node's gateway, which knows no
+    cluster secret, refuses that."""
+    app = tmp_path / "probe"
+    app.mkdir()
+    (app / "rebeam.toml").write_text('[app]\nname = "probe"\nversion = "1"\n\n[[children]]\n'
+                                     'start = "probemod:Probe"\nname = "probe"\nglobal = true\n')
+    (app / "probemod.py").write_text(PROBE_MODULE)
+    c = Cluster.create(tmp_path / "ctl", 1, extra=["--node-secret", NODE_SECRET])
+    node = Node("n", tmp_path / "n", c.members[0].api, None, ["--client-token", TOKEN],
+                secret=[], env={"REBEAM_NODE_SECRET": NODE_SECRET})
+    try:
+        c.start()
+        node.start()
+        with c.client() as client:
+            wait_for("node n to join", lambda: [n for n in client.nodes() if n.status == "alive"],
+                     on_timeout=node.output)
+            client.submit(app, wait=60)
+            seen = client.call("probe", "look")
+            address = next(n.address for n in client.nodes() if n.status == "alive")
+        assert isinstance(seen, dict)
+        assert not {"REBEAM_SECRET", "REBEAM_NODE_SECRET", "REBEAM_CLIENT_TOKENS"} & set(seen["environ"])
+        # The variable is still named in the kernel's copy of the environment, its value blanked.
+        assert "REBEAM_NODE_SECRET=" in seen["proc_environ"], seen["proc_environ"]
+        assert "--client-token" in seen["cmdline"], seen["cmdline"]
+        text = json.dumps(seen)
+        for credential in (SECRET, NODE_SECRET, TOKEN):
+            assert credential not in text, (credential, seen)
+        assert "holds the cluster secret" not in node.output()
+
+        rpcs = proto_rpcs()
+        where = {"ClusterService": c.members[0].api, "NodeService": c.members[0].api,
+                 "RaftPeer": c.members[0].raft, "GatewayService": address}
+        channels = {svc: grpc.insecure_channel(addr) for svc, addr in where.items()}
+        try:
+            wrong = []
+            for rpc, streams in sorted(rpcs.items()):
+                service = rpc.split("/")[0]
+                if service == "GatewayService":
+                    # At a node's gateway the node secret is what members present (as peer
+                    # links are); the cluster secret is unknown there.
+                    checks = [(NODE_SECRET, "node secret", "allowed"),
+                              (SECRET, "cluster secret", "unauthenticated")]
+                else:
+                    want = "allowed" if rpc in NODE_MAY else "denied"
+                    checks = [(NODE_SECRET, "node secret", want)]
+                for credential, name, want in checks:
+                    got = outcome(channels[service], rpc, streams, credential,
+                                  guard_says="not for nodes")
+                    if got != want:
+                        wrong.append(f"{rpc} with the {name}: {got}, expected {want}")
+            assert not wrong, "\n".join(wrong)
+        finally:
+            for ch in channels.values():
+                ch.close()
+    finally:
+        node.stop()
+        c.stop()
+
+
+def test_a_cluster_node_takes_one_credential_and_warns_about_the_cluster_secret(tmp_path):
+    from harness import node_binary
+
+    base = [str(node_binary()), "--controllers", "127.0.0.1:9", "--name", "x",
+            "--data-dir", str(tmp_path / "x")]
+    both = subprocess.run([*base, "--secret", SECRET, "--node-secret", NODE_SECRET],
+                          capture_output=True, text=True, env=clean_env(), timeout=30)
+    assert both.returncode != 0
+    assert "node secret only" in both.stderr, both.stderr
+    assert SECRET not in both.stderr and NODE_SECRET not in both.stderr
+    none = subprocess.run(base, capture_output=True, text=True, env=clean_env(), timeout=30)
+    assert none.returncode != 0 and "needs the node secret" in none.stderr, none.stderr
+    # The cluster secret still works (a controller is not needed to see the warning).
+    old = subprocess.Popen([*base, "--secret", SECRET], stderr=subprocess.PIPE, text=True,
+                           env=clean_env())
+    try:
+        assert old.stderr is not None
+        # It then keeps saying it cannot join yet, so the lines do not run out.
+        lines = [old.stderr.readline() for _ in range(3)]
+        assert any("holds the cluster secret" in x for x in lines), lines
+    finally:
+        old.kill()
+        old.wait()
 
 
 def clean_env() -> dict[str, str]:

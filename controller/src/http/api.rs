@@ -417,7 +417,8 @@ async fn stop_app(
 }
 
 /// Writes `cmd` through the leader: proposed here when this member leads, else sent to
-/// the leader's API with the cluster secret (the dashboard works on any member).
+/// the leader's API as a member (the dashboard works on any member): over the cluster's
+/// TLS with this member's certificate when TLS is on, else with the cluster secret.
 async fn at_leader(api: &Api, cmd: Command) -> Result<(), Error> {
     if api.core.ensure_leader().is_ok() {
         return match api.core.propose(cmd).await? {
@@ -429,14 +430,15 @@ async fn at_leader(api: &Api, cmd: Command) -> Result<(), Error> {
         .core
         .leader_api()
         .ok_or(Error::NotLeader { leader: None })?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
-        .map_err(Error::internal)?
-        .connect_timeout(crate::http::nodes::NODE_TIMEOUT)
-        .timeout(crate::http::nodes::NODE_TIMEOUT)
-        .connect()
-        .await
+    let dialer = rebeam_tls::Dialer::new(api.core.config.tls.clone());
+    let channel = dialer
+        .channel(&leader, |e| {
+            e.connect_timeout(crate::http::nodes::NODE_TIMEOUT)
+                .timeout(crate::http::nodes::NODE_TIMEOUT)
+        })
         .map_err(|e| Error::Unavailable(format!("cannot reach the leader at {leader}: {e}")))?;
-    let bearer = crate::auth::BearerInjector::new(&api.core.config.secret);
+    // With TLS this member's certificate proves it; the secret then never travels.
+    let bearer = crate::auth::BearerInjector::for_member(&api.core.config.secret, &dialer);
     let status_err = |s: tonic::Status| match s.code() {
         tonic::Code::NotFound => Error::NotFound(s.message().to_string()),
         tonic::Code::InvalidArgument => Error::InvalidArgument(s.message().to_string()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rebeam_proto::v1 as pb;
 use rebeam_proto::v1::gateway_service_client::GatewayServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::auth::BearerInjector;
 use crate::core::Core;
@@ -28,6 +28,8 @@ pub struct Gathered<T> {
 /// Cached channels to the nodes' gateways.
 pub struct NodeClients {
     core: Arc<Core>,
+    dialer: rebeam_tls::Dialer,
+    bearer: BearerInjector,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -35,10 +37,24 @@ type Client =
     GatewayServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerInjector>>;
 
 impl NodeClients {
-    /// Clients of `core`'s live nodes, authenticated with the cluster secret.
+    /// Clients of `core`'s live nodes: over the cluster's TLS with this member's
+    /// certificate when TLS is on, else with the node secret (the cluster secret when there
+    /// is none), the credential nodes accept as a member's.
     pub fn new(core: Arc<Core>) -> Self {
+        let dialer = rebeam_tls::Dialer::new(core.config.tls.clone());
+        // Nodes given the node secret no longer know the cluster secret; and a node must
+        // never receive the cluster secret, which would let its app code administer the
+        // cluster.
+        let credential = if core.config.node_secret.is_empty() {
+            &core.config.secret
+        } else {
+            &core.config.node_secret
+        };
+        let bearer = BearerInjector::for_member(credential, &dialer);
         NodeClients {
             core,
+            dialer,
+            bearer,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -49,21 +65,19 @@ impl NodeClients {
             match channels.get(address) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = Endpoint::from_shared(format!("http://{address}"))
-                        .map_err(|e| format!("bad node address {address:?}: {e}"))?
-                        .connect_timeout(NODE_TIMEOUT)
-                        .tcp_nodelay(true)
-                        .connect_lazy();
+                    let c = self
+                        .dialer
+                        .channel(address, |e| e.connect_timeout(NODE_TIMEOUT))
+                        .map_err(|e| format!("bad node address {address:?}: {e}"))?;
                     channels.insert(address.to_string(), c.clone());
                     c
                 }
             }
         };
-        Ok(GatewayServiceClient::with_interceptor(
-            channel,
-            BearerInjector::new(&self.core.config.secret),
+        Ok(
+            GatewayServiceClient::with_interceptor(channel, self.bearer.clone())
+                .max_decoding_message_size(256 << 20),
         )
-        .max_decoding_message_size(256 << 20))
     }
 
     /// Live nodes: id and gateway address.

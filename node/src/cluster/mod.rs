@@ -43,7 +43,8 @@ pub struct ClusterConfig {
     pub labels: HashMap<String, String>,
     /// Most top-level children placed here; 0 for no limit.
     pub capacity: u32,
-    /// The cluster secret.
+    /// The credential this node presents to controllers and peers and accepts as a
+    /// member's at its gateway: the node secret, or (not recommended) the cluster secret.
     pub secret: String,
     /// Where fetched application code is unpacked.
     pub data_dir: PathBuf,
@@ -72,11 +73,11 @@ pub struct Cluster {
     pub rt: Arc<PyRuntime>,
     /// The async runtime running gRPC.
     pub tokio: tokio::runtime::Handle,
-    /// Adds the cluster secret to outgoing requests (nothing with TLS).
+    /// Adds the node's credential to outgoing requests (nothing with TLS).
     pub bearer: BearerInjector,
     /// Opens channels to controllers and peers (TLS or plaintext).
     pub dialer: rebeam_tls::Dialer,
-    /// How this node proves itself on peer connections (the secret, or the certificate).
+    /// How this node proves itself on peer connections (its secret, or the certificate).
     pub proof: transport::handshake::Proof,
     /// The configuration it joined with.
     pub config: ClusterConfig,

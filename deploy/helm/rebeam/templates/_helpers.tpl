@@ -50,9 +50,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "rebeam.secretName" -}}{{ default (printf "%s-cluster-secret" (include "rebeam.fullname" .)) .Values.clusterSecret.existingSecret }}{{- end -}}
+{{- define "rebeam.nodeSecretName" -}}{{ default (printf "%s-node-secret" (include "rebeam.fullname" .)) .Values.nodeSecret.existingSecret }}{{- end -}}
 {{- define "rebeam.tokenName" -}}{{ default (printf "%s-client-token" (include "rebeam.fullname" .)) .Values.clientToken.existingSecret }}{{- end -}}
 
-{{/* Environment both roles share: the secret, the client token, the pod's name and IP. */}}
+{{/* Environment both roles share: the node secret, the pod's name and IP. Controllers add
+the cluster secret and the client token (rebeam.controllerSecretEnv); nodes only the token's
+digest (rebeam.nodeTokenEnv). */}}
 {{- define "rebeam.commonEnv" -}}
 - name: POD_NAME
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
@@ -60,10 +63,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: POD_IP
   valueFrom: {fieldRef: {fieldPath: status.podIP}}
+- name: REBEAM_NODE_SECRET
+  valueFrom: {secretKeyRef: {name: {{ include "rebeam.nodeSecretName" . }}, key: {{ .Values.nodeSecret.key }}}}
+{{- end -}}
+
+{{/* The cluster secret and the client token: controller pods only. */}}
+{{- define "rebeam.controllerSecretEnv" -}}
 - name: REBEAM_SECRET
   valueFrom: {secretKeyRef: {name: {{ include "rebeam.secretName" . }}, key: {{ .Values.clusterSecret.key }}}}
 - name: REBEAM_CLIENT_TOKENS
   valueFrom: {secretKeyRef: {name: {{ include "rebeam.tokenName" . }}, key: {{ .Values.clientToken.key }}}}
+{{- end -}}
+
+{{/* What a node's gateway needs to accept the client token: its digest, not the token. */}}
+{{- define "rebeam.nodeTokenEnv" -}}
+- name: REBEAM_CLIENT_TOKEN_DIGESTS
+  valueFrom: {secretKeyRef: {name: {{ include "rebeam.tokenName" . }}, key: {{ .Values.clientToken.digestKey }}, optional: true}}
 {{- end -}}
 
 {{/* A random value kept across upgrades: the one in the live Secret, else a new one. */}}
