@@ -44,6 +44,21 @@ def refused(url: str, ca: Path | None) -> bool:
     return False
 
 
+def login_cookie(address: str, ca: Path) -> str:
+    """The ``Set-Cookie`` of a login form POST over HTTPS (not following the redirect)."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), timeout=5,
+                                       context=ssl.create_default_context(cafile=str(ca)))
+    try:
+        conn.request("POST", "/login", body=f"token={TOKEN}",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        response = conn.getresponse()
+        assert response.status == 303, (response.status, response.read())
+        return response.getheader("Set-Cookie") or ""
+    finally:
+        conn.close()
+
+
 def check_https(address: str, ca: Ca, rogue: Ca) -> None:
     url = f"https://{address}"
     wait_for("the https server", lambda: fetch(f"{url}/healthz", ca.pem)[0] == 200)
@@ -53,6 +68,11 @@ def check_https(address: str, ca: Ca, rogue: Ca) -> None:
     assert status == 200 and b"# TYPE" in body
     status, body = fetch(f"{url}/", ca.pem)
     assert status == 200 and b"Re:BEAM" in body
+    # The session cookie is never sent back over plaintext: Secure on an HTTPS listener.
+    cookie = login_cookie(address, ca.pem)
+    attributes = [a.strip().lower() for a in cookie.split(";")]
+    assert cookie.startswith("rebeam_session=") and "secure" in attributes, cookie
+    assert "httponly" in attributes and "samesite=strict" in attributes, cookie
     assert refused(f"{url}/healthz", rogue.pem), "a client trusting another CA was served"
     assert refused(f"http://{address}/healthz", None), "plaintext HTTP was served"
 
