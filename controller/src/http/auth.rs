@@ -255,7 +255,11 @@ pub async fn secure_cookies(req: Request, next: Next) -> Response {
     if !headers.contains_key(header::SET_COOKIE) {
         return response;
     }
-    let cookies: Vec<_> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+    let cookies: Vec<_> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
     headers.remove(header::SET_COOKIE);
     for cookie in cookies {
         let secured = cookie

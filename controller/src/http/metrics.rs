@@ -246,7 +246,11 @@ fn stuck(e: &mut Exposition, api: &Api, list: &ProcessList) {
     for ((node, app, reason), n) in api.stuck.count(list.rows(), now) {
         e.sample(
             "rebeam_processes_stuck",
-            &[("node", node.as_str()), ("app", app.as_str()), ("reason", reason)],
+            &[
+                ("node", node.as_str()),
+                ("app", app.as_str()),
+                ("reason", reason),
+            ],
             n as f64,
         );
     }
