@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_cli_rest import rebeam_cli
 from test_tls import LOOPBACK, Ca, DevTls, TlsCluster
 
 from harness import TOKEN, free_port, scratch_dir, wait_for
@@ -74,6 +75,12 @@ def check_https(address: str, ca: Ca, rogue: Ca) -> None:
     assert cookie.startswith("rebeam_session=") and "secure" in attributes, cookie
     assert "httponly" in attributes and "samesite=strict" in attributes, cookie
     assert refused(f"{url}/healthz", rogue.pem), "a client trusting another CA was served"
+    # The REST commands trust the cluster CA given with --ca, and say what to do without it.
+    done = rebeam_cli("api", "cluster", "--http", url, "--ca", str(ca.pem))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["controllers"]
+    done = rebeam_cli("api", "cluster", "--http", url, "--ca", str(rogue.pem))
+    assert done.returncode == 1 and "not trusted" in done.stderr and "--ca" in done.stderr, done.stderr
     assert refused(f"http://{address}/healthz", None), "plaintext HTTP was served"
 
 
