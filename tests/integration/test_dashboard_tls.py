@@ -1,6 +1,7 @@
 """HTTPS for the dashboard, REST API and metrics when a member has TLS files: the same
 certificates as its gRPC services. A client trusting the cluster CA is served; plaintext and
-a client trusting another CA are refused at the handshake, on a controller and on a node."""
+a client trusting another CA are refused at the handshake, on a controller and on a node. The
+login cookie is Secure there, and `rebeam api` trusts the CA given with --ca."""
 
 from __future__ import annotations
 
