@@ -3,7 +3,8 @@
 Inside a node (called by the runtime): the span of the message being handled is made the
 current span of the OpenTelemetry Python API, so a span a handler starts is its child, and what
 the handler sends carries the current span's context. In the client: each call, cast or send
-gets a client span whose W3C ``traceparent`` goes to the gateway as gRPC metadata."""
+gets a client span whose W3C ``traceparent`` goes to the gateway as gRPC metadata, and each
+request to the controller one whose ``traceparent`` goes to the controller."""
 
 from __future__ import annotations
 
@@ -142,8 +143,10 @@ def _api() -> tuple[Any, Any] | None:
 
 
 @contextlib.contextmanager
-def client_span(kind: str, target: str) -> Iterator[list[tuple[str, str]]]:
-    """A client span around one gateway request; yields the metadata that carries its
+def client_span(kind: str, target: str,
+                attributes: dict[str, str] | None = None) -> Iterator[list[tuple[str, str]]]:
+    """A client span named ``kind`` around one request to a gateway or a controller, with
+    ``rebeam.to`` = ``target`` and ``attributes``; yields the metadata that carries its
     context (empty without the OpenTelemetry API, or when no span is recorded or current)."""
     api = _api()
     if api is None:
@@ -158,7 +161,7 @@ def client_span(kind: str, target: str) -> Iterator[list[tuple[str, str]]]:
         return
     tracer = trace.get_tracer("rebeam.client")
     with tracer.start_as_current_span(kind, kind=trace.SpanKind.CLIENT,
-                                      attributes={"rebeam.to": target}):
+                                      attributes={"rebeam.to": target, **(attributes or {})}):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         yield sorted(carrier.items())

@@ -16,6 +16,7 @@ pub mod proposer;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod trace;
 pub mod types;
 pub mod validate;
 pub mod voters;

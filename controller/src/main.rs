@@ -143,6 +143,14 @@ struct Cli {
         value_delimiter = ','
     )]
     http_allowed_hosts: Vec<String>,
+    /// Export traces of gRPC requests and their Raft writes over OTLP/gRPC to this endpoint
+    /// (`http://host:4317`); tracing is off without it.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Fraction (0 to 1) of new traces kept; a request in a kept trace is always kept.
+    /// Without it, OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG decide (default: all).
+    #[arg(long, env = "REBEAM_TRACE_SAMPLE_RATIO", value_name = "RATIO")]
+    trace_sample_ratio: Option<f64>,
     /// Build a snapshot every this many log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_logs: u64,
@@ -242,6 +250,13 @@ async fn main() -> anyhow::Result<()> {
         read_tokens: cli.http_read_tokens.clone(),
         allowed_hosts: cli.http_allowed_hosts.clone(),
     };
+    if let Some(endpoint) = cli.otlp_endpoint.clone().filter(|e| !e.is_empty()) {
+        rebeam_controller::trace::init(&rebeam_controller::trace::TraceConfig {
+            endpoint,
+            sample_ratio: cli.trace_sample_ratio,
+            member: id,
+        })?;
+    }
     let seeds = cli.seeds.clone();
     let expect = cli.bootstrap_expect;
     let voters_file = cli.voters_file.clone();
@@ -319,5 +334,7 @@ async fn main() -> anyhow::Result<()> {
     // An open event stream would hold a graceful shutdown forever.
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     handle.shutdown().await.context("shutting down")?;
+    // The exporter's flush blocks until the collector answered (or gave up).
+    let _ = tokio::task::spawn_blocking(rebeam_controller::trace::flush).await;
     Ok(())
 }

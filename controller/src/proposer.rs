@@ -6,6 +6,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{Error, Result};
+use crate::trace::RaftWrite;
 use crate::types::{now_ms, Command, MemberNode, Outcome, Raft, Request};
 
 /// Most commands in one entry.
@@ -47,17 +48,20 @@ impl Proposer {
 
     /// Proposes one command and waits until it is applied; a refused command is an error.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome> {
+        let write = RaftWrite::start(&cmd);
         let (reply, rx) = oneshot::channel();
         self.tx.send(Pending { cmd, reply }).await.map_err(|_| {
             Error::Unavailable("the controller is shutting down; retry on another member".into())
         })?;
-        match rx.await {
+        let outcome = match rx.await {
             Ok(Ok(Outcome::Rejected(e))) => Err(e),
             Ok(r) => r,
             Err(_) => Err(Error::Unavailable(
                 "the write was dropped while the controller shut down; retry".into(),
             )),
-        }
+        };
+        write.end(&outcome);
+        outcome
     }
 }
 
@@ -66,21 +70,24 @@ impl Proposer {
     pub async fn propose_many(&self, cmds: Vec<Command>) -> Vec<Result<Outcome>> {
         let mut waits = Vec::with_capacity(cmds.len());
         for cmd in cmds {
+            let write = RaftWrite::start(&cmd);
             let (reply, rx) = oneshot::channel();
             if self.tx.send(Pending { cmd, reply }).await.is_err() {
                 break;
             }
-            waits.push(rx);
+            waits.push((rx, write));
         }
         let mut out = Vec::with_capacity(waits.len());
-        for rx in waits {
-            out.push(match rx.await {
+        for (rx, write) in waits {
+            let outcome = match rx.await {
                 Ok(Ok(Outcome::Rejected(e))) => Err(e),
                 Ok(r) => r,
                 Err(_) => Err(Error::Unavailable(
                     "the write was dropped while the controller shut down; retry".into(),
                 )),
-            });
+            };
+            write.end(&outcome);
+            out.push(outcome);
         }
         out
     }

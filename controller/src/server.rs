@@ -24,6 +24,7 @@ use crate::lease::{self, Leases};
 use crate::network::{Network, MAX_RAFT_MESSAGE};
 use crate::proposer::Proposer;
 use crate::store::{LogStore, StateMachineStore};
+use crate::trace::Traced;
 use crate::types::{MemberNode, Raft};
 
 /// A running controller member.
@@ -214,14 +215,15 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     }));
 
     let max_api = config.limits.max_code_bytes + config.limits.max_manifest_bytes + 64 * 1024;
-    let node_svc = Guard::new(
+    // Traced outside the guard: a refused request is a span too.
+    let node_svc = Traced::new(Guard::new(
         NodeServiceServer::new(NodeApi::new(core.clone())).max_decoding_message_size(4 << 20),
         credentials.clone(),
-    );
-    let cluster_svc = Guard::new(
+    ));
+    let cluster_svc = Traced::new(Guard::new(
         ClusterServiceServer::new(ClusterApi::new(core.clone())).max_decoding_message_size(max_api),
         credentials,
-    );
+    ));
     let mut s = stop_rx.clone();
     let api_tls = config.tls.clone();
     tasks.push(tokio::spawn(async move {

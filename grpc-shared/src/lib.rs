@@ -3,6 +3,7 @@
 //! hint on redirects, and the bearer credential members send.
 
 pub mod error;
+pub mod tracecontext;
 
 pub use error::{code_name, Error, Result, LEADER_METADATA_KEY};
 

@@ -242,6 +242,40 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// Middleware of an HTTPS listener: every cookie it sets is `Secure`, so a browser never
+/// sends the session over plaintext (a `http://` page on the same host, a downgrade).
+pub async fn secure_cookies(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::SET_COOKIE) {
+        return response;
+    }
+    let cookies: Vec<_> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for cookie in cookies {
+        let secured = cookie
+            .to_str()
+            .ok()
+            .filter(|c| !secure_flag(c))
+            .and_then(|c| header::HeaderValue::from_str(&format!("{c}; Secure")).ok())
+            .unwrap_or(cookie);
+        headers.append(header::SET_COOKIE, secured);
+    }
+    response
+}
+
+/// Whether a `Set-Cookie` value already has the `Secure` attribute.
+fn secure_flag(cookie: &str) -> bool {
+    cookie
+        .split(';')
+        .skip(1)
+        .any(|a| a.trim().eq_ignore_ascii_case("secure"))
+}
+
 /// `host[:port]` or `[v6]:port` without the port.
 fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {

@@ -79,6 +79,7 @@ impl HttpListener {
     pub async fn serve(self, router: Router, stop: impl Future<Output = ()> + Send + 'static) {
         if let Some(tls) = self.tls {
             let listener = tls::HttpsListener::new(self.listener, self.addr, tls, self.limits);
+            let router = router.layer(axum::middleware::from_fn(auth::secure_cookies));
             // No `ConnectInfo` here: axum provides it for its own listener only, and no
             // handler reads it.
             let served = axum::serve(listener, router.into_make_service())

@@ -1,6 +1,7 @@
 """HTTPS for the dashboard, REST API and metrics when a member has TLS files: the same
 certificates as its gRPC services. A client trusting the cluster CA is served; plaintext and
-a client trusting another CA are refused at the handshake, on a controller and on a node."""
+a client trusting another CA are refused at the handshake, on a controller and on a node. The
+login cookie is Secure there, and `rebeam api` trusts the CA given with --ca."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_cli_rest import rebeam_cli
 from test_tls import LOOPBACK, Ca, DevTls, TlsCluster
 
 from harness import TOKEN, free_port, scratch_dir, wait_for
@@ -44,6 +46,21 @@ def refused(url: str, ca: Path | None) -> bool:
     return False
 
 
+def login_cookie(address: str, ca: Path) -> str:
+    """The ``Set-Cookie`` of a login form POST over HTTPS (not following the redirect)."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), timeout=5,
+                                       context=ssl.create_default_context(cafile=str(ca)))
+    try:
+        conn.request("POST", "/login", body=f"token={TOKEN}",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        response = conn.getresponse()
+        assert response.status == 303, (response.status, response.read())
+        return response.getheader("Set-Cookie") or ""
+    finally:
+        conn.close()
+
+
 def check_https(address: str, ca: Ca, rogue: Ca) -> None:
     url = f"https://{address}"
     wait_for("the https server", lambda: fetch(f"{url}/healthz", ca.pem)[0] == 200)
@@ -53,7 +70,18 @@ def check_https(address: str, ca: Ca, rogue: Ca) -> None:
     assert status == 200 and b"# TYPE" in body
     status, body = fetch(f"{url}/", ca.pem)
     assert status == 200 and b"Re:BEAM" in body
+    # The session cookie is never sent back over plaintext: Secure on an HTTPS listener.
+    cookie = login_cookie(address, ca.pem)
+    attributes = [a.strip().lower() for a in cookie.split(";")]
+    assert cookie.startswith("rebeam_session=") and "secure" in attributes, cookie
+    assert "httponly" in attributes and "samesite=strict" in attributes, cookie
     assert refused(f"{url}/healthz", rogue.pem), "a client trusting another CA was served"
+    # The REST commands trust the cluster CA given with --ca, and say what to do without it.
+    done = rebeam_cli("api", "cluster", "--http", url, "--ca", str(ca.pem))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["controllers"]
+    done = rebeam_cli("api", "cluster", "--http", url, "--ca", str(rogue.pem))
+    assert done.returncode == 1 and "not trusted" in done.stderr and "--ca" in done.stderr, done.stderr
     assert refused(f"http://{address}/healthz", None), "plaintext HTTP was served"
 
 

@@ -1,6 +1,7 @@
 """A node's /metrics on a real cluster: parsed with Prometheus' own parser, and the counters
 the issue names move when messages cross nodes, a client calls through a gateway and a
-submitted app's child crashes and is restarted."""
+submitted app's child crashes and is restarted. A controller's /metrics counts a process
+whose handler hangs as stuck."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dashboard import submit_crashy
+from dashboard import submit_crashy, submit_observed
 from prometheus_client.parser import text_string_to_metric_families
 
 import rebeam
-from harness import TOKEN, Cluster, Node, Nodes, _cluster, free_port, scratch_dir, wait_for
+from harness import SECRET, TOKEN, Cluster, Node, Nodes, _cluster, free_port, scratch_dir, wait_for
 from rebeam import Global
 
 
@@ -151,3 +152,42 @@ def test_node_metrics_move(controllers: Cluster, workdir: Path) -> None:
         assert m["rebeam_fences_total{}"] == 0
         assert m["rebeam_node_lease_held{}"] == 1
         assert m["rebeam_mailbox_messages{}"] >= 0
+
+
+def controller_samples(http: str) -> dict[str, float]:
+    """Every sample of a controller's /metrics, by name and labels."""
+    req = urllib.request.Request(f"http://{http}/metrics",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - loopback test URL
+        assert r.status == 200
+        text = r.read().decode()
+    return {s.name + json.dumps(s.labels, sort_keys=True): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_stuck_processes_reach_the_controller_metrics(controllers: Cluster, workdir: Path) -> None:
+    http = controllers.members[0].http
+    nodes = Nodes(workdir, controllers.members[0].api)
+    stuck = 'rebeam_processes_stuck{"app": "observed", "node": "a", "reason": "handler running"}'
+    try:
+        nodes.start("a", extra=["--client-token", TOKEN])
+        submit_observed(controllers, workdir)
+        with controllers.client(token=TOKEN) as client:
+            wait_for("the caster", lambda: client.whereis("caster"))
+        # Running and idle, nothing is stuck; the list the count comes from is fresh.
+        first = controller_samples(http)
+        assert not [k for k in first if k.startswith("rebeam_processes_stuck")], first
+        assert 0 <= first["rebeam_process_list_age_seconds{}"] < 30
+        with controllers.client(token=SECRET) as client:
+            assert client.call(Global("caster"), ("sleeper", 15)) == "ok"
+        found = wait_for("the sleeper counted stuck in /metrics",
+                         lambda: (s := controller_samples(http)).get(stuck) and s, timeout=20)
+        assert isinstance(found, dict)
+        assert found[stuck] == 1
+        # Only the sleeper: no other process of the app is counted.
+        others = {k: v for k, v in found.items()
+                  if k.startswith("rebeam_processes_stuck") and k != stuck}
+        assert not others, others
+        assert found["rebeam_process_list_age_seconds{}"] < 30
+    finally:
+        nodes.stop()

@@ -1,6 +1,7 @@
 """OpenTelemetry traces across the cluster: a Python client calls a server on one node, whose
 handler calls a server on another; a real OTLP/gRPC receiver run by the test gets one
-connected trace with spans from the client, both nodes and the handler's own span."""
+connected trace with spans from the client, both nodes and the handler's own span. A client's
+admin call continues into the controller's request span and its Raft write."""
 
 from __future__ import annotations
 
@@ -167,7 +168,10 @@ def test_a_client_call_across_two_nodes_is_one_connected_trace(
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.strip() == "('front', ('back', 7))"
 
-        client_spans = [s for s in rec.snapshot() if s.service == "test-client"]
+        # The client's own calls (its controller requests to find gateways have spans of
+        # their own, named by the gRPC method).
+        client_spans = [s for s in rec.snapshot()
+                        if s.service == "test-client" and not s.name.startswith("rebeam.v1.")]
         assert len(client_spans) == 1, client_spans
         root = client_spans[0]
         assert root.name == "call" and root.parent == ""
@@ -211,3 +215,77 @@ def test_a_client_call_across_two_nodes_is_one_connected_trace(
         assert handled.attributes["rebeam.mailbox_wait_us"] >= 0
         assert handled.attributes["rebeam.pid"].startswith(f"<{handled.node}.")
     assert work.attributes["request"] == 7
+
+
+ADMIN_CLIENT = """
+    import sys
+    import rebeam
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    endpoint, url, token = sys.argv[1:4]
+    provider = TracerProvider(resource=Resource.create({"service.name": "test-client"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
+                                                                     insecure=True)))
+    trace.set_tracer_provider(provider)
+    with rebeam.connect(url, token=token) as client:
+        client.create_token("read", note="traced")
+    with rebeam.connect(url, token="wrong-token") as client:
+        try:
+            client.names()
+        except rebeam.client.AuthError:
+            print("refused", flush=True)
+    provider.shutdown()
+"""
+
+
+def test_an_admin_call_continues_into_the_controller_and_its_raft_write(
+        receiver: tuple[Receiver, str], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec, endpoint = receiver
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    controllers = Cluster.create(workdir / "controllers", 1, ["--otlp-endpoint", endpoint])
+    try:
+        controllers.start()
+        script = workdir / "admin.py"
+        script.write_text(textwrap.dedent(ADMIN_CLIENT))
+        done = subprocess.run([sys.executable, str(script), endpoint, controllers.url, TOKEN],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip() == "refused"
+        method = "rebeam.v1.ClusterService/CreateToken"
+        clients = [s for s in rec.snapshot() if s.service == "test-client" and s.name == method]
+        assert len(clients) == 1, rec.snapshot()
+        root = clients[0]
+        assert root.parent == "" and root.kind == 3  # SPAN_KIND_CLIENT
+
+        def controller_spans() -> list[Received] | None:
+            spans = [s for s in rec.snapshot()
+                     if s.trace_id == root.trace_id and s.service == "rebeam-controller"]
+            return spans if {s.name for s in spans} >= {method, "raft.write"} else None
+
+        found = wait_for("the controller's spans of the client's trace", controller_spans,
+                         on_timeout=lambda: "\n".join(map(str, rec.snapshot())))
+        assert isinstance(found, list)
+        refused = wait_for("the refused request's span", lambda: [
+            s for s in rec.snapshot() if s.service == "rebeam-controller"
+            and s.name == "rebeam.v1.ClusterService/ListNames"])
+        assert isinstance(refused, list)
+    finally:
+        controllers.stop()
+
+    # The controller's server span continues the client's; the Raft write is its child.
+    [server] = [s for s in found if s.name == method]
+    assert server.kind == 2 and server.parent == root.span_id, server  # SPAN_KIND_SERVER
+    assert server.attributes["rpc.grpc.status_code"] == 0
+    assert server.attributes["rpc.method"] == "CreateToken"
+    [write] = [s for s in found if s.name == "raft.write"]
+    assert write.parent == server.span_id, write
+    assert write.attributes["rebeam.command"] == "IssueToken"
+    # A refused request is a span too, with its status (16: UNAUTHENTICATED), in the trace
+    # of the client's span for it.
+    [denied] = refused
+    assert denied.attributes["rpc.grpc.status_code"] == 16, denied
+    assert denied.trace_id != root.trace_id and denied.parent != ""

@@ -33,6 +33,7 @@ from ._errors import (
     UpgradeFailed,
 )
 from ._inspect import LogEntry, LogStream, ProcessInfo, ProcessList, Tree, TreeNode
+from ._rest import RestClient
 from ._types import (
     AppInfo,
     Assignment,
@@ -53,7 +54,7 @@ __all__ = [
     "AppFailed", "AppInfo", "Archive", "ArchiveError", "Assignment", "AuthError", "ChildInfo", "Client",
     "ClusterState", "ConfigError", "ControllerError", "ControllerMember", "Forbidden", "InvalidRequest",
     "LogEntry", "LogStream", "Manifest", "ManifestError", "NodeInfo", "NodeUpgrade", "NotFound",
-    "ProcessInfo", "ProcessList", "Refused", "Restart", "Status", "StayedProcess", "TokenInfo",
+    "ProcessInfo", "ProcessList", "Refused", "RestClient", "Restart", "Status", "StayedProcess", "TokenInfo",
     "RateLimited", "TooLarge", "Tree", "TreeNode", "Unavailable", "UntrustedValue", "UpgradeFailed",
     "config_path",
     "connect", "load_manifest", "pack", "unpack"

@@ -49,6 +49,8 @@ NO_WIRE_TTL = 60.0
 _R = TypeVar("_R")
 #: Roles a client token may have, weakest first; each includes the ones before it.
 ROLES = ("read", "call", "deploy", "admin")
+#: The controller's gRPC service for clients; its methods name the client's spans.
+CLUSTER_SERVICE = "rebeam.v1.ClusterService"
 
 
 def _split_url(url: str) -> tuple[list[str], bool]:
@@ -206,12 +208,20 @@ class Client:
     def _call(self, method: str, request: Any, *, on_retry: Callable[[], None] | None = None,
               timeout: float | None = None) -> Any:
         """Calls ``method`` on the member in charge, following leader redirects and skipping
-        unreachable members until ``timeout`` runs out."""
-        import grpc
-
+        unreachable members until ``timeout`` runs out; in a client span whose
+        ``traceparent`` goes to the controller (when OpenTelemetry is set up)."""
         if self._closed:
             raise ControllerError("the client is closed; connect again", "CANCELLED")
-        metadata = self._metadata()
+        with _tracing.client_span(f"{CLUSTER_SERVICE}/{method}", self._current, {
+                "rpc.system": "grpc", "rpc.service": CLUSTER_SERVICE,
+                "rpc.method": method}) as trace_context:
+            return self._call_with(method, request, trace_context, on_retry, timeout)
+
+    def _call_with(self, method: str, request: Any, trace_context: list[tuple[str, str]],
+                   on_retry: Callable[[], None] | None, timeout: float | None) -> Any:
+        import grpc
+
+        metadata = self._metadata() + trace_context
         budget = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         delay = 0.05

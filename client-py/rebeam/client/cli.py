@@ -4,6 +4,7 @@
     rebeam status | pack DIR [-o FILE]
     rebeam ps [APP] | tree APP | logs APP [-f] [--since DURATION]
     rebeam token create --role ROLE [--ttl DURATION] [--note TEXT] | token list | token revoke ID
+    rebeam events [--app APP] [--kind KIND] | tables | groups | api PATH   (REST API, --http URL)
 
 Tables for people by default, ``--json`` for scripts. Errors print one line to stderr and
 exit with status 1 (2 for a wrong command line). Text from the cluster (app output, crash
@@ -28,6 +29,7 @@ from ._client import DEFAULT_TIMEOUT, ROLES, Client
 from ._config import resolve
 from ._dashboard import dashboard_url
 from ._inspect import LogEntry, ProcessList
+from ._rest import RestClient
 from ._types import AppInfo, Assignment, to_jsonable
 from .archive import DEFAULT_MAX_BYTES, Archive, pack
 
@@ -471,6 +473,75 @@ def cmd_dashboard(args: argparse.Namespace, o: _Output) -> int:
     return 0
 
 
+def _rest(args: argparse.Namespace) -> RestClient:
+    return RestClient(getattr(args, "http", None), url=getattr(args, "url", None),
+                      token=getattr(args, "token", None), ca=getattr(args, "ca", None),
+                      timeout=getattr(args, "timeout", DEFAULT_TIMEOUT))
+
+
+def cmd_api(args: argparse.Namespace, o: _Output) -> int:
+    # Always JSON: the document is whatever the path serves.
+    o.data(_rest(args).get(args.path))
+    return 0
+
+
+def _ms_time(ms: object) -> str:
+    if not isinstance(ms, int) or ms <= 0:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_events(args: argparse.Namespace, o: _Output) -> int:
+    doc = _rest(args).get("events", app=args.app, kind=args.kind, after=args.after,
+                          limit=args.limit)
+    if o.json:
+        o.data(doc)
+        return 0
+    events = doc.get("events", [])
+    if not events:
+        o.out.write("no events\n")
+        return 0
+    rows = [(e.get("seq"), _ms_time(e.get("at_ms")), e.get("kind"), e.get("app") or "-",
+             e.get("node") or "-", e.get("who") or "-",
+             (str(e.get("text", "")).splitlines() or [""])[0]) for e in events]
+    table(rows, ("seq", "time", "kind", "app", "node", "who", "what"), o.out)
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace, o: _Output) -> int:
+    doc = _rest(args).get("tables", preview=args.preview or None)
+    missing = {str(m.get("node")): str(m.get("error")) for m in doc.get("missing_nodes", [])}
+    if o.json:
+        o.data(doc)
+        return 1 if missing else 0
+    tables = doc.get("tables", [])
+    if not tables:
+        o.out.write("no shared tables\n")
+    else:
+        rows = [(t.get("node"), t.get("name"), t.get("kind"), t.get("access"), t.get("size"),
+                 t.get("owner") or "-") for t in tables]
+        table(rows, ("node", "name", "kind", "access", "size", "owner"), o.out)
+        for t in tables:
+            for entry in t.get("preview") or []:
+                o.out.write(f"  {t.get('name')}: {entry.get('key')} = {entry.get('value')}\n")
+    return _missing(missing, o)
+
+
+def cmd_groups(args: argparse.Namespace, o: _Output) -> int:
+    doc = _rest(args).get("groups")
+    if o.json:
+        o.data(doc)
+        return 0
+    groups = doc.get("groups", [])
+    if not groups:
+        o.out.write("no process groups\n")
+        return 0
+    rows = [(g.get("group"), len(g.get("members", [])),
+             " ".join(str(m.get("id")) for m in g.get("members", []))) for g in groups]
+    table(rows, ("group", "members", "pids"), o.out)
+    return 0
+
+
 def cmd_pack(args: argparse.Namespace, o: _Output) -> int:
     archive = _pack(args, o)
     if args.output:
@@ -531,6 +602,10 @@ def _parser() -> argparse.ArgumentParser:
         ("tree", cmd_tree, "draw an app's supervision tree across nodes"),
         ("logs", cmd_logs, "print what an app's processes wrote, and their crash reports"),
         ("dashboard", cmd_dashboard, "print (or open) the dashboard's URL"),
+        ("events", cmd_events, "the cluster's event journal: crashes, restarts, nodes, upgrades"),
+        ("tables", cmd_tables, "every node's shared tables"),
+        ("groups", cmd_groups, "process groups and their members"),
+        ("api", cmd_api, "GET any REST API path (/api/v1/...) and print its JSON"),
     ]
     for name, func, help_text in commands:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -581,6 +656,24 @@ def _parser() -> argparse.ArgumentParser:
                            help="the controller's HTTP address (default: $REBEAM_DASHBOARD_URL, "
                                 "else the controller's host on port 7180)")
             p.add_argument("--open", action="store_true", help="open it in a browser")
+        if name in ("events", "tables", "groups", "api"):
+            p.add_argument("--http", metavar="URL", default=None,
+                           help="the controller's HTTP address (default: $REBEAM_DASHBOARD_URL, "
+                                "else the controller's host on port 7180)")
+        if name == "api":
+            p.add_argument("path", metavar="PATH",
+                           help="e.g. /api/v1/processes?stuck=true, or just processes?stuck=true")
+        if name == "events":
+            p.add_argument("--app", default=None, help="only this app's events")
+            p.add_argument("--kind", default=None,
+                           help="only this kind: node, restart, placement, app, upgrade, operator")
+            p.add_argument("--after", type=int, default=None, metavar="SEQ",
+                           help="only events after this sequence number")
+            p.add_argument("--limit", type=int, default=None, metavar="N",
+                           help="at most N events (default 200)")
+        if name == "tables":
+            p.add_argument("--preview", type=int, default=0, metavar="N",
+                           help="also print the first N entries of each table (at most 50)")
         if name == "call":
             p.add_argument("--call-timeout", type=float, default=5.0, metavar="SECONDS",
                            help="how long to wait for the reply (default 5)")

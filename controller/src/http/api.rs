@@ -59,6 +59,18 @@ pub struct ProcessList {
     at_ms: u64,
 }
 
+impl ProcessList {
+    /// The processes, as the nodes reported them.
+    pub fn rows(&self) -> &[pb::ProcessInfo] {
+        &self.rows
+    }
+
+    /// When the list was gathered.
+    pub fn gathered_at(&self) -> Instant {
+        self.at
+    }
+}
+
 impl Api {
     /// The API over `core`.
     pub fn new(core: Arc<Core>) -> Arc<Self> {
@@ -95,7 +107,7 @@ impl Api {
 
     /// The processes of `app` (all for ""): a fresh list, else a stale one while a new one
     /// is gathered in the background, else one gathered now.
-    async fn processes(self: &Arc<Self>, app: &str) -> Arc<ProcessList> {
+    pub async fn processes(self: &Arc<Self>, app: &str) -> Arc<ProcessList> {
         let stale = {
             let mut cache = self.cache.lock();
             match cache.get_mut(app) {

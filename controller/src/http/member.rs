@@ -88,14 +88,25 @@ pub fn api_routes(core: Arc<Core>, auth: Arc<HttpAuth>) -> Router {
     tokio::spawn(live::sample(core.clone(), stats.clone(), series.clone()));
     let metrics_core = core.clone();
     let metrics_stats = stats.clone();
+    let api = Api::new(core.clone());
+    let metrics_api = api.clone();
     Router::new()
-        .merge(api::routes(Api::new(core.clone())))
+        .merge(api::routes(api))
         .merge(pages::routes(auth))
         .route(
             "/metrics",
             get(move || {
-                let (c, s) = (metrics_core.clone(), metrics_stats.clone());
-                async move { metrics::render(&c, &s).into_response() }
+                let (c, s, a) = (
+                    metrics_core.clone(),
+                    metrics_stats.clone(),
+                    metrics_api.clone(),
+                );
+                async move {
+                    // A scrape gathers the processes when no list is cached, else serves
+                    // the cached one (refreshed behind), as a dashboard page does.
+                    let list = a.processes("").await;
+                    metrics::render(&c, &s, &a, &list).into_response()
+                }
             }),
         )
         .route("/api/v1/series", get(live::series).with_state(series))

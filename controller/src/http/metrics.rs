@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::core::Core;
+use crate::http::api::{Api, ProcessList};
 use crate::http::prom::{Exposition, Histogram, LATENCY_BOUNDS};
 use crate::types::AppStatus;
 
@@ -80,9 +81,11 @@ pub fn commit_index(m: &openraft::RaftMetrics<u64, crate::types::MemberNode>) ->
     matched.get(voters.len() / 2).copied()
 }
 
-/// The exposition for `core`.
-pub fn render(core: &Core, stats: &HttpStats) -> Exposition {
+/// The exposition for `core`, with the stuck processes of `list` (the API's process list,
+/// which the dashboard pages through too).
+pub fn render(core: &Core, stats: &HttpStats, api: &Api, list: &ProcessList) -> Exposition {
     let mut e = Exposition::default();
+    stuck(&mut e, api, list);
     let m = core.raft.metrics().borrow().clone();
     let last = m.last_log_index.unwrap_or(0) as f64;
     let id = core.id.to_string();
@@ -222,4 +225,33 @@ pub fn render(core: &Core, stats: &HttpStats) -> Exposition {
     );
     e.connections(&[]);
     e
+}
+
+/// `rebeam_processes_stuck` by node, app and reason, and how old the list judged is (a
+/// scrape serves the cached list and refreshes it behind, so the judgement may lag).
+fn stuck(e: &mut Exposition, api: &Api, list: &ProcessList) {
+    let now = Instant::now();
+    e.single(
+        "rebeam_process_list_age_seconds",
+        "gauge",
+        "Age of the process list the stuck-process counts come from.",
+        now.saturating_duration_since(list.gathered_at())
+            .as_secs_f64(),
+    );
+    e.family(
+        "rebeam_processes_stuck",
+        "gauge",
+        "Processes whose handler has run, or whose mailbox has grown unhandled, for 5 s or more.",
+    );
+    for ((node, app, reason), n) in api.stuck.count(list.rows(), now) {
+        e.sample(
+            "rebeam_processes_stuck",
+            &[
+                ("node", node.as_str()),
+                ("app", app.as_str()),
+                ("reason", reason),
+            ],
+            n as f64,
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! or any process whose mailbox grew over that time while it handled nothing. A function
 //! process runs one function for its whole life, so only the mailbox rule applies to it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -77,27 +77,53 @@ impl StuckWatch {
     pub fn judge(&self, p: &pb::ProcessInfo, now: Instant) -> Option<Stuck> {
         let pid = p.pid.as_ref()?;
         let seen = self.seen.lock();
-        let s = seen.get(&pid_id(pid))?;
-        if p.kind != "function" {
-            if let Some(t) = s.running_since {
-                let d = now.duration_since(t);
-                if d >= STUCK_AFTER {
-                    return Some(Stuck {
-                        reason: "handler running",
-                        for_ms: d.as_millis() as u64,
-                    });
-                }
+        judge_seen(p, seen.get(&pid_id(pid))?, now)
+    }
+
+    /// The stuck processes among `rows`, counted by node, app and reason (for `/metrics`;
+    /// one lock for the whole list).
+    pub fn count(
+        &self,
+        rows: &[pb::ProcessInfo],
+        now: Instant,
+    ) -> BTreeMap<(String, String, &'static str), u64> {
+        let seen = self.seen.lock();
+        let mut out = BTreeMap::new();
+        for p in rows {
+            let Some(pid) = p.pid.as_ref() else { continue };
+            let Some(s) = seen.get(&pid_id(pid)) else {
+                continue;
+            };
+            if let Some(stuck) = judge_seen(p, s, now) {
+                *out.entry((pid.node.clone(), p.app.clone(), stuck.reason))
+                    .or_default() += 1;
             }
         }
-        let d = now.duration_since(s.handled_since);
-        if p.mailbox_len > s.mailbox_then && d >= STUCK_AFTER {
-            return Some(Stuck {
-                reason: "mailbox growing",
-                for_ms: d.as_millis() as u64,
-            });
-        }
-        None
+        out
     }
+}
+
+/// Whether `p`, last seen as `s`, is stuck at `now`.
+fn judge_seen(p: &pb::ProcessInfo, s: &Seen, now: Instant) -> Option<Stuck> {
+    if p.kind != "function" {
+        if let Some(t) = s.running_since {
+            let d = now.duration_since(t);
+            if d >= STUCK_AFTER {
+                return Some(Stuck {
+                    reason: "handler running",
+                    for_ms: d.as_millis() as u64,
+                });
+            }
+        }
+    }
+    let d = now.duration_since(s.handled_since);
+    if p.mailbox_len > s.mailbox_then && d >= STUCK_AFTER {
+        return Some(Stuck {
+            reason: "mailbox growing",
+            for_ms: d.as_millis() as u64,
+        });
+    }
+    None
 }
 
 #[cfg(test)]
@@ -143,5 +169,33 @@ mod tests {
         w.observe(&[row(3, 9, "waiting")], later);
         let s = w.judge(&row(3, 9, "waiting"), later).expect("stuck");
         assert_eq!(s.reason, "mailbox growing");
+    }
+
+    #[test]
+    fn stuck_processes_are_counted_by_node_app_and_reason() {
+        let w = StuckWatch::default();
+        let t0 = Instant::now();
+        let mut other = row(1, 0, "waiting");
+        other.pid = Some(pb::Pid {
+            node: "b".into(),
+            incarnation: 1,
+            serial: 8,
+        });
+        other.app = "shop".into();
+        let rows = [row(3, 0, "app.slow:4"), other.clone()];
+        w.observe(&rows, t0);
+        assert!(w.count(&rows, t0).is_empty());
+        let later = t0 + STUCK_AFTER;
+        other.mailbox_len = 4;
+        let rows = [row(3, 0, "app.slow:4"), other];
+        w.observe(&rows, later);
+        let counted: Vec<_> = w.count(&rows, later).into_iter().collect();
+        assert_eq!(
+            counted,
+            vec![
+                (("a".into(), String::new(), "handler running"), 1),
+                (("b".into(), "shop".into(), "mailbox growing"), 1),
+            ]
+        );
     }
 }

@@ -305,39 +305,8 @@ pub fn to_wire(trace: Option<&Carried>) -> String {
     trace.map(|t| traceparent(&t.cx)).unwrap_or_default()
 }
 
-/// W3C `traceparent` (version 00) of a span context.
-pub fn traceparent(cx: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        cx.trace_id(),
-        cx.span_id(),
-        cx.trace_flags().to_u8()
-    )
-}
-
-/// Parses a W3C `traceparent`; `None` when malformed or all-zero.
-pub fn parse_traceparent(header: &str) -> Option<SpanContext> {
-    let mut parts = header.trim().split('-');
-    let version = parts.next()?;
-    let trace_id = parts.next()?;
-    let span_id = parts.next()?;
-    let flags = parts.next()?;
-    // Version 00 has exactly four fields; later versions may append more.
-    if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
-        return None;
-    }
-    if trace_id.len() != 32 || span_id.len() != 16 || flags.len() != 2 {
-        return None;
-    }
-    let cx = SpanContext::new(
-        TraceId::from_hex(trace_id).ok()?,
-        opentelemetry::trace::SpanId::from_hex(span_id).ok()?,
-        TraceFlags::new(u8::from_str_radix(flags, 16).ok()? & 1),
-        true,
-        TraceState::default(),
-    );
-    cx.is_valid().then_some(cx)
-}
+// One parser and formatter of W3C `traceparent` for the whole project.
+pub use rebeam_grpc::tracecontext::{parse_traceparent, traceparent};
 
 /// Starts the span of `process` handling `envelope`, when the message carries a trace.
 #[inline]
@@ -457,28 +426,4 @@ fn python_current(py: Python<'_>) -> Option<SpanContext> {
         TraceState::default(),
     );
     cx.is_valid().then_some(cx)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparent_round_trips_and_rejects_malformed_headers() {
-        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let cx = parse_traceparent(header).expect("a valid header");
-        assert!(cx.is_sampled());
-        assert_eq!(traceparent(&cx), header);
-        for bad in [
-            "",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
-        ] {
-            assert!(parse_traceparent(bad).is_none(), "{bad:?} was accepted");
-        }
-    }
 }
