@@ -128,6 +128,13 @@ fn run_init(
             }
         }
     };
+    // An `async def init` runs on the event loop; the spawner waits for it here.
+    let result = match result {
+        Ok(value) if crate::python::aio::is_coroutine(&value) => {
+            crate::python::aio::await_init(py, process, value).map(|()| py.None().into_bound(py))
+        }
+        other => other,
+    };
     let stop = process.data.stop.lock().take();
     match result {
         Err(err) => {
@@ -222,13 +229,30 @@ fn start_thread(
                         Err(PyValueError::new_err("killed before it started"))
                     }
                 };
+                let result = match result {
+                    // An `async def` function process runs on the event loop from here on;
+                    // its task ends it (`aio::finished`), and this thread is done.
+                    Ok(value) if crate::python::aio::is_coroutine(&value) => {
+                        match crate::python::aio::suspend(
+                            py,
+                            &child,
+                            value,
+                            crate::python::aio::Then::Function,
+                        ) {
+                            Ok(()) => return,
+                            Err(err) => Err(err),
+                        }
+                    }
+                    other => other,
+                };
                 finish_function(py, &rt2, &child, result.map(drop));
             })
         })
         .map(drop)
 }
 
-pub(super) fn finish_function(
+/// Ends a function process whose code returned (or raised) `result`.
+pub fn finish_function(
     py: Python<'_>,
     rt: &Arc<PyRuntime>,
     process: &Arc<PyProcess>,
@@ -271,6 +295,7 @@ pub(super) fn run<'py>(
     args: Bound<'py, PyTuple>,
     kwargs: Option<Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    not_on_loop(py, "rebeam.run", "rebeam.run is for code outside processes")?;
     let rt = rt()?;
     if current().is_some() {
         return Err(rebeam_error(
@@ -398,6 +423,11 @@ pub(super) fn spawn_remote<'py>(
     monitor: bool,
     timeout: Option<f64>,
 ) -> PyResult<(&'static str, Bound<'py, PyAny>)> {
+    not_on_loop(
+        py,
+        "rebeam.spawn_on",
+        "spawn on other nodes from code that is not a coroutine",
+    )?;
     let rt = rt()?;
     let me = current();
     if (link || monitor) && me.is_none() {
