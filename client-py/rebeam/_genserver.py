@@ -19,7 +19,12 @@ class GenServer:
     value of ``handle_call`` is the reply (return ``rebeam.noreply()`` and later call
     ``rebeam.reply(sender, value)`` to answer later); ``handle_info`` gets raw messages,
     ``Down``/``Exit`` values and ``rebeam.TIMEOUT``; ``terminate(reason)`` runs when the
-    server stops by ``rebeam.stop``, a crash, or a shutdown from its supervisor."""
+    server stops by ``rebeam.stop``, a crash, or a shutdown from its supervisor.
+
+    ``init``, the ``handle_*`` handlers and ``terminate`` may be ``async def``: they then run
+    on the node's event loop, may await I/O, ``rebeam.call_async`` and
+    ``rebeam.receive_async``, and the server takes no other message until one returns.
+    ``code_change`` stays a plain ``def``."""
 
     def init(self, *args: Any, **kwargs: Any) -> None:
         """Sets up the state; raise to make the start fail."""
