@@ -67,7 +67,9 @@ class Sleeper(rebeam.GenServer):
 
 
 def executors() -> int:
-    return int(rebeam.native.stats()["executors"])
+    from rebeam._native import native
+
+    return int(native.stats()["executors"])
 
 
 def test_awaiting_handlers_hold_no_thread_and_do_not_block_other_actors():

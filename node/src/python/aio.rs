@@ -420,11 +420,7 @@ impl Step {
 
 #[pymethods]
 impl Step {
-    fn send<'py>(
-        &self,
-        py: Python<'py>,
-        value: Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn send<'py>(&self, py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let args = pyo3::types::PyTuple::new(py, [value])?;
         self.run(py, pyo3::intern!(py, "send"), args)
     }
@@ -467,9 +463,4 @@ impl Step {
     fn __repr__(&self) -> String {
         format!("<task of {}>", self.process.pid)
     }
-}
-
-/// The `Step` behind a task, for `finished`.
-pub fn step_of<'a, 'py>(value: &'a Bound<'py, PyAny>) -> PyResult<PyRef<'py, Step>> {
-    Ok(value.cast::<Step>()?.borrow())
 }
