@@ -439,3 +439,24 @@ def test_async_init_runs_before_spawn_returns_and_its_crash_fails_the_start():
     with pytest.raises(rebeam.InitError) as caught:
         rebeam.spawn(FailingInit)
     assert "no config" in str(caught.value.reason)
+
+
+async def test_an_async_body_given_to_run_is_a_process_on_the_loop():
+    # This test body is itself `async def`: rebeam.run runs it on the node's event loop.
+    me = rebeam.self_pid()
+    echo = rebeam.spawn(Echo)
+    assert await rebeam.call_async(echo, "hi") == "hi"
+    rebeam.send(me, "note")
+    assert await rebeam.receive_async(timeout=1.0) == "note"
+    assert await rebeam.receive_async(timeout=0.05, default="none") == "none"
+    with pytest.raises(rebeam.Timeout):
+        await rebeam.receive_async(timeout=0.05)
+    with pytest.raises(rebeam.Error, match="call_async"):
+        rebeam.call(echo, "blocking")
+    with pytest.raises(rebeam.Error, match="async"):
+        rebeam.spawn(Sleeper, me)
+
+
+def test_call_async_outside_the_loop_says_where_it_belongs():
+    with pytest.raises(rebeam.Error, match="event loop"):
+        asyncio.run(rebeam.call_async(rebeam.self_pid(), "x"))

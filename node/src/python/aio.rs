@@ -141,8 +141,8 @@ pub enum Then {
     /// A message handler; for a call, its reply slot (meanwhile among the process's pending
     /// calls, so a kill fails the call at once).
     Handler(Option<Arc<CallSlot<Term>>>),
-    /// A server's `init`: the spawner waits on this.
-    Init(Arc<InitWait>),
+    /// Code a thread waits for (a server's `init` for its spawner, `rebeam.run`'s function).
+    Wait(Arc<Outcome>),
     /// `terminate(reason)`: the server then ends with `reason`.
     Terminate(Reason),
     /// The body of a function process.
@@ -162,20 +162,20 @@ pub struct Awaiting {
     mail: Mutex<Vec<u64>>,
 }
 
-/// Where a spawner waits for an async `init` to end on the loop.
+/// Where a thread waits for a coroutine to end on the loop (`await_outcome`).
 #[derive(Default)]
-pub struct InitWait {
-    outcome: Mutex<Option<PyResult<()>>>,
+pub struct Outcome {
+    outcome: Mutex<Option<PyResult<Py<PyAny>>>>,
     done: Condvar,
 }
 
-impl InitWait {
-    fn complete(&self, outcome: PyResult<()>) {
+impl Outcome {
+    fn complete(&self, outcome: PyResult<Py<PyAny>>) {
         *self.outcome.lock() = Some(outcome);
         self.done.notify_all();
     }
 
-    fn wait(&self) -> PyResult<()> {
+    fn wait(&self) -> PyResult<Py<PyAny>> {
         let mut outcome = self.outcome.lock();
         loop {
             if let Some(done) = outcome.take() {
@@ -236,25 +236,28 @@ pub fn suspend(
     Ok(())
 }
 
-/// Runs a server's async `init` on the loop and waits for it on this (the spawner's) thread.
-pub fn await_init(
-    py: Python<'_>,
+/// Runs `coroutine`, code of `process`, on the loop and waits for its value on this thread:
+/// a server's async `init` on its spawner's thread, an async function given to `rebeam.run`.
+/// `what` names it for the error raised on the loop's own thread, which must not wait.
+pub fn await_outcome<'py>(
+    py: Python<'py>,
     process: &Arc<PyProcess>,
-    coroutine: Bound<'_, PyAny>,
-) -> PyResult<()> {
+    coroutine: Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<Bound<'py, PyAny>> {
     if on_loop() {
         let _ = coroutine.call_method0(pyo3::intern!(py, "close"));
         return Err(blocking_error(
             py,
-            "spawning a server whose init is async",
-            "spawn it from a supervisor or from code that is not a coroutine",
+            what,
+            "do it from a supervisor or from code that is not a coroutine",
         ));
     }
-    let wait = Arc::new(InitWait::default());
-    suspend(py, process, coroutine, Then::Init(wait.clone()))?;
+    let wait = Arc::new(Outcome::default());
+    suspend(py, process, coroutine, Then::Wait(wait.clone()))?;
     let rt = node_runtime()?;
     let _blocking = executor::Blocking::begin(rt);
-    py.detach(|| wait.wait())
+    py.detach(|| wait.wait()).map(|v| v.into_bound(py))
 }
 
 /// The error a blocking call made from a coroutine raises instead of stalling the loop.
@@ -316,9 +319,23 @@ pub fn unwatch_mail(process: &PyProcess, key: u64) {
     }
 }
 
-/// A reply slot whose outcome resolves future `key` on the loop.
-pub fn reply_slot(aio: &'static Aio, key: u64, pid: Pid) -> Arc<CallSlot<Term>> {
+/// A reply slot whose outcome resolves future `key` on the loop; records the call's
+/// latency (when timed) and ends its span (if traced) as `call` does.
+pub fn reply_slot(
+    aio: &'static Aio,
+    key: u64,
+    pid: Pid,
+    started: Option<std::time::Instant>,
+    span: Option<crate::observe::trace::Sending>,
+) -> Arc<CallSlot<Term>> {
     Arc::new(CallSlot::forwarding(Box::new(move |result| {
+        let outcome: Result<(), String> = match &result {
+            CallResult::Reply(_) => Ok(()),
+            CallResult::Exit(reason) => Err(format!("{pid} exited: {reason:?}")),
+            CallResult::CallerKilled => Err("the caller was killed".into()),
+        };
+        let outcome = outcome.map_err(pyo3::exceptions::PyRuntimeError::new_err);
+        crate::observe::trace::call_done(started, span, &outcome);
         aio.push(Ready::Reply { key, pid, result })
     })))
 }
@@ -333,7 +350,7 @@ pub fn finished(py: Python<'_>, step: &Step, result: PyResult<Bound<'_, PyAny>>)
     };
     let Ok(rt) = node_runtime() else { return };
     match then {
-        Then::Init(wait) => wait.complete(result.map(drop)),
+        Then::Wait(wait) => wait.complete(result.map(Bound::unbind)),
         Then::Terminate(reason) => {
             if let Err(err) = &result {
                 executor::terminate_raised(py, process, err);

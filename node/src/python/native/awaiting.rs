@@ -24,10 +24,14 @@ pub(super) fn _aio_take<'py>(py: Python<'py>) -> PyResult<Vec<(u8, u64, Bound<'p
             Ready::Cancel { task } => (1, task, none()),
             Ready::Mail { key } => (2, key, none()),
             Ready::Reply { key, pid, result } => {
+                // A conversion that fails fails this call only, not the rest of the batch.
                 let outcome: PyResult<Bound<'py, PyAny>> = match result {
                     CallResult::Reply(term) => term.to_py(py),
-                    CallResult::Exit(reason) => Err(exit_error(py, pid, &reason)?),
-                    CallResult::CallerKilled => Err(error(py, &types(py)?.killed, ())),
+                    CallResult::Exit(reason) => Err(exit_error(py, pid, &reason).unwrap_or_else(|e| e)),
+                    CallResult::CallerKilled => Err(match types(py) {
+                        Ok(t) => error(py, &t.killed, ()),
+                        Err(e) => e,
+                    }),
                 };
                 let value = match outcome {
                     Ok(v) => (true, v).into_pyobject(py)?.into_any(),
@@ -76,8 +80,9 @@ pub(super) fn _aio_call<'py>(
     }
     let aio = Aio::started(py)?;
     let key = aio.key();
-    let slot = aio::reply_slot(aio, key, pid);
-    let (request, _span) = trace::stamp(py, Delivery::Call, pid, Term::copy_in(request)?);
+    let started = crate::observe::stats::call_clock();
+    let (request, span) = trace::stamp(py, Delivery::Call, pid, Term::copy_in(request)?);
+    let slot = aio::reply_slot(aio, key, pid, started, span);
     let envelope = Envelope::Call {
         request,
         from: me.as_ref().map(|m| m.pid),

@@ -131,7 +131,7 @@ fn run_init(
     // An `async def init` runs on the event loop; the spawner waits for it here.
     let result = match result {
         Ok(value) if crate::python::aio::is_coroutine(&value) => {
-            crate::python::aio::await_init(py, process, value).map(|()| py.None().into_bound(py))
+            crate::python::aio::await_outcome(py, process, value, "spawning a server whose init is async")
         }
         other => other,
     };
@@ -308,6 +308,13 @@ pub(super) fn run<'py>(
     let result = {
         let _enter = Enter::new(process.clone());
         function.call(args, kwargs.as_ref())
+    };
+    // An async function runs on the event loop, as this process; this thread waits for it.
+    let result = match result {
+        Ok(value) if crate::python::aio::is_coroutine(&value) => {
+            crate::python::aio::await_outcome(py, &process, value, "rebeam.run")
+        }
+        other => other,
     };
     match result {
         Ok(value) => {
