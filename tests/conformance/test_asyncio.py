@@ -5,8 +5,10 @@ exits, links, monitors and supervision (docs/guide.md, "asyncio actors")."""
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -460,3 +462,48 @@ async def test_an_async_body_given_to_run_is_a_process_on_the_loop():
 def test_call_async_outside_the_loop_says_where_it_belongs():
     with pytest.raises(rebeam.Error, match="event loop"):
         asyncio.run(rebeam.call_async(rebeam.self_pid(), "x"))
+
+
+UPGRADED = """
+    import asyncio
+
+    import rebeam
+
+
+    class Fetcher(rebeam.GenServer):
+        async def handle_call(self, request, sender):
+            await asyncio.sleep(0)
+            return ({n}, request)
+
+        {code_change}def code_change(self, version, extra):
+            self.moved = (version, extra)
+"""
+
+
+def fetcher_version(tmp_path: Path, app: str, n: int, async_change: bool) -> Any:
+    from rebeam import _code
+
+    d = tmp_path / f"{app}-{n}"
+    d.mkdir()
+    code_change = "async " if async_change else ""
+    (d / "fetcher.py").write_text(textwrap.dedent(UPGRADED.format(n=n, code_change=code_change)))
+    return _code.load(app, f"{n}.0", str(n) * 64, str(d), ["fetcher"])
+
+
+def test_hot_upgrade_moves_an_async_server_and_refuses_an_async_code_change(tmp_path: Path):
+    from rebeam import _code
+
+    app = "async_upgrade"
+    v1 = fetcher_version(tmp_path, app, 1, False)
+    v2 = fetcher_version(tmp_path, app, 2, False)
+    v3 = fetcher_version(tmp_path, app, 3, True)
+    _code.make_current(v1)
+    server = v1.module("fetcher").Fetcher()
+    _code.make_current(v2)
+    assert _code.move_server(server, app) is True
+    assert type(server) is v2.module("fetcher").Fetcher and server.moved == ("1.0", None)
+    # An async code_change could not finish between two messages: refused, nothing moved.
+    _code.make_current(v3)
+    with pytest.raises(TypeError, match="code_change is async"):
+        _code.move_server(server, app)
+    assert type(server) is v2.module("fetcher").Fetcher

@@ -352,7 +352,8 @@ pub fn finished(py: Python<'_>, step: &Step, result: PyResult<Bound<'_, PyAny>>)
     match then {
         Then::Wait(wait) => wait.complete(result.map(Bound::unbind)),
         Then::Terminate(reason) => {
-            if let Err(err) = &result {
+            // A kill while `terminate` awaited cancelled it: nothing to report.
+            if let (Err(err), false) = (&result, process.is_exited()) {
                 executor::terminate_raised(py, process, err);
             }
             rt.terminate(process, reason);
