@@ -70,7 +70,7 @@ thread_local! {
 
 impl Aio {
     /// The queue and wake-up socket, made on first use.
-    fn get() -> PyResult<&'static Aio> {
+    pub fn get() -> PyResult<&'static Aio> {
         AIO.get_or_init(|| {
             let (tx, rx) = UnixStream::pair().ok()?;
             tx.set_nonblocking(true).ok()?;

@@ -15,7 +15,8 @@ pub(super) fn _aio_loop_thread() {
 /// call, `(True, reply)` or `(False, exception)`; for mail, None).
 #[pyfunction]
 pub(super) fn _aio_take<'py>(py: Python<'py>) -> PyResult<Vec<(u8, u64, Bound<'py, PyAny>)>> {
-    let aio = Aio::started(py)?;
+    // The loop's own thread calls this: the loop has started, only the queue is needed.
+    let aio = Aio::get()?;
     let none = || py.None().into_bound(py);
     let mut out = Vec::new();
     for ready in aio.take() {
