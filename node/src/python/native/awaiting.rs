@@ -28,7 +28,9 @@ pub(super) fn _aio_take<'py>(py: Python<'py>) -> PyResult<Vec<(u8, u64, Bound<'p
                 // A conversion that fails fails this call only, not the rest of the batch.
                 let outcome: PyResult<Bound<'py, PyAny>> = match result {
                     CallResult::Reply(term) => term.to_py(py),
-                    CallResult::Exit(reason) => Err(exit_error(py, pid, &reason).unwrap_or_else(|e| e)),
+                    CallResult::Exit(reason) => {
+                        Err(exit_error(py, pid, &reason).unwrap_or_else(|e| e))
+                    }
                     CallResult::CallerKilled => Err(match types(py) {
                         Ok(t) => error(py, &t.killed, ()),
                         Err(e) => e,

@@ -130,9 +130,12 @@ fn run_init(
     };
     // An `async def init` runs on the event loop; the spawner waits for it here.
     let result = match result {
-        Ok(value) if crate::python::aio::is_coroutine(&value) => {
-            crate::python::aio::await_outcome(py, process, value, "spawning a server whose init is async")
-        }
+        Ok(value) if crate::python::aio::is_coroutine(&value) => crate::python::aio::await_outcome(
+            py,
+            process,
+            value,
+            "spawning a server whose init is async",
+        ),
         other => other,
     };
     let stop = process.data.stop.lock().take();
