@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
@@ -20,6 +21,8 @@ from ._names import Dest, Via
 from ._native import native
 
 __all__ = ["call_async", "event_loop", "receive_async"]
+
+log = logging.getLogger("rebeam")
 
 _D = TypeVar("_D")
 _MISSING: Any = object()
@@ -45,7 +48,13 @@ def _start(fd: int) -> None:
         asyncio.set_event_loop(loop)
         loop.add_reader(fd, _drain)
         started.set()
-        loop.run_forever()
+        while True:
+            try:
+                loop.run_forever()
+            except BaseException:  # noqa: BLE001 - the loop serves every async process
+                # Nothing may end this thread: an exception that escaped a callback (a
+                # kill's interrupt that landed here) is logged and the loop goes on.
+                log.exception("the node's event loop stopped on an exception; restarting it")
 
     _loop = loop
     threading.Thread(target=run, name="rebeam-asyncio", daemon=True).start()

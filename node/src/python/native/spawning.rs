@@ -118,7 +118,14 @@ fn run_init(
     kwargs: Option<&Bound<'_, PyDict>>,
 ) -> Result<(), (Reason, Option<PyErr>)> {
     let result = {
-        let _enter = Enter::new(process.clone());
+        // On the event loop's thread (a coroutine spawning a server) the thread is not the
+        // new process's to interrupt: a kill there would land in whatever runs next on the
+        // loop. The kill then takes effect when `init` returns, as one inside a C call does.
+        let _enter = if crate::python::aio::on_loop() {
+            Enter::step(process.clone())
+        } else {
+            Enter::new(process.clone())
+        };
         if lease_gate(py, rt, process) {
             server.call_method(pyo3::intern!(py, "init"), args, kwargs)
         } else {
