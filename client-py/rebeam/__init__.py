@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import _cleanup, _errors, pg
-from ._aio import call_async, event_loop, receive_async
+from ._aio import call_async, receive_async
 from ._errors import (
     AlreadyExists,
     AuthError,
@@ -93,7 +93,7 @@ __all__ = [
     "RateLimited", "Refused", "Sender", "Supervisor", "Table", "SpawnError", "TableError",
     "Timeout", "TooLarge",
     "Unavailable", "UnknownName", "Via", "call", "call_async", "cancel_timer", "cast", "child",
-    "connect", "event_loop",
+    "connect",
     "demonitor", "demonitor_node", "exit", "is_alive", "link", "monitor", "monitor_node",
     "monitoring", "node", "nodes", "noreply", "pg", "process_info", "processes", "receive",
     "receive_async",
