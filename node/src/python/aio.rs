@@ -222,6 +222,9 @@ pub fn suspend(
     // Stored before the task is queued: a kill from now on cancels it (see `cancel`); one
     // that came before finds nothing to cancel, and `Step` closes the task at its first step.
     process.data.aio.task.store(task, Ordering::SeqCst);
+    // Its code runs on the loop from now on, not on this thread: a kill must not interrupt
+    // whatever this thread runs next (see `Enter`'s drop).
+    process.data.thread.store(0, Ordering::SeqCst);
     let step = Py::new(
         py,
         Step {

@@ -225,7 +225,14 @@ impl Enter {
 impl Drop for Enter {
     fn drop(&mut self) {
         if let Some(thread) = self.previous_thread {
-            self.process.data.thread.store(thread, Ordering::Release);
+            // Only while it is still ours: a server whose handler went on to the event loop
+            // may already run on another executor, which set its own ident.
+            let _ = self.process.data.thread.compare_exchange(
+                current_thread_ident(),
+                thread,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
         let previous = self.previous.take();
         CURRENT.with(|c| *c.borrow_mut() = previous);
