@@ -8,7 +8,7 @@
 //! a socket the loop watches (`Aio::push`); the loop's reader (`rebeam._aio._drain`) takes
 //! the queue: tasks to start or cancel, futures of `call_async`/`receive_async` to resolve.
 
-use super::executor::{self, is_killed, lease_gate, reply_with};
+use super::executor::{self, lease_gate, reply_with};
 use super::host::{node_runtime, Enter, PyProcess};
 use super::term::Term;
 use crate::runtime::{CallResult, CallSlot, Pid, Reason};
@@ -219,8 +219,8 @@ pub fn suspend(
     process.data.slow.store(true, Ordering::Relaxed);
     let task = aio.key();
     *process.data.aio.then.lock() = Some(then);
-    // Stored before the task is queued: a kill from now on cancels it (see `cancel`); one
-    // that came before finds nothing to cancel, and `Step` closes the task at its first step.
+    // Stored before the task is queued: a kill from now on cancels it (see `cancel`); for
+    // one that came before, `Step` throws `CancelledError` in at the first step.
     process.data.aio.task.store(task, Ordering::SeqCst);
     // Its code runs on the loop from now on, not on this thread: a kill must not interrupt
     // whatever this thread runs next (see `Enter`'s drop).
@@ -376,23 +376,21 @@ pub fn finished(py: Python<'_>, step: &Step, result: PyResult<Bound<'_, PyAny>>)
                 // Killed while awaiting: its exit already failed the call.
                 return;
             }
-            let outcome = match (result, &slot) {
-                (Ok(value), Some(slot)) => reply_with(py, process, slot, &value),
-                (Ok(_), None) => Ok(()),
-                (Err(err), slot) => {
-                    if is_killed(py, &err) && process.is_exited() {
-                        return;
-                    }
-                    if let Some(slot) = slot {
-                        let reason = super::convert::crash_reason(py, &err);
-                        let _ = slot.complete(CallResult::Exit(reason));
-                    }
-                    Err(err)
-                }
+            let crashed = match (result, &slot) {
+                (Ok(value), Some(slot)) => reply_with(py, process, slot, &value).err(),
+                (Ok(_), None) => None,
+                (Err(err), _) => Some(err),
             };
-            let stop = match outcome {
-                Ok(()) => process.data.stop.lock().take(),
-                Err(err) => Some(super::convert::crash_reason(py, &err)),
+            let stop = match crashed {
+                Some(err) => {
+                    let reason = super::convert::crash_reason(py, &err);
+                    if let Some(slot) = &slot {
+                        // (`reply_with` failed it already when the reply could not be copied.)
+                        let _ = slot.complete(CallResult::Exit(reason.clone()));
+                    }
+                    Some(reason)
+                }
+                None => process.data.stop.lock().take(),
             };
             match stop {
                 // `terminate` is user code: an executor runs it (see `run_batch`).
