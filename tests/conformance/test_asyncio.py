@@ -327,9 +327,17 @@ class Cancellable(rebeam.GenServer):
         self.done.set()
 
 
-def test_killing_an_actor_cancels_its_pending_await():
+def no_tasks_left() -> bool:
+    """True once no task runs on the node's event loop (waits for one being cancelled)."""
     from rebeam import _aio
 
+    deadline = time.monotonic() + WAIT
+    while (_aio._tasks or _aio._futures) and time.monotonic() < deadline:
+        rebeam.receive(timeout=0.01, default=None)
+    return not _aio._tasks and not _aio._futures
+
+
+def test_killing_an_actor_cancels_its_pending_await():
     log: list[str] = []
     done = threading.Event()
     pid = rebeam.spawn(Cancellable, log, done)
@@ -345,11 +353,7 @@ def test_killing_an_actor_cancels_its_pending_await():
     assert time.monotonic() - started < 1.0
     assert log == ["awaiting", "cancelled"]
     assert not rebeam.is_alive(pid)
-    # The task is gone too: nothing of the process stays on the loop.
-    deadline = time.monotonic() + WAIT
-    while any(t for t in _aio._tasks.values() if not t.done()) and time.monotonic() < deadline:
-        rebeam.receive(timeout=0.01, default=None)
-    assert not [t for t in _aio._tasks.values() if not t.done()]
+    assert no_tasks_left()
 
 
 def test_a_linked_crash_cancels_and_a_call_in_flight_fails():
@@ -385,9 +389,13 @@ def test_stop_from_async_handler_runs_async_terminate():
 
     pid = rebeam.spawn(Stopper, log, done)
     ref = rebeam.monitor(pid)
+    threads = threading.active_count()
     rebeam.cast(pid, "done here")
     assert wait_down(ref).reason == "done here"
     assert log == ["terminate done here"]
+    # Nothing of it stays behind: no task on the loop, no thread.
+    assert no_tasks_left()
+    assert threading.active_count() == threads
 
 
 def test_supervisor_shutdown_runs_async_terminate_of_a_trapping_child():
