@@ -407,7 +407,7 @@ pub fn finished(py: Python<'_>, step: &Step, result: PyResult<Bound<'_, PyAny>>)
 /// A process's coroutine as its task runs it: each step runs with the process current (so
 /// `rebeam.self_pid()`, `send`, `stop` work) and behind the lease gate; a step of a process
 /// that was killed throws `CancelledError` into the coroutine instead.
-#[pyclass(module = "_rebeam_native")]
+#[pyclass(module = "_rebeam_native", frozen)]
 pub struct Step {
     process: Arc<PyProcess>,
     coroutine: Py<PyAny>,

@@ -55,7 +55,7 @@ pub(super) fn _aio_done(
     task: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let result = task.call_method0(pyo3::intern!(py, "result"));
-    aio::finished(py, &step.borrow(), result);
+    aio::finished(py, step.get(), result);
     Ok(())
 }
 
