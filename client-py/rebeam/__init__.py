@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import _cleanup, _errors, pg
+from ._aio import call_async, receive_async
 from ._errors import (
     AlreadyExists,
     AuthError,
@@ -91,9 +92,11 @@ __all__ = [
     "NameTaken", "NodeDown", "NotFound", "NotInNode", "Pid", "Pool", "Reason", "Ref",
     "RateLimited", "Refused", "Sender", "Supervisor", "Table", "SpawnError", "TableError",
     "Timeout", "TooLarge",
-    "Unavailable", "UnknownName", "Via", "call", "cancel_timer", "cast", "child", "connect",
+    "Unavailable", "UnknownName", "Via", "call", "call_async", "cancel_timer", "cast", "child",
+    "connect",
     "demonitor", "demonitor_node", "exit", "is_alive", "link", "monitor", "monitor_node",
     "monitoring", "node", "nodes", "noreply", "pg", "process_info", "processes", "receive",
+    "receive_async",
     "register", "register_global", "registered", "registry", "reply", "run", "self_pid", "send",
     "send_after", "set_timeout", "spawn", "spawn_link", "spawn_monitor", "spawn_on", "start_child",
     "stop", "table", "terminate_child", "trap_exits", "trapping_exits", "unlink", "unregister",

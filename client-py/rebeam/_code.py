@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import importlib.machinery
+import inspect
 import re
 import sys
 import threading
@@ -187,18 +188,27 @@ def move_server(server: Any, app: str) -> bool:
     saved = None
     try:
         if rollback:
-            server.code_change(new.version, "rollback")
+            _code_change(server, new.version, "rollback")
         server.__class__ = new_class
         if isinstance(server, Supervisor):
             saved = server._move_children(lambda start: new.counterpart(start, old))
         if not rollback:
-            server.code_change(old.version, None)
+            _code_change(server, old.version, None)
     except BaseException:
         server.__class__ = old_class
         if saved is not None:
             server._children = saved
         raise
     return True
+
+
+def _code_change(server: Any, version: str, extra: Any) -> None:
+    result = server.code_change(version, extra)
+    if inspect.iscoroutine(result):
+        result.close()
+        raise TypeError(
+            f"{type(server).__qualname__}.code_change is async: an upgrade converts the state "
+            "between two messages, with nothing awaited; define it with a plain def")
 
 
 def describe(code: Any) -> tuple[str, str] | None:

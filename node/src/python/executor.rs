@@ -1,11 +1,12 @@
 //! Executor threads: they stay attached to Python for life, take servers with mail from the
 //! run queue and run their handlers in batches; the pool grows when handlers block.
 
+use super::aio::{self, Then};
 use super::convert::{self, crash_reason, envelope_to_py, reason_to_py};
 use super::host::{Enter, PyProcess, PyRuntime};
 use super::objects::Sender;
 use super::term::Term;
-use crate::runtime::{CallResult, Envelope, Pid, Reason};
+use crate::runtime::{CallResult, CallSlot, Envelope, Pid, Reason};
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::cell::Cell;
@@ -167,6 +168,17 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
         return;
     };
     let enter = Enter::new(process.clone());
+    // An async handler that ended with a stop left it for an executor: `terminate` is user
+    // code, and user code off the loop's coroutines runs on executors.
+    let pending_stop = process.data.stop.lock().take();
+    if let Some(reason) = pending_stop {
+        let after = finish_server(py, rt, process, server.bind(py), reason);
+        drop(enter);
+        if after != After::Suspended {
+            rt.finish_batch(process);
+        }
+        return;
+    }
     for _ in 0..BATCH {
         // Checked before every message, not once per batch: a node frozen in the middle of
         // a batch must not go on with it when it wakes after its lease lapsed.
@@ -176,12 +188,27 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
         let Some(envelope) = rt.take_next(process) else {
             break;
         };
-        if !handle_one(py, rt, process, server.bind(py), envelope) {
-            break;
+        match handle_one(py, rt, process, server.bind(py), envelope) {
+            After::Next => {}
+            After::Stopped => break,
+            // The handler awaits on the event loop, which hands the server back when done.
+            After::Suspended => return,
         }
     }
     drop(enter);
     rt.finish_batch(process);
+}
+
+/// What follows one handled message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum After {
+    /// The server takes its next message.
+    Next,
+    /// The server stopped (or was killed).
+    Stopped,
+    /// Its handler (or `terminate`) is a coroutine now running on the event loop: the
+    /// server stays running, off this thread, until the task ends.
+    Suspended,
 }
 
 /// Delivers a call to the local `callee`: runs its handler on the calling thread when the
@@ -246,21 +273,22 @@ pub fn run_inline(
         return;
     }
     let enter = Enter::new(process.clone());
-    handle_one(py, rt, process, server.bind(py), envelope);
+    let after = handle_one(py, rt, process, server.bind(py), envelope);
     drop(enter);
-    rt.finish_batch(process);
+    if after != After::Suspended {
+        rt.finish_batch(process);
+    }
 }
 
 /// Handles one envelope of an entered server on this thread, counting it and marking the
-/// server slow if the handler took longer than `INLINE_LIMIT`; false once the server
-/// stopped (it was killed meanwhile, or its handler asked to stop and it has finished).
+/// server slow if the handler took longer than `INLINE_LIMIT`.
 fn handle_one(
     py: Python<'_>,
     rt: &Arc<PyRuntime>,
     process: &Arc<PyProcess>,
     server: &Bound<'_, PyAny>,
     envelope: Envelope<Term>,
-) -> bool {
+) -> After {
     process.data.handled.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let outcome = dispatch(py, rt, process, server, envelope);
@@ -269,13 +297,66 @@ fn handle_one(
     }
     if process.is_exited() {
         clear_interrupt(py);
-        return false;
+        return After::Stopped;
     }
-    if let Some(reason) = outcome {
-        finish_server(py, rt, process, server, reason);
-        return false;
+    match outcome {
+        Handled::Next => After::Next,
+        Handled::Suspended => After::Suspended,
+        Handled::Stop(reason) => finish_server(py, rt, process, server, reason),
     }
-    true
+}
+
+/// The outcome of dispatching one envelope.
+enum Handled {
+    /// Done; take the next message.
+    Next,
+    /// The server must stop with this reason.
+    Stop(Reason),
+    /// The handler is a coroutine now running on the event loop.
+    Suspended,
+}
+
+/// What a handler call gave back: done, or a coroutine to run on the event loop and what
+/// applies its outcome.
+enum Ran<'py> {
+    Done,
+    Coroutine(Bound<'py, PyAny>, Then),
+}
+
+/// A handler's return value: a coroutine (an `async def` handler) to run on the loop, or done.
+fn ran<'py>(value: Bound<'py, PyAny>, then: impl FnOnce() -> Then) -> Ran<'py> {
+    if aio::is_coroutine(&value) {
+        Ran::Coroutine(value, then())
+    } else {
+        Ran::Done
+    }
+}
+
+/// Answers the call in `slot` with a handler's return value; `noreply()` leaves it pending.
+/// An error (a reply that cannot be copied) has already failed the call: the server crashes.
+pub fn reply_with(
+    py: Python<'_>,
+    process: &PyProcess,
+    slot: &Arc<CallSlot<Term>>,
+    reply: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    if reply.is(convert::types(py)?.noreply.bind(py)) {
+        if !slot.is_complete() {
+            process.lock().pending_calls.push(slot.clone());
+        }
+        return Ok(());
+    }
+    match Term::copy_in(reply) {
+        Ok(term) => {
+            let _ = slot.complete(CallResult::Reply(term));
+            Ok(())
+        }
+        Err(err) => {
+            // The server crashes on a reply it cannot send; its caller learns why.
+            let _ = slot.complete(CallResult::Exit(crash_reason(py, &err)));
+            Err(err)
+        }
+    }
 }
 
 /// Drops an interrupt that was aimed at a process that has already stopped running here.
@@ -305,16 +386,16 @@ pub fn lease_gate(py: Python<'_>, rt: &PyRuntime, process: &PyProcess) -> bool {
     !process.is_exited()
 }
 
-/// Handles one envelope; returns the reason to stop with, if the server must stop.
+/// Handles one envelope: done, stopping, or suspended on the event loop.
 fn dispatch(
     py: Python<'_>,
     rt: &PyRuntime,
     process: &Arc<PyProcess>,
     server: &Bound<'_, PyAny>,
     envelope: Envelope<Term>,
-) -> Option<Reason> {
+) -> Handled {
     if !lease_gate(py, rt, process) {
-        return None;
+        return Handled::Next;
     }
     if let Some(app) = &process.data.app {
         let epoch = app.epoch.load(Ordering::Acquire);
@@ -323,10 +404,10 @@ fn dispatch(
         }
     }
     let span = crate::observe::trace::handling(py, &envelope, process.pid);
-    let result: PyResult<()> = (|| match envelope {
+    let result: PyResult<Ran<'_>> = (|| match envelope {
         Envelope::Cast(m) => server
             .call_method1(intern!(py, "handle_cast"), (m.to_py(py)?,))
-            .map(drop),
+            .map(|r| ran(r, || Then::Handler(None))),
         Envelope::Call {
             request,
             from,
@@ -353,23 +434,11 @@ fn dispatch(
                     return Err(err);
                 }
             };
-            if reply.is(convert::types(py)?.noreply.bind(py)) {
-                if !slot.is_complete() {
-                    process.lock().pending_calls.push(slot);
-                }
-            } else {
-                match Term::copy_in(&reply) {
-                    Ok(term) => {
-                        let _ = slot.complete(CallResult::Reply(term));
-                    }
-                    Err(err) => {
-                        // The server crashes on a reply it cannot send; its caller learns why.
-                        let _ = slot.complete(CallResult::Exit(crash_reason(py, &err)));
-                        return Err(err);
-                    }
-                }
+            if aio::is_coroutine(&reply) {
+                return Ok(Ran::Coroutine(reply, Then::Handler(Some(slot))));
             }
-            Ok(())
+            reply_with(py, process, &slot, &reply)?;
+            Ok(Ran::Done)
         }
         Envelope::Exit { from, reason }
             if Some(from) == process.parent
@@ -379,34 +448,42 @@ fn dispatch(
             // The parent's exit signal, trapped: shut down like a gen_server does. A top-level
             // child's parent is the node's application master, which stops it on app stop.
             *process.data.stop.lock() = Some(reason);
-            Ok(())
+            Ok(Ran::Done)
         }
         Envelope::Timeout(generation) => {
             if process.lock().timeout_gen != generation + 1 {
-                return Ok(());
+                return Ok(Ran::Done);
             }
             let message = convert::types(py)?.timeout_message.bind(py).clone();
             server
                 .call_method1(intern!(py, "handle_info"), (message,))
-                .map(drop)
+                .map(|r| ran(r, || Then::Handler(None)))
         }
         other => {
             let message = envelope_to_py(py, &other)?;
             server
                 .call_method1(intern!(py, "handle_info"), (message,))
-                .map(drop)
+                .map(|r| ran(r, || Then::Handler(None)))
         }
     })();
+    // An async handler's span covers its start only: its steps run on the loop's thread.
     if let Some(span) = span {
         span.end(py, result.as_ref().err().map(|e| e.to_string()));
     }
     match result {
-        Ok(()) => process.data.stop.lock().take(),
+        Ok(Ran::Done) => match process.data.stop.lock().take() {
+            Some(reason) => Handled::Stop(reason),
+            None => Handled::Next,
+        },
+        Ok(Ran::Coroutine(coroutine, then)) => match aio::suspend(py, process, coroutine, then) {
+            Ok(()) => Handled::Suspended,
+            Err(err) => Handled::Stop(crash_reason(py, &err)),
+        },
         Err(err) => {
             if process.is_exited() || is_killed(py, &err) {
-                return None;
+                return Handled::Next;
             }
-            Some(crash_reason(py, &err))
+            Handled::Stop(crash_reason(py, &err))
         }
     }
 }
@@ -418,26 +495,40 @@ pub fn is_killed(py: Python<'_>, err: &PyErr) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs `terminate(reason)` and ends the server with `reason`.
+/// Runs `terminate(reason)` and ends the server with `reason`; an async `terminate` runs
+/// on the event loop and the server ends when it returns.
 fn finish_server(
     py: Python<'_>,
     rt: &Arc<PyRuntime>,
     process: &Arc<PyProcess>,
     server: &Bound<'_, PyAny>,
     reason: Reason,
-) {
+) -> After {
     log_crash(process, &reason);
     if !lease_gate(py, rt, process) {
-        return;
+        return After::Stopped;
     }
     let result =
         reason_to_py(py, &reason).and_then(|r| server.call_method1(intern!(py, "terminate"), (r,)));
-    if let Err(err) = result {
-        if !is_killed(py, &err) {
-            tracing::error!(pid = %process.pid, "terminate raised: {}", crash_reason(py, &err));
+    match result {
+        Ok(value) if aio::is_coroutine(&value) => {
+            match aio::suspend(py, process, value, Then::Terminate(reason.clone())) {
+                Ok(()) => return After::Suspended,
+                Err(err) => terminate_raised(py, process, &err),
+            }
         }
+        Ok(_) => {}
+        Err(err) => terminate_raised(py, process, &err),
     }
     rt.terminate(process, reason);
+    After::Stopped
+}
+
+/// Logs an exception `terminate` raised (the server ends with its reason all the same).
+pub fn terminate_raised(py: Python<'_>, process: &PyProcess, err: &PyErr) {
+    if !is_killed(py, err) {
+        tracing::error!(pid = %process.pid, "terminate raised: {}", crash_reason(py, err));
+    }
 }
 
 /// Prints a crash report, as OTP's logger does for abnormal exits, and keeps it in the app's

@@ -54,6 +54,8 @@ pub struct PyData {
     pub held: AtomicUsize,
     /// What the process wrote to stdout/stderr since its last complete line.
     pub output: Mutex<super::logs::Partial>,
+    /// Its handler running as a task on the node's event loop, if any (asyncio actors).
+    pub aio: super::aio::Awaiting,
 }
 
 impl PyData {
@@ -102,6 +104,8 @@ impl Host for PyHost {
     type Data = PyData;
 
     fn interrupt(&self, process: &Arc<PyProcess>) {
+        // A handler awaiting on the event loop holds no thread: its task is cancelled there.
+        super::aio::cancel(process);
         let thread = process.data.thread.load(Ordering::Acquire);
         if thread == 0 || thread == current_thread_ident() {
             // Our own process: the native call that killed it raises on return.
@@ -124,6 +128,10 @@ impl Host for PyHost {
                 }
             }
         });
+    }
+
+    fn mail_arrived(&self, process: &Arc<PyProcess>) {
+        super::aio::mail_arrived(process);
     }
 
     fn route(&self, out: Outbound<Term>) -> Result<(), Outbound<Term>> {
@@ -182,7 +190,8 @@ pub fn current_pid() -> Option<Pid> {
 pub struct Enter {
     previous: Option<Arc<PyProcess>>,
     process: Arc<PyProcess>,
-    previous_thread: u64,
+    /// The thread ident `process` had before, when this entry set it.
+    previous_thread: Option<u64>,
 }
 
 impl Enter {
@@ -196,17 +205,35 @@ impl Enter {
         Enter {
             previous,
             process,
-            previous_thread,
+            previous_thread: Some(previous_thread),
+        }
+    }
+
+    /// Enters `process` for one step of its task on the event loop: it is the current
+    /// process, but its thread stays unset, so killing it cancels the task instead of
+    /// raising in the loop's thread (which runs every async process).
+    pub fn step(process: Arc<PyProcess>) -> Enter {
+        let previous = CURRENT.with(|c| c.borrow_mut().replace(process.clone()));
+        Enter {
+            previous,
+            process,
+            previous_thread: None,
         }
     }
 }
 
 impl Drop for Enter {
     fn drop(&mut self) {
-        self.process
-            .data
-            .thread
-            .store(self.previous_thread, Ordering::Release);
+        if let Some(thread) = self.previous_thread {
+            // Only while it is still ours: a server whose handler went on to the event loop
+            // may already run on another executor, which set its own ident.
+            let _ = self.process.data.thread.compare_exchange(
+                current_thread_ident(),
+                thread,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
         let previous = self.previous.take();
         CURRENT.with(|c| *c.borrow_mut() = previous);
     }

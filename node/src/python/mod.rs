@@ -1,6 +1,7 @@
 //! The embedding: CPython runs process code on executor threads, through the `_rebeam_native`
 //! module that the `rebeam` package uses inside a node.
 
+pub mod aio;
 pub mod apps;
 pub mod cluster_glue;
 pub mod convert;

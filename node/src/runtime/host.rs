@@ -85,6 +85,11 @@ pub trait Host: Send + Sync + Sized + 'static {
     /// monitors fire, with no core lock held.
     fn exited(&self, process: &Arc<Process<Self>>, reason: &Reason);
 
+    /// Mail was queued for a process that was not idle (it runs, or waits in a receive):
+    /// the host may have a waiter to wake that the core does not know (an async receive).
+    /// Called with no core lock held.
+    fn mail_arrived(&self, _process: &Arc<Process<Self>>) {}
+
     /// Sends something to another node; gives it back when that node is unknown or lost.
     fn route(&self, out: Outbound<Self::Msg>) -> Result<(), Outbound<Self::Msg>>;
 }

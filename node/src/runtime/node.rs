@@ -235,6 +235,8 @@ impl<H: Host> Runtime<H> {
         STATS.delivered.inc();
         if schedule {
             self.runq.push(process.clone());
+        } else {
+            self.host.mail_arrived(process);
         }
         Ok(())
     }
@@ -305,6 +307,19 @@ impl<H: Host> Runtime<H> {
         if requeue {
             self.runq.push(process.clone());
         }
+    }
+
+    /// Puts a running server back in the run queue whatever its mailbox holds: its handler
+    /// finished off the executors (an async one) and left work for one (a pending stop).
+    pub fn reschedule(&self, process: &Arc<Process<H>>) {
+        {
+            let mut st = process.lock();
+            if st.status == Status::Exited || process.kind != Kind::Server {
+                return;
+            }
+            st.status = Status::Queued;
+        }
+        self.runq.push(process.clone());
     }
 
     /// Claims an idle server with an empty mailbox for the calling thread, so a caller can

@@ -8,6 +8,7 @@ use std::sync::Arc;
 struct TestHost {
     exited: Mutex<Vec<(Pid, Reason)>>,
     routed: Mutex<Vec<Outbound<&'static str>>>,
+    mail: Mutex<Vec<Pid>>,
 }
 
 impl Host for TestHost {
@@ -20,6 +21,9 @@ impl Host for TestHost {
     fn route(&self, out: Outbound<Self::Msg>) -> Result<(), Outbound<Self::Msg>> {
         self.routed.lock().push(out);
         Ok(())
+    }
+    fn mail_arrived(&self, process: &Arc<Process<Self>>) {
+        self.mail.lock().push(process.pid);
     }
 }
 
@@ -62,6 +66,37 @@ fn send_queues_an_idle_server_once() {
     assert!(rt.take_next(&queued).is_none());
     rt.finish_batch(&queued);
     assert_eq!(queued.lock().status, Status::Idle);
+}
+
+#[test]
+fn mail_for_a_busy_process_tells_the_host_and_an_idle_one_is_queued_instead() {
+    let rt = rt();
+    let p = spawn(&rt);
+    rt.send(p.pid, Envelope::Info("a")).unwrap();
+    assert!(
+        rt.host.mail.lock().is_empty(),
+        "an idle server goes to the run queue"
+    );
+    let queued = rt.runq.try_pop().unwrap();
+    assert!(rt.begin_batch(&queued));
+    rt.send(p.pid, Envelope::Info("b")).unwrap();
+    assert_eq!(*rt.host.mail.lock(), vec![p.pid]);
+}
+
+#[test]
+fn reschedule_queues_a_running_server_with_an_empty_mailbox() {
+    let rt = rt();
+    let p = spawn(&rt);
+    rt.send(p.pid, Envelope::Info("a")).unwrap();
+    let queued = rt.runq.try_pop().unwrap();
+    assert!(rt.begin_batch(&queued));
+    assert!(rt.take_next(&queued).is_some());
+    rt.reschedule(&queued);
+    assert_eq!(queued.lock().status, Status::Queued);
+    assert_eq!(rt.runq.try_pop().map(|q| q.pid), Some(p.pid));
+    rt.terminate(&p, Reason::Normal);
+    rt.reschedule(&p);
+    assert!(rt.runq.try_pop().is_none(), "a dead server is not queued");
 }
 
 #[test]

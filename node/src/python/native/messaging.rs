@@ -43,6 +43,11 @@ pub(super) fn call<'py>(
     request: &Bound<'py, PyAny>,
     timeout: Option<f64>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    not_on_loop(
+        py,
+        "rebeam.call",
+        "use `await rebeam.call_async(...)` in async code",
+    )?;
     let rt = rt()?;
     let me = current();
     let Some(pid) = resolve(dest)? else {

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod awaiting;
 mod globals;
 mod introspect;
 mod messaging;
@@ -25,6 +26,7 @@ mod signals;
 mod spawning;
 mod timing;
 
+use awaiting::*;
 use globals::*;
 use introspect::*;
 use messaging::*;
@@ -32,7 +34,7 @@ use receiving::*;
 use registry::*;
 use signals::*;
 use spawning::*;
-pub use spawning::{spawn_for_peer, Release};
+pub use spawning::{finish_function, spawn_for_peer, Release};
 use timing::*;
 
 /// Longest name accepted by the local registry.
@@ -188,5 +190,12 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pg_leave, m)?)?;
     m.add_function(wrap_pyfunction!(pg_members, m)?)?;
     m.add_function(wrap_pyfunction!(pg_groups, m)?)?;
+    m.add_class::<crate::python::aio::Step>()?;
+    m.add_function(wrap_pyfunction!(_aio_loop_thread, m)?)?;
+    m.add_function(wrap_pyfunction!(_aio_take, m)?)?;
+    m.add_function(wrap_pyfunction!(_aio_done, m)?)?;
+    m.add_function(wrap_pyfunction!(_aio_call, m)?)?;
+    m.add_function(wrap_pyfunction!(_aio_receive, m)?)?;
+    m.add_function(wrap_pyfunction!(_aio_unwatch, m)?)?;
     Ok(())
 }

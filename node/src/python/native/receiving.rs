@@ -11,6 +11,11 @@ pub(super) fn receive<'py>(
     r#match: Option<Bound<'py, PyAny>>,
     timeout: Option<f64>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    not_on_loop(
+        py,
+        "rebeam.receive",
+        "use `await rebeam.receive_async(...)` in async code",
+    )?;
     let rt = rt()?;
     let me = this(py, "receive()")?;
     let deadline = deadline_after(timeout)?;
@@ -93,6 +98,50 @@ pub(super) fn receive<'py>(
         Some(value) => Ok(value),
         None => Err(error(py, &types(py)?.killed, ())),
     }
+}
+
+/// One pass of a selective receive that does not wait: the first message `match` accepts,
+/// taken out of the mailbox; the others stay queued, in order.
+pub(super) fn take_match<'py>(
+    py: Python<'py>,
+    me: &Arc<PyProcess>,
+    r#match: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let mut saved = std::mem::take(&mut me.lock().mailbox);
+    me.data.held.store(saved.len(), Ordering::Relaxed);
+    let mut index = 0;
+    let found = loop {
+        if index >= saved.len() {
+            break Ok(None);
+        }
+        let value = match convert::envelope_to_py(py, &saved[index]) {
+            Ok(v) => v,
+            Err(e) => {
+                // A message that cannot be restored is dropped rather than block the mailbox.
+                if let Some(gone) = saved.remove(index) {
+                    me.lock().settle(&gone);
+                }
+                break Err(e);
+            }
+        };
+        let matched = match r#match {
+            None => Ok(true),
+            Some(f) => f.call1((value.clone(),)).and_then(|r| r.is_truthy()),
+        };
+        match matched {
+            Ok(true) => {
+                if let Some(taken) = saved.remove(index) {
+                    me.lock().settle(&taken);
+                }
+                me.data.handled.fetch_add(1, Ordering::Relaxed);
+                break Ok(Some(value));
+            }
+            Ok(false) => index += 1,
+            Err(e) => break Err(e),
+        }
+    };
+    put_back(me, saved);
+    found
 }
 
 /// Returns unmatched messages to the front of the mailbox, ahead of newer arrivals.

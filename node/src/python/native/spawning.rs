@@ -118,7 +118,14 @@ fn run_init(
     kwargs: Option<&Bound<'_, PyDict>>,
 ) -> Result<(), (Reason, Option<PyErr>)> {
     let result = {
-        let _enter = Enter::new(process.clone());
+        // On the event loop's thread (a coroutine spawning a server) the thread is not the
+        // new process's to interrupt: a kill there would land in whatever runs next on the
+        // loop. The kill then takes effect when `init` returns, as one inside a C call does.
+        let _enter = if crate::python::aio::on_loop() {
+            Enter::step(process.clone())
+        } else {
+            Enter::new(process.clone())
+        };
         if lease_gate(py, rt, process) {
             server.call_method(pyo3::intern!(py, "init"), args, kwargs)
         } else {
@@ -127,6 +134,16 @@ fn run_init(
                 Err(e) => Err(e),
             }
         }
+    };
+    // An `async def init` runs on the event loop; the spawner waits for it here.
+    let result = match result {
+        Ok(value) if crate::python::aio::is_coroutine(&value) => crate::python::aio::await_outcome(
+            py,
+            process,
+            value,
+            "spawning a server whose init is async",
+        ),
+        other => other,
     };
     let stop = process.data.stop.lock().take();
     match result {
@@ -222,13 +239,30 @@ fn start_thread(
                         Err(PyValueError::new_err("killed before it started"))
                     }
                 };
+                let result = match result {
+                    // An `async def` function process runs on the event loop from here on;
+                    // its task ends it (`aio::finished`), and this thread is done.
+                    Ok(value) if crate::python::aio::is_coroutine(&value) => {
+                        match crate::python::aio::suspend(
+                            py,
+                            &child,
+                            value,
+                            crate::python::aio::Then::Function,
+                        ) {
+                            Ok(()) => return,
+                            Err(err) => Err(err),
+                        }
+                    }
+                    other => other,
+                };
                 finish_function(py, &rt2, &child, result.map(drop));
             })
         })
         .map(drop)
 }
 
-pub(super) fn finish_function(
+/// Ends a function process whose code returned (or raised) `result`.
+pub fn finish_function(
     py: Python<'_>,
     rt: &Arc<PyRuntime>,
     process: &Arc<PyProcess>,
@@ -271,6 +305,7 @@ pub(super) fn run<'py>(
     args: Bound<'py, PyTuple>,
     kwargs: Option<Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    not_on_loop(py, "rebeam.run", "rebeam.run is for code outside processes")?;
     let rt = rt()?;
     if current().is_some() {
         return Err(rebeam_error(
@@ -283,6 +318,13 @@ pub(super) fn run<'py>(
     let result = {
         let _enter = Enter::new(process.clone());
         function.call(args, kwargs.as_ref())
+    };
+    // An async function runs on the event loop, as this process; this thread waits for it.
+    let result = match result {
+        Ok(value) if crate::python::aio::is_coroutine(&value) => {
+            crate::python::aio::await_outcome(py, &process, value, "rebeam.run")
+        }
+        other => other,
     };
     match result {
         Ok(value) => {
@@ -398,6 +440,11 @@ pub(super) fn spawn_remote<'py>(
     monitor: bool,
     timeout: Option<f64>,
 ) -> PyResult<(&'static str, Bound<'py, PyAny>)> {
+    not_on_loop(
+        py,
+        "rebeam.spawn_on",
+        "spawn on other nodes from code that is not a coroutine",
+    )?;
     let rt = rt()?;
     let me = current();
     if (link || monitor) && me.is_none() {
