@@ -380,6 +380,7 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
 async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Started) -> String {
     let session = keeper.session;
     let mut broken_since: Option<Instant> = None;
+    let mut position = WatchPosition::default();
     loop {
         if let Some(since) = broken_since {
             if since.elapsed() >= session.stream_fence {
@@ -388,6 +389,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         }
         let request = pb::WatchRequest {
             node: Some(node_ref(cluster, session)),
+            resume_from: position.resume_from(),
         };
         // Any member serves the stream: after a break each one gets a third of the stream
         // fence, so a frozen member (connections open, nothing answers) cannot use it all.
@@ -425,7 +427,10 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         cluster.begin_view();
         while let Some(event) = stream.next().await {
             match event {
-                Ok(ev) => apply_event(cluster, session, &started, ev),
+                Ok(ev) => {
+                    position.saw(&ev);
+                    apply_event(cluster, session, &started, ev)
+                }
                 Err(status) => {
                     tracing::info!("watch stream ended: {}", status.message());
                     break;
@@ -439,6 +444,41 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         if member_is_gone(&member).await {
             keeper.member_gone(cluster);
         }
+    }
+}
+
+/// Where this node's cache stands in the controller's log, so that a broken watch stream
+/// resumes there instead of pulling the whole view again (`WatchRequest.resume_from`).
+#[derive(Default, Debug)]
+struct WatchPosition {
+    /// The log index of the last event applied, once a whole view was.
+    index: Option<u64>,
+    /// A view is arriving in chunks: the cache is not whole until its last one.
+    mid_view: bool,
+}
+
+impl WatchPosition {
+    fn saw(&mut self, ev: &pb::WatchEvent) {
+        match &ev.event {
+            Some(Event::Snapshot(v)) => {
+                self.mid_view = !v.last;
+                self.index = v.last.then_some(ev.log_index);
+            }
+            Some(_) if !self.mid_view => {
+                self.index = Some(self.index.unwrap_or(0).max(ev.log_index));
+            }
+            _ => {}
+        }
+    }
+
+    /// What the next watch request asks for (0: a full view).
+    fn resume_from(&mut self) -> u64 {
+        if self.mid_view {
+            // A view cut off half way: only a whole one makes the cache right again.
+            self.mid_view = false;
+            self.index = None;
+        }
+        self.index.unwrap_or(0)
     }
 }
 
@@ -833,5 +873,53 @@ impl Cluster {
                 .cluster(request, |mut c, r| async move { c.whereis(r).await }),
         )?;
         Ok(pid_from_pb(reply.pid.as_ref()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(index: u64, last: bool) -> pb::WatchEvent {
+        pb::WatchEvent {
+            log_index: index,
+            event: Some(Event::Snapshot(pb::ClusterView {
+                last,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn name(index: u64) -> pb::WatchEvent {
+        pb::WatchEvent {
+            log_index: index,
+            event: Some(Event::NameReleased(pb::GlobalName::default())),
+        }
+    }
+
+    #[test]
+    fn a_stream_resumes_from_the_last_event_applied() {
+        let mut p = WatchPosition::default();
+        assert_eq!(p.resume_from(), 0);
+        p.saw(&view(10, true));
+        assert_eq!(p.resume_from(), 10);
+        p.saw(&name(12));
+        p.saw(&name(15));
+        assert_eq!(p.resume_from(), 15);
+        // A resumed stream re-sends the last entry's events: the position does not go back.
+        p.saw(&name(15));
+        assert_eq!(p.resume_from(), 15);
+    }
+
+    #[test]
+    fn a_view_cut_off_half_way_asks_for_a_whole_one() {
+        let mut p = WatchPosition::default();
+        p.saw(&view(10, true));
+        p.saw(&name(12));
+        p.saw(&view(20, false));
+        assert_eq!(p.resume_from(), 0);
+        p.saw(&view(30, false));
+        p.saw(&view(30, true));
+        assert_eq!(p.resume_from(), 30);
     }
 }
