@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import rebeam
-from harness import TOKEN, DevNode, Node, Nodes, _cluster, scratch_dir, wait_for
+from harness import TOKEN, Blackhole, DevNode, Node, Nodes, _cluster, scratch_dir, wait_for
 from rebeam.client import AppFailed, Refused, UpgradeFailed
 from rebeam.client.cli import main as cli
 
@@ -412,3 +412,64 @@ def test_a_manifest_child_named_in_a_user_registry(target: Target, tmp_path: Pat
             wait_for("the restarted child under its Via name", restarted)
         finally:
             c.stop("viaapp")
+
+
+SLOW_MANIFEST = """[app]
+name = "slow"
+version = "1.0.0"
+
+[[children]]
+start = "slow:Slow"
+name = "slow"
+global = true
+"""
+
+SLOW_APP = '''
+import time
+
+import rebeam
+
+INITS = {inits!r}
+
+
+class Slow(rebeam.GenServer):
+    def init(self) -> None:
+        with open(INITS, "a") as f:
+            f.write(f"{{rebeam.self_pid()}}\\n")
+        time.sleep(3)
+
+    def handle_call(self, request, sender):
+        return rebeam.self_pid()
+'''
+
+
+def test_an_assignment_repeated_while_its_child_starts_starts_it_once(tmp_path: Path) -> None:
+    # The node reaches the controller through a proxy that the test resets while the child's
+    # init runs: the node's watch resumes and the controller repeats its last entry, the
+    # assignment. A repeat must not start a second copy (it would find the name taken).
+    inits = tmp_path / "inits"
+    app = tmp_path / "slow"
+    app.mkdir()
+    (app / "rebeam.toml").write_text(SLOW_MANIFEST)
+    (app / "slow.py").write_text(SLOW_APP.format(inits=str(inits)))
+    for controllers in _cluster(1):
+        proxy = Blackhole(controllers.members[0].api)
+        nodes = Nodes(tmp_path / "nodes", proxy.address)
+        try:
+            node = nodes.start("a")
+            node.wait_output("joined the cluster")
+            with controllers.client() as c:
+                c.submit(app)
+                wait_for("the child's init", lambda: inits.exists() and inits.read_text())
+                proxy.cut()
+                proxy.heal()  # resets the node's connections: its watch resumes at once
+                node.wait_output("watch stream ended")
+                running = c.wait_running("slow", timeout=30)
+                assert running.status == "running"
+                assert c.call("slow", "pid") is not None
+                started = inits.read_text().split()
+                assert len(started) == 1, f"started more than once: {started}"
+                assert "fencing" not in node.output()
+        finally:
+            nodes.stop()
+            proxy.close()
