@@ -225,12 +225,7 @@ fn start_sim(c: &Arc<Cluster>, s: &Arc<Sim>, st: &Arc<Stats>, watch: bool) {
 
 async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
     // Channels of this runtime (a channel's connection is driven where it was made).
-    let Ok(chans) = c
-        .members
-        .iter()
-        .map(|m| channel(m.api))
-        .collect::<anyhow::Result<Vec<Channel>>>()
-    else {
+    let Ok(chans) = c.channels() else {
         return;
     };
     let mut tick = tokio::time::interval(s.heartbeat);
