@@ -1049,7 +1049,10 @@ mod slot_tests {
         let mut s = Slots::default();
         let old = s.claim(&key(), 1).expect("a first start");
         let new = s.claim(&key(), 2).expect("a newer generation starts");
-        assert!(!s.started(&key(), old, pid(1)), "the old start must stop its process");
+        assert!(
+            !s.started(&key(), old, pid(1)),
+            "the old start must stop its process"
+        );
         s.failed(&key(), old);
         assert!(s.started(&key(), new, pid(2)));
         assert_eq!(s.claim(&key(), 2), None);
@@ -1084,7 +1087,11 @@ mod slot_tests {
         let first = s.claim(&key(), 1).expect("a first start");
         assert!(s.started(&key(), first, pid(1)));
         s.refused(&key(), pid(9));
-        assert_eq!(s.claim(&key(), 1), None, "another pid's refusal changes nothing");
+        assert_eq!(
+            s.claim(&key(), 1),
+            None,
+            "another pid's refusal changes nothing"
+        );
         s.refused(&key(), pid(1));
         assert!(s.claim(&key(), 1).is_some());
     }
