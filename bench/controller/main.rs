@@ -368,6 +368,7 @@ async fn bench_reassign(
                     node: victim.clone(),
                     incarnation: vi,
                 }),
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -108,6 +108,7 @@ struct Stats {
     events: AtomicU64,
     lagged: AtomicU64,
     reopened: AtomicU64,
+    full_views: AtomicU64,
     probes: Mutex<HashMap<String, Vec<Instant>>>,
     dead_seen: Mutex<HashMap<String, Instant>>,
     assigned: Mutex<Vec<(String, Instant)>>,
@@ -125,6 +126,12 @@ struct Sim {
     silent: AtomicBool,
     /// Its watch stream is open (said with each renewal, as a real node does).
     watching: AtomicBool,
+    /// Breaks of its watch stream, and how many of them a successful renewal has told the
+    /// controller about: it says "watching" only once every break was told, as a real node
+    /// does (a renewal saying "watching" after an untold break would undo nothing, and the
+    /// stream close would cut the lease of a node that never fenced).
+    breaks: AtomicU64,
+    told: AtomicU64,
     /// The stream broke: renew at once, as a real node does.
     renew_now: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -186,13 +193,30 @@ async fn join(c: &Arc<Cluster>, name: &str, labels: &[(&str, &str)]) -> anyhow::
         last_ok: Mutex::new(Instant::now()),
         silent: AtomicBool::new(false),
         watching: AtomicBool::new(false),
+        breaks: AtomicU64::new(0),
+        told: AtomicU64::new(0),
         renew_now: tokio::sync::Notify::new(),
         tasks: Mutex::new(Vec::new()),
     }))
 }
 
+/// The runtime the simulated nodes' renewals run on, apart from their watch streams and the
+/// writers: a real node renews from its own process, so the CPU this harness spends decoding
+/// a hundred nodes' watch streams must not delay renewals and pass for a slow controller.
+fn renewals_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("renewals")
+            .enable_all()
+            .build()
+            .expect("a runtime for renewals")
+    })
+}
+
 fn start_sim(c: &Arc<Cluster>, s: &Arc<Sim>, st: &Arc<Stats>, watch: bool) {
-    let mut tasks = vec![tokio::spawn(heartbeats(c.clone(), s.clone(), st.clone()))];
+    let mut tasks = vec![renewals_runtime().spawn(heartbeats(c.clone(), s.clone(), st.clone()))];
     if watch {
         tasks.push(tokio::spawn(follow(c.clone(), s.clone(), st.clone())));
     }
@@ -200,6 +224,10 @@ fn start_sim(c: &Arc<Cluster>, s: &Arc<Sim>, st: &Arc<Stats>, watch: bool) {
 }
 
 async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
+    // Channels of this runtime (a channel's connection is driven where it was made).
+    let Ok(chans) = c.channels() else {
+        return;
+    };
     let mut tick = tokio::time::interval(s.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let attempt = (s.fence / 5).clamp(Duration::from_millis(50), Duration::from_millis(250));
@@ -211,19 +239,21 @@ async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
         if s.silent.load(Ordering::Relaxed) {
             continue;
         }
+        let breaks = s.breaks.load(Ordering::SeqCst);
         let req = pb::HeartbeatRequest {
             node: Some(s.node_ref()),
-            watching: s.watching.load(Ordering::Relaxed),
+            watching: s.watching.load(Ordering::SeqCst) && s.told.load(Ordering::SeqCst) == breaks,
         };
         let deadline = *s.last_ok.lock() + s.fence;
         let sent = Instant::now();
-        let r = call(&c, &s.chans, deadline.max(sent + attempt), attempt, |ch| {
+        let r = call(&c, &chans, deadline.max(sent + attempt), attempt, |ch| {
             let req = req.clone();
             async move { node_client(ch).heartbeat(req).await }
         })
         .await;
         match r {
             Ok(_) => {
+                s.told.fetch_max(breaks, Ordering::SeqCst);
                 st.renewals.fetch_add(1, Ordering::Relaxed);
                 let mut last = s.last_ok.lock();
                 let gap = sent.saturating_duration_since(*last);
@@ -247,9 +277,17 @@ async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
 }
 
 async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
+    // Where the node's view stands (resumed there after a break, as a real node does).
+    let mut position: Option<u64> = None;
+    let mut mid_view = false;
     loop {
+        if mid_view {
+            position = None;
+            mid_view = false;
+        }
         let req = pb::WatchRequest {
             node: Some(s.node_ref()),
+            resume_from: position.unwrap_or(0),
         };
         let opened = call(
             &c,
@@ -270,10 +308,25 @@ async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
                 continue;
             }
         };
-        s.watching.store(true, Ordering::Relaxed);
+        s.watching.store(true, Ordering::SeqCst);
         loop {
             match stream.message().await {
-                Ok(Some(ev)) => seen(&s, &st, ev),
+                Ok(Some(ev)) => {
+                    match &ev.event {
+                        Some(pb::watch_event::Event::Snapshot(v)) => {
+                            mid_view = !v.last;
+                            position = v.last.then_some(ev.log_index);
+                            if v.last {
+                                st.full_views.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        _ if !mid_view => {
+                            position = Some(position.unwrap_or(0).max(ev.log_index));
+                        }
+                        _ => {}
+                    }
+                    seen(&s, &st, ev)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     if e.code() == Code::ResourceExhausted {
@@ -286,7 +339,8 @@ async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
                 }
             }
         }
-        s.watching.store(false, Ordering::Relaxed);
+        s.watching.store(false, Ordering::SeqCst);
+        s.breaks.fetch_add(1, Ordering::SeqCst);
         s.renew_now.notify_one();
         st.reopened.fetch_add(1, Ordering::Relaxed);
     }
@@ -581,10 +635,14 @@ async fn main() -> anyhow::Result<()> {
     let mut set = JoinSet::new();
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
     for i in 0..a.nodes {
-        let (c, gate) = (c.clone(), gate.clone());
+        let (c, gate, st) = (c.clone(), gate.clone(), st.clone());
         set.spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            join(&c, &format!("sim-{i:05}"), &[("role", "sim")]).await
+            let s = join(&c, &format!("sim-{i:05}"), &[("role", "sim")]).await?;
+            // Renewing from the moment it joined, as a real node does: with many nodes,
+            // the first ones would otherwise wait for the last join past their lease.
+            start_sim(&c, &s, &st, true);
+            anyhow::Ok(s)
         });
     }
     let mut sims = Vec::new();
@@ -592,9 +650,6 @@ async fn main() -> anyhow::Result<()> {
         sims.push(r??);
     }
     sims.sort_by(|x, y| x.name.cmp(&y.name));
-    for s in &sims {
-        start_sim(&c, s, &st, true);
-    }
     let mut real = Vec::new();
     for i in 0..a.real_nodes {
         real.push(start_real_node(&c, i)?);
@@ -805,6 +860,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let c0 = counters(&st);
     let old = c.leader(Duration::from_secs(10)).await?;
+    let views0 = st.full_views.load(Ordering::Relaxed);
+    let reopened0 = st.reopened.load(Ordering::Relaxed);
     let t0 = Instant::now();
     c.kill9(old);
     let new = c.leader(Duration::from_secs(20)).await?;
@@ -826,7 +883,9 @@ async fn main() -> anyhow::Result<()> {
     let nodes = delta(c0, counters(&st), t0.elapsed().as_secs_f64());
     let fo = json!({"killed": c.members[old].id, "new_leader": c.members[new].id,
                     "leader_elected_ms": ms(elected), "first_write_ms": ms(first_write),
-                    "failed_write_calls": failed, "nodes": nodes});
+                    "failed_write_calls": failed, "nodes": nodes,
+                    "watch_reopened": st.reopened.load(Ordering::Relaxed) - reopened0,
+                    "full_views_sent": st.full_views.load(Ordering::Relaxed) - views0});
     println!("leader failover under load: {fo}");
     c.spawn(old)?;
     report.insert("failover".into(), fo);

@@ -76,7 +76,10 @@ impl Default for Timings {
             heartbeat: Duration::from_millis(200),
             node_fence: Duration::from_millis(1400),
             stream_fence: Duration::from_millis(300),
-            raft_heartbeat: Duration::from_millis(50),
+            // openraft bounds a leadership confirmation by one Raft heartbeat: at 50 ms,
+            // confirmations on a loaded machine missed it for seconds and leases went
+            // unrenewed. Followers campaign only after the 300 ms leader lease anyway.
+            raft_heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(150),
         }
     }

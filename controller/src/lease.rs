@@ -1,148 +1,251 @@
 //! Node leases, tracked in the leader's memory; a lapse is declared through the log.
+//!
+//! What a member saw of a node's lease is kept as facts ([`LeaseFacts`]: grant, renewals,
+//! stream closes, time it could not renew) and the expiry follows from them in one pure
+//! function, [`deadline`], so the rule can be read and tested in one place.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::core::Core;
 use crate::types::Command;
 
-/// One node incarnation's lease on this member.
-struct Lease {
-    incarnation: u64,
-    deadline: Instant,
-    /// When this member last renewed it for a node that said its watch stream was broken.
-    renewed_unwatched: Option<Instant>,
+/// Most stream closes remembered per node incarnation (the latest ones).
+const MAX_CLOSES: usize = 4;
+
+/// A watch stream of a node that closed on this member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Close {
+    /// When the stream opened.
+    pub opened: Instant,
+    /// When this member saw it close.
+    pub at: Instant,
+    /// Nothing listened at the node's address any more once the stream closed (although
+    /// something did while it was open): its process is gone and runs no code.
+    pub process_gone: bool,
 }
 
-/// A watch stream of a node closed on this member (see `Leases::stream_closed`).
+/// What this member saw of one node incarnation's lease while leading.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseFacts {
+    /// The node incarnation the facts are about.
+    pub incarnation: u64,
+    /// The lease was granted here: the node joined, or this member began leading (a new
+    /// leader does not know when nodes last renewed, so every node starts with a full lease).
+    pub granted: Instant,
+    /// The last renewal this member served.
+    pub renewed: Option<Instant>,
+    /// The last renewal served for a node that said its watch stream was broken.
+    pub renewed_unwatched: Option<Instant>,
+    /// The latest stream closes.
+    pub closes: Vec<Close>,
+    /// Stretches this member could not renew leases (it stalled, or could not confirm its
+    /// leadership): (when it noticed, how long). Not held against the node.
+    pub held: Vec<(Instant, Duration)>,
+}
+
+/// The two durations the expiry depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseTimes {
+    /// A lease lasts this long after its grant or last renewal.
+    pub lease: Duration,
+    /// A node fences this long after its watch stream broke unless it renews saying so.
+    pub stream_fence: Duration,
+}
+
+/// When the lease described by `f` ends on this member; a node whose lease ended may be
+/// declared dead.
+///
+/// - A full `lease` from the later of the grant and the last renewal,
+/// - pushed out by the time this member could not renew since then,
+/// - cut to `stream_fence` after a watch stream closed (pushed out likewise), unless the
+///   node renewed after that stream opened saying its stream was broken: it saw the break
+///   and holds its lease by renewals alone. A renewal that said the stream was open proves
+///   nothing once the close is seen: the node sent it before the break (a crashed node's
+///   last renewal can land after the close).
+/// - cut to the close itself when the node's process was found gone (it cannot run code).
+pub fn deadline(f: &LeaseFacts, t: LeaseTimes) -> Instant {
+    let held_since = |from: Instant| -> Duration {
+        f.held
+            .iter()
+            .filter(|(at, _)| *at >= from)
+            .map(|(_, d)| *d)
+            .sum()
+    };
+    let base = f.renewed.map_or(f.granted, |r| r.max(f.granted));
+    let mut end = base + t.lease + held_since(base);
+    for c in &f.closes {
+        let cut = if c.process_gone {
+            c.at
+        } else if f.renewed_unwatched.is_some_and(|u| u >= c.opened) {
+            continue;
+        } else {
+            c.at + t.stream_fence + held_since(c.at)
+        };
+        end = end.min(cut);
+    }
+    end
+}
+
+/// True when the lease described by `f` has ended at `now`.
+pub fn expired(f: &LeaseFacts, t: LeaseTimes, now: Instant) -> bool {
+    now >= deadline(f, t)
+}
+
+impl LeaseFacts {
+    /// A lease granted at `at`.
+    pub fn granted(incarnation: u64, at: Instant) -> LeaseFacts {
+        LeaseFacts {
+            incarnation,
+            granted: at,
+            renewed: None,
+            renewed_unwatched: None,
+            closes: Vec::new(),
+            held: Vec::new(),
+        }
+    }
+
+    /// A renewal served at `at`; `watching` is what the node said of its stream.
+    pub fn renew(&mut self, at: Instant, watching: bool) {
+        self.renewed = Some(self.renewed.map_or(at, |r| r.max(at)));
+        if !watching {
+            self.renewed_unwatched = Some(self.renewed_unwatched.map_or(at, |r| r.max(at)));
+        }
+        // Holds before both the renewal and every close no longer matter: keep the facts small.
+        let from = self.closes.iter().map(|c| c.at).fold(at, Instant::min);
+        self.held.retain(|(h, _)| *h >= from);
+    }
+
+    /// A watch stream of the node closed.
+    pub fn close(&mut self, c: Close) {
+        self.closes.push(c);
+        if self.closes.len() > MAX_CLOSES {
+            self.closes.remove(0);
+        }
+    }
+
+    /// This member could not renew for `by`, noticed at `at`.
+    pub fn hold(&mut self, at: Instant, by: Duration) {
+        self.held.push((at, by));
+    }
+}
+
+/// A stream close waiting for the lease task's next tick.
 struct Closed {
     node: String,
     incarnation: u64,
-    opened: Instant,
-    soon: Instant,
+    close: Close,
 }
 
-/// Deadlines of the nodes' leases on this member (meaningful only while it leads).
-#[derive(Default)]
+/// The nodes' leases on this member (meaningful only while it leads).
 pub struct Leases {
-    deadlines: Mutex<HashMap<String, Lease>>,
+    times: LeaseTimes,
+    facts: Mutex<HashMap<String, LeaseFacts>>,
     declaring: Mutex<HashSet<(String, u64)>>,
     /// Watch streams closed since the last tick.
     closed: Mutex<Vec<Closed>>,
+    /// Wakes the lease task before its next tick (a node found gone).
+    wake: tokio::sync::Notify,
     /// When this member last confirmed with a quorum that it leads: (term, start of the check).
     confirmed: Mutex<Option<(u64, Instant)>>,
 }
 
-impl Lease {
-    /// A stream close shortens the lease to `c.soon` unless the node renewed saying its
-    /// stream was broken after that stream opened (it saw the break and holds its lease by
-    /// renewals alone; the close may reach this member after such a renewal, or before it).
-    /// A renewal that says the stream was open proves nothing once the close is seen: the
-    /// node sent it before the break (a crashed node's last renewal can land just after).
-    fn close(&mut self, c: &Closed) {
-        if self.incarnation != c.incarnation {
-            return;
-        }
-        if self.renewed_unwatched.is_some_and(|t| t >= c.opened) {
-            return;
-        }
-        if self.deadline > c.soon {
-            self.deadline = c.soon;
+impl Leases {
+    /// Leases lasting `lease`, cut to `stream_fence` after a stream close.
+    pub fn new(lease: Duration, stream_fence: Duration) -> Leases {
+        Leases {
+            times: LeaseTimes {
+                lease,
+                stream_fence,
+            },
+            facts: Mutex::new(HashMap::new()),
+            declaring: Mutex::new(HashSet::new()),
+            closed: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            confirmed: Mutex::new(None),
         }
     }
-}
 
-impl Leases {
-    /// A heartbeat from a live node incarnation pushes its deadline out by `lease`;
-    /// `watching` is false when the node said its watch stream is broken.
-    pub fn renew(&self, node: &str, incarnation: u64, lease: std::time::Duration, watching: bool) {
-        let now = Instant::now();
-        let mut d = self.deadlines.lock();
-        let unwatched = d
-            .get(node)
-            .filter(|l| l.incarnation == incarnation)
-            .and_then(|l| l.renewed_unwatched);
-        d.insert(
+    /// A node incarnation joined here: its lease starts now.
+    pub fn grant(&self, node: &str, incarnation: u64) {
+        self.facts.lock().insert(
             node.to_string(),
-            Lease {
-                incarnation,
-                deadline: now + lease,
-                renewed_unwatched: if watching { unwatched } else { Some(now) },
-            },
+            LeaseFacts::granted(incarnation, Instant::now()),
         );
     }
 
-    /// The node's watch stream (opened at `opened`) closed: a node whose stream breaks
-    /// fences itself within `stream_fence` unless it renews, so it may be declared dead once
-    /// that has passed rather than after the whole lease.
-    pub fn stream_closed(
-        &self,
-        node: &str,
-        incarnation: u64,
-        opened: Instant,
-        stream_fence: std::time::Duration,
-    ) {
+    /// A heartbeat from a live node incarnation renews its lease; `watching` is false when
+    /// the node said its watch stream is broken.
+    pub fn renew(&self, node: &str, incarnation: u64, watching: bool) {
         let now = Instant::now();
-        let c = Closed {
-            node: node.to_string(),
-            incarnation,
-            opened,
-            soon: now + stream_fence,
-        };
-        let mut d = self.deadlines.lock();
-        if let Some(l) = d.get_mut(node) {
-            l.close(&c);
+        let mut facts = self.facts.lock();
+        let f = facts
+            .entry(node.to_string())
+            .or_insert_with(|| LeaseFacts::granted(incarnation, now));
+        if f.incarnation != incarnation {
+            *f = LeaseFacts::granted(incarnation, now);
         }
-        drop(d);
-        // Also kept aside until the lease task's next tick: a leader that just took over
-        // resets every deadline on its first tick, which must not erase this.
-        self.closed.lock().push(c);
+        f.renew(now, watching);
     }
 
-    /// Pushes every deadline out by `by`: time this member could not renew leases (it
-    /// stalled, or could not confirm its leadership) is not held against the nodes.
-    fn hold(&self, by: std::time::Duration) {
-        for l in self.deadlines.lock().values_mut() {
-            l.deadline += by;
+    /// The node's watch stream (opened at `opened`) closed; `process_gone` when its process
+    /// was found gone. Applied at the lease task's next tick (woken at once for a gone one).
+    pub fn stream_closed(&self, node: &str, incarnation: u64, opened: Instant, process_gone: bool) {
+        self.closed.lock().push(Closed {
+            node: node.to_string(),
+            incarnation,
+            close: Close {
+                opened,
+                at: Instant::now(),
+                process_gone,
+            },
+        });
+        if process_gone {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Time this member could not renew leases is not held against the nodes.
+    fn hold(&self, by: Duration) {
+        let now = Instant::now();
+        for f in self.facts.lock().values_mut() {
+            f.hold(now, by);
         }
     }
 
     /// True when this member confirmed its leadership of `term` with a quorum less than
     /// `within` ago: only then may it renew leases (see `Timings::confirm_within`).
-    pub fn confirmed_within(&self, term: u64, within: std::time::Duration) -> bool {
+    pub fn confirmed_within(&self, term: u64, within: Duration) -> bool {
         matches!(*self.confirmed.lock(), Some((t, at)) if t == term && at.elapsed() < within)
     }
 
     /// Milliseconds left on each node's lease, with its incarnation (empty unless leading).
     pub fn remaining(&self) -> HashMap<String, (u64, u64)> {
         let now = Instant::now();
-        self.deadlines
+        self.facts
             .lock()
             .iter()
-            .map(|(n, l)| {
-                (
-                    n.clone(),
-                    (
-                        l.incarnation,
-                        l.deadline.saturating_duration_since(now).as_millis() as u64,
-                    ),
-                )
+            .map(|(n, f)| {
+                let left = deadline(f, self.times).saturating_duration_since(now);
+                (n.clone(), (f.incarnation, left.as_millis() as u64))
             })
             .collect()
     }
 
     fn clear(&self) {
-        self.deadlines.lock().clear();
+        self.facts.lock().clear();
     }
 
-    /// Applies the stream closes seen since the last tick to the deadlines.
-    fn apply_closed(&self, d: &mut HashMap<String, Lease>) {
+    /// Records the stream closes seen since the last tick.
+    fn apply_closed(&self, facts: &mut HashMap<String, LeaseFacts>) {
         for c in self.closed.lock().drain(..) {
-            if let Some(l) = d.get_mut(&c.node) {
-                l.close(&c);
+            if let Some(f) = facts.get_mut(&c.node) {
+                if f.incarnation == c.incarnation {
+                    f.close(c.close);
+                }
             }
         }
     }
@@ -181,7 +284,7 @@ pub async fn confirm(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver
 /// Runs on every member; acts only while this member leads.
 pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let lease = core.config.timings.lease;
-    let tick = (lease / 20).max(std::time::Duration::from_millis(5));
+    let tick = (lease / 20).max(Duration::from_millis(5));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut led_term: Option<u64> = None;
@@ -189,6 +292,7 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
     loop {
         tokio::select! {
             _ = interval.tick() => {}
+            _ = core.leases.wake.notified() => {}
             _ = shutdown.changed() => return,
         }
         let elapsed = last_tick.elapsed();
@@ -233,30 +337,27 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
                 .collect()
         };
         let now = Instant::now();
-        let mut expired = Vec::new();
+        let mut expired_nodes = Vec::new();
         {
-            let mut d = core.leases.deadlines.lock();
-            d.retain(|node, l| alive.iter().any(|(n, i)| n == node && *i == l.incarnation));
+            let mut facts = core.leases.facts.lock();
+            facts.retain(|node, f| alive.iter().any(|(n, i)| n == node && *i == f.incarnation));
             for (node, inc) in &alive {
-                let fresh = || Lease {
-                    incarnation: *inc,
-                    deadline: now + lease,
-                    renewed_unwatched: None,
-                };
-                let e = d.entry(node.clone()).or_insert_with(fresh);
-                if e.incarnation != *inc {
-                    *e = fresh();
+                let f = facts
+                    .entry(node.clone())
+                    .or_insert_with(|| LeaseFacts::granted(*inc, now));
+                if f.incarnation != *inc {
+                    *f = LeaseFacts::granted(*inc, now);
                 }
             }
-            core.leases.apply_closed(&mut d);
+            core.leases.apply_closed(&mut facts);
             for (node, inc) in &alive {
-                let Some(l) = d.get(node) else { continue };
-                if l.incarnation == *inc && now >= l.deadline {
-                    expired.push((node.clone(), *inc));
+                let Some(f) = facts.get(node) else { continue };
+                if f.incarnation == *inc && expired(f, core.leases.times, now) {
+                    expired_nodes.push((node.clone(), *inc));
                 }
             }
         }
-        for (node, incarnation) in expired {
+        for (node, incarnation) in expired_nodes {
             if !core
                 .leases
                 .declaring
@@ -285,92 +386,186 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     const LEASE: Duration = Duration::from_secs(2);
     const FENCE: Duration = Duration::from_millis(300);
+    const TIMES: LeaseTimes = LeaseTimes {
+        lease: LEASE,
+        stream_fence: FENCE,
+    };
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// One step of a node's lease history, `at` milliseconds after the grant.
+    enum Step {
+        Renew(u64, bool),
+        /// A stream opened at the first time closed at the second.
+        Close(u64, u64),
+        /// Closed, and the process was found gone.
+        Gone(u64, u64),
+        Hold(u64, u64),
+    }
+    use Step::*;
+
+    fn facts(t0: Instant, steps: &[Step]) -> LeaseFacts {
+        let at = |n: u64| t0 + ms(n);
+        let mut f = LeaseFacts::granted(1, t0);
+        for s in steps {
+            match *s {
+                Renew(t, watching) => f.renew(at(t), watching),
+                Close(o, c) | Gone(o, c) => f.close(super::Close {
+                    opened: at(o),
+                    at: at(c),
+                    process_gone: matches!(s, Gone(..)),
+                }),
+                Hold(t, by) => f.hold(at(t), ms(by)),
+            }
+        }
+        f
+    }
+
+    #[test]
+    fn the_deadline_follows_from_the_facts() {
+        // (what happened, when the lease ends, in ms after the grant)
+        let table: &[(&str, &[Step], u64)] = &[
+            ("granted only: a full lease", &[], 2000),
+            (
+                "renewed: a full lease from the renewal",
+                &[Renew(500, true)],
+                2500,
+            ),
+            (
+                "renewals out of order: the latest counts",
+                &[Renew(900, true), Renew(400, true)],
+                2900,
+            ),
+            (
+                "a crashed node's stream close: the stream fence",
+                &[Renew(100, true), Close(0, 1000)],
+                1300,
+            ),
+            (
+                "the node saw the break and renewed without its stream: close moot",
+                &[Renew(100, true), Renew(1010, false), Close(0, 1000)],
+                3010,
+            ),
+            (
+                "...also when the leader saw the close after that renewal",
+                &[Renew(1010, false), Close(0, 1200)],
+                3010,
+            ),
+            (
+                "a renewal sent before the break, served after the close, does not undo it",
+                &[Close(0, 1000), Renew(1100, true)],
+                1300,
+            ),
+            (
+                "...nor one served after the close was recorded and time passed",
+                &[Renew(100, true), Close(0, 1000), Renew(1250, true)],
+                1300,
+            ),
+            (
+                "an unwatched renewal before the stream opened does not protect it",
+                &[Renew(100, false), Renew(300, true), Close(200, 1000)],
+                1300,
+            ),
+            (
+                "a later stream's close counts even if an earlier one's was moot",
+                &[Renew(500, false), Close(0, 400), Close(600, 1500)],
+                1800,
+            ),
+            (
+                "time the leader could not renew is not held against the node",
+                &[Renew(100, true), Hold(600, 700)],
+                2800,
+            ),
+            (
+                "holds before the last renewal do not count",
+                &[Hold(100, 700), Renew(500, true)],
+                2500,
+            ),
+            (
+                "a hold after a close pushes its cut out too",
+                &[Close(0, 1000), Hold(1100, 200)],
+                1500,
+            ),
+            (
+                "a gone process ends the lease at the close",
+                &[Renew(900, false), Gone(0, 1000)],
+                1000,
+            ),
+        ];
+        let t0 = Instant::now();
+        for (what, steps, end) in table {
+            let f = facts(t0, steps);
+            assert_eq!(deadline(&f, TIMES), t0 + ms(*end), "{what}");
+            assert!(!expired(&f, TIMES, t0 + ms(*end) - ms(1)), "{what}");
+            assert!(expired(&f, TIMES, t0 + ms(*end)), "{what}");
+        }
+    }
 
     fn left(l: &Leases) -> Duration {
-        Duration::from_millis(l.remaining()["n"].1)
+        ms(l.remaining()["n"].1)
     }
 
     fn tick(l: &Leases) {
-        let mut d = l.deadlines.lock();
-        l.apply_closed(&mut d);
+        let mut f = l.facts.lock();
+        l.apply_closed(&mut f);
     }
 
     #[test]
     fn a_crashed_nodes_stream_close_shortens_its_lease() {
-        let l = Leases::default();
+        let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, LEASE, true);
-        l.stream_closed("n", 1, opened, FENCE);
+        l.renew("n", 1, true);
+        l.stream_closed("n", 1, opened, false);
         tick(&l);
         assert!(left(&l) <= FENCE);
     }
 
     #[test]
-    fn a_renewal_without_the_stream_outlives_a_close_seen_after_it() {
-        // The node saw its stream break and renewed at once (it lifts its own bound); the
-        // leader noticed the close only after serving that renewal.
-        let l = Leases::default();
+    fn a_renewal_sent_before_the_break_does_not_undo_a_close_after_a_tick() {
+        // Before the facts were kept, a tick between the close and a crashed node's last
+        // renewal forgot the close, and the renewal restored the full lease.
+        let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, LEASE, false);
-        l.stream_closed("n", 1, opened, FENCE);
+        l.renew("n", 1, true);
+        l.stream_closed("n", 1, opened, false);
         tick(&l);
-        assert!(
-            left(&l) > LEASE - Duration::from_millis(500),
-            "{:?}",
-            left(&l)
-        );
-    }
-
-    #[test]
-    fn a_renewal_saying_the_stream_broke_is_not_undone_at_the_next_tick() {
-        let l = Leases::default();
-        let opened = Instant::now();
-        l.renew("n", 1, LEASE, true);
-        l.stream_closed("n", 1, opened, FENCE);
-        std::thread::sleep(Duration::from_millis(2));
-        l.renew("n", 1, LEASE, false);
-        tick(&l);
-        assert!(
-            left(&l) > LEASE - Duration::from_millis(500),
-            "{:?}",
-            left(&l)
-        );
-    }
-
-    #[test]
-    fn a_renewal_sent_before_the_break_and_served_after_the_close_does_not_undo_it() {
-        // A crashed node's last renewal, in flight when it died, lands after the close.
-        let l = Leases::default();
-        let opened = Instant::now();
-        l.renew("n", 1, LEASE, true);
-        l.stream_closed("n", 1, opened, FENCE);
-        std::thread::sleep(Duration::from_millis(2));
-        l.renew("n", 1, LEASE, true);
+        std::thread::sleep(ms(2));
+        l.renew("n", 1, true);
         tick(&l);
         assert!(left(&l) <= FENCE, "{:?}", left(&l));
     }
 
     #[test]
-    fn an_unwatched_renewal_before_the_stream_opened_does_not_protect_it() {
-        let l = Leases::default();
-        l.renew("n", 1, LEASE, false);
-        std::thread::sleep(Duration::from_millis(2));
+    fn a_renewal_saying_the_stream_broke_is_not_undone_at_the_next_tick() {
+        let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, LEASE, true);
-        std::thread::sleep(Duration::from_millis(2));
-        l.stream_closed("n", 1, opened, FENCE);
+        l.renew("n", 1, true);
+        l.stream_closed("n", 1, opened, false);
+        std::thread::sleep(ms(2));
+        l.renew("n", 1, false);
         tick(&l);
-        assert!(left(&l) <= FENCE);
+        assert!(left(&l) > LEASE - ms(500), "{:?}", left(&l));
+    }
+
+    #[test]
+    fn a_gone_process_has_no_lease_left() {
+        let l = Leases::new(LEASE, FENCE);
+        let opened = Instant::now();
+        l.renew("n", 1, true);
+        l.stream_closed("n", 1, opened, true);
+        tick(&l);
+        assert_eq!(left(&l), Duration::ZERO);
     }
 
     #[test]
     fn time_a_leader_could_not_renew_is_not_held_against_nodes() {
-        let l = Leases::default();
-        l.renew("n", 1, Duration::from_millis(100), true);
+        let l = Leases::new(ms(100), FENCE);
+        l.renew("n", 1, true);
         l.hold(LEASE);
         assert!(left(&l) > LEASE);
     }

@@ -119,7 +119,7 @@ struct Cli {
     #[arg(long, default_value_t = 300)]
     stream_fence_ms: u64,
     /// Raft leader heartbeat interval in ms.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     raft_heartbeat_ms: u64,
     /// Raft election timeout lower bound in ms.
     #[arg(long, default_value_t = 150)]

@@ -8,10 +8,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use parking_lot::Mutex;
 use rebeam_proto::v1::raft_peer_client::RaftPeerClient;
 use rebeam_proto::v1::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -26,6 +29,11 @@ pub const MAX_RAFT_MESSAGE: usize = 1 << 30;
 pub struct Network {
     bearer: BearerInjector,
     dialer: rebeam_tls::Dialer,
+    /// One channel per peer address, shared by every client openraft asks for: openraft
+    /// builds a client for each leadership confirmation (every Raft heartbeat while leases
+    /// are renewed) and each election round, and a fresh channel is a fresh connection
+    /// (with TLS a handshake), which under load missed the heartbeat-long deadline.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Network {
@@ -35,6 +43,7 @@ impl Network {
         Network {
             bearer: BearerInjector::for_member(&secret, &dialer),
             dialer,
+            channels: Arc::default(),
         }
     }
 }
@@ -49,18 +58,30 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &MemberNode) -> Self::Network {
-        let client = self
+        let client = self.channel(&node.raft_addr).map(|channel| {
+            RaftPeerClient::with_interceptor(channel, self.bearer.clone())
+                .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE)
+        });
+        PeerClient { target, client }
+    }
+}
+
+impl Network {
+    /// The shared channel to `address` (dialed lazily), None if the address is malformed.
+    fn channel(&self, address: &str) -> Option<Channel> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(address) {
+            return Some(c.clone());
+        }
+        let c = self
             .dialer
-            .channel(&node.raft_addr, |e| {
+            .channel(address, |e| {
                 e.connect_timeout(std::time::Duration::from_millis(500))
             })
-            .ok()
-            .map(|channel| {
-                RaftPeerClient::with_interceptor(channel, self.bearer.clone())
-                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
-                    .max_encoding_message_size(MAX_RAFT_MESSAGE)
-            });
-        PeerClient { target, client }
+            .ok()?;
+        channels.insert(address.to_string(), c.clone());
+        Some(c)
     }
 }
 

@@ -176,7 +176,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         raft: raft.clone(),
         shared,
         proposer,
-        leases: Leases::default(),
+        leases: Leases::new(config.timings.lease, config.timings.stream_fence),
         config: config.clone(),
         voters: Default::default(),
     });

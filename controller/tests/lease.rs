@@ -69,6 +69,7 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
                 node: "node-b".into(),
                 incarnation: inc_b,
             }),
+            ..Default::default()
         })
         .await
         .expect("watch")
@@ -204,6 +205,7 @@ async fn crashed_node_is_declared_dead_after_the_stream_fence() {
                 node: "node-c".into(),
                 incarnation: inc,
             }),
+            ..Default::default()
         })
         .await
         .expect("watch")
@@ -222,5 +224,99 @@ async fn crashed_node_is_declared_dead_after_the_stream_fence() {
     assert!(
         took < Duration::from_millis(2500),
         "stream close (300 ms fence) shortens the wait far below the 5 s lease: {took:?}"
+    );
+}
+
+/// kill -9 of a node: its stream closes and its address stops listening at once. A process
+/// that died runs no code, so it is declared dead without waiting for the stream fence
+/// (here 1.5 s, so the fence path cannot pass for this one); a node that only lost its
+/// stream keeps listening and is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_process_is_gone_is_declared_dead_before_the_stream_fence() {
+    let c = Arc::new(Cluster::start(
+        3,
+        &[
+            "--lease-ms",
+            "8000",
+            "--node-fence-ms",
+            "6000",
+            "--stream-fence-ms",
+            "1500",
+        ],
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let address = listener.local_addr().expect("its address").to_string();
+    let inc = join_node_at(&c, "node-g", &address, &[]).await;
+    let hb = heartbeat(c.clone(), "node-g", inc, Duration::from_millis(200));
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let mut watch = c
+        .node_client(leader)
+        .watch(pb::WatchRequest {
+            node: Some(pb::NodeRef {
+                node: "node-g".into(),
+                incarnation: inc,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    watch.message().await.expect("stream").expect("snapshot");
+    // The probe made when the stream opened must have found the listener.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hb.stop().await;
+    drop(listener);
+    drop(watch);
+    let closed = Instant::now();
+    wait_dead(&c, "node-g").await;
+    let took = closed.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "a gone process is declared dead at once, not after the 1.5 s stream fence: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_still_listens_keeps_its_lease_for_the_stream_fence() {
+    let c = Arc::new(Cluster::start(
+        3,
+        &[
+            "--lease-ms",
+            "8000",
+            "--node-fence-ms",
+            "6000",
+            "--stream-fence-ms",
+            "1500",
+        ],
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let address = listener.local_addr().expect("its address").to_string();
+    let inc = join_node_at(&c, "node-l", &address, &[]).await;
+    let hb = heartbeat(c.clone(), "node-l", inc, Duration::from_millis(200));
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let mut watch = c
+        .node_client(leader)
+        .watch(pb::WatchRequest {
+            node: Some(pb::NodeRef {
+                node: "node-l".into(),
+                incarnation: inc,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    watch.message().await.expect("stream").expect("snapshot");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Frozen (or its stream cut): renewals stop, the stream closes, the process still listens.
+    hb.stop().await;
+    drop(watch);
+    let closed = Instant::now();
+    wait_dead(&c, "node-l").await;
+    let took = closed.elapsed();
+    drop(listener);
+    assert!(
+        took >= Duration::from_millis(1500),
+        "a node that may still run keeps its lease for the stream fence: {took:?}"
     );
 }

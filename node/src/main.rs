@@ -759,9 +759,14 @@ fn join_cluster(
                 rebeam_tls::incoming(listener, tls, connections, "gateway"),
             ))
             .await;
-        if let Err(err) = served {
-            tracing::error!("peer service stopped: {err}");
+        // The controller takes a refused connection at this address, after this node's
+        // watch stream closed, as proof that the process is gone (and declares it dead at
+        // once): the process must not outlive its listener.
+        match served {
+            Err(err) => tracing::error!("peer service stopped: {err}; exiting"),
+            Ok(()) => tracing::error!("peer service stopped; exiting"),
         }
+        std::process::exit(70);
     });
     let (joined_tx, joined_rx) = tokio::sync::oneshot::channel();
     let issued = cluster.tokens.clone() as std::sync::Arc<dyn TokenSource>;

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import rebeam
-from harness import TOKEN, DevNode, Node, Nodes, _cluster, scratch_dir, wait_for
+from harness import TOKEN, Blackhole, DevNode, Node, Nodes, _cluster, scratch_dir, wait_for
 from rebeam.client import AppFailed, Refused, UpgradeFailed
 from rebeam.client.cli import main as cli
 
@@ -412,3 +412,73 @@ def test_a_manifest_child_named_in_a_user_registry(target: Target, tmp_path: Pat
             wait_for("the restarted child under its Via name", restarted)
         finally:
             c.stop("viaapp")
+
+
+SLOW_MANIFEST = """[app]
+name = "slow"
+version = "1.0.0"
+
+[[children]]
+start = "slow:Slow"
+name = "slow"
+global = true
+"""
+
+SLOW_APP = '''
+import time
+
+import rebeam
+
+INITS = {inits!r}
+
+
+class Slow(rebeam.GenServer):
+    def init(self) -> None:
+        with open(INITS, "a+") as f:
+            f.seek(0)
+            restarted = bool(f.read())
+            f.write(f"{{rebeam.self_pid()}}\\n")
+        if restarted:
+            time.sleep(3)
+
+    def handle_call(self, request, sender):
+        if request == "crash":
+            raise RuntimeError("asked to crash")
+        return rebeam.self_pid()
+'''
+
+
+def test_an_assignment_repeated_while_its_child_starts_starts_it_once(tmp_path: Path) -> None:
+    # The node reaches the controller through a proxy that the test resets while a restarted
+    # child's init runs: the node's watch resumes and the controller repeats its last entry,
+    # the one that assigned the restart. A repeat must not start a second copy (it would find
+    # the name taken, and the controller would restart it again).
+    inits = tmp_path / "inits"
+    app = tmp_path / "slow"
+    app.mkdir()
+    (app / "rebeam.toml").write_text(SLOW_MANIFEST)
+    (app / "slow.py").write_text(SLOW_APP.format(inits=str(inits)))
+    for controllers in _cluster(1):
+        proxy = Blackhole(controllers.members[0].api)
+        nodes = Nodes(tmp_path / "nodes", proxy.address)
+        try:
+            node = nodes.start("a", extra=["--client-token", TOKEN])
+            node.wait_output("joined the cluster")
+            with controllers.client() as c:
+                c.submit(app, wait=30)
+                first = c.call("slow", "pid")
+                with pytest.raises(RuntimeError):
+                    c.call("slow", "crash")
+                wait_for("the restarted child's init", lambda: len(inits.read_text().split()) >= 2)
+                proxy.cut()
+                proxy.heal()  # resets the node's connections: its watch resumes at once
+                node.wait_output("watch stream ended")
+                restarted = wait_for("the restarted child", lambda: c.call("slow", "pid"), timeout=30)
+                assert restarted != first
+                started = inits.read_text().split()
+                assert len(started) == 2, f"the restart started more than once: {started}"
+                assert c.call("slow", "pid") == restarted
+                assert "fencing" not in node.output()
+        finally:
+            nodes.stop()
+            proxy.close()

@@ -60,9 +60,7 @@ impl NodeService for NodeApi {
         };
         match self.core.propose(cmd).await? {
             Outcome::Joined { incarnation } => {
-                self.core
-                    .leases
-                    .renew(&node, incarnation, self.core.config.timings.lease, true);
+                self.core.leases.grant(&node, incarnation);
                 tracing::info!(node, incarnation, "node joined");
                 Ok(Response::new(self.join_reply(incarnation)))
             }
@@ -95,7 +93,7 @@ impl NodeService for NodeApi {
             .state
             .check_live(&node, incarnation)?;
         let lease = self.core.config.timings.lease;
-        self.core.leases.renew(&node, incarnation, lease, watching);
+        self.core.leases.renew(&node, incarnation, watching);
         Ok(Response::new(pb::HeartbeatReply {
             lease_ms: lease.as_millis() as u64,
         }))
@@ -118,14 +116,15 @@ impl NodeService for NodeApi {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (node, incarnation) = node_ref(req.into_inner().node)?;
+        let r = req.into_inner();
+        let (node, incarnation) = node_ref(r.node)?;
         self.core
             .shared
             .applied
             .read()
             .state
             .check_live(&node, incarnation)?;
-        let rx = super::watch::start(self.core.clone(), node, incarnation);
+        let rx = super::watch::start(self.core.clone(), node, incarnation, r.resume_from);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

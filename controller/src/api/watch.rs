@@ -1,7 +1,7 @@
 //! The per-node watch stream: a full view first, then every relevant change in log order.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rebeam_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
@@ -11,6 +11,9 @@ use crate::convert::watch_event;
 use crate::core::Core;
 use crate::state::{Event, State};
 use crate::store::EventBatch;
+
+/// The stream of applied changes.
+type Changes = broadcast::Receiver<Arc<EventBatch>>;
 
 /// Names or group members per view chunk, so no message nears the 4 MiB gRPC default.
 const CHUNK: usize = 20_000;
@@ -86,40 +89,243 @@ fn snapshot_events(
     (events, rx)
 }
 
-/// The node went away (crash or lost connection). It fences itself within the stream fence,
-/// so the leader need not wait for the whole lease.
-fn gone(core: &Core, node: &str, incarnation: u64, opened: Instant) {
-    if core.ensure_leader().is_ok() {
-        core.leases
-            .stream_closed(node, incarnation, opened, core.config.timings.stream_fence);
+/// The changes from log index `from` on, if this member still holds them all, and the
+/// stream of later ones.
+fn resumed_events(core: &Core, from: u64) -> Option<(Vec<Arc<EventBatch>>, Changes)> {
+    // Under the read lock, like `snapshot_events`: nothing falls between window and stream.
+    let _a = core.shared.applied.read();
+    let batches = core.shared.recent.lock().since(from)?;
+    Some((batches, core.shared.events.subscribe()))
+}
+
+/// How long one probe of a node's address may take.
+const PROBE: Duration = Duration::from_millis(50);
+/// A process that died closes its sockets one after the other: its listener may still take
+/// a connection just after its stream closed. Probes after the close, this far apart.
+const GONE_PROBES: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(5),
+    Duration::from_millis(20),
+];
+
+/// What a connection attempt to a node's address found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Something listens there.
+    Listening,
+    /// The host answered that nothing listens there (connection refused).
+    Refused,
+    /// No answer in time, or another error (a partition, a frozen host): nothing known.
+    Unknown,
+}
+
+/// Tries to connect to `address`.
+pub async fn probe(address: &str) -> Probe {
+    match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(_)) => Probe::Listening,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Probe::Refused,
+        _ => Probe::Unknown,
     }
 }
 
-/// Starts streaming to `node` (already checked live) until it disconnects or is declared dead.
+/// The address a node joined with.
+fn address_of(core: &Core, node: &str) -> Option<String> {
+    let a = core.shared.applied.read();
+    a.state.nodes.get(node).map(|n| n.address.clone())
+}
+
+/// True when the node's process is gone: its address, where something listened while its
+/// stream was open (`listened`), now refuses connections. A process that died runs no code,
+/// so it may be declared dead at once; a frozen or cut-off node refuses nothing (its
+/// listener stays open, or nothing answers) and keeps its lease.
+async fn process_gone(listened: bool, address: Option<&str>) -> bool {
+    let Some(address) = address.filter(|_| listened) else {
+        return false;
+    };
+    for pause in GONE_PROBES {
+        tokio::time::sleep(pause).await;
+        match probe(address).await {
+            Probe::Refused => return true,
+            Probe::Listening => {}
+            // Nothing known: not gone as far as this member can tell.
+            Probe::Unknown => return false,
+        }
+    }
+    false
+}
+
+/// The node's watch stream closed (a crash or a lost connection). It fences itself within
+/// the stream fence unless it renews saying so, so the leader need not wait for the whole
+/// lease; if its process is gone, not even that long.
+async fn gone(core: &Core, node: &str, incarnation: u64, opened: Instant, listened: bool) {
+    if core.ensure_leader().is_err() {
+        return;
+    }
+    let address = address_of(core, node);
+    let process_gone = process_gone(listened, address.as_deref()).await;
+    core.leases
+        .stream_closed(node, incarnation, opened, process_gone);
+}
+
+/// What became of one batch of changes sent to a node.
+enum Sent {
+    /// Keep streaming.
+    More,
+    /// The node went away.
+    Gone,
+    /// The node was declared dead: the stream ends.
+    Fenced,
+}
+
+/// One watch stream: where it sends and whom it serves.
+struct Stream {
+    core: Arc<Core>,
+    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
+    node: String,
+    incarnation: u64,
+    /// Batches below this log index were sent before (a resumed stream).
+    from: u64,
+}
+
+impl Stream {
+    async fn send_all(&self, events: Vec<pb::WatchEvent>) -> bool {
+        for ev in events {
+            if self.tx.send(Ok(ev)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends the node's share of `batch`; a reset replaces the stream with a fresh view.
+    async fn send_batch(
+        &self,
+        batch: &EventBatch,
+        rx: &mut broadcast::Receiver<Arc<EventBatch>>,
+    ) -> Sent {
+        if batch.index < self.from {
+            return Sent::More;
+        }
+        let mut fenced = false;
+        for ev in &batch.events {
+            if let Event::Reset = ev {
+                let (snap, new_rx) = snapshot_events(&self.core, &self.node);
+                *rx = new_rx;
+                if !self.send_all(snap).await {
+                    return Sent::Gone;
+                }
+                break;
+            }
+            if let Event::NodeChanged(n) = ev {
+                fenced |= n.id == self.node && (!n.alive || n.incarnation != self.incarnation);
+            }
+            if let Some(e) = watch_event(batch.index, ev, &self.node) {
+                if self.tx.send(Ok(e)).await.is_err() {
+                    return Sent::Gone;
+                }
+            }
+        }
+        if fenced {
+            let _ = self
+                .tx
+                .send(Err(Status::failed_precondition(format!(
+                    "node `{}` incarnation {} was declared dead; fence, then rejoin",
+                    self.node, self.incarnation
+                ))))
+                .await;
+            return Sent::Fenced;
+        }
+        Sent::More
+    }
+}
+
+/// The result of the probe made when a stream opened (false if it failed or is not done).
+async fn listened(probe: tokio::task::JoinHandle<bool>) -> bool {
+    if !probe.is_finished() {
+        probe.abort();
+        return false;
+    }
+    probe.await.unwrap_or(false)
+}
+
+/// Starts streaming to `node` (already checked live) until it disconnects or is declared
+/// dead: from log index `resume_from` when this member still holds the changes since (a
+/// node resuming after a break), else from a full view.
 pub fn start(
     core: Arc<Core>,
     node: String,
     incarnation: u64,
+    resume_from: u64,
 ) -> mpsc::Receiver<Result<pb::WatchEvent, Status>> {
     let (tx, out) = mpsc::channel(1024);
     let opened = Instant::now();
     tokio::spawn(async move {
-        let (first, mut rx) = snapshot_events(&core, &node);
-        for ev in first {
-            if tx.send(Ok(ev)).await.is_err() {
-                return gone(&core, &node, incarnation, opened);
+        // Whether the node's address takes connections while its stream is open: only then
+        // does a refusal after the close mean that its process is gone.
+        let address = address_of(&core, &node);
+        let listening = tokio::spawn(async move {
+            match address {
+                Some(a) => probe(&a).await == Probe::Listening,
+                None => false,
             }
-        }
+        });
+        let resumed = (resume_from > 0)
+            .then(|| resumed_events(&core, resume_from))
+            .flatten();
+        let mut s = Stream {
+            core: core.clone(),
+            tx,
+            node,
+            incarnation,
+            from: 0,
+        };
+        let mut rx = match resumed {
+            Some((batches, rx)) => {
+                s.from = resume_from;
+                let mut rx = rx;
+                for b in batches {
+                    match s.send_batch(&b, &mut rx).await {
+                        Sent::More => {}
+                        Sent::Gone => {
+                            return gone(
+                                &core,
+                                &s.node,
+                                incarnation,
+                                opened,
+                                listened(listening).await,
+                            )
+                            .await
+                        }
+                        Sent::Fenced => return,
+                    }
+                }
+                rx
+            }
+            None => {
+                let (first, rx) = snapshot_events(&core, &s.node);
+                if !s.send_all(first).await {
+                    return gone(
+                        &core,
+                        &s.node,
+                        incarnation,
+                        opened,
+                        listened(listening).await,
+                    )
+                    .await;
+                }
+                rx
+            }
+        };
         loop {
             let batch = tokio::select! {
-                _ = tx.closed() => return gone(&core, &node, incarnation, opened),
+                _ = s.tx.closed() => return gone(&core, &s.node, incarnation, opened, listened(listening).await).await,
                 r = rx.recv() => r,
             };
             let batch = match batch {
                 Ok(b) => b,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let _ = tx
-                        .send(Err(Status::resource_exhausted(format!(
+                    let _ =
+                        s.tx.send(Err(Status::resource_exhausted(format!(
                             "watch fell {n} changes behind; open a new watch to get a fresh view"
                         ))))
                         .await;
@@ -127,34 +333,19 @@ pub fn start(
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             };
-            let mut fenced = false;
-            for ev in &batch.events {
-                if let Event::Reset = ev {
-                    let (snap, new_rx) = snapshot_events(&core, &node);
-                    rx = new_rx;
-                    for ev in snap {
-                        if tx.send(Ok(ev)).await.is_err() {
-                            return gone(&core, &node, incarnation, opened);
-                        }
-                    }
-                    break;
+            match s.send_batch(&batch, &mut rx).await {
+                Sent::More => {}
+                Sent::Gone => {
+                    return gone(
+                        &core,
+                        &s.node,
+                        incarnation,
+                        opened,
+                        listened(listening).await,
+                    )
+                    .await
                 }
-                if let Event::NodeChanged(n) = ev {
-                    fenced |= n.id == node && (!n.alive || n.incarnation != incarnation);
-                }
-                if let Some(e) = watch_event(batch.index, ev, &node) {
-                    if tx.send(Ok(e)).await.is_err() {
-                        return gone(&core, &node, incarnation, opened);
-                    }
-                }
-            }
-            if fenced {
-                let _ = tx
-                    .send(Err(Status::failed_precondition(format!(
-                        "node `{node}` incarnation {incarnation} was declared dead; fence, then rejoin"
-                    ))))
-                    .await;
-                return;
+                Sent::Fenced => return,
             }
         }
     });

@@ -1,9 +1,11 @@
 //! Durable storage for openraft: the log in redb, the state machine in memory with snapshots on disk.
 
 mod log;
+mod recent;
 mod sm;
 
 pub use log::LogStore;
+pub use recent::Recent;
 pub use sm::{EventBatch, SharedState, StateMachineStore};
 
 /// Wraps any error as an openraft storage error for `subject`/`verb` reporting.

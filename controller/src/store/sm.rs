@@ -50,6 +50,8 @@ pub struct SharedState {
     pub applied: RwLock<Applied>,
     /// Broadcast of applied events (subscribe while holding the read lock to miss nothing).
     pub events: broadcast::Sender<Arc<EventBatch>>,
+    /// The latest applied events, for watches that resume (written under the write lock).
+    pub recent: parking_lot::Mutex<super::Recent>,
 }
 
 impl crate::auth::TokenSource for SharedState {
@@ -80,6 +82,7 @@ impl StateMachineStore {
         let shared = Arc::new(SharedState {
             applied: RwLock::new(Applied::default()),
             events,
+            recent: Default::default(),
         });
         let me = StateMachineStore {
             shared,
@@ -104,8 +107,10 @@ impl StateMachineStore {
         a.state = state;
         a.last_applied = meta.last_log_id;
         a.membership = meta.last_membership.clone();
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.shared.recent.lock().reset(index);
         let _ = self.shared.events.send(Arc::new(EventBatch {
-            index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            index,
             events: vec![Event::Reset],
         }));
         Ok(())
@@ -214,11 +219,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             };
             if !events.is_empty() {
-                // No receivers is fine: nobody watches yet.
-                let _ = self.shared.events.send(Arc::new(EventBatch {
+                let batch = Arc::new(EventBatch {
                     index: entry.log_id.index,
                     events,
-                }));
+                });
+                self.shared.recent.lock().push(batch.clone());
+                // No receivers is fine: nobody watches yet.
+                let _ = self.shared.events.send(batch);
             }
             out.push(resp);
         }

@@ -86,9 +86,14 @@ pub fn pid(node: &str, incarnation: u64, serial: u64) -> pb::Pid {
 
 /// Joins a node through the leader and returns its incarnation.
 pub async fn join_node(c: &Cluster, node: &str, labels: &[(&str, &str)]) -> u64 {
+    join_node_at(c, node, "127.0.0.1:9000", labels).await
+}
+
+/// Joins `node` with `address` as the address it listens on.
+pub async fn join_node_at(c: &Cluster, node: &str, address: &str, labels: &[(&str, &str)]) -> u64 {
     let req = pb::JoinRequest {
         node: node.into(),
-        address: "127.0.0.1:9000".into(),
+        address: address.into(),
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -25,8 +25,98 @@ type NodeClient =
 type ClusterClient =
     pb::cluster_service_client::ClusterServiceClient<InterceptedService<Channel, BearerInjector>>;
 
-/// Top-level children this node started: (app, child) → (generation, pid).
-type Started = Arc<Mutex<HashMap<(String, String), (u64, Pid)>>>;
+/// The top-level children assigned to this node in one session (see `Slots`).
+type Started = Arc<Mutex<Slots>>;
+
+/// A top-level child's identity: (app, child).
+type ChildKey = (String, String);
+
+/// Where one top-level child assigned here stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Start number `start` (code load, `init`) is under way.
+    Starting { generation: u64, start: u64 },
+    /// It runs as `pid`.
+    Running { generation: u64, pid: Pid },
+}
+
+impl Slot {
+    fn generation(&self) -> u64 {
+        match *self {
+            Slot::Starting { generation, .. } | Slot::Running { generation, .. } => generation,
+        }
+    }
+}
+
+/// The top-level children of one session, by (app, child). The controller sends an
+/// assignment again (a resumed stream repeats its last entry, a fresh view lists them all,
+/// a reported start comes back with its pid), often while its start still runs: the slot is
+/// taken before a start begins, so that a repeat never starts a second copy (which would
+/// find the first holding its name).
+#[derive(Debug, Default)]
+struct Slots {
+    slots: HashMap<ChildKey, Slot>,
+    /// Starts begun so far: numbers them, so a start knows whether the slot is still its own.
+    starts: u64,
+}
+
+impl Slots {
+    /// Takes the slot for a start of `generation`, returning the start's number; `None` when
+    /// that generation or a newer one is already starting or running here.
+    fn claim(&mut self, key: &ChildKey, generation: u64) -> Option<u64> {
+        if self
+            .slots
+            .get(key)
+            .is_some_and(|slot| slot.generation() >= generation)
+        {
+            return None;
+        }
+        self.starts += 1;
+        let start = self.starts;
+        self.slots
+            .insert(key.clone(), Slot::Starting { generation, start });
+        Some(start)
+    }
+
+    /// Start `start` gave `pid`: true when the slot is still its own (now running), false
+    /// when the assignment was removed or replaced meanwhile (that process must not run).
+    fn started(&mut self, key: &ChildKey, start: u64, pid: Pid) -> bool {
+        match self.slots.get(key) {
+            Some(&Slot::Starting {
+                generation,
+                start: s,
+            }) if s == start => {
+                self.slots
+                    .insert(key.clone(), Slot::Running { generation, pid });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Start `start` failed: frees its slot, so that the assignment may be tried again.
+    fn failed(&mut self, key: &ChildKey, start: u64) {
+        if matches!(self.slots.get(key), Some(&Slot::Starting { start: s, .. }) if s == start) {
+            self.slots.remove(key);
+        }
+    }
+
+    /// The controller refused `pid` (the child was placed elsewhere meanwhile): frees its slot.
+    fn refused(&mut self, key: &ChildKey, pid: Pid) {
+        if matches!(self.slots.get(key), Some(&Slot::Running { pid: p, .. }) if p == pid) {
+            self.slots.remove(key);
+        }
+    }
+
+    /// The assignment was removed: frees the slot, returning the process to stop if one runs
+    /// (a start under way finds its slot gone and stops its process itself).
+    fn remove(&mut self, key: &ChildKey) -> Option<Pid> {
+        match self.slots.remove(key)? {
+            Slot::Running { pid, .. } => Some(pid),
+            Slot::Starting { .. } => None,
+        }
+    }
+}
 
 /// Largest message accepted from the controller (application code travels in one).
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
@@ -271,7 +361,7 @@ pub async fn run(cluster: Arc<Cluster>, joined: tokio::sync::oneshot::Sender<u64
         if let Some(tx) = joined.take() {
             let _ = tx.send(session.incarnation);
         }
-        let started = Arc::new(Mutex::new(HashMap::new()));
+        let started = Arc::new(Mutex::new(Slots::default()));
         let reason = tokio::select! {
             r = keep_lease(&cluster, &keeper) => r,
             r = follow_watch(&cluster, &keeper, started.clone()) => r,
@@ -380,6 +470,7 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
 async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Started) -> String {
     let session = keeper.session;
     let mut broken_since: Option<Instant> = None;
+    let mut position = WatchPosition::default();
     loop {
         if let Some(since) = broken_since {
             if since.elapsed() >= session.stream_fence {
@@ -388,6 +479,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         }
         let request = pb::WatchRequest {
             node: Some(node_ref(cluster, session)),
+            resume_from: position.resume_from(),
         };
         // Any member serves the stream: after a break each one gets a third of the stream
         // fence, so a frozen member (connections open, nothing answers) cannot use it all.
@@ -425,7 +517,10 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         cluster.begin_view();
         while let Some(event) = stream.next().await {
             match event {
-                Ok(ev) => apply_event(cluster, session, &started, ev),
+                Ok(ev) => {
+                    position.saw(&ev);
+                    apply_event(cluster, session, &started, ev)
+                }
                 Err(status) => {
                     tracing::info!("watch stream ended: {}", status.message());
                     break;
@@ -439,6 +534,41 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         if member_is_gone(&member).await {
             keeper.member_gone(cluster);
         }
+    }
+}
+
+/// Where this node's cache stands in the controller's log, so that a broken watch stream
+/// resumes there instead of pulling the whole view again (`WatchRequest.resume_from`).
+#[derive(Default, Debug)]
+struct WatchPosition {
+    /// The log index of the last event applied, once a whole view was.
+    index: Option<u64>,
+    /// A view is arriving in chunks: the cache is not whole until its last one.
+    mid_view: bool,
+}
+
+impl WatchPosition {
+    fn saw(&mut self, ev: &pb::WatchEvent) {
+        match &ev.event {
+            Some(Event::Snapshot(v)) => {
+                self.mid_view = !v.last;
+                self.index = v.last.then_some(ev.log_index);
+            }
+            Some(_) if !self.mid_view => {
+                self.index = Some(self.index.unwrap_or(0).max(ev.log_index));
+            }
+            _ => {}
+        }
+    }
+
+    /// What the next watch request asks for (0: a full view).
+    fn resume_from(&mut self) -> u64 {
+        if self.mid_view {
+            // A view cut off half way: only a whole one makes the cache right again.
+            self.mid_view = false;
+            self.index = None;
+        }
+        self.index.unwrap_or(0)
     }
 }
 
@@ -475,10 +605,7 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
         Event::NameReleased(n) => cluster.set_name(&n.name, None),
         Event::Assignment(a) => start_assignment(cluster, session, started, a),
         Event::AssignmentRemoved(r) => {
-            let pid = started
-                .lock()
-                .remove(&(r.app.clone(), r.child.clone()))
-                .map(|(_, pid)| pid);
+            let pid = started.lock().remove(&(r.app.clone(), r.child.clone()));
             if let Some(pid) = pid {
                 cluster.stopper.stop(pid);
             }
@@ -548,17 +675,12 @@ fn start_assignment(
     {
         return;
     }
-    let key = (a.app.clone(), a.child.clone());
-    {
-        let started = started.lock();
-        if started
-            .get(&key)
-            .is_some_and(|(generation, _)| *generation >= a.generation)
-        {
-            return;
-        }
-    }
     let Some(spec) = a.spec.clone() else { return };
+    let key = (a.app.clone(), a.child.clone());
+    let Some(start) = started.lock().claim(&key, a.generation) else {
+        tracing::debug!(app = %a.app, child = %a.child, generation = a.generation, "assignment already starting or running here");
+        return;
+    };
     let cluster = cluster.clone();
     let started = started.clone();
     cluster.clone().tokio.spawn(async move {
@@ -583,15 +705,25 @@ fn start_assignment(
             Ok(Ok(pid)) => pid,
             Ok(Err(message)) => {
                 tracing::error!(app = %a.app, child = %a.child, "top-level child failed to start: {message}");
+                // Freed once the controller knows: a repeat of this generation meanwhile would
+                // only fail again and be counted twice.
                 report_failed_start(&cluster, session, &a, message).await;
+                started.lock().failed(&key, start);
                 return;
             }
             Err(err) => {
                 tracing::error!("starting a top-level child panicked: {err}");
+                started.lock().failed(&key, start);
                 return;
             }
         };
-        started.lock().insert((a.app.clone(), a.child.clone()), (a.generation, pid));
+        if !started.lock().started(&key, start, pid) {
+            // Removed (an app stop, a move) or replaced while it started: not ours to run.
+            tracing::info!(app = %a.app, child = %a.child, generation = a.generation, %pid, "assignment withdrawn while its child started; stopping it");
+            cluster.stopper.stop(pid);
+            cluster.start_reported(pid);
+            return;
+        }
         let request = pb::ChildStartedRequest {
             node: Some(node_ref(&cluster, session)),
             app: a.app.clone(),
@@ -607,7 +739,7 @@ fn start_assignment(
             tracing::warn!("cannot report a started child: {}", status.message());
             if !matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
                 // The controller placed it elsewhere meanwhile: this copy must not run.
-                started.lock().remove(&(a.app.clone(), a.child.clone()));
+                started.lock().refused(&key, pid);
                 let rt = cluster.rt.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     python::host::exit_signal(&rt, pid, pid, Reason::Kill)
@@ -833,5 +965,134 @@ impl Cluster {
                 .cluster(request, |mut c, r| async move { c.whereis(r).await }),
         )?;
         Ok(pid_from_pb(reply.pid.as_ref()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(index: u64, last: bool) -> pb::WatchEvent {
+        pb::WatchEvent {
+            log_index: index,
+            event: Some(Event::Snapshot(pb::ClusterView {
+                last,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn name(index: u64) -> pb::WatchEvent {
+        pb::WatchEvent {
+            log_index: index,
+            event: Some(Event::NameReleased(pb::GlobalName::default())),
+        }
+    }
+
+    #[test]
+    fn a_stream_resumes_from_the_last_event_applied() {
+        let mut p = WatchPosition::default();
+        assert_eq!(p.resume_from(), 0);
+        p.saw(&view(10, true));
+        assert_eq!(p.resume_from(), 10);
+        p.saw(&name(12));
+        p.saw(&name(15));
+        assert_eq!(p.resume_from(), 15);
+        // A resumed stream re-sends the last entry's events: the position does not go back.
+        p.saw(&name(15));
+        assert_eq!(p.resume_from(), 15);
+    }
+
+    #[test]
+    fn a_view_cut_off_half_way_asks_for_a_whole_one() {
+        let mut p = WatchPosition::default();
+        p.saw(&view(10, true));
+        p.saw(&name(12));
+        p.saw(&view(20, false));
+        assert_eq!(p.resume_from(), 0);
+        p.saw(&view(30, false));
+        p.saw(&view(30, true));
+        assert_eq!(p.resume_from(), 30);
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+    use crate::runtime::NodeId;
+
+    fn pid(n: u64) -> Pid {
+        Pid {
+            node: NodeId::intern("slots"),
+            incarnation: 1,
+            serial: n,
+        }
+    }
+
+    fn key() -> ChildKey {
+        ("app".into(), "child".into())
+    }
+
+    #[test]
+    fn an_assignment_repeated_while_it_starts_starts_nothing_more() {
+        let mut s = Slots::default();
+        let first = s.claim(&key(), 1).expect("a first start");
+        assert_eq!(s.claim(&key(), 1), None, "a repeat during the start");
+        assert_eq!(s.claim(&key(), 0), None, "an older generation");
+        assert!(s.started(&key(), first, pid(1)));
+        assert_eq!(s.claim(&key(), 1), None, "a repeat once it runs");
+        assert_eq!(s.remove(&key()), Some(pid(1)));
+    }
+
+    #[test]
+    fn a_newer_generation_replaces_the_slot_and_the_old_start_learns_it() {
+        let mut s = Slots::default();
+        let old = s.claim(&key(), 1).expect("a first start");
+        let new = s.claim(&key(), 2).expect("a newer generation starts");
+        assert!(
+            !s.started(&key(), old, pid(1)),
+            "the old start must stop its process"
+        );
+        s.failed(&key(), old);
+        assert!(s.started(&key(), new, pid(2)));
+        assert_eq!(s.claim(&key(), 2), None);
+        assert!(s.claim(&key(), 3).is_some());
+    }
+
+    #[test]
+    fn a_failed_start_frees_the_slot_for_a_retry() {
+        let mut s = Slots::default();
+        let first = s.claim(&key(), 1).expect("a first start");
+        s.failed(&key(), first);
+        let again = s.claim(&key(), 1).expect("a retry of the same generation");
+        assert!(s.started(&key(), again, pid(2)));
+    }
+
+    #[test]
+    fn a_removal_during_the_start_withdraws_it() {
+        let mut s = Slots::default();
+        let first = s.claim(&key(), 1).expect("a first start");
+        assert_eq!(s.remove(&key()), None, "nothing runs yet");
+        assert!(!s.started(&key(), first, pid(1)));
+        assert_eq!(s.remove(&key()), None);
+        // Assigned here again at the same generation: a new start, and only that one counts.
+        let again = s.claim(&key(), 1).expect("assigned again");
+        assert!(!s.started(&key(), first, pid(1)));
+        assert!(s.started(&key(), again, pid(2)));
+    }
+
+    #[test]
+    fn a_refusal_frees_only_its_own_process() {
+        let mut s = Slots::default();
+        let first = s.claim(&key(), 1).expect("a first start");
+        assert!(s.started(&key(), first, pid(1)));
+        s.refused(&key(), pid(9));
+        assert_eq!(
+            s.claim(&key(), 1),
+            None,
+            "another pid's refusal changes nothing"
+        );
+        s.refused(&key(), pid(1));
+        assert!(s.claim(&key(), 1).is_some());
     }
 }
