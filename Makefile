@@ -99,6 +99,8 @@ deploy/docker/tls/ca/ca.crt:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
+	# A node built without the embedded controller (no `dev` feature) must stay buildable.
+	cargo clippy --release -p rebeam-node --no-default-features --bins -- -D warnings
 	$(PYTHON) -m ruff check client-py examples tests bench
 	$(PYTHON) -m mypy --config-file client-py/pyproject.toml client-py/rebeam examples/chat/chat
 	for app in jobqueue sessions; do \

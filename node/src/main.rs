@@ -5,8 +5,8 @@ use clap::Parser;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use rebeam_auth::{
-    read_node_secret_file, read_secret_file, read_token_file, token_hash, Credentials, Guard,
-    StaticToken, TokenDigest, TokenSource,
+    read_node_secret_file, read_secret_file, read_token_file, Credentials, Guard, StaticToken,
+    TokenDigest, TokenSource,
 };
 use rebeam_node::cluster::gateway::Gateway;
 use rebeam_node::cluster::{control, Cluster, ClusterConfig};
@@ -524,6 +524,7 @@ fn start_dev_controller(
     Ok((vec![api], presented, data_dir.join("node"), core))
 }
 
+#[cfg(feature = "dev")]
 /// How many worker nodes a dev node runs, itself included (see `--workers`).
 fn worker_count(cli: &Cli, tls: bool) -> Result<usize> {
     let quiet = cli.run.is_some() || cli.module.is_some();
@@ -537,6 +538,7 @@ fn worker_count(cli: &Cli, tls: bool) -> Result<usize> {
     }
 }
 
+#[cfg(feature = "dev")]
 /// Starts `count - 1` worker node processes joined to the embedded controller and waits
 /// (up to 30 s) until they are members, so apps and `rebeam.nodes()` see them all.
 fn start_workers(
@@ -549,7 +551,7 @@ fn start_workers(
     // Workers run app code: they get the tokens' digests, not the tokens.
     let tokens: Vec<String> = given_tokens(cli)?
         .iter()
-        .map(|t| format!("{}:{}", t.role, token_hash(&t.token)))
+        .map(|t| format!("{}:{}", t.role, rebeam_auth::token_hash(&t.token)))
         .chain(
             cli.client_token_digests
                 .iter()
