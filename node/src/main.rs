@@ -310,6 +310,7 @@ fn run(cli: Cli) -> Result<i32> {
     .context("setting up TLS")?;
     pyo3::append_to_inittab!(_rebeam_native);
     Python::initialize();
+    python_leaves_sigint_alone()?;
     let rt = python::start_node(&NodeConfig {
         name: cli.name.clone(),
         executors: cli.executors,
@@ -849,6 +850,22 @@ fn python_error(py: Python<'_>, err: PyErr) -> anyhow::Error {
         .and_then(|tb| tb.format().ok())
         .unwrap_or_default();
     anyhow::anyhow!("{text}{}", err.value(py))
+}
+
+/// Gives SIGINT back to its default in Python. Importing `signal` (asyncio does, so
+/// `import rebeam` does) installs Python's handler even in an interpreter started without
+/// signal handlers, and that handler raises KeyboardInterrupt in whatever process the main
+/// thread runs; the node turns SIGINT into an orderly shutdown itself (signal-hook).
+fn python_leaves_sigint_alone() -> Result<()> {
+    Python::attach(|py| -> PyResult<()> {
+        let signal = py.import("signal")?;
+        signal.call_method1(
+            "signal",
+            (signal.getattr("SIGINT")?, signal.getattr("SIG_DFL")?),
+        )?;
+        Ok(())
+    })
+    .context("resetting Python's SIGINT handler")
 }
 
 /// Runs an application until SIGINT/SIGTERM, then shuts its tree down in order.

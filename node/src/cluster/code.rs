@@ -11,10 +11,16 @@ use rebeam_proto as pb;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The version each app runs on this node, and one lock per app so loads never interleave.
+/// The version each app runs on this node, the version the controller last named for it,
+/// and one lock per app so loads never interleave.
 #[derive(Default)]
 pub struct AppCode {
     current: Mutex<HashMap<String, String>>,
+    /// The app's version as the watch stream last named it, recorded in stream order: a
+    /// start whose assignment predates an upgrade loads this one instead of its own (which
+    /// would move the servers back), and a load that finishes after the upgrade was named
+    /// goes on to it.
+    declared: Mutex<HashMap<String, Target>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -45,9 +51,30 @@ impl AppCode {
         self.current.lock().get(app).is_some_and(|h| h != code_hash)
     }
 
+    /// The code hash `app` runs on here, if it was loaded.
+    pub fn current(&self, app: &str) -> Option<String> {
+        self.current.lock().get(app).cloned()
+    }
+
     /// Forgets which version `app` ran (it stopped), so a later submit starts fresh.
     pub fn forget(&self, app: &str) {
         self.current.lock().remove(app);
+        self.declared.lock().remove(app);
+    }
+
+    /// Records the version the controller now names for an app (an upgrade, a rollback, or
+    /// the app as a watch first shows it). Called in watch-stream order.
+    pub fn declare(&self, target: Target) {
+        self.declared.lock().insert(target.app.clone(), target);
+    }
+
+    /// The version to load for `target`: the declared one when the controller has named
+    /// another since the caller's information was current.
+    fn latest(&self, target: Target) -> Target {
+        match self.declared.lock().get(&target.app) {
+            Some(d) if d.code_hash != target.code_hash => d.clone(),
+            _ => target,
+        }
     }
 
     fn lock_for(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -69,28 +96,40 @@ impl AppCode {
     ) -> Result<Option<pb::NodeUpgrade>, String> {
         let lock = self.lock_for(&target.app);
         let _held = lock.lock().await;
-        let before = self.current.lock().get(&target.app).cloned();
-        if before.as_deref() == Some(target.code_hash.as_str()) {
-            return Ok(None);
-        }
-        let code = fetch_code(cluster, &target.code_hash)
+        let mut target = self.latest(target);
+        let mut report_of = None;
+        loop {
+            let before = self.current.lock().get(&target.app).cloned();
+            if before.as_deref() == Some(target.code_hash.as_str()) {
+                return Ok(report_of);
+            }
+            let code = fetch_code(cluster, &target.code_hash)
+                .await
+                .map_err(|s| format!("cannot fetch code {}: {}", target.code_hash, s.message()))?;
+            let rt = cluster.rt.clone();
+            let base = cluster.config.data_dir.display().to_string();
+            let upgrading = before.is_some();
+            let t = target.clone();
+            let moves = tokio::task::spawn_blocking(move || {
+                crate::python::cluster_glue::load_version(&rt, &base, &t, code, upgrading)
+            })
             .await
-            .map_err(|s| format!("cannot fetch code {}: {}", target.code_hash, s.message()))?;
-        let rt = cluster.rt.clone();
-        let base = cluster.config.data_dir.display().to_string();
-        let upgrading = before.is_some();
-        let t = target.clone();
-        let moves = tokio::task::spawn_blocking(move || {
-            crate::python::cluster_glue::load_version(&rt, &base, &t, code, upgrading)
-        })
-        .await
-        .map_err(|e| format!("loading the code panicked: {e}"))??;
-        self.current
-            .lock()
-            .insert(target.app.clone(), target.code_hash.clone());
-        // Reported even for a first load (nothing to move): a client waiting for an upgrade
-        // hears from every node running the app, also one that just got its first child.
-        Ok(Some(report(cluster, &target, moves.unwrap_or_default())))
+            .map_err(|e| format!("loading the code panicked: {e}"))??;
+            self.current
+                .lock()
+                .insert(target.app.clone(), target.code_hash.clone());
+            // Reported even for a first load (nothing to move): a client waiting for an
+            // upgrade hears from every node running the app, also one that just got its
+            // first child.
+            report_of = Some(report(cluster, &target, moves.unwrap_or_default()));
+            // Named while this one loaded: its own change saw nothing running yet and left
+            // the move to this load.
+            let next = self.latest(target.clone());
+            if next.code_hash == target.code_hash {
+                return Ok(report_of);
+            }
+            target = next;
+        }
     }
 }
 

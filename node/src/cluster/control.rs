@@ -644,10 +644,11 @@ fn app_changed(cluster: &Arc<Cluster>, session: Session, app: &pb::AppInfo) {
         cluster.code.forget(&app.name);
         return;
     }
+    let target = Target::of_app(app);
+    cluster.code.declare(target.clone());
     if !cluster.code.differs(&app.name, &app.code_hash) {
         return;
     }
-    let target = Target::of_app(app);
     let cluster = cluster.clone();
     cluster.clone().tokio.spawn(async move {
         let name = target.app.clone();
@@ -695,7 +696,12 @@ fn start_assignment(
                 if let Some(report) = report {
                     report_upgrade(&cluster, session, &a.app, report).await;
                 }
-                let a2 = a.clone();
+                // From the version loaded now, which an upgrade named after this assignment
+                // may have replaced: the child must not come back on the old code.
+                let mut a2 = a.clone();
+                if let Some(hash) = cluster.code.current(&a.app) {
+                    a2.code_hash = hash;
+                }
                 tokio::task::spawn_blocking(move || python::cluster_glue::start_child(&a2, &spec))
                 .await
             }
