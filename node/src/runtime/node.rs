@@ -360,6 +360,16 @@ impl<H: Host> Runtime<H> {
             return;
         }
         if self.is_remote(other) {
+            // Our half is recorded before the request leaves: the peer's `noproc` answer
+            // can arrive before `route` returns, and it only counts for a recorded link.
+            let added = {
+                let mut st = process.lock();
+                let added = !st.links.contains(&other);
+                if added {
+                    st.links.push(other);
+                }
+                added
+            };
             let routed = self
                 .host
                 .route(Outbound::Link {
@@ -367,12 +377,10 @@ impl<H: Host> Runtime<H> {
                     to: other,
                 })
                 .is_ok();
-            if routed {
-                let mut st = process.lock();
-                if !st.links.contains(&other) {
-                    st.links.push(other);
+            if !routed {
+                if added {
+                    process.lock().links.retain(|p| *p != other);
                 }
-            } else {
                 self.deliver_exit(process, other, Reason::Noconnection);
             }
             return;
@@ -430,6 +438,9 @@ impl<H: Host> Runtime<H> {
     pub fn monitor(&self, watcher: &Arc<Process<H>>, target: Pid) -> Ref {
         let mref = self.make_ref();
         if self.is_remote(target) {
+            // Recorded before the request leaves: the peer's `Down(noproc)` for a dead
+            // target can arrive before `route` returns, and only a recorded monitor fires.
+            watcher.lock().watching.push((mref, target));
             let routed = self
                 .host
                 .route(Outbound::Monitor {
@@ -438,9 +449,11 @@ impl<H: Host> Runtime<H> {
                     mref,
                 })
                 .is_ok();
-            if routed {
-                watcher.lock().watching.push((mref, target));
-            } else {
+            if !routed {
+                watcher
+                    .lock()
+                    .watching
+                    .retain(|(r, t)| !(*r == mref && *t == target));
                 let _ = self.deliver(
                     watcher,
                     Envelope::Down {

@@ -9,6 +9,10 @@ struct TestHost {
     exited: Mutex<Vec<(Pid, Reason)>>,
     routed: Mutex<Vec<Outbound<&'static str>>>,
     mail: Mutex<Vec<Pid>>,
+    /// A process whose links and monitors `route` records as it sees them when a request
+    /// leaves: a peer can answer before `route` returns.
+    probe: Mutex<Option<Arc<Process<TestHost>>>>,
+    seen_at_route: Mutex<Vec<(usize, usize)>>,
 }
 
 impl Host for TestHost {
@@ -19,6 +23,12 @@ impl Host for TestHost {
         self.exited.lock().push((process.pid, reason.clone()));
     }
     fn route(&self, out: Outbound<Self::Msg>) -> Result<(), Outbound<Self::Msg>> {
+        if let Some(p) = self.probe.lock().as_ref() {
+            let st = p.lock();
+            self.seen_at_route
+                .lock()
+                .push((st.links.len(), st.watching.len()));
+        }
         self.routed.lock().push(out);
         Ok(())
     }
@@ -351,6 +361,25 @@ fn remote_link_to_a_dead_process_answers_noproc() {
         ),
         "{routed:?}"
     );
+}
+
+#[test]
+fn remote_links_and_monitors_are_recorded_before_their_requests_leave() {
+    // The peer's noproc answer for a dead target may arrive before `route` returns; it
+    // fires only a recorded link or monitor, so both must be recorded first.
+    let rt = rt();
+    let w = spawn(&rt);
+    w.lock().trap_exit = true;
+    *rt.host.probe.lock() = Some(w.clone());
+    rt.link(&w, remote(5));
+    let mref = rt.monitor(&w, remote(6));
+    assert_eq!(*rt.host.seen_at_route.lock(), vec![(1, 0), (1, 1)]);
+    *rt.host.probe.lock() = None;
+    rt.remote_down(w.pid, remote(6), mref, Reason::Noproc);
+    rt.remote_exit(remote(5), w.pid, Reason::Noproc, true);
+    let st = w.lock();
+    assert!(st.watching.is_empty() && st.links.is_empty());
+    assert_eq!(st.mailbox.len(), 2, "Down and Exit both delivered");
 }
 
 /// Runs `a` and `b` at once on two threads, many times over fresh state from `setup`.
