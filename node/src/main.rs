@@ -466,10 +466,10 @@ fn run(cli: Cli) -> Result<i32> {
     serve_cluster()
 }
 
-#[cfg(feature = "dev")]
 /// The embedded default: a one-member controller in this process, state in `--data-dir`
 /// (or a fresh directory removed at exit), so global names, groups and apps work on one
 /// machine exactly as in a cluster.
+#[cfg(feature = "dev")]
 fn start_dev_controller(
     cli: &Cli,
     tokio: &tokio::runtime::Runtime,
@@ -525,8 +525,8 @@ fn start_dev_controller(
     Ok((vec![api], presented, data_dir.join("node"), core))
 }
 
-#[cfg(feature = "dev")]
 /// How many worker nodes a dev node runs, itself included (see `--workers`).
+#[cfg(feature = "dev")]
 fn worker_count(cli: &Cli, tls: bool) -> Result<usize> {
     let quiet = cli.run.is_some() || cli.module.is_some();
     match cli.workers {
@@ -539,9 +539,9 @@ fn worker_count(cli: &Cli, tls: bool) -> Result<usize> {
     }
 }
 
-#[cfg(feature = "dev")]
 /// Starts `count - 1` worker node processes joined to the embedded controller and waits
 /// (up to 30 s) until they are members, so apps and `rebeam.nodes()` see them all.
+#[cfg(feature = "dev")]
 fn start_workers(
     cli: &Cli,
     count: usize,
@@ -787,26 +787,41 @@ fn join_cluster(
 
 /// A cluster node with nothing else to run serves its placed children until SIGINT/SIGTERM.
 fn serve_cluster() -> Result<i32> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
-    let signal = Python::attach(|py| py.detach(|| signals.forever().next()));
-    eprintln!("rebeam-node: stopping on signal {signal:?} (again to exit at once)");
-    let _ = std::thread::Builder::new()
-        .name("rebeam-signals".into())
-        .spawn(move || {
-            if signals.forever().next().is_some() {
-                exit_process(130);
-            }
-        });
+    let (stop, stopped) = std::sync::mpsc::channel();
+    on_shutdown_signal(move || {
+        eprintln!("rebeam-node: stopping (again to exit at once)");
+        let _ = stop.send(());
+    })?;
+    let _ = Python::attach(|py| py.detach(move || stopped.recv()));
     // Workers first: they depart through the embedded controller, which stops with us.
     Python::attach(|py| py.detach(rebeam_node::dev::stop));
     if let Ok(rt) = python::node_runtime() {
         Python::attach(|py| py.detach(|| rebeam_node::shutdown::depart(rt)));
     }
     Ok(0)
+}
+
+/// Runs `first` on the first SIGINT/SIGTERM and exits at once on the next: an orderly stop
+/// that a second Ctrl-C can always cut short.
+fn on_shutdown_signal(first: impl FnOnce() + Send + 'static) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("rebeam-signals".into())
+        .spawn(move || {
+            let mut first = Some(first);
+            for _ in signals.forever() {
+                match first.take() {
+                    Some(first) => first(),
+                    None => exit_process(130),
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }
 
 /// The `_rebeam_native` module, registered before the interpreter starts.
@@ -870,32 +885,18 @@ fn python_leaves_sigint_alone() -> Result<()> {
 
 /// Runs an application until SIGINT/SIGTERM, then shuts its tree down in order.
 fn run_app(dir: &std::path::Path, submit: Option<&(String, String)>) -> Result<i32> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
-    std::thread::Builder::new()
-        .name("rebeam-signals".into())
-        .spawn(move || {
-            let mut count = 0;
-            for _ in signals.forever() {
-                count += 1;
-                let master = python::node_runtime()
-                    .ok()
-                    .and_then(|rt| rt.whereis("$app_master").map(|pid| (rt, pid)));
-                match master {
-                    Some((rt, pid)) if count == 1 => {
-                        eprintln!(
-                            "rebeam-node: shutting down (press Ctrl-C again to exit at once)"
-                        );
-                        rt.exit_signal(pid, pid, Reason::Shutdown);
-                    }
-                    _ => exit_process(130),
-                }
+    on_shutdown_signal(|| {
+        let master = python::node_runtime()
+            .ok()
+            .and_then(|rt| rt.whereis("$app_master").map(|pid| (rt, pid)));
+        match master {
+            Some((rt, pid)) => {
+                eprintln!("rebeam-node: shutting down (press Ctrl-C again to exit at once)");
+                rt.exit_signal(pid, pid, Reason::Shutdown);
             }
-        })
-        .context("starting the signal thread")?;
+            None => exit_process(130),
+        }
+    })?;
     let dir = dir.display().to_string();
     run_python(std::slice::from_ref(&dir), |py| {
         let app = py.import("rebeam._app")?;
