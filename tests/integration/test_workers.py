@@ -193,6 +193,46 @@ def test_pool_spreads_servers_over_the_nodes(workdir: Path) -> None:
     assert r["one"] == "one"
 
 
+def test_async_code_spawns_on_other_nodes_and_pools_without_blocking_the_loop(workdir: Path) -> None:
+    r = run_script(workdir, '''
+        import asyncio
+
+        class Slow(rebeam.GenServer):
+            async def init(self, tag):
+                await asyncio.sleep(0.5)
+                self.tag = tag
+
+            def handle_call(self, request, sender):
+                return (self.tag, rebeam.node(), request)
+
+        async def main():
+            pid, ref = await rebeam.spawn_on_async(other(), Echo, "a", monitor=True)
+            reply = await rebeam.call_async(pid, "x")
+            try:
+                await rebeam.call_async(pid, "crash")
+            except rebeam.Exit:
+                pass
+            down = await rebeam.receive_async(
+                lambda m: isinstance(m, rebeam.Down) and m.ref == ref, 5)
+            started = time.monotonic()
+            with await rebeam.Pool.start_async(Slow, "p", size=4) as pool:
+                took = time.monotonic() - started
+                replies = await pool.map_async(range(20))
+            try:
+                await rebeam.spawn_on_async("nowhere", Echo, "x")
+            except rebeam.SpawnError as e:
+                err = str(e)
+            report(reply=reply, down=down.reason.message, took=took, err=err,
+                   nodes=sorted({node for _, node, _ in replies}),
+                   order=[x for _, _, x in replies], all_nodes=rebeam.nodes())
+    ''')
+    assert r["reply"] == ["a", next(n for n in r["all_nodes"] if n != "dev"), "x"]
+    assert r["down"] == "crashing on purpose"
+    assert r["took"] < 1.6, "four async inits of 0.5 s side by side, on both nodes"
+    assert r["nodes"] == r["all_nodes"] and r["order"] == list(range(20))
+    assert "no live node named \"nowhere\"" in r["err"]
+
+
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
                          text=True).stdout
