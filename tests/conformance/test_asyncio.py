@@ -522,8 +522,8 @@ async def test_spawn_async_awaits_an_async_init_without_blocking_the_loop():
     worker = await rebeam.spawn_async(async_worker, rebeam.self_pid())
     rebeam.send(worker, "job")
     assert await rebeam.receive_async(lambda m: m == ("worker got", "job"), 5.0)
-    # The blocking forms keep refusing on the loop.
-    with pytest.raises(rebeam.Error, match="async"):
+    # The blocking form keeps refusing on the loop, naming the awaitable one.
+    with pytest.raises(rebeam.Error, match="spawn_async"):
         rebeam.spawn(SlowInit, 0.01)
 
 

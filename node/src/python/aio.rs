@@ -295,7 +295,7 @@ pub fn await_outcome<'py>(
         return Err(blocking_error(
             py,
             what,
-            "do it from a supervisor or from code that is not a coroutine",
+            "start it with `await rebeam.spawn_async(...)`, or from code that is not a coroutine",
         ));
     }
     let wait = Arc::new(Outcome::default());
