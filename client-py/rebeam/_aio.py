@@ -5,6 +5,8 @@ A GenServer handler defined with ``async def`` runs as a task on one event loop 
 other message; the node hands the server its next message when the task ends. Inside async
 code, ``await call_async(...)`` and ``await receive_async(...)`` wait without blocking the
 loop; the blocking ``call``/``receive`` raise there instead of stalling every async process.
+``await spawn_async(...)`` starts a server whose ``init`` is async without blocking the loop.
+Tasks a process's code creates run as that process (the loop's task factory).
 """
 
 from __future__ import annotations
