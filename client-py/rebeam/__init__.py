@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import _cleanup, _errors, pg
-from ._aio import call_async, receive_async
+from ._aio import call_async, receive_async, spawn_async
 from ._errors import (
     AlreadyExists,
     AuthError,
@@ -72,13 +72,14 @@ from ._process import (
     whereis,
 )
 from ._registry import KeyRegistry, registry
-from ._remote import demonitor_node, monitor_node, node, spawn_on
+from ._remote import demonitor_node, monitor_node, node, spawn_on, spawn_on_async
 from ._supervisor import (
     ChildSpec,
     DynamicSupervisor,
     Supervisor,
     child,
     start_child,
+    start_child_async,
     terminate_child,
     which_children,
 )
@@ -98,7 +99,8 @@ __all__ = [
     "monitoring", "node", "nodes", "noreply", "pg", "process_info", "processes", "receive",
     "receive_async",
     "register", "register_global", "registered", "registry", "reply", "run", "self_pid", "send",
-    "send_after", "set_timeout", "spawn", "spawn_link", "spawn_monitor", "spawn_on", "start_child",
+    "send_after", "set_timeout", "spawn", "spawn_async", "spawn_link", "spawn_monitor", "spawn_on",
+    "spawn_on_async", "start_child", "start_child_async",
     "stop", "table", "terminate_child", "trap_exits", "trapping_exits", "unlink", "unregister",
     "unregister_global", "whereis", "whereis_global", "which_children"
 ]

@@ -5,6 +5,8 @@ A GenServer handler defined with ``async def`` runs as a task on one event loop 
 other message; the node hands the server its next message when the task ends. Inside async
 code, ``await call_async(...)`` and ``await receive_async(...)`` wait without blocking the
 loop; the blocking ``call``/``receive`` raise there instead of stalling every async process.
+``await spawn_async(...)`` starts a server whose ``init`` is async without blocking the loop.
+Tasks a process's code creates run as that process (the loop's task factory).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from ._errors import Error, Exit, Timeout
 from ._names import Dest, Via
 from ._native import native
+from ._pid import Pid, Ref
 
-__all__ = ["call_async", "event_loop", "receive_async"]
+__all__ = ["call_async", "event_loop", "receive_async", "spawn_async"]
 
 log = logging.getLogger("rebeam")
 
@@ -46,6 +49,7 @@ def _start(fd: int) -> None:
     def run() -> None:
         native._aio_loop_thread()
         asyncio.set_event_loop(loop)
+        loop.set_task_factory(_task_factory)
         loop.add_reader(fd, _drain)
         started.set()
         while True:
@@ -59,6 +63,13 @@ def _start(fd: int) -> None:
     _loop = loop
     threading.Thread(target=run, name="rebeam-asyncio", daemon=True).start()
     started.wait()
+
+
+def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+    """Tasks a process's code creates (``asyncio.gather``, ``create_task``) run as that
+    process: ``self_pid``, links and ``receive_async`` work in them, and a kill of the
+    process cancels them at their next step."""
+    return asyncio.Task(native._aio_step(coro), loop=loop, **kwargs)
 
 
 def _drain() -> None:
@@ -121,18 +132,60 @@ async def call_async(dest: Dest, request: object, timeout: float | None = 5.0) -
             raise Exit(dest, "noproc")
         dest = pid
     key, callee = native._aio_call(dest, request)
-    future = loop.create_future()
-    _futures[key] = future
     try:
         async with asyncio.timeout(timeout):
-            ok, value = await future
+            ok, value = await _resolved(loop, key)
     except TimeoutError:
         raise Timeout(f"call to {callee} timed out after {timeout}s") from None
-    finally:
-        _futures.pop(key, None)
     if ok:
         return value
     raise value
+
+
+async def _resolved(loop: asyncio.AbstractEventLoop, key: int) -> Any:
+    """What the node resolves future ``key`` with (registered before this awaits, so an
+    outcome queued meanwhile finds it)."""
+    future = loop.create_future()
+    _futures[key] = future
+    try:
+        return await future
+    finally:
+        _futures.pop(key, None)
+
+
+@overload
+async def spawn_async(target: Callable[..., object] | type, *args: Any, link: bool = False,
+                      monitor: Literal[False] = False, **kwargs: Any) -> Pid: ...
+@overload
+async def spawn_async(target: Callable[..., object] | type, *args: Any, link: bool = False,
+                      monitor: Literal[True], **kwargs: Any) -> tuple[Pid, Ref]: ...
+async def spawn_async(target: Callable[..., object] | type, *args: Any,  # noqa: E302
+                      link: bool = False, monitor: bool = False,
+                      **kwargs: Any) -> Pid | tuple[Pid, Ref]:
+    """``await``-able :func:`rebeam.spawn` (``link=True``: ``spawn_link``, ``monitor=True``:
+    ``spawn_monitor``, returning ``(pid, ref)``) for async code: a server whose ``init`` is
+    ``async def`` starts without blocking the event loop, and the spawner resumes once
+    ``init`` returned. Raises :class:`rebeam.InitError` as ``spawn`` does. A plain ``init``
+    runs at once, on the loop; a function process never waits for its spawner."""
+    return await _spawn_async(target, args, kwargs, link, monitor)
+
+
+async def _spawn_async(target: Callable[..., object] | type, args: tuple[Any, ...],
+                       kwargs: dict[str, Any], link: bool, monitor: bool) -> Pid | tuple[Pid, Ref]:
+    _check_loop("spawn_async")
+    from ._process import _server_instance, _start
+
+    server = _server_instance(target)
+    if server is None:
+        started: Pid | tuple[Pid, Ref] = _start(target, args, kwargs, link, monitor)
+        return started
+    done, value = native._aio_spawn_server(server, args, kwargs or None, link, monitor)
+    if not done:
+        ok, value = await _resolved(event_loop(), value)
+        if not ok:
+            raise value
+    spawned: Pid | tuple[Pid, Ref] = value
+    return spawned
 
 
 @overload

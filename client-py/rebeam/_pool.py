@@ -3,6 +3,7 @@ runs on every core (one interpreter per node, one node per core on ``--dev``).""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections.abc import Iterable, Iterator
@@ -28,29 +29,43 @@ class Pool:
 
         with rebeam.Pool(Hasher) as pool:
             digests = pool.map(blocks)
+
+    Async code makes one with ``await Pool.start_async(...)`` and uses ``call_async`` and
+    ``map_async``, which never block the event loop::
+
+        with await rebeam.Pool.start_async(Hasher) as pool:
+            digests = await pool.map_async(blocks)
     """
 
     def __init__(self, server: type, *args: Any, size: int | None = None,
                  nodes: list[str] | None = None, **kwargs: Any) -> None:
-        from ._globals import nodes as alive_nodes
-
-        me = this_node()
-        if nodes is None:
-            nodes = [me] + [n for n in alive_nodes() if n != me]
-        if not nodes:
-            raise ValueError("Pool needs at least one node")
-        count = len(nodes) if size is None else size
-        if count < 1:
-            raise ValueError(f"Pool size must be at least 1, got {count}")
         self.pids: list[Pid] = []
         try:
-            for i in range(count):
-                self.pids.append(spawn_on(nodes[i % len(nodes)], server, *args, link=True,
-                                          **kwargs))
+            for node in _placement(nodes, size):
+                self.pids.append(spawn_on(node, server, *args, link=True, **kwargs))
         except BaseException:
             self.stop()
             raise
-        self._next = itertools.cycle(range(count))
+        self._next = itertools.cycle(range(len(self.pids)))
+
+    @classmethod
+    async def start_async(cls, server: type, *args: Any, size: int | None = None,
+                          nodes: list[str] | None = None, **kwargs: Any) -> Pool:
+        """``await``-able construction for async code: the servers start on their nodes
+        side by side, without blocking the event loop; the same arguments and errors."""
+        from ._remote import spawn_on_async
+
+        pool = cls.__new__(cls)
+        started = await asyncio.gather(
+            *(spawn_on_async(node, server, *args, link=True, **kwargs)
+              for node in _placement(nodes, size)), return_exceptions=True)
+        pool.pids = [p for p in started if isinstance(p, Pid)]
+        failed = [e for e in started if isinstance(e, BaseException)]
+        if failed:
+            pool.stop()
+            raise failed[0]
+        pool._next = itertools.cycle(range(len(pool.pids)))
+        return pool
 
     def __len__(self) -> int:
         return len(self.pids)
@@ -58,6 +73,12 @@ class Pool:
     def call(self, request: object, timeout: float | None = 5.0) -> Any:
         """Calls the next server in turn with ``request`` and returns its reply."""
         return native.call(self.pids[next(self._next)], request, timeout)
+
+    async def call_async(self, request: object, timeout: float | None = 5.0) -> Any:
+        """``await``-able :meth:`call` for async code."""
+        from ._aio import call_async
+
+        return await call_async(self.pids[next(self._next)], request, timeout)
 
     def map(self, requests: Iterable[object], timeout: float | None = None) -> list[Any]:
         """Calls the servers with every request, each server taking the next request as soon
@@ -99,6 +120,29 @@ class Pool:
             raise failures[0]
         return results
 
+    async def map_async(self, requests: Iterable[object],
+                        timeout: float | None = None) -> list[Any]:
+        """``await``-able :meth:`map` for async code: the same order, errors and pacing (each
+        server takes the next request once it answered the last)."""
+        from ._aio import call_async
+
+        items = list(requests)
+        results: list[Any] = [None] * len(items)
+        failures: list[BaseException] = []
+        queue: Iterator[int] = iter(range(len(items)))
+
+        async def drive(pid: Pid) -> None:
+            while not failures and (i := next(queue, None)) is not None:
+                try:
+                    results[i] = await call_async(pid, items[i], timeout)
+                except Exception as e:  # noqa: BLE001 - handed to the caller
+                    failures.append(e)
+
+        await asyncio.gather(*(drive(pid) for pid in self.pids[:max(1, len(items))]))
+        if failures:
+            raise failures[0]
+        return results
+
     def stop(self, reason: object = "shutdown") -> None:
         """Stops every server (they are linked to the pool's owner: unlinked first)."""
         for pid in self.pids:
@@ -112,3 +156,19 @@ class Pool:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _placement(nodes: list[str] | None, size: int | None) -> list[str]:
+    """The node of each server of a pool: ``size`` (default one per node) round-robin over
+    ``nodes`` (default every alive node, this one first)."""
+    from ._globals import nodes as alive_nodes
+
+    me = this_node()
+    if nodes is None:
+        nodes = [me] + [n for n in alive_nodes() if n != me]
+    if not nodes:
+        raise ValueError("Pool needs at least one node")
+    count = len(nodes) if size is None else size
+    if count < 1:
+        raise ValueError(f"Pool size must be at least 1, got {count}")
+    return [nodes[i % len(nodes)] for i in range(count)]

@@ -27,18 +27,26 @@ _T = TypeVar("_T")
 _D = TypeVar("_D")
 
 
+def _server_instance(target: Any) -> Any:
+    """A fresh instance (``init`` not run) of ``target`` when it is a server class; None for
+    a function. Raises TypeError for other classes."""
+    from ._genserver import GenServer
+
+    if not inspect.isclass(target):
+        return None
+    if not issubclass(target, GenServer):
+        raise TypeError(
+            f"cannot spawn class {target.__qualname__}: a class must derive from "
+            "rebeam.GenServer or rebeam.Supervisor; plain functions are spawned as they are"
+        )
+    return target.__new__(target)
+
+
 def _start(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], link: bool,
            monitor: bool, max_mailbox: int | None = None,
            max_mailbox_bytes: int | None = None) -> Any:
-    from ._genserver import GenServer
-
-    if inspect.isclass(target):
-        if not issubclass(target, GenServer):
-            raise TypeError(
-                f"cannot spawn class {target.__qualname__}: a class must derive from "
-                "rebeam.GenServer or rebeam.Supervisor; plain functions are spawned as they are"
-            )
-        server = target.__new__(target)
+    server = _server_instance(target)
+    if server is not None:
         return native.spawn_server(server, args, kwargs or None, link, monitor, max_mailbox,
                                    max_mailbox_bytes)
     if not callable(target):

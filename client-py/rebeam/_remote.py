@@ -10,6 +10,7 @@ the same path there)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -23,7 +24,7 @@ from ._native import native
 from ._pid import Pid, Ref
 from ._types import Down, NodeDown
 
-__all__ = ["NodeDown", "demonitor_node", "monitor_node", "node", "spawn_on"]
+__all__ = ["NodeDown", "demonitor_node", "monitor_node", "node", "spawn_on", "spawn_on_async"]
 
 #: The module name a `--run` script is imported under on the other nodes.
 MAIN_ALIAS = "__rebeam_main__"
@@ -134,8 +135,16 @@ def spawn_on(node: str, target: Callable[..., object] | type, *args: Any,  # noq
     module, qualname, main_path = _wire_name(target)
     status, value = native.spawn_remote(node, module, qualname, main_path, args, kwargs or None,
                                         link, monitor, timeout)
+    spawned: Pid | tuple[Pid, Ref] = _spawned(node, f"{module}.{qualname}", timeout, status,
+                                              value)
+    return spawned
+
+
+def _spawned(node: str, target: str, timeout: float | None, status: str, value: Any) -> Any:
+    """The pid (or ``(pid, ref)``) of a remote spawn's answer ``(status, value)``, or the
+    matching exception."""
     if status == "ok":
-        return value  # type: ignore[no-any-return]
+        return value
     if status == "init_failed":
         raise InitError(None, value)
     if status == "timeout":
@@ -144,7 +153,45 @@ def spawn_on(node: str, target: Callable[..., object] | type, *args: Any,  # noq
         raise SpawnError(node, "the node was lost before it answered")
     if status == "no_node":
         raise SpawnError(node, str(value))
-    raise SpawnError(node, f"cannot spawn {module}.{qualname} there:\n{value}")
+    raise SpawnError(node, f"cannot spawn {target} there:\n{value}")
+
+
+@overload
+async def spawn_on_async(node: str, target: Callable[..., object] | type, *args: Any,
+                         link: bool = False, monitor: Literal[False] = False,
+                         timeout: float | None = 30.0, **kwargs: Any) -> Pid: ...
+@overload
+async def spawn_on_async(node: str, target: Callable[..., object] | type, *args: Any,
+                         link: bool = False, monitor: Literal[True],
+                         timeout: float | None = 30.0, **kwargs: Any) -> tuple[Pid, Ref]: ...
+async def spawn_on_async(node: str, target: Callable[..., object] | type,  # noqa: E302
+                         *args: Any, link: bool = False, monitor: bool = False,
+                         timeout: float | None = 30.0,
+                         **kwargs: Any) -> Pid | tuple[Pid, Ref]:
+    """``await``-able :func:`spawn_on` for async code: the same arguments, answer and
+    errors, without blocking the event loop while the other node starts the process."""
+    from ._aio import _check_loop, _resolved, _spawn_async
+
+    loop = _check_loop("spawn_on_async")
+    if node == _this_node():
+        return await _spawn_async(target, args, kwargs, link, monitor)
+    module, qualname, main_path = _wire_name(target)
+    status, value = native._aio_spawn_remote(node, module, qualname, main_path, args,
+                                             kwargs or None, link, monitor)
+    if status == "pending":
+        key, ticket = value
+        try:
+            async with asyncio.timeout(timeout):
+                status, value = await _resolved(loop, key)
+        except TimeoutError:
+            ticket.abandon()
+            status, value = "timeout", None
+        except BaseException:
+            ticket.abandon()
+            raise
+    spawned: Pid | tuple[Pid, Ref] = _spawned(node, f"{module}.{qualname}", timeout, status,
+                                              value)
+    return spawned
 
 
 class NodeSentinel(GenServer):

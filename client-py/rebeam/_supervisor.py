@@ -317,13 +317,30 @@ def start_child(supervisor: Any, spec: ChildSpec, timeout: float | None = None, 
     """Starts a child under a running supervisor; returns its pid or raises InitError.
 
     ``node`` places the child on that node of the cluster (as ``child(..., node=)``)."""
-    if node is not None:
-        _check_node(spec.name, node)
-        spec = replace(spec, node=node)
-    outcome, value = call(supervisor, ("$start_child", spec), timeout)
+    outcome, value = call(supervisor, ("$start_child", _placed(spec, node)), timeout)
     if outcome == "error":
         raise InitError(None, value)
     return value
+
+
+async def start_child_async(supervisor: Any, spec: ChildSpec, timeout: float | None = None, *,
+                            node: str | None = None) -> Any:
+    """``await``-able :func:`start_child` for async code (the supervisor starts the child
+    while the caller awaits, holding no thread)."""
+    from ._aio import call_async
+
+    outcome, value = await call_async(supervisor, ("$start_child", _placed(spec, node)), timeout)
+    if outcome == "error":
+        raise InitError(None, value)
+    return value
+
+
+def _placed(spec: ChildSpec, node: str | None) -> ChildSpec:
+    """``spec`` placed on ``node`` (None: as it is)."""
+    if node is None:
+        return spec
+    _check_node(spec.name, node)
+    return replace(spec, node=node)
 
 
 def terminate_child(supervisor: Any, child_id_or_pid: Any, timeout: float | None = None) -> bool:

@@ -174,6 +174,27 @@ def test_call_async_fails_like_call():
     assert 0.2 <= time.monotonic() - started < 0.5
 
 
+def test_a_server_awaiting_in_an_async_handler_shows_as_awaiting_where_it_awaits():
+    proxy = rebeam.spawn(Proxy)
+    silent = rebeam.spawn(Silent)
+    info = rebeam.process_info(proxy)
+    assert (info["status"], info["current_function"]) == ("idle", "waiting")
+    me = rebeam.self_pid()
+    rebeam.spawn(lambda: rebeam.send(me, rebeam.call(proxy, ("forward", silent, "x", 30.0), 30.0)))
+    deadline = time.monotonic() + WAIT
+    while (info := rebeam.process_info(proxy))["status"] != "awaiting":
+        assert time.monotonic() < deadline, info
+        time.sleep(0.01)
+    # Where the handler awaits (its call_async, shown as the handler's line), not "waiting".
+    assert info["current_function"].startswith(f"awaiting {__name__}.Proxy.handle_call:"), info
+    rebeam.exit(silent, "kill")
+    assert expect(("exit", "killed")) == ("exit", "killed")
+    while (info := rebeam.process_info(proxy))["status"] != "idle":
+        assert time.monotonic() < deadline, info
+        time.sleep(0.01)
+    assert info["current_function"] == "waiting"
+
+
 def test_concurrent_awaits_inside_one_handler():
     proxy = rebeam.spawn(Proxy)
     sleepers = [rebeam.spawn(Sleeper, rebeam.self_pid()) for _ in range(5)]
@@ -465,6 +486,64 @@ async def test_an_async_body_given_to_run_is_a_process_on_the_loop():
         rebeam.call(echo, "blocking")
     with pytest.raises(rebeam.Error, match="async"):
         rebeam.spawn(Sleeper, me)
+
+
+class SlowInit(rebeam.GenServer):
+    """An async ``init`` that awaits ``seconds`` and records that it ran."""
+
+    async def init(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.ready = True
+
+    def handle_call(self, request: Any, sender: Any) -> Any:
+        return ("ready", self.ready)
+
+
+async def test_spawn_async_awaits_an_async_init_without_blocking_the_loop():
+    started = time.monotonic()
+    # Five inits of 0.3 s side by side: the loop is free while each awaits.
+    pids = await asyncio.gather(*(rebeam.spawn_async(SlowInit, 0.3) for _ in range(5)))
+    assert time.monotonic() - started < 1.0
+    for pid in pids:
+        assert await rebeam.call_async(pid, "?") == ("ready", True)
+    linked = await rebeam.spawn_async(SlowInit, 0.01, link=True)
+    assert linked in rebeam.process_info(rebeam.self_pid())["links"]
+    pid, ref = await rebeam.spawn_async(SlowInit, 0.01, monitor=True)
+    rebeam.exit(pid, "kill")
+    down = await rebeam.receive_async(lambda m: isinstance(m, rebeam.Down) and m.ref == ref, 5.0)
+    assert down.reason == "killed"
+    with pytest.raises(rebeam.InitError) as caught:
+        await rebeam.spawn_async(FailingInit)
+    assert "no config" in str(caught.value.reason)
+    assert isinstance(caught.value.__cause__, KeyError)
+    # A plain init runs at once, a function process starts as with spawn.
+    echo = await rebeam.spawn_async(Echo)
+    assert await rebeam.call_async(echo, "hi") == "hi"
+    worker = await rebeam.spawn_async(async_worker, rebeam.self_pid())
+    rebeam.send(worker, "job")
+    assert await rebeam.receive_async(lambda m: m == ("worker got", "job"), 5.0)
+    # The blocking form keeps refusing on the loop, naming the awaitable one.
+    with pytest.raises(rebeam.Error, match="spawn_async"):
+        rebeam.spawn(SlowInit, 0.01)
+
+
+async def test_start_child_async_and_a_pool_for_async_code():
+    sup = rebeam.spawn(rebeam.DynamicSupervisor)
+    pid = await rebeam.start_child_async(sup, child(SlowInit, (0.05,)))
+    assert await rebeam.call_async(pid, "?") == ("ready", True)
+    with pytest.raises(rebeam.InitError):
+        await rebeam.start_child_async(sup, child(FailingInit))
+    with pytest.raises(rebeam.Error, match="call_async"):
+        rebeam.start_child(sup, child(Echo))
+    with await rebeam.Pool.start_async(Sleeper, rebeam.self_pid(), size=3) as pool:
+        assert len(pool) == 3
+        assert await pool.call_async(("sleep", 0.01)) == ("slept", 0.01)
+        started = time.monotonic()
+        replies = await pool.map_async([("sleep", 0.2)] * 6)
+        assert replies == [("slept", 0.2)] * 6
+        assert time.monotonic() - started < 0.9, "three servers at once"
+    with pytest.raises(rebeam.Error, match="spawn_on"):
+        rebeam.Pool(Echo, size=1, nodes=["elsewhere"])
 
 
 def test_call_async_outside_the_loop_says_where_it_belongs():

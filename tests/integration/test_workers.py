@@ -193,6 +193,46 @@ def test_pool_spreads_servers_over_the_nodes(workdir: Path) -> None:
     assert r["one"] == "one"
 
 
+def test_async_code_spawns_on_other_nodes_and_pools_without_blocking_the_loop(workdir: Path) -> None:
+    r = run_script(workdir, '''
+        import asyncio
+
+        class Slow(rebeam.GenServer):
+            async def init(self, tag):
+                await asyncio.sleep(0.5)
+                self.tag = tag
+
+            def handle_call(self, request, sender):
+                return (self.tag, rebeam.node(), request)
+
+        async def main():
+            pid, ref = await rebeam.spawn_on_async(other(), Echo, "a", monitor=True)
+            reply = await rebeam.call_async(pid, "x")
+            try:
+                await rebeam.call_async(pid, "crash")
+            except rebeam.Exit:
+                pass
+            down = await rebeam.receive_async(
+                lambda m: isinstance(m, rebeam.Down) and m.ref == ref, 5)
+            started = time.monotonic()
+            with await rebeam.Pool.start_async(Slow, "p", size=4) as pool:
+                took = time.monotonic() - started
+                replies = await pool.map_async(range(20))
+            try:
+                await rebeam.spawn_on_async("nowhere", Echo, "x")
+            except rebeam.SpawnError as e:
+                err = str(e)
+            report(reply=reply, down=down.reason.message, took=took, err=err,
+                   nodes=sorted({node for _, node, _ in replies}),
+                   order=[x for _, _, x in replies], all_nodes=rebeam.nodes())
+    ''')
+    assert r["reply"] == ["a", next(n for n in r["all_nodes"] if n != "dev"), "x"]
+    assert r["down"] == "crashing on purpose"
+    assert r["took"] < 1.6, "four async inits of 0.5 s side by side, on both nodes"
+    assert r["nodes"] == r["all_nodes"] and r["order"] == list(range(20))
+    assert "no live node named \"nowhere\"" in r["err"]
+
+
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
                          text=True).stdout
@@ -238,6 +278,71 @@ def test_dev_app_over_two_workers_spreads_and_stops_them_all(workdir: Path) -> N
     assert proc.returncode == 0, out[-3000:]
     assert "application chat shut down" in out
     wait_for("no orphan worker", lambda: not any(_alive(w) for w in workers), timeout=10)
+
+
+FARTHER = {
+    "rebeam.toml": """
+        [app]
+        name = "farther"
+        version = "1.0.0"
+
+        [[children]]
+        start = "farther.spawner:Spawner"
+        name = "spawner"
+        global = true
+    """,
+    "farther/__init__.py": "",
+    "farther/spawner.py": """
+        import time
+
+        import rebeam
+
+        class Helper(rebeam.GenServer):
+            def handle_call(self, request, sender):
+                return rebeam.node()
+
+        class Spawner(rebeam.GenServer):
+            def handle_call(self, node, sender):
+                deadline = time.monotonic() + 20
+                while node not in rebeam.nodes():  # this node's view of the cluster lags
+                    assert time.monotonic() < deadline, rebeam.nodes()
+                    time.sleep(0.05)
+                pid = rebeam.spawn_on(node, Helper, link=True)
+                return (rebeam.node(), rebeam.call(pid, "where"))
+    """,
+}
+
+
+def test_spawn_on_a_node_that_never_ran_the_app_loads_its_code_there(workdir: Path) -> None:
+    app = workdir / "farther"
+    for name, text in FARTHER.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(textwrap.dedent(text))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
+    proc = subprocess.Popen([str(node_binary()), "--dev", "--workers", "2", "--app", str(app),
+                             "--client-token", TOKEN, "--api-listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        with rebeam.connect(f"http://127.0.0.1:{port}", token=TOKEN) as client:
+            wait_for("the app submitted", lambda: any(a.name == "farther" for a in client.apps()),
+                     timeout=60)
+            client.wait_running("farther", timeout=60)
+            (placed,) = {a.node for a in client.cluster().assignments if a.app == "farther"}
+            wait_for("the other node", lambda: [n.id for n in client.nodes()
+                                                if n.status == "alive" and n.id != placed],
+                     timeout=30)
+            (other,) = [n.id for n in client.nodes() if n.status == "alive" and n.id != placed]
+            # The app's one child runs on `placed`; `other` never had the app's code before.
+            here, where = client.call(rebeam.Global("spawner"), other, timeout=40)
+        assert (here, where) == (placed, other)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 def test_kill9_of_the_dev_node_leaves_no_orphan_worker(workdir: Path) -> None:

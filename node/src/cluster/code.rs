@@ -40,6 +40,19 @@ impl Target {
     }
 }
 
+/// How the module namespaces of app versions begin (`rebeam._code.APP_MODULE_PREFIX`).
+const APP_MODULE_PREFIX: &str = "_rebeam_app_";
+
+/// The module namespace a version of `app` is imported under (`rebeam._code._prefix`).
+fn namespace(app: &str, code_hash: &str) -> String {
+    let app: String = app
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let hash: String = code_hash.chars().take(16).collect();
+    format!("{APP_MODULE_PREFIX}{app}_{hash}")
+}
+
 /// The module part of a manifest's `module:attribute`.
 pub fn start_module(start: &str) -> String {
     start.split(':').next().unwrap_or_default().to_string()
@@ -66,6 +79,30 @@ impl AppCode {
     /// the app as a watch first shows it). Called in watch-stream order.
     pub fn declare(&self, target: Target) {
         self.declared.lock().insert(target.app.clone(), target);
+    }
+
+    /// The version the controller names for an app whose code `module` belongs to (a
+    /// module of that version's namespace, as another node names a `spawn_on` target), when
+    /// this node runs no version of that app: what to fetch and load before importing
+    /// `module`. (An app running here on another version changes version by the controller's
+    /// word only, which reports the upgrade.)
+    pub fn missing_for(&self, module: &str) -> Option<Target> {
+        if !module.starts_with(APP_MODULE_PREFIX) {
+            return None;
+        }
+        let target = self
+            .declared
+            .lock()
+            .values()
+            .find(|t| {
+                let prefix = namespace(&t.app, &t.code_hash);
+                module == prefix
+                    || module
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })?
+            .clone();
+        self.current(&target.app).is_none().then_some(target)
     }
 
     /// The version to load for `target`: the declared one when the controller has named
@@ -168,5 +205,42 @@ pub fn failed(cluster: &Cluster, target: &Target, error: String) -> pb::NodeUpgr
         error,
         upgraded: 0,
         stayed: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(app: &str, hash: &str) -> Target {
+        Target {
+            app: app.into(),
+            version: "1".into(),
+            code_hash: hash.into(),
+            modules: vec![],
+        }
+    }
+
+    #[test]
+    fn a_module_of_a_declared_version_of_an_app_not_running_here_names_that_version() {
+        let code = AppCode::default();
+        let hash = "0123456789abcdef0123";
+        code.declare(target("job-queue", hash));
+        let module = "_rebeam_app_job_queue_0123456789abcdef.worker";
+        assert_eq!(
+            code.missing_for(module).map(|t| t.app),
+            Some("job-queue".into())
+        );
+        assert!(code
+            .missing_for("_rebeam_app_job_queue_0123456789abcdefx.w")
+            .is_none());
+        assert!(code.missing_for("worker").is_none());
+        code.current
+            .lock()
+            .insert("job-queue".into(), "another".into());
+        assert!(
+            code.missing_for(module).is_none(),
+            "another version runs here"
+        );
     }
 }

@@ -121,6 +121,21 @@ fn serve(cluster: &Arc<Cluster>, from_node: NodeId, spawn_id: u64, r: pb::PeerSp
     let started = std::thread::Builder::new()
         .name("rebeam-spawn".into())
         .spawn(move || {
+            // A target in a version of an app this node never ran: its code comes from the
+            // controller first, as for an assignment.
+            if let Some(target) = cluster2.code.missing_for(&request.module) {
+                let loaded = cluster2
+                    .tokio
+                    .block_on(cluster2.code.ensure(&cluster2, target.clone()));
+                if let Err(why) = loaded {
+                    let why = format!(
+                        "cannot load version {} of app {} here: {why}",
+                        target.version, target.app
+                    );
+                    answer(&cluster2, from_node, spawn_id, SpawnReply::Refused(why));
+                    return;
+                }
+            }
             let (reply, run) = crate::python::cluster_glue::spawn_for_peer(request);
             answer(&cluster2, from_node, spawn_id, reply);
             if let Some(run) = run {

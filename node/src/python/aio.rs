@@ -50,6 +50,22 @@ pub enum Ready {
         /// The future's key.
         key: u64,
     },
+    /// Future `key` gets `value` (a `spawn_async`'s outcome).
+    Resolve {
+        /// The future's key.
+        key: u64,
+        /// What it resolves to.
+        value: Py<PyAny>,
+    },
+    /// Another node answered a `spawn_on_async` waiting with future `key`.
+    Spawned {
+        /// The future's key.
+        key: u64,
+        /// The answer.
+        reply: crate::python::ports::SpawnReply,
+        /// The caller's monitor of the new process, if it asked for one.
+        mref: Option<crate::runtime::Ref>,
+    },
 }
 
 /// The node's event loop as the rest of the node reaches it.
@@ -147,6 +163,18 @@ pub enum Then {
     Terminate(Reason),
     /// The body of a function process.
     Function,
+    /// A server's async `init` for a `spawn_async` awaiting it.
+    Spawn(Spawning),
+}
+
+/// A `spawn_async` waiting for the new server's async `init`.
+pub struct Spawning {
+    /// The spawner.
+    pub parent: Option<Arc<PyProcess>>,
+    /// The spawner's monitor of the new server, if it asked for one.
+    pub mref: Option<crate::runtime::Ref>,
+    /// The spawner's future.
+    pub key: u64,
 }
 
 /// A process's side of the event loop.
@@ -160,6 +188,19 @@ pub struct Awaiting {
     watched: AtomicBool,
     /// Futures of `receive_async` calls waiting for mail.
     mail: Mutex<Vec<u64>>,
+    /// The coroutine that task runs, for `rebeam ps` to show where it awaits.
+    coroutine: Mutex<Option<Py<PyAny>>>,
+}
+
+impl Awaiting {
+    /// The coroutine of the process's task while one runs on the loop (the process is then
+    /// awaiting unless a step of it runs at this instant).
+    pub fn coroutine<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        if self.task.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        self.coroutine.lock().as_ref().map(|c| c.bind(py).clone())
+    }
 }
 
 /// Where a thread waits for a coroutine to end on the loop (`await_outcome`).
@@ -219,6 +260,7 @@ pub fn suspend(
     process.data.slow.store(true, Ordering::Relaxed);
     let task = aio.key();
     *process.data.aio.then.lock() = Some(then);
+    *process.data.aio.coroutine.lock() = Some(coroutine.clone().unbind());
     // Stored before the task is queued: a kill from now on cancels it (see `cancel`); for
     // one that came before, `Step` throws `CancelledError` in at the first step.
     process.data.aio.task.store(task, Ordering::SeqCst);
@@ -253,7 +295,7 @@ pub fn await_outcome<'py>(
         return Err(blocking_error(
             py,
             what,
-            "do it from a supervisor or from code that is not a coroutine",
+            "start it with `await rebeam.spawn_async(...)`, or from code that is not a coroutine",
         ));
     }
     let wait = Arc::new(Outcome::default());
@@ -348,12 +390,27 @@ pub fn reply_slot(
 pub fn finished(py: Python<'_>, step: &Step, result: PyResult<Bound<'_, PyAny>>) {
     let process = &step.process;
     process.data.aio.task.store(0, Ordering::SeqCst);
+    drop(process.data.aio.coroutine.lock().take());
     let Some(then) = process.data.aio.then.lock().take() else {
         return;
     };
     let Ok(rt) = node_runtime() else { return };
     match then {
         Then::Wait(wait) => wait.complete(result.map(Bound::unbind)),
+        Then::Spawn(spawning) => {
+            let key = spawning.key;
+            let value = super::native::finish_async_spawn(py, process, spawning, result.map(drop))
+                .unwrap_or_else(|e| {
+                    let value = (false, e.into_value(py)).into_pyobject(py);
+                    value.map_or_else(|_| py.None().into_bound(py), |v| v.into_any())
+                });
+            if let Ok(aio) = Aio::get() {
+                aio.push(Ready::Resolve {
+                    key,
+                    value: value.unbind(),
+                });
+            }
+        }
         Then::Terminate(reason) => {
             // A kill while `terminate` awaited cancelled it: nothing to report.
             if let (Err(err), false) = (&result, process.is_exited()) {
@@ -414,6 +471,24 @@ pub struct Step {
 }
 
 impl Step {
+    /// `coroutine` as a task of the calling thread's current process (a task that process's
+    /// code creates: `asyncio.gather`, `create_task`), so it runs as that process and a kill
+    /// cancels it; unchanged outside processes or when it is a `Step` already.
+    pub fn of_current<'py>(coroutine: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = coroutine.py();
+        match super::host::current() {
+            Some(process) if !coroutine.is_instance_of::<Step>() => Ok(Bound::new(
+                py,
+                Step {
+                    process,
+                    coroutine: coroutine.unbind(),
+                },
+            )?
+            .into_any()),
+            _ => Ok(coroutine),
+        }
+    }
+
     fn run<'py>(
         &self,
         py: Python<'py>,

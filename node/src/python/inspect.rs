@@ -33,10 +33,12 @@ pub struct ProcessReport {
     /// The app version whose code it runs (servers of a submitted app), else empty.
     pub version: String,
     /// `module.function:line` of the innermost Python frame running for it (past the
-    /// `rebeam` package's API wrappers), or "waiting" when none runs.
+    /// `rebeam` package's API wrappers), "awaiting module.function:line" for an async
+    /// handler suspended at an `await` there, or "waiting" when none runs.
     pub current_function: String,
-    /// Its lifecycle status.
-    pub status: Status,
+    /// "idle", "queued", "running", or "awaiting" (an async handler holds the server while
+    /// it awaits, on no thread).
+    pub status: &'static str,
     /// Messages queued, including those a selective receive holds while it waits.
     pub mailbox_len: usize,
     /// Messages handled so far.
@@ -209,7 +211,16 @@ fn describe_with(
         None => (String::new(), String::new()),
     };
     let thread = data.thread.load(Ordering::Acquire);
-    let current_function = if thread == 0 {
+    let awaiting = match thread {
+        0 => data.aio.coroutine(py),
+        _ => None,
+    };
+    let current_function = if let Some(coroutine) = &awaiting {
+        match awaited_label(coroutine) {
+            Some(label) => format!("awaiting {label}"),
+            None => "awaiting".to_string(),
+        }
+    } else if thread == 0 {
         "waiting".to_string()
     } else {
         lookups
@@ -248,7 +259,13 @@ fn describe_with(
         initial,
         version,
         current_function,
-        status: facts.status,
+        status: match (facts.status, awaiting.is_some()) {
+            (_, true) => "awaiting",
+            (Status::Idle, _) => "idle",
+            (Status::Queued, _) => "queued",
+            (Status::Running, _) => "running",
+            (Status::Exited, _) => "exited",
+        },
         mailbox_len,
         handled: data.handled.load(Ordering::Relaxed),
         memory_bytes,
@@ -315,6 +332,30 @@ fn current_label(innermost: &Bound<'_, PyAny>) -> Option<String> {
         }
     }
     frame_label(innermost, &frame_module(innermost))
+}
+
+/// `module.function:line` where a suspended coroutine awaits: the innermost frame of its
+/// `await` chain that is not the `rebeam` package's own (`call_async` shows as its caller).
+fn awaited_label(coroutine: &Bound<'_, PyAny>) -> Option<String> {
+    let py = coroutine.py();
+    let mut frames = Vec::new();
+    let mut awaited = coroutine.clone();
+    for _ in 0..MAX_FRAMES {
+        match awaited.getattr(intern!(py, "cr_frame")) {
+            Ok(frame) if !frame.is_none() => frames.push(frame),
+            _ => break,
+        }
+        match awaited.getattr(intern!(py, "cr_await")) {
+            Ok(next) if !next.is_none() => awaited = next,
+            _ => break,
+        }
+    }
+    let modules: Vec<String> = frames.iter().map(frame_module).collect();
+    let pick = (0..frames.len())
+        .rev()
+        .find(|&i| !modules[i].starts_with("rebeam."))
+        .or(frames.len().checked_sub(1))?;
+    frame_label(&frames[pick], &modules[pick])
 }
 
 fn frame_module(frame: &Bound<'_, PyAny>) -> String {

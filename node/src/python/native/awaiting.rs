@@ -24,6 +24,11 @@ pub(super) fn _aio_take<'py>(py: Python<'py>) -> PyResult<Vec<(u8, u64, Bound<'p
             Ready::Start { task, step } => (0, task, step.into_bound(py)),
             Ready::Cancel { task } => (1, task, none()),
             Ready::Mail { key } => (2, key, none()),
+            Ready::Resolve { key, value } => (2, key, value.into_bound(py)),
+            Ready::Spawned { key, reply, mref } => {
+                let answer = spawn_answer(py, Some(reply), mref)?;
+                (2, key, answer.into_pyobject(py)?.into_any())
+            }
             Ready::Reply { key, pid, result } => {
                 // A conversion that fails fails this call only, not the rest of the batch.
                 let outcome: PyResult<Bound<'py, PyAny>> = match result {
@@ -138,6 +143,13 @@ pub(super) fn _aio_unwatch(key: u64) {
     if let Some(me) = current() {
         aio::unwatch_mail(&me, key);
     }
+}
+
+/// The loop's task factory's half: `coroutine` wrapped to run as the process creating the
+/// task, if any.
+#[pyfunction]
+pub(super) fn _aio_step<'py>(coroutine: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    aio::Step::of_current(coroutine)
 }
 
 /// Refuses a blocking call on the event loop's thread, naming the awaitable to use instead.

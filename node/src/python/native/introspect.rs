@@ -44,7 +44,7 @@ pub(super) fn process_info<'py>(
     };
     let info = PyDict::new(py);
     info.set_item("pid", PyPid(r.pid))?;
-    info.set_item("status", format!("{:?}", r.status).to_lowercase())?;
+    info.set_item("status", r.status)?;
     info.set_item("kind", r.kind)?;
     info.set_item("initial", r.initial)?;
     info.set_item("current_function", r.current_function)?;

@@ -34,7 +34,7 @@ use receiving::*;
 use registry::*;
 use signals::*;
 use spawning::*;
-pub use spawning::{finish_function, spawn_for_peer, Release};
+pub use spawning::{finish_async_spawn, finish_function, spawn_for_peer, Release};
 use timing::*;
 
 /// Longest name accepted by the local registry.
@@ -197,5 +197,9 @@ pub fn init_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_aio_call, m)?)?;
     m.add_function(wrap_pyfunction!(_aio_receive, m)?)?;
     m.add_function(wrap_pyfunction!(_aio_unwatch, m)?)?;
+    m.add_function(wrap_pyfunction!(_aio_spawn_server, m)?)?;
+    m.add_function(wrap_pyfunction!(_aio_step, m)?)?;
+    m.add_function(wrap_pyfunction!(_aio_spawn_remote, m)?)?;
+    m.add_class::<SpawnTicket>()?;
     Ok(())
 }

@@ -76,18 +76,33 @@ pub(super) fn spawn_server<'py>(
         (max_mailbox, max_mailbox_bytes),
     )?;
     let _ = process.data.server.set(server.clone().unbind());
-    if let Err((reason, cause)) = run_init(py, rt, &process, &server, &args, kwargs.as_ref()) {
+    let outcome = run_init(py, rt, &process, &server, &args, kwargs.as_ref());
+    finish_spawn(py, rt, parent.as_ref(), &process, mref, outcome)
+}
+
+/// Ends a local spawn once the server's `init` is done: lets the server run and returns
+/// its pid (and monitor), or ends it and raises `InitError` from what `init` raised.
+fn finish_spawn<'py>(
+    py: Python<'py>,
+    rt: &Arc<PyRuntime>,
+    parent: Option<&Arc<PyProcess>>,
+    process: &Arc<PyProcess>,
+    mref: Option<crate::runtime::Ref>,
+    outcome: Result<(), (Reason, Option<PyErr>)>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Err((reason, cause)) = outcome {
         // The caller learns of the failure from the exception, not also from a link signal
         // or a `Down` (as OTP's `start_monitor` flushes it).
-        if let Some(p) = &parent {
+        if let Some(p) = parent {
             rt.unlink(p, process.pid);
             if let Some(r) = mref {
                 rt.demonitor(p, r);
             }
         }
-        log_crash(&process, &reason);
-        rt.terminate(&process, reason.clone());
-        if let Some(p) = &parent {
+        log_crash(process, &reason);
+        rt.terminate(process, reason.clone());
+        // (On the loop's thread the spawner is a task: a kill cancels it, nothing to raise.)
+        if let (Some(p), false) = (parent, crate::python::aio::on_loop()) {
             still_alive(py, p)?;
         }
         let err = error(
@@ -103,8 +118,76 @@ pub(super) fn spawn_server<'py>(
         }
         return Err(err);
     }
-    rt.release(&process);
+    rt.release(process);
     spawned(py, process.pid, mref)
+}
+
+/// `spawn_async` of a server: `(True, pid or (pid, ref))` when its `init` was plain and
+/// is done; `(False, key)` when an `async def init` runs on the loop, its outcome resolving
+/// future `key` as `(True, pid ...)` or `(False, InitError)`. Called on the loop's thread.
+#[pyfunction]
+#[pyo3(signature = (server, args, kwargs=None, link=false, monitor=false, max_mailbox=None, max_mailbox_bytes=None))]
+// The Python keyword arguments of `rebeam.spawn_async`, one parameter each.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn _aio_spawn_server<'py>(
+    py: Python<'py>,
+    server: Bound<'py, PyAny>,
+    args: Bound<'py, PyTuple>,
+    kwargs: Option<Bound<'py, PyDict>>,
+    link: bool,
+    monitor: bool,
+    max_mailbox: Option<usize>,
+    max_mailbox_bytes: Option<usize>,
+) -> PyResult<(bool, Bound<'py, PyAny>)> {
+    let aio = crate::python::aio::Aio::started(py)?;
+    let (rt, parent, process, mref) = begin_spawn(
+        py,
+        Kind::Server,
+        link,
+        monitor,
+        (max_mailbox, max_mailbox_bytes),
+    )?;
+    let _ = process.data.server.set(server.clone().unbind());
+    let outcome = match call_init(py, rt, &process, &server, &args, kwargs.as_ref()) {
+        Ok(value) if crate::python::aio::is_coroutine(&value) => {
+            let key = aio.key();
+            let then = crate::python::aio::Then::Spawn(crate::python::aio::Spawning {
+                parent: parent.clone(),
+                mref,
+                key,
+            });
+            match crate::python::aio::suspend(py, &process, value, then) {
+                Ok(()) => return Ok((false, key.into_pyobject(py)?.into_any())),
+                Err(err) => init_outcome(py, &process, Err(err)),
+            }
+        }
+        other => init_outcome(py, &process, other.map(drop)),
+    };
+    finish_spawn(py, rt, parent.as_ref(), &process, mref, outcome).map(|v| (true, v))
+}
+
+/// The async `init` of a server started by `spawn_async` ended with `result` (on the
+/// loop's thread): what the spawner's future gets, `(True, pid ...)` or `(False, error)`.
+pub fn finish_async_spawn<'py>(
+    py: Python<'py>,
+    process: &Arc<PyProcess>,
+    spawning: crate::python::aio::Spawning,
+    result: PyResult<()>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let rt = rt()?;
+    let outcome = init_outcome(py, process, result);
+    let done = finish_spawn(
+        py,
+        rt,
+        spawning.parent.as_ref(),
+        process,
+        spawning.mref,
+        outcome,
+    );
+    Ok(match done {
+        Ok(v) => (true, v).into_pyobject(py)?.into_any(),
+        Err(e) => (false, e.into_value(py)).into_pyobject(py)?.into_any(),
+    })
 }
 
 /// Runs a new server's `init(*args, **kwargs)` on this thread as that process; the reason
@@ -117,34 +200,52 @@ fn run_init(
     args: &Bound<'_, PyTuple>,
     kwargs: Option<&Bound<'_, PyDict>>,
 ) -> Result<(), (Reason, Option<PyErr>)> {
-    let result = {
-        // On the event loop's thread (a coroutine spawning a server) the thread is not the
-        // new process's to interrupt: a kill there would land in whatever runs next on the
-        // loop. The kill then takes effect when `init` returns, as one inside a C call does.
-        let _enter = if crate::python::aio::on_loop() {
-            Enter::step(process.clone())
-        } else {
-            Enter::new(process.clone())
-        };
-        if lease_gate(py, rt, process) {
-            server.call_method(pyo3::intern!(py, "init"), args, kwargs)
-        } else {
-            match types(py) {
-                Ok(t) => Err(error(py, &t.killed, ())),
-                Err(e) => Err(e),
-            }
-        }
-    };
-    // An `async def init` runs on the event loop; the spawner waits for it here.
-    let result = match result {
+    let result = match call_init(py, rt, process, server, args, kwargs) {
+        // An `async def init` runs on the event loop; the spawner waits for it here.
         Ok(value) if crate::python::aio::is_coroutine(&value) => crate::python::aio::await_outcome(
             py,
             process,
             value,
             "spawning a server whose init is async",
-        ),
-        other => other,
+        )
+        .map(drop),
+        other => other.map(drop),
     };
+    init_outcome(py, process, result)
+}
+
+/// Calls a new server's `init(*args, **kwargs)` on this thread as that process: its value
+/// (a coroutine for an `async def init`), or what it raised.
+fn call_init<'py>(
+    py: Python<'py>,
+    rt: &Arc<PyRuntime>,
+    process: &Arc<PyProcess>,
+    server: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // On the event loop's thread (a coroutine spawning a server) the thread is not the
+    // new process's to interrupt: a kill there would land in whatever runs next on the
+    // loop. The kill then takes effect when `init` returns, as one inside a C call does.
+    let _enter = if crate::python::aio::on_loop() {
+        Enter::step(process.clone())
+    } else {
+        Enter::new(process.clone())
+    };
+    if lease_gate(py, rt, process) {
+        server.call_method(pyo3::intern!(py, "init"), args, kwargs)
+    } else {
+        Err(error(py, &types(py)?.killed, ()))
+    }
+}
+
+/// What an ended `init` (`result`) means for the new server: nothing, or the reason it
+/// exits with (and the exception, if one was raised).
+fn init_outcome(
+    py: Python<'_>,
+    process: &Arc<PyProcess>,
+    result: PyResult<()>,
+) -> Result<(), (Reason, Option<PyErr>)> {
     let stop = process.data.stop.lock().take();
     match result {
         Err(err) => {
@@ -158,7 +259,7 @@ fn run_init(
             };
             Err((reason, Some(err)))
         }
-        Ok(_) => match stop {
+        Ok(()) => match stop {
             Some(reason) => Err((reason, None)),
             None => Ok(()),
         },
@@ -447,45 +548,26 @@ pub(super) fn spawn_remote<'py>(
     )?;
     let rt = rt()?;
     let me = current();
-    if (link || monitor) && me.is_none() {
-        this(py, "spawn_on(link=True/monitor=True)")?;
-    }
     let deadline = deadline_after(timeout)?;
-    let kwargs = match kwargs {
-        Some(k) => k.into_any(),
-        None => py.None().into_bound(py),
-    };
-    let payload = Term::to_bytes(&PyTuple::new(py, [args.into_any(), kwargs])?.into_any())?;
-    let remote = remote(py)?;
-    let mref = monitor.then(|| rt.make_ref());
     let (tx, rx) = std::sync::mpsc::sync_channel::<SpawnReply>(1);
     let rx = parking_lot::Mutex::new(rx);
     let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let done: SpawnDone = {
-        let caller = me.clone();
-        let rt = rt.clone();
-        let abandoned = abandoned.clone();
-        Box::new(move |reply| {
-            if let (SpawnReply::Spawned(pid), Some(c)) = (&reply, &caller) {
-                if !abandoned.load(Ordering::SeqCst) {
-                    adopt(&rt, c, *pid, link, mref);
-                }
-            }
+    let target = (node, module, qualname, main_path);
+    let sent = ask_spawn(
+        py,
+        target,
+        args,
+        kwargs,
+        (link, monitor),
+        &abandoned,
+        move |reply, _| {
             let _ = tx.send(reply);
-        })
+        },
+    )?;
+    let mref = match sent {
+        Ok(mref) => mref,
+        Err(why) => return Ok(("no_node", PyString::new(py, &why).into_any())),
     };
-    let request = SpawnRequest {
-        from: me.as_ref().map(|m| m.pid),
-        module,
-        qualname,
-        main_path,
-        args: payload,
-        link,
-        monitor: mref,
-    };
-    if let Err(why) = remote.spawn_on(node, request, done) {
-        return Ok(("no_node", PyString::new(py, &why).into_any()));
-    }
     let blocking = Blocking::begin(rt);
     let reply = loop {
         match py.detach(|| rx.lock().recv_timeout(Duration::from_millis(50))) {
@@ -505,6 +587,16 @@ pub(super) fn spawn_remote<'py>(
         }
     };
     drop(blocking);
+    spawn_answer(py, reply, mref)
+}
+
+/// The `(status, value)` of a remote spawn's answer (None: it timed out), as `spawn_remote`
+/// documents.
+pub(super) fn spawn_answer<'py>(
+    py: Python<'py>,
+    reply: Option<SpawnReply>,
+    mref: Option<crate::runtime::Ref>,
+) -> PyResult<(&'static str, Bound<'py, PyAny>)> {
     Ok(match reply {
         Some(SpawnReply::Spawned(pid)) => ("ok", spawned(py, pid, mref)?),
         Some(SpawnReply::InitFailed(reason)) => ("init_failed", reason_to_py(py, &reason)?),
@@ -512,6 +604,109 @@ pub(super) fn spawn_remote<'py>(
         Some(SpawnReply::Lost) => ("lost", py.None().into_bound(py)),
         None => ("timeout", py.None().into_bound(py)),
     })
+}
+
+/// Sends a remote spawn request for the current process (`link`/`monitor` as asked);
+/// `deliver` gets the answer (and the monitor's ref) once the caller's half of the link and monitor is in place
+/// (unless `abandoned` was set by then). Returns the monitor's ref, or why no node takes it.
+fn ask_spawn(
+    py: Python<'_>,
+    (node, module, qualname, main_path): (&str, String, String, String),
+    args: Bound<'_, PyTuple>,
+    kwargs: Option<Bound<'_, PyDict>>,
+    (link, monitor): (bool, bool),
+    abandoned: &Arc<std::sync::atomic::AtomicBool>,
+    deliver: impl FnOnce(SpawnReply, Option<crate::runtime::Ref>) + Send + 'static,
+) -> PyResult<Result<Option<crate::runtime::Ref>, String>> {
+    let rt = rt()?;
+    let me = current();
+    if (link || monitor) && me.is_none() {
+        this(py, "spawn_on(link=True/monitor=True)")?;
+    }
+    let kwargs = match kwargs {
+        Some(k) => k.into_any(),
+        None => py.None().into_bound(py),
+    };
+    let payload = Term::to_bytes(&PyTuple::new(py, [args.into_any(), kwargs])?.into_any())?;
+    let remote = remote(py)?;
+    let mref = monitor.then(|| rt.make_ref());
+    let done: SpawnDone = {
+        let caller = me.clone();
+        let rt = rt.clone();
+        let abandoned = abandoned.clone();
+        Box::new(move |reply| {
+            if let (SpawnReply::Spawned(pid), Some(c)) = (&reply, &caller) {
+                if !abandoned.load(Ordering::SeqCst) {
+                    adopt(&rt, c, *pid, link, mref);
+                }
+            }
+            deliver(reply, mref);
+        })
+    };
+    let request = SpawnRequest {
+        from: me.as_ref().map(|m| m.pid),
+        module,
+        qualname,
+        main_path,
+        args: payload,
+        link,
+        monitor: mref,
+    };
+    Ok(remote.spawn_on(node, request, done).map(|()| mref))
+}
+
+/// A `spawn_on_async` waiting for its answer: `abandon()` when it stops waiting (timed out
+/// or cancelled), so a late answer links and monitors nothing.
+#[pyclass(module = "_rebeam_native", frozen)]
+pub struct SpawnTicket(Arc<std::sync::atomic::AtomicBool>);
+
+#[pymethods]
+impl SpawnTicket {
+    /// The caller no longer waits for the answer.
+    fn abandon(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `spawn_on_async`'s request to another node: `("pending", (key, ticket))`, future `key`
+/// then resolving to `spawn_remote`'s `(status, value)`; or `("no_node", why)`.
+#[pyfunction]
+#[pyo3(signature = (node, module, qualname, main_path, args, kwargs=None, link=false, monitor=false))]
+// The Python arguments of `rebeam.spawn_on_async`, one parameter each.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn _aio_spawn_remote<'py>(
+    py: Python<'py>,
+    node: &str,
+    module: String,
+    qualname: String,
+    main_path: String,
+    args: Bound<'py, PyTuple>,
+    kwargs: Option<Bound<'py, PyDict>>,
+    link: bool,
+    monitor: bool,
+) -> PyResult<(&'static str, Bound<'py, PyAny>)> {
+    let aio = crate::python::aio::Aio::started(py)?;
+    let key = aio.key();
+    let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let target = (node, module, qualname, main_path);
+    let sent = ask_spawn(
+        py,
+        target,
+        args,
+        kwargs,
+        (link, monitor),
+        &abandoned,
+        move |reply, mref| {
+            aio.push(crate::python::aio::Ready::Spawned { key, reply, mref });
+        },
+    )?;
+    match sent {
+        Ok(_) => {
+            let ticket = Bound::new(py, SpawnTicket(abandoned))?;
+            Ok(("pending", (key, ticket).into_pyobject(py)?.into_any()))
+        }
+        Err(why) => Ok(("no_node", PyString::new(py, &why).into_any())),
+    }
 }
 
 /// Records the caller's half of a remote spawn's link and monitor (the new process's node
