@@ -117,6 +117,12 @@ impl Host for PyHost {
             if process.data.lent.load(Ordering::SeqCst) {
                 return;
             }
+            // Read again under the GIL: the thread may have finished this process's handler
+            // while we waited for the GIL and gone on to run another process, which the
+            // exception would then kill instead.
+            if process.data.thread.load(Ordering::Acquire) != thread {
+                return;
+            }
             if let Ok(types) = convert::types(py) {
                 // SAFETY: the GIL is held; the ident names a live thread that runs this
                 // process's code (it clears `thread` under the GIL when it stops).
