@@ -109,6 +109,9 @@ struct Stats {
     lagged: AtomicU64,
     reopened: AtomicU64,
     full_views: AtomicU64,
+    /// Why renewal attempts failed (code and the start of the message), to tell a refusing
+    /// leader from a slow one.
+    renew_errors: Mutex<HashMap<String, u64>>,
     probes: Mutex<HashMap<String, Vec<Instant>>>,
     dead_seen: Mutex<HashMap<String, Instant>>,
     assigned: Mutex<Vec<(String, Instant)>>,
@@ -269,8 +272,13 @@ async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
                 eprintln!("{} declared dead: {}", s.name, e.message());
                 return;
             }
-            Err(_) => {
+            Err(e) => {
                 st.renew_failures.fetch_add(1, Ordering::Relaxed);
+                let why: String = format!("{:?}: {}", e.code(), e.message())
+                    .chars()
+                    .take(60)
+                    .collect();
+                *st.renew_errors.lock().entry(why).or_default() += 1;
             }
         }
     }
@@ -905,6 +913,11 @@ async fn main() -> anyhow::Result<()> {
         let _ = r.kill();
         let _ = r.wait();
     }
+    let errors = st.renew_errors.lock().clone();
+    if !errors.is_empty() {
+        println!("renewal failures by cause: {}", json!(errors));
+    }
+    report.insert("renewal_failures_by_cause".into(), json!(errors));
     report.insert("loadavg_end".into(), json!(loadavg()));
     report.insert("problems".into(), json!(problems));
     let out = serde_json::Value::Object(report);
