@@ -870,6 +870,9 @@ async fn main() -> anyhow::Result<()> {
     let old = c.leader(Duration::from_secs(10)).await?;
     let views0 = st.full_views.load(Ordering::Relaxed);
     let reopened0 = st.reopened.load(Ordering::Relaxed);
+    // The longest gap between two renewals of one node before the kill, and from the kill
+    // on (the margin left to the node fence).
+    let gap_before = st.max_gap_ms.swap(0, Ordering::Relaxed);
     let t0 = Instant::now();
     c.kill9(old);
     let new = c.leader(Duration::from_secs(20)).await?;
@@ -889,7 +892,9 @@ async fn main() -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let (_, failed) = load.await??;
     let nodes = delta(c0, counters(&st), t0.elapsed().as_secs_f64());
+    let gap_after = st.max_gap_ms.fetch_max(gap_before, Ordering::Relaxed);
     let fo = json!({"killed": c.members[old].id, "new_leader": c.members[new].id,
+                    "max_renewal_gap_ms": gap_after, "max_renewal_gap_before_ms": gap_before,
                     "leader_elected_ms": ms(elected), "first_write_ms": ms(first_write),
                     "failed_write_calls": failed, "nodes": nodes,
                     "watch_reopened": st.reopened.load(Ordering::Relaxed) - reopened0,
