@@ -55,8 +55,8 @@ pub struct Timings {
     /// Raft leader heartbeat interval.
     pub raft_heartbeat: Duration,
     /// Raft election timeout: voters refuse votes for twice this after hearing from a
-    /// leader, and a member that heard nothing campaigns after that plus a random third to
-    /// all of it (`api::raft::elect`).
+    /// leader, and a member that heard nothing campaigns after that plus a random one to
+    /// two times this (`api::raft::elect`).
     pub election_timeout: Duration,
 }
 

@@ -302,10 +302,11 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         ElectionTimes {
             // openraft's leader lease is its election_timeout_max (see raft_config).
             lease: election * 2,
-            // Split votes cost no extra round (openraft orders candidates of one term by
-            // id), so the random part need only part members whose voters' leases ended
-            // at slightly different times.
-            spread: (election / 3, election),
+            // As openraft draws it, but anew for every wait. Shorter waits were tried:
+            // under heavy load (a follower starved of CPU for 400 ms) they made followers
+            // campaign against a live leader, which a higher term deposes (openraft 0.9 has
+            // no pre-vote).
+            spread: (election, election * 2),
         },
         stop_rx.clone(),
     )));
