@@ -142,14 +142,13 @@ pub async fn elect(
     // yet).
     let mut campaigned = false;
     loop {
-        let (leads, voter, committed) = {
+        let (leads, voter, alone, committed) = {
             let m = metrics.borrow();
+            let voters = m.membership_config.membership();
             (
                 m.state.is_leader(),
-                m.membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == id),
+                voters.voter_ids().any(|v| v == id),
+                voters.voter_ids().count() == 1,
                 m.vote.committed,
             )
         };
@@ -170,7 +169,13 @@ pub async fn elect(
         } else {
             Silence::Candidate
         };
-        let wait = times.wait(silence, &mut rng);
+        // The only voter has no one to wait for (a one-member group restarting), as in
+        // openraft.
+        let wait = if alone && !campaigned {
+            Duration::ZERO
+        } else {
+            times.wait(silence, &mut rng)
+        };
         let armed = contact.at();
         tokio::select! {
             _ = tokio::time::sleep_until((armed + wait).into()) => {}
