@@ -109,6 +109,9 @@ struct Stats {
     lagged: AtomicU64,
     reopened: AtomicU64,
     full_views: AtomicU64,
+    /// Why renewal attempts failed (code and the start of the message), to tell a refusing
+    /// leader from a slow one.
+    renew_errors: Mutex<HashMap<String, u64>>,
     probes: Mutex<HashMap<String, Vec<Instant>>>,
     dead_seen: Mutex<HashMap<String, Instant>>,
     assigned: Mutex<Vec<(String, Instant)>>,
@@ -269,8 +272,13 @@ async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
                 eprintln!("{} declared dead: {}", s.name, e.message());
                 return;
             }
-            Err(_) => {
+            Err(e) => {
                 st.renew_failures.fetch_add(1, Ordering::Relaxed);
+                let why: String = format!("{:?}: {}", e.code(), e.message())
+                    .chars()
+                    .take(60)
+                    .collect();
+                *st.renew_errors.lock().entry(why).or_default() += 1;
             }
         }
     }
@@ -862,6 +870,9 @@ async fn main() -> anyhow::Result<()> {
     let old = c.leader(Duration::from_secs(10)).await?;
     let views0 = st.full_views.load(Ordering::Relaxed);
     let reopened0 = st.reopened.load(Ordering::Relaxed);
+    // The longest gap between two renewals of one node before the kill, and from the kill
+    // on (the margin left to the node fence).
+    let gap_before = st.max_gap_ms.swap(0, Ordering::Relaxed);
     let t0 = Instant::now();
     c.kill9(old);
     let new = c.leader(Duration::from_secs(20)).await?;
@@ -881,7 +892,9 @@ async fn main() -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let (_, failed) = load.await??;
     let nodes = delta(c0, counters(&st), t0.elapsed().as_secs_f64());
+    let gap_after = st.max_gap_ms.fetch_max(gap_before, Ordering::Relaxed);
     let fo = json!({"killed": c.members[old].id, "new_leader": c.members[new].id,
+                    "max_renewal_gap_ms": gap_after, "max_renewal_gap_before_ms": gap_before,
                     "leader_elected_ms": ms(elected), "first_write_ms": ms(first_write),
                     "failed_write_calls": failed, "nodes": nodes,
                     "watch_reopened": st.reopened.load(Ordering::Relaxed) - reopened0,
@@ -905,6 +918,11 @@ async fn main() -> anyhow::Result<()> {
         let _ = r.kill();
         let _ = r.wait();
     }
+    let errors = st.renew_errors.lock().clone();
+    if !errors.is_empty() {
+        println!("renewal failures by cause: {}", json!(errors));
+    }
+    report.insert("renewal_failures_by_cause".into(), json!(errors));
     report.insert("loadavg_end".into(), json!(loadavg()));
     report.insert("problems".into(), json!(problems));
     let out = serde_json::Value::Object(report);

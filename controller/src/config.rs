@@ -54,7 +54,9 @@ pub struct Timings {
     pub stream_fence: Duration,
     /// Raft leader heartbeat interval.
     pub raft_heartbeat: Duration,
-    /// Raft election timeout lower bound (upper bound is twice it).
+    /// Raft election timeout: voters refuse votes for twice this after hearing from a
+    /// leader, and a member that heard nothing campaigns after that plus a random one to
+    /// two times this (`api::raft::elect`).
     pub election_timeout: Duration,
 }
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::api::raft::Contact;
 use crate::auth::BearerInjector;
 use crate::types::{MemberNode, TypeConfig};
 
@@ -34,16 +35,19 @@ pub struct Network {
     /// are renewed) and each election round, and a fresh channel is a fresh connection
     /// (with TLS a handshake), which under load missed the heartbeat-long deadline.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Told when a voter refuses this member's campaign for a longer log.
+    contact: Arc<Contact>,
 }
 
 impl Network {
     /// A network factory dialing with `dialer`; it authenticates with `secret` only when
     /// the dialer is plaintext (with TLS the certificate is the credential).
-    pub fn new(secret: String, dialer: rebeam_tls::Dialer) -> Self {
+    pub fn new(secret: String, dialer: rebeam_tls::Dialer, contact: Arc<Contact>) -> Self {
         Network {
             bearer: BearerInjector::for_member(&secret, &dialer),
             dialer,
             channels: Arc::default(),
+            contact,
         }
     }
 }
@@ -52,6 +56,7 @@ impl Network {
 pub struct PeerClient {
     target: u64,
     client: Option<RaftPeerClient<InterceptedService<Channel, BearerInjector>>>,
+    contact: Arc<Contact>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -63,7 +68,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE)
         });
-        PeerClient { target, client }
+        PeerClient {
+            target,
+            client,
+            contact: self.contact.clone(),
+        }
     }
 }
 
@@ -165,6 +174,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, MemberNode, RaftError<u64>>> {
-        self.call("vote", &rpc, &option).await
+        let r: VoteResponse<u64> = self.call("vote", &rpc, &option).await?;
+        if !r.vote_granted && r.last_log_id > rpc.last_log_id {
+            self.contact.behind();
+        }
+        Ok(r)
     }
 }

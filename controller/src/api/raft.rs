@@ -1,10 +1,19 @@
-//! Server side of the `RaftPeer` service: hands requests to openraft.
+//! Server side of the `RaftPeer` service: hands requests to openraft, and starts elections
+//! when the leader fell silent (see [`elect`]).
 
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
 use rebeam_proto::v1::raft_peer_server::RaftPeer;
 use rebeam_proto::v1::RaftPayload;
 use tonic::{Request, Response, Status};
 
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use openraft::{LogId, Vote};
 
 use crate::types::{Raft, TypeConfig};
@@ -22,13 +31,201 @@ pub const MAX_SNAPSHOT_ID: usize = 256;
 /// Serves Raft RPCs from the other members.
 pub struct RaftService {
     raft: Raft,
+    contact: Arc<Contact>,
 }
 
 impl RaftService {
-    /// Wraps the local Raft handle.
-    pub fn new(raft: Raft) -> Self {
-        RaftService { raft }
+    /// Wraps the local Raft handle; accepted leader traffic and granted votes go to `contact`.
+    pub fn new(raft: Raft, contact: Arc<Contact>) -> Self {
+        RaftService { raft, contact }
     }
+}
+
+/// When this member last heard from a leader it accepts, granted a vote or campaigned: what
+/// Raft's election timer counts from. Also whether a voter refused its last campaign for a
+/// longer log.
+#[derive(Debug)]
+pub struct Contact {
+    at: Mutex<Instant>,
+    behind: AtomicBool,
+}
+
+impl Default for Contact {
+    fn default() -> Self {
+        Contact {
+            at: Mutex::new(Instant::now()),
+            behind: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Contact {
+    /// Heard from a leader (or voted, or campaigned) now.
+    pub fn touch(&self) {
+        let now = Instant::now();
+        let mut at = self.at.lock();
+        *at = (*at).max(now);
+    }
+
+    /// The last contact.
+    pub fn at(&self) -> Instant {
+        *self.at.lock()
+    }
+
+    /// A voter holds a longer log than this member's last campaign offered: it cannot win,
+    /// so it leaves the next round to the others.
+    pub fn behind(&self) {
+        self.behind.store(true, AtomicOrdering::Relaxed);
+    }
+
+    fn take_behind(&self) -> bool {
+        self.behind.swap(false, AtomicOrdering::Relaxed)
+    }
+}
+
+/// What the wait before a campaign counts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Silence {
+    /// A leader was known: its voters refuse votes until its lease ended.
+    Leader,
+    /// This member campaigned, or voted for a candidate, and no leader followed.
+    Candidate,
+    /// This member's last campaign met a longer log.
+    Behind,
+}
+
+/// When to campaign: `lease` (how long voters refuse votes after hearing from a leader,
+/// openraft's leader lease) plus a random wait in `spread`, counted from the last contact.
+#[derive(Clone, Copy, Debug)]
+pub struct ElectionTimes {
+    /// openraft's leader lease (its `election_timeout_max`).
+    pub lease: Duration,
+    /// The random part, drawn anew for every wait.
+    pub spread: (Duration, Duration),
+}
+
+impl ElectionTimes {
+    /// How long after the last contact to campaign: a candidate retries after the random
+    /// part alone; one whose log was behind waits two leases more, as openraft does.
+    pub fn wait(&self, silence: Silence, rng: &mut impl Rng) -> Duration {
+        let (lo, hi) = self.spread;
+        let r = if hi > lo {
+            rng.random_range(lo..hi)
+        } else {
+            lo
+        };
+        r + match silence {
+            Silence::Leader => self.lease,
+            Silence::Candidate => Duration::ZERO,
+            Silence::Behind => self.lease * 2,
+        }
+    }
+}
+
+/// Starts an election whenever this voter heard from no leader for [`ElectionTimes::wait`].
+///
+/// It replaces openraft 0.9's own election timer, which draws its random timeout once per
+/// process and checks it only at ticks 1.5 Raft heartbeats apart, so a campaign came up to
+/// 150 ms after its timeout and every retry of a candidate exactly two ticks after the last.
+/// Here each wait is drawn anew and timed to the millisecond.
+pub async fn elect(
+    raft: Raft,
+    id: u64,
+    contact: Arc<Contact>,
+    times: ElectionTimes,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    raft.runtime_config().elect(false);
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut metrics = raft.metrics();
+    // This member's own campaign is the last contact (the metrics may not show its new vote
+    // yet).
+    let mut campaigned = false;
+    loop {
+        let (leads, voter, alone, committed) = {
+            let m = metrics.borrow();
+            let voters = m.membership_config.membership();
+            (
+                m.state.is_leader(),
+                voters.voter_ids().any(|v| v == id),
+                voters.voter_ids().count() == 1,
+                m.vote.committed,
+            )
+        };
+        if leads || !voter {
+            // Nothing to time: wait for the role to change.
+            tokio::select! {
+                r = metrics.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+            contact.touch();
+            campaigned = false;
+            continue;
+        }
+        let silence = if campaigned && contact.take_behind() {
+            Silence::Behind
+        } else if committed && !campaigned {
+            Silence::Leader
+        } else {
+            Silence::Candidate
+        };
+        // The only voter has no one to wait for (a one-member group restarting), as in
+        // openraft.
+        let wait = if alone && !campaigned {
+            Duration::ZERO
+        } else {
+            times.wait(silence, &mut rng)
+        };
+        let armed = contact.at();
+        tokio::select! {
+            _ = tokio::time::sleep_until((armed + wait).into()) => {}
+            _ = stop.changed() => return,
+        }
+        if contact.at() > armed {
+            // Heard from a leader meanwhile (or voted): wait again from there.
+            campaigned = false;
+            continue;
+        }
+        let still = {
+            let m = metrics.borrow();
+            !m.state.is_leader()
+                && m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id)
+        };
+        if still {
+            tracing::info!(
+                silent_ms = armed.elapsed().as_millis() as u64,
+                "no leader heard from: campaigning"
+            );
+            contact.take_behind();
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+        contact.touch();
+        campaigned = still;
+    }
+}
+
+/// True when the candidate asks for a newer term with a log at least as long as this
+/// member's (its index; the term of the last entry is Raft's to compare).
+fn may_win(raft: &Raft, req: &VoteRequest<u64>) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow();
+    req.vote.leader_id.term > m.current_term && req.last_log_id.map(|l| l.index) >= m.last_log_index
+}
+
+/// True when `vote` is at least this member's own: a request carrying it comes from the
+/// leader this member follows, or a newer one.
+fn current(raft: &Raft, vote: &Vote<u64>) -> bool {
+    let mine = raft.metrics().borrow().vote;
+    vote.committed
+        && matches!(
+            vote.partial_cmp(&mine),
+            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+        )
 }
 
 fn decode<T: serde::de::DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
@@ -116,16 +313,35 @@ impl RaftPeer for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let req = decode(req)?;
+        let req: AppendEntriesRequest<TypeConfig> = decode(req)?;
         check_append_request(&req)?;
+        // Counted on arrival: under load the leader may give up waiting for the answer
+        // (and this handler be dropped) although Raft takes the entries.
+        if current(&self.raft, &req.vote) {
+            self.contact.touch();
+        }
         let r = self.raft.append_entries(req).await;
+        // A leader whose term this member accepts (also when the logs conflict).
+        if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+            self.contact.touch();
+        }
         encode(&r)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let req = decode(req)?;
+        let req: VoteRequest<u64> = decode(req)?;
         check_vote_request(&req)?;
+        // A candidate this member would vote for is under way: do not start a rival
+        // campaign meanwhile. Counted on arrival: a rival term begun while Raft is still
+        // granting this vote would depose the winner (seen under load: a member campaigned
+        // 40 ms after another, before its own grant was through, and the winner stepped down).
+        if may_win(&self.raft, &req) {
+            self.contact.touch();
+        }
         let r = self.raft.vote(req).await;
+        if matches!(&r, Ok(v) if v.vote_granted) {
+            self.contact.touch();
+        }
         encode(&r)
     }
 
@@ -133,9 +349,16 @@ impl RaftPeer for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let req = decode(req)?;
+        let req: InstallSnapshotRequest<TypeConfig> = decode(req)?;
         check_snapshot_request(&req)?;
+        let vote = req.vote;
+        if current(&self.raft, &vote) {
+            self.contact.touch();
+        }
         let r = self.raft.install_snapshot(req).await;
+        if matches!(&r, Ok(s) if s.vote == vote) {
+            self.contact.touch();
+        }
         encode(&r)
     }
 }
@@ -154,6 +377,23 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,
         }
+    }
+
+    #[test]
+    fn campaigns_wait_for_the_lease_and_draw_anew() {
+        let t = ElectionTimes {
+            lease: Duration::from_millis(300),
+            spread: (Duration::from_millis(150), Duration::from_millis(300)),
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut ms = |s| t.wait(s, &mut rng).as_millis() as u64;
+        let leader: Vec<u64> = (0..200).map(|_| ms(Silence::Leader)).collect();
+        assert!(leader.iter().all(|w| (450..600).contains(w)), "{leader:?}");
+        // Drawn anew each time (openraft drew once per process): retries do not keep
+        // colliding with another member's.
+        assert!(leader.iter().max().unwrap_or(&0) - leader.iter().min().unwrap_or(&0) > 50);
+        assert!((0..200).all(|_| (150..300).contains(&ms(Silence::Candidate))));
+        assert!((0..200).all(|_| (750..900).contains(&ms(Silence::Behind))));
     }
 
     #[test]
