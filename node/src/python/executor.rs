@@ -25,8 +25,9 @@ const INLINE_LIMIT: Duration = Duration::from_millis(10);
 const INLINE_WARMUP: u64 = 3;
 /// How often the stall monitor looks at the run queue.
 const MONITOR_TICK: Duration = Duration::from_millis(2);
-/// A queue head waiting this long with no idle executor means handlers hold every thread.
-const STALL: Duration = Duration::from_millis(5);
+/// Monitor ticks (4–6 ms) a queue head waits with no idle executor and no server taken
+/// before the pool grows: handlers hold every thread.
+const STALL_TICKS: u32 = 3;
 
 thread_local! {
     static IS_EXECUTOR: Cell<bool> = const { Cell::new(false) };
@@ -147,13 +148,24 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
 }
 
 fn stall_monitor(rt: std::sync::Weak<PyRuntime>) {
+    // Ticks in a row with a queued head, no idle executor and no server taken: the head
+    // has waited at least that many ticks (no clock read on the queue's hot path).
+    let mut still = 0u32;
+    let mut last_popped = 0u64;
     loop {
         std::thread::sleep(MONITOR_TICK);
         let Some(rt) = rt.upgrade() else { return };
-        let (queued, idle, waited) = rt.runq.pressure();
-        if queued > 0 && idle == 0 && waited.is_some_and(|w| w >= STALL) {
+        let (queued, idle, popped) = rt.runq.pressure();
+        if queued > 0 && idle == 0 && popped == last_popped {
+            still += 1;
+        } else {
+            still = 0;
+        }
+        last_popped = popped;
+        if still >= STALL_TICKS {
             tracing::debug!(queued, "run queue stalled: adding an executor");
             rt.host.pool.try_grow(&rt);
+            still = 0;
         }
     }
 }
@@ -179,6 +191,8 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
         }
         return;
     }
+    // One clock read per message: each message's end is the next one's start.
+    let mut clock = Instant::now();
     for _ in 0..BATCH {
         // Checked before every message, not once per batch: a node frozen in the middle of
         // a batch must not go on with it when it wakes after its lease lapsed.
@@ -188,7 +202,7 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
         let Some(envelope) = rt.take_next(process) else {
             break;
         };
-        match handle_one(py, rt, process, server.bind(py), envelope) {
+        match handle_one(py, rt, process, server.bind(py), envelope, &mut clock) {
             After::Next => {}
             After::Stopped => break,
             // The handler awaits on the event loop, which hands the server back when done.
@@ -211,20 +225,21 @@ pub enum After {
     Suspended,
 }
 
-/// Delivers a call to the local `callee`: runs its handler on the calling thread when the
-/// inline rule allows (see `claim_inline`), else queues it for an executor. False if the
-/// callee is gone. `caller` is the calling process, if any; it is left marked as lent.
-pub fn deliver_call(
+/// Runs a call's handler on the calling thread when the inline rule allows (see
+/// `claim_inline`); otherwise gives the envelope back, for the caller to queue in the
+/// callee's mailbox once it has let go of the interpreter (see `wait_for_reply`). `caller`
+/// is the calling process, if any; it is left marked as lent.
+pub fn try_inline(
     rt: &Arc<PyRuntime>,
     callee: &Arc<PyProcess>,
     envelope: Envelope<Term>,
     caller: Option<&Arc<PyProcess>>,
-) -> bool {
+) -> Option<Envelope<Term>> {
     if claim_inline(rt, callee, caller) {
         Python::attach(|py| run_inline(py, rt, callee, envelope));
-        true
+        None
     } else {
-        rt.deliver(callee, envelope).is_ok()
+        Some(envelope)
     }
 }
 
@@ -273,7 +288,14 @@ pub fn run_inline(
         return;
     }
     let enter = Enter::new(process.clone());
-    let after = handle_one(py, rt, process, server.bind(py), envelope);
+    let after = handle_one(
+        py,
+        rt,
+        process,
+        server.bind(py),
+        envelope,
+        &mut Instant::now(),
+    );
     drop(enter);
     if after != After::Suspended {
         rt.finish_batch(process);
@@ -281,20 +303,23 @@ pub fn run_inline(
 }
 
 /// Handles one envelope of an entered server on this thread, counting it and marking the
-/// server slow if the handler took longer than `INLINE_LIMIT`.
+/// server slow if the handler took longer than `INLINE_LIMIT`. `clock` is when the handler
+/// started (read just before); it is left at when it ended.
 fn handle_one(
     py: Python<'_>,
     rt: &Arc<PyRuntime>,
     process: &Arc<PyProcess>,
     server: &Bound<'_, PyAny>,
     envelope: Envelope<Term>,
+    clock: &mut Instant,
 ) -> After {
     process.data.handled.fetch_add(1, Ordering::Relaxed);
-    let started = Instant::now();
     let outcome = dispatch(py, rt, process, server, envelope);
-    if started.elapsed() > INLINE_LIMIT {
+    let ended = Instant::now();
+    if ended.duration_since(*clock) > INLINE_LIMIT {
         process.data.slow.store(true, Ordering::Relaxed);
     }
+    *clock = ended;
     if process.is_exited() {
         clear_interrupt(py);
         return After::Stopped;

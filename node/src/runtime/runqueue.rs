@@ -16,8 +16,8 @@ pub struct RunQueue<H: Host> {
 struct Inner<H: Host> {
     items: VecDeque<Arc<Process<H>>>,
     idle_threads: usize,
-    /// When the oldest queued item was pushed with no change since; for stall detection.
-    stalled_since: Option<Instant>,
+    /// Servers taken so far; the stall monitor watches it move (no clock read here: the
+    /// queue is on every message's path).
     popped: u64,
 }
 
@@ -27,7 +27,6 @@ impl<H: Host> Default for RunQueue<H> {
             queue: Mutex::new(Inner {
                 items: VecDeque::new(),
                 idle_threads: 0,
-                stalled_since: None,
                 popped: 0,
             }),
             ready: Condvar::new(),
@@ -39,9 +38,6 @@ impl<H: Host> RunQueue<H> {
     /// Queues a server that has mail.
     pub fn push(&self, process: Arc<Process<H>>) {
         let mut q = self.queue.lock();
-        if q.items.is_empty() {
-            q.stalled_since = Some(Instant::now());
-        }
         q.items.push_back(process);
         if q.idle_threads > 0 {
             self.ready.notify_one();
@@ -57,11 +53,6 @@ impl<H: Host> RunQueue<H> {
     fn take(q: &mut Inner<H>) -> Option<Arc<Process<H>>> {
         let item = q.items.pop_front()?;
         q.popped += 1;
-        q.stalled_since = if q.items.is_empty() {
-            None
-        } else {
-            Some(Instant::now())
-        };
         Some(item)
     }
 
@@ -81,13 +72,10 @@ impl<H: Host> RunQueue<H> {
         }
     }
 
-    /// Queue length, threads waiting for work, and how long the head has waited.
-    pub fn pressure(&self) -> (usize, usize, Option<std::time::Duration>) {
+    /// Queue length, threads waiting for work, and servers taken so far (unchanged between
+    /// two looks: the head did not move).
+    pub fn pressure(&self) -> (usize, usize, u64) {
         let q = self.queue.lock();
-        (
-            q.items.len(),
-            q.idle_threads,
-            q.stalled_since.map(|t| t.elapsed()),
-        )
+        (q.items.len(), q.idle_threads, q.popped)
     }
 }

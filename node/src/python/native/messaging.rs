@@ -1,6 +1,7 @@
 //! Sending, casting, calling and replying.
 
 use super::*;
+use crate::python::executor;
 
 /// `send(dest, message)`: never blocks; a message to a dead process is dropped.
 #[pyfunction]
@@ -72,22 +73,19 @@ pub(super) fn call<'py>(
         if rt.send(pid, envelope).is_err() {
             return Err(exit_error(py, pid, &Reason::Noconnection)?);
         }
-        let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
+        let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout, None);
         trace::call_done(started, span, &outcome);
         return outcome;
     }
     let Some(callee) = rt.lookup(pid) else {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     };
-    let delivered = deliver_call(rt, &callee, envelope, me.as_ref());
+    let queue = executor::try_inline(rt, &callee, envelope, me.as_ref());
     if let Some(m) = &me {
         m.data.lent.store(false, Ordering::SeqCst);
     }
-    if !delivered {
-        return Err(exit_error(py, pid, &Reason::Noproc)?);
-    }
-    drop(callee);
-    let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout);
+    let queue = queue.map(|envelope| (callee, envelope));
+    let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout, queue);
     trace::call_done(started, span, &outcome);
     outcome
 }
@@ -101,7 +99,10 @@ pub(super) fn note_restart() {
     }
 }
 
-/// Waits for a call's reply (or takes the one already given on this thread).
+/// Waits for a call's reply (or takes the one already given on this thread). `queue` is a
+/// local callee and the call for its mailbox: queued here, after the interpreter is let go,
+/// so the executor that takes it does not wait for this thread to let go of it.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn wait_for_reply<'py>(
     py: Python<'py>,
     rt: &Arc<PyRuntime>,
@@ -110,11 +111,21 @@ pub(super) fn wait_for_reply<'py>(
     slot: &Arc<CallSlot<Term>>,
     deadline: Option<Instant>,
     timeout: Option<f64>,
+    queue: Option<(Arc<PyProcess>, Envelope<Term>)>,
 ) -> PyResult<Bound<'py, PyAny>> {
     if let Some(m) = me {
         rt.block_on(m, Some(slot.clone()));
     }
-    let outcome = if slot.is_complete() {
+    let outcome = if let Some((callee, envelope)) = queue {
+        let _blocking = Blocking::begin(rt);
+        py.detach(|| {
+            if rt.deliver(&callee, envelope).is_err() {
+                return Some(CallResult::Exit(Reason::Noproc));
+            }
+            drop(callee);
+            slot.wait(deadline)
+        })
+    } else if slot.is_complete() {
         // Answered on this thread; a reply later than the deadline still counts as a timeout.
         slot.wait(None)
             .filter(|_| deadline.is_none_or(|d| Instant::now() <= d))

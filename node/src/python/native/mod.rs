@@ -1,7 +1,7 @@
 //! `_rebeam_native`: the functions behind the `rebeam` package inside a node.
 
 use super::convert::{self, error, reason_from_py, reason_to_py, types};
-use super::executor::{clear_interrupt, deliver_call, is_killed, lease_gate, log_crash, Blocking};
+use super::executor::{clear_interrupt, is_killed, lease_gate, log_crash, Blocking};
 use super::host::{current, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime};
 use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
 use super::ports::{GlobalNames, Refused, Remote, SpawnDone, SpawnReply, SpawnRequest};
