@@ -17,8 +17,7 @@ use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Span, Tracer};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Span, Tracer};
 use tonic::codegen::http;
 
 use crate::types::Command;
@@ -35,21 +34,7 @@ pub struct TraceConfig {
     pub member: u64,
 }
 
-/// Errors starting the exporter.
-#[derive(Debug, thiserror::Error)]
-pub enum TraceError {
-    /// The endpoint or exporter settings were refused.
-    #[error("cannot set up the OTLP exporter for {endpoint}: {cause}; check --otlp-endpoint")]
-    Exporter {
-        /// The endpoint given.
-        endpoint: String,
-        /// Why.
-        cause: String,
-    },
-    /// A ratio outside 0..=1.
-    #[error("the trace sample ratio must be between 0 and 1, not {0}; fix --trace-sample-ratio")]
-    Ratio(f64),
-}
+pub use rebeam_grpc::tracecontext::TraceError;
 
 struct Tracing {
     provider: SdkTracerProvider,
@@ -61,33 +46,12 @@ static TRACING: OnceLock<Tracing> = OnceLock::new();
 /// Turns tracing on: builds the OTLP exporter and the sampler. Call once, inside the tokio
 /// runtime (tonic's channel runs on it), before serving.
 pub fn init(config: &TraceConfig) -> Result<(), TraceError> {
-    if let Some(r) = config.sample_ratio {
-        if !(0.0..=1.0).contains(&r) {
-            return Err(TraceError::Ratio(r));
-        }
-    }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(config.endpoint.clone())
-        .build()
-        .map_err(|e| TraceError::Exporter {
-            endpoint: config.endpoint.clone(),
-            cause: e.to_string(),
-        })?;
-    let mut resource = opentelemetry_sdk::Resource::builder()
-        .with_attribute(KeyValue::new("rebeam.controller", config.member as i64));
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name("rebeam-controller");
-    }
-    let mut builder = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource.build());
-    if let Some(r) = config.sample_ratio {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            r,
-        ))));
-    }
-    let provider = builder.build();
+    let provider = rebeam_grpc::tracecontext::tracer_provider(
+        &config.endpoint,
+        "rebeam-controller",
+        [KeyValue::new("rebeam.controller", config.member as i64)],
+        config.sample_ratio,
+    )?;
     let tracer = provider.tracer("rebeam-controller");
     let _ = TRACING.set(Tracing { provider, tracer });
     Ok(())
