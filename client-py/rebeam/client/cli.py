@@ -384,20 +384,23 @@ _PAGE = 1000
 
 def _rest_processes(rest: RestClient, app: str | None) -> dict[str, Any]:
     """Every process as one ``/api/v1/processes`` page: the pages walked in pid order and
-    joined (the controller serves them from one cached gathering, refreshed every few
-    seconds, so a walk sees one list unless it outlasts that)."""
-    items: list[Any] = []
+    joined. Pages asked within a second read one gathered list; a longer walk may cross a
+    newer list, so a row seen twice is kept once (a process that started or exited during
+    the walk may be missing or present, as between two `rebeam ps`)."""
+    items: dict[str, Any] = {}
     missing: dict[str, Any] = {}
-    total = 0
+    offset = 0
     while True:
-        page = rest.get("processes", app=app, sort="pid", offset=len(items), limit=_PAGE)
-        items.extend(page.get("items", []))
+        page = rest.get("processes", app=app, sort="pid", offset=offset, limit=_PAGE)
+        rows = page.get("items", [])
+        offset += len(rows)
+        for row in rows:
+            items.setdefault(str(row.get("id")), row)
         for m in page.get("missing_nodes", []):
             missing[str(m.get("node"))] = m
-        total = int(page.get("total", len(items)))
-        if not page.get("items") or len(items) >= total:
+        if not rows or offset >= int(page.get("total", offset)):
             break
-    return {"total": total, "offset": 0, "limit": len(items), "items": items,
+    return {"total": len(items), "offset": 0, "limit": len(items), "items": list(items.values()),
             "missing_nodes": list(missing.values())}
 
 
