@@ -2,6 +2,9 @@
 //! listener (continuing the caller's W3C `traceparent`) and a child span per Raft write the
 //! request proposes, exported over OTLP/gRPC like the nodes' spans.
 //!
+//! A write no request made (the lease task declaring a node dead) is a root `raft.write`
+//! span of its own.
+//!
 //! Off unless `--otlp-endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) is given: then a request
 //! costs one `OnceLock` check. Node heartbeats without a `traceparent` get no span (a node
 //! renews several times a second; such spans would bury everything else).
@@ -185,20 +188,19 @@ fn request_span(tracing: &Tracing, path: &str, parent: Option<SpanContext>) -> S
 }
 
 /// The span of one command proposed through Raft, a child of the current span (the
-/// request's); ends when dropped, or with the outcome through [`RaftWrite::end`].
+/// request's) or, for a write no request made (a lease expiry declaring a node dead, which
+/// moves its children elsewhere), the root of a trace of its own; ends when dropped, or
+/// with the outcome through [`RaftWrite::end`].
 pub struct RaftWrite(Option<Span>);
 
 impl RaftWrite {
-    /// Starts the span of proposing `cmd`; nothing when tracing is off or no request span
-    /// is current (a background write: lease expiry, placement).
+    /// Starts the span of proposing `cmd`; nothing when tracing is off.
     pub fn start(cmd: &Command) -> Self {
         let Some(tracing) = TRACING.get() else {
             return RaftWrite(None);
         };
+        // Without a current span, `Context::current()` starts a new trace (sampled by ratio).
         let cx = Context::current();
-        if !cx.has_active_span() {
-            return RaftWrite(None);
-        }
         let mut span = tracing
             .tracer
             .span_builder("raft.write")
@@ -206,6 +208,16 @@ impl RaftWrite {
             .start_with_context(&tracing.tracer, &cx);
         if span.is_recording() {
             span.set_attribute(KeyValue::new("rebeam.command", command_name(cmd)));
+            if let Command::DeclareDead {
+                node,
+                incarnation,
+                reason,
+            } = cmd
+            {
+                span.set_attribute(KeyValue::new("rebeam.node", node.clone()));
+                span.set_attribute(KeyValue::new("rebeam.incarnation", *incarnation as i64));
+                span.set_attribute(KeyValue::new("rebeam.reason", reason.clone()));
+            }
         }
         RaftWrite(Some(span))
     }

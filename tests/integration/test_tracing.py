@@ -312,3 +312,35 @@ def test_a_dev_nodes_embedded_controller_exports_its_spans(
     controller = [s for s in rec.snapshot() if s.service == "rebeam-controller"]
     assert controller and not any(s.node for s in controller), controller
 
+
+def test_a_lease_expiry_is_a_root_raft_write_span(
+        receiver: tuple[Receiver, str], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write no request made (the lease task declaring a silent node dead, which moves its
+    children) is the root of a trace of its own, so an operator sees it."""
+    rec, endpoint = receiver
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    controllers = Cluster.create(workdir / "controllers", 1, ["--otlp-endpoint", endpoint])
+    nodes = Nodes(workdir, "")
+    try:
+        controllers.start()
+        nodes.controllers = controllers.members[0].api
+        doomed = nodes.start("doomed")
+        with controllers.client() as client:
+            wait_for("the node to join", lambda: any(
+                n.id == "doomed" and n.status == "alive" for n in client.nodes()))
+        doomed.kill9()
+
+        def declared() -> list[Received]:
+            return [s for s in rec.snapshot() if s.service == "rebeam-controller"
+                    and s.name == "raft.write" and s.attributes.get("rebeam.command") == "DeclareDead"]
+
+        found = wait_for("the DeclareDead write's span", declared,
+                         on_timeout=lambda: "\n".join(map(str, rec.snapshot())))
+        assert isinstance(found, list)
+    finally:
+        nodes.stop()
+        controllers.stop()
+    [write] = found
+    assert write.parent == "", write
+    assert write.attributes["rebeam.node"] == "doomed", write
+    assert write.attributes["rebeam.reason"] == "lease expired", write
