@@ -2,6 +2,9 @@
 //! listener (continuing the caller's W3C `traceparent`) and a child span per Raft write the
 //! request proposes, exported over OTLP/gRPC like the nodes' spans.
 //!
+//! A write no request made (the lease task declaring a node dead) is a root `raft.write`
+//! span of its own.
+//!
 //! Off unless `--otlp-endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) is given: then a request
 //! costs one `OnceLock` check. Node heartbeats without a `traceparent` get no span (a node
 //! renews several times a second; such spans would bury everything else).
@@ -17,8 +20,7 @@ use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Span, Tracer};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Span, Tracer};
 use tonic::codegen::http;
 
 use crate::types::Command;
@@ -35,21 +37,7 @@ pub struct TraceConfig {
     pub member: u64,
 }
 
-/// Errors starting the exporter.
-#[derive(Debug, thiserror::Error)]
-pub enum TraceError {
-    /// The endpoint or exporter settings were refused.
-    #[error("cannot set up the OTLP exporter for {endpoint}: {cause}; check --otlp-endpoint")]
-    Exporter {
-        /// The endpoint given.
-        endpoint: String,
-        /// Why.
-        cause: String,
-    },
-    /// A ratio outside 0..=1.
-    #[error("the trace sample ratio must be between 0 and 1, not {0}; fix --trace-sample-ratio")]
-    Ratio(f64),
-}
+pub use rebeam_grpc::tracecontext::TraceError;
 
 struct Tracing {
     provider: SdkTracerProvider,
@@ -61,33 +49,12 @@ static TRACING: OnceLock<Tracing> = OnceLock::new();
 /// Turns tracing on: builds the OTLP exporter and the sampler. Call once, inside the tokio
 /// runtime (tonic's channel runs on it), before serving.
 pub fn init(config: &TraceConfig) -> Result<(), TraceError> {
-    if let Some(r) = config.sample_ratio {
-        if !(0.0..=1.0).contains(&r) {
-            return Err(TraceError::Ratio(r));
-        }
-    }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(config.endpoint.clone())
-        .build()
-        .map_err(|e| TraceError::Exporter {
-            endpoint: config.endpoint.clone(),
-            cause: e.to_string(),
-        })?;
-    let mut resource = opentelemetry_sdk::Resource::builder()
-        .with_attribute(KeyValue::new("rebeam.controller", config.member as i64));
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name("rebeam-controller");
-    }
-    let mut builder = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource.build());
-    if let Some(r) = config.sample_ratio {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            r,
-        ))));
-    }
-    let provider = builder.build();
+    let provider = rebeam_grpc::tracecontext::tracer_provider(
+        &config.endpoint,
+        "rebeam-controller",
+        [KeyValue::new("rebeam.controller", config.member as i64)],
+        config.sample_ratio,
+    )?;
     let tracer = provider.tracer("rebeam-controller");
     let _ = TRACING.set(Tracing { provider, tracer });
     Ok(())
@@ -221,20 +188,19 @@ fn request_span(tracing: &Tracing, path: &str, parent: Option<SpanContext>) -> S
 }
 
 /// The span of one command proposed through Raft, a child of the current span (the
-/// request's); ends when dropped, or with the outcome through [`RaftWrite::end`].
+/// request's) or, for a write no request made (a lease expiry declaring a node dead, which
+/// moves its children elsewhere), the root of a trace of its own; ends when dropped, or
+/// with the outcome through [`RaftWrite::end`].
 pub struct RaftWrite(Option<Span>);
 
 impl RaftWrite {
-    /// Starts the span of proposing `cmd`; nothing when tracing is off or no request span
-    /// is current (a background write: lease expiry, placement).
+    /// Starts the span of proposing `cmd`; nothing when tracing is off.
     pub fn start(cmd: &Command) -> Self {
         let Some(tracing) = TRACING.get() else {
             return RaftWrite(None);
         };
+        // Without a current span, `Context::current()` starts a new trace (sampled by ratio).
         let cx = Context::current();
-        if !cx.has_active_span() {
-            return RaftWrite(None);
-        }
         let mut span = tracing
             .tracer
             .span_builder("raft.write")
@@ -242,6 +208,16 @@ impl RaftWrite {
             .start_with_context(&tracing.tracer, &cx);
         if span.is_recording() {
             span.set_attribute(KeyValue::new("rebeam.command", command_name(cmd)));
+            if let Command::DeclareDead {
+                node,
+                incarnation,
+                reason,
+            } = cmd
+            {
+                span.set_attribute(KeyValue::new("rebeam.node", node.clone()));
+                span.set_attribute(KeyValue::new("rebeam.incarnation", *incarnation as i64));
+                span.set_attribute(KeyValue::new("rebeam.reason", reason.clone()));
+            }
         }
         RaftWrite(Some(span))
     }

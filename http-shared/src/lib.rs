@@ -1,10 +1,12 @@
 //! The HTTP side controllers and nodes share: one listener for HTTP and HTTPS with the
-//! connection limits of the gRPC servers, the dashboard and API auth guard, health probes and
-//! the Prometheus text format. Served by axum beside (never inside) the gRPC services.
+//! connection limits of the gRPC servers, the dashboard and API auth guard, health probes,
+//! the Prometheus text format and the stuck-process rules. Served by axum beside (never
+//! inside) the gRPC services.
 
 pub mod auth;
 pub mod health;
 pub mod prom;
+pub mod stuck;
 pub mod tls;
 
 use std::future::Future;

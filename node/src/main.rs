@@ -145,8 +145,9 @@ struct Cli {
         env = "REBEAM_HTTP_ALLOWED_HOSTS"
     )]
     http_allowed_hosts: Vec<String>,
-    /// Export traces of messages over OTLP/gRPC to this endpoint (`http://host:4317`);
-    /// tracing is off without it.
+    /// Export traces of messages over OTLP/gRPC to this endpoint (`http://host:4317`), and
+    /// on --dev those of the embedded controller's requests and Raft writes; tracing is off
+    /// without it.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
     /// Fraction (0 to 1) of new traces kept; a message in a kept trace is always kept.
@@ -232,6 +233,8 @@ fn exit_process(code: i32) -> ! {
     rebeam_node::dev::stop();
     flush_python();
     rebeam_node::observe::trace::flush();
+    #[cfg(feature = "dev")]
+    rebeam_controller::trace::flush();
     if let Some(dir) = DEV_DIR.get() {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -506,6 +509,16 @@ fn start_dev_controller(
     config.rate_limit = cli.serving.rate_limit();
     let scheme = if tls.is_some() { "https" } else { "http" };
     config.tls = tls;
+    if let Some(endpoint) = cli.otlp_endpoint.clone().filter(|e| !e.is_empty()) {
+        // The embedded controller's requests and Raft writes are spans of their own
+        // service, as a standalone controller's are (its exporter runs on `tokio`).
+        let _entered = tokio.enter();
+        rebeam_controller::trace::init(&rebeam_controller::trace::TraceConfig {
+            endpoint,
+            sample_ratio: cli.trace_sample_ratio,
+            member: config.id,
+        })?;
+    }
     let handle = tokio
         .block_on(rebeam_controller::start(config))
         .context("starting the embedded controller")?;

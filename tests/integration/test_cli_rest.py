@@ -1,6 +1,7 @@
 """The ``rebeam`` commands that read the controller's REST API (``api``, ``events``,
-``tables``, ``groups``), run as the real command against a real three-controller group with a
-node: what they print, and errors that say what to do."""
+``tables``, ``groups``, and the reading commands' ``--json`` once an HTTP address is known),
+run as the real command against a real three-controller group with a node: what they print,
+and errors that say what to do."""
 
 from __future__ import annotations
 
@@ -33,12 +34,14 @@ GROUPED = """
 """
 
 
-def rebeam_cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+def rebeam_cli(*args: str, token: str | None = TOKEN,
+               env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Runs ``python -m rebeam.client.cli ARGS`` with the token in REBEAM_TOKEN (as a user's
     shell would hold it); no other REBEAM_ setting leaks in from the test's environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
     if token is not None:
         env["REBEAM_TOKEN"] = token
+    env.update(env_extra or {})
     env["REBEAM_CONFIG"] = os.devnull
     return subprocess.run([sys.executable, "-m", "rebeam.client.cli", *args], env=env,
                           capture_output=True, text=True, timeout=60)
@@ -112,3 +115,62 @@ def test_rest_commands(controllers: Cluster, nodes: Nodes, workdir: Path) -> Non
     assert done.returncode == 1 and "--http" in done.stderr, done.stderr
     done = rebeam_cli("groups", "--http", http, "--ca", str(workdir / "missing.pem"))
     assert done.returncode == 1 and "missing.pem" in done.stderr, done.stderr
+
+
+def test_json_output_is_the_rest_apis_document(controllers: Cluster, nodes: Nodes,
+                                               workdir: Path) -> None:
+    http = f"http://{controllers.members[0].http}"
+    nodes.start("a", GROUPED).wait_output("grouped")
+    submit_observed(controllers, workdir)
+
+    def doc(*args: str, env_extra: dict[str, str] | None = None) -> object:
+        done = rebeam_cli(*args, env_extra=env_extra)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    # Each reading command's --json is the document of its REST path (same keys), from the
+    # address --http or REBEAM_DASHBOARD_URL gives.
+    for args, path in [(("apps",), "apps"), (("nodes",), "nodes"), (("names",), "names"),
+                       (("status",), "cluster"), (("tree", "observed"), "tree?app=observed")]:
+        got = doc(*args, "--json", "--http", http)
+        assert isinstance(got, dict), (args, got)
+        api = doc("api", path, "--http", http)
+        assert isinstance(api, dict) and set(got) == set(api), (args, got, api)
+    apps = doc("apps", "--json", env_extra={"REBEAM_DASHBOARD_URL": http})
+    assert isinstance(apps, dict) and [a["name"] for a in apps["apps"]] == ["observed"], apps
+    tree = doc("tree", "observed", "--json", "--http", http)
+    assert isinstance(tree, dict) and [a["name"] for a in tree["apps"]] == ["observed"], tree
+    holder = doc("whereis", "caster", "--json", "--http", http)
+    assert isinstance(holder, dict) and holder["name"] == "caster", holder
+
+    # ps walks every page into one page of the processes document.
+    def keeper_listed() -> dict[str, object] | None:
+        page = doc("ps", "observed", "--json", "--http", http)
+        assert isinstance(page, dict)
+        items = page["items"]
+        assert isinstance(items, list)
+        return page if any(p["name"] == "keeper" for p in items) else None
+
+    page = wait_for("the keeper in `rebeam ps --json`", keeper_listed)
+    assert isinstance(page, dict)
+    assert set(page) >= {"total", "offset", "limit", "items", "missing_nodes"}, page
+    items = page["items"]
+    assert isinstance(items, list) and page["total"] == len(items) == page["limit"], page
+    assert {p["app"] for p in items} == {"observed"}, items
+    assert all({"id", "stuck", "mailbox"} <= set(p) for p in items), items
+
+    # Without an HTTP address the gRPC API answers (its records: a list of apps).
+    grpc = doc("apps", "--json", env_extra={"REBEAM_URL": controllers.url})
+    assert isinstance(grpc, list) and [a["name"] for a in grpc] == ["observed"], grpc
+
+    # Errors: one line, status 1, saying what to do.
+    done = rebeam_cli("whereis", "nobody", "--json", "--http", http)
+    assert done.returncode == 1 and done.stdout.strip() == "null", done
+    done = rebeam_cli("tree", "nosuch", "--json", "--http", http)
+    assert done.returncode == 1 and "`rebeam apps`" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    done = rebeam_cli("ps", "--json", "--http", f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 1 and "--http" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    done = rebeam_cli("apps", "--json", "--http", http, token="wrong-token")
+    assert done.returncode == 1 and "refused the token" in done.stderr, done.stderr

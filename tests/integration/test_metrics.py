@@ -1,7 +1,7 @@
 """A node's /metrics on a real cluster: parsed with Prometheus' own parser, and the counters
 the issue names move when messages cross nodes, a client calls through a gateway and a
-submitted app's child crashes and is restarted. A controller's /metrics counts a process
-whose handler hangs as stuck."""
+submitted app's child crashes and is restarted. A controller's /metrics, and the node's own,
+count a process whose handler hangs as stuck."""
 
 from __future__ import annotations
 
@@ -165,12 +165,16 @@ def controller_samples(http: str) -> dict[str, float]:
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
-def test_stuck_processes_reach_the_controller_metrics(controllers: Cluster, workdir: Path) -> None:
+def test_stuck_processes_reach_the_controller_and_node_metrics(controllers: Cluster,
+                                                               workdir: Path) -> None:
     http = controllers.members[0].http
+    port = free_port()
     nodes = Nodes(workdir, controllers.members[0].api)
     stuck = 'rebeam_processes_stuck{"app": "observed", "node": "a", "reason": "handler running"}'
+    # The node's own count, judged from its scrapes (without the node label, see scrape()).
+    on_node = 'rebeam_node_processes_stuck{"app": "observed", "reason": "handler running"}'
     try:
-        nodes.start("a", extra=["--client-token", TOKEN])
+        a = nodes.start("a", extra=["--client-token", TOKEN, "--http-listen", f"127.0.0.1:{port}"])
         submit_observed(controllers, workdir)
         with controllers.client(token=TOKEN) as client:
             wait_for("the caster", lambda: client.whereis("caster"))
@@ -178,16 +182,28 @@ def test_stuck_processes_reach_the_controller_metrics(controllers: Cluster, work
         first = controller_samples(http)
         assert not [k for k in first if k.startswith("rebeam_processes_stuck")], first
         assert 0 <= first["rebeam_process_list_age_seconds{}"] < 30
+        idle = scrape(a, port)
+        assert not [k for k in idle if k.startswith("rebeam_node_processes_stuck")], idle
         with controllers.client(token=SECRET) as client:
             assert client.call(Global("caster"), ("sleeper", 15)) == "ok"
-        found = wait_for("the sleeper counted stuck in /metrics",
-                         lambda: (s := controller_samples(http)).get(stuck) and s, timeout=20)
-        assert isinstance(found, dict)
+        seen: dict[str, dict[str, float]] = {}
+
+        def both_count_it() -> bool:
+            # Each poll is a scrape of both: each judges across the scrapes it saw.
+            seen["controller"] = controller_samples(http)
+            seen["node"] = scrape(a, port)
+            return stuck in seen["controller"] and on_node in seen["node"]
+
+        wait_for("the sleeper counted stuck in the controller's and the node's /metrics",
+                 both_count_it, timeout=14, on_timeout=lambda: str(seen))
+        found, mine = seen["controller"], seen["node"]
         assert found[stuck] == 1
         # Only the sleeper: no other process of the app is counted.
         others = {k: v for k, v in found.items()
                   if k.startswith("rebeam_processes_stuck") and k != stuck}
         assert not others, others
         assert found["rebeam_process_list_age_seconds{}"] < 30
+        assert mine[on_node] == 1
+        assert not {k for k in mine if k.startswith("rebeam_node_processes_stuck")} - {on_node}
     finally:
         nodes.stop()

@@ -1,7 +1,8 @@
 """OpenTelemetry traces across the cluster: a Python client calls a server on one node, whose
 handler calls a server on another; a real OTLP/gRPC receiver run by the test gets one
 connected trace with spans from the client, both nodes and the handler's own span. A client's
-admin call continues into the controller's request span and its Raft write."""
+admin call continues into the controller's request span and its Raft write, on a standalone
+controller and on a dev node's embedded one; a background write is a trace of its own."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from harness import TOKEN, Cluster, Nodes, _cluster, scratch_dir, wait_for
+from harness import TOKEN, Cluster, DevNode, Nodes, _cluster, scratch_dir, wait_for
 
 
 @dataclass(frozen=True)
@@ -242,39 +243,34 @@ ADMIN_CLIENT = """
 """
 
 
-def test_an_admin_call_continues_into_the_controller_and_its_raft_write(
-        receiver: tuple[Receiver, str], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rec, endpoint = receiver
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-    controllers = Cluster.create(workdir / "controllers", 1, ["--otlp-endpoint", endpoint])
-    try:
-        controllers.start()
-        script = workdir / "admin.py"
-        script.write_text(textwrap.dedent(ADMIN_CLIENT))
-        done = subprocess.run([sys.executable, str(script), endpoint, controllers.url, TOKEN],
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.strip() == "refused"
-        method = "rebeam.v1.ClusterService/CreateToken"
-        clients = [s for s in rec.snapshot() if s.service == "test-client" and s.name == method]
-        assert len(clients) == 1, rec.snapshot()
-        root = clients[0]
-        assert root.parent == "" and root.kind == 3  # SPAN_KIND_CLIENT
+def _admin_trace(rec: Receiver, endpoint: str, url: str, workdir: Path) -> None:
+    """Runs the traced admin client against ``url`` and checks that its CreateToken continues
+    into the controller's server span and the Raft write under it, and that a refused request
+    is a span too."""
+    script = workdir / "admin.py"
+    script.write_text(textwrap.dedent(ADMIN_CLIENT))
+    done = subprocess.run([sys.executable, str(script), endpoint, url, TOKEN],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "refused"
+    method = "rebeam.v1.ClusterService/CreateToken"
+    clients = [s for s in rec.snapshot() if s.service == "test-client" and s.name == method]
+    assert len(clients) == 1, rec.snapshot()
+    root = clients[0]
+    assert root.parent == "" and root.kind == 3  # SPAN_KIND_CLIENT
 
-        def controller_spans() -> list[Received] | None:
-            spans = [s for s in rec.snapshot()
-                     if s.trace_id == root.trace_id and s.service == "rebeam-controller"]
-            return spans if {s.name for s in spans} >= {method, "raft.write"} else None
+    def controller_spans() -> list[Received] | None:
+        spans = [s for s in rec.snapshot()
+                 if s.trace_id == root.trace_id and s.service == "rebeam-controller"]
+        return spans if {s.name for s in spans} >= {method, "raft.write"} else None
 
-        found = wait_for("the controller's spans of the client's trace", controller_spans,
-                         on_timeout=lambda: "\n".join(map(str, rec.snapshot())))
-        assert isinstance(found, list)
-        refused = wait_for("the refused request's span", lambda: [
-            s for s in rec.snapshot() if s.service == "rebeam-controller"
-            and s.name == "rebeam.v1.ClusterService/ListNames"])
-        assert isinstance(refused, list)
-    finally:
-        controllers.stop()
+    found = wait_for("the controller's spans of the client's trace", controller_spans,
+                     on_timeout=lambda: "\n".join(map(str, rec.snapshot())))
+    assert isinstance(found, list)
+    refused = wait_for("the refused request's span", lambda: [
+        s for s in rec.snapshot() if s.service == "rebeam-controller"
+        and s.name == "rebeam.v1.ClusterService/ListNames"])
+    assert isinstance(refused, list)
 
     # The controller's server span continues the client's; the Raft write is its child.
     [server] = [s for s in found if s.name == method]
@@ -289,3 +285,62 @@ def test_an_admin_call_continues_into_the_controller_and_its_raft_write(
     [denied] = refused
     assert denied.attributes["rpc.grpc.status_code"] == 16, denied
     assert denied.trace_id != root.trace_id and denied.parent != ""
+
+
+def test_an_admin_call_continues_into_the_controller_and_its_raft_write(
+        receiver: tuple[Receiver, str], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec, endpoint = receiver
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    controllers = Cluster.create(workdir / "controllers", 1, ["--otlp-endpoint", endpoint])
+    try:
+        controllers.start()
+        _admin_trace(rec, endpoint, controllers.url, workdir)
+    finally:
+        controllers.stop()
+
+
+def test_a_dev_nodes_embedded_controller_exports_its_spans(
+        receiver: tuple[Receiver, str], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec, endpoint = receiver
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    dev = DevNode("dev", workdir / "dev", "", extra=["--otlp-endpoint", endpoint]).start()
+    try:
+        _admin_trace(rec, endpoint, dev.url, workdir)
+    finally:
+        dev.stop()
+    # The node's own spans keep their service; the controller's carry its member id.
+    controller = [s for s in rec.snapshot() if s.service == "rebeam-controller"]
+    assert controller and not any(s.node for s in controller), controller
+
+
+def test_a_lease_expiry_is_a_root_raft_write_span(
+        receiver: tuple[Receiver, str], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write no request made (the lease task declaring a silent node dead, which moves its
+    children) is the root of a trace of its own, so an operator sees it."""
+    rec, endpoint = receiver
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    controllers = Cluster.create(workdir / "controllers", 1, ["--otlp-endpoint", endpoint])
+    nodes = Nodes(workdir, "")
+    try:
+        controllers.start()
+        nodes.controllers = controllers.members[0].api
+        doomed = nodes.start("doomed")
+        with controllers.client() as client:
+            wait_for("the node to join", lambda: any(
+                n.id == "doomed" and n.status == "alive" for n in client.nodes()))
+        doomed.kill9()
+
+        def declared() -> list[Received]:
+            return [s for s in rec.snapshot() if s.service == "rebeam-controller"
+                    and s.name == "raft.write" and s.attributes.get("rebeam.command") == "DeclareDead"]
+
+        found = wait_for("the DeclareDead write's span", declared,
+                         on_timeout=lambda: "\n".join(map(str, rec.snapshot())))
+        assert isinstance(found, list)
+    finally:
+        nodes.stop()
+        controllers.stop()
+    [write] = found
+    assert write.parent == "", write
+    assert write.attributes["rebeam.node"] == "doomed", write
+    assert write.attributes["rebeam.reason"] == "lease expired", write

@@ -6,7 +6,10 @@
     rebeam token create --role ROLE [--ttl DURATION] [--note TEXT] | token list | token revoke ID
     rebeam events [--app APP] [--kind KIND] | tables | groups | api PATH   (REST API, --http URL)
 
-Tables for people by default, ``--json`` for scripts. Errors print one line to stderr and
+Tables for people by default, ``--json`` for scripts: with an HTTP address (``--http URL`` or
+``$REBEAM_DASHBOARD_URL``) the reading commands print the REST API's documents (the shapes
+``/api/v1/openapi.json`` describes, what the dashboard reads), else the gRPC API's records.
+Errors print one line to stderr and
 exit with status 1 (2 for a wrong command line). Text from the cluster (app output, crash
 reports, failure reasons) is printed with terminal control characters escaped, so an app
 cannot drive the terminal of whoever reads its logs."""
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import webbrowser
@@ -28,6 +32,7 @@ from .._errors import Error
 from ._client import DEFAULT_TIMEOUT, ROLES, Client
 from ._config import resolve
 from ._dashboard import dashboard_url
+from ._errors import NotFound
 from ._inspect import LogEntry, ProcessList
 from ._rest import RestClient
 from ._types import AppInfo, Assignment, to_jsonable
@@ -248,7 +253,19 @@ def cmd_token(args: argparse.Namespace, o: _Output) -> int:
     return 0
 
 
+def _rest_json(args: argparse.Namespace, o: _Output) -> RestClient | None:
+    """The REST API client that answers ``--json`` when an HTTP address is known (``--http``,
+    ``$REBEAM_DASHBOARD_URL``); None when the output is a table or no address is known (the
+    controller's port 7180 is only a guess, so the gRPC API answers instead)."""
+    if not o.json or not (getattr(args, "http", None) or os.environ.get("REBEAM_DASHBOARD_URL")):
+        return None
+    return _rest(args)
+
+
 def cmd_apps(args: argparse.Namespace, o: _Output) -> int:
+    if rest := _rest_json(args, o):
+        o.data(rest.get("apps"))
+        return 0
     with _client(args) as client:
         state = client.cluster()
     apps = sorted(state.apps, key=lambda a: a.name)
@@ -271,6 +288,9 @@ def cmd_apps(args: argparse.Namespace, o: _Output) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace, o: _Output) -> int:
+    if rest := _rest_json(args, o):
+        o.data(rest.get("nodes"))
+        return 0
     with _client(args) as client:
         state = client.cluster()
     nodes = sorted(state.nodes, key=lambda n: n.id)
@@ -292,6 +312,9 @@ def cmd_nodes(args: argparse.Namespace, o: _Output) -> int:
 
 
 def cmd_names(args: argparse.Namespace, o: _Output) -> int:
+    if rest := _rest_json(args, o):
+        o.data(rest.get("names"))
+        return 0
     with _client(args) as client:
         names = client.names()
     if o.json:
@@ -305,6 +328,11 @@ def cmd_names(args: argparse.Namespace, o: _Output) -> int:
 
 
 def cmd_whereis(args: argparse.Namespace, o: _Output) -> int:
+    if rest := _rest_json(args, o):
+        # The entry of /api/v1/names holding the name, or null (status 1).
+        found = [n for n in rest.get("names").get("names", []) if n.get("name") == args.name]
+        o.data(found[0] if found else None)
+        return 0 if found else 1
     with _client(args) as client:
         pid = client.whereis(args.name)
     if o.json:
@@ -318,6 +346,9 @@ def cmd_whereis(args: argparse.Namespace, o: _Output) -> int:
 
 
 def cmd_status(args: argparse.Namespace, o: _Output) -> int:
+    if rest := _rest_json(args, o):
+        o.data(rest.get("cluster"))
+        return 0
     with _client(args) as client:
         status = client.status()
         state = client.cluster()
@@ -347,7 +378,37 @@ def _missing(missing: dict[str, str], o: _Output) -> int:
     return 1 if missing else 0
 
 
+#: Rows per REST request when ``ps --json`` walks every page (the API's largest page).
+_PAGE = 1000
+
+
+def _rest_processes(rest: RestClient, app: str | None) -> dict[str, Any]:
+    """Every process as one ``/api/v1/processes`` page: the pages walked in pid order and
+    joined. Pages asked within a second read one gathered list; a longer walk may cross a
+    newer list, so a row seen twice is kept once (a process that started or exited during
+    the walk may be missing or present, as between two `rebeam ps`)."""
+    items: dict[str, Any] = {}
+    missing: dict[str, Any] = {}
+    offset = 0
+    while True:
+        page = rest.get("processes", app=app, sort="pid", offset=offset, limit=_PAGE)
+        rows = page.get("items", [])
+        offset += len(rows)
+        for row in rows:
+            items.setdefault(str(row.get("id")), row)
+        for m in page.get("missing_nodes", []):
+            missing[str(m.get("node"))] = m
+        if not rows or offset >= int(page.get("total", offset)):
+            break
+    return {"total": len(items), "offset": 0, "limit": len(items), "items": list(items.values()),
+            "missing_nodes": list(missing.values())}
+
+
 def cmd_ps(args: argparse.Namespace, o: _Output) -> int:
+    if rest := _rest_json(args, o):
+        doc = _rest_processes(rest, args.app)
+        o.data(doc)
+        return _missing({str(m.get("node")): str(m.get("error")) for m in doc["missing_nodes"]}, o)
     with _client(args) as client:
         found = client.processes(args.app)
     if o.json:
@@ -370,6 +431,12 @@ def cmd_ps(args: argparse.Namespace, o: _Output) -> int:
 
 
 def cmd_tree(args: argparse.Namespace, o: _Output) -> int:
+    if rest := _rest_json(args, o):
+        doc = rest.get("tree", app=args.app)
+        if not doc.get("apps"):
+            raise NotFound(f"no app named {args.app!r}; `rebeam apps` lists them", "NOT_FOUND")
+        o.data(doc)
+        return 0
     with _client(args) as client:
         tree = client.tree(args.app)
     if o.json:
@@ -556,6 +623,10 @@ def cmd_pack(args: argparse.Namespace, o: _Output) -> int:
     return 0
 
 
+#: Reading commands whose ``--json`` comes from the REST API when an HTTP address is known.
+_REST_JSON = ("apps", "nodes", "names", "whereis", "status", "ps", "tree")
+
+
 def _parser() -> argparse.ArgumentParser:
     # Shared options, accepted before or after the command (SUPPRESS keeps a subcommand's
     # absent option from overwriting one given before it).
@@ -660,6 +731,11 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--http", metavar="URL", default=None,
                            help="the controller's HTTP address (default: $REBEAM_DASHBOARD_URL, "
                                 "else the controller's host on port 7180)")
+        if name in _REST_JSON:
+            p.add_argument("--http", metavar="URL", default=None,
+                           help="the controller's HTTP address: --json then prints the REST "
+                                "API's document (default: $REBEAM_DASHBOARD_URL; without one "
+                                "the gRPC API answers)")
         if name == "api":
             p.add_argument("path", metavar="PATH",
                            help="e.g. /api/v1/processes?stuck=true, or just processes?stuck=true")

@@ -1,83 +1,44 @@
-//! Which processes look stuck, judged from successive process lists: a server whose handler
-//! has been running (seen running, its handled count unchanged) longer than [`STUCK_AFTER`],
-//! or any process whose mailbox grew over that time while it handled nothing. A function
-//! process runs one function for its whole life, so only the mailbox rule applies to it.
+//! Which processes of the gathered lists look stuck (see `rebeam_http::stuck`, the rules the
+//! nodes' own `/metrics` judge by too).
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Instant;
 
-use parking_lot::Mutex;
+use rebeam_http::stuck::{Observed, Stuck};
 use rebeam_proto::v1 as pb;
 
 use crate::http::api::pid_id;
 
-/// How long a handler may run, or a mailbox grow unhandled, before the process is stuck.
-pub const STUCK_AFTER: Duration = Duration::from_secs(5);
-/// A process not seen for this long is forgotten (it exited, or nobody asks for it).
-const FORGET_AFTER: Duration = Duration::from_secs(120);
+pub use rebeam_http::stuck::STUCK_AFTER;
 
-/// What was last seen of one process.
-struct Seen {
-    handled: u64,
-    /// When `handled` last changed (or the process was first seen).
-    handled_since: Instant,
-    /// The mailbox length then.
-    mailbox_then: u64,
-    /// First seen running with this handled count; `None` while seen waiting.
-    running_since: Option<Instant>,
-    last_seen: Instant,
-}
-
-/// Why a process is stuck, and since when.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Stuck {
-    /// "handler running" or "mailbox growing".
-    pub reason: &'static str,
-    /// How long it has been so, as far as the lists show.
-    pub for_ms: u64,
+/// What a process list row shows of the process, as the rules need it.
+fn observed(p: &pb::ProcessInfo) -> Observed {
+    Observed {
+        handled: p.messages_handled,
+        mailbox: p.mailbox_len,
+        running: p.current_function != "waiting",
+        function: p.kind == "function",
+    }
 }
 
 /// Observations of processes across lists.
 #[derive(Default)]
-pub struct StuckWatch {
-    seen: Mutex<HashMap<String, Seen>>,
-}
+pub struct StuckWatch(rebeam_http::stuck::StuckWatch);
 
 impl StuckWatch {
     /// Records a freshly gathered list (taken at `now`).
     pub fn observe(&self, rows: &[pb::ProcessInfo], now: Instant) {
-        let mut seen = self.seen.lock();
-        for p in rows {
-            let Some(pid) = p.pid.as_ref() else { continue };
-            let running = p.current_function != "waiting";
-            let s = seen.entry(pid_id(pid)).or_insert(Seen {
-                handled: p.messages_handled,
-                handled_since: now,
-                mailbox_then: p.mailbox_len,
-                running_since: None,
-                last_seen: now,
-            });
-            if s.handled != p.messages_handled {
-                s.handled = p.messages_handled;
-                s.handled_since = now;
-                s.mailbox_then = p.mailbox_len;
-                s.running_since = None;
-            }
-            s.running_since = match (running, s.running_since) {
-                (false, _) => None,
-                (true, Some(t)) => Some(t),
-                (true, None) => Some(now),
-            };
-            s.last_seen = now;
-        }
-        seen.retain(|_, s| now.duration_since(s.last_seen) < FORGET_AFTER);
+        let ids: Vec<(String, Observed)> = rows
+            .iter()
+            .filter_map(|p| Some((pid_id(p.pid.as_ref()?), observed(p))))
+            .collect();
+        self.0
+            .observe(ids.iter().map(|(id, o)| (id.as_str(), *o)), now);
     }
 
     /// Whether `p` (as last observed) is stuck.
     pub fn judge(&self, p: &pb::ProcessInfo, now: Instant) -> Option<Stuck> {
-        let pid = p.pid.as_ref()?;
-        let seen = self.seen.lock();
-        judge_seen(p, seen.get(&pid_id(pid))?, now)
+        self.0.judge(&pid_id(p.pid.as_ref()?), observed(p), now)
     }
 
     /// The stuck processes among `rows`, counted by node, app and reason (for `/metrics`;
@@ -87,43 +48,23 @@ impl StuckWatch {
         rows: &[pb::ProcessInfo],
         now: Instant,
     ) -> BTreeMap<(String, String, &'static str), u64> {
-        let seen = self.seen.lock();
+        let with_pid: Vec<(&pb::ProcessInfo, String)> = rows
+            .iter()
+            .filter_map(|p| Some((p, pid_id(p.pid.as_ref()?))))
+            .collect();
+        let judged = self.0.judge_all(
+            with_pid.iter().map(|(p, id)| (id.as_str(), observed(p))),
+            now,
+        );
         let mut out = BTreeMap::new();
-        for p in rows {
-            let Some(pid) = p.pid.as_ref() else { continue };
-            let Some(s) = seen.get(&pid_id(pid)) else {
-                continue;
-            };
-            if let Some(stuck) = judge_seen(p, s, now) {
+        for ((p, _), stuck) in with_pid.iter().zip(judged) {
+            if let (Some(stuck), Some(pid)) = (stuck, p.pid.as_ref()) {
                 *out.entry((pid.node.clone(), p.app.clone(), stuck.reason))
                     .or_default() += 1;
             }
         }
         out
     }
-}
-
-/// Whether `p`, last seen as `s`, is stuck at `now`.
-fn judge_seen(p: &pb::ProcessInfo, s: &Seen, now: Instant) -> Option<Stuck> {
-    if p.kind != "function" {
-        if let Some(t) = s.running_since {
-            let d = now.duration_since(t);
-            if d >= STUCK_AFTER {
-                return Some(Stuck {
-                    reason: "handler running",
-                    for_ms: d.as_millis() as u64,
-                });
-            }
-        }
-    }
-    let d = now.duration_since(s.handled_since);
-    if p.mailbox_len > s.mailbox_then && d >= STUCK_AFTER {
-        return Some(Stuck {
-            reason: "mailbox growing",
-            for_ms: d.as_millis() as u64,
-        });
-    }
-    None
 }
 
 #[cfg(test)]

@@ -1,14 +1,20 @@
 //! The node's `/metrics`: the runtime's counters (relaxed atomics, see `runtime::stats` and
 //! `observe::stats`), processes and mailboxes, per-app crashes and restarts, peer links,
-//! the lease, the gateway and call latency. Names and labels: docs/operations.md.
+//! the lease, the gateway and call latency, stuck processes. Names and labels:
+//! docs/operations.md.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
 use rebeam_http::prom::Exposition;
+use rebeam_http::stuck::{Observed, StuckWatch};
 
 use super::stats::{CALL_LATENCY, GATEWAY_LATENCY, STATS};
-use crate::python::host::PyRuntime;
+use crate::python::host::{PyProcess, PyRuntime};
 use crate::runtime::stats::STATS as RUNTIME;
+use crate::runtime::Kind;
 
 /// The exposition for this node.
 pub fn render(rt: &PyRuntime) -> Exposition {
@@ -20,6 +26,7 @@ pub fn render(rt: &PyRuntime) -> Exposition {
         let n = p.mailbox_len() + p.data.held.load(Relaxed);
         (sum + n, max.max(n))
     });
+    let stuck = stuck_processes(&processes);
     let gauges: [(&str, &str, f64); 5] = [
         (
             "rebeam_node_processes",
@@ -50,6 +57,23 @@ pub fn render(rt: &PyRuntime) -> Exposition {
     drop(processes);
     for (name, help, value) in gauges {
         e.family(name, "gauge", help).sample(name, &l, value);
+    }
+    e.family(
+        "rebeam_node_processes_stuck",
+        "gauge",
+        "Processes of this node whose handler has run (holding its executor and the GIL), or \
+         whose mailbox has grown unhandled, for 5 s or more, as successive scrapes saw them.",
+    );
+    for ((app, reason), n) in stuck {
+        e.sample(
+            "rebeam_node_processes_stuck",
+            &[
+                ("node", node.as_str()),
+                ("app", app.as_str()),
+                ("reason", reason),
+            ],
+            n as f64,
+        );
     }
     let counters = [
         (
@@ -202,4 +226,42 @@ pub fn render(rt: &PyRuntime) -> Exposition {
     );
     e.connections(&[("node", node.as_str())]);
     e
+}
+
+/// This node's processes as the scrapes of `/metrics` saw them (the controller judges its
+/// gathered lists by the same rules).
+static STUCK: LazyLock<StuckWatch> = LazyLock::new(StuckWatch::default);
+
+/// Records this scrape's view of `processes` and counts the stuck ones by app and reason.
+fn stuck_processes(processes: &[Arc<PyProcess>]) -> BTreeMap<(String, &'static str), u64> {
+    let now = Instant::now();
+    let rows: Vec<(String, Observed)> = processes
+        .iter()
+        .map(|p| {
+            let observed = Observed {
+                handled: p.data.handled.load(Relaxed),
+                mailbox: (p.mailbox_len() + p.data.held.load(Relaxed)) as u64,
+                // Set while a thread runs the process's code (what `rebeam ps` shows as
+                // its current function rather than "waiting").
+                running: p.data.thread.load(Acquire) != 0,
+                function: p.kind == Kind::Thread,
+            };
+            (p.pid.to_string(), observed)
+        })
+        .collect();
+    let pairs = || rows.iter().map(|(pid, o)| (pid.as_str(), *o));
+    STUCK.observe(pairs(), now);
+    let mut out = BTreeMap::new();
+    for (p, stuck) in processes.iter().zip(STUCK.judge_all(pairs(), now)) {
+        if let Some(stuck) = stuck {
+            let app = p
+                .data
+                .app
+                .as_ref()
+                .map(|a| a.name.clone())
+                .unwrap_or_default();
+            *out.entry((app, stuck.reason)).or_default() += 1;
+        }
+    }
+    out
 }

@@ -15,8 +15,7 @@ use opentelemetry::trace::{
     Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Span, Tracer};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Span, Tracer};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
@@ -63,53 +62,18 @@ thread_local! {
     static CURRENT: RefCell<Option<SpanContext>> = const { RefCell::new(None) };
 }
 
-/// Errors starting the exporter.
-#[derive(Debug, thiserror::Error)]
-pub enum TraceError {
-    /// The endpoint or exporter settings were refused.
-    #[error("cannot set up the OTLP exporter for {endpoint}: {cause}")]
-    Exporter {
-        /// The endpoint given.
-        endpoint: String,
-        /// Why.
-        cause: String,
-    },
-    /// A ratio outside 0..=1.
-    #[error("the trace sample ratio must be between 0 and 1, not {0}")]
-    Ratio(f64),
-}
+pub use rebeam_grpc::tracecontext::TraceError;
 
 /// Turns tracing on: builds the OTLP exporter (on `tokio`, which tonic needs) and the
 /// sampler. Call once, before messages flow.
 pub fn init(tokio: &tokio::runtime::Handle, config: &TraceConfig) -> Result<(), TraceError> {
-    if let Some(r) = config.sample_ratio {
-        if !(0.0..=1.0).contains(&r) {
-            return Err(TraceError::Ratio(r));
-        }
-    }
     let _entered = tokio.enter();
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(config.endpoint.clone())
-        .build()
-        .map_err(|e| TraceError::Exporter {
-            endpoint: config.endpoint.clone(),
-            cause: e.to_string(),
-        })?;
-    let mut resource = opentelemetry_sdk::Resource::builder()
-        .with_attribute(KeyValue::new("rebeam.node", config.node.clone()));
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name("rebeam-node");
-    }
-    let mut builder = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource.build());
-    if let Some(r) = config.sample_ratio {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            r,
-        ))));
-    }
-    let provider = builder.build();
+    let provider = rebeam_grpc::tracecontext::tracer_provider(
+        &config.endpoint,
+        "rebeam-node",
+        [KeyValue::new("rebeam.node", config.node.clone())],
+        config.sample_ratio,
+    )?;
     let tracer = provider.tracer("rebeam");
     let _ = TRACING.set(Tracing { provider, tracer });
     Ok(())
