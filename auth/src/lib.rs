@@ -7,6 +7,7 @@
 //! RPC cannot be served until someone decides who may call it.
 
 pub mod rate;
+pub mod secrets;
 pub mod serving;
 mod wire;
 

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use rebeam_controller::auth::{
-    read_node_secret_file, read_secret_file, read_token_file, StaticToken,
-};
+use rebeam_controller::auth::secrets::SecretArgs;
+use rebeam_controller::auth::{read_token_file, StaticToken};
 use rebeam_controller::types::MemberNode;
 use rebeam_controller::{bootstrap, ControllerConfig, Limits, PeerSpec, Timings};
 use rebeam_tls::{TlsFiles, TlsSource};
@@ -19,7 +18,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Runs one member of the Re:BEAM controller group.
 #[derive(Parser, Debug)]
-#[command(name = "rebeam-controller", version, about)]
+#[command(
+    name = "rebeam-controller",
+    version,
+    about,
+    mut_arg("secret", |a| a
+        .required_unless_present("secret_file")
+        .help("Cluster secret shared by members and nodes (prefer --secret-file: a command line is visible to every local user)")),
+    mut_arg("node_secret", |a| a.help(
+        "Node secret: give nodes this instead of the cluster secret; it is good only for what nodes call (join, heartbeat, watch, reports, code, registry writes). Prefer --node-secret-file"
+    ))
+)]
 struct Cli {
     /// Raft member id, unique and non-zero (or --id-from-hostname).
     #[arg(
@@ -68,32 +77,8 @@ struct Cli {
     /// API address of a running member to ask for admission into the group.
     #[arg(long)]
     join: Option<String>,
-    /// Cluster secret shared by members and nodes (prefer --secret-file: a command line is
-    /// visible to every local user).
-    #[arg(
-        long,
-        env = "REBEAM_SECRET",
-        hide_env_values = true,
-        required_unless_present = "secret_file",
-        conflicts_with = "secret_file"
-    )]
-    secret: Option<String>,
-    /// File holding the cluster secret (surrounding whitespace is ignored).
-    #[arg(long, env = "REBEAM_SECRET_FILE")]
-    secret_file: Option<PathBuf>,
-    /// Node secret: give nodes this instead of the cluster secret; it is good only for what
-    /// nodes call (join, heartbeat, watch, reports, code, registry writes). Prefer
-    /// --node-secret-file.
-    #[arg(
-        long,
-        env = "REBEAM_NODE_SECRET",
-        hide_env_values = true,
-        conflicts_with = "node_secret_file"
-    )]
-    node_secret: Option<String>,
-    /// File holding the node secret (surrounding whitespace is ignored).
-    #[arg(long, env = "REBEAM_NODE_SECRET_FILE")]
-    node_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    secrets: SecretArgs,
     /// A client token as ROLE:TOKEN (read, call, deploy, admin) or TOKEN (admin); repeat or
     /// comma-separate.
     #[arg(
@@ -182,16 +167,11 @@ struct TlsArgs {
 }
 
 fn config(cli: Cli, id: u64) -> anyhow::Result<ControllerConfig> {
-    let secret = match (&cli.secret, &cli.secret_file) {
-        (_, Some(path)) => read_secret_file(path).map_err(anyhow::Error::msg)?,
-        (Some(s), None) => s.clone(),
-        (None, None) => anyhow::bail!("give the cluster secret with --secret-file or --secret"),
+    let given = cli.secrets.read().map_err(anyhow::Error::msg)?;
+    let Some(secret) = given.secret else {
+        anyhow::bail!("give the cluster secret with --secret-file or --secret");
     };
-    let node_secret = match (&cli.node_secret, &cli.node_secret_file) {
-        (_, Some(path)) => read_node_secret_file(path).map_err(anyhow::Error::msg)?,
-        (Some(s), None) => s.clone(),
-        (None, None) => String::new(),
-    };
+    let node_secret = given.node_secret.unwrap_or_default();
     let mut client_tokens = cli.client_tokens;
     if let Some(path) = &cli.client_token_file {
         client_tokens.extend(read_token_file(path).map_err(anyhow::Error::msg)?);

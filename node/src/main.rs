@@ -4,10 +4,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use rebeam_auth::{
-    read_node_secret_file, read_secret_file, read_token_file, Credentials, Guard, StaticToken,
-    TokenDigest, TokenSource,
-};
+use rebeam_auth::secrets::{SecretArgs, Secrets};
+use rebeam_auth::{read_token_file, Credentials, Guard, StaticToken, TokenDigest, TokenSource};
 use rebeam_node::cluster::gateway::Gateway;
 use rebeam_node::cluster::{control, Cluster, ClusterConfig};
 use rebeam_node::python::{self, NodeConfig};
@@ -18,7 +16,16 @@ mod scrub;
 
 /// A Re:BEAM worker node: runs Python actors with OTP semantics.
 #[derive(Parser, Debug)]
-#[command(name = "rebeam-node", version)]
+#[command(
+    name = "rebeam-node",
+    version,
+    mut_arg("secret", |a| a.help(
+        "The cluster secret: on --dev, the embedded controller's. A cluster node should be given the node secret instead; the cluster secret still works there but is not recommended, since app code could then administer the whole cluster"
+    )),
+    mut_arg("node_secret", |a| a.help(
+        "The node secret the controllers were given (`--node-secret`): good only for what nodes call. Cluster mode needs it (or the cluster secret). Prefer --node-secret-file: app code can read the node's command line"
+    ))
+)]
 struct Cli {
     /// Run a single-machine node (the embedded default).
     #[arg(long)]
@@ -100,32 +107,8 @@ struct Cli {
     /// `rebeam` CLI connect here); the default picks a free port and prints it.
     #[arg(long, default_value = "127.0.0.1:0", env = "REBEAM_API_LISTEN")]
     api_listen: std::net::SocketAddr,
-    /// The cluster secret: on --dev, the embedded controller's. A cluster node should be
-    /// given the node secret instead; the cluster secret still works there but is not
-    /// recommended, since app code could then administer the whole cluster.
-    #[arg(
-        long,
-        env = "REBEAM_SECRET",
-        hide_env_values = true,
-        conflicts_with = "secret_file"
-    )]
-    secret: Option<String>,
-    /// File holding the cluster secret (surrounding whitespace is ignored).
-    #[arg(long, env = "REBEAM_SECRET_FILE")]
-    secret_file: Option<PathBuf>,
-    /// The node secret the controllers were given (`--node-secret`): good only for what
-    /// nodes call. Cluster mode needs it (or the cluster secret). Prefer --node-secret-file:
-    /// app code can read the node's command line.
-    #[arg(
-        long,
-        env = "REBEAM_NODE_SECRET",
-        hide_env_values = true,
-        conflicts_with = "node_secret_file"
-    )]
-    node_secret: Option<String>,
-    /// File holding the node secret (surrounding whitespace is ignored).
-    #[arg(long, env = "REBEAM_NODE_SECRET_FILE")]
-    node_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    secrets: SecretArgs,
     /// Where the HTTP server listens (probes, metrics; the dashboard on --dev). Off in
     /// cluster mode unless given; --dev serves it on a free loopback port and prints it.
     #[arg(long, env = "REBEAM_HTTP_LISTEN")]
@@ -241,28 +224,21 @@ fn exit_process(code: i32) -> ! {
     std::process::exit(code);
 }
 
-/// The cluster secret from --secret-file or --secret, if given.
-fn given_secret(cli: &Cli) -> Result<Option<String>> {
-    if let Some(path) = &cli.secret_file {
-        return read_secret_file(path).map(Some).map_err(anyhow::Error::msg);
-    }
-    Ok(cli.secret.clone().filter(|s| !s.is_empty()))
-}
-
-/// The node secret from --node-secret-file or --node-secret, if given.
-fn given_node_secret(cli: &Cli) -> Result<Option<String>> {
-    if let Some(path) = &cli.node_secret_file {
-        return read_node_secret_file(path)
-            .map(Some)
-            .map_err(anyhow::Error::msg);
-    }
-    Ok(cli.node_secret.clone().filter(|s| !s.is_empty()))
+/// The cluster secret and the node secret given to this node (an empty flag counts as not
+/// given).
+fn given_secrets(cli: &Cli) -> Result<Secrets> {
+    let given = cli.secrets.read().map_err(anyhow::Error::msg)?;
+    Ok(Secrets {
+        secret: given.secret.filter(|s| !s.is_empty()),
+        node_secret: given.node_secret.filter(|s| !s.is_empty()),
+    })
 }
 
 /// What a cluster node presents to controllers and peers: the node secret, or (not
 /// recommended, but what nodes used before the node secret existed) the cluster secret.
 fn node_credential(cli: &Cli) -> Result<String> {
-    match (given_node_secret(cli)?, given_secret(cli)?) {
+    let given = given_secrets(cli)?;
+    match (given.node_secret, given.secret) {
         (Some(_), Some(_)) => bail!(
             "give a cluster node the node secret only, not the cluster secret too: app code \
              can read what its node holds"
@@ -490,11 +466,14 @@ fn start_dev_controller(
             dir
         }
     };
-    let secret = given_secret(cli)?.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let given = given_secrets(cli)?;
+    let secret = given
+        .secret
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     let mut config =
         rebeam_controller::ControllerConfig::single(data_dir.join("controller"), secret.clone());
     // With a node secret the dev node and its workers present it, as cluster nodes do.
-    let node_secret = given_node_secret(cli)?;
+    let node_secret = given.node_secret;
     config.node_secret = node_secret.clone().unwrap_or_default();
     config.client_tokens = given_tokens(cli)?;
     // `--app` submits through this controller like `rebeam submit`, with a deploy token of
