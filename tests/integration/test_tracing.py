@@ -129,7 +129,8 @@ BACK = """
     rebeam.run(main)
 """
 
-CLIENT = """
+# A client script's start: it exports its spans, as service test-client, to argv[1].
+TRACED_CLIENT = """
     import sys
     import rebeam
     from opentelemetry import trace
@@ -143,6 +144,9 @@ CLIENT = """
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
                                                                      insecure=True)))
     trace.set_tracer_provider(provider)
+"""
+
+CLIENT = TRACED_CLIENT + """
     with rebeam.connect(url, token=token) as client:
         print(client.call("front", 7), flush=True)
     provider.shutdown()
@@ -218,20 +222,7 @@ def test_a_client_call_across_two_nodes_is_one_connected_trace(
     assert work.attributes["request"] == 7
 
 
-ADMIN_CLIENT = """
-    import sys
-    import rebeam
-    from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-    endpoint, url, token = sys.argv[1:4]
-    provider = TracerProvider(resource=Resource.create({"service.name": "test-client"}))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
-                                                                     insecure=True)))
-    trace.set_tracer_provider(provider)
+ADMIN_CLIENT = TRACED_CLIENT + """
     with rebeam.connect(url, token=token) as client:
         client.create_token("read", note="traced")
     with rebeam.connect(url, token="wrong-token") as client:

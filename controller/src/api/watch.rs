@@ -175,6 +175,8 @@ enum Sent {
     Gone,
     /// The node was declared dead: the stream ends.
     Fenced,
+    /// The stream ends for another reason (it fell behind, or this member stops).
+    Closed,
 }
 
 /// One watch stream: where it sends and whom it serves.
@@ -237,6 +239,56 @@ impl Stream {
         }
         Sent::More
     }
+
+    /// Streams from log index `resume_from` when this member still holds the changes since,
+    /// else from a full view, then every change, until the stream ends.
+    async fn run(&mut self, resume_from: u64) -> Sent {
+        let resumed = (resume_from > 0)
+            .then(|| resumed_events(&self.core, resume_from))
+            .flatten();
+        let mut rx = match resumed {
+            Some((batches, mut rx)) => {
+                self.from = resume_from;
+                for b in batches {
+                    match self.send_batch(&b, &mut rx).await {
+                        Sent::More => {}
+                        ended => return ended,
+                    }
+                }
+                rx
+            }
+            None => {
+                let (first, rx) = snapshot_events(&self.core, &self.node);
+                if !self.send_all(first).await {
+                    return Sent::Gone;
+                }
+                rx
+            }
+        };
+        loop {
+            let batch = tokio::select! {
+                _ = self.tx.closed() => return Sent::Gone,
+                r = rx.recv() => r,
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let _ = self
+                        .tx
+                        .send(Err(Status::resource_exhausted(format!(
+                            "watch fell {n} changes behind; open a new watch to get a fresh view"
+                        ))))
+                        .await;
+                    return Sent::Closed;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Sent::Closed,
+            };
+            match self.send_batch(&batch, &mut rx).await {
+                Sent::More => {}
+                ended => return ended,
+            }
+        }
+    }
 }
 
 /// The result of the probe made when a stream opened (false if it failed or is not done).
@@ -269,9 +321,6 @@ pub fn start(
                 None => false,
             }
         });
-        let resumed = (resume_from > 0)
-            .then(|| resumed_events(&core, resume_from))
-            .flatten();
         let mut s = Stream {
             core: core.clone(),
             tx,
@@ -279,74 +328,15 @@ pub fn start(
             incarnation,
             from: 0,
         };
-        let mut rx = match resumed {
-            Some((batches, rx)) => {
-                s.from = resume_from;
-                let mut rx = rx;
-                for b in batches {
-                    match s.send_batch(&b, &mut rx).await {
-                        Sent::More => {}
-                        Sent::Gone => {
-                            return gone(
-                                &core,
-                                &s.node,
-                                incarnation,
-                                opened,
-                                listened(listening).await,
-                            )
-                            .await
-                        }
-                        Sent::Fenced => return,
-                    }
-                }
-                rx
-            }
-            None => {
-                let (first, rx) = snapshot_events(&core, &s.node);
-                if !s.send_all(first).await {
-                    return gone(
-                        &core,
-                        &s.node,
-                        incarnation,
-                        opened,
-                        listened(listening).await,
-                    )
-                    .await;
-                }
-                rx
-            }
-        };
-        loop {
-            let batch = tokio::select! {
-                _ = s.tx.closed() => return gone(&core, &s.node, incarnation, opened, listened(listening).await).await,
-                r = rx.recv() => r,
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let _ =
-                        s.tx.send(Err(Status::resource_exhausted(format!(
-                            "watch fell {n} changes behind; open a new watch to get a fresh view"
-                        ))))
-                        .await;
-                    break;
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            };
-            match s.send_batch(&batch, &mut rx).await {
-                Sent::More => {}
-                Sent::Gone => {
-                    return gone(
-                        &core,
-                        &s.node,
-                        incarnation,
-                        opened,
-                        listened(listening).await,
-                    )
-                    .await
-                }
-                Sent::Fenced => return,
-            }
+        if let Sent::Gone = s.run(resume_from).await {
+            gone(
+                &core,
+                &s.node,
+                incarnation,
+                opened,
+                listened(listening).await,
+            )
+            .await;
         }
     });
     out

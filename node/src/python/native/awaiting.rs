@@ -77,15 +77,7 @@ pub(super) fn _aio_call<'py>(
     if let Some(m) = &me {
         still_alive(py, m)?;
     }
-    let Some(pid) = resolve(dest)? else {
-        return Err(error(py, &types(py)?.exit, (dest.clone(), "noproc")));
-    };
-    if me.as_ref().is_some_and(|m| m.pid == pid) {
-        return Err(rebeam_error(
-            py,
-            format!("{pid} called itself: a process cannot wait for its own reply"),
-        ));
-    }
+    let pid = super::messaging::callee(py, dest, me.as_ref())?;
     let aio = Aio::started(py)?;
     let key = aio.key();
     let started = crate::observe::stats::call_clock();

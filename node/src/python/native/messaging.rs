@@ -35,6 +35,25 @@ pub(super) fn cast(
     Ok(())
 }
 
+/// The pid `dest` names for a call by `me`: `Exit(noproc)` for an unknown name, an error
+/// for a call to oneself (it could never be answered).
+pub(super) fn callee(
+    py: Python<'_>,
+    dest: &Bound<'_, PyAny>,
+    me: Option<&Arc<PyProcess>>,
+) -> PyResult<Pid> {
+    let Some(pid) = resolve(dest)? else {
+        return Err(error(py, &types(py)?.exit, (dest.clone(), "noproc")));
+    };
+    if me.is_some_and(|m| m.pid == pid) {
+        return Err(rebeam_error(
+            py,
+            format!("{pid} called itself: a process cannot wait for its own reply"),
+        ));
+    }
+    Ok(pid)
+}
+
 /// `call(dest, request, timeout)`: a synchronous request; raises Timeout or Exit.
 #[pyfunction]
 #[pyo3(signature = (dest, request, timeout=5.0))]
@@ -51,15 +70,7 @@ pub(super) fn call<'py>(
     )?;
     let rt = rt()?;
     let me = current();
-    let Some(pid) = resolve(dest)? else {
-        return Err(error(py, &types(py)?.exit, (dest.clone(), "noproc")));
-    };
-    if me.as_ref().is_some_and(|m| m.pid == pid) {
-        return Err(rebeam_error(
-            py,
-            format!("{pid} called itself: a process cannot wait for its own reply"),
-        ));
-    }
+    let pid = callee(py, dest, me.as_ref())?;
     let deadline = deadline_after(timeout)?;
     let started = crate::observe::stats::call_clock();
     let slot = Arc::new(CallSlot::default());
