@@ -668,7 +668,9 @@ def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tm
 def test_abandoned_long_calls_do_not_starve_the_gateway(tmp_path):
     """600 calls with a one-hour timeout to a server that never replies, abandoned by their
     client, used to hold 600 threads of the node's blocking pool until they timed out: every
-    later call, listing and code load hung. Now a wait holds no thread."""
+    later call, listing and code load hung. Now a wait holds no thread. (One token's calls
+    in flight are capped too, `--max-streams-per-token`; the cap is raised here so that the
+    600 reach the server, as calls of many tokens would.)"""
     from harness import DevNode
     from rebeam.client._proto import gateway_pb2, gateway_pb2_grpc
 
@@ -683,7 +685,7 @@ def test_abandoned_long_calls_do_not_starve_the_gateway(tmp_path):
         "    def handle_call(self, request, sender):\n        return rebeam.noreply()\n\n"
         "class Echo(rebeam.GenServer):\n    def handle_call(self, request, sender):\n"
         "        return request\n")
-    node = DevNode("dev", tmp_path / "dev", "")
+    node = DevNode("dev", tmp_path / "dev", "", extra=["--max-streams-per-token", "1000"])
     try:
         node.start()
         with node.client() as client:
