@@ -223,6 +223,24 @@ def test_a_node_certificate_calls_exactly_what_nodes_use(tmp_path: Path) -> None
                 if got != want:
                     wrong.append(f"{rpc} with a node certificate: {got}, expected {want}")
             assert not wrong, "\n".join(wrong)
+            # Having joined, a node still speaks only for itself: node x's certificate
+            # cannot renew, report for or remove node a.
+            from rebeam.client._proto import common_pb2
+
+            with c.client() as admin:
+                incarnation = next(n.incarnation for n in admin.nodes() if n.id == "a")
+            ref = common_pb2.NodeRef(node="a", incarnation=incarnation).SerializeToString()
+            as_a = b"\x0a" + bytes([len(ref)]) + ref  # {Heartbeat,Leave}Request{node: ref}
+            for method in ("Heartbeat", "Leave", "ReportExit"):
+                call = channels["NodeService"].unary_unary(
+                    f"/rebeam.v1.NodeService/{method}", request_serializer=None,
+                    response_deserializer=None)
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(as_a, timeout=5)
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+                assert "cannot speak for node" in (refused.value.details() or ""), method
+            with c.client() as admin:
+                assert [n.status for n in admin.nodes() if n.id == "a"] == ["alive"]
         finally:
             for ch in channels.values():
                 ch.close()
