@@ -729,3 +729,41 @@ def test_abandoned_long_calls_do_not_starve_the_gateway(tmp_path):
             assert time.monotonic() - started < 10
     finally:
         node.stop()
+
+
+def test_a_stopped_app_is_deleted_with_its_code_and_a_running_one_is_not(cluster, tmp_path):
+    """Stopped apps used to keep their code in the replicated state forever: `rebeam delete`
+    (DeleteApp) removes a stopped app and its code, and refuses while the app runs."""
+    c, _ = cluster
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "rebeam.toml").write_text('[app]\nname = "doomed"\nversion = "1"\n\n[[children]]\n'
+                                     'start = "doomedmod:Echo"\nname = "echo"\n')
+    (app / "doomedmod.py").write_text(
+        "import rebeam\n\nclass Echo(rebeam.GenServer):\n"
+        "    def handle_call(self, request, sender):\n        return request\n")
+    fetch = grpc.insecure_channel(c.members[0].api).unary_unary(
+        "/rebeam.v1.NodeService/FetchCode", request_serializer=None, response_deserializer=None)
+    auth = [("authorization", f"Bearer {SECRET}")]
+
+    def fetch_code(code_hash: str) -> bytes:
+        encoded = code_hash.encode()
+        return fetch(b"\x0a" + bytes([len(encoded)]) + encoded, timeout=5, metadata=auth)
+
+    with c.client() as client:
+        client.submit(app, wait=60)
+        code_hash = client.app("doomed").code_hash
+        assert fetch_code(code_hash), "the submitted code is in the state"
+        with pytest.raises(rebeam.client.Refused, match="running; stop it"):
+            client.delete("doomed")
+        # (Node a knows no client token, so the stop is not followed there.)
+        client.stop("doomed", wait=None)
+        wait_for("the app to stop", lambda: client.app("doomed").status == "stopped")
+        run = rebeam_cli(c, TOKEN, "delete", "doomed")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "doomed" not in [a.name for a in client.apps()]
+        with pytest.raises(grpc.RpcError) as gone:
+            fetch_code(code_hash)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(rebeam.client.NotFound):
+            client.delete("doomed")
