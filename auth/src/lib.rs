@@ -9,6 +9,7 @@
 pub mod rate;
 pub mod secrets;
 pub mod serving;
+pub mod streams;
 mod wire;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use tonic::codegen::http;
 use tonic::Status;
 
 use rate::{Key, RateLimit, RateLimiter};
+use streams::{Slot, StreamLimiter};
 
 /// What a client token may do; each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -417,7 +419,21 @@ pub struct Credentials {
     digests: Arc<Vec<TokenDigest>>,
     issued: Option<Arc<dyn TokenSource>>,
     limiter: Arc<RateLimiter>,
+    streams: Arc<StreamLimiter>,
 }
+
+/// An admitted request: who made it, and for a client its place under the per-token cap on
+/// requests in flight, to be held until the reply ends.
+#[derive(Debug)]
+pub struct Admission {
+    /// Who the caller is.
+    pub principal: Principal,
+    /// The client's slot (None for members, nodes, or with the cap off).
+    pub slot: Option<Slot>,
+}
+
+/// An authorized caller and, for a client, the id its requests are counted under.
+type Decided = (Principal, Option<String>);
 
 impl Credentials {
     /// Accepts the cluster secret, the static tokens, and tokens found in `issued`.
@@ -434,6 +450,7 @@ impl Credentials {
             digests: Arc::new(Vec::new()),
             issued,
             limiter: Arc::new(RateLimiter::new(RateLimit::default())),
+            streams: Arc::new(StreamLimiter::new(streams::DEFAULT_MAX_STREAMS)),
         }
     }
 
@@ -459,6 +476,17 @@ impl Credentials {
     /// The request rate limiter these credentials apply.
     pub fn limiter(&self) -> &RateLimiter {
         &self.limiter
+    }
+
+    /// Holds each client token to `max` requests and streams in flight at once (0: no cap).
+    pub fn with_stream_limit(mut self, max: usize) -> Self {
+        self.streams = Arc::new(StreamLimiter::new(max));
+        self
+    }
+
+    /// The per-token cap on requests in flight these credentials apply.
+    pub fn streams(&self) -> &Arc<StreamLimiter> {
+        &self.streams
     }
 
     /// Who presented `token`, or None when it is not a valid credential.
@@ -535,6 +563,7 @@ impl Credentials {
     /// whose verified client certificate names `members` (empty without TLS): the caller,
     /// or the refusal. Client tokens are held to the rate limit, and so are failed attempts
     /// per remote address (refused before the credential is hashed once over the limit).
+    /// Takes no slot under the cap on requests in flight: for a request, see [`Self::admit`].
     pub fn authorize(
         &self,
         path: &str,
@@ -542,13 +571,43 @@ impl Credentials {
         members: &[Member],
         remote: Option<IpAddr>,
     ) -> Result<Principal, Status> {
+        self.decide(path, headers, members, remote)
+            .map(|(principal, _)| principal)
+    }
+
+    /// Decides a request as [`Self::authorize`] does and, for a client, takes a slot under
+    /// its token's cap on requests in flight (refused with `resource_exhausted` at the cap),
+    /// to be held until the reply ends.
+    pub fn admit(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        members: &[Member],
+        remote: Option<IpAddr>,
+    ) -> Result<Admission, Status> {
+        let (principal, key) = self.decide(path, headers, members, remote)?;
+        let slot = match key {
+            Some(key) => self.streams.acquire(&key).map_err(|l| l.status())?,
+            None => None,
+        };
+        Ok(Admission { principal, slot })
+    }
+
+    fn decide(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        members: &[Member],
+        remote: Option<IpAddr>,
+    ) -> Result<Decided, Status> {
+        let member = |principal| Ok((principal, None));
         let Some(need) = required(path) else {
             return Err(Status::permission_denied(format!(
                 "`{path}` is not an rpc this server authorizes"
             )));
         };
         if let Some(principal) = member_by_certificate(path, members)? {
-            return Ok(principal);
+            return member(principal);
         }
         if self.mtls && need == Need::Member {
             return Err(Status::unauthenticated(format!(
@@ -581,12 +640,14 @@ impl Credentials {
             ));
         };
         if let Principal::Client { .. } = principal {
-            self.limiter.take(Key::Token(key)).map_err(|l| l.status())?;
+            self.limiter
+                .take(Key::Token(key.clone()))
+                .map_err(|l| l.status())?;
         }
         if let Principal::Node(_) = principal {
             // The node secret: what nodes use and nothing else, whatever the table says.
             if NODE_RPCS.contains(&path) {
-                return Ok(principal);
+                return member(principal);
             }
             return Err(Status::permission_denied(format!(
                 "`{path}` is not for nodes: the node secret may call only what nodes use \
@@ -594,7 +655,10 @@ impl Credentials {
             )));
         }
         if principal.satisfies(need) {
-            return Ok(principal);
+            return Ok(match principal {
+                Principal::Client { .. } => (principal, Some(key)),
+                Principal::Member | Principal::Node(_) => (principal, None),
+            });
         }
         Err(Status::permission_denied(match (need, &principal) {
             (Need::Member, _) => format!("`{path}` is for cluster members only"),
@@ -694,24 +758,27 @@ where
         let busy = peer.and_then(|p| p.activity.as_ref()).map(|a| a.begin());
         match self
             .credentials
-            .authorize(req.uri().path(), req.headers(), &members, remote)
+            .admit(req.uri().path(), req.headers(), &members, remote)
         {
-            Ok(principal) => {
+            Ok(Admission { principal, slot }) => {
                 req.extensions_mut().insert(principal);
                 let reply = self.inner.call(req);
+                // Both are held until the reply's body ends or is dropped (the client gone or
+                // the stream cancelled); dropping the future before that frees them too.
+                let held = (busy, slot);
                 Box::pin(async move {
                     let response = reply.await?;
-                    Ok(match busy {
-                        Some(busy) => response.map(|body| {
+                    Ok(match held {
+                        (None, None) => response,
+                        held => response.map(|body| {
                             tonic::body::Body::new(http_body_util::BodyExt::map_frame(
                                 body,
                                 move |frame| {
-                                    let _in_flight = &busy;
+                                    let _in_flight = &held;
                                     frame
                                 },
                             ))
                         }),
-                        None => response,
                     })
                 })
             }

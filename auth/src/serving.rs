@@ -2,7 +2,8 @@
 //! controller and node binaries so both take the same names and defaults.
 
 /// Bounds on what clients may hold and ask of a server (`--max-connections`,
-/// `--idle-timeout-ms`, `--rate-limit`, `--rate-burst`), shared by controllers and nodes.
+/// `--idle-timeout-ms`, `--rate-limit`, `--rate-burst`, `--max-streams-per-token`), shared
+/// by controllers and nodes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServingArgs {
     /// Connections each listener (API, Raft, HTTP) holds open at most; past it new ones are
@@ -19,6 +20,11 @@ pub struct ServingArgs {
     /// Requests a client token may make at once after a quiet spell.
     #[arg(long, env = "REBEAM_RATE_BURST", default_value_t = crate::rate::DEFAULT_BURST)]
     pub rate_burst: f64,
+    /// Requests and streams (log follows, live views, pending calls) each client token may
+    /// have in flight at once on each server; past it `resource_exhausted` / HTTP 429. 0
+    /// means no cap.
+    #[arg(long, env = "REBEAM_MAX_STREAMS_PER_TOKEN", default_value_t = crate::streams::DEFAULT_MAX_STREAMS)]
+    pub max_streams_per_token: usize,
 }
 
 impl ServingArgs {

@@ -354,3 +354,60 @@ fn a_token_over_its_rate_is_refused_and_another_is_not() {
         tonic::Code::ResourceExhausted
     );
 }
+
+#[test]
+fn a_token_holds_at_most_its_streams_members_none_and_a_dropped_slot_frees_one() {
+    let creds = Credentials::new(
+        "s".into(),
+        vec![
+            "read:one".parse().expect("token"),
+            "read:two".parse().expect("token"),
+        ],
+        None,
+    )
+    .with_node_secret("n".into())
+    .with_stream_limit(2);
+    let logs = "/rebeam.v1.GatewayService/Logs";
+    let bearer = |t: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
+        h
+    };
+    let first = creds.admit(logs, &bearer("one"), &[], None).expect("1");
+    let _second = creds.admit(logs, &bearer("one"), &[], None).expect("2");
+    let refused = creds
+        .admit(logs, &bearer("one"), &[], None)
+        .expect_err("over the cap");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-streams-per-token"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        creds.authorize(logs, &bearer("one"), &[], None).is_ok(),
+        "authorizing alone takes no slot"
+    );
+    assert!(
+        creds.admit(logs, &bearer("two"), &[], None).is_ok(),
+        "another token has its own count"
+    );
+    let held: Vec<_> = (0..10)
+        .map(|_| {
+            creds
+                .admit(logs, &bearer("s"), &[], None)
+                .expect("members are not capped")
+        })
+        .collect();
+    assert!(held.iter().all(|a| a.slot.is_none()));
+    let watch = "/rebeam.v1.NodeService/Watch";
+    assert!((0..10).all(|_| creds.admit(watch, &bearer("n"), &[], None).is_ok()));
+    drop(first);
+    assert!(
+        creds.admit(logs, &bearer("one"), &[], None).is_ok(),
+        "the slot freed by the first is taken"
+    );
+}

@@ -183,8 +183,10 @@ class TooLarge(ControllerError):
 class RateLimited(ControllerError):
     """A server refused the request because the client's token went over its request rate
     (``--rate-limit`` requests/s with a ``--rate-burst``; failed authentications count per
-    address). Nothing of the request ran. ``retry_after`` is how many seconds to wait; the
-    client waits and retries by itself while the caller's timeout allows."""
+    address) or already holds its cap of requests and streams in flight
+    (``--max-streams-per-token``). Nothing of the request ran. ``retry_after`` is how many
+    seconds to wait; the client waits and retries by itself while the caller's timeout
+    allows."""
 
     def __init__(self, message: str, code: str = "RESOURCE_EXHAUSTED",
                  retry_after: float | None = None) -> None:
@@ -199,9 +201,10 @@ _RETRY_IN = re.compile(r"retry in (\d+) ms")
 
 
 def rate_limited(code: str, message: str) -> RateLimited | None:
-    """The :class:`RateLimited` for a refusal that says a rate limit was exceeded (servers
-    answer ``RESOURCE_EXHAUSTED`` with a message starting ``rate limit``), else None."""
-    if code == "RESOURCE_EXHAUSTED" and message.startswith("rate limit"):
+    """The :class:`RateLimited` for a refusal that says a rate limit or the cap on requests in
+    flight was exceeded (servers answer ``RESOURCE_EXHAUSTED`` with a message starting ``rate
+    limit`` or ``stream limit``), else None."""
+    if code == "RESOURCE_EXHAUSTED" and message.startswith(("rate limit", "stream limit")):
         return RateLimited(message, code)
     return None
 

@@ -149,6 +149,9 @@ pub struct ControllerConfig {
     pub connections: rebeam_tls::ConnLimits,
     /// Requests per second (and burst) each client token may make.
     pub rate_limit: crate::auth::rate::RateLimit,
+    /// Requests and streams each client token may have in flight at once per server (0: no
+    /// cap).
+    pub max_streams_per_token: usize,
 }
 
 impl ControllerConfig {
@@ -174,6 +177,7 @@ impl ControllerConfig {
             tls: None,
             connections: rebeam_tls::ConnLimits::default(),
             rate_limit: crate::auth::rate::RateLimit::default(),
+            max_streams_per_token: crate::auth::streams::DEFAULT_MAX_STREAMS,
         }
     }
 

@@ -41,6 +41,7 @@ impl Core {
         .with_node_secret(self.config.node_secret.clone())
         .with_mtls(self.config.tls.is_some())
         .with_rate_limit(self.config.rate_limit)
+        .with_stream_limit(self.config.max_streams_per_token)
     }
 
     /// API address of the current leader, when known.

@@ -209,6 +209,7 @@ fn config(cli: Cli, id: u64) -> anyhow::Result<ControllerConfig> {
         tls,
         connections: cli.serving.connections(),
         rate_limit: cli.serving.rate_limit(),
+        max_streams_per_token: cli.serving.max_streams_per_token,
     })
 }
 

@@ -16,6 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use rebeam_auth::rate::{Key, Limited, RateLimiter};
+use rebeam_auth::streams::{StreamLimiter, TooManyStreams};
 
 pub use rebeam_auth::Role;
 
@@ -26,6 +27,9 @@ pub struct Principal {
     pub role: Role,
     /// How events name this client.
     pub who: String,
+    /// A cluster member (the cluster secret): held to no client limit.
+    #[serde(skip)]
+    pub member: bool,
 }
 
 /// Maps a presented token to its principal; the controller's token roles plug in here.
@@ -35,6 +39,11 @@ pub trait TokenRoles: Send + Sync + 'static {
 
     /// The request rate limit these tokens are held to, if any.
     fn limiter(&self) -> Option<&RateLimiter> {
+        None
+    }
+
+    /// The cap on requests in flight per token these tokens are held to, if any.
+    fn streams(&self) -> Option<&Arc<StreamLimiter>> {
         None
     }
 }
@@ -76,12 +85,17 @@ impl TokenRoles for ClusterTokens {
         Some(self.credentials.limiter())
     }
 
+    fn streams(&self) -> Option<&Arc<StreamLimiter>> {
+        Some(self.credentials.streams())
+    }
+
     fn principal(&self, token: &str) -> Option<Principal> {
         match self.credentials.authenticate(token, rebeam_auth::now_ms()) {
             Some(rebeam_auth::Principal::Member) => {
                 return Some(Principal {
                     role: Role::Admin,
                     who: "cluster secret".to_string(),
+                    member: true,
                 })
             }
             Some(rebeam_auth::Principal::Client { role, token: id }) => {
@@ -90,7 +104,11 @@ impl TokenRoles for ClusterTokens {
                 } else {
                     format!("{role} token {id}")
                 };
-                return Some(Principal { role, who });
+                return Some(Principal {
+                    role,
+                    who,
+                    member: false,
+                });
             }
             // Nodes are known by certificate only, never by a token.
             Some(rebeam_auth::Principal::Node(_)) | None => {}
@@ -103,6 +121,7 @@ impl TokenRoles for ClusterTokens {
         found.then(|| Principal {
             role: Role::Read,
             who: token_name(Role::Read, token),
+            member: false,
         })
     }
 }
@@ -314,8 +333,23 @@ fn too_many(limited: Limited) -> Response {
     response
 }
 
+/// 429 naming the per-token cap on requests in flight, with `Retry-After` (at least 1 s).
+fn too_many_streams(refused: TooManyStreams) -> Response {
+    let secs = refused.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = refuse(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_streams",
+        refused.message(),
+    );
+    if let Ok(v) = secs.to_string().parse() {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
 /// Middleware on every route: Host and Origin checks on every method, authentication,
-/// and CSRF protection for non-GET requests made with the cookie.
+/// the client limits (request rate, requests in flight) and CSRF protection for non-GET
+/// requests made with the cookie.
 pub async fn guard(State(auth): State<Arc<HttpAuth>>, mut req: Request, next: Next) -> Response {
     let headers = req.headers();
     let host = headers
@@ -366,6 +400,8 @@ pub async fn guard(State(auth): State<Arc<HttpAuth>>, mut req: Request, next: Ne
     let authed = auth.authenticate(headers);
     if let Some(limiter) = limiter {
         let counted = match (&authed, remote) {
+            // Members are not held to client rates, as at the gRPC guard.
+            (Some(a), _) if a.principal.member => Ok(()),
             (Some(a), _) => limiter.take(Key::Token(a.principal.who.clone())),
             (None, Some(key)) if presented => limiter.take(key),
             (None, _) => Ok(()),
@@ -376,6 +412,16 @@ pub async fn guard(State(auth): State<Arc<HttpAuth>>, mut req: Request, next: Ne
     }
     let path = req.uri().path().to_string();
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    // Held until the response body ends or is dropped (an event stream's client gone).
+    let slot = match (&authed, auth.tokens.streams()) {
+        (Some(a), Some(streams)) if !a.principal.member => {
+            match streams.acquire(&a.principal.who) {
+                Ok(slot) => slot,
+                Err(refused) => return too_many_streams(refused),
+            }
+        }
+        _ => None,
+    };
     match authed {
         None if public(&path) => {}
         None => {
@@ -403,7 +449,16 @@ pub async fn guard(State(auth): State<Arc<HttpAuth>>, mut req: Request, next: Ne
             req.extensions_mut().insert(a);
         }
     }
-    next.run(req).await
+    let response = next.run(req).await;
+    match slot {
+        None => response,
+        Some(slot) => response.map(|body| {
+            axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                let _in_flight = &slot;
+                frame
+            }))
+        }),
+    }
 }
 
 /// Errs with 403 unless the request's principal holds at least `role` (boxed: a response is

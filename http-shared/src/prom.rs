@@ -42,7 +42,8 @@ impl Exposition {
     }
 
     /// The connection counters of every server in this process (`rebeam_tls::limits`):
-    /// open, accepted, refused at the cap and closed idle, by server.
+    /// open, accepted, refused at the cap and closed idle, by server; and the client
+    /// requests refused at the per-token cap on requests in flight.
     pub fn connections(&mut self, labels: &[(&str, &str)]) -> &mut Self {
         let stats = rebeam_tls::limits::stats();
         type Pick = fn(&rebeam_tls::limits::ConnStats) -> u64;
@@ -80,7 +81,14 @@ impl Exposition {
                 self.sample(name, &l, pick(s) as f64);
             }
         }
-        self
+        let name = "rebeam_streams_refused_total";
+        self.family(
+            name,
+            "counter",
+            "Client requests refused because their token held --max-streams-per-token \
+             requests in flight, on every server of this process.",
+        );
+        self.sample(name, labels, rebeam_auth::streams::refused_total() as f64)
     }
 
     /// A family with one unlabelled sample.

@@ -486,6 +486,7 @@ fn start_dev_controller(
     config.api_listen = cli.api_listen;
     config.connections = cli.serving.connections();
     config.rate_limit = cli.serving.rate_limit();
+    config.max_streams_per_token = cli.serving.max_streams_per_token;
     let scheme = if tls.is_some() { "https" } else { "http" };
     config.tls = tls;
     if let Some(endpoint) = cli.otlp_endpoint.clone().filter(|e| !e.is_empty()) {
@@ -646,7 +647,8 @@ fn http_access(
     Ok(rebeam_node::observe::http::NodeHttp {
         credentials: Credentials::new(secret.to_string(), given_tokens(cli)?, issued)
             .with_token_digests(cli.client_token_digests.clone())
-            .with_rate_limit(cli.serving.rate_limit()),
+            .with_rate_limit(cli.serving.rate_limit())
+            .with_stream_limit(cli.serving.max_streams_per_token),
         connections: cli.serving.connections(),
         read_tokens: cli.http_read_tokens.clone(),
         allowed_hosts: cli.http_allowed_hosts.clone(),
@@ -704,10 +706,11 @@ fn join_cluster(
     )
     .with_token_digests(cli.client_token_digests.clone())
     .with_mtls(tls.is_some())
-    .with_rate_limit(cli.serving.rate_limit());
+    .with_rate_limit(cli.serving.rate_limit())
+    .with_stream_limit(cli.serving.max_streams_per_token);
     let wire_credentials = credentials.clone();
-    let authorize: rebeam_node::cluster::transport::client::Authorize =
-        std::sync::Arc::new(move |token: &str, info: &rebeam_tls::PeerInfo| {
+    let authorize: rebeam_node::cluster::transport::client::Authorize = std::sync::Arc::new(
+        move |token: &str, info: &rebeam_tls::PeerInfo, hold: bool| {
             // The client wire asks exactly what a gRPC `Deliver` with this bearer would.
             let mut headers = tonic::codegen::http::HeaderMap::new();
             let bearer = tonic::codegen::http::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -719,15 +722,21 @@ fn join_cluster(
                 .and_then(|c| c.first())
                 .map(rebeam_tls::identity::members_of)
                 .unwrap_or_default();
-            wire_credentials
-                .authorize(
-                    "/rebeam.v1.GatewayService/Deliver",
-                    &headers,
-                    &members,
-                    info.remote.map(|a| a.ip()),
-                )
-                .map(|_| ())
-        });
+            let (path, remote) = (
+                "/rebeam.v1.GatewayService/Deliver",
+                info.remote.map(|a| a.ip()),
+            );
+            if hold {
+                wire_credentials
+                    .admit(path, &headers, &members, remote)
+                    .map(|admitted| admitted.slot)
+            } else {
+                wire_credentials
+                    .authorize(path, &headers, &members, remote)
+                    .map(|_| None)
+            }
+        },
+    );
     let gateway = Guard::new(
         rebeam_proto::gateway_service_server::GatewayServiceServer::new(Gateway {
             cluster: cluster.clone(),

@@ -1,12 +1,16 @@
 """Fair service under abuse, on a real controller: a cap on open connections per listener
 (past it new connections are closed at once, while connected clients keep working), idle
-connections closed after the idle timeout, and per-token request rates (one token
+connections closed after the idle timeout, per-token request rates (one token
 hammering is refused with RESOURCE_EXHAUSTED / HTTP 429 naming the limit; another token is
-not affected; the client waits a refusal out within its timeout)."""
+not affected; the client waits a refusal out within its timeout), and a per-token cap on
+requests and streams in flight (pending calls at a gateway, over gRPC and the client wire;
+event streams at the HTTP server), whose slots come back when a call is cancelled, its
+connection closed or a stream's client goes away."""
 
 from __future__ import annotations
 
 import socket
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +22,9 @@ import pytest
 
 import rebeam
 import rebeam.client
-from harness import TOKEN, Cluster, scratch_dir, wait_for
+from harness import TOKEN, Cluster, DevNode, scratch_dir, wait_for
+from rebeam.client import _wire
+from rebeam.client._proto import gateway_pb2, gateway_pb2_grpc
 
 CAP = 8
 
@@ -165,5 +171,175 @@ def test_one_token_over_its_rate_is_refused_and_another_is_not(workdir: Path) ->
         # Nodes and members are not held to client rates: the cluster still answers.
         with c.client() as admin:
             assert admin.status()
+    finally:
+        c.stop()
+
+
+STREAMS = 3
+HOLDER = "streams-holder-token"
+BYSTANDER = "streams-bystander-token"
+# gRPC status code of RESOURCE_EXHAUSTED, as the client wire reports refusals.
+WIRE_RESOURCE_EXHAUSTED = 8
+
+
+def mute_app(root: Path) -> Path:
+    """An app with a server that never replies (a call to it stays in flight until its
+    timeout) and one that echoes."""
+    app = root / "app"
+    app.mkdir()
+    (app / "mutes.py").write_text(textwrap.dedent("""
+        import rebeam
+
+        class Mute(rebeam.GenServer):
+            def handle_call(self, request, sender):
+                return rebeam.noreply()
+
+        class Echo(rebeam.GenServer):
+            def handle_call(self, request, sender):
+                return request
+    """))
+    (app / "rebeam.toml").write_text(textwrap.dedent("""
+        [app]
+        name = "mutes"
+        version = "1"
+
+        [[children]]
+        start = "mutes:Mute"
+        name = "mute"
+        global = true
+
+        [[children]]
+        start = "mutes:Echo"
+        name = "echo"
+        global = true
+    """))
+    return app
+
+
+def call(target: str, timeout_s: float) -> gateway_pb2.DeliverRequest:
+    request = gateway_pb2.DeliverRequest(kind=gateway_pb2.DELIVERY_KIND_CALL,
+                                         payload=b"\x80\x05K\x01.", timeout_s=timeout_s)
+    setattr(request, "global", target)
+    return request
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def test_one_token_holds_at_most_its_streams_and_a_cancelled_or_closed_one_frees_a_slot(
+        workdir: Path) -> None:
+    dev = DevNode("streams", workdir / "node", "", extra=[
+        "--client-token", f"call:{HOLDER}", "--client-token", f"call:{BYSTANDER}",
+        "--max-streams-per-token", str(STREAMS)])
+    dev.start()
+    try:
+        with dev.client() as admin:
+            admin.submit(mute_app(workdir), wait=60)
+            address = next(n.address for n in admin.nodes() if n.status == "alive")
+
+            def mute_handled() -> int:
+                mute = [p for p in admin.processes("mutes") if p.child == "mute"]
+                return mute[0].messages_handled if mute else 0
+
+            with grpc.insecure_channel(address) as channel:
+                stub = gateway_pb2_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
+
+                def echo(token: str) -> bool:
+                    """Whether a call with ``token`` is served (False: refused at the cap)."""
+                    try:
+                        stub.Deliver(call("echo", 5), timeout=10, metadata=bearer(token))
+                        return True
+                    except grpc.RpcError as e:
+                        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+                        return False
+
+                held = [stub.Deliver.future(call("mute", 120), timeout=120,
+                                            metadata=bearer(HOLDER)) for _ in range(STREAMS)]
+                wait_for("the held calls to reach the server", lambda: mute_handled() >= STREAMS)
+                # One more is refused before it is delivered, naming the limit and its flag.
+                with pytest.raises(grpc.RpcError) as over:
+                    stub.Deliver(call("echo", 5), timeout=10, metadata=bearer(HOLDER))
+                assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                details = over.value.details()
+                assert "stream limit" in details and f"{STREAMS} requests" in details
+                assert "--max-streams-per-token" in details
+                # The client wire counts with the gRPC gateway.
+                wire = _wire.Connection.open(address, "127.0.0.1", HOLDER, 5.0, None, {})
+                try:
+                    with pytest.raises(_wire.Refused) as refused:
+                        wire.deliver(call("echo", 5), "", 5.0)
+                    assert refused.value.code == WIRE_RESOURCE_EXHAUSTED
+                    assert "--max-streams-per-token" in refused.value.message
+                finally:
+                    wire.close()
+                # Another token is served; so is the admin listing processes above.
+                assert echo(BYSTANDER)
+                # The client types the refusal (and waits it out while its timeout allows).
+                with rebeam.connect(dev.url, token=HOLDER, timeout=0.3) as hasty:
+                    with pytest.raises(rebeam.client.RateLimited):
+                        hasty.call("echo", 1, timeout=0.3)
+                # Cancelling a call gives its slot back.
+                held[0].cancel()
+                wait_for("the cancelled call's slot to come back", lambda: echo(HOLDER))
+                # A call pending on a client wire connection holds a slot until the
+                # connection closes.
+                wire = _wire.Connection.open(address, "127.0.0.1", HOLDER, 5.0, None, {})
+                handled = mute_handled()
+                wire._write(gateway_pb2.ClientRequest(id=1, deliver=call("mute", 120)))
+                wait_for("the wire's call to reach the server", lambda: mute_handled() > handled)
+                assert not echo(HOLDER), "the wire's pending call did not take the freed slot"
+                wire.close()
+                wait_for("the closed connection's slot to come back", lambda: echo(HOLDER))
+                for f in held[1:]:
+                    f.cancel()
+    finally:
+        dev.stop()
+
+
+def test_event_streams_at_the_http_server_are_capped_per_token(workdir: Path) -> None:
+    c = Cluster.create(workdir, 1, ["--max-streams-per-token", "2"])
+    try:
+        c.start()
+        with c.client() as admin:
+            busy = admin.create_token("read", ttl=600, note="busy")[0]
+            quiet = admin.create_token("read", ttl=600, note="quiet")[0]
+
+        def stream(token: str) -> object:
+            request = urllib.request.Request(f"http://{c.members[0].http}/api/v1/stream",
+                                             headers={"Authorization": f"Bearer {token}"})
+            return urllib.request.urlopen(request, timeout=10)
+
+        def opens(token: str) -> bool:
+            try:
+                stream(token).close()  # type: ignore[attr-defined]
+                return True
+            except urllib.error.HTTPError as e:
+                assert e.code == 429, e
+                return False
+
+        live = [stream(busy), stream(busy)]
+        try:
+            with pytest.raises(urllib.error.HTTPError) as over:
+                stream(busy)
+            assert over.value.code == 429
+            assert over.value.headers["Retry-After"]
+            body = over.value.read().decode()
+            assert "--max-streams-per-token" in body and "stream limit" in body
+            assert opens(quiet), "another token was refused too"
+            refused = 0.0
+            request = urllib.request.Request(f"http://{c.members[0].http}/metrics",
+                                             headers={"Authorization": f"Bearer {TOKEN}"})
+            with urllib.request.urlopen(request, timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("rebeam_streams_refused_total "):
+                        refused = float(line.split()[1])
+            assert refused >= 1
+            # The client going away gives the stream's slot back.
+            live.pop().close()  # type: ignore[attr-defined]
+            wait_for("the closed stream's slot to come back", lambda: opens(busy), timeout=30)
+        finally:
+            for r in live:
+                r.close()  # type: ignore[attr-defined]
     finally:
         c.stop()

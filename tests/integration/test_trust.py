@@ -223,6 +223,24 @@ def test_a_node_certificate_calls_exactly_what_nodes_use(tmp_path: Path) -> None
                 if got != want:
                     wrong.append(f"{rpc} with a node certificate: {got}, expected {want}")
             assert not wrong, "\n".join(wrong)
+            # Having joined, a node still speaks only for itself: node x's certificate
+            # cannot renew, report for or remove node a.
+            from rebeam.client._proto import common_pb2
+
+            with c.client() as admin:
+                incarnation = next(n.incarnation for n in admin.nodes() if n.id == "a")
+            ref = common_pb2.NodeRef(node="a", incarnation=incarnation).SerializeToString()
+            as_a = b"\x0a" + bytes([len(ref)]) + ref  # {Heartbeat,Leave}Request{node: ref}
+            for method in ("Heartbeat", "Leave", "ReportExit"):
+                call = channels["NodeService"].unary_unary(
+                    f"/rebeam.v1.NodeService/{method}", request_serializer=None,
+                    response_deserializer=None)
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(as_a, timeout=5)
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+                assert "cannot speak for node" in (refused.value.details() or ""), method
+            with c.client() as admin:
+                assert [n.status for n in admin.nodes() if n.id == "a"] == ["alive"]
         finally:
             for ch in channels.values():
                 ch.close()
@@ -668,7 +686,9 @@ def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tm
 def test_abandoned_long_calls_do_not_starve_the_gateway(tmp_path):
     """600 calls with a one-hour timeout to a server that never replies, abandoned by their
     client, used to hold 600 threads of the node's blocking pool until they timed out: every
-    later call, listing and code load hung. Now a wait holds no thread."""
+    later call, listing and code load hung. Now a wait holds no thread. (One token's calls
+    in flight are capped too, `--max-streams-per-token`; the cap is raised here so that the
+    600 reach the server, as calls of many tokens would.)"""
     from harness import DevNode
     from rebeam.client._proto import gateway_pb2, gateway_pb2_grpc
 
@@ -683,7 +703,7 @@ def test_abandoned_long_calls_do_not_starve_the_gateway(tmp_path):
         "    def handle_call(self, request, sender):\n        return rebeam.noreply()\n\n"
         "class Echo(rebeam.GenServer):\n    def handle_call(self, request, sender):\n"
         "        return request\n")
-    node = DevNode("dev", tmp_path / "dev", "")
+    node = DevNode("dev", tmp_path / "dev", "", extra=["--max-streams-per-token", "1000"])
     try:
         node.start()
         with node.client() as client:
@@ -709,3 +729,41 @@ def test_abandoned_long_calls_do_not_starve_the_gateway(tmp_path):
             assert time.monotonic() - started < 10
     finally:
         node.stop()
+
+
+def test_a_stopped_app_is_deleted_with_its_code_and_a_running_one_is_not(cluster, tmp_path):
+    """Stopped apps used to keep their code in the replicated state forever: `rebeam delete`
+    (DeleteApp) removes a stopped app and its code, and refuses while the app runs."""
+    c, _ = cluster
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "rebeam.toml").write_text('[app]\nname = "doomed"\nversion = "1"\n\n[[children]]\n'
+                                     'start = "doomedmod:Echo"\nname = "echo"\n')
+    (app / "doomedmod.py").write_text(
+        "import rebeam\n\nclass Echo(rebeam.GenServer):\n"
+        "    def handle_call(self, request, sender):\n        return request\n")
+    fetch = grpc.insecure_channel(c.members[0].api).unary_unary(
+        "/rebeam.v1.NodeService/FetchCode", request_serializer=None, response_deserializer=None)
+    auth = [("authorization", f"Bearer {SECRET}")]
+
+    def fetch_code(code_hash: str) -> bytes:
+        encoded = code_hash.encode()
+        return fetch(b"\x0a" + bytes([len(encoded)]) + encoded, timeout=5, metadata=auth)
+
+    with c.client() as client:
+        client.submit(app, wait=60)
+        code_hash = client.app("doomed").code_hash
+        assert fetch_code(code_hash), "the submitted code is in the state"
+        with pytest.raises(rebeam.client.Refused, match="running; stop it"):
+            client.delete("doomed")
+        # (Node a knows no client token, so the stop is not followed there.)
+        client.stop("doomed", wait=None)
+        wait_for("the app to stop", lambda: client.app("doomed").status == "stopped")
+        run = rebeam_cli(c, TOKEN, "delete", "doomed")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "doomed" not in [a.name for a in client.apps()]
+        with pytest.raises(grpc.RpcError) as gone:
+            fetch_code(code_hash)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(rebeam.client.NotFound):
+            client.delete("doomed")

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::Stream;
 use rebeam_proto::v1 as pb;
 use rebeam_proto::v1::node_service_server::NodeService;
+use rebeam_tls::Member;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -41,6 +42,28 @@ impl NodeApi {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
+/// With mTLS a node's certificate speaks only for the node it names: having joined, a node
+/// cannot renew, leave, watch or report as another one. A controller's certificate, and
+/// requests without one (TLS off: the guard checked the bearer), pass.
+fn speaks_for<T>(req: &Request<T>, node: Option<&pb::NodeRef>) -> Result<(), Status> {
+    let members = rebeam_tls::identity::peer_members(req);
+    if members.is_empty() || members.iter().any(|m| matches!(m, Member::Controller(_))) {
+        return Ok(());
+    }
+    let named = node.map(|n| n.node.as_str()).unwrap_or_default();
+    if members.contains(&Member::Node(named.to_string())) {
+        return Ok(());
+    }
+    let own = members
+        .iter()
+        .map(Member::uri)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(Status::permission_denied(format!(
+        "a certificate naming {own} cannot speak for node {named:?}; a node reports only as itself"
+    )))
+}
+
 #[tonic::async_trait]
 impl NodeService for NodeApi {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
@@ -72,6 +95,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        speaks_for(&req, req.get_ref().node.as_ref())?;
         let r = req.into_inner();
         let watching = r.watching;
         let (node, incarnation) = node_ref(r.node)?;
@@ -103,6 +127,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::LeaveReply>, Status> {
+        speaks_for(&req, req.get_ref().node.as_ref())?;
         let (node, incarnation) = node_ref(req.into_inner().node)?;
         self.core
             .propose(Command::Leave { node, incarnation })
@@ -116,6 +141,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        speaks_for(&req, req.get_ref().node.as_ref())?;
         let r = req.into_inner();
         let (node, incarnation) = node_ref(r.node)?;
         self.core
@@ -132,6 +158,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<pb::ReportExitRequest>,
     ) -> Result<Response<pb::ReportExitReply>, Status> {
+        speaks_for(&req, req.get_ref().node.as_ref())?;
         let r = req.into_inner();
         let (node, incarnation) = node_ref(r.node)?;
         if r.exits.len() > validate::MAX_EXITS_PER_REPORT {
@@ -168,6 +195,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<pb::ChildStartedRequest>,
     ) -> Result<Response<pb::ChildStartedReply>, Status> {
+        speaks_for(&req, req.get_ref().node.as_ref())?;
         let r = req.into_inner();
         let (node, incarnation) = node_ref(r.node)?;
         let p = pid(r.pid)?;
@@ -210,6 +238,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<pb::ChildFailedRequest>,
     ) -> Result<Response<pb::ChildFailedReply>, Status> {
+        speaks_for(&req, req.get_ref().node.as_ref())?;
         let r = req.into_inner();
         let (node, incarnation) = node_ref(r.node)?;
         validate::required("app", &r.app, "pass the app of the assignment")?;
@@ -235,6 +264,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<pb::UpgradeReportRequest>,
     ) -> Result<Response<pb::UpgradeReportReply>, Status> {
+        speaks_for(&req, req.get_ref().node.as_ref())?;
         let r = req.into_inner();
         let (node, incarnation) = node_ref(r.node)?;
         validate::required("app", &r.app, "pass the app whose processes were moved")?;

@@ -3,12 +3,16 @@
 //! then costs one write and one read on each side instead of a gRPC exchange, which is most
 //! of its latency (see gateway.proto, `ClientHello`).
 //!
-//! Every request is authorized as the gRPC `Deliver` is (same credentials, roles and rate
-//! limits), and delivered by the same function; replies go back in completion order.
+//! Every request is authorized as the gRPC `Deliver` is (same credentials, roles, rate
+//! limits and cap on requests in flight per token), and delivered by the same function;
+//! replies go back in completion order. When the connection ends, the requests still in
+//! flight on it are abandoned at once: their waits end and their slots are given back.
+//! (So a client does not half-close and then read its replies.)
 
 use super::frames::Reader;
 use crate::cluster::gateway;
 use crate::cluster::Cluster;
+use rebeam_auth::streams::Slot;
 use rebeam_proto as pb;
 use rebeam_tls::{PeerInfo, ServerIo};
 use std::sync::Arc;
@@ -27,8 +31,11 @@ const MAX_IN_FLIGHT: usize = 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Decides whether a connection may deliver: the presented token, the connection's remote
-/// address and certificates; the same decision as for the gRPC `Deliver`.
-pub type Authorize = Arc<dyn Fn(&str, &PeerInfo) -> Result<(), Status> + Send + Sync>;
+/// address and certificates; the same decision as for the gRPC `Deliver`. With `hold` (a
+/// request, not the hello) a client's request takes its token's slot under the cap on
+/// requests in flight, held until its reply is ready.
+pub type Authorize =
+    Arc<dyn Fn(&str, &PeerInfo, bool) -> Result<Option<Slot>, Status> + Send + Sync>;
 
 /// Serves one client connection until it closes or sits idle past the server's idle
 /// timeout. `read_magic`: the connection still starts with [`MAGIC`] (plaintext; on TLS the
@@ -49,7 +56,8 @@ pub async fn serve(cluster: Arc<Cluster>, authorize: Authorize, io: ServerIo, re
     };
     let (tx, rx) = mpsc::channel::<pb::ClientReply>(256);
     let writer = tokio::spawn(write_replies(w, rx));
-    let hello = authorize(&token, &info).map(|()| None);
+    // The hello holds no slot: only requests are in flight.
+    let hello = authorize(&token, &info, false).map(|_| None);
     let accepted = hello.is_ok();
     if tx.send(reply_to(0, hello)).await.is_err() || !accepted {
         drop(tx);
@@ -57,6 +65,8 @@ pub async fn serve(cluster: Arc<Cluster>, authorize: Authorize, io: ServerIo, re
         return;
     }
     let room = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Dropped when the connection ends, which ends every request still in flight on it.
+    let (open, closed) = tokio::sync::watch::channel(());
     loop {
         let Ok(permit) = room.clone().acquire_owned().await else {
             break;
@@ -70,22 +80,32 @@ pub async fn serve(cluster: Arc<Cluster>, authorize: Authorize, io: ServerIo, re
             }
         };
         let busy = info.activity.as_ref().map(|a| a.begin());
-        let (cluster, authorize, info, token, tx) = (
+        let (cluster, authorize, info, token, tx, mut closed) = (
             cluster.clone(),
             authorize.clone(),
             info.clone(),
             token.clone(),
             tx.clone(),
+            closed.clone(),
         );
         tokio::spawn(async move {
-            let outcome = match authorize(&token, &info) {
-                Ok(()) => answer(&cluster, request.deliver, &request.traceparent).await,
+            let outcome = match authorize(&token, &info, true) {
+                Ok(slot) => {
+                    let answered = tokio::select! {
+                        outcome = answer(&cluster, request.deliver, &request.traceparent) => outcome,
+                        // The client is gone: nobody reads the reply.
+                        _ = closed.changed() => return,
+                    };
+                    drop(slot);
+                    answered
+                }
                 Err(status) => Err(status),
             };
             let _ = tx.send(reply_to(request.id, outcome.map(Some))).await;
             drop((busy, permit));
         });
     }
+    drop(open);
     drop(tx);
     let _ = writer.await;
 }
