@@ -332,6 +332,21 @@ fn run(cli: Cli) -> Result<i32> {
     if let Some(config) = &tracing {
         rebeam_node::observe::trace::init(tokio.handle(), config)?;
     }
+    // Imported whole before any server starts: a request that reaches Python on another
+    // thread (the gateway's ListTables imports `rebeam._table`) while this thread is still
+    // inside `import rebeam` trips importlib's deadlock detection, and one of them gets a
+    // partially initialized module (the node then exits at start, 1 in ~10 test runs).
+    Python::attach(|py| -> Result<()> {
+        py.import("rebeam")
+            .map_err(|e| python_error(py, e))
+            .context(
+                "cannot import the rebeam package; install it with `pip install ./client-py`",
+            )?;
+        if let Some(config) = &tracing {
+            rebeam_node::observe::trace::init_python(py, config);
+        }
+        Ok(())
+    })?;
     // The HTTP server serves HTTPS with the same certificates when TLS is on.
     let http_tls = tls.clone();
     let http_scheme = if http_tls.is_some() { "https" } else { "http" };
@@ -395,17 +410,6 @@ fn run(cli: Cli) -> Result<i32> {
     }
     // The I/O runtime lives as long as the process.
     std::mem::forget(tokio);
-    Python::attach(|py| -> Result<()> {
-        py.import("rebeam")
-            .map_err(|e| python_error(py, e))
-            .context(
-                "cannot import the rebeam package; install it with `pip install ./client-py`",
-            )?;
-        if let Some(config) = &tracing {
-            rebeam_node::observe::trace::init_python(py, config);
-        }
-        Ok(())
-    })?;
     if let Some(dir) = &cli.app {
         // With worker nodes the app goes through the embedded controller, as a submitted
         // app: its children spread over the workers and `rebeam tree`, `upgrade` and
