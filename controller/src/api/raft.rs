@@ -78,17 +78,28 @@ impl Default for Contact {
 impl Contact {
     /// Voted, or campaigned, now: the election timer starts again.
     pub fn touch(&self) {
-        let now = Instant::now();
+        self.touch_at(Instant::now());
+    }
+
+    fn touch_at(&self, now: Instant) {
         let mut at = self.at.lock();
         *at = (*at).max(now);
     }
 
     /// Heard from a leader this member accepts now.
     pub fn heard_leader(&self) {
-        self.touch();
+        // One instant for both: a leader heard from counts as after an election timer
+        // armed from this very contact otherwise, and the member would never campaign.
         let now = Instant::now();
+        self.touch_at(now);
         let mut at = self.leader_at.lock();
         *at = Some(at.map_or(now, |a| a.max(now)));
+    }
+
+    /// Whether a leader was heard from after `t` (the election timer's arming, which
+    /// counts from any contact, a leader's included).
+    pub fn leader_after(&self, t: Instant) -> bool {
+        self.leader_at.lock().is_some_and(|a| a > t)
     }
 
     /// Whether a leader was heard from within `lease`.
@@ -237,8 +248,10 @@ pub async fn elect(
                 campaigned = true;
                 continue;
             }
-            if contact.at() > armed {
-                // A leader spoke while the voters were asked.
+            if contact.leader_after(armed) {
+                // A leader spoke while the voters were asked. (Not any contact: a pre-vote
+                // this member granted meanwhile to a rival asking at the same moment would
+                // make both stand down.)
                 campaigned = false;
                 continue;
             }
@@ -543,12 +556,14 @@ impl RaftPeer for RaftService {
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let req: PreVote = decode(req)?;
         check_pre_vote(&req)?;
-        encode(&answer_pre_vote(
-            &self.raft,
-            &self.contact,
-            self.lease,
-            &req,
-        ))
+        let reply = answer_pre_vote(&self.raft, &self.contact, self.lease, &req);
+        if reply.granted {
+            // The candidate campaigns next: do not start a rival campaign meanwhile (the
+            // survivors of a killed leader fall silent together and their timers fired
+            // 6–28 ms apart under load; both passing the pre-vote would split the vote).
+            self.contact.touch();
+        }
+        encode(&reply)
     }
 }
 
@@ -566,6 +581,25 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,
         }
+    }
+
+    #[test]
+    fn a_leader_heard_from_is_not_after_the_timer_it_armed() {
+        let c = Contact::default();
+        assert!(
+            !c.leader_within(Duration::from_secs(1)),
+            "no leader heard yet"
+        );
+        c.heard_leader();
+        let armed = c.at();
+        assert!(!c.leader_after(armed), "the contact that armed the timer");
+        assert!(c.leader_within(Duration::from_secs(1)));
+        // A vote granted moves the timer, not the leader's contact.
+        std::thread::sleep(Duration::from_millis(2));
+        c.touch();
+        assert!(c.at() > armed && !c.leader_after(armed));
+        c.heard_leader();
+        assert!(c.leader_after(armed));
     }
 
     #[test]
