@@ -70,6 +70,10 @@ fn start_cluster() -> anyhow::Result<Cluster> {
     let mut opts = GroupOptions::new(sibling("rebeam-controller")?, SECRET);
     opts.log_filter = std::env::var("SCALE_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into());
     opts.dir_prefix = "rebeam-scale-".into();
+    // Each simulated node holds two connections per member (its watch stream and joins on
+    // one, its renewals on another runtime's), twice what a real node holds: 1,000 of them
+    // pass the default cap of 1,024 connections, which refused them mid-join.
+    opts.extra = vec!["--max-connections".into(), "16384".into()];
     ControllerGroup::start(3, opts)
 }
 
