@@ -166,6 +166,7 @@ pub const RPC_TABLE: &[(&str, Need)] = &[
     ("/rebeam.v1.RaftPeer/AppendEntries", M),
     ("/rebeam.v1.RaftPeer/Vote", M),
     ("/rebeam.v1.RaftPeer/InstallSnapshot", M),
+    ("/rebeam.v1.RaftPeer/PreVote", M),
     // Node to node.
     // Clients at a node's gateway.
     ("/rebeam.v1.GatewayService/Deliver", R(Call)),

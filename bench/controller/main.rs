@@ -96,6 +96,7 @@ fn heartbeat(
                     }),
                     // The crash rounds hold a watch stream for this node.
                     watching: true,
+                    streams_ended: 0,
                 };
                 if nc.heartbeat(req).await.is_ok() && !stop.load(Ordering::Relaxed) {
                     *last2.lock() = Some(Instant::now());
@@ -127,6 +128,7 @@ fn keep_bench_node(
                     .heartbeat(pb::HeartbeatRequest {
                         node: Some(node),
                         watching: false,
+                        streams_ended: 0,
                     })
                     .await;
                 if r.is_err_and(|e| e.code() == tonic::Code::FailedPrecondition) {

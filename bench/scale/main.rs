@@ -70,6 +70,10 @@ fn start_cluster() -> anyhow::Result<Cluster> {
     let mut opts = GroupOptions::new(sibling("rebeam-controller")?, SECRET);
     opts.log_filter = std::env::var("SCALE_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into());
     opts.dir_prefix = "rebeam-scale-".into();
+    // Each simulated node holds two connections per member (its watch stream and joins on
+    // one, its renewals on another runtime's), twice what a real node holds: 1,000 of them
+    // pass the default cap of 1,024 connections, which refused them mid-join.
+    opts.extra = vec!["--max-connections".into(), "16384".into()];
     ControllerGroup::start(3, opts)
 }
 
@@ -135,6 +139,11 @@ struct Sim {
     /// stream close would cut the lease of a node that never fenced).
     breaks: AtomicU64,
     told: AtomicU64,
+    /// The number of its latest attempt to open a watch stream, and whether that one is
+    /// over (it ended or was given up): each renewal says the highest stream number that
+    /// is over, as a real node does.
+    streams_asked: AtomicU64,
+    latest_over: AtomicBool,
     /// The stream broke: renew at once, as a real node does.
     renew_now: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -153,6 +162,22 @@ impl Sim {
             node: self.name.clone(),
             incarnation: self.incarnation,
             serial,
+        }
+    }
+
+    /// Numbers the next attempt to open a watch stream.
+    fn next_stream(&self) -> u64 {
+        self.latest_over.store(false, Ordering::SeqCst);
+        self.streams_asked.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The highest stream number that is over for this node (as `rebeam-node` says it).
+    fn streams_ended(&self) -> u64 {
+        let asked = self.streams_asked.load(Ordering::SeqCst);
+        if self.latest_over.load(Ordering::SeqCst) {
+            asked
+        } else {
+            asked.saturating_sub(1)
         }
     }
 
@@ -198,6 +223,8 @@ async fn join(c: &Arc<Cluster>, name: &str, labels: &[(&str, &str)]) -> anyhow::
         watching: AtomicBool::new(false),
         breaks: AtomicU64::new(0),
         told: AtomicU64::new(0),
+        streams_asked: AtomicU64::new(0),
+        latest_over: AtomicBool::new(false),
         renew_now: tokio::sync::Notify::new(),
         tasks: Mutex::new(Vec::new()),
     }))
@@ -246,6 +273,7 @@ async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
         let req = pb::HeartbeatRequest {
             node: Some(s.node_ref()),
             watching: s.watching.load(Ordering::SeqCst) && s.told.load(Ordering::SeqCst) == breaks,
+            streams_ended: s.streams_ended(),
         };
         let deadline = *s.last_ok.lock() + s.fence;
         let sent = Instant::now();
@@ -296,6 +324,7 @@ async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
         let req = pb::WatchRequest {
             node: Some(s.node_ref()),
             resume_from: position.unwrap_or(0),
+            stream: 0,
         };
         let opened = call(
             &c,
@@ -303,7 +332,8 @@ async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
             Instant::now() + Duration::from_secs(10),
             Duration::from_secs(2),
             |ch| {
-                let req = req.clone();
+                let mut req = req.clone();
+                req.stream = s.next_stream();
                 async move { node_client(ch).watch(req).await }
             },
         )
@@ -312,6 +342,7 @@ async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
             Ok(s) => s,
             Err(e) if e.code() == Code::FailedPrecondition => return,
             Err(_) => {
+                s.latest_over.store(true, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -348,6 +379,7 @@ async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
             }
         }
         s.watching.store(false, Ordering::SeqCst);
+        s.latest_over.store(true, Ordering::SeqCst);
         s.breaks.fetch_add(1, Ordering::SeqCst);
         s.renew_now.notify_one();
         st.reopened.fetch_add(1, Ordering::Relaxed);

@@ -21,6 +21,8 @@ const MAX_CLOSES: usize = 4;
 pub struct Close {
     /// When the stream opened.
     pub opened: Instant,
+    /// The node's number for the stream (`WatchRequest.stream`); 0 when unnumbered.
+    pub stream: u64,
     /// When this member saw it close.
     pub at: Instant,
     /// Nothing listened at the node's address any more once the stream closed (although
@@ -40,6 +42,8 @@ pub struct LeaseFacts {
     pub renewed: Option<Instant>,
     /// The last renewal served for a node that said its watch stream was broken.
     pub renewed_unwatched: Option<Instant>,
+    /// The highest stream number the node said (in a renewal) it saw end or gave up on.
+    pub streams_ended: u64,
     /// The latest stream closes.
     pub closes: Vec<Close>,
     /// Stretches this member could not renew leases (it stalled, or could not confirm its
@@ -62,10 +66,13 @@ pub struct LeaseTimes {
 /// - A full `lease` from the later of the grant and the last renewal,
 /// - pushed out by the time this member could not renew since then,
 /// - cut to `stream_fence` after a watch stream closed (pushed out likewise), unless the
-///   node renewed after that stream opened saying its stream was broken: it saw the break
-///   and holds its lease by renewals alone. A renewal that said the stream was open proves
-///   nothing once the close is seen: the node sent it before the break (a crashed node's
-///   last renewal can land after the close).
+///   node saw that stream end: it holds its lease by renewals alone. A numbered stream
+///   ended for the node when a renewal named it (or a later one) in `streams_ended`. For an
+///   unnumbered one (an older node) the rule is weaker: the node renewed after that stream
+///   opened saying its stream was broken; such a renewal may be about the time before the
+///   stream opened, so that close is then moot too. A renewal that said the stream was
+///   open proves nothing once the close is seen: the node sent it before the break (a
+///   crashed node's last renewal can land after the close).
 /// - cut to the close itself when the node's process was found gone (it cannot run code).
 pub fn deadline(f: &LeaseFacts, t: LeaseTimes) -> Instant {
     let held_since = |from: Instant| -> Duration {
@@ -78,9 +85,14 @@ pub fn deadline(f: &LeaseFacts, t: LeaseTimes) -> Instant {
     let base = f.renewed.map_or(f.granted, |r| r.max(f.granted));
     let mut end = base + t.lease + held_since(base);
     for c in &f.closes {
+        let seen_by_node = if c.stream > 0 {
+            f.streams_ended >= c.stream
+        } else {
+            f.renewed_unwatched.is_some_and(|u| u >= c.opened)
+        };
         let cut = if c.process_gone {
             c.at
-        } else if f.renewed_unwatched.is_some_and(|u| u >= c.opened) {
+        } else if seen_by_node {
             continue;
         } else {
             c.at + t.stream_fence + held_since(c.at)
@@ -103,14 +115,17 @@ impl LeaseFacts {
             granted: at,
             renewed: None,
             renewed_unwatched: None,
+            streams_ended: 0,
             closes: Vec::new(),
             held: Vec::new(),
         }
     }
 
-    /// A renewal served at `at`; `watching` is what the node said of its stream.
-    pub fn renew(&mut self, at: Instant, watching: bool) {
+    /// A renewal served at `at`; `watching` and `streams_ended` are what the node said of
+    /// its streams.
+    pub fn renew(&mut self, at: Instant, watching: bool, streams_ended: u64) {
         self.renewed = Some(self.renewed.map_or(at, |r| r.max(at)));
+        self.streams_ended = self.streams_ended.max(streams_ended);
         if !watching {
             self.renewed_unwatched = Some(self.renewed_unwatched.map_or(at, |r| r.max(at)));
         }
@@ -178,8 +193,9 @@ impl Leases {
     }
 
     /// A heartbeat from a live node incarnation renews its lease; `watching` is false when
-    /// the node said its watch stream is broken.
-    pub fn renew(&self, node: &str, incarnation: u64, watching: bool) {
+    /// the node said its watch stream is broken, `streams_ended` the highest stream number
+    /// it saw end.
+    pub fn renew(&self, node: &str, incarnation: u64, watching: bool, streams_ended: u64) {
         let now = Instant::now();
         let mut facts = self.facts.lock();
         let f = facts
@@ -188,17 +204,26 @@ impl Leases {
         if f.incarnation != incarnation {
             *f = LeaseFacts::granted(incarnation, now);
         }
-        f.renew(now, watching);
+        f.renew(now, watching, streams_ended);
     }
 
-    /// The node's watch stream (opened at `opened`) closed; `process_gone` when its process
-    /// was found gone. Applied at the lease task's next tick (woken at once for a gone one).
-    pub fn stream_closed(&self, node: &str, incarnation: u64, opened: Instant, process_gone: bool) {
+    /// The node's watch stream number `stream` (opened at `opened`) closed; `process_gone`
+    /// when its process was found gone. Applied at the lease task's next tick (woken at once
+    /// for a gone one).
+    pub fn stream_closed(
+        &self,
+        node: &str,
+        incarnation: u64,
+        opened: Instant,
+        stream: u64,
+        process_gone: bool,
+    ) {
         self.closed.lock().push(Closed {
             node: node.to_string(),
             incarnation,
             close: Close {
                 opened,
+                stream,
                 at: Instant::now(),
                 process_gone,
             },
@@ -401,8 +426,12 @@ mod tests {
     /// One step of a node's lease history, `at` milliseconds after the grant.
     enum Step {
         Renew(u64, bool),
+        /// A renewal (saying "watching") naming the highest stream the node saw end.
+        Ended(u64, u64),
         /// A stream opened at the first time closed at the second.
         Close(u64, u64),
+        /// Stream number n, opened at the second time, closed at the third.
+        Numbered(u64, u64, u64),
         /// Closed, and the process was found gone.
         Gone(u64, u64),
         Hold(u64, u64),
@@ -414,9 +443,17 @@ mod tests {
         let mut f = LeaseFacts::granted(1, t0);
         for s in steps {
             match *s {
-                Renew(t, watching) => f.renew(at(t), watching),
+                Renew(t, watching) => f.renew(at(t), watching, 0),
+                Ended(t, n) => f.renew(at(t), true, n),
+                Numbered(n, o, c) => f.close(super::Close {
+                    opened: at(o),
+                    stream: n,
+                    at: at(c),
+                    process_gone: false,
+                }),
                 Close(o, c) | Gone(o, c) => f.close(super::Close {
                     opened: at(o),
+                    stream: 0,
                     at: at(c),
                     process_gone: matches!(s, Gone(..)),
                 }),
@@ -492,6 +529,29 @@ mod tests {
                 1500,
             ),
             (
+                "numbered: the first renewal, served after stream 1 opened, does not make \
+                 its close moot (it said 'not watching' only because the stream was not open \
+                 yet when it was sent)",
+                &[Renew(150, false), Numbered(1, 100, 1000)],
+                1300,
+            ),
+            (
+                "numbered: a renewal naming the stream as ended makes its close moot, also \
+                 when the close is seen later",
+                &[Ended(1010, 1), Numbered(1, 0, 1200)],
+                3010,
+            ),
+            (
+                "numbered: the break of stream 1 told does not cover stream 2",
+                &[Ended(500, 1), Numbered(1, 0, 400), Numbered(2, 600, 1500)],
+                1800,
+            ),
+            (
+                "numbered: the highest number told counts, whatever the order",
+                &[Ended(900, 2), Ended(950, 1), Numbered(2, 600, 1500)],
+                2950,
+            ),
+            (
                 "a gone process ends the lease at the close",
                 &[Renew(900, false), Gone(0, 1000)],
                 1000,
@@ -519,8 +579,8 @@ mod tests {
     fn a_crashed_nodes_stream_close_shortens_its_lease() {
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true);
-        l.stream_closed("n", 1, opened, false);
+        l.renew("n", 1, true, 0);
+        l.stream_closed("n", 1, opened, 0, false);
         tick(&l);
         assert!(left(&l) <= FENCE);
     }
@@ -531,11 +591,11 @@ mod tests {
         // renewal forgot the close, and the renewal restored the full lease.
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true);
-        l.stream_closed("n", 1, opened, false);
+        l.renew("n", 1, true, 0);
+        l.stream_closed("n", 1, opened, 0, false);
         tick(&l);
         std::thread::sleep(ms(2));
-        l.renew("n", 1, true);
+        l.renew("n", 1, true, 0);
         tick(&l);
         assert!(left(&l) <= FENCE, "{:?}", left(&l));
     }
@@ -544,10 +604,10 @@ mod tests {
     fn a_renewal_saying_the_stream_broke_is_not_undone_at_the_next_tick() {
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true);
-        l.stream_closed("n", 1, opened, false);
+        l.renew("n", 1, true, 0);
+        l.stream_closed("n", 1, opened, 0, false);
         std::thread::sleep(ms(2));
-        l.renew("n", 1, false);
+        l.renew("n", 1, false, 0);
         tick(&l);
         assert!(left(&l) > LEASE - ms(500), "{:?}", left(&l));
     }
@@ -556,8 +616,8 @@ mod tests {
     fn a_gone_process_has_no_lease_left() {
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true);
-        l.stream_closed("n", 1, opened, true);
+        l.renew("n", 1, true, 0);
+        l.stream_closed("n", 1, opened, 0, true);
         tick(&l);
         assert_eq!(left(&l), Duration::ZERO);
     }
@@ -565,7 +625,7 @@ mod tests {
     #[test]
     fn time_a_leader_could_not_renew_is_not_held_against_nodes() {
         let l = Leases::new(ms(100), FENCE);
-        l.renew("n", 1, true);
+        l.renew("n", 1, true, 0);
         l.hold(LEASE);
         assert!(left(&l) > LEASE);
     }

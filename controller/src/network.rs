@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::api::raft::Contact;
+use crate::api::raft::{Contact, PreVote, PreVoteReply};
 use crate::auth::BearerInjector;
 use crate::types::{MemberNode, TypeConfig};
 
@@ -77,6 +77,29 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 impl Network {
+    /// Asks the member at `address` whether it would vote for `req`'s candidate now, within
+    /// `timeout` (the election timer's own traffic, not openraft's).
+    pub async fn pre_vote(
+        &self,
+        address: &str,
+        req: &PreVote,
+        timeout: std::time::Duration,
+    ) -> Result<PreVoteReply, tonic::Status> {
+        let channel = self
+            .channel(address)
+            .ok_or_else(|| tonic::Status::unavailable("peer address is malformed"))?;
+        let mut client = RaftPeerClient::with_interceptor(channel, self.bearer.clone());
+        let data = serde_json::to_vec(req)
+            .map_err(|e| tonic::Status::internal(format!("cannot encode pre-vote: {e}")))?;
+        let mut request = tonic::Request::new(RaftPayload { data });
+        request.set_timeout(timeout);
+        let reply = tokio::time::timeout(timeout, client.pre_vote(request))
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("pre-vote not answered in time"))??;
+        serde_json::from_slice(&reply.into_inner().data)
+            .map_err(|e| tonic::Status::internal(format!("malformed pre-vote reply: {e}")))
+    }
+
     /// The shared channel to `address` (dialed lazily), None if the address is malformed.
     fn channel(&self, address: &str) -> Option<Channel> {
         let mut channels = self.channels.lock();

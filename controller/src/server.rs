@@ -199,12 +199,14 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     let contact = Arc::new(Contact::default());
     let raft_runtime = RaftRuntime::new()?;
     let rt = raft_runtime.handle();
+    // One network for openraft and for the election timer's pre-votes: the same channels.
+    let network = Network::new(config.secret.clone(), dialer.clone(), contact.clone());
     // Raft spawns its core and replication tasks where it is created.
     let raft = rt
         .spawn(Raft::new(
             config.id,
             Arc::new(raft_config(&config)?),
-            Network::new(config.secret.clone(), dialer.clone(), contact.clone()),
+            network.clone(),
             log,
             sm,
         ))
@@ -233,9 +235,14 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     let connections = config.connections;
 
     let raft_svc = Guard::new(
-        RaftPeerServer::new(RaftService::new(raft.clone(), contact.clone()))
-            .max_decoding_message_size(MAX_RAFT_MESSAGE)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE),
+        RaftPeerServer::new(RaftService::new(
+            raft.clone(),
+            contact.clone(),
+            // openraft's leader lease is its election_timeout_max (see raft_config).
+            config.timings.election_timeout * 2,
+        ))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE),
         credentials.clone(),
     );
     let mut s = stop_rx.clone();
@@ -299,13 +306,14 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         raft.clone(),
         config.id,
         contact,
+        network,
         ElectionTimes {
             // openraft's leader lease is its election_timeout_max (see raft_config).
             lease: election * 2,
-            // As openraft draws it, but anew for every wait. Shorter waits were tried:
-            // under heavy load (a follower starved of CPU for 400 ms) they made followers
-            // campaign against a live leader, which a higher term deposes (openraft 0.9 has
-            // no pre-vote).
+            // As openraft draws it, but anew for every wait. (Shorter waits made starved
+            // followers campaign against a live leader before the pre-vote existed; the
+            // pre-vote asks voters whether they heard from a leader within the lease, so a
+            // wait shorter than the lease would only be refused.)
             spread: (election, election * 2),
         },
         stop_rx.clone(),

@@ -82,6 +82,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
                     incarnation: inc,
                 }),
                 watching: false,
+                streams_ended: 0,
             })
             .await,
     );
@@ -213,6 +214,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
                     incarnation: 3,
                 }),
                 watching: false,
+                streams_ended: 0,
             })
             .await,
         );
@@ -226,6 +228,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
         nc.heartbeat(pb::HeartbeatRequest {
             node: None,
             watching: false,
+            streams_ended: 0,
         })
         .await,
     );

@@ -134,6 +134,7 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
             n.heartbeat(pb::HeartbeatRequest {
                 node,
                 watching: false,
+                streams_ended: 0,
             })
             .await
         }
@@ -318,5 +319,67 @@ async fn a_node_that_still_listens_keeps_its_lease_for_the_stream_fence() {
     assert!(
         took >= Duration::from_millis(1500),
         "a node that may still run keeps its lease for the stream fence: {took:?}"
+    );
+}
+
+/// A node's first renewal says "not watching": it is sent at once on join, beside the first
+/// watch request, before that stream is open. When the leader serves it after the stream
+/// opened, the stream's close must still cut the lease: the numbered streams tell the leader
+/// the node had seen no stream end (`streams_ended: 0`), so a crash right after is found at
+/// the 300 ms stream fence, not by the 5 s lease. (With `watching` alone the leader took that
+/// renewal for "my stream broke" and ignored the close: about half the crashes in
+/// `make test-scale` were found by the lease.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_closed_after_the_first_renewal_still_cuts_the_lease() {
+    let c = Arc::new(Cluster::start(
+        3,
+        &["--lease-ms", "5000", "--node-fence-ms", "4000"],
+    ));
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    // A leader forgets the renewals it served before its first lease tick as leader (it
+    // grants every node a full lease then), which would let this test pass without the fix
+    // (nothing outside the leader shows that tick, every lease / 20 = 250 ms): let the new
+    // leader tick first.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let inc = join_node(&c, "node-f", &[]).await;
+    let node = pb::NodeRef {
+        node: "node-f".into(),
+        incarnation: inc,
+    };
+    let mut watch = c
+        .node_client(leader)
+        .watch(pb::WatchRequest {
+            node: Some(node.clone()),
+            stream: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    watch.message().await.expect("stream").expect("snapshot");
+    // The first renewal, built before stream 1 opened, served after it did.
+    on_leader_node(&c, |mut n| {
+        let node = node.clone();
+        async move {
+            n.heartbeat(pb::HeartbeatRequest {
+                node: Some(node),
+                watching: false,
+                streams_ended: 0,
+            })
+            .await
+        }
+    })
+    .await
+    .expect("first renewal");
+    // The node crashes: its stream closes, no more renewals.
+    drop(watch);
+    let closed = Instant::now();
+    wait_dead(&c, "node-f").await;
+    let took = closed.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "the close of stream 1 cut the lease to the 300 ms stream fence, not the 5 s \
+         lease: {took:?}; logs in {}",
+        c.path()
     );
 }

@@ -66,6 +66,7 @@ EXPECTED: dict[str, str] = {
     "RaftPeer/AppendEntries": "member",
     "RaftPeer/Vote": "member",
     "RaftPeer/InstallSnapshot": "member",
+    "RaftPeer/PreVote": "member",
     "GatewayService/Deliver": "call",
     "GatewayService/ListProcesses": "read",
     "GatewayService/Logs": "read",

@@ -97,7 +97,7 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
         speaks_for(&req, req.get_ref().node.as_ref())?;
         let r = req.into_inner();
-        let watching = r.watching;
+        let (watching, streams_ended) = (r.watching, r.streams_ended);
         let (node, incarnation) = node_ref(r.node)?;
         self.core.ensure_leader()?;
         let term = self.core.raft.metrics().borrow().current_term;
@@ -117,7 +117,9 @@ impl NodeService for NodeApi {
             .state
             .check_live(&node, incarnation)?;
         let lease = self.core.config.timings.lease;
-        self.core.leases.renew(&node, incarnation, watching);
+        self.core
+            .leases
+            .renew(&node, incarnation, watching, streams_ended);
         Ok(Response::new(pb::HeartbeatReply {
             lease_ms: lease.as_millis() as u64,
         }))
@@ -150,7 +152,13 @@ impl NodeService for NodeApi {
             .read()
             .state
             .check_live(&node, incarnation)?;
-        let rx = super::watch::start(self.core.clone(), node, incarnation, r.resume_from);
+        let rx = super::watch::start(
+            self.core.clone(),
+            node,
+            incarnation,
+            r.resume_from,
+            r.stream,
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

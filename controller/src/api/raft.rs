@@ -1,14 +1,18 @@
 //! Server side of the `RaftPeer` service: hands requests to openraft, and starts elections
-//! when the leader fell silent (see [`elect`]).
+//! when the leader fell silent (see [`elect`]), after a pre-vote (see [`PreVote`]).
 
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+
+use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use rebeam_proto::v1::raft_peer_server::RaftPeer;
 use rebeam_proto::v1::RaftPayload;
+use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 use openraft::raft::{
@@ -16,6 +20,7 @@ use openraft::raft::{
 };
 use openraft::{LogId, Vote};
 
+use crate::network::Network;
 use crate::types::{Raft, TypeConfig};
 
 /// Highest term accepted from a peer. Terms grow by one per election, so a real group never
@@ -32,21 +37,31 @@ pub const MAX_SNAPSHOT_ID: usize = 256;
 pub struct RaftService {
     raft: Raft,
     contact: Arc<Contact>,
+    /// openraft's leader lease: a pre-vote is refused this long after hearing from a leader.
+    lease: Duration,
 }
 
 impl RaftService {
-    /// Wraps the local Raft handle; accepted leader traffic and granted votes go to `contact`.
-    pub fn new(raft: Raft, contact: Arc<Contact>) -> Self {
-        RaftService { raft, contact }
+    /// Wraps the local Raft handle; accepted leader traffic and granted votes go to `contact`;
+    /// pre-votes are refused within `lease` of hearing from a leader.
+    pub fn new(raft: Raft, contact: Arc<Contact>, lease: Duration) -> Self {
+        RaftService {
+            raft,
+            contact,
+            lease,
+        }
     }
 }
 
 /// When this member last heard from a leader it accepts, granted a vote or campaigned: what
-/// Raft's election timer counts from. Also whether a voter refused its last campaign for a
-/// longer log.
+/// Raft's election timer counts from. Also when it last heard from a leader alone (what a
+/// pre-vote asks about), and whether a voter refused its last campaign for a longer log.
 #[derive(Debug)]
 pub struct Contact {
     at: Mutex<Instant>,
+    /// None until a leader was heard from since this process started (as openraft, a member
+    /// that never heard from one does not hold an election back).
+    leader_at: Mutex<Option<Instant>>,
     behind: AtomicBool,
 }
 
@@ -54,17 +69,42 @@ impl Default for Contact {
     fn default() -> Self {
         Contact {
             at: Mutex::new(Instant::now()),
+            leader_at: Mutex::new(None),
             behind: AtomicBool::new(false),
         }
     }
 }
 
 impl Contact {
-    /// Heard from a leader (or voted, or campaigned) now.
+    /// Voted, or campaigned, now: the election timer starts again.
     pub fn touch(&self) {
-        let now = Instant::now();
+        self.touch_at(Instant::now());
+    }
+
+    fn touch_at(&self, now: Instant) {
         let mut at = self.at.lock();
         *at = (*at).max(now);
+    }
+
+    /// Heard from a leader this member accepts now.
+    pub fn heard_leader(&self) {
+        // One instant for both: a leader heard from counts as after an election timer
+        // armed from this very contact otherwise, and the member would never campaign.
+        let now = Instant::now();
+        self.touch_at(now);
+        let mut at = self.leader_at.lock();
+        *at = Some(at.map_or(now, |a| a.max(now)));
+    }
+
+    /// Whether a leader was heard from after `t` (the election timer's arming, which
+    /// counts from any contact, a leader's included).
+    pub fn leader_after(&self, t: Instant) -> bool {
+        self.leader_at.lock().is_some_and(|a| a > t)
+    }
+
+    /// Whether a leader was heard from within `lease`.
+    pub fn leader_within(&self, lease: Duration) -> bool {
+        self.leader_at.lock().is_some_and(|a| a.elapsed() < lease)
     }
 
     /// The last contact.
@@ -128,10 +168,16 @@ impl ElectionTimes {
 /// process and checks it only at ticks 1.5 Raft heartbeats apart, so a campaign came up to
 /// 150 ms after its timeout and every retry of a candidate exactly two ticks after the last.
 /// Here each wait is drawn anew and timed to the millisecond.
+///
+/// Before it raises the term the member asks the other voters ([`pre_vote`]) and campaigns
+/// only if a majority would vote for it now: a member that was starved of CPU or paused past
+/// its timeout finds the leader alive and leaves the term alone (openraft 0.9 has no pre-vote,
+/// and its leader steps down on seeing a higher term in any reply).
 pub async fn elect(
     raft: Raft,
     id: u64,
     contact: Arc<Contact>,
+    net: Network,
     times: ElectionTimes,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -195,11 +241,24 @@ pub async fn elect(
                     .any(|v| v == id)
         };
         if still {
+            contact.take_behind();
+            if !pre_vote(&raft, id, &net, &contact, times.lease).await {
+                // Retried after a candidate's wait unless a leader is heard from meanwhile.
+                contact.touch();
+                campaigned = true;
+                continue;
+            }
+            if contact.leader_after(armed) {
+                // A leader spoke while the voters were asked. (Not any contact: a pre-vote
+                // this member granted meanwhile to a rival asking at the same moment would
+                // make both stand down.)
+                campaigned = false;
+                continue;
+            }
             tracing::info!(
                 silent_ms = armed.elapsed().as_millis() as u64,
                 "no leader heard from: campaigning"
             );
-            contact.take_behind();
             if raft.trigger().elect().await.is_err() {
                 return;
             }
@@ -207,6 +266,138 @@ pub async fn elect(
         contact.touch();
         campaigned = still;
     }
+}
+
+/// A member's question before it campaigns: would you vote for me now? (Raft thesis §9.6.)
+/// The controller's own message, JSON in a `RaftPayload` like openraft's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVote {
+    /// The member asking.
+    pub candidate: u64,
+    /// The term it would campaign with (its current term + 1); for the logs: a voter in a
+    /// higher term still says yes, as the real vote teaches the candidate that term.
+    pub term: u64,
+    /// Its last log id.
+    pub last_log_id: Option<LogId<u64>>,
+}
+
+/// The answer to a [`PreVote`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVoteReply {
+    /// Whether this member would vote for the candidate now.
+    pub granted: bool,
+    /// This member's last log id (a candidate behind it waits longer, as after a real vote).
+    pub last_log_id: Option<LogId<u64>>,
+}
+
+/// Checks a peer's pre-vote before it is answered.
+pub fn check_pre_vote(r: &PreVote) -> Result<(), Status> {
+    if r.term > MAX_WIRE_TERM {
+        return Err(refuse("term"));
+    }
+    if r.candidate == 0 {
+        return Err(refuse("node id"));
+    }
+    check_log_id(&r.last_log_id, r.term)
+}
+
+/// A voter's answer: yes only when it is not the leader, has heard from no leader within
+/// `lease`, and the candidate's log is at least as long as its own.
+fn answer_pre_vote(raft: &Raft, contact: &Contact, lease: Duration, req: &PreVote) -> PreVoteReply {
+    let leads = raft.metrics().borrow().state.is_leader();
+    let mine = raft.data_metrics().borrow().last_log;
+    let heard = contact.leader_within(lease);
+    let log_ok = req.last_log_id >= mine;
+    let granted = !leads && !heard && log_ok;
+    if !granted {
+        tracing::info!(
+            candidate = req.candidate,
+            term = req.term,
+            leads,
+            heard_from_leader = heard,
+            log_ok,
+            "pre-vote refused"
+        );
+    }
+    PreVoteReply {
+        granted,
+        last_log_id: mine,
+    }
+}
+
+/// Asks the other voters whether they would vote for this member now: true when a majority
+/// of every voter set (joint while membership changes), this member included, says yes.
+/// A one-member group asks no one. Each ask is bounded by `timeout`; an unreachable voter is
+/// a no, a member of an older version without pre-vote a yes (it votes by Raft's rules alone,
+/// as before).
+pub async fn pre_vote(
+    raft: &Raft,
+    id: u64,
+    net: &Network,
+    contact: &Contact,
+    timeout: Duration,
+) -> bool {
+    let (configs, peers, term) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let configs: Vec<BTreeSet<u64>> = membership.get_joint_config().clone();
+        let peers: Vec<(u64, String)> = membership
+            .voter_ids()
+            .filter(|v| *v != id)
+            .filter_map(|v| membership.get_node(&v).map(|n| (v, n.raft_addr.clone())))
+            .collect();
+        (configs, peers, m.current_term + 1)
+    };
+    let last_log_id = raft.data_metrics().borrow().last_log;
+    let majority = |yes: &BTreeSet<u64>| {
+        configs
+            .iter()
+            .all(|c| c.iter().filter(|v| yes.contains(v)).count() * 2 > c.len())
+    };
+    let mut yes = BTreeSet::from([id]);
+    if majority(&yes) {
+        return true;
+    }
+    let req = PreVote {
+        candidate: id,
+        term,
+        last_log_id,
+    };
+    let mut asks: FuturesUnordered<_> = peers
+        .iter()
+        .map(|(peer, addr)| {
+            let req = &req;
+            async move { (*peer, net.pre_vote(addr, req, timeout).await) }
+        })
+        .collect();
+    let mut refused = Vec::new();
+    while let Some((peer, answer)) = asks.next().await {
+        match answer {
+            Ok(r) if r.granted => {
+                yes.insert(peer);
+            }
+            Ok(r) => {
+                if r.last_log_id > last_log_id {
+                    contact.behind();
+                }
+                refused.push((peer, "refused".to_string()));
+            }
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                yes.insert(peer);
+            }
+            Err(s) => refused.push((peer, s.code().to_string())),
+        }
+        if majority(&yes) {
+            return true;
+        }
+    }
+    tracing::info!(
+        term,
+        ?refused,
+        "pre-vote: no majority would vote now; not campaigning"
+    );
+    false
 }
 
 /// True when the candidate asks for a newer term with a log at least as long as this
@@ -318,12 +509,12 @@ impl RaftPeer for RaftService {
         // Counted on arrival: under load the leader may give up waiting for the answer
         // (and this handler be dropped) although Raft takes the entries.
         if current(&self.raft, &req.vote) {
-            self.contact.touch();
+            self.contact.heard_leader();
         }
         let r = self.raft.append_entries(req).await;
         // A leader whose term this member accepts (also when the logs conflict).
         if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
-            self.contact.touch();
+            self.contact.heard_leader();
         }
         encode(&r)
     }
@@ -353,13 +544,26 @@ impl RaftPeer for RaftService {
         check_snapshot_request(&req)?;
         let vote = req.vote;
         if current(&self.raft, &vote) {
-            self.contact.touch();
+            self.contact.heard_leader();
         }
         let r = self.raft.install_snapshot(req).await;
         if matches!(&r, Ok(s) if s.vote == vote) {
-            self.contact.touch();
+            self.contact.heard_leader();
         }
         encode(&r)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let req: PreVote = decode(req)?;
+        check_pre_vote(&req)?;
+        let reply = answer_pre_vote(&self.raft, &self.contact, self.lease, &req);
+        if reply.granted {
+            // The candidate campaigns next: do not start a rival campaign meanwhile (the
+            // survivors of a killed leader fall silent together and their timers fired
+            // 6–28 ms apart under load; both passing the pre-vote would split the vote).
+            self.contact.touch();
+        }
+        encode(&reply)
     }
 }
 
@@ -377,6 +581,25 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,
         }
+    }
+
+    #[test]
+    fn a_leader_heard_from_is_not_after_the_timer_it_armed() {
+        let c = Contact::default();
+        assert!(
+            !c.leader_within(Duration::from_secs(1)),
+            "no leader heard yet"
+        );
+        c.heard_leader();
+        let armed = c.at();
+        assert!(!c.leader_after(armed), "the contact that armed the timer");
+        assert!(c.leader_within(Duration::from_secs(1)));
+        // A vote granted moves the timer, not the leader's contact.
+        std::thread::sleep(Duration::from_millis(2));
+        c.touch();
+        assert!(c.at() > armed && !c.leader_after(armed));
+        c.heard_leader();
+        assert!(c.leader_after(armed));
     }
 
     #[test]

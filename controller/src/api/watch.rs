@@ -157,14 +157,21 @@ async fn process_gone(listened: bool, address: Option<&str>) -> bool {
 /// The node's watch stream closed (a crash or a lost connection). It fences itself within
 /// the stream fence unless it renews saying so, so the leader need not wait for the whole
 /// lease; if its process is gone, not even that long.
-async fn gone(core: &Core, node: &str, incarnation: u64, opened: Instant, listened: bool) {
+async fn gone(
+    core: &Core,
+    node: &str,
+    incarnation: u64,
+    opened: Instant,
+    stream: u64,
+    listened: bool,
+) {
     if core.ensure_leader().is_err() {
         return;
     }
     let address = address_of(core, node);
     let process_gone = process_gone(listened, address.as_deref()).await;
     core.leases
-        .stream_closed(node, incarnation, opened, process_gone);
+        .stream_closed(node, incarnation, opened, stream, process_gone);
 }
 
 /// What became of one batch of changes sent to a node.
@@ -302,12 +309,14 @@ async fn listened(probe: tokio::task::JoinHandle<bool>) -> bool {
 
 /// Starts streaming to `node` (already checked live) until it disconnects or is declared
 /// dead: from log index `resume_from` when this member still holds the changes since (a
-/// node resuming after a break), else from a full view.
+/// node resuming after a break), else from a full view. `stream` is the node's number for
+/// it (0: unnumbered), handed to the lease on close.
 pub fn start(
     core: Arc<Core>,
     node: String,
     incarnation: u64,
     resume_from: u64,
+    stream: u64,
 ) -> mpsc::Receiver<Result<pb::WatchEvent, Status>> {
     let (tx, out) = mpsc::channel(1024);
     let opened = Instant::now();
@@ -334,6 +343,7 @@ pub fn start(
                 &s.node,
                 incarnation,
                 opened,
+                stream,
                 listened(listening).await,
             )
             .await;

@@ -274,6 +274,10 @@ struct KeeperState {
     broken_at: Option<Instant>,
     /// A watch stream is open (told to the leader with each renewal).
     watching: bool,
+    /// The number of the latest attempt to open a watch stream (`WatchRequest.stream`).
+    streams_asked: u64,
+    /// That latest stream ended, or its attempt was given up.
+    latest_over: bool,
 }
 
 impl LeaseKeeper {
@@ -284,6 +288,8 @@ impl LeaseKeeper {
                 last_ok: joined_at,
                 broken_at: None,
                 watching: false,
+                streams_asked: 0,
+                latest_over: false,
             }),
             renew_now: tokio::sync::Notify::new(),
         }
@@ -317,6 +323,7 @@ impl LeaseKeeper {
         let mut st = self.state.lock();
         st.broken_at.get_or_insert(at);
         st.watching = false;
+        st.latest_over = true;
         self.publish(cluster, &st);
         drop(st);
         self.renew_now.notify_one();
@@ -330,9 +337,36 @@ impl LeaseKeeper {
         st.watching && st.broken_at.is_none()
     }
 
-    /// A watch stream is open again.
+    /// A watch stream is open again (the latest one asked for: attempts follow one another).
     fn stream_opened(&self) {
         self.state.lock().watching = true;
+    }
+
+    /// Numbers the next attempt to open a watch stream; every earlier one is over (an
+    /// attempt given up inside the retries may still have opened a stream at a member).
+    fn next_stream(&self) -> u64 {
+        let mut st = self.state.lock();
+        st.streams_asked += 1;
+        st.latest_over = false;
+        st.streams_asked
+    }
+
+    /// Every attempt to open a stream was given up.
+    fn streams_given_up(&self) {
+        self.state.lock().latest_over = true;
+    }
+
+    /// What the next renewal says of the numbered streams: every one up to this number is
+    /// over for this node. The latest counts only once it ended: while it opens or is open,
+    /// its close is what tells the leader this node crashed (a renewal sent before it
+    /// opened, served after, no longer hides that, as `watching: false` did).
+    fn streams_ended(&self) -> u64 {
+        let st = self.state.lock();
+        if st.latest_over {
+            st.streams_asked
+        } else {
+            st.streams_asked.saturating_sub(1)
+        }
     }
 
     /// The member that served the broken stream is not running: it cannot declare anything.
@@ -428,6 +462,7 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
         let request = pb::HeartbeatRequest {
             node: Some(node_ref(cluster, session)),
             watching: keeper.watching_for_renewal(),
+            streams_ended: keeper.streams_ended(),
         };
         let tried = Mutex::new(Instant::now());
         let call = cluster.controller.node_until(
@@ -480,6 +515,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         let request = pb::WatchRequest {
             node: Some(node_ref(cluster, session)),
             resume_from: position.resume_from(),
+            stream: 0,
         };
         // Any member serves the stream: after a break each one gets a third of the stream
         // fence, so a frozen member (connections open, nothing answers) cannot use it all.
@@ -492,8 +528,11 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         };
         let opened = cluster
             .controller
-            .node_until(deadline, attempt, request, |mut c, r| async move {
-                c.watch(r).await
+            .node_until(deadline, attempt, request, |mut c, mut r| {
+                // Each attempt its own number: one abandoned here may still have opened a
+                // stream at a member, whose close must not count against this node.
+                r.stream = keeper.next_stream();
+                async move { c.watch(r).await }
             })
             .await;
         let (mut stream, member) = match opened {
@@ -508,6 +547,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
                         status.message()
                     );
                 }
+                keeper.streams_given_up();
                 broken_since.get_or_insert_with(Instant::now);
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;

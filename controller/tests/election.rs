@@ -1,0 +1,161 @@
+//! Elections of three real members: a member that was only paused must not depose a live
+//! leader (pre-vote), and a leader that truly died is replaced as fast as before.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rebeam_proto::v1 as pb;
+use support::*;
+
+/// Member `i`'s status, or None while it does not answer within 300 ms.
+async fn status(c: &Cluster, i: usize) -> Option<pb::StatusReply> {
+    let asked = tokio::time::timeout(
+        Duration::from_millis(300),
+        c.control_client(i).status(pb::StatusRequest {}),
+    )
+    .await;
+    match asked {
+        Ok(Ok(r)) => Some(r.into_inner()),
+        _ => None,
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A follower frozen past its election timeout (SIGSTOP, then SIGCONT) finds a live leader
+/// when it wakes: it neither raises the term nor changes the leader. Without pre-vote its
+/// timer fires on waking, it campaigns with a higher term, and the leader steps down when a
+/// reply carries that term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_follower_does_not_depose_a_live_leader() {
+    let c = Cluster::start(3, LONG_LEASE);
+    let inc = join_node(&c, "node-x", &[]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let before = status(&c, leader).await.expect("leader status");
+    let term = before.current_term;
+    for round in 0..3u64 {
+        let follower = (leader + 1 + (round as usize % 2)) % 3;
+        let pid = c.pid(follower).expect("follower runs");
+        signal(pid, "-STOP");
+        // Well past the follower's election wait (300 ms lease + 150–300 ms).
+        let name = format!("while-paused-{round}");
+        register(&c, &name, pid_of(inc, round)).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        signal(pid, "-CONT");
+        let woke = Instant::now();
+        // The woken follower catches up with the write made while it slept: it follows.
+        let want = status(&c, leader)
+            .await
+            .expect("leader status")
+            .last_log_index;
+        c.wait_until(
+            Duration::from_secs(10),
+            "the woken follower to catch up",
+            || {
+                let c = &c;
+                async move {
+                    status(c, follower)
+                        .await
+                        .is_some_and(|s| s.last_applied_index >= want)
+                }
+            },
+        )
+        .await;
+        // Its election timer fired on waking; give a campaign two full election waits to
+        // show (a term change or another leader), checking every member all along.
+        while woke.elapsed() < Duration::from_millis(1500) {
+            for i in 0..3 {
+                if let Some(s) = status(&c, i).await {
+                    assert_eq!(
+                        s.current_term,
+                        term,
+                        "round {round}: member {i} moved to a new term after follower \
+                         {follower} woke; logs in {}",
+                        c.path()
+                    );
+                    if s.leader_id != 0 {
+                        assert_eq!(s.leader_id, leader as u64 + 1, "round {round}: member {i}");
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(c.wait_leader(Duration::from_secs(1)).await, leader);
+}
+
+fn pid_of(incarnation: u64, serial: u64) -> pb::Pid {
+    pid("node-x", incarnation, serial + 1)
+}
+
+/// Long leases: these tests are about elections, not node failure detection (the node
+/// holding the names written here never renews).
+const LONG_LEASE: &[&str] = &["--lease-ms", "600000", "--node-fence-ms", "500000"];
+
+/// kill -9 of the leader: a survivor leads within 1 s, three times over (the pre-vote round
+/// adds one request to the campaign, not a wait). The dead leader's lease (300 ms) plus the
+/// 150–300 ms wait put the campaign 350–600 ms after the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_is_replaced_within_a_second() {
+    let c = Cluster::start(3, LONG_LEASE);
+    let inc = join_node(&c, "node-x", &[]).await;
+    let mut took = Vec::new();
+    for round in 0..3u64 {
+        let old = c.wait_leader(Duration::from_secs(10)).await;
+        register(&c, &format!("before-kill-{round}"), pid_of(inc, round)).await;
+        c.kill9(old);
+        let killed = Instant::now();
+        let new = c.wait_leader(Duration::from_secs(5)).await;
+        took.push(killed.elapsed());
+        assert_ne!(new, old);
+        // Back from its directory, caught up, before the next kill.
+        c.spawn(old);
+        let want = status(&c, new).await.expect("leader status").last_log_index;
+        c.wait_until(
+            Duration::from_secs(10),
+            "the restarted member to catch up",
+            || {
+                let c = &c;
+                async move {
+                    status(c, old)
+                        .await
+                        .is_some_and(|s| s.last_applied_index >= want)
+                }
+            },
+        )
+        .await;
+    }
+    eprintln!("elected after the kill in {took:?}");
+    for t in &took {
+        assert!(
+            *t < Duration::from_millis(1000),
+            "elected in {took:?}; logs in {}",
+            c.path()
+        );
+    }
+}
+
+/// A one-member group restarted from its directory elects itself at once: it has no one to
+/// ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_member_elects_itself_at_once() {
+    let c = Cluster::start(1, &[]);
+    c.wait_leader(Duration::from_secs(10)).await;
+    c.kill9(0);
+    let started = Instant::now();
+    c.spawn(0);
+    c.wait_leader(Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "a restarted single member led after {took:?}"
+    );
+}
