@@ -131,7 +131,14 @@ impl pb::gateway_service_server::GatewayService for Gateway {
         };
         let query = table_query(query)?;
         let page = tokio::task::spawn_blocking(move || {
-            crate::python::inspect::query(&rt, (!app.is_empty()).then_some(app.as_str()), &query)
+            let page = crate::python::inspect::query(
+                &rt,
+                (!app.is_empty()).then_some(app.as_str()),
+                &query,
+            );
+            // After the page: the next query judges by this observation.
+            tokio::task::spawn_blocking(move || crate::python::inspect::observe_all(&rt));
+            page
         })
         .await
         .map_err(|e| internal(format!("listing processes failed: {e}")))?;

@@ -12,6 +12,7 @@ use pyo3::types::PyDict;
 use rebeam_http::ptable::{Place, Sort, Value};
 use rebeam_http::stuck::{Observed, Stuck};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -216,27 +217,8 @@ fn describe_with(
         None => (String::new(), String::new()),
     };
     let (current_function, awaiting) = current_function(py, lookups, process);
-    let held = data.held.load(Ordering::Relaxed);
-    let mailbox_len = facts.mailbox_len + held;
-    let sampled = facts.payloads.len();
-    let sample_bytes: usize = facts
-        .payloads
-        .into_iter()
-        .map(|f| match f {
-            Footprint::Bytes(n) => n,
-            Footprint::Object(obj) => lookups.sizeof(obj.bind(py)),
-        })
-        .sum();
-    let payload_bytes = match sampled {
-        0 => 0,
-        n => sample_bytes * facts.mailbox_len / n,
-    };
-    let memory_bytes = std::mem::size_of::<PyProcess>()
-        + facts.links.len() * std::mem::size_of::<Pid>()
-        + (facts.monitored_by + facts.watching) * std::mem::size_of::<(Ref, Pid)>()
-        + mailbox_len * std::mem::size_of::<Envelope<Term>>()
-        + payload_bytes
-        + state_bytes;
+    let mailbox_len = facts.mailbox_len + data.held.load(Ordering::Relaxed);
+    let memory_bytes = memory_bytes(py, lookups, process, &facts, state_bytes);
     Some(ProcessReport {
         pid: process.pid,
         name: facts.name,
@@ -261,6 +243,48 @@ fn describe_with(
         links: facts.links,
         monitored_by: facts.monitored_by,
     })
+}
+
+/// Approximate bytes of `process` (see `ProcessReport::memory_bytes`): its record, links and
+/// monitors, its mailbox (payload sizes sampled), and `state_bytes` of server state.
+fn memory_bytes(
+    py: Python<'_>,
+    lookups: &Lookups<'_>,
+    process: &PyProcess,
+    facts: &Facts,
+    state_bytes: usize,
+) -> usize {
+    let mailbox_len = facts.mailbox_len + process.data.held.load(Ordering::Relaxed);
+    let sampled = facts.payloads.len();
+    let sample_bytes: usize = facts
+        .payloads
+        .iter()
+        .map(|f| match f {
+            Footprint::Bytes(n) => *n,
+            Footprint::Object(obj) => lookups.sizeof(obj.bind(py)),
+        })
+        .sum();
+    let payload_bytes = match sampled {
+        0 => 0,
+        n => sample_bytes * facts.mailbox_len / n,
+    };
+    std::mem::size_of::<PyProcess>()
+        + facts.links.len() * std::mem::size_of::<Pid>()
+        + (facts.monitored_by + facts.watching) * std::mem::size_of::<(Ref, Pid)>()
+        + mailbox_len * std::mem::size_of::<Envelope<Term>>()
+        + payload_bytes
+        + state_bytes
+}
+
+/// [`memory_bytes`] alone, as sorting by memory needs it of every process (without the
+/// names, frames and mailbox facts a row shows); `None` once it has exited.
+fn memory_only(py: Python<'_>, lookups: &Lookups<'_>, process: &PyProcess) -> Option<usize> {
+    let facts = facts(py, process)?;
+    let state_bytes = match (process.kind, process.data.server.get()) {
+        (Kind::Server, Some(server)) => state_size(lookups, server.bind(py)),
+        _ => 0,
+    };
+    Some(memory_bytes(py, lookups, process, &facts, state_bytes))
 }
 
 /// What runs now for `process` (see [`ProcessReport::current_function`]), and whether an
@@ -389,16 +413,30 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
     .collect();
     // Each query is an observation for the stuck rules, as each scrape of `/metrics` is.
     let now = Instant::now();
-    let observed: Vec<Observed> = processes.iter().map(|p| metrics::observed(p)).collect();
-    let pairs = || processes.iter().zip(&observed).map(|(p, o)| (&p.pid, *o));
-    metrics::STUCK.observe(pairs(), now);
-    let stuck = metrics::STUCK.judge_all(pairs(), now);
+    // Judged against the observations so far (see `observe_all`); every row only when the
+    // query selects or orders by it, else just the rows answered.
+    let judge_every = q.stuck.is_some() || q.sort == Sort::Stuck;
+    let observed: Vec<Observed> = if judge_every || matches!(q.sort, Sort::Mailbox | Sort::Handled)
+    {
+        processes.iter().map(|p| metrics::observed(p)).collect()
+    } else {
+        Vec::new()
+    };
+    let stuck: Vec<Option<Stuck>> = if judge_every {
+        let pairs = processes.iter().zip(&observed).map(|(p, o)| (&p.pid, *o));
+        metrics::STUCK.judge_all(pairs, now)
+    } else {
+        Vec::new()
+    };
     let needs_python =
         !q.text.is_empty() || matches!(q.sort, Sort::Kind | Sort::Function | Sort::Memory);
     // (kind and initial, current function, memory) where the query needs them.
     let mut light: Vec<Option<(&'static str, Arc<str>, String, u64)>> = Vec::new();
     if needs_python {
         light.reserve(processes.len());
+        // Sorting by memory alone needs no names.
+        let named = !q.text.is_empty() || matches!(q.sort, Sort::Kind | Sort::Function);
+        let empty: Arc<str> = Arc::from("");
         Python::attach(|py| {
             let mut names = CodeNames::new();
             for (i, chunk) in processes.chunks(CHUNK).enumerate() {
@@ -407,12 +445,14 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
                 }
                 let lookups = Lookups::new(py);
                 for p in chunk {
-                    let (kind, initial) = kind_and_initial(py, &lookups, &mut names, p);
-                    let function = current_function(py, &lookups, p).0;
+                    let (kind, initial, function) = if named {
+                        let (kind, initial) = kind_and_initial(py, &lookups, &mut names, p);
+                        (kind, initial, current_function(py, &lookups, p).0)
+                    } else {
+                        ("", empty.clone(), String::new())
+                    };
                     let memory = match q.sort {
-                        Sort::Memory => {
-                            describe_with(py, &lookups, p).map_or(0, |r| r.memory_bytes as u64)
-                        }
+                        Sort::Memory => memory_only(py, &lookups, p).unwrap_or(0) as u64,
                         _ => 0,
                     };
                     light.push(Some((kind, initial, function, memory)));
@@ -425,10 +465,10 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
         p.data.app.as_ref().map_or("", |a| a.name.as_str())
     }
     let mut rows: Vec<(Value, u64, u64, usize)> = Vec::new();
+    let mut pid_text = String::new();
     for (i, p) in processes.iter().enumerate() {
         let l = light.get(i).and_then(Option::as_ref);
-        let is_stuck = stuck[i].is_some();
-        if q.stuck.is_some_and(|want| want != is_stuck) {
+        if q.stuck.is_some_and(|want| want != stuck[i].is_some()) {
             continue;
         }
         let name = match (q.sort, q.text.is_empty()) {
@@ -436,13 +476,17 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
             _ => None,
         };
         if !q.text.is_empty() {
-            let contains = |s: &str| s.to_lowercase().contains(&q.text);
+            let contains = |s: &str| contains_folded(s, &q.text);
             let found = name.as_deref().is_some_and(contains)
                 || contains(app_of(p))
                 || l.is_some_and(|(_, initial, function, _)| {
                     contains(initial) || contains(function)
                 })
-                || contains(&format!("{}.{}.{}", node, p.pid.incarnation, p.pid.serial));
+                || {
+                    pid_text.clear();
+                    let _ = write!(pid_text, "{node}.{}.{}", p.pid.incarnation, p.pid.serial);
+                    contains(&pid_text)
+                };
             if !found {
                 continue;
             }
@@ -456,7 +500,12 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
             Sort::Memory => Value::Number(l.map_or(0, |x| x.3)),
             Sort::Mailbox => Value::Number(observed[i].mailbox),
             Sort::Handled => Value::Number(observed[i].handled),
-            Sort::Stuck => Value::Number(stuck[i].as_ref().map_or(0, |s| s.for_ms)),
+            Sort::Stuck => Value::Number(
+                stuck
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .map_or(0, |s| s.for_ms),
+            ),
         };
         rows.push((value, p.pid.incarnation, p.pid.serial, i));
     }
@@ -505,7 +554,11 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
                     (Sort::Name, Value::Text(t)) => r.name = (!t.is_empty()).then_some(t),
                     _ => {}
                 }
-                Some((r, stuck[i].clone()))
+                let judged = match stuck.get(i) {
+                    Some(s) => s.clone(),
+                    None => metrics::STUCK.judge(&r.pid, metrics::observed(&processes[i]), now),
+                };
+                Some((r, judged))
             })
             .collect()
     });
@@ -514,6 +567,48 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
         after_cursor,
         rows: described,
     }
+}
+
+/// Whether `hay` contains `needle` (given in lower case) ignoring case, without allocating
+/// for ASCII text (a filter compares a million rows).
+fn contains_folded(hay: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if hay.is_ascii() && needle.is_ascii() {
+        return hay
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
+    }
+    hay.to_lowercase().contains(needle)
+}
+
+/// When the process table's queries may next observe every process for the stuck rules.
+static OBSERVE_AFTER: parking_lot::Mutex<Option<Instant>> = parking_lot::Mutex::new(None);
+
+/// Records every process of this node for the stuck rules: called after a query is
+/// answered, so observing a million processes never delays a page. At most once a second,
+/// and at most a tenth of the time (a node of a million processes observes every few
+/// seconds: a stuck flag then shows up that much later than the 5 s of the rules).
+pub fn observe_all(rt: &PyRuntime) {
+    let started = Instant::now();
+    {
+        let mut after = OBSERVE_AFTER.lock();
+        if after.is_some_and(|t| started < t) {
+            return;
+        }
+        // Held off while this one runs.
+        *after = Some(started + std::time::Duration::from_secs(3600));
+    }
+    let processes = rt.processes();
+    metrics::STUCK.observe(
+        processes.iter().map(|p| (&p.pid, metrics::observed(p))),
+        started,
+    );
+    let took = started.elapsed();
+    *OBSERVE_AFTER.lock() =
+        Some(Instant::now() + (took * 9).max(std::time::Duration::from_secs(1)));
 }
 
 /// `module.qualname` of a class or function (its repr when it has none).
