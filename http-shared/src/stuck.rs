@@ -65,8 +65,20 @@ impl<K> Default for StuckWatch<K> {
 }
 
 impl<K: Hash + Eq> StuckWatch<K> {
-    /// Records the processes of one observation (taken at `now`), by pid.
+    /// Records the processes of one observation (taken at `now`), by pid, and forgets those
+    /// not seen for a while.
     pub fn observe<'a, Q>(&self, rows: impl IntoIterator<Item = (&'a Q, Observed)>, now: Instant)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized + 'a,
+    {
+        self.record(rows, now);
+        self.forget_unseen(now);
+    }
+
+    /// Records part of an observation taken at `now` (a large one in parts, so judging is
+    /// never held up for long); [`StuckWatch::forget_unseen`] ends it.
+    pub fn record<'a, Q>(&self, rows: impl IntoIterator<Item = (&'a Q, Observed)>, now: Instant)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized + 'a,
@@ -96,7 +108,13 @@ impl<K: Hash + Eq> StuckWatch<K> {
             };
             s.last_seen = now;
         }
-        seen.retain(|_, s| now.duration_since(s.last_seen) < FORGET_AFTER);
+    }
+
+    /// Forgets processes not seen for a while before `now` (they exited, or nobody asks).
+    pub fn forget_unseen(&self, now: Instant) {
+        self.seen
+            .lock()
+            .retain(|_, s| now.duration_since(s.last_seen) < FORGET_AFTER);
     }
 
     /// Whether the process `pid`, now `p`, is stuck.

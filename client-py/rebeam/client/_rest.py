@@ -112,7 +112,8 @@ class RestClient:
         (the server sends a keep-alive comment every 15 s)."""
         target = self.url(path, query)
         with self._open(target, "text/event-stream", timeout or self.timeout) as r:
-            event, data = "message", []
+            event = "message"
+            data: list[str] = []
             for raw in r:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 if not line:

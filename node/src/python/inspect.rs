@@ -364,6 +364,10 @@ fn kind_and_initial(
         .clone()
 }
 
+/// What a query needs of a process beyond the runtime's facts: its kind and initial, its
+/// current function and its memory.
+type Light = (&'static str, Arc<str>, String, u64);
+
 /// A process table query as a node runs it (`ProcessQuery` of the gateway API).
 pub struct TableQuery {
     /// The order.
@@ -430,8 +434,8 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
     };
     let needs_python =
         !q.text.is_empty() || matches!(q.sort, Sort::Kind | Sort::Function | Sort::Memory);
-    // (kind and initial, current function, memory) where the query needs them.
-    let mut light: Vec<Option<(&'static str, Arc<str>, String, u64)>> = Vec::new();
+    // Kind and initial, current function and memory, where the query needs them.
+    let mut light: Vec<Light> = Vec::new();
     if needs_python {
         light.reserve(processes.len());
         // Sorting by memory alone needs no names.
@@ -455,7 +459,7 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
                         Sort::Memory => memory_only(py, &lookups, p).unwrap_or(0) as u64,
                         _ => 0,
                     };
-                    light.push(Some((kind, initial, function, memory)));
+                    light.push((kind, initial, function, memory));
                 }
             }
         });
@@ -467,7 +471,7 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
     let mut rows: Vec<(Value, u64, u64, usize)> = Vec::new();
     let mut pid_text = String::new();
     for (i, p) in processes.iter().enumerate() {
-        let l = light.get(i).and_then(Option::as_ref);
+        let l = light.get(i);
         if q.stuck.is_some_and(|want| want != stuck[i].is_some()) {
             continue;
         }
@@ -602,10 +606,12 @@ pub fn observe_all(rt: &PyRuntime) {
         *after = Some(started + std::time::Duration::from_secs(3600));
     }
     let processes = rt.processes();
-    metrics::STUCK.observe(
-        processes.iter().map(|p| (&p.pid, metrics::observed(p))),
-        started,
-    );
+    // In parts, each under its own hold of the lock: a page judging its rows meanwhile
+    // waits for one part at most.
+    for part in processes.chunks(4096) {
+        metrics::STUCK.record(part.iter().map(|p| (&p.pid, metrics::observed(p))), started);
+    }
+    metrics::STUCK.forget_unseen(started);
     let took = started.elapsed();
     *OBSERVE_AFTER.lock() =
         Some(Instant::now() + (took * 9).max(std::time::Duration::from_secs(1)));
