@@ -350,6 +350,14 @@ def test_a_rest_request_is_a_server_span_continuing_the_callers_trace(
     try:
         controllers.start()
         http = f"http://{controllers.members[0].http}"
+
+        def serving() -> bool:
+            try:
+                return request(f"{http}/healthz", token=None)[0] == 200
+            except OSError:
+                return False
+
+        wait_for("the HTTP server", serving)
         trace_id, caller = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
         parent = {"traceparent": f"00-{trace_id}-{caller}-01"}
         assert request(f"{http}/api/v1/cluster", headers=parent)[0] == 200
