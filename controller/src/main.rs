@@ -264,7 +264,8 @@ async fn main() -> anyhow::Result<()> {
     let http = rebeam_controller::http::HttpListener::bind(http_listen)
         .await?
         .with_tls(http_tls)
-        .with_limits(connections);
+        .with_limits(connections)
+        .with_tracer(rebeam_controller::trace::tracer);
     let (boot_stop, boot_stopped) = tokio::sync::watch::channel(false);
     let boot_task = boot.take().map(|mut b| {
         // Without advertised addresses the bound ones are all the others can dial.

@@ -39,6 +39,11 @@ pub struct TraceConfig {
 
 pub use rebeam_grpc::tracecontext::TraceError;
 
+/// The tracer, while tracing is on (the HTTP server's request spans come from it).
+pub fn tracer() -> Option<&'static Tracer> {
+    TRACING.get().map(|t| &t.tracer)
+}
+
 struct Tracing {
     provider: SdkTracerProvider,
     tracer: Tracer,

@@ -6,8 +6,10 @@
 pub mod auth;
 pub mod health;
 pub mod prom;
+pub mod ptable;
 pub mod stuck;
 pub mod tls;
+pub mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ pub struct HttpListener {
     addr: SocketAddr,
     tls: Option<rebeam_tls::TlsSource>,
     limits: ConnLimits,
+    tracer: Option<trace::TracerSource>,
 }
 
 impl HttpListener {
@@ -46,6 +49,7 @@ impl HttpListener {
             addr,
             tls: None,
             limits: ConnLimits::default(),
+            tracer: None,
         })
     }
 
@@ -70,6 +74,12 @@ impl HttpListener {
         self
     }
 
+    /// Gives each request a server span from `tracer` (see [`trace::server_span`]).
+    pub fn with_tracer(mut self, tracer: trace::TracerSource) -> Self {
+        self.tracer = Some(tracer);
+        self
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -79,6 +89,11 @@ impl HttpListener {
     /// servers (connection cap, idle timeout, `TCP_NODELAY`: small JSON answers written after
     /// an await otherwise wait out a delayed ACK).
     pub async fn serve(self, router: Router, stop: impl Future<Output = ()> + Send + 'static) {
+        // Outermost, so refused requests (the auth guard's 401s) have spans too.
+        let router = match self.tracer {
+            Some(t) => router.layer(axum::middleware::from_fn_with_state(t, trace::server_span)),
+            None => router,
+        };
         if let Some(tls) = self.tls {
             let listener = tls::HttpsListener::new(self.listener, self.addr, tls, self.limits);
             let router = router.layer(axum::middleware::from_fn(auth::secure_cookies));

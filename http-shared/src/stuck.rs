@@ -5,7 +5,9 @@
 //! rule applies to it. The controller judges its gathered process lists with it, a node
 //! its own processes at each scrape of its `/metrics`.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -49,20 +51,43 @@ pub struct Stuck {
     pub for_ms: u64,
 }
 
-/// Observations of processes, by pid.
-#[derive(Default)]
-pub struct StuckWatch {
-    seen: Mutex<HashMap<String, Seen>>,
+/// Observations of processes, by pid (its text, or a node's own pid type).
+pub struct StuckWatch<K = String> {
+    seen: Mutex<HashMap<K, Seen>>,
 }
 
-impl StuckWatch {
-    /// Records the processes of one observation (taken at `now`), by pid.
-    pub fn observe<'a>(&self, rows: impl IntoIterator<Item = (&'a str, Observed)>, now: Instant) {
+impl<K> Default for StuckWatch<K> {
+    fn default() -> Self {
+        StuckWatch {
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq> StuckWatch<K> {
+    /// Records the processes of one observation (taken at `now`), by pid, and forgets those
+    /// not seen for a while.
+    pub fn observe<'a, Q>(&self, rows: impl IntoIterator<Item = (&'a Q, Observed)>, now: Instant)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized + 'a,
+    {
+        self.record(rows, now);
+        self.forget_unseen(now);
+    }
+
+    /// Records part of an observation taken at `now` (a large one in parts, so judging is
+    /// never held up for long); [`StuckWatch::forget_unseen`] ends it.
+    pub fn record<'a, Q>(&self, rows: impl IntoIterator<Item = (&'a Q, Observed)>, now: Instant)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized + 'a,
+    {
         let mut seen = self.seen.lock();
         for (pid, p) in rows {
             let s = match seen.get_mut(pid) {
                 Some(s) => s,
-                None => seen.entry(pid.to_string()).or_insert(Seen {
+                None => seen.entry(pid.to_owned()).or_insert(Seen {
                     handled: p.handled,
                     handled_since: now,
                     mailbox_then: p.mailbox,
@@ -83,20 +108,34 @@ impl StuckWatch {
             };
             s.last_seen = now;
         }
-        seen.retain(|_, s| now.duration_since(s.last_seen) < FORGET_AFTER);
+    }
+
+    /// Forgets processes not seen for a while before `now` (they exited, or nobody asks).
+    pub fn forget_unseen(&self, now: Instant) {
+        self.seen
+            .lock()
+            .retain(|_, s| now.duration_since(s.last_seen) < FORGET_AFTER);
     }
 
     /// Whether the process `pid`, now `p`, is stuck.
-    pub fn judge(&self, pid: &str, p: Observed, now: Instant) -> Option<Stuck> {
+    pub fn judge<Q>(&self, pid: &Q, p: Observed, now: Instant) -> Option<Stuck>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         judge_seen(p, self.seen.lock().get(pid)?, now)
     }
 
     /// [`StuckWatch::judge`] of many processes under one lock.
-    pub fn judge_all<'a>(
+    pub fn judge_all<'a, Q>(
         &self,
-        rows: impl IntoIterator<Item = (&'a str, Observed)>,
+        rows: impl IntoIterator<Item = (&'a Q, Observed)>,
         now: Instant,
-    ) -> Vec<Option<Stuck>> {
+    ) -> Vec<Option<Stuck>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + 'a,
+    {
         let seen = self.seen.lock();
         rows.into_iter()
             .map(|(pid, p)| judge_seen(p, seen.get(pid)?, now))

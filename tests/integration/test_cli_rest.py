@@ -159,6 +159,22 @@ def test_json_output_is_the_rest_apis_document(controllers: Cluster, nodes: Node
     assert {p["app"] for p in items} == {"observed"}, items
     assert all({"id", "stuck", "mailbox"} <= set(p) for p in items), items
 
+    # logs --json reads the REST log stream without following it: one JSON document a
+    # line, as the stream's log events (what the dashboard shows), then it ends.
+    def printed() -> list[dict[str, object]] | None:
+        done = rebeam_cli("logs", "observed", "--json", "--http", http)
+        assert done.returncode == 0, done.stderr
+        lines = [json.loads(line) for line in done.stdout.splitlines()]
+        return lines if any(e["text"] == "printer started" for e in lines) else None
+
+    lines = wait_for("the printer's output in `rebeam logs --json`", printed)
+    assert isinstance(lines, list)
+    assert all(set(e) == {"seq", "time_ms", "node", "pid", "stream", "text"} for e in lines), lines
+    assert {e["node"] for e in lines} == {"a"}
+    # --since leaves older entries out (0s: everything written before the command).
+    done = rebeam_cli("logs", "observed", "--json", "--http", http, "--since", "0s")
+    assert done.returncode == 0 and done.stdout == "", done
+
     # Without an HTTP address the gRPC API answers (its records: a list of apps).
     grpc = doc("apps", "--json", env_extra={"REBEAM_URL": controllers.url})
     assert isinstance(grpc, list) and [a["name"] for a in grpc] == ["observed"], grpc

@@ -160,6 +160,129 @@ def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir
     assert restarted
 
 
+TABLE_SPAWNER = """
+    import time
+
+    import rebeam
+
+    class Counter(rebeam.GenServer):
+        def handle_cast(self, request):
+            pass
+
+        def handle_call(self, request, sender):
+            return "synced"
+
+    def sleeper():
+        time.sleep(3600)
+
+    def main():
+        for i in range(120):
+            pid = rebeam.spawn(Counter)
+            if i % 3 == 0:
+                rebeam.register(f"w{{i % 9}}-{node}-{{i}}", pid)
+            for _ in range(i % 11):
+                rebeam.cast(pid, "tick")
+            # Ordered after the casts: once it answers, they are handled.
+            rebeam.call(pid, "sync")
+        for i in range(30):
+            pid = rebeam.spawn(sleeper)
+            for _ in range(i % 5):
+                rebeam.send(pid, "unread")
+        print("spawned", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+
+def _place(row: dict[str, object], sort: str) -> tuple[object, str, int, int]:
+    """A row's place in the API's order: the sort value, then the pid."""
+    node, incarnation, serial = str(row["id"]).rsplit(".", 2)
+    field = {"pid": None, "node": None, "name": "name", "app": "app", "kind": "kind",
+             "mailbox": "mailbox", "handled": "handled", "memory": "memory",
+             "function": "current_function"}[sort]
+    value = 0 if field is None else row[field]
+    return (value, node, int(incarnation), int(serial))
+
+
+def _matches(row: dict[str, object], needle: str) -> bool:
+    fields = (row["name"], row["initial"], row["current_function"], row["app"], row["id"])
+    return any(needle in str(f).lower() for f in fields)
+
+
+def test_process_table_is_selected_by_the_nodes_and_paged_by_cursor(
+        controllers: Cluster, nodes: Nodes) -> None:
+    """Each node filters, sorts and pages its own processes; the controller merges their
+    pages. Walking every page by cursor (7 rows a page, so pages cross nodes) gives exactly
+    the full list filtered and sorted in Python, for each sort key, order and filter."""
+    http = f"http://{controllers.members[0].http}"
+    for name in ("a", "b"):
+        nodes.start(name, TABLE_SPAWNER.format(node=name)).wait_output("spawned")
+
+    def everything() -> list[dict[str, object]] | None:
+        page = get_json(f"{http}/api/v1/processes?limit=1000")
+        assert isinstance(page, dict)
+        rows = page["items"]
+        counters = [r for r in rows if "Counter" in str(r["initial"])]
+        ready = (len(counters) == 240 and not page["missing_nodes"]
+                 and page["next_cursor"] is None and page["total"] == len(rows))
+        return rows if ready else None
+
+    full = wait_for("both nodes' processes", everything)
+    assert isinstance(full, list)
+    assert {r["node"] for r in full} == {"a", "b"}
+
+    def walk(query: str) -> tuple[list[str], int]:
+        ids: list[str] = []
+        cursor = ""
+        totals = set()
+        for _ in range(200):
+            page = get_json(f"{http}/api/v1/processes?limit=7&{query}"
+                            + (f"&after={cursor}" if cursor else ""))
+            assert isinstance(page, dict) and not page["missing_nodes"], page
+            totals.add(page["total"])
+            ids += [str(r["id"]) for r in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+            assert len(page["items"]) == 7
+        assert len(totals) == 1, totals
+        return ids, totals.pop()
+
+    cases = [("pid", "asc", ""), ("node", "desc", ""), ("handled", "desc", ""),
+             ("mailbox", "desc", ""), ("name", "asc", ""), ("memory", "desc", ""),
+             ("function", "asc", ""), ("kind", "desc", ""), ("handled", "asc", "w1-"),
+             ("mailbox", "desc", "sleeper"), ("pid", "desc", "b.")]
+    for sort, order, needle in cases:
+        rows = [r for r in full if not needle or _matches(r, needle)]
+        rows.sort(key=lambda r: _place(r, sort), reverse=order == "desc")
+        want = [str(r["id"]) for r in rows]
+        got, total = walk(f"sort={sort}&order={order}&q={needle}")
+        assert total == len(want), (sort, order, needle, total, len(want))
+        assert got == want, (sort, order, needle)
+    # The filters select on the nodes: a few of the 300-odd rows.
+    assert 0 < len([r for r in full if _matches(r, "sleeper")]) == 60 < len(full)
+
+    # Offset paging still works (each node sends offset + limit rows), and agrees.
+    by_handled = sorted(full, key=lambda r: _place(r, "handled"), reverse=True)
+    page = get_json(f"{http}/api/v1/processes?sort=handled&order=desc&offset=10&limit=5")
+    assert isinstance(page, dict) and page["offset"] == 10
+    assert [r["id"] for r in page["items"]] == [r["id"] for r in by_handled[10:15]]
+    # Only node b, from its own selection.
+    only_b = get_json(f"{http}/api/v1/processes?node=b&limit=1000")
+    assert isinstance(only_b, dict)
+    assert only_b["total"] == len([r for r in full if r["node"] == "b"])
+    # A cursor belongs to its order; a mangled one is refused.
+    first = get_json(f"{http}/api/v1/processes?sort=handled&limit=3")
+    assert isinstance(first, dict) and first["next_cursor"]
+    assert request(f"{http}/api/v1/processes?sort=name&after={first['next_cursor']}")[0] == 400
+    assert request(f"{http}/api/v1/processes?after=c1.pid.asc..zz.1.2")[0] == 400
+    # The process page asks the process's own node.
+    some_b = next(r for r in full if r["node"] == "b" and r["name"])
+    one = get_json(f"{http}/api/v1/processes/{some_b['id']}")
+    assert isinstance(one, dict) and one["name"] == some_b["name"] and one["stuck"] is False
+
+
 def test_rest_api_fuzzed_from_its_openapi_document(controllers: Cluster, nodes: Nodes) -> None:
     """schemathesis drives every documented operation with generated input: never a 5xx,
     and answers match the document. Actions run with a read token (refused, 403) so the

@@ -335,3 +335,61 @@ def test_a_lease_expiry_is_a_root_raft_write_span(
     assert write.parent == "", write
     assert write.attributes["rebeam.node"] == "doomed", write
     assert write.attributes["rebeam.reason"] == "lease expired", write
+
+
+def test_a_rest_request_is_a_server_span_continuing_the_callers_trace(
+        receiver: tuple[Receiver, str], workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request to the HTTP server is a server span named by its method and route, a
+    child of the caller's W3C ``traceparent``, with its status; what the handler writes
+    through Raft is a child of it."""
+    from dashboard import request
+
+    rec, endpoint = receiver
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    controllers = Cluster.create(workdir / "controllers", 1, ["--otlp-endpoint", endpoint])
+    try:
+        controllers.start()
+        http = f"http://{controllers.members[0].http}"
+
+        def serving() -> bool:
+            try:
+                return request(f"{http}/healthz", token=None)[0] == 200
+            except OSError:
+                return False
+
+        wait_for("the HTTP server", serving)
+        trace_id, caller = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        parent = {"traceparent": f"00-{trace_id}-{caller}-01"}
+        assert request(f"{http}/api/v1/cluster", headers=parent)[0] == 200
+        # An unknown app: the handler still proposes the stop, which the state refuses.
+        assert request(f"{http}/api/v1/apps/no-such-app/stop", method="POST",
+                       headers=parent)[0] == 404
+        assert request(f"{http}/api/v1/cluster", token="wrong")[0] == 401
+
+        def spans() -> list[Received] | None:
+            got = [s for s in rec.snapshot() if s.service == "rebeam-controller"]
+            names = {s.name for s in got}
+            wanted = {"GET /api/v1/cluster", "POST /api/v1/apps/{name}/stop", "raft.write"}
+            return got if wanted <= names and len(
+                [s for s in got if s.name == "GET /api/v1/cluster"]) == 2 else None
+
+        found = wait_for("the HTTP requests' spans", spans,
+                         on_timeout=lambda: "\n".join(map(str, rec.snapshot())))
+        assert isinstance(found, list)
+        cluster = [s for s in found if s.name == "GET /api/v1/cluster"]
+        [traced] = [s for s in cluster if s.trace_id == trace_id]
+        assert traced.kind == 2 and traced.parent == caller, traced  # SPAN_KIND_SERVER
+        assert traced.attributes["http.request.method"] == "GET"
+        assert traced.attributes["http.route"] == "/api/v1/cluster"
+        assert traced.attributes["http.response.status_code"] == 200
+        # Without a traceparent (and refused by the auth guard) it is a trace of its own.
+        [refused] = [s for s in cluster if s.trace_id != trace_id]
+        assert refused.parent == "" and refused.attributes["http.response.status_code"] == 401
+        [stop] = [s for s in found if s.name == "POST /api/v1/apps/{name}/stop"]
+        assert stop.trace_id == trace_id and stop.parent == caller, stop
+        assert stop.attributes["http.response.status_code"] == 404
+        assert stop.attributes["url.path"] == "/api/v1/apps/no-such-app/stop"
+        writes = [s for s in found if s.name == "raft.write" and s.parent == stop.span_id]
+        assert writes and writes[0].attributes["rebeam.command"] == "StopApp", found
+    finally:
+        controllers.stop()

@@ -20,6 +20,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from ._client import DEFAULT_TIMEOUT
@@ -92,27 +93,58 @@ class RestClient:
     def get(self, path: str, **query: Any) -> Any:
         """The JSON document at ``path`` (``/api/v1/events``, or ``events``); ``query``
         becomes the query string (None values are left out)."""
+        target = self.url(path, query)
+        with self._open(target, "application/json", self.timeout) as r:
+            try:
+                body = r.read()
+            except (OSError, ssl.SSLError) as e:
+                raise self._unreachable(e) from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ControllerError(f"{target} answered something that is not JSON; is "
+                                  f"{self.base} a controller's HTTP server (--http-listen)?") from None
+
+    def events(self, path: str, *, timeout: float | None = None,
+               **query: Any) -> Iterator[tuple[str, Any]]:
+        """The server-sent events of ``path`` (``apps/NAME/logs``) as (event, JSON data)
+        pairs, until the server ends the stream; ``timeout`` bounds each wait for a line
+        (the server sends a keep-alive comment every 15 s)."""
+        target = self.url(path, query)
+        with self._open(target, "text/event-stream", timeout or self.timeout) as r:
+            event = "message"
+            data: list[str] = []
+            for raw in r:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if not line:
+                    if data:
+                        try:
+                            yield event, json.loads("\n".join(data))
+                        except ValueError:
+                            raise ControllerError(f"{target} sent an event that is not JSON") from None
+                    event, data = "message", []
+                elif line.startswith(":"):
+                    continue
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+
+    def _open(self, target: str, accept: str, timeout: float) -> Any:
         if not self._token:
             raise AuthError(
                 "no token: pass --token (token= in Python), set REBEAM_TOKEN, or put "
                 "token = \"...\" in ~/.config/rebeam/config.toml")
-        target = self.url(path, query)
         req = urllib.request.Request(target, headers={
-            "Authorization": f"Bearer {self._token}", "Accept": "application/json"})
+            "Authorization": f"Bearer {self._token}", "Accept": accept})
         try:
-            with self._opener.open(req, timeout=self.timeout) as r:
-                body = r.read()
+            return self._opener.open(req, timeout=timeout)
         except urllib.error.HTTPError as e:
             raise self._error(target, e.code, e.read(), e.headers.get("Retry-After")) from None
         except urllib.error.URLError as e:
             raise self._unreachable(e.reason) from None
         except (OSError, ssl.SSLError) as e:
             raise self._unreachable(e) from None
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise ControllerError(f"{target} answered something that is not JSON; is "
-                                  f"{self.base} a controller's HTTP server (--http-listen)?") from None
 
     def _unreachable(self, why: object) -> Error:
         if isinstance(why, ssl.SSLCertVerificationError):

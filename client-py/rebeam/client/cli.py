@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import time
 import webbrowser
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -384,24 +385,33 @@ _PAGE = 1000
 
 def _rest_processes(rest: RestClient, app: str | None) -> dict[str, Any]:
     """Every process as one ``/api/v1/processes`` page: the pages walked in pid order and
-    joined. Pages asked within a second read one gathered list; a longer walk may cross a
-    newer list, so a row seen twice is kept once (a process that started or exited during
-    the walk may be missing or present, as between two `rebeam ps`)."""
+    joined, each from the ``next_cursor`` of the one before (a page costs the same at any
+    depth; a server without cursors is walked by offset). A process that started or exited
+    during the walk may be missing or present, as between two `rebeam ps`; a row seen twice
+    is kept once."""
     items: dict[str, Any] = {}
     missing: dict[str, Any] = {}
     offset = 0
+    cursor: str | None = None
     while True:
-        page = rest.get("processes", app=app, sort="pid", offset=offset, limit=_PAGE)
+        if cursor:
+            page = rest.get("processes", app=app, sort="pid", after=cursor, limit=_PAGE)
+        else:
+            page = rest.get("processes", app=app, sort="pid", offset=offset, limit=_PAGE)
         rows = page.get("items", [])
         offset += len(rows)
         for row in rows:
             items.setdefault(str(row.get("id")), row)
         for m in page.get("missing_nodes", []):
             missing[str(m.get("node"))] = m
-        if not rows or offset >= int(page.get("total", offset)):
+        if "next_cursor" in page:
+            cursor = page["next_cursor"]
+            if not rows or not cursor:
+                break
+        elif not rows or offset >= int(page.get("total", offset)):
             break
     return {"total": len(items), "offset": 0, "limit": len(items), "items": list(items.values()),
-            "missing_nodes": list(missing.values())}
+            "missing_nodes": list(missing.values()), "next_cursor": None}
 
 
 def cmd_ps(args: argparse.Namespace, o: _Output) -> int:
@@ -469,6 +479,42 @@ def _log_line(entry: LogEntry) -> str:
     return f"{head}:\n{body}"
 
 
+#: The backlog the REST log stream sends at most (its ``tail`` limit).
+_LOG_TAIL = 2000
+
+
+def _rest_logs(rest: RestClient, args: argparse.Namespace, o: _Output,
+               on_missing: Callable[[str, str], None]) -> int:
+    """``logs --json`` from the REST API's log stream: one JSON document per line (the
+    stream's ``log`` events: seq, time_ms, node, pid, stream, text), the newest 2,000 kept
+    entries, then, with ``-f``, each new one."""
+    lost = 0
+
+    def missing(node: str, why: str) -> None:
+        nonlocal lost
+        lost += 1
+        on_missing(node, why)
+
+    since_ms = None if args.since is None else int((time.time() - args.since) * 1000)
+    # Following, the server's keep-alive comes every 15 s: wait longer than that for a line.
+    timeout = max(rest.timeout, 60.0) if args.follow else rest.timeout
+    try:
+        for event, data in rest.events(f"apps/{args.app}/logs", timeout=timeout, tail=_LOG_TAIL,
+                                       follow=args.follow, since_ms=since_ms):
+            if event == "log":
+                o.out.write(json.dumps(data) + "\n")
+                if args.follow:
+                    o.out.flush()
+            elif event == "missing":
+                missing(str(data.get("node")), str(data.get("error")))
+            elif event == "done":
+                break
+    except KeyboardInterrupt:
+        if not args.follow:
+            raise
+    return 1 if lost else 0
+
+
 def cmd_logs(args: argparse.Namespace, o: _Output) -> int:
     lost: dict[str, str] = {}
 
@@ -477,6 +523,8 @@ def cmd_logs(args: argparse.Namespace, o: _Output) -> int:
         o.err.write(f"rebeam: warning: node {node} did not answer ({why}); its output is not shown\n")
         o.err.flush()
 
+    if rest := _rest_json(args, o):
+        return _rest_logs(rest, args, o, on_missing)
     count = 0
     with _client(args) as client:
         if args.follow:
@@ -624,7 +672,7 @@ def cmd_pack(args: argparse.Namespace, o: _Output) -> int:
 
 
 #: Reading commands whose ``--json`` comes from the REST API when an HTTP address is known.
-_REST_JSON = ("apps", "nodes", "names", "whereis", "status", "ps", "tree")
+_REST_JSON = ("apps", "nodes", "names", "whereis", "status", "ps", "tree", "logs")
 
 
 def _parser() -> argparse.ArgumentParser:

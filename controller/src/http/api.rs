@@ -23,6 +23,10 @@ use crate::http::auth::{require, Authenticated, Role};
 use crate::http::nodes::NodeClients;
 use crate::http::stuck::StuckWatch;
 use crate::types::{AppStatus, Command, Pid};
+use rebeam_http::ptable::{
+    decode_cursor, encode_cursor, ordered, Place, Sort, Value as PlaceValue, SORTS,
+};
+use rebeam_http::stuck::Stuck;
 
 /// Most rows one page of processes may hold.
 pub const MAX_PAGE: usize = 1_000;
@@ -56,7 +60,6 @@ pub struct ProcessList {
     missing: Vec<(String, String)>,
     /// When it was gathered.
     at: Instant,
-    at_ms: u64,
 }
 
 impl ProcessList {
@@ -89,7 +92,6 @@ impl Api {
             rows: g.answers.into_iter().flat_map(|(_, p)| p).collect(),
             missing: g.missing,
             at: now,
-            at_ms: now_ms(),
         });
         self.stuck.observe(&list.rows, now);
         let mut cache = self.cache.lock();
@@ -518,7 +520,15 @@ async fn groups(State(api): State<Arc<Api>>) -> ApiResult {
 
 fn process_json(p: &pb::ProcessInfo, stuck: &StuckWatch) -> Value {
     let pid = p.pid.clone().unwrap_or_default();
-    let s = stuck.judge(p, Instant::now());
+    // A node answering a query judged its rows itself; a whole list is judged here.
+    let s = if p.stuck_judged {
+        (!p.stuck_reason.is_empty()).then(|| Stuck {
+            reason: stuck_reason(&p.stuck_reason),
+            for_ms: p.stuck_for_ms,
+        })
+    } else {
+        stuck.judge(p, Instant::now())
+    };
     json!({
         "stuck": s.is_some(),
         "stuck_reason": s.as_ref().map(|s| s.reason),
@@ -552,16 +562,146 @@ pub struct ProcessQuery {
     node: Option<String>,
     app: Option<String>,
     stuck: Option<bool>,
+    after: Option<String>,
 }
 
-const SORT_KEYS: &[&str] = &[
-    "pid", "name", "app", "node", "kind", "mailbox", "handled", "memory", "function", "stuck",
-];
+/// Rows skipped plus rows shown that offset paging may ask for (each node sends that many):
+/// deeper pages follow `next_cursor`, which costs the same at any depth.
+pub const MAX_OFFSET_ROWS: usize = 1_000_000;
 
 /// A query string that does not parse, answered as JSON like every other API error.
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::bad(format!("bad query string: {}", e.body_text())))
+}
+
+/// The reason text of a node's judgement, as the shared rules name it.
+fn stuck_reason(text: &str) -> &'static str {
+    match text {
+        "handler running" => "handler running",
+        "mailbox growing" => "mailbox growing",
+        _ => "stuck",
+    }
+}
+
+/// A row's place in the order of `sort`, from the fields the node filled.
+fn place_of(p: &pb::ProcessInfo, sort: Sort) -> Place {
+    let pid = p.pid.clone().unwrap_or_default();
+    let value = match sort {
+        Sort::Pid | Sort::Node => PlaceValue::Nothing,
+        Sort::Name => PlaceValue::Text(p.name.clone()),
+        Sort::App => PlaceValue::Text(p.app.clone()),
+        Sort::Kind => PlaceValue::Text(p.kind.clone()),
+        Sort::Function => PlaceValue::Text(p.current_function.clone()),
+        Sort::Mailbox => PlaceValue::Number(p.mailbox_len),
+        Sort::Handled => PlaceValue::Number(p.messages_handled),
+        Sort::Memory => PlaceValue::Number(p.memory_bytes),
+        Sort::Stuck => PlaceValue::Number(p.stuck_for_ms),
+    };
+    Place {
+        value,
+        node: pid.node,
+        incarnation: pid.incarnation,
+        serial: pid.serial,
+    }
+}
+
+/// A place as the gateway API's cursor.
+fn cursor_pb(p: &Place) -> pb::ProcessCursor {
+    let (text, number) = match &p.value {
+        PlaceValue::Nothing => (String::new(), 0),
+        PlaceValue::Number(n) => (String::new(), *n),
+        PlaceValue::Text(t) => (t.clone(), 0),
+    };
+    pb::ProcessCursor {
+        text,
+        number,
+        pid: Some(pb::Pid {
+            node: p.node.clone(),
+            incarnation: p.incarnation,
+            serial: p.serial,
+        }),
+    }
+}
+
+/// One node's sorted rows after the cursor, as a node that predates queries would have
+/// answered the query: its whole list selected here. Returns (matching, after the cursor,
+/// the first `want` rows after it in order).
+fn select_here(
+    api: &Api,
+    mut rows: Vec<pb::ProcessInfo>,
+    q: &pb::ProcessQuery,
+    sort: Sort,
+    after: Option<&Place>,
+) -> (u64, u64, Vec<(Place, pb::ProcessInfo)>) {
+    let now = Instant::now();
+    api.stuck.observe(&rows, now);
+    for p in &mut rows {
+        let s = api.stuck.judge(p, now);
+        p.stuck_judged = true;
+        p.stuck_reason = s.as_ref().map_or("", |s| s.reason).to_string();
+        p.stuck_for_ms = s.map_or(0, |s| s.for_ms);
+    }
+    let needle = &q.text;
+    let matching: Vec<(Place, pb::ProcessInfo)> = rows
+        .into_iter()
+        .filter(|p| q.stuck.is_none_or(|want| want != p.stuck_reason.is_empty()))
+        .filter(|p| {
+            needle.is_empty()
+                || p.name.to_lowercase().contains(needle)
+                || p.initial.to_lowercase().contains(needle)
+                || p.current_function.to_lowercase().contains(needle)
+                || p.app.to_lowercase().contains(needle)
+                || p.pid.as_ref().is_some_and(|x| pid_id(x).contains(needle))
+        })
+        .map(|p| (place_of(&p, sort), p))
+        .collect();
+    let total = matching.len() as u64;
+    let mut rest: Vec<_> = matching
+        .into_iter()
+        .filter(|(place, _)| after.is_none_or(|a| ordered(a, place, q.descending).is_lt()))
+        .collect();
+    let after_cursor = rest.len() as u64;
+    rest.sort_by(|a, b| ordered(&a.0, &b.0, q.descending));
+    rest.truncate(q.limit as usize);
+    (total, after_cursor, rest)
+}
+
+/// The first `skip + take` rows of the nodes' sorted pages in order (a k-way merge: each
+/// step takes the first head among the nodes), without the first `skip`.
+fn merge_pages(
+    pages: Vec<Vec<(Place, pb::ProcessInfo)>>,
+    descending: bool,
+    skip: usize,
+    take: usize,
+) -> Vec<(Place, pb::ProcessInfo)> {
+    let mut pages: Vec<std::collections::VecDeque<(Place, pb::ProcessInfo)>> =
+        pages.into_iter().map(Into::into).collect();
+    let mut out = Vec::with_capacity(take);
+    let mut seen = 0;
+    while out.len() < take {
+        let mut first: Option<usize> = None;
+        for (i, page) in pages.iter().enumerate() {
+            let Some((place, _)) = page.front() else {
+                continue;
+            };
+            let better = match first.and_then(|f| pages[f].front()) {
+                None => true,
+                Some((best, _)) => ordered(place, best, descending).is_lt(),
+            };
+            if better {
+                first = Some(i);
+            }
+        }
+        let Some(row) = first.and_then(|f| pages[f].pop_front()) else {
+            break;
+        };
+        seen += 1;
+        if seen > skip {
+            out.push(row);
+        }
+    }
+    out
 }
 
 async fn processes(
@@ -573,13 +713,17 @@ async fn processes(
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad(format!("limit must be 1 to {MAX_PAGE}")));
     }
-    let sort = q.sort.as_deref().unwrap_or("pid");
-    if !SORT_KEYS.contains(&sort) {
-        return Err(ApiError::bad(format!(
-            "cannot sort by {sort:?}; use one of {}",
-            SORT_KEYS.join(", ")
-        )));
-    }
+    let sort_name = q.sort.as_deref().unwrap_or("pid");
+    let sort = SORTS
+        .iter()
+        .find(|(n, _)| *n == sort_name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "cannot sort by {sort_name:?}; use one of {}",
+                SORTS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
     let desc = match q.order.as_deref().unwrap_or("asc") {
         "asc" => false,
         "desc" => true,
@@ -589,83 +733,124 @@ async fn processes(
             )))
         }
     };
+    let after = q
+        .after
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| decode_cursor(c, sort, desc))
+        .transpose()
+        .map_err(ApiError::bad)?;
+    let offset = q.offset.unwrap_or(0);
+    let want = offset.saturating_add(limit);
+    if want > MAX_OFFSET_ROWS {
+        return Err(ApiError::bad(format!(
+            "offset + limit may be {MAX_OFFSET_ROWS} at most; follow next_cursor (after=) for deeper pages"
+        )));
+    }
     let started = Instant::now();
-    let list = api.processes(q.app.as_deref().unwrap_or("")).await;
-    let needle = q.q.as_deref().unwrap_or("").to_lowercase();
-    let mut rows: Vec<&pb::ProcessInfo> = list
-        .rows
-        .iter()
-        .filter(|p| {
-            q.node
-                .as_deref()
-                .is_none_or(|n| p.pid.as_ref().is_some_and(|x| x.node == n))
-        })
-        .filter(|p| {
-            needle.is_empty()
-                || p.name.to_lowercase().contains(&needle)
-                || p.initial.to_lowercase().contains(&needle)
-                || p.current_function.to_lowercase().contains(&needle)
-                || p.app.to_lowercase().contains(&needle)
-                || p.pid.as_ref().is_some_and(|x| pid_id(x).contains(&needle))
-        })
-        .filter(|p| {
-            q.stuck
-                .is_none_or(|want| api.stuck.judge(p, started).is_some() == want)
-        })
-        .collect();
-    let key_pid = |p: &pb::ProcessInfo| {
-        let x = p.pid.clone().unwrap_or_default();
-        (x.node, x.incarnation, x.serial)
+    // Every node selects, orders and describes its own page of offset + limit rows (from
+    // the cursor on); the pages are merged here.
+    let query = pb::ProcessQuery {
+        sort: sort.name().to_string(),
+        descending: desc,
+        limit: want as u32,
+        offset: 0,
+        text: q.q.as_deref().unwrap_or("").to_lowercase(),
+        stuck: q.stuck,
+        after: after.as_ref().map(cursor_pb),
+        pid: None,
     };
-    match sort {
-        "name" => rows.sort_by(|a, b| a.name.cmp(&b.name)),
-        "app" => rows.sort_by(|a, b| a.app.cmp(&b.app)),
-        "node" => rows.sort_by_cached_key(|p| key_pid(p)),
-        "kind" => rows.sort_by(|a, b| a.kind.cmp(&b.kind)),
-        "mailbox" => rows.sort_by_key(|p| p.mailbox_len),
-        "handled" => rows.sort_by_key(|p| p.messages_handled),
-        "memory" => rows.sort_by_key(|p| p.memory_bytes),
-        "function" => rows.sort_by(|a, b| a.current_function.cmp(&b.current_function)),
-        "stuck" => rows.sort_by_cached_key(|p| {
-            (
-                api.stuck.judge(p, started).map(|s| s.for_ms).unwrap_or(0),
-                key_pid(p),
-            )
-        }),
-        _ => rows.sort_by_cached_key(|p| key_pid(p)),
+    let nodes: Vec<(String, String)> = api
+        .nodes
+        .live()
+        .into_iter()
+        .filter(|(id, _)| q.node.as_deref().is_none_or(|n| n == id))
+        .collect();
+    let request = pb::ListProcessesRequest {
+        app: q.app.clone().unwrap_or_default(),
+        query: Some(query.clone()),
+    };
+    let g = api.nodes.list(nodes, request).await;
+    let (mut total, mut after_cursor) = (0u64, 0u64);
+    let mut pages = Vec::new();
+    for (_, reply) in g.answers {
+        if reply.paged {
+            total += reply.total;
+            after_cursor += reply.after_cursor;
+            pages.push(
+                reply
+                    .processes
+                    .into_iter()
+                    .map(|p| (place_of(&p, sort), p))
+                    .collect(),
+            );
+        } else {
+            let (t, a, rows) = select_here(&api, reply.processes, &query, sort, after.as_ref());
+            total += t;
+            after_cursor += a;
+            pages.push(rows);
+        }
     }
-    if desc {
-        rows.reverse();
-    }
-    let total = rows.len();
-    let offset = q.offset.unwrap_or(0).min(total);
+    let rows = merge_pages(pages, desc, offset, limit);
+    let more = after_cursor > (offset + rows.len()) as u64;
+    let next_cursor = rows
+        .last()
+        .filter(|_| more)
+        .map(|(place, _)| encode_cursor(sort, desc, place));
     let items: Vec<Value> = rows
         .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|p| process_json(p, &api.stuck))
+        .map(|(_, p)| process_json(p, &api.stuck))
         .collect();
     Ok(Json(json!({
         "total": total,
-        "as_of_ms": list.at_ms,
-        "age_ms": list.at.elapsed().as_millis() as u64,
+        "as_of_ms": now_ms(),
+        "age_ms": 0,
         "offset": offset,
         "limit": limit,
         "items": items,
-        "missing_nodes": list.missing.iter().map(|(n, e)| json!({"node": n, "error": e})).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+        "missing_nodes": g.missing.iter().map(|(n, e)| json!({"node": n, "error": e})).collect::<Vec<_>>(),
         "took_ms": started.elapsed().as_secs_f64() * 1000.0,
     })))
 }
 
+/// The live process `pid`, asked of its node alone.
+async fn one_process(api: &Api, pid: &pb::Pid) -> Result<pb::ProcessInfo, ApiError> {
+    let id = pid_id(pid);
+    let gone = || ApiError::not_found(format!("no live process {id}"));
+    let address = api.nodes.address_of(&pid.node).ok_or_else(gone)?;
+    let request = pb::ListProcessesRequest {
+        app: String::new(),
+        query: Some(pb::ProcessQuery {
+            limit: 1,
+            pid: Some(pid.clone()),
+            ..Default::default()
+        }),
+    };
+    let mut g = api
+        .nodes
+        .list(vec![(pid.node.clone(), address)], request)
+        .await;
+    if let Some((node, e)) = g.missing.pop() {
+        return Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            "node".into(),
+            format!("node {node} did not answer: {e}"),
+        ));
+    }
+    let reply = g.answers.pop().map(|(_, r)| r).ok_or_else(gone)?;
+    // A node that predates queries lists every process.
+    reply
+        .processes
+        .into_iter()
+        .find(|p| p.pid.as_ref() == Some(pid))
+        .ok_or_else(gone)
+}
+
 async fn process(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
     let pid = parse_pid(&id)?;
-    let list = api.processes("").await;
-    let found = list
-        .rows
-        .iter()
-        .find(|p| p.pid.as_ref() == Some(&pid))
-        .ok_or_else(|| ApiError::not_found(format!("no live process {id}")))?;
-    let mut v = process_json(found, &api.stuck);
+    let found = one_process(&api, &pid).await?;
+    let mut v = process_json(&found, &api.stuck);
     let a = api.core.shared.applied.read();
     let domain: Pid = pid.clone().into();
     v["global_names"] = json!(a
@@ -721,12 +906,9 @@ async fn restart(
 ) -> Result<Json<Value>, Response> {
     require(&who, Role::OPERATOR).map_err(|r| *r)?;
     let pid = parse_pid(&id).map_err(IntoResponse::into_response)?;
-    let list = api.processes("").await;
-    let found = list
-        .rows
-        .iter()
-        .find(|p| p.pid.as_ref() == Some(&pid))
-        .ok_or_else(|| ApiError::not_found(format!("no live process {id}")).into_response())?;
+    let found = one_process(&api, &pid)
+        .await
+        .map_err(IntoResponse::into_response)?;
     let conflict = |msg: String| ApiError(StatusCode::CONFLICT, "not_restartable".into(), msg);
     let what = if !found.child.is_empty() {
         let temporary = {
@@ -747,12 +929,12 @@ async fn restart(
         }
         format!("top-level child {}", found.child)
     } else {
-        let parent = found.parent.as_ref();
-        let supervised = parent.is_some_and(|parent| {
-            list.rows
-                .iter()
-                .any(|p| p.pid.as_ref() == Some(parent) && p.kind == "supervisor")
-        });
+        let supervised = match found.parent.as_ref() {
+            Some(parent) => one_process(&api, parent)
+                .await
+                .is_ok_and(|p| p.kind == "supervisor"),
+            None => false,
+        };
         if !supervised {
             return Err(
                 conflict(format!("{id} is not a supervisor's child; kill it instead"))

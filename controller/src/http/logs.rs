@@ -46,6 +46,11 @@ impl Default for Viewers {
 #[derive(Deserialize)]
 pub struct LogQuery {
     tail: Option<usize>,
+    /// Follow new entries (the default), or end after the backlog with a `done` event
+    /// (`rebeam logs --json` without `-f`).
+    follow: Option<bool>,
+    /// Only backlog entries written at or after this wall-clock time (ms since the epoch).
+    since_ms: Option<u64>,
 }
 
 /// What the log handler shares.
@@ -112,7 +117,12 @@ pub async fn stream(
         )
     })?;
     let (tx, rx) = mpsc::channel::<Event>(QUEUE);
-    tokio::spawn(feed(state.api.clone(), name, tail, tx));
+    let backlog = Backlog {
+        tail,
+        since_ms: q.since_ms.unwrap_or(0),
+        follow: q.follow.unwrap_or(true),
+    };
+    tokio::spawn(feed(state.api.clone(), name, backlog, tx));
     let events = futures::stream::unfold(
         (rx, permit),
         |(mut rx, permit): (mpsc::Receiver<Event>, OwnedSemaphorePermit)| async move {
@@ -122,9 +132,21 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
+/// What a viewer asked of the kept entries.
+struct Backlog {
+    tail: usize,
+    since_ms: u64,
+    follow: bool,
+}
+
 /// Sends the backlog tail of every live node, then follows each node from where its
-/// backlog ended, until the viewer goes away.
-async fn feed(api: Arc<Api>, app: String, tail: usize, tx: mpsc::Sender<Event>) {
+/// backlog ended, until the viewer goes away (or, not following, ends with `done`).
+async fn feed(api: Arc<Api>, app: String, backlog_asked: Backlog, tx: mpsc::Sender<Event>) {
+    let Backlog {
+        tail,
+        since_ms,
+        follow: following,
+    } = backlog_asked;
     let backlog = api.nodes.logs(&app).await;
     for (node, error) in &backlog.missing {
         if tx.send(note("missing", node, error)).await.is_err() {
@@ -135,7 +157,7 @@ async fn feed(api: Arc<Api>, app: String, tail: usize, tx: mpsc::Sender<Event>) 
     let mut kept: Vec<pb::LogEntry> = Vec::new();
     for (node, entries) in backlog.answers {
         from.push((node, entries.iter().map(|e| e.seq).max().unwrap_or(0)));
-        kept.extend(entries);
+        kept.extend(entries.into_iter().filter(|e| e.time_ms >= since_ms));
     }
     kept.sort_by_key(|e| (e.time_ms, e.seq));
     let skip = kept.len().saturating_sub(tail);
@@ -143,6 +165,10 @@ async fn feed(api: Arc<Api>, app: String, tail: usize, tx: mpsc::Sender<Event>) 
         if tx.send(entry_event(e)).await.is_err() {
             return;
         }
+    }
+    if !following {
+        let _ = tx.send(Event::default().event("done").data("{}")).await;
+        return;
     }
     let live = api.nodes.live();
     for (node, after) in from {

@@ -101,19 +101,38 @@ impl NodeClients {
 
     /// Every live node's process list.
     pub async fn processes(&self, app: &str) -> Gathered<Vec<pb::ProcessInfo>> {
-        let calls = self.live().into_iter().map(|(id, address)| {
-            let app = app.to_string();
+        let request = pb::ListProcessesRequest {
+            app: app.to_string(),
+            query: None,
+        };
+        let g = self.list(self.live(), request).await;
+        Gathered {
+            answers: g
+                .answers
+                .into_iter()
+                .map(|(id, r)| (id, r.processes))
+                .collect(),
+            missing: g.missing,
+        }
+    }
+
+    /// `request` (a whole list, or a query's page) answered by each of `nodes` (id and
+    /// address).
+    pub async fn list(
+        &self,
+        nodes: Vec<(String, String)>,
+        request: pb::ListProcessesRequest,
+    ) -> Gathered<pb::ListProcessesReply> {
+        let calls = nodes.into_iter().map(|(id, address)| {
+            let request = request.clone();
             async move {
                 let r = async {
                     let mut c = self.client(&address)?;
-                    let reply = tokio::time::timeout(
-                        NODE_TIMEOUT,
-                        c.list_processes(pb::ListProcessesRequest { app }),
-                    )
-                    .await
-                    .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
-                    .map_err(|s| s.message().to_string())?;
-                    Ok::<_, String>(reply.into_inner().processes)
+                    let reply = tokio::time::timeout(NODE_TIMEOUT, c.list_processes(request))
+                        .await
+                        .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
+                        .map_err(|s| s.message().to_string())?;
+                    Ok::<_, String>(reply.into_inner())
                 }
                 .await;
                 (id, r)

@@ -119,7 +119,8 @@ pub fn spec() -> Value {
             "/api/v1/tree": get_op("Supervision tree across nodes: top-level children with restart history, the processes below them, recent crash tracebacks",
                 vec![param("app", "query", json!({"type": "string"}), "only this app")], ok("tree", list_of("apps", any_obj()))),
             "/api/v1/processes": get_op("Processes of every live node, filtered, sorted and paged on the server", vec![
-                param("offset", "query", json!({"type": "integer", "minimum": 0}), "rows to skip"),
+                param("after", "query", json!({"type": "string"}), "start after this row: the next_cursor of the page before (same sort, order and filters); a deep page costs what the first does"),
+                param("offset", "query", json!({"type": "integer", "minimum": 0}), "rows to skip (after the cursor, if any); every node sends offset + limit rows, so offset + limit may be 1000000 at most: page deeper with after"),
                 param("limit", "query", limit(1000, 50), "rows per page"),
                 param("sort", "query", json!({"type": "string", "enum": ["pid", "name", "app", "node", "kind", "mailbox", "handled", "memory", "function", "stuck"]}), "sort key (stuck: longest stuck last)"),
                 param("order", "query", json!({"type": "string", "enum": ["asc", "desc"]}), "sort order"),
@@ -129,7 +130,8 @@ pub fn spec() -> Value {
                 param("stuck", "query", json!({"type": "boolean"}), "only processes that are (true) or are not (false) stuck: a handler running over 5 s, or a mailbox growing over 5 s while nothing is handled"),
             ], ok("a page", obj(json!({"total": {"type": "integer"}, "offset": {"type": "integer"}, "limit": {"type": "integer"},
                 "items": {"type": "array", "items": process}, "missing_nodes": {"type": "array", "items": any_obj()}, "took_ms": {"type": "number"},
-                "as_of_ms": {"type": "integer"}, "age_ms": {"type": "integer"}}),
+                "as_of_ms": {"type": "integer"}, "age_ms": {"type": "integer"},
+                "next_cursor": {"type": "string", "nullable": true, "description": "pass as after= for the next page; null on the last"}}),
                 &["total", "offset", "limit", "items", "missing_nodes"]))),
             "/api/v1/processes/{pid}": get_op("One process: links, trap_exit, mailbox, current function, names and groups", vec![pid_param.clone()], {
                 let mut r = ok("process", any_obj()); r["404"] = json!({"$ref": "#/components/responses/Error"}); r }),

@@ -112,17 +112,54 @@ impl pb::gateway_service_server::GatewayService for Gateway {
         &self,
         request: Request<pb::ListProcessesRequest>,
     ) -> Result<Response<pb::ListProcessesReply>, Status> {
-        let app = request.into_inner().app;
+        let r = request.into_inner();
+        let app = r.app;
         let rt = self.cluster.rt.clone();
-        // Reading Python objects needs the GIL: off the async workers.
-        let processes = tokio::task::spawn_blocking(move || {
-            crate::python::inspect::list(&rt, (!app.is_empty()).then_some(app.as_str()))
+        let node = rt.node().name().to_string();
+        let Some(query) = r.query else {
+            // Reading Python objects needs the GIL: off the async workers.
+            let processes = tokio::task::spawn_blocking(move || {
+                crate::python::inspect::list(&rt, (!app.is_empty()).then_some(app.as_str()))
+            })
+            .await
+            .map_err(|e| internal(format!("listing processes failed: {e}")))?;
+            return Ok(Response::new(pb::ListProcessesReply {
+                node,
+                processes: processes.into_iter().map(Into::into).collect(),
+                ..Default::default()
+            }));
+        };
+        let query = table_query(query)?;
+        let page = tokio::task::spawn_blocking(move || {
+            let page = crate::python::inspect::query(
+                &rt,
+                (!app.is_empty()).then_some(app.as_str()),
+                &query,
+            );
+            // After the page: the next query judges by this observation.
+            tokio::task::spawn_blocking(move || crate::python::inspect::observe_all(&rt));
+            page
         })
         .await
         .map_err(|e| internal(format!("listing processes failed: {e}")))?;
         Ok(Response::new(pb::ListProcessesReply {
-            node: self.cluster.rt.node().name().to_string(),
-            processes: processes.into_iter().map(Into::into).collect(),
+            node,
+            processes: page
+                .rows
+                .into_iter()
+                .map(|(report, stuck)| {
+                    let mut row = pb::ProcessInfo::from(report);
+                    row.stuck_judged = true;
+                    if let Some(s) = stuck {
+                        row.stuck_reason = s.reason.to_string();
+                        row.stuck_for_ms = s.for_ms;
+                    }
+                    row
+                })
+                .collect(),
+            paged: true,
+            total: page.total as u64,
+            after_cursor: page.after_cursor as u64,
         }))
     }
 
@@ -305,6 +342,67 @@ pub async fn deliver(
     Ok(pb::DeliverReply {
         result: Some(reply),
         pid: Some(pid_to_pb(pid)),
+    })
+}
+
+/// Rows one query may answer: the API's largest page, and offset paging's skipped rows.
+const MAX_QUERY_ROWS: u64 = 1_000_000;
+
+/// The gateway API's process query as the node runs it.
+fn table_query(q: pb::ProcessQuery) -> Result<crate::python::inspect::TableQuery, Status> {
+    use rebeam_http::ptable::{Place, Sort, Value};
+    let sort = Sort::parse(&q.sort).ok_or_else(|| {
+        bad_request(format!(
+            "cannot sort by {:?}; use one of {}",
+            q.sort,
+            rebeam_http::ptable::SORTS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    if q.offset.saturating_add(u64::from(q.limit)) > MAX_QUERY_ROWS {
+        return Err(bad_request(format!(
+            "offset + limit may be {MAX_QUERY_ROWS} at most; page with a cursor"
+        )));
+    }
+    let after = match q.after {
+        None => None,
+        Some(c) => {
+            let pid = c
+                .pid
+                .ok_or_else(|| bad_request("a cursor needs the pid of its row"))?;
+            let value = if sort.by_pid() {
+                Value::Nothing
+            } else if sort.numeric() {
+                Value::Number(c.number)
+            } else {
+                Value::Text(c.text)
+            };
+            Some(Place {
+                value,
+                node: pid.node,
+                incarnation: pid.incarnation,
+                serial: pid.serial,
+            })
+        }
+    };
+    let pid = match q.pid {
+        None => None,
+        Some(p) => {
+            Some(pid_from_pb(Some(&p)).ok_or_else(|| bad_request("the pid names no valid node"))?)
+        }
+    };
+    Ok(crate::python::inspect::TableQuery {
+        sort,
+        descending: q.descending,
+        limit: q.limit as usize,
+        offset: q.offset as usize,
+        text: q.text.to_lowercase(),
+        stuck: q.stuck,
+        after,
+        pid,
     })
 }
 

@@ -83,6 +83,7 @@ impl From<crate::python::inspect::ProcessReport> for pb::ProcessInfo {
             child: r.child.unwrap_or_default(),
             trap_exits: r.trap_exits,
             links: r.links.into_iter().map(pid_to_pb).collect(),
+            ..Default::default()
         }
     }
 }

@@ -62,7 +62,8 @@ pub fn start(
     let listener = tokio
         .block_on(HttpListener::bind(addr))?
         .with_tls(access.tls)
-        .with_limits(access.connections);
+        .with_limits(access.connections)
+        .with_tracer(super::trace::tracer);
     let bound = listener.addr();
     let auth = Arc::new(HttpAuth::new(
         Arc::new(ClusterTokens::new(access.credentials, &access.read_tokens)),

@@ -14,7 +14,7 @@ use rebeam_http::stuck::{Observed, StuckWatch};
 use super::stats::{CALL_LATENCY, GATEWAY_LATENCY, STATS};
 use crate::python::host::{PyProcess, PyRuntime};
 use crate::runtime::stats::STATS as RUNTIME;
-use crate::runtime::Kind;
+use crate::runtime::{Kind, Pid};
 
 /// The exposition for this node.
 pub fn render(rt: &PyRuntime) -> Exposition {
@@ -228,28 +228,27 @@ pub fn render(rt: &PyRuntime) -> Exposition {
     e
 }
 
-/// This node's processes as the scrapes of `/metrics` saw them (the controller judges its
-/// gathered lists by the same rules).
-static STUCK: LazyLock<StuckWatch> = LazyLock::new(StuckWatch::default);
+/// This node's processes as the scrapes of `/metrics` and the process table's queries saw
+/// them (the controller judges the lists of nodes that predate queries by the same rules).
+pub static STUCK: LazyLock<StuckWatch<Pid>> = LazyLock::new(StuckWatch::default);
+
+/// What the stuck rules see of `p` now.
+pub fn observed(p: &PyProcess) -> Observed {
+    Observed {
+        handled: p.data.handled.load(Relaxed),
+        mailbox: (p.mailbox_len() + p.data.held.load(Relaxed)) as u64,
+        // Set while a thread runs the process's code (what `rebeam ps` shows as its current
+        // function rather than "waiting").
+        running: p.data.thread.load(Acquire) != 0,
+        function: p.kind == Kind::Thread,
+    }
+}
 
 /// Records this scrape's view of `processes` and counts the stuck ones by app and reason.
 fn stuck_processes(processes: &[Arc<PyProcess>]) -> BTreeMap<(String, &'static str), u64> {
     let now = Instant::now();
-    let rows: Vec<(String, Observed)> = processes
-        .iter()
-        .map(|p| {
-            let observed = Observed {
-                handled: p.data.handled.load(Relaxed),
-                mailbox: (p.mailbox_len() + p.data.held.load(Relaxed)) as u64,
-                // Set while a thread runs the process's code (what `rebeam ps` shows as
-                // its current function rather than "waiting").
-                running: p.data.thread.load(Acquire) != 0,
-                function: p.kind == Kind::Thread,
-            };
-            (p.pid.to_string(), observed)
-        })
-        .collect();
-    let pairs = || rows.iter().map(|(pid, o)| (pid.as_str(), *o));
+    let rows: Vec<(Pid, Observed)> = processes.iter().map(|p| (p.pid, observed(p))).collect();
+    let pairs = || rows.iter().map(|(pid, o)| (pid, *o));
     STUCK.observe(pairs(), now);
     let mut out = BTreeMap::new();
     for (p, stuck) in processes.iter().zip(STUCK.judge_all(pairs(), now)) {

@@ -64,6 +64,11 @@ thread_local! {
 
 pub use rebeam_grpc::tracecontext::TraceError;
 
+/// The tracer, while tracing is on (the HTTP server's request spans come from it).
+pub fn tracer() -> Option<&'static Tracer> {
+    TRACING.get().map(|t| &t.tracer)
+}
+
 /// Turns tracing on: builds the OTLP exporter (on `tokio`, which tonic needs) and the
 /// sampler. Call once, before messages flow.
 pub fn init(tokio: &tokio::runtime::Handle, config: &TraceConfig) -> Result<(), TraceError> {

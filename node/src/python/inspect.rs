@@ -4,12 +4,18 @@
 
 use super::host::{PyProcess, PyRuntime};
 use super::term::{Footprint, Term};
+use crate::observe::metrics;
 use crate::runtime::{Envelope, Kind, Pid, Ref, Status};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use rebeam_http::ptable::{Place, Sort, Value};
+use rebeam_http::stuck::{Observed, Stuck};
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Processes described per hold of the GIL: executors get it back in between, so listing a
 /// large node never stalls it for long.
@@ -210,47 +216,9 @@ fn describe_with(
         Some(code) => (qualified_name(code), String::new()),
         None => (String::new(), String::new()),
     };
-    let thread = data.thread.load(Ordering::Acquire);
-    let awaiting = match thread {
-        0 => data.aio.coroutine(py),
-        _ => None,
-    };
-    let current_function = if let Some(coroutine) = &awaiting {
-        match awaited_label(coroutine) {
-            Some(label) => format!("awaiting {label}"),
-            None => "awaiting".to_string(),
-        }
-    } else if thread == 0 {
-        "waiting".to_string()
-    } else {
-        lookups
-            .frames
-            .as_ref()
-            .and_then(|frames| frames.get_item(thread).ok().flatten())
-            .and_then(|frame| current_label(&frame))
-            .unwrap_or_else(|| "running".to_string())
-    };
-    let held = data.held.load(Ordering::Relaxed);
-    let mailbox_len = facts.mailbox_len + held;
-    let sampled = facts.payloads.len();
-    let sample_bytes: usize = facts
-        .payloads
-        .into_iter()
-        .map(|f| match f {
-            Footprint::Bytes(n) => n,
-            Footprint::Object(obj) => lookups.sizeof(obj.bind(py)),
-        })
-        .sum();
-    let payload_bytes = match sampled {
-        0 => 0,
-        n => sample_bytes * facts.mailbox_len / n,
-    };
-    let memory_bytes = std::mem::size_of::<PyProcess>()
-        + facts.links.len() * std::mem::size_of::<Pid>()
-        + (facts.monitored_by + facts.watching) * std::mem::size_of::<(Ref, Pid)>()
-        + mailbox_len * std::mem::size_of::<Envelope<Term>>()
-        + payload_bytes
-        + state_bytes;
+    let (current_function, awaiting) = current_function(py, lookups, process);
+    let mailbox_len = facts.mailbox_len + data.held.load(Ordering::Relaxed);
+    let memory_bytes = memory_bytes(py, lookups, process, &facts, state_bytes);
     Some(ProcessReport {
         pid: process.pid,
         name: facts.name,
@@ -259,7 +227,7 @@ fn describe_with(
         initial,
         version,
         current_function,
-        status: match (facts.status, awaiting.is_some()) {
+        status: match (facts.status, awaiting) {
             (_, true) => "awaiting",
             (Status::Idle, _) => "idle",
             (Status::Queued, _) => "queued",
@@ -275,6 +243,378 @@ fn describe_with(
         links: facts.links,
         monitored_by: facts.monitored_by,
     })
+}
+
+/// Approximate bytes of `process` (see `ProcessReport::memory_bytes`): its record, links and
+/// monitors, its mailbox (payload sizes sampled), and `state_bytes` of server state.
+fn memory_bytes(
+    py: Python<'_>,
+    lookups: &Lookups<'_>,
+    process: &PyProcess,
+    facts: &Facts,
+    state_bytes: usize,
+) -> usize {
+    let mailbox_len = facts.mailbox_len + process.data.held.load(Ordering::Relaxed);
+    let sampled = facts.payloads.len();
+    let sample_bytes: usize = facts
+        .payloads
+        .iter()
+        .map(|f| match f {
+            Footprint::Bytes(n) => *n,
+            Footprint::Object(obj) => lookups.sizeof(obj.bind(py)),
+        })
+        .sum();
+    let payload_bytes = match sampled {
+        0 => 0,
+        n => sample_bytes * facts.mailbox_len / n,
+    };
+    std::mem::size_of::<PyProcess>()
+        + facts.links.len() * std::mem::size_of::<Pid>()
+        + (facts.monitored_by + facts.watching) * std::mem::size_of::<(Ref, Pid)>()
+        + mailbox_len * std::mem::size_of::<Envelope<Term>>()
+        + payload_bytes
+        + state_bytes
+}
+
+/// [`memory_bytes`] alone, as sorting by memory needs it of every process (without the
+/// names, frames and mailbox facts a row shows); `None` once it has exited.
+fn memory_only(py: Python<'_>, lookups: &Lookups<'_>, process: &PyProcess) -> Option<usize> {
+    let facts = facts(py, process)?;
+    let state_bytes = match (process.kind, process.data.server.get()) {
+        (Kind::Server, Some(server)) => state_size(lookups, server.bind(py)),
+        _ => 0,
+    };
+    Some(memory_bytes(py, lookups, process, &facts, state_bytes))
+}
+
+/// What runs now for `process` (see [`ProcessReport::current_function`]), and whether an
+/// async handler of it is suspended at an `await`.
+fn current_function(py: Python<'_>, lookups: &Lookups<'_>, process: &PyProcess) -> (String, bool) {
+    let data = &process.data;
+    let thread = data.thread.load(Ordering::Acquire);
+    let awaiting = match thread {
+        0 => data.aio.coroutine(py),
+        _ => None,
+    };
+    let label = if let Some(coroutine) = &awaiting {
+        match awaited_label(coroutine) {
+            Some(label) => format!("awaiting {label}"),
+            None => "awaiting".to_string(),
+        }
+    } else if thread == 0 {
+        "waiting".to_string()
+    } else {
+        lookups
+            .frames
+            .as_ref()
+            .and_then(|frames| frames.get_item(thread).ok().flatten())
+            .and_then(|frame| current_label(&frame))
+            .unwrap_or_else(|| "running".to_string())
+    };
+    (label, awaiting.is_some())
+}
+
+/// The kind of a process and the code it was started from, as [`describe_with`] names them:
+/// shared by every process of one class or function, so a query over a million processes
+/// names each class once.
+type CodeNames = HashMap<(usize, bool), (&'static str, Arc<str>)>;
+
+fn kind_and_initial(
+    py: Python<'_>,
+    lookups: &Lookups<'_>,
+    names: &mut CodeNames,
+    process: &PyProcess,
+) -> (&'static str, Arc<str>) {
+    let data = &process.data;
+    let code = match (process.kind, data.server.get()) {
+        (Kind::Server, Some(server)) => Some(server.bind(py).get_type().into_any()),
+        (Kind::Server, None) => return ("server", Arc::from("")),
+        (Kind::Thread, _) => data.function.get().map(|f| f.bind(py).clone()),
+    };
+    let Some(code) = code else {
+        return ("function", Arc::from(""));
+    };
+    let key = (code.as_ptr() as usize, data.app.is_some());
+    names
+        .entry(key)
+        .or_insert_with(|| {
+            let kind = match process.kind {
+                Kind::Thread => "function",
+                Kind::Server => {
+                    let supervisor = lookups.supervisor.as_ref().is_some_and(|s| {
+                        code.cast::<pyo3::types::PyType>()
+                            .is_ok_and(|t| t.is_subclass(s).unwrap_or(false))
+                    });
+                    if supervisor {
+                        "supervisor"
+                    } else {
+                        "server"
+                    }
+                }
+            };
+            let initial = if data.app.is_some() {
+                lookups
+                    .app_code(&code)
+                    .map_or_else(|| qualified_name(&code), |(i, _)| i)
+            } else {
+                qualified_name(&code)
+            };
+            (kind, Arc::from(initial))
+        })
+        .clone()
+}
+
+/// What a query needs of a process beyond the runtime's facts: its kind and initial, its
+/// current function and its memory.
+type Light = (&'static str, Arc<str>, String, u64);
+
+/// A process table query as a node runs it (`ProcessQuery` of the gateway API).
+pub struct TableQuery {
+    /// The order.
+    pub sort: Sort,
+    /// Descending rather than ascending.
+    pub descending: bool,
+    /// Rows answered at most.
+    pub limit: usize,
+    /// Rows skipped after the cursor.
+    pub offset: usize,
+    /// Text the pid, name, app, initial or current function contains, in lower case.
+    pub text: String,
+    /// Only stuck, or only not stuck, processes.
+    pub stuck: Option<bool>,
+    /// Only rows after this place.
+    pub after: Option<Place>,
+    /// Only this process.
+    pub pid: Option<Pid>,
+}
+
+/// The page a node selected for a [`TableQuery`].
+pub struct TablePage {
+    /// Processes matching the filters.
+    pub total: usize,
+    /// How many of them come after the cursor.
+    pub after_cursor: usize,
+    /// The rows, in order, each with whether it is stuck; the sorted field holds the value
+    /// the rows were ordered by.
+    pub rows: Vec<(ProcessReport, Option<Stuck>)>,
+}
+
+/// One page of this node's processes (of the app `app`, if given): filtered and ordered by
+/// the cheap facts (the runtime's counters, names, and each class's name once), with the
+/// full description (frames, state sizes, mailbox samples) made only for the rows answered.
+/// Sorting by memory measures every matching process, as a full listing does.
+pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
+    let node = rt.node().name();
+    let processes: Vec<Arc<PyProcess>> = match q.pid {
+        Some(pid) => rt.lookup(pid).into_iter().collect(),
+        None => rt.processes(),
+    }
+    .into_iter()
+    .filter(|p| match app {
+        None => true,
+        Some(a) => p.data.app.as_ref().is_some_and(|t| t.name == a),
+    })
+    .collect();
+    // Each query is an observation for the stuck rules, as each scrape of `/metrics` is.
+    let now = Instant::now();
+    // Judged against the observations so far (see `observe_all`); every row only when the
+    // query selects or orders by it, else just the rows answered.
+    let judge_every = q.stuck.is_some() || q.sort == Sort::Stuck;
+    let observed: Vec<Observed> = if judge_every || matches!(q.sort, Sort::Mailbox | Sort::Handled)
+    {
+        processes.iter().map(|p| metrics::observed(p)).collect()
+    } else {
+        Vec::new()
+    };
+    let stuck: Vec<Option<Stuck>> = if judge_every {
+        let pairs = processes.iter().zip(&observed).map(|(p, o)| (&p.pid, *o));
+        metrics::STUCK.judge_all(pairs, now)
+    } else {
+        Vec::new()
+    };
+    let needs_python =
+        !q.text.is_empty() || matches!(q.sort, Sort::Kind | Sort::Function | Sort::Memory);
+    // Kind and initial, current function and memory, where the query needs them.
+    let mut light: Vec<Light> = Vec::new();
+    if needs_python {
+        light.reserve(processes.len());
+        // Sorting by memory alone needs no names.
+        let named = !q.text.is_empty() || matches!(q.sort, Sort::Kind | Sort::Function);
+        let empty: Arc<str> = Arc::from("");
+        Python::attach(|py| {
+            let mut names = CodeNames::new();
+            for (i, chunk) in processes.chunks(CHUNK).enumerate() {
+                if i > 0 {
+                    py.detach(std::thread::yield_now);
+                }
+                let lookups = Lookups::new(py);
+                for p in chunk {
+                    let (kind, initial, function) = if named {
+                        let (kind, initial) = kind_and_initial(py, &lookups, &mut names, p);
+                        (kind, initial, current_function(py, &lookups, p).0)
+                    } else {
+                        ("", empty.clone(), String::new())
+                    };
+                    let memory = match q.sort {
+                        Sort::Memory => memory_only(py, &lookups, p).unwrap_or(0) as u64,
+                        _ => 0,
+                    };
+                    light.push((kind, initial, function, memory));
+                }
+            }
+        });
+    }
+    let name_of = |p: &PyProcess| p.lock().name.as_ref().map(|n| n.to_string());
+    fn app_of(p: &PyProcess) -> &str {
+        p.data.app.as_ref().map_or("", |a| a.name.as_str())
+    }
+    let mut rows: Vec<(Value, u64, u64, usize)> = Vec::new();
+    let mut pid_text = String::new();
+    for (i, p) in processes.iter().enumerate() {
+        let l = light.get(i);
+        if q.stuck.is_some_and(|want| want != stuck[i].is_some()) {
+            continue;
+        }
+        let name = match (q.sort, q.text.is_empty()) {
+            (Sort::Name, _) | (_, false) => name_of(p),
+            _ => None,
+        };
+        if !q.text.is_empty() {
+            let contains = |s: &str| contains_folded(s, &q.text);
+            let found = name.as_deref().is_some_and(contains)
+                || contains(app_of(p))
+                || l.is_some_and(|(_, initial, function, _)| {
+                    contains(initial) || contains(function)
+                })
+                || {
+                    pid_text.clear();
+                    let _ = write!(pid_text, "{node}.{}.{}", p.pid.incarnation, p.pid.serial);
+                    contains(&pid_text)
+                };
+            if !found {
+                continue;
+            }
+        }
+        let value = match q.sort {
+            Sort::Pid | Sort::Node => Value::Nothing,
+            Sort::Name => Value::Text(name.unwrap_or_default()),
+            Sort::App => Value::Text(app_of(p).to_string()),
+            Sort::Kind => Value::Text(l.map_or("", |x| x.0).to_string()),
+            Sort::Function => Value::Text(l.map_or_else(String::new, |x| x.2.clone())),
+            Sort::Memory => Value::Number(l.map_or(0, |x| x.3)),
+            Sort::Mailbox => Value::Number(observed[i].mailbox),
+            Sort::Handled => Value::Number(observed[i].handled),
+            Sort::Stuck => Value::Number(
+                stuck
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .map_or(0, |s| s.for_ms),
+            ),
+        };
+        rows.push((value, p.pid.incarnation, p.pid.serial, i));
+    }
+    let total = rows.len();
+    if let Some(after) = &q.after {
+        rows.retain(|(value, incarnation, serial, _)| {
+            after.before_row(q.descending, value, &node, *incarnation, *serial)
+        });
+    }
+    let after_cursor = rows.len();
+    let ascending = |a: &(Value, u64, u64, usize), b: &(Value, u64, u64, usize)| {
+        (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2))
+    };
+    let order = |a: &(Value, u64, u64, usize), b: &(Value, u64, u64, usize)| {
+        if q.descending {
+            ascending(b, a)
+        } else {
+            ascending(a, b)
+        }
+    };
+    // Only the first offset + limit rows are ordered: a linear selection finds them.
+    let want = q.offset.saturating_add(q.limit);
+    if rows.len() > want {
+        rows.select_nth_unstable_by(want, order);
+        rows.truncate(want);
+    }
+    rows.sort_unstable_by(order);
+    let chosen: Vec<(Value, usize)> = rows
+        .into_iter()
+        .skip(q.offset)
+        .map(|(value, _, _, i)| (value, i))
+        .collect();
+    let described = Python::attach(|py| {
+        let lookups = Lookups::new(py);
+        chosen
+            .into_iter()
+            .filter_map(|(value, i)| {
+                let mut r = describe_with(py, &lookups, &processes[i])?;
+                // The row shows the value it was ordered by, so the page and a cursor made
+                // from its last row agree with the order.
+                match (q.sort, value) {
+                    (Sort::Mailbox, Value::Number(n)) => r.mailbox_len = n as usize,
+                    (Sort::Handled, Value::Number(n)) => r.handled = n,
+                    (Sort::Memory, Value::Number(n)) => r.memory_bytes = n as usize,
+                    (Sort::Function, Value::Text(t)) => r.current_function = t,
+                    (Sort::Name, Value::Text(t)) => r.name = (!t.is_empty()).then_some(t),
+                    _ => {}
+                }
+                let judged = match stuck.get(i) {
+                    Some(s) => s.clone(),
+                    None => metrics::STUCK.judge(&r.pid, metrics::observed(&processes[i]), now),
+                };
+                Some((r, judged))
+            })
+            .collect()
+    });
+    TablePage {
+        total,
+        after_cursor,
+        rows: described,
+    }
+}
+
+/// Whether `hay` contains `needle` (given in lower case) ignoring case, without allocating
+/// for ASCII text (a filter compares a million rows).
+fn contains_folded(hay: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if hay.is_ascii() && needle.is_ascii() {
+        return hay
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()));
+    }
+    hay.to_lowercase().contains(needle)
+}
+
+/// When the process table's queries may next observe every process for the stuck rules.
+static OBSERVE_AFTER: parking_lot::Mutex<Option<Instant>> = parking_lot::Mutex::new(None);
+
+/// Records every process of this node for the stuck rules: called after a query is
+/// answered, so observing a million processes never delays a page. At most once a second,
+/// and at most a tenth of the time (a node of a million processes observes every few
+/// seconds: a stuck flag then shows up that much later than the 5 s of the rules).
+pub fn observe_all(rt: &PyRuntime) {
+    let started = Instant::now();
+    {
+        let mut after = OBSERVE_AFTER.lock();
+        if after.is_some_and(|t| started < t) {
+            return;
+        }
+        // Held off while this one runs.
+        *after = Some(started + std::time::Duration::from_secs(3600));
+    }
+    let processes = rt.processes();
+    // In parts, each under its own hold of the lock: a page judging its rows meanwhile
+    // waits for one part at most.
+    for part in processes.chunks(4096) {
+        metrics::STUCK.record(part.iter().map(|p| (&p.pid, metrics::observed(p))), started);
+    }
+    metrics::STUCK.forget_unseen(started);
+    let took = started.elapsed();
+    *OBSERVE_AFTER.lock() =
+        Some(Instant::now() + (took * 9).max(std::time::Duration::from_secs(1)));
 }
 
 /// `module.qualname` of a class or function (its repr when it has none).

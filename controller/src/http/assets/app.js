@@ -3,7 +3,9 @@
 // stream says the cluster state moved. Every value goes through textContent, never HTML.
 let session = null;
 let view = "cluster";
-const page = {offset: 0, limit: 50};
+// The process table pages with the server's keyset cursor: `after` starts the page shown,
+// `back` holds the cursors of the pages before it, `index` counts them.
+const page = {limit: 50, after: "", back: [], index: 0, next: null};
 
 function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
@@ -90,12 +92,14 @@ async function tree() {
 }
 
 async function processes() {
-  const q = new URLSearchParams({offset: page.offset, limit: page.limit, sort: document.getElementById("psort").value,
+  const q = new URLSearchParams({limit: page.limit, sort: document.getElementById("psort").value,
     order: document.getElementById("porder").value, q: document.getElementById("pq").value});
   if (document.getElementById("pstuck").checked) q.set("stuck", "true");
+  if (page.after) q.set("after", page.after);
   const r = await api("/api/v1/processes?" + q);
-  page.total = r.total;
-  document.getElementById("pinfo").textContent = (r.total ? r.offset + 1 : 0) + "–" + (r.offset + r.items.length) + " of " + r.total +
+  page.next = r.next_cursor;
+  const first = page.index * page.limit;
+  document.getElementById("pinfo").textContent = (r.items.length ? first + 1 : 0) + "–" + (first + r.items.length) + " of " + r.total +
     " (" + r.took_ms.toFixed(0) + " ms)" + (r.missing_nodes.length ? " — no answer from " + r.missing_nodes.map(m => m.node).join(", ") : "");
   table("processes", ["pid", "name", "app", "kind", "function", "mailbox", "handled", "memory", "stuck", ""], r.items.map(p => [
     el("a", {href: "#process:" + p.id}, p.id), p.name, p.app, p.kind, p.current_function, p.mailbox, p.handled, p.memory,
@@ -194,9 +198,9 @@ function route() {
 async function main() {
   session = await api("/api/v1/session");
   document.getElementById("who").textContent = session.who + " (" + session.role + ")";
-  document.getElementById("pfilter").addEventListener("submit", e => { e.preventDefault(); page.offset = 0; refresh(); });
-  document.getElementById("prev").addEventListener("click", () => { page.offset = Math.max(0, page.offset - page.limit); refresh(); });
-  document.getElementById("next").addEventListener("click", () => { if (page.offset + page.limit < (page.total || 0)) { page.offset += page.limit; refresh(); } });
+  document.getElementById("pfilter").addEventListener("submit", e => { e.preventDefault(); Object.assign(page, {after: "", back: [], index: 0}); refresh(); });
+  document.getElementById("prev").addEventListener("click", () => { if (page.index > 0) { page.after = page.back.pop(); page.index -= 1; refresh(); } });
+  document.getElementById("next").addEventListener("click", () => { if (page.next) { page.back.push(page.after); page.after = page.next; page.index += 1; refresh(); } });
   document.getElementById("logapp").addEventListener("change", e => follow(e.target.value));
   window.addEventListener("hashchange", route);
   const es = new EventSource("/api/v1/stream");
