@@ -112,6 +112,8 @@ def _default_id(spec: ChildSpec) -> str:
 class _Child:
     spec: ChildSpec
     pid: Any = None
+    # Times this child was started again after its first start (by its exit or a sibling's).
+    restarts: int = 0
 
 
 class Supervisor(GenServer):
@@ -187,7 +189,8 @@ class Supervisor(GenServer):
         """Points each child spec's ``start`` at the code ``translate`` gives (the app's
         new version, on a hot upgrade), so restarts run the new code; returns the old list."""
         saved = self._children
-        self._children = [_Child(replace(c.spec, start=translate(c.spec.start)), c.pid) for c in saved]
+        self._children = [_Child(replace(c.spec, start=translate(c.spec.start)), c.pid,
+                                 c.restarts) for c in saved]
         return saved
 
     def _stop_child(self, entry: _Child) -> None:
@@ -266,6 +269,7 @@ class Supervisor(GenServer):
         self._children = [c for i, c in enumerate(self._children)
                           if i not in group or c in restart]
         for entry in restart:
+            entry.restarts += 1
             try:
                 entry.pid = self._start(entry.spec)
             except InitError:
@@ -275,6 +279,17 @@ class Supervisor(GenServer):
 
     def terminate(self, reason: Any) -> None:
         self._stop_all()
+
+    def _report(self) -> tuple[str, int, float, int, list[tuple[str, Any, int, str]]]:
+        """What the dashboard's tree shows of this supervisor (read by the node's inspector):
+        strategy, intensity (``max_restarts`` in ``max_seconds``), restarts in the current
+        window, and ``(repr(id), pid or None, restarts, kind)`` per child."""
+        now = time.monotonic()
+        used = sum(1 for t in list(getattr(self, "_restarts", ())) if now - t <= self.max_seconds)
+        children = [(repr(c.spec.id), c.pid, c.restarts,
+                     "supervisor" if c.spec.is_supervisor else "worker")
+                    for c in list(getattr(self, "_children", []))]
+        return (self.strategy, self.max_restarts, float(self.max_seconds), used, children)
 
     # -- dynamic children ---------------------------------------------------------------------
 

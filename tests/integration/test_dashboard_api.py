@@ -12,6 +12,7 @@ from dashboard import (
     SPAWNER,
     get_json,
     request,
+    submit_app,
     submit_crashy,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +20,46 @@ from prometheus_client.parser import text_string_to_metric_families
 import rebeam
 from harness import SECRET, TOKEN, Cluster, Nodes, wait_for
 from rebeam import Global
+
+NESTED_APP = """
+    import time
+
+    import rebeam
+
+    class Leaf(rebeam.GenServer):
+        def init(self):
+            # The name of the previous life is released once its node reported the exit.
+            for _ in range(100):
+                try:
+                    rebeam.register_global("nested-leaf", rebeam.self_pid())
+                    return
+                except rebeam.Error:
+                    time.sleep(0.05)
+            rebeam.register_global("nested-leaf", rebeam.self_pid())
+
+        def handle_call(self, request, sender):
+            if request == "crash":
+                raise ValueError("nested-boom")
+            return "ok"
+
+    class Sibling(rebeam.GenServer):
+        pass
+
+    class Inner(rebeam.Supervisor):
+        strategy = "one_for_all"
+        max_restarts = 5
+        max_seconds = 60
+
+        def children(self):
+            return [rebeam.child(Leaf, id="leaf"), rebeam.child(Sibling, id="sibling")]
+
+    class Named(rebeam.GenServer):
+        pass
+
+    class Root(rebeam.Supervisor):
+        def children(self):
+            return [rebeam.child(Inner, id="inner"), rebeam.child(Named, name="dash_local")]
+"""
 
 
 def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir: Path) -> None:
@@ -85,6 +126,60 @@ def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir
     app = wait_for("the crash traceback in the tree", crash_in_tree,
                    on_timeout=lambda: json.dumps(get_json(f"{http}/api/v1/tree?app=crashy"))[:4000])
     assert isinstance(app, dict) and app["children"][0]["child"] == "root"
+
+    # A nested supervisor (one_for_all) whose child crashed once: the tree shows its strategy,
+    # the restart it used and the child's restart; a local name shows with its node.
+    submit_app(controllers, workdir, "nested", NESTED_APP, """
+        [app]
+        name = "nested"
+        version = "1.0.0"
+
+        [[children]]
+        start = "nested.tree:Root"
+        name = "nroot"
+    """)
+    with controllers.client(token=TOKEN) as client:
+        wait_for("the nested leaf", lambda: client.whereis("nested-leaf"))
+    with controllers.client(token=SECRET) as client, pytest.raises(rebeam.Exit):
+        client.call(Global("nested-leaf"), "crash")
+
+    def inner_of(tree: dict[str, object]) -> dict[str, object] | None:
+        top = tree["apps"][0]["children"][0]  # type: ignore[index]
+        return next((p for p in top["children"] if p.get("child_id") == "'inner'"), None)
+
+    def nested_restarted() -> dict[str, object] | None:
+        tree = get_json(f"{http}/api/v1/tree?app=nested")
+        assert isinstance(tree, dict)
+        inner = inner_of(tree)
+        if inner is None or inner["supervisor"]["restarts_in_window"] != 1:
+            return None
+        leaf = next((c for c in inner["children"] if c.get("child_id") == "'leaf'"), None)
+        return tree if leaf is not None and leaf["restarts"] == 1 else None
+
+    tree = wait_for("the nested restart in the tree", nested_restarted,
+                    on_timeout=lambda: json.dumps(get_json(f"{http}/api/v1/tree?app=nested"))[:4000])
+    assert isinstance(tree, dict)
+    top = tree["apps"][0]["children"][0]
+    assert top["process"]["supervisor"]["strategy"] == "one_for_one"
+    assert top["process"]["supervisor"]["restarts_in_window"] == 0
+    inner = inner_of(tree)
+    assert inner is not None and inner["kind"] == "supervisor" and inner["restarts"] == 0
+    assert inner["supervisor"]["strategy"] == "one_for_all"
+    assert (inner["supervisor"]["max_restarts"], inner["supervisor"]["max_seconds"]) == (5, 60.0)
+    by_id = {c["id"]: c for c in inner["supervisor"]["children"]}
+    assert by_id["'leaf'"]["restarts"] == 1 and by_id["'leaf'"]["state"] == "running"
+    # one_for_all: the sibling was restarted with it.
+    assert by_id["'sibling'"]["restarts"] == 1
+
+    def local_name() -> dict[str, object] | None:
+        n = get_json(f"{http}/api/v1/names", READ)
+        assert isinstance(n, dict)
+        return next((x for x in n["local_names"] if x["name"] == "dash_local"), None)
+
+    named = wait_for("the local name in the names view", local_name)
+    assert isinstance(named, dict)
+    assert named["node"] == top["node"] and named["app"] == "nested"
+    assert named["pid"] in {p["id"] for p in top["children"]}
 
     # Kill: refused to the read token, allowed to an operator, recorded with who did it.
     victim = only_b["items"][0]["id"]

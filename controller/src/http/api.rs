@@ -57,6 +57,8 @@ struct Cached {
 /// Every process the nodes reported, with the nodes that did not answer.
 pub struct ProcessList {
     rows: Vec<pb::ProcessInfo>,
+    /// The supervisors' reports, by pid id.
+    supervisors: HashMap<String, pb::SupervisorInfo>,
     missing: Vec<(String, String)>,
     /// When it was gathered.
     at: Instant,
@@ -88,8 +90,19 @@ impl Api {
     async fn gather(&self, app: &str) -> Arc<ProcessList> {
         let g = self.nodes.processes(app).await;
         let now = Instant::now();
+        let mut rows = Vec::new();
+        let mut supervisors = HashMap::new();
+        for (_, reply) in g.answers {
+            rows.extend(reply.processes);
+            for s in reply.supervisors {
+                if let Some(pid) = &s.pid {
+                    supervisors.insert(pid_id(pid), s);
+                }
+            }
+        }
         let list = Arc::new(ProcessList {
-            rows: g.answers.into_iter().flat_map(|(_, p)| p).collect(),
+            rows,
+            supervisors,
             missing: g.missing,
             at: now,
         });
@@ -496,15 +509,58 @@ async fn at_leader(api: &Api, cmd: Command) -> Result<(), Error> {
     Ok(())
 }
 
+/// Most local names asked of each node for `/api/v1/names`.
+const MAX_LOCAL_NAMES: u32 = 1_000;
+
 async fn names(State(api): State<Arc<Api>>) -> ApiResult {
-    let a = api.core.shared.applied.read();
-    let names: Vec<Value> = a
-        .state
-        .names
-        .iter()
-        .map(|(n, p)| json!({"name": n, "pid": pid_json(p), "node": p.node}))
-        .collect();
-    Ok(Json(json!({ "names": names })))
+    let names: Vec<Value> = {
+        let a = api.core.shared.applied.read();
+        a.state
+            .names
+            .iter()
+            .map(|(n, p)| json!({"name": n, "pid": pid_json(p), "node": p.node}))
+            .collect()
+    };
+    // Local names live only on their nodes: each live node answers its named processes.
+    let request = pb::ListProcessesRequest {
+        app: String::new(),
+        query: Some(pb::ProcessQuery {
+            sort: "name".into(),
+            limit: MAX_LOCAL_NAMES,
+            named_only: true,
+            ..Default::default()
+        }),
+    };
+    let g = api.nodes.list(api.nodes.live(), request).await;
+    let mut local: Vec<Value> = Vec::new();
+    let mut truncated = false;
+    for (node, reply) in &g.answers {
+        // A node that predates `named_only` lists every process: keep the named ones.
+        truncated |= reply.paged && reply.total > reply.processes.len() as u64;
+        local.extend(
+            reply
+                .processes
+                .iter()
+                .filter(|p| !p.name.is_empty())
+                .map(|p| {
+                    json!({
+                        "name": p.name,
+                        "pid": p.pid.as_ref().map(pid_id),
+                        "node": node,
+                        "app": p.app,
+                    })
+                }),
+        );
+    }
+    local.sort_by(|a, b| {
+        (a["node"].as_str(), a["name"].as_str()).cmp(&(b["node"].as_str(), b["name"].as_str()))
+    });
+    Ok(Json(json!({
+        "names": names,
+        "local_names": local,
+        "local_names_truncated": truncated,
+        "missing_nodes": g.missing.iter().map(|(n, e)| json!({"node": n, "error": e})).collect::<Vec<_>>(),
+    })))
 }
 
 async fn groups(State(api): State<Arc<Api>>) -> ApiResult {
@@ -759,6 +815,7 @@ async fn processes(
         stuck: q.stuck,
         after: after.as_ref().map(cursor_pb),
         pid: None,
+        named_only: false,
     };
     let nodes: Vec<(String, String)> = api
         .nodes
@@ -1110,15 +1167,19 @@ async fn tree(
                     .pid
                     .as_ref()
                     .map(|p| format!("{}.{}.{}", p.node, p.incarnation, p.serial));
-                let below = pid
-                    .as_deref()
-                    .map(|p| subtree(p, &by_parent, &mut budget, &api.stuck))
-                    .unwrap_or_default();
+                let below = match (pid.as_deref(), &list) {
+                    (Some(p), Some(l)) => subtree(p, &by_parent, &mut budget, &api.stuck, l),
+                    _ => Vec::new(),
+                };
                 let top = list.as_ref().and_then(|l| {
                     l.rows
                         .iter()
                         .find(|r| r.pid.as_ref().map(pid_id) == pid)
-                        .map(|p| process_json(p, &api.stuck))
+                        .map(|p| {
+                            let mut v = process_json(p, &api.stuck);
+                            supervisor_json(&mut v, pid.as_deref().unwrap_or(""), l);
+                            v
+                        })
                 });
                 json!({
                     "child": x.child,
@@ -1151,10 +1212,22 @@ fn subtree(
     by_parent: &HashMap<String, Vec<&pb::ProcessInfo>>,
     budget: &mut usize,
     stuck: &StuckWatch,
+    list: &ProcessList,
 ) -> Vec<Value> {
     let Some(kids) = by_parent.get(pid) else {
         return Vec::new();
     };
+    // A supervisor's view of its children: spec id and restarts, by the child's pid.
+    let supervised: HashMap<String, &pb::SupervisedChild> = list
+        .supervisors
+        .get(pid)
+        .map(|s| {
+            s.children
+                .iter()
+                .filter_map(|c| c.pid.as_ref().map(|p| (pid_id(p), c)))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut out = Vec::new();
     for k in kids {
         if *budget == 0 {
@@ -1163,10 +1236,52 @@ fn subtree(
         *budget -= 1;
         let id = k.pid.as_ref().map(pid_id).unwrap_or_default();
         let mut v = process_json(k, stuck);
-        v["children"] = Value::Array(subtree(&id, by_parent, budget, stuck));
+        if let Some(c) = supervised.get(&id) {
+            v["child_id"] = json!(c.id);
+            v["restarts"] = json!(c.restarts);
+        }
+        supervisor_json(&mut v, &id, list);
+        v["children"] = Value::Array(subtree(&id, by_parent, budget, stuck, list));
         out.push(v);
     }
     out
+}
+
+/// Adds to the process `v` (pid id `pid`), when it is a supervisor that reported itself,
+/// its strategy, intensity, restarts in the current window and its children as it sees them
+/// (those not running included, with state "stopped").
+fn supervisor_json(v: &mut Value, pid: &str, list: &ProcessList) {
+    let Some(s) = list.supervisors.get(pid) else {
+        return;
+    };
+    let listed: std::collections::HashSet<String> = list
+        .rows
+        .iter()
+        .filter_map(|r| r.pid.as_ref().map(pid_id))
+        .collect();
+    v["supervisor"] = json!({
+        "strategy": s.strategy,
+        "max_restarts": s.max_restarts,
+        "max_seconds": s.max_seconds,
+        "restarts_in_window": s.restarts_in_window,
+        "children": s.children.iter().map(|c| {
+            let pid = c.pid.as_ref().map(pid_id);
+            let state = match &pid {
+                None => "stopped",
+                Some(p) if listed.contains(p) => "running",
+                // Reported by the supervisor but not (or no longer) listed: on a node
+                // that did not answer, or exited since.
+                Some(_) => "unknown",
+            };
+            json!({
+                "id": c.id,
+                "pid": pid,
+                "restarts": c.restarts,
+                "kind": c.kind,
+                "state": state,
+            })
+        }).collect::<Vec<_>>(),
+    });
 }
 
 /// Most crash reports returned per app (the newest).

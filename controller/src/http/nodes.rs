@@ -99,21 +99,13 @@ impl NodeClients {
             .map(|(_, a)| a)
     }
 
-    /// Every live node's process list.
-    pub async fn processes(&self, app: &str) -> Gathered<Vec<pb::ProcessInfo>> {
+    /// Every live node's process list (with its supervisors' reports).
+    pub async fn processes(&self, app: &str) -> Gathered<pb::ListProcessesReply> {
         let request = pb::ListProcessesRequest {
             app: app.to_string(),
             query: None,
         };
-        let g = self.list(self.live(), request).await;
-        Gathered {
-            answers: g
-                .answers
-                .into_iter()
-                .map(|(id, r)| (id, r.processes))
-                .collect(),
-            missing: g.missing,
-        }
+        self.list(self.live(), request).await
     }
 
     /// `request` (a whole list, or a query's page) answered by each of `nodes` (id and

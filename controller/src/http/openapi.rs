@@ -114,9 +114,14 @@ pub fn spec() -> Value {
             "/api/v1/apps/{name}": get_op("One application with its history", vec![app_param.clone()], {
                 let mut r = ok("app", any_obj()); r["404"] = json!({"$ref": "#/components/responses/Error"}); r }),
             "/api/v1/apps/{name}/stop": action("Stop an application (recorded in events)", vec![app_param], obj(json!({"stopped": {"type": "string"}}), &["stopped"])),
-            "/api/v1/names": get_op("Global names", vec![], ok("names", list_of("names", any_obj()))),
+            "/api/v1/names": get_op("Global names (owner node) and each live node's local names (name, pid, node, app)", vec![], ok("names", obj(json!({
+                "names": {"type": "array", "items": obj(json!({"name": {"type": "string"}, "pid": any_obj(), "node": {"type": "string"}}), &["name", "pid", "node"])},
+                "local_names": {"type": "array", "items": obj(json!({"name": {"type": "string"}, "pid": {"type": ["string", "null"]}, "node": {"type": "string"}, "app": {"type": "string"}}), &["name", "pid", "node", "app"])},
+                "local_names_truncated": {"type": "boolean"},
+                "missing_nodes": {"type": "array", "items": any_obj()},
+            }), &["names", "local_names", "local_names_truncated", "missing_nodes"]))),
             "/api/v1/groups": get_op("Process groups", vec![], ok("groups", list_of("groups", any_obj()))),
-            "/api/v1/tree": get_op("Supervision tree across nodes: top-level children with restart history, the processes below them, recent crash tracebacks",
+            "/api/v1/tree": get_op("Supervision tree across nodes: top-level children with restart history, the processes below them, recent crash tracebacks. A supervisor process has `supervisor`: {strategy, max_restarts, max_seconds, restarts_in_window, children: [{id, pid, restarts, kind, state}]}; a process below a supervisor has `child_id` and `restarts`",
                 vec![param("app", "query", json!({"type": "string"}), "only this app")], ok("tree", list_of("apps", any_obj()))),
             "/api/v1/processes": get_op("Processes of every live node, filtered, sorted and paged on the server", vec![
                 param("after", "query", json!({"type": "string"}), "start after this row: the next_cursor of the page before (same sort, order and filters); a deep page costs what the first does"),

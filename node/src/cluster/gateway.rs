@@ -123,9 +123,14 @@ impl pb::gateway_service_server::GatewayService for Gateway {
             })
             .await
             .map_err(|e| internal(format!("listing processes failed: {e}")))?;
+            let supervisors = processes
+                .iter()
+                .filter_map(crate::cluster::wire::supervisor_to_pb)
+                .collect();
             return Ok(Response::new(pb::ListProcessesReply {
                 node,
                 processes: processes.into_iter().map(Into::into).collect(),
+                supervisors,
                 ..Default::default()
             }));
         };
@@ -160,6 +165,8 @@ impl pb::gateway_service_server::GatewayService for Gateway {
             paged: true,
             total: page.total as u64,
             after_cursor: page.after_cursor as u64,
+            // Supervisors report only with a whole list (the tree reads them).
+            supervisors: Vec::new(),
         }))
     }
 
@@ -403,6 +410,7 @@ fn table_query(q: pb::ProcessQuery) -> Result<crate::python::inspect::TableQuery
         stuck: q.stuck,
         after,
         pid,
+        named_only: q.named_only,
     })
 }
 

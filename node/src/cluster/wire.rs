@@ -88,6 +88,28 @@ impl From<crate::python::inspect::ProcessReport> for pb::ProcessInfo {
     }
 }
 
+/// The supervisor report of `r`, for the wire; None for a process that is no supervisor.
+pub fn supervisor_to_pb(r: &crate::python::inspect::ProcessReport) -> Option<pb::SupervisorInfo> {
+    let s = r.supervisor.as_ref()?;
+    Some(pb::SupervisorInfo {
+        pid: Some(pid_to_pb(r.pid)),
+        strategy: s.strategy.clone(),
+        max_restarts: s.max_restarts,
+        max_seconds: s.max_seconds,
+        restarts_in_window: s.restarts_in_window,
+        children: s
+            .children
+            .iter()
+            .map(|(id, pid, restarts, kind)| pb::SupervisedChild {
+                id: id.clone(),
+                pid: pid.map(pid_to_pb),
+                restarts: *restarts,
+                kind: kind.clone(),
+            })
+            .collect(),
+    })
+}
+
 /// A kept log entry of the app `app` on the node `node`, for the wire.
 pub fn log_entry_to_pb(entry: &crate::python::logs::Entry, node: &str, app: &str) -> pb::LogEntry {
     pb::LogEntry {

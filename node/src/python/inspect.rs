@@ -61,6 +61,48 @@ pub struct ProcessReport {
     pub links: Vec<Pid>,
     /// Monitors others hold on it.
     pub monitored_by: usize,
+    /// For a supervisor: its strategy, intensity and children.
+    pub supervisor: Option<SupervisorReport>,
+}
+
+/// What a supervisor reports of itself (`Supervisor._report` in `rebeam._supervisor`).
+#[derive(Clone, Debug)]
+pub struct SupervisorReport {
+    /// "one_for_one", "one_for_all", "rest_for_one" or "simple_one_for_one".
+    pub strategy: String,
+    /// More than this many restarts within `max_seconds` and it gives up.
+    pub max_restarts: u32,
+    /// The intensity window.
+    pub max_seconds: f64,
+    /// Restarts within the current window.
+    pub restarts_in_window: u32,
+    /// Its children in start order: the spec id's repr, pid (None when not running), restarts
+    /// and "worker" or "supervisor".
+    pub children: Vec<(String, Option<Pid>, u32, String)>,
+}
+
+/// `server`'s own report of itself; None when it cannot give one (a supervisor still in
+/// `init`, or a class that overrode the fields with values of other types).
+fn supervisor_report(server: &Bound<'_, PyAny>) -> Option<SupervisorReport> {
+    let report = server.call_method0(intern!(server.py(), "_report")).ok()?;
+    type Child<'py> = (String, Option<super::objects::Pid>, u32, String);
+    let (strategy, max_restarts, max_seconds, restarts_in_window, children): (
+        String,
+        u32,
+        f64,
+        u32,
+        Vec<Child<'_>>,
+    ) = report.extract().ok()?;
+    Some(SupervisorReport {
+        strategy,
+        max_restarts,
+        max_seconds,
+        restarts_in_window,
+        children: children
+            .into_iter()
+            .map(|(id, pid, restarts, kind)| (id, pid.map(|p| p.0), restarts, kind))
+            .collect(),
+    })
 }
 
 /// What the runtime says of a process, copied under its lock.
@@ -191,6 +233,7 @@ fn describe_with(
 ) -> Option<ProcessReport> {
     let facts = facts(py, process)?;
     let data = &process.data;
+    let mut report = None;
     let (kind, code, state_bytes) = match (process.kind, data.server.get()) {
         (Kind::Server, Some(server)) => {
             let server = server.bind(py);
@@ -198,7 +241,12 @@ fn describe_with(
                 .supervisor
                 .as_ref()
                 .is_some_and(|s| server.is_instance(s).unwrap_or(false));
-            let kind = if supervisor { "supervisor" } else { "server" };
+            let kind = if supervisor {
+                report = supervisor_report(server);
+                "supervisor"
+            } else {
+                "server"
+            };
             let class = server.get_type().into_any();
             (kind, Some(class), state_size(lookups, server))
         }
@@ -242,6 +290,7 @@ fn describe_with(
         trap_exits: facts.trap_exits,
         links: facts.links,
         monitored_by: facts.monitored_by,
+        supervisor: report,
     })
 }
 
@@ -386,6 +435,8 @@ pub struct TableQuery {
     pub after: Option<Place>,
     /// Only this process.
     pub pid: Option<Pid>,
+    /// Only processes with a registered local name.
+    pub named_only: bool,
 }
 
 /// The page a node selected for a [`TableQuery`].
@@ -414,6 +465,7 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
         None => true,
         Some(a) => p.data.app.as_ref().is_some_and(|t| t.name == a),
     })
+    .filter(|p| !q.named_only || p.lock().name.is_some())
     .collect();
     // Each query is an observation for the stuck rules, as each scrape of `/metrics` is.
     let now = Instant::now();

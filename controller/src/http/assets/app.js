@@ -69,9 +69,17 @@ function chart(samples) {
 function procLine(p, supervised) {
   const kill = session.can_kill ? el("button", {class: "danger", onclick: () => act("/api/v1/processes/" + encodeURIComponent(p.id) + "/kill", "Kill " + p.id)}, "kill") : "";
   const restart = session.can_act && supervised ? el("button", {class: "restart-child", onclick: () => act("/api/v1/processes/" + encodeURIComponent(p.id) + "/restart", "Restart " + (p.name || p.initial) + " (" + p.id + ")")}, "restart") : "";
-  return el("div", {class: "proc", "data-pid": p.id}, el("a", {href: "#process:" + p.id}, p.id), " ", p.kind, " ", p.name || p.initial, " mailbox ", p.mailbox, " ",
+  // A nested supervisor's own report: strategy and intensity used; its children's restarts
+  // show on their lines, and children it holds that are not running are listed here.
+  const sup = p.supervisor;
+  const supInfo = sup ? el("span", {class: "supervisor", "data-strategy": sup.strategy, "data-restarts-used": sup.restarts_in_window},
+    " — " + sup.strategy + " — intensity " + sup.restarts_in_window + "/" + sup.max_restarts + " in " + sup.max_seconds + " s") : "";
+  const childInfo = p.child_id !== undefined ? el("span", {class: "child-restarts", "data-restarts": p.restarts}, " [" + p.child_id + ", restarts " + p.restarts + "]") : "";
+  const stopped = sup ? sup.children.filter(c => c.state !== "running").map(c =>
+    el("div", {class: "proc stopped"}, c.id + " " + c.kind + " — " + c.state + " — restarts " + c.restarts)) : [];
+  return el("div", {class: "proc", "data-pid": p.id}, el("a", {href: "#process:" + p.id}, p.id), " ", p.kind, " ", p.name || p.initial, childInfo, supInfo, " mailbox ", p.mailbox, " ",
     p.stuck ? el("span", {class: "stuck"}, "stuck: " + p.stuck_reason + " " + (p.stuck_for_ms / 1000).toFixed(0) + " s") : "", " ", restart, " ", kill,
-    ...(p.children || []).map(c => procLine(c, p.kind === "supervisor")));
+    ...(p.children || []).map(c => procLine(c, p.kind === "supervisor")), ...stopped);
 }
 
 async function tree() {
@@ -116,6 +124,7 @@ async function processPage(id) {
 async function names() {
   const [n, g] = await Promise.all([api("/api/v1/names"), api("/api/v1/groups")]);
   table("names", ["name", "pid", "node"], n.names.map(x => [x.name, x.pid.id, x.node]));
+  table("local-names", ["name", "pid", "node", "app"], n.local_names.map(x => [x.name, x.pid, x.node, x.app]));
   table("groups", ["group", "members"], g.groups.map(x => [x.group, x.members.map(m => m.id).join(" ")]));
 }
 
