@@ -174,6 +174,7 @@ pub const RPC_TABLE: &[(&str, Need)] = &[
     ("/rebeam.v1.GatewayService/Logs", R(Read)),
     ("/rebeam.v1.GatewayService/Kill", R(Admin)),
     ("/rebeam.v1.GatewayService/ListTables", R(Read)),
+    ("/rebeam.v1.GatewayService/NodeStats", R(Read)),
 ];
 
 /// The RPCs a node's certificate or the node secret may call: its control traffic, the

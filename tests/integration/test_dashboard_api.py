@@ -395,3 +395,80 @@ def test_rest_api_fuzzed_from_its_openapi_document(controllers: Cluster, nodes: 
          "--url", http],
         capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+SINK = """
+    import time
+
+    import rebeam
+
+    def sink():
+        rebeam.register_global("sink", rebeam.self_pid())
+        print("sink ready", flush=True)
+        # Never reads: what the other node sends piles up in this mailbox.
+        time.sleep(3600)
+
+    def main():
+        rebeam.spawn(sink)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+LOADER = """
+    import time
+
+    import rebeam
+
+    def main():
+        while (sink := rebeam.whereis_global("sink")) is None:
+            time.sleep(0.05)
+        print("loading", flush=True)
+        # About 2,000 small messages a second across the peer link, for the test's life.
+        while True:
+            for i in range(100):
+                rebeam.send(sink, ("load", i))
+            time.sleep(0.05)
+
+    rebeam.run(main)
+"""
+
+
+def test_nodes_show_load_and_the_charts_move(controllers: Cluster, nodes: Nodes) -> None:
+    """A node sending a steady stream of messages to another node's never-reading process:
+    the nodes table shows both nodes' memory, CPU and message rates, and the cluster-wide
+    message rate, mailbox depth and peer traffic series move."""
+    http = f"http://{controllers.members[1].http}"
+    nodes.start("a", SINK).wait_output("sink ready")
+    nodes.start("b", LOADER).wait_output("loading")
+
+    def loaded() -> dict[str, dict[str, object]] | None:
+        n = get_json(f"{http}/api/v1/nodes", READ)
+        assert isinstance(n, dict)
+        loads = {x["id"]: x["load"] for x in n["nodes"] if x["load"]}
+        a, b = loads.get("a"), loads.get("b")
+        ready = (a and b and (a["delivered_per_s"] or 0) > 0 and (b["sent_per_s"] or 0) > 0
+                 and (b["peer_bytes_out_per_s"] or 0) > 0 and int(a["mailbox_depth"]) > 0)
+        return loads if ready else None
+
+    loads = wait_for("both nodes' load in the nodes table", loaded,
+                     on_timeout=lambda: json.dumps(get_json(f"{http}/api/v1/nodes", READ)))
+    assert isinstance(loads, dict)
+    for load in loads.values():
+        assert int(load["memory_bytes"]) > 1 << 20
+        assert load["cpu_percent"] is not None and float(load["cpu_percent"]) >= 0
+    assert float(loads["b"]["cpu_percent"]) > 0
+
+    def moving() -> list[dict[str, float]] | None:
+        s = get_json(f"{http}/api/v1/series", READ)
+        assert isinstance(s, dict)
+        samples = s["samples"]
+        depths = {x["mailbox_depth"] for x in samples if x["mailbox_depth"] > 0}
+        busy = [x for x in samples if x["messages_per_s"] > 0 and x["peer_bytes_per_s"] > 0]
+        return samples if len(depths) >= 2 and len(busy) >= 2 else None
+
+    samples = wait_for("the load series to move", moving)
+    assert isinstance(samples, list)
+    depths = [x["mailbox_depth"] for x in samples if x["mailbox_depth"] > 0]
+    # The sink never reads: its mailbox only grows.
+    assert depths[-1] > depths[0]

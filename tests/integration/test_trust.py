@@ -72,6 +72,7 @@ EXPECTED: dict[str, str] = {
     "GatewayService/Logs": "read",
     "GatewayService/Kill": "admin",
     "GatewayService/ListTables": "read",
+    "GatewayService/NodeStats": "read",
 }
 
 

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::core::Core;
 use crate::error::Error;
 use crate::http::auth::{require, Authenticated, Role};
+use crate::http::live::NodeLoads;
 use crate::http::nodes::NodeClients;
 use crate::http::stuck::StuckWatch;
 use crate::types::{AppStatus, Command, Pid};
@@ -46,6 +47,8 @@ pub struct Api {
     cache: Mutex<HashMap<String, Cached>>,
     /// Which processes look stuck, from successive lists.
     pub stuck: StuckWatch,
+    /// The nodes' resource use and rates, polled by [`crate::http::live::poll_nodes`].
+    pub loads: NodeLoads,
 }
 
 struct Cached {
@@ -84,6 +87,7 @@ impl Api {
             core,
             cache: Mutex::new(HashMap::new()),
             stuck: StuckWatch::default(),
+            loads: NodeLoads::default(),
         })
     }
 
@@ -344,6 +348,8 @@ async fn nodes(State(api): State<Arc<Api>>) -> ApiResult {
                 "top_level_children": children.get(n.id.as_str()).copied().unwrap_or(0),
                 // Known while this member leads (leases live in the leader's memory).
                 "lease_remaining_ms": lease_left.get(&n.id).filter(|(i, _)| *i == n.incarnation).map(|(_, ms)| *ms),
+                // From the node's last stats answer (every few seconds; none while dead).
+                "load": n.alive.then(|| api.loads.get(&n.id)).flatten(),
             })
         })
         .collect();

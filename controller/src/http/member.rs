@@ -85,10 +85,16 @@ pub fn api_routes(core: Arc<Core>, auth: Arc<HttpAuth>) -> Router {
     let stats = Arc::new(HttpStats::default());
     let series = Arc::new(Series::default());
     tokio::spawn(metrics::watch_elections(core.clone(), stats.clone()));
-    tokio::spawn(live::sample(core.clone(), stats.clone(), series.clone()));
+    let api = Api::new(core.clone());
+    tokio::spawn(live::poll_nodes(api.clone()));
+    tokio::spawn(live::sample(
+        core.clone(),
+        stats.clone(),
+        series.clone(),
+        api.clone(),
+    ));
     let metrics_core = core.clone();
     let metrics_stats = stats.clone();
-    let api = Api::new(core.clone());
     let metrics_api = api.clone();
     Router::new()
         .merge(api::routes(api))

@@ -17,6 +17,9 @@ use crate::core::Core;
 /// How long one node may take to answer before it is reported missing.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Nodes asked for their stats at once by the sampler (a large cluster is asked in waves).
+pub const STATS_CONCURRENCY: usize = 32;
+
 /// What the live nodes answered, and which did not.
 pub struct Gathered<T> {
     /// Answers by node id.
@@ -209,6 +212,30 @@ impl NodeClients {
             .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
             .map_err(|s| s.message().to_string())?
             .into_inner())
+    }
+
+    /// Every live node's resource use and traffic counters, asking at most
+    /// [`STATS_CONCURRENCY`] nodes at once.
+    pub async fn stats(&self) -> Gathered<pb::NodeStatsReply> {
+        use futures::StreamExt;
+        let calls = self.live().into_iter().map(|(id, address)| async move {
+            let r = async {
+                let mut c = self.client(&address)?;
+                let reply =
+                    tokio::time::timeout(NODE_TIMEOUT, c.node_stats(pb::NodeStatsRequest {}))
+                        .await
+                        .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
+                        .map_err(|s| s.message().to_string())?;
+                Ok::<_, String>(reply.into_inner())
+            }
+            .await;
+            (id, r)
+        });
+        let results = futures::stream::iter(calls)
+            .buffer_unordered(STATS_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        gather(results)
     }
 
     /// Kills `pid` (untrappable) through its node.

@@ -109,7 +109,7 @@ pub fn spec() -> Value {
                 ok("session", obj(json!({"who": {"type": "string"}, "role": {"type": "string", "enum": ["read", "call", "deploy", "admin"]}, "can_act": {"type": "boolean"}, "can_kill": {"type": "boolean"}, "csrf": {"type": "string", "nullable": true}}), &["who", "role", "can_act", "can_kill"]))),
             "/api/v1/cluster": get_op("Controllers (role, term, leader, commit/applied, lag) and counts", vec![],
                 ok("cluster", obj(json!({"this": any_obj(), "controllers": {"type": "array", "items": any_obj()}}), &["this", "controllers"]))),
-            "/api/v1/nodes": get_op("Member nodes: incarnation, status, labels, lease", vec![], ok("nodes", list_of("nodes", any_obj()))),
+            "/api/v1/nodes": get_op("Member nodes: incarnation, status, labels, lease, and `load` (memory, CPU %, message and peer rates, mailbox depth; null until the node answered a stats poll)", vec![], ok("nodes", list_of("nodes", any_obj()))),
             "/api/v1/apps": get_op("Applications: version, status, restart intensity, upgrades", vec![], ok("apps", list_of("apps", any_obj()))),
             "/api/v1/apps/{name}": get_op("One application with its history", vec![app_param.clone()], {
                 let mut r = ok("app", any_obj()); r["404"] = json!({"$ref": "#/components/responses/Error"}); r }),

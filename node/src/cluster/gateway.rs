@@ -181,6 +181,15 @@ impl pb::gateway_service_server::GatewayService for Gateway {
         Ok(Response::new(pb::KillReply {}))
     }
 
+    async fn node_stats(
+        &self,
+        _request: Request<pb::NodeStatsRequest>,
+    ) -> Result<Response<pb::NodeStatsReply>, Status> {
+        Ok(Response::new(crate::observe::metrics::node_stats(
+            &self.cluster.rt,
+        )))
+    }
+
     async fn list_tables(
         &self,
         request: Request<pb::ListTablesRequest>,

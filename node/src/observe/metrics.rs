@@ -228,6 +228,41 @@ pub fn render(rt: &PyRuntime) -> Exposition {
     e
 }
 
+/// The node's resource use and cumulative traffic counters (`GatewayService.NodeStats`).
+pub fn node_stats(rt: &PyRuntime) -> rebeam_proto::v1::NodeStatsReply {
+    let processes = rt.processes();
+    let mailbox_depth: usize = processes
+        .iter()
+        .map(|p| p.mailbox_len() + p.data.held.load(Relaxed))
+        .sum();
+    rebeam_proto::v1::NodeStatsReply {
+        node: rt.node().name().to_string(),
+        rss_bytes: crate::guard::resident_bytes(),
+        cpu_seconds: cpu_seconds(),
+        messages_sent: RUNTIME.sent.get(),
+        messages_delivered: RUNTIME.delivered.get(),
+        mailbox_depth: mailbox_depth as u64,
+        peer_bytes_in: STATS.peer_bytes_in.get(),
+        peer_bytes_out: STATS.peer_bytes_out.get(),
+        peer_frames_in: STATS.peer_frames_in.get(),
+        peer_frames_out: STATS.peer_frames_out.get(),
+        processes: processes.len() as u64,
+    }
+}
+
+/// User plus system CPU time this OS process has used (0 when the kernel does not say).
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole `rusage` into the pointer it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return 0.0;
+    }
+    // SAFETY: the call succeeded, so the struct is initialised (it was zeroed anyway).
+    let u = unsafe { usage.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 /// This node's processes as the scrapes of `/metrics` and the process table's queries saw
 /// them (the controller judges the lists of nodes that predate queries by the same rules).
 pub static STUCK: LazyLock<StuckWatch<Pid>> = LazyLock::new(StuckWatch::default);

@@ -47,10 +47,30 @@ async function cluster() {
   table("controllers", ["id", "role", "term", "api", "voter", "matched", "lag"], c.controllers.map(x => [
     x.id, el("span", {class: x.leader ? "leader" : ""}, x.leader ? "leader" : (x.id === c.this.id ? c.this.role : "member")),
     x.id === c.this.id ? c.this.term : "", x.api_address, x.voter ? "yes" : "no", x.matched_index ?? "?", x.lag ?? "?"]));
-  table("nodes", ["node", "status", "incarnation", "address", "labels", "top-level children", "lease left (ms)", "reason"], n.nodes.map(x => [
+  const fixed = v => v == null ? "" : Number(v.toFixed(1));
+  table("nodes", ["node", "status", "incarnation", "address", "labels", "top-level children", "lease left (ms)", "memory (MiB)", "CPU %", "msgs/s", "mailbox", "peer B/s", "reason"], n.nodes.map(x => [
     x.id, el("span", {class: x.status}, x.status), x.incarnation, x.address, Object.entries(x.labels).map(([k, v]) => k + "=" + v).join(" "),
-    x.top_level_children, x.lease_remaining_ms ?? "", x.death_reason]));
+    x.top_level_children, x.lease_remaining_ms ?? "", x.load ? fixed(x.load.memory_bytes / 1048576) : "", fixed(x.load?.cpu_percent),
+    fixed(x.load?.delivered_per_s), x.load?.mailbox_depth ?? "", x.load ? fixed((x.load.peer_bytes_in_per_s ?? 0) + (x.load.peer_bytes_out_per_s ?? 0)) : "", x.death_reason]));
   chart(s.samples);
+  loadChart(s.samples);
+}
+
+// Message rate, mailbox depth and peer traffic differ by orders of magnitude: each line is
+// scaled to its own maximum, which the legend gives.
+function loadChart(samples) {
+  const cv = document.getElementById("load-chart"), g = cv.getContext("2d");
+  g.clearRect(0, 0, cv.width, cv.height);
+  const series = [["messages_per_s", "#175cd3", "messages/s"], ["mailbox_depth", "#b54708", "mailbox depth"], ["peer_bytes_per_s", "#067647", "peer bytes/s"]];
+  const legend = [];
+  for (const [k, color, label] of series) {
+    const max = Math.max(1, ...samples.map(s => s[k] ?? 0));
+    g.strokeStyle = color; g.beginPath();
+    samples.forEach((s, i) => { const x = i * cv.width / 600, y = cv.height - (s[k] ?? 0) / max * (cv.height - 4); i ? g.lineTo(x, y) : g.moveTo(x, y); });
+    g.stroke();
+    legend.push(label + " (max " + max.toFixed(1) + ")");
+  }
+  document.getElementById("load-chart-legend").textContent = "blue: " + legend[0] + ", orange: " + legend[1] + ", green: " + legend[2];
 }
 
 function chart(samples) {
