@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
+import reprlib
 from collections.abc import Awaitable
 from typing import Any
 
@@ -54,3 +56,53 @@ class GenServer:
 
     def code_change(self, old_version: str, extra: Any) -> None:
         """Converts the state on ``self`` when the application is upgraded."""
+
+
+class _StateRepr(reprlib.Repr):
+    """``reprlib`` with small limits, and a marker for an object whose own ``__repr__``
+    fails (reprlib's default names its address instead, hiding the failure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 10
+        self.maxdeque = self.maxarray = 10
+        self.maxdict = 10
+        self.maxstring = 80
+        self.maxlong = 40
+        self.maxother = 80
+
+    def repr_instance(self, x: object, level: int) -> str:
+        try:
+            s = builtins.repr(x)
+        except Exception as e:  # noqa: BLE001 - a class's own __repr__ may raise anything
+            return f"<repr failed: {type(e).__name__}>"
+        if len(s) > self.maxother:
+            half = max(0, (self.maxother - 3) // 2)
+            s = s[:half] + "..." + s[len(s) - half:]
+        return s
+
+
+def _state_repr(server: object, chars: int) -> str:
+    """A server's state for the dashboard's process page: one ``name = repr`` line per
+    attribute of the object (each repr bounded by ``reprlib``), the whole cut to ``chars``
+    characters (``…`` last when cut)."""
+    r = _StateRepr()
+    try:
+        attrs = getattr(server, "__dict__", None)
+        if not isinstance(attrs, dict):
+            text = r.repr(server)
+        else:
+            lines: list[str] = []
+            size = 0
+            # A copy: a handler running on another thread may change the attributes.
+            for name, value in list(attrs.items()):
+                line = f"{name} = {r.repr(value)}"
+                lines.append(line)
+                size += len(line) + 1
+                if size > chars:
+                    break
+            text = "\n".join(lines)
+    except Exception as e:  # noqa: BLE001 - iterating user containers may raise anything
+        text = f"<repr failed: {type(e).__name__}>"
+    return text if len(text) <= chars else text[:max(0, chars - 1)] + "…"

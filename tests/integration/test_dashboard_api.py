@@ -4,6 +4,7 @@ three controllers, nodes running real processes, a submitted app whose child cra
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -415,6 +416,38 @@ SINK = """
     rebeam.run(main)
 """
 
+PROCESS_PAGE = """
+    import rebeam
+
+    class Unprintable:
+        def __repr__(self):
+            raise ValueError("no repr")
+
+    class Keeper(rebeam.GenServer):
+        def init(self, target):
+            self.items = list(range(100_000))
+            self.broken = Unprintable()
+            self.watch = rebeam.monitor(target)
+
+    def target():
+        rebeam.receive()
+
+    def watcher_loop(keeper):
+        rebeam.monitor(keeper)
+        rebeam.receive()
+
+    def main():
+        target_pid = rebeam.spawn(target)
+        rebeam.register("pp-target", target_pid)
+        keeper = rebeam.spawn(Keeper, target_pid)
+        rebeam.register("pp-keeper", keeper)
+        rebeam.register("pp-watcher", rebeam.spawn(watcher_loop, keeper))
+        print("spawned", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
 LOADER = """
     import time
 
@@ -472,3 +505,58 @@ def test_nodes_show_load_and_the_charts_move(controllers: Cluster, nodes: Nodes)
     depths = [x["mailbox_depth"] for x in samples if x["mailbox_depth"] > 0]
     # The sink never reads: its mailbox only grows.
     assert depths[-1] > depths[0]
+
+
+
+def test_process_page_shows_monitors_stack_and_bounded_state(
+        controllers: Cluster, nodes: Nodes) -> None:
+    """The process page (and only it: a table row stays cheap) shows the monitors a process
+    holds and those held on it, the Python stack it waits in, and its server state as a
+    bounded repr in which a failing `__repr__` shows as a marker."""
+    http = f"http://{controllers.members[0].http}"
+    nodes.start("pp", PROCESS_PAGE).wait_output("spawned")
+
+    def ids() -> dict[str, str] | None:
+        page = get_json(f"{http}/api/v1/processes?q=pp-&limit=100")
+        assert isinstance(page, dict)
+        assert all("stack" not in r and "state" not in r for r in page["items"])
+        found = {str(r["name"]): str(r["id"]) for r in page["items"]}
+        return found if len(found) == 3 else None
+
+    pids = wait_for("the named processes", ids)
+    assert isinstance(pids, dict)
+    target, keeper, watcher = pids["pp-target"], pids["pp-keeper"], pids["pp-watcher"]
+
+    def detail(pid: str) -> dict[str, object]:
+        page = get_json(f"{http}/api/v1/processes/{pid}")
+        assert isinstance(page, dict)
+        return page
+
+    # The watcher monitors the keeper once it runs: wait for the keeper to be watched.
+    kept = wait_for("the watcher's monitor", lambda: detail(keeper) if detail(keeper)[
+        "monitored_by"] else None)
+    assert isinstance(kept, dict)
+    watched = detail(watcher)
+    # The keeper's own monitor on the target, seen from both ends with one reference.
+    [held] = kept["monitors"]  # type: ignore[misc]
+    assert held["pid"] == target
+    assert detail(target)["monitored_by"] == [{"ref": held["ref"], "pid": keeper}]
+    # The watcher's monitor on the keeper, seen from both ends with one reference.
+    [by] = kept["monitored_by"]  # type: ignore[misc]
+    assert by["pid"] == watcher
+    assert watched["monitors"] == [{"ref": by["ref"], "pid": keeper}]
+    # The watcher waits in receive, called from its function: innermost last.
+    stack = watched["stack"]
+    assert isinstance(stack, list) and 0 < len(stack) <= 30, stack
+    assert all(re.fullmatch(r".+:\d+ \S+", line) for line in stack), stack
+    assert any(line.endswith(" watcher_loop") for line in stack), stack
+    assert stack[-1].endswith(" receive"), stack
+    assert watched["state"] == ""
+    # The keeper is idle: no Python code runs for it. Its state is bounded and shows the
+    # failing repr as a marker.
+    assert kept["stack"] == []
+    state = kept["state"]
+    assert isinstance(state, str) and len(state) <= 2048, state
+    assert "items = [0, 1, 2, 3" in state and "..." in state and "99999" not in state
+    assert "broken = <repr failed: ValueError>" in state
+    assert "watch = " in state

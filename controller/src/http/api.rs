@@ -914,6 +914,22 @@ async fn process(State(api): State<Arc<Api>>, Path(id): Path<String>) -> ApiResu
     let pid = parse_pid(&id)?;
     let found = one_process(&api, &pid).await?;
     let mut v = process_json(&found, &api.stuck);
+    // A node that predates the process page's fields leaves them unknown (null).
+    let monitors = |ms: &[pb::ProcessMonitor]| -> Value {
+        ms.iter()
+            .map(|m| json!({"ref": m.r#ref, "pid": m.pid.as_ref().map(pid_id)}))
+            .collect()
+    };
+    if found.detailed {
+        v["monitors"] = monitors(&found.monitors);
+        v["monitored_by"] = monitors(&found.monitored_by);
+        v["stack"] = json!(found.stack);
+        v["state"] = json!(found.state);
+    } else {
+        for key in ["monitors", "monitored_by", "stack", "state"] {
+            v[key] = Value::Null;
+        }
+    }
     let a = api.core.shared.applied.read();
     let domain: Pid = pid.clone().into();
     v["global_names"] = json!(a

@@ -59,6 +59,11 @@ pub fn spec() -> Value {
         json!({"type": "string", "minLength": 1}),
         "app name",
     );
+    // A monitor on the process page: its reference and the process at its other end.
+    let monitor = obj(
+        json!({"ref": {"type": "integer"}, "pid": {"type": "string", "nullable": true}}),
+        &["ref"],
+    );
     let process = obj(
         json!({
             "id": {"type": "string"}, "node": {"type": "string"}, "name": {"type": "string"},
@@ -71,6 +76,16 @@ pub fn spec() -> Value {
             "stuck": {"type": "boolean"},
             "stuck_reason": {"type": "string", "nullable": true, "enum": ["handler running", "mailbox growing", null]},
             "stuck_for_ms": {"type": "integer", "nullable": true},
+            // Only on the process page (`/api/v1/processes/{pid}`); null from a node that
+            // predates them.
+            "monitors": {"type": "array", "nullable": true, "items": monitor.clone(),
+                "description": "monitors the process holds, each with the monitored process"},
+            "monitored_by": {"type": "array", "nullable": true, "items": monitor,
+                "description": "monitors others hold on the process, each with the monitoring process"},
+            "stack": {"type": "array", "nullable": true, "items": {"type": "string"},
+                "description": "Python frames as `file:line function`, innermost last, at most 30; empty when none runs"},
+            "state": {"type": "string", "nullable": true,
+                "description": "a server's attributes as a bounded repr, at most 2048 characters; empty for a function process"},
         }),
         &[
             "id", "node", "kind", "mailbox", "handled", "memory", "stuck",

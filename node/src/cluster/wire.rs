@@ -83,7 +83,7 @@ impl From<crate::python::inspect::ProcessReport> for pb::ProcessInfo {
             child: r.child.unwrap_or_default(),
             trap_exits: r.trap_exits,
             links: r.links.into_iter().map(pid_to_pb).collect(),
-            ..Default::default()
+            ..r.detail.map(detail_to_pb).unwrap_or_default()
         }
     }
 }
@@ -108,6 +108,22 @@ pub fn supervisor_to_pb(r: &crate::python::inspect::ProcessReport) -> Option<pb:
             })
             .collect(),
     })
+}
+
+/// The process page's fields of a [`pb::ProcessInfo`] (the rest left default).
+fn detail_to_pb(d: crate::python::inspect::Detail) -> pb::ProcessInfo {
+    let monitor = |(mref, pid): (crate::runtime::Ref, Pid)| pb::ProcessMonitor {
+        r#ref: mref.0,
+        pid: Some(pid_to_pb(pid)),
+    };
+    pb::ProcessInfo {
+        detailed: true,
+        monitors: d.monitors.into_iter().map(monitor).collect(),
+        monitored_by: d.monitored_by.into_iter().map(monitor).collect(),
+        stack: d.stack,
+        state: d.state,
+        ..Default::default()
+    }
 }
 
 /// A kept log entry of the app `app` on the node `node`, for the wire.

@@ -61,6 +61,8 @@ pub struct ProcessReport {
     pub links: Vec<Pid>,
     /// Monitors others hold on it.
     pub monitored_by: usize,
+    /// What only the process page shows, made for a query of its pid alone.
+    pub detail: Option<Detail>,
     /// For a supervisor: its strategy, intensity and children.
     pub supervisor: Option<SupervisorReport>,
 }
@@ -104,6 +106,24 @@ fn supervisor_report(server: &Bound<'_, PyAny>) -> Option<SupervisorReport> {
             .collect(),
     })
 }
+
+/// What the process page shows of a process beyond its table row: too costly for every row.
+#[derive(Clone, Debug, Default)]
+pub struct Detail {
+    /// The monitors it holds, each with the monitored process.
+    pub monitors: Vec<(Ref, Pid)>,
+    /// The monitors others hold on it, each with the monitoring process.
+    pub monitored_by: Vec<(Ref, Pid)>,
+    /// Its Python frames, `file:line function`, innermost last (at most [`MAX_STACK`]).
+    pub stack: Vec<String>,
+    /// A server's attributes as a bounded repr (at most [`MAX_STATE_CHARS`] characters).
+    pub state: String,
+}
+
+/// Frames of a process's stack the process page shows: the innermost ones.
+pub const MAX_STACK: usize = 30;
+/// Characters of a server's state repr the process page shows, at most.
+pub const MAX_STATE_CHARS: usize = 2048;
 
 /// What the runtime says of a process, copied under its lock.
 struct Facts {
@@ -291,6 +311,7 @@ fn describe_with(
         links: facts.links,
         monitored_by: facts.monitored_by,
         supervisor: report,
+        detail: None,
     })
 }
 
@@ -361,6 +382,115 @@ fn current_function(py: Python<'_>, lookups: &Lookups<'_>, process: &PyProcess) 
             .unwrap_or_else(|| "running".to_string())
     };
     (label, awaiting.is_some())
+}
+
+/// What the process page shows of `process` beyond its row (see [`Detail`]).
+fn detail(py: Python<'_>, lookups: &Lookups<'_>, process: &PyProcess) -> Detail {
+    let (monitors, monitored_by) = {
+        let st = process.lock();
+        (st.watching.clone(), st.watchers.clone())
+    };
+    let state = match (process.kind, process.data.server.get()) {
+        (Kind::Server, Some(server)) => state_repr(py, server.bind(py)),
+        _ => String::new(),
+    };
+    Detail {
+        monitors,
+        monitored_by,
+        stack: stack(py, lookups, process),
+        state,
+    }
+}
+
+/// The Python frames running for `process`, innermost last: its thread's (a process blocked
+/// in `receive` waits there), or those of an async handler suspended at an `await`; empty
+/// when neither.
+fn stack(py: Python<'_>, lookups: &Lookups<'_>, process: &PyProcess) -> Vec<String> {
+    let data = &process.data;
+    let thread = data.thread.load(Ordering::Acquire);
+    if thread == 0 {
+        let Some(coroutine) = data.aio.coroutine(py) else {
+            return Vec::new();
+        };
+        // The `await` chain runs from the outermost coroutine in.
+        let mut frames = Vec::new();
+        let mut awaited = coroutine;
+        for _ in 0..MAX_FRAMES {
+            match awaited.getattr(intern!(py, "cr_frame")) {
+                Ok(frame) if !frame.is_none() => frames.push(frame),
+                _ => break,
+            }
+            match awaited.getattr(intern!(py, "cr_await")) {
+                Ok(next) if !next.is_none() => awaited = next,
+                _ => break,
+            }
+        }
+        let skip = frames.len().saturating_sub(MAX_STACK);
+        return frames[skip..].iter().filter_map(stack_line).collect();
+    }
+    let Some(mut frame) = lookups
+        .frames
+        .as_ref()
+        .and_then(|frames| frames.get_item(thread).ok().flatten())
+    else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    while lines.len() < MAX_STACK {
+        lines.extend(stack_line(&frame));
+        match frame.getattr(intern!(py, "f_back")) {
+            Ok(back) if !back.is_none() => frame = back,
+            _ => break,
+        }
+    }
+    lines.reverse();
+    lines
+}
+
+/// `file:line function` of a frame, as a traceback names it.
+fn stack_line(frame: &Bound<'_, PyAny>) -> Option<String> {
+    let py = frame.py();
+    let code = frame.getattr(intern!(py, "f_code")).ok()?;
+    let file: String = code
+        .getattr(intern!(py, "co_filename"))
+        .ok()?
+        .extract()
+        .ok()?;
+    let name: String = code
+        .getattr(intern!(py, "co_qualname"))
+        .or_else(|_| code.getattr(intern!(py, "co_name")))
+        .ok()?
+        .extract()
+        .ok()?;
+    let line: i64 = frame
+        .getattr(intern!(py, "f_lineno"))
+        .ok()
+        .and_then(|l| l.extract().ok())
+        .unwrap_or(0);
+    Some(format!("{file}:{line} {name}"))
+}
+
+/// A server's attributes as `rebeam._genserver._state_repr` shows them, cut to
+/// [`MAX_STATE_CHARS`] characters whatever it returns.
+fn state_repr(py: Python<'_>, server: &Bound<'_, PyAny>) -> String {
+    let text: String = py
+        .import("rebeam._genserver")
+        .and_then(|m| m.getattr("_state_repr"))
+        .and_then(|f| f.call1((server, MAX_STATE_CHARS)))
+        .and_then(|v| v.extract())
+        .unwrap_or_else(|e| format!("<repr failed: {}>", error_type(py, &e)));
+    match text.char_indices().nth(MAX_STATE_CHARS) {
+        Some((cut, _)) => text[..cut].to_string(),
+        None => text,
+    }
+}
+
+/// The name of a Python exception's type.
+fn error_type(py: Python<'_>, e: &PyErr) -> String {
+    e.get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".to_string())
 }
 
 /// The kind of a process and the code it was started from, as [`describe_with`] names them:
@@ -600,6 +730,9 @@ pub fn query(rt: &PyRuntime, app: Option<&str>, q: &TableQuery) -> TablePage {
             .into_iter()
             .filter_map(|(value, i)| {
                 let mut r = describe_with(py, &lookups, &processes[i])?;
+                if q.pid.is_some() {
+                    r.detail = Some(detail(py, &lookups, &processes[i]));
+                }
                 // The row shows the value it was ordered by, so the page and a cursor made
                 // from its last row agree with the order.
                 match (q.sort, value) {

@@ -137,8 +137,15 @@ async function processes() {
 
 async function processPage(id) {
   const p = await api("/api/v1/processes/" + encodeURIComponent(id));
+  // Monitors, stack and state get their own sections; text goes in as text nodes (el).
+  const {monitors, monitored_by, stack, state, ...facts} = p;
+  const mons = ms => ms == null ? "(not reported by this node)" : ms.length ? ms.map(m => "#Ref<" + m.ref + "> " + (m.pid || "?")).join("\n") : "(none)";
   document.getElementById("process").replaceChildren(el("h3", {}, "Process " + p.id),
-    el("pre", {}, JSON.stringify(p, null, 2)));
+    el("pre", {}, JSON.stringify(facts, null, 2)),
+    el("h4", {}, "Monitors it holds"), el("pre", {class: "monitors"}, mons(monitors)),
+    el("h4", {}, "Monitored by"), el("pre", {class: "monitored-by"}, mons(monitored_by)),
+    el("h4", {}, "Stack (innermost last)"), el("pre", {class: "stack"}, stack == null ? "(not reported by this node)" : stack.length ? stack.join("\n") : "(no Python code running)"),
+    el("h4", {}, "State"), el("pre", {class: "state"}, state == null ? "(not reported by this node)" : state || "(none)"));
 }
 
 async function names() {
