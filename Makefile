@@ -103,6 +103,8 @@ lint:
 	# A node built without the embedded controller (no `dev` feature) must stay buildable.
 	cargo clippy --release -p rebeam-node --no-default-features --bins -- -D warnings
 	$(PYTHON) -m ruff check client-py examples tests bench
+	# The client's generated stubs must match proto/ (regenerate: python client-py/tools/gen_proto.py).
+	$(PYTHON) client-py/tools/gen_proto.py --check
 	$(PYTHON) -m mypy --config-file client-py/pyproject.toml client-py/rebeam examples/chat/chat
 	for app in jobqueue sessions; do \
 	  MYPYPATH=examples/$$app $(PYTHON) -m mypy --config-file client-py/pyproject.toml examples/$$app || exit 1; \

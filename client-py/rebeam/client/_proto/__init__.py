@@ -2,4 +2,4 @@
 # ruff: noqa
 """Generated protobuf and gRPC modules for the controller's client service."""
 
-PROTO_SHA256 = "ab39458ba95871eeaa789335ad67b1c6c0d104d9e1c256d90707cf34758b05e9"
+PROTO_SHA256 = "b713a2493094cdfac837c5f7ac384dc15646a4d97ed15882ea27c9ef5a309438"

@@ -27,49 +27,63 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as rebeam_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rebeam/v1/gateway.proto\x12\trebeam.v1\x1a\x16rebeam/v1/common.proto\"\x96\x01\n\x0e\x44\x65liverRequest\x12\x10\n\x06global\x18\x01 \x01(\tH\x00\x12\x1d\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.PidH\x00\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.rebeam.v1.DeliveryKind\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x42\x08\n\x06target\"\x96\x01\n\x0c\x44\x65liverReply\x12\x0f\n\x05value\x18\x01 \x01(\x0cH\x00\x12%\n\x04\x65xit\x18\x02 \x01(\x0b\x32\x15.rebeam.v1.WireReasonH\x00\x12\x13\n\ttimed_out\x18\x03 \x01(\x08H\x00\x12\x12\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08H\x00\x12\x1b\n\x03pid\x18\x05 \x01(\x0b\x32\x0e.rebeam.v1.PidB\x08\n\x06result\"#\n\x14ListProcessesRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\"\xb6\x02\n\x0bProcessInfo\x12\x1b\n\x03pid\x18\x01 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03\x61pp\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0f\n\x07initial\x18\x06 \x01(\t\x12\x18\n\x10\x63urrent_function\x18\x07 \x01(\t\x12\x13\n\x0bmailbox_len\x18\x08 \x01(\x04\x12\x18\n\x10messages_handled\x18\t \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\n \x01(\x04\x12\x1e\n\x06parent\x18\x0b \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\r\n\x05\x63hild\x18\x0c \x01(\t\x12\x12\n\ntrap_exits\x18\r \x01(\x08\x12\x1d\n\x05links\x18\x0e \x03(\x0b\x32\x0e.rebeam.v1.Pid\"M\n\x12ListProcessesReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12)\n\tprocesses\x18\x02 \x03(\x0b\x32\x16.rebeam.v1.ProcessInfo\"=\n\x0bLogsRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"~\n\x08LogEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07time_ms\x18\x02 \x01(\x04\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x1b\n\x03pid\x18\x04 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\x0e\n\x06stream\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0b\n\x03\x61pp\x18\x07 \x01(\t\"1\n\tLogsReply\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.rebeam.v1.LogEntry\"*\n\x0bKillRequest\x12\x1b\n\x03pid\x18\x01 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"\x0b\n\tKillReply\")\n\x11ListTablesRequest\x12\x14\n\x0cpreview_rows\x18\x01 \x01(\r\"(\n\nTableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x8c\x01\n\tTableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65ss\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x1d\n\x05owner\x18\x05 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12&\n\x07preview\x18\x06 \x03(\x0b\x32\x15.rebeam.v1.TableEntry\"E\n\x0fListTablesReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12$\n\x06tables\x18\x02 \x03(\x0b\x32\x14.rebeam.v1.TableInfo\"\x1c\n\x0b\x43lientHello\x12\r\n\x05token\x18\x01 \x01(\t\"\\\n\rClientRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12*\n\x07\x64\x65liver\x18\x02 \x01(\x0b\x32\x19.rebeam.v1.DeliverRequest\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\"`\n\x0b\x43lientReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12&\n\x05reply\x18\x02 \x01(\x0b\x32\x17.rebeam.v1.DeliverReply\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t*u\n\x0c\x44\x65liveryKind\x12\x1d\n\x19\x44\x45LIVERY_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45LIVERY_KIND_CALL\x10\x01\x12\x16\n\x12\x44\x45LIVERY_KIND_CAST\x10\x02\x12\x16\n\x12\x44\x45LIVERY_KIND_SEND\x10\x03\x32\xd6\x02\n\x0eGatewayService\x12=\n\x07\x44\x65liver\x12\x19.rebeam.v1.DeliverRequest\x1a\x17.rebeam.v1.DeliverReply\x12O\n\rListProcesses\x12\x1f.rebeam.v1.ListProcessesRequest\x1a\x1d.rebeam.v1.ListProcessesReply\x12\x36\n\x04Logs\x12\x16.rebeam.v1.LogsRequest\x1a\x14.rebeam.v1.LogsReply0\x01\x12\x34\n\x04Kill\x12\x16.rebeam.v1.KillRequest\x1a\x14.rebeam.v1.KillReply\x12\x46\n\nListTables\x12\x1c.rebeam.v1.ListTablesRequest\x1a\x1a.rebeam.v1.ListTablesReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rebeam/v1/gateway.proto\x12\trebeam.v1\x1a\x16rebeam/v1/common.proto\"\x96\x01\n\x0e\x44\x65liverRequest\x12\x10\n\x06global\x18\x01 \x01(\tH\x00\x12\x1d\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.PidH\x00\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.rebeam.v1.DeliveryKind\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x42\x08\n\x06target\"\x96\x01\n\x0c\x44\x65liverReply\x12\x0f\n\x05value\x18\x01 \x01(\x0cH\x00\x12%\n\x04\x65xit\x18\x02 \x01(\x0b\x32\x15.rebeam.v1.WireReasonH\x00\x12\x13\n\ttimed_out\x18\x03 \x01(\x08H\x00\x12\x12\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x08H\x00\x12\x1b\n\x03pid\x18\x05 \x01(\x0b\x32\x0e.rebeam.v1.PidB\x08\n\x06result\"K\n\x14ListProcessesRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12&\n\x05query\x18\x02 \x01(\x0b\x32\x17.rebeam.v1.ProcessQuery\"\xd5\x01\n\x0cProcessQuery\x12\x0c\n\x04sort\x18\x01 \x01(\t\x12\x12\n\ndescending\x18\x02 \x01(\x08\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x12\n\x05stuck\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\'\n\x05\x61\x66ter\x18\x07 \x01(\x0b\x32\x18.rebeam.v1.ProcessCursor\x12\x1b\n\x03pid\x18\x08 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\x12\n\nnamed_only\x18\t \x01(\x08\x42\x08\n\x06_stuck\"J\n\rProcessCursor\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x04\x12\x1b\n\x03pid\x18\x03 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"\x86\x04\n\x0bProcessInfo\x12\x1b\n\x03pid\x18\x01 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03\x61pp\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0f\n\x07initial\x18\x06 \x01(\t\x12\x18\n\x10\x63urrent_function\x18\x07 \x01(\t\x12\x13\n\x0bmailbox_len\x18\x08 \x01(\x04\x12\x18\n\x10messages_handled\x18\t \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\n \x01(\x04\x12\x1e\n\x06parent\x18\x0b \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\r\n\x05\x63hild\x18\x0c \x01(\t\x12\x12\n\ntrap_exits\x18\r \x01(\x08\x12\x1d\n\x05links\x18\x0e \x03(\x0b\x32\x0e.rebeam.v1.Pid\x12\x14\n\x0cstuck_judged\x18\x0f \x01(\x08\x12\x14\n\x0cstuck_reason\x18\x10 \x01(\t\x12\x14\n\x0cstuck_for_ms\x18\x11 \x01(\x04\x12\x10\n\x08\x64\x65tailed\x18\x12 \x01(\x08\x12+\n\x08monitors\x18\x13 \x03(\x0b\x32\x19.rebeam.v1.ProcessMonitor\x12/\n\x0cmonitored_by\x18\x14 \x03(\x0b\x32\x19.rebeam.v1.ProcessMonitor\x12\r\n\x05stack\x18\x15 \x03(\t\x12\r\n\x05state\x18\x16 \x01(\t\":\n\x0eProcessMonitor\x12\x0b\n\x03ref\x18\x01 \x01(\x04\x12\x1b\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"\xb1\x01\n\x12ListProcessesReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12)\n\tprocesses\x18\x02 \x03(\x0b\x32\x16.rebeam.v1.ProcessInfo\x12\r\n\x05paged\x18\x03 \x01(\x08\x12\r\n\x05total\x18\x04 \x01(\x04\x12\x14\n\x0c\x61\x66ter_cursor\x18\x05 \x01(\x04\x12.\n\x0bsupervisors\x18\x06 \x03(\x0b\x32\x19.rebeam.v1.SupervisorInfo\"\xb4\x01\n\x0eSupervisorInfo\x12\x1b\n\x03pid\x18\x01 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x14\n\x0cmax_restarts\x18\x03 \x01(\r\x12\x13\n\x0bmax_seconds\x18\x04 \x01(\x01\x12\x1a\n\x12restarts_in_window\x18\x05 \x01(\r\x12,\n\x08\x63hildren\x18\x06 \x03(\x0b\x32\x1a.rebeam.v1.SupervisedChild\"Z\n\x0fSupervisedChild\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1b\n\x03pid\x18\x02 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\x10\n\x08restarts\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\"=\n\x0bLogsRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"~\n\x08LogEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07time_ms\x18\x02 \x01(\x04\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x1b\n\x03pid\x18\x04 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12\x0e\n\x06stream\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0b\n\x03\x61pp\x18\x07 \x01(\t\"1\n\tLogsReply\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.rebeam.v1.LogEntry\"*\n\x0bKillRequest\x12\x1b\n\x03pid\x18\x01 \x01(\x0b\x32\x0e.rebeam.v1.Pid\"\x0b\n\tKillReply\")\n\x11ListTablesRequest\x12\x14\n\x0cpreview_rows\x18\x01 \x01(\r\"(\n\nTableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x8c\x01\n\tTableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65ss\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x1d\n\x05owner\x18\x05 \x01(\x0b\x32\x0e.rebeam.v1.Pid\x12&\n\x07preview\x18\x06 \x03(\x0b\x32\x15.rebeam.v1.TableEntry\"E\n\x0fListTablesReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12$\n\x06tables\x18\x02 \x03(\x0b\x32\x14.rebeam.v1.TableInfo\"\x1c\n\x0b\x43lientHello\x12\r\n\x05token\x18\x01 \x01(\t\"\\\n\rClientRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12*\n\x07\x64\x65liver\x18\x02 \x01(\x0b\x32\x19.rebeam.v1.DeliverRequest\x12\x13\n\x0btraceparent\x18\x03 \x01(\t\"`\n\x0b\x43lientReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12&\n\x05reply\x18\x02 \x01(\x0b\x32\x17.rebeam.v1.DeliverReply\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x12\n\x10NodeStatsRequest\"\x83\x02\n\x0eNodeStatsReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\trss_bytes\x18\x02 \x01(\x04\x12\x13\n\x0b\x63pu_seconds\x18\x03 \x01(\x01\x12\x15\n\rmessages_sent\x18\x04 \x01(\x04\x12\x1a\n\x12messages_delivered\x18\x05 \x01(\x04\x12\x15\n\rmailbox_depth\x18\x06 \x01(\x04\x12\x15\n\rpeer_bytes_in\x18\x07 \x01(\x04\x12\x16\n\x0epeer_bytes_out\x18\x08 \x01(\x04\x12\x16\n\x0epeer_frames_in\x18\t \x01(\x04\x12\x17\n\x0fpeer_frames_out\x18\n \x01(\x04\x12\x11\n\tprocesses\x18\x0b \x01(\x04*u\n\x0c\x44\x65liveryKind\x12\x1d\n\x19\x44\x45LIVERY_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x45LIVERY_KIND_CALL\x10\x01\x12\x16\n\x12\x44\x45LIVERY_KIND_CAST\x10\x02\x12\x16\n\x12\x44\x45LIVERY_KIND_SEND\x10\x03\x32\x9b\x03\n\x0eGatewayService\x12=\n\x07\x44\x65liver\x12\x19.rebeam.v1.DeliverRequest\x1a\x17.rebeam.v1.DeliverReply\x12O\n\rListProcesses\x12\x1f.rebeam.v1.ListProcessesRequest\x1a\x1d.rebeam.v1.ListProcessesReply\x12\x36\n\x04Logs\x12\x16.rebeam.v1.LogsRequest\x1a\x14.rebeam.v1.LogsReply0\x01\x12\x34\n\x04Kill\x12\x16.rebeam.v1.KillRequest\x1a\x14.rebeam.v1.KillReply\x12\x46\n\nListTables\x12\x1c.rebeam.v1.ListTablesRequest\x1a\x1a.rebeam.v1.ListTablesReply\x12\x43\n\tNodeStats\x12\x1b.rebeam.v1.NodeStatsRequest\x1a\x19.rebeam.v1.NodeStatsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rebeam.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELIVERYKIND']._serialized_start=1617
-  _globals['_DELIVERYKIND']._serialized_end=1734
+  _globals['_DELIVERYKIND']._serialized_start=2875
+  _globals['_DELIVERYKIND']._serialized_end=2992
   _globals['_DELIVERREQUEST']._serialized_start=63
   _globals['_DELIVERREQUEST']._serialized_end=213
   _globals['_DELIVERREPLY']._serialized_start=216
   _globals['_DELIVERREPLY']._serialized_end=366
   _globals['_LISTPROCESSESREQUEST']._serialized_start=368
-  _globals['_LISTPROCESSESREQUEST']._serialized_end=403
-  _globals['_PROCESSINFO']._serialized_start=406
-  _globals['_PROCESSINFO']._serialized_end=716
-  _globals['_LISTPROCESSESREPLY']._serialized_start=718
-  _globals['_LISTPROCESSESREPLY']._serialized_end=795
-  _globals['_LOGSREQUEST']._serialized_start=797
-  _globals['_LOGSREQUEST']._serialized_end=858
-  _globals['_LOGENTRY']._serialized_start=860
-  _globals['_LOGENTRY']._serialized_end=986
-  _globals['_LOGSREPLY']._serialized_start=988
-  _globals['_LOGSREPLY']._serialized_end=1037
-  _globals['_KILLREQUEST']._serialized_start=1039
-  _globals['_KILLREQUEST']._serialized_end=1081
-  _globals['_KILLREPLY']._serialized_start=1083
-  _globals['_KILLREPLY']._serialized_end=1094
-  _globals['_LISTTABLESREQUEST']._serialized_start=1096
-  _globals['_LISTTABLESREQUEST']._serialized_end=1137
-  _globals['_TABLEENTRY']._serialized_start=1139
-  _globals['_TABLEENTRY']._serialized_end=1179
-  _globals['_TABLEINFO']._serialized_start=1182
-  _globals['_TABLEINFO']._serialized_end=1322
-  _globals['_LISTTABLESREPLY']._serialized_start=1324
-  _globals['_LISTTABLESREPLY']._serialized_end=1393
-  _globals['_CLIENTHELLO']._serialized_start=1395
-  _globals['_CLIENTHELLO']._serialized_end=1423
-  _globals['_CLIENTREQUEST']._serialized_start=1425
-  _globals['_CLIENTREQUEST']._serialized_end=1517
-  _globals['_CLIENTREPLY']._serialized_start=1519
-  _globals['_CLIENTREPLY']._serialized_end=1615
-  _globals['_GATEWAYSERVICE']._serialized_start=1737
-  _globals['_GATEWAYSERVICE']._serialized_end=2079
+  _globals['_LISTPROCESSESREQUEST']._serialized_end=443
+  _globals['_PROCESSQUERY']._serialized_start=446
+  _globals['_PROCESSQUERY']._serialized_end=659
+  _globals['_PROCESSCURSOR']._serialized_start=661
+  _globals['_PROCESSCURSOR']._serialized_end=735
+  _globals['_PROCESSINFO']._serialized_start=738
+  _globals['_PROCESSINFO']._serialized_end=1256
+  _globals['_PROCESSMONITOR']._serialized_start=1258
+  _globals['_PROCESSMONITOR']._serialized_end=1316
+  _globals['_LISTPROCESSESREPLY']._serialized_start=1319
+  _globals['_LISTPROCESSESREPLY']._serialized_end=1496
+  _globals['_SUPERVISORINFO']._serialized_start=1499
+  _globals['_SUPERVISORINFO']._serialized_end=1679
+  _globals['_SUPERVISEDCHILD']._serialized_start=1681
+  _globals['_SUPERVISEDCHILD']._serialized_end=1771
+  _globals['_LOGSREQUEST']._serialized_start=1773
+  _globals['_LOGSREQUEST']._serialized_end=1834
+  _globals['_LOGENTRY']._serialized_start=1836
+  _globals['_LOGENTRY']._serialized_end=1962
+  _globals['_LOGSREPLY']._serialized_start=1964
+  _globals['_LOGSREPLY']._serialized_end=2013
+  _globals['_KILLREQUEST']._serialized_start=2015
+  _globals['_KILLREQUEST']._serialized_end=2057
+  _globals['_KILLREPLY']._serialized_start=2059
+  _globals['_KILLREPLY']._serialized_end=2070
+  _globals['_LISTTABLESREQUEST']._serialized_start=2072
+  _globals['_LISTTABLESREQUEST']._serialized_end=2113
+  _globals['_TABLEENTRY']._serialized_start=2115
+  _globals['_TABLEENTRY']._serialized_end=2155
+  _globals['_TABLEINFO']._serialized_start=2158
+  _globals['_TABLEINFO']._serialized_end=2298
+  _globals['_LISTTABLESREPLY']._serialized_start=2300
+  _globals['_LISTTABLESREPLY']._serialized_end=2369
+  _globals['_CLIENTHELLO']._serialized_start=2371
+  _globals['_CLIENTHELLO']._serialized_end=2399
+  _globals['_CLIENTREQUEST']._serialized_start=2401
+  _globals['_CLIENTREQUEST']._serialized_end=2493
+  _globals['_CLIENTREPLY']._serialized_start=2495
+  _globals['_CLIENTREPLY']._serialized_end=2591
+  _globals['_NODESTATSREQUEST']._serialized_start=2593
+  _globals['_NODESTATSREQUEST']._serialized_end=2611
+  _globals['_NODESTATSREPLY']._serialized_start=2614
+  _globals['_NODESTATSREPLY']._serialized_end=2873
+  _globals['_GATEWAYSERVICE']._serialized_start=2995
+  _globals['_GATEWAYSERVICE']._serialized_end=3406
 # @@protoc_insertion_point(module_scope)

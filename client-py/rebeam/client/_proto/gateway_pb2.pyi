@@ -49,13 +49,47 @@ class DeliverReply(_message.Message):
     def __init__(self, value: _Optional[bytes] = ..., exit: _Optional[_Union[_common_pb2.WireReason, _Mapping]] = ..., timed_out: _Optional[bool] = ..., accepted: _Optional[bool] = ..., pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ...) -> None: ...
 
 class ListProcessesRequest(_message.Message):
-    __slots__ = ("app",)
+    __slots__ = ("app", "query")
     APP_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
     app: str
-    def __init__(self, app: _Optional[str] = ...) -> None: ...
+    query: ProcessQuery
+    def __init__(self, app: _Optional[str] = ..., query: _Optional[_Union[ProcessQuery, _Mapping]] = ...) -> None: ...
+
+class ProcessQuery(_message.Message):
+    __slots__ = ("sort", "descending", "limit", "offset", "text", "stuck", "after", "pid", "named_only")
+    SORT_FIELD_NUMBER: _ClassVar[int]
+    DESCENDING_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    STUCK_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    NAMED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    sort: str
+    descending: bool
+    limit: int
+    offset: int
+    text: str
+    stuck: bool
+    after: ProcessCursor
+    pid: _common_pb2.Pid
+    named_only: bool
+    def __init__(self, sort: _Optional[str] = ..., descending: _Optional[bool] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., text: _Optional[str] = ..., stuck: _Optional[bool] = ..., after: _Optional[_Union[ProcessCursor, _Mapping]] = ..., pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ..., named_only: _Optional[bool] = ...) -> None: ...
+
+class ProcessCursor(_message.Message):
+    __slots__ = ("text", "number", "pid")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    number: int
+    pid: _common_pb2.Pid
+    def __init__(self, text: _Optional[str] = ..., number: _Optional[int] = ..., pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ...) -> None: ...
 
 class ProcessInfo(_message.Message):
-    __slots__ = ("pid", "name", "app", "version", "kind", "initial", "current_function", "mailbox_len", "messages_handled", "memory_bytes", "parent", "child", "trap_exits", "links")
+    __slots__ = ("pid", "name", "app", "version", "kind", "initial", "current_function", "mailbox_len", "messages_handled", "memory_bytes", "parent", "child", "trap_exits", "links", "stuck_judged", "stuck_reason", "stuck_for_ms", "detailed", "monitors", "monitored_by", "stack", "state")
     PID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     APP_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +104,14 @@ class ProcessInfo(_message.Message):
     CHILD_FIELD_NUMBER: _ClassVar[int]
     TRAP_EXITS_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
+    STUCK_JUDGED_FIELD_NUMBER: _ClassVar[int]
+    STUCK_REASON_FIELD_NUMBER: _ClassVar[int]
+    STUCK_FOR_MS_FIELD_NUMBER: _ClassVar[int]
+    DETAILED_FIELD_NUMBER: _ClassVar[int]
+    MONITORS_FIELD_NUMBER: _ClassVar[int]
+    MONITORED_BY_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     pid: _common_pb2.Pid
     name: str
     app: str
@@ -84,15 +126,67 @@ class ProcessInfo(_message.Message):
     child: str
     trap_exits: bool
     links: _containers.RepeatedCompositeFieldContainer[_common_pb2.Pid]
-    def __init__(self, pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ..., name: _Optional[str] = ..., app: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., initial: _Optional[str] = ..., current_function: _Optional[str] = ..., mailbox_len: _Optional[int] = ..., messages_handled: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., parent: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ..., child: _Optional[str] = ..., trap_exits: _Optional[bool] = ..., links: _Optional[_Iterable[_Union[_common_pb2.Pid, _Mapping]]] = ...) -> None: ...
+    stuck_judged: bool
+    stuck_reason: str
+    stuck_for_ms: int
+    detailed: bool
+    monitors: _containers.RepeatedCompositeFieldContainer[ProcessMonitor]
+    monitored_by: _containers.RepeatedCompositeFieldContainer[ProcessMonitor]
+    stack: _containers.RepeatedScalarFieldContainer[str]
+    state: str
+    def __init__(self, pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ..., name: _Optional[str] = ..., app: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., initial: _Optional[str] = ..., current_function: _Optional[str] = ..., mailbox_len: _Optional[int] = ..., messages_handled: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., parent: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ..., child: _Optional[str] = ..., trap_exits: _Optional[bool] = ..., links: _Optional[_Iterable[_Union[_common_pb2.Pid, _Mapping]]] = ..., stuck_judged: _Optional[bool] = ..., stuck_reason: _Optional[str] = ..., stuck_for_ms: _Optional[int] = ..., detailed: _Optional[bool] = ..., monitors: _Optional[_Iterable[_Union[ProcessMonitor, _Mapping]]] = ..., monitored_by: _Optional[_Iterable[_Union[ProcessMonitor, _Mapping]]] = ..., stack: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ProcessMonitor(_message.Message):
+    __slots__ = ("ref", "pid")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    pid: _common_pb2.Pid
+    def __init__(self, ref: _Optional[int] = ..., pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ...) -> None: ...
 
 class ListProcessesReply(_message.Message):
-    __slots__ = ("node", "processes")
+    __slots__ = ("node", "processes", "paged", "total", "after_cursor", "supervisors")
     NODE_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    PAGED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SUPERVISORS_FIELD_NUMBER: _ClassVar[int]
     node: str
     processes: _containers.RepeatedCompositeFieldContainer[ProcessInfo]
-    def __init__(self, node: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ...) -> None: ...
+    paged: bool
+    total: int
+    after_cursor: int
+    supervisors: _containers.RepeatedCompositeFieldContainer[SupervisorInfo]
+    def __init__(self, node: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., paged: _Optional[bool] = ..., total: _Optional[int] = ..., after_cursor: _Optional[int] = ..., supervisors: _Optional[_Iterable[_Union[SupervisorInfo, _Mapping]]] = ...) -> None: ...
+
+class SupervisorInfo(_message.Message):
+    __slots__ = ("pid", "strategy", "max_restarts", "max_seconds", "restarts_in_window", "children")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    pid: _common_pb2.Pid
+    strategy: str
+    max_restarts: int
+    max_seconds: float
+    restarts_in_window: int
+    children: _containers.RepeatedCompositeFieldContainer[SupervisedChild]
+    def __init__(self, pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ..., strategy: _Optional[str] = ..., max_restarts: _Optional[int] = ..., max_seconds: _Optional[float] = ..., restarts_in_window: _Optional[int] = ..., children: _Optional[_Iterable[_Union[SupervisedChild, _Mapping]]] = ...) -> None: ...
+
+class SupervisedChild(_message.Message):
+    __slots__ = ("id", "pid", "restarts", "kind")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    pid: _common_pb2.Pid
+    restarts: int
+    kind: str
+    def __init__(self, id: _Optional[str] = ..., pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ..., restarts: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
     __slots__ = ("app", "after_seq", "follow")
@@ -203,3 +297,33 @@ class ClientReply(_message.Message):
     code: int
     message: str
     def __init__(self, id: _Optional[int] = ..., reply: _Optional[_Union[DeliverReply, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class NodeStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeStatsReply(_message.Message):
+    __slots__ = ("node", "rss_bytes", "cpu_seconds", "messages_sent", "messages_delivered", "mailbox_depth", "peer_bytes_in", "peer_bytes_out", "peer_frames_in", "peer_frames_out", "processes")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_SENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    MAILBOX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    PEER_BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    PEER_BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    PEER_FRAMES_IN_FIELD_NUMBER: _ClassVar[int]
+    PEER_FRAMES_OUT_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    rss_bytes: int
+    cpu_seconds: float
+    messages_sent: int
+    messages_delivered: int
+    mailbox_depth: int
+    peer_bytes_in: int
+    peer_bytes_out: int
+    peer_frames_in: int
+    peer_frames_out: int
+    processes: int
+    def __init__(self, node: _Optional[str] = ..., rss_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., messages_sent: _Optional[int] = ..., messages_delivered: _Optional[int] = ..., mailbox_depth: _Optional[int] = ..., peer_bytes_in: _Optional[int] = ..., peer_bytes_out: _Optional[int] = ..., peer_frames_in: _Optional[int] = ..., peer_frames_out: _Optional[int] = ..., processes: _Optional[int] = ...) -> None: ...

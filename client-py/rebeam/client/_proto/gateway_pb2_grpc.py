@@ -61,6 +61,11 @@ class GatewayServiceStub:
                 request_serializer=rebeam_dot_v1_dot_gateway__pb2.ListTablesRequest.SerializeToString,
                 response_deserializer=rebeam_dot_v1_dot_gateway__pb2.ListTablesReply.FromString,
                 _registered_method=True)
+        self.NodeStats = channel.unary_unary(
+                '/rebeam.v1.GatewayService/NodeStats',
+                request_serializer=rebeam_dot_v1_dot_gateway__pb2.NodeStatsRequest.SerializeToString,
+                response_deserializer=rebeam_dot_v1_dot_gateway__pb2.NodeStatsReply.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -100,6 +105,13 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NodeStats(self, request, context):
+        """The node's resource use and traffic counters (the dashboard's node rates and charts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +139,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListTables,
                     request_deserializer=rebeam_dot_v1_dot_gateway__pb2.ListTablesRequest.FromString,
                     response_serializer=rebeam_dot_v1_dot_gateway__pb2.ListTablesReply.SerializeToString,
+            ),
+            'NodeStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.NodeStats,
+                    request_deserializer=rebeam_dot_v1_dot_gateway__pb2.NodeStatsRequest.FromString,
+                    response_serializer=rebeam_dot_v1_dot_gateway__pb2.NodeStatsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +281,33 @@ class GatewayService:
             '/rebeam.v1.GatewayService/ListTables',
             rebeam_dot_v1_dot_gateway__pb2.ListTablesRequest.SerializeToString,
             rebeam_dot_v1_dot_gateway__pb2.ListTablesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NodeStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rebeam.v1.GatewayService/NodeStats',
+            rebeam_dot_v1_dot_gateway__pb2.NodeStatsRequest.SerializeToString,
+            rebeam_dot_v1_dot_gateway__pb2.NodeStatsReply.FromString,
             options,
             channel_credentials,
             insecure,
