@@ -123,11 +123,7 @@ impl NodeClients {
             async move {
                 let r = async {
                     let mut c = self.client(&address)?;
-                    let reply = tokio::time::timeout(NODE_TIMEOUT, c.list_processes(request))
-                        .await
-                        .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
-                        .map_err(|s| s.message().to_string())?;
-                    Ok::<_, String>(reply.into_inner())
+                    answer(c.list_processes(request)).await
                 }
                 .await;
                 (id, r)
@@ -141,14 +137,8 @@ impl NodeClients {
         let calls = self.live().into_iter().map(|(id, address)| async move {
             let r = async {
                 let mut c = self.client(&address)?;
-                let reply = tokio::time::timeout(
-                    NODE_TIMEOUT,
-                    c.list_tables(pb::ListTablesRequest { preview_rows: rows }),
-                )
-                .await
-                .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
-                .map_err(|s| s.message().to_string())?;
-                Ok::<_, String>(reply.into_inner().tables)
+                let reply = answer(c.list_tables(pb::ListTablesRequest { preview_rows: rows }));
+                Ok::<_, String>(reply.await?.tables)
             }
             .await;
             (id, r)
@@ -207,11 +197,7 @@ impl NodeClients {
             after_seq,
             follow: true,
         });
-        Ok(tokio::time::timeout(NODE_TIMEOUT, opened)
-            .await
-            .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
-            .map_err(|s| s.message().to_string())?
-            .into_inner())
+        answer(opened).await
     }
 
     /// Every live node's resource use and traffic counters, asking at most
@@ -221,12 +207,7 @@ impl NodeClients {
         let calls = self.live().into_iter().map(|(id, address)| async move {
             let r = async {
                 let mut c = self.client(&address)?;
-                let reply =
-                    tokio::time::timeout(NODE_TIMEOUT, c.node_stats(pb::NodeStatsRequest {}))
-                        .await
-                        .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
-                        .map_err(|s| s.message().to_string())?;
-                Ok::<_, String>(reply.into_inner())
+                answer(c.node_stats(pb::NodeStatsRequest {})).await
             }
             .await;
             (id, r)
@@ -244,12 +225,20 @@ impl NodeClients {
             .address_of(&pid.node)
             .ok_or_else(|| format!("node {} is not a live member", pid.node))?;
         let mut c = self.client(&address)?;
-        tokio::time::timeout(NODE_TIMEOUT, c.kill(pb::KillRequest { pid: Some(pid) }))
-            .await
-            .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
-            .map_err(|s| s.message().to_string())?;
+        answer(c.kill(pb::KillRequest { pid: Some(pid) })).await?;
         Ok(())
     }
+}
+
+/// A node's answer to `call` within [`NODE_TIMEOUT`], or why there is none.
+async fn answer<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    tokio::time::timeout(NODE_TIMEOUT, call)
+        .await
+        .map_err(|_| format!("no answer in {NODE_TIMEOUT:?}"))?
+        .map(tonic::Response::into_inner)
+        .map_err(|s| s.message().to_string())
 }
 
 fn gather<T>(results: Vec<(String, Result<T, String>)>) -> Gathered<T> {

@@ -449,13 +449,19 @@ fn stack(py: Python<'_>, lookups: &Lookups<'_>, process: &PyProcess) -> Vec<Stri
 
 /// `file:line function` of a frame, as a traceback names it.
 fn stack_line(frame: &Bound<'_, PyAny>) -> Option<String> {
-    let py = frame.py();
-    let code = frame.getattr(intern!(py, "f_code")).ok()?;
+    let (code, name, line) = frame_site(frame)?;
     let file: String = code
-        .getattr(intern!(py, "co_filename"))
+        .getattr(intern!(frame.py(), "co_filename"))
         .ok()?
         .extract()
         .ok()?;
+    Some(format!("{file}:{line} {name}"))
+}
+
+/// A frame's code object, qualified function name and current line.
+fn frame_site<'py>(frame: &Bound<'py, PyAny>) -> Option<(Bound<'py, PyAny>, String, i64)> {
+    let py = frame.py();
+    let code = frame.getattr(intern!(py, "f_code")).ok()?;
     let name: String = code
         .getattr(intern!(py, "co_qualname"))
         .or_else(|_| code.getattr(intern!(py, "co_name")))
@@ -467,7 +473,7 @@ fn stack_line(frame: &Bound<'_, PyAny>) -> Option<String> {
         .ok()
         .and_then(|l| l.extract().ok())
         .unwrap_or(0);
-    Some(format!("{file}:{line} {name}"))
+    Some((code, name, line))
 }
 
 /// A server's attributes as `rebeam._genserver._state_repr` shows them, cut to
@@ -905,19 +911,7 @@ const APP_MODULE_PREFIX: &str = "_rebeam_app_";
 
 /// `module.function:line` of a frame.
 fn frame_label(frame: &Bound<'_, PyAny>, module: &str) -> Option<String> {
-    let py = frame.py();
-    let code = frame.getattr(intern!(py, "f_code")).ok()?;
-    let name: String = code
-        .getattr(intern!(py, "co_qualname"))
-        .or_else(|_| code.getattr(intern!(py, "co_name")))
-        .ok()?
-        .extract()
-        .ok()?;
-    let line: i64 = frame
-        .getattr(intern!(py, "f_lineno"))
-        .ok()
-        .and_then(|l| l.extract().ok())
-        .unwrap_or(0);
+    let (_, name, line) = frame_site(frame)?;
     Some(format!("{module}.{name}:{line}"))
 }
 
