@@ -412,19 +412,7 @@ fn stack(py: Python<'_>, lookups: &Lookups<'_>, process: &PyProcess) -> Vec<Stri
         let Some(coroutine) = data.aio.coroutine(py) else {
             return Vec::new();
         };
-        // The `await` chain runs from the outermost coroutine in.
-        let mut frames = Vec::new();
-        let mut awaited = coroutine;
-        for _ in 0..MAX_FRAMES {
-            match awaited.getattr(intern!(py, "cr_frame")) {
-                Ok(frame) if !frame.is_none() => frames.push(frame),
-                _ => break,
-            }
-            match awaited.getattr(intern!(py, "cr_await")) {
-                Ok(next) if !next.is_none() => awaited = next,
-                _ => break,
-            }
-        }
+        let frames = await_chain(&coroutine);
         let skip = frames.len().saturating_sub(MAX_STACK);
         return frames[skip..].iter().filter_map(stack_line).collect();
     }
@@ -865,9 +853,8 @@ fn current_label(innermost: &Bound<'_, PyAny>) -> Option<String> {
     frame_label(innermost, &frame_module(innermost))
 }
 
-/// `module.function:line` where a suspended coroutine awaits: the innermost frame of its
-/// `await` chain that is not the `rebeam` package's own (`call_async` shows as its caller).
-fn awaited_label(coroutine: &Bound<'_, PyAny>) -> Option<String> {
+/// The frames of a suspended coroutine's `await` chain, from the outermost coroutine in.
+fn await_chain<'py>(coroutine: &Bound<'py, PyAny>) -> Vec<Bound<'py, PyAny>> {
     let py = coroutine.py();
     let mut frames = Vec::new();
     let mut awaited = coroutine.clone();
@@ -881,6 +868,13 @@ fn awaited_label(coroutine: &Bound<'_, PyAny>) -> Option<String> {
             _ => break,
         }
     }
+    frames
+}
+
+/// `module.function:line` where a suspended coroutine awaits: the innermost frame of its
+/// `await` chain that is not the `rebeam` package's own (`call_async` shows as its caller).
+fn awaited_label(coroutine: &Bound<'_, PyAny>) -> Option<String> {
+    let frames = await_chain(coroutine);
     let modules: Vec<String> = frames.iter().map(frame_module).collect();
     let pick = (0..frames.len())
         .rev()
