@@ -27,6 +27,8 @@ pub struct Core {
     pub config: ControllerConfig,
     /// The declared number of voters (`--voters-file`), which scales the group down.
     pub voters: crate::voters::Target,
+    /// When this member last heard from a leader (a follower's readiness asks).
+    pub contact: Arc<crate::api::raft::Contact>,
 }
 
 impl Core {

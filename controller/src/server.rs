@@ -223,6 +223,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         leases: Leases::new(config.timings.lease, config.timings.stream_fence),
         config: config.clone(),
         voters: Default::default(),
+        contact: contact.clone(),
     });
 
     let (stop, stop_rx) = watch::channel(false);

@@ -44,6 +44,18 @@ impl Readiness for Core {
             {
                 Err("leader without a recent quorum acknowledgement; it may be cut off".into())
             }
+            // The pre-vote keeps a follower cut off from its quorum from raising the term,
+            // so openraft goes on naming the last leader: only its recent word counts.
+            Some(leader)
+                if leader != self.id
+                    && !self
+                        .contact
+                        .leader_within(self.config.timings.election_timeout * 4) =>
+            {
+                Err(format!(
+                    "no word from leader {leader} within twice its lease; it may be gone or cut off"
+                ))
+            }
             Some(_) => Ok(()),
             None => Err("no leader known; waiting for an election".into()),
         }
