@@ -632,11 +632,13 @@ def test_the_cli_escapes_terminal_control_characters():
         "ok\\x1b]0;pwned\\x07\\x1b[2J\\u202eline\n\tnext"
 
 
-def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tmp_path):
+@pytest.mark.parametrize("innocent", ["running", "starting"])
+def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tmp_path, innocent):
     """Blast radius: a child whose init calls os._exit kills its node each time it starts. The
     node is restarted (as a process supervisor would); the app that kills it is charged and
     ends FAILED, the innocent app on the same node (max_restarts = 0: one charged death would
-    fail it) keeps running without manual action."""
+    fail it) keeps running without manual action: whether it was running when the bad app
+    came, or still starting beside it (its init is slow) when the node first died."""
     zone = 'placement = "zone=shared"'
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.mkdir()
@@ -644,7 +646,11 @@ def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tm
     (good / "rebeam.toml").write_text(
         f'[app]\nname = "good"\nversion = "1"\nmax_restarts = 0\n\n[[children]]\n'
         f'start = "goodmod:Server"\nname = "good"\nglobal = true\n{zone}\n')
-    (good / "goodmod.py").write_text("import rebeam\n\nclass Server(rebeam.GenServer):\n"
+    marker = tmp_path / "good-starting"
+    slow_init = (f"    def init(self):\n        open({str(marker)!r}, 'w').close()\n"
+                 "        time.sleep(1.5)\n") if innocent == "starting" else ""
+    (good / "goodmod.py").write_text("import time\nimport rebeam\n\nclass Server(rebeam.GenServer):\n"
+                                     f"{slow_init}"
                                      "    def handle_call(self, request, sender):\n"
                                      "        return ('good', request)\n")
     (bad / "rebeam.toml").write_text(
@@ -658,8 +664,12 @@ def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tm
         c.start()
         node = nodes.start("a", extra=["--label", "zone=shared", "--client-token", TOKEN])
         with c.client() as client:
-            client.submit(good, wait=60)
-            assert client.call("good", 1) == ("good", 1)
+            if innocent == "running":
+                client.submit(good, wait=60)
+                assert client.call("good", 1) == ("good", 1)
+            else:
+                client.submit(good, wait=None)
+                wait_for("the innocent child to be starting on the node", marker.exists)
             client.submit(bad, wait=None)
             deaths = 0
 

@@ -34,12 +34,15 @@ impl State {
         load
     }
 
-    /// Picks a node for a child: eligible by label and capacity, least loaded, ties by id.
-    fn choose_node(&self, app: &str, spec: &ChildSpec) -> Option<(String, u64)> {
+    /// Picks a node for a child: eligible by label, capacity and [`State::may_start_on`], least
+    /// loaded, ties by id.
+    fn choose_node(&self, app: &str, spec: &ChildSpec, now: u64) -> Option<(String, u64)> {
         let load = self.load();
+        let starting = self.starting_by_node((app, &spec.id));
         self.nodes
             .values()
             .filter(|n| n.alive)
+            .filter(|n| self.may_start_on(app, starting.get(n.id.as_str()), now))
             .filter(|n| match &spec.placement {
                 Placement::Label(k, v) => n.labels.get(k) == Some(v),
                 Placement::Any | Placement::Spread => true,
@@ -58,6 +61,44 @@ impl State {
             })
             .min()
             .map(|(_, id, inc)| (id, inc))
+    }
+
+    /// Whether an app killed a node while starting one of its children recently.
+    fn suspect(&self, app: &str, now: u64) -> bool {
+        self.apps.get(app).is_some_and(|a| {
+            a.killed_nodes_ms
+                .iter()
+                .any(|t| now.saturating_sub(*t) < OFFENCE_MEMORY_MS)
+        })
+    }
+
+    /// The apps with a child starting (placed, no pid reported yet) on each node, leaving out
+    /// the child `except` (the one being placed).
+    fn starting_by_node(&self, except: (&str, &str)) -> BTreeMap<&str, BTreeSet<&str>> {
+        let mut starting: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for a in self.all_assignments() {
+            if a.pid.is_some() || (a.app.as_str(), a.child.as_str()) == except {
+                continue;
+            }
+            if let Some((node, _)) = &a.node {
+                starting
+                    .entry(node.as_str())
+                    .or_default()
+                    .insert(a.app.as_str());
+            }
+        }
+        starting
+    }
+
+    /// Whether a child of `app` may start on a node where the apps `starting` have children
+    /// starting. A suspect's child starts only where nothing else is starting, and nothing
+    /// starts beside it, so a node that dies while it starts names the culprit alone; other
+    /// apps start side by side as usual.
+    fn may_start_on(&self, app: &str, starting: Option<&BTreeSet<&str>>, now: u64) -> bool {
+        let Some(starting) = starting.filter(|s| !s.is_empty()) else {
+            return true;
+        };
+        !self.suspect(app, now) && !starting.iter().any(|other| self.suspect(other, now))
     }
 
     fn emit_set(&self, cx: &mut Ctx<'_>, app: &str, child: &str) {
@@ -88,7 +129,7 @@ impl State {
         history: Vec<RestartRecord>,
         generation: u64,
     ) {
-        let node = self.choose_node(app, spec);
+        let node = self.choose_node(app, spec, cx.now_ms);
         let a = Assignment {
             app: app.to_string(),
             child: spec.id.clone(),
@@ -131,7 +172,7 @@ impl State {
             let Some(spec) = self.spec(&app, &child) else {
                 continue;
             };
-            if let Some(node) = self.choose_node(&app, &spec) {
+            if let Some(node) = self.choose_node(&app, &spec, cx.now_ms) {
                 if let Some(a) = self
                     .assignments
                     .get_mut(&app)
@@ -141,6 +182,18 @@ impl State {
                 }
                 self.emit_set(cx, &app, &child);
             }
+        }
+    }
+
+    /// A start ended (reported or failed): places the children a suspect's start held back,
+    /// or that held a suspect's back ([`State::may_start_on`]).
+    fn place_held(&mut self, cx: &mut Ctx<'_>) {
+        // Only suspects hold starts back; without one, nothing pending became placeable.
+        let now = cx.now_ms;
+        if self.apps.keys().any(|app| self.suspect(app, now))
+            && self.all_assignments().any(|a| a.node.is_none())
+        {
+            self.place_pending(cx);
         }
     }
 
@@ -209,12 +262,15 @@ impl State {
     }
 
     /// Restarts elsewhere the children a dead node incarnation ran, charging the death to the
-    /// apps that likely caused it. A node that dies while some apps' children are starting
-    /// (placed, no pid reported yet) is charged to those apps alone, and among them to those
-    /// that killed a node while starting before (recently), if any; only a death while every
-    /// child ran is charged to every app on the node. Apps not charged get their children
-    /// restarted elsewhere without counting against their restart intensity, so one app whose
-    /// code kills its node (`os._exit`, a crashing C extension) fails alone.
+    /// apps that likely caused it. A node that dies while one app's children are starting
+    /// (placed, no pid reported yet) is charged to that app alone; while several apps' are, to
+    /// those among them that killed a node while starting before (recently), or, if none
+    /// did, to none of them: all become suspects, whose children start apart from any other
+    /// start from then on ([`State::may_start_on`]), so the next death names the culprit.
+    /// Only a death while every child ran is charged to every app on the node. Apps not
+    /// charged get their children restarted elsewhere without counting against their
+    /// restart intensity, so one app whose code kills its node (`os._exit`, a crashing C
+    /// extension) fails alone, even when an innocent app was starting beside it.
     pub(super) fn reassign_from_dead_node(
         &mut self,
         cx: &mut Ctx<'_>,
@@ -243,20 +299,17 @@ impl State {
         let now = cx.now_ms;
         let repeat: BTreeSet<String> = starting
             .keys()
-            .filter(|app| {
-                self.apps.get(*app).is_some_and(|a| {
-                    a.killed_nodes_ms
-                        .iter()
-                        .any(|t| now.saturating_sub(*t) < OFFENCE_MEMORY_MS)
-                })
-            })
+            .filter(|app| self.suspect(app, now))
             .cloned()
             .collect();
         let charged: BTreeSet<String> = if starting.is_empty() {
             by_app.keys().cloned().collect()
-        } else if repeat.is_empty() {
+        } else if starting.len() == 1 {
             starting.keys().cloned().collect()
         } else {
+            // Several apps were starting: charge those that killed a node before; if none did,
+            // no one (each is now a suspect, started apart from the rest from here on, so the
+            // next death names the culprit alone).
             repeat
         };
         for (app, child) in &starting {
@@ -270,7 +323,11 @@ impl State {
                 tracing::warn!(app = %app, child = %child, node, "node died while starting a child of this app");
             }
         }
-        let blamed = charged.iter().cloned().collect::<Vec<_>>().join(", ");
+        let blamed = if charged.is_empty() {
+            "no app: several were starting, each now starts apart".to_string()
+        } else {
+            charged.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
         for (app, children) in by_app {
             let why = match starting.get(&app) {
                 Some(child) => format!("node {node} died while starting child {child}: {reason}"),
@@ -320,10 +377,12 @@ impl State {
             history.drain(..history.len() - MAX_HISTORY);
         }
         let generation = old.generation + 1;
-        let keep = old
-            .node
-            .clone()
-            .filter(|(n, i)| stay && self.check_live(n, *i).is_ok());
+        let keep = old.node.clone().filter(|(n, i)| {
+            stay && self.check_live(n, *i).is_ok() && {
+                let starting = self.starting_by_node((app, child));
+                self.may_start_on(app, starting.get(n.as_str()), cx.now_ms)
+            }
+        });
         match keep {
             Some(node) => {
                 let a = Assignment {
@@ -379,6 +438,7 @@ impl State {
         }
         a.pid = Some(pid);
         self.emit_set(cx, app, child);
+        self.place_held(cx);
         let all_started = self
             .assignments
             .get(app)
@@ -432,6 +492,7 @@ impl State {
             &format!("child {child} failed to start: {error}"),
             false,
         );
+        self.place_held(cx);
         // A failed app already told watchers; a running one changed its last_error.
         if let Some(a) = self
             .apps

@@ -785,6 +785,111 @@ fn a_node_death_while_starting_a_child_is_charged_to_that_app_alone() {
 }
 
 #[test]
+fn an_innocent_app_starting_beside_the_culprit_is_not_charged() {
+    let mut s = State::default();
+    let mut inc = join(&mut s, 1, "a", &[]);
+    let mut good = draft(vec![("g", Placement::Any)], 0);
+    good.name = "good".into();
+    submit(&mut s, 2, good, "hg", false);
+    let mut bad = draft(vec![("b", Placement::Any)], 1);
+    bad.name = "bad".into();
+    submit(&mut s, 3, bad, "hb", false);
+    // Both children are starting on the node when it dies: no one can tell who killed it.
+    let die = |s: &mut State, index: u64, inc: u64| {
+        apply(
+            s,
+            index,
+            1000 + index,
+            Command::DeclareDead {
+                node: "a".into(),
+                incarnation: inc,
+                reason: "stream closed".into(),
+            },
+        );
+    };
+    die(&mut s, 10, inc);
+    assert_eq!(s.apps["good"].restart_times, Vec::<u64>::new());
+    assert_eq!(s.apps["bad"].restart_times, Vec::<u64>::new());
+    // Both are suspects now: on the node's return only one of them starts at a time.
+    inc = join(&mut s, 11, "a", &[]);
+    let placed = |s: &State| {
+        s.all_assignments()
+            .filter(|a| a.node.is_some())
+            .map(|a| a.app.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(placed(&s), ["bad"]);
+    die(&mut s, 12, inc);
+    assert_eq!(s.apps["bad"].restart_times.len(), 1, "the lone starter is charged");
+    inc = join(&mut s, 13, "a", &[]);
+    assert_eq!(placed(&s), ["bad"]);
+    die(&mut s, 14, inc);
+    assert_eq!(s.apps["bad"].status, AppStatus::Failed);
+    // The culprit gone, the innocent app starts (alone, then beside anything).
+    inc = join(&mut s, 15, "a", &[]);
+    assert_eq!(placed(&s), ["good"]);
+    let g = s.assignments["good"]["g"].generation;
+    apply(
+        &mut s,
+        16,
+        2000,
+        Command::ChildStarted {
+            node: "a".into(),
+            incarnation: inc,
+            app: "good".into(),
+            child: "g".into(),
+            generation: g,
+            pid: pid("a", inc, 1),
+        },
+    );
+    assert_eq!(s.apps["good"].status, AppStatus::Running);
+    assert_eq!(s.apps["good"].restart_times, Vec::<u64>::new());
+}
+
+#[test]
+fn a_suspect_holds_back_other_starts_on_its_node_until_it_started() {
+    let mut s = State::default();
+    let inc = join(&mut s, 1, "a", &[]);
+    let mut first = draft(vec![("x", Placement::Any)], 5);
+    first.name = "first".into();
+    submit(&mut s, 2, first, "h1", false);
+    let mut second = draft(vec![("y", Placement::Any)], 5);
+    second.name = "second".into();
+    submit(&mut s, 3, second, "h2", false);
+    apply(
+        &mut s,
+        4,
+        1000,
+        Command::DeclareDead {
+            node: "a".into(),
+            incarnation: inc,
+            reason: "stream closed".into(),
+        },
+    );
+    let inc = join(&mut s, 5, "a", &[]);
+    assert!(s.assignments["second"]["y"].node.is_none(), "held back");
+    let x = s.assignments["first"]["x"].generation;
+    apply(
+        &mut s,
+        6,
+        2000,
+        Command::ChildStarted {
+            node: "a".into(),
+            incarnation: inc,
+            app: "first".into(),
+            child: "x".into(),
+            generation: x,
+            pid: pid("a", inc, 1),
+        },
+    );
+    assert_eq!(
+        s.assignments["second"]["y"].node,
+        Some(("a".into(), inc)),
+        "placed once the suspect's start ended"
+    );
+}
+
+#[test]
 fn a_death_while_everything_ran_is_charged_to_every_app_on_the_node() {
     let mut s = State::default();
     let inc = join(&mut s, 1, "a", &[]);
