@@ -13,14 +13,15 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
-from ._chart import CHART, find, one, render
+from ._chart import CHART, ISSUER, find, one, render
 
 #: The three newest Kubernetes minors the validator has schemas for.
 MINORS = sorted({".".join(v.split(".")[:2]) for v in all_versions()},
                 key=lambda v: tuple(int(x) for x in v.split(".")))[-3:]
 
 COMBINATIONS: dict[str, dict[str, Any]] = {
-    "defaults": {},
+    "defaults": {},  # TLS on, with the issuer every install names (_chart.ISSUER)
+    "plaintext": {"tls": {"enabled": False}},
     "one-controller": {"controller": {"replicas": 1}},
     "five-controllers": {"controller": {"replicas": 5}},
     "two-groups": {"workerGroups": [
@@ -43,7 +44,7 @@ def pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_lint_is_clean() -> None:
-    report = helm_python.lint(str(CHART), strict=True)
+    report = helm_python.lint(str(CHART), ISSUER, strict=True)
     assert report["errors"] == []
     # Info-level findings (an icon) are fine; nothing at warning or error level.
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
@@ -232,6 +233,10 @@ def test_service_monitor_is_optional() -> None:
     monitors = find(render(COMBINATIONS["service-monitor"]), "ServiceMonitor")
     assert {m["metadata"]["name"] for m in monitors} == {"rebeam-controller", "rebeam-node"}
     assert all(m["spec"]["endpoints"][0]["path"] == "/metrics" for m in monitors)
+    # TLS (the default): scraped over HTTPS, checked against the CA.
+    assert all(m["spec"]["endpoints"][0]["scheme"] == "https" for m in monitors)
+    assert all(m["spec"]["endpoints"][0]["tlsConfig"]["ca"]["secret"]["key"] == "ca.crt"
+               for m in monitors)
 
 
 def test_every_value_is_documented() -> None:
@@ -305,9 +310,27 @@ def test_tls_gives_every_member_its_certificate() -> None:
     assert attrs["csi.cert-manager.io/fs-group"] == "10001"
 
 
+def test_tls_is_on_by_default_and_plaintext_is_an_opt_out() -> None:
+    """Without values the chart refuses to install (TLS is on and needs an issuer) rather
+    than run plaintext; plaintext is `tls.enabled=false`, said explicitly."""
+    with pytest.raises(helm_python.HelmError, match="tls.issuer.name"):
+        render(issuer=False)
+    docs = render()
+    for pod in pods(docs):
+        c = pod["spec"]["containers"][0]
+        assert "REBEAM_TLS_CERT" in {e["name"] for e in c["env"]}
+        assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    plain = render(COMBINATIONS["plaintext"], issuer=False)
+    assert find(plain, "Certificate") == []
+    for pod in pods(plain):
+        c = pod["spec"]["containers"][0]
+        assert "REBEAM_TLS_CERT" not in {e["name"] for e in c["env"]}
+        assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+
+
 def test_tls_without_an_issuer_is_refused() -> None:
     with pytest.raises(helm_python.HelmError, match="issuer"):
-        render({"tls": {"enabled": True}})
+        render({"tls": {"enabled": True}}, issuer=False)
     with pytest.raises(helm_python.HelmError, match="maxControllers"):
         render({"controller": {"replicas": 5},
                 "tls": {"enabled": True, "issuer": {"name": "ca"}, "maxControllers": 3}})
