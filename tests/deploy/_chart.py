@@ -14,26 +14,11 @@ CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "rebeam"
 
 _rendered: dict[str, list[dict[str, Any]]] = {}
 
-#: TLS is on by default and an install must name the cert-manager issuer signing the members'
-#: certificates: the values every rendering starts from unless ``issuer=False``.
-ISSUER: dict[str, Any] = {"tls": {"issuer": {"name": "rebeam-ca", "kind": "ClusterIssuer"}}}
-
-
-def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``, maps merged key by key as Helm merges values."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
 
 def render(values: dict[str, Any] | None = None, *, name: str = "rebeam",
-           namespace: str = "default", fresh: bool = False,
-           issuer: bool = True) -> list[dict[str, Any]]:
-    """Every manifest the chart renders for ``values`` (on top of ``ISSUER`` unless not
-    ``issuer``), as a fresh install (a copy of an earlier rendering of the same values
-    unless ``fresh``)."""
-    values = merged(ISSUER, values or {}) if issuer else values
+           namespace: str = "default", fresh: bool = False) -> list[dict[str, Any]]:
+    """Every manifest the chart renders for ``values``, as a fresh install (a copy of an
+    earlier rendering of the same values unless ``fresh``)."""
     key = json.dumps([values, name, namespace], sort_keys=True)
     if fresh or key not in _rendered:
         chart = helm_python.Chart.load(str(CHART))

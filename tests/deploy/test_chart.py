@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
+import subprocess
 from typing import Any
 
 import helm_python
@@ -13,14 +15,14 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
-from ._chart import CHART, ISSUER, find, one, render
+from ._chart import CHART, find, one, render
 
 #: The three newest Kubernetes minors the validator has schemas for.
 MINORS = sorted({".".join(v.split(".")[:2]) for v in all_versions()},
                 key=lambda v: tuple(int(x) for x in v.split(".")))[-3:]
 
 COMBINATIONS: dict[str, dict[str, Any]] = {
-    "defaults": {},  # TLS on, with the issuer every install names (_chart.ISSUER)
+    "defaults": {},  # TLS on, with the chart's own CA issuer
     "plaintext": {"tls": {"enabled": False}},
     "one-controller": {"controller": {"replicas": 1}},
     "five-controllers": {"controller": {"replicas": 5}},
@@ -35,7 +37,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "tls": {"tls": {"enabled": True, "issuer": {"name": "rebeam-ca", "kind": "ClusterIssuer"}}},
 }
 #: Kinds of CRDs (Prometheus Operator, cert-manager): no schema in Kubernetes itself.
-CRDS = {"ServiceMonitor", "Certificate"}
+CRDS = {"ServiceMonitor", "Certificate", "Issuer"}
 
 
 def pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -44,7 +46,7 @@ def pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_lint_is_clean() -> None:
-    report = helm_python.lint(str(CHART), ISSUER, strict=True)
+    report = helm_python.lint(str(CHART), strict=True)
     assert report["errors"] == []
     # Info-level findings (an icon) are fine; nothing at warning or error level.
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
@@ -133,7 +135,9 @@ def test_worker_groups_become_deployments_with_placement_labels() -> None:
 def test_secrets_are_generated_or_taken_from_existing_ones() -> None:
     docs = render(fresh=True)
     names = {d["metadata"]["name"] for d in find(docs, "Secret")}
-    assert names == {"rebeam-cluster-secret", "rebeam-node-secret", "rebeam-client-token"}
+    # (rebeam-ca: the chart's own TLS CA, see the TLS tests.)
+    assert names == {"rebeam-cluster-secret", "rebeam-node-secret", "rebeam-client-token",
+                     "rebeam-ca"}
     secret = one(docs, "Secret", "rebeam-cluster-secret")
     assert len(secret["data"]["secret"]) >= 40  # generated, base64
     node_secret = one(docs, "Secret", "rebeam-node-secret")
@@ -143,7 +147,7 @@ def test_secrets_are_generated_or_taken_from_existing_ones() -> None:
     assert one(render(fresh=True), "Secret", "rebeam-cluster-secret")["data"] != secret["data"]
 
     docs = render(COMBINATIONS["existing-secrets"])
-    assert find(docs, "Secret") == []
+    assert [d["metadata"]["name"] for d in find(docs, "Secret")] == ["rebeam-ca"]
     for pod in pods(docs):
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
         node_ref = env["REBEAM_NODE_SECRET"]["valueFrom"]["secretKeyRef"]
@@ -310,27 +314,48 @@ def test_tls_gives_every_member_its_certificate() -> None:
     assert attrs["csi.cert-manager.io/fs-group"] == "10001"
 
 
-def test_tls_is_on_by_default_and_plaintext_is_an_opt_out() -> None:
-    """Without values the chart refuses to install (TLS is on and needs an issuer) rather
-    than run plaintext; plaintext is `tls.enabled=false`, said explicitly."""
-    with pytest.raises(helm_python.HelmError, match="tls.issuer.name"):
-        render(issuer=False)
-    docs = render()
+def test_tls_is_on_by_default_with_the_charts_own_ca_and_plaintext_is_an_opt_out() -> None:
+    """Without values: TLS, member certificates from cert-manager signed by a CA the chart
+    made (genCA) through an Issuer of its own; plaintext is `tls.enabled=false`."""
+    docs = render(fresh=True)
     for pod in pods(docs):
         c = pod["spec"]["containers"][0]
         assert "REBEAM_TLS_CERT" in {e["name"] for e in c["env"]}
         assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
-    plain = render(COMBINATIONS["plaintext"], issuer=False)
-    assert find(plain, "Certificate") == []
+    ca = one(docs, "Secret", "rebeam-ca")
+    assert ca["type"] == "kubernetes.io/tls"
+    assert ca["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    pem = base64.b64decode(ca["data"]["tls.crt"])
+    text = subprocess.run(["openssl", "x509", "-noout", "-text"], input=pem, check=True,
+                          capture_output=True).stdout.decode()
+    assert "CA:TRUE" in text and "Not After" in text
+    assert base64.b64decode(ca["data"]["tls.key"]).startswith(b"-----BEGIN RSA PRIVATE KEY")
+    issuer = one(docs, "Issuer", "rebeam-ca")
+    assert issuer["spec"] == {"ca": {"secretName": "rebeam-ca"}}
+    own = {"name": "rebeam-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    assert all(cert["spec"]["issuerRef"] == own for cert in find(docs, "Certificate"))
+    node = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (csi,) = [v["csi"] for v in node["volumes"] if v["name"] == "tls"]
+    assert csi["volumeAttributes"]["csi.cert-manager.io/issuer-name"] == "rebeam-ca"
+    assert csi["volumeAttributes"]["csi.cert-manager.io/issuer-kind"] == "Issuer"
+    # Only cert-manager reads the CA's key: no pod mounts or reads its Secret.
+    for pod in pods(docs):
+        text = json.dumps(pod["spec"])
+        assert '"secretName": "rebeam-ca"' not in text and '"name": "rebeam-ca"' not in text
+    # Each install without a live CA Secret makes a new CA (an upgrade keeps the live one).
+    assert one(render(fresh=True), "Secret", "rebeam-ca")["data"] != ca["data"]
+    # A named issuer: no CA of the chart's own.
+    named = render(COMBINATIONS["tls"])
+    assert find(named, "Issuer") == [] and find(named, "Secret", "rebeam-ca") == []
+    plain = render(COMBINATIONS["plaintext"])
+    assert find(plain, "Certificate") == [] and find(plain, "Issuer") == []
     for pod in pods(plain):
         c = pod["spec"]["containers"][0]
         assert "REBEAM_TLS_CERT" not in {e["name"] for e in c["env"]}
         assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
 
 
-def test_tls_without_an_issuer_is_refused() -> None:
-    with pytest.raises(helm_python.HelmError, match="issuer"):
-        render({"tls": {"enabled": True}}, issuer=False)
+def test_tls_refuses_too_few_controller_secrets() -> None:
     with pytest.raises(helm_python.HelmError, match="maxControllers"):
         render({"controller": {"replicas": 5},
                 "tls": {"enabled": True, "issuer": {"name": "ca"}, "maxControllers": 3}})

@@ -73,15 +73,25 @@ class Cluster:
         self.secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
                         for s in find(docs, "Secret")}
         self.config_maps = {m["metadata"]["name"]: m["data"] for m in find(docs, "ConfigMap")}
-        # cert-manager's part: a CA (the issuer's), and a Secret per Certificate.
+        # cert-manager's part: the issuer's CA, and a Secret per Certificate. The chart's own
+        # CA Issuer signs with the CA the chart made (genCA); a named issuer with a test CA.
         self.ca = root / "ca"
         self.ca.mkdir()
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-days", "2", "-subj", "/CN=test issuer", "-keyout", str(self.ca / "ca.key"),
-                "-out", str(self.ca / "ca.crt"), "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        self.issuer = {i["metadata"]["name"]: i["spec"]["ca"]["secretName"]
+                       for i in find(docs, "Issuer")}
+        if self.issuer:
+            (ca_secret,) = self.issuer.values()
+            (self.ca / "ca.crt").write_text(self.secrets[ca_secret]["tls.crt"])
+            (self.ca / "ca.key").write_text(self.secrets[ca_secret]["tls.key"])
+        else:
+            openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=test issuer",
+                    "-keyout", str(self.ca / "ca.key"), "-out", str(self.ca / "ca.crt"),
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         for cert in find(docs, "Certificate"):
             spec = cert["spec"]
+            assert not self.issuer or spec["issuerRef"]["name"] in self.issuer, spec
             files = self.issue(root / "certificates" / spec["secretName"], spec.get("uris", []),
                                spec.get("dnsNames", []))
             self.secrets[spec["secretName"]] = {f.name: f.read_text() for f in files.iterdir()}
@@ -192,6 +202,8 @@ class Cluster:
                 # cert-manager's csi-driver: a certificate for this pod, as its attributes say.
                 csi = volumes[m["name"]]["csi"]
                 assert csi["driver"] == "csi.cert-manager.io", csi
+                issuer = csi["volumeAttributes"]["csi.cert-manager.io/issuer-name"]
+                assert not self.issuer or issuer in self.issuer, issuer
                 attrs = {k.removeprefix("csi.cert-manager.io/"): v.replace("${POD_NAME}", pod.name)
                          .replace("${POD_NAMESPACE}", NAMESPACE)
                          for k, v in csi["volumeAttributes"].items()}
