@@ -86,13 +86,14 @@ image: build
 		--build-arg BINARIES=prebuilt -t $(IMAGE) .
 
 # deploy/docker/.env: a fresh cluster secret, node secret and client token for docker compose
-# (kept out of git), node.env (what nodes get) and client.env for the `rebeam` command.
-compose-env: deploy/docker/.env deploy/docker/node.env
-deploy/docker/.env deploy/docker/node.env:
+# (kept out of git; an existing one is kept), node.env (what nodes get) and client.env for the
+# `rebeam` command (https, the CA; rewritten each time, so an older http one is replaced);
+# deploy/docker/tls: the compose cluster's TLS certificates (compose-tls).
+compose-env: compose-tls
 	deploy/docker/gen-env.sh
 
-# deploy/docker/tls: a private CA and a certificate per compose member (kept out of git), for
-# docker-compose.tls.yml.
+# deploy/docker/tls: a private CA and a certificate per compose member (kept out of git), which
+# docker-compose.yml mounts; an existing CA is never replaced.
 compose-tls: deploy/docker/tls/ca/ca.crt
 deploy/docker/tls/ca/ca.crt:
 	deploy/docker/gen-tls.sh

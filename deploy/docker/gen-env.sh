@@ -3,15 +3,17 @@
 # cluster secret, the node secret and a client token, fresh random values), node.env next to
 # it (what nodes get: the node secret and the client tokens' digests, never the cluster
 # secret or a token, since app code can read what its node holds) and
-# deploy/docker/client.env (for the `rebeam` command on the host). None is committed. An
-# existing .env is kept (its secret is what the volumes were made with); one from before the
-# node secret gets a node secret added.
-# Usage: gen-env.sh [ENV_FILE [CLIENT_FILE [NODE_ENV_FILE]]]
+# deploy/docker/client.env (for the `rebeam` command on the host: https URLs, the CA that
+# gen-tls.sh writes into TLS_DIR, the token). None is committed. An existing .env is kept
+# (its secret is what the volumes were made with); one from before the node secret gets a
+# node secret added.
+# Usage: gen-env.sh [ENV_FILE [CLIENT_FILE [NODE_ENV_FILE [TLS_DIR]]]]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 env_file=${1:-$here/.env}
 client_file=${2:-$here/client.env}
 node_file=${3:-$(dirname "$env_file")/node.env}
+tls_dir=${4:-$(dirname "$env_file")/tls}
 umask 077
 random() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 if [ ! -s "$env_file" ]; then
@@ -44,9 +46,11 @@ done
 } > "$node_file"
 token=$(sed -n 's/^REBEAM_CLIENT_TOKENS=//p' "$env_file" | cut -d, -f1)
 # The host reaches the containers through ports bound to 127.0.0.1; the cluster names its
-# members by their compose names, so the client maps those to the published ports.
+# members by their compose names, as their certificates do, so the URLs name them and the
+# client maps those names to the published ports.
 cat > "$client_file" <<EOT
-export REBEAM_URL=http://127.0.0.1:7100,http://127.0.0.1:7101,http://127.0.0.1:7102
+export REBEAM_URL=https://controller-0:7100,https://controller-1:7100,https://controller-2:7100
+export REBEAM_CA=$(cd "$(dirname "$tls_dir")" && pwd)/$(basename "$tls_dir")/ca/ca.crt
 export REBEAM_TOKEN=$token
 export REBEAM_CONNECT_TO=controller-0:7100=127.0.0.1:7100,controller-1:7100=127.0.0.1:7101,controller-2:7100=127.0.0.1:7102,node-1:7200=127.0.0.1:7201,node-2:7200=127.0.0.1:7202,node-3:7200=127.0.0.1:7203
 EOT

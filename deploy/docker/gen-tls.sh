@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Writes a private CA and a certificate per compose member into DIR (default
-# deploy/docker/tls, never committed), in the layout docker-compose.tls.yml mounts:
-#   DIR/ca/ca.crt                          the CA, for clients (REBEAM_CA)
-#   DIR/client-tls.env                     REBEAM_URL (https) and REBEAM_CA for the host
+# deploy/docker/tls, never committed; `make compose-env` runs it), in the layout
+# docker-compose.yml mounts:
+#   DIR/ca/ca.crt                          the CA, for clients (REBEAM_CA; client.env names it)
 #   DIR/<service>/{tls.crt,tls.key,ca.crt} one member each, as a cert-manager Secret holds them
 # Controllers carry urn:rebeam:controller:<ordinal+1>, nodes urn:rebeam:node:<name>, each
 # with its compose service name as DNS SAN (docs/tls.md). The CA key stays in DIR/ca-key and
-# is needed only to add members. An existing DIR is kept.
+# is needed only to add members. A DIR that already holds a CA is kept as it is.
 #
 #   deploy/docker/gen-tls.sh [DIR] [CONTROLLERS] [NODES] [DAYS]
 set -euo pipefail
@@ -53,11 +53,4 @@ for i in $(seq 1 "$nodes"); do
     member "node-$i" "urn:rebeam:node:node-$i"
 done
 rm -f "$dir/ca/ca.srl" "$dir/ca-key/ca.srl"
-# For the `rebeam` command on the host, after client.env (gen-env.sh): https and the CA. The
-# URLs name the members, as their certificates do; client.env's REBEAM_CONNECT_TO maps the
-# names to the ports published on 127.0.0.1.
-cat > "$dir/client-tls.env" <<EOT
-export REBEAM_URL=https://controller-0:7100,https://controller-1:7100,https://controller-2:7100
-export REBEAM_CA=$dir/ca/ca.crt
-EOT
 echo "wrote a CA and $controllers controller and $nodes node certificates into $dir"

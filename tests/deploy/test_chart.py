@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
+import subprocess
 from typing import Any
 
 import helm_python
@@ -20,7 +22,8 @@ MINORS = sorted({".".join(v.split(".")[:2]) for v in all_versions()},
                 key=lambda v: tuple(int(x) for x in v.split(".")))[-3:]
 
 COMBINATIONS: dict[str, dict[str, Any]] = {
-    "defaults": {},
+    "defaults": {},  # TLS on, with the chart's own CA issuer
+    "plaintext": {"tls": {"enabled": False}},
     "one-controller": {"controller": {"replicas": 1}},
     "five-controllers": {"controller": {"replicas": 5}},
     "two-groups": {"workerGroups": [
@@ -34,7 +37,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "tls": {"tls": {"enabled": True, "issuer": {"name": "rebeam-ca", "kind": "ClusterIssuer"}}},
 }
 #: Kinds of CRDs (Prometheus Operator, cert-manager): no schema in Kubernetes itself.
-CRDS = {"ServiceMonitor", "Certificate"}
+CRDS = {"ServiceMonitor", "Certificate", "Issuer"}
 
 
 def pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -132,7 +135,9 @@ def test_worker_groups_become_deployments_with_placement_labels() -> None:
 def test_secrets_are_generated_or_taken_from_existing_ones() -> None:
     docs = render(fresh=True)
     names = {d["metadata"]["name"] for d in find(docs, "Secret")}
-    assert names == {"rebeam-cluster-secret", "rebeam-node-secret", "rebeam-client-token"}
+    # (rebeam-ca: the chart's own TLS CA, see the TLS tests.)
+    assert names == {"rebeam-cluster-secret", "rebeam-node-secret", "rebeam-client-token",
+                     "rebeam-ca"}
     secret = one(docs, "Secret", "rebeam-cluster-secret")
     assert len(secret["data"]["secret"]) >= 40  # generated, base64
     node_secret = one(docs, "Secret", "rebeam-node-secret")
@@ -142,7 +147,7 @@ def test_secrets_are_generated_or_taken_from_existing_ones() -> None:
     assert one(render(fresh=True), "Secret", "rebeam-cluster-secret")["data"] != secret["data"]
 
     docs = render(COMBINATIONS["existing-secrets"])
-    assert find(docs, "Secret") == []
+    assert [d["metadata"]["name"] for d in find(docs, "Secret")] == ["rebeam-ca"]
     for pod in pods(docs):
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
         node_ref = env["REBEAM_NODE_SECRET"]["valueFrom"]["secretKeyRef"]
@@ -232,6 +237,10 @@ def test_service_monitor_is_optional() -> None:
     monitors = find(render(COMBINATIONS["service-monitor"]), "ServiceMonitor")
     assert {m["metadata"]["name"] for m in monitors} == {"rebeam-controller", "rebeam-node"}
     assert all(m["spec"]["endpoints"][0]["path"] == "/metrics" for m in monitors)
+    # TLS (the default): scraped over HTTPS, checked against the CA.
+    assert all(m["spec"]["endpoints"][0]["scheme"] == "https" for m in monitors)
+    assert all(m["spec"]["endpoints"][0]["tlsConfig"]["ca"]["secret"]["key"] == "ca.crt"
+               for m in monitors)
 
 
 def test_every_value_is_documented() -> None:
@@ -305,9 +314,48 @@ def test_tls_gives_every_member_its_certificate() -> None:
     assert attrs["csi.cert-manager.io/fs-group"] == "10001"
 
 
-def test_tls_without_an_issuer_is_refused() -> None:
-    with pytest.raises(helm_python.HelmError, match="issuer"):
-        render({"tls": {"enabled": True}})
+def test_tls_is_on_by_default_with_the_charts_own_ca_and_plaintext_is_an_opt_out() -> None:
+    """Without values: TLS, member certificates from cert-manager signed by a CA the chart
+    made (genCA) through an Issuer of its own; plaintext is `tls.enabled=false`."""
+    docs = render(fresh=True)
+    for pod in pods(docs):
+        c = pod["spec"]["containers"][0]
+        assert "REBEAM_TLS_CERT" in {e["name"] for e in c["env"]}
+        assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    ca = one(docs, "Secret", "rebeam-ca")
+    assert ca["type"] == "kubernetes.io/tls"
+    assert ca["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    pem = base64.b64decode(ca["data"]["tls.crt"])
+    text = subprocess.run(["openssl", "x509", "-noout", "-text"], input=pem, check=True,
+                          capture_output=True).stdout.decode()
+    assert "CA:TRUE" in text and "Not After" in text
+    assert base64.b64decode(ca["data"]["tls.key"]).startswith(b"-----BEGIN RSA PRIVATE KEY")
+    issuer = one(docs, "Issuer", "rebeam-ca")
+    assert issuer["spec"] == {"ca": {"secretName": "rebeam-ca"}}
+    own = {"name": "rebeam-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    assert all(cert["spec"]["issuerRef"] == own for cert in find(docs, "Certificate"))
+    node = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (csi,) = [v["csi"] for v in node["volumes"] if v["name"] == "tls"]
+    assert csi["volumeAttributes"]["csi.cert-manager.io/issuer-name"] == "rebeam-ca"
+    assert csi["volumeAttributes"]["csi.cert-manager.io/issuer-kind"] == "Issuer"
+    # Only cert-manager reads the CA's key: no pod mounts or reads its Secret.
+    for pod in pods(docs):
+        text = json.dumps(pod["spec"])
+        assert '"secretName": "rebeam-ca"' not in text and '"name": "rebeam-ca"' not in text
+    # Each install without a live CA Secret makes a new CA (an upgrade keeps the live one).
+    assert one(render(fresh=True), "Secret", "rebeam-ca")["data"] != ca["data"]
+    # A named issuer: no CA of the chart's own.
+    named = render(COMBINATIONS["tls"])
+    assert find(named, "Issuer") == [] and find(named, "Secret", "rebeam-ca") == []
+    plain = render(COMBINATIONS["plaintext"])
+    assert find(plain, "Certificate") == [] and find(plain, "Issuer") == []
+    for pod in pods(plain):
+        c = pod["spec"]["containers"][0]
+        assert "REBEAM_TLS_CERT" not in {e["name"] for e in c["env"]}
+        assert c["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+
+
+def test_tls_refuses_too_few_controller_secrets() -> None:
     with pytest.raises(helm_python.HelmError, match="maxControllers"):
         render({"controller": {"replicas": 5},
                 "tls": {"enabled": True, "issuer": {"name": "ca"}, "maxControllers": 3}})

@@ -1,7 +1,9 @@
 """No Kubernetes runs here, so run what the chart renders: the controller and node pod specs
 (image, command, args, env with the downward-API fields filled in, ports, probes, security
 context, volumes) become containers on a Docker network whose hostnames and aliases are the
-StatefulSet's DNS names. The probes are executed as the kubelet would."""
+StatefulSet's and the nodes' DNS names. The probes are executed as the kubelet would. The
+chart's default is TLS with cert-manager: the test plays cert-manager, signing with a CA of
+its own what each Certificate and each node pod's csi-driver volume asks for."""
 from __future__ import annotations
 
 import base64
@@ -9,6 +11,8 @@ import os
 import random
 import re
 import secrets
+import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -41,12 +45,16 @@ class Pod:
     ports: dict[str, int] = field(default_factory=dict)
 
     def probe(self, kind: str) -> bool:
-        """Runs the container's readinessProbe or livenessProbe once."""
+        """Runs the container's readinessProbe or livenessProbe once (an HTTPS probe, like
+        the kubelet's, checks no certificate)."""
         c = self.template["spec"]["containers"][0]
         get = c[f"{kind}Probe"]["httpGet"]
         port = get["port"] if isinstance(get["port"], int) else self.ports[get["port"]]
+        scheme = get.get("scheme", "HTTP").lower()
+        context = ssl._create_unverified_context() if scheme == "https" else None
         try:
-            with urllib.request.urlopen(f"http://{self.ip}:{port}{get['path']}", timeout=2) as r:
+            with urllib.request.urlopen(f"{scheme}://{self.ip}:{port}{get['path']}", timeout=2,
+                                        context=context) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -65,6 +73,48 @@ class Cluster:
         self.secrets = {s["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
                         for s in find(docs, "Secret")}
         self.config_maps = {m["metadata"]["name"]: m["data"] for m in find(docs, "ConfigMap")}
+        # cert-manager's part: the issuer's CA, and a Secret per Certificate. The chart's own
+        # CA Issuer signs with the CA the chart made (genCA); a named issuer with a test CA.
+        self.ca = root / "ca"
+        self.ca.mkdir()
+        self.issuer = {i["metadata"]["name"]: i["spec"]["ca"]["secretName"]
+                       for i in find(docs, "Issuer")}
+        if self.issuer:
+            (ca_secret,) = self.issuer.values()
+            (self.ca / "ca.crt").write_text(self.secrets[ca_secret]["tls.crt"])
+            (self.ca / "ca.key").write_text(self.secrets[ca_secret]["tls.key"])
+        else:
+            openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=test issuer",
+                    "-keyout", str(self.ca / "ca.key"), "-out", str(self.ca / "ca.crt"),
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        for cert in find(docs, "Certificate"):
+            spec = cert["spec"]
+            assert not self.issuer or spec["issuerRef"]["name"] in self.issuer, spec
+            files = self.issue(root / "certificates" / spec["secretName"], spec.get("uris", []),
+                               spec.get("dnsNames", []))
+            self.secrets[spec["secretName"]] = {f.name: f.read_text() for f in files.iterdir()}
+
+    def issue(self, out: Path, uris: list[str], dns: list[str]) -> Path:
+        """What cert-manager's CA issuer signs: tls.crt, tls.key and ca.crt in ``out``."""
+        out.mkdir(parents=True)
+        out.chmod(0o755)
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-subj", "/CN=member", "-keyout", str(out / "tls.key"), "-out", str(out / "csr"))
+        ext = out / "ext"
+        ext.write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n"
+                       "subjectAltName=" + ",".join([f"URI:{u}" for u in uris]
+                                                    + [f"DNS:{d}" for d in dns]) + "\n")
+        openssl("x509", "-req", "-in", str(out / "csr"), "-CA", str(self.ca / "ca.crt"),
+                "-CAkey", str(self.ca / "ca.key"), "-CAcreateserial", "-days", "2",
+                "-extfile", str(ext), "-out", str(out / "tls.crt"))
+        (out / "csr").unlink()
+        ext.unlink()
+        (out / "ca.crt").write_text((self.ca / "ca.crt").read_text())
+        for f in out.iterdir():
+            f.chmod(0o644)
+        return out
 
     def create_network(self) -> None:
         for _ in range(10):
@@ -130,6 +180,38 @@ class Cluster:
                     (files / key).write_text(value)
                     (files / key).chmod(0o644)
                 flags += ["-v", f"{files}:{m['mountPath']}:ro"]
+            elif m["name"] in volumes and "projected" in volumes[m["name"]]:
+                # Each existing Secret's items at their paths; a missing optional one is left out.
+                files = self.root / pod.name / m["name"]
+                for src in volumes[m["name"]]["projected"]["sources"]:
+                    ref = src["secret"]
+                    if ref["name"] not in self.secrets:
+                        assert ref.get("optional"), f"{pod.name}: no Secret {ref['name']}"
+                        continue
+                    for item in ref["items"]:
+                        path = files / item["path"]
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        for d in [path.parent, *path.parent.parents]:
+                            if d == self.root:
+                                break
+                            d.chmod(0o755)
+                        path.write_text(self.secrets[ref["name"]][item["key"]])
+                        path.chmod(0o644)
+                flags += ["-v", f"{files}:{m['mountPath']}:ro"]
+            elif m["name"] in volumes and "csi" in volumes[m["name"]]:
+                # cert-manager's csi-driver: a certificate for this pod, as its attributes say.
+                csi = volumes[m["name"]]["csi"]
+                assert csi["driver"] == "csi.cert-manager.io", csi
+                issuer = csi["volumeAttributes"]["csi.cert-manager.io/issuer-name"]
+                assert not self.issuer or issuer in self.issuer, issuer
+                attrs = {k.removeprefix("csi.cert-manager.io/"): v.replace("${POD_NAME}", pod.name)
+                         .replace("${POD_NAMESPACE}", NAMESPACE)
+                         for k, v in csi["volumeAttributes"].items()}
+                files = self.issue(self.root / pod.name / m["name"], attrs["uri-sans"].split(","),
+                                   attrs["dns-names"].split(","))
+                assert {attrs["certificate-file"], attrs["privatekey-file"], attrs["ca-file"]} == \
+                    {"tls.crt", "tls.key", "ca.crt"}
+                flags += ["-v", f"{files}:{m['mountPath']}:ro"]
             elif m["name"] in volumes and "emptyDir" in volumes[m["name"]]:
                 # An emptyDir, writable by the pod's fsGroup as the kubelet makes it.
                 flags += ["--tmpfs", f"{m['mountPath']}:mode=1777,uid={psc['runAsUser']},"
@@ -142,6 +224,14 @@ class Cluster:
         entry = command[0]
         pod.container = docker("run", "-d", *flags, "--entrypoint", entry, image(),
                                *command[1:], *args).strip()
+
+    def client(self, pod: Pod, timeout: float = 5.0) -> rebeam.Client:
+        """A client entering at ``pod`` over TLS, verifying it against the CA by the DNS name
+        its certificate carries; the host cannot resolve the cluster's DNS names (the pod's,
+        and those leader redirects and node gateways carry), so REBEAM_CONNECT_TO maps them to
+        the pods' IPs."""
+        return rebeam.connect(f"https://{pod.aliases[0]}:7100", token=TOKEN, timeout=timeout,
+                              ca=str(self.ca / "ca.crt"))
 
     def remove(self, pod: Pod) -> None:
         docker("rm", "-f", pod.container, check=False)
@@ -165,6 +255,10 @@ class Cluster:
                 docker("volume", "rm", "-f", pod.volume, check=False)
 
 
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
 def expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion in command, args and env values."""
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), text)
@@ -185,12 +279,6 @@ def cluster() -> Iterator[Cluster]:
             c.teardown()
 
 
-def client(pod: Pod, timeout: float = 5.0) -> rebeam.Client:
-    """A client entering at ``pod`` (the client Service); the host cannot resolve the
-    cluster's DNS names that leader redirects carry, so they are mapped to the pods' IPs."""
-    return rebeam.connect(f"http://{pod.ip}:7100", token=TOKEN, timeout=timeout)
-
-
 def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster: Cluster) -> None:
     c = cluster
     sts = one(c.docs, "StatefulSet")
@@ -204,10 +292,16 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
                   volume=f"{c.tag}-data-{name}")
         controllers.append(pod)
     deployment = one(c.docs, "Deployment")
-    nodes = [Pod(f"{deployment['metadata']['name']}-{secrets.token_hex(3)}-{i}", f"{c.subnet}.{20 + i}",
-                 deployment["spec"]["template"], aliases=[]) for i in range(deployment["spec"]["replicas"])]
+    subdomain = deployment["spec"]["template"]["spec"]["subdomain"]
+    nodes = []
+    for i in range(deployment["spec"]["replicas"]):
+        name = f"{deployment['metadata']['name']}-{secrets.token_hex(3)}-{i}"
+        nodes.append(Pod(name, f"{c.subnet}.{20 + i}", deployment["spec"]["template"],
+                         aliases=[f"{name}.{subdomain}.{NAMESPACE}.svc"]))
     c.pods = controllers + nodes
-    os.environ["REBEAM_CONNECT_TO"] = ",".join(f"{p.aliases[0]}:7100={p.ip}:7100" for p in controllers)
+    os.environ["REBEAM_CONNECT_TO"] = ",".join(
+        [f"{p.aliases[0]}:7100={p.ip}:7100" for p in controllers]
+        + [f"{p.aliases[0]}:7200={p.ip}:7200" for p in nodes])
     for pod in c.pods:
         c.run(pod)
 
@@ -216,12 +310,16 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
 
     wait_for("the controller group to form (every member ready)", lambda: ready(controllers),
              timeout=90, on_timeout=lambda: "\n".join(c.logs(p)[-3000:] for p in controllers))
-    with client(controllers[0]) as cl:
+    with c.client(controllers[0]) as cl:
         state = cl.cluster()
         assert sorted(m.id for m in state.controllers) == [1, 2, 3]
+    # TLS on every port: a plaintext client is refused.
+    with pytest.raises(rebeam.Error):
+        with rebeam.connect(f"http://{controllers[0].ip}:7100", token=TOKEN, timeout=3.0) as cl:
+            cl.status()
     wait_for("the nodes to join (ready)", lambda: ready(nodes), timeout=60,
              on_timeout=lambda: "\n".join(c.logs(p)[-3000:] for p in nodes))
-    with client(controllers[1], timeout=30) as cl:
+    with c.client(controllers[1], timeout=30) as cl:
         assert sorted(n.id for n in cl.nodes() if n.status == "alive") == sorted(p.name for p in nodes)
         cl.submit(REPO / "examples" / "chat", wait=60.0)
         # The app's demo may have opened its room already.
@@ -233,13 +331,13 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
     # A controller pod deleted and re-created with its volume rejoins from its data.
     victim = controllers[2]
     c.remove(victim)
-    with client(controllers[0]) as cl:
+    with c.client(controllers[0]) as cl:
         wait_for("the others to keep a leader", lambda: cl.status().leader_id != 0)
     c.run(victim)
     wait_for("the re-created member ready", lambda: victim.probe("readiness"), timeout=60,
              on_timeout=lambda: c.logs(victim)[-3000:])
     assert "re-adding it as a learner" not in c.logs(victim)
-    with client(victim) as cl:
+    with c.client(victim) as cl:
         assert sorted(m.id for m in cl.cluster().controllers) == [1, 2, 3]
         assert {a.name for a in cl.apps()} == {"chat", "single"}
         # A leader change can fence nodes (elections outlast the node fence): the singleton
@@ -253,7 +351,7 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
     wait_for("the member with lost data ready", lambda: victim.probe("readiness"), timeout=60,
              on_timeout=lambda: c.logs(victim)[-3000:])
     assert "re-adding it as a learner" in c.logs(victim)
-    with client(victim) as cl:
+    with c.client(victim) as cl:
         assert sorted(m.id for m in cl.cluster().controllers) == [1, 2, 3]
         wait_for("the apps replicated to it", lambda: {a.name for a in cl.apps()} == {"chat", "single"})
         wait_for("the singleton after the member rejoined", lambda: cl.call("singleton", "whoami"))
@@ -261,7 +359,7 @@ def test_rendered_pods_form_a_cluster_serve_an_app_and_a_member_rejoins(cluster:
     # A node pod deleted: the kubelet's SIGTERM reaches the node through tini; it stops its
     # trees, leaves the cluster and exits 0 within the grace period, and the singleton
     # answers on the other node.
-    with client(controllers[0], timeout=30) as cl:
+    with c.client(controllers[0], timeout=30) as cl:
         holder = wait_for("the singleton's holder", lambda: cl.whereis("singleton"))
         leaving = next(p for p in nodes if p.name == getattr(holder, "node", None))
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

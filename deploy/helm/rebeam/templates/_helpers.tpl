@@ -23,6 +23,17 @@
 {{/* With TLS: the headless Service giving nodes the stable names their certificates carry. */}}
 {{- define "rebeam.nodesHeadless" -}}{{ include "rebeam.fullname" . }}-nodes{{- end -}}
 
+{{/* The cert-manager issuer signing the members' certificates: tls.issuer, or without a name
+the chart's own CA Issuer (tls-ca.yaml). */}}
+{{- define "rebeam.caIssuer" -}}{{ include "rebeam.fullname" . }}-ca{{- end -}}
+{{- define "rebeam.issuerRef" -}}
+{{- if .Values.tls.issuer.name -}}
+{{- toYaml .Values.tls.issuer -}}
+{{- else -}}
+{{- toYaml (dict "name" (include "rebeam.caIssuer" .) "kind" "Issuer" "group" "cert-manager.io") -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The TLS files' environment (docs/tls.md), under DIR. */}}
 {{- define "rebeam.tlsEnv" -}}
 - {name: REBEAM_TLS_CERT, value: "{{ . }}/tls.crt"}
