@@ -820,7 +820,11 @@ fn an_innocent_app_starting_beside_the_culprit_is_not_charged() {
     };
     assert_eq!(placed(&s), ["bad"]);
     die(&mut s, 12, inc);
-    assert_eq!(s.apps["bad"].restart_times.len(), 1, "the lone starter is charged");
+    assert_eq!(
+        s.apps["bad"].restart_times.len(),
+        1,
+        "the lone starter is charged"
+    );
     inc = join(&mut s, 13, "a", &[]);
     assert_eq!(placed(&s), ["bad"]);
     die(&mut s, 14, inc);
