@@ -125,6 +125,7 @@ class Client:
         self._stubs: dict[str, Any] = {}
         self._gateways: dict[str, Any] = {}
         self._nodes: list[NodeInfo] = []
+        self._by_address: dict[str, NodeInfo] = {}
         self._nodes_at = -NODES_TTL
         self._last_entry = ""
         self._down: dict[str, float] = {}
@@ -576,31 +577,33 @@ class Client:
         self._deliver(target, "send", message, self.timeout)
 
     def _deliver(self, target: Global | str | Pid, kind: str, value: Any, timeout: float) -> Any:
-
-        from ._proto import common_pb2, gateway_pb2
-
+        # The hot path of a call from outside: every step here is paid per call, so the
+        # protobuf modules and delivery kinds are looked up once, and the tracing span (a
+        # context manager) is entered only when it would record or carry something.
+        gateway_pb2 = _protos().gateway_pb2
         try:
             payload = pickle.dumps(value, protocol=5)
         except Exception as e:
             raise TypeError(f"cannot send a value of type {type(value).__name__!r}: {e}") from e
-        kinds = {"call": gateway_pb2.DELIVERY_KIND_CALL, "cast": gateway_pb2.DELIVERY_KIND_CAST,
-                 "send": gateway_pb2.DELIVERY_KIND_SEND}
-        request = gateway_pb2.DeliverRequest(kind=kinds[kind], payload=payload, timeout_s=timeout)
+        request = gateway_pb2.DeliverRequest(kind=_KINDS[kind], payload=payload, timeout_s=timeout)
         if isinstance(target, Global | str):
             # Any node resolves a global name (from its cache of the registry, else from the
             # leader) and routes the message to the holder: no registry round trip here.
             setattr(request, "global", target.name if isinstance(target, Global) else target)
         elif isinstance(target, Pid):
-            request.pid.CopyFrom(common_pb2.Pid(node=target.node, incarnation=target.incarnation,
-                                                serial=target.serial))
+            request.pid.CopyFrom(_protos().common_pb2.Pid(
+                node=target.node, incarnation=target.incarnation, serial=target.serial))
         else:
             raise TypeError(f"a target is a global name or a Pid, not {type(target).__name__}")
-        with _tracing.client_span(kind, str(target)) as trace_context:
-            reply = self._deliver_once(target, request, timeout, trace_context)
-        pid = pid_from_proto(reply.pid) if reply.HasField("pid") else None
+        if _tracing.client_spans_on():
+            with _tracing.client_span(kind, str(target)) as trace_context:
+                reply = self._deliver_once(target, request, timeout, trace_context)
+        else:
+            reply = self._deliver_once(target, request, timeout, [])
         outcome = reply.WhichOneof("result")
         if outcome == "value":
             return loads(reply.value, self._trust)
+        pid = pid_from_proto(reply.pid) if reply.HasField("pid") else None
         if outcome == "exit":
             raise Exit(pid or target, _reason(reply.exit, self._trust))
         if outcome == "timed_out":
@@ -697,11 +700,15 @@ class Client:
         now = time.monotonic()
         if refresh or now - self._nodes_at > NODES_TTL:
             self._nodes = [n for n in self.nodes() if n.status == "alive"]
+            self._by_address = {n.address: n for n in self._nodes}
             self._nodes_at = now
         if isinstance(target, Pid):
             return next((n for n in self._nodes
                          if n.id == target.node and n.incarnation == target.incarnation
                          and n.address not in skip), None)
+        last = self._by_address.get(self._last_entry)
+        if last is not None and last.address not in skip:
+            return last  # what the ordering below puts first, without sorting every call
         candidates = [n for n in self._nodes if n.address not in skip]
         # The last entry first, then nodes not seen failing, then the rest.
         candidates.sort(key=lambda n: (n.address != self._last_entry,
@@ -756,6 +763,25 @@ class Client:
         ``since`` is a time or seconds ago. Nodes keep each app's newest 10,000 entries or
         4 MiB. Nodes that do not answer are reported to ``on_missing(node, why)``."""
         return _inspect.LogStream(self, app, follow=follow, since=since, on_missing=on_missing)
+
+
+_PROTOS: Any = None
+#: ``DeliverRequest.kind`` for each way of delivering (filled in by :func:`_protos`).
+_KINDS: dict[str, int] = {}
+
+
+def _protos() -> Any:
+    """The generated protobuf modules, imported on first use (importing ``rebeam`` inside a
+    node stays cheap) and then kept: an import statement per call shows in a call's time."""
+    global _PROTOS
+    if _PROTOS is None:
+        from . import _proto
+        from ._proto import common_pb2, gateway_pb2  # noqa: F401 - loads the submodules
+
+        _KINDS.update(call=gateway_pb2.DELIVERY_KIND_CALL, cast=gateway_pb2.DELIVERY_KIND_CAST,
+                      send=gateway_pb2.DELIVERY_KIND_SEND)
+        _PROTOS = _proto
+    return _PROTOS
 
 
 def _reason(reason: Any, trust: Trust) -> Any:

@@ -81,6 +81,8 @@ class Connection:
         self._sock = sock
         self._buf = bytearray()
         self._next_id = 1
+        # The socket's timeout as last set: setting it is a system call, made only on change.
+        self._timeout: float | None = sock.gettimeout()
 
     @classmethod
     def open(cls, dial: str, server_name: str, token: str, timeout: float,
@@ -122,7 +124,9 @@ class Connection:
 
         ident = self._next_id
         self._next_id += 1
-        self._sock.settimeout(timeout)
+        if timeout != self._timeout:
+            self._sock.settimeout(timeout)
+            self._timeout = timeout
         self._write(gateway_pb2.ClientRequest(id=ident, deliver=request, traceparent=traceparent))
         while True:
             reply = self._read()
@@ -140,6 +144,7 @@ class Connection:
             if not readable:
                 return False
             self._sock.settimeout(0)
+            self._timeout = 0
             chunk = self._sock.recv(65536)
         except (BlockingIOError, ssl.SSLWantReadError):
             return False  # TLS records without data (e.g. session tickets)
