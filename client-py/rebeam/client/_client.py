@@ -590,8 +590,17 @@ class Client:
         ``timeout`` bounds each call. The target handles the requests one after another in
         the order given (a GenServer's mailbox keeps them in order). Every request is
         delivered at most once; when some fail, the error the first of them would raise in
-        :meth:`call` is raised after every reply came back (the others ran)."""
-        requests = [self._request(target, "call", r, timeout) for r in requests]
+        :meth:`call` is raised after every reply came back (the others ran). With tracing on,
+        one client span covers the batch and every request carries its context."""
+        built = [self._request(target, "call", r, timeout) for r in requests]
+        if _tracing.client_spans_on():
+            with _tracing.client_span("call_many", str(target)) as trace_context:
+                return self._call_many(target, built, timeout, trace_context)
+        return self._call_many(target, built, timeout, [])
+
+    def _call_many(self, target: Global | str | Pid, requests: list[Any], timeout: float,
+                   trace_context: list[tuple[str, str]]) -> list[Any]:
+        traceparent = next((v for k, v in trace_context if k == "traceparent"), "")
         replies: list[Any] = [None] * len(requests)
         pending = list(range(len(requests)))
         waits_until = time.monotonic() + timeout
@@ -604,7 +613,7 @@ class Client:
                 try:
                     conn = self._wire_conn(node.address)
                     if conn is not None:
-                        got = conn.deliver_many([requests[i] for i in pending], "",
+                        got = conn.deliver_many([requests[i] for i in pending], traceparent,
                                                 timeout + self.timeout, CALL_WINDOW)
                 except _wire.Refused as e:
                     code = _status_code(e.code)
@@ -625,7 +634,8 @@ class Client:
                 # single call's failover and errors.
                 for i in pending:
                     try:
-                        replies[i] = self._deliver_once(target, requests[i], timeout, [])
+                        replies[i] = self._deliver_once(target, requests[i], timeout,
+                                                        trace_context)
                     except (Exit, ControllerError) as e:
                         replies[i] = e
                 break
