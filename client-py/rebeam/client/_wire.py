@@ -28,6 +28,20 @@ MAX_REPLY = 256 << 20
 _LEN = struct.Struct(">I")
 
 
+_GATEWAY_PB2: Any = None
+
+
+def _protos() -> Any:
+    """The generated gateway messages, imported on first use and then kept (an import
+    statement per request shows in a call's time)."""
+    global _GATEWAY_PB2
+    if _GATEWAY_PB2 is None:
+        from ._proto import gateway_pb2
+
+        _GATEWAY_PB2 = gateway_pb2
+    return _GATEWAY_PB2
+
+
 class Unreachable(Exception):
     """The connection failed. ``sent``: the request may have reached the node."""
 
@@ -120,7 +134,7 @@ class Connection:
 
     def deliver(self, request: Any, traceparent: str, timeout: float) -> Any:
         """Sends one ``DeliverRequest`` and returns its ``DeliverReply``."""
-        from ._proto import gateway_pb2
+        gateway_pb2 = _protos()
 
         ident = self._next_id
         self._next_id += 1
@@ -141,7 +155,7 @@ class Connection:
         """Sends ``requests`` with at most ``window`` of them awaiting replies at once, several
         frames per write, and returns each one's ``ClientReply`` (refusals included) in the
         order of ``requests``: one round trip per window instead of one per request."""
-        from ._proto import gateway_pb2
+        gateway_pb2 = _protos()
 
         if timeout != self._timeout:
             self._sock.settimeout(timeout)
@@ -205,8 +219,7 @@ class Connection:
             raise Unreachable(f"the connection broke while sending: {e}", sent=True) from None
 
     def _read(self) -> Any:
-        from ._proto import gateway_pb2
-
+        reply_type = _protos().ClientReply
         buf = self._buf
         while True:
             if len(buf) >= 4:
@@ -214,7 +227,7 @@ class Connection:
                 if n > MAX_REPLY:
                     raise Unreachable(f"a reply of {n} bytes is over the limit", sent=True)
                 if len(buf) >= 4 + n:
-                    reply = gateway_pb2.ClientReply.FromString(bytes(buf[4:4 + n]))
+                    reply = reply_type.FromString(bytes(buf[4:4 + n]))
                     del buf[:4 + n]
                     return reply
             wanted = 4 + _LEN.unpack_from(buf)[0] - len(buf) if len(buf) >= 4 else 0
@@ -226,6 +239,9 @@ class Connection:
                 raise Unreachable(f"the connection broke: {e}", sent=True) from None
             if not chunk:
                 raise Unreachable("the node closed the connection", sent=True)
+            if not buf and len(chunk) >= 4 and len(chunk) == 4 + _LEN.unpack_from(chunk)[0]:
+                # The usual case: one whole reply in one read, parsed where it lies.
+                return reply_type.FromString(memoryview(chunk)[4:])
             buf += chunk
 
 
