@@ -142,6 +142,18 @@ def _api() -> tuple[Any, Any] | None:
     return _API  # type: ignore[return-value]
 
 
+def client_spans_on() -> bool:
+    """Whether :func:`client_span` would record or carry anything: the OpenTelemetry API is
+    there, and an SDK is installed or a context is current. Without, a call from outside is
+    cheap enough for the no-op span (and its context manager) to show, so callers skip it."""
+    api = _api()
+    if api is None:
+        return False
+    trace = api[1]
+    return not (isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+                and not trace.get_current_span().get_span_context().is_valid)
+
+
 @contextlib.contextmanager
 def client_span(kind: str, target: str,
                 attributes: dict[str, str] | None = None) -> Iterator[list[tuple[str, str]]]:
@@ -149,16 +161,10 @@ def client_span(kind: str, target: str,
     ``rebeam.to`` = ``target`` and ``attributes``; yields the metadata that carries its
     context (empty without the OpenTelemetry API, or when no span is recorded or current)."""
     api = _api()
-    if api is None:
+    if api is None or not client_spans_on():
         yield []
         return
     propagate, trace = api
-    if (isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-            and not trace.get_current_span().get_span_context().is_valid):
-        # No SDK installed and no context to pass on: nothing would be recorded or carried,
-        # and a call from outside is cheap enough for the no-op span to show.
-        yield []
-        return
     tracer = trace.get_tracer("rebeam.client")
     with tracer.start_as_current_span(kind, kind=trace.SpanKind.CLIENT,
                                       attributes={"rebeam.to": target, **(attributes or {})}):

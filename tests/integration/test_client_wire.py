@@ -138,3 +138,28 @@ def test_rebeam_connect_calls_over_the_wire(node: DevNode) -> None:
         assert client.call("wire-echo", {"x": 1}) == {"x": 1}
         # The call left an idle wire connection to the node for the next one.
         assert client._wire_pool.take(gateway(node)) is not None
+
+
+def test_call_many_streams_the_calls_and_keeps_their_order(node: DevNode,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def one_by_one(*_: object) -> None:
+        raise AssertionError("call_many sent a call on its own instead of streaming")
+
+    with rebeam.connect(node.url, token=TOKEN) as client:
+        monkeypatch.setattr(_wire.Connection, "deliver", one_by_one)
+        # More calls than the window and than the node's burst of 50 a second: the refused
+        # ones (refused before delivery) go again when the limit lets them.
+        requests = [("item", i) for i in range(120)]
+        assert client.call_many("wire-echo", requests) == requests
+        assert client.call_many("wire-echo", []) == []
+        # The stream left its connection in step for the next one.
+        assert client.call_many("wire-echo", ["again"]) == ["again"]
+
+
+def test_call_many_raises_what_call_would(node: DevNode) -> None:
+    with rebeam.connect(node.url, token=TOKEN) as client:
+        with pytest.raises(rebeam.Exit) as gone:
+            client.call_many("wire-nobody", [1, 2])
+        assert gone.value.reason == "noproc"
+        with pytest.raises(TypeError):
+            client.call_many("wire-echo", [lambda: None])

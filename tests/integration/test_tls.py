@@ -248,6 +248,9 @@ def test_tls_cluster_serves_clients_and_refuses_plaintext_wrong_ca_and_wrong_nam
                      == {"a", "b"})
             # The gateway call goes to a node over TLS as well.
             assert client.call("echo", [1, 2])[:2] == ("echo", [1, 2])
+            # And a stream of calls on the client wire over TLS.
+            assert [r[:2] for r in client.call_many("echo", [[i] for i in range(40)])] == [
+                ("echo", [i]) for i in range(40)]
             gateway = next(n.address for n in client.nodes() if n.id == "a")
 
         # Plaintext to a TLS controller or gateway: the handshake never happens.

@@ -47,6 +47,10 @@ DOWN_TTL = 5.0
 NO_WIRE_TTL = 60.0
 
 _R = TypeVar("_R")
+#: Calls :meth:`Client.call_many` has awaiting replies at once on its connection: well
+#: under the nodes' default cap on requests in flight per token (64), so that other
+#: requests with the same token still get through.
+CALL_WINDOW = 32
 #: Roles a client token may have, weakest first; each includes the ones before it.
 ROLES = ("read", "call", "deploy", "admin")
 #: The controller's gRPC service for clients; its methods name the client's spans.
@@ -125,6 +129,7 @@ class Client:
         self._stubs: dict[str, Any] = {}
         self._gateways: dict[str, Any] = {}
         self._nodes: list[NodeInfo] = []
+        self._by_address: dict[str, NodeInfo] = {}
         self._nodes_at = -NODES_TTL
         self._last_entry = ""
         self._down: dict[str, float] = {}
@@ -575,32 +580,135 @@ class Client:
         """Sends a raw message to a process in the cluster."""
         self._deliver(target, "send", message, self.timeout)
 
+    def call_many(self, target: Global | str | Pid, requests: Iterable[Any], *,
+                  timeout: float = 5.0) -> list[Any]:
+        """Calls ``target`` once per request and returns the replies in order, as
+        ``[client.call(target, r, timeout=timeout) for r in requests]`` would, but streamed:
+        the requests go out on one connection with up to :data:`CALL_WINDOW` awaiting
+        replies, so a batch costs a round trip per window rather than one per call.
+
+        ``timeout`` bounds each call. The target handles the requests one after another in
+        the order given (a GenServer's mailbox keeps them in order). Every request is
+        delivered at most once; when some fail, the error the first of them would raise in
+        :meth:`call` is raised after every reply came back (the others ran). With tracing on,
+        one client span covers the batch and every request carries its context."""
+        built = [self._request(target, "call", r, timeout) for r in requests]
+        if _tracing.client_spans_on():
+            with _tracing.client_span("call_many", str(target)) as trace_context:
+                return self._call_many(target, built, timeout, trace_context)
+        return self._call_many(target, built, timeout, [])
+
+    def _call_many(self, target: Global | str | Pid, requests: list[Any], timeout: float,
+                   trace_context: list[tuple[str, str]]) -> list[Any]:
+        traceparent = next((v for k, v in trace_context if k == "traceparent"), "")
+        replies: list[Any] = [None] * len(requests)
+        pending = list(range(len(requests)))
+        waits_until = time.monotonic() + timeout
+        tried: set[str] = set()
+        while pending:
+            node = self._entry_node(target, refresh=False, skip=tried)
+            conn = None
+            if node is not None and all(requests[i].ByteSize() <= _wire.MAX_REQUEST
+                                        for i in pending):
+                try:
+                    conn = self._wire_conn(node.address)
+                    if conn is not None:
+                        got = conn.deliver_many([requests[i] for i in pending], traceparent,
+                                                timeout + self.timeout, CALL_WINDOW)
+                except _wire.Refused as e:
+                    code = _status_code(e.code)
+                    error = self._error(code, e.message or code.name.lower(), timeout)
+                    if isinstance(error, RateLimited) and _wait_out(error, waits_until):
+                        continue
+                    raise error from None
+                except _wire.Unreachable as e:
+                    tried.add(node.address)
+                    self._down[node.address] = time.monotonic() + DOWN_TTL
+                    self._wire_pool.drop(node.address)
+                    if not e.sent:
+                        continue  # another entry node at once
+                    raise Exit(target, "noconnection") from None
+            if node is None or conn is None:
+                # No entry node to stream to (none known, it does not speak the client wire,
+                # or a request is too large for it): one call after another, each with the
+                # single call's failover and errors.
+                for i in pending:
+                    try:
+                        replies[i] = self._deliver_once(target, requests[i], timeout,
+                                                        trace_context)
+                    except (Exit, ControllerError) as e:
+                        replies[i] = e
+                break
+            self._wire_pool.give(node.address, conn)
+            self._last_entry = node.address
+            self._down.pop(node.address, None)
+            limited: list[tuple[int, RateLimited]] = []
+            for i, answer in zip(pending, got, strict=True):
+                if answer.code == 0:
+                    replies[i] = answer.reply
+                    continue
+                code = _status_code(answer.code)
+                error = self._error(code, answer.message or code.name.lower(), timeout)
+                if isinstance(error, RateLimited):
+                    limited.append((i, error))  # refused before delivery: may go again
+                else:
+                    replies[i] = error
+            pending = [i for i, _ in limited]
+            if limited and not _wait_out(max((e for _, e in limited),
+                                             key=lambda e: e.retry_after), waits_until):
+                for i, error in limited:
+                    replies[i] = error
+                break
+        results = []
+        first_error: BaseException | None = None
+        for reply in replies:
+            try:
+                if isinstance(reply, BaseException):
+                    raise reply
+                results.append(self._outcome(target, reply, timeout))
+            except (Exit, Timeout, ControllerError) as e:
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
+        return results
+
     def _deliver(self, target: Global | str | Pid, kind: str, value: Any, timeout: float) -> Any:
+        # The hot path of a call from outside: every step here is paid per call, so the
+        # protobuf modules and delivery kinds are looked up once, and the tracing span (a
+        # context manager) is entered only when it would record or carry something.
+        request = self._request(target, kind, value, timeout)
+        if _tracing.client_spans_on():
+            with _tracing.client_span(kind, str(target)) as trace_context:
+                reply = self._deliver_once(target, request, timeout, trace_context)
+        else:
+            reply = self._deliver_once(target, request, timeout, [])
+        return self._outcome(target, reply, timeout)
 
-        from ._proto import common_pb2, gateway_pb2
-
+    def _request(self, target: Global | str | Pid, kind: str, value: Any, timeout: float) -> Any:
+        """The ``DeliverRequest`` carrying ``value`` to ``target``."""
+        gateway_pb2 = _protos().gateway_pb2
         try:
             payload = pickle.dumps(value, protocol=5)
         except Exception as e:
             raise TypeError(f"cannot send a value of type {type(value).__name__!r}: {e}") from e
-        kinds = {"call": gateway_pb2.DELIVERY_KIND_CALL, "cast": gateway_pb2.DELIVERY_KIND_CAST,
-                 "send": gateway_pb2.DELIVERY_KIND_SEND}
-        request = gateway_pb2.DeliverRequest(kind=kinds[kind], payload=payload, timeout_s=timeout)
+        request = gateway_pb2.DeliverRequest(kind=_KINDS[kind], payload=payload, timeout_s=timeout)
         if isinstance(target, Global | str):
             # Any node resolves a global name (from its cache of the registry, else from the
             # leader) and routes the message to the holder: no registry round trip here.
             setattr(request, "global", target.name if isinstance(target, Global) else target)
         elif isinstance(target, Pid):
-            request.pid.CopyFrom(common_pb2.Pid(node=target.node, incarnation=target.incarnation,
-                                                serial=target.serial))
+            request.pid.CopyFrom(_protos().common_pb2.Pid(
+                node=target.node, incarnation=target.incarnation, serial=target.serial))
         else:
             raise TypeError(f"a target is a global name or a Pid, not {type(target).__name__}")
-        with _tracing.client_span(kind, str(target)) as trace_context:
-            reply = self._deliver_once(target, request, timeout, trace_context)
-        pid = pid_from_proto(reply.pid) if reply.HasField("pid") else None
+        return request
+
+    def _outcome(self, target: Global | str | Pid, reply: Any, timeout: float) -> Any:
+        """A ``DeliverReply`` as the caller sees it: the value, or the exception it raises."""
         outcome = reply.WhichOneof("result")
         if outcome == "value":
             return loads(reply.value, self._trust)
+        pid = pid_from_proto(reply.pid) if reply.HasField("pid") else None
         if outcome == "exit":
             raise Exit(pid or target, _reason(reply.exit, self._trust))
         if outcome == "timed_out":
@@ -670,7 +778,21 @@ class Client:
                       trace_context: list[tuple[str, str]]) -> Any:
         """Delivers on the client wire (see ``_wire``); None when this node does not speak
         it, so that gRPC carries the request instead."""
-        if self._no_wire.get(address, 0.0) > time.monotonic() or request.ByteSize() > _wire.MAX_REQUEST:
+        if request.ByteSize() > _wire.MAX_REQUEST:
+            return None
+        conn = self._wire_conn(address)
+        if conn is None:
+            return None
+        traceparent = next((v for k, v in trace_context if k == "traceparent"), "")
+        reply = conn.deliver(request, traceparent, timeout + self.timeout)
+        self._wire_pool.give(address, conn)
+        return reply
+
+    def _wire_conn(self, address: str) -> _wire.Connection | None:
+        """A client wire connection to the node at ``address``, idle or new; None when the
+        node does not speak the wire. Raises :class:`_wire.Unreachable` when it cannot be
+        reached and :class:`_wire.Refused` when it refuses the token."""
+        if self._no_wire.get(address, 0.0) > time.monotonic():
             return None
         conn = self._wire_pool.take(address)
         if conn is None:
@@ -683,10 +805,7 @@ class Client:
             except _wire.NotSpoken:
                 self._no_wire[address] = time.monotonic() + NO_WIRE_TTL
                 return None
-        traceparent = next((v for k, v in trace_context if k == "traceparent"), "")
-        reply = conn.deliver(request, traceparent, timeout + self.timeout)
-        self._wire_pool.give(address, conn)
-        return reply
+        return conn
 
     def _entry_node(self, target: Global | str | Pid, *, refresh: bool,
                     skip: AbstractSet[str] = frozenset()) -> NodeInfo | None:
@@ -697,11 +816,15 @@ class Client:
         now = time.monotonic()
         if refresh or now - self._nodes_at > NODES_TTL:
             self._nodes = [n for n in self.nodes() if n.status == "alive"]
+            self._by_address = {n.address: n for n in self._nodes}
             self._nodes_at = now
         if isinstance(target, Pid):
             return next((n for n in self._nodes
                          if n.id == target.node and n.incarnation == target.incarnation
                          and n.address not in skip), None)
+        last = self._by_address.get(self._last_entry)
+        if last is not None and last.address not in skip:
+            return last  # what the ordering below puts first, without sorting every call
         candidates = [n for n in self._nodes if n.address not in skip]
         # The last entry first, then nodes not seen failing, then the rest.
         candidates.sort(key=lambda n: (n.address != self._last_entry,
@@ -756,6 +879,25 @@ class Client:
         ``since`` is a time or seconds ago. Nodes keep each app's newest 10,000 entries or
         4 MiB. Nodes that do not answer are reported to ``on_missing(node, why)``."""
         return _inspect.LogStream(self, app, follow=follow, since=since, on_missing=on_missing)
+
+
+_PROTOS: Any = None
+#: ``DeliverRequest.kind`` for each way of delivering (filled in by :func:`_protos`).
+_KINDS: dict[str, int] = {}
+
+
+def _protos() -> Any:
+    """The generated protobuf modules, imported on first use (importing ``rebeam`` inside a
+    node stays cheap) and then kept: an import statement per call shows in a call's time."""
+    global _PROTOS
+    if _PROTOS is None:
+        from . import _proto
+        from ._proto import common_pb2, gateway_pb2  # noqa: F401 - loads the submodules
+
+        _KINDS.update(call=gateway_pb2.DELIVERY_KIND_CALL, cast=gateway_pb2.DELIVERY_KIND_CAST,
+                      send=gateway_pb2.DELIVERY_KIND_SEND)
+        _PROTOS = _proto
+    return _PROTOS
 
 
 def _reason(reason: Any, trust: Trust) -> Any:

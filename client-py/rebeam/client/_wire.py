@@ -28,6 +28,20 @@ MAX_REPLY = 256 << 20
 _LEN = struct.Struct(">I")
 
 
+_GATEWAY_PB2: Any = None
+
+
+def _protos() -> Any:
+    """The generated gateway messages, imported on first use and then kept (an import
+    statement per request shows in a call's time)."""
+    global _GATEWAY_PB2
+    if _GATEWAY_PB2 is None:
+        from ._proto import gateway_pb2
+
+        _GATEWAY_PB2 = gateway_pb2
+    return _GATEWAY_PB2
+
+
 class Unreachable(Exception):
     """The connection failed. ``sent``: the request may have reached the node."""
 
@@ -81,6 +95,8 @@ class Connection:
         self._sock = sock
         self._buf = bytearray()
         self._next_id = 1
+        # The socket's timeout as last set: setting it is a system call, made only on change.
+        self._timeout: float | None = sock.gettimeout()
 
     @classmethod
     def open(cls, dial: str, server_name: str, token: str, timeout: float,
@@ -118,11 +134,13 @@ class Connection:
 
     def deliver(self, request: Any, traceparent: str, timeout: float) -> Any:
         """Sends one ``DeliverRequest`` and returns its ``DeliverReply``."""
-        from ._proto import gateway_pb2
+        gateway_pb2 = _protos()
 
         ident = self._next_id
         self._next_id += 1
-        self._sock.settimeout(timeout)
+        if timeout != self._timeout:
+            self._sock.settimeout(timeout)
+            self._timeout = timeout
         self._write(gateway_pb2.ClientRequest(id=ident, deliver=request, traceparent=traceparent))
         while True:
             reply = self._read()
@@ -132,6 +150,41 @@ class Connection:
                 raise Refused(reply.code, reply.message)
             return reply.reply
 
+    def deliver_many(self, requests: list[Any], traceparent: str, timeout: float,
+                     window: int) -> list[Any]:
+        """Sends ``requests`` with at most ``window`` of them awaiting replies at once, several
+        frames per write, and returns each one's ``ClientReply`` (refusals included) in the
+        order of ``requests``: one round trip per window instead of one per request."""
+        gateway_pb2 = _protos()
+
+        if timeout != self._timeout:
+            self._sock.settimeout(timeout)
+            self._timeout = timeout
+        first = self._next_id
+        self._next_id += len(requests)
+        out: list[Any] = [None] * len(requests)
+        sent = done = 0
+        while done < len(requests):
+            if sent < len(requests) and sent - done < window:
+                upto = min(len(requests), done + window)
+                frames = bytearray()
+                for k in range(sent, upto):
+                    body = gateway_pb2.ClientRequest(id=first + k, deliver=requests[k],
+                                                     traceparent=traceparent).SerializeToString()
+                    frames += _LEN.pack(len(body))
+                    frames += body
+                try:
+                    self._sock.sendall(frames)
+                except OSError as e:
+                    raise Unreachable(f"the connection broke while sending: {e}", sent=True) from None
+                sent = upto
+            reply = self._read()
+            k = reply.id - first
+            if 0 <= k < sent and out[k] is None:
+                out[k] = reply
+                done += 1
+        return out
+
     def closed_by_peer(self) -> bool:
         """Whether the node closed this idle connection (it stopped or restarted): checked
         before reusing it, so that a request is never sent into a connection known dead."""
@@ -140,6 +193,7 @@ class Connection:
             if not readable:
                 return False
             self._sock.settimeout(0)
+            self._timeout = 0
             chunk = self._sock.recv(65536)
         except (BlockingIOError, ssl.SSLWantReadError):
             return False  # TLS records without data (e.g. session tickets)
@@ -165,8 +219,7 @@ class Connection:
             raise Unreachable(f"the connection broke while sending: {e}", sent=True) from None
 
     def _read(self) -> Any:
-        from ._proto import gateway_pb2
-
+        reply_type = _protos().ClientReply
         buf = self._buf
         while True:
             if len(buf) >= 4:
@@ -174,7 +227,7 @@ class Connection:
                 if n > MAX_REPLY:
                     raise Unreachable(f"a reply of {n} bytes is over the limit", sent=True)
                 if len(buf) >= 4 + n:
-                    reply = gateway_pb2.ClientReply.FromString(bytes(buf[4:4 + n]))
+                    reply = reply_type.FromString(bytes(buf[4:4 + n]))
                     del buf[:4 + n]
                     return reply
             wanted = 4 + _LEN.unpack_from(buf)[0] - len(buf) if len(buf) >= 4 else 0
@@ -186,6 +239,9 @@ class Connection:
                 raise Unreachable(f"the connection broke: {e}", sent=True) from None
             if not chunk:
                 raise Unreachable("the node closed the connection", sent=True)
+            if not buf and len(chunk) >= 4 and len(chunk) == 4 + _LEN.unpack_from(chunk)[0]:
+                # The usual case: one whole reply in one read, parsed where it lies.
+                return reply_type.FromString(memoryview(chunk)[4:])
             buf += chunk
 
 
