@@ -91,14 +91,17 @@ impl State {
     }
 
     /// Whether a child of `app` may start on a node where the apps `starting` have children
-    /// starting. A suspect's child starts only where nothing else is starting, and nothing
-    /// starts beside it, so a node that dies while it starts names the culprit alone; other
-    /// apps start side by side as usual.
+    /// starting. A suspect's child starts only where no other app's child is starting, and
+    /// no other app's starts beside it, so a node that dies while it starts names the
+    /// culprit alone (its own children start together: they share the blame); other apps
+    /// start side by side as usual.
     fn may_start_on(&self, app: &str, starting: Option<&BTreeSet<&str>>, now: u64) -> bool {
-        let Some(starting) = starting.filter(|s| !s.is_empty()) else {
-            return true;
-        };
-        !self.suspect(app, now) && !starting.iter().any(|other| self.suspect(other, now))
+        let mut others = starting.into_iter().flatten().filter(|other| **other != app);
+        if self.suspect(app, now) {
+            others.next().is_none()
+        } else {
+            !others.any(|other| self.suspect(other, now))
+        }
     }
 
     fn emit_set(&self, cx: &mut Ctx<'_>, app: &str, child: &str) {
