@@ -4,7 +4,7 @@ export PYO3_PYTHON := $(PYTHON)
 NODE := target/release/rebeam-node
 APP ?= examples/chat
 
-.PHONY: setup build run test test-rust test-python test-chaos test-scale test-deploy chaos lint bench bench-scale clean image compose-env compose-tls
+.PHONY: setup build run test test-rust test-python test-chaos test-scale test-deploy chaos lint bench bench-scale clean image compose-env compose-tls fuzz fuzz-tools fuzz-build fuzz-corpus fuzz-run test-fuzz
 
 setup:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e ./client-py -r tests/requirements.txt
@@ -16,7 +16,7 @@ build:
 run: setup build
 	$(NODE) --dev --app $(APP)
 
-test: setup build lint test-rust test-python test-chaos test-scale test-deploy
+test: setup build lint test-rust test-python test-fuzz test-chaos test-scale test-deploy
 
 # One test at a time: the controller tests run 3-member groups of real processes with
 # sub-second timings, and running them side by side on 2 cores starves their elections.
@@ -31,6 +31,54 @@ test-python:
 	done
 
 # A short fixed-seed chaos run (tests/chaos): faults injected into a real cluster, checked.
+# cargo-fuzz (libFuzzer) targets in fuzz/, its own workspace: one per decoder of network
+# input (docs/security.md, "Fuzzing"). `make fuzz` runs each FUZZ_SECONDS (default 60);
+# `make test-fuzz` is the bounded run of `make test`: the regression inputs, then each target
+# FUZZ_CI_SECONDS (default 10). New inputs go to fuzz/target/work/ (not the committed seed
+# corpus fuzz/corpus/); a crash is written to fuzz/artifacts/<target>/: keep it under
+# fuzz/regressions/<target>/ with its fix. Without sanitizers (safe Rust: the bugs sought are
+# panics, overflows, hangs and blow-ups) and with debug assertions (overflow checks).
+FUZZ_TARGETS := peer_frames client_wire gateway_requests manifest archive raft_payloads \
+	controller_requests submit_app
+FUZZ_SECONDS ?= 60
+FUZZ_CI_SECONDS ?= 10
+FUZZ_FLAGS := --fuzz-dir fuzz --sanitizer none --debug-assertions
+FUZZ_BIN = fuzz/target/$(shell rustc -vV | sed -n 's/^host: //p')/release
+
+fuzz-tools:
+	@rustup toolchain list 2>/dev/null | grep -q '^nightly' || { \
+	  echo "cargo fuzz needs a nightly Rust toolchain (libFuzzer's -Z flags) and none is installed:"; \
+	  echo "  rustup toolchain install nightly   (needs network; the project itself builds on stable)"; \
+	  exit 1; }
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+fuzz-build: fuzz-tools
+	cargo +nightly fuzz build $(FUZZ_FLAGS)
+
+# Rewrites the seed corpus from the project's own types (fuzz/src/seeds.rs).
+fuzz-corpus: fuzz-build
+	for t in $(FUZZ_TARGETS); do REBEAM_FUZZ_WRITE_CORPUS=fuzz/corpus $(FUZZ_BIN)/$$t || exit 1; done
+
+fuzz: fuzz-build
+	@$(MAKE) --no-print-directory fuzz-run FUZZ_RUN_SECONDS=$(FUZZ_SECONDS)
+
+test-fuzz: fuzz-build
+	@$(MAKE) --no-print-directory fuzz-run FUZZ_RUN_SECONDS=$(FUZZ_CI_SECONDS)
+
+fuzz-run:
+	@for t in $(FUZZ_TARGETS); do \
+	  if [ -n "$$(ls fuzz/regressions/$$t 2>/dev/null)" ]; then \
+	    $(FUZZ_BIN)/$$t fuzz/regressions/$$t/* || exit 1; \
+	  fi; \
+	  mkdir -p fuzz/target/work/$$t fuzz/artifacts/$$t; \
+	  $(FUZZ_BIN)/$$t fuzz/target/work/$$t fuzz/corpus/$$t -max_total_time=$(FUZZ_RUN_SECONDS) \
+	    -timeout=10 -rss_limit_mb=2048 -artifact_prefix=fuzz/artifacts/$$t/ -print_final_stats=1 \
+	    2>fuzz/target/work/$$t.log || { tail -40 fuzz/target/work/$$t.log; \
+	    echo "fuzz target $$t failed: the input is in fuzz/artifacts/$$t/"; exit 1; }; \
+	  grep -E '^(stat::number_of_executed_units|stat::average_exec_per_sec|#[0-9]+.*DONE)' \
+	    fuzz/target/work/$$t.log | tr '\n' ' ' | sed "s/^/$$t: /"; echo; \
+	done
+
 test-chaos:
 	REBEAM_NODE=$(CURDIR)/$(NODE) REBEAM_CONTROLLER=$(CURDIR)/target/release/rebeam-controller \
 		$(PYTHON) -m pytest tests/chaos -q
@@ -100,6 +148,7 @@ deploy/docker/tls/ca/ca.crt:
 
 lint:
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	# A node built without the embedded controller (no `dev` feature) must stay buildable.
 	cargo clippy --release -p rebeam-node --no-default-features --bins -- -D warnings

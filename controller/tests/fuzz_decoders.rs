@@ -1,13 +1,15 @@
 //! Bounded mutation fuzzing, on stable Rust, of every decoder the controller runs on bytes
-//! from the network: manifests, code archives, Raft payloads (JSON, then the range checks)
-//! and the protobuf requests of its services with their conversions to domain types.
+//! from the network: manifests, code archives, Raft payloads (JSON, then the range checks,
+//! pre-votes included) and the protobuf requests of its services with their conversions to
+//! domain types.
 //!
 //! Seeds come from `tests/corpus/` (kept in the repo) and from values built here; each is
 //! mutated (bit flips, byte overwrites, inserts, deletes, splices, interesting integers)
 //! `REBEAM_FUZZ_ITERS` times (default 30,000 per target) with the seed `REBEAM_FUZZ_SEED`
 //! (default fixed, so CI is reproducible; print and rerun a failing one). A decoder may
-//! refuse; it must never panic. `cargo fuzz` would need a nightly toolchain in CI, which
-//! the project does not require, hence this harness.
+//! refuse; it must never panic. This runs in every `cargo test`, on stable; the
+//! coverage-guided cargo-fuzz targets of the same decoders (nightly) are in `fuzz/`
+//! (`make fuzz`, `make test-fuzz`).
 
 use std::path::Path;
 
@@ -15,7 +17,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 use prost::Message;
 use rebeam_controller::api::raft::{
-    check_append_request, check_snapshot_request, check_vote_request,
+    check_append_request, check_pre_vote, check_snapshot_request, check_vote_request, PreVote,
 };
 use rebeam_controller::types::TypeConfig;
 use rebeam_proto::v1 as pb;
@@ -71,9 +73,15 @@ fn raft_payloads() {
         ],
         leader_commit: Some(log_id(5, 3)),
     };
+    let pre_vote = PreVote {
+        candidate: 2,
+        term: 6,
+        last_log_id: Some(log_id(5, 9)),
+    };
     let seeds = vec![
         serde_json::to_vec(&vote).expect("vote"),
         serde_json::to_vec(&append).expect("append"),
+        serde_json::to_vec(&pre_vote).expect("pre-vote"),
     ];
     fuzz(&seeds, |bytes| {
         if let Ok(r) = serde_json::from_slice::<VoteRequest<u64>>(bytes) {
@@ -84,6 +92,9 @@ fn raft_payloads() {
         }
         if let Ok(r) = serde_json::from_slice::<InstallSnapshotRequest<TypeConfig>>(bytes) {
             let _ = check_snapshot_request(&r);
+        }
+        if let Ok(r) = serde_json::from_slice::<PreVote>(bytes) {
+            let _ = check_pre_vote(&r);
         }
     });
 }

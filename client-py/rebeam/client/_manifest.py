@@ -81,6 +81,11 @@ def check_manifest(manifest: Manifest, text: str, names: Set[str]) -> None:
                 raise ManifestError(f"{path}: {where}.placement must be \"any\", \"spread\" or "
                                     f"\"label=value\", got {placement!r}")
         module = child["start"].split(":")[0]
+        if not all(part.isidentifier() for part in module.split(".")):
+            # Nothing could import it, and import machinery fails on such names in its own
+            # ways (an empty top-level name, a relative one): say what is wrong instead.
+            raise ManifestError(f"{path}: {where}.start: {module!r} is not a module name "
+                                "(Python identifiers joined by '.')")
         top = module.split(".")[0]
         in_app = _module_file(top, names)
         if in_app and not _module_file(module, names):

@@ -30,6 +30,7 @@ import tempfile
 import tomllib
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,9 @@ EXCLUDED_FILES = frozenset({".DS_Store"})
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CHUNK = 1 << 16
+#: What :mod:`zipfile` raises on damaged bytes besides ``BadZipFile`` (a bad deflate stream,
+#: a cut entry, an unknown version or flag, an offset before the start): all mean corrupt.
+_CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -276,7 +280,7 @@ def _open(data: bytes, max_bytes: int) -> zipfile.ZipFile:
         raise ArchiveError(f"the archive is {len(data)} bytes; the limit is {max_bytes}")
     try:
         return zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as e:
+    except _CORRUPT as e:
         raise ArchiveError(f"the code is not a ZIP archive ({e}); pack it with rebeam.client.pack") from None
 
 
@@ -322,6 +326,8 @@ def read_manifest(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
             raise ArchiveError(f"{MANIFEST}: not valid UTF-8") from None
         except tomllib.TOMLDecodeError as e:
             raise ArchiveError(f"{MANIFEST}: invalid TOML: {e}") from None
+        except _CORRUPT as e:
+            raise ArchiveError(f"the archive is corrupt: {e}") from None
         return text
 
 
@@ -359,7 +365,10 @@ def unpack(data: bytes, dest: str | os.PathLike[str], *, sha256: str | None = No
                                                "declares; the archive is corrupt")
                         out.write(chunk)
             os.rename(staging, dest)
-        except zipfile.BadZipFile as e:
+        except ArchiveError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        except _CORRUPT as e:
             shutil.rmtree(staging, ignore_errors=True)
             raise ArchiveError(f"the archive is corrupt: {e}") from None
         except BaseException:

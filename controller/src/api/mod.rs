@@ -12,12 +12,12 @@ use crate::types::Pid;
 use crate::validate;
 
 /// Validates an optional proto pid into a domain pid.
-pub(crate) fn pid(p: Option<rebeam_proto::v1::Pid>) -> Result<Pid, Error> {
+pub fn pid(p: Option<rebeam_proto::v1::Pid>) -> Result<Pid, Error> {
     validate::pid(p.map(Into::into))
 }
 
 /// Validates a proto node reference into (node, incarnation).
-pub(crate) fn node_ref(r: Option<rebeam_proto::v1::NodeRef>) -> Result<(String, u64), Error> {
+pub fn node_ref(r: Option<rebeam_proto::v1::NodeRef>) -> Result<(String, u64), Error> {
     let r = r.ok_or_else(|| {
         Error::invalid("node is missing; pass the node id and the incarnation from Join")
     })?;

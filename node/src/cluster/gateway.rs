@@ -365,7 +365,7 @@ pub async fn deliver(
 const MAX_QUERY_ROWS: u64 = 1_000_000;
 
 /// The gateway API's process query as the node runs it.
-fn table_query(q: pb::ProcessQuery) -> Result<crate::python::inspect::TableQuery, Status> {
+pub fn table_query(q: pb::ProcessQuery) -> Result<crate::python::inspect::TableQuery, Status> {
     use rebeam_http::ptable::{Place, Sort, Value};
     let sort = Sort::parse(&q.sort).ok_or_else(|| {
         bad_request(format!(

@@ -1,0 +1,7 @@
+#![no_main]
+//! Fuzz target: `rebeam_fuzz::controller::archive` (see there for what it decodes).
+
+libfuzzer_sys::fuzz_target!(
+    init: rebeam_fuzz::seeds::write_if_asked("archive"),
+    |data: &[u8]| rebeam_fuzz::controller::archive(data)
+);
