@@ -22,6 +22,11 @@ const CHUNK: usize = 20_000;
 /// default; a single log entry larger than this still goes alone).
 const MAX_BATCHED: usize = 1 << 20;
 
+/// A batched stream sends at most one message per this interval while changes keep coming
+/// (the first change after a quiet spell goes at once): with 1,000 nodes watching, one message
+/// per stream per applied entry was most of the leader's work and starved lease renewals.
+const BATCH_EVERY: Duration = Duration::from_millis(20);
+
 /// One log entry's changes as batched streams send them, encoded once for every node.
 #[derive(Debug, Default)]
 pub struct Encoded {
@@ -418,11 +423,19 @@ impl Stream {
                 rx
             }
         };
+        let mut last_sent: Option<Instant> = None;
         loop {
             let batch = tokio::select! {
                 _ = self.tx.closed() => return Sent::Gone,
                 r = rx.recv() => r,
             };
+            if let Some(at) = last_sent.filter(|_| self.batched) {
+                // Gather what else is applied until the interval is up.
+                tokio::select! {
+                    _ = self.tx.closed() => return Sent::Gone,
+                    _ = tokio::time::sleep_until((at + BATCH_EVERY).into()) => {}
+                }
+            }
             let batch = match batch {
                 Ok(b) => b,
                 Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n).await,
@@ -441,6 +454,7 @@ impl Stream {
                         Err(_) => break,
                     }
                 }
+                last_sent = Some(Instant::now());
                 self.send_batched(&batches, &mut rx).await
             } else {
                 self.send_batch(&batch, &mut rx).await
