@@ -80,6 +80,17 @@ static BATCHED: AtomicBool = AtomicBool::new(true);
 /// Three real controller processes (the shared harness), logging at `SCALE_CONTROLLER_LOG`.
 type Cluster = ControllerGroup;
 
+/// Kills the members when the run ends, whichever way: tasks on the renewals runtime (a
+/// static) keep the group's `Arc` alive past `main`, so its own drop never ran and every
+/// run left its three controllers behind.
+struct KillOnExit(Arc<Cluster>);
+
+impl Drop for KillOnExit {
+    fn drop(&mut self) {
+        self.0.kill_all();
+    }
+}
+
 fn start_cluster() -> anyhow::Result<Cluster> {
     let mut opts = GroupOptions::new(sibling("rebeam-controller")?, SECRET);
     opts.log_filter = std::env::var("SCALE_CONTROLLER_LOG").unwrap_or_else(|_| "warn".into());
@@ -744,6 +755,7 @@ async fn main() -> anyhow::Result<()> {
                "writers": a.writers, "batch": a.batch, "real_nodes": a.real_nodes}),
     );
     let c = Arc::new(start_cluster()?);
+    let _members = KillOnExit(c.clone());
     c.leader(Duration::from_secs(30)).await?;
     let st = Arc::new(Stats::default());
     let control = c.channels()?;

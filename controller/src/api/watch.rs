@@ -542,6 +542,76 @@ mod tests {
     use super::*;
     use crate::types::Pid;
 
+    fn pid(serial: u64) -> Pid {
+        Pid {
+            node: "a".into(),
+            incarnation: 1,
+            serial,
+        }
+    }
+
+    fn kinds(bytes: &[u8]) -> Vec<&'static str> {
+        use pb::watch_event::Event as E;
+        let changes = <pb::WatchChanges as prost::Message>::decode(bytes).expect("decodes");
+        changes
+            .events
+            .into_iter()
+            .map(|e| {
+                assert_eq!(e.log_index, 7);
+                match e.event {
+                    Some(E::NameRegistered(_)) => "registered",
+                    Some(E::NameReleased(_)) => "released",
+                    Some(E::AssignmentRemoved(_)) => "removed",
+                    Some(E::NodeChanged(_)) => "node",
+                    _ => "other",
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_is_encoded_once_and_keeps_its_order_for_each_node() {
+        let dead = crate::types::NodeEntry {
+            id: "b".into(),
+            incarnation: 3,
+            address: String::new(),
+            labels: Default::default(),
+            capacity: 0,
+            alive: false,
+            joined_at_ms: 0,
+            died_at_ms: 1,
+            death_reason: String::new(),
+        };
+        let batch = EventBatch::new(
+            7,
+            vec![
+                Event::NameRegistered("x".into(), pid(1)),
+                Event::AssignmentRemoved {
+                    app: "app".into(),
+                    child: "c".into(),
+                    generation: 1,
+                    node: "a".into(),
+                    incarnation: 1,
+                },
+                Event::NameReleased("y".into(), pid(2)),
+                Event::NodeChanged(dead),
+            ],
+        );
+        let e = Encoded::of(&batch);
+        let mut for_a = Vec::new();
+        e.append(&batch, "a", &mut for_a);
+        assert_eq!(kinds(&for_a), ["registered", "removed", "released", "node"]);
+        let mut for_c = Vec::new();
+        e.append(&batch, "c", &mut for_c);
+        assert_eq!(kinds(&for_c), ["registered", "released", "node"]);
+        // Two entries' bytes in a row are one valid message (how a stream batches them).
+        let mut both = for_c.clone();
+        e.append(&batch, "c", &mut both);
+        assert_eq!(kinds(&both).len(), 6);
+        assert!(e.fences("b", 3) && !e.fences("a", 1) && !e.fences("c", 1));
+        assert!(!e.reset && Encoded::of(&EventBatch::new(8, vec![Event::Reset])).reset);
+    }
+
     #[test]
     fn large_views_come_in_bounded_chunks() {
         let mut s = State::default();
