@@ -3,7 +3,7 @@
 pub mod cluster;
 pub mod node;
 pub mod raft;
-mod watch;
+pub(crate) mod watch;
 
 pub(crate) use cluster::change_membership;
 

@@ -158,6 +158,7 @@ impl NodeService for NodeApi {
             incarnation,
             r.resume_from,
             r.stream,
+            r.batched,
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -18,6 +18,94 @@ type Changes = broadcast::Receiver<Arc<EventBatch>>;
 /// Names or group members per view chunk, so no message nears the 4 MiB gRPC default.
 const CHUNK: usize = 20_000;
 
+/// Encoded changes gathered into one batched message at most (well under the 4 MiB gRPC
+/// default; a single log entry larger than this still goes alone).
+const MAX_BATCHED: usize = 1 << 20;
+
+/// A batched stream sends at most one message per this interval while changes keep coming
+/// (the first change after a quiet spell goes at once): with 1,000 nodes watching, one message
+/// per stream per applied entry was most of the leader's work and starved lease renewals.
+const BATCH_EVERY: Duration = Duration::from_millis(20);
+
+/// One log entry's changes as batched streams send them, encoded once for every node.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    /// The entry's changes in order: runs of changes every node gets, already encoded as
+    /// `WatchChanges.events` entries, between changes meant for one node only.
+    parts: Vec<Part>,
+    /// Nodes changed by the entry: (id, alive, incarnation), to end the stream of a node
+    /// declared dead.
+    nodes: Vec<(String, bool, u64)>,
+    /// The entry replaced the state: streams send a fresh view.
+    reset: bool,
+}
+
+/// A piece of an entry's encoded changes.
+#[derive(Debug)]
+enum Part {
+    /// Changes every node gets, encoded.
+    Shared(Vec<u8>),
+    /// The event at this position in the batch, meant for one node (an assignment).
+    ForOne(usize),
+}
+
+impl Encoded {
+    fn of(batch: &EventBatch) -> Encoded {
+        let mut e = Encoded::default();
+        let mut run = Vec::new();
+        for (i, ev) in batch.events.iter().enumerate() {
+            match ev {
+                Event::Reset => e.reset = true,
+                Event::NodeChanged(n) => e.nodes.push((n.id.clone(), n.alive, n.incarnation)),
+                _ => {}
+            }
+            if matches!(
+                ev,
+                Event::AssignmentSet(_) | Event::AssignmentRemoved { .. }
+            ) {
+                if !run.is_empty() {
+                    e.parts.push(Part::Shared(std::mem::take(&mut run)));
+                }
+                e.parts.push(Part::ForOne(i));
+                continue;
+            }
+            // The node is irrelevant here: only assignments depend on it.
+            if let Some(w) = watch_event(batch.index, ev, "") {
+                prost::encoding::message::encode(1, &w, &mut run);
+            }
+        }
+        if !run.is_empty() {
+            e.parts.push(Part::Shared(run));
+        }
+        e
+    }
+
+    /// Appends `node`'s share of the entry to `out` (`WatchChanges.events` entries).
+    fn append(&self, batch: &EventBatch, node: &str, out: &mut Vec<u8>) {
+        for part in &self.parts {
+            match part {
+                Part::Shared(bytes) => out.extend_from_slice(bytes),
+                Part::ForOne(i) => {
+                    if let Some(w) = batch
+                        .events
+                        .get(*i)
+                        .and_then(|ev| watch_event(batch.index, ev, node))
+                    {
+                        prost::encoding::message::encode(1, &w, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when the entry declared this incarnation of `node` dead (or replaced it).
+    fn fences(&self, node: &str, incarnation: u64) -> bool {
+        self.nodes
+            .iter()
+            .any(|(id, alive, inc)| id == node && (!alive || *inc != incarnation))
+    }
+}
+
 /// The cluster view one node caches, split into chunks (the last one has `last` set).
 pub fn view_chunks(state: &State, node: &str) -> Vec<pb::ClusterView> {
     let mut first = pb::ClusterView {
@@ -194,6 +282,8 @@ struct Stream {
     incarnation: u64,
     /// Batches below this log index were sent before (a resumed stream).
     from: u64,
+    /// The node reads batched changes (`WatchEvent.changes`).
+    batched: bool,
 }
 
 impl Stream {
@@ -204,6 +294,67 @@ impl Stream {
             }
         }
         true
+    }
+
+    /// Sends the node's share of `batches` (in log order) in as few messages as the size
+    /// bound allows, each batch encoded once for all streams; one with a reset goes the
+    /// unbatched way (it replaces the stream with a fresh view).
+    async fn send_batched(
+        &self,
+        batches: &[Arc<EventBatch>],
+        rx: &mut broadcast::Receiver<Arc<EventBatch>>,
+    ) -> Sent {
+        let mut out = Vec::new();
+        let mut last = 0;
+        for batch in batches.iter().filter(|b| b.index >= self.from) {
+            let encoded = batch.encoded.get_or_init(|| Encoded::of(batch));
+            if encoded.reset {
+                if !self.flush(&mut out, last).await {
+                    return Sent::Gone;
+                }
+                // The fresh view holds every later batch of this list too.
+                return self.send_batch(batch, rx).await;
+            }
+            if !out.is_empty() && out.len() >= MAX_BATCHED && !self.flush(&mut out, last).await {
+                return Sent::Gone;
+            }
+            encoded.append(batch, &self.node, &mut out);
+            last = batch.index;
+            if encoded.fences(&self.node, self.incarnation) {
+                if !self.flush(&mut out, last).await {
+                    return Sent::Gone;
+                }
+                return self.fence().await;
+            }
+        }
+        if !self.flush(&mut out, last).await {
+            return Sent::Gone;
+        }
+        Sent::More
+    }
+
+    /// Sends the changes gathered in `out` (up to log index `last`) as one message.
+    async fn flush(&self, out: &mut Vec<u8>, last: u64) -> bool {
+        if out.is_empty() {
+            return true;
+        }
+        let ev = pb::WatchEvent {
+            log_index: last,
+            event: Some(pb::watch_event::Event::Changes(std::mem::take(out))),
+        };
+        self.tx.send(Ok(ev)).await.is_ok()
+    }
+
+    /// Ends the stream of a node declared dead.
+    async fn fence(&self) -> Sent {
+        let _ = self
+            .tx
+            .send(Err(Status::failed_precondition(format!(
+                "node `{}` incarnation {} was declared dead; fence, then rejoin",
+                self.node, self.incarnation
+            ))))
+            .await;
+        Sent::Fenced
     }
 
     /// Sends the node's share of `batch`; a reset replaces the stream with a fresh view.
@@ -235,14 +386,7 @@ impl Stream {
             }
         }
         if fenced {
-            let _ = self
-                .tx
-                .send(Err(Status::failed_precondition(format!(
-                    "node `{}` incarnation {} was declared dead; fence, then rejoin",
-                    self.node, self.incarnation
-                ))))
-                .await;
-            return Sent::Fenced;
+            return self.fence().await;
         }
         Sent::More
     }
@@ -256,10 +400,17 @@ impl Stream {
         let mut rx = match resumed {
             Some((batches, mut rx)) => {
                 self.from = resume_from;
-                for b in batches {
-                    match self.send_batch(&b, &mut rx).await {
+                if self.batched {
+                    match self.send_batched(&batches, &mut rx).await {
                         Sent::More => {}
                         ended => return ended,
+                    }
+                } else {
+                    for b in batches {
+                        match self.send_batch(&b, &mut rx).await {
+                            Sent::More => {}
+                            ended => return ended,
+                        }
                     }
                 }
                 rx
@@ -272,29 +423,60 @@ impl Stream {
                 rx
             }
         };
+        let mut last_sent: Option<Instant> = None;
         loop {
             let batch = tokio::select! {
                 _ = self.tx.closed() => return Sent::Gone,
                 r = rx.recv() => r,
             };
+            if let Some(at) = last_sent.filter(|_| self.batched) {
+                // Gather what else is applied until the interval is up.
+                tokio::select! {
+                    _ = self.tx.closed() => return Sent::Gone,
+                    _ = tokio::time::sleep_until((at + BATCH_EVERY).into()) => {}
+                }
+            }
             let batch = match batch {
                 Ok(b) => b,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    let _ = self
-                        .tx
-                        .send(Err(Status::resource_exhausted(format!(
-                            "watch fell {n} changes behind; open a new watch to get a fresh view"
-                        ))))
-                        .await;
-                    return Sent::Closed;
-                }
+                Err(broadcast::error::RecvError::Lagged(n)) => return self.lagged(n).await,
                 Err(broadcast::error::RecvError::Closed) => return Sent::Closed,
             };
-            match self.send_batch(&batch, &mut rx).await {
+            let sent = if self.batched {
+                // Everything applied meanwhile goes in the same message: under load a stream
+                // sends fewer, larger messages instead of falling behind.
+                let mut batches = vec![batch];
+                loop {
+                    match rx.try_recv() {
+                        Ok(b) => batches.push(b),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            return self.lagged(n).await
+                        }
+                        Err(_) => break,
+                    }
+                }
+                last_sent = Some(Instant::now());
+                self.send_batched(&batches, &mut rx).await
+            } else {
+                self.send_batch(&batch, &mut rx).await
+            };
+            match sent {
                 Sent::More => {}
                 ended => return ended,
             }
         }
+    }
+}
+
+impl Stream {
+    /// Ends a stream that fell behind the broadcast of changes.
+    async fn lagged(&self, n: u64) -> Sent {
+        let _ = self
+            .tx
+            .send(Err(Status::resource_exhausted(format!(
+                "watch fell {n} changes behind; open a new watch to get a fresh view"
+            ))))
+            .await;
+        Sent::Closed
     }
 }
 
@@ -310,13 +492,15 @@ async fn listened(probe: tokio::task::JoinHandle<bool>) -> bool {
 /// Starts streaming to `node` (already checked live) until it disconnects or is declared
 /// dead: from log index `resume_from` when this member still holds the changes since (a
 /// node resuming after a break), else from a full view. `stream` is the node's number for
-/// it (0: unnumbered), handed to the lease on close.
+/// it (0: unnumbered), handed to the lease on close. `batched`: the node reads several
+/// changes per message (`WatchEvent.changes`).
 pub fn start(
     core: Arc<Core>,
     node: String,
     incarnation: u64,
     resume_from: u64,
     stream: u64,
+    batched: bool,
 ) -> mpsc::Receiver<Result<pb::WatchEvent, Status>> {
     let (tx, out) = mpsc::channel(1024);
     let opened = Instant::now();
@@ -336,6 +520,7 @@ pub fn start(
             node,
             incarnation,
             from: 0,
+            batched,
         };
         if let Sent::Gone = s.run(resume_from).await {
             gone(
@@ -356,6 +541,76 @@ pub fn start(
 mod tests {
     use super::*;
     use crate::types::Pid;
+
+    fn pid(serial: u64) -> Pid {
+        Pid {
+            node: "a".into(),
+            incarnation: 1,
+            serial,
+        }
+    }
+
+    fn kinds(bytes: &[u8]) -> Vec<&'static str> {
+        use pb::watch_event::Event as E;
+        let changes = <pb::WatchChanges as prost::Message>::decode(bytes).expect("decodes");
+        changes
+            .events
+            .into_iter()
+            .map(|e| {
+                assert_eq!(e.log_index, 7);
+                match e.event {
+                    Some(E::NameRegistered(_)) => "registered",
+                    Some(E::NameReleased(_)) => "released",
+                    Some(E::AssignmentRemoved(_)) => "removed",
+                    Some(E::NodeChanged(_)) => "node",
+                    _ => "other",
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_is_encoded_once_and_keeps_its_order_for_each_node() {
+        let dead = crate::types::NodeEntry {
+            id: "b".into(),
+            incarnation: 3,
+            address: String::new(),
+            labels: Default::default(),
+            capacity: 0,
+            alive: false,
+            joined_at_ms: 0,
+            died_at_ms: 1,
+            death_reason: String::new(),
+        };
+        let batch = EventBatch::new(
+            7,
+            vec![
+                Event::NameRegistered("x".into(), pid(1)),
+                Event::AssignmentRemoved {
+                    app: "app".into(),
+                    child: "c".into(),
+                    generation: 1,
+                    node: "a".into(),
+                    incarnation: 1,
+                },
+                Event::NameReleased("y".into(), pid(2)),
+                Event::NodeChanged(dead),
+            ],
+        );
+        let e = Encoded::of(&batch);
+        let mut for_a = Vec::new();
+        e.append(&batch, "a", &mut for_a);
+        assert_eq!(kinds(&for_a), ["registered", "removed", "released", "node"]);
+        let mut for_c = Vec::new();
+        e.append(&batch, "c", &mut for_c);
+        assert_eq!(kinds(&for_c), ["registered", "released", "node"]);
+        // Two entries' bytes in a row are one valid message (how a stream batches them).
+        let mut both = for_c.clone();
+        e.append(&batch, "c", &mut both);
+        assert_eq!(kinds(&both).len(), 6);
+        assert!(e.fences("b", 3) && !e.fences("a", 1) && !e.fences("c", 1));
+        assert!(!e.reset && Encoded::of(&EventBatch::new(8, vec![Event::Reset])).reset);
+    }
 
     #[test]
     fn large_views_come_in_bounded_chunks() {

@@ -79,10 +79,10 @@ mod tests {
     use crate::state::Event;
 
     fn batch(index: u64, n: usize) -> Arc<EventBatch> {
-        Arc::new(EventBatch {
+        Arc::new(EventBatch::new(
             index,
-            events: (0..n).map(|_| Event::Reset).collect(),
-        })
+            (0..n).map(|_| Event::Reset).collect(),
+        ))
     }
 
     fn indexes(v: Option<Vec<Arc<EventBatch>>>) -> Option<Vec<u64>> {

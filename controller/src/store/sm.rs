@@ -31,6 +31,20 @@ pub struct EventBatch {
     pub index: u64,
     /// The events, in order.
     pub events: Vec<Event>,
+    /// The events as batched watch streams send them, encoded by the first stream to need
+    /// them and shared by all the others.
+    pub encoded: std::sync::OnceLock<crate::api::watch::Encoded>,
+}
+
+impl EventBatch {
+    /// The events of the log entry at `index`.
+    pub fn new(index: u64, events: Vec<Event>) -> EventBatch {
+        EventBatch {
+            index,
+            events,
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// What readers share: the state and what was last applied.
@@ -109,10 +123,10 @@ impl StateMachineStore {
         a.membership = meta.last_membership.clone();
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         self.shared.recent.lock().reset(index);
-        let _ = self.shared.events.send(Arc::new(EventBatch {
-            index,
-            events: vec![Event::Reset],
-        }));
+        let _ = self
+            .shared
+            .events
+            .send(Arc::new(EventBatch::new(index, vec![Event::Reset])));
         Ok(())
     }
 
@@ -219,10 +233,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             };
             if !events.is_empty() {
-                let batch = Arc::new(EventBatch {
-                    index: entry.log_id.index,
-                    events,
-                });
+                let batch = Arc::new(EventBatch::new(entry.log_id.index, events));
                 self.shared.recent.lock().push(batch.clone());
                 // No receivers is fine: nobody watches yet.
                 let _ = self.shared.events.send(batch);

@@ -516,6 +516,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
             node: Some(node_ref(cluster, session)),
             resume_from: position.resume_from(),
             stream: 0,
+            batched: true,
         };
         // Any member serves the stream: after a break each one gets a third of the stream
         // fence, so a frozen member (connections open, nothing answers) cannot use it all.
@@ -557,6 +558,23 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         cluster.begin_view();
         while let Some(event) = stream.next().await {
             match event {
+                Ok(pb::WatchEvent {
+                    log_index,
+                    event: Some(Event::Changes(bytes)),
+                }) => match <pb::WatchChanges as prost::Message>::decode(&bytes[..]) {
+                    Ok(changes) => {
+                        for ev in changes.events {
+                            apply_event(cluster, session, &started, ev);
+                        }
+                        position.saw_index(log_index);
+                    }
+                    Err(e) => {
+                        // Its changes are lost to the cache: only a whole view mends it.
+                        tracing::error!("undecodable batch of watch changes: {e}");
+                        position = WatchPosition::default();
+                        break;
+                    }
+                },
                 Ok(ev) => {
                     position.saw(&ev);
                     apply_event(cluster, session, &started, ev)
@@ -594,10 +612,15 @@ impl WatchPosition {
                 self.mid_view = !v.last;
                 self.index = v.last.then_some(ev.log_index);
             }
-            Some(_) if !self.mid_view => {
-                self.index = Some(self.index.unwrap_or(0).max(ev.log_index));
-            }
-            _ => {}
+            Some(_) => self.saw_index(ev.log_index),
+            None => {}
+        }
+    }
+
+    /// A change (or a batch of them, up to this index) was applied.
+    fn saw_index(&mut self, log_index: u64) {
+        if !self.mid_view {
+            self.index = Some(self.index.unwrap_or(0).max(log_index));
         }
     }
 
@@ -667,6 +690,8 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
             }
         }
         Event::TokenRevoked(id) => cluster.tokens.remove(&id),
+        // Unpacked by `follow_watch`; a batch never nests another.
+        Event::Changes(_) => {}
     }
 }
 
