@@ -42,8 +42,12 @@ FUZZ_TARGETS := peer_frames client_wire gateway_requests manifest archive raft_p
 	controller_requests submit_app
 FUZZ_SECONDS ?= 60
 FUZZ_CI_SECONDS ?= 10
-FUZZ_FLAGS := --fuzz-dir fuzz --sanitizer none --debug-assertions
-FUZZ_BIN = fuzz/target/$(shell rustc -vV | sed -n 's/^host: //p')/release
+# The nightly build of node and controller for libFuzzer takes many minutes the first time:
+# its target directory lives outside the checkout, so a fresh clone on the same machine (CI)
+# builds only what changed.
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/rebeam/fuzz-target
+FUZZ_FLAGS := --fuzz-dir fuzz --sanitizer none --debug-assertions --target-dir $(FUZZ_TARGET_DIR)
+FUZZ_BIN = $(FUZZ_TARGET_DIR)/$(shell rustc -vV | sed -n 's/^host: //p')/release
 
 fuzz-tools:
 	@rustup toolchain list 2>/dev/null | grep -q '^nightly' || { \
