@@ -73,6 +73,8 @@ pub struct Cluster {
     pub rt: Arc<PyRuntime>,
     /// The async runtime running gRPC.
     pub tokio: tokio::runtime::Handle,
+    /// The runtime carrying peer connections (see [`peer_runtime`]).
+    pub peer_io: tokio::runtime::Handle,
     /// Adds the node's credential to outgoing requests (nothing with TLS).
     pub bearer: BearerInjector,
     /// Opens channels to controllers and peers (TLS or plaintext).
@@ -107,6 +109,39 @@ pub struct Cluster {
     child_starts: Mutex<child_exits::StartGate>,
 }
 
+/// A single-threaded runtime on its own thread ("rebeam-peer-io") for the peer transport's
+/// connections, or `fallback` when it cannot be started. On the shared multi-thread runtime
+/// every frame woke two workers (the one that got the task and a second one it woke to steal),
+/// five thread switches per node per cross-node call; here a frame written or read costs one
+/// wake of one thread.
+fn peer_runtime(fallback: &tokio::runtime::Handle) -> tokio::runtime::Handle {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::warn!("no peer I/O runtime, peers share the main one: {err}");
+            return fallback.clone();
+        }
+    };
+    let handle = runtime.handle().clone();
+    let (started, ready) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("rebeam-peer-io".into())
+        .spawn(move || {
+            let _ = started.send(());
+            runtime.block_on(std::future::pending::<()>())
+        });
+    match spawned {
+        Ok(_) if ready.recv().is_ok() => handle,
+        Ok(_) | Err(_) => {
+            tracing::warn!("no peer I/O thread, peers share the main runtime");
+            fallback.clone()
+        }
+    }
+}
+
 impl Cluster {
     /// Creates the cluster state and starts the inbound thread.
     pub fn new(
@@ -123,9 +158,11 @@ impl Cluster {
         } else {
             transport::handshake::Proof::secret(&config.secret)
         };
+        let peer_io = peer_runtime(&tokio);
         let cluster = Arc::new(Cluster {
             rt,
             tokio,
+            peer_io,
             proof,
             controller: control::Controller::new(
                 config.controllers.clone(),

@@ -73,7 +73,7 @@ pub fn open(cluster: &Arc<Cluster>, node: NodeId, address: String) -> PeerLink {
     let (tx, rx) = mpsc::channel::<pb::PeerFrame>(QUEUE_FRAMES);
     STATS.peer_links_opened.inc();
     let cluster2 = cluster.clone();
-    cluster.tokio.spawn(async move {
+    cluster.peer_io.spawn(async move {
         tracing::debug!("opening a peer link to {address}");
         let me = cluster2.rt.node().name().to_string();
         let result = dial::run(&cluster2.dialer, &address, &me, &cluster2.proof, rx).await;

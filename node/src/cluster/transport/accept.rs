@@ -96,7 +96,7 @@ async fn classify(
                 }
                 Ok(Ok(Opening::Peer)) => {
                     let proof = Proof::secret(&cluster.config.secret);
-                    serve(cluster.clone(), tcp, proof).await;
+                    serve_on_peer_runtime(cluster, tcp, proof).await;
                     drop(slot);
                     None
                 }
@@ -110,6 +110,27 @@ async fn classify(
             }
         }
     }
+}
+
+/// Serves a plaintext peer connection on the peer runtime (`Cluster::peer_io`), where the
+/// dialling side's connections also run (dropped in the rare case it cannot be moved there).
+async fn serve_on_peer_runtime(cluster: &Arc<Cluster>, tcp: tokio::net::TcpStream, proof: Proof) {
+    let std = match tcp.into_std() {
+        Ok(std) => std,
+        Err(e) => {
+            tracing::info!(error = %e, "a peer connection could not be taken over");
+            return;
+        }
+    };
+    let served = cluster.clone();
+    let task = cluster.peer_io.spawn(async move {
+        // Registers the socket with this runtime's reactor (it is still non-blocking).
+        match tokio::net::TcpStream::from_std(std) {
+            Ok(tcp) => serve(served, tcp, proof).await,
+            Err(e) => tracing::info!(error = %e, "a peer connection could not be taken over"),
+        }
+    });
+    let _ = task.await;
 }
 
 /// What a plaintext connection's first bytes say it is.

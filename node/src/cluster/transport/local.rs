@@ -34,7 +34,7 @@ pub fn listen(cluster: &Arc<Cluster>, bound: SocketAddr) -> bool {
     // held the port before and died: it is ours to replace.
     let _ = std::fs::remove_file(&path);
     let listener = {
-        let _guard = cluster.tokio.enter();
+        let _guard = cluster.peer_io.enter();
         match tokio::net::UnixListener::bind(&path) {
             Ok(l) => l,
             Err(e) => {
@@ -45,7 +45,8 @@ pub fn listen(cluster: &Arc<Cluster>, bound: SocketAddr) -> bool {
     };
     let cluster = cluster.clone();
     let proof = Proof::secret(&cluster.config.secret);
-    cluster.tokio.clone().spawn(async move {
+    let peer_io = cluster.peer_io.clone();
+    peer_io.spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
