@@ -96,7 +96,10 @@ impl State {
     /// culprit alone (its own children start together: they share the blame); other apps
     /// start side by side as usual.
     fn may_start_on(&self, app: &str, starting: Option<&BTreeSet<&str>>, now: u64) -> bool {
-        let mut others = starting.into_iter().flatten().filter(|other| **other != app);
+        let mut others = starting
+            .into_iter()
+            .flatten()
+            .filter(|other| **other != app);
         if self.suspect(app, now) {
             others.next().is_none()
         } else {
