@@ -615,19 +615,9 @@ class Client:
                     if conn is not None:
                         got = conn.deliver_many([requests[i] for i in pending], traceparent,
                                                 timeout + self.timeout, CALL_WINDOW)
-                except _wire.Refused as e:
-                    code = _status_code(e.code)
-                    error = self._error(code, e.message or code.name.lower(), timeout)
-                    if isinstance(error, RateLimited) and _wait_out(error, waits_until):
-                        continue
-                    raise error from None
-                except _wire.Unreachable as e:
-                    tried.add(node.address)
-                    self._down[node.address] = time.monotonic() + DOWN_TTL
-                    self._wire_pool.drop(node.address)
-                    if not e.sent:
-                        continue  # another entry node at once
-                    raise Exit(target, "noconnection") from None
+                except (_wire.Refused, _wire.Unreachable) as e:
+                    self._wire_failed(e, target, node.address, timeout, waits_until, tried)
+                    continue
             if node is None or conn is None:
                 # No entry node to stream to (none known, it does not speak the client wire,
                 # or a request is too large for it): one call after another, each with the
@@ -743,19 +733,9 @@ class Client:
                     reply = self._gateway(node.address).Deliver(
                         request, timeout=timeout + self.timeout,
                         metadata=self._metadata() + trace_context)
-            except _wire.Refused as e:
-                code = _status_code(e.code)
-                error = self._error(code, e.message or code.name.lower(), timeout)
-                if isinstance(error, RateLimited) and _wait_out(error, waits_until):
-                    continue
-                raise error from None
-            except _wire.Unreachable as e:
-                tried.add(node.address)
-                self._down[node.address] = time.monotonic() + DOWN_TTL
-                self._wire_pool.drop(node.address)
-                if not e.sent:
-                    continue  # another entry node at once
-                raise Exit(target, "noconnection") from None
+            except (_wire.Refused, _wire.Unreachable) as e:
+                self._wire_failed(e, target, node.address, timeout, waits_until, tried)
+                continue
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     error = self._error(e.code(), e.details() or e.code().name.lower(), timeout)
@@ -773,6 +753,26 @@ class Client:
             self._last_entry = node.address
             self._down.pop(node.address, None)
             return reply
+
+    def _wire_failed(self, e: _wire.Refused | _wire.Unreachable, target: Global | str | Pid,
+                     address: str, timeout: float, waits_until: float,
+                     tried: set[str]) -> None:
+        """Raises what a failed client wire delivery means to the caller, or returns when it
+        is to be tried again: a rate-limited refusal once waited out within the timeout, an
+        entry node that could not be reached before the request left (another one at once;
+        ``address`` joins ``tried``)."""
+        if isinstance(e, _wire.Refused):
+            code = _status_code(e.code)
+            error = self._error(code, e.message or code.name.lower(), timeout)
+            if isinstance(error, RateLimited) and _wait_out(error, waits_until):
+                return
+            raise error from None
+        tried.add(address)
+        self._down[address] = time.monotonic() + DOWN_TTL
+        self._wire_pool.drop(address)
+        if not e.sent:
+            return
+        raise Exit(target, "noconnection") from None
 
     def _wire_deliver(self, address: str, request: Any, timeout: float,
                       trace_context: list[tuple[str, str]]) -> Any:
