@@ -298,7 +298,20 @@ fn version(mut d: AppDraft, v: &str) -> AppDraft {
 }
 
 fn started(s: &mut State, index: u64, node: &str, inc: u64, child: &str, serial: u64) {
-    let generation = s.assignments["app"][child].generation;
+    started_in(s, index, "app", node, inc, child, serial);
+}
+
+/// A node's report that it started a child of `app` at its current generation.
+fn started_in(
+    s: &mut State,
+    index: u64,
+    app: &str,
+    node: &str,
+    inc: u64,
+    child: &str,
+    serial: u64,
+) {
+    let generation = s.assignments[app][child].generation;
     let r = apply(
         s,
         index,
@@ -306,7 +319,7 @@ fn started(s: &mut State, index: u64, node: &str, inc: u64, child: &str, serial:
         Command::ChildStarted {
             node: node.into(),
             incarnation: inc,
-            app: "app".into(),
+            app: app.into(),
             child: child.into(),
             generation,
             pid: pid(node, inc, serial),
@@ -735,20 +748,7 @@ fn a_node_death_while_starting_a_child_is_charged_to_that_app_alone() {
     let mut good = draft(vec![("g", zone())], 0);
     good.name = "good".into();
     submit(&mut s, 2, good, "hg", false);
-    let g = s.assignments["good"]["g"].generation;
-    apply(
-        &mut s,
-        3,
-        30,
-        Command::ChildStarted {
-            node: "a".into(),
-            incarnation: inc,
-            app: "good".into(),
-            child: "g".into(),
-            generation: g,
-            pid: pid("a", inc, 1),
-        },
-    );
+    started_in(&mut s, 3, "good", "a", inc, "g", 1);
     let mut bad = draft(vec![("b", zone())], 1);
     bad.name = "bad".into();
     submit(&mut s, 4, bad, "hb", false);
@@ -832,20 +832,7 @@ fn an_innocent_app_starting_beside_the_culprit_is_not_charged() {
     // The culprit gone, the innocent app starts (alone, then beside anything).
     inc = join(&mut s, 15, "a", &[]);
     assert_eq!(placed(&s), ["good"]);
-    let g = s.assignments["good"]["g"].generation;
-    apply(
-        &mut s,
-        16,
-        2000,
-        Command::ChildStarted {
-            node: "a".into(),
-            incarnation: inc,
-            app: "good".into(),
-            child: "g".into(),
-            generation: g,
-            pid: pid("a", inc, 1),
-        },
-    );
+    started_in(&mut s, 16, "good", "a", inc, "g", 1);
     assert_eq!(s.apps["good"].status, AppStatus::Running);
     assert_eq!(s.apps["good"].restart_times, Vec::<u64>::new());
 }
@@ -872,20 +859,7 @@ fn a_suspect_holds_back_other_starts_on_its_node_until_it_started() {
     );
     let inc = join(&mut s, 5, "a", &[]);
     assert!(s.assignments["second"]["y"].node.is_none(), "held back");
-    let x = s.assignments["first"]["x"].generation;
-    apply(
-        &mut s,
-        6,
-        2000,
-        Command::ChildStarted {
-            node: "a".into(),
-            incarnation: inc,
-            app: "first".into(),
-            child: "x".into(),
-            generation: x,
-            pid: pid("a", inc, 1),
-        },
-    );
+    started_in(&mut s, 6, "first", "a", inc, "x", 1);
     assert_eq!(
         s.assignments["second"]["y"].node,
         Some(("a".into(), inc)),
