@@ -347,6 +347,7 @@ impl Cluster {
     pub fn set_name(&self, name: &str, pid: Option<Pid>) {
         let mut names = self.names.write();
         match pid {
+            Some(pid) if self.gone_here(pid) => {}
             Some(pid) => {
                 names.insert(name.to_string(), pid);
             }
@@ -390,6 +391,9 @@ impl Cluster {
     /// Applies a group change from the watch stream.
     pub fn set_member(&self, group: &str, pid: Pid, joined: bool) {
         let mut groups = self.groups.write();
+        if joined && self.gone_here(pid) {
+            return;
+        }
         let members = groups.entry(group.to_string()).or_default();
         members.retain(|p| *p != pid);
         if joined {
@@ -398,6 +402,16 @@ impl Cluster {
         if members.is_empty() {
             groups.remove(group);
         }
+    }
+
+    /// Whether `pid` is a process of this node incarnation that has exited. A change about it
+    /// that arrives late (a watch batch carrying its join or registration, applied after its
+    /// exit) must not put it back in the caches: [`Cluster::forget_pid`] already ran, and the
+    /// controller's release comes later still. Asked under the cache's write lock: the process
+    /// leaves the table before `forget_pid` takes that lock, so either this sees it gone or
+    /// `forget_pid` removes what was added.
+    fn gone_here(&self, pid: Pid) -> bool {
+        self.rt.is_local(pid) && self.rt.lookup(pid).is_none()
     }
 
     /// Drops a dead local process from the cached names and groups.
