@@ -13,8 +13,7 @@ use rebeam_controller::{archive, manifest, validate, Limits};
 use rebeam_proto::v1 as pb;
 
 /// The manifest every archive seed goes with (its children's modules are in the seeds).
-pub const ARCHIVE_MANIFEST: &str =
-    include_str!("../../controller/tests/corpus/manifest/every_key.toml");
+pub const ARCHIVE_MANIFEST: &str = include_str!("../seeds/every_key.toml");
 
 /// `manifest::parse` on the bytes as text (a gRPC string is UTF-8 before it gets here).
 pub fn manifest(data: &[u8]) {

@@ -269,8 +269,8 @@ fn manifests() -> Vec<Vec<u8>> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let mut seeds = Vec::new();
     for path in [
-        "controller/tests/corpus/manifest/chat.toml",
-        "controller/tests/corpus/manifest/every_key.toml",
+        "fuzz/seeds/chat.toml",
+        "fuzz/seeds/every_key.toml",
         "examples/chat/rebeam.toml",
         "examples/sessions/rebeam.toml",
         "examples/jobqueue/rebeam.toml",
@@ -317,11 +317,9 @@ fn zip_of(entries: &[(&str, &[u8])], deflate: bool) -> Vec<u8> {
 /// a file under a file, no manifest).
 pub fn archives() -> Vec<Vec<u8>> {
     let m = ARCHIVE_MANIFEST.as_bytes();
-    let mut seeds = vec![std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../controller/tests/corpus/archive/small.zip"
-    ))
-    .unwrap_or_default()];
+    let mut seeds = vec![
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/seeds/small.zip")).unwrap_or_default(),
+    ];
     let valid: &[(&str, &[u8])] = &[
         ("rebeam.toml", m),
         ("m.py", b"def f(*a):\n    pass\n"),
