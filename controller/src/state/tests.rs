@@ -301,6 +301,20 @@ fn started(s: &mut State, index: u64, node: &str, inc: u64, child: &str, serial:
     started_in(s, index, "app", node, inc, child, serial);
 }
 
+/// The controller's verdict that node `node`'s incarnation `inc` died (its stream closed).
+fn declare_dead(s: &mut State, index: u64, now_ms: u64, node: &str, inc: u64) {
+    apply(
+        s,
+        index,
+        now_ms,
+        Command::DeclareDead {
+            node: node.into(),
+            incarnation: inc,
+            reason: "stream closed".into(),
+        },
+    );
+}
+
 /// A node's report that it started a child of `app` at its current generation.
 fn started_in(
     s: &mut State,
@@ -755,16 +769,7 @@ fn a_node_death_while_starting_a_child_is_charged_to_that_app_alone() {
     // The bad child kills its node while starting, each time the node comes back; the good
     // app's child is on the same node (and the second time, starting beside it).
     for (i, idx) in [10u64, 20].iter().enumerate() {
-        apply(
-            &mut s,
-            *idx,
-            1000 + 100 * i as u64,
-            Command::DeclareDead {
-                node: "a".into(),
-                incarnation: inc,
-                reason: "stream closed".into(),
-            },
-        );
+        declare_dead(&mut s, *idx, 1000 + 100 * i as u64, "a", inc);
         inc = join(&mut s, idx + 1, "a", &[("zone", "shared")]);
     }
     assert_eq!(s.apps["bad"].status, AppStatus::Failed);
@@ -795,18 +800,7 @@ fn an_innocent_app_starting_beside_the_culprit_is_not_charged() {
     bad.name = "bad".into();
     submit(&mut s, 3, bad, "hb", false);
     // Both children are starting on the node when it dies: no one can tell who killed it.
-    let die = |s: &mut State, index: u64, inc: u64| {
-        apply(
-            s,
-            index,
-            1000 + index,
-            Command::DeclareDead {
-                node: "a".into(),
-                incarnation: inc,
-                reason: "stream closed".into(),
-            },
-        );
-    };
+    let die = |s: &mut State, index: u64, inc: u64| declare_dead(s, index, 1000 + index, "a", inc);
     die(&mut s, 10, inc);
     assert_eq!(s.apps["good"].restart_times, Vec::<u64>::new());
     assert_eq!(s.apps["bad"].restart_times, Vec::<u64>::new());
@@ -847,16 +841,7 @@ fn a_suspect_holds_back_other_starts_on_its_node_until_it_started() {
     let mut second = draft(vec![("y", Placement::Any)], 5);
     second.name = "second".into();
     submit(&mut s, 3, second, "h2", false);
-    apply(
-        &mut s,
-        4,
-        1000,
-        Command::DeclareDead {
-            node: "a".into(),
-            incarnation: inc,
-            reason: "stream closed".into(),
-        },
-    );
+    declare_dead(&mut s, 4, 1000, "a", inc);
     let inc = join(&mut s, 5, "a", &[]);
     assert!(s.assignments["second"]["y"].node.is_none(), "held back");
     started_in(&mut s, 6, "first", "a", inc, "x", 1);
