@@ -320,7 +320,12 @@ def test_process_table_is_selected_by_the_nodes_and_paged_by_cursor(
         assert isinstance(page, dict)
         rows = page["items"]
         counters = [r for r in rows if "Counter" in str(r["initial"])]
-        ready = (len(counters) == 240 and not page["missing_nodes"]
+        # A sleeper shows "waiting" until its thread first runs it; the rows sorted by
+        # function are compared with this snapshot, so wait until every one has started.
+        sleepers = [r for r in rows if "sleeper" in str(r["initial"])]
+        started = all("sleeper" in str(r["current_function"]) for r in sleepers)
+        ready = (len(counters) == 240 and len(sleepers) == 60 and started
+                 and not page["missing_nodes"]
                  and page["next_cursor"] is None and page["total"] == len(rows))
         return rows if ready else None
 
