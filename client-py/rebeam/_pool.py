@@ -17,6 +17,13 @@ from ._remote import spawn_on
 
 __all__ = ["Pool"]
 
+# Requests ``map`` keeps in flight per server: the next one waits in the server's mailbox
+# while it works, so a server on another node never idles for the round trip of a reply
+# to the mapping process and its next request (which waits for the mapping node's
+# interpreter, busy with that node's own servers). Two keep every server busy; more would
+# only make the last requests queue behind slow servers instead of going to free ones.
+IN_FLIGHT = 2
+
 
 class Pool:
     """``size`` servers of ``server`` (a GenServer class) started with ``*args, **kwargs``
@@ -24,7 +31,8 @@ class Pool:
     linked to the process that made the pool. ``size`` defaults to one per node.
 
     ``pool.call(request)`` sends to the next server in turn; ``pool.map(requests)`` keeps
-    every server busy with one request at a time and returns the replies in order. Use it as
+    every server busy, each with two requests in flight (one handled, one waiting), and
+    returns the replies in order. Use it as
     a context manager (or call ``stop()``) to stop the servers::
 
         with rebeam.Pool(Hasher) as pool:
@@ -81,8 +89,9 @@ class Pool:
         return await call_async(self.pids[next(self._next)], request, timeout)
 
     def map(self, requests: Iterable[object], timeout: float | None = None) -> list[Any]:
-        """Calls the servers with every request, each server taking the next request as soon
-        as it answered the last one; returns the replies in the order of ``requests``. The
+        """Calls the servers with every request, each server given the next request as soon
+        as it answered one of its two in flight; returns the replies in the order of
+        ``requests``. The
         first request that raises makes ``map`` raise it (after the ones in flight finish).
         ``timeout`` bounds each call."""
         items = list(requests)
@@ -99,7 +108,7 @@ class Pool:
                 return next(queue, None)
 
         def drive(pid: Pid) -> None:
-            # One driver per server: a function process that calls it in a loop.
+            # One driver per request in flight: a function process that calls in a loop.
             while (i := take()) is not None:
                 try:
                     results[i] = native.call(pid, items[i], timeout)
@@ -111,7 +120,7 @@ class Pool:
         from ._process import _start
 
         drivers = {_start(drive, (pid,), {}, True, False)
-                   for pid in self.pids[:max(1, len(items))]}
+                   for pid in _in_flight(self.pids, len(items))}
         while drivers:
             done = native.receive(lambda m: isinstance(m, tuple) and len(m) == 2
                                   and m[0] == "$pool_done" and m[1] in drivers, None)
@@ -122,8 +131,8 @@ class Pool:
 
     async def map_async(self, requests: Iterable[object],
                         timeout: float | None = None) -> list[Any]:
-        """``await``-able :meth:`map` for async code: the same order, errors and pacing (each
-        server takes the next request once it answered the last)."""
+        """``await``-able :meth:`map` for async code: the same order, errors and pacing (two
+        requests in flight per server)."""
         from ._aio import call_async
 
         items = list(requests)
@@ -138,7 +147,7 @@ class Pool:
                 except Exception as e:  # noqa: BLE001 - handed to the caller
                     failures.append(e)
 
-        await asyncio.gather(*(drive(pid) for pid in self.pids[:max(1, len(items))]))
+        await asyncio.gather(*(drive(pid) for pid in _in_flight(self.pids, len(items))))
         if failures:
             raise failures[0]
         return results
@@ -172,3 +181,8 @@ def _placement(nodes: list[str] | None, size: int | None) -> list[str]:
     if count < 1:
         raise ValueError(f"Pool size must be at least 1, got {count}")
     return [nodes[i % len(nodes)] for i in range(count)]
+
+
+def _in_flight(pids: list[Pid], items: int) -> list[Pid]:
+    """One driver per request that may be in flight: each server gets ``IN_FLIGHT``."""
+    return (pids * IN_FLIGHT)[:max(1, items)]

@@ -197,6 +197,27 @@ def test_pool_spreads_servers_over_the_nodes(workdir: Path) -> None:
     assert r["one"] == "one"
 
 
+def test_pool_map_keeps_a_request_waiting_at_each_server(workdir: Path) -> None:
+    """While a server works on one request of ``map``, its next one is already in its
+    mailbox: a server on another node never waits for the round trip to the mapping node
+    (whose interpreter its own servers keep busy) between two requests."""
+    r = run_script(workdir, '''
+        class Waiting(rebeam.GenServer):
+            def handle_call(self, request, sender):
+                time.sleep(0.02)
+                return rebeam.process_info(rebeam.self_pid())["mailbox"]
+
+        def main():
+            with rebeam.Pool(Waiting, size=2) as pool:
+                queued = pool.map(range(12))
+                report(queued=queued, nodes=sorted({pid.node for pid in pool.pids}))
+    ''')
+    assert len(r["nodes"]) == 2
+    # Two in flight per server: each handled request but the last two found one waiting.
+    assert sum(1 for q in r["queued"] if q >= 1) >= 8, r["queued"]
+    assert max(r["queued"]) <= 1, "never more than two in flight per server"
+
+
 def test_async_code_spawns_on_other_nodes_and_pools_without_blocking_the_loop(workdir: Path) -> None:
     r = run_script(workdir, '''
         import asyncio
