@@ -106,4 +106,9 @@ impl Core {
     pub async fn propose(&self, cmd: Command) -> Result<Outcome> {
         self.proposer.propose(cmd).await
     }
+
+    /// Proposes `cmd`, answering with the log index that applied it too.
+    pub async fn propose_indexed(&self, cmd: Command) -> Result<(Outcome, u64)> {
+        self.proposer.propose_indexed(cmd).await
+    }
 }

@@ -16,7 +16,8 @@ const MAX_IN_FLIGHT: usize = 4;
 
 struct Pending {
     cmd: Command,
-    reply: oneshot::Sender<Result<Outcome>>,
+    /// The outcome and the log index of the entry that applied the command.
+    reply: oneshot::Sender<Result<(Outcome, u64)>>,
 }
 
 /// Submits commands to Raft, batching those that arrive together.
@@ -48,18 +49,18 @@ impl Proposer {
 
     /// Proposes one command and waits until it is applied; a refused command is an error.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome> {
+        self.propose_indexed(cmd).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`Proposer::propose`], with the log index of the entry that applied the command (a
+    /// node writing to the registry orders its own write against its watch stream by it).
+    pub async fn propose_indexed(&self, cmd: Command) -> Result<(Outcome, u64)> {
         let write = RaftWrite::start(&cmd);
         let (reply, rx) = oneshot::channel();
         self.tx.send(Pending { cmd, reply }).await.map_err(|_| {
             Error::Unavailable("the controller is shutting down; retry on another member".into())
         })?;
-        let outcome = match rx.await {
-            Ok(Ok(Outcome::Rejected(e))) => Err(e),
-            Ok(r) => r,
-            Err(_) => Err(Error::Unavailable(
-                "the write was dropped while the controller shut down; retry".into(),
-            )),
-        };
+        let outcome = received(rx.await);
         write.end(&outcome);
         outcome
     }
@@ -79,17 +80,24 @@ impl Proposer {
         }
         let mut out = Vec::with_capacity(waits.len());
         for (rx, write) in waits {
-            let outcome = match rx.await {
-                Ok(Ok(Outcome::Rejected(e))) => Err(e),
-                Ok(r) => r,
-                Err(_) => Err(Error::Unavailable(
-                    "the write was dropped while the controller shut down; retry".into(),
-                )),
-            };
+            let outcome = received(rx.await).map(|(o, _)| o);
             write.end(&outcome);
             out.push(outcome);
         }
         out
+    }
+}
+
+/// What a proposer's caller makes of the batch task's answer: a refused command is an error.
+fn received(
+    answer: std::result::Result<Result<(Outcome, u64)>, oneshot::error::RecvError>,
+) -> Result<(Outcome, u64)> {
+    match answer {
+        Ok(Ok((Outcome::Rejected(e), _))) => Err(e),
+        Ok(r) => r,
+        Err(_) => Err(Error::Unavailable(
+            "the write was dropped while the controller shut down; retry".into(),
+        )),
     }
 }
 
@@ -120,6 +128,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
                 .await
             {
                 Ok(resp) => {
+                    let index = resp.log_id.index;
                     let mut outcomes = resp.data.outcomes.into_iter();
                     for reply in replies {
                         let o = outcomes.next().unwrap_or_else(|| {
@@ -127,7 +136,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
                                 "batch of {n} returned too few outcomes"
                             )))
                         });
-                        let _ = reply.send(Ok(o));
+                        let _ = reply.send(Ok((o, index)));
                     }
                 }
                 Err(e) => {

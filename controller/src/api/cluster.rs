@@ -115,9 +115,9 @@ impl ClusterApi {
                 pid,
             }
         };
-        match self.core.propose(cmd).await? {
-            Outcome::Changed(changed) => Ok(pb::PgReply { changed }),
-            other => Err(Error::internal(format!("unexpected pg outcome {other:?}"))),
+        match self.core.propose_indexed(cmd).await? {
+            (Outcome::Changed(changed), log_index) => Ok(pb::PgReply { changed, log_index }),
+            (other, _) => Err(Error::internal(format!("unexpected pg outcome {other:?}"))),
         }
     }
 }
@@ -201,16 +201,19 @@ impl ClusterService for ClusterApi {
         let pid = pid(r.pid)?;
         match self
             .core
-            .propose(Command::Register { name: r.name, pid })
+            .propose_indexed(Command::Register { name: r.name, pid })
             .await?
         {
-            Outcome::Registered { registered, holder } => {
+            (Outcome::Registered { registered, holder }, log_index) => {
                 Ok(Response::new(pb::RegisterNameReply {
                     registered,
                     holder: Some(holder.into()),
+                    log_index,
                 }))
             }
-            other => Err(Error::internal(format!("unexpected register outcome {other:?}")).into()),
+            (other, _) => {
+                Err(Error::internal(format!("unexpected register outcome {other:?}")).into())
+            }
         }
     }
 
@@ -278,11 +281,14 @@ impl ClusterService for ClusterApi {
         };
         match self
             .core
-            .propose(Command::Unregister { name: r.name, pid })
+            .propose_indexed(Command::Unregister { name: r.name, pid })
             .await?
         {
-            Outcome::Changed(released) => Ok(Response::new(pb::UnregisterNameReply { released })),
-            other => {
+            (Outcome::Changed(released), log_index) => Ok(Response::new(pb::UnregisterNameReply {
+                released,
+                log_index,
+            })),
+            (other, _) => {
                 Err(Error::internal(format!("unexpected unregister outcome {other:?}")).into())
             }
         }

@@ -647,6 +647,7 @@ async fn member_is_gone(address: &str) -> bool {
 }
 
 fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, event: pb::WatchEvent) {
+    let index = event.log_index;
     let Some(event) = event.event else { return };
     match event {
         Event::Snapshot(view) => {
@@ -655,7 +656,7 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
                     .tokens
                     .replace(view.tokens.iter().filter_map(issued));
             }
-            cluster.load_view(&view);
+            cluster.load_view(&view, index);
             for app in &view.apps {
                 app_changed(cluster, session, app);
             }
@@ -664,8 +665,10 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
             }
         }
         Event::NodeChanged(info) => cluster.update_member(&info),
-        Event::NameRegistered(n) => cluster.set_name(&n.name, pid_from_pb(n.pid.as_ref())),
-        Event::NameReleased(n) => cluster.set_name(&n.name, None),
+        Event::NameRegistered(n) => {
+            cluster.watched_name(&n.name, pid_from_pb(n.pid.as_ref()), index)
+        }
+        Event::NameReleased(n) => cluster.watched_name(&n.name, None, index),
         Event::Assignment(a) => start_assignment(cluster, session, started, a),
         Event::AssignmentRemoved(r) => {
             let pid = started.lock().remove(&(r.app.clone(), r.child.clone()));
@@ -675,12 +678,12 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
         }
         Event::PgJoined(c) => {
             if let Some(pid) = pid_from_pb(c.pid.as_ref()) {
-                cluster.set_member(&c.group, pid, true);
+                cluster.watched_member(&c.group, pid, true, index);
             }
         }
         Event::PgLeft(c) => {
             if let Some(pid) = pid_from_pb(c.pid.as_ref()) {
-                cluster.set_member(&c.group, pid, false);
+                cluster.watched_member(&c.group, pid, false, index);
             }
         }
         Event::AppChanged(app) => app_changed(cluster, session, &app),
@@ -974,7 +977,7 @@ impl Cluster {
                 .cluster(request, |mut c, r| async move { c.register_name(r).await }),
         )?;
         if reply.registered {
-            self.set_name(name, Some(pid));
+            self.wrote_name(name, Some(pid), reply.log_index);
             return Ok(Ok(()));
         }
         Ok(Err(pid_from_pb(reply.holder.as_ref()).unwrap_or(pid)))
@@ -986,11 +989,12 @@ impl Cluster {
             name: name.to_string(),
             ..Default::default()
         };
-        self.tokio
+        let reply = self
+            .tokio
             .block_on(self.controller.cluster(request, |mut c, r| async move {
                 c.unregister_name(r).await
             }))?;
-        self.set_name(name, None);
+        self.wrote_name(name, None, reply.log_index);
         Ok(())
     }
 
@@ -1004,7 +1008,7 @@ impl Cluster {
             self.controller
                 .cluster(request, |mut c, r| async move { c.pg_join(r).await }),
         )?;
-        self.set_member(group, pid, true);
+        self.wrote_member(group, pid, true, reply.log_index);
         Ok(reply.changed)
     }
 
@@ -1018,7 +1022,7 @@ impl Cluster {
             self.controller
                 .cluster(request, |mut c, r| async move { c.pg_leave(r).await }),
         )?;
-        self.set_member(group, pid, false);
+        self.wrote_member(group, pid, false, reply.log_index);
         Ok(reply.changed)
     }
 

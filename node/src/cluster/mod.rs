@@ -7,6 +7,7 @@ pub mod control;
 pub mod gateway;
 pub mod leader;
 pub mod links;
+pub mod own_writes;
 pub mod peers;
 pub mod ports;
 pub mod remote_spawn;
@@ -19,6 +20,7 @@ use crate::python::host::PyRuntime;
 use crate::python::term::Term;
 use crate::runtime::{CallResult, CallSlot, NodeId, Outbound, Pid, Reason};
 use links::{Links, Pushed};
+use own_writes::OwnWrites;
 use parking_lot::{Mutex, RwLock};
 use peers::Inbound;
 use rebeam_auth::TokenCache;
@@ -91,8 +93,8 @@ pub struct Cluster {
     pub inbound: std::sync::mpsc::Sender<Inbound>,
     links: Mutex<Links>,
     members: RwLock<HashMap<NodeId, Member>>,
-    names: RwLock<HashMap<String, Pid>>,
-    groups: RwLock<HashMap<String, Vec<Pid>>>,
+    names: RwLock<NameCache>,
+    groups: RwLock<GroupCache>,
     /// False while a chunked view is arriving.
     view_complete: std::sync::atomic::AtomicBool,
     /// Messages dropped because a peer's queue was full.
@@ -179,8 +181,8 @@ impl Cluster {
             inbound: tx,
             links: Mutex::new(Links::default()),
             members: RwLock::new(HashMap::new()),
-            names: RwLock::new(HashMap::new()),
-            groups: RwLock::new(HashMap::new()),
+            names: RwLock::default(),
+            groups: RwLock::default(),
             view_complete: std::sync::atomic::AtomicBool::new(true),
             dropped: AtomicU64::new(0),
             tokens: Arc::new(TokenCache::default()),
@@ -340,25 +342,40 @@ impl Cluster {
 
     /// The cached holder of a global name.
     pub fn whereis_cached(&self, name: &str) -> Option<Pid> {
-        self.names.read().get(name).copied()
+        self.names.read().holders.get(name).copied()
     }
 
-    /// Applies a registry change from the watch stream.
-    pub fn set_name(&self, name: &str, pid: Option<Pid>) {
+    /// Applies a registry change from the watch stream, made at log index `index`.
+    pub fn watched_name(&self, name: &str, pid: Option<Pid>, index: u64) {
         let mut names = self.names.write();
+        if names.own.watched(name, index) {
+            self.put_name(&mut names.holders, name, pid);
+        }
+    }
+
+    /// Applies a registry write of this node, answered at log index `index`.
+    pub fn wrote_name(&self, name: &str, pid: Option<Pid>, index: u64) {
+        let mut names = self.names.write();
+        if names.own.answered(name.to_string(), pid, index) {
+            self.put_name(&mut names.holders, name, pid);
+        }
+    }
+
+    fn put_name(&self, holders: &mut HashMap<String, Pid>, name: &str, pid: Option<Pid>) {
         match pid {
             Some(pid) if self.gone_here(pid) => {}
             Some(pid) => {
-                names.insert(name.to_string(), pid);
+                holders.insert(name.to_string(), pid);
             }
             None => {
-                names.remove(name);
+                holders.remove(name);
             }
         }
     }
 
-    /// Replaces the caches with a full view (the first event of a watch stream).
-    pub fn load_view(self: &Arc<Self>, view: &pb::ClusterView) {
+    /// Replaces the caches with a full view at log index `index` (the first event of a
+    /// watch stream).
+    pub fn load_view(self: &Arc<Self>, view: &pb::ClusterView, index: u64) {
         for node in &view.nodes {
             self.update_member(node);
         }
@@ -366,20 +383,36 @@ impl Cluster {
         let first = self.view_complete.swap(view.last, Ordering::AcqRel);
         let mut names = self.names.write();
         if first {
-            names.clear();
+            names.holders.clear();
         }
         for n in &view.names {
             if let Some(pid) = wire::pid_from_pb(n.pid.as_ref()) {
-                names.insert(n.name.clone(), pid);
+                names.holders.insert(n.name.clone(), pid);
+            }
+        }
+        if view.last {
+            let NameCache { holders, own } = &mut *names;
+            for (name, pid) in own.view(index) {
+                self.put_name(holders, &name, pid);
             }
         }
         let mut groups = self.groups.write();
         if first {
-            groups.clear();
+            groups.members.clear();
         }
         for g in &view.groups {
             let members = g.members.iter().filter_map(|p| wire::pid_from_pb(Some(p)));
-            groups.entry(g.name.clone()).or_default().extend(members);
+            groups
+                .members
+                .entry(g.name.clone())
+                .or_default()
+                .extend(members);
+        }
+        if view.last {
+            let GroupCache { members, own } = &mut *groups;
+            for ((group, pid), joined) in own.view(index) {
+                self.put_member(members, &group, pid, joined);
+            }
         }
     }
 
@@ -388,9 +421,29 @@ impl Cluster {
         self.view_complete.store(true, Ordering::Release);
     }
 
-    /// Applies a group change from the watch stream.
-    pub fn set_member(&self, group: &str, pid: Pid, joined: bool) {
+    /// Applies a group change from the watch stream, made at log index `index`.
+    pub fn watched_member(&self, group: &str, pid: Pid, joined: bool, index: u64) {
         let mut groups = self.groups.write();
+        if groups.own.watched(&(group.to_string(), pid), index) {
+            self.put_member(&mut groups.members, group, pid, joined);
+        }
+    }
+
+    /// Applies a group change of this node, answered at log index `index`.
+    pub fn wrote_member(&self, group: &str, pid: Pid, joined: bool, index: u64) {
+        let mut groups = self.groups.write();
+        if groups.own.answered((group.to_string(), pid), joined, index) {
+            self.put_member(&mut groups.members, group, pid, joined);
+        }
+    }
+
+    fn put_member(
+        &self,
+        groups: &mut HashMap<String, Vec<Pid>>,
+        group: &str,
+        pid: Pid,
+        joined: bool,
+    ) {
         if joined && self.gone_here(pid) {
             return;
         }
@@ -416,8 +469,8 @@ impl Cluster {
 
     /// Drops a dead local process from the cached names and groups.
     pub fn forget_pid(&self, pid: Pid) {
-        self.names.write().retain(|_, p| *p != pid);
-        self.groups.write().retain(|_, members| {
+        self.names.write().holders.retain(|_, p| *p != pid);
+        self.groups.write().members.retain(|_, members| {
             members.retain(|p| *p != pid);
             !members.is_empty()
         });
@@ -425,12 +478,17 @@ impl Cluster {
 
     /// The cached members of a process group, in join order.
     pub fn group_members(&self, group: &str) -> Vec<Pid> {
-        self.groups.read().get(group).cloned().unwrap_or_default()
+        self.groups
+            .read()
+            .members
+            .get(group)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every group with members.
     pub fn group_names(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.groups.read().keys().cloned().collect();
+        let mut out: Vec<String> = self.groups.read().members.keys().cloned().collect();
         out.sort();
         out
     }
@@ -446,6 +504,21 @@ impl Cluster {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
+}
+
+/// The global names this node caches, with its own writes the watch stream has not passed.
+#[derive(Default)]
+struct NameCache {
+    holders: HashMap<String, Pid>,
+    own: OwnWrites<String, Option<Pid>>,
+}
+
+/// The process groups this node caches (members in join order), with its own changes the
+/// watch stream has not passed.
+#[derive(Default)]
+struct GroupCache {
+    members: HashMap<String, Vec<Pid>>,
+    own: OwnWrites<(String, Pid), bool>,
 }
 
 /// Whether the calling thread may wait for room on a link: a process's own thread, outside

@@ -2,4 +2,4 @@
 # ruff: noqa
 """Generated protobuf and gRPC modules for the controller's client service."""
 
-PROTO_SHA256 = "b713a2493094cdfac837c5f7ac384dc15646a4d97ed15882ea27c9ef5a309438"
+PROTO_SHA256 = "dfaec9d885ff5d011755edf6d1b114cfd90ab417fc19c74dcd5637d967db2680"

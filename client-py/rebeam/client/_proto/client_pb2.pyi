@@ -18,12 +18,14 @@ class RegisterNameRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ...) -> None: ...
 
 class RegisterNameReply(_message.Message):
-    __slots__ = ("registered", "holder")
+    __slots__ = ("registered", "holder", "log_index")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     registered: bool
     holder: _common_pb2.Pid
-    def __init__(self, registered: _Optional[bool] = ..., holder: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ...) -> None: ...
+    log_index: int
+    def __init__(self, registered: _Optional[bool] = ..., holder: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ..., log_index: _Optional[int] = ...) -> None: ...
 
 class RegisterNamesRequest(_message.Message):
     __slots__ = ("registrations",)
@@ -56,10 +58,12 @@ class UnregisterNameRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ...) -> None: ...
 
 class UnregisterNameReply(_message.Message):
-    __slots__ = ("released",)
+    __slots__ = ("released", "log_index")
     RELEASED_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     released: bool
-    def __init__(self, released: _Optional[bool] = ...) -> None: ...
+    log_index: int
+    def __init__(self, released: _Optional[bool] = ..., log_index: _Optional[int] = ...) -> None: ...
 
 class WhereisRequest(_message.Message):
     __slots__ = ("name", "linearizable")
@@ -94,10 +98,12 @@ class PgRequest(_message.Message):
     def __init__(self, group: _Optional[str] = ..., pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ...) -> None: ...
 
 class PgReply(_message.Message):
-    __slots__ = ("changed",)
+    __slots__ = ("changed", "log_index")
     CHANGED_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     changed: bool
-    def __init__(self, changed: _Optional[bool] = ...) -> None: ...
+    log_index: int
+    def __init__(self, changed: _Optional[bool] = ..., log_index: _Optional[int] = ...) -> None: ...
 
 class PgMembersRequest(_message.Message):
     __slots__ = ("group", "linearizable")
