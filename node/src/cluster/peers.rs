@@ -63,7 +63,7 @@ impl PeerLink {
     /// Writes a frame to the connection when the link is idle, else queues it; gives it back
     /// when the queue is full.
     pub fn push(&self, frame: pb::PeerFrame) -> Queued {
-        let Err(frame) = self.direct.try_write(frame) else {
+        let Some(frame) = self.direct.try_write(frame) else {
             return Queued::Yes;
         };
         self.direct.queue();

@@ -130,26 +130,26 @@ impl Direct {
     }
 
     /// Writes `frame` to the socket now when the link is idle and the socket takes it without
-    /// blocking; gives it back otherwise (the caller queues it, see [`Direct::queue`]).
-    pub fn try_write(&self, frame: pb::PeerFrame) -> Result<(), pb::PeerFrame> {
+    /// blocking (None); gives it back otherwise (the caller queues it, see [`Direct::queue`]).
+    pub fn try_write(&self, frame: pb::PeerFrame) -> Option<pb::PeerFrame> {
         let now = EPOCH.elapsed().as_nanos() as u64;
         let before = self.last.swap(now, Ordering::Relaxed);
         if now.saturating_sub(before) < self.idle || self.queued.load(Ordering::Acquire) != 0 {
-            return Err(frame);
+            return Some(frame);
         }
         // Another writer holds the lock: the link is busy, queue behind it.
         let Some(mut state) = self.state.try_lock() else {
-            return Err(frame);
+            return Some(frame);
         };
         let State { sink, tail, batch } = &mut *state;
         let Some(sink) = sink.as_ref() else {
-            return Err(frame);
+            return Some(frame);
         };
         if self.queued.load(Ordering::Acquire) != 0
             || !tail.is_empty()
             || prost::Message::encoded_len(&frame) > DIRECT_MAX
         {
-            return Err(frame);
+            return Some(frame);
         }
         batch.clear();
         batch.push(&frame);
@@ -157,7 +157,7 @@ impl Direct {
         let written = match sink.try_write(bytes) {
             Ok(n) => n,
             // Would block, or the connection broke: the queue's writer will see it.
-            Err(_) => return Err(frame),
+            Err(_) => return Some(frame),
         };
         if written < bytes.len() {
             tail.extend_from_slice(&bytes[written..]);
@@ -169,7 +169,7 @@ impl Direct {
         STATS.peer_frames_out.inc();
         STATS.peer_frames_direct.inc();
         STATS.peer_bytes_out.add(bytes.len() as u64);
-        Ok(())
+        None
     }
 
     /// Frames given to the link and not yet written.
