@@ -185,3 +185,102 @@ def test_a_full_link_makes_the_sender_wait_instead_of_dropping(nodes: Nodes) -> 
         assert metric(metrics, "rebeam_peer_frames_dropped_total") == 0, "nothing was dropped"
     finally:
         throttle.close()
+
+
+MIRROR = """
+    import rebeam
+
+    def sig(v):
+        if isinstance(v, tuple):
+            return ("tuple", tuple(sig(x) for x in v))
+        return (type(v).__name__, repr(v))
+
+    class Mirror(rebeam.GenServer):
+        def handle_call(self, request, sender):
+            return (sig(request), request)
+
+    class Order(rebeam.GenServer):
+        def init(self):
+            self.last, self.count, self.bad = {}, 0, []
+        def handle_cast(self, request):
+            sender, n = request
+            if n != self.last.get(sender, -1) + 1:
+                self.bad.append((sender, self.last.get(sender), n))
+            self.last[sender] = n
+            self.count += 1
+        def handle_call(self, request, sender):
+            return (self.count, self.bad[:5])
+
+    def main():
+        rebeam.register_global("mirror", rebeam.spawn(Mirror))
+        rebeam.register_global("order", rebeam.spawn(Order))
+        print("mirror ready", flush=True)
+        rebeam.receive()
+
+    rebeam.run(main)
+"""
+
+SENDERS = """
+    import rebeam
+
+    def sig(v):
+        if isinstance(v, tuple):
+            return ("tuple", tuple(sig(x) for x in v))
+        return (type(v).__name__, repr(v))
+
+    def nested(depth):
+        return (depth, nested(depth - 1)) if depth else ()
+
+    VALUES = [
+        None, True, False, 0, 1, 255, 256, 65535, 65536, -1, -256, -2**31, 2**31 - 1, 2**31,
+        2**63 - 1, -2**63, 2**64, -2**64, 10**40, 1.5, -0.0, float("inf"), float("nan"), 1e-300,
+        "", "x", "x" * 255, "x" * 256, "é€😀" * 100, "\\ud800", b"", b"\\x00" * 255,
+        b"\\xff" * 256, b"y" * 70_000, (), (1,), (1, "a"), (1, "a", b"b"), (1, 2, 3, 4, 5),
+        (None, (True, (2.5, ("s", b"b")))), nested(7), nested(12), frozenset((1, 2)),
+        ("inc", b"x" * 64), [1, 2], dict(a=(1,)),
+    ]
+
+    def sender(k, main, n):
+        order, mirror = rebeam.whereis_global("order"), rebeam.whereis_global("mirror")
+        for i in range(n):
+            rebeam.cast(order, (k, i))
+            if i % 50 == 0:
+                # A call waits for its reply: the link goes idle, the next frames go direct.
+                rebeam.call(mirror, i)
+        rebeam.send(main, ("done", k))
+
+    def main():
+        mirror = rebeam.whereis_global("mirror")
+        for v in VALUES + [(rebeam.self_pid(), "pid")]:
+            got, back = rebeam.call(mirror, v)
+            assert got == sig(v), (v, got)
+            assert sig(back) == sig(v), (v, back)
+        print("values ok", flush=True)
+        me = rebeam.self_pid()
+        for k in range({senders}):
+            rebeam.spawn(sender, k, me, {count})
+        for _ in range({senders}):
+            rebeam.receive()
+        print("order", *rebeam.call(rebeam.whereis_global("order"), "count"), flush=True)
+        rebeam.receive()  # stay up for the metrics
+
+    rebeam.run(main)
+"""
+
+
+def test_values_and_per_sender_order_survive_direct_and_queued_writes(nodes: Nodes) -> None:
+    b = nodes.start("b", MIRROR)
+    b.wait_output("mirror ready")
+    http = free_port()
+    senders, count = 4, 3_000
+    a = nodes.start("a", SENDERS.format(senders=senders, count=count),
+                    extra=["--http-listen", f"127.0.0.1:{http}"])
+    # Every value comes back equal and of the same types, whichever way it was pickled.
+    a.wait_output("values ok", timeout=60)
+    a.wait_output("order ", timeout=120)
+    line = next(x for x in a.output().splitlines() if x.startswith("order "))
+    assert line == f"order {senders * count} []", f"casts lost or out of order: {line}"
+    metrics = f"http://127.0.0.1:{http}/metrics"
+    direct = metric(metrics, "rebeam_peer_frames_direct_total")
+    sent = metric(metrics, "rebeam_peer_frames_sent_total")
+    assert 0 < direct < sent, f"both paths were taken: {direct} of {sent} frames direct"

@@ -54,6 +54,18 @@ impl Busy {
     }
 }
 
+/// Writes or queues `frame` on `link` (see [`PeerLink::push`]).
+pub fn push_on(link: &PeerLink, frame: pb::PeerFrame) -> Pushed {
+    match link.push(frame) {
+        Queued::Yes => Pushed::Queued,
+        Queued::Full(frame) => Pushed::Full(Some(Busy {
+            frame,
+            link: link.clone(),
+        })),
+        Queued::Gone => Pushed::Full(None),
+    }
+}
+
 /// The links of one node to its peers (kept under one lock).
 #[derive(Default)]
 pub struct Links {
@@ -92,14 +104,13 @@ impl Links {
                 None => return Pushed::Unknown,
             },
         };
-        match link.push(frame) {
-            Queued::Yes => Pushed::Queued,
-            Queued::Full(frame) => Pushed::Full(Some(Busy {
-                frame,
-                link: link.clone(),
-            })),
-            Queued::Gone => Pushed::Full(None),
-        }
+        push_on(link, frame)
+    }
+
+    /// The open outbound link to `node`, if any: a sender pushes on it after letting go of
+    /// the links' lock (a push may write to the socket).
+    pub fn link(&self, node: NodeId) -> Option<PeerLink> {
+        self.open.get(&node).cloned()
     }
 
     /// The watch named `node`'s address: frames held for it go out, in order, on a link made
@@ -192,7 +203,7 @@ mod tests {
 
     fn link(id: u64) -> (PeerLink, mpsc::Receiver<pb::PeerFrame>) {
         let (tx, rx) = mpsc::channel(8);
-        (PeerLink::new(id, tx), rx)
+        (PeerLink::new(id, tx, Default::default()), rx)
     }
 
     #[test]
@@ -265,7 +276,11 @@ mod tests {
         let mut links = Links::default();
         let (tx, mut rx) = mpsc::channel(1);
         assert_eq!(
-            links.push(node, frame(1), || Some(PeerLink::new(1, tx))),
+            links.push(node, frame(1), || Some(PeerLink::new(
+                1,
+                tx,
+                Default::default()
+            ))),
             Pushed::Queued
         );
         let Pushed::Full(Some(busy)) = links.push(node, frame(2), || None) else {

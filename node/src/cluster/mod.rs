@@ -220,7 +220,12 @@ impl Cluster {
     /// must not block, and drop the frame. Waits and drops are counted.
     fn push(self: &Arc<Self>, node: NodeId, frame: pb::PeerFrame) {
         let open = || Some(peers::open(self, node, self.address_of(node)?));
-        let pushed = self.links.lock().push(node, frame, open);
+        // Not under the links' lock: a push on an idle link writes to the socket.
+        let link = self.links.lock().link(node);
+        let pushed = match link {
+            Some(link) => links::push_on(&link, frame),
+            None => self.links.lock().push(node, frame, open),
+        };
         match pushed {
             Pushed::Queued | Pushed::Held => {}
             Pushed::Full(Some(busy)) if may_wait() => {

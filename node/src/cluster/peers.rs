@@ -2,6 +2,7 @@
 //! transport, `transport/`), and the inbound thread that applies frames to local processes.
 
 use super::transport::dial::{self, LinkError};
+use super::transport::direct::Direct;
 use super::wire::{pid_from_pb, pid_to_pb, reason_from_pb, reason_to_pb};
 use super::Cluster;
 use crate::observe::stats::STATS;
@@ -33,16 +34,25 @@ pub enum Queued {
 }
 
 /// The sending half of the link to one node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PeerLink {
     id: u64,
     tx: mpsc::Sender<pb::PeerFrame>,
+    /// Writes by the sender's thread while the link is idle (see `transport::direct`).
+    direct: Arc<Direct>,
+}
+
+impl std::fmt::Debug for PeerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerLink").field("id", &self.id).finish()
+    }
 }
 
 impl PeerLink {
-    /// A link numbered `id` whose frames go to `tx`.
-    pub fn new(id: u64, tx: mpsc::Sender<pb::PeerFrame>) -> PeerLink {
-        PeerLink { id, tx }
+    /// A link numbered `id` whose frames go to `tx`, or straight to the connection through
+    /// `direct` when it has one and is idle.
+    pub fn new(id: u64, tx: mpsc::Sender<pb::PeerFrame>, direct: Arc<Direct>) -> PeerLink {
+        PeerLink { id, tx, direct }
     }
 
     /// Which link this is (a node opens a new one after each loss).
@@ -50,18 +60,34 @@ impl PeerLink {
         self.id
     }
 
-    /// Queues a frame, or gives it back when the queue is full.
+    /// Writes a frame to the connection when the link is idle, else queues it; gives it back
+    /// when the queue is full.
     pub fn push(&self, frame: pb::PeerFrame) -> Queued {
+        let Some(frame) = self.direct.try_write(frame) else {
+            return Queued::Yes;
+        };
+        self.direct.queue();
         match self.tx.try_send(frame) {
             Ok(()) => Queued::Yes,
-            Err(mpsc::error::TrySendError::Full(frame)) => Queued::Full(frame),
-            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Gone,
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                self.direct.unqueue();
+                Queued::Full(frame)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.direct.unqueue();
+                Queued::Gone
+            }
         }
     }
 
     /// Queues a frame once there is room; false when the link went away first.
     pub async fn send(&self, frame: pb::PeerFrame) -> bool {
-        self.tx.send(frame).await.is_ok()
+        self.direct.queue();
+        let sent = self.tx.send(frame).await.is_ok();
+        if !sent {
+            self.direct.unqueue();
+        }
+        sent
     }
 }
 
@@ -71,19 +97,22 @@ pub fn open(cluster: &Arc<Cluster>, node: NodeId, address: String) -> PeerLink {
     static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
     let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<pb::PeerFrame>(QUEUE_FRAMES);
+    let direct = Arc::new(Direct::default());
     STATS.peer_links_opened.inc();
     let cluster2 = cluster.clone();
+    let direct2 = direct.clone();
     cluster.peer_io.spawn(async move {
         tracing::debug!("opening a peer link to {address}");
         let me = cluster2.rt.node().name().to_string();
-        let result = dial::run(&cluster2.dialer, &address, &me, &cluster2.proof, rx).await;
+        let proof = &cluster2.proof;
+        let result = dial::run(&cluster2.dialer, &address, &me, proof, rx, &direct2).await;
         if let Err(err) = &result {
             tracing::info!(peer = %node.name(), "peer link to {address} closed: {err}");
         }
         let reset_by_peer = matches!(result, Err(LinkError::Reset));
         cluster2.link_ended(node, id, !reset_by_peer);
     });
-    PeerLink::new(id, tx)
+    PeerLink::new(id, tx, direct)
 }
 
 /// Turns an outbound message or signal into a frame; a call's slot waits in `calls`.

@@ -132,6 +132,11 @@ pub fn render(rt: &PyRuntime) -> Exposition {
             &STATS.peer_frames_out,
         ),
         (
+            "rebeam_peer_frames_direct_total",
+            "Frames sent on peer links that the sending thread wrote itself (the link was idle).",
+            &STATS.peer_frames_direct,
+        ),
+        (
             "rebeam_peer_frames_received_total",
             "Frames received from peers.",
             &STATS.peer_frames_in,

@@ -13,6 +13,8 @@ use crate::runtime::stats::Counter;
 pub struct NodeStats {
     /// Frames sent on peer links.
     pub peer_frames_out: Counter,
+    /// Of those, frames the sending thread wrote to an idle link itself.
+    pub peer_frames_direct: Counter,
     /// Frames received from peers.
     pub peer_frames_in: Counter,
     /// Encoded bytes of the batches sent on peer links.
@@ -38,6 +40,7 @@ pub struct NodeStats {
 /// The node's counters (one node per OS process).
 pub static STATS: NodeStats = NodeStats {
     peer_frames_out: Counter::new(),
+    peer_frames_direct: Counter::new(),
     peer_frames_in: Counter::new(),
     peer_bytes_out: Counter::new(),
     peer_bytes_in: Counter::new(),

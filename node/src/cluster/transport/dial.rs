@@ -2,7 +2,8 @@
 //! queued frames in batches (everything queued goes out in one write) while watching the
 //! connection for the acceptor's control messages.
 
-use super::frames::{BatchWriter, Reader, MAX_CONTROL};
+use super::direct::{self, Direct, Sink};
+use super::frames::{BatchWriter, FrameError, Reader, MAX_CONTROL};
 use super::handshake::{self, HandshakeError, Proof};
 use super::MAGIC;
 use crate::observe::stats::STATS;
@@ -35,13 +36,15 @@ pub enum LinkError {
 }
 
 /// Connects to `address` with `dialer` (TLS when it has TLS) and carries the frames of `rx`
-/// until the connection breaks or the queue's senders are gone (Ok).
+/// until the connection breaks or the queue's senders are gone (Ok). On a plaintext
+/// connection, senders may also write to it themselves through `direct` while it is idle.
 pub async fn run(
     dialer: &rebeam_tls::Dialer,
     address: &str,
     me: &str,
     proof: &Proof,
     rx: mpsc::Receiver<pb::PeerFrame>,
+    direct: &Direct,
 ) -> Result<(), LinkError> {
     if !dialer.is_tls() {
         if let Some(path) = super::local::socket_path(address) {
@@ -49,7 +52,8 @@ pub async fn run(
             if let Ok(Ok(unix)) =
                 tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(&path)).await
             {
-                return carry(unix, me, proof, rx).await;
+                let (r, w) = unix.into_split();
+                return carry_direct(r, w, me, proof, rx, direct).await;
             }
         }
     }
@@ -58,7 +62,10 @@ pub async fn run(
         .await
         .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??;
     match stream {
-        rebeam_tls::dial::ClientStream::Plain(tcp) => carry(tcp, me, proof, rx).await,
+        rebeam_tls::dial::ClientStream::Plain(tcp) => {
+            let (r, w) = tcp.into_split();
+            carry_direct(r, w, me, proof, rx, direct).await
+        }
         rebeam_tls::dial::ClientStream::Tls(tls) => carry(*tls, me, proof, rx).await,
     }
 }
@@ -75,20 +82,62 @@ where
 {
     let (r, mut w) = tokio::io::split(stream);
     let mut reader = Reader::new(r);
+    hello(&mut reader, &mut w, me, proof).await?;
+    tokio::select! {
+        written = write_frames(w, rx) => written.map_err(LinkError::from),
+        control = reader.next::<pb::PeerControl>(MAX_CONTROL) => ended(control),
+    }
+}
+
+/// [`carry`] on a plaintext connection's two halves, the write half shared with direct
+/// writers through `direct` (see [`super::direct`]).
+pub async fn carry_direct<R, W>(
+    r: R,
+    mut w: W,
+    me: &str,
+    proof: &Proof,
+    rx: mpsc::Receiver<pb::PeerFrame>,
+    direct: &Direct,
+) -> Result<(), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Into<Sink>,
+{
+    let mut reader = Reader::new(r);
+    hello(&mut reader, &mut w, me, proof).await?;
+    tokio::select! {
+        written = direct::write_frames(w.into(), rx, direct) => written.map_err(LinkError::from),
+        control = reader.next::<pb::PeerControl>(MAX_CONTROL) => ended(control),
+    }
+}
+
+/// The magic and the handshake, within [`CONNECT_TIMEOUT`].
+async fn hello<R, W>(
+    reader: &mut Reader<R>,
+    w: &mut W,
+    me: &str,
+    proof: &Proof,
+) -> Result<(), LinkError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let hello = async {
         w.write_all(MAGIC).await?;
-        handshake::dial(&mut reader, &mut w, me, proof).await
+        handshake::dial(reader, w, me, proof).await
     };
     tokio::time::timeout(CONNECT_TIMEOUT, hello)
         .await
         .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??;
-    tokio::select! {
-        written = write_frames(w, rx) => written.map_err(LinkError::from),
-        control = reader.next::<pb::PeerControl>(MAX_CONTROL) => match control {
-            Ok(Some(c)) if c.reset => Err(LinkError::Reset),
-            Ok(_) => Err(LinkError::Closed),
-            Err(e) => Err(LinkError::Io(std::io::Error::other(e.to_string()))),
-        },
+    Ok(())
+}
+
+/// How a link ends when the acceptor sends something (it only ever sends a reset) or closes.
+fn ended(control: Result<Option<pb::PeerControl>, FrameError>) -> Result<(), LinkError> {
+    match control {
+        Ok(Some(c)) if c.reset => Err(LinkError::Reset),
+        Ok(_) => Err(LinkError::Closed),
+        Err(e) => Err(LinkError::Io(std::io::Error::other(e.to_string()))),
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod accept;
 pub mod client;
 pub mod dial;
+pub mod direct;
 pub mod frames;
 pub mod handshake;
 pub mod local;

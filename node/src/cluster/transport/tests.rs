@@ -1,11 +1,15 @@
 //! The peer transport on in-memory pipes: who may connect, and frames in order.
 
-use super::dial::{carry, LinkError};
+use super::dial::{carry, carry_direct, LinkError};
+use super::direct::{Direct, DIRECT_MAX};
 use super::frames::{write_message, Reader, MAX_MESSAGE};
 use super::handshake::{self, HandshakeError, Proof};
+use crate::cluster::peers::{PeerLink, Queued};
 use crate::runtime::NodeId;
 use rebeam_proto as pb;
-use tokio::io::{AsyncWriteExt, DuplexStream};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 fn frame(call_id: u64) -> pb::PeerFrame {
@@ -25,9 +29,18 @@ fn call_id(f: &pb::PeerFrame) -> u64 {
 }
 
 /// The acceptor's side on `io`: the node it let in, then every batch it read.
-async fn acceptor(
-    io: DuplexStream,
+async fn acceptor<S: AsyncRead + AsyncWrite>(
+    io: S,
     proof: Proof,
+) -> Result<(NodeId, Vec<pb::PeerBatch>), HandshakeError> {
+    acceptor_after(io, proof, std::future::ready(())).await
+}
+
+/// [`acceptor`], reading no frame before `go` is ready.
+async fn acceptor_after<S: AsyncRead + AsyncWrite>(
+    io: S,
+    proof: Proof,
+    go: impl std::future::Future<Output = ()>,
 ) -> Result<(NodeId, Vec<pb::PeerBatch>), HandshakeError> {
     let (r, mut w) = tokio::io::split(io);
     let mut reader = Reader::new(r);
@@ -35,6 +48,7 @@ async fn acceptor(
         return Err(HandshakeError::Refused("no magic".into()));
     }
     let node = handshake::accept(&mut reader, &mut w, &proof).await?;
+    go.await;
     let mut batches = Vec::new();
     while let Some(batch) = reader.next::<pb::PeerBatch>(MAX_MESSAGE).await? {
         batches.push(batch);
@@ -221,4 +235,157 @@ fn the_acceptor_reset_is_told_apart_from_a_close() {
             }
         }
     });
+}
+
+/// A reply frame numbered `call_id` with `size` bytes of payload.
+fn sized_frame(call_id: u64, size: usize) -> pb::PeerFrame {
+    pb::PeerFrame {
+        frame: Some(pb::peer_frame::Frame::Reply(pb::PeerReply {
+            call_id,
+            result: Some(pb::peer_reply::Result::Value(vec![7; size])),
+        })),
+    }
+}
+
+/// Pushes on `link`, which must take the frame (written or queued).
+fn push(link: &PeerLink, frame: pb::PeerFrame) {
+    assert!(matches!(link.push(frame), Queued::Yes), "the link takes it");
+}
+
+/// Every frame of `batches`, as (sender, sequence number) from its call id.
+fn senders_order(batches: &[pb::PeerBatch]) -> std::collections::BTreeMap<u64, Vec<u64>> {
+    let mut seen = std::collections::BTreeMap::<u64, Vec<u64>>::new();
+    for id in batches.iter().flat_map(|b| b.frames.iter().map(call_id)) {
+        seen.entry(id >> 32).or_default().push(id & 0xffff_ffff);
+    }
+    seen
+}
+
+#[test]
+fn direct_and_queued_frames_from_many_threads_keep_each_senders_order() {
+    const THREADS: u64 = 4;
+    const FRAMES: u64 = 3_000;
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (a, b) = tokio::net::UnixStream::pair().expect("socket pair");
+    let server = rt.spawn(acceptor(b, Proof::secret("s")));
+    let (tx, rx) = mpsc::channel(1 << 20);
+    // Every frame may go direct when the link is idle, however close the frames come.
+    let direct = Arc::new(Direct::with_idle(Duration::ZERO));
+    let writer = direct.clone();
+    let link = rt.spawn(async move {
+        let (r, w) = a.into_split();
+        carry_direct(r, w, "direct-order", &Proof::secret("s"), rx, &writer).await
+    });
+    let peer = PeerLink::new(1, tx, direct.clone());
+    // Sender 0 pushes until one of its frames went out directly: the link is up.
+    let mut first = 0;
+    while direct.direct_writes().0 == 0 {
+        push(&peer, sized_frame(first, 64));
+        first += 1;
+        assert!(first < 1_000_000, "no direct write on an idle link");
+        std::thread::yield_now();
+    }
+    let threads: Vec<_> = (1..=THREADS)
+        .map(|t| {
+            let peer = peer.clone();
+            std::thread::spawn(move || {
+                for i in 0..FRAMES {
+                    // Small frames (direct when the link is idle), frames of a few KiB (the
+                    // socket may take them in part) and frames too large to go direct.
+                    let size = match i % 10 {
+                        0 => DIRECT_MAX + 1,
+                        1..=3 => 6_000,
+                        _ => 64,
+                    };
+                    push(&peer, sized_frame(t << 32 | i, size));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("sender thread");
+    }
+    drop(peer);
+    let (_, batches) = rt.block_on(server).expect("server").expect("accepted");
+    let _ = rt.block_on(link).expect("link");
+    let seen = senders_order(&batches);
+    assert_eq!(
+        seen[&0],
+        (0..first).collect::<Vec<_>>(),
+        "sender 0 in order"
+    );
+    for t in 1..=THREADS {
+        assert_eq!(
+            seen[&t],
+            (0..FRAMES).collect::<Vec<_>>(),
+            "sender {t}: every frame, in order"
+        );
+    }
+    let (direct_writes, tails) = direct.direct_writes();
+    let total = first + THREADS * FRAMES;
+    assert!(
+        direct_writes > 0 && direct_writes < total,
+        "both paths were taken: {direct_writes} of {total} frames direct ({tails} in part)"
+    );
+}
+
+#[test]
+fn the_rest_of_a_partial_direct_write_goes_before_frames_queued_after_it() {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (a, b) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (a.expect("connect"), b.expect("accept").0)
+    });
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    // The acceptor reads nothing until told, so the socket's buffers fill up.
+    let server = rt.spawn(acceptor_after(b, Proof::secret("s"), async move {
+        let _ = wait.await;
+    }));
+    let (tx, rx) = mpsc::channel(1 << 20);
+    let direct = Arc::new(Direct::with_idle(Duration::ZERO));
+    let writer = direct.clone();
+    let link = rt.spawn(async move {
+        let (r, w) = a.into_split();
+        carry_direct(r, w, "direct-tail", &Proof::secret("s"), rx, &writer).await
+    });
+    let peer = PeerLink::new(1, tx, direct.clone());
+    // Small frames until one goes direct (the link is up), then frames of 15 KB until the
+    // socket takes one only in part (on TCP it takes what fits).
+    let mut sent = 0;
+    while direct.direct_writes().0 == 0 {
+        push(&peer, sized_frame(sent, 64));
+        sent += 1;
+        assert!(sent < 1_000_000, "no direct write on an idle link");
+        std::thread::yield_now();
+    }
+    while direct.direct_writes().1 == 0 {
+        if direct.queued() > 0 {
+            // Queued frames are still being written: wait for the link to be idle again.
+            std::thread::yield_now();
+            continue;
+        }
+        push(&peer, sized_frame(sent, 15_000));
+        sent += 1;
+        assert!(sent < 100_000, "the socket never took a frame in part");
+    }
+    // These queue behind the tail (small frames would go direct on an idle link).
+    for _ in 0..100 {
+        push(&peer, sized_frame(sent, 64));
+        sent += 1;
+    }
+    let _ = go.send(());
+    drop(peer);
+    let (_, batches) = rt.block_on(server).expect("server").expect("accepted");
+    let _ = rt.block_on(link).expect("link");
+    let ids: Vec<u64> = batches
+        .iter()
+        .flat_map(|b| b.frames.iter().map(call_id))
+        .collect();
+    assert_eq!(ids, (0..sent).collect::<Vec<_>>(), "every frame, in order");
 }
