@@ -664,8 +664,14 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
             }
         }
         Event::NodeChanged(info) => cluster.update_member(&info),
-        Event::NameRegistered(n) => cluster.set_name(&n.name, pid_from_pb(n.pid.as_ref())),
-        Event::NameReleased(n) => cluster.set_name(&n.name, None),
+        Event::NameRegistered(n) => {
+            tracing::debug!(name = %n.name, "global name registered");
+            cluster.set_name(&n.name, pid_from_pb(n.pid.as_ref()))
+        }
+        Event::NameReleased(n) => {
+            tracing::debug!(name = %n.name, "global name released");
+            cluster.set_name(&n.name, None)
+        }
         Event::Assignment(a) => start_assignment(cluster, session, started, a),
         Event::AssignmentRemoved(r) => {
             let pid = started.lock().remove(&(r.app.clone(), r.child.clone()));
@@ -709,6 +715,7 @@ fn app_changed(cluster: &Arc<Cluster>, session: Session, app: &pb::AppInfo) {
         cluster.code.forget(&app.name);
         return;
     }
+    cluster.code.warm(cluster);
     let target = Target::of_app(app);
     cluster.code.declare(target.clone());
     if !cluster.code.differs(&app.name, &app.code_hash) {
@@ -742,6 +749,7 @@ fn start_assignment(
         return;
     }
     let Some(spec) = a.spec.clone() else { return };
+    tracing::debug!(app = %a.app, child = %a.child, generation = a.generation, "assignment received");
     let key = (a.app.clone(), a.child.clone());
     let Some(start) = started.lock().claim(&key, a.generation) else {
         tracing::debug!(app = %a.app, child = %a.child, generation = a.generation, "assignment already starting or running here");
@@ -763,6 +771,7 @@ fn start_assignment(
                 }
                 // From the version loaded now, which an upgrade named after this assignment
                 // may have replaced: the child must not come back on the old code.
+                tracing::debug!(app = %a.app, child = %a.child, "code ready; starting the child");
                 let mut a2 = a.clone();
                 if let Some(hash) = cluster.code.current(&a.app) {
                     a2.code_hash = hash;
@@ -795,6 +804,7 @@ fn start_assignment(
             cluster.start_reported(pid);
             return;
         }
+        tracing::debug!(app = %a.app, child = %a.child, %pid, "child started; reporting it");
         let request = pb::ChildStartedRequest {
             node: Some(node_ref(&cluster, session)),
             app: a.app.clone(),
@@ -818,6 +828,7 @@ fn start_assignment(
                 .await;
             }
         }
+        tracing::debug!(app = %a.app, child = %a.child, %pid, "child start reported");
         cluster.start_reported(pid);
     });
 }
