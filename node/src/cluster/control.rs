@@ -767,7 +767,13 @@ fn start_assignment(
         let spawned = match cluster.code.ensure(&cluster, target).await {
             Ok(report) => {
                 if let Some(report) = report {
-                    report_upgrade(&cluster, session, &a.app, report).await;
+                    // Not awaited: the controller only records it (for a client waiting on an
+                    // upgrade), and its commit held up the start of a failover's child by
+                    // 2-4 ms.
+                    let (c, app) = (cluster.clone(), a.app.clone());
+                    cluster.tokio.spawn(async move {
+                        report_upgrade(&c, session, &app, report).await;
+                    });
                 }
                 // From the version loaded now, which an upgrade named after this assignment
                 // may have replaced: the child must not come back on the old code.
