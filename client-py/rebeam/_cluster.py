@@ -17,7 +17,7 @@ def install_code(base_dir: str, app: str, code_hash: str, blob: bytes) -> str:
     """Checks and unpacks an app's code into ``base_dir/apps/app/code_hash`` (once); returns
     that directory. Each version gets its own directory, so versions never overwrite each
     other's files."""
-    from .client.archive import unpack
+    from ._archive import unpack
 
     target = Path(base_dir) / "apps" / app / code_hash
     if not target.exists():

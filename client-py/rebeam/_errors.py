@@ -311,3 +311,12 @@ def format_exception(etype: type[BaseException] | None, value: BaseException | N
 # Reports and tracebacks name the public path (rebeam.InitError), where users import them.
 for _cls in (*_OWN.values(), Exit):
     _cls.__module__ = "rebeam"
+
+
+class ArchiveError(Error, ValueError):
+    """An application directory or archive cannot be packed or unpacked; the message names
+    the file and what is wrong with it."""
+
+
+# Users import it from the client (rebeam.client.ArchiveError); a node raises it unpacking code.
+ArchiveError.__module__ = "rebeam.client"

@@ -399,8 +399,11 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
                     incarnation,
                     reason: "lease expired".into(),
                 };
-                if let Err(e) = core2.proposer.propose(cmd).await {
-                    tracing::warn!(node, incarnation, error = %e, "could not declare node dead; will retry");
+                match core2.proposer.propose(cmd).await {
+                    Ok(_) => tracing::debug!(node, incarnation, "node declared dead"),
+                    Err(e) => {
+                        tracing::warn!(node, incarnation, error = %e, "could not declare node dead; will retry")
+                    }
                 }
                 core2.leases.declaring.lock().remove(&(node, incarnation));
             });

@@ -5,6 +5,7 @@ from __future__ import annotations
 # The controller's errors are the same classes inside a node and in the client.
 from .._errors import (
     AlreadyExists,
+    ArchiveError,
     AuthError,
     ControllerError,
     Error,
@@ -22,11 +23,6 @@ __all__ = [
     "Forbidden", "InvalidRequest", "NotFound", "RateLimited", "Refused", "TooLarge", "Unavailable",
     "UpgradeFailed",
 ]
-
-
-class ArchiveError(Error, ValueError):
-    """An application directory or archive cannot be packed or unpacked; the message names
-    the file and what is wrong with it."""
 
 
 class _AppError(Error):

@@ -257,7 +257,9 @@ async fn gone(
         return;
     }
     let address = address_of(core, node);
+    tracing::debug!(node, stream, listened, "watch stream closed");
     let process_gone = process_gone(listened, address.as_deref()).await;
+    tracing::debug!(node, stream, process_gone, "watch stream close probed");
     core.leases
         .stream_closed(node, incarnation, opened, stream, process_gone);
 }

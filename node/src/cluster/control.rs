@@ -666,9 +666,13 @@ fn apply_event(cluster: &Arc<Cluster>, session: Session, started: &Started, even
         }
         Event::NodeChanged(info) => cluster.update_member(&info),
         Event::NameRegistered(n) => {
+            tracing::debug!(name = %n.name, "global name registered");
             cluster.watched_name(&n.name, pid_from_pb(n.pid.as_ref()), index)
         }
-        Event::NameReleased(n) => cluster.watched_name(&n.name, None, index),
+        Event::NameReleased(n) => {
+            tracing::debug!(name = %n.name, "global name released");
+            cluster.watched_name(&n.name, None, index)
+        }
         Event::Assignment(a) => start_assignment(cluster, session, started, a),
         Event::AssignmentRemoved(r) => {
             let pid = started.lock().remove(&(r.app.clone(), r.child.clone()));
@@ -712,6 +716,7 @@ fn app_changed(cluster: &Arc<Cluster>, session: Session, app: &pb::AppInfo) {
         cluster.code.forget(&app.name);
         return;
     }
+    cluster.code.warm(cluster);
     let target = Target::of_app(app);
     cluster.code.declare(target.clone());
     if !cluster.code.differs(&app.name, &app.code_hash) {
@@ -745,6 +750,7 @@ fn start_assignment(
         return;
     }
     let Some(spec) = a.spec.clone() else { return };
+    tracing::debug!(app = %a.app, child = %a.child, generation = a.generation, "assignment received");
     let key = (a.app.clone(), a.child.clone());
     let Some(start) = started.lock().claim(&key, a.generation) else {
         tracing::debug!(app = %a.app, child = %a.child, generation = a.generation, "assignment already starting or running here");
@@ -762,10 +768,17 @@ fn start_assignment(
         let spawned = match cluster.code.ensure(&cluster, target).await {
             Ok(report) => {
                 if let Some(report) = report {
-                    report_upgrade(&cluster, session, &a.app, report).await;
+                    // Not awaited: the controller only records it (for a client waiting on an
+                    // upgrade), and its commit held up the start of a failover's child by
+                    // 2-4 ms.
+                    let (c, app) = (cluster.clone(), a.app.clone());
+                    cluster.tokio.spawn(async move {
+                        report_upgrade(&c, session, &app, report).await;
+                    });
                 }
                 // From the version loaded now, which an upgrade named after this assignment
                 // may have replaced: the child must not come back on the old code.
+                tracing::debug!(app = %a.app, child = %a.child, "code ready; starting the child");
                 let mut a2 = a.clone();
                 if let Some(hash) = cluster.code.current(&a.app) {
                     a2.code_hash = hash;
@@ -798,6 +811,7 @@ fn start_assignment(
             cluster.start_reported(pid);
             return;
         }
+        tracing::debug!(app = %a.app, child = %a.child, %pid, "child started; reporting it");
         let request = pb::ChildStartedRequest {
             node: Some(node_ref(&cluster, session)),
             app: a.app.clone(),
@@ -821,6 +835,7 @@ fn start_assignment(
                 .await;
             }
         }
+        tracing::debug!(app = %a.app, child = %a.child, %pid, "child start reported");
         cluster.start_reported(pid);
     });
 }

@@ -63,6 +63,16 @@ pub fn load_version(
     Ok(Some(move_all(rt, &app, UPGRADE_PATIENCE)))
 }
 
+/// Imports the modules `load_version` needs (the archive reader and its standard-library
+/// imports), so the first load of an app's code on this node does not pay for them.
+pub fn warm_loader() -> Result<(), String> {
+    Python::attach(|py| {
+        py.import("rebeam._cluster")?;
+        py.import("rebeam._archive").map(drop)
+    })
+    .map_err(error_text)
+}
+
 /// Spawns a top-level child from the loaded version of its app; returns its pid or the
 /// Python error text (with traceback).
 pub fn start_child(assignment: &pb::Assignment, spec: &pb::ChildSpec) -> Result<Pid, String> {
