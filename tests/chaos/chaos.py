@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "integration")]
 
 from linearizability import Op, check  # noqa: E402
-from singleton import overlaps, spans, write_singleton_app  # noqa: E402
+from singleton import finished_in_flight, overlaps, spans, write_singleton_app  # noqa: E402
 
 import rebeam  # noqa: E402
 from harness import TOKEN, Blackhole, Cluster, Node, free_port, wait_for  # noqa: E402
@@ -356,6 +356,7 @@ def node_fault(cc: ChaosCluster, kind: str, log: Path) -> dict[str, Any]:
     time.sleep(0.3)
     t0_ns = time.time_ns()
     t0 = time.monotonic()
+    thawed = None
     if kind == "kill":
         victim.node.kill9()
     elif kind == "stop":
@@ -375,6 +376,7 @@ def node_fault(cc: ChaosCluster, kind: str, log: Path) -> dict[str, Any]:
     if kind == "kill":
         victim.node.start()
     elif kind == "stop":
+        thawed = time.time_ns()
         victim.node.signal(signal.SIGCONT)
     else:
         victim.heal()
@@ -382,7 +384,8 @@ def node_fault(cc: ChaosCluster, kind: str, log: Path) -> dict[str, Any]:
              lambda: victim.node.output().count("joined the cluster") >= 2
              if kind != "kill" else "joined the cluster" in victim.node.output(), timeout=30)
     return {"fault": kind, "node": victim.node.name, "failover_s": round(failover, 3),
-            "moved_seen_s": round(time.monotonic() - t0, 3)}
+            "moved_seen_s": round(time.monotonic() - t0, 3), "holder": str(first),
+            "thawed_ns": thawed}
 
 
 def outages(calls: list[tuple[float, str]]) -> list[float]:
@@ -421,9 +424,11 @@ def run_singleton(root: Path, members: int, trials: int, seed: int) -> dict[str,
     by_kind: dict[str, list[float]] = {}
     for f in faults:
         by_kind.setdefault(f["fault"], []).append(f["failover_s"])
+    thaws = {f["holder"]: f["thawed_ns"] for f in faults if f["thawed_ns"] is not None}
     return {
         "workload": "singleton", "controllers": members, "nodes": 3, "faults": faults,
-        "overlaps": overlaps(log), "lifetimes": len(spans(log)),
+        "overlaps": overlaps(log, thaws), "lifetimes": len(spans(log, thaws)),
+        "finished_in_flight": len(finished_in_flight(log, thaws)),
         "failover_s": {k: distribution(v) for k, v in by_kind.items()},
         "calls": len(calls), "failed_calls": dict(kinds),
         "call_outage_s": distribution(outages(calls)),
@@ -540,7 +545,9 @@ def table(results: dict[str, Any]) -> str:
         else:
             fo = "; ".join(f"{k} failover s (min/median/p99/max) {dist(v)}"
                            for k, v in r["failover_s"].items())
-            checked = (f"{r['lifetimes']} lifetimes, overlaps {len(r['overlaps'])}; {fo}; "
+            checked = (f"{r['lifetimes']} lifetimes, overlaps {len(r['overlaps'])} "
+                       f"(handlers in flight at a freeze finished on waking: "
+                       f"{r['finished_in_flight']}); {fo}; "
                        f"{r['calls']} client calls, failed {r['failed_calls'] or 0}, outages s "
                        f"{dist(r['call_outage_s'])}; full restart: {r['restart']['apps']} apps, "
                        f"{r['restart']['names']} names, differences "

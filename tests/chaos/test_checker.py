@@ -4,6 +4,7 @@ not: a checker that cannot fail proves nothing."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from linearizability import Op, check, check_key, step
@@ -132,3 +133,22 @@ def test_random_real_histories_pass_and_corrupted_ones_fail(seed: int) -> None:
     o = history[i]
     bad = history[:i] + [Op(o.client, o.kind, o.key, o.arg, o.invoke, o.complete, "ghost")]
     assert not check_key(bad + history[i + 1:])
+
+
+def test_a_frozen_lifetime_may_finish_one_handler_on_waking_and_no_more(tmp_path: Path) -> None:
+    """The singleton checker forgives the frozen holder one note right after its thaw (a
+    handler in flight at the freeze), never a second one or a late one."""
+    from chaos import finished_in_flight, overlaps  # sets the path to the shared checker
+
+    ms = 1_000_000
+    old = [f"old {t * ms}" for t in range(0, 100, 10)]
+    new = [f"new {t * ms}" for t in range(1000, 3000, 10)]
+    thaws = {"old": 2000 * ms}
+    log = tmp_path / "log"
+    log.write_text("\n".join(old + new + [f"old {2000 * ms + ms // 2}"]) + "\n")
+    assert overlaps(log) and not overlaps(log, thaws)
+    assert finished_in_flight(log, thaws) == {"old": 2000 * ms + ms // 2}
+    log.write_text(log.read_text() + f"old {2000 * ms + 2 * ms}\n")
+    assert overlaps(log, thaws), "a second note: a handler began after the fence"
+    log.write_text("\n".join(old + new + [f"old {2000 * ms + 60 * ms}"]) + "\n")
+    assert overlaps(log, thaws), "a note long after the thaw"
