@@ -78,7 +78,8 @@ impl Transit {
     /// A renewal stamped `sent_ms` by the node arrived at `arrived_ms` (this member's
     /// clock, at `at`): how much longer than the fastest recent one it took.
     pub fn excess(&mut self, at: Instant, arrived_ms: i64, sent_ms: u64) -> Duration {
-        let diff = arrived_ms - sent_ms as i64;
+        // Saturating: the stamp is the node's word, any u64.
+        let diff = arrived_ms.saturating_sub(i64::try_from(sent_ms).unwrap_or(i64::MAX));
         match self.since {
             Some(s) if at.saturating_duration_since(s) < TRANSIT_WINDOW => {}
             Some(_) => {
@@ -89,7 +90,7 @@ impl Transit {
         }
         self.best[0] = Some(self.best[0].map_or(diff, |b| b.min(diff)));
         let base = self.best.iter().flatten().copied().min().unwrap_or(diff);
-        Duration::from_millis((diff - base).max(0) as u64)
+        Duration::from_millis(diff.saturating_sub(base).max(0) as u64)
     }
 }
 
@@ -781,6 +782,11 @@ mod tests {
             tr.excess(t0 + TRANSIT_WINDOW * 2 + ms(2), 30_600, 25_500),
             ms(0)
         );
+        // Any stamp a node sends is arithmetic, not a panic.
+        for wild in [u64::MAX, 1 << 63, 0] {
+            let _ = Transit::default().excess(t0, i64::MAX, wild);
+            let _ = tr.excess(t0 + TRANSIT_WINDOW * 2 + ms(3), -5, wild);
+        }
     }
 
     #[test]
