@@ -97,6 +97,7 @@ fn heartbeat(
                     // The crash rounds hold a watch stream for this node.
                     watching: true,
                     streams_ended: 0,
+                    sent_ms: 0,
                 };
                 if nc.heartbeat(req).await.is_ok() && !stop.load(Ordering::Relaxed) {
                     *last2.lock() = Some(Instant::now());
@@ -129,6 +130,7 @@ fn keep_bench_node(
                         node: Some(node),
                         watching: false,
                         streams_ended: 0,
+                        sent_ms: 0,
                     })
                     .await;
                 if r.is_err_and(|e| e.code() == tonic::Code::FailedPrecondition) {

@@ -3,8 +3,12 @@
 //! What a member saw of a node's lease is kept as facts ([`LeaseFacts`]: grant, renewals,
 //! stream closes, time it could not renew) and the expiry follows from them in one pure
 //! function, [`deadline`], so the rule can be read and tested in one place.
+//!
+//! The leader also measures how long renewals wait before it serves them ([`Transit`],
+//! [`ServingLag`]): an overloaded leader serves live nodes' renewals late, and that lag is
+//! not held against any node (it only postpones declaring a node dead, never advances it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +53,90 @@ pub struct LeaseFacts {
     /// Stretches this member could not renew leases (it stalled, or could not confirm its
     /// leadership): (when it noticed, how long). Not held against the node.
     pub held: Vec<(Instant, Duration)>,
+    /// How this node's renewals travel to this member (against the node's own clock).
+    pub transit: Transit,
+}
+
+/// How long one window of a node's fastest renewal transit lasts; the baseline is the
+/// fastest of this window and the previous one, so it follows clock drift (100 ppm is 2 ms
+/// over two windows) and forgets a lucky sample within 20 s.
+const TRANSIT_WINDOW: Duration = Duration::from_secs(10);
+
+/// One node's renewal transit: arrival here minus the node's send stamp (`sent_ms`), in
+/// ms. That difference is the clocks' offset plus the time in flight and in queues; its
+/// lowest value lately is the offset plus an unqueued transit, so a renewal's excess over
+/// it is how long that renewal waited (on the way, or for this member to serve it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transit {
+    /// The lowest difference in the current window and in the previous one.
+    best: [Option<i64>; 2],
+    /// When the current window began.
+    since: Option<Instant>,
+}
+
+impl Transit {
+    /// A renewal stamped `sent_ms` by the node arrived at `arrived_ms` (this member's
+    /// clock, at `at`): how much longer than the fastest recent one it took.
+    pub fn excess(&mut self, at: Instant, arrived_ms: i64, sent_ms: u64) -> Duration {
+        // Saturating: the stamp is the node's word, any u64.
+        let diff = arrived_ms.saturating_sub(i64::try_from(sent_ms).unwrap_or(i64::MAX));
+        match self.since {
+            Some(s) if at.saturating_duration_since(s) < TRANSIT_WINDOW => {}
+            Some(_) => {
+                self.best = [None, self.best[0]];
+                self.since = Some(at);
+            }
+            None => self.since = Some(at),
+        }
+        self.best[0] = Some(self.best[0].map_or(diff, |b| b.min(diff)));
+        let base = self.best.iter().flatten().copied().min().unwrap_or(diff);
+        Duration::from_millis(diff.saturating_sub(base).max(0) as u64)
+    }
+}
+
+/// Renewals served within this long count towards the serving lag.
+const LAG_WINDOW: Duration = Duration::from_secs(1);
+/// Fewer renewals than this in the window tell nothing about the leader (a handful of
+/// nodes, one of them just thawed from a pause).
+const LAG_MIN_SAMPLES: usize = 10;
+/// Most renewals remembered for the lag (a second's worth at 10,000 nodes).
+const LAG_MAX_SAMPLES: usize = 50_000;
+
+/// How late this member serves renewals lately: the 90th percentile of the renewals served
+/// in the last second, by how much longer each took than its node's fastest recent one.
+/// A single slow or paused node moves it only with one sample in ten; an overloaded leader
+/// moves every sample.
+#[derive(Debug, Default)]
+pub struct ServingLag {
+    samples: VecDeque<(Instant, Duration)>,
+}
+
+impl ServingLag {
+    /// A renewal served at `at` had waited `excess`.
+    pub fn record(&mut self, at: Instant, excess: Duration) {
+        if self.samples.len() >= LAG_MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((at, excess));
+    }
+
+    /// The lag at `now` (zero with too few samples), at most `cap`.
+    pub fn at(&mut self, now: Instant, cap: Duration) -> Duration {
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > LAG_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        if self.samples.len() < LAG_MIN_SAMPLES {
+            return Duration::ZERO;
+        }
+        let mut v: Vec<Duration> = self.samples.iter().map(|(_, d)| *d).collect();
+        let k = (v.len() - 1) * 9 / 10;
+        let (_, p90, _) = v.select_nth_unstable(k);
+        (*p90).min(cap)
+    }
 }
 
 /// The two durations the expiry depends on.
@@ -75,6 +163,13 @@ pub struct LeaseTimes {
 ///   crashed node's last renewal can land after the close).
 /// - cut to the close itself when the node's process was found gone (it cannot run code).
 pub fn deadline(f: &LeaseFacts, t: LeaseTimes) -> Instant {
+    deadline_lagging(f, t, Duration::ZERO)
+}
+
+/// [`deadline`] on a member that serves renewals `lag` late: a renewal a live node sent
+/// up to `lag` ago may still be waiting to be served, so every end is pushed out by `lag`
+/// (but for a process found gone, which ends at its close).
+pub fn deadline_lagging(f: &LeaseFacts, t: LeaseTimes, lag: Duration) -> Instant {
     let held_since = |from: Instant| -> Duration {
         f.held
             .iter()
@@ -83,7 +178,7 @@ pub fn deadline(f: &LeaseFacts, t: LeaseTimes) -> Instant {
             .sum()
     };
     let base = f.renewed.map_or(f.granted, |r| r.max(f.granted));
-    let mut end = base + t.lease + held_since(base);
+    let mut end = base + t.lease + held_since(base) + lag;
     for c in &f.closes {
         let seen_by_node = if c.stream > 0 {
             f.streams_ended >= c.stream
@@ -95,7 +190,7 @@ pub fn deadline(f: &LeaseFacts, t: LeaseTimes) -> Instant {
         } else if seen_by_node {
             continue;
         } else {
-            c.at + t.stream_fence + held_since(c.at)
+            c.at + t.stream_fence + held_since(c.at) + lag
         };
         end = end.min(cut);
     }
@@ -105,6 +200,12 @@ pub fn deadline(f: &LeaseFacts, t: LeaseTimes) -> Instant {
 /// True when the lease described by `f` has ended at `now`.
 pub fn expired(f: &LeaseFacts, t: LeaseTimes, now: Instant) -> bool {
     now >= deadline(f, t)
+}
+
+/// True when the lease described by `f` has ended at `now` on a member serving renewals
+/// `lag` late.
+pub fn expired_lagging(f: &LeaseFacts, t: LeaseTimes, now: Instant, lag: Duration) -> bool {
+    now >= deadline_lagging(f, t, lag)
 }
 
 impl LeaseFacts {
@@ -118,6 +219,7 @@ impl LeaseFacts {
             streams_ended: 0,
             closes: Vec::new(),
             held: Vec::new(),
+            transit: Transit::default(),
         }
     }
 
@@ -166,6 +268,10 @@ pub struct Leases {
     wake: tokio::sync::Notify,
     /// When this member last confirmed with a quorum that it leads: (term, start of the check).
     confirmed: Mutex<Option<(u64, Instant)>>,
+    /// The start of this member's millisecond clock for renewal transits.
+    epoch: Instant,
+    /// How late this member serves renewals.
+    lag: Mutex<ServingLag>,
 }
 
 impl Leases {
@@ -181,6 +287,8 @@ impl Leases {
             closed: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
             confirmed: Mutex::new(None),
+            epoch: Instant::now(),
+            lag: Mutex::new(ServingLag::default()),
         }
     }
 
@@ -194,17 +302,36 @@ impl Leases {
 
     /// A heartbeat from a live node incarnation renews its lease; `watching` is false when
     /// the node said its watch stream is broken, `streams_ended` the highest stream number
-    /// it saw end.
-    pub fn renew(&self, node: &str, incarnation: u64, watching: bool, streams_ended: u64) {
+    /// it saw end, `sent_ms` when it sent the heartbeat by its own clock (0: unknown).
+    pub fn renew(
+        &self,
+        node: &str,
+        incarnation: u64,
+        watching: bool,
+        streams_ended: u64,
+        sent_ms: u64,
+    ) {
         let now = Instant::now();
-        let mut facts = self.facts.lock();
-        let f = facts
-            .entry(node.to_string())
-            .or_insert_with(|| LeaseFacts::granted(incarnation, now));
-        if f.incarnation != incarnation {
-            *f = LeaseFacts::granted(incarnation, now);
+        let excess = {
+            let mut facts = self.facts.lock();
+            let f = facts
+                .entry(node.to_string())
+                .or_insert_with(|| LeaseFacts::granted(incarnation, now));
+            if f.incarnation != incarnation {
+                *f = LeaseFacts::granted(incarnation, now);
+            }
+            f.renew(now, watching, streams_ended);
+            let arrived = now.saturating_duration_since(self.epoch).as_millis() as i64;
+            (sent_ms > 0).then(|| f.transit.excess(now, arrived, sent_ms))
+        };
+        if let Some(excess) = excess {
+            self.lag.lock().record(now, excess);
         }
-        f.renew(now, watching, streams_ended);
+    }
+
+    /// How late this member serves renewals now (see [`ServingLag`]), at most a lease.
+    pub fn serving_lag(&self) -> Duration {
+        self.lag.lock().at(Instant::now(), self.times.lease)
     }
 
     /// The node's watch stream number `stream` (opened at `opened`) closed; `process_gone`
@@ -249,12 +376,13 @@ impl Leases {
 
     /// Milliseconds left on each node's lease, with its incarnation (empty unless leading).
     pub fn remaining(&self) -> HashMap<String, (u64, u64)> {
+        let lag = self.serving_lag();
         let now = Instant::now();
         self.facts
             .lock()
             .iter()
             .map(|(n, f)| {
-                let left = deadline(f, self.times).saturating_duration_since(now);
+                let left = deadline_lagging(f, self.times, lag).saturating_duration_since(now);
                 (n.clone(), (f.incarnation, left.as_millis() as u64))
             })
             .collect()
@@ -262,6 +390,7 @@ impl Leases {
 
     fn clear(&self) {
         self.facts.lock().clear();
+        *self.lag.lock() = ServingLag::default();
     }
 
     /// Records the stream closes seen since the last tick.
@@ -314,6 +443,7 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut led_term: Option<u64> = None;
     let mut last_tick = Instant::now();
+    let mut last_lag_log = Instant::now();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -361,6 +491,15 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
                 .map(|n| (n.id.clone(), n.incarnation))
                 .collect()
         };
+        // Renewals live nodes sent up to this long ago may still wait to be served here.
+        let lag = core.leases.serving_lag();
+        if lag >= tick * 2 && last_lag_log.elapsed() >= Duration::from_secs(1) {
+            last_lag_log = Instant::now();
+            tracing::warn!(
+                lag_ms = lag.as_millis() as u64,
+                "serving lease renewals late; not held against the nodes"
+            );
+        }
         let now = Instant::now();
         let mut expired_nodes = Vec::new();
         {
@@ -377,7 +516,7 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
             core.leases.apply_closed(&mut facts);
             for (node, inc) in &alive {
                 let Some(f) = facts.get(node) else { continue };
-                if f.incarnation == *inc && expired(f, core.leases.times, now) {
+                if f.incarnation == *inc && expired_lagging(f, core.leases.times, now, lag) {
                     expired_nodes.push((node.clone(), *inc));
                 }
             }
@@ -582,7 +721,7 @@ mod tests {
     fn a_crashed_nodes_stream_close_shortens_its_lease() {
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true, 0);
+        l.renew("n", 1, true, 0, 0);
         l.stream_closed("n", 1, opened, 0, false);
         tick(&l);
         assert!(left(&l) <= FENCE);
@@ -594,11 +733,11 @@ mod tests {
         // renewal forgot the close, and the renewal restored the full lease.
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true, 0);
+        l.renew("n", 1, true, 0, 0);
         l.stream_closed("n", 1, opened, 0, false);
         tick(&l);
         std::thread::sleep(ms(2));
-        l.renew("n", 1, true, 0);
+        l.renew("n", 1, true, 0, 0);
         tick(&l);
         assert!(left(&l) <= FENCE, "{:?}", left(&l));
     }
@@ -607,10 +746,10 @@ mod tests {
     fn a_renewal_saying_the_stream_broke_is_not_undone_at_the_next_tick() {
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true, 0);
+        l.renew("n", 1, true, 0, 0);
         l.stream_closed("n", 1, opened, 0, false);
         std::thread::sleep(ms(2));
-        l.renew("n", 1, false, 0);
+        l.renew("n", 1, false, 0, 0);
         tick(&l);
         assert!(left(&l) > LEASE - ms(500), "{:?}", left(&l));
     }
@@ -619,16 +758,99 @@ mod tests {
     fn a_gone_process_has_no_lease_left() {
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true, 0);
+        l.renew("n", 1, true, 0, 0);
         l.stream_closed("n", 1, opened, 0, true);
         tick(&l);
         assert_eq!(left(&l), Duration::ZERO);
     }
 
     #[test]
+    fn a_renewals_excess_is_measured_against_its_nodes_fastest_recent_one() {
+        let t0 = Instant::now();
+        let mut tr = Transit::default();
+        // The node's clock is 5 s behind this member's: the offset cancels out.
+        assert_eq!(tr.excess(t0, 10_000, 5_000), ms(0));
+        assert_eq!(tr.excess(t0 + ms(200), 10_203, 5_200), ms(3));
+        assert_eq!(tr.excess(t0 + ms(400), 10_900, 5_400), ms(500));
+        // A faster one becomes the baseline.
+        assert_eq!(tr.excess(t0 + ms(600), 10_598, 5_600), ms(0));
+        assert_eq!(tr.excess(t0 + ms(800), 10_800, 5_800), ms(2));
+        // The baseline is kept for the current window and the next...
+        assert_eq!(
+            tr.excess(t0 + TRANSIT_WINDOW + ms(1), 20_600, 15_500),
+            ms(102)
+        );
+        // ...and forgotten after that (a drifting clock is followed).
+        assert_eq!(
+            tr.excess(t0 + TRANSIT_WINDOW * 2 + ms(2), 30_600, 25_500),
+            ms(0)
+        );
+        // Any stamp a node sends is arithmetic, not a panic.
+        for wild in [u64::MAX, 1 << 63, 0] {
+            let _ = Transit::default().excess(t0, i64::MAX, wild);
+            let _ = tr.excess(t0 + TRANSIT_WINDOW * 2 + ms(3), -5, wild);
+        }
+    }
+
+    #[test]
+    fn the_serving_lag_is_the_90th_percentile_of_the_last_second() {
+        let t0 = Instant::now();
+        let mut l = ServingLag::default();
+        for _ in 0..LAG_MIN_SAMPLES - 1 {
+            l.record(t0, ms(500));
+        }
+        assert_eq!(l.at(t0, LEASE), ms(0), "too few renewals to tell");
+        for _ in 0..91 {
+            l.record(t0, ms(500));
+        }
+        assert_eq!(l.at(t0, LEASE), ms(500));
+        assert_eq!(l.at(t0, ms(300)), ms(300), "capped");
+        assert_eq!(l.at(t0 + ms(1001), LEASE), ms(0), "older than a second");
+        // One node's late renewal (a node thawed after a pause) among prompt ones: nothing.
+        let mut l = ServingLag::default();
+        for _ in 0..50 {
+            l.record(t0, ms(2));
+        }
+        l.record(t0, ms(1500));
+        assert_eq!(l.at(t0, LEASE), ms(2));
+    }
+
+    #[test]
+    fn a_lagging_leader_pushes_every_end_out_but_a_gone_processs() {
+        let t0 = Instant::now();
+        let lag = ms(700);
+        let f = facts(t0, &[Renew(500, true)]);
+        assert_eq!(deadline_lagging(&f, TIMES, lag), t0 + ms(3200));
+        let f = facts(t0, &[Renew(100, true), Numbered(1, 0, 1000)]);
+        assert_eq!(deadline_lagging(&f, TIMES, lag), t0 + ms(2000));
+        let f = facts(t0, &[Renew(900, false), Gone(0, 1000)]);
+        assert_eq!(deadline_lagging(&f, TIMES, lag), t0 + ms(1000));
+    }
+
+    #[test]
+    fn renewals_served_late_push_every_lease_out_by_the_lag() {
+        let l = Leases::new(LEASE, FENCE);
+        // The nodes' clocks run 1 s ahead of this member's.
+        let clock = |l: &Leases| l.epoch.elapsed().as_millis() as u64 + 1_000;
+        for i in 0..20 {
+            l.renew(&format!("n{i}"), 1, true, 0, clock(&l));
+        }
+        assert!(l.serving_lag() < ms(50), "{:?}", l.serving_lag());
+        // Every renewal now arrives 800 ms after its node sent it.
+        for i in 0..20 {
+            l.renew(&format!("n{i}"), 1, true, 0, clock(&l) - 800);
+        }
+        let lag = l.serving_lag();
+        assert!(lag >= ms(790) && lag < ms(900), "{lag:?}");
+        // Without a stamp a renewal leaves the lag alone, and its lease gets the lag on top.
+        l.renew("n", 1, true, 0, 0);
+        assert!(left(&l) > LEASE + ms(700), "{:?}", left(&l));
+    }
+
+    #[test]
     fn time_a_leader_could_not_renew_is_not_held_against_nodes() {
         let l = Leases::new(ms(100), FENCE);
-        l.renew("n", 1, true, 0);
+        l.renew("n", 1, true, 0, 0);
         l.hold(LEASE);
         assert!(left(&l) > LEASE);
     }

@@ -83,6 +83,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
                 }),
                 watching: false,
                 streams_ended: 0,
+                sent_ms: 0,
             })
             .await,
     );
@@ -215,6 +216,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
                 }),
                 watching: false,
                 streams_ended: 0,
+                sent_ms: 0,
             })
             .await,
         );
@@ -229,6 +231,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
             node: None,
             watching: false,
             streams_ended: 0,
+            sent_ms: 0,
         })
         .await,
     );

@@ -135,6 +135,7 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
                 node,
                 watching: false,
                 streams_ended: 0,
+                sent_ms: 0,
             })
             .await
         }
@@ -365,6 +366,7 @@ async fn a_stream_closed_after_the_first_renewal_still_cuts_the_lease() {
                 node: Some(node),
                 watching: false,
                 streams_ended: 0,
+                sent_ms: 0,
             })
             .await
         }
@@ -380,6 +382,83 @@ async fn a_stream_closed_after_the_first_renewal_still_cuts_the_lease() {
         took < Duration::from_millis(2500),
         "the close of stream 1 cut the lease to the 300 ms stream fence, not the 5 s \
          lease: {took:?}; logs in {}",
+        c.path()
+    );
+}
+
+/// Renews `node`'s lease through the leader, stamped `sent_ms` by the node's clock.
+async fn renew_stamped(c: &Cluster, node: &pb::NodeRef, sent_ms: u64) {
+    on_leader_node(c, |mut n| {
+        let node = node.clone();
+        async move {
+            n.heartbeat(pb::HeartbeatRequest {
+                node: Some(node),
+                watching: true,
+                streams_ended: 0,
+                sent_ms,
+            })
+            .await
+        }
+    })
+    .await
+    .expect("renewal");
+}
+
+/// An overloaded leader serves live nodes' renewals late; that wait must not count against
+/// a node's lease. Twelve nodes renew with stamps of their own clock, first promptly, then
+/// as if each renewal had waited 900 ms before the leader served it; a thirteenth stops
+/// renewing. Its lease ends a lease plus the leader's measured lag after its last renewal
+/// (~2.9 s), not after the bare lease (~2.0 s, as before the serving lag was measured); and
+/// it still ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_served_late_do_not_count_against_a_lease() {
+    let c = Arc::new(Cluster::start(1, &[]));
+    c.wait_leader(Duration::from_secs(10)).await;
+    let mut busy = Vec::new();
+    for i in 0..12 {
+        let name = format!("busy-{i}");
+        let incarnation = join_node(&c, &name, &[]).await;
+        busy.push(pb::NodeRef {
+            node: name,
+            incarnation,
+        });
+    }
+    let quiet = pb::NodeRef {
+        node: "quiet".into(),
+        incarnation: join_node(&c, "quiet", &[]).await,
+    };
+    // The nodes' clock: any epoch will do, only differences count.
+    let epoch = Instant::now();
+    let clock = move || epoch.elapsed().as_millis() as u64 + 10_000;
+    // Prompt renewals set each node's baseline.
+    for _ in 0..10 {
+        for n in busy.iter().chain([&quiet]) {
+            renew_stamped(&c, n, clock()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last_quiet = Instant::now();
+    renew_stamped(&c, &quiet, clock()).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let late = {
+        let (c, stop) = (c.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for n in &busy {
+                    renew_stamped(&c, n, clock() - 900).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    wait_dead(&c, "quiet").await;
+    let took = last_quiet.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = late.await;
+    assert!(
+        took >= Duration::from_millis(2600),
+        "the leader served renewals 900 ms late, so the lease (2 s) ends ~2.9 s after the \
+         last renewal: {took:?}; logs in {}",
         c.path()
     );
 }

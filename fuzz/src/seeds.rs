@@ -500,6 +500,7 @@ fn controller_requests() -> Vec<Vec<u8>> {
                 node: node_ref(),
                 watching: true,
                 streams_ended: 2,
+                sent_ms: 0,
             }
             .encode_to_vec(),
         ),

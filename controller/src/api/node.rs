@@ -97,7 +97,7 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
         speaks_for(&req, req.get_ref().node.as_ref())?;
         let r = req.into_inner();
-        let (watching, streams_ended) = (r.watching, r.streams_ended);
+        let (watching, streams_ended, sent_ms) = (r.watching, r.streams_ended, r.sent_ms);
         let (node, incarnation) = node_ref(r.node)?;
         self.core.ensure_leader()?;
         let term = self.core.raft.metrics().borrow().current_term;
@@ -119,7 +119,7 @@ impl NodeService for NodeApi {
         let lease = self.core.config.timings.lease;
         self.core
             .leases
-            .renew(&node, incarnation, watching, streams_ended);
+            .renew(&node, incarnation, watching, streams_ended, sent_ms);
         Ok(Response::new(pb::HeartbeatReply {
             lease_ms: lease.as_millis() as u64,
         }))

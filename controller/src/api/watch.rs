@@ -18,9 +18,13 @@ type Changes = broadcast::Receiver<Arc<EventBatch>>;
 /// Names or group members per view chunk, so no message nears the 4 MiB gRPC default.
 const CHUNK: usize = 20_000;
 
-/// Encoded changes gathered into one batched message at most (well under the 4 MiB gRPC
-/// default; a single log entry larger than this still goes alone).
-const MAX_BATCHED: usize = 1 << 20;
+/// Encoded changes gathered into one batched message at most (a single log entry larger
+/// than this still goes alone). Kept small: every stream copies its message twice (here and
+/// into tonic's encoding buffer, which grows by doubling), and at 1 MiB those buffers came
+/// fresh from the kernel for each message, which zeroed the pages: half the members' CPU
+/// while 1,000 nodes watched names being registered (`perf`, docs/capacity.md). Buffers this
+/// size are reused by the allocator instead.
+const MAX_BATCHED: usize = 64 << 10;
 
 /// A batched stream sends at most one message per this interval while changes keep coming
 /// (the first change after a quiet spell goes at once): with 1,000 nodes watching, one message
@@ -78,6 +82,17 @@ impl Encoded {
             e.parts.push(Part::Shared(run));
         }
         e
+    }
+
+    /// Bytes of the changes every node gets (a node's share is this plus its assignments).
+    fn shared_len(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Shared(b) => b.len(),
+                Part::ForOne(_) => 0,
+            })
+            .sum()
     }
 
     /// Appends `node`'s share of the entry to `out` (`WatchChanges.events` entries).
@@ -306,7 +321,13 @@ impl Stream {
         batches: &[Arc<EventBatch>],
         rx: &mut broadcast::Receiver<Arc<EventBatch>>,
     ) -> Sent {
-        let mut out = Vec::new();
+        // Sized up front, so the buffer is not grown (copied) entry by entry.
+        let mut left: usize = batches
+            .iter()
+            .filter(|b| b.index >= self.from)
+            .map(|b| b.encoded.get_or_init(|| Encoded::of(b)).shared_len())
+            .sum();
+        let mut out = Vec::with_capacity(left.min(MAX_BATCHED));
         let mut last = 0;
         for batch in batches.iter().filter(|b| b.index >= self.from) {
             let encoded = batch.encoded.get_or_init(|| Encoded::of(batch));
@@ -317,9 +338,13 @@ impl Stream {
                 // The fresh view holds every later batch of this list too.
                 return self.send_batch(batch, rx).await;
             }
-            if !out.is_empty() && out.len() >= MAX_BATCHED && !self.flush(&mut out, last).await {
-                return Sent::Gone;
+            if !out.is_empty() && out.len() + encoded.shared_len() > MAX_BATCHED {
+                if !self.flush(&mut out, last).await {
+                    return Sent::Gone;
+                }
+                out.reserve(left.min(MAX_BATCHED));
             }
+            left = left.saturating_sub(encoded.shared_len());
             encoded.append(batch, &self.node, &mut out);
             last = batch.index;
             if encoded.fences(&self.node, self.incarnation) {

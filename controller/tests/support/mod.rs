@@ -222,6 +222,7 @@ pub fn heartbeat(
                     // Tests that hold a watch stream for the node count on its close.
                     watching: true,
                     streams_ended: 0,
+                    sent_ms: 0,
                 };
                 if c.node_client(l).heartbeat(req).await.is_ok() {
                     *last2.lock() = Some(Instant::now());

@@ -446,6 +446,14 @@ fn node_ref(cluster: &Cluster, session: Session) -> pb::NodeRef {
     }
 }
 
+/// Milliseconds of this process's monotonic clock at `at` (`HeartbeatRequest.sent_ms`;
+/// never 0, which means "unknown").
+fn monotonic_ms(at: Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    at.saturating_duration_since(epoch).as_millis() as u64 + 1
+}
+
 /// Heartbeats; returns (to fence) once no renewal succeeded for the fence interval or the
 /// controller refused this incarnation. A failed renewal is retried at once through any
 /// member (each attempt bounded well under the fence), not at the next tick.
@@ -463,16 +471,20 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
             node: Some(node_ref(cluster, session)),
             watching: keeper.watching_for_renewal(),
             streams_ended: keeper.streams_ended(),
+            sent_ms: 0,
         };
         let tried = Mutex::new(Instant::now());
         let call = cluster.controller.node_until(
             keeper.last_ok() + session.fence,
             attempt,
             request,
-            |mut c, r| {
+            |mut c, mut r| {
                 // Counted from the send of the attempt that succeeds: the controller's lease
                 // started no earlier.
-                *tried.lock() = Instant::now();
+                let now = Instant::now();
+                *tried.lock() = now;
+                // Stamped per attempt: the leader measures how long renewals wait for it.
+                r.sent_ms = monotonic_ms(now);
                 async move { c.heartbeat(r).await }
             },
         );
