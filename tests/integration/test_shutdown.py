@@ -63,6 +63,11 @@ def write_app(root: Path, log: Path) -> Path:
     return root
 
 
+def _serial(pid: str) -> int:
+    """The spawn serial of a pid printed as ``<node.incarnation.serial>``."""
+    return int(pid.strip("<>").rsplit(".", 1)[1])
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     yield from scratch_dir("rebeam-shutdown-test-")
@@ -104,11 +109,15 @@ def test_sigterm_stops_the_trees_in_order_and_moves_them_at_once(
         assert "left the cluster" in leaving.output(), leaving.output()[-3000:]
 
         lines = [line.split() for line in log.read_text().splitlines()]
-        on_leaving = [(what, name) for what, name, pid in lines if pid.startswith("<leaving.")]
-        started = [name for what, name in on_leaving if what == "start"]
-        stopped = [name for what, name in on_leaving if what == "terminate"]
-        # Each ran its terminate, the last started first (the controller places the two
-        # children independently, so the node's start order is whichever came first).
+        on_leaving = [(what, name, pid) for what, name, pid in lines
+                      if pid.startswith("<leaving.")]
+        # The node's start order is its spawn order (a pid's serial): the controller places
+        # the two children independently and their inits run side by side, so the order of
+        # their "start" lines in the log may differ from it.
+        started = [name for what, name, pid in sorted(on_leaving, key=lambda e: _serial(e[2]))
+                   if what == "start"]
+        stopped = [name for what, name, _ in on_leaving if what == "terminate"]
+        # Each ran its terminate, the last started first.
         assert sorted(started) == ["first", "second"], lines
         assert stopped == started[::-1], lines
     finally:

@@ -150,21 +150,7 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut batch = BatchWriter::default();
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            if !batch.push(&frame) {
-                STATS.peer_frames_oversized.inc();
-                tracing::warn!(
-                    bytes = prost::Message::encoded_len(&frame),
-                    "a peer frame over the size limit was dropped"
-                );
-            }
-            if batch.full() {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
+        batch.fill(first, &mut rx);
         if batch.frames() == 0 {
             continue;
         }

@@ -256,23 +256,7 @@ pub async fn write_frames(
                     direct.write_out(&sink, &[], 0).await?;
                     break;
                 };
-                batch.clear();
-                let mut taken = 0;
-                let mut next = Some(first);
-                while let Some(frame) = next.take() {
-                    taken += 1;
-                    if !batch.push(&frame) {
-                        STATS.peer_frames_oversized.inc();
-                        tracing::warn!(
-                            bytes = prost::Message::encoded_len(&frame),
-                            "a peer frame over the size limit was dropped"
-                        );
-                    }
-                    if batch.full() {
-                        break;
-                    }
-                    next = rx.try_recv().ok();
-                }
+                let taken = batch.fill(first, &mut rx);
                 if batch.frames() == 0 {
                     direct.write_out(&sink, &[], taken).await?;
                     continue;

@@ -148,6 +148,33 @@ impl BatchWriter {
         true
     }
 
+    /// Starts a batch with `first` and what else `rx` holds now, up to a full batch; returns
+    /// how many frames it took from `rx` (a frame over the size limit is taken and dropped).
+    pub fn fill(
+        &mut self,
+        first: pb::PeerFrame,
+        rx: &mut tokio::sync::mpsc::Receiver<pb::PeerFrame>,
+    ) -> usize {
+        self.clear();
+        let mut taken = 0;
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            taken += 1;
+            if !self.push(&frame) {
+                crate::observe::stats::STATS.peer_frames_oversized.inc();
+                tracing::warn!(
+                    bytes = frame.encoded_len(),
+                    "a peer frame over the size limit was dropped"
+                );
+            }
+            if self.full() {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        taken
+    }
+
     /// Frames in the batch.
     pub fn frames(&self) -> usize {
         self.frames
