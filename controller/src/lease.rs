@@ -162,14 +162,11 @@ pub struct LeaseTimes {
 ///   open proves nothing once the close is seen: the node sent it before the break (a
 ///   crashed node's last renewal can land after the close).
 /// - cut to the close itself when the node's process was found gone (it cannot run code).
-pub fn deadline(f: &LeaseFacts, t: LeaseTimes) -> Instant {
-    deadline_lagging(f, t, Duration::ZERO)
-}
-
-/// [`deadline`] on a member that serves renewals `lag` late: a renewal a live node sent
-/// up to `lag` ago may still be waiting to be served, so every end is pushed out by `lag`
-/// (but for a process found gone, which ends at its close).
-pub fn deadline_lagging(f: &LeaseFacts, t: LeaseTimes, lag: Duration) -> Instant {
+///
+/// On a member that serves renewals `lag` late a renewal a live node sent up to `lag` ago
+/// may still be waiting to be served, so every end is pushed out by `lag` (but for a
+/// process found gone, which ends at its close).
+pub fn deadline(f: &LeaseFacts, t: LeaseTimes, lag: Duration) -> Instant {
     let held_since = |from: Instant| -> Duration {
         f.held
             .iter()
@@ -197,15 +194,10 @@ pub fn deadline_lagging(f: &LeaseFacts, t: LeaseTimes, lag: Duration) -> Instant
     end
 }
 
-/// True when the lease described by `f` has ended at `now`.
-pub fn expired(f: &LeaseFacts, t: LeaseTimes, now: Instant) -> bool {
-    now >= deadline(f, t)
-}
-
 /// True when the lease described by `f` has ended at `now` on a member serving renewals
-/// `lag` late.
-pub fn expired_lagging(f: &LeaseFacts, t: LeaseTimes, now: Instant, lag: Duration) -> bool {
-    now >= deadline_lagging(f, t, lag)
+/// `lag` late (see [`deadline`]).
+pub fn expired(f: &LeaseFacts, t: LeaseTimes, now: Instant, lag: Duration) -> bool {
+    now >= deadline(f, t, lag)
 }
 
 impl LeaseFacts {
@@ -382,7 +374,7 @@ impl Leases {
             .lock()
             .iter()
             .map(|(n, f)| {
-                let left = deadline_lagging(f, self.times, lag).saturating_duration_since(now);
+                let left = deadline(f, self.times, lag).saturating_duration_since(now);
                 (n.clone(), (f.incarnation, left.as_millis() as u64))
             })
             .collect()
@@ -516,7 +508,7 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
             core.leases.apply_closed(&mut facts);
             for (node, inc) in &alive {
                 let Some(f) = facts.get(node) else { continue };
-                if f.incarnation == *inc && expired_lagging(f, core.leases.times, now, lag) {
+                if f.incarnation == *inc && expired(f, core.leases.times, now, lag) {
                     expired_nodes.push((node.clone(), *inc));
                 }
             }
@@ -702,9 +694,12 @@ mod tests {
         let t0 = Instant::now();
         for (what, steps, end) in table {
             let f = facts(t0, steps);
-            assert_eq!(deadline(&f, TIMES), t0 + ms(*end), "{what}");
-            assert!(!expired(&f, TIMES, t0 + ms(*end) - ms(1)), "{what}");
-            assert!(expired(&f, TIMES, t0 + ms(*end)), "{what}");
+            assert_eq!(deadline(&f, TIMES, Duration::ZERO), t0 + ms(*end), "{what}");
+            assert!(
+                !expired(&f, TIMES, t0 + ms(*end) - ms(1), Duration::ZERO),
+                "{what}"
+            );
+            assert!(expired(&f, TIMES, t0 + ms(*end), Duration::ZERO), "{what}");
         }
     }
 
@@ -820,11 +815,11 @@ mod tests {
         let t0 = Instant::now();
         let lag = ms(700);
         let f = facts(t0, &[Renew(500, true)]);
-        assert_eq!(deadline_lagging(&f, TIMES, lag), t0 + ms(3200));
+        assert_eq!(deadline(&f, TIMES, lag), t0 + ms(3200));
         let f = facts(t0, &[Renew(100, true), Numbered(1, 0, 1000)]);
-        assert_eq!(deadline_lagging(&f, TIMES, lag), t0 + ms(2000));
+        assert_eq!(deadline(&f, TIMES, lag), t0 + ms(2000));
         let f = facts(t0, &[Renew(900, false), Gone(0, 1000)]);
-        assert_eq!(deadline_lagging(&f, TIMES, lag), t0 + ms(1000));
+        assert_eq!(deadline(&f, TIMES, lag), t0 + ms(1000));
     }
 
     #[test]

@@ -82,22 +82,26 @@ def _notes(log: Path) -> dict[str, list[int]]:
     return seen
 
 
-def finished_in_flight(log: Path, thaws: Mapping[str, int]) -> dict[str, int]:
-    """For each frozen lifetime (pid → when its node was woken, ns), the note of a handler in
-    flight at the freeze that it finished on waking, if that is all it did."""
+def _tails(seen: dict[str, list[int]], thaws: Mapping[str, int]) -> dict[str, int]:
     out = {}
     for pid, thawed in thaws.items():
-        after = [t for t in _notes(log).get(pid, []) if t >= thawed]
+        after = [t for t in seen.get(pid, []) if t >= thawed]
         if len(after) == 1 and after[0] - thawed <= IN_FLIGHT_NS:
             out[pid] = after[0]
     return out
+
+
+def finished_in_flight(log: Path, thaws: Mapping[str, int]) -> dict[str, int]:
+    """For each frozen lifetime (pid → when its node was woken, ns), the note of a handler in
+    flight at the freeze that it finished on waking, if that is all it did."""
+    return _tails(_notes(log), thaws)
 
 
 def spans(log: Path, thaws: Mapping[str, int] | None = None) -> list[tuple[str, int, int]]:
     """Each lifetime in the log as (pid, first, last) in ns, by start, without the tail of a
     frozen lifetime (see ``finished_in_flight``)."""
     seen = _notes(log)
-    for pid, tail in finished_in_flight(log, thaws or {}).items():
+    for pid, tail in _tails(seen, thaws or {}).items():
         seen[pid].remove(tail)
     return sorted(((p, min(t), max(t)) for p, t in seen.items() if t), key=lambda s: s[1])
 

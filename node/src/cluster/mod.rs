@@ -128,17 +128,13 @@ fn peer_runtime(fallback: &tokio::runtime::Handle) -> tokio::runtime::Handle {
         }
     };
     let handle = runtime.handle().clone();
-    let (started, ready) = std::sync::mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name("rebeam-peer-io".into())
-        .spawn(move || {
-            let _ = started.send(());
-            runtime.block_on(std::future::pending::<()>())
-        });
+        .spawn(move || runtime.block_on(std::future::pending::<()>()));
     match spawned {
-        Ok(_) if ready.recv().is_ok() => handle,
-        Ok(_) | Err(_) => {
-            tracing::warn!("no peer I/O thread, peers share the main runtime");
+        Ok(_) => handle,
+        Err(err) => {
+            tracing::warn!("no peer I/O thread, peers share the main runtime: {err}");
             fallback.clone()
         }
     }

@@ -20,8 +20,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
-/// Largest frame written directly; a larger one goes through the queue (encoding and
-/// writing it would hold the link's lock, and the sender's thread, for long).
+/// Largest batch (one frame, encoded with its length prefix) written directly; a larger one
+/// goes through the queue (writing it would hold the link's lock, and the sender's thread,
+/// for long).
 pub const DIRECT_MAX: usize = 16 << 10;
 
 /// A frame is written directly only when the link's previous frame came at least this long
@@ -145,15 +146,18 @@ impl Direct {
         let Some(sink) = sink.as_ref() else {
             return Some(frame);
         };
-        if self.queued.load(Ordering::Acquire) != 0
-            || !tail.is_empty()
-            || prost::Message::encoded_len(&frame) > DIRECT_MAX
-        {
+        if self.queued.load(Ordering::Acquire) != 0 || !tail.is_empty() {
             return Some(frame);
         }
         batch.clear();
-        batch.push(&frame);
+        // A frame over the size limit goes to the queue, whose writer counts and drops it.
+        if !batch.push(&frame) {
+            return Some(frame);
+        }
         let bytes = batch.finish();
+        if bytes.len() > DIRECT_MAX {
+            return Some(frame);
+        }
         let written = match sink.try_write(bytes) {
             Ok(n) => n,
             // Would block, or the connection broke: the queue's writer will see it.
