@@ -125,7 +125,7 @@ if IN_NODE:
         "Exit": Exit, "Down": Down, "Crash": Crash, "Timeout": Timeout, "Error": Error,
         "InitError": InitError, "UnknownName": UnknownName, "NameTaken": NameTaken,
         "ProcessKilled": ProcessKilled, "NOREPLY": NOREPLY, "TIMEOUT": TIMEOUT,
-        "Global": Global, "cleanup": _cleanup.cleanup, "controller_error": controller_error,
+        "Global": Global, "Via": Via, "cleanup": _cleanup.cleanup, "controller_error": controller_error,
         "format_exception": _errors.format_exception,
     })
     from . import _output

@@ -110,7 +110,7 @@ def noreply() -> Any:
 # The functions below take any destination. A `Via` name is resolved here, in Python; every
 # other destination goes to the node as it is, so pids and local names pay one type check
 # (bound once: the hot paths skip the attribute lookups).
-_send, _cast, _call = native.send, native.cast, native.call
+_send, _call = native.send, native.call
 
 
 def send(dest: Dest, message: object) -> None:
@@ -126,15 +126,11 @@ def send(dest: Dest, message: object) -> None:
     _send(dest, message)
 
 
-def cast(dest: Dest, request: object) -> None:
-    """Sends an asynchronous request to a GenServer (its ``handle_cast``); a name nobody
-    holds is ignored, as OTP's ``gen_server:cast`` does."""
-    if dest.__class__ is Via:
-        pid = dest.whereis()
-        if pid is None:
-            return
-        dest = pid
-    _cast(dest, request)
+# `rebeam.cast` is the node's function itself (it resolves a `Via` name too): the one-way
+# path runs no Python frame of ours. Outside a node it raises NotInNode like the rest.
+cast: Callable[[Dest, object], None] = native.cast
+"""Sends an asynchronous request to a GenServer (its ``handle_cast``); a name nobody holds is
+ignored, as OTP's ``gen_server:cast`` does."""
 
 
 def call(dest: Dest, request: object, timeout: float | None = 5.0) -> Any:

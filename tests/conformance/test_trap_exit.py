@@ -159,6 +159,45 @@ def test_killed_code_that_swallows_the_kill_cannot_send():
     assert rebeam.receive(match=lambda m: m == "zombie", timeout=0, default=None) is None
 
 
+class Recorder(rebeam.GenServer):
+    """Keeps the casts it gets; a call answers with them."""
+
+    def init(self) -> None:
+        self.casts: list[object] = []
+
+    def handle_cast(self, request: object) -> None:
+        self.casts.append(request)
+
+    def handle_call(self, request: object, sender: object) -> object:
+        return list(self.casts)
+
+
+def test_killed_code_that_swallows_the_kill_cannot_cast():
+    me = rebeam.self_pid()
+    sink = rebeam.spawn(Recorder)
+
+    def swallower():
+        try:
+            rebeam.send(me, "ready")
+            forever()
+        except BaseException:  # noqa: B036 - the point of the test
+            pass
+        for _ in range(3):
+            try:
+                rebeam.cast(sink, "zombie")
+            except BaseException:  # noqa: B036
+                pass
+
+    pid, ref = rebeam.spawn_monitor(swallower)
+    expect("ready")
+    rebeam.exit(pid, "kill")
+    assert wait_down(ref).reason == "killed"
+    # The recorder answers calls in order with its casts: one sent before the Down was seen
+    # would be queued ahead of this call.
+    assert rebeam.call(sink, "casts") == []
+    rebeam.exit(sink, "kill")
+
+
 def test_trapping_exits_is_a_context_manager_that_restores_the_setting():
     assert rebeam.trap_exits(False) is False
     with rebeam.trapping_exits():

@@ -180,3 +180,22 @@ def test_a_supervised_child_named_by_via_is_found_again_after_a_restart():
     assert deadline_pid is not None and deadline_pid != first
     assert rebeam.call(name, "again") == "again"
     assert [p for _, p, _ in rebeam.which_children(sup)] == [deadline_pid]
+
+
+class MisbehavingRegistry(DictRegistry):
+    """A registry whose ``whereis_name`` answers something that is not a pid."""
+
+    def whereis_name(self, key: Any) -> Any:
+        return "not a pid"
+
+
+def test_a_cast_through_a_registry_that_answers_no_pid_raises():
+    # `rebeam.cast` resolves a Via name in the node's own function: the registry's answer is
+    # checked there too.
+    with pytest.raises(TypeError, match="must return a Pid"):
+        rebeam.cast(rebeam.Via(MisbehavingRegistry(), "x"), "hello")
+
+
+def test_a_cast_to_something_that_is_no_destination_raises_type_error():
+    with pytest.raises(TypeError, match=r"Via\(registry, key\)"):
+        rebeam.cast(42, "hello")  # type: ignore[arg-type]

@@ -35,6 +35,8 @@ pub struct PyTypes {
     pub timeout_message: Py<PyAny>,
     /// `rebeam.Global`.
     pub global: Py<PyAny>,
+    /// `rebeam.Via`.
+    pub via: Py<PyAny>,
     /// Called with a pid when a process that registered cleanups exits.
     pub cleanup: Py<PyAny>,
     /// `rebeam._errors.controller_error(code, message)`: the typed exception for a controller
@@ -68,6 +70,7 @@ pub fn install(py: Python<'_>, types: &Bound<'_, PyDict>) -> PyResult<()> {
         noreply: get("NOREPLY")?,
         timeout_message: get("TIMEOUT")?,
         global: get("Global")?,
+        via: get("Via")?,
         cleanup: get("cleanup")?,
         controller_error: get("controller_error")?,
         format_exception: get("format_exception")?,

@@ -127,14 +127,16 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
             Some(p) => Some(p),
             None => py.detach(|| rt.runq.pop_until(Instant::now() + RETIRE_AFTER)),
         };
+        // Read once for the lease check and the first handler's timing.
+        let now = Instant::now();
         match next {
-            Some(process) if !rt.lease_ok() => {
+            Some(process) if !rt.lease_ok_at(now) => {
                 // The lease lapsed (the node was frozen or cut off): run nothing until the
                 // fence has killed every process of this incarnation.
                 rt.runq.push(process);
                 py.detach(|| std::thread::sleep(Duration::from_millis(1)));
             }
-            Some(process) => run_batch(py, rt, &process),
+            Some(process) => run_batch(py, rt, &process, now),
             None => {
                 let pool = &rt.host.pool;
                 let total = pool.total.load(Ordering::Acquire);
@@ -170,8 +172,8 @@ fn stall_monitor(rt: std::sync::Weak<PyRuntime>) {
     }
 }
 
-/// Runs up to `BATCH` messages of a server.
-fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
+/// Runs up to `BATCH` messages of a server; `now` is a clock reading taken just before.
+fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>, now: Instant) {
     if !rt.begin_batch(process) {
         return;
     }
@@ -191,12 +193,13 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>) {
         }
         return;
     }
-    // One clock read per message: each message's end is the next one's start.
-    let mut clock = Instant::now();
+    // One clock read per message: each message's end is the next one's start, and the
+    // lease is checked at that reading.
+    let mut clock = now;
     for _ in 0..BATCH {
         // Checked before every message, not once per batch: a node frozen in the middle of
         // a batch must not go on with it when it wakes after its lease lapsed.
-        if !rt.lease_ok() {
+        if !rt.lease_ok_at(clock) {
             break;
         }
         let Some(envelope) = rt.take_next(process) else {
@@ -313,8 +316,10 @@ fn handle_one(
     envelope: Envelope<Term>,
     clock: &mut Instant,
 ) -> After {
-    process.data.handled.fetch_add(1, Ordering::Relaxed);
-    let outcome = dispatch(py, rt, process, server, envelope);
+    // Only the thread running the server counts its messages: no atomic add needed.
+    let handled = &process.data.handled;
+    handled.store(handled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    let outcome = dispatch(py, process, server, envelope);
     let ended = Instant::now();
     if ended.duration_since(*clock) > INLINE_LIMIT {
         process.data.slow.store(true, Ordering::Relaxed);
@@ -414,12 +419,13 @@ pub fn lease_gate(py: Python<'_>, rt: &PyRuntime, process: &PyProcess) -> bool {
 /// Handles one envelope: done, stopping, or suspended on the event loop.
 fn dispatch(
     py: Python<'_>,
-    rt: &PyRuntime,
     process: &Arc<PyProcess>,
     server: &Bound<'_, PyAny>,
     envelope: Envelope<Term>,
 ) -> Handled {
-    if !lease_gate(py, rt, process) {
+    // The lease was checked by the caller right before (see `run_batch`, `run_inline`):
+    // only a process killed since is left to skip.
+    if process.is_exited() {
         return Handled::Next;
     }
     if let Some(app) = &process.data.app {

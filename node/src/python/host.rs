@@ -187,6 +187,12 @@ pub fn current() -> Option<Arc<PyProcess>> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
+/// True when the calling thread runs a process that has exited (no reference is taken:
+/// every send asks).
+pub fn current_exited() -> bool {
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|p| p.is_exited()))
+}
+
 /// The pid of the current process, if any.
 pub fn current_pid() -> Option<Pid> {
     CURRENT.with(|c| c.borrow().as_ref().map(|p| p.pid))

@@ -69,16 +69,18 @@ fn immutable_size(value: &Bound<'_, PyAny>, depth: usize) -> Option<usize> {
     if depth >= MAX_SHARED_DEPTH {
         return None;
     }
-    let items: Vec<Bound<'_, PyAny>> = if let Ok(tuple) = value.cast_exact::<PyTuple>() {
-        tuple.iter().collect()
+    // Walked in place (no list of the items is made: this runs on every send).
+    let mut size = OBJECT_BYTES;
+    if let Ok(tuple) = value.cast_exact::<PyTuple>() {
+        for item in tuple.iter_borrowed() {
+            size += 8 + immutable_size(&item, depth + 1)?;
+        }
     } else if let Ok(set) = value.cast_exact::<PyFrozenSet>() {
-        set.iter().collect()
+        for item in set.iter() {
+            size += 8 + immutable_size(&item, depth + 1)?;
+        }
     } else {
         return None;
-    };
-    let mut size = OBJECT_BYTES;
-    for item in &items {
-        size += 8 + immutable_size(item, depth + 1)?;
     }
     Some(size)
 }

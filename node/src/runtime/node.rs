@@ -75,6 +75,13 @@ impl<H: Host> Runtime<H> {
         until == 0 || (self.epoch.elapsed().as_millis() as u64) < until
     }
 
+    /// `lease_ok` at `now`, a clock reading the caller already has (the executors read the
+    /// clock once per message and use it for this and for timing the handler).
+    pub fn lease_ok_at(&self, now: Instant) -> bool {
+        let until = self.lease_until.load(Ordering::Acquire);
+        until == 0 || (now.saturating_duration_since(self.epoch).as_millis() as u64) < until
+    }
+
     /// Starts a new life of this node (after a rejoin): pids of the old incarnation no
     /// longer resolve here. Callers kill the old processes first.
     pub fn set_incarnation(&self, incarnation: u64) {
@@ -630,6 +637,7 @@ impl<H: Host> Runtime<H> {
             }
             let was_running = st.status == Status::Running;
             st.status = Status::Exited;
+            p.exited.store(true, Ordering::Release);
             st.reason = Some(reason.clone());
             p.mail.notify_all();
             Dead {

@@ -6,6 +6,7 @@ use super::pid::{Pid, Ref};
 use super::reason::Reason;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// How a process's code runs.
@@ -181,6 +182,9 @@ pub struct Process<H: Host> {
     pub data: H::Data,
     pub(crate) state: Mutex<State<H::Msg>>,
     pub(crate) mail: Condvar,
+    /// Set (under the state lock) when `status` becomes `Exited`: `is_exited`, asked on
+    /// every message's path, reads it without taking the lock.
+    pub(crate) exited: AtomicBool,
 }
 
 impl<H: Host> Process<H> {
@@ -214,6 +218,7 @@ impl<H: Host> Process<H> {
                 timeout_gen: 0,
             }),
             mail: Condvar::new(),
+            exited: AtomicBool::new(false),
         }
     }
 
@@ -224,7 +229,7 @@ impl<H: Host> Process<H> {
 
     /// True once the process has exited.
     pub fn is_exited(&self) -> bool {
-        self.state.lock().status == Status::Exited
+        self.exited.load(Ordering::Acquire)
     }
 
     /// The exit reason, once exited.

@@ -19,7 +19,9 @@ pub(super) fn send(
     Ok(())
 }
 
-/// `cast(dest, request)`: an asynchronous request to a GenServer.
+/// Sends an asynchronous request to a GenServer (its ``handle_cast``); a name nobody holds
+/// is ignored, as OTP's ``gen_server:cast`` does. (`rebeam.cast` itself: no Python frame
+/// runs before it.)
 #[pyfunction]
 pub(super) fn cast(
     py: Python<'_>,

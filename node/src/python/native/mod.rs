@@ -2,7 +2,9 @@
 
 use super::convert::{self, error, reason_from_py, reason_to_py, types};
 use super::executor::{clear_interrupt, is_killed, lease_gate, log_crash, Blocking};
-use super::host::{current, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime};
+use super::host::{
+    current, current_exited, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime,
+};
 use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
 use super::ports::{GlobalNames, Refused, Remote, SpawnDone, SpawnReply, SpawnRequest};
 use super::term::Term;
@@ -86,10 +88,19 @@ fn deadline_after(timeout: Option<f64>) -> PyResult<Option<Instant>> {
 /// Raises the killed-process exception if the current process died during a native call.
 fn still_alive(py: Python<'_>, process: &Arc<PyProcess>) -> PyResult<()> {
     if process.is_exited() {
-        clear_interrupt(py);
-        return Err(error(py, &types(py)?.killed, ()));
+        return Err(killed(py));
     }
     Ok(())
+}
+
+/// The killed-process exception, for a process that died during a native call (the
+/// interrupt aimed at it is dropped: it raises this instead).
+fn killed(py: Python<'_>) -> PyErr {
+    clear_interrupt(py);
+    match types(py) {
+        Ok(t) => error(py, &t.killed, ()),
+        Err(e) => e,
+    }
 }
 
 /// Where a message goes: a pid, a local name, or None for an unknown name.
@@ -111,9 +122,19 @@ fn resolve(dest: &Bound<'_, PyAny>) -> PyResult<Option<Pid>> {
             .detach(|| names.whereis_global(&name))
             .map_err(|s| controller_error(py, &s));
     }
+    if dest.get_type().is(types(py)?.via.bind(py)) {
+        // A `Via` name resolves through its registry's Python code (`rebeam.cast` is this
+        // module's function itself, so it meets them; other senders resolve them first).
+        let found = dest.call_method0(pyo3::intern!(py, "whereis"))?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        return Ok(Some(found.cast::<PyPid>()?.get().0));
+    }
     let type_name = dest.get_type().name()?.to_string();
     Err(PyTypeError::new_err(format!(
-        "a destination must be a Pid, a local name (str) or Global(name), not {type_name}"
+        "a destination must be a Pid, a local name (str), Global(name) or Via(registry, key), \
+         not {type_name}"
     )))
 }
 
@@ -137,10 +158,10 @@ fn _install(py: Python<'_>, types: &Bound<'_, PyDict>) -> PyResult<()> {
 /// Raises the killed-process exception again in code that caught it and went on: a killed
 /// process sends nothing more.
 fn not_killed(py: Python<'_>) -> PyResult<()> {
-    match current() {
-        Some(me) => still_alive(py, &me),
-        None => Ok(()),
+    if current_exited() {
+        return Err(killed(py));
     }
+    Ok(())
 }
 
 /// Fills the `_rebeam_native` module (the binary registers it before Python starts).
