@@ -122,13 +122,19 @@ fn spawn_executor(rt: Arc<PyRuntime>) {
 }
 
 fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
+    // The clock as the last batch left it: a server taken without waiting starts from that
+    // reading (a chain of servers with one message each reads the clock once a message).
+    let mut last: Option<Instant> = None;
     loop {
-        let next = match rt.runq.try_pop() {
-            Some(p) => Some(p),
-            None => py.detach(|| rt.runq.pop_until(Instant::now() + RETIRE_AFTER)),
+        let (next, now) = match rt.runq.try_pop() {
+            Some(p) => (Some(p), last.take().unwrap_or_else(Instant::now)),
+            None => {
+                let next = py.detach(|| rt.runq.pop_until(Instant::now() + RETIRE_AFTER));
+                (next, Instant::now())
+            }
         };
-        // Read once for the lease check and the first handler's timing.
-        let now = Instant::now();
+        last = None;
+        // `now` serves the lease check and the first handler's timing.
         match next {
             Some(process) if !rt.lease_ok_at(now) => {
                 // The lease lapsed (the node was frozen or cut off): run nothing until the
@@ -136,7 +142,7 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
                 rt.runq.push(process);
                 py.detach(|| std::thread::sleep(Duration::from_millis(1)));
             }
-            Some(process) => run_batch(py, rt, &process, now),
+            Some(process) => last = Some(run_batch(py, rt, &process, now)),
             None => {
                 let pool = &rt.host.pool;
                 let total = pool.total.load(Ordering::Acquire);
@@ -173,13 +179,19 @@ fn stall_monitor(rt: std::sync::Weak<PyRuntime>) {
 }
 
 /// Runs up to `BATCH` messages of a server; `now` is a clock reading taken just before.
-fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>, now: Instant) {
+/// Returns a reading taken after the last process code it ran.
+fn run_batch(
+    py: Python<'_>,
+    rt: &Arc<PyRuntime>,
+    process: &Arc<PyProcess>,
+    now: Instant,
+) -> Instant {
     if !rt.begin_batch(process) {
-        return;
+        return now;
     }
     let Some(server) = process.data.server.get().map(|s| s.clone_ref(py)) else {
         rt.finish_batch(process);
-        return;
+        return now;
     };
     let enter = Enter::new(process.clone());
     // An async handler that ended with a stop left it for an executor: `terminate` is user
@@ -191,7 +203,7 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>, now:
         if after != After::Suspended {
             rt.finish_batch(process);
         }
-        return;
+        return Instant::now();
     }
     // One clock read per message: each message's end is the next one's start, and the
     // lease is checked at that reading.
@@ -207,13 +219,18 @@ fn run_batch(py: Python<'_>, rt: &Arc<PyRuntime>, process: &Arc<PyProcess>, now:
         };
         match handle_one(py, rt, process, server.bind(py), envelope, &mut clock) {
             After::Next => {}
-            After::Stopped => break,
+            After::Stopped => {
+                // `terminate` may have run after the handler's reading.
+                clock = Instant::now();
+                break;
+            }
             // The handler awaits on the event loop, which hands the server back when done.
-            After::Suspended => return,
+            After::Suspended => return clock,
         }
     }
     drop(enter);
     rt.finish_batch(process);
+    clock
 }
 
 /// What follows one handled message.
