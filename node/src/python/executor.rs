@@ -9,7 +9,7 @@ use super::term::Term;
 use crate::runtime::{CallResult, CallSlot, Envelope, Pid, Reason};
 use pyo3::intern;
 use pyo3::prelude::*;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +31,28 @@ const STALL_TICKS: u32 = 3;
 
 thread_local! {
     static IS_EXECUTOR: Cell<bool> = const { Cell::new(false) };
+    /// Calls this executor answered whose callers it has not woken yet (see `Wake::Later`).
+    static UNWOKEN: RefCell<Vec<Arc<CallSlot<Term>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// When the caller of a call answered by a handler's return value is woken.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Wake {
+    /// At once: the handler runs on the caller's own thread, or the next code may run long.
+    Now,
+    /// When this executor next lets go of the interpreter or starts other code
+    /// (`wake_unwoken`): a caller woken while the executor still holds the interpreter
+    /// would only wake to wait for it, paying a second wake-up.
+    Later,
+}
+
+/// Wakes the callers of the calls this executor answered (see `Wake::Later`).
+fn wake_unwoken() {
+    UNWOKEN.with(|held| {
+        for slot in held.borrow_mut().drain(..) {
+            slot.wake();
+        }
+    });
 }
 
 /// Counts of executor threads, so blocking handlers never leave the run queue unserved.
@@ -127,9 +149,15 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
     let mut last: Option<Instant> = None;
     loop {
         let (next, now) = match rt.runq.try_pop() {
-            Some(p) => (Some(p), last.take().unwrap_or_else(Instant::now)),
+            Some(p) => {
+                wake_unwoken();
+                (Some(p), last.take().unwrap_or_else(Instant::now))
+            }
             None => {
-                let next = py.detach(|| rt.runq.pop_until(Instant::now() + RETIRE_AFTER));
+                let next = py.detach(|| {
+                    wake_unwoken();
+                    rt.runq.pop_until(Instant::now() + RETIRE_AFTER)
+                });
                 (next, Instant::now())
             }
         };
@@ -217,7 +245,15 @@ fn run_batch(
         let Some(envelope) = rt.take_next(process) else {
             break;
         };
-        match handle_one(py, rt, process, server.bind(py), envelope, &mut clock) {
+        match handle_one(
+            py,
+            rt,
+            process,
+            server.bind(py),
+            envelope,
+            &mut clock,
+            Wake::Later,
+        ) {
             After::Next => {}
             After::Stopped => {
                 // `terminate` may have run after the handler's reading.
@@ -315,6 +351,7 @@ pub fn run_inline(
         server.bind(py),
         envelope,
         &mut Instant::now(),
+        Wake::Now,
     );
     drop(enter);
     if after != After::Suspended {
@@ -324,7 +361,9 @@ pub fn run_inline(
 
 /// Handles one envelope of an entered server on this thread, counting it and marking the
 /// server slow if the handler took longer than `INLINE_LIMIT`. `clock` is when the handler
-/// started (read just before); it is left at when it ended.
+/// started (read just before); it is left at when it ended. `wake` says when the caller of
+/// a call answered by the handler's return value is woken; callers still unwoken are woken
+/// before any more code runs here but the next message's handler.
 fn handle_one(
     py: Python<'_>,
     rt: &Arc<PyRuntime>,
@@ -332,11 +371,17 @@ fn handle_one(
     server: &Bound<'_, PyAny>,
     envelope: Envelope<Term>,
     clock: &mut Instant,
+    wake: Wake,
 ) -> After {
+    // The previous message's caller waited long enough: a handler may run long.
+    wake_unwoken();
     // Only the thread running the server counts its messages: no atomic add needed.
     let handled = &process.data.handled;
     handled.store(handled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    let outcome = dispatch(py, process, server, envelope);
+    let outcome = dispatch(py, process, server, envelope, wake);
+    if !matches!(outcome, Handled::Next) {
+        wake_unwoken();
+    }
     let ended = Instant::now();
     if ended.duration_since(*clock) > INLINE_LIMIT {
         process.data.slow.store(true, Ordering::Relaxed);
@@ -387,6 +432,17 @@ pub fn reply_with(
     slot: &Arc<CallSlot<Term>>,
     reply: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
+    answer(py, process, slot, reply, Wake::Now)
+}
+
+/// `reply_with`, waking the caller now or later.
+fn answer(
+    py: Python<'_>,
+    process: &PyProcess,
+    slot: &Arc<CallSlot<Term>>,
+    reply: &Bound<'_, PyAny>,
+    wake: Wake,
+) -> PyResult<()> {
     if reply.is(convert::types(py)?.noreply.bind(py)) {
         if !slot.is_complete() {
             process.lock().pending_calls.push(slot.clone());
@@ -395,7 +451,13 @@ pub fn reply_with(
     }
     match Term::copy_in(reply) {
         Ok(term) => {
-            let _ = slot.complete(CallResult::Reply(term));
+            let answered = match wake {
+                Wake::Now => slot.complete(CallResult::Reply(term)),
+                Wake::Later => slot.complete_unwoken(CallResult::Reply(term)),
+            };
+            if wake == Wake::Later && answered.is_ok() {
+                UNWOKEN.with(|held| held.borrow_mut().push(slot.clone()));
+            }
             Ok(())
         }
         Err(err) => {
@@ -439,6 +501,7 @@ fn dispatch(
     process: &Arc<PyProcess>,
     server: &Bound<'_, PyAny>,
     envelope: Envelope<Term>,
+    wake: Wake,
 ) -> Handled {
     // The lease was checked by the caller right before (see `run_batch`, `run_inline`):
     // only a process killed since is left to skip.
@@ -485,7 +548,7 @@ fn dispatch(
             if aio::is_coroutine(&reply) {
                 return Ok(Ran::Coroutine(reply, Then::Handler(Some(slot))));
             }
-            reply_with(py, process, &slot, &reply)?;
+            answer(py, process, &slot, &reply, wake)?;
             Ok(Ran::Done)
         }
         Envelope::Exit { from, reason }

@@ -1,8 +1,13 @@
 //! A one-shot reply slot for `call`: the caller waits on it, the callee (or its death) fills it.
 
 use super::reason::Reason;
+use super::spin::Spinner;
 use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// What callers learnt of watching for replies (see `Spinner`): one for the process.
+static REPLY_SPINNER: Spinner = Spinner::new();
 
 /// The outcome of a call.
 #[derive(Debug)]
@@ -22,6 +27,8 @@ pub type Forward<M> = Box<dyn FnOnce(CallResult<M>) + Send>;
 pub struct CallSlot<M> {
     result: Mutex<Option<CallResult<M>>>,
     done: Condvar,
+    /// Set when the waiter may take the result: it watches this before it parks.
+    woken: AtomicBool,
     forward: Mutex<Option<Forward<M>>>,
 }
 
@@ -36,6 +43,7 @@ impl<M> Default for CallSlot<M> {
         CallSlot {
             result: Mutex::new(None),
             done: Condvar::new(),
+            woken: AtomicBool::new(false),
             forward: Mutex::new(None),
         }
     }
@@ -44,6 +52,17 @@ impl<M> Default for CallSlot<M> {
 impl<M> CallSlot<M> {
     /// Completes the call; gives the result back if the slot was already completed.
     pub fn complete(&self, result: CallResult<M>) -> Result<(), CallResult<M>> {
+        self.complete_unwoken(result)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Completes the call without waking its waiter yet (`wake` does): an executor that
+    /// answered a call keeps the interpreter until it has nothing more to run, and wakes
+    /// the caller only once it has let go of it, so the caller does not wake up only to
+    /// wait for the interpreter. A waiter that looks (parked and woken for another reason,
+    /// or at its deadline) takes the result all the same.
+    pub fn complete_unwoken(&self, result: CallResult<M>) -> Result<(), CallResult<M>> {
         let mut slot = self.result.lock();
         if slot.is_some() {
             return Err(result);
@@ -55,8 +74,13 @@ impl<M> CallSlot<M> {
             return Ok(());
         }
         *slot = Some(result);
-        self.done.notify_all();
         Ok(())
+    }
+
+    /// Wakes the waiter of a completed slot.
+    pub fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.done.notify_all();
     }
 
     /// A slot whose completion is handed to `forward` instead of a waiting thread.
@@ -71,8 +95,10 @@ impl<M> CallSlot<M> {
         self.result.lock().is_some()
     }
 
-    /// Waits for the result until `deadline`; `None` on timeout.
+    /// Waits for the result until `deadline`; `None` on timeout. Watches for it a moment
+    /// before parking (see `spin`): most replies come within microseconds.
     pub fn wait(&self, deadline: Option<Instant>) -> Option<CallResult<M>> {
+        REPLY_SPINNER.until(deadline, || self.woken.load(Ordering::Acquire));
         let mut slot = self.result.lock();
         loop {
             if let Some(result) = slot.take() {

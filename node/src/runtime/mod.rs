@@ -9,6 +9,7 @@ pub mod process;
 pub mod reason;
 pub mod registry;
 pub mod runqueue;
+pub mod spin;
 pub mod stats;
 pub mod table;
 pub mod timer;
