@@ -21,7 +21,7 @@ pub enum Pushed {
     Held,
     /// Not queued: the link's queue (or the held frames) are full. With the link's queue,
     /// the frame and a way to wait for room come back (see [`Busy`]).
-    Full(Option<Busy>),
+    Full(Option<Box<Busy>>),
     /// Dropped: the peer is neither a known member nor connected to this node.
     Unknown,
 }
@@ -64,7 +64,7 @@ pub fn push_on(link: &PeerLink, frame: pb::PeerFrame) -> Pushed {
 pub fn settled(link: &PeerLink, queued: Queued) -> Pushed {
     match queued {
         Queued::Yes => Pushed::Queued,
-        Queued::Full(frame) => Pushed::Full(Some(Busy::new(frame, link.clone()))),
+        Queued::Full(frame) => Pushed::Full(Some(Box::new(Busy::new(frame, link.clone())))),
         Queued::Gone => Pushed::Full(None),
     }
 }
