@@ -21,7 +21,7 @@ pub enum Pushed {
     Held,
     /// Not queued: the link's queue (or the held frames) are full. With the link's queue,
     /// the frame and a way to wait for room come back (see [`Busy`]).
-    Full(Option<Busy>),
+    Full(Option<Box<Busy>>),
     /// Dropped: the peer is neither a known member nor connected to this node.
     Unknown,
 }
@@ -43,25 +43,28 @@ impl PartialEq for Busy {
 impl Eq for Busy {}
 
 impl Busy {
-    /// Waits up to `wait` for room on the link (blocking the calling thread, which must not
-    /// be one of `tokio`'s); false when the frame had to be dropped (still full, or the link
-    /// went away meanwhile).
-    pub fn wait(self, tokio: &tokio::runtime::Handle, wait: std::time::Duration) -> bool {
-        let Busy { frame, link } = self;
-        tokio.block_on(async move {
-            matches!(tokio::time::timeout(wait, link.send(frame)).await, Ok(true))
-        })
+    /// A frame that found `link` full.
+    pub fn new(frame: pb::PeerFrame, link: PeerLink) -> Busy {
+        Busy { frame, link }
+    }
+
+    /// Waits up to `wait` for room on the link (blocking the calling thread); false when the
+    /// frame had to be dropped (still full, or the link went away meanwhile).
+    pub fn wait(self, wait: std::time::Duration) -> bool {
+        self.link.wait_for_room(&self.frame, wait)
     }
 }
 
 /// Writes or queues `frame` on `link` (see [`PeerLink::push`]).
 pub fn push_on(link: &PeerLink, frame: pb::PeerFrame) -> Pushed {
-    match link.push(frame) {
+    settled(link, link.push(frame))
+}
+
+/// What became of a frame `link` was given (see [`PeerLink::push`]).
+pub fn settled(link: &PeerLink, queued: Queued) -> Pushed {
+    match queued {
         Queued::Yes => Pushed::Queued,
-        Queued::Full(frame) => Pushed::Full(Some(Busy {
-            frame,
-            link: link.clone(),
-        })),
+        Queued::Full(frame) => Pushed::Full(Some(Box::new(Busy::new(frame, link.clone())))),
         Queued::Gone => Pushed::Full(None),
     }
 }
@@ -183,7 +186,7 @@ impl Links {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc;
+    use crate::cluster::transport::outbox::{Outbox, IDLE};
 
     fn frame(call_id: u64) -> pb::PeerFrame {
         pb::PeerFrame {
@@ -201,9 +204,20 @@ mod tests {
         }
     }
 
-    fn link(id: u64) -> (PeerLink, mpsc::Receiver<pb::PeerFrame>) {
-        let (tx, rx) = mpsc::channel(8);
-        (PeerLink::new(id, tx, Default::default()), rx)
+    /// A link with room for `capacity` frames and no connection, and its outbox (where the
+    /// test takes what was pushed).
+    fn link_of(id: u64, node: NodeId, capacity: usize) -> (PeerLink, Arc<Outbox>) {
+        let outbox = Arc::new(Outbox::new(capacity, IDLE));
+        (PeerLink::new(id, node, outbox.clone()), outbox)
+    }
+
+    fn link(id: u64) -> (PeerLink, Arc<Outbox>) {
+        link_of(id, NodeId::intern("links-test"), 8)
+    }
+
+    /// The call ids of the frames pending in `outbox`, taken out.
+    fn taken(outbox: &Outbox) -> Vec<u64> {
+        outbox.take_frames().iter().map(call_id).collect()
     }
 
     #[test]
@@ -218,12 +232,11 @@ mod tests {
         assert_eq!(links.push(node, frame(2), || None), Pushed::Held);
         assert_eq!(links.push(node, frame(3), || None), Pushed::Held);
 
-        let (peer, mut rx) = link(7);
+        let (peer, outbox) = link(7);
         assert_eq!(links.release(node, || Some(peer)), 0);
-        assert_eq!(rx.try_recv().map(|f| call_id(&f)).ok(), Some(2));
-        assert_eq!(rx.try_recv().map(|f| call_id(&f)).ok(), Some(3));
+        assert_eq!(taken(&outbox), [2, 3]);
         assert_eq!(links.push(node, frame(4), || None), Pushed::Queued);
-        assert_eq!(rx.try_recv().map(|f| call_id(&f)).ok(), Some(4));
+        assert_eq!(taken(&outbox), [4]);
         links.stream_closed(node, stream);
         assert!(links.reachable(node), "the outbound link still stands");
     }
@@ -242,13 +255,13 @@ mod tests {
         assert!(links.reachable(node));
         links.stream_closed(node, second);
         assert!(!links.reachable(node));
-        let (peer, mut rx) = link(1);
+        let (peer, outbox) = link(1);
         assert_eq!(
             links.release(node, || Some(peer)),
             0,
             "nothing was left to release"
         );
-        assert!(rx.try_recv().is_err());
+        assert!(taken(&outbox).is_empty());
     }
 
     #[test]
@@ -256,58 +269,73 @@ mod tests {
         let node = NodeId::intern("links-cut");
         let mut links = Links::default();
         let (_, cut) = links.stream_opened(node);
-        let (old, _rx_old) = link(1);
+        let (old, _old_outbox) = link(1);
         assert_eq!(links.push(node, frame(1), || Some(old)), Pushed::Queued);
         let cuts = links.link_ended(node, 1).expect("the current link ended");
         assert_eq!(cuts.len(), 1);
         assert!(Arc::ptr_eq(&cuts[0], &cut));
 
-        let (fresh, mut rx) = link(2);
+        let (fresh, outbox) = link(2);
         assert_eq!(links.push(node, frame(2), || Some(fresh)), Pushed::Queued);
         assert!(links.link_ended(node, 1).is_none(), "a late end of link 1");
         assert_eq!(links.push(node, frame(3), || None), Pushed::Queued);
-        assert_eq!(rx.try_recv().map(|f| call_id(&f)).ok(), Some(2));
-        assert_eq!(rx.try_recv().map(|f| call_id(&f)).ok(), Some(3));
+        assert_eq!(taken(&outbox), [2, 3]);
     }
 
     #[test]
     fn a_full_link_gives_the_frame_back_to_wait_for_room() {
         let node = NodeId::intern("links-full");
         let mut links = Links::default();
-        let (tx, mut rx) = mpsc::channel(1);
-        assert_eq!(
-            links.push(node, frame(1), || Some(PeerLink::new(
-                1,
-                tx,
-                Default::default()
-            ))),
-            Pushed::Queued
-        );
+        let (peer, outbox) = link_of(1, node, 1);
+        assert_eq!(links.push(node, frame(1), || Some(peer)), Pushed::Queued);
         let Pushed::Full(Some(busy)) = links.push(node, frame(2), || None) else {
-            panic!("a full link's queue gives the frame back");
+            panic!("a full link's outbox gives the frame back");
         };
-        let tokio = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_time()
-            .build()
-            .expect("runtime");
         let short = std::time::Duration::from_millis(20);
         let Pushed::Full(Some(again)) = links.push(node, frame(3), || None) else {
             panic!("still full");
         };
         assert!(
-            !again.wait(tokio.handle(), short),
+            !again.wait(short),
             "nobody made room: dropped after the bounded wait"
         );
         // Room made while the sender waits: the frame goes, after the one before it.
-        let reader = tokio.spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-            let first = rx.recv().await.map(|f| call_id(&f));
-            let second = rx.recv().await.map(|f| call_id(&f));
-            (first, second)
-        });
-        assert!(busy.wait(tokio.handle(), std::time::Duration::from_secs(5)));
-        let got = tokio.block_on(reader).expect("reader");
-        assert_eq!(got, (Some(1), Some(2)));
+        let writer = {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || {
+                while outbox.room_waiters() == 0 {
+                    std::thread::yield_now();
+                }
+                taken(&outbox)
+            })
+        };
+        assert!(busy.wait(std::time::Duration::from_secs(5)));
+        assert_eq!(writer.join().expect("writer"), [1]);
+        assert_eq!(taken(&outbox), [2]);
+    }
+
+    #[test]
+    fn a_sender_waiting_for_room_gives_up_when_the_link_ends() {
+        let node = NodeId::intern("links-full-closed");
+        let (peer, outbox) = link_of(1, node, 1);
+        assert!(matches!(peer.push(frame(1)), Queued::Yes));
+        let Queued::Full(second) = peer.push(frame(2)) else {
+            panic!("full");
+        };
+        let closer = {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || {
+                while outbox.room_waiters() == 0 {
+                    std::thread::yield_now();
+                }
+                outbox.close();
+            })
+        };
+        let started = std::time::Instant::now();
+        let long = std::time::Duration::from_secs(30);
+        assert!(!Busy::new(second, peer.clone()).wait(long), "dropped");
+        assert!(started.elapsed() < long, "without waiting out its time");
+        closer.join().expect("closer");
+        assert!(matches!(peer.push(frame(3)), Queued::Gone));
     }
 }

@@ -18,7 +18,7 @@ pub mod wire;
 use crate::observe::stats::STATS;
 use crate::python::host::PyRuntime;
 use crate::python::term::Term;
-use crate::runtime::{CallResult, CallSlot, NodeId, Outbound, Pid, Reason};
+use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Pid, Reason};
 use links::{Links, Pushed};
 use own_writes::OwnWrites;
 use parking_lot::{Mutex, RwLock};
@@ -199,36 +199,71 @@ impl Cluster {
     pub fn route(self: &Arc<Self>, out: Outbound<Term>) -> Result<(), Outbound<Term>> {
         let node = target_node(&out);
         // An open link or inbound stream means a live member (links to lost members are
-        // removed): the message path checks membership only when it has to open one.
-        let reachable = self.links.lock().reachable(node) || self.address_of(node).is_some();
-        if !reachable {
+        // removed): the message path checks membership only when it has to open one. The
+        // link is pushed on after letting go of the links' lock (a push may write to the
+        // socket).
+        let (link, reachable) = {
+            let links = self.links.lock();
+            let link = links.link(node);
+            let reachable = link.is_some() || links.reachable(node);
+            (link, reachable)
+        };
+        if !reachable && self.address_of(node).is_none() {
             tracing::debug!(peer = %node.name(), "no live member to route to");
             return Err(out);
         }
+        if let (
+            Some(link),
+            Outbound::Message {
+                to,
+                envelope: envelope @ (Envelope::Info(term) | Envelope::Cast(term)),
+            },
+        ) = (&link, &out)
+        {
+            // A message's frame is encoded straight into the link's outbox; a payload that
+            // cannot be encoded takes the general path, which gives the message back.
+            let cast = matches!(envelope, Envelope::Cast(_));
+            if let Some(queued) = peers::push_message(link, *to, term, cast) {
+                self.settle(node, links::settled(link, queued));
+                return Ok(());
+            }
+        }
         let (node, frame) = peers::frame_for(self, out)?;
-        self.push(node, frame);
+        let pushed = match link {
+            Some(link) => links::push_on(&link, frame),
+            None => self.push_opening(node, frame),
+        };
+        self.settle(node, pushed);
         Ok(())
     }
 
-    /// Queues a frame on the link to `node`, opening it on first use. When the link's queue
-    /// is full, a process's thread waits for room, up to [`peers::SEND_WAIT`] (as OTP suspends
-    /// a sender on a busy connection); other threads (tokio's, the inbound thread, timers)
-    /// must not block, and drop the frame. Waits and drops are counted.
+    /// Queues a frame on the link to `node`, opening it on first use.
     fn push(self: &Arc<Self>, node: NodeId, frame: pb::PeerFrame) {
-        let open = || Some(peers::open(self, node, self.address_of(node)?));
         // Not under the links' lock: a push on an idle link writes to the socket.
         let link = self.links.lock().link(node);
         let pushed = match link {
             Some(link) => links::push_on(&link, frame),
-            None => self.links.lock().push(node, frame, open),
+            None => self.push_opening(node, frame),
         };
+        self.settle(node, pushed);
+    }
+
+    /// Queues a frame for `node`, which had no open link: one is opened (or the frame held).
+    fn push_opening(self: &Arc<Self>, node: NodeId, frame: pb::PeerFrame) -> Pushed {
+        let open = || Some(peers::open(self, node, self.address_of(node)?));
+        self.links.lock().push(node, frame, open)
+    }
+
+    /// Deals with a frame that found its link's outbox full: a process's thread waits for
+    /// room, up to [`peers::SEND_WAIT`] (as OTP suspends a sender on a busy connection);
+    /// other threads (tokio's, the inbound thread, timers) must not block, and drop the
+    /// frame. Waits and drops are counted.
+    fn settle(&self, node: NodeId, pushed: Pushed) {
         match pushed {
             Pushed::Queued | Pushed::Held => {}
             Pushed::Full(Some(busy)) if may_wait() => {
                 STATS.peer_send_waits.inc();
-                let tokio = self.tokio.clone();
-                let sent =
-                    crate::python::host::without_gil(move || busy.wait(&tokio, peers::SEND_WAIT));
+                let sent = crate::python::host::without_gil(move || busy.wait(peers::SEND_WAIT));
                 if !sent {
                     self.count_dropped(node, 1);
                 }

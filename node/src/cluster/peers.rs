@@ -2,21 +2,22 @@
 //! transport, `transport/`), and the inbound thread that applies frames to local processes.
 
 use super::transport::dial::{self, LinkError};
-use super::transport::direct::Direct;
+use super::transport::outbox::{Outbox, SendFrame, Taken};
 use super::wire::{pid_from_pb, pid_to_pb, reason_from_pb, reason_to_pb};
 use super::Cluster;
 use crate::observe::stats::STATS;
 use crate::observe::trace;
 use crate::python::host::with_thread_state;
 use crate::python::term::Term;
-use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Ref};
+use crate::runtime::{CallResult, CallSlot, Envelope, NodeId, Outbound, Pid, Ref};
 use pb::peer_frame::Frame;
 use rebeam_proto as pb;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
 
-/// Frames queued toward one node before senders wait for room (and, after
+/// Frames waiting for a link's writer before senders wait for room (and, after
 /// [`SEND_WAIT`], drop). About 64 MiB for 1 KiB messages.
 pub const QUEUE_FRAMES: usize = 65_536;
 
@@ -25,21 +26,32 @@ pub const SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What became of a frame given to [`PeerLink::push`].
 pub enum Queued {
-    /// On the queue.
+    /// Written or pending.
     Yes,
-    /// The queue is full: the frame back.
+    /// The outbox is full: the frame back.
     Full(pb::PeerFrame),
     /// The link is gone.
     Gone,
 }
 
-/// The sending half of the link to one node.
+/// The sending half of the link to one node. Clones share the link; when the last one goes,
+/// the link's writer ends once it has written what is pending.
 #[derive(Clone)]
 pub struct PeerLink {
     id: u64,
-    tx: mpsc::Sender<pb::PeerFrame>,
-    /// Writes by the sender's thread while the link is idle (see `transport::direct`).
-    direct: Arc<Direct>,
+    /// The node the link goes to, and its name (a message frame names its receiver's node).
+    node: NodeId,
+    name: Arc<str>,
+    senders: Arc<Senders>,
+}
+
+/// The senders' hold on a link's outbox.
+struct Senders(Arc<Outbox>);
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        self.0.senders_gone();
+    }
 }
 
 impl std::fmt::Debug for PeerLink {
@@ -49,10 +61,15 @@ impl std::fmt::Debug for PeerLink {
 }
 
 impl PeerLink {
-    /// A link numbered `id` whose frames go to `tx`, or straight to the connection through
-    /// `direct` when it has one and is idle.
-    pub fn new(id: u64, tx: mpsc::Sender<pb::PeerFrame>, direct: Arc<Direct>) -> PeerLink {
-        PeerLink { id, tx, direct }
+    /// A link numbered `id` to `node` whose frames go to `outbox` (written by the link's
+    /// writer, or straight to the connection when it has one and is idle).
+    pub fn new(id: u64, node: NodeId, outbox: Arc<Outbox>) -> PeerLink {
+        PeerLink {
+            id,
+            node,
+            name: node.name(),
+            senders: Arc::new(Senders(outbox)),
+        }
     }
 
     /// Which link this is (a node opens a new one after each loss).
@@ -60,35 +77,74 @@ impl PeerLink {
         self.id
     }
 
+    /// The link's outbox.
+    pub fn outbox(&self) -> &Outbox {
+        &self.senders.0
+    }
+
     /// Writes a frame to the connection when the link is idle, else queues it; gives it back
-    /// when the queue is full.
+    /// when the outbox is full.
     pub fn push(&self, frame: pb::PeerFrame) -> Queued {
-        let Some(frame) = self.direct.try_write(frame) else {
-            return Queued::Yes;
-        };
-        self.direct.queue();
-        match self.tx.try_send(frame) {
-            Ok(()) => Queued::Yes,
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                self.direct.unqueue();
-                Queued::Full(frame)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.direct.unqueue();
-                Queued::Gone
-            }
+        match self.outbox().push(&frame) {
+            Taken::Yes => Queued::Yes,
+            Taken::Full => Queued::Full(frame),
+            Taken::Gone => Queued::Gone,
         }
     }
 
-    /// Queues a frame once there is room; false when the link went away first.
-    pub async fn send(&self, frame: pb::PeerFrame) -> bool {
-        self.direct.queue();
-        let sent = self.tx.send(frame).await.is_ok();
-        if !sent {
-            self.direct.unqueue();
-        }
-        sent
+    /// Queues a frame once there is room, waiting up to `wait` (blocking the calling thread);
+    /// false when the link went away or no room came in time.
+    pub fn wait_for_room(&self, frame: &pb::PeerFrame, wait: Duration) -> bool {
+        self.outbox().wait_for_room(frame, Instant::now() + wait)
     }
+
+    /// [`PeerLink::push`] of a message to `to` with an encoded payload, without building its
+    /// frame unless the outbox is full.
+    fn push_send(&self, to: Pid, payload: &[u8], cast: bool, traceparent: &str) -> Queued {
+        let other;
+        let node = if to.node == self.node {
+            &*self.name
+        } else {
+            other = to.node.name();
+            &*other
+        };
+        let frame = SendFrame {
+            node,
+            incarnation: to.incarnation,
+            serial: to.serial,
+            payload,
+            cast,
+            traceparent,
+        };
+        match self.outbox().push(&frame) {
+            Taken::Yes => Queued::Yes,
+            Taken::Full => Queued::Full(send_frame(to, payload.to_vec(), cast, traceparent)),
+            Taken::Gone => Queued::Gone,
+        }
+    }
+}
+
+thread_local! {
+    /// A sending thread's buffer for encoding payloads (taken out while in use: encoding may
+    /// run Python code, which may send).
+    static PAYLOAD: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Sends a message (`cast` or not) on `link`, encoding its payload into a reused buffer and
+/// the frame straight into the link's outbox. None when the payload cannot be encoded.
+pub fn push_message(link: &PeerLink, to: Pid, term: &Term, cast: bool) -> Option<Queued> {
+    let mut payload = PAYLOAD.take();
+    let queued = match term.encode_into(&mut payload) {
+        Ok(()) => {
+            let traceparent = trace::to_wire(term.trace());
+            Some(link.push_send(to, &payload, cast, &traceparent))
+        }
+        Err(_) => None,
+    };
+    if payload.capacity() <= 64 << 10 {
+        PAYLOAD.set(payload);
+    }
+    queued
 }
 
 /// Opens the outbound connection to `address` for `node` (the peer transport); the link ends
@@ -96,23 +152,23 @@ impl PeerLink {
 pub fn open(cluster: &Arc<Cluster>, node: NodeId, address: String) -> PeerLink {
     static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
     let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel::<pb::PeerFrame>(QUEUE_FRAMES);
-    let direct = Arc::new(Direct::default());
+    let outbox = Arc::new(Outbox::default());
     STATS.peer_links_opened.inc();
     let cluster2 = cluster.clone();
-    let direct2 = direct.clone();
+    let writer = outbox.clone();
     cluster.peer_io.spawn(async move {
         tracing::debug!("opening a peer link to {address}");
         let me = cluster2.rt.node().name().to_string();
         let proof = &cluster2.proof;
-        let result = dial::run(&cluster2.dialer, &address, &me, proof, rx, &direct2).await;
+        let result = dial::run(&cluster2.dialer, &address, &me, proof, &writer).await;
+        writer.close();
         if let Err(err) = &result {
             tracing::info!(peer = %node.name(), "peer link to {address} closed: {err}");
         }
         let reset_by_peer = matches!(result, Err(LinkError::Reset));
         cluster2.link_ended(node, id, !reset_by_peer);
     });
-    PeerLink::new(id, tx, direct)
+    PeerLink::new(id, node, outbox)
 }
 
 /// Turns an outbound message or signal into a frame; a call's slot waits in `calls`.
@@ -221,22 +277,11 @@ pub fn frame_for(
     })
 }
 
-fn wire_send(
-    to: crate::runtime::Pid,
-    term: Term,
-    cast: bool,
-) -> Result<(NodeId, pb::PeerFrame), Outbound<Term>> {
+fn wire_send(to: Pid, term: Term, cast: bool) -> Result<(NodeId, pb::PeerFrame), Outbound<Term>> {
     match term.encode() {
         Ok(payload) => Ok((
             to.node,
-            pb::PeerFrame {
-                frame: Some(Frame::Send(pb::PeerSend {
-                    to: Some(pid_to_pb(to)),
-                    payload,
-                    cast,
-                    traceparent: trace::to_wire(term.trace()),
-                })),
-            },
+            send_frame(to, payload, cast, &trace::to_wire(term.trace())),
         )),
         Err(_) => {
             let envelope = if cast {
@@ -246,6 +291,18 @@ fn wire_send(
             };
             Err(Outbound::Message { to, envelope })
         }
+    }
+}
+
+/// The frame of a message to `to`.
+fn send_frame(to: Pid, payload: Vec<u8>, cast: bool, traceparent: &str) -> pb::PeerFrame {
+    pb::PeerFrame {
+        frame: Some(Frame::Send(pb::PeerSend {
+            to: Some(pid_to_pb(to)),
+            payload,
+            cast,
+            traceparent: traceparent.to_string(),
+        })),
     }
 }
 

@@ -17,9 +17,35 @@ pub fn pid_to_pb(pid: Pid) -> pb::Pid {
 pub fn pid_from_pb(pid: Option<&pb::Pid>) -> Option<Pid> {
     let pid = pid?;
     Some(Pid {
-        node: NodeId::from_wire(&pid.node).ok()?,
+        node: node_from_wire(&pid.node)?,
         incarnation: pid.incarnation,
         serial: pid.serial,
+    })
+}
+
+/// `NodeId::from_wire`, remembering the last known name this thread read: a peer's frames
+/// name the same node (this one) over and over, and the node table's lock and hash were a
+/// visible part of reading each. A name's id never changes once known.
+fn node_from_wire(name: &str) -> Option<NodeId> {
+    thread_local! {
+        static LAST: std::cell::RefCell<(String, Option<NodeId>)> =
+            const { std::cell::RefCell::new((String::new(), None)) };
+    }
+    LAST.with(|last| {
+        if let Ok(last) = last.try_borrow() {
+            if let (true, Some(id)) = (last.0 == name, last.1) {
+                return Some(id);
+            }
+        }
+        let id = NodeId::from_wire(name).ok()?;
+        if id != NodeId::UNKNOWN {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                last.0.clear();
+                last.0.push_str(name);
+                last.1 = Some(id);
+            }
+        }
+        Some(id)
     })
 }
 

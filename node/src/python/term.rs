@@ -196,6 +196,30 @@ impl Term {
         }
     }
 
+    /// [`Term::encode`] into `out` (cleared first), a buffer the caller reuses: a message
+    /// to another node then costs no allocation of its own.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> PyResult<()> {
+        out.clear();
+        if let Repr::Wire(bytes) = self.payload() {
+            out.extend_from_slice(bytes);
+            return Ok(());
+        }
+        Python::attach(|py| {
+            match self.payload() {
+                Repr::Shared(obj) => {
+                    if !quick_pickle(obj.bind(py), out) {
+                        out.extend_from_slice(&Self::to_bytes(obj.bind(py))?);
+                    }
+                }
+                Repr::Pickled(bytes) => {
+                    out.extend_from_slice(bytes.bind(py).cast::<PyBytes>()?.as_bytes())
+                }
+                Repr::Wire(_) | Repr::Traced(_) => unreachable!("handled above / unwrapped"),
+            }
+            Ok(())
+        })
+    }
+
     /// How to size the payload for `rebeam ps`: a pickle's length is known at once; a value
     /// shared by reference is measured later (with `sys.getsizeof`, no lock held), because
     /// measuring may run Python code.
@@ -215,8 +239,11 @@ impl Term {
         Ok(bytes.cast_into::<PyBytes>()?.as_bytes().to_vec())
     }
 
-    /// Restores a value serialized by `to_bytes`.
+    /// Restores a value serialized by `to_bytes` (or by [`quick_pickle`]).
     pub fn from_bytes<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(value) = quick_unpickle(py, bytes) {
+            return value;
+        }
         pickle_fn(py, "loads")?.call1((PyBytes::new(py, bytes),))
     }
 }
@@ -310,6 +337,133 @@ fn quick_pickle_into(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) 
     true
 }
 
+/// Reads the pickles of plain immutable values (what [`quick_pickle`] writes, and
+/// `pickle.dumps` of the same values, whose framing and memo entries it skips) without
+/// calling `pickle.loads`, whose per-call setup (an Unpickler, its stacks, the bytes object
+/// to read from) was most of a receiver's cost per message. None for anything else (another
+/// opcode, a memo lookup, a string that is not strict UTF-8, bytes after the end): the
+/// caller then calls `pickle.loads`, so every value comes back exactly as it would from
+/// there.
+pub fn quick_unpickle<'py>(py: Python<'py>, bytes: &[u8]) -> Option<PyResult<Bound<'py, PyAny>>> {
+    struct Input<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+    impl<'a> Input<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            let part = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+            self.at += n;
+            Some(part)
+        }
+    }
+    let mut input = Input { bytes, at: 0 };
+    let mut take = |n: usize| input.take(n);
+    let mut stack: Vec<Bound<'py, PyAny>> = Vec::new();
+    let mut marks: Vec<usize> = Vec::new();
+    // PROTO first, as every pickle of protocol 2 and later has it.
+    if take(1)? != [0x80] || take(1)?[0] > 5 {
+        return None;
+    }
+    loop {
+        let op = take(1)?[0];
+        let value: Bound<'py, PyAny> = match op {
+            // FRAME: a hint for buffered readers; MEMOIZE: only a memo lookup would use it.
+            0x95 => {
+                take(8)?;
+                continue;
+            }
+            0x94 => {
+                if stack.is_empty() {
+                    return None;
+                }
+                continue;
+            }
+            b'N' => py.None().into_bound(py),
+            0x88 => PyBool::new(py, true).to_owned().into_any(),
+            0x89 => PyBool::new(py, false).to_owned().into_any(),
+            b'K' => take(1)?[0].into_pyobject(py).ok()?.into_any(),
+            b'M' => u16::from_le_bytes(take(2)?.try_into().ok()?)
+                .into_pyobject(py)
+                .ok()?
+                .into_any(),
+            b'J' => i32::from_le_bytes(take(4)?.try_into().ok()?)
+                .into_pyobject(py)
+                .ok()?
+                .into_any(),
+            // LONG1 of up to 8 bytes: a little-endian two's complement.
+            0x8a => {
+                let n = take(1)?[0] as usize;
+                if n > 8 {
+                    return None;
+                }
+                let digits = take(n)?;
+                let fill = if digits.last().is_some_and(|b| b & 0x80 != 0) {
+                    0xff
+                } else {
+                    0
+                };
+                let mut le = [fill; 8];
+                le[..n].copy_from_slice(digits);
+                i64::from_le_bytes(le).into_pyobject(py).ok()?.into_any()
+            }
+            b'G' => f64::from_be_bytes(take(8)?.try_into().ok()?)
+                .into_pyobject(py)
+                .ok()?
+                .into_any(),
+            0x8c | b'X' => {
+                let n = if op == 0x8c {
+                    take(1)?[0] as usize
+                } else {
+                    u32::from_le_bytes(take(4)?.try_into().ok()?) as usize
+                };
+                let text = std::str::from_utf8(take(n)?).ok()?;
+                PyString::new(py, text).into_any()
+            }
+            b'C' | b'B' => {
+                let n = if op == b'C' {
+                    take(1)?[0] as usize
+                } else {
+                    u32::from_le_bytes(take(4)?.try_into().ok()?) as usize
+                };
+                PyBytes::new(py, take(n)?).into_any()
+            }
+            b'(' => {
+                marks.push(stack.len());
+                continue;
+            }
+            b')' => PyTuple::empty(py).into_any(),
+            0x85..=0x87 => {
+                let n = (op - 0x84) as usize;
+                let start = stack.len().checked_sub(n)?;
+                if marks.last().is_some_and(|m| *m > start) {
+                    return None;
+                }
+                let items = stack.split_off(start);
+                match PyTuple::new(py, items) {
+                    Ok(t) => t.into_any(),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            b't' => {
+                let start = marks.pop()?;
+                let items = stack.split_off(start);
+                match PyTuple::new(py, items) {
+                    Ok(t) => t.into_any(),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            b'.' => {
+                if take(1).is_some() || !marks.is_empty() || stack.len() != 1 {
+                    return None;
+                }
+                return stack.pop().map(Ok);
+            }
+            _ => return None,
+        };
+        stack.push(value);
+    }
+}
+
 /// A str or bytes body: the short opcode with a one-byte length, else the long one with
 /// four; false when it is too long for that.
 fn sized(out: &mut Vec<u8>, body: &[u8], short: u8, long: u8) -> bool {
@@ -323,4 +477,77 @@ fn sized(out: &mut Vec<u8>, body: &[u8], short: u8, long: u8) -> bool {
     }
     out.extend_from_slice(body);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value here, pickled by `quick_pickle` and by `pickle.dumps` (protocols 2 to 5),
+    /// and every prefix of those pickles, reads back through `quick_unpickle` as
+    /// `pickle.loads` reads it: the same type and repr, or None (then `pickle.loads` is
+    /// called, so a malformed pickle fails as before).
+    #[test]
+    fn quick_unpickle_reads_what_pickle_loads_reads_or_leaves_it_to_pickle() {
+        Python::attach(|py| {
+            let values = py
+                .eval(
+                    c"[None, True, False, 0, 1, 255, 256, 65535, 65536, -1, -129, 2**31 - 1, \
+                      -2**31, 2**31, 2**63 - 1, -2**63, 2**63, 2**64, 0.0, -0.0, 1.5, \
+                      float('inf'), float('nan'), '', 'inc', 'é' * 200, 'x' * 300, '\\ud800', \
+                      b'', b'x' * 64, b'y' * 300, (), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4), \
+                      ((), ((1,), 'a')), ('inc', b'x' * 64), ((((((((((1,),),),),),),),),),), \
+                      ('a', 'a', 'a'), [1, 2], {'a': 1}, frozenset([1])]",
+                    None,
+                    None,
+                )
+                .expect("values");
+            let same = py
+                .eval(
+                    c"lambda a, b: type(a) is type(b) and repr(a) == repr(b)",
+                    None,
+                    None,
+                )
+                .expect("same");
+            let dumps = pickle_fn(py, "dumps").expect("dumps");
+            let loads = pickle_fn(py, "loads").expect("loads");
+            let mut read_quickly = 0;
+            for value in values.try_iter().expect("list") {
+                let value = value.expect("value");
+                let mut pickles = Vec::new();
+                let mut quick = Vec::new();
+                if quick_pickle(&value, &mut quick) {
+                    pickles.push(quick);
+                }
+                for protocol in 2..=5 {
+                    let bytes = dumps.call1((&value, protocol)).expect("dumps");
+                    pickles.push(bytes.cast::<PyBytes>().expect("bytes").as_bytes().to_vec());
+                }
+                for pickle in &pickles {
+                    for end in 0..=pickle.len() {
+                        let part = &pickle[..end];
+                        let Some(quick) = quick_unpickle(py, part) else {
+                            continue;
+                        };
+                        let quick = quick.expect("a value");
+                        let slow = loads
+                            .call1((PyBytes::new(py, part),))
+                            .expect("pickle.loads reads it too");
+                        assert!(
+                            same.call1((&quick, &slow))
+                                .expect("compare")
+                                .is_truthy()
+                                .expect("bool"),
+                            "{value} from {part:?}: {quick} != {slow}"
+                        );
+                        read_quickly += usize::from(end == pickle.len());
+                    }
+                }
+            }
+            assert!(
+                read_quickly > 100,
+                "most pickles read quickly: {read_quickly}"
+            );
+        });
+    }
 }

@@ -1,16 +1,14 @@
 //! The dialling side of a peer connection: connect, prove who we are, then write the link's
-//! queued frames in batches (everything queued goes out in one write) while watching the
+//! outbox in batches (everything pending goes out in one write) while watching the
 //! connection for the acceptor's control messages.
 
-use super::direct::{self, Direct, Sink};
-use super::frames::{BatchWriter, FrameError, Reader, MAX_CONTROL};
+use super::frames::{FrameError, Reader, MAX_CONTROL};
 use super::handshake::{self, HandshakeError, Proof};
+use super::outbox::{self, Outbox, Sink};
 use super::MAGIC;
-use crate::observe::stats::STATS;
 use rebeam_proto as pb;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 /// How long connecting and the handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,16 +33,15 @@ pub enum LinkError {
     Reset,
 }
 
-/// Connects to `address` with `dialer` (TLS when it has TLS) and carries the frames of `rx`
-/// until the connection breaks or the queue's senders are gone (Ok). On a plaintext
-/// connection, senders may also write to it themselves through `direct` while it is idle.
+/// Connects to `address` with `dialer` (TLS when it has TLS) and carries the frames of
+/// `outbox` until the connection breaks or its senders are gone (Ok). On a plaintext
+/// connection, senders may also write to it themselves while it is idle.
 pub async fn run(
     dialer: &rebeam_tls::Dialer,
     address: &str,
     me: &str,
     proof: &Proof,
-    rx: mpsc::Receiver<pb::PeerFrame>,
-    direct: &Direct,
+    outbox: &Outbox,
 ) -> Result<(), LinkError> {
     if !dialer.is_tls() {
         if let Some(path) = super::local::socket_path(address) {
@@ -53,7 +50,7 @@ pub async fn run(
                 tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(&path)).await
             {
                 let (r, w) = unix.into_split();
-                return carry_direct(r, w, me, proof, rx, direct).await;
+                return carry_direct(r, w, me, proof, outbox).await;
             }
         }
     }
@@ -64,19 +61,14 @@ pub async fn run(
     match stream {
         rebeam_tls::dial::ClientStream::Plain(tcp) => {
             let (r, w) = tcp.into_split();
-            carry_direct(r, w, me, proof, rx, direct).await
+            carry_direct(r, w, me, proof, outbox).await
         }
-        rebeam_tls::dial::ClientStream::Tls(tls) => carry(*tls, me, proof, rx).await,
+        rebeam_tls::dial::ClientStream::Tls(tls) => carry(*tls, me, proof, outbox).await,
     }
 }
 
-/// Says who we are on `stream`, then carries the frames of `rx` (see [`run`]).
-pub async fn carry<S>(
-    stream: S,
-    me: &str,
-    proof: &Proof,
-    rx: mpsc::Receiver<pb::PeerFrame>,
-) -> Result<(), LinkError>
+/// Says who we are on `stream`, then carries the frames of `outbox` (see [`run`]).
+pub async fn carry<S>(stream: S, me: &str, proof: &Proof, outbox: &Outbox) -> Result<(), LinkError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -84,20 +76,19 @@ where
     let mut reader = Reader::new(r);
     hello(&mut reader, &mut w, me, proof).await?;
     tokio::select! {
-        written = write_frames(w, rx) => written.map_err(LinkError::from),
+        written = outbox::write_frames_to(w, outbox) => written.map_err(LinkError::from),
         control = reader.next::<pb::PeerControl>(MAX_CONTROL) => ended(control),
     }
 }
 
 /// [`carry`] on a plaintext connection's two halves, the write half shared with direct
-/// writers through `direct` (see [`super::direct`]).
+/// writers (see [`super::outbox`]).
 pub async fn carry_direct<R, W>(
     r: R,
     mut w: W,
     me: &str,
     proof: &Proof,
-    rx: mpsc::Receiver<pb::PeerFrame>,
-    direct: &Direct,
+    outbox: &Outbox,
 ) -> Result<(), LinkError>
 where
     R: AsyncRead + Unpin,
@@ -106,7 +97,7 @@ where
     let mut reader = Reader::new(r);
     hello(&mut reader, &mut w, me, proof).await?;
     tokio::select! {
-        written = direct::write_frames(w.into(), rx, direct) => written.map_err(LinkError::from),
+        written = outbox::write_frames(w.into(), outbox) => written.map_err(LinkError::from),
         control = reader.next::<pb::PeerControl>(MAX_CONTROL) => ended(control),
     }
 }
@@ -139,26 +130,4 @@ fn ended(control: Result<Option<pb::PeerControl>, FrameError>) -> Result<(), Lin
         Ok(_) => Err(LinkError::Closed),
         Err(e) => Err(LinkError::Io(std::io::Error::other(e.to_string()))),
     }
-}
-
-/// Writes the frames of `rx` until its senders are gone: each write carries everything
-/// queued by then (up to a batch's size), so a busy link makes few, large writes and an idle
-/// one sends a lone frame at once.
-pub async fn write_frames<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::Receiver<pb::PeerFrame>,
-) -> std::io::Result<()> {
-    let mut batch = BatchWriter::default();
-    while let Some(first) = rx.recv().await {
-        batch.fill(first, &mut rx);
-        if batch.frames() == 0 {
-            continue;
-        }
-        STATS.peer_frames_out.add(batch.frames() as u64);
-        let bytes = batch.finish();
-        STATS.peer_bytes_out.add(bytes.len() as u64);
-        w.write_all(bytes).await?;
-        w.flush().await?;
-    }
-    w.shutdown().await
 }

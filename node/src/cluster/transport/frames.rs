@@ -1,10 +1,9 @@
 //! Length-prefixed prost messages: a 4-byte big-endian length, then the encoded message.
-//! Frames for a peer are written as one `PeerBatch` per write, encoded straight into the
-//! write buffer.
+//! Frames for a peer travel as `PeerBatch` messages, encoded by the senders straight into
+//! the link's outbox (`outbox`).
 
 use bytes::{Buf, BytesMut};
 use prost::Message;
-use rebeam_proto as pb;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest message a peer may send (a batch); a larger length ends the connection.
@@ -112,81 +111,4 @@ pub async fn write_message<W: AsyncWrite + Unpin, M: Message>(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     io.write_all(&buf).await?;
     io.flush().await
-}
-
-/// Builds one `PeerBatch` message (with its length prefix) in a reused buffer, frame by frame.
-#[derive(Default)]
-pub struct BatchWriter {
-    buf: Vec<u8>,
-    frames: usize,
-}
-
-impl BatchWriter {
-    /// Starts a new batch, forgetting the previous one.
-    pub fn clear(&mut self) {
-        self.buf.clear();
-        self.buf.extend_from_slice(&[0; 4]);
-        self.frames = 0;
-    }
-
-    /// Whether the batch is full enough to be written.
-    pub fn full(&self) -> bool {
-        self.buf.len() >= WRITE_CHUNK
-    }
-
-    /// Adds `frame`; false (and nothing added) when it is over [`MAX_FRAME`].
-    pub fn push(&mut self, frame: &pb::PeerFrame) -> bool {
-        if self.buf.is_empty() {
-            self.clear();
-        }
-        if frame.encoded_len() > MAX_FRAME {
-            return false;
-        }
-        // A `PeerBatch` is its frames as field 1, each length-delimited.
-        prost::encoding::message::encode(1, frame, &mut self.buf);
-        self.frames += 1;
-        true
-    }
-
-    /// Starts a batch with `first` and what else `rx` holds now, up to a full batch; returns
-    /// how many frames it took from `rx` (a frame over the size limit is taken and dropped).
-    pub fn fill(
-        &mut self,
-        first: pb::PeerFrame,
-        rx: &mut tokio::sync::mpsc::Receiver<pb::PeerFrame>,
-    ) -> usize {
-        self.clear();
-        let mut taken = 0;
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            taken += 1;
-            if !self.push(&frame) {
-                crate::observe::stats::STATS.peer_frames_oversized.inc();
-                tracing::warn!(
-                    bytes = frame.encoded_len(),
-                    "a peer frame over the size limit was dropped"
-                );
-            }
-            if self.full() {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        taken
-    }
-
-    /// Frames in the batch.
-    pub fn frames(&self) -> usize {
-        self.frames
-    }
-
-    /// The finished message: length prefix and body.
-    pub fn finish(&mut self) -> &[u8] {
-        if self.buf.is_empty() {
-            self.clear();
-        }
-        let len = (self.buf.len() - 4) as u32;
-        self.buf[..4].copy_from_slice(&len.to_be_bytes());
-        &self.buf
-    }
 }

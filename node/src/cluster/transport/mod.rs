@@ -12,10 +12,10 @@
 pub mod accept;
 pub mod client;
 pub mod dial;
-pub mod direct;
 pub mod frames;
 pub mod handshake;
 pub mod local;
+pub mod outbox;
 
 #[cfg(test)]
 mod tests;

@@ -1,16 +1,15 @@
 //! The peer transport on in-memory pipes: who may connect, and frames in order.
 
 use super::dial::{carry, carry_direct, LinkError};
-use super::direct::{Direct, DIRECT_MAX};
 use super::frames::{write_message, Reader, MAX_MESSAGE};
 use super::handshake::{self, HandshakeError, Proof};
+use super::outbox::{Outbox, DIRECT_MAX};
 use crate::cluster::peers::{PeerLink, Queued};
 use crate::runtime::NodeId;
 use rebeam_proto as pb;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 fn frame(call_id: u64) -> pb::PeerFrame {
     pb::PeerFrame {
@@ -56,6 +55,15 @@ async fn acceptor_after<S: AsyncRead + AsyncWrite>(
     Ok((node, batches))
 }
 
+/// A link with room for `capacity` frames, and its outbox (for the link's writer).
+fn link(capacity: usize) -> (PeerLink, Arc<Outbox>) {
+    let outbox = Arc::new(Outbox::new(capacity, Duration::ZERO));
+    (
+        PeerLink::new(1, NodeId::intern("test-peer"), outbox.clone()),
+        outbox,
+    )
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -70,24 +78,23 @@ fn frames_arrive_in_order_in_few_batches() {
     rt.block_on(async {
         let (a, b) = tokio::io::duplex(1 << 16);
         let server = tokio::spawn(acceptor(b, Proof::secret("s3cret")));
-        let (tx, rx) = mpsc::channel(100_000);
+        let outbox = Arc::new(Outbox::new(100_000, Duration::ZERO));
+        let peer = PeerLink::new(1, NodeId::intern("links-order-b"), outbox.clone());
         // Queued before the link starts: they leave in large batches.
         for i in 0..20_000 {
-            tx.try_send(frame(i)).expect("room");
+            push(&peer, frame(i));
         }
         let sender = tokio::spawn(async move {
-            let tx = tx;
             for i in 20_000..30_000 {
-                tx.send(frame(i)).await.expect("link up");
+                push(&peer, frame(i));
                 if i % 1000 == 0 {
                     tokio::task::yield_now().await;
                 }
             }
         });
-        let link =
-            tokio::spawn(
-                async move { carry(a, "links-order-a", &Proof::secret("s3cret"), rx).await },
-            );
+        let link = tokio::spawn(async move {
+            carry(a, "links-order-a", &Proof::secret("s3cret"), &outbox).await
+        });
         sender.await.expect("sender");
         let (node, batches) = server.await.expect("server").expect("accepted");
         let _ = link.await.expect("link");
@@ -115,9 +122,9 @@ fn a_dialler_without_the_secret_is_refused_and_told_why() {
     rt.block_on(async {
         let (a, b) = tokio::io::duplex(1 << 16);
         let server = tokio::spawn(acceptor(b, Proof::secret("right")));
-        let (tx, rx) = mpsc::channel(8);
-        tx.try_send(frame(1)).expect("room");
-        let dialled = carry(a, "intruder", &Proof::secret("wrong"), rx).await;
+        let (peer, outbox) = link(8);
+        push(&peer, frame(1));
+        let dialled = carry(a, "intruder", &Proof::secret("wrong"), &outbox).await;
         match dialled {
             Err(LinkError::Handshake(HandshakeError::Refused(why))) => {
                 assert!(why.contains("wrong cluster secret"), "{why}")
@@ -168,8 +175,8 @@ fn an_acceptor_without_the_secret_is_not_trusted_by_the_dialler() {
             let welcome = pb::PeerWelcome::default();
             write_message(&mut w, &welcome).await.expect("write");
         });
-        let (_tx, rx) = mpsc::channel(8);
-        let dialled = carry(a, "a", &Proof::secret("s"), rx).await;
+        let (_peer, outbox) = link(8);
+        let dialled = carry(a, "a", &Proof::secret("s"), &outbox).await;
         assert!(
             matches!(
                 dialled,
@@ -193,9 +200,9 @@ fn with_tls_the_certificate_must_name_the_node() {
         ] {
             let (a, b) = tokio::io::duplex(1 << 16);
             let server = tokio::spawn(acceptor(b, Proof::Certificate(members.clone())));
-            let (tx, rx) = mpsc::channel(8);
-            drop(tx);
-            let dialled = carry(a, "tls-a", &Proof::Certificate(Vec::new()), rx).await;
+            let (peer, outbox) = link(8);
+            drop(peer);
+            let dialled = carry(a, "tls-a", &Proof::Certificate(Vec::new()), &outbox).await;
             let accepted = server.await.expect("server");
             assert_eq!(dialled.is_ok(), ok, "{members:?}: {dialled:?}");
             assert_eq!(accepted.is_ok(), ok, "{members:?}: {accepted:?}");
@@ -222,8 +229,8 @@ fn the_acceptor_reset_is_told_apart_from_a_close() {
                         .expect("write");
                 }
             });
-            let (_tx, rx) = mpsc::channel(8);
-            let dialled = carry(a, "a", &Proof::secret("s"), rx).await;
+            let (_peer, outbox) = link(8);
+            let dialled = carry(a, "a", &Proof::secret("s"), &outbox).await;
             server.await.expect("server");
             if reset {
                 assert!(matches!(dialled, Err(LinkError::Reset)), "{dialled:?}");
@@ -269,15 +276,14 @@ fn direct_and_queued_frames_from_many_threads_keep_each_senders_order() {
     let _guard = rt.enter();
     let (a, b) = tokio::net::UnixStream::pair().expect("socket pair");
     let server = rt.spawn(acceptor(b, Proof::secret("s")));
-    let (tx, rx) = mpsc::channel(1 << 20);
     // Every frame may go direct when the link is idle, however close the frames come.
-    let direct = Arc::new(Direct::with_idle(Duration::ZERO));
+    let direct = Arc::new(Outbox::new(1 << 20, Duration::ZERO));
     let writer = direct.clone();
     let link = rt.spawn(async move {
         let (r, w) = a.into_split();
-        carry_direct(r, w, "direct-order", &Proof::secret("s"), rx, &writer).await
+        carry_direct(r, w, "direct-order", &Proof::secret("s"), &writer).await
     });
-    let peer = PeerLink::new(1, tx, direct.clone());
+    let peer = PeerLink::new(1, NodeId::intern("direct-peer"), direct.clone());
     // Sender 0 pushes until one of its frames went out directly: the link is up.
     let mut first = 0;
     while direct.direct_writes().0 == 0 {
@@ -347,14 +353,13 @@ fn the_rest_of_a_partial_direct_write_goes_before_frames_queued_after_it() {
     let server = rt.spawn(acceptor_after(b, Proof::secret("s"), async move {
         let _ = wait.await;
     }));
-    let (tx, rx) = mpsc::channel(1 << 20);
-    let direct = Arc::new(Direct::with_idle(Duration::ZERO));
+    let direct = Arc::new(Outbox::new(1 << 20, Duration::ZERO));
     let writer = direct.clone();
     let link = rt.spawn(async move {
         let (r, w) = a.into_split();
-        carry_direct(r, w, "direct-tail", &Proof::secret("s"), rx, &writer).await
+        carry_direct(r, w, "direct-tail", &Proof::secret("s"), &writer).await
     });
-    let peer = PeerLink::new(1, tx, direct.clone());
+    let peer = PeerLink::new(1, NodeId::intern("direct-peer"), direct.clone());
     // Small frames until one goes direct (the link is up), then frames of 15 KB until the
     // socket takes one only in part (on TCP it takes what fits).
     let mut sent = 0;
@@ -388,4 +393,95 @@ fn the_rest_of_a_partial_direct_write_goes_before_frames_queued_after_it() {
         .flat_map(|b| b.frames.iter().map(call_id))
         .collect();
     assert_eq!(ids, (0..sent).collect::<Vec<_>>(), "every frame, in order");
+}
+
+#[test]
+fn a_message_frame_encoded_from_its_parts_is_the_frame_prost_encodes() {
+    use super::outbox::{Frame, SendFrame};
+    use prost::Message;
+    let long = "x".repeat(300);
+    for (node, incarnation, serial, payload, cast, traceparent) in [
+        ("node-a", 7, 42, vec![0x80, 4, b'N', b'.'], true, ""),
+        ("n", 0, 0, vec![], false, ""),
+        (
+            long.as_str(),
+            u64::MAX,
+            1 << 40,
+            vec![9; 70_000],
+            false,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+    ] {
+        let parts = SendFrame {
+            node,
+            incarnation,
+            serial,
+            payload: &payload,
+            cast,
+            traceparent,
+        };
+        let frame = pb::PeerFrame {
+            frame: Some(pb::peer_frame::Frame::Send(pb::PeerSend {
+                to: Some(pb::Pid {
+                    node: node.to_string(),
+                    incarnation,
+                    serial,
+                }),
+                payload: payload.clone(),
+                cast,
+                traceparent: traceparent.to_string(),
+            })),
+        };
+        let mut bytes = Vec::new();
+        parts.encode_body(&mut bytes);
+        assert_eq!(parts.body_len(), bytes.len());
+        assert_eq!(bytes, frame.encode_to_vec(), "the same bytes as prost's");
+        assert_eq!(pb::PeerFrame::decode(&bytes[..]).expect("decodes"), frame);
+    }
+}
+
+#[test]
+fn frames_queued_while_the_writer_writes_go_out_after_in_order_and_fill_batches() {
+    // A unix socket pair: the writer writes (no direct writes on an idle link: IDLE is
+    // long) while this thread keeps pushing; every frame arrives once, in order, and
+    // the frames fill far fewer batches than there are frames.
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (a, b) = tokio::net::UnixStream::pair().expect("socket pair");
+    let server = rt.spawn(acceptor(b, Proof::secret("s")));
+    let outbox = Arc::new(Outbox::new(1 << 20, Duration::from_secs(3600)));
+    let writer = outbox.clone();
+    let link = rt.spawn(async move {
+        let (r, w) = a.into_split();
+        carry_direct(r, w, "queued-order", &Proof::secret("s"), &writer).await
+    });
+    let peer = PeerLink::new(1, NodeId::intern("queued-peer"), outbox.clone());
+    const FRAMES: u64 = 200_000;
+    for i in 0..FRAMES {
+        push(&peer, sized_frame(i, 16 + (i % 7) as usize * 300));
+    }
+    drop(peer);
+    let (_, batches) = rt.block_on(server).expect("server").expect("accepted");
+    let _ = rt.block_on(link).expect("link");
+    let ids: Vec<u64> = batches
+        .iter()
+        .flat_map(|b| b.frames.iter().map(call_id))
+        .collect();
+    assert_eq!(
+        ids,
+        (0..FRAMES).collect::<Vec<_>>(),
+        "every frame, in order"
+    );
+    assert!(
+        (batches.len() as u64) < FRAMES / 4,
+        "{} batches for {FRAMES} frames",
+        batches.len()
+    );
+    assert!(
+        batches
+            .iter()
+            .all(|b| prost::Message::encoded_len(b) <= super::frames::WRITE_CHUNK + 4096),
+        "no batch much over a write chunk"
+    );
+    assert_eq!(outbox.direct_writes().0, 0);
 }
