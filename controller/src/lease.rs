@@ -453,10 +453,11 @@ pub async fn confirm(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver
 
 /// Makes the membership carry this member's lease address as it advertises it now (a log or
 /// snapshot written before lease addresses existed, initial peers given without one, or a
-/// port the kernel picked anew on restart), so that members redirect renewals to it. Run
+/// port the kernel picked anew on restart, or the initial membership), so that members
+/// redirect renewals to it. Run
 /// when this member begins leading: only the leader's lease address is ever needed.
 async fn advertise(core: Arc<Core>) {
-    let entry = {
+    let (entry, initial) = {
         let m = core.raft.metrics();
         let m = m.borrow();
         let entry = m
@@ -464,10 +465,14 @@ async fn advertise(core: Arc<Core>) {
             .nodes()
             .find(|(id, _)| **id == core.id)
             .map(|(_, n)| n.clone());
-        entry
+        // Every initial member writes the initial membership (log index 0) with its own
+        // address details, and Raft never replaces it (same log id): the others' copy may
+        // lack this member's lease address although its own has it.
+        let initial = m.membership_config.log_id().is_none_or(|l| l.index == 0);
+        (entry, initial)
     };
     let Some(mut entry) = entry else { return };
-    if entry.lease_addr == core.me.lease_addr {
+    if entry.lease_addr == core.me.lease_addr && !initial {
         return;
     }
     entry.lease_addr = core.me.lease_addr.clone();
