@@ -98,6 +98,7 @@ fn heartbeat(
                     watching: true,
                     streams_ended: 0,
                     sent_ms: 0,
+                    attempt_ms: 0,
                 };
                 if nc.heartbeat(req).await.is_ok() && !stop.load(Ordering::Relaxed) {
                     *last2.lock() = Some(Instant::now());
@@ -131,6 +132,7 @@ fn keep_bench_node(
                         watching: false,
                         streams_ended: 0,
                         sent_ms: 0,
+                        attempt_ms: 0,
                     })
                     .await;
                 if r.is_err_and(|e| e.code() == tonic::Code::FailedPrecondition) {

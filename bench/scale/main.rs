@@ -306,13 +306,15 @@ fn start_sim(c: &Arc<Cluster>, s: &Arc<Sim>, st: &Arc<Stats>, watch: bool) {
 }
 
 async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
-    // Channels of this runtime (a channel's connection is driven where it was made).
-    let Ok(chans) = c.channels() else {
+    // Channels of this runtime (a channel's connection is driven where it was made), to the
+    // members' lease listeners, as a real node renews (a redirect names the leader's API
+    // address, which the harness maps to that member's index).
+    let Ok(chans) = c.lease_channels() else {
         return;
     };
     let mut tick = tokio::time::interval(s.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let attempt = (s.fence / 5).clamp(Duration::from_millis(50), Duration::from_millis(250));
+    let attempt = rebeam_grpc::renewal_attempt(s.fence);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -327,6 +329,7 @@ async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
             watching: s.watching.load(Ordering::SeqCst) && s.told.load(Ordering::SeqCst) == breaks,
             streams_ended: s.streams_ended(),
             sent_ms: 0,
+            attempt_ms: attempt.as_millis() as u64,
         };
         let deadline = *s.last_ok.lock() + s.fence;
         let sent = Instant::now();

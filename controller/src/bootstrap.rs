@@ -339,6 +339,7 @@ mod tests {
             me: MemberNode {
                 raft_addr: "a:1".into(),
                 api_addr: "a:2".into(),
+                lease_addr: String::new(),
             },
             seeds: vec!["c0".into()],
             expect: 3,

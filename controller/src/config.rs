@@ -116,10 +116,16 @@ pub struct ControllerConfig {
     pub raft_listen: SocketAddr,
     /// Where the node and client services listen (port 0 picks one).
     pub api_listen: SocketAddr,
+    /// Where lease renewals are served, on a runtime of their own; `None` is the API
+    /// listener's IP with a port the kernel picks.
+    pub lease_listen: Option<SocketAddr>,
     /// Raft address other members use to reach this one; defaults to the bound address.
     pub raft_advertise: Option<String>,
     /// API address clients are redirected to; defaults to the bound address.
     pub api_advertise: Option<String>,
+    /// Lease address nodes renew at; defaults to the host of `api_advertise` with the bound
+    /// lease port, else the bound address.
+    pub lease_advertise: Option<String>,
     /// The other initial members (used with `init`).
     pub peers: Vec<PeerSpec>,
     /// Initialize the group with this member and `peers` if the log is empty.
@@ -162,8 +168,10 @@ impl ControllerConfig {
             data_dir,
             raft_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lease_listen: None,
             raft_advertise: None,
             api_advertise: None,
+            lease_advertise: None,
             peers: Vec::new(),
             init: true,
             join: None,

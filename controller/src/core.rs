@@ -29,6 +29,8 @@ pub struct Core {
     pub voters: crate::voters::Target,
     /// When this member last heard from a leader (a follower's readiness asks).
     pub contact: Arc<crate::api::raft::Contact>,
+    /// How this member is reached, as it advertises itself (its lease address included).
+    pub me: MemberNode,
 }
 
 impl Core {
@@ -56,6 +58,21 @@ impl Core {
             .nodes()
             .find(|(id, _)| **id == leader)
             .map(|(_, n)| n.api_addr.clone());
+        addr
+    }
+
+    /// Lease address of the current leader, when known and advertised (an older member
+    /// advertises none: nodes renew at its API address).
+    pub fn leader_lease(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        let addr = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, n)| n.lease_addr.clone())
+            .filter(|a| !a.is_empty());
         addr
     }
 

@@ -94,6 +94,21 @@ impl Transit {
     }
 }
 
+/// Rounding of the millisecond stamps and clock drift within two transit windows, with room
+/// to spare: a renewal is taken as given up by its node only when its excess passes the
+/// node's attempt bound by more than this.
+const LATE_MARGIN: Duration = Duration::from_millis(20);
+
+/// True when a renewal that waited `excess` longer than its node's fastest recent one came
+/// after the node gave up on it (`attempt_ms`, 0: never). Its real wait is at least its
+/// excess (the fastest transit is not negative), so its answer reached the node after the
+/// node's bound, and the node counts no such answer: counting it here would keep a lease
+/// the node no longer holds (measured: nodes 5.7–24 s without an acknowledged renewal and
+/// not declared dead, while a real node has fenced after 1.4 s).
+pub fn late_for_the_node(excess: Duration, attempt_ms: u64) -> bool {
+    attempt_ms > 0 && excess > Duration::from_millis(attempt_ms) + LATE_MARGIN
+}
+
 /// Renewals served within this long count towards the serving lag.
 const LAG_WINDOW: Duration = Duration::from_secs(1);
 /// Fewer renewals than this in the window tell nothing about the leader (a handful of
@@ -294,7 +309,10 @@ impl Leases {
 
     /// A heartbeat from a live node incarnation renews its lease; `watching` is false when
     /// the node said its watch stream is broken, `streams_ended` the highest stream number
-    /// it saw end, `sent_ms` when it sent the heartbeat by its own clock (0: unknown).
+    /// it saw end, `sent_ms` when it sent the heartbeat by its own clock (0: unknown),
+    /// `attempt_ms` how long it waits for the answer (0: unbounded). False when the renewal
+    /// is not counted: it waited here longer than the node waits for it (see
+    /// [`late_for_the_node`]); it still counts towards the serving lag.
     pub fn renew(
         &self,
         node: &str,
@@ -302,9 +320,10 @@ impl Leases {
         watching: bool,
         streams_ended: u64,
         sent_ms: u64,
-    ) {
+        attempt_ms: u64,
+    ) -> bool {
         let now = Instant::now();
-        let excess = {
+        let (counted, excess) = {
             let mut facts = self.facts.lock();
             let f = facts
                 .entry(node.to_string())
@@ -312,13 +331,18 @@ impl Leases {
             if f.incarnation != incarnation {
                 *f = LeaseFacts::granted(incarnation, now);
             }
-            f.renew(now, watching, streams_ended);
             let arrived = now.saturating_duration_since(self.epoch).as_millis() as i64;
-            (sent_ms > 0).then(|| f.transit.excess(now, arrived, sent_ms))
+            let excess = (sent_ms > 0).then(|| f.transit.excess(now, arrived, sent_ms));
+            let counted = !excess.is_some_and(|e| late_for_the_node(e, attempt_ms));
+            if counted {
+                f.renew(now, watching, streams_ended);
+            }
+            (counted, excess)
         };
         if let Some(excess) = excess {
             self.lag.lock().record(now, excess);
         }
+        counted
     }
 
     /// How late this member serves renewals now (see [`ServingLag`]), at most a lease.
@@ -427,6 +451,40 @@ pub async fn confirm(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver
     }
 }
 
+/// Makes the membership carry this member's lease address as it advertises it now (a log or
+/// snapshot written before lease addresses existed, initial peers given without one, or a
+/// port the kernel picked anew on restart, or the initial membership), so that members
+/// redirect renewals to it. Run
+/// when this member begins leading: only the leader's lease address is ever needed.
+async fn advertise(core: Arc<Core>) {
+    let (entry, initial) = {
+        let m = core.raft.metrics();
+        let m = m.borrow();
+        let entry = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == core.id)
+            .map(|(_, n)| n.clone());
+        // Every initial member writes the initial membership (log index 0) with its own
+        // address details, and Raft never replaces it (same log id): the others' copy may
+        // lack this member's lease address although its own has it.
+        let initial = m.membership_config.log_id().is_none_or(|l| l.index == 0);
+        (entry, initial)
+    };
+    let Some(mut entry) = entry else { return };
+    if entry.lease_addr == core.me.lease_addr && !initial {
+        return;
+    }
+    entry.lease_addr = core.me.lease_addr.clone();
+    let change = openraft::ChangeMembers::SetNodes([(core.id, entry)].into());
+    match crate::api::change_membership(&core, change).await {
+        Ok(()) => tracing::info!(lease = %core.me.lease_addr, "lease address advertised"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not advertise the lease address; nodes renew at the API address")
+        }
+    }
+}
+
 /// Runs on every member; acts only while this member leads.
 pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let lease = core.config.timings.lease;
@@ -462,6 +520,7 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
             // A new leader does not know when nodes last renewed: every node gets a full lease.
             led_term = Some(term);
             core.leases.clear();
+            tokio::spawn(advertise(core.clone()));
         } else if !core
             .leases
             .confirmed_within(term, core.config.timings.confirm_within())
@@ -716,7 +775,7 @@ mod tests {
     fn a_crashed_nodes_stream_close_shortens_its_lease() {
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true, 0, 0);
+        l.renew("n", 1, true, 0, 0, 0);
         l.stream_closed("n", 1, opened, 0, false);
         tick(&l);
         assert!(left(&l) <= FENCE);
@@ -728,11 +787,11 @@ mod tests {
         // renewal forgot the close, and the renewal restored the full lease.
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true, 0, 0);
+        l.renew("n", 1, true, 0, 0, 0);
         l.stream_closed("n", 1, opened, 0, false);
         tick(&l);
         std::thread::sleep(ms(2));
-        l.renew("n", 1, true, 0, 0);
+        l.renew("n", 1, true, 0, 0, 0);
         tick(&l);
         assert!(left(&l) <= FENCE, "{:?}", left(&l));
     }
@@ -741,10 +800,10 @@ mod tests {
     fn a_renewal_saying_the_stream_broke_is_not_undone_at_the_next_tick() {
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true, 0, 0);
+        l.renew("n", 1, true, 0, 0, 0);
         l.stream_closed("n", 1, opened, 0, false);
         std::thread::sleep(ms(2));
-        l.renew("n", 1, false, 0, 0);
+        l.renew("n", 1, false, 0, 0, 0);
         tick(&l);
         assert!(left(&l) > LEASE - ms(500), "{:?}", left(&l));
     }
@@ -753,7 +812,7 @@ mod tests {
     fn a_gone_process_has_no_lease_left() {
         let l = Leases::new(LEASE, FENCE);
         let opened = Instant::now();
-        l.renew("n", 1, true, 0, 0);
+        l.renew("n", 1, true, 0, 0, 0);
         l.stream_closed("n", 1, opened, 0, true);
         tick(&l);
         assert_eq!(left(&l), Duration::ZERO);
@@ -828,24 +887,48 @@ mod tests {
         // The nodes' clocks run 1 s ahead of this member's.
         let clock = |l: &Leases| l.epoch.elapsed().as_millis() as u64 + 1_000;
         for i in 0..20 {
-            l.renew(&format!("n{i}"), 1, true, 0, clock(&l));
+            l.renew(&format!("n{i}"), 1, true, 0, clock(&l), 0);
         }
         assert!(l.serving_lag() < ms(50), "{:?}", l.serving_lag());
         // Every renewal now arrives 800 ms after its node sent it.
         for i in 0..20 {
-            l.renew(&format!("n{i}"), 1, true, 0, clock(&l) - 800);
+            l.renew(&format!("n{i}"), 1, true, 0, clock(&l) - 800, 0);
         }
         let lag = l.serving_lag();
         assert!(lag >= ms(790) && lag < ms(900), "{lag:?}");
         // Without a stamp a renewal leaves the lag alone, and its lease gets the lag on top.
-        l.renew("n", 1, true, 0, 0);
+        l.renew("n", 1, true, 0, 0, 0);
         assert!(left(&l) > LEASE + ms(700), "{:?}", left(&l));
+    }
+
+    #[test]
+    fn a_renewal_later_than_the_node_waits_is_not_counted_but_sets_the_lag() {
+        let l = Leases::new(LEASE, FENCE);
+        let clock = |l: &Leases| l.epoch.elapsed().as_millis() as u64 + 1_000;
+        for i in 0..20 {
+            assert!(l.renew(&format!("n{i}"), 1, true, 0, clock(&l), 250));
+        }
+        let renewed = |l: &Leases, n: &str| l.facts.lock().get(n).and_then(|f| f.renewed);
+        let before = renewed(&l, "n0");
+        // 400 ms on the way: the node gave up on it after 250 ms.
+        for i in 0..20 {
+            assert!(!l.renew(&format!("n{i}"), 1, true, 0, clock(&l) - 400, 250));
+        }
+        assert_eq!(renewed(&l, "n0"), before);
+        assert!(l.serving_lag() >= ms(390), "{:?}", l.serving_lag());
+        // Within the bound (and its margin) it counts; an older node (no bound) always does.
+        assert!(l.renew("n0", 1, true, 0, clock(&l) - 260, 250));
+        assert!(renewed(&l, "n0") > before);
+        assert!(l.renew("n1", 1, true, 0, clock(&l) - 900, 0));
+        assert!(!late_for_the_node(ms(270), 250));
+        assert!(late_for_the_node(ms(271), 250));
+        assert!(!late_for_the_node(ms(5_000), 0));
     }
 
     #[test]
     fn time_a_leader_could_not_renew_is_not_held_against_nodes() {
         let l = Leases::new(ms(100), FENCE);
-        l.renew("n", 1, true, 0, 0);
+        l.renew("n", 1, true, 0, 0, 0);
         l.hold(LEASE);
         assert!(left(&l) > LEASE);
     }

@@ -25,5 +25,5 @@ pub mod voters;
 pub use rebeam_auth as auth;
 
 pub use config::{ControllerConfig, Limits, PeerSpec, Timings};
-pub use error::{Error, Result, LEADER_METADATA_KEY};
+pub use error::{Error, Result, LEADER_METADATA_KEY, LEASE_METADATA_KEY};
 pub use server::{start, ControllerHandle};

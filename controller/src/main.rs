@@ -62,6 +62,15 @@ struct Cli {
     /// Address of the node and client services.
     #[arg(long, default_value = "127.0.0.1:7100")]
     api_listen: SocketAddr,
+    /// Address lease renewals are served on, on threads of their own so that watch streams
+    /// and API calls cannot delay them (default: the --api-listen IP, a port the kernel
+    /// picks; nodes learn it from the leader).
+    #[arg(long, env = "REBEAM_LEASE_LISTEN")]
+    lease_listen: Option<SocketAddr>,
+    /// Lease address to advertise to nodes (default: the --api-advertise host with the bound
+    /// lease port, else the bound address).
+    #[arg(long, env = "REBEAM_LEASE_ADVERTISE")]
+    lease_advertise: Option<String>,
     /// Raft address to advertise to peers (default: the bound address).
     #[arg(long)]
     raft_advertise: Option<String>,
@@ -184,8 +193,10 @@ fn config(cli: Cli, id: u64) -> anyhow::Result<ControllerConfig> {
         data_dir: cli.data_dir,
         raft_listen: cli.raft_listen,
         api_listen: cli.api_listen,
+        lease_listen: cli.lease_listen,
         raft_advertise: cli.raft_advertise,
         api_advertise: cli.api_advertise,
+        lease_advertise: cli.lease_advertise,
         peers: cli.peers,
         init: cli.init,
         join: cli.join,
@@ -247,6 +258,8 @@ async fn main() -> anyhow::Result<()> {
         me: MemberNode {
             raft_addr: cfg.raft_advertise.clone().unwrap_or_default(),
             api_addr: cfg.api_advertise.clone().unwrap_or_default(),
+            // Filled in by this member once it leads (`lease::advertise`).
+            lease_addr: String::new(),
         },
         seeds,
         expect,
@@ -286,10 +299,11 @@ async fn main() -> anyhow::Result<()> {
     });
     // Machine-readable line so supervisors and tests learn ports chosen with :0.
     println!(
-        "rebeam-controller listening raft={} api={} http={}",
+        "rebeam-controller listening raft={} api={} http={} lease={}",
         handle.raft_addr(),
         handle.api_addr(),
-        http.addr()
+        http.addr(),
+        handle.lease_addr()
     );
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(http.serve(

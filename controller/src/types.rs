@@ -14,6 +14,11 @@ pub struct MemberNode {
     pub raft_addr: String,
     /// Node/client API address (used for leader redirects).
     pub api_addr: String,
+    /// Where it serves lease renewals (`--lease-listen`), on a runtime apart from the API's;
+    /// empty for a member of an older version (nodes then renew at `api_addr`) and in logs
+    /// and snapshots written before it existed. A leader fills in its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lease_addr: String,
 }
 
 impl std::fmt::Display for MemberNode {

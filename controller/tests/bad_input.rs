@@ -84,6 +84,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
                 watching: false,
                 streams_ended: 0,
                 sent_ms: 0,
+                attempt_ms: 0,
             })
             .await,
     );
@@ -217,6 +218,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
                 watching: false,
                 streams_ended: 0,
                 sent_ms: 0,
+                attempt_ms: 0,
             })
             .await,
         );
@@ -232,6 +234,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
             watching: false,
             streams_ended: 0,
             sent_ms: 0,
+            attempt_ms: 0,
         })
         .await,
     );

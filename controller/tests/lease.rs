@@ -136,6 +136,7 @@ async fn silent_node_is_declared_dead_and_its_children_move() {
                 watching: false,
                 streams_ended: 0,
                 sent_ms: 0,
+                attempt_ms: 0,
             })
             .await
         }
@@ -367,6 +368,7 @@ async fn a_stream_closed_after_the_first_renewal_still_cuts_the_lease() {
                 watching: false,
                 streams_ended: 0,
                 sent_ms: 0,
+                attempt_ms: 0,
             })
             .await
         }
@@ -396,6 +398,7 @@ async fn renew_stamped(c: &Cluster, node: &pb::NodeRef, sent_ms: u64) {
                 watching: true,
                 streams_ended: 0,
                 sent_ms,
+                attempt_ms: 0,
             })
             .await
         }

@@ -501,6 +501,7 @@ fn controller_requests() -> Vec<Vec<u8>> {
                 watching: true,
                 streams_ended: 2,
                 sent_ms: 0,
+                attempt_ms: 0,
             }
             .encode_to_vec(),
         ),

@@ -6,6 +6,11 @@ use tonic::metadata::MetadataValue;
 /// Metadata key carrying the leader's API address on a redirect.
 pub const LEADER_METADATA_KEY: &str = "x-rebeam-leader";
 
+/// Metadata key carrying the leader's lease address (where it serves renewals on a runtime
+/// of its own) on a refused renewal; absent when the leader advertises none (an older
+/// member): renew at its API address then.
+pub const LEASE_METADATA_KEY: &str = "x-rebeam-leader-lease";
+
 /// Everything a Re:BEAM service can refuse or fail with, each with a message saying what
 /// to do.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -5,9 +5,17 @@
 pub mod error;
 pub mod tracecontext;
 
-pub use error::{code_name, Error, Result, LEADER_METADATA_KEY};
+pub use error::{code_name, Error, Result, LEADER_METADATA_KEY, LEASE_METADATA_KEY};
 
+use std::time::Duration;
 use tonic::metadata::MetadataValue;
+
+/// How long a node waits for one lease renewal attempt, given its fence, before it gives up
+/// on it and tries another member (a fifth of the fence, 50–250 ms): a frozen leader costs
+/// it one attempt, not its fence. Sent with each renewal (`HeartbeatRequest.attempt_ms`).
+pub fn renewal_attempt(fence: Duration) -> Duration {
+    (fence / 5).clamp(Duration::from_millis(50), Duration::from_millis(250))
+}
 use tonic::{Request, Status};
 
 /// Adds `authorization: Bearer <secret>` to outgoing requests.

@@ -51,6 +51,8 @@ pub struct Member {
     pub raft: SocketAddr,
     /// Where it serves clients and nodes.
     pub api: SocketAddr,
+    /// Where it serves lease renewals (`--lease-listen`).
+    pub lease: SocketAddr,
     /// Its data directory.
     pub dir: PathBuf,
     /// Its log file.
@@ -86,6 +88,7 @@ impl ControllerGroup {
                 id,
                 raft: free_port()?,
                 api: free_port()?,
+                lease: free_port()?,
                 log: tmp.path().join(format!("member-{id}.log")),
                 dir,
                 child: Mutex::new(None),
@@ -119,6 +122,7 @@ impl ControllerGroup {
         cmd.args(["--id", &m.id.to_string()])
             .args(["--raft-listen", &m.raft.to_string()])
             .args(["--api-listen", &m.api.to_string()])
+            .args(["--lease-listen", &m.lease.to_string()])
             // Members share one machine: each HTTP server on a port of its own.
             .args(["--http-listen", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -199,6 +203,11 @@ impl ControllerGroup {
     /// A fresh connection to each member, in member order (a load generator's own).
     pub fn channels(&self) -> anyhow::Result<Vec<Channel>> {
         self.members.iter().map(|m| channel(m.api)).collect()
+    }
+
+    /// A fresh connection to each member's lease listener, in member order (renewals only).
+    pub fn lease_channels(&self) -> anyhow::Result<Vec<Channel>> {
+        self.members.iter().map(|m| channel(m.lease)).collect()
     }
 
     /// The index of the member that says it leads, asking every running member once (each

@@ -481,6 +481,8 @@ impl ClusterService for ClusterApi {
         let node = MemberNode {
             raft_addr: r.raft_address,
             api_addr: r.api_address,
+            // Filled in by that member once it leads (`lease::advertise`).
+            lease_addr: String::new(),
         };
         let already_voter = self
             .core

@@ -9,6 +9,7 @@ use rebeam_proto::v1 as pb;
 use rebeam_proto::v1::node_service_server::NodeService;
 use rebeam_tls::Member;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 
 use super::{node_ref, pid};
@@ -36,8 +37,72 @@ impl NodeApi {
             heartbeat_ms: t.heartbeat.as_millis() as u64,
             fence_ms: t.node_fence.as_millis() as u64,
             stream_fence_ms: t.stream_fence.as_millis() as u64,
+            lease_address: self.core.me.lease_addr.clone(),
         }
     }
+}
+
+/// The one method the lease listener serves.
+pub const HEARTBEAT_PATH: &str = "/rebeam.v1.NodeService/Heartbeat";
+
+/// Lets through `NodeService.Heartbeat` alone (the lease listener's service): nothing that
+/// holds a stream or writes to the log is served on the lease runtime.
+#[derive(Clone)]
+pub struct RenewalsOnly<S> {
+    inner: S,
+}
+
+impl<S> RenewalsOnly<S> {
+    /// Wraps a node service.
+    pub fn new(inner: S) -> Self {
+        RenewalsOnly { inner }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for RenewalsOnly<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for RenewalsOnly<S>
+where
+    S: tonic::codegen::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() == HEARTBEAT_PATH {
+            return Box::pin(self.inner.call(req));
+        }
+        let status = Status::unimplemented(format!(
+            "{} is not served at the lease address, only lease renewals; call it at the API address",
+            req.uri().path()
+        ));
+        Box::pin(async move { Ok(status.into_http()) })
+    }
+}
+
+/// A refused renewal: with a redirect, the leader's lease address beside its API address.
+fn renewal_refused(core: &Core, e: Error) -> Status {
+    let redirect = matches!(e, Error::NotLeader { .. });
+    let mut status = Status::from(e);
+    if let Some(lease) = redirect.then(|| core.leader_lease()).flatten() {
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(lease.as_str()) {
+            status
+                .metadata_mut()
+                .insert(crate::error::LEASE_METADATA_KEY, v);
+        }
+    }
+    status
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
@@ -97,9 +162,12 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
         speaks_for(&req, req.get_ref().node.as_ref())?;
         let r = req.into_inner();
-        let (watching, streams_ended, sent_ms) = (r.watching, r.streams_ended, r.sent_ms);
+        let (watching, streams_ended, sent_ms, attempt_ms) =
+            (r.watching, r.streams_ended, r.sent_ms, r.attempt_ms);
         let (node, incarnation) = node_ref(r.node)?;
-        self.core.ensure_leader()?;
+        self.core
+            .ensure_leader()
+            .map_err(|e| renewal_refused(&self.core, e))?;
         let term = self.core.raft.metrics().borrow().current_term;
         let t = &self.core.config.timings;
         if !self.core.leases.confirmed_within(term, t.confirm_within()) {
@@ -117,9 +185,20 @@ impl NodeService for NodeApi {
             .state
             .check_live(&node, incarnation)?;
         let lease = self.core.config.timings.lease;
-        self.core
-            .leases
-            .renew(&node, incarnation, watching, streams_ended, sent_ms);
+        let counted = self.core.leases.renew(
+            &node,
+            incarnation,
+            watching,
+            streams_ended,
+            sent_ms,
+            attempt_ms,
+        );
+        if !counted {
+            // The node gave up on this attempt before it arrived; it never reads the answer.
+            return Err(Status::deadline_exceeded(format!(
+                "this renewal reached the leader later than the {attempt_ms} ms the node waits for it; not counted"
+            )));
+        }
         Ok(Response::new(pb::HeartbeatReply {
             lease_ms: lease.as_millis() as u64,
         }))

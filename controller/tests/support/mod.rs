@@ -223,6 +223,7 @@ pub fn heartbeat(
                     watching: true,
                     streams_ended: 0,
                     sent_ms: 0,
+                    attempt_ms: 0,
                 };
                 if c.node_client(l).heartbeat(req).await.is_ok() {
                     *last2.lock() = Some(Instant::now());

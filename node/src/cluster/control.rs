@@ -128,6 +128,8 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// A connection to the controller group that follows the leader (see `leader::Leaders`).
 pub struct Controller {
     leaders: Leaders,
+    /// Where lease renewals go: the leader's lease address, served apart from its API.
+    renewals: Leaders,
     channels: Mutex<HashMap<String, Channel>>,
     bearer: BearerInjector,
     dialer: rebeam_tls::Dialer,
@@ -142,7 +144,8 @@ impl Controller {
         dialer: rebeam_tls::Dialer,
     ) -> Controller {
         Controller {
-            leaders: Leaders::new(addresses),
+            leaders: Leaders::new(addresses.clone()),
+            renewals: Leaders::for_renewals(addresses),
             channels: Mutex::new(HashMap::new()),
             bearer,
             dialer,
@@ -198,10 +201,35 @@ impl Controller {
         F: Fn(NodeClient, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.follow(deadline, attempt, |ch, b| {
+        self.follow(&self.leaders, deadline, attempt, |ch, b| {
             rpc(node_client(ch, b), request.clone())
         })
         .await
+    }
+
+    /// Like `node_until`, through the leader's lease address (see `Leaders::for_renewals`):
+    /// renewals are served there on threads of their own, not behind the watch streams.
+    async fn renew_until<Req, T, F, Fut>(
+        &self,
+        deadline: Instant,
+        attempt: Duration,
+        request: Req,
+        rpc: F,
+    ) -> Result<(T, String), Status>
+    where
+        Req: Clone,
+        F: Fn(NodeClient, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.follow(&self.renewals, deadline, attempt, |ch, b| {
+            rpc(node_client(ch, b), request.clone())
+        })
+        .await
+    }
+
+    /// Renewals go to `address` first from now on (the lease address a leader gave).
+    fn renew_at(&self, address: String) {
+        self.renewals.lead_to(address);
     }
 
     /// Calls a `ClusterService` method on the leader, waiting out an election (up to
@@ -213,13 +241,14 @@ impl Controller {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let client = |ch, b| rpc(cluster_client(ch, b), request.clone());
-        self.follow(Instant::now() + PATIENCE, ATTEMPT, client)
+        self.follow(&self.leaders, Instant::now() + PATIENCE, ATTEMPT, client)
             .await
             .map(|(r, _)| r)
     }
 
     async fn follow<T, F, Fut>(
         &self,
+        leaders: &Leaders,
         deadline: Instant,
         attempt: Duration,
         f: F,
@@ -228,7 +257,7 @@ impl Controller {
         F: Fn(Channel, BearerInjector) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.leaders
+        leaders
             .follow(deadline, attempt, |address| {
                 let call = self.channel(address).map(|ch| f(ch, self.bearer.clone()));
                 async move { Ok(call?.await?.into_inner()) }
@@ -420,16 +449,25 @@ async fn join(cluster: &Arc<Cluster>) -> Session {
     loop {
         let r = cluster
             .controller
-            .node(request.clone(), |mut c, r| async move { c.join(r).await })
+            .node_until(
+                Instant::now() + PATIENCE,
+                ATTEMPT,
+                request.clone(),
+                |mut c, r| async move { c.join(r).await },
+            )
             .await;
         match r {
-            Ok(reply) => {
+            Ok((reply, member)) => {
+                // The member that admitted the node leads: renew at its lease address, or
+                // at its API address when it advertises none (an older member).
+                let lease = Some(reply.lease_address).filter(|a| !a.is_empty());
+                cluster.controller.renew_at(lease.unwrap_or(member));
                 return Session {
                     incarnation: reply.incarnation,
                     heartbeat: Duration::from_millis(reply.heartbeat_ms.max(10)),
                     fence: Duration::from_millis(reply.fence_ms.max(50)),
                     stream_fence: Duration::from_millis(reply.stream_fence_ms.max(20)),
-                }
+                };
             }
             Err(status) => {
                 tracing::warn!("cannot join the cluster yet: {}", status.message());
@@ -459,7 +497,7 @@ fn monotonic_ms(at: Instant) -> u64 {
 /// member (each attempt bounded well under the fence), not at the next tick.
 async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
     let session = keeper.session;
-    let attempt = (session.fence / 5).clamp(Duration::from_millis(50), Duration::from_millis(250));
+    let attempt = rebeam_grpc::renewal_attempt(session.fence);
     let mut tick = tokio::time::interval(session.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -472,9 +510,10 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
             watching: keeper.watching_for_renewal(),
             streams_ended: keeper.streams_ended(),
             sent_ms: 0,
+            attempt_ms: attempt.as_millis() as u64,
         };
         let tried = Mutex::new(Instant::now());
-        let call = cluster.controller.node_until(
+        let call = cluster.controller.renew_until(
             keeper.last_ok() + session.fence,
             attempt,
             request,
@@ -491,7 +530,12 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
         match call.await {
             Ok(_) => {
                 let sent = *tried.lock();
-                keeper.renewed(cluster, sent);
+                // An answer read after the attempt bound is not counted (the leader counts
+                // no renewal that reached it that late: `attempt_ms`), even when this
+                // process was too starved to give up on it in time.
+                if sent.elapsed() <= attempt {
+                    keeper.renewed(cluster, sent);
+                }
             }
             Err(status)
                 if matches!(

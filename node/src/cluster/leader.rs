@@ -4,7 +4,7 @@
 //! it is tested against fake members.
 
 use parking_lot::Mutex;
-use rebeam_grpc::LEADER_METADATA_KEY;
+use rebeam_grpc::{LEADER_METADATA_KEY, LEASE_METADATA_KEY};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ pub struct Leaders {
     leader: Mutex<usize>,
     /// Members whose last attempt timed out, and when.
     hung: Mutex<HashMap<String, Instant>>,
+    /// The redirect's metadata key naming where to go, tried before `LEADER_METADATA_KEY`.
+    hint_key: Option<&'static str>,
 }
 
 impl Leaders {
@@ -33,6 +35,17 @@ impl Leaders {
             addresses: Mutex::new(addresses),
             leader: Mutex::new(0),
             hung: Mutex::new(HashMap::new()),
+            hint_key: None,
+        }
+    }
+
+    /// Where lease renewals go: the leader's lease address (`LEASE_METADATA_KEY` on a
+    /// redirect, or the one `JoinReply` gave), else its API address (a member that
+    /// advertises no lease address, of an older version); starts from `addresses`.
+    pub fn for_renewals(addresses: Vec<String>) -> Leaders {
+        Leaders {
+            hint_key: Some(LEASE_METADATA_KEY),
+            ..Leaders::new(addresses)
         }
     }
 
@@ -102,7 +115,8 @@ impl Leaders {
                     ))
                 }
             };
-            let hint = leader_hint(&status).filter(|s| *s != address && !failed.contains(s));
+            let hint = leader_hint(&status, self.hint_key)
+                .filter(|s| *s != address && !failed.contains(s));
             if let Some(leader) = hint {
                 self.lead_to(leader);
             } else if retryable(status.code()) {
@@ -116,7 +130,7 @@ impl Leaders {
     }
 
     /// Makes `leader` the member tried next, adding it when it was not known.
-    fn lead_to(&self, leader: String) {
+    pub fn lead_to(&self, leader: String) {
         let mut addresses = self.addresses.lock();
         let j = match addresses.iter().position(|a| *a == leader) {
             Some(j) => j,
@@ -150,14 +164,18 @@ impl Leaders {
     }
 }
 
-/// The leader's address a refusing member named, if any.
-fn leader_hint(status: &Status) -> Option<String> {
-    status
-        .metadata()
-        .get(LEADER_METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+/// The leader's address a refusing member named, if any: under `key` when given and
+/// there, else its API address.
+fn leader_hint(status: &Status, key: Option<&str>) -> Option<String> {
+    let named = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    key.and_then(named).or_else(|| named(LEADER_METADATA_KEY))
 }
 
 /// Codes meaning "this member cannot serve it now; another may".
@@ -226,6 +244,32 @@ mod tests {
         assert_eq!(answer.ok(), Some((7, "c".to_string())));
         assert_eq!(*tried.lock(), ["a", "c"]);
         assert_eq!(group.current(), "c");
+    }
+
+    #[tokio::test]
+    async fn renewals_follow_the_lease_address_else_the_api_address() {
+        let group = Leaders::for_renewals(vec!["a".into(), "b".into()]);
+        let tried = Mutex::new(Vec::new());
+        let answer = group
+            .follow(soon(1000), Duration::from_millis(100), |address| {
+                tried.lock().push(address.to_string());
+                let reply = match address {
+                    // A member naming both: the lease address wins.
+                    "a" => {
+                        let mut s = redirect("b");
+                        s.metadata_mut()
+                            .insert(LEASE_METADATA_KEY, MetadataValue::from_static("b-lease"));
+                        Err(s)
+                    }
+                    // One naming no lease address (an older leader): its API address.
+                    "b-lease" => Err(redirect("b")),
+                    _ => Ok(()),
+                };
+                async move { reply }
+            })
+            .await;
+        assert_eq!(answer.ok(), Some(((), "b".to_string())));
+        assert_eq!(*tried.lock(), ["a", "b-lease", "b"]);
     }
 
     #[tokio::test]
