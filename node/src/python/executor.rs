@@ -59,6 +59,8 @@ fn wake_unwoken() {
 pub struct Pool {
     total: AtomicUsize,
     blocked: AtomicUsize,
+    /// Executors between taking a server and waiting for the next (`blocked` ones too).
+    running: AtomicUsize,
     base: AtomicUsize,
     max: usize,
 }
@@ -69,6 +71,7 @@ impl Pool {
         Pool {
             total: AtomicUsize::new(0),
             blocked: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
             base: AtomicUsize::new(0),
             max: max.max(1),
         }
@@ -135,6 +138,8 @@ fn spawn_executor(rt: Arc<PyRuntime>) {
         .name("rebeam-executor".into())
         .spawn(move || {
             IS_EXECUTOR.with(|e| e.set(true));
+            // Counted as running until its first wait (see `executor_loop`).
+            rt.host.pool.running.fetch_add(1, Ordering::AcqRel);
             Python::attach(|py| executor_loop(py, &rt));
             rt.host.pool.total.fetch_sub(1, Ordering::AcqRel);
         });
@@ -147,6 +152,10 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
     // The clock as the last batch left it: a server taken without waiting starts from that
     // reading (a chain of servers with one message each reads the clock once a message).
     let mut last: Option<Instant> = None;
+    let pool = &rt.host.pool;
+    // Servers queued while another executor runs code are left to it (see `pop_until`).
+    let none_running =
+        || pool.running.load(Ordering::Acquire) <= pool.blocked.load(Ordering::Acquire);
     loop {
         let (next, now) = match rt.runq.try_pop() {
             Some(p) => {
@@ -154,10 +163,13 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
                 (Some(p), last.take().unwrap_or_else(Instant::now))
             }
             None => {
+                pool.running.fetch_sub(1, Ordering::AcqRel);
                 let next = py.detach(|| {
                     wake_unwoken();
-                    rt.runq.pop_until(Instant::now() + RETIRE_AFTER)
+                    rt.runq
+                        .pop_until(Instant::now() + RETIRE_AFTER, none_running)
                 });
+                pool.running.fetch_add(1, Ordering::AcqRel);
                 (next, Instant::now())
             }
         };
@@ -172,10 +184,10 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
             }
             Some(process) => last = Some(run_batch(py, rt, &process, now)),
             None => {
-                let pool = &rt.host.pool;
                 let total = pool.total.load(Ordering::Acquire);
                 if total > pool.base.load(Ordering::Relaxed) + pool.blocked.load(Ordering::Acquire)
                 {
+                    pool.running.fetch_sub(1, Ordering::AcqRel);
                     return;
                 }
             }

@@ -76,9 +76,15 @@ impl<H: Host> RunQueue<H> {
     }
 
     /// Takes the next server, waiting until `deadline`: the first idle thread watches for
-    /// work a moment before it parks (see `spin`), the others park at once.
-    pub fn pop_until(&self, deadline: Instant) -> Option<Arc<Process<H>>> {
-        if let Some(item) = self.watch() {
+    /// work a moment before it parks (see `spin`), the others park at once. The watcher
+    /// takes a server only while `may_take` holds: one queued by a thread that is still
+    /// running code would only make the two hand the interpreter back and forth.
+    pub fn pop_until(
+        &self,
+        deadline: Instant,
+        may_take: impl Fn() -> bool,
+    ) -> Option<Arc<Process<H>>> {
+        if let Some(item) = self.watch(may_take) {
             return Some(item);
         }
         let mut q = self.queue.lock();
@@ -96,14 +102,14 @@ impl<H: Host> RunQueue<H> {
     }
 
     /// Watches for work as the one watching thread; `None` if another thread watches or
-    /// nothing came.
-    fn watch(&self) -> Option<Arc<Process<H>>> {
+    /// nothing it may take came.
+    fn watch(&self, may_take: impl Fn() -> bool) -> Option<Arc<Process<H>>> {
         if self.watching.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let seen = self
-            .spinner
-            .until(None, || self.queued.load(Ordering::Acquire) > 0);
+        let seen = self.spinner.until(None, || {
+            self.queued.load(Ordering::Acquire) > 0 && may_take()
+        });
         self.watching.store(false, Ordering::Release);
         if seen {
             self.try_pop()
