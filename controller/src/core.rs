@@ -50,30 +50,28 @@ impl Core {
 
     /// API address of the current leader, when known.
     pub fn leader_api(&self) -> Option<String> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let leader = m.current_leader?;
-        let addr = m
-            .membership_config
-            .nodes()
-            .find(|(id, _)| **id == leader)
-            .map(|(_, n)| n.api_addr.clone());
-        addr
+        self.leader_member().map(|n| n.api_addr)
     }
 
     /// Lease address of the current leader, when known and advertised (an older member
     /// advertises none: nodes renew at its API address).
     pub fn leader_lease(&self) -> Option<String> {
+        self.leader_member()
+            .map(|n| n.lease_addr)
+            .filter(|a| !a.is_empty())
+    }
+
+    /// The current leader's entry in the membership, when known.
+    fn leader_member(&self) -> Option<MemberNode> {
         let m = self.raft.metrics();
         let m = m.borrow();
         let leader = m.current_leader?;
-        let addr = m
+        let node = m
             .membership_config
             .nodes()
             .find(|(id, _)| **id == leader)
-            .map(|(_, n)| n.lease_addr.clone())
-            .filter(|a| !a.is_empty());
-        addr
+            .map(|(_, n)| n.clone());
+        node
     }
 
     /// Errs with a redirect unless this member believes it leads (no round trip).

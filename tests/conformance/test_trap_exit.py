@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import rebeam
 from _util import expect, forever, wait_down, wait_exit
 
@@ -135,7 +137,8 @@ def test_exit_to_self_while_trapping_is_a_message():
     assert wait_exit(me, timeout=1).reason == "shutdown"
 
 
-def test_killed_code_that_swallows_the_kill_cannot_send():
+def kill_a_swallower(zombie: Callable[[], None]) -> None:
+    """Kills a process that swallows the kill and then calls `zombie` three times."""
     me = rebeam.self_pid()
 
     def swallower():
@@ -146,7 +149,7 @@ def test_killed_code_that_swallows_the_kill_cannot_send():
             pass
         for _ in range(3):
             try:
-                rebeam.send(me, "zombie")
+                zombie()
             except BaseException:  # noqa: B036
                 pass
 
@@ -154,6 +157,11 @@ def test_killed_code_that_swallows_the_kill_cannot_send():
     expect("ready")
     rebeam.exit(pid, "kill")
     assert wait_down(ref).reason == "killed"
+
+
+def test_killed_code_that_swallows_the_kill_cannot_send():
+    me = rebeam.self_pid()
+    kill_a_swallower(lambda: rebeam.send(me, "zombie"))
     # Signals from one process arrive in order: a "zombie" sent before it died would already
     # be queued ahead of its Down, so looking without waiting is exact.
     assert rebeam.receive(match=lambda m: m == "zombie", timeout=0, default=None) is None
@@ -173,25 +181,8 @@ class Recorder(rebeam.GenServer):
 
 
 def test_killed_code_that_swallows_the_kill_cannot_cast():
-    me = rebeam.self_pid()
     sink = rebeam.spawn(Recorder)
-
-    def swallower():
-        try:
-            rebeam.send(me, "ready")
-            forever()
-        except BaseException:  # noqa: B036 - the point of the test
-            pass
-        for _ in range(3):
-            try:
-                rebeam.cast(sink, "zombie")
-            except BaseException:  # noqa: B036
-                pass
-
-    pid, ref = rebeam.spawn_monitor(swallower)
-    expect("ready")
-    rebeam.exit(pid, "kill")
-    assert wait_down(ref).reason == "killed"
+    kill_a_swallower(lambda: rebeam.cast(sink, "zombie"))
     # The recorder answers calls in order with its casts: one sent before the Down was seen
     # would be queued ahead of this call.
     assert rebeam.call(sink, "casts") == []

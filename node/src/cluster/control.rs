@@ -182,15 +182,24 @@ impl Controller {
         F: Fn(NodeClient, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.node_until(Instant::now() + PATIENCE, ATTEMPT, request, rpc)
-            .await
-            .map(|(r, _)| r)
+        self.node_until(
+            &self.leaders,
+            Instant::now() + PATIENCE,
+            ATTEMPT,
+            request,
+            rpc,
+        )
+        .await
+        .map(|(r, _)| r)
     }
 
-    /// Like `node`, until `deadline` with each attempt bounded by `attempt`; also returns
-    /// the member that answered.
+    /// Like `node`, through `leaders` (`self.leaders`, or `self.renewals` for renewals: the
+    /// leader's lease address, served on threads of its own, not behind the watch streams),
+    /// until `deadline` with each attempt bounded by `attempt`; also returns the member
+    /// that answered.
     async fn node_until<Req, T, F, Fut>(
         &self,
+        leaders: &Leaders,
         deadline: Instant,
         attempt: Duration,
         request: Req,
@@ -201,27 +210,7 @@ impl Controller {
         F: Fn(NodeClient, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.follow(&self.leaders, deadline, attempt, |ch, b| {
-            rpc(node_client(ch, b), request.clone())
-        })
-        .await
-    }
-
-    /// Like `node_until`, through the leader's lease address (see `Leaders::for_renewals`):
-    /// renewals are served there on threads of their own, not behind the watch streams.
-    async fn renew_until<Req, T, F, Fut>(
-        &self,
-        deadline: Instant,
-        attempt: Duration,
-        request: Req,
-        rpc: F,
-    ) -> Result<(T, String), Status>
-    where
-        Req: Clone,
-        F: Fn(NodeClient, Req) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-    {
-        self.follow(&self.renewals, deadline, attempt, |ch, b| {
+        self.follow(leaders, deadline, attempt, |ch, b| {
             rpc(node_client(ch, b), request.clone())
         })
         .await
@@ -450,6 +439,7 @@ async fn join(cluster: &Arc<Cluster>) -> Session {
         let r = cluster
             .controller
             .node_until(
+                &cluster.controller.leaders,
                 Instant::now() + PATIENCE,
                 ATTEMPT,
                 request.clone(),
@@ -513,7 +503,8 @@ async fn keep_lease(cluster: &Arc<Cluster>, keeper: &LeaseKeeper) -> String {
             attempt_ms: attempt.as_millis() as u64,
         };
         let tried = Mutex::new(Instant::now());
-        let call = cluster.controller.renew_until(
+        let call = cluster.controller.node_until(
+            &cluster.controller.renewals,
             keeper.last_ok() + session.fence,
             attempt,
             request,
@@ -585,12 +576,18 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
         };
         let opened = cluster
             .controller
-            .node_until(deadline, attempt, request, |mut c, mut r| {
-                // Each attempt its own number: one abandoned here may still have opened a
-                // stream at a member, whose close must not count against this node.
-                r.stream = keeper.next_stream();
-                async move { c.watch(r).await }
-            })
+            .node_until(
+                &cluster.controller.leaders,
+                deadline,
+                attempt,
+                request,
+                |mut c, mut r| {
+                    // Each attempt its own number: one abandoned here may still have opened a
+                    // stream at a member, whose close must not count against this node.
+                    r.stream = keeper.next_stream();
+                    async move { c.watch(r).await }
+                },
+            )
             .await;
         let (mut stream, member) = match opened {
             Ok(s) => s,
