@@ -27,6 +27,14 @@ fn call_id(f: &pb::PeerFrame) -> u64 {
     }
 }
 
+/// The call ids of every frame of `batches`, in the order read.
+fn frame_ids(batches: &[pb::PeerBatch]) -> Vec<u64> {
+    batches
+        .iter()
+        .flat_map(|b| b.frames.iter().map(call_id))
+        .collect()
+}
+
 /// The acceptor's side on `io`: the node it let in, then every batch it read.
 async fn acceptor<S: AsyncRead + AsyncWrite>(
     io: S,
@@ -99,10 +107,7 @@ fn frames_arrive_in_order_in_few_batches() {
         let (node, batches) = server.await.expect("server").expect("accepted");
         let _ = link.await.expect("link");
         assert_eq!(node, NodeId::intern("links-order-a"));
-        let ids: Vec<u64> = batches
-            .iter()
-            .flat_map(|b| b.frames.iter().map(call_id))
-            .collect();
+        let ids = frame_ids(&batches);
         assert_eq!(
             ids,
             (0..30_000).collect::<Vec<_>>(),
@@ -388,10 +393,7 @@ fn the_rest_of_a_partial_direct_write_goes_before_frames_queued_after_it() {
     drop(peer);
     let (_, batches) = rt.block_on(server).expect("server").expect("accepted");
     let _ = rt.block_on(link).expect("link");
-    let ids: Vec<u64> = batches
-        .iter()
-        .flat_map(|b| b.frames.iter().map(call_id))
-        .collect();
+    let ids = frame_ids(&batches);
     assert_eq!(ids, (0..sent).collect::<Vec<_>>(), "every frame, in order");
 }
 
@@ -463,10 +465,7 @@ fn frames_queued_while_the_writer_writes_go_out_after_in_order_and_fill_batches(
     drop(peer);
     let (_, batches) = rt.block_on(server).expect("server").expect("accepted");
     let _ = rt.block_on(link).expect("link");
-    let ids: Vec<u64> = batches
-        .iter()
-        .flat_map(|b| b.frames.iter().map(call_id))
-        .collect();
+    let ids = frame_ids(&batches);
     assert_eq!(
         ids,
         (0..FRAMES).collect::<Vec<_>>(),
