@@ -281,6 +281,7 @@ async fn bench_lookups(c: &Cluster, linearizable: bool, n: usize) -> anyhow::Res
         let req = pb::WhereisRequest {
             name: format!("bench-{}", k + 1),
             linearizable,
+            ..Default::default()
         };
         let t = Instant::now();
         cl.whereis(req).await?;

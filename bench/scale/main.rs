@@ -69,6 +69,11 @@ struct Args {
     /// without decoding: see `scan`).
     #[arg(long)]
     decode_all: bool,
+    /// Simulated nodes cache every global name (every name change goes to every node), as
+    /// nodes did before they followed only the names they use (`WatchRequest.followed_names`),
+    /// to compare the two.
+    #[arg(long)]
+    all_names: bool,
     /// Nice value of the simulated nodes' renewal threads (negative needs CAP_SYS_NICE, as
     /// root has; 0 leaves them as every other thread): 1,000 nodes renew from 1,000 machines,
     /// not from the CPU this harness shares with the controllers and its own watch decoding.
@@ -81,6 +86,13 @@ static DECODE_ALL: AtomicBool = AtomicBool::new(false);
 
 /// Simulated nodes ask for batched watch streams (`--unbatched` clears it).
 static BATCHED: AtomicBool = AtomicBool::new(true);
+
+/// Simulated nodes follow only the probe names (and those their processes hold), as real
+/// nodes follow the names they look up (`--all-names` clears it).
+static FOLLOWED_NAMES: AtomicBool = AtomicBool::new(true);
+
+/// How many probe names the simulated nodes follow (`--probes`).
+static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Three real controller processes (the shared harness), logging at `SCALE_CONTROLLER_LOG`.
 type Cluster = ControllerGroup;
@@ -384,6 +396,10 @@ async fn follow(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
             resume_from: position.unwrap_or(0),
             stream: 0,
             batched: BATCHED.load(Ordering::Relaxed),
+            followed_names: FOLLOWED_NAMES.load(Ordering::Relaxed),
+            follow: (0..PROBES.load(Ordering::Relaxed))
+                .map(|p| format!("probe-{p}"))
+                .collect(),
         };
         let opened = call(
             &c,
@@ -780,9 +796,12 @@ async fn main() -> anyhow::Result<()> {
     let mut problems: Vec<String> = Vec::new();
     report.insert("loadavg_start".into(), json!(loadavg()));
     BATCHED.store(!a.unbatched, Ordering::Relaxed);
+    FOLLOWED_NAMES.store(!a.all_names, Ordering::Relaxed);
+    PROBES.store(a.probes, Ordering::Relaxed);
     RENEWALS_NICE.store(a.renewals_nice, Ordering::Relaxed);
     DECODE_ALL.store(a.decode_all, Ordering::Relaxed);
     report.insert("watch_batched".into(), json!(!a.unbatched));
+    report.insert("followed_names".into(), json!(!a.all_names));
     report.insert(
         "config".into(),
         json!({"nodes": a.nodes, "names": a.names, "seconds": a.seconds,

@@ -31,6 +31,8 @@ pub struct Core {
     pub contact: Arc<crate::api::raft::Contact>,
     /// How this member is reached, as it advertises itself (its lease address included).
     pub me: MemberNode,
+    /// The global names followed through the watch streams this member serves.
+    pub follows: crate::api::follows::Follows,
 }
 
 impl Core {

@@ -326,6 +326,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         voters: Default::default(),
         contact: contact.clone(),
         me: me.clone(),
+        follows: Default::default(),
     });
 
     let (stop, stop_rx) = watch::channel(false);

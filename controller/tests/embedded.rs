@@ -69,6 +69,7 @@ async fn single_member_controller_runs_in_process_and_restarts_from_its_director
             pb::WhereisRequest {
                 name: "svc".into(),
                 linearizable: true,
+                ..Default::default()
             },
         ))
         .await;

@@ -113,6 +113,7 @@ async fn renewals_go_to_the_leaders_lease_address_which_redirects_name() {
             resume_from: 0,
             stream: 1,
             batched: true,
+            ..Default::default()
         })
         .await
         .err()
@@ -178,6 +179,8 @@ async fn renewals_at_the_lease_address_are_not_queued_behind_watch_streams() {
                     resume_from: 0,
                     stream: 0,
                     batched: true,
+                    // Every name: the full view is the load this test needs.
+                    ..Default::default()
                 };
                 let Ok(stream) = client.watch(req).await else {
                     continue;

@@ -10,7 +10,7 @@ use rebeam_proto::v1::cluster_service_server::ClusterService;
 use sha2::Digest;
 use tonic::{Request, Response, Status};
 
-use super::pid;
+use super::{node_ref, pid};
 use crate::archive;
 use crate::auth::{self, Role};
 use crate::convert;
@@ -298,22 +298,24 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<pb::WhereisRequest>,
     ) -> Result<Response<pb::WhereisReply>, Status> {
+        if let Some(follower) = req.get_ref().follower.as_ref() {
+            super::node::speaks_for(&req, Some(follower))?;
+        }
         let r = req.into_inner();
         validate::name("name", &r.name)?;
+        let follower = r.follower.map(|f| node_ref(Some(f))).transpose()?;
         if r.linearizable {
             self.core.linearizable().await?;
         }
-        let pid = self
-            .core
-            .shared
-            .applied
-            .read()
-            .state
-            .names
-            .get(&r.name)
-            .cloned();
+        // Followed before the state is read: every entry applied after the read is encoded
+        // for the node's stream with the name in it (`watch::Encoded`).
+        let followed = follower
+            .is_some_and(|(node, _)| self.core.follows.follow(&node, r.follower_stream, &r.name));
+        let a = self.core.shared.applied.read();
         Ok(Response::new(pb::WhereisReply {
-            pid: pid.map(Into::into),
+            pid: a.state.names.get(&r.name).cloned().map(Into::into),
+            log_index: a.last_applied.map(|l| l.index).unwrap_or(0),
+            followed,
         }))
     }
 

@@ -1,6 +1,7 @@
 //! gRPC services: Raft peer traffic, node control traffic, client/admin traffic.
 
 pub mod cluster;
+pub mod follows;
 pub mod node;
 pub mod raft;
 pub(crate) mod watch;

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 
+use super::follows::MAX_FOLLOWED;
 use super::{node_ref, pid};
 use crate::core::Core;
 use crate::error::Error;
@@ -110,7 +111,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + S
 /// With mTLS a node's certificate speaks only for the node it names: having joined, a node
 /// cannot renew, leave, watch or report as another one. A controller's certificate, and
 /// requests without one (TLS off: the guard checked the bearer), pass.
-fn speaks_for<T>(req: &Request<T>, node: Option<&pb::NodeRef>) -> Result<(), Status> {
+pub(super) fn speaks_for<T>(req: &Request<T>, node: Option<&pb::NodeRef>) -> Result<(), Status> {
     let members = rebeam_tls::identity::peer_members(req);
     if members.is_empty() || members.iter().any(|m| matches!(m, Member::Controller(_))) {
         return Ok(());
@@ -225,6 +226,15 @@ impl NodeService for NodeApi {
         speaks_for(&req, req.get_ref().node.as_ref())?;
         let r = req.into_inner();
         let (node, incarnation) = node_ref(r.node)?;
+        if r.follow.len() > MAX_FOLLOWED {
+            return Err(Status::invalid_argument(format!(
+                "follow names {} global names; a stream follows at most {MAX_FOLLOWED}",
+                r.follow.len()
+            )));
+        }
+        for name in &r.follow {
+            validate::name("follow", name)?;
+        }
         self.core
             .shared
             .applied
@@ -238,6 +248,7 @@ impl NodeService for NodeApi {
             r.resume_from,
             r.stream,
             r.batched,
+            r.followed_names.then_some(r.follow),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -1,5 +1,6 @@
 //! The per-node watch stream: a full view first, then every relevant change in log order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -7,6 +8,7 @@ use rebeam_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
+use crate::api::follows::Follows;
 use crate::convert::watch_event;
 use crate::core::Core;
 use crate::state::{Event, State};
@@ -31,11 +33,15 @@ const MAX_BATCHED: usize = 64 << 10;
 /// per stream per applied entry was most of the leader's work and starved lease renewals.
 const BATCH_EVERY: Duration = Duration::from_millis(20);
 
+/// A stream that follows names and had nothing to send tells its node how far the log is at
+/// most this often (see `Stream::flush`).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// One log entry's changes as batched streams send them, encoded once for every node.
 #[derive(Debug, Default)]
 pub struct Encoded {
     /// The entry's changes in order: runs of changes every node gets, already encoded as
-    /// `WatchChanges.events` entries, between changes meant for one node only.
+    /// `WatchChanges.events` entries, runs of name changes, and changes meant for one node.
     parts: Vec<Part>,
     /// Nodes changed by the entry: (id, alive, incarnation), to end the stream of a node
     /// declared dead.
@@ -49,19 +55,65 @@ pub struct Encoded {
 enum Part {
     /// Changes every node gets, encoded.
     Shared(Vec<u8>),
+    /// A run of global name changes.
+    Names(NameRun),
     /// The event at this position in the batch, meant for one node (an assignment).
     ForOne(usize),
 }
 
+/// Consecutive name changes of an entry: every one of them for a node that gets all names,
+/// and each node's share for nodes that follow names (`WatchRequest.followed_names`).
+#[derive(Debug, Default)]
+struct NameRun {
+    /// Every change of the run, encoded.
+    all: Vec<u8>,
+    /// Each change: its position in the batch and its bytes in `all`.
+    events: Vec<(usize, std::ops::Range<usize>)>,
+    /// Per node, the changes it gets (of names held by its processes, or that it followed
+    /// when the entry was encoded), encoded.
+    to: HashMap<String, Vec<u8>>,
+}
+
+/// Which name changes a stream sends.
+#[derive(Clone, Copy)]
+enum Names<'a> {
+    /// Every one (the node caches every name).
+    All,
+    /// The node's share as encoded with the entry: for entries applied while the stream was
+    /// open, whose encoding saw everything the node follows.
+    Encoded,
+    /// The node's share by what it follows now: for entries applied before the stream opened
+    /// (a resumed stream), encoded before this member knew what the node follows.
+    Following(&'a Follows),
+}
+
+/// The global name an event changes and the node of the process holding it (before or after).
+fn name_change(ev: &Event) -> Option<(&str, &str)> {
+    match ev {
+        Event::NameRegistered(name, pid) | Event::NameReleased(name, pid) => {
+            Some((name, &pid.node))
+        }
+        _ => None,
+    }
+}
+
 impl Encoded {
-    fn of(batch: &EventBatch) -> Encoded {
+    fn of(batch: &EventBatch, follows: &Follows) -> Encoded {
         let mut e = Encoded::default();
         let mut run = Vec::new();
+        let mut names = NameRun::default();
         for (i, ev) in batch.events.iter().enumerate() {
             match ev {
                 Event::Reset => e.reset = true,
                 Event::NodeChanged(n) => e.nodes.push((n.id.clone(), n.alive, n.incarnation)),
                 _ => {}
+            }
+            let is_name = name_change(ev).is_some();
+            if !is_name && !names.events.is_empty() {
+                e.parts.push(Part::Names(std::mem::take(&mut names)));
+            }
+            if is_name && !run.is_empty() {
+                e.parts.push(Part::Shared(std::mem::take(&mut run)));
             }
             if matches!(
                 ev,
@@ -74,32 +126,50 @@ impl Encoded {
                 continue;
             }
             // The node is irrelevant here: only assignments depend on it.
-            if let Some(w) = watch_event(batch.index, ev, "") {
+            let Some(w) = watch_event(batch.index, ev, "") else {
+                continue;
+            };
+            if is_name {
+                let start = names.all.len();
+                prost::encoding::message::encode(1, &w, &mut names.all);
+                names.events.push((i, start..names.all.len()));
+            } else {
                 prost::encoding::message::encode(1, &w, &mut run);
             }
+        }
+        if !names.events.is_empty() {
+            e.parts.push(Part::Names(names));
         }
         if !run.is_empty() {
             e.parts.push(Part::Shared(run));
         }
+        for part in &mut e.parts {
+            if let Part::Names(run) = part {
+                run.share_out(batch, follows);
+            }
+        }
         e
     }
 
-    /// Bytes of the changes every node gets (a node's share is this plus its assignments).
-    fn shared_len(&self) -> usize {
+    /// Bytes of the changes the stream gets at most (its assignments aside).
+    fn len_for(&self, node: &str, names: Names<'_>) -> usize {
         self.parts
             .iter()
-            .map(|p| match p {
-                Part::Shared(b) => b.len(),
-                Part::ForOne(_) => 0,
+            .map(|p| match (p, names) {
+                (Part::Shared(b), _) => b.len(),
+                (Part::Names(r), Names::Encoded) => r.to.get(node).map_or(0, Vec::len),
+                (Part::Names(r), _) => r.all.len(),
+                (Part::ForOne(_), _) => 0,
             })
             .sum()
     }
 
     /// Appends `node`'s share of the entry to `out` (`WatchChanges.events` entries).
-    fn append(&self, batch: &EventBatch, node: &str, out: &mut Vec<u8>) {
+    fn append(&self, batch: &EventBatch, node: &str, names: Names<'_>, out: &mut Vec<u8>) {
         for part in &self.parts {
             match part {
                 Part::Shared(bytes) => out.extend_from_slice(bytes),
+                Part::Names(run) => run.append(batch, node, names, out),
                 Part::ForOne(i) => {
                     if let Some(w) = batch
                         .events
@@ -121,8 +191,54 @@ impl Encoded {
     }
 }
 
-/// The cluster view one node caches, split into chunks (the last one has `last` set).
-pub fn view_chunks(state: &State, node: &str) -> Vec<pb::ClusterView> {
+impl NameRun {
+    /// Gives each node that follows a name of the run, or holds it, its share.
+    fn share_out(&mut self, batch: &EventBatch, follows: &Follows) {
+        let changes: Vec<(&str, &str)> = self
+            .events
+            .iter()
+            .filter_map(|(i, _)| batch.events.get(*i).and_then(name_change))
+            .collect();
+        let followers = follows.followers(changes.iter().map(|(name, _)| *name));
+        for (((_, range), (_, holder)), nodes) in self.events.iter().zip(&changes).zip(followers) {
+            let bytes = &self.all[range.clone()];
+            for node in nodes.iter().map(String::as_str).chain(
+                // The holder's node, unless it follows the name too (sent once).
+                (!nodes.iter().any(|n| n == holder)).then_some(*holder),
+            ) {
+                self.to
+                    .entry(node.to_string())
+                    .or_default()
+                    .extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn append(&self, batch: &EventBatch, node: &str, names: Names<'_>, out: &mut Vec<u8>) {
+        match names {
+            Names::All => out.extend_from_slice(&self.all),
+            Names::Encoded => {
+                if let Some(bytes) = self.to.get(node) {
+                    out.extend_from_slice(bytes);
+                }
+            }
+            Names::Following(follows) => {
+                for (i, range) in &self.events {
+                    let Some((name, holder)) = batch.events.get(*i).and_then(name_change) else {
+                        continue;
+                    };
+                    if holder == node || follows.follows(node, name) {
+                        out.extend_from_slice(&self.all[range.clone()]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The cluster view one node caches, split into chunks (the last one has `last` set). A node
+/// that follows names (`follows`) gets only those and the ones its processes hold.
+pub fn view_chunks(state: &State, node: &str, follows: Option<&Follows>) -> Vec<pb::ClusterView> {
     let mut first = pb::ClusterView {
         nodes: state.nodes.values().cloned().map(Into::into).collect(),
         assignments: state
@@ -136,7 +252,14 @@ pub fn view_chunks(state: &State, node: &str) -> Vec<pb::ClusterView> {
     let mut chunks = Vec::new();
     let mut current = std::mem::take(&mut first);
     let mut size = 0usize;
+    let followed = follows.map(|f| f.names_of(node));
     for (n, p) in &state.names {
+        if followed
+            .as_ref()
+            .is_some_and(|f| p.node != node && !f.contains(n))
+        {
+            continue;
+        }
         if size >= CHUNK {
             chunks.push(std::mem::take(&mut current));
             size = 0;
@@ -177,12 +300,13 @@ pub fn view_chunks(state: &State, node: &str) -> Vec<pb::ClusterView> {
 fn snapshot_events(
     core: &Core,
     node: &str,
+    followed: bool,
 ) -> (Vec<pb::WatchEvent>, broadcast::Receiver<Arc<EventBatch>>) {
     // Subscribing under the read lock means no applied event falls between view and stream.
     let a = core.shared.applied.read();
     let rx = core.shared.events.subscribe();
     let index = a.last_applied.map(|l| l.index).unwrap_or(0);
-    let events = view_chunks(&a.state, node)
+    let events = view_chunks(&a.state, node, followed.then_some(&core.follows))
         .into_iter()
         .map(|v| pb::WatchEvent {
             log_index: index,
@@ -301,6 +425,10 @@ struct Stream {
     from: u64,
     /// The node reads batched changes (`WatchEvent.changes`).
     batched: bool,
+    /// The node caches only the names it follows (batched streams only).
+    followed: bool,
+    /// When the stream last sent changes.
+    last_message: parking_lot::Mutex<Instant>,
 }
 
 impl Stream {
@@ -313,24 +441,43 @@ impl Stream {
         true
     }
 
-    /// Sends the node's share of `batches` (in log order) in as few messages as the size
-    /// bound allows, each batch encoded once for all streams; one with a reset goes the
-    /// unbatched way (it replaces the stream with a fresh view).
+    /// Which name changes this stream sends of entries applied while it was open (`live`)
+    /// or before (a resumed stream's first ones).
+    fn names(&self, live: bool) -> Names<'_> {
+        match (self.followed, live) {
+            (false, _) => Names::All,
+            (true, true) => Names::Encoded,
+            (true, false) => Names::Following(&self.core.follows),
+        }
+    }
+
+    fn encoded<'b>(&self, batch: &'b EventBatch) -> &'b Encoded {
+        batch
+            .encoded
+            .get_or_init(|| Encoded::of(batch, &self.core.follows))
+    }
+
+    /// Sends the node's share of `batches` (in log order; `live`: applied while the stream
+    /// was open) in as few messages as the size bound allows, each batch encoded once for
+    /// all streams; one with a reset goes the unbatched way (it replaces the stream with a
+    /// fresh view).
     async fn send_batched(
         &self,
         batches: &[Arc<EventBatch>],
+        live: bool,
         rx: &mut broadcast::Receiver<Arc<EventBatch>>,
     ) -> Sent {
+        let names = self.names(live);
         // Sized up front, so the buffer is not grown (copied) entry by entry.
         let mut left: usize = batches
             .iter()
             .filter(|b| b.index >= self.from)
-            .map(|b| b.encoded.get_or_init(|| Encoded::of(b)).shared_len())
+            .map(|b| self.encoded(b).len_for(&self.node, names))
             .sum();
         let mut out = Vec::with_capacity(left.min(MAX_BATCHED));
         let mut last = 0;
         for batch in batches.iter().filter(|b| b.index >= self.from) {
-            let encoded = batch.encoded.get_or_init(|| Encoded::of(batch));
+            let encoded = self.encoded(batch);
             if encoded.reset {
                 if !self.flush(&mut out, last).await {
                     return Sent::Gone;
@@ -338,14 +485,15 @@ impl Stream {
                 // The fresh view holds every later batch of this list too.
                 return self.send_batch(batch, rx).await;
             }
-            if !out.is_empty() && out.len() + encoded.shared_len() > MAX_BATCHED {
+            let len = encoded.len_for(&self.node, names);
+            if !out.is_empty() && out.len() + len > MAX_BATCHED {
                 if !self.flush(&mut out, last).await {
                     return Sent::Gone;
                 }
                 out.reserve(left.min(MAX_BATCHED));
             }
-            left = left.saturating_sub(encoded.shared_len());
-            encoded.append(batch, &self.node, &mut out);
+            left = left.saturating_sub(len);
+            encoded.append(batch, &self.node, names, &mut out);
             last = batch.index;
             if encoded.fences(&self.node, self.incarnation) {
                 if !self.flush(&mut out, last).await {
@@ -362,8 +510,17 @@ impl Stream {
 
     /// Sends the changes gathered in `out` (up to log index `last`) as one message.
     async fn flush(&self, out: &mut Vec<u8>, last: u64) -> bool {
-        if out.is_empty() {
-            return true;
+        let now = Instant::now();
+        {
+            let mut sent = self.last_message.lock();
+            // A node that follows names may get none of the changes for a long time while the
+            // log moves on. Now and then an empty message tells it where the log is, so that
+            // a reconnect resumes from there instead of from before the member's window of
+            // recent changes (which costs a full view).
+            if out.is_empty() && (!self.followed || last == 0 || now < *sent + PROGRESS_EVERY) {
+                return true;
+            }
+            *sent = now;
         }
         let ev = pb::WatchEvent {
             log_index: last,
@@ -396,7 +553,7 @@ impl Stream {
         let mut fenced = false;
         for ev in &batch.events {
             if let Event::Reset = ev {
-                let (snap, new_rx) = snapshot_events(&self.core, &self.node);
+                let (snap, new_rx) = snapshot_events(&self.core, &self.node, self.followed);
                 *rx = new_rx;
                 if !self.send_all(snap).await {
                     return Sent::Gone;
@@ -428,7 +585,7 @@ impl Stream {
             Some((batches, mut rx)) => {
                 self.from = resume_from;
                 if self.batched {
-                    match self.send_batched(&batches, &mut rx).await {
+                    match self.send_batched(&batches, false, &mut rx).await {
                         Sent::More => {}
                         ended => return ended,
                     }
@@ -443,7 +600,7 @@ impl Stream {
                 rx
             }
             None => {
-                let (first, rx) = snapshot_events(&self.core, &self.node);
+                let (first, rx) = snapshot_events(&self.core, &self.node, self.followed);
                 if !self.send_all(first).await {
                     return Sent::Gone;
                 }
@@ -482,7 +639,7 @@ impl Stream {
                     }
                 }
                 last_sent = Some(Instant::now());
-                self.send_batched(&batches, &mut rx).await
+                self.send_batched(&batches, true, &mut rx).await
             } else {
                 self.send_batch(&batch, &mut rx).await
             };
@@ -520,7 +677,8 @@ async fn listened(probe: tokio::task::JoinHandle<bool>) -> bool {
 /// dead: from log index `resume_from` when this member still holds the changes since (a
 /// node resuming after a break), else from a full view. `stream` is the node's number for
 /// it (0: unnumbered), handed to the lease on close. `batched`: the node reads several
-/// changes per message (`WatchEvent.changes`).
+/// changes per message (`WatchEvent.changes`). `follow`: the names the node follows, when
+/// it caches only those (batched streams only; `None`: it caches every name).
 pub fn start(
     core: Arc<Core>,
     node: String,
@@ -528,8 +686,15 @@ pub fn start(
     resume_from: u64,
     stream: u64,
     batched: bool,
+    follow: Option<Vec<String>>,
 ) -> mpsc::Receiver<Result<pb::WatchEvent, Status>> {
     let (tx, out) = mpsc::channel(1024);
+    // Before the stream subscribes to changes: every entry applied after that is encoded
+    // knowing what the node follows.
+    let followed = batched && follow.is_some();
+    if let Some(names) = follow.filter(|_| batched) {
+        core.follows.open(&node, stream, &names);
+    }
     let opened = Instant::now();
     tokio::spawn(async move {
         // Whether the node's address takes connections while its stream is open: only then
@@ -548,8 +713,14 @@ pub fn start(
             incarnation,
             from: 0,
             batched,
+            followed,
+            last_message: parking_lot::Mutex::new(opened),
         };
-        if let Sent::Gone = s.run(resume_from).await {
+        let sent = s.run(resume_from).await;
+        if followed {
+            core.follows.close(&s.node, stream);
+        }
+        if let Sent::Gone = sent {
             gone(
                 &core,
                 &s.node,
@@ -624,19 +795,95 @@ mod tests {
                 Event::NodeChanged(dead),
             ],
         );
-        let e = Encoded::of(&batch);
+        let follows = Follows::default();
+        let e = Encoded::of(&batch, &follows);
         let mut for_a = Vec::new();
-        e.append(&batch, "a", &mut for_a);
+        e.append(&batch, "a", Names::All, &mut for_a);
         assert_eq!(kinds(&for_a), ["registered", "removed", "released", "node"]);
         let mut for_c = Vec::new();
-        e.append(&batch, "c", &mut for_c);
+        e.append(&batch, "c", Names::All, &mut for_c);
         assert_eq!(kinds(&for_c), ["registered", "released", "node"]);
         // Two entries' bytes in a row are one valid message (how a stream batches them).
         let mut both = for_c.clone();
-        e.append(&batch, "c", &mut both);
+        e.append(&batch, "c", Names::All, &mut both);
         assert_eq!(kinds(&both).len(), 6);
         assert!(e.fences("b", 3) && !e.fences("a", 1) && !e.fences("c", 1));
-        assert!(!e.reset && Encoded::of(&EventBatch::new(8, vec![Event::Reset])).reset);
+        let reset = EventBatch::new(8, vec![Event::Reset]);
+        assert!(!e.reset && Encoded::of(&reset, &follows).reset);
+    }
+
+    fn pid_on(node: &str, serial: u64) -> Pid {
+        Pid {
+            node: node.into(),
+            incarnation: 1,
+            serial,
+        }
+    }
+
+    fn names_in(bytes: &[u8]) -> Vec<String> {
+        use pb::watch_event::Event as E;
+        let changes = <pb::WatchChanges as prost::Message>::decode(bytes).expect("decodes");
+        changes
+            .events
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Some(E::NameRegistered(n)) => Some(format!("+{}", n.name)),
+                Some(E::NameReleased(n)) => Some(format!("-{}", n.name)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_following_names_gets_those_and_its_own_only() {
+        let follows = Follows::default();
+        follows.open("a", 1, &["x".to_string()]);
+        follows.open("c", 4, &[]);
+        let batch = EventBatch::new(
+            9,
+            vec![
+                Event::NameRegistered("x".into(), pid_on("b", 1)),
+                Event::NameReleased("y".into(), pid_on("a", 2)),
+                Event::NameRegistered("y".into(), pid_on("b", 3)),
+                Event::NameRegistered("z".into(), pid_on("b", 4)),
+            ],
+        );
+        let e = Encoded::of(&batch, &follows);
+        let share = |node: &str, names: Names<'_>| {
+            let mut out = Vec::new();
+            e.append(&batch, node, names, &mut out);
+            assert!(e.len_for(node, names) >= out.len(), "sizes the buffer");
+            names_in(&out)
+        };
+        // a follows x and held y before it moved to b; b holds everything now.
+        assert_eq!(share("a", Names::Encoded), ["+x", "-y"]);
+        assert_eq!(share("b", Names::Encoded), ["+x", "+y", "+z"]);
+        assert_eq!(share("c", Names::Encoded), Vec::<String>::new());
+        assert_eq!(share("c", Names::All), ["+x", "-y", "+y", "+z"]);
+        // An entry encoded before c followed z: its resumed stream filters by what it
+        // follows now.
+        assert!(follows.follow("c", 4, "z"));
+        assert_eq!(share("c", Names::Encoded), Vec::<String>::new());
+        assert_eq!(share("c", Names::Following(&follows)), ["+z"]);
+    }
+
+    #[test]
+    fn a_following_nodes_view_holds_its_names_only() {
+        let mut s = State::default();
+        s.names.insert("x".into(), pid_on("b", 1));
+        s.names.insert("y".into(), pid_on("a", 2));
+        s.names.insert("z".into(), pid_on("b", 3));
+        let follows = Follows::default();
+        follows.open("a", 1, &["x".to_string(), "w".to_string()]);
+        let names = |f: Option<&Follows>| -> Vec<String> {
+            view_chunks(&s, "a", f)
+                .into_iter()
+                .flat_map(|c| c.names)
+                .map(|n| n.name)
+                .collect()
+        };
+        assert_eq!(names(Some(&follows)), ["x", "y"]);
+        assert_eq!(names(None), ["x", "y", "z"]);
     }
 
     #[test]
@@ -660,7 +907,7 @@ mod tests {
                 serial: i,
             });
         }
-        let chunks = view_chunks(&s, "a");
+        let chunks = view_chunks(&s, "a", None);
         assert_eq!(chunks.len(), 4);
         assert!(chunks.iter().rev().skip(1).all(|c| !c.last));
         assert!(chunks.last().is_some_and(|c| c.last));

@@ -167,6 +167,7 @@ pub async fn whereis(c: &Cluster, name: &str) -> Option<pb::Pid> {
     let req = pb::WhereisRequest {
         name: name.into(),
         linearizable: true,
+        ..Default::default()
     };
     on_leader(c, |mut cl| {
         let req = req.clone();

@@ -369,6 +369,11 @@ impl LeaseKeeper {
         st.streams_asked
     }
 
+    /// The number of the latest attempt to open a watch stream (the open one, once open).
+    fn latest_stream(&self) -> u64 {
+        self.state.lock().streams_asked
+    }
+
     /// Every attempt to open a stream was given up.
     fn streams_given_up(&self) {
         self.state.lock().latest_over = true;
@@ -564,6 +569,8 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
             resume_from: position.resume_from(),
             stream: 0,
             batched: true,
+            followed_names: true,
+            follow: cluster.names_to_follow(),
         };
         // Any member serves the stream: after a break each one gets a third of the stream
         // fence, so a frozen member (connections open, nothing answers) cannot use it all.
@@ -608,6 +615,7 @@ async fn follow_watch(cluster: &Arc<Cluster>, keeper: &LeaseKeeper, started: Sta
             }
         };
         keeper.stream_opened();
+        cluster.following_on(session.incarnation, keeper.latest_stream());
         cluster.begin_view();
         while let Some(event) = stream.next().await {
             match event {
@@ -1094,20 +1102,32 @@ impl Cluster {
         Ok(reply.changed)
     }
 
-    /// The holder of a global name, asking the controller (linearizable) when not cached.
+    /// The holder of a global name, asking the controller (linearizable) when not cached;
+    /// the name is followed from then on (its changes come on the watch stream, so the next
+    /// lookup is answered here).
     pub fn whereis_global(&self, name: &str) -> Result<Option<Pid>, Status> {
         if let Some(pid) = self.whereis_cached(name) {
             return Ok(Some(pid));
         }
+        let on = self.follow_stream(name);
         let request = pb::WhereisRequest {
             name: name.to_string(),
             linearizable: true,
+            follower: on.map(|(incarnation, _)| pb::NodeRef {
+                node: self.rt.node().name().to_string(),
+                incarnation,
+            }),
+            follower_stream: on.map_or(0, |(_, stream)| stream),
         };
         let reply = self.tokio.block_on(
             self.controller
                 .cluster(request, |mut c, r| async move { c.whereis(r).await }),
         )?;
-        Ok(pid_from_pb(reply.pid.as_ref()))
+        let pid = pid_from_pb(reply.pid.as_ref());
+        if let Some(on) = on.filter(|_| reply.followed) {
+            self.learned_name(name, pid, reply.log_index, on);
+        }
+        Ok(pid)
     }
 }
 

@@ -384,9 +384,69 @@ impl Cluster {
     /// Applies a registry change from the watch stream, made at log index `index`.
     pub fn watched_name(&self, name: &str, pid: Option<Pid>, index: u64) {
         let mut names = self.names.write();
-        if names.own.watched(name, index) {
-            self.put_name(&mut names.holders, name, pid);
+        let NameCache {
+            holders,
+            own,
+            followed,
+            ..
+        } = &mut *names;
+        if !own.watched(name, index) {
+            return;
         }
+        if let Some(known) = followed.get_mut(name) {
+            if known.0 > index {
+                return;
+            }
+            *known = (index, pid);
+        }
+        self.put_name(holders, name, pid);
+    }
+
+    /// The names to follow on the watch stream about to open; until `following_on` says it
+    /// opened, answers are not cached as followed.
+    pub fn names_to_follow(&self) -> Vec<String> {
+        let mut names = self.names.write();
+        names.following_on = None;
+        names.followed.keys().cloned().collect()
+    }
+
+    /// The watch stream numbered `stream` of `incarnation` opened, following names.
+    pub fn following_on(&self, incarnation: u64, stream: u64) {
+        self.names.write().following_on = Some((incarnation, stream));
+    }
+
+    /// The stream to ask a controller to follow a name on: None when no stream follows
+    /// names now, or this node follows as many as it may.
+    pub fn follow_stream(&self, name: &str) -> Option<(u64, u64)> {
+        let names = self.names.read();
+        if names.followed.len() >= MAX_FOLLOWED && !names.followed.contains_key(name) {
+            return None;
+        }
+        names.following_on
+    }
+
+    /// A lookup answered at log index `index`, followed on stream `on` from then: cached
+    /// unless a newer value is (or that stream was replaced meanwhile).
+    pub fn learned_name(&self, name: &str, pid: Option<Pid>, index: u64, on: (u64, u64)) {
+        let mut names = self.names.write();
+        let NameCache {
+            holders,
+            own,
+            followed,
+            following_on,
+        } = &mut *names;
+        if *following_on != Some(on) || own.newer(name, index) {
+            return;
+        }
+        if followed.len() >= MAX_FOLLOWED && !followed.contains_key(name) {
+            return;
+        }
+        let known = followed.entry(name.to_string()).or_insert((0, None));
+        if known.0 > index {
+            return;
+        }
+        *known = (index, pid);
+        self.put_name(holders, name, pid);
     }
 
     /// Applies a registry write of this node, answered at log index `index`.
@@ -427,9 +487,23 @@ impl Cluster {
             }
         }
         if view.last {
-            let NameCache { holders, own } = &mut *names;
+            let NameCache {
+                holders,
+                own,
+                followed,
+                ..
+            } = &mut *names;
             for (name, pid) in own.view(index) {
                 self.put_name(holders, &name, pid);
+            }
+            // A name learned after this view was read keeps its newer value; the others
+            // are as the view says from now on.
+            for (name, known) in followed.iter_mut() {
+                if known.0 > index {
+                    self.put_name(holders, name, known.1);
+                } else {
+                    *known = (index, holders.get(name).copied());
+                }
             }
         }
         let mut groups = self.groups.write();
@@ -547,7 +621,18 @@ impl Cluster {
 struct NameCache {
     holders: HashMap<String, Pid>,
     own: OwnWrites<String, Option<Pid>>,
+    /// The names this node follows (the watch stream carries their changes, and those of
+    /// names its processes hold, not every name): each one's newest value cached and the log
+    /// index it is from, so an older change the stream brings later is not applied over it.
+    followed: HashMap<String, (u64, Option<Pid>)>,
+    /// The watch stream (incarnation, number) that follows names for this node now; None
+    /// while one opens (an answer followed on an earlier stream is not cached: the new one
+    /// may not carry that name's changes).
+    following_on: Option<(u64, u64)>,
 }
+
+/// Global names one node follows at most (the controller's bound per stream).
+pub const MAX_FOLLOWED: usize = 65_536;
 
 /// The process groups this node caches (members in join order), with its own changes the
 /// watch stream has not passed.

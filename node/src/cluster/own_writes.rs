@@ -63,6 +63,16 @@ impl<K: Eq + Hash + Clone, V: Clone> OwnWrites<K, V> {
         self.pending.get(key).is_none_or(|(at, _)| *at < index)
     }
 
+    /// Whether a write of ours to `key`, answered at `index` or later, is still pending: a
+    /// value read at `index` elsewhere is not newer than it.
+    pub fn newer<Q>(&self, key: &Q, index: u64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        self.pending.get(key).is_some_and(|(at, _)| *at >= index)
+    }
+
     /// A full view at `index` replaced the cache: the writes of ours it does not hold yet,
     /// to apply again over it.
     pub fn view(&mut self, index: u64) -> Vec<(K, V)> {

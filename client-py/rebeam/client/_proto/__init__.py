@@ -2,4 +2,4 @@
 # ruff: noqa
 """Generated protobuf and gRPC modules for the controller's client service."""
 
-PROTO_SHA256 = "dfaec9d885ff5d011755edf6d1b114cfd90ab417fc19c74dcd5637d967db2680"
+PROTO_SHA256 = "1dfebc65adcc1d812d3e0efdb7344201c7972808264d49a8724e6058d3a05843"

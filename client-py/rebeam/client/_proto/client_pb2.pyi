@@ -66,18 +66,26 @@ class UnregisterNameReply(_message.Message):
     def __init__(self, released: _Optional[bool] = ..., log_index: _Optional[int] = ...) -> None: ...
 
 class WhereisRequest(_message.Message):
-    __slots__ = ("name", "linearizable")
+    __slots__ = ("name", "linearizable", "follower", "follower_stream")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LINEARIZABLE_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWER_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWER_STREAM_FIELD_NUMBER: _ClassVar[int]
     name: str
     linearizable: bool
-    def __init__(self, name: _Optional[str] = ..., linearizable: _Optional[bool] = ...) -> None: ...
+    follower: _common_pb2.NodeRef
+    follower_stream: int
+    def __init__(self, name: _Optional[str] = ..., linearizable: _Optional[bool] = ..., follower: _Optional[_Union[_common_pb2.NodeRef, _Mapping]] = ..., follower_stream: _Optional[int] = ...) -> None: ...
 
 class WhereisReply(_message.Message):
-    __slots__ = ("pid",)
+    __slots__ = ("pid", "log_index", "followed")
     PID_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWED_FIELD_NUMBER: _ClassVar[int]
     pid: _common_pb2.Pid
-    def __init__(self, pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ...) -> None: ...
+    log_index: int
+    followed: bool
+    def __init__(self, pid: _Optional[_Union[_common_pb2.Pid, _Mapping]] = ..., log_index: _Optional[int] = ..., followed: _Optional[bool] = ...) -> None: ...
 
 class ListNamesRequest(_message.Message):
     __slots__ = ()
