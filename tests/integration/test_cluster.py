@@ -125,6 +125,56 @@ def test_remote_send_call_link_monitor_exit(nodes: Nodes) -> None:
     assert "remote semantics ok" in driver.output()
 
 
+def test_a_name_looked_up_once_follows_its_holder_across_nodes(nodes: Nodes) -> None:
+    # Nodes cache only the global names they use: a lookup that missed asks the controller
+    # and follows the name, whose later changes come on the watch stream. Without them the
+    # looking node would keep the first holder forever.
+    holder = nodes.start("holder", """
+        import rebeam
+
+        def second():
+            rebeam.receive()
+
+        def first():
+            sender, _ = rebeam.receive()
+            rebeam.unregister_global("moving")
+            p2 = rebeam.spawn(second)
+            rebeam.register_global("moving", p2)
+            rebeam.send(sender, p2)
+            rebeam.receive()
+
+        def main():
+            rebeam.register_global("moving", rebeam.spawn(first))
+            print("holder ready", flush=True)
+            rebeam.receive()
+
+        rebeam.run(main)
+    """)
+    holder.wait_output("holder ready")
+    looker = nodes.start("looker", """
+        import time
+        import rebeam
+
+        def main():
+            p1 = rebeam.whereis_global("moving")
+            assert p1 is not None and p1.node == "holder", p1
+            assert rebeam.whereis_global("moving") == p1
+            rebeam.send(p1, (rebeam.self_pid(), "move"))
+            p2 = rebeam.receive(timeout=10)
+            assert p2 != p1, p2
+            # The change comes on the watch stream (batched, up to tens of ms later).
+            deadline = time.monotonic() + 10
+            while (now := rebeam.whereis_global("moving")) != p2:
+                assert time.monotonic() < deadline, f"still {now}, not {p2}"
+                time.sleep(0.01)
+            print("followed the move", flush=True)
+
+        rebeam.run(main)
+    """)
+    assert looker.wait_exit() == 0, looker.output()[-3000:]
+    assert "followed the move" in looker.output()
+
+
 def test_node_kill_fires_noconnection_on_links_monitors_and_calls(nodes: Nodes) -> None:
     services = nodes.start("svc", SERVICES)
     services.wait_output("services ready")
