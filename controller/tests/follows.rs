@@ -69,7 +69,11 @@ async fn a_following_node_gets_the_names_it_follows_and_holds_and_no_other() {
     };
     let mut in_view: Vec<String> = view.names.into_iter().map(|n| n.name).collect();
     in_view.sort();
-    assert_eq!(in_view, ["followed", "mine"], "the view holds only node-a's names");
+    assert_eq!(
+        in_view,
+        ["followed", "mine"],
+        "the view holds only node-a's names"
+    );
 
     // A lookup naming the open stream follows the name; one naming another stream does not.
     let whereis = |name: &str, stream: u64| pb::WhereisRequest {
@@ -138,5 +142,9 @@ async fn a_stream_following_too_many_names_is_refused_clearly() {
         .await
         .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(refused.message().contains("at most 65536"), "{}", refused.message());
+    assert!(
+        refused.message().contains("at most 65536"),
+        "{}",
+        refused.message()
+    );
 }

@@ -91,7 +91,7 @@ impl Follows {
     /// (so the name's later changes reach the node) and within the bound.
     pub fn follow(&self, node: &str, stream: u64, name: &str) -> bool {
         let mut inner = self.inner.write();
-        if !inner.by_node.get(node).is_some_and(|(s, _)| *s == stream) {
+        if inner.by_node.get(node).is_none_or(|(s, _)| *s != stream) {
             return false;
         }
         inner.add(node, name)
