@@ -17,6 +17,18 @@ fn node_a(incarnation: u64) -> Option<pb::NodeRef> {
     })
 }
 
+/// node-a's watch stream 1, following `follow`.
+fn following(incarnation: u64, follow: Vec<String>) -> pb::WatchRequest {
+    pb::WatchRequest {
+        node: node_a(incarnation),
+        stream: 1,
+        batched: true,
+        followed_names: true,
+        follow,
+        ..Default::default()
+    }
+}
+
 /// The names a watch event registers (+name) or releases (-name), a batch unpacked.
 fn name_changes(ev: pb::WatchEvent) -> Vec<String> {
     use pb::watch_event::Event as E;
@@ -52,14 +64,7 @@ async fn a_following_node_gets_the_names_it_follows_and_holds_and_no_other() {
 
     let mut watch = c
         .node_client(0)
-        .watch(pb::WatchRequest {
-            node: node_a(inc_a),
-            stream: 1,
-            batched: true,
-            followed_names: true,
-            follow: vec!["followed".into(), "later".into()],
-            ..Default::default()
-        })
+        .watch(following(inc_a, vec!["followed".into(), "later".into()]))
         .await
         .expect("watch")
         .into_inner();
@@ -131,14 +136,7 @@ async fn a_stream_following_too_many_names_is_refused_clearly() {
     let too_many = (0..65_537).map(|i| format!("n{i}")).collect();
     let refused = c
         .node_client(0)
-        .watch(pb::WatchRequest {
-            node: node_a(inc_a),
-            stream: 1,
-            batched: true,
-            followed_names: true,
-            follow: too_many,
-            ..Default::default()
-        })
+        .watch(following(inc_a, too_many))
         .await
         .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
