@@ -7,6 +7,7 @@ import pickle
 import socket
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -182,40 +183,67 @@ def test_replies_larger_than_the_socket_takes_at_once_arrive_whole_and_in_step(
         conn.close()
 
 
+def wire_node(root: Path, name: str, extra: list[str]) -> DevNode:
+    """A dev node serving an echo as `<name>-echo`, with `extra` flags."""
+    app = root / "app"
+    app.mkdir()
+    (app / "echoes.py").write_text(textwrap.dedent("""
+        import rebeam
+
+        class Echo(rebeam.GenServer):
+            def handle_call(self, request, sender):
+                return request
+    """))
+    (app / "rebeam.toml").write_text(textwrap.dedent(f"""
+        [app]
+        name = "{name}"
+        version = "1.0.0"
+
+        [[children]]
+        start = "echoes:Echo"
+        name = "{name}-echo"
+        global = true
+    """))
+    dev = DevNode(name, root / "node", "", extra=["--client-token", f"call:{CALL_TOKEN}", *extra])
+    dev.start()
+    try:
+        with dev.client() as client:
+            client.submit(app, wait=60)
+    except BaseException:
+        dev.stop()
+        raise
+    return dev
+
+
 def test_the_token_slot_is_back_before_the_reply_arrives() -> None:
     # With one request in flight per token, calls one after another are never refused: the
     # slot is given back before the reply is written, also when the callee's thread writes it.
     for root in scratch_dir("rebeam-client-wire-slot-"):
-        app = root / "app"
-        app.mkdir()
-        (app / "echoes.py").write_text(textwrap.dedent("""
-            import rebeam
-
-            class Echo(rebeam.GenServer):
-                def handle_call(self, request, sender):
-                    return request
-        """))
-        (app / "rebeam.toml").write_text(textwrap.dedent("""
-            [app]
-            name = "wire1"
-            version = "1.0.0"
-
-            [[children]]
-            start = "echoes:Echo"
-            name = "wire1-echo"
-            global = true
-        """))
-        dev = DevNode("wire1", root / "node", "", extra=[
-            "--client-token", f"call:{CALL_TOKEN}", "--max-streams-per-token", "1"])
-        dev.start()
+        dev = wire_node(root, "wire1", ["--max-streams-per-token", "1"])
         try:
-            with dev.client() as client:
-                client.submit(app, wait=60)
             conn = open_wire(dev, CALL_TOKEN)
             try:
                 for i in range(200):
                     reply = conn.deliver(call_request("wire1-echo", i), "", 5.0)
                     assert pickle.loads(reply.value) == i
+            finally:
+                conn.close()
+        finally:
+            dev.stop()
+
+
+def test_more_requests_than_a_connection_may_have_in_flight_are_all_answered() -> None:
+    # 3,000 requests sent at once on one connection, over its 1,024 in flight: the node stops
+    # reading until earlier ones end, including those whose replies the callee's thread wrote.
+    for root in scratch_dir("rebeam-client-wire-many-"):
+        dev = wire_node(root, "wire2", ["--max-streams-per-token", "0", "--rate-limit", "0"])
+        try:
+            conn = open_wire(dev, CALL_TOKEN)
+            try:
+                requests = [call_request("wire2-echo", i) for i in range(3000)]
+                got = conn.deliver_many(requests, "", 30.0, len(requests))
+                assert [r.code for r in got] == [0] * len(requests)
+                assert [pickle.loads(r.reply.value) for r in got] == list(range(3000))
             finally:
                 conn.close()
         finally:

@@ -265,15 +265,28 @@ impl pb::gateway_service_server::GatewayService for Gateway {
 /// Takes a call's reply on the thread that made it (the callee's executor, or the peer link
 /// that brought it from another node), for a client wire connection to write at once: the
 /// task that sent the call is then not woken first only to pass the reply on (a thread
-/// wake-up is ~10–30 µs of a call from outside on the 2-core VM).
-pub type ReplyNow = Box<dyn FnOnce(&pb::DeliverReply) + Send>;
+/// wake-up is ~10–30 µs of a call from outside on the 2-core VM). The [`Done`] it is given
+/// ends the delivering task; the taker runs it when that suits it.
+pub type ReplyNow = Box<dyn FnOnce(&pb::DeliverReply, Done) + Send>;
+
+/// Ends the delivery task of a reply that a [`ReplyNow`] took (the task waits for this, or
+/// for its timeout) when dropped: a wake-up of the thread the task runs on.
+pub struct Done(Option<tokio::sync::oneshot::Sender<Handed>>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Handed::Taken);
+        }
+    }
+}
 
 /// What a call's reply slot hands to the delivering task.
 enum Handed {
     /// The reply (or the failure to encode it), for the task to return.
     Outcome(Result<Outcome, Status>),
-    /// `ReplyNow` took the reply; `exited`: it was the callee's exit.
-    Taken { exited: bool },
+    /// A `ReplyNow` took the reply.
+    Taken,
 }
 
 /// Delivers one message from outside the cluster to its target and, for a call, waits for
@@ -336,6 +349,8 @@ pub async fn deliver_to(
     // The reply is handed to this task instead of a thread blocked waiting for it: a
     // client that goes away drops the wait (and a long timeout holds no pool thread).
     let (reply_tx, mut reply_rx) = tokio::sync::oneshot::channel();
+    let span = Arc::new(parking_lot::Mutex::new(span));
+    let taken_span = span.clone();
     let slot = Arc::new(CallSlot::forwarding(Box::new(
         move |result: CallResult<Term>| {
             // Pickled where the reply is made: the callee's thread holds the interpreter then
@@ -357,13 +372,18 @@ pub async fn deliver_to(
             };
             match (outcome, now) {
                 (Ok(outcome), Some(now)) => {
-                    let exited = matches!(outcome, Outcome::Exit(_));
-                    now(&pb::DeliverReply {
+                    // The task may end well after the reply went out: its span ends here.
+                    if let Some(span) = taken_span.lock().take() {
+                        span.end(
+                            matches!(outcome, Outcome::Exit(_)).then_some("the callee exited"),
+                        );
+                    }
+                    let reply = pb::DeliverReply {
                         result: Some(outcome),
                         pid: Some(pid_to_pb(pid)),
-                    });
+                    };
                     GATEWAY_LATENCY.observe(started.elapsed());
-                    let _ = reply_tx.send(Handed::Taken { exited });
+                    now(&reply, Done(Some(reply_tx)));
                 }
                 (outcome, _) => {
                     let _ = reply_tx.send(Handed::Outcome(outcome));
@@ -396,17 +416,12 @@ pub async fn deliver_to(
     };
     let reply = match handed {
         Ok(Handed::Outcome(outcome)) => outcome?,
-        Ok(Handed::Taken { exited }) => {
-            if let Some(span) = span {
-                span.end(exited.then_some("the callee exited"));
-            }
-            return Ok(None);
-        }
+        Ok(Handed::Taken) => return Ok(None),
         // The slot was dropped unanswered (its process went without completing it).
         Err(_) => Outcome::Exit(reason_to_pb(&Reason::Noproc)),
     };
     GATEWAY_LATENCY.observe(started.elapsed());
-    if let Some(span) = span {
+    if let Some(span) = span.lock().take() {
         span.end(match &reply {
             Outcome::Value(_) | Outcome::Accepted(_) => None,
             Outcome::Exit(_) => Some("the callee exited"),

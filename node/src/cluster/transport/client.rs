@@ -148,10 +148,33 @@ pub async fn serve(
     // Dropped when the connection ends, which ends every request still in flight on it.
     let (open, closed) = tokio::sync::watch::channel(());
     loop {
-        let Ok(permit) = room.clone().acquire_owned().await else {
+        // Requests whose replies were written elsewhere end when this task wakes up anyway
+        // (for the next request), or after `FINISH_AFTER` while some are in flight; also
+        // while it waits for one of them to give back its place.
+        let permit = loop {
+            replies.finish_taken();
+            if let Ok(permit) = room.clone().try_acquire_owned() {
+                break Some(permit);
+            }
+            tokio::select! {
+                permit = room.clone().acquire_owned() => break permit.ok(),
+                () = tokio::time::sleep(FINISH_AFTER) => {}
+            }
+        };
+        let Some(permit) = permit else {
             break;
         };
-        let request = match reader.next::<pb::ClientRequest>(MAX_REQUEST).await {
+        let next = reader.next::<pb::ClientRequest>(MAX_REQUEST);
+        tokio::pin!(next);
+        let next = loop {
+            replies.finish_taken();
+            let in_flight = room.available_permits() + 1 < MAX_IN_FLIGHT;
+            tokio::select! {
+                next = &mut next => break next,
+                () = tokio::time::sleep(FINISH_AFTER), if in_flight => {}
+            }
+        };
+        let request = match next {
             Ok(Some(request)) => request,
             Ok(None) => break,
             Err(e) => {
@@ -177,9 +200,10 @@ pub async fn serve(
                     let held = Arc::new(Mutex::new(slot));
                     let now: gateway::ReplyNow = {
                         let (held, replies) = (held.clone(), replies.clone());
-                        Box::new(move |reply: &pb::DeliverReply| {
+                        Box::new(move |reply: &pb::DeliverReply, done: gateway::Done| {
                             drop(held.lock().take());
                             replies.push(&taken_reply(id, reply));
+                            replies.defer(done);
                         })
                     };
                     let answered = tokio::select! {
@@ -283,6 +307,11 @@ impl Frame<'_> {
     }
 }
 
+/// How long a request whose reply was written by the thread that made it may wait to end
+/// (giving back its place among the connection's requests in flight) when no other request
+/// wakes the connection's task first.
+const FINISH_AFTER: Duration = Duration::from_millis(20);
+
 /// Bytes of replies a connection may have queued before its requests wait (and with them
 /// the reading of more requests).
 const QUEUED_MAX: usize = 1 << 20;
@@ -309,6 +338,9 @@ struct Queue {
     direct: Option<std::net::TcpStream>,
     /// The connection has ended: nothing more is queued.
     closed: bool,
+    /// Requests whose replies were written (or queued) by the thread that made them, to be
+    /// ended by the connection's task without waking it for each (see `defer`).
+    taken: Vec<gateway::Done>,
 }
 
 impl Replies {
@@ -319,6 +351,7 @@ impl Replies {
                 writing: false,
                 direct,
                 closed: false,
+                taken: Vec::new(),
             }),
             queued: Notify::new(),
             drained: Notify::new(),
@@ -353,6 +386,21 @@ impl Replies {
         self.queued.notify_one();
     }
 
+    /// Keeps `done` for the connection's task to run at its next wake-up instead of waking
+    /// it now: its request's reply is out already.
+    fn defer(&self, done: gateway::Done) {
+        let mut q = self.state.lock();
+        if !q.closed {
+            q.taken.push(done);
+        }
+    }
+
+    /// Ends the requests whose replies were taken (on the connection's task).
+    fn finish_taken(&self) {
+        let taken = std::mem::take(&mut self.state.lock().taken);
+        drop(taken);
+    }
+
     /// Returns once the queue is under its bound (or the connection has ended).
     async fn room(&self) {
         loop {
@@ -372,11 +420,13 @@ impl Replies {
     /// Ends the connection's replies: what is queued is still written, then the socket is
     /// shut down.
     fn close(&self) {
-        {
+        let taken = {
             let mut q = self.state.lock();
             q.closed = true;
             q.direct = None;
-        }
+            std::mem::take(&mut q.taken)
+        };
+        drop(taken);
         self.queued.notify_one();
         self.drained.notify_waiters();
     }
