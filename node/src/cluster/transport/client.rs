@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use rebeam_auth::streams::Slot;
 use rebeam_proto as pb;
 use rebeam_tls::{PeerInfo, ServerIo, Slot as ConnSlot, Transport};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -138,7 +139,7 @@ pub async fn serve(
     // The hello holds no slot: only requests are in flight.
     let hello = authorize(&token, &info, false).map(|_| None);
     let accepted = hello.is_ok();
-    replies.push(&reply_to(0, hello));
+    replies.push(&reply_to(0, hello), false);
     if !accepted {
         replies.close();
         let _ = writer.await;
@@ -191,6 +192,7 @@ pub async fn serve(
             replies.clone(),
             closed.clone(),
         );
+        replies.unanswered.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let id = request.id;
             let outcome = match authorize(&token, &info, true) {
@@ -202,7 +204,7 @@ pub async fn serve(
                         let (held, replies) = (held.clone(), replies.clone());
                         Box::new(move |reply: &pb::DeliverReply, done: gateway::Done| {
                             drop(held.lock().take());
-                            replies.push(&taken_reply(id, reply));
+                            replies.push(&taken_reply(id, reply), true);
                             replies.defer(done);
                         })
                     };
@@ -211,6 +213,7 @@ pub async fn serve(
                         // The client is gone: nobody reads the reply.
                         _ = closed.changed() => {
                             drop(held.lock().take());
+                            replies.unanswered.fetch_sub(1, Ordering::Relaxed);
                             return;
                         }
                     };
@@ -222,8 +225,8 @@ pub async fn serve(
             match outcome {
                 // Written already by the thread that made it.
                 Ok(None) => {}
-                Ok(Some(reply)) => replies.push(&reply_to(id, Ok(Some(reply)))),
-                Err(status) => replies.push(&reply_to(id, Err(status))),
+                Ok(Some(reply)) => replies.push(&reply_to(id, Ok(Some(reply))), true),
+                Err(status) => replies.push(&reply_to(id, Err(status)), true),
             }
             // The request counts as in flight until its reply fits under the queue's bound:
             // a client that does not read its replies stops being read.
@@ -322,6 +325,8 @@ const QUEUED_MAX: usize = 1 << 20;
 /// it is queued for the writer task, which writes everything queued in one write.
 struct Replies {
     state: Mutex<Queue>,
+    /// Requests read and not yet answered.
+    unanswered: AtomicUsize,
     /// Wakes the writer task: something was queued, or the connection ended.
     queued: Notify,
     /// Wakes requests waiting for room in the queue.
@@ -353,21 +358,30 @@ impl Replies {
                 closed: false,
                 taken: Vec::new(),
             }),
+            unanswered: AtomicUsize::new(0),
             queued: Notify::new(),
             drained: Notify::new(),
         }
     }
 
     /// Writes `frame` now if the socket is free and takes it all, else queues it (also its
-    /// unwritten rest) for the writer task.
-    fn push(&self, frame: &Frame<'_>) {
+    /// unwritten rest) for the writer task. `answers`: it is the reply to a request. While
+    /// other requests await their replies, it is queued all the same: the writer then
+    /// sends the replies that come close together in one write (a stream of calls, as
+    /// `call_many` sends, would otherwise cost the callee's thread a write for each).
+    fn push(&self, frame: &Frame<'_>, answers: bool) {
+        let others = if answers {
+            self.unanswered.fetch_sub(1, Ordering::Relaxed) - 1
+        } else {
+            0
+        };
         let mut q = self.state.lock();
         if q.closed {
             return;
         }
         let was_empty = q.frames.is_empty();
         frame.encode(&mut q.frames);
-        if was_empty && !q.writing {
+        if was_empty && !q.writing && others == 0 {
             let q = &mut *q;
             if let Some(sock) = &q.direct {
                 use std::io::Write;
