@@ -3,9 +3,11 @@ the gRPC `Deliver` is, request by request, and what `rebeam.connect` uses for ca
 
 from __future__ import annotations
 
+import pickle
 import socket
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +32,8 @@ def node() -> Iterator[DevNode]:
 
             class Echo(rebeam.GenServer):
                 def handle_call(self, request, sender):
+                    if isinstance(request, tuple) and request[:1] == ("bytes",):
+                        return b"x" * request[1]
                     return request
         """))
         (app / "rebeam.toml").write_text(textwrap.dedent("""
@@ -65,8 +69,6 @@ def open_wire(node: DevNode, token: str) -> _wire.Connection:
 
 
 def call_request(target: str, value: object) -> gateway_pb2.DeliverRequest:
-    import pickle
-
     request = gateway_pb2.DeliverRequest(kind=gateway_pb2.DELIVERY_KIND_CALL,
                                          payload=pickle.dumps(value), timeout_s=5.0)
     setattr(request, "global", target)
@@ -74,8 +76,6 @@ def call_request(target: str, value: object) -> gateway_pb2.DeliverRequest:
 
 
 def test_a_call_over_the_wire_gets_its_reply(node: DevNode) -> None:
-    import pickle
-
     conn = open_wire(node, CALL_TOKEN)
     try:
         for i in range(3):
@@ -163,3 +163,88 @@ def test_call_many_raises_what_call_would(node: DevNode) -> None:
         assert gone.value.reason == "noproc"
         with pytest.raises(TypeError):
             client.call_many("wire-echo", [lambda: None])
+
+
+def test_replies_larger_than_the_socket_takes_at_once_arrive_whole_and_in_step(
+        node: DevNode) -> None:
+    # A reply written in part by the callee's thread is finished by the connection's task
+    # before anything else is written: every frame after it arrives whole.
+    sizes = [24 << 20, 3, 8 << 20, 5, 1, 16 << 20, 7]
+    conn = open_wire(node, CALL_TOKEN)
+    try:
+        for n in sizes:
+            reply = conn.deliver(call_request("wire-echo", ("bytes", n)), "", 30.0)
+            assert reply.WhichOneof("result") == "value"
+            assert pickle.loads(reply.value) == b"x" * n
+        got = conn.deliver_many([call_request("wire-echo", ("bytes", n)) for n in sizes], "",
+                                30.0, 32)
+        assert [len(pickle.loads(r.reply.value)) for r in got] == sizes
+    finally:
+        conn.close()
+
+
+def wire_node(root: Path, name: str, extra: list[str]) -> DevNode:
+    """A dev node serving an echo as `<name>-echo`, with `extra` flags."""
+    app = root / "app"
+    app.mkdir()
+    (app / "echoes.py").write_text(textwrap.dedent("""
+        import rebeam
+
+        class Echo(rebeam.GenServer):
+            def handle_call(self, request, sender):
+                return request
+    """))
+    (app / "rebeam.toml").write_text(textwrap.dedent(f"""
+        [app]
+        name = "{name}"
+        version = "1.0.0"
+
+        [[children]]
+        start = "echoes:Echo"
+        name = "{name}-echo"
+        global = true
+    """))
+    dev = DevNode(name, root / "node", "", extra=["--client-token", f"call:{CALL_TOKEN}", *extra])
+    dev.start()
+    try:
+        with dev.client() as client:
+            client.submit(app, wait=60)
+    except BaseException:
+        dev.stop()
+        raise
+    return dev
+
+
+def test_the_token_slot_is_back_before_the_reply_arrives() -> None:
+    # With one request in flight per token, calls one after another are never refused: the
+    # slot is given back before the reply is written, also when the callee's thread writes it.
+    for root in scratch_dir("rebeam-client-wire-slot-"):
+        dev = wire_node(root, "wire1", ["--max-streams-per-token", "1"])
+        try:
+            conn = open_wire(dev, CALL_TOKEN)
+            try:
+                for i in range(200):
+                    reply = conn.deliver(call_request("wire1-echo", i), "", 5.0)
+                    assert pickle.loads(reply.value) == i
+            finally:
+                conn.close()
+        finally:
+            dev.stop()
+
+
+def test_more_requests_than_a_connection_may_have_in_flight_are_all_answered() -> None:
+    # 3,000 requests sent at once on one connection, over its 1,024 in flight: the node stops
+    # reading until earlier ones end, including those whose replies the callee's thread wrote.
+    for root in scratch_dir("rebeam-client-wire-many-"):
+        dev = wire_node(root, "wire2", ["--max-streams-per-token", "0", "--rate-limit", "0"])
+        try:
+            conn = open_wire(dev, CALL_TOKEN)
+            try:
+                requests = [call_request("wire2-echo", i) for i in range(3000)]
+                got = conn.deliver_many(requests, "", 30.0, len(requests))
+                assert [r.code for r in got] == [0] * len(requests)
+                assert [pickle.loads(r.reply.value) for r in got] == list(range(3000))
+            finally:
+                conn.close()
+        finally:
+            dev.stop()

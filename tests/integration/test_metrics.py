@@ -142,6 +142,8 @@ def test_node_metrics_move(controllers: Cluster, workdir: Path) -> None:
                         for m in (after, caller))
     assert gateway_calls >= 6
     assert sum(m["rebeam_gateway_call_duration_seconds_count{}"] for m in (after, caller)) >= 6
+    # Their replies went out from the thread that made them (the client's connection idle).
+    assert sum(m["rebeam_client_replies_direct_total{}"] for m in (after, caller)) >= 5
     # The crash and the restart, counted by app on the node that runs it.
     crashes = sum(m.get('rebeam_app_crashes_total{"app": "crashy"}', 0) for m in (after, caller))
     assert crashes >= 1

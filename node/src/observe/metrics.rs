@@ -137,6 +137,11 @@ pub fn render(rt: &PyRuntime) -> Exposition {
             &STATS.peer_frames_direct,
         ),
         (
+            "rebeam_client_replies_direct_total",
+            "Client wire replies written by the thread that made them (the connection was idle).",
+            &STATS.client_replies_direct,
+        ),
+        (
             "rebeam_peer_frames_received_total",
             "Frames received from peers.",
             &STATS.peer_frames_in,

@@ -33,6 +33,9 @@ pub struct NodeStats {
     pub fences: Counter,
     /// Gateway deliveries: send, cast, call.
     pub gateway_requests: [Counter; 3],
+    /// Client wire replies written to the socket by the thread that had them (the
+    /// connection was idle), without its writer task.
+    pub client_replies_direct: Counter,
     /// Children restarted by supervisors on this node.
     pub restarts: Counter,
 }
@@ -48,6 +51,7 @@ pub static STATS: NodeStats = NodeStats {
     peer_send_waits: Counter::new(),
     peer_frames_oversized: Counter::new(),
     lease_renewals: Counter::new(),
+    client_replies_direct: Counter::new(),
     fences: Counter::new(),
     gateway_requests: [Counter::new(), Counter::new(), Counter::new()],
     restarts: Counter::new(),

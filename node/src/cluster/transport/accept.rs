@@ -71,7 +71,7 @@ async fn classify(
             let alpn = session.alpn_protocol();
             if alpn == Some(rebeam_tls::CLIENT_ALPN) {
                 let io = ServerIo::from_parts(Transport::Tls(tls), slot);
-                client::serve(cluster.clone(), authorize, io, false).await;
+                client::serve(cluster.clone(), authorize, io, false, None).await;
                 return None;
             }
             if alpn != Some(rebeam_tls::PEER_ALPN) {
@@ -101,8 +101,7 @@ async fn classify(
                     None
                 }
                 Ok(Ok(Opening::Client)) => {
-                    let io = ServerIo::from_parts(Transport::Plain(tcp), slot);
-                    client::serve(cluster.clone(), authorize, io, true).await;
+                    client::serve_plain(cluster.clone(), authorize, tcp, slot).await;
                     None
                 }
                 Ok(Ok(Opening::Other)) => Some(ServerIo::from_parts(Transport::Plain(tcp), slot)),
