@@ -125,6 +125,34 @@ def test_remote_send_call_link_monitor_exit(nodes: Nodes) -> None:
     assert "remote semantics ok" in driver.output()
 
 
+def test_a_nodes_code_starts_once_it_knows_the_cluster(nodes: Nodes) -> None:
+    # A script's first call to another node's process failed with noconnection when the
+    # node's first view of the cluster had not arrived yet (it started right after joining).
+    first = nodes.start("first", """
+        import rebeam
+
+        def main():
+            print("first ready", flush=True)
+            rebeam.receive()
+
+        rebeam.run(main)
+    """)
+    first.wait_output("first ready")
+    for i in range(5):
+        second = nodes.start(f"second{i}", """
+            import rebeam
+
+            def main():
+                seen = rebeam.nodes()
+                assert "first" in seen, seen
+                print("knew the cluster", flush=True)
+
+            rebeam.run(main)
+        """)
+        assert second.wait_exit() == 0, second.output()[-3000:]
+        assert "knew the cluster" in second.output()
+
+
 def test_a_name_looked_up_once_follows_its_holder_across_nodes(nodes: Nodes) -> None:
     # Nodes cache only the global names they use: a lookup that missed asks the controller
     # and follows the name, whose later changes come on the watch stream. Without them the

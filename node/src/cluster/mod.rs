@@ -97,6 +97,8 @@ pub struct Cluster {
     groups: RwLock<GroupCache>,
     /// False while a chunked view is arriving.
     view_complete: std::sync::atomic::AtomicBool,
+    /// True once a whole view has been applied (see `control::run`).
+    pub view_loaded: tokio::sync::watch::Sender<bool>,
     /// Messages dropped because a peer's queue was full.
     pub dropped: AtomicU64,
     /// The controller connection.
@@ -180,6 +182,7 @@ impl Cluster {
             names: RwLock::default(),
             groups: RwLock::default(),
             view_complete: std::sync::atomic::AtomicBool::new(true),
+            view_loaded: tokio::sync::watch::Sender::new(false),
             dropped: AtomicU64::new(0),
             tokens: Arc::new(TokenCache::default()),
             child_starts: Mutex::default(),
@@ -523,6 +526,8 @@ impl Cluster {
             for ((group, pid), joined) in own.view(index) {
                 self.put_member(members, &group, pid, joined);
             }
+            drop(groups);
+            self.view_loaded.send_replace(true);
         }
     }
 
