@@ -468,16 +468,19 @@ impl Stream {
         rx: &mut broadcast::Receiver<Arc<EventBatch>>,
     ) -> Sent {
         let names = self.names(live);
-        // Sized up front, so the buffer is not grown (copied) entry by entry.
-        let mut left: usize = batches
+        let batches: Vec<(&EventBatch, &Encoded, usize)> = batches
             .iter()
             .filter(|b| b.index >= self.from)
-            .map(|b| self.encoded(b).len_for(&self.node, names))
-            .sum();
+            .map(|b| {
+                let encoded = self.encoded(b);
+                (&**b, encoded, encoded.len_for(&self.node, names))
+            })
+            .collect();
+        // Sized up front, so the buffer is not grown (copied) entry by entry.
+        let mut left: usize = batches.iter().map(|(_, _, len)| len).sum();
         let mut out = Vec::with_capacity(left.min(MAX_BATCHED));
         let mut last = 0;
-        for batch in batches.iter().filter(|b| b.index >= self.from) {
-            let encoded = self.encoded(batch);
+        for (batch, encoded, len) in batches {
             if encoded.reset {
                 if !self.flush(&mut out, last).await {
                     return Sent::Gone;
@@ -485,7 +488,6 @@ impl Stream {
                 // The fresh view holds every later batch of this list too.
                 return self.send_batch(batch, rx).await;
             }
-            let len = encoded.len_for(&self.node, names);
             if !out.is_empty() && out.len() + len > MAX_BATCHED {
                 if !self.flush(&mut out, last).await {
                     return Sent::Gone;

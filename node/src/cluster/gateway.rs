@@ -372,17 +372,12 @@ pub async fn deliver_to(
             };
             match (outcome, now) {
                 (Ok(outcome), Some(now)) => {
-                    // The task may end well after the reply went out: its span ends here.
-                    if let Some(span) = taken_span.lock().take() {
-                        span.end(
-                            matches!(outcome, Outcome::Exit(_)).then_some("the callee exited"),
-                        );
-                    }
+                    // The task may end well after the reply went out: it is measured here.
+                    finished(&taken_span, started, &outcome);
                     let reply = pb::DeliverReply {
                         result: Some(outcome),
                         pid: Some(pid_to_pb(pid)),
                     };
-                    GATEWAY_LATENCY.observe(started.elapsed());
                     now(&reply, Done(Some(reply_tx)));
                 }
                 (outcome, _) => {
@@ -420,18 +415,28 @@ pub async fn deliver_to(
         // The slot was dropped unanswered (its process went without completing it).
         Err(_) => Outcome::Exit(reason_to_pb(&Reason::Noproc)),
     };
+    finished(&span, started, &reply);
+    Ok(Some(pb::DeliverReply {
+        result: Some(reply),
+        pid: Some(pid_to_pb(pid)),
+    }))
+}
+
+/// A call from outside ended with `outcome`: its latency is recorded and its span (if
+/// still open: the reply's taker or the task, whichever is first) ends.
+fn finished(
+    span: &parking_lot::Mutex<Option<trace::Sending>>,
+    started: std::time::Instant,
+    outcome: &Outcome,
+) {
     GATEWAY_LATENCY.observe(started.elapsed());
     if let Some(span) = span.lock().take() {
-        span.end(match &reply {
+        span.end(match outcome {
             Outcome::Value(_) | Outcome::Accepted(_) => None,
             Outcome::Exit(_) => Some("the callee exited"),
             Outcome::TimedOut(_) => Some("timed out"),
         });
     }
-    Ok(Some(pb::DeliverReply {
-        result: Some(reply),
-        pid: Some(pid_to_pb(pid)),
-    }))
 }
 
 /// Rows one query may answer: the API's largest page, and offset paging's skipped rows.

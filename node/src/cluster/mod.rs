@@ -422,10 +422,7 @@ impl Cluster {
     /// names now, or this node follows as many as it may.
     pub fn follow_stream(&self, name: &str) -> Option<(u64, u64)> {
         let names = self.names.read();
-        if names.followed.len() >= MAX_FOLLOWED && !names.followed.contains_key(name) {
-            return None;
-        }
-        names.following_on
+        room_to_follow(&names.followed, name).then_some(names.following_on)?
     }
 
     /// A lookup answered at log index `index`, followed on stream `on` from then: cached
@@ -438,10 +435,7 @@ impl Cluster {
             followed,
             following_on,
         } = &mut *names;
-        if *following_on != Some(on) || own.newer(name, index) {
-            return;
-        }
-        if followed.len() >= MAX_FOLLOWED && !followed.contains_key(name) {
+        if *following_on != Some(on) || own.newer(name, index) || !room_to_follow(followed, name) {
             return;
         }
         let known = followed.entry(name.to_string()).or_insert((0, None));
@@ -638,6 +632,11 @@ struct NameCache {
 
 /// Global names one node follows at most (the controller's bound per stream).
 pub const MAX_FOLLOWED: usize = 65_536;
+
+/// Whether `name` is followed already or may be (under the bound).
+fn room_to_follow<V>(followed: &HashMap<String, V>, name: &str) -> bool {
+    followed.len() < MAX_FOLLOWED || followed.contains_key(name)
+}
 
 /// The process groups this node caches (members in join order), with its own changes the
 /// watch stream has not passed.
