@@ -1,11 +1,13 @@
 //! The wire pieces shared by the node, the controller and their tests, so none of them
 //! depends on another for them: one error model and its gRPC status mapping, the leader
-//! hint on redirects, and the bearer credential members send.
+//! hint on redirects and how nodes follow it, and the bearer credential members send.
 
 pub mod error;
+pub mod leaders;
 pub mod tracecontext;
 
 pub use error::{code_name, Error, Result, LEADER_METADATA_KEY, LEASE_METADATA_KEY};
+pub use leaders::Leaders;
 
 use std::time::Duration;
 use tonic::metadata::MetadataValue;

@@ -2,7 +2,6 @@
 //! top-level children, global names and exit reports.
 
 use super::code::{self, Target};
-use super::leader::Leaders;
 use super::wire::{pid_from_pb, pid_to_pb, reason_report};
 use super::Cluster;
 use crate::python;
@@ -11,6 +10,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use pb::watch_event::Event;
 use rebeam_grpc::BearerInjector;
+use rebeam_grpc::Leaders;
 use rebeam_proto as pb;
 use std::collections::HashMap;
 use std::future::Future;
@@ -128,7 +128,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// How long a starting node waits for its first view before its code runs anyway.
 const FIRST_VIEW: Duration = Duration::from_secs(5);
 
-/// A connection to the controller group that follows the leader (see `leader::Leaders`).
+/// A connection to the controller group that follows the leader (see `rebeam_grpc::Leaders`).
 pub struct Controller {
     leaders: Leaders,
     /// Where lease renewals go: the leader's lease address, served apart from its API.

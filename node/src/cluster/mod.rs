@@ -5,7 +5,6 @@ pub mod child_exits;
 pub mod code;
 pub mod control;
 pub mod gateway;
-pub mod leader;
 pub mod links;
 pub mod own_writes;
 pub mod peers;

@@ -1,10 +1,10 @@
-//! Following the controller group's leader: the node's one retry policy for controller
-//! requests, the Python client's in spirit (a deadline, the leader hint followed, dead
+//! Following the controller group's leader: the one retry policy of nodes (and of the
+//! scale harness's simulated nodes) for controller requests, the Python client's in spirit (a deadline, the leader hint followed, dead
 //! members skipped, backoff with jitter between rounds). Independent of gRPC channels, so
 //! it is tested against fake members.
 
+use crate::{LEADER_METADATA_KEY, LEASE_METADATA_KEY};
 use parking_lot::Mutex;
-use rebeam_grpc::{LEADER_METADATA_KEY, LEASE_METADATA_KEY};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -89,12 +89,14 @@ impl Leaders {
         let mut last = Status::unavailable("no controller answered in time");
         let mut failed: HashSet<String> = HashSet::new();
         let mut pause = Backoff::new();
+        // The current member was just named by a redirect: try it even if it hung lately.
+        let mut named = false;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(last);
             }
-            let Some((i, address)) = self.pick(&failed) else {
+            let Some((i, address)) = self.pick(&failed, std::mem::take(&mut named)) else {
                 // Every member tried and none leads (an election is on): pause rather than
                 // spin, then go round again.
                 failed.clear();
@@ -118,7 +120,11 @@ impl Leaders {
             let hint = leader_hint(&status, self.hint_key)
                 .filter(|s| *s != address && !failed.contains(s));
             if let Some(leader) = hint {
+                // The member that redirected is not the leader: it is done for this round,
+                // so members naming each other cannot keep the round from ending.
+                failed.insert(address);
                 self.lead_to(leader);
+                named = true;
             } else if retryable(status.code()) {
                 *self.leader.lock() = i + 1;
                 failed.insert(address);
@@ -143,15 +149,20 @@ impl Leaders {
     }
 
     /// The member to try next: the current one unless it failed in this round, else the
-    /// next that did not, preferring members that have not hung within `HUNG_FOR`; None
-    /// when every member failed in this round.
-    fn pick(&self, failed: &HashSet<String>) -> Option<(usize, String)> {
+    /// next that did not, preferring members that have not hung within `HUNG_FOR` (unless
+    /// the current one was just `named` as the leader: a leader slow once after an election
+    /// would otherwise be passed over while the others keep naming it, until the deadline);
+    /// None when every member failed in this round.
+    fn pick(&self, failed: &HashSet<String>, named: bool) -> Option<(usize, String)> {
         let addresses = self.addresses.lock().clone();
         if addresses.is_empty() {
             return None;
         }
         let n = addresses.len();
         let start = *self.leader.lock() % n;
+        if named && !failed.contains(&addresses[start]) {
+            return Some((start, addresses[start].clone()));
+        }
         let hung = self.hung.lock();
         let recently_hung = |a: &String| hung.get(a).is_some_and(|t| t.elapsed() < HUNG_FOR);
         let order = (0..n).map(|k| (start + k) % n);
@@ -373,6 +384,53 @@ mod tests {
             .await;
         assert_eq!(second.ok(), Some(((), "b".to_string())));
         assert_eq!(*tried.lock(), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn a_leader_slow_once_is_tried_again_when_the_others_name_it() {
+        // A new leader, swamped right after its election, misses one attempt; the others
+        // name it. Passing it over as hung, the node went round the two followers until its
+        // renewal deadline and fenced.
+        let group = leaders(&["a", "b", "c"]);
+        let tried = Mutex::new(Vec::new());
+        let answer = group
+            .follow(soon(1000), Duration::from_millis(50), |address| {
+                let first = !tried.lock().iter().any(|t| t == address);
+                tried.lock().push(address.to_string());
+                let (hang, reply) = match address {
+                    "a" => (first, Ok(())),
+                    _ => (false, Err(redirect("a"))),
+                };
+                async move {
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    reply
+                }
+            })
+            .await;
+        assert_eq!(answer.ok(), Some(((), "a".to_string())));
+        // The round that saw it miss ends; in the next one it is tried once named.
+        assert_eq!(*tried.lock(), ["a", "b", "c", "b", "a"]);
+    }
+
+    #[tokio::test]
+    async fn members_naming_each_other_end_the_round() {
+        // Two members each name the other (stale views during an election): the round ends
+        // and the node pauses instead of bouncing between them without a break.
+        let group = leaders(&["a", "b"]);
+        let calls = AtomicUsize::new(0);
+        let answer: Result<((), String), Status> = group
+            .follow(soon(300), Duration::from_millis(50), |address| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let other = if address == "a" { "b" } else { "a" };
+                let status = redirect(other);
+                async move { Err(status) }
+            })
+            .await;
+        assert_eq!(answer.err().map(|s| s.code()), Some(Code::Unavailable));
+        let calls = calls.load(Ordering::SeqCst);
+        assert!((2..=12).contains(&calls), "{calls} calls");
     }
 
     #[tokio::test]
