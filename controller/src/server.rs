@@ -416,6 +416,8 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
             // pre-vote asks voters whether they heard from a leader within the lease, so a
             // wait shorter than the lease would only be refused.)
             spread: (election, election * 2),
+            // One and a half Raft heartbeats: a live leader has spoken by then.
+            probe_after: config.timings.raft_heartbeat * 3 / 2,
         },
         stop_rx.clone(),
     )));
