@@ -92,6 +92,26 @@ impl Core {
         }
     }
 
+    /// Like [`Core::ensure_leader`], but during an election (no leader known, or the one
+    /// this member follows found gone) waits up to `wait` for a leader to be known, so that
+    /// the refusal names the new leader instead of the dead one: a node told so follows it
+    /// at once, where a refusal naming the old one sent it into rounds of backoff that ended
+    /// a few hundred milliseconds after the election. A live but busy leader is named at once.
+    pub async fn ensure_leader_soon(&self, wait: std::time::Duration) -> Result<()> {
+        let mut metrics = self.raft.metrics();
+        let named = metrics.borrow().current_leader;
+        let electing = named.is_none() || self.contact.leader_gone();
+        if self.ensure_leader().is_ok() || !electing {
+            return self.ensure_leader();
+        }
+        let _ = tokio::time::timeout(
+            wait,
+            metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != named),
+        )
+        .await;
+        self.ensure_leader()
+    }
+
     /// Waits until this member's state reflects every write acknowledged before the call.
     pub async fn linearizable(&self) -> Result<()> {
         // A quorum check can miss its deadline while followers digest a burst of writes; a

@@ -275,6 +275,8 @@ pub struct Leases {
     wake: tokio::sync::Notify,
     /// When this member last confirmed with a quorum that it leads: (term, start of the check).
     confirmed: Mutex<Option<(u64, Instant)>>,
+    /// Wakes renewals waiting for a new leader's first confirmation.
+    confirmed_now: tokio::sync::Notify,
     /// The start of this member's millisecond clock for renewal transits.
     epoch: Instant,
     /// How late this member serves renewals.
@@ -294,6 +296,7 @@ impl Leases {
             closed: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
             confirmed: Mutex::new(None),
+            confirmed_now: tokio::sync::Notify::new(),
             epoch: Instant::now(),
             lag: Mutex::new(ServingLag::default()),
         }
@@ -390,6 +393,24 @@ impl Leases {
         matches!(*self.confirmed.lock(), Some((t, at)) if t == term && at.elapsed() < within)
     }
 
+    /// Waits until `until` for [`Leases::confirmed_within`] to hold: a leader elected a moment
+    /// ago confirms within a Raft round trip, and a renewal that waits for it is served
+    /// instead of sending its node into another round of backoff.
+    pub async fn confirmed_by(&self, term: u64, within: Duration, until: Instant) -> bool {
+        loop {
+            let notified = self.confirmed_now.notified();
+            if self.confirmed_within(term, within) {
+                return true;
+            }
+            if tokio::time::timeout_at(until.into(), notified)
+                .await
+                .is_err()
+            {
+                return self.confirmed_within(term, within);
+            }
+        }
+    }
+
     /// Milliseconds left on each node's lease, with its incarnation (empty unless leading).
     pub fn remaining(&self) -> HashMap<String, (u64, u64)> {
         let lag = self.serving_lag();
@@ -427,25 +448,40 @@ pub async fn confirm(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver
     let every = core.config.timings.raft_heartbeat;
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut metrics = core.raft.metrics();
+    let leading = |m: &openraft::RaftMetrics<u64, crate::types::MemberNode>| {
+        (m.current_leader == Some(core.id) && m.state.is_leader()).then_some(m.current_term)
+    };
+    let mut led = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
+            // A new leader confirms at once rather than at its next tick: every node's
+            // renewal waits for that first confirmation after a leader change.
+            r = metrics.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let now = leading(&metrics.borrow_and_update());
+                let fresh = now.is_some() && now != led;
+                led = now;
+                if !fresh {
+                    continue;
+                }
+            }
             _ = shutdown.changed() => return,
         }
-        let term = {
-            let m = core.raft.metrics();
-            let m = m.borrow();
-            if !(m.current_leader == Some(core.id) && m.state.is_leader()) {
-                continue;
-            }
-            m.current_term
+        let Some(term) = leading(&core.raft.metrics().borrow()) else {
+            continue;
         };
+        led = Some(term);
         let start = Instant::now();
         let checked = tokio::time::timeout(every * 4, core.raft.get_read_log_id()).await;
         if matches!(checked, Ok(Ok(_))) {
             let mut c = core.leases.confirmed.lock();
             if c.is_none_or(|(t, at)| t < term || (t == term && at < start)) {
                 *c = Some((term, start));
+                core.leases.confirmed_now.notify_waiters();
             }
         }
     }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use rebeam_proto::v1 as pb;
@@ -166,12 +167,22 @@ impl NodeService for NodeApi {
         let (watching, streams_ended, sent_ms, attempt_ms) =
             (r.watching, r.streams_ended, r.sent_ms, r.attempt_ms);
         let (node, incarnation) = node_ref(r.node)?;
+        // Half the node's attempt is spent waiting for a leader (or its first confirmation)
+        // during an election: the answer comes in time, naming where to go, or served.
+        // (`attempt_ms` 0, an older node: no wait, as before.)
+        let until = Instant::now() + Duration::from_millis(attempt_ms.min(500) / 2);
         self.core
-            .ensure_leader()
+            .ensure_leader_soon(until.saturating_duration_since(Instant::now()))
+            .await
             .map_err(|e| renewal_refused(&self.core, e))?;
         let term = self.core.raft.metrics().borrow().current_term;
         let t = &self.core.config.timings;
-        if !self.core.leases.confirmed_within(term, t.confirm_within()) {
+        if !self
+            .core
+            .leases
+            .confirmed_by(term, t.confirm_within(), until)
+            .await
+        {
             // Possibly deposed without knowing it: renewing here could outlast what the
             // real leader honours. The node tries another member.
             return Err(Error::Unavailable(
