@@ -167,6 +167,7 @@ pub const RPC_TABLE: &[(&str, Need)] = &[
     ("/rebeam.v1.RaftPeer/Vote", M),
     ("/rebeam.v1.RaftPeer/InstallSnapshot", M),
     ("/rebeam.v1.RaftPeer/PreVote", M),
+    ("/rebeam.v1.RaftPeer/Advertise", M),
     // Node to node.
     // Clients at a node's gateway.
     ("/rebeam.v1.GatewayService/Deliver", R(Call)),

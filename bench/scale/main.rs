@@ -201,7 +201,8 @@ struct Stats {
     max_gap_ms: AtomicU64,
     /// When the leader was killed, and each node's renewal gap across that moment (ms).
     killed_at: Mutex<Option<Instant>>,
-    gaps_over_kill: Mutex<Vec<f64>>,
+    /// (gap, first renewal's send after the kill), in ms.
+    gaps_over_kill: Mutex<Vec<(f64, f64)>>,
     events: AtomicU64,
     lagged: AtomicU64,
     reopened: AtomicU64,
@@ -435,8 +436,8 @@ async fn heartbeats(c: Arc<Cluster>, s: Arc<Sim>, st: Arc<Stats>) {
                 }
                 st.max_gap_ms
                     .fetch_max(gap.as_millis() as u64, Ordering::Relaxed);
-                if st.killed_at.lock().is_some_and(|k| *last < k && k <= sent) {
-                    st.gaps_over_kill.lock().push(ms(gap));
+                if let Some(k) = (*st.killed_at.lock()).filter(|k| *last < *k && *k <= sent) {
+                    st.gaps_over_kill.lock().push((ms(gap), ms(sent - k)));
                 }
                 *last = sent;
             }
@@ -1149,12 +1150,16 @@ async fn main() -> anyhow::Result<()> {
     let gap_after = st.max_gap_ms.fetch_max(gap_before, Ordering::Relaxed);
     // Every node's renewal gap across the kill: how the whole cluster, not only its
     // slowest node, fared.
-    let mut over = st.gaps_over_kill.lock().clone();
+    let (mut over, mut after): (Vec<f64>, Vec<f64>) =
+        st.gaps_over_kill.lock().iter().copied().unzip();
     let over_kill = json!({"nodes": over.len(), "p50": pct(&mut over, 0.5),
                            "p99": pct(&mut over, 0.99), "max": pct(&mut over, 1.0)});
+    let renewed_after = json!({"min": pct(&mut after, 0.0), "p50": pct(&mut after, 0.5),
+                               "p99": pct(&mut after, 0.99), "max": pct(&mut after, 1.0)});
     let fo = json!({"killed": c.members[old].id, "new_leader": c.members[new].id,
                     "max_renewal_gap_ms": gap_after, "max_renewal_gap_before_ms": gap_before,
                     "renewal_gap_over_kill_ms": over_kill,
+                    "first_renewal_after_kill_ms": renewed_after,
                     "failed_renewal_attempts": json!(st.attempt_errors.lock().clone()),
                     "leader_elected_ms": ms(elected), "first_write_ms": ms(first_write),
                     "failed_write_calls": failed, "nodes": nodes,

@@ -487,36 +487,109 @@ pub async fn confirm(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver
     }
 }
 
-/// Makes the membership carry this member's lease address as it advertises it now (a log or
-/// snapshot written before lease addresses existed, initial peers given without one, or a
-/// port the kernel picked anew on restart, or the initial membership), so that members
-/// redirect renewals to it. Run
-/// when this member begins leading: only the leader's lease address is ever needed.
-async fn advertise(core: Arc<Core>) {
+/// Records `lease_addr` as member `id`'s lease address in the membership (the leader only;
+/// a refusal names the leader). Nothing is written when the membership carries it already,
+/// unless that is still the initial membership: every initial member writes it (log index
+/// 0) with its own address details and Raft never replaces it, so the others' copies may
+/// lack an address this member's copy has.
+pub async fn record_lease_address(
+    core: &Core,
+    id: u64,
+    lease_addr: &str,
+) -> std::result::Result<(), tonic::Status> {
+    core.ensure_leader()?;
     let (entry, initial) = {
         let m = core.raft.metrics();
         let m = m.borrow();
         let entry = m
             .membership_config
             .nodes()
-            .find(|(id, _)| **id == core.id)
+            .find(|(member, _)| **member == id)
             .map(|(_, n)| n.clone());
-        // Every initial member writes the initial membership (log index 0) with its own
-        // address details, and Raft never replaces it (same log id): the others' copy may
-        // lack this member's lease address although its own has it.
         let initial = m.membership_config.log_id().is_none_or(|l| l.index == 0);
         (entry, initial)
     };
-    let Some(mut entry) = entry else { return };
-    if entry.lease_addr == core.me.lease_addr && !initial {
+    let Some(mut entry) = entry else {
+        return Err(tonic::Status::not_found(format!(
+            "member {id} is not in the membership; add it before it advertises a lease address"
+        )));
+    };
+    if entry.lease_addr == lease_addr && !initial {
+        return Ok(());
+    }
+    entry.lease_addr = lease_addr.to_string();
+    let change = openraft::ChangeMembers::SetNodes([(id, entry)].into());
+    crate::api::change_membership(core, change).await?;
+    tracing::info!(member = id, lease = %lease_addr, "lease address recorded");
+    Ok(())
+}
+
+/// Keeps this member's lease address in the membership as it advertises it now, on every
+/// member and under every leader: a leader records its own, a follower asks the leader
+/// (`RaftPeer.Advertise`). Members given as `--peer`, found through `--seeds` or added with
+/// `AddController` have none until then; a kernel-picked port changes on restart. Without it
+/// followers redirected renewals after a leader change to the new leader's API address, beside
+/// the watch streams every node reopens at that moment, and nodes stayed there.
+pub async fn advertise(
+    core: Arc<Core>,
+    net: crate::network::Network,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mine = core.me.lease_addr.clone();
+    if mine.is_empty() {
         return;
     }
-    entry.lease_addr = core.me.lease_addr.clone();
-    let change = openraft::ChangeMembers::SetNodes([(core.id, entry)].into());
-    match crate::api::change_membership(&core, change).await {
-        Ok(()) => tracing::info!(lease = %core.me.lease_addr, "lease address advertised"),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not advertise the lease address; nodes renew at the API address")
+    let mut metrics = core.raft.metrics();
+    // The (term, leader) under which the address was last recorded.
+    let mut recorded: Option<(u64, u64)> = None;
+    loop {
+        let todo = {
+            let m = metrics.borrow_and_update();
+            let entry = |id: u64| {
+                m.membership_config
+                    .nodes()
+                    .find(|(member, _)| **member == id)
+                    .map(|(_, n)| n.clone())
+            };
+            let initial = m.membership_config.log_id().is_none_or(|l| l.index == 0);
+            m.current_leader
+                .filter(|l| recorded != Some((m.current_term, *l)))
+                .and_then(|l| Some((l, entry(l)?, entry(core.id)?)))
+                .filter(|(_, _, me)| me.lease_addr != mine || initial)
+                .map(|(l, leader, _)| (m.current_term, l, leader.raft_addr))
+        };
+        let Some((term, leader, raft_addr)) = todo else {
+            tokio::select! {
+                r = metrics.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        };
+        let done = if leader == core.id {
+            record_lease_address(&core, core.id, &mine)
+                .await
+                .map(|()| true)
+        } else {
+            let ask = crate::api::raft::Advertised {
+                id: core.id,
+                lease_addr: mine.clone(),
+            };
+            net.advertise(&raft_addr, &ask, Duration::from_secs(2))
+                .await
+                .map(|r| r.recorded)
+        };
+        match done {
+            Ok(true) => recorded = Some((term, leader)),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(error = %e.message(), "could not advertise the lease address yet; retrying")
+            }
+        }
+        if recorded != Some((term, leader)) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }
@@ -556,7 +629,6 @@ pub async fn run(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver<boo
             // A new leader does not know when nodes last renewed: every node gets a full lease.
             led_term = Some(term);
             core.leases.clear();
-            tokio::spawn(advertise(core.clone()));
         } else if !core
             .leases
             .confirmed_within(term, core.config.timings.confirm_within())

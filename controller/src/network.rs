@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::api::raft::{Contact, PreVote, PreVoteReply};
+use crate::api::raft::{Advertised, AdvertisedReply, Contact, PreVote, PreVoteReply};
 use crate::auth::BearerInjector;
 use crate::types::{MemberNode, TypeConfig};
 
@@ -98,6 +98,30 @@ impl Network {
             .map_err(|_| tonic::Status::deadline_exceeded("pre-vote not answered in time"))??;
         serde_json::from_slice(&reply.into_inner().data)
             .map_err(|e| tonic::Status::internal(format!("malformed pre-vote reply: {e}")))
+    }
+
+    /// Asks the leader at `address` to record this member's lease address, within `timeout`.
+    pub async fn advertise(
+        &self,
+        address: &str,
+        req: &Advertised,
+        timeout: std::time::Duration,
+    ) -> Result<AdvertisedReply, tonic::Status> {
+        let channel = self
+            .channel(address)
+            .ok_or_else(|| tonic::Status::unavailable("peer address is malformed"))?;
+        let mut client = RaftPeerClient::with_interceptor(channel, self.bearer.clone());
+        let data = serde_json::to_vec(req)
+            .map_err(|e| tonic::Status::internal(format!("cannot encode advertisement: {e}")))?;
+        let mut request = tonic::Request::new(RaftPayload { data });
+        request.set_timeout(timeout);
+        let reply = tokio::time::timeout(timeout, client.advertise(request))
+            .await
+            .map_err(|_| {
+                tonic::Status::deadline_exceeded("advertisement not answered in time")
+            })??;
+        serde_json::from_slice(&reply.into_inner().data)
+            .map_err(|e| tonic::Status::internal(format!("malformed advertisement reply: {e}")))
     }
 
     /// The shared channel to `address` (dialed lazily), None if the address is malformed.

@@ -340,8 +340,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
 
     let raft_svc = Guard::new(
         RaftPeerServer::new(RaftService::new(
-            raft.clone(),
-            contact.clone(),
+            core.clone(),
             // openraft's leader lease is its election_timeout_max (see raft_config).
             config.timings.election_timeout * 2,
         ))
@@ -407,7 +406,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
         raft.clone(),
         config.id,
         contact,
-        network,
+        network.clone(),
         ElectionTimes {
             // openraft's leader lease is its election_timeout_max (see raft_config).
             lease: election * 2,
@@ -424,6 +423,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle> {
     // Beside the renewals it judges: a stalled API runtime delays neither.
     tasks.push(lease_rt.spawn(lease::run(core.clone(), stop_rx.clone())));
     tasks.push(rt.spawn(lease::confirm(core.clone(), stop_rx.clone())));
+    tasks.push(rt.spawn(lease::advertise(core.clone(), network, stop_rx.clone())));
 
     if config.init {
         let mut members = BTreeMap::new();

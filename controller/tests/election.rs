@@ -143,6 +143,84 @@ async fn a_dead_leader_is_replaced_within_a_second() {
     }
 }
 
+/// `line` without its terminal colour sequences.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\x1b' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// The `silent_ms` of each "campaigning" line in member `i`'s log.
+fn campaigns(c: &Cluster, i: usize) -> Vec<u64> {
+    let log = std::fs::read_to_string(&c.members[i].log).unwrap_or_default();
+    log.lines()
+        .map(plain)
+        .filter(|l| l.contains("no leader heard from: campaigning"))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("silent_ms=")?;
+            let digits: String = rest.chars().take_while(|ch| ch.is_ascii_digit()).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// A leader whose process is gone (its Raft port refuses connections) is replaced as soon as
+/// the voters' lease lapses: a follower finds it gone 150 ms into the silence and campaigns
+/// right after the 300 ms lease, instead of after a further random 150–300 ms (so a campaign
+/// came 450–600 ms into the silence, by the member's own clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_process_is_gone_is_replaced_once_its_lease_lapses() {
+    let c = Cluster::start(3, LONG_LEASE);
+    let inc = join_node(&c, "node-x", &[]).await;
+    let mut silent = Vec::new();
+    for round in 0..3u64 {
+        let old = c.wait_leader(Duration::from_secs(10)).await;
+        register(&c, &format!("before-kill-{round}"), pid_of(inc, round)).await;
+        let before: Vec<usize> = (0..3).map(|i| campaigns(&c, i).len()).collect();
+        c.kill9(old);
+        let new = c.wait_leader(Duration::from_secs(5)).await;
+        assert_ne!(new, old);
+        // The winner's campaign, as long into the silence as its own clock says.
+        let won = campaigns(&c, new);
+        silent.extend(won.get(before[new]..).unwrap_or_default().iter().copied());
+        c.spawn(old);
+        let want = status(&c, new).await.expect("leader status").last_log_index;
+        c.wait_until(
+            Duration::from_secs(10),
+            "the restarted member to catch up",
+            || {
+                let c = &c;
+                async move {
+                    status(c, old)
+                        .await
+                        .is_some_and(|s| s.last_applied_index >= want)
+                }
+            },
+        )
+        .await;
+    }
+    eprintln!("campaigned after a silence of {silent:?} ms");
+    assert!(
+        !silent.is_empty(),
+        "no campaign logged; logs in {}",
+        c.path()
+    );
+    // 325 ms for the first follower by id, 375 ms for the next; a starved timer may overshoot
+    // a little, never by the 150 ms the random wait took at least.
+    assert!(
+        silent.iter().all(|ms| *ms < 440),
+        "campaigned {silent:?} ms into the silence; logs in {}",
+        c.path()
+    );
+}
+
 /// A one-member group restarted from its directory elects itself at once: it has no one to
 /// ask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

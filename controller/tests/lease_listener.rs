@@ -136,6 +136,43 @@ async fn renewals_go_to_the_leaders_lease_address_which_redirects_name() {
     wait_redirect(&c, other, next, &node, true).await;
 }
 
+/// Every member's lease address is in the membership from the start, not only the leader's,
+/// so after a leader change followers name the new leader's lease address at once. Before,
+/// a member's entry lacked it until that member led and rewrote it, and meanwhile nodes
+/// renewed at the new leader's API address, beside the watch streams they all reopen then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_members_lease_address_is_in_the_membership_before_it_leads() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let want: Vec<(u64, String)> = c
+        .members
+        .iter()
+        .map(|m| (m.id, m.lease.to_string()))
+        .collect();
+    c.wait_until(
+        Duration::from_secs(10),
+        "every member's lease address in the membership",
+        || {
+            let mut client = c.control_client(leader);
+            let want = want.clone();
+            async move {
+                let Ok(r) = client.cluster_state(pb::ClusterStateRequest {}).await else {
+                    return false;
+                };
+                let mut got: Vec<(u64, String)> = r
+                    .into_inner()
+                    .controllers
+                    .into_iter()
+                    .map(|m| (m.id, m.lease_address))
+                    .collect();
+                got.sort();
+                got == want
+            }
+        },
+    )
+    .await;
+}
+
 /// Latencies in ms, sorted: the p90.
 fn p90(v: &mut [u64]) -> u64 {
     v.sort_unstable();

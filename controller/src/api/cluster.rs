@@ -49,6 +49,7 @@ impl ClusterApi {
                 raft_address: n.raft_addr.clone(),
                 api_address: n.api_addr.clone(),
                 voter: voters.contains(id),
+                lease_address: n.lease_addr.clone(),
             })
             .collect()
     }

@@ -20,6 +20,7 @@ use openraft::raft::{
 };
 use openraft::{LogId, Vote};
 
+use crate::core::Core;
 use crate::network::Network;
 use crate::types::{Raft, TypeConfig};
 
@@ -35,6 +36,7 @@ pub const MAX_SNAPSHOT_ID: usize = 256;
 
 /// Serves Raft RPCs from the other members.
 pub struct RaftService {
+    core: Arc<Core>,
     raft: Raft,
     contact: Arc<Contact>,
     /// openraft's leader lease: a pre-vote is refused this long after hearing from a leader.
@@ -42,12 +44,13 @@ pub struct RaftService {
 }
 
 impl RaftService {
-    /// Wraps the local Raft handle; accepted leader traffic and granted votes go to `contact`;
+    /// Serves `core`'s Raft; accepted leader traffic and granted votes go to its contact;
     /// pre-votes are refused within `lease` of hearing from a leader.
-    pub fn new(raft: Raft, contact: Arc<Contact>, lease: Duration) -> Self {
+    pub fn new(core: Arc<Core>, lease: Duration) -> Self {
         RaftService {
-            raft,
-            contact,
+            raft: core.raft.clone(),
+            contact: core.contact.clone(),
+            core,
             lease,
         }
     }
@@ -364,6 +367,25 @@ pub struct PreVoteReply {
     pub last_log_id: Option<LogId<u64>>,
 }
 
+/// A member's own lease address, sent to the leader (`RaftPeer.Advertise`) so that the
+/// membership carries it before that member leads: followers redirect renewals there after a
+/// leader change, and without it nodes renewed at the new leader's API address, beside the
+/// watch streams every node reopens at that moment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advertised {
+    /// The member advertising.
+    pub id: u64,
+    /// Its lease address as it advertises it now.
+    pub lease_addr: String,
+}
+
+/// The leader's answer to [`Advertised`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertisedReply {
+    /// The membership carries the address now.
+    pub recorded: bool,
+}
+
 /// Checks a peer's pre-vote before it is answered.
 pub fn check_pre_vote(r: &PreVote) -> Result<(), Status> {
     if r.term > MAX_WIRE_TERM {
@@ -625,6 +647,13 @@ impl RaftPeer for RaftService {
             self.contact.heard_leader();
         }
         encode(&r)
+    }
+
+    async fn advertise(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let req: Advertised = decode(req)?;
+        crate::validate::address(&req.lease_addr)?;
+        crate::lease::record_lease_address(&self.core, req.id, &req.lease_addr).await?;
+        encode(&AdvertisedReply { recorded: true })
     }
 
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -2,4 +2,4 @@
 # ruff: noqa
 """Generated protobuf and gRPC modules for the controller's client service."""
 
-PROTO_SHA256 = "1dfebc65adcc1d812d3e0efdb7344201c7972808264d49a8724e6058d3a05843"
+PROTO_SHA256 = "3e65f7c4f980b7d707a1de590263bcdbe95bfb8f3ae8de972767949a21e85682"

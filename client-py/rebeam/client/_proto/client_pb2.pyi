@@ -180,16 +180,18 @@ class ListAppsReply(_message.Message):
     def __init__(self, apps: _Optional[_Iterable[_Union[_common_pb2.AppInfo, _Mapping]]] = ...) -> None: ...
 
 class ControllerMember(_message.Message):
-    __slots__ = ("id", "raft_address", "api_address", "voter")
+    __slots__ = ("id", "raft_address", "api_address", "voter", "lease_address")
     ID_FIELD_NUMBER: _ClassVar[int]
     RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     API_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     VOTER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     id: int
     raft_address: str
     api_address: str
     voter: bool
-    def __init__(self, id: _Optional[int] = ..., raft_address: _Optional[str] = ..., api_address: _Optional[str] = ..., voter: _Optional[bool] = ...) -> None: ...
+    lease_address: str
+    def __init__(self, id: _Optional[int] = ..., raft_address: _Optional[str] = ..., api_address: _Optional[str] = ..., voter: _Optional[bool] = ..., lease_address: _Optional[str] = ...) -> None: ...
 
 class ClusterStateRequest(_message.Message):
     __slots__ = ()
