@@ -1,7 +1,7 @@
 //! Following the controller group's leader: the one retry policy of nodes (and of the
-//! scale harness's simulated nodes) for controller requests, the Python client's in spirit (a deadline, the leader hint followed, dead
-//! members skipped, backoff with jitter between rounds). Independent of gRPC channels, so
-//! it is tested against fake members.
+//! scale harness's simulated nodes) for controller requests, the Python client's in spirit
+//! (a deadline, the leader hint followed, dead members skipped, backoff with jitter between
+//! rounds). Independent of gRPC channels, so it is tested against fake members.
 
 use crate::{LEADER_METADATA_KEY, LEASE_METADATA_KEY};
 use parking_lot::Mutex;

@@ -67,6 +67,7 @@ EXPECTED: dict[str, str] = {
     "RaftPeer/Vote": "member",
     "RaftPeer/InstallSnapshot": "member",
     "RaftPeer/PreVote": "member",
+    "RaftPeer/Advertise": "member",
     "GatewayService/Deliver": "call",
     "GatewayService/ListProcesses": "read",
     "GatewayService/Logs": "read",

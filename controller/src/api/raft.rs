@@ -169,9 +169,7 @@ impl ElectionTimes {
         let step = self.spread.0 / 3;
         armed + self.lease + step / 2 + step * rank
     }
-}
 
-impl ElectionTimes {
     /// How long after the last contact to campaign: a candidate retries after the random
     /// part alone; one whose log was behind waits two leases more, as openraft does.
     pub fn wait(&self, silence: Silence, rng: &mut impl Rng) -> Duration {
@@ -200,6 +198,10 @@ impl ElectionTimes {
 /// only if a majority would vote for it now: a member that was starved of CPU or paused past
 /// its timeout finds the leader alive and leaves the term alone (openraft 0.9 has no pre-vote,
 /// and its leader steps down on seeing a higher term in any reply).
+///
+/// After `probe_after` of silence it tries the leader's Raft port: when that refuses
+/// connections the leader's process is gone, and the member campaigns as soon as the lease
+/// lapses ([`ElectionTimes::after_gone`]) instead of after the random part too.
 pub async fn elect(
     raft: Raft,
     id: u64,
