@@ -388,6 +388,20 @@ pub struct AdvertisedReply {
     pub recorded: bool,
 }
 
+/// With mTLS a member's certificate speaks only for the member it names: one member cannot
+/// move another's lease address. Without a certificate (TLS off) the cluster secret, which
+/// the guard checked, speaks for every member.
+fn speaks_for_member(certified: &[rebeam_tls::Member], id: u64) -> Result<(), Status> {
+    if certified.is_empty() || certified.contains(&rebeam_tls::Member::Controller(id)) {
+        return Ok(());
+    }
+    let own: Vec<String> = certified.iter().map(rebeam_tls::Member::uri).collect();
+    Err(Status::permission_denied(format!(
+        "a certificate naming {} cannot advertise for member {id}; a member advertises only its own lease address",
+        own.join(", ")
+    )))
+}
+
 /// Checks a peer's pre-vote before it is answered.
 pub fn check_pre_vote(r: &PreVote) -> Result<(), Status> {
     if r.term > MAX_WIRE_TERM {
@@ -652,7 +666,9 @@ impl RaftPeer for RaftService {
     }
 
     async fn advertise(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let certified = rebeam_tls::identity::peer_members(&req);
         let req: Advertised = decode(req)?;
+        speaks_for_member(&certified, req.id)?;
         crate::validate::address(&req.lease_addr)?;
         crate::lease::record_lease_address(&self.core, req.id, &req.lease_addr).await?;
         encode(&AdvertisedReply { recorded: true })
@@ -675,6 +691,22 @@ impl RaftPeer for RaftService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_certificate_advertises_only_for_its_own_member() {
+        use rebeam_tls::Member;
+        assert!(speaks_for_member(&[], 2).is_ok());
+        assert!(speaks_for_member(&[Member::Controller(2)], 2).is_ok());
+        let refused = speaks_for_member(&[Member::Controller(3)], 2).err();
+        assert_eq!(
+            refused.as_ref().map(Status::code),
+            Some(tonic::Code::PermissionDenied)
+        );
+        assert!(refused
+            .map(|s| s.message().contains("urn:rebeam:controller:3"))
+            .unwrap_or(false));
+        assert!(speaks_for_member(&[Member::Node("n".into())], 2).is_err());
+    }
     use openraft::{CommittedLeaderId, Entry, EntryPayload};
 
     fn vote(term: u64) -> Vote<u64> {
