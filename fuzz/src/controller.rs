@@ -1,11 +1,12 @@
 //! The controller's network decoders: manifests, code archives, Raft payloads (JSON, then
-//! the range checks, pre-vote included) and the protobuf requests of its services with the
+//! the range checks, pre-vote and lease advertisement included) and the protobuf requests of its services with the
 //! validation that turns them into domain values.
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use prost::Message;
 use rebeam_controller::api::raft::{
-    check_append_request, check_pre_vote, check_snapshot_request, check_vote_request, PreVote,
+    check_append_request, check_pre_vote, check_snapshot_request, check_vote_request, Advertised,
+    PreVote,
 };
 use rebeam_controller::api::{node_ref, pid};
 use rebeam_controller::types::{NodeUpgrade, TypeConfig};
@@ -41,6 +42,9 @@ pub fn raft_payload(data: &[u8]) {
     }
     if let Ok(r) = serde_json::from_slice::<PreVote>(data) {
         let _ = check_pre_vote(&r);
+    }
+    if let Ok(r) = serde_json::from_slice::<Advertised>(data) {
+        let _ = validate::address(&r.lease_addr);
     }
 }
 

@@ -9,7 +9,7 @@ use openraft::{
 };
 use pb::peer_frame::Frame;
 use prost::Message;
-use rebeam_controller::api::raft::PreVote;
+use rebeam_controller::api::raft::{Advertised, PreVote};
 use rebeam_controller::types::TypeConfig;
 use rebeam_proto::v1 as pb;
 
@@ -395,6 +395,10 @@ fn raft_payloads() -> Vec<Vec<u8>> {
         term: 1,
         last_log_id: None,
     };
+    let advertised = Advertised {
+        id: 2,
+        lease_addr: "controller-1:7110".into(),
+    };
     let mut seeds = Vec::new();
     for v in [
         serde_json::to_vec(&vote),
@@ -405,6 +409,7 @@ fn raft_payloads() -> Vec<Vec<u8>> {
         serde_json::to_vec(&snapshot),
         serde_json::to_vec(&pre),
         serde_json::to_vec(&pre_empty),
+        serde_json::to_vec(&advertised),
     ]
     .into_iter()
     .flatten()
