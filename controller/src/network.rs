@@ -22,6 +22,9 @@ use crate::api::raft::{Advertised, AdvertisedReply, Contact, PreVote, PreVoteRep
 use crate::auth::BearerInjector;
 use crate::types::{MemberNode, TypeConfig};
 
+/// A client of the Raft peer service that sends the cluster secret.
+type PeerRpc = RaftPeerClient<InterceptedService<Channel, BearerInjector>>;
+
 /// Largest Raft message accepted or sent (entries may carry app code).
 pub const MAX_RAFT_MESSAGE: usize = 1 << 30;
 
@@ -55,7 +58,7 @@ impl Network {
 /// A lazily connected client to one peer.
 pub struct PeerClient {
     target: u64,
-    client: Option<RaftPeerClient<InterceptedService<Channel, BearerInjector>>>,
+    client: Option<PeerRpc>,
     contact: Arc<Contact>,
 }
 
@@ -85,19 +88,10 @@ impl Network {
         req: &PreVote,
         timeout: std::time::Duration,
     ) -> Result<PreVoteReply, tonic::Status> {
-        let channel = self
-            .channel(address)
-            .ok_or_else(|| tonic::Status::unavailable("peer address is malformed"))?;
-        let mut client = RaftPeerClient::with_interceptor(channel, self.bearer.clone());
-        let data = serde_json::to_vec(req)
-            .map_err(|e| tonic::Status::internal(format!("cannot encode pre-vote: {e}")))?;
-        let mut request = tonic::Request::new(RaftPayload { data });
-        request.set_timeout(timeout);
-        let reply = tokio::time::timeout(timeout, client.pre_vote(request))
-            .await
-            .map_err(|_| tonic::Status::deadline_exceeded("pre-vote not answered in time"))??;
-        serde_json::from_slice(&reply.into_inner().data)
-            .map_err(|e| tonic::Status::internal(format!("malformed pre-vote reply: {e}")))
+        self.ask(address, req, timeout, "pre-vote", |mut c, r| async move {
+            c.pre_vote(r).await
+        })
+        .await
     }
 
     /// Asks the leader at `address` to record this member's lease address, within `timeout`.
@@ -107,21 +101,48 @@ impl Network {
         req: &Advertised,
         timeout: std::time::Duration,
     ) -> Result<AdvertisedReply, tonic::Status> {
+        self.ask(
+            address,
+            req,
+            timeout,
+            "advertisement",
+            |mut c, r| async move { c.advertise(r).await },
+        )
+        .await
+    }
+
+    /// Sends `req` as JSON to the member at `address` through `rpc` (one of the controller's
+    /// own methods beside openraft's), within `timeout`, and reads the JSON answer; `what`
+    /// names the message in errors.
+    async fn ask<Q, A, F, Fut>(
+        &self,
+        address: &str,
+        req: &Q,
+        timeout: std::time::Duration,
+        what: &str,
+        rpc: F,
+    ) -> Result<A, tonic::Status>
+    where
+        Q: Serialize,
+        A: DeserializeOwned,
+        F: FnOnce(PeerRpc, tonic::Request<RaftPayload>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
         let channel = self
             .channel(address)
             .ok_or_else(|| tonic::Status::unavailable("peer address is malformed"))?;
-        let mut client = RaftPeerClient::with_interceptor(channel, self.bearer.clone());
+        let client = RaftPeerClient::with_interceptor(channel, self.bearer.clone());
         let data = serde_json::to_vec(req)
-            .map_err(|e| tonic::Status::internal(format!("cannot encode advertisement: {e}")))?;
+            .map_err(|e| tonic::Status::internal(format!("cannot encode {what}: {e}")))?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(timeout);
-        let reply = tokio::time::timeout(timeout, client.advertise(request))
+        let reply = tokio::time::timeout(timeout, rpc(client, request))
             .await
             .map_err(|_| {
-                tonic::Status::deadline_exceeded("advertisement not answered in time")
+                tonic::Status::deadline_exceeded(format!("{what} not answered in time"))
             })??;
         serde_json::from_slice(&reply.into_inner().data)
-            .map_err(|e| tonic::Status::internal(format!("malformed advertisement reply: {e}")))
+            .map_err(|e| tonic::Status::internal(format!("malformed {what} reply: {e}")))
     }
 
     /// The shared channel to `address` (dialed lazily), None if the address is malformed.
