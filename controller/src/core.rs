@@ -93,19 +93,22 @@ impl Core {
     }
 
     /// Like [`Core::ensure_leader`], but during an election (no leader known, or the one
-    /// this member follows found gone) waits up to `wait` for a leader to be known, so that
+    /// this member follows found gone) waits until `until` for a leader to be known, so that
     /// the refusal names the new leader instead of the dead one: a node told so follows it
     /// at once, where a refusal naming the old one sent it into rounds of backoff that ended
     /// a few hundred milliseconds after the election. A live but busy leader is named at once.
-    pub async fn ensure_leader_soon(&self, wait: std::time::Duration) -> Result<()> {
+    pub async fn ensure_leader_soon(&self, until: std::time::Instant) -> Result<()> {
+        let led = self.ensure_leader();
+        if led.is_ok() {
+            return led;
+        }
         let mut metrics = self.raft.metrics();
         let named = metrics.borrow().current_leader;
-        let electing = named.is_none() || self.contact.leader_gone();
-        if self.ensure_leader().is_ok() || !electing {
-            return self.ensure_leader();
+        if named.is_some() && !self.contact.leader_gone() {
+            return led;
         }
-        let _ = tokio::time::timeout(
-            wait,
+        let _ = tokio::time::timeout_at(
+            until.into(),
             metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != named),
         )
         .await;

@@ -501,11 +501,7 @@ pub async fn record_lease_address(
     let (entry, initial) = {
         let m = core.raft.metrics();
         let m = m.borrow();
-        let entry = m
-            .membership_config
-            .nodes()
-            .find(|(member, _)| **member == id)
-            .map(|(_, n)| n.clone());
+        let entry = m.membership_config.membership().get_node(&id).cloned();
         let initial = m.membership_config.log_id().is_none_or(|l| l.index == 0);
         (entry, initial)
     };
@@ -545,12 +541,7 @@ pub async fn advertise(
     loop {
         let todo = {
             let m = metrics.borrow_and_update();
-            let entry = |id: u64| {
-                m.membership_config
-                    .nodes()
-                    .find(|(member, _)| **member == id)
-                    .map(|(_, n)| n.clone())
-            };
+            let entry = |id: u64| m.membership_config.membership().get_node(&id).cloned();
             let initial = m.membership_config.log_id().is_none_or(|l| l.index == 0);
             m.current_leader
                 .filter(|l| recorded != Some((m.current_term, *l)))
@@ -566,9 +557,7 @@ pub async fn advertise(
             continue;
         };
         let done = if leader == core.id {
-            record_lease_address(&core, core.id, &mine)
-                .await
-                .map(|()| true)
+            record_lease_address(&core, core.id, &mine).await
         } else {
             let ask = crate::api::raft::Advertised {
                 id: core.id,
@@ -576,19 +565,15 @@ pub async fn advertise(
             };
             net.advertise(&raft_addr, &ask, Duration::from_secs(2))
                 .await
-                .map(|r| r.recorded)
         };
         match done {
-            Ok(true) => recorded = Some((term, leader)),
-            Ok(false) => {}
+            Ok(()) => recorded = Some((term, leader)),
             Err(e) => {
-                tracing::debug!(error = %e.message(), "could not advertise the lease address yet; retrying")
-            }
-        }
-        if recorded != Some((term, leader)) {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
+                tracing::debug!(error = %e.message(), "could not advertise the lease address yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
         }
     }

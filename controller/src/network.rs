@@ -100,7 +100,7 @@ impl Network {
         address: &str,
         req: &Advertised,
         timeout: std::time::Duration,
-    ) -> Result<AdvertisedReply, tonic::Status> {
+    ) -> Result<(), tonic::Status> {
         self.ask(
             address,
             req,
@@ -109,6 +109,7 @@ impl Network {
             |mut c, r| async move { c.advertise(r).await },
         )
         .await
+        .map(|AdvertisedReply {}| ())
     }
 
     /// Sends `req` as JSON to the member at `address` through `rpc` (one of the controller's

@@ -172,7 +172,7 @@ impl NodeService for NodeApi {
         // (`attempt_ms` 0, an older node: no wait, as before.)
         let until = Instant::now() + Duration::from_millis(attempt_ms.min(500) / 2);
         self.core
-            .ensure_leader_soon(until.saturating_duration_since(Instant::now()))
+            .ensure_leader_soon(until)
             .await
             .map_err(|e| renewal_refused(&self.core, e))?;
         let term = self.core.raft.metrics().borrow().current_term;

@@ -110,6 +110,11 @@ impl Contact {
         self.leader_gone.load(AtomicOrdering::Relaxed)
     }
 
+    /// The leader's process was found gone (until a leader is heard from again).
+    fn found_leader_gone(&self) {
+        self.leader_gone.store(true, AtomicOrdering::Relaxed);
+    }
+
     /// Whether a leader was heard from after `t` (the election timer's arming, which
     /// counts from any contact, a leader's included).
     pub fn leader_after(&self, t: Instant) -> bool {
@@ -265,7 +270,7 @@ pub async fn elect(
             }
             if let Some((addr, rank)) = leader {
                 if refuses(&addr, times.probe_after).await && !contact.leader_after(armed) {
-                    contact.leader_gone.store(true, AtomicOrdering::Relaxed);
+                    contact.found_leader_gone();
                     until = until.min(times.after_gone(armed, rank));
                     tracing::info!(
                         leader = %addr,
@@ -381,12 +386,10 @@ pub struct Advertised {
     pub lease_addr: String,
 }
 
-/// The leader's answer to [`Advertised`].
+/// The leader's answer to [`Advertised`]: the membership carries the address now (a
+/// refusal is an error status).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AdvertisedReply {
-    /// The membership carries the address now.
-    pub recorded: bool,
-}
+pub struct AdvertisedReply {}
 
 /// With mTLS a member's certificate speaks only for the member it names: one member cannot
 /// move another's lease address. Without a certificate (TLS off) the cluster secret, which
@@ -671,7 +674,7 @@ impl RaftPeer for RaftService {
         speaks_for_member(&certified, req.id)?;
         crate::validate::address(&req.lease_addr)?;
         crate::lease::record_lease_address(&self.core, req.id, &req.lease_addr).await?;
-        encode(&AdvertisedReply { recorded: true })
+        encode(&AdvertisedReply {})
     }
 
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
