@@ -490,3 +490,73 @@ where
 fn to_io(e: super::frames::FrameError) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn framed(frame: &Frame<'_>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        frame.encode(&mut buf);
+        buf
+    }
+
+    /// The borrowed reply is encoded by hand, field by field: it must be the very bytes prost
+    /// makes of the same `ClientReply`, so that any client decoding it sees the same message.
+    #[test]
+    fn a_borrowed_reply_is_encoded_as_prost_encodes_the_message() {
+        use pb::deliver_reply::Result as R;
+        let pid = pb::Pid {
+            node: "n1".into(),
+            incarnation: 7,
+            serial: 1 << 40,
+        };
+        let replies = [
+            pb::DeliverReply {
+                result: Some(R::Value(b"\x80\x05K\x01.".to_vec())),
+                pid: Some(pid.clone()),
+            },
+            pb::DeliverReply {
+                result: Some(R::Value(vec![0; 70_000])),
+                pid: None,
+            },
+            pb::DeliverReply {
+                result: Some(R::Accepted(true)),
+                pid: Some(pid),
+            },
+            pb::DeliverReply {
+                result: Some(R::TimedOut(true)),
+                pid: None,
+            },
+            pb::DeliverReply::default(),
+        ];
+        for id in [1, 127, 128, 300, u64::from(u32::MAX) + 1, u64::MAX] {
+            for reply in &replies {
+                let owned = Frame::Owned(pb::ClientReply {
+                    id,
+                    reply: Some(reply.clone()),
+                    code: 0,
+                    message: String::new(),
+                });
+                assert_eq!(
+                    framed(&Frame::Borrowed(id, reply)),
+                    framed(&owned),
+                    "id {id}, {reply:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_is_its_length_then_the_message() {
+        let reply = pb::DeliverReply::default();
+        let buf = framed(&Frame::Borrowed(5, &reply));
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        assert_eq!(len, buf.len() - 4);
+        let decoded = pb::ClientReply::decode(&buf[4..]).expect("a ClientReply");
+        assert_eq!(decoded.id, 5);
+        assert_eq!(decoded.reply, Some(reply));
+        assert_eq!(decoded.code, 0);
+    }
+}
