@@ -529,10 +529,14 @@ mod tests {
                 result: Some(R::TimedOut(true)),
                 pid: None,
             },
+            pb::DeliverReply {
+                result: Some(R::Exit(pb::WireReason::default())),
+                pid: None,
+            },
             pb::DeliverReply::default(),
         ];
         for id in [1, 127, 128, 300, u64::from(u32::MAX) + 1, u64::MAX] {
-            for reply in &replies {
+            for (k, reply) in replies.iter().enumerate() {
                 let owned = Frame::Owned(pb::ClientReply {
                     id,
                     reply: Some(reply.clone()),
@@ -542,7 +546,7 @@ mod tests {
                 assert_eq!(
                     framed(&Frame::Borrowed(id, reply)),
                     framed(&owned),
-                    "id {id}, {reply:?}"
+                    "id {id}, reply {k}"
                 );
             }
         }
