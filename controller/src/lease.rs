@@ -487,32 +487,41 @@ pub async fn confirm(core: Arc<Core>, mut shutdown: tokio::sync::watch::Receiver
     }
 }
 
+/// Member `id`'s membership entry when it must still be given `lease_addr` (`Ok(None)` when
+/// it has it; `Err` when `id` is no member). It must while the membership is the initial
+/// one too: every initial member writes that (log index 0) with its own address details and
+/// Raft never replaces it, so the others' copies may lack an address this member's copy has.
+fn lacking_lease_address(
+    config: &openraft::StoredMembership<u64, crate::types::MemberNode>,
+    id: u64,
+    lease_addr: &str,
+) -> std::result::Result<Option<crate::types::MemberNode>, ()> {
+    let entry = config.membership().get_node(&id).ok_or(())?;
+    let initial = config.log_id().is_none_or(|l| l.index == 0);
+    Ok((entry.lease_addr != lease_addr || initial).then(|| entry.clone()))
+}
+
 /// Records `lease_addr` as member `id`'s lease address in the membership (the leader only;
-/// a refusal names the leader). Nothing is written when the membership carries it already,
-/// unless that is still the initial membership: every initial member writes it (log index
-/// 0) with its own address details and Raft never replaces it, so the others' copies may
-/// lack an address this member's copy has.
+/// a refusal names the leader); nothing is written when it is there already.
 pub async fn record_lease_address(
     core: &Core,
     id: u64,
     lease_addr: &str,
 ) -> std::result::Result<(), tonic::Status> {
     core.ensure_leader()?;
-    let (entry, initial) = {
-        let m = core.raft.metrics();
-        let m = m.borrow();
-        let entry = m.membership_config.membership().get_node(&id).cloned();
-        let initial = m.membership_config.log_id().is_none_or(|l| l.index == 0);
-        (entry, initial)
-    };
-    let Some(mut entry) = entry else {
+    let lacking = lacking_lease_address(
+        &core.raft.metrics().borrow().membership_config,
+        id,
+        lease_addr,
+    );
+    let Ok(lacking) = lacking else {
         return Err(tonic::Status::not_found(format!(
             "member {id} is not in the membership; add it before it advertises a lease address"
         )));
     };
-    if entry.lease_addr == lease_addr && !initial {
+    let Some(mut entry) = lacking else {
         return Ok(());
-    }
+    };
     entry.lease_addr = lease_addr.to_string();
     let change = openraft::ChangeMembers::SetNodes([(id, entry)].into());
     crate::api::change_membership(core, change).await?;
@@ -541,13 +550,12 @@ pub async fn advertise(
     loop {
         let todo = {
             let m = metrics.borrow_and_update();
-            let entry = |id: u64| m.membership_config.membership().get_node(&id).cloned();
-            let initial = m.membership_config.log_id().is_none_or(|l| l.index == 0);
+            let config = &m.membership_config;
             m.current_leader
                 .filter(|l| recorded != Some((m.current_term, *l)))
-                .and_then(|l| Some((l, entry(l)?, entry(core.id)?)))
-                .filter(|(_, _, me)| me.lease_addr != mine || initial)
-                .map(|(l, leader, _)| (m.current_term, l, leader.raft_addr))
+                .filter(|_| matches!(lacking_lease_address(config, core.id, &mine), Ok(Some(_))))
+                .and_then(|l| Some((l, config.membership().get_node(&l)?)))
+                .map(|(l, leader)| (m.current_term, l, leader.raft_addr.clone()))
         };
         let Some((term, leader, raft_addr)) = todo else {
             tokio::select! {

@@ -1,6 +1,6 @@
 //! The controller's network decoders: manifests, code archives, Raft payloads (JSON, then
-//! the range checks, pre-vote and lease advertisement included) and the protobuf requests of its services with the
-//! validation that turns them into domain values.
+//! the range checks, pre-vote and lease advertisement included) and the protobuf requests of
+//! its services with the validation that turns them into domain values.
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use prost::Message;

@@ -37,8 +37,6 @@ pub const MAX_SNAPSHOT_ID: usize = 256;
 /// Serves Raft RPCs from the other members.
 pub struct RaftService {
     core: Arc<Core>,
-    raft: Raft,
-    contact: Arc<Contact>,
     /// openraft's leader lease: a pre-vote is refused this long after hearing from a leader.
     lease: Duration,
 }
@@ -47,12 +45,7 @@ impl RaftService {
     /// Serves `core`'s Raft; accepted leader traffic and granted votes go to its contact;
     /// pre-votes are refused within `lease` of hearing from a leader.
     pub fn new(core: Arc<Core>, lease: Duration) -> Self {
-        RaftService {
-            raft: core.raft.clone(),
-            contact: core.contact.clone(),
-            core,
-            lease,
-        }
+        RaftService { core, lease }
     }
 }
 
@@ -623,13 +616,13 @@ impl RaftPeer for RaftService {
         check_append_request(&req)?;
         // Counted on arrival: under load the leader may give up waiting for the answer
         // (and this handler be dropped) although Raft takes the entries.
-        if current(&self.raft, &req.vote) {
-            self.contact.heard_leader();
+        if current(&self.core.raft, &req.vote) {
+            self.core.contact.heard_leader();
         }
-        let r = self.raft.append_entries(req).await;
+        let r = self.core.raft.append_entries(req).await;
         // A leader whose term this member accepts (also when the logs conflict).
         if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
-            self.contact.heard_leader();
+            self.core.contact.heard_leader();
         }
         encode(&r)
     }
@@ -641,12 +634,12 @@ impl RaftPeer for RaftService {
         // campaign meanwhile. Counted on arrival: a rival term begun while Raft is still
         // granting this vote would depose the winner (seen under load: a member campaigned
         // 40 ms after another, before its own grant was through, and the winner stepped down).
-        if may_win(&self.raft, &req) {
-            self.contact.touch();
+        if may_win(&self.core.raft, &req) {
+            self.core.contact.touch();
         }
-        let r = self.raft.vote(req).await;
+        let r = self.core.raft.vote(req).await;
         if matches!(&r, Ok(v) if v.vote_granted) {
-            self.contact.touch();
+            self.core.contact.touch();
         }
         encode(&r)
     }
@@ -658,12 +651,12 @@ impl RaftPeer for RaftService {
         let req: InstallSnapshotRequest<TypeConfig> = decode(req)?;
         check_snapshot_request(&req)?;
         let vote = req.vote;
-        if current(&self.raft, &vote) {
-            self.contact.heard_leader();
+        if current(&self.core.raft, &vote) {
+            self.core.contact.heard_leader();
         }
-        let r = self.raft.install_snapshot(req).await;
+        let r = self.core.raft.install_snapshot(req).await;
         if matches!(&r, Ok(s) if s.vote == vote) {
-            self.contact.heard_leader();
+            self.core.contact.heard_leader();
         }
         encode(&r)
     }
@@ -680,12 +673,12 @@ impl RaftPeer for RaftService {
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let req: PreVote = decode(req)?;
         check_pre_vote(&req)?;
-        let reply = answer_pre_vote(&self.raft, &self.contact, self.lease, &req);
+        let reply = answer_pre_vote(&self.core.raft, &self.core.contact, self.lease, &req);
         if reply.granted {
             // The candidate campaigns next: do not start a rival campaign meanwhile (the
             // survivors of a killed leader fall silent together and their timers fired
             // 6–28 ms apart under load; both passing the pre-vote would split the vote).
-            self.contact.touch();
+            self.core.contact.touch();
         }
         encode(&reply)
     }
@@ -694,6 +687,7 @@ impl RaftPeer for RaftService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
 
     #[test]
     fn a_member_certificate_advertises_only_for_its_own_member() {
@@ -710,7 +704,6 @@ mod tests {
             .unwrap_or(false));
         assert!(speaks_for_member(&[Member::Node("n".into())], 2).is_err());
     }
-    use openraft::{CommittedLeaderId, Entry, EntryPayload};
 
     fn vote(term: u64) -> Vote<u64> {
         Vote::new(term, 1)

@@ -60,7 +60,11 @@ impl Spinner {
         }
         let seen = watch(deadline, ready);
         if seen {
-            self.misses.store(0, Ordering::Relaxed);
+            // Written only when it changes: a hit is every call's path, and a store would
+            // bounce the line between the threads sharing this place.
+            if self.misses.load(Ordering::Relaxed) != 0 {
+                self.misses.store(0, Ordering::Relaxed);
+            }
         } else {
             // Relaxed and racy on purpose: several threads may share a place, and a lost
             // update only changes how soon it watches again.
