@@ -97,6 +97,16 @@ pub fn render(rt: &PyRuntime) -> Exposition {
             &RUNTIME.dropped,
         ),
         (
+            "rebeam_servers_scheduled_total",
+            "Times a server was put in the run queue for an executor thread.",
+            &RUNTIME.scheduled,
+        ),
+        (
+            "rebeam_executor_wakeups_total",
+            "Times a parked executor thread was woken for a queued server.",
+            &RUNTIME.executor_wakeups,
+        ),
+        (
             "rebeam_spawns_total",
             "Processes spawned.",
             &RUNTIME.spawned,

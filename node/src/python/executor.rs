@@ -153,7 +153,7 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
     // reading (a chain of servers with one message each reads the clock once a message).
     let mut last: Option<Instant> = None;
     let pool = &rt.host.pool;
-    // Servers queued while another executor runs code are left to it (see `pop_until`).
+    // Servers queued while another executor runs code are left to it (see `wait_for_work`).
     let none_running =
         || pool.running.load(Ordering::Acquire) <= pool.blocked.load(Ordering::Acquire);
     loop {
@@ -164,13 +164,19 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
             }
             None => {
                 pool.running.fetch_sub(1, Ordering::AcqRel);
-                let next = py.detach(|| {
+                let claim = py.detach(|| {
                     wake_unwoken();
                     rt.runq
-                        .pop_until(Instant::now() + RETIRE_AFTER, none_running)
+                        .wait_for_work(Instant::now() + RETIRE_AFTER, none_running)
                 });
                 pool.running.fetch_add(1, Ordering::AcqRel);
-                (next, Instant::now())
+                // Taken only now, holding the interpreter (see `wait_for_work`); another
+                // executor may have taken it meanwhile, which is no reason to retire.
+                match (rt.runq.try_pop(), claim) {
+                    (Some(p), _) => (Some(p), Instant::now()),
+                    (None, Some(_)) => continue,
+                    (None, None) => (None, Instant::now()),
+                }
             }
         };
         last = None;
@@ -248,7 +254,19 @@ fn run_batch(
     // One clock read per message: each message's end is the next one's start, and the
     // lease is checked at that reading.
     let mut clock = now;
-    for _ in 0..BATCH {
+    let mut budget = BATCH;
+    loop {
+        if budget == 0 {
+            // The batch is over: yield the thread to the next server in the queue (FIFO
+            // fairness). With none waiting, go on: re-queueing would wake an idle executor
+            // only for this one to take the server straight back (a futex wake-up every
+            // batch of a busy server).
+            if !rt.runq.is_empty() {
+                break;
+            }
+            budget = BATCH;
+        }
+        budget -= 1;
         // Checked before every message, not once per batch: a node frozen in the middle of
         // a batch must not go on with it when it wakes after its lease lapsed.
         if !rt.lease_ok_at(clock) {

@@ -3,6 +3,7 @@
 use super::host::Host;
 use super::process::Process;
 use super::spin::Spinner;
+use super::stats::STATS;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,6 +19,8 @@ pub struct RunQueue<H: Host> {
     /// One idle thread at a time watches for work before parking (see `spin`); a push
     /// then wakes no one, the watcher takes it.
     watching: AtomicBool,
+    /// Threads that saw a server queued and are on their way to take it (see `Claim`).
+    claiming: AtomicUsize,
     spinner: Spinner,
 }
 
@@ -40,6 +43,7 @@ impl<H: Host> Default for RunQueue<H> {
             ready: Condvar::new(),
             queued: AtomicUsize::new(0),
             watching: AtomicBool::new(false),
+            claiming: AtomicUsize::new(0),
             spinner: Spinner::new(),
         }
     }
@@ -52,11 +56,18 @@ impl<H: Host> RunQueue<H> {
         let first = q.items.is_empty();
         q.items.push_back(process);
         self.queued.store(q.items.len(), Ordering::Release);
-        // The watcher takes the first server queued (one that gives up looks again under
-        // the lock before it parks); any more go to parked threads.
+        // The watcher sees the first server queued (one that gives up looks again under
+        // the lock before it parks); any more wake parked threads.
+        STATS.scheduled.inc();
         if q.idle_threads > 0 && !(first && self.watching.load(Ordering::Acquire)) {
+            STATS.executor_wakeups.inc();
             self.ready.notify_one();
         }
+    }
+
+    /// True when no server waits in the queue (read without the lock: a hint).
+    pub fn is_empty(&self) -> bool {
+        self.queued.load(Ordering::Acquire) == 0
     }
 
     /// Takes the next server without waiting.
@@ -75,54 +86,76 @@ impl<H: Host> RunQueue<H> {
         Some(item)
     }
 
-    /// Takes the next server, waiting until `deadline`: the first idle thread watches for
-    /// work a moment before it parks (see `spin`), the others park at once. The watcher
-    /// takes a server only while `may_take` holds: one queued by a thread that is still
-    /// running code would only make the two hand the interpreter back and forth.
-    pub fn pop_until(
+    /// Waits until a server is queued or `deadline` passes; `Some` if one is. Takes nothing:
+    /// the caller takes it with `try_pop` once it holds the interpreter, holding the `Claim`
+    /// until then. A thread woken for a server that a running executor queued (a handler's
+    /// cast) would otherwise hold that server while it waits for the interpreter the
+    /// executor holds, and the two would hand the interpreter to each other for every
+    /// message; waiting for the interpreter first leaves the server to the executor, which
+    /// takes it as its handler returns. The first idle thread watches for work a moment
+    /// before it parks (see `spin`), the others park at once; the watcher sees a server
+    /// only while `may_take` holds.
+    pub fn wait_for_work(
         &self,
         deadline: Instant,
         may_take: impl Fn() -> bool,
-    ) -> Option<Arc<Process<H>>> {
-        if let Some(item) = self.watch(may_take) {
-            return Some(item);
+    ) -> Option<Claim<'_, H>> {
+        if self.watch(may_take) {
+            return Some(Claim::new(self));
         }
         let mut q = self.queue.lock();
         loop {
-            if let Some(item) = self.take(&mut q) {
-                return Some(item);
+            if !q.items.is_empty() {
+                return Some(Claim::new(self));
             }
             q.idle_threads += 1;
             let timed_out = self.ready.wait_until(&mut q, deadline).timed_out();
             q.idle_threads -= 1;
             if timed_out {
-                return self.take(&mut q);
+                return (!q.items.is_empty()).then(|| Claim::new(self));
             }
         }
     }
 
-    /// Watches for work as the one watching thread; `None` if another thread watches or
+    /// Watches for work as the one watching thread; false if another thread watches or
     /// nothing it may take came.
-    fn watch(&self, may_take: impl Fn() -> bool) -> Option<Arc<Process<H>>> {
+    fn watch(&self, may_take: impl Fn() -> bool) -> bool {
         if self.watching.swap(true, Ordering::AcqRel) {
-            return None;
+            return false;
         }
         let seen = self.spinner.until(None, || {
             self.queued.load(Ordering::Acquire) > 0 && may_take()
         });
         self.watching.store(false, Ordering::Release);
-        if seen {
-            self.try_pop()
-        } else {
-            None
-        }
+        seen
     }
 
-    /// Queue length, threads waiting for work, and servers taken so far (unchanged between
-    /// two looks: the head did not move).
+    /// Queue length, threads waiting for work or on their way to take it, and servers
+    /// taken so far (unchanged between two looks: the head did not move).
     pub fn pressure(&self) -> (usize, usize, u64) {
         let q = self.queue.lock();
         let watching = usize::from(self.watching.load(Ordering::Relaxed));
-        (q.items.len(), q.idle_threads + watching, q.popped)
+        let claiming = self.claiming.load(Ordering::Relaxed);
+        (q.items.len(), q.idle_threads + watching + claiming, q.popped)
+    }
+}
+
+/// A thread that saw a server queued and is about to take it (`wait_for_work`): counted as
+/// free by `pressure` while it waits for the interpreter, so the stall monitor does not add
+/// a thread for a server one is already coming for.
+pub struct Claim<'a, H: Host> {
+    queue: &'a RunQueue<H>,
+}
+
+impl<'a, H: Host> Claim<'a, H> {
+    fn new(queue: &'a RunQueue<H>) -> Self {
+        queue.claiming.fetch_add(1, Ordering::AcqRel);
+        Claim { queue }
+    }
+}
+
+impl<H: Host> Drop for Claim<'_, H> {
+    fn drop(&mut self) {
+        self.queue.claiming.fetch_sub(1, Ordering::AcqRel);
     }
 }
