@@ -447,12 +447,12 @@ pub fn finished(py: Python<'_>, step: &Step, result: PyResult<Bound<'_, PyAny>>)
                     }
                     Some(reason)
                 }
-                None => process.data.stop.lock().take(),
+                None => process.data.stop.take(),
             };
             match stop {
                 // `terminate` is user code: an executor runs it (see `run_batch`).
                 Some(reason) => {
-                    *process.data.stop.lock() = Some(reason);
+                    process.data.stop.set(reason);
                     rt.reschedule(process);
                 }
                 None => rt.finish_batch(process),

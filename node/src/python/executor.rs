@@ -242,7 +242,7 @@ fn run_batch(
     let enter = Enter::new(process.clone());
     // An async handler that ended with a stop left it for an executor: `terminate` is user
     // code, and user code off the loop's coroutines runs on executors.
-    let pending_stop = process.data.stop.lock().take();
+    let pending_stop = process.data.stop.take();
     if let Some(reason) = pending_stop {
         let after = finish_server(py, rt, process, server.bind(py), reason);
         drop(enter);
@@ -588,7 +588,7 @@ fn dispatch(
         {
             // The parent's exit signal, trapped: shut down like a gen_server does. A top-level
             // child's parent is the node's application master, which stops it on app stop.
-            *process.data.stop.lock() = Some(reason);
+            process.data.stop.set(reason);
             Ok(Ran::Done)
         }
         Envelope::Timeout(generation) => {
@@ -612,7 +612,7 @@ fn dispatch(
         span.end(py, result.as_ref().err().map(|e| e.to_string()));
     }
     match result {
-        Ok(Ran::Done) => match process.data.stop.lock().take() {
+        Ok(Ran::Done) => match process.data.stop.take() {
             Some(reason) => Handled::Stop(reason),
             None => Handled::Next,
         },

@@ -18,6 +18,32 @@ pub type PyRuntime = Runtime<PyHost>;
 /// A process of the embedded runtime.
 pub type PyProcess = Process<PyHost>;
 
+/// A stop asked of a process, applied when its handler returns. Looked at after every
+/// message: a flag read first, so the common case (no stop) takes no lock.
+#[derive(Default)]
+pub struct StopRequest {
+    pending: AtomicBool,
+    reason: Mutex<Option<Reason>>,
+}
+
+impl StopRequest {
+    /// Asks the process to stop with `reason` (a later request replaces an earlier one).
+    pub fn set(&self, reason: Reason) {
+        *self.reason.lock() = Some(reason);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// The stop asked, if any, which is then no longer pending.
+    pub fn take(&self) -> Option<Reason> {
+        if !self.pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut reason = self.reason.lock();
+        self.pending.store(false, Ordering::Relaxed);
+        reason.take()
+    }
+}
+
 /// What the embedding keeps per process.
 #[derive(Default)]
 pub struct PyData {
@@ -26,7 +52,7 @@ pub struct PyData {
     /// Python thread ident of the thread running this process's code, or 0.
     pub thread: AtomicU64,
     /// Set by `rebeam.stop(reason)`; takes effect when the handler returns.
-    pub stop: Mutex<Option<Reason>>,
+    pub stop: StopRequest,
     /// The process registered cleanups (tables, keys, groups) to run when it exits.
     pub cleanup: AtomicBool,
     /// Messages handled so far.

@@ -136,7 +136,11 @@ impl<H: Host> RunQueue<H> {
         let q = self.queue.lock();
         let watching = usize::from(self.watching.load(Ordering::Relaxed));
         let claiming = self.claiming.load(Ordering::Relaxed);
-        (q.items.len(), q.idle_threads + watching + claiming, q.popped)
+        (
+            q.items.len(),
+            q.idle_threads + watching + claiming,
+            q.popped,
+        )
     }
 }
 

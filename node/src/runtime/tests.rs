@@ -98,11 +98,21 @@ fn waiting_for_work_takes_nothing_and_the_claim_counts_as_a_free_thread() {
     let rt = rt();
     let p = spawn(&rt);
     let soon = std::time::Instant::now() + std::time::Duration::from_millis(1);
-    assert!(rt.runq.wait_for_work(soon, || true).is_none(), "nothing queued");
+    assert!(
+        rt.runq.wait_for_work(soon, || true).is_none(),
+        "nothing queued"
+    );
     rt.send(p.pid, Envelope::Info("a")).unwrap();
     let (_, free_before, _) = rt.runq.pressure();
-    let claim = rt.runq.wait_for_work(soon, || true).expect("a server is queued");
-    assert_eq!(rt.runq.pressure(), (1, free_before + 1, 0), "seen, not taken");
+    let claim = rt
+        .runq
+        .wait_for_work(soon, || true)
+        .expect("a server is queued");
+    assert_eq!(
+        rt.runq.pressure(),
+        (1, free_before + 1, 0),
+        "seen, not taken"
+    );
     assert_eq!(rt.runq.try_pop().map(|q| q.pid), Some(p.pid));
     drop(claim);
     assert_eq!(rt.runq.pressure(), (0, free_before, 1));

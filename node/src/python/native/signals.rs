@@ -100,6 +100,6 @@ pub(super) fn stop(py: Python<'_>, reason: Option<&Bound<'_, PyAny>>) -> PyResul
         Some(r) => reason_from_py(r)?,
         None => Reason::Normal,
     };
-    *me.data.stop.lock() = Some(reason);
+    me.data.stop.set(reason);
     Ok(())
 }

@@ -246,7 +246,7 @@ fn init_outcome(
     process: &Arc<PyProcess>,
     result: PyResult<()>,
 ) -> Result<(), (Reason, Option<PyErr>)> {
-    let stop = process.data.stop.lock().take();
+    let stop = process.data.stop.take();
     match result {
         Err(err) => {
             let reason = if process.is_exited() || is_killed(py, &err) {
@@ -370,7 +370,7 @@ pub fn finish_function(
     result: PyResult<()>,
 ) {
     let reason = match result {
-        Ok(()) => process.data.stop.lock().take().unwrap_or(Reason::Normal),
+        Ok(()) => process.data.stop.take().unwrap_or(Reason::Normal),
         Err(err) => {
             if process.is_exited() || is_killed(py, &err) {
                 clear_interrupt(py);
