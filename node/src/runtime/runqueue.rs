@@ -17,7 +17,7 @@ pub struct RunQueue<H: Host> {
     /// The queue's length, read without the lock by a thread watching for work.
     queued: AtomicUsize,
     /// One idle thread at a time watches for work before parking (see `spin`); a push
-    /// then wakes no one, the watcher takes it.
+    /// then wakes no one, the watcher sees it.
     watching: AtomicBool,
     /// Threads that saw a server queued and are on their way to take it (see `Claim`).
     claiming: AtomicUsize,
