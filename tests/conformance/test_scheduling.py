@@ -1,11 +1,14 @@
 """Where servers run: a server queued by a handler is run by the executor that queued it when
 that handler returns, and at once by another when the handler blocks outside Re:BEAM; a busy
-server alone in the run queue keeps its thread (docs/semantics.md, "The model")."""
+server alone in the run queue keeps its thread (docs/semantics.md, "The model"); a call with
+a timeout under 10 ms never runs on the caller's thread (difference 11)."""
 
 from __future__ import annotations
 
 import threading
 import time
+
+import pytest
 
 import rebeam
 from _util import WAIT
@@ -97,3 +100,35 @@ def test_a_busy_server_alone_keeps_its_thread():
     assert tagged("count", timeout=60) == casts
     scheduled = native.stats()["scheduled"] - before
     assert scheduled < casts // 128, f"scheduled {scheduled} times for {casts} casts"
+
+
+RELEASE = threading.Event()
+RETURNED = threading.Event()
+
+
+class Held(rebeam.GenServer):
+    """``ping`` answers at once; ``hold`` waits until the test releases it."""
+
+    def handle_call(self, request, sender):
+        if request == "hold":
+            RELEASE.wait(timeout=30)
+            RETURNED.set()
+        return request
+
+
+def test_a_short_timeout_is_exact_even_for_a_warm_server():
+    # A warm server (fast calls answered before) may run its handler on the caller's thread,
+    # where the caller cannot be given its Timeout before the handler returns. A timeout
+    # shorter than 10 ms (the handler time that ends the shortcut for good) never takes it.
+    RELEASE.clear()
+    RETURNED.clear()
+    server = rebeam.spawn(Held)
+    for _ in range(10):
+        assert rebeam.call(server, "ping") == "ping"
+    try:
+        with pytest.raises(rebeam.Timeout):
+            rebeam.call(server, "hold", timeout=0.005)
+        assert not RETURNED.is_set(), "the Timeout waited for the handler"
+    finally:
+        RELEASE.set()
+    assert rebeam.call(server, "ping", timeout=5) == "ping"

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 64;
 /// An executor above the initial count retires after this long without work.
 const RETIRE_AFTER: Duration = Duration::from_secs(10);
-/// A handler slower than this is never again run on a caller's thread.
+/// A handler slower than this is never again run on a caller's thread, nor is a call whose
+/// timeout is shorter.
 const INLINE_LIMIT: Duration = Duration::from_millis(10);
 /// Messages a server handles on executors (each faster than `INLINE_LIMIT`) before calls
 /// to it may run on the caller's thread: a fresh server's first calls keep exact timeouts.
@@ -314,14 +315,16 @@ pub enum After {
 /// Runs a call's handler on the calling thread when the inline rule allows (see
 /// `claim_inline`); otherwise gives the envelope back, for the caller to queue in the
 /// callee's mailbox once it has let go of the interpreter (see `wait_for_reply`). `caller`
-/// is the calling process, if any; it is left marked as lent.
+/// is the calling process, if any; it is left marked as lent. `timeout` is the call's, in
+/// seconds (`None`: none).
 pub fn try_inline(
     rt: &Arc<PyRuntime>,
     callee: &Arc<PyProcess>,
     envelope: Envelope<Term>,
     caller: Option<&Arc<PyProcess>>,
+    timeout: Option<f64>,
 ) -> Option<Envelope<Term>> {
-    if claim_inline(rt, callee, caller) {
+    if claim_inline(rt, callee, caller, timeout) {
         Python::attach(|py| run_inline(py, rt, callee, envelope));
         None
     } else {
@@ -330,11 +333,19 @@ pub fn try_inline(
 }
 
 /// The inline-call rule, in one place: a call runs the callee's handler on the caller's
-/// thread (one thread hand-off fewer) when the callee is past its warm-up, none of its
-/// handlers was ever slow, the caller is still alive (its thread is then marked as lent)
-/// and the callee is idle (it is then claimed).
-fn claim_inline(rt: &PyRuntime, callee: &Arc<PyProcess>, caller: Option<&Arc<PyProcess>>) -> bool {
-    !callee.data.slow.load(Ordering::Relaxed)
+/// thread (one thread hand-off fewer) when its timeout is at least `INLINE_LIMIT`, the
+/// callee is past its warm-up, none of its handlers was ever slow, the caller is still
+/// alive (its thread is then marked as lent) and the callee is idle (it is then claimed).
+/// A handler on the caller's thread cannot be left at the deadline; with those rules one
+/// can pass the deadline only by being slow for the first time.
+fn claim_inline(
+    rt: &PyRuntime,
+    callee: &Arc<PyProcess>,
+    caller: Option<&Arc<PyProcess>>,
+    timeout: Option<f64>,
+) -> bool {
+    timeout.is_none_or(|t| t >= INLINE_LIMIT.as_secs_f64())
+        && !callee.data.slow.load(Ordering::Relaxed)
         && callee.data.handled.load(Ordering::Relaxed) >= INLINE_WARMUP
         && lend(caller)
         && rt.try_claim_idle(callee)

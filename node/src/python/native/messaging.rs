@@ -93,7 +93,7 @@ pub(super) fn call<'py>(
     let Some(callee) = rt.lookup(pid) else {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     };
-    let queue = executor::try_inline(rt, &callee, envelope, me.as_ref());
+    let queue = executor::try_inline(rt, &callee, envelope, me.as_ref(), timeout);
     if let Some(m) = &me {
         m.data.lent.store(false, Ordering::SeqCst);
     }
