@@ -17,7 +17,8 @@ from rebeam._native import native
 
 def tagged(tag, timeout=WAIT):
     """The value of the first ``(tag, value)`` message."""
-    return rebeam.receive(match=lambda m: m[0] == tag, timeout=timeout)[1]
+    return rebeam.receive(match=lambda m: isinstance(m, tuple) and m[:1] == (tag,),
+                          timeout=timeout)[1]
 
 
 class Recorder(rebeam.GenServer):
