@@ -27,8 +27,8 @@ pub struct RunQueue<H: Host> {
 struct Inner<H: Host> {
     items: VecDeque<Arc<Process<H>>>,
     idle_threads: usize,
-    /// Servers taken so far; the stall monitor watches it move (no clock read here: the
-    /// queue is on every message's path).
+    /// Servers taken so far: the stall monitor watches it move (no clock read here: the
+    /// queue is on every message's path), and with the queue's length it counts `scheduled`.
     popped: u64,
 }
 
@@ -58,7 +58,6 @@ impl<H: Host> RunQueue<H> {
         self.queued.store(q.items.len(), Ordering::Release);
         // The watcher sees the first server queued (one that gives up looks again under
         // the lock before it parks); any more wake parked threads.
-        STATS.scheduled.inc();
         if q.idle_threads > 0 && !(first && self.watching.load(Ordering::Acquire)) {
             STATS.executor_wakeups.inc();
             self.ready.notify_one();
@@ -70,9 +69,17 @@ impl<H: Host> RunQueue<H> {
         self.queued.load(Ordering::Acquire) == 0
     }
 
+    /// Times a server was put in the queue for an executor thread (mail reached it while
+    /// idle, or it yielded its thread to others with mail left): those taken and those
+    /// waiting.
+    pub fn scheduled(&self) -> u64 {
+        let q = self.queue.lock();
+        q.popped + q.items.len() as u64
+    }
+
     /// Takes the next server without waiting.
     pub fn try_pop(&self) -> Option<Arc<Process<H>>> {
-        if self.queued.load(Ordering::Acquire) == 0 {
+        if self.is_empty() {
             return None;
         }
         let mut q = self.queue.lock();

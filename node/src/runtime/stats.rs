@@ -54,9 +54,6 @@ pub struct Stats {
     pub mailbox_limit: Counter,
     /// Times the memory guard ended an app's processes.
     pub memory_guard: Counter,
-    /// Times a server was put in the run queue for an executor thread (mail reached it while
-    /// idle, or it yielded its thread to others with mail left).
-    pub scheduled: Counter,
     /// Times a parked executor thread was woken for a queued server: a futex call, and on a
     /// virtual machine often a halted vCPU brought back.
     pub executor_wakeups: Counter,
@@ -73,6 +70,5 @@ pub static STATS: Stats = Stats {
     exited: Counter::new(),
     mailbox_limit: Counter::new(),
     memory_guard: Counter::new(),
-    scheduled: Counter::new(),
     executor_wakeups: Counter::new(),
 };

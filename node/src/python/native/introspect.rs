@@ -92,7 +92,7 @@ pub(super) fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     out.set_item("processes", rt.process_count())?;
     out.set_item("executors", rt.host.pool.threads())?;
     out.set_item("run_queue", rt.runq.pressure().0)?;
-    out.set_item("scheduled", crate::runtime::stats::STATS.scheduled.get())?;
+    out.set_item("scheduled", rt.runq.scheduled())?;
     out.set_item(
         "executor_wakeups",
         crate::runtime::stats::STATS.executor_wakeups.get(),
