@@ -77,20 +77,24 @@ async fn wait_redirect(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_go_to_the_leaders_lease_address_which_redirects_name() {
     let c = Cluster::start(3, &[]);
-    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    c.wait_leader(Duration::from_secs(10)).await;
     let req = pb::JoinRequest {
         node: "n".into(),
         address: "127.0.0.1:9000".into(),
         labels: Default::default(),
         capacity: 0,
     };
-    let reply = c
-        .node_client(leader)
-        .join(req)
-        .await
-        .expect("join at the leader")
-        .into_inner();
-    assert_eq!(reply.lease_address, c.members[leader].lease.to_string());
+    // Through whichever member leads when the join lands: on two loaded cores a fresh group
+    // may re-elect between `wait_leader` and the join.
+    let reply = on_leader_node(&c, |mut n| {
+        let req = req.clone();
+        async move { n.join(req).await }
+    })
+    .await
+    .expect("join at the leader");
+    let leader = (0..3)
+        .find(|&i| reply.lease_address == c.members[i].lease.to_string())
+        .unwrap_or_else(|| panic!("{} is no member's lease address", reply.lease_address));
     let node = pb::NodeRef {
         node: "n".into(),
         incarnation: reply.incarnation,
