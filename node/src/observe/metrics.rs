@@ -79,112 +79,112 @@ pub fn render(rt: &PyRuntime) -> Exposition {
         (
             "rebeam_messages_sent_total",
             "Messages sent by processes, the gateway and peers (send, cast, call).",
-            &RUNTIME.sent,
+            RUNTIME.sent.get(),
         ),
         (
             "rebeam_messages_delivered_total",
             "Messages delivered to a local process (its mailbox, or an inline call).",
-            &RUNTIME.delivered,
+            RUNTIME.delivered.get(),
         ),
         (
             "rebeam_messages_routed_total",
             "Messages handed to a peer link for another node.",
-            &RUNTIME.routed,
+            RUNTIME.routed.get(),
         ),
         (
             "rebeam_messages_dropped_total",
             "Messages dropped: target dead or unreachable.",
-            &RUNTIME.dropped,
+            RUNTIME.dropped.get(),
         ),
         (
             "rebeam_executor_wakeups_total",
             "Times a parked executor thread was woken for a queued server.",
-            &RUNTIME.executor_wakeups,
+            RUNTIME.executor_wakeups.get(),
         ),
         (
             "rebeam_spawns_total",
             "Processes spawned.",
-            &RUNTIME.spawned,
+            RUNTIME.spawned.get(),
         ),
         (
             "rebeam_crashes_total",
             "Processes that ended with an uncaught exception.",
-            &RUNTIME.crashed,
+            RUNTIME.crashed.get(),
         ),
         (
             "rebeam_exits_total",
             "Processes that ended, whatever the reason.",
-            &RUNTIME.exited,
+            RUNTIME.exited.get(),
         ),
         (
             "rebeam_mailbox_limit_kills_total",
             "Processes killed because a delivery would have passed their mailbox limit.",
-            &RUNTIME.mailbox_limit,
+            RUNTIME.mailbox_limit.get(),
         ),
         (
             "rebeam_memory_guard_actions_total",
             "Times the memory guard ended an app's processes on this node.",
-            &RUNTIME.memory_guard,
+            RUNTIME.memory_guard.get(),
         ),
         (
             "rebeam_restarts_total",
             "Children restarted by supervisors on the node.",
-            &STATS.restarts,
+            STATS.restarts.get(),
         ),
         (
             "rebeam_peer_frames_sent_total",
             "Frames sent on peer links.",
-            &STATS.peer_frames_out,
+            STATS.peer_frames_out.get(),
         ),
         (
             "rebeam_peer_frames_direct_total",
             "Frames sent on peer links that the sending thread wrote itself (the link was idle).",
-            &STATS.peer_frames_direct,
+            STATS.peer_frames_direct.get(),
         ),
         (
             "rebeam_client_replies_direct_total",
             "Client wire replies written by the thread that made them (the connection was idle).",
-            &STATS.client_replies_direct,
+            STATS.client_replies_direct.get(),
         ),
         (
             "rebeam_peer_frames_received_total",
             "Frames received from peers.",
-            &STATS.peer_frames_in,
+            STATS.peer_frames_in.get(),
         ),
         (
             "rebeam_peer_bytes_sent_total",
             "Encoded bytes sent on peer links.",
-            &STATS.peer_bytes_out,
+            STATS.peer_bytes_out.get(),
         ),
         (
             "rebeam_peer_bytes_received_total",
             "Encoded bytes received from peers.",
-            &STATS.peer_bytes_in,
+            STATS.peer_bytes_in.get(),
         ),
         (
             "rebeam_peer_send_waits_total",
             "Times a process waited for room on a peer link whose queue was full.",
-            &STATS.peer_send_waits,
+            STATS.peer_send_waits.get(),
         ),
         (
             "rebeam_peer_links_opened_total",
             "Peer links opened: one per peer, then one per reconnect.",
-            &STATS.peer_links_opened,
+            STATS.peer_links_opened.get(),
         ),
         (
             "rebeam_lease_renewals_total",
             "Lease renewals the controller acknowledged.",
-            &STATS.lease_renewals,
+            STATS.lease_renewals.get(),
         ),
         (
             "rebeam_fences_total",
             "Times the node lost its lease and killed its processes.",
-            &STATS.fences,
+            STATS.fences.get(),
         ),
     ];
-    for (name, help, counter) in counters {
+    for (name, help, count) in counters {
         e.family(name, "counter", help)
-            .sample(name, &l, counter.get() as f64);
+            .sample(name, &l, count as f64);
     }
     e.family(
         "rebeam_servers_scheduled_total",
