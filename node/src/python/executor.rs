@@ -6,7 +6,7 @@ use super::convert::{self, crash_reason, envelope_to_py, reason_to_py};
 use super::host::{Enter, PyProcess, PyRuntime};
 use super::objects::Sender;
 use super::term::Term;
-use crate::runtime::{CallResult, CallSlot, Envelope, Pid, Reason};
+use crate::runtime::{clock, CallResult, CallSlot, Envelope, Pid, Reason};
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -152,7 +152,7 @@ fn spawn_executor(rt: Arc<PyRuntime>) {
 fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
     // The clock as the last batch left it: a server taken without waiting starts from that
     // reading (a chain of servers with one message each reads the clock once a message).
-    let mut last: Option<Instant> = None;
+    let mut last: Option<clock::Moment> = None;
     let pool = &rt.host.pool;
     // Servers queued while another executor runs code are left to it (see `wait_for_work`).
     let none_running =
@@ -161,7 +161,7 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
         let (next, now) = match rt.runq.try_pop() {
             Some(p) => {
                 wake_unwoken();
-                (Some(p), last.take().unwrap_or_else(Instant::now))
+                (Some(p), last.take().unwrap_or_else(clock::now))
             }
             None => {
                 pool.running.fetch_sub(1, Ordering::AcqRel);
@@ -174,9 +174,9 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
                 // Taken only now, holding the interpreter (see `wait_for_work`); another
                 // executor may have taken it meanwhile, which is no reason to retire.
                 match (rt.runq.try_pop(), claim) {
-                    (Some(p), _) => (Some(p), Instant::now()),
+                    (Some(p), _) => (Some(p), clock::now()),
                     (None, Some(_)) => continue,
-                    (None, None) => (None, Instant::now()),
+                    (None, None) => (None, clock::now()),
                 }
             }
         };
@@ -225,14 +225,15 @@ fn stall_monitor(rt: std::sync::Weak<PyRuntime>) {
     }
 }
 
-/// Runs up to `BATCH` messages of a server; `now` is a clock reading taken just before.
+/// Runs up to `BATCH` messages of a server; `now` is a reading of `clock::now` taken just
+/// before.
 /// Returns a reading taken after the last process code it ran.
 fn run_batch(
     py: Python<'_>,
     rt: &Arc<PyRuntime>,
     process: &Arc<PyProcess>,
-    now: Instant,
-) -> Instant {
+    now: clock::Moment,
+) -> clock::Moment {
     if !rt.begin_batch(process) {
         return now;
     }
@@ -250,11 +251,11 @@ fn run_batch(
         if after != After::Suspended {
             rt.finish_batch(process);
         }
-        return Instant::now();
+        return clock::now();
     }
-    // One clock read per message: each message's end is the next one's start, and the
-    // lease is checked at that reading.
-    let mut clock = now;
+    // One reading per message (of `clock::now`: mostly the time-stamp counter): each
+    // message's end is the next one's start, and the lease is checked at that reading.
+    let mut reading = now;
     let mut budget = BATCH;
     loop {
         if budget == 0 {
@@ -270,7 +271,7 @@ fn run_batch(
         budget -= 1;
         // Checked before every message, not once per batch: a node frozen in the middle of
         // a batch must not go on with it when it wakes after its lease lapsed.
-        if !rt.lease_ok_at(clock) {
+        if !rt.lease_ok_at(reading) {
             break;
         }
         let Some(envelope) = rt.take_next(process) else {
@@ -282,22 +283,22 @@ fn run_batch(
             process,
             server.bind(py),
             envelope,
-            &mut clock,
+            &mut reading,
             Wake::Later,
         ) {
             After::Next => {}
             After::Stopped => {
                 // `terminate` may have run after the handler's reading.
-                clock = Instant::now();
+                reading = clock::now();
                 break;
             }
             // The handler awaits on the event loop, which hands the server back when done.
-            After::Suspended => return clock,
+            After::Suspended => return reading,
         }
     }
     drop(enter);
     rt.finish_batch(process);
-    clock
+    reading
 }
 
 /// What follows one handled message.
@@ -391,7 +392,7 @@ pub fn run_inline(
         process,
         server.bind(py),
         envelope,
-        &mut Instant::now(),
+        &mut clock::now(),
         Wake::Now,
     );
     drop(enter);
@@ -401,7 +402,7 @@ pub fn run_inline(
 }
 
 /// Handles one envelope of an entered server on this thread, counting it and marking the
-/// server slow if the handler took longer than `INLINE_LIMIT`. `clock` is when the handler
+/// server slow if the handler took longer than `INLINE_LIMIT`. `reading` is when the handler
 /// started (read just before); it is left at when it ended. `wake` says when the caller of
 /// a call answered by the handler's return value is woken; callers still unwoken are woken
 /// before any more code runs here but the next message's handler.
@@ -411,7 +412,7 @@ fn handle_one(
     process: &Arc<PyProcess>,
     server: &Bound<'_, PyAny>,
     envelope: Envelope<Term>,
-    clock: &mut Instant,
+    reading: &mut clock::Moment,
     wake: Wake,
 ) -> After {
     // The previous message's caller waited long enough: a handler may run long.
@@ -423,11 +424,13 @@ fn handle_one(
     if !matches!(outcome, Handled::Next) {
         wake_unwoken();
     }
-    let ended = Instant::now();
-    if ended.duration_since(*clock) > INLINE_LIMIT {
+    let ended = clock::now();
+    // Both readings may be late by up to the slack: a handler longer than the limit takes
+    // longer than this between them, whatever their lateness.
+    if ended.since(*reading) > INLINE_LIMIT - clock::SLACK {
         process.data.slow.store(true, Ordering::Relaxed);
     }
-    *clock = ended;
+    *reading = ended;
     if process.is_exited() {
         clear_interrupt(py);
         return After::Stopped;

@@ -2,6 +2,7 @@
 //! It knows nothing of Python; a `Host` runs the code.
 
 pub mod call;
+pub mod clock;
 pub mod host;
 pub mod node;
 pub mod pid;

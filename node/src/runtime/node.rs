@@ -2,6 +2,7 @@
 //! and local names. Plain Rust; the host runs the code.
 
 use super::call::{CallResult, CallSlot};
+use super::clock;
 use super::host::{Host, Outbound};
 use super::pid::{NodeId, Pid, Ref};
 use super::process::{Envelope, Kind, MailboxLimit, Process, Status};
@@ -20,10 +21,9 @@ pub struct Runtime<H: Host> {
     incarnation: AtomicU64,
     serials: AtomicU64,
     refs: AtomicU64,
-    /// While the node holds a cluster lease: until when (ms on `epoch`); 0 means no lease
+    /// While the node holds a cluster lease: until when (a `clock::Moment`); 0 means no lease
     /// is needed (a node outside any cluster).
     lease_until: AtomicU64,
-    epoch: Instant,
     /// The mailbox limit of processes spawned without one of their own.
     default_limit: parking_lot::RwLock<MailboxLimit>,
     table: ProcessTable<H>,
@@ -43,7 +43,6 @@ impl<H: Host> Runtime<H> {
             serials: AtomicU64::new(1),
             refs: AtomicU64::new(1),
             lease_until: AtomicU64::new(0),
-            epoch: Instant::now(),
             default_limit: parking_lot::RwLock::new(MailboxLimit::default()),
             table: ProcessTable::default(),
             names: Registry::default(),
@@ -65,21 +64,23 @@ impl<H: Host> Runtime<H> {
     /// Records that the node's lease holds until `until`: past it, no process code may run
     /// (the controller may already have restarted this node's children elsewhere).
     pub fn hold_lease_until(&self, until: Instant) {
-        let ms = until.saturating_duration_since(self.epoch).as_millis() as u64;
-        self.lease_until.store(ms.max(1), Ordering::Release);
+        let until = clock::Moment::of(until).as_nanos();
+        self.lease_until.store(until.max(1), Ordering::Release);
     }
 
-    /// True while process code may run: no lease is needed, or it has not lapsed.
+    /// True while process code may run: no lease is needed, or it has not lapsed. Asked
+    /// before every message a server handles, so it reads the message path's clock (late by
+    /// at most `clock::SLACK`: a lease about to lapse counts as lapsed that much sooner).
     pub fn lease_ok(&self) -> bool {
         let until = self.lease_until.load(Ordering::Acquire);
-        until == 0 || (self.epoch.elapsed().as_millis() as u64) < until
+        until == 0 || clock::now().as_nanos() < until
     }
 
-    /// `lease_ok` at `now`, a clock reading the caller already has (the executors read the
-    /// clock once per message and use it for this and for timing the handler).
-    pub fn lease_ok_at(&self, now: Instant) -> bool {
+    /// `lease_ok` at `now`, a reading of `clock::now` the caller already has (the executors
+    /// read it once per message and use it for this and for timing the handler).
+    pub fn lease_ok_at(&self, now: clock::Moment) -> bool {
         let until = self.lease_until.load(Ordering::Acquire);
-        until == 0 || (now.saturating_duration_since(self.epoch).as_millis() as u64) < until
+        until == 0 || now.as_nanos() < until
     }
 
     /// Starts a new life of this node (after a rejoin): pids of the old incarnation no
