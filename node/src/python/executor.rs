@@ -167,6 +167,7 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
                 pool.running.fetch_sub(1, Ordering::AcqRel);
                 let claim = py.detach(|| {
                     wake_unwoken();
+                    crate::runtime::node::forget_last_target();
                     rt.runq
                         .wait_for_work(Instant::now() + RETIRE_AFTER, none_running)
                 });

@@ -62,6 +62,14 @@ thread_local! {
     static LAST: Cell<Option<Reading>> = const { Cell::new(None) };
 }
 
+/// Starts the clock: its moments count from here, and the counter's rate is measured from
+/// here (readings are real ones until `CALIBRATION` has passed). Called when a runtime
+/// starts, so the counter is in use before the first app runs.
+pub fn start() {
+    START.get_or_init(Instant::now);
+    ORIGIN.get_or_init(origin);
+}
+
 /// The time now, late by at most `SLACK` (a real reading when the counter cannot tell):
 /// never earlier than the true time, so a lease that this says holds does hold.
 #[inline]
@@ -76,13 +84,13 @@ pub fn now() -> Moment {
         let real = Instant::now();
         let r = Reading {
             ticks: ticks(),
-            late: Moment(Moment::of(real).0 + SLACK.as_nanos() as u64),
+            late: Moment::of(real + SLACK),
         };
         last.set(Some(r));
         if within == 0 {
             calibrate(real, r.ticks);
         }
-        Moment::of(real)
+        Moment(r.late.0.saturating_sub(SLACK.as_nanos() as u64))
     })
 }
 

@@ -586,3 +586,52 @@ fn the_default_limit_applies_to_spawns_without_their_own() {
     }
     assert!(!unbounded.is_exited());
 }
+
+#[test]
+fn a_repeated_send_to_a_process_that_died_is_dropped_and_lets_the_process_go() {
+    let rt = rt();
+    let p = spawn(&rt);
+    rt.send(p.pid, Envelope::Info("a")).unwrap();
+    // The test, the table, the run queue and the thread's last target hold it.
+    assert_eq!(Arc::strong_count(&p), 4);
+    rt.terminate(&p, Reason::Killed);
+    assert!(
+        rt.send(p.pid, Envelope::Info("b")).is_err(),
+        "delivered to the dead"
+    );
+    assert_eq!(
+        Arc::strong_count(&p),
+        2,
+        "the dead process is still the last target"
+    );
+}
+
+#[test]
+fn a_thread_lets_go_of_its_last_target_before_it_parks() {
+    let rt = rt();
+    let p = spawn(&rt);
+    rt.send(p.pid, Envelope::Info("a")).unwrap();
+    let held = Arc::strong_count(&p);
+    node::forget_last_target();
+    assert_eq!(Arc::strong_count(&p), held - 1);
+}
+
+#[test]
+fn sends_to_two_runtimes_alike_pids_reach_each_its_own_process() {
+    // Two runtimes of one node name and incarnation: the same pid names a process in each,
+    // and a thread's last target must not carry over from one to the other.
+    let (a, b) = (rt(), rt());
+    let (pa, pb) = (spawn(&a), spawn(&b));
+    assert_eq!(pa.pid, pb.pid);
+    a.send(pa.pid, Envelope::Info("to a")).unwrap();
+    b.send(pb.pid, Envelope::Info("to b")).unwrap();
+    assert!(matches!(
+        pa.lock().mailbox.front(),
+        Some(Envelope::Info("to a"))
+    ));
+    assert_eq!(pa.lock().mailbox.len(), 1);
+    assert!(matches!(
+        pb.lock().mailbox.front(),
+        Some(Envelope::Info("to b"))
+    ));
+}
