@@ -287,6 +287,19 @@ def test_genserver_handles_messages_without_holding_a_thread_when_idle():
     assert sum(rebeam.call(p, "get") for p in pids) == 0
 
 
+def test_calls_count_as_sent_messages():
+    # `rebeam_messages_sent_total` says "send, cast, call": calls run in place and calls
+    # queued for an executor count as casts do.
+    server = rebeam.spawn(Recorder, rebeam.self_pid())
+    expect(("init", 0, 1))
+    before = native.stats()
+    for _ in range(200):
+        rebeam.call(server, "get")  # the first few queued, then run in place (warm)
+    after = native.stats()
+    assert after["sent"] - before["sent"] >= 200, (before["sent"], after["sent"])
+    assert after["delivered"] - before["delivered"] >= 200
+
+
 def test_spawn_with_unexpected_args_fails_clearly():
     class NoArgs(rebeam.GenServer):
         pass

@@ -448,7 +448,7 @@ fn apply(cluster: &Arc<Cluster>, from_node: NodeId, frame: pb::PeerFrame) {
             // Never run on this thread (no inline fast path here): a handler that calls
             // another node would wait for a reply only this thread can apply, stalling every
             // frame from this peer until its call timed out.
-            match rt.lookup(to) {
+            match rt.lookup_callee(to) {
                 Some(callee) => {
                     if rt.deliver(&callee, envelope).is_err() {
                         let _ = slot.complete(CallResult::Exit(crate::runtime::Reason::Noproc));

@@ -88,17 +88,13 @@ pub(super) fn _aio_call<'py>(
         from: me.as_ref().map(|m| m.pid),
         slot,
     };
-    if rt.is_remote(pid) {
-        if rt.send(pid, envelope).is_err() {
-            return Err(exit_error(py, pid, &Reason::Noconnection)?);
-        }
-    } else {
-        let delivered = rt
-            .lookup(pid)
-            .is_some_and(|callee| rt.deliver(&callee, envelope).is_ok());
-        if !delivered {
-            return Err(exit_error(py, pid, &Reason::Noproc)?);
-        }
+    if rt.send(pid, envelope).is_err() {
+        let reason = if rt.is_remote(pid) {
+            Reason::Noconnection
+        } else {
+            Reason::Noproc
+        };
+        return Err(exit_error(py, pid, &reason)?);
     }
     Ok((key, convert::pid_to_py(py, pid)?))
 }

@@ -83,8 +83,9 @@ pub(super) fn processes() -> PyResult<Vec<PyPid>> {
     Ok(rt()?.processes().iter().map(|p| PyPid(p.pid)).collect())
 }
 
-/// Runtime counters: processes, executor threads, run queue length, and how often servers
-/// were scheduled and parked executors woken (since the node started).
+/// Runtime counters: processes, executor threads, run queue length, how often servers
+/// were scheduled and parked executors woken, messages sent and delivered (since the node
+/// started).
 #[pyfunction]
 pub(super) fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let rt = rt()?;
@@ -93,10 +94,10 @@ pub(super) fn stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     out.set_item("executors", rt.host.pool.threads())?;
     out.set_item("run_queue", rt.runq.pressure().0)?;
     out.set_item("scheduled", rt.runq.scheduled())?;
-    out.set_item(
-        "executor_wakeups",
-        crate::runtime::stats::STATS.executor_wakeups.get(),
-    )?;
+    let counters = &crate::runtime::stats::STATS;
+    out.set_item("executor_wakeups", counters.executor_wakeups.get())?;
+    out.set_item("sent", counters.sent.get())?;
+    out.set_item("delivered", counters.delivered.get())?;
     out.set_item("node", rt.node().name().to_string())?;
     out.set_item("incarnation", rt.incarnation())?;
     Ok(out)

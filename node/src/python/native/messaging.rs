@@ -90,7 +90,7 @@ pub(super) fn call<'py>(
         trace::call_done(started, span, &outcome);
         return outcome;
     }
-    let Some(callee) = rt.lookup(pid) else {
+    let Some(callee) = rt.lookup_callee(pid) else {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     };
     let queue = executor::try_inline(rt, &callee, envelope, me.as_ref(), timeout);
