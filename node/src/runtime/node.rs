@@ -20,7 +20,7 @@ use std::time::Instant;
 thread_local! {
     /// The process this thread last sent to: a sender usually sends to the same process
     /// again, and finding it in the table costs a shard lock and a reference count (four
-    /// locked instructions, about a sixth of a cast). Held only while it lives: a send finds
+    /// locked instructions; 4 % of the casts' rate). Held only while it lives: a send finds
     /// it exited and lets it go, and executors let it go before they park.
     static LAST_TARGET: Cell<Option<Box<dyn Any>>> = const { Cell::new(None) };
 }
