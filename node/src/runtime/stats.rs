@@ -4,7 +4,7 @@
 
 use parking_lot::Mutex;
 use std::cell::OnceCell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// One counter, padded to its own cache line so threads bumping different counters do not
@@ -43,7 +43,11 @@ const TALLIES: usize = 3;
 /// One thread's tallies. Only that thread writes them, with a plain load and store: an
 /// atomic add is a locked instruction, which cost about 8 ns each on the 2-vCPU hosts, a
 /// few per cent of a cast for each counter bumped.
-struct Slots([AtomicU64; TALLIES]);
+struct Slots {
+    counts: [AtomicU64; TALLIES],
+    /// Where it is in `Tallies::live` (changed under that lock when another leaves).
+    index: AtomicUsize,
+}
 
 /// Every live thread's tallies, and what threads that ended had counted.
 struct Tallies {
@@ -66,8 +70,12 @@ struct ThreadSlots(OnceCell<Arc<Slots>>);
 impl ThreadSlots {
     fn slots(&self) -> &Slots {
         self.0.get_or_init(|| {
-            let slots = Arc::new(Slots(Default::default()));
-            TALLY_THREADS.lock().live.push(slots.clone());
+            let mut all = TALLY_THREADS.lock();
+            let slots = Arc::new(Slots {
+                counts: Default::default(),
+                index: AtomicUsize::new(all.live.len()),
+            });
+            all.live.push(slots.clone());
             slots
         })
     }
@@ -79,10 +87,15 @@ impl Drop for ThreadSlots {
             return;
         };
         let mut all = TALLY_THREADS.lock();
-        for (ended, slot) in all.ended.iter_mut().zip(&mine.0) {
-            *ended += slot.load(Relaxed);
+        for (ended, count) in all.ended.iter_mut().zip(&mine.counts) {
+            *ended += count.load(Relaxed);
         }
-        all.live.retain(|s| !Arc::ptr_eq(s, mine));
+        // In constant time: a node may run many thousands of function-process threads.
+        let index = mine.index.load(Relaxed);
+        all.live.swap_remove(index);
+        if let Some(moved) = all.live.get(index) {
+            moved.index.store(index, Relaxed);
+        }
     }
 }
 
@@ -99,7 +112,7 @@ impl Tally {
     #[inline]
     pub fn inc(&self) {
         let counted = THREAD_SLOTS.try_with(|t| {
-            let slot = &t.slots().0[self.0];
+            let slot = &t.slots().counts[self.0];
             slot.store(slot.load(Relaxed) + 1, Relaxed);
         });
         if counted.is_err() {
@@ -110,7 +123,11 @@ impl Tally {
     /// The current value: every thread's count.
     pub fn get(&self) -> u64 {
         let all = TALLY_THREADS.lock();
-        let live: u64 = all.live.iter().map(|s| s.0[self.0].load(Relaxed)).sum();
+        let live: u64 = all
+            .live
+            .iter()
+            .map(|s| s.counts[self.0].load(Relaxed))
+            .sum();
         all.ended[self.0] + live + TALLY_LATE[self.0].get()
     }
 }
@@ -187,6 +204,12 @@ mod tests {
         finish.recv().expect("the live thread counted");
         // Other tests may count routed messages meanwhile: at least ours.
         assert!(tally.get() - before >= 4500, "{}", tally.get() - before);
+        // Threads that left moved others in the list: each knows where it is.
+        let all = TALLY_THREADS.lock();
+        for (i, slots) in all.live.iter().enumerate() {
+            assert_eq!(slots.index.load(Relaxed), i);
+        }
+        drop(all);
         release.send(()).expect("live thread");
         live.join().expect("thread");
         assert!(tally.get() - before >= 4500);
