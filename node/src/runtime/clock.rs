@@ -81,9 +81,13 @@ pub fn now() -> Moment {
                 return r.late;
             }
         }
+        // The counter first: were the thread held up between the two reads, the counter
+        // would count that time too, never less than the clock (and a rate measured from
+        // this pair comes out low, never high: see `origin`).
+        let ticks = ticks();
         let real = Instant::now();
         let r = Reading {
-            ticks: ticks(),
+            ticks,
             late: Moment::of(real + SLACK),
         };
         last.set(Some(r));
@@ -130,8 +134,12 @@ fn origin() -> Option<(Instant, u64)> {
     let source =
         std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
             .ok()?;
-    (has("constant_tsc") && has("nonstop_tsc") && source.trim() == "tsc")
-        .then(|| (Instant::now(), ticks()))
+    // The clock first, then the counter: the opposite of a later reading's order, so a
+    // hold-up between either pair's reads lowers the measured rate, which keeps the bound.
+    (has("constant_tsc") && has("nonstop_tsc") && source.trim() == "tsc").then(|| {
+        let at = Instant::now();
+        (at, ticks())
+    })
 }
 
 /// The processor's time-stamp counter (0 where there is none: never used then).
