@@ -227,7 +227,8 @@ pub fn current_pid() -> Option<Pid> {
 /// Makes `process` the current one on this thread until dropped, restoring the previous one.
 pub struct Enter {
     previous: Option<Arc<PyProcess>>,
-    process: Arc<PyProcess>,
+    /// The entered process (held by `CURRENT` meanwhile: one reference, not two).
+    pid: Pid,
     /// The thread ident `process` had before, when this entry set it.
     previous_thread: Option<u64>,
 }
@@ -239,10 +240,11 @@ impl Enter {
             .data
             .thread
             .swap(current_thread_ident(), Ordering::AcqRel);
-        let previous = CURRENT.with(|c| c.borrow_mut().replace(process.clone()));
+        let pid = process.pid;
+        let previous = CURRENT.with(|c| c.borrow_mut().replace(process));
         Enter {
             previous,
-            process,
+            pid,
             previous_thread: Some(previous_thread),
         }
     }
@@ -251,10 +253,11 @@ impl Enter {
     /// process, but its thread stays unset, so killing it cancels the task instead of
     /// raising in the loop's thread (which runs every async process).
     pub fn step(process: Arc<PyProcess>) -> Enter {
-        let previous = CURRENT.with(|c| c.borrow_mut().replace(process.clone()));
+        let pid = process.pid;
+        let previous = CURRENT.with(|c| c.borrow_mut().replace(process));
         Enter {
             previous,
-            process,
+            pid,
             previous_thread: None,
         }
     }
@@ -262,18 +265,20 @@ impl Enter {
 
 impl Drop for Enter {
     fn drop(&mut self) {
-        if let Some(thread) = self.previous_thread {
+        let previous = self.previous.take();
+        let entered = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
+        // (Entries end in the reverse order of their start: `entered` is this entry's.)
+        let entered = entered.filter(|p| p.pid == self.pid);
+        if let (Some(thread), Some(process)) = (self.previous_thread, entered) {
             // Only while it is still ours: a server whose handler went on to the event loop
             // may already run on another executor, which set its own ident.
-            let _ = self.process.data.thread.compare_exchange(
+            let _ = process.data.thread.compare_exchange(
                 current_thread_ident(),
                 thread,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             );
         }
-        let previous = self.previous.take();
-        CURRENT.with(|c| *c.borrow_mut() = previous);
     }
 }
 
