@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import rebeam
@@ -96,3 +97,39 @@ def test_messages_a_selective_receive_looks_through_still_count_as_queued():
     rebeam.send(pid, "go")
     until("the match to be taken", lambda: rebeam.process_info(pid)["handled"] == 1)
     assert rebeam.process_info(pid)["mailbox"] == 5
+
+
+RELEASE = threading.Event()
+
+
+class Gate(rebeam.GenServer):
+    """Holds its thread on ``"hold"`` until ``RELEASE`` is set; counts what it handles."""
+
+    def init(self):
+        self.n = 0
+
+    def handle_cast(self, request):
+        self.n += 1
+        while request == "hold" and not RELEASE.wait(0.01):
+            pass
+
+    def handle_call(self, request, sender):
+        return self.n
+
+
+def test_a_server_gives_back_the_room_of_a_burst_of_mail_when_it_goes_idle():
+    RELEASE.clear()
+    pid = rebeam.spawn(Gate)
+    rebeam.cast(pid, "hold")
+    for _ in range(50_000):
+        rebeam.cast(pid, 1)
+    full = rebeam.process_info(pid)
+    assert full["mailbox"] >= 49_000
+    RELEASE.set()
+    assert rebeam.call(pid, "count", timeout=60) == 50_001
+    idle = until("the server idle", lambda: (i := rebeam.process_info(pid))
+                 and i["mailbox"] == 0 and i["current_function"] == "waiting" and i)
+    # The burst's room (over 50,000 envelopes) would be megabytes; an idle server keeps
+    # room for a few thousand.
+    assert idle["memory"] < 1_000_000, (full["memory"], idle["memory"])
+    assert full["memory"] > 2_000_000, full["memory"]

@@ -129,6 +129,8 @@ pub const MAX_STATE_CHARS: usize = 2048;
 struct Facts {
     status: Status,
     mailbox_len: usize,
+    /// Envelopes the mailbox has room for (its memory, used or not).
+    mailbox_room: usize,
     links: Vec<Pid>,
     monitored_by: usize,
     watching: usize,
@@ -223,6 +225,7 @@ fn facts(py: Python<'_>, process: &PyProcess) -> Option<Facts> {
     Some(Facts {
         status: st.status,
         mailbox_len: st.mailbox.len(),
+        mailbox_room: st.mailbox.capacity(),
         links: st.links.clone(),
         monitored_by: st.watchers.len(),
         watching: st.watching.len(),
@@ -324,7 +327,9 @@ fn memory_bytes(
     facts: &Facts,
     state_bytes: usize,
 ) -> usize {
-    let mailbox_len = facts.mailbox_len + process.data.held.load(Ordering::Relaxed);
+    // The mailbox's room, used or not: what it holds in memory.
+    let envelopes =
+        facts.mailbox_room.max(facts.mailbox_len) + process.data.held.load(Ordering::Relaxed);
     let sampled = facts.payloads.len();
     let sample_bytes: usize = facts
         .payloads
@@ -341,7 +346,7 @@ fn memory_bytes(
     std::mem::size_of::<PyProcess>()
         + facts.links.len() * std::mem::size_of::<Pid>()
         + (facts.monitored_by + facts.watching) * std::mem::size_of::<(Ref, Pid)>()
-        + mailbox_len * std::mem::size_of::<Envelope<Term>>()
+        + envelopes * std::mem::size_of::<Envelope<Term>>()
         + payload_bytes
         + state_bytes
 }

@@ -365,18 +365,19 @@ impl<H: Host> Runtime<H> {
 
     /// Ends a server's batch: idle if its mailbox is empty, else back in the run queue.
     pub fn finish_batch(&self, process: &Arc<Process<H>>) {
-        let requeue = {
+        let (requeue, _spare) = {
             let mut st = process.lock();
             match st.status {
-                Status::Exited => false,
-                _ if process.kind == Kind::Thread => false,
+                Status::Exited => (false, None),
+                _ if process.kind == Kind::Thread => (false, None),
                 _ if st.mailbox.is_empty() => {
                     st.status = Status::Idle;
-                    false
+                    // Freed once the lock is let go.
+                    (false, st.spare_room())
                 }
                 _ => {
                     st.status = Status::Queued;
-                    true
+                    (true, None)
                 }
             }
         };

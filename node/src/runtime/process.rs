@@ -63,6 +63,11 @@ impl MailboxLimit {
     }
 }
 
+/// Envelopes of room an empty mailbox keeps (about 300 KiB): a server going idle with more
+/// gives it back, as OTP's collector shrinks a process's heap after a burst, and a steady
+/// stream of mail does not pay for the room again on every burst.
+pub const MAILBOX_KEEP: usize = 4096;
+
 /// One entry of a mailbox.
 #[derive(Debug)]
 pub enum Envelope<M> {
@@ -160,6 +165,13 @@ impl<M: Payload> State<M> {
         let envelope = self.mailbox.pop_front()?;
         self.settle(&envelope);
         Some(envelope)
+    }
+
+    /// The room of an empty mailbox past `MAILBOX_KEEP` envelopes, taken out for the caller
+    /// to free: a burst of mail would otherwise hold its memory for the process's life.
+    pub fn spare_room(&mut self) -> Option<VecDeque<Envelope<M>>> {
+        (self.mailbox.is_empty() && self.mailbox.capacity() > MAILBOX_KEEP)
+            .then(|| std::mem::take(&mut self.mailbox))
     }
 
     /// Stops counting a message that left the queue by another way (a selective receive
