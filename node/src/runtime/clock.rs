@@ -50,11 +50,6 @@ impl Moment {
     pub fn as_nanos(self) -> u64 {
         self.0
     }
-
-    /// The moment `as_nanos` gave.
-    pub fn from_nanos(nanos: u64) -> Moment {
-        Moment(nanos)
-    }
 }
 
 thread_local! {

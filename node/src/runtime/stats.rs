@@ -41,7 +41,7 @@ impl Counter {
 const TALLIES: usize = 3;
 
 /// One thread's tallies. Only that thread writes them, with a plain load and store: an
-/// atomic add is a locked instruction, which cost about 8 ns each on the 2-vCPU hosts, a
+/// atomic add is a locked instruction, which cost about 9 ns each on the 2-vCPU hosts, a
 /// few per cent of a cast for each counter bumped.
 struct Slots {
     counts: [AtomicU64; TALLIES],
