@@ -97,6 +97,11 @@ pub fn render(rt: &PyRuntime) -> Exposition {
             RUNTIME.dropped.get(),
         ),
         (
+            "rebeam_servers_scheduled_total",
+            "Times a server was put in the run queue for an executor thread.",
+            rt.runq.scheduled(),
+        ),
+        (
             "rebeam_executor_wakeups_total",
             "Times a parked executor thread was woken for a queued server.",
             RUNTIME.executor_wakeups.get(),
@@ -186,16 +191,6 @@ pub fn render(rt: &PyRuntime) -> Exposition {
         e.family(name, "counter", help)
             .sample(name, &l, count as f64);
     }
-    e.family(
-        "rebeam_servers_scheduled_total",
-        "counter",
-        "Times a server was put in the run queue for an executor thread.",
-    )
-    .sample(
-        "rebeam_servers_scheduled_total",
-        &l,
-        rt.runq.scheduled() as f64,
-    );
     let peer_drops = rt.host.remote.get().map_or(0, |r| r.dropped_frames());
     e.family(
         "rebeam_peer_frames_dropped_total",

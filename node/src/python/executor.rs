@@ -379,7 +379,9 @@ pub fn run_inline(
         rt.finish_batch(process);
         return;
     };
-    if !rt.lease_ok() {
+    // One reading for the lease check and the handler's start, as in `run_batch`.
+    let mut reading = clock::now();
+    if !rt.lease_ok_at(reading) {
         // No lease: the message waits in the mailbox for an executor (which waits for the
         // lease or the fence) instead of holding this caller's or peer link's thread.
         let _ = rt.deliver(process, envelope);
@@ -393,7 +395,7 @@ pub fn run_inline(
         process,
         server.bind(py),
         envelope,
-        &mut clock::now(),
+        &mut reading,
         Wake::Now,
     );
     drop(enter);

@@ -328,8 +328,7 @@ fn memory_bytes(
     state_bytes: usize,
 ) -> usize {
     // The mailbox's room, used or not: what it holds in memory.
-    let envelopes =
-        facts.mailbox_room.max(facts.mailbox_len) + process.data.held.load(Ordering::Relaxed);
+    let envelopes = facts.mailbox_room + process.data.held.load(Ordering::Relaxed);
     let sampled = facts.payloads.len();
     let sample_bytes: usize = facts
         .payloads

@@ -81,15 +81,15 @@ pub fn now() -> Moment {
         // this pair comes out low, never high: see `origin`).
         let ticks = ticks();
         let real = Instant::now();
-        let r = Reading {
+        let at = Moment::of(real);
+        last.set(Some(Reading {
             ticks,
-            late: Moment::of(real + SLACK),
-        };
-        last.set(Some(r));
+            late: Moment(at.0 + SLACK.as_nanos() as u64),
+        }));
         if within == 0 {
-            calibrate(real, r.ticks);
+            calibrate(real, ticks);
         }
-        Moment(r.late.0.saturating_sub(SLACK.as_nanos() as u64))
+        at
     })
 }
 
