@@ -235,18 +235,21 @@ fn run_batch(
     process: &Arc<PyProcess>,
     now: clock::Moment,
 ) -> clock::Moment {
-    if !rt.begin_batch(process) {
-        return now;
-    }
     let Some(server) = process.data.server.get().map(|s| s.clone_ref(py)) else {
-        rt.finish_batch(process);
+        if rt.begin_batch(process) {
+            rt.finish_batch(process);
+        }
         return now;
     };
+    // Entered before its first message is taken: a kill from then on either finds it dead
+    // at the take or interrupts its handler, never lets a taken message run after it.
     let enter = Enter::new(process.clone());
     // An async handler that ended with a stop left it for an executor: `terminate` is user
     // code, and user code off the loop's coroutines runs on executors.
-    let pending_stop = process.data.stop.take();
-    if let Some(reason) = pending_stop {
+    if let Some(reason) = process.data.stop.take() {
+        if !rt.begin_batch(process) {
+            return now;
+        }
         let after = finish_server(py, rt, process, server.bind(py), reason);
         drop(enter);
         if after != After::Suspended {
@@ -255,27 +258,15 @@ fn run_batch(
         return clock::now();
     }
     // One reading per message (of `clock::now`: mostly the time-stamp counter): each
-    // message's end is the next one's start, and the lease is checked at that reading.
+    // message's end is the next one's start, and the lease is checked at that reading
+    // (this batch's first message: by the caller).
     let mut reading = now;
     let mut budget = BATCH;
+    // `take_next` ends the batch itself when the mailbox is empty (then `finished`).
+    let mut finished = false;
     loop {
-        if budget == 0 {
-            // The batch is over: yield the thread to the next server in the queue (FIFO
-            // fairness). With none waiting, go on: re-queueing would wake an idle executor
-            // only for this one to take the server straight back (a futex wake-up every
-            // batch of a busy server).
-            if !rt.runq.is_empty() {
-                break;
-            }
-            budget = BATCH;
-        }
-        budget -= 1;
-        // Checked before every message, not once per batch: a node frozen in the middle of
-        // a batch must not go on with it when it wakes after its lease lapsed.
-        if !rt.lease_ok_at(reading) {
-            break;
-        }
         let Some(envelope) = rt.take_next(process) else {
+            finished = true;
             break;
         };
         match handle_one(
@@ -296,9 +287,29 @@ fn run_batch(
             // The handler awaits on the event loop, which hands the server back when done.
             After::Suspended => return reading,
         }
+        budget -= 1;
+        if budget == 0 {
+            // The batch is over: yield the thread to the next server in the queue (FIFO
+            // fairness). With none waiting, go on: re-queueing would wake an idle executor
+            // only for this one to take the server straight back (a futex wake-up every
+            // batch of a busy server).
+            if !rt.runq.is_empty() {
+                break;
+            }
+            budget = BATCH;
+        }
+        // Checked before every message, not once per batch: a node frozen in the middle of
+        // a batch must not go on with it when it wakes after its lease lapsed.
+        if !rt.lease_ok_at(reading) {
+            break;
+        }
     }
+    // Still entered while `take_next` makes it idle: no other thread can enter it before
+    // this one leaves, as entering holds the interpreter, which this thread holds.
     drop(enter);
-    rt.finish_batch(process);
+    if !finished {
+        rt.finish_batch(process);
+    }
     reading
 }
 

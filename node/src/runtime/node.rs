@@ -352,15 +352,27 @@ impl<H: Host> Runtime<H> {
         process.lock().limit = limit;
     }
 
-    /// Takes the next envelope of a server being run; `None` means the batch is over.
+    /// Takes the next envelope of a server run on the calling thread, marking it running (a
+    /// queued server starts its batch with this: one critical section, not two). `None`
+    /// means the batch is over: the server exited, or its mailbox is empty and it was made
+    /// idle in the same critical section (as `finish_batch` would, which must then not be
+    /// called: mail that came meanwhile has queued it again).
     pub fn take_next(&self, process: &Arc<Process<H>>) -> Option<Envelope<H::Msg>> {
-        let mut st = process.lock();
-        if st.status == Status::Exited {
-            return None;
-        }
-        let envelope = st.pop()?;
-        st.timeout_gen += 1;
-        Some(envelope)
+        let _spare = {
+            let mut st = process.lock();
+            if st.status == Status::Exited {
+                return None;
+            }
+            if let Some(envelope) = st.pop() {
+                st.status = Status::Running;
+                st.timeout_gen += 1;
+                return Some(envelope);
+            }
+            st.status = Status::Idle;
+            // Freed once the lock is let go.
+            st.spare_room()
+        };
+        None
     }
 
     /// Ends a server's batch: idle if its mailbox is empty, else back in the run queue.
@@ -416,7 +428,8 @@ impl<H: Host> Runtime<H> {
         true
     }
 
-    /// Marks a queued server as running on the calling thread; false if it exited meanwhile.
+    /// Marks a queued server as running on the calling thread without taking a message (a
+    /// batch of messages starts with `take_next` instead); false if it exited meanwhile.
     pub fn begin_batch(&self, process: &Arc<Process<H>>) -> bool {
         let mut st = process.lock();
         if st.status == Status::Exited {

@@ -70,12 +70,26 @@ fn send_queues_an_idle_server_once() {
     let queued = rt.runq.try_pop().unwrap();
     assert_eq!(queued.pid, p.pid);
     assert!(rt.runq.try_pop().is_none(), "queued twice");
-    assert!(rt.begin_batch(&queued));
     assert!(matches!(rt.take_next(&queued), Some(Envelope::Info("a"))));
+    assert_eq!(
+        queued.lock().status,
+        Status::Running,
+        "the first take runs it"
+    );
     assert!(matches!(rt.take_next(&queued), Some(Envelope::Info("b"))));
     assert!(rt.take_next(&queued).is_none());
-    rt.finish_batch(&queued);
-    assert_eq!(queued.lock().status, Status::Idle);
+    assert_eq!(
+        queued.lock().status,
+        Status::Idle,
+        "the empty take ends the batch"
+    );
+    rt.send(p.pid, Envelope::Info("c")).unwrap();
+    assert_eq!(
+        rt.runq.try_pop().map(|q| q.pid),
+        Some(p.pid),
+        "mail after the batch queues it again"
+    );
+    assert!(rt.runq.try_pop().is_none(), "queued twice");
 }
 
 #[test]
@@ -124,7 +138,6 @@ fn reschedule_queues_a_running_server_with_an_empty_mailbox() {
     let p = spawn(&rt);
     rt.send(p.pid, Envelope::Info("a")).unwrap();
     let queued = rt.runq.try_pop().unwrap();
-    assert!(rt.begin_batch(&queued));
     assert!(rt.take_next(&queued).is_some());
     rt.reschedule(&queued);
     assert_eq!(queued.lock().status, Status::Queued);
@@ -557,9 +570,7 @@ fn taken_messages_stop_counting_against_the_byte_limit() {
         rt.send(p.pid, Envelope::Info("5678")).unwrap();
         assert!(!p.is_exited(), "two messages fit");
         let queued = rt.runq.try_pop().unwrap();
-        assert!(rt.begin_batch(&queued));
         while rt.take_next(&queued).is_some() {}
-        rt.finish_batch(&queued);
         let st = p.lock();
         assert_eq!((st.queued, st.queued_bytes), (0, 0));
     }
