@@ -3,6 +3,7 @@ model")."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from dataclasses import dataclass
 
@@ -153,3 +154,21 @@ def test_unpicklable_reply_fails_the_call_not_silently():
     assert isinstance(info.value.reason, rebeam.Crash)
     assert info.value.reason.type == "TypeError" and "lock" in info.value.reason.message
     assert wait_down(ref).reason == info.value.reason, "the server crashed on its reply"
+
+
+def test_shared_tuples_leave_the_cycle_collector():
+    # Mail queued in a burst is walked by every young collection the sender sets off while
+    # its tuples are tracked; a tuple of immutable values can hold no cycle, so a send stops
+    # the collector tracking it (as CPython itself does once its collector looks).
+    me = rebeam.self_pid()
+    number = len(str(me))  # built at run time: constant tuples are made by the compiler
+    flat = ("inc", b"payload", number, me)
+    nested = ("outer", ("inner", float(number)))
+    mutable = ("list", [number])
+    for value in (flat, nested, mutable):
+        assert gc.is_tracked(value)
+        rebeam.send(me, value)
+        assert rebeam.receive(timeout=1) == value
+    assert not gc.is_tracked(flat)
+    assert not gc.is_tracked(nested) and not gc.is_tracked(nested[1])
+    assert gc.is_tracked(mutable), "a tuple holding a list may be in a cycle"

@@ -75,6 +75,12 @@ fn immutable_size(value: &Bound<'_, PyAny>, depth: usize) -> Option<usize> {
         for item in tuple.iter_borrowed() {
             size += 8 + immutable_size(&item, depth + 1)?;
         }
+        // A tuple of immutable values can hold no reference cycle: the cycle collector
+        // stops tracking it, as CPython's own collector does once it looks. Mail queued in
+        // a burst would otherwise be walked by every young collection its sending set off.
+        // SAFETY: the GIL is held and `value` is a live tuple; untracking one that is not
+        // tracked is allowed.
+        unsafe { pyo3::ffi::PyObject_GC_UnTrack(value.as_ptr().cast()) };
     } else if let Ok(set) = value.cast_exact::<PyFrozenSet>() {
         for item in set.iter() {
             size += 8 + immutable_size(&item, depth + 1)?;
