@@ -190,7 +190,7 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
                 rt.runq.push(process);
                 py.detach(|| std::thread::sleep(Duration::from_millis(1)));
             }
-            Some(process) => last = Some(run_batch(py, rt, &process, now)),
+            Some(process) => last = Some(run_batch(py, rt, process, now)),
             None => {
                 let total = pool.total.load(Ordering::Acquire);
                 if total > pool.base.load(Ordering::Relaxed) + pool.blocked.load(Ordering::Acquire)
@@ -232,29 +232,29 @@ fn stall_monitor(rt: std::sync::Weak<PyRuntime>) {
 fn run_batch(
     py: Python<'_>,
     rt: &Arc<PyRuntime>,
-    process: &Arc<PyProcess>,
+    process: Arc<PyProcess>,
     now: clock::Moment,
 ) -> clock::Moment {
     let Some(server) = process.data.server.get().map(|s| s.clone_ref(py)) else {
-        if rt.begin_batch(process) {
-            rt.finish_batch(process);
+        if rt.begin_batch(&process) {
+            rt.finish_batch(&process);
         }
         return now;
     };
     // Entered before its first message is taken: a kill from then on either finds it dead
     // at the take or interrupts its handler, never lets a taken message run after it.
-    let enter = Enter::new(process.clone());
+    let enter = Enter::new(process);
+    let process = enter.process();
     // An async handler that ended with a stop left it for an executor: `terminate` is user
     // code, and user code off the loop's coroutines runs on executors.
     if let Some(reason) = process.data.stop.take() {
         if !rt.begin_batch(process) {
             return now;
         }
-        let after = finish_server(py, rt, process, server.bind(py), reason);
-        drop(enter);
-        if after != After::Suspended {
+        if finish_server(py, rt, process, server.bind(py), reason) != After::Suspended {
             rt.finish_batch(process);
         }
+        drop(enter);
         return clock::now();
     }
     // One reading per message (of `clock::now`: mostly the time-stamp counter): each
@@ -304,12 +304,12 @@ fn run_batch(
             break;
         }
     }
-    // Still entered while `take_next` makes it idle: no other thread can enter it before
-    // this one leaves, as entering holds the interpreter, which this thread holds.
-    drop(enter);
+    // Still entered while its batch ends: no other thread can enter it before this one
+    // leaves, as entering holds the interpreter, which this thread holds.
     if !finished {
         rt.finish_batch(process);
     }
+    drop(enter);
     reading
 }
 
@@ -326,22 +326,22 @@ pub enum After {
 }
 
 /// Runs a call's handler on the calling thread when the inline rule allows (see
-/// `claim_inline`); otherwise gives the envelope back, for the caller to queue in the
-/// callee's mailbox once it has let go of the interpreter (see `wait_for_reply`). `caller`
-/// is the calling process, if any; it is left marked as lent. `timeout` is the call's, in
-/// seconds (`None`: none).
+/// `claim_inline`); otherwise gives the callee and the envelope back, for the caller to
+/// queue in the callee's mailbox once it has let go of the interpreter (see
+/// `wait_for_reply`). `caller` is the calling process, if any; it is left marked as lent.
+/// `timeout` is the call's, in seconds (`None`: none).
 pub fn try_inline(
     rt: &Arc<PyRuntime>,
-    callee: &Arc<PyProcess>,
+    callee: Arc<PyProcess>,
     envelope: Envelope<Term>,
     caller: Option<&Arc<PyProcess>>,
     timeout: Option<f64>,
-) -> Option<Envelope<Term>> {
-    if claim_inline(rt, callee, caller, timeout) {
+) -> Option<(Arc<PyProcess>, Envelope<Term>)> {
+    if claim_inline(rt, &callee, caller, timeout) {
         Python::attach(|py| run_inline(py, rt, callee, envelope));
         None
     } else {
-        Some(envelope)
+        Some((callee, envelope))
     }
 }
 
@@ -383,11 +383,11 @@ fn lend(caller: Option<&Arc<PyProcess>>) -> bool {
 pub fn run_inline(
     py: Python<'_>,
     rt: &Arc<PyRuntime>,
-    process: &Arc<PyProcess>,
+    process: Arc<PyProcess>,
     envelope: Envelope<Term>,
 ) {
     let Some(server) = process.data.server.get().map(|s| s.clone_ref(py)) else {
-        rt.finish_batch(process);
+        rt.finish_batch(&process);
         return;
     };
     // One reading for the lease check and the handler's start, as in `run_batch`.
@@ -395,11 +395,12 @@ pub fn run_inline(
     if !rt.lease_ok_at(reading) {
         // No lease: the message waits in the mailbox for an executor (which waits for the
         // lease or the fence) instead of holding this caller's or peer link's thread.
-        let _ = rt.deliver(process, envelope);
-        rt.finish_batch(process);
+        let _ = rt.deliver(&process, envelope);
+        rt.finish_batch(&process);
         return;
     }
-    let enter = Enter::new(process.clone());
+    let enter = Enter::new(process);
+    let process = enter.process();
     let after = handle_one(
         py,
         rt,
@@ -409,10 +410,11 @@ pub fn run_inline(
         &mut reading,
         Wake::Now,
     );
-    drop(enter);
+    // Left after the batch ends, as in `run_batch`.
     if after != After::Suspended {
         rt.finish_batch(process);
     }
+    drop(enter);
 }
 
 /// Handles one envelope of an entered server on this thread, counting it and marking the

@@ -205,30 +205,50 @@ pub fn current_thread_ident() -> u64 {
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<Arc<PyProcess>>> = const { RefCell::new(None) };
+    /// The processes entered on this thread, innermost last: each a pointer into the `Arc`
+    /// its live `Enter` holds, so entering takes no reference of its own (an atomic add and
+    /// subtract on every batch of mail). An entry leaving removes only its own pointer, so
+    /// the list never holds one whose entry has ended.
+    static ENTERED: RefCell<Vec<*const PyProcess>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the process whose code the calling thread runs, if any.
+fn with_current<R>(f: impl FnOnce(&PyProcess) -> R) -> Option<R> {
+    ENTERED.with(|e| {
+        let entered = e.borrow();
+        // SAFETY: every pointer in the list is that of an `Arc` a live `Enter` on this
+        // thread holds (see `ENTERED`), and `f` runs while the list is borrowed, so no entry
+        // can end meanwhile.
+        entered.last().map(|p| f(unsafe { &**p }))
+    })
 }
 
 /// The process whose code the calling thread runs, if any.
 pub fn current() -> Option<Arc<PyProcess>> {
-    CURRENT.with(|c| c.borrow().clone())
+    ENTERED.with(|e| {
+        let p = *e.borrow().last()?;
+        // SAFETY: as in `with_current`; the reference added here is the caller's.
+        unsafe {
+            Arc::increment_strong_count(p);
+            Some(Arc::from_raw(p))
+        }
+    })
 }
 
 /// True when the calling thread runs a process that has exited (no reference is taken:
 /// every send asks).
 pub fn current_exited() -> bool {
-    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|p| p.is_exited()))
+    with_current(|p| p.is_exited()).unwrap_or(false)
 }
 
 /// The pid of the current process, if any.
 pub fn current_pid() -> Option<Pid> {
-    CURRENT.with(|c| c.borrow().as_ref().map(|p| p.pid))
+    with_current(|p| p.pid)
 }
 
 /// Makes `process` the current one on this thread until dropped, restoring the previous one.
 pub struct Enter {
-    previous: Option<Arc<PyProcess>>,
-    /// The entered process (held by `CURRENT` meanwhile: one reference, not two).
-    pid: Pid,
+    process: Arc<PyProcess>,
     /// The thread ident `process` had before, when this entry set it.
     previous_thread: Option<u64>,
 }
@@ -240,39 +260,45 @@ impl Enter {
             .data
             .thread
             .swap(current_thread_ident(), Ordering::AcqRel);
-        let pid = process.pid;
-        let previous = CURRENT.with(|c| c.borrow_mut().replace(process));
-        Enter {
-            previous,
-            pid,
-            previous_thread: Some(previous_thread),
-        }
+        Self::push(process, Some(previous_thread))
     }
 
     /// Enters `process` for one step of its task on the event loop: it is the current
     /// process, but its thread stays unset, so killing it cancels the task instead of
     /// raising in the loop's thread (which runs every async process).
     pub fn step(process: Arc<PyProcess>) -> Enter {
-        let pid = process.pid;
-        let previous = CURRENT.with(|c| c.borrow_mut().replace(process));
+        Self::push(process, None)
+    }
+
+    fn push(process: Arc<PyProcess>, previous_thread: Option<u64>) -> Enter {
+        ENTERED.with(|e| e.borrow_mut().push(Arc::as_ptr(&process)));
         Enter {
-            previous,
-            pid,
-            previous_thread: None,
+            process,
+            previous_thread,
         }
+    }
+
+    /// The entered process.
+    pub fn process(&self) -> &Arc<PyProcess> {
+        &self.process
     }
 }
 
 impl Drop for Enter {
     fn drop(&mut self) {
-        let previous = self.previous.take();
-        let entered = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
-        // (Entries end in the reverse order of their start: `entered` is this entry's.)
-        let entered = entered.filter(|p| p.pid == self.pid);
-        if let (Some(thread), Some(process)) = (self.previous_thread, entered) {
+        let ours = Arc::as_ptr(&self.process);
+        // Entries end in the reverse order of their start, so this is the last one; were
+        // it not, only this entry's pointer may go (its `Arc` goes with it).
+        let _ = ENTERED.try_with(|e| {
+            let mut entered = e.borrow_mut();
+            if let Some(i) = entered.iter().rposition(|p| *p == ours) {
+                entered.remove(i);
+            }
+        });
+        if let Some(thread) = self.previous_thread {
             // Only while it is still ours: a server whose handler went on to the event loop
             // may already run on another executor, which set its own ident.
-            let _ = process.data.thread.compare_exchange(
+            let _ = self.process.data.thread.compare_exchange(
                 current_thread_ident(),
                 thread,
                 Ordering::AcqRel,

@@ -93,11 +93,10 @@ pub(super) fn call<'py>(
     let Some(callee) = rt.lookup_callee(pid) else {
         return Err(exit_error(py, pid, &Reason::Noproc)?);
     };
-    let queue = executor::try_inline(rt, &callee, envelope, me.as_ref(), timeout);
+    let queue = executor::try_inline(rt, callee, envelope, me.as_ref(), timeout);
     if let Some(m) = &me {
         m.data.lent.store(false, Ordering::SeqCst);
     }
-    let queue = queue.map(|envelope| (callee, envelope));
     let outcome = wait_for_reply(py, rt, me.as_ref(), pid, &slot, deadline, timeout, queue);
     trace::call_done(started, span, &outcome);
     outcome
