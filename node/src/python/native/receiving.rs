@@ -68,6 +68,8 @@ pub(super) fn receive<'py>(
             py.detach(|| {
                 let mut st = me.lock();
                 if st.mailbox.is_empty() && st.status != Status::Exited {
+                    // A dead process's record is not held by a thread that waits.
+                    crate::runtime::node::forget_last_target();
                     me.wait_for_mail(&mut st, deadline)
                 } else {
                     true
