@@ -1,7 +1,8 @@
-"""Re:BEAM across two nodes on loopback: cross-node call round trip, one-way throughput,
-and failover of a global singleton after kill -9 of its node. Starts a controller and
-nodes as real processes (the integration tests' harness), runs measuring scripts inside
-the nodes, and merges the numbers into the Re:BEAM result file.
+"""Re:BEAM across nodes on loopback: cross-node call round trip, one-way throughput,
+failover of a global singleton after kill -9 of its node, CPU-bound work over the worker
+nodes of a dev node, the app-like pipeline and an outside client's calls. Starts a
+controller and nodes as real processes (the integration tests' harness), runs measuring
+scripts inside the nodes, and merges the numbers into the Re:BEAM result file.
 
     python3 bench/peers/rebeam_cluster.py --mode quick --out bench/results/rebeam.json
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -39,7 +42,7 @@ from common import (  # noqa: E402
     status_workload,
     value_workload,
 )
-from harness import TOKEN, DevNode, Node, _cluster, wait_for  # noqa: E402
+from harness import TOKEN, DevNode, Node, _cluster, node_binary, wait_for  # noqa: E402
 
 SERVER = """
     import rebeam
@@ -125,54 +128,6 @@ CALLER = """
     rebeam.run(main)
 """
 
-
-CPU_WORKER = """
-    import rebeam
-
-    class CpuWorker(rebeam.GenServer):
-        def handle_cast(self, request):
-            _, loop, reply_to, i = request
-            rebeam.send(reply_to, ("done", i, cpu_work(loop)))
-"""
-
-CPU_REMOTE = CPU_WORKER + """
-    def main():
-        for i in range({half}):
-            rebeam.register_global(f"bench-cpu-{{i}}", rebeam.spawn(CpuWorker))
-        print("cpu workers ready", flush=True)
-        rebeam.receive()
-
-    rebeam.run(main)
-"""
-
-CPU_DRIVER = CPU_WORKER + """
-    import json, time
-
-    def run(workers):
-        me = rebeam.self_pid()
-        t0 = time.perf_counter()
-        for i in range({jobs}):
-            rebeam.cast(workers[i % len(workers)], ("job", {loop}, me, i))
-        results = [rebeam.receive(lambda m: isinstance(m, tuple) and m[0] == "done", timeout=600)
-                   for _ in range({jobs})]
-        rate = {jobs} / (time.perf_counter() - t0)
-        assert sorted(r[1] for r in results) == list(range({jobs}))
-        assert {{r[2] for r in results}} == {{cpu_work({loop})}}
-        return rate
-
-    def main():
-        local = [rebeam.spawn(CpuWorker) for _ in range({actors})]
-        remote = [rebeam.whereis_global(f"bench-cpu-{{i}}") for i in range({half})]
-        assert all(p is not None and p.node != rebeam.self_pid().node for p in remote), remote
-        run(local)  # warm-up
-        one, two = [], []
-        for _ in range({repeats}):
-            one.append(run(local))
-            two.append(run(local[:{half}] + remote))
-        print("RESULT " + json.dumps({{"one": one, "two": two}}), flush=True)
-
-    rebeam.run(main)
-"""
 
 CLIENT_APP = """
     import rebeam
@@ -406,35 +361,29 @@ def failover(root: Path, cluster: Any, s: Sizes) -> Workload:
                           "call to it on the other node (default timings: lease 1 s)")
 
 
-def cpu_scaling(root: Path, api: str, s: Sizes) -> Workload:
-    """The same CPU-bound jobs over many workers, all on one node (one interpreter: one core),
-    then half of them on a second node on this machine (two interpreters: two cores)."""
-    # The job itself is common.cpu_work, the same function the Python peers run.
-    helper = "\n    " + "\n    ".join(inspect.getsource(cpu_work).splitlines()) + "\n"
-    half = s.cpu_actors // 2
-    remote = Node("cpu-b", root / "cpu-b", api,
-                  script(root, "cpu_remote", helper + CPU_REMOTE.format(half=half))).start()
-    driver = None
-    try:
-        remote.wait_output("cpu workers ready", timeout=60)
-        text = helper + CPU_DRIVER.format(jobs=s.cpu_jobs, loop=s.cpu_loop, actors=s.cpu_actors,
-                                          half=half, repeats=s.repeats)
-        driver = Node("cpu-a", root / "cpu-a", api, script(root, "cpu_driver", text)).start()
-        code = driver.wait_exit(timeout=900)
-        out = driver.output()
-        line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
-        if code != 0 or line is None:
-            raise RuntimeError(f"the CPU driver failed ({code}):\n{out[-2000:]}")
-        result = json.loads(line[len("RESULT "):])
-    finally:
-        remote.stop()
-        if driver is not None:
-            driver.stop()
+def cpu_scaling(s: Sizes) -> Workload:
+    """The same CPU-bound jobs to a `rebeam.Pool` of servers all on one node (one interpreter:
+    one core), then to one spread over the worker nodes of `rebeam-node --dev --workers 2`
+    (two interpreters: two cores), alternating so both see the same machine load: the way an
+    app uses every core (bench/peers/rebeam_pool_cpu.py)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REBEAM_")}
+    env.update(REBEAM_LOG="error", BENCH_CPU_JOBS=str(s.cpu_jobs),
+               BENCH_CPU_LOOP=str(s.cpu_loop), BENCH_CPU_ACTORS=str(s.cpu_actors),
+               BENCH_REPEATS=str(s.repeats))
+    cmd = [str(node_binary()), "--dev", "--workers", "2", "--run",
+           str(Path(__file__).resolve().parent / "rebeam_pool_cpu.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("{")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"the CPU pool run failed ({proc.returncode}):\n"
+                           f"{(proc.stdout + proc.stderr)[-2000:]}")
+    result = json.loads(line)
     return scaling_workload(
-        result["one"], result["two"], s.cpu_jobs,
-        f"{s.cpu_jobs} pure-Python jobs ({s.cpu_loop} loop steps each) cast to {s.cpu_actors} "
-        f"GenServers on one node (one interpreter), then to {half} there and {half} on a second "
-        "node on this machine; results sent back to the driver process")
+        result["one_node"], result["spread"], s.cpu_jobs,
+        f"{s.cpu_jobs} pure-Python jobs ({s.cpu_loop} loop steps each) mapped by rebeam.Pool "
+        f"over {s.cpu_actors} GenServers on one node (one interpreter), then over "
+        f"{s.cpu_actors} spread over the two worker nodes of `rebeam-node --dev --workers 2`, "
+        "alternating")
 
 
 def client_calls(root: Path, s: Sizes) -> Workload:
@@ -523,7 +472,6 @@ def main() -> None:
         api = ",".join(m.api for m in cluster.members)
         work = call_and_oneway(root, api, s)
         work.append(failover(root, cluster, s))
-        work.append(guarded("cpu_scaling", "x", "higher", lambda: cpu_scaling(root, api, s)))
         try:
             work.extend(pipeline(root, api, s))
         except Exception as exc:  # noqa: BLE001 - reported in the JSON
@@ -531,6 +479,7 @@ def main() -> None:
             work.append(status_workload("app_pipeline", "items/s", "higher", "error", repr(exc)))
     finally:
         gen.close()
+    work.append(guarded("cpu_scaling", "x", "higher", lambda: cpu_scaling(s)))
     work.append(guarded("client_call_rtt", "us", "lower", lambda: client_calls(root, s)))
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {"workloads": []}
