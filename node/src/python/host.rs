@@ -10,6 +10,7 @@ use crate::runtime::{Host, Outbound, Pid, Process, Reason, Runtime, Timers};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -251,6 +252,8 @@ pub struct Enter {
     process: Arc<PyProcess>,
     /// The thread ident `process` had before, when this entry set it.
     previous_thread: Option<u64>,
+    /// Not `Send`: the entry must end on the thread whose list points into it.
+    _here: PhantomData<*const PyProcess>,
 }
 
 impl Enter {
@@ -275,6 +278,7 @@ impl Enter {
         Enter {
             process,
             previous_thread,
+            _here: PhantomData,
         }
     }
 
