@@ -393,3 +393,48 @@ pub fn without_gil<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 pub fn with_thread_state<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     Python::attach(|py| py.detach(f))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Kind, MailboxLimit, NodeId};
+
+    fn process(serial: u64) -> Arc<PyProcess> {
+        let node = NodeId::from_wire("enter-test").expect("a valid name");
+        let pid = Pid {
+            node,
+            incarnation: 1,
+            serial,
+        };
+        Arc::new(PyProcess::new(
+            pid,
+            Kind::Server,
+            None,
+            PyData::default(),
+            MailboxLimit::UNBOUNDED,
+        ))
+    }
+
+    #[test]
+    fn entries_nest_take_no_reference_and_one_ending_out_of_order_leaves_the_others() {
+        let (a, b) = (process(1), process(2));
+        assert!(current_pid().is_none());
+        let outer = Enter::step(a.clone());
+        let inner = Enter::step(b.clone());
+        assert_eq!(current_pid(), Some(b.pid), "the innermost entry is current");
+        assert_eq!(Arc::strong_count(&b), 2, "the test's and the entry's");
+        let held = current().expect("a current process");
+        assert_eq!(
+            Arc::strong_count(&b),
+            3,
+            "`current` gives its caller a reference"
+        );
+        drop(held);
+        drop(outer);
+        assert_eq!(current_pid(), Some(b.pid), "an outer entry ending first");
+        assert_eq!(Arc::strong_count(&a), 1);
+        drop(inner);
+        assert!(current().is_none() && !current_exited());
+        assert_eq!(Arc::strong_count(&b), 1);
+    }
+}
