@@ -139,6 +139,7 @@ fn spawn_executor(rt: Arc<PyRuntime>) {
         .name("rebeam-executor".into())
         .spawn(move || {
             IS_EXECUTOR.with(|e| e.set(true));
+            crate::runtime::hand_off::announces();
             // Counted as running until its first wait (see `executor_loop`).
             rt.host.pool.running.fetch_add(1, Ordering::AcqRel);
             Python::attach(|py| executor_loop(py, &rt));
@@ -166,6 +167,7 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
             None => {
                 pool.running.fetch_sub(1, Ordering::AcqRel);
                 let claim = py.detach(|| {
+                    crate::runtime::hand_off::announce();
                     wake_unwoken();
                     crate::runtime::node::forget_last_target();
                     rt.runq

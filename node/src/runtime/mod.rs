@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod clock;
+pub mod hand_off;
 pub mod host;
 pub mod node;
 pub mod pid;

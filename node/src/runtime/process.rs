@@ -1,12 +1,14 @@
 //! A process: its mailbox, links, monitors and lifecycle status, behind one lock.
 
 use super::call::CallSlot;
+use super::hand_off;
 use super::host::Host;
 use super::pid::{Pid, Ref};
 use super::reason::Reason;
+use super::spin::Spinner;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// How a process's code runs.
@@ -62,6 +64,9 @@ impl MailboxLimit {
         (self.messages != 0 && messages > self.messages) || (self.bytes != 0 && bytes > self.bytes)
     }
 }
+
+/// Where waits for mail watch before they park, and what they learnt (see `spin`).
+static MAIL_SPINNER: Spinner = Spinner::new();
 
 /// Envelopes of room an empty mailbox keeps (about 300 KiB): a server going idle with more
 /// gives it back, as OTP's collector shrinks a process's heap after a burst, and a steady
@@ -197,6 +202,11 @@ pub struct Process<H: Host> {
     /// Set (under the state lock) when `status` becomes `Exited`: `is_exited`, asked on
     /// every message's path, reads it without taking the lock.
     pub(crate) exited: AtomicBool,
+    /// Set by a delivery to a process waiting for mail: what `wait_for_mail` watches for
+    /// before it parks, without the lock.
+    arrived: AtomicBool,
+    /// The `hand_off::mark` of the last wake of a waiter.
+    woken_at: AtomicU64,
 }
 
 impl<H: Host> Process<H> {
@@ -231,6 +241,8 @@ impl<H: Host> Process<H> {
             }),
             mail: Condvar::new(),
             exited: AtomicBool::new(false),
+            arrived: AtomicBool::new(false),
+            woken_at: AtomicU64::new(hand_off::UNANNOUNCED),
         }
     }
 
@@ -254,13 +266,34 @@ impl<H: Host> Process<H> {
         self.state.lock().mailbox.len()
     }
 
-    /// Waits (lock held by `guard`) until mail arrives, the process exits or `deadline` passes.
+    /// Waits (lock held by `guard`) until mail arrives, the process exits or `deadline` passes;
+    /// false if the deadline passed. Watches a moment before it parks (see `spin`): the mail
+    /// a process waits for is often the answer to what it just sent, microseconds away, and
+    /// waking a parked thread costs tens of them on a virtual machine. Mail from a thread
+    /// that announces its hand-offs is taken once that thread hands off (or the watch
+    /// ends), so the waiter does not ask for the interpreter while the sender still holds it.
     pub fn wait_for_mail(
         &self,
         guard: &mut MutexGuard<'_, State<H::Msg>>,
         deadline: Option<std::time::Instant>,
     ) -> bool {
         guard.waiting = true;
+        self.arrived.store(false, Ordering::Relaxed);
+        let seen = MutexGuard::unlocked(guard, || {
+            let seen = MAIL_SPINNER.until(deadline, || {
+                self.arrived.load(Ordering::Acquire) || self.exited.load(Ordering::Acquire)
+            });
+            if seen {
+                hand_off::wait_after(self.woken_at.load(Ordering::Acquire), deadline);
+            }
+            seen
+        });
+        // Mail that came while the lock was let go found `waiting` set and was announced in
+        // `arrived`; it is in the mailbox now either way.
+        if seen || !guard.mailbox.is_empty() || guard.status == Status::Exited {
+            guard.waiting = false;
+            return true;
+        }
         let timed_out = match deadline {
             Some(deadline) => self.mail.wait_until(guard, deadline).timed_out(),
             None => {
@@ -274,6 +307,8 @@ impl<H: Host> Process<H> {
 
     pub(crate) fn wake(&self, state: &State<H::Msg>) {
         if state.waiting {
+            self.woken_at.store(hand_off::mark(), Ordering::Relaxed);
+            self.arrived.store(true, Ordering::Release);
             self.mail.notify_one();
         }
     }

@@ -1,12 +1,13 @@
 //! The run queue of servers with mail, shared by the executor threads.
 
+use super::hand_off;
 use super::host::Host;
 use super::process::Process;
 use super::spin::Spinner;
 use super::stats::STATS;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +23,9 @@ pub struct RunQueue<H: Host> {
     /// Threads that saw a server queued and are on their way to take it (see `Claim`).
     claiming: AtomicUsize,
     spinner: Spinner,
+    /// The `hand_off::mark` of the last push: a thread that saw the server waits for the
+    /// pusher to let go of the interpreter before it asks for it.
+    pushed_at: AtomicU64,
 }
 
 struct Inner<H: Host> {
@@ -45,6 +49,7 @@ impl<H: Host> Default for RunQueue<H> {
             watching: AtomicBool::new(false),
             claiming: AtomicUsize::new(0),
             spinner: Spinner::new(),
+            pushed_at: AtomicU64::new(hand_off::UNANNOUNCED),
         }
     }
 }
@@ -55,6 +60,7 @@ impl<H: Host> RunQueue<H> {
         let mut q = self.queue.lock();
         let first = q.items.is_empty();
         q.items.push_back(process);
+        self.pushed_at.store(hand_off::mark(), Ordering::Relaxed);
         self.queued.store(q.items.len(), Ordering::Release);
         // The watcher sees the first server queued (one that gives up looks again under
         // the lock before it parks); any more wake parked threads.
@@ -108,6 +114,7 @@ impl<H: Host> RunQueue<H> {
         may_take: impl Fn() -> bool,
     ) -> Option<Claim<'_, H>> {
         if self.watch(may_take) {
+            hand_off::wait_after(self.pushed_at.load(Ordering::Relaxed), Some(deadline));
             return Some(Claim::new(self));
         }
         let mut q = self.queue.lock();

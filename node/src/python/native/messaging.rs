@@ -131,6 +131,7 @@ pub(super) fn wait_for_reply<'py>(
     let outcome = if let Some((callee, envelope)) = queue {
         let _blocking = Blocking::begin(rt);
         py.detach(|| {
+            crate::runtime::hand_off::announce();
             if rt.deliver(&callee, envelope).is_err() {
                 return Some(CallResult::Exit(Reason::Noproc));
             }
@@ -143,7 +144,10 @@ pub(super) fn wait_for_reply<'py>(
             .filter(|_| deadline.is_none_or(|d| Instant::now() <= d))
     } else {
         let _blocking = Blocking::begin(rt);
-        py.detach(|| slot.wait(deadline))
+        py.detach(|| {
+            crate::runtime::hand_off::announce();
+            slot.wait(deadline)
+        })
     };
     if let Some(m) = me {
         rt.block_on(m, None);

@@ -328,6 +328,7 @@ fn start_thread(
     std::thread::Builder::new()
         .name("rebeam-process".into())
         .spawn(move || {
+            crate::runtime::hand_off::announces();
             Python::attach(|py| {
                 let result = {
                     let _enter = Enter::new(child.clone());
