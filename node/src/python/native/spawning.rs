@@ -417,6 +417,8 @@ pub(super) fn run<'py>(
     }
     let process = rt.spawn(Kind::Thread, None, PyData::default());
     let _ = process.data.function.set(function.clone().unbind());
+    // This thread runs a process from now on, like a function process's own thread.
+    crate::runtime::hand_off::announces();
     let result = {
         let _enter = Enter::new(process.clone());
         function.call(args, kwargs.as_ref())
