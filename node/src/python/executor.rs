@@ -3,7 +3,7 @@
 
 use super::aio::{self, Then};
 use super::convert::{self, crash_reason, envelope_to_py, reason_to_py};
-use super::host::{Enter, PyProcess, PyRuntime};
+use super::host::{wait_detached, Enter, PyProcess, PyRuntime};
 use super::objects::Sender;
 use super::term::Term;
 use crate::runtime::{clock, CallResult, CallSlot, Envelope, Pid, Reason};
@@ -166,8 +166,7 @@ fn executor_loop(py: Python<'_>, rt: &Arc<PyRuntime>) {
             }
             None => {
                 pool.running.fetch_sub(1, Ordering::AcqRel);
-                let claim = py.detach(|| {
-                    crate::runtime::hand_off::announce();
+                let claim = wait_detached(py, || {
                     wake_unwoken();
                     crate::runtime::node::forget_last_target();
                     rt.runq

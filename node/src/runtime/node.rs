@@ -368,9 +368,8 @@ impl<H: Host> Runtime<H> {
                 st.timeout_gen += 1;
                 return Some(envelope);
             }
-            st.status = Status::Idle;
             // Freed once the lock is let go.
-            st.spare_room()
+            st.go_idle()
         };
         None
     }
@@ -382,11 +381,8 @@ impl<H: Host> Runtime<H> {
             match st.status {
                 Status::Exited => (false, None),
                 _ if process.kind == Kind::Thread => (false, None),
-                _ if st.mailbox.is_empty() => {
-                    st.status = Status::Idle;
-                    // Freed once the lock is let go.
-                    (false, st.spare_room())
-                }
+                // Freed once the lock is let go.
+                _ if st.mailbox.is_empty() => (false, st.go_idle()),
                 _ => {
                     st.status = Status::Queued;
                     (true, None)

@@ -172,9 +172,16 @@ impl<M: Payload> State<M> {
         Some(envelope)
     }
 
+    /// Makes a server with an empty mailbox idle; gives back the mailbox's spare room (see
+    /// `spare_room`) for the caller to free once the lock is let go.
+    pub fn go_idle(&mut self) -> Option<VecDeque<Envelope<M>>> {
+        self.status = Status::Idle;
+        self.spare_room()
+    }
+
     /// The room of an empty mailbox past `MAILBOX_KEEP` envelopes, taken out for the caller
     /// to free: a burst of mail would otherwise hold its memory for the process's life.
-    pub fn spare_room(&mut self) -> Option<VecDeque<Envelope<M>>> {
+    fn spare_room(&mut self) -> Option<VecDeque<Envelope<M>>> {
         (self.mailbox.is_empty() && self.mailbox.capacity() > MAILBOX_KEEP)
             .then(|| std::mem::take(&mut self.mailbox))
     }

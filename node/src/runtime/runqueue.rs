@@ -23,8 +23,8 @@ pub struct RunQueue<H: Host> {
     /// Threads that saw a server queued and are on their way to take it (see `Claim`).
     claiming: AtomicUsize,
     spinner: Spinner,
-    /// The `hand_off::mark` of the last push: a thread that saw the server waits for the
-    /// pusher to let go of the interpreter before it asks for it.
+    /// The `hand_off::mark` of the last push the watcher saw: it waits for the pusher to let
+    /// go of the interpreter before it asks for it.
     pushed_at: AtomicU64,
 }
 
@@ -60,11 +60,15 @@ impl<H: Host> RunQueue<H> {
         let mut q = self.queue.lock();
         let first = q.items.is_empty();
         q.items.push_back(process);
-        self.pushed_at.store(hand_off::mark(), Ordering::Relaxed);
-        self.queued.store(q.items.len(), Ordering::Release);
         // The watcher sees the first server queued (one that gives up looks again under
         // the lock before it parks); any more wake parked threads.
-        if q.idle_threads > 0 && !(first && self.watching.load(Ordering::Acquire)) {
+        let watched = first && self.watching.load(Ordering::Acquire);
+        if watched {
+            // Only the watcher waits for the pusher's hand-off: no mark on other pushes.
+            self.pushed_at.store(hand_off::mark(), Ordering::Relaxed);
+        }
+        self.queued.store(q.items.len(), Ordering::Release);
+        if q.idle_threads > 0 && !watched {
             STATS.executor_wakeups.inc();
             self.ready.notify_one();
         }

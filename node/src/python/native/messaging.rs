@@ -130,8 +130,7 @@ pub(super) fn wait_for_reply<'py>(
     }
     let outcome = if let Some((callee, envelope)) = queue {
         let _blocking = Blocking::begin(rt);
-        py.detach(|| {
-            crate::runtime::hand_off::announce();
+        wait_detached(py, || {
             if rt.deliver(&callee, envelope).is_err() {
                 return Some(CallResult::Exit(Reason::Noproc));
             }
@@ -144,10 +143,7 @@ pub(super) fn wait_for_reply<'py>(
             .filter(|_| deadline.is_none_or(|d| Instant::now() <= d))
     } else {
         let _blocking = Blocking::begin(rt);
-        py.detach(|| {
-            crate::runtime::hand_off::announce();
-            slot.wait(deadline)
-        })
+        wait_detached(py, || slot.wait(deadline))
     };
     if let Some(m) = me {
         rt.block_on(m, None);

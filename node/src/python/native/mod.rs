@@ -3,7 +3,8 @@
 use super::convert::{self, error, reason_from_py, reason_to_py, types};
 use super::executor::{clear_interrupt, is_killed, lease_gate, log_crash, Blocking};
 use super::host::{
-    current, current_exited, current_pid, node_runtime, Enter, PyData, PyProcess, PyRuntime,
+    current, current_exited, current_pid, node_runtime, wait_detached, Enter, PyData, PyProcess,
+    PyRuntime,
 };
 use super::objects::{Pid as PyPid, Ref as PyRef, Sender};
 use super::ports::{GlobalNames, Refused, Remote, SpawnDone, SpawnReply, SpawnRequest};

@@ -65,8 +65,7 @@ pub(super) fn receive<'py>(
         }
         let woke = {
             let _blocking = Blocking::begin(rt);
-            py.detach(|| {
-                crate::runtime::hand_off::announce();
+            wait_detached(py, || {
                 let mut st = me.lock();
                 if st.mailbox.is_empty() && st.status != Status::Exited {
                     // A dead process's record is not held by a thread that waits.
