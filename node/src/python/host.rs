@@ -380,10 +380,7 @@ pub fn terminate_all(rt: &PyRuntime, reason: &Reason) {
 /// Lets go of the interpreter while `f` waits (for mail, a reply, work), announcing it (see
 /// `runtime::hand_off`): a thread this one woke may be watching for that moment.
 pub fn wait_detached<R: Send>(py: Python<'_>, f: impl FnOnce() -> R + Send) -> R {
-    py.detach(|| {
-        crate::runtime::hand_off::announce();
-        f()
-    })
+    py.detach(|| crate::runtime::hand_off::detached(f))
 }
 
 /// Runs `f` without the GIL when the calling thread holds it: a process's thread waiting on

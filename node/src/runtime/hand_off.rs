@@ -20,25 +20,52 @@ pub const UNANNOUNCED: u64 = u64::MAX;
 /// Where woken threads watch for their waker's hand-off, and what they learnt.
 static SPINNER: Spinner = Spinner::new();
 
+/// What the calling thread's wakes can promise about its hand-offs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Announcing {
+    /// It never announces: its wakes carry no mark.
+    Never,
+    /// It announces when it lets go of the interpreter, which it may hold now.
+    Holding,
+    /// It has let go of the interpreter and announced it: what it wakes need not wait.
+    Detached,
+}
+
 thread_local! {
-    static ANNOUNCES: Cell<bool> = const { Cell::new(false) };
+    static ANNOUNCING: Cell<Announcing> = const { Cell::new(Announcing::Never) };
 }
 
-/// Marks the calling thread as one that calls `announce` whenever it lets go of the
-/// interpreter to wait.
+/// Marks the calling thread as one that lets go of the interpreter to wait only through
+/// `detached`.
 pub fn announces() {
-    ANNOUNCES.with(|a| a.set(true));
+    ANNOUNCING.with(|a| a.set(Announcing::Holding));
 }
 
-/// Announces that the calling thread let go of the interpreter to wait.
-pub fn announce() {
+/// Runs `f`, which waits with the interpreter let go, after announcing that hand-off. What
+/// `f` wakes carries no mark: its waker holds nothing the woken thread would wait for (a
+/// call queued while its caller waits for the reply would otherwise have the executor
+/// watch for a hand-off that already happened, and miss).
+pub fn detached<R>(f: impl FnOnce() -> R) -> R {
     HAND_OFFS.fetch_add(1, Ordering::Release);
+    let before = ANNOUNCING.try_with(|a| a.replace(Announcing::Detached));
+    // Restored on unwind too: the thread holds the interpreter again after `f`.
+    struct Restore(Option<Announcing>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(before) = self.0 {
+                let _ = ANNOUNCING.try_with(|a| a.set(before));
+            }
+        }
+    }
+    let _restore = Restore(before.ok());
+    f()
 }
 
 /// What a wake (or a queued server) made by the calling thread carries: the hand-offs so
-/// far if this thread announces its own, else `UNANNOUNCED`.
+/// far if this thread holds the interpreter and will announce letting go of it, else
+/// `UNANNOUNCED`.
 pub fn mark() -> u64 {
-    if ANNOUNCES.try_with(Cell::get).unwrap_or(false) {
+    if ANNOUNCING.try_with(Cell::get) == Ok(Announcing::Holding) {
         HAND_OFFS.load(Ordering::Acquire)
     } else {
         UNANNOUNCED
@@ -68,5 +95,18 @@ mod tests {
         .join()
         .expect("a thread");
         assert_ne!(marked, UNANNOUNCED);
+    }
+
+    #[test]
+    fn what_a_detached_thread_wakes_waits_for_nothing() {
+        let (inside, after) = std::thread::spawn(|| {
+            announces();
+            let inside = detached(mark);
+            (inside, mark())
+        })
+        .join()
+        .expect("a thread");
+        assert_eq!(inside, UNANNOUNCED);
+        assert_ne!(after, UNANNOUNCED);
     }
 }
