@@ -380,6 +380,7 @@ class DevTls(DevNode):
     def start(self) -> DevTls:
         Node.start(self)
         self.wait_output(f"dev controller at https://127.0.0.1:{self.api_port}")
+        self.wait_joined()
         return self
 
 
