@@ -301,14 +301,10 @@ class DevNode(Node):
     def start(self) -> DevNode:
         super().start()
         self.wait_output(f"dev controller at {self.url}")
-        self.wait_joined()
-        return self
-
-    def wait_joined(self) -> None:
-        """Waits until the node has joined its embedded controller (and its workers theirs):
-        it prints its dashboard's address only then. Until then a client may find no node
-        alive."""
+        # Printed once the node (and its workers) joined the embedded controller: before
+        # that a client may find no node alive.
         self.wait_output("rebeam-node: dashboard at ")
+        return self
 
     def client(self) -> rebeam.Client:
         return rebeam.connect(self.url, token=TOKEN)

@@ -377,11 +377,9 @@ def test_a_controllers_http_side_reaches_nodes_and_the_leader_over_tls(
 class DevTls(DevNode):
     """A dev node (embedded controller and node in one process) serving TLS."""
 
-    def start(self) -> DevTls:
-        Node.start(self)
-        self.wait_output(f"dev controller at https://127.0.0.1:{self.api_port}")
-        self.wait_joined()
-        return self
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
 
 
 def test_rotated_certificates_apply_without_a_restart(workdir: Path, ca: Ca, rogue: Ca) -> None:

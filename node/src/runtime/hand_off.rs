@@ -48,17 +48,13 @@ pub fn announces() {
 pub fn detached<R>(f: impl FnOnce() -> R) -> R {
     HAND_OFFS.fetch_add(1, Ordering::Release);
     let before = ANNOUNCING.try_with(|a| a.replace(Announcing::Detached));
-    // Restored on unwind too: the thread holds the interpreter again after `f`.
-    struct Restore(Option<Announcing>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(before) = self.0 {
-                let _ = ANNOUNCING.try_with(|a| a.set(before));
-            }
-        }
+    let result = f();
+    // The thread holds the interpreter again. (Were `f` to panic, the thread would go on
+    // marking nothing: its wakes would only not be watched for.)
+    if let Ok(before) = before {
+        let _ = ANNOUNCING.try_with(|a| a.set(before));
     }
-    let _restore = Restore(before.ok());
-    f()
+    result
 }
 
 /// What a wake (or a queued server) made by the calling thread carries: the hand-offs so
