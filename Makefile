@@ -169,6 +169,13 @@ lint:
 	  --check-untyped-defs --allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls \
 	  --allow-any-generics --no-strict-optional --no-warn-return-any --no-warn-unused-ignores \
 	  tests/conformance
+	# The integration, chaos and deploy tests and the benchmarks import the harness (and each
+	# other) by the paths they put on sys.path; bench/run is Python without the .py.
+	MYPYPATH=client-py:tests/integration $(PYTHON) -m mypy --config-file client-py/pyproject.toml tests/integration
+	MYPYPATH=client-py:tests/integration:tests/chaos $(PYTHON) -m mypy --config-file client-py/pyproject.toml tests/chaos
+	MYPYPATH=client-py:tests/integration $(PYTHON) -m mypy --config-file client-py/pyproject.toml tests/deploy
+	MYPYPATH=client-py:tests/integration:bench/peers $(PYTHON) -m mypy --config-file client-py/pyproject.toml \
+	  bench bench/run
 
 bench: setup build
 	REBEAM_LOG=error $(NODE) --dev --run bench/peers/rebeam_peer.py --mode $${BENCH_MODE:-full} --out bench/results/rebeam.json

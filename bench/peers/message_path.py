@@ -20,10 +20,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rebeam_peer import PAYLOAD, call_rtt, chain, fanout, in_process, oneway  # noqa: E402
+from rebeam_peer import call_rtt, chain, fanout, in_process, oneway  # noqa: E402
 
 import rebeam  # noqa: E402
-from common import sizes_for  # noqa: E402
+from common import PAYLOAD, sizes_for  # noqa: E402
 
 ROUND_TRIPS = 20_000
 

@@ -61,13 +61,16 @@ CLUSTER_WORKLOADS = (
 RAY_BIN = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "ray")
 
 
+# mypy leaves a class decorator's result aside: it sees the classes below without the
+# `remote` and `options` that @ray.remote gives them (type: ignore[attr-defined] where used).
 @ray.remote
 class Echo:
     def ping(self, payload: bytes) -> bytes:
         return payload
 
     def node(self) -> str:
-        return ray.get_runtime_context().get_node_id()
+        node_id: str = ray.get_runtime_context().get_node_id()
+        return node_id
 
     def crash(self) -> None:
         os._exit(1)
@@ -141,7 +144,8 @@ class Sender:
             for r in receivers:
                 r.inc.remote(PAYLOAD)
         # Ray orders one caller's calls to an actor: these counts come after our incs.
-        return ray.get([r.get_count.remote() for r in receivers])
+        counts: list[int] = ray.get([r.get_count.remote() for r in receivers])
+        return counts
 
 
 def call_rtt(actor: Any, s: Sizes, name: str) -> Workload:
@@ -161,14 +165,14 @@ def call_rtt(actor: Any, s: Sizes, name: str) -> Workload:
 
 
 def oneway(s: Sizes, name: str, options: dict[str, Any]) -> Workload:
-    warm = Counter.options(**options).remote()
+    warm = Counter.options(**options).remote()  # type: ignore[attr-defined]
     for _ in range(s.oneway_warmup):
         warm.inc.remote(PAYLOAD)
     check(ray.get(warm.get_count.remote()) == s.oneway_warmup, "warm-up count")
     ray.kill(warm)
     rates = []
     for _ in range(s.repeats):
-        c = Counter.options(**options).remote()
+        c = Counter.options(**options).remote()  # type: ignore[attr-defined]
         ray.get(c.get_count.remote())  # started before the clock runs
         t0 = time.perf_counter()
         for _ in range(s.oneway):
@@ -191,7 +195,7 @@ def spawn_and_memory(s: Sizes) -> list[Workload]:
         time.sleep(1.0)
         before, before_pss = tree_rss_kib(), tree_pss_kib()
         t0 = time.perf_counter()
-        actors = [Idle.remote() for _ in range(s.spawn)]
+        actors = [Idle.remote() for _ in range(s.spawn)]  # type: ignore[attr-defined]
         check(all(ray.get([a.ready.remote() for a in actors])), "all ready")
         rates.append(s.spawn / (time.perf_counter() - t0))
         time.sleep(1.0)
@@ -222,7 +226,7 @@ def wait_answering(actor: Any, deadline_s: float) -> None:
 
 
 def crash_restart(s: Sizes) -> Workload:
-    actor = Echo.options(max_restarts=-1).remote()
+    actor = Echo.options(max_restarts=-1).remote()  # type: ignore[attr-defined]
     check(ray.get(actor.ping.remote(PAYLOAD)) == PAYLOAD, "up")
     ms = []
     for _ in range(s.crash_repeats):
@@ -239,7 +243,7 @@ def crash_restart(s: Sizes) -> Workload:
 
 
 def fanout(s: Sizes) -> Workload:
-    actors = [Echo.remote() for _ in range(s.fanout_actors)]
+    actors = [Echo.remote() for _ in range(s.fanout_actors)]  # type: ignore[attr-defined]
     check(ray.get([a.ping.remote(PAYLOAD) for a in actors]) == [PAYLOAD] * len(actors), "warm")
     rates = []
     for _ in range(s.repeats):
@@ -258,11 +262,11 @@ def fanout(s: Sizes) -> Workload:
 
 
 def many_to_many(s: Sizes) -> Workload:
-    senders = [Sender.remote() for _ in range(s.m2m_senders)]
+    senders = [Sender.remote() for _ in range(s.m2m_senders)]  # type: ignore[attr-defined]
     total = s.m2m_senders * s.m2m_receivers * s.m2m_per_pair
     rates = []
     for rep in range(s.repeats + 1):
-        receivers = [Counter.remote() for _ in range(s.m2m_receivers)]
+        receivers = [Counter.remote() for _ in range(s.m2m_receivers)]  # type: ignore[attr-defined]
         ray.get([r.get_count.remote() for r in receivers])  # started before the clock runs
         t0 = time.perf_counter()
         ray.get([snd.go.remote(receivers, s.m2m_per_pair) for snd in senders])
@@ -290,7 +294,7 @@ def cpu_scaling(s: Sizes) -> Workload:
     for cpus in (1, 2):
         ray.init(address="local", _node_ip_address="127.0.0.2", num_cpus=cpus)
         try:
-            actors = [CpuWorker.remote() for _ in range(cpus)]
+            actors = [CpuWorker.remote() for _ in range(cpus)]  # type: ignore[attr-defined]
 
             def run(actors: list[Any] = actors) -> float:
                 t0 = time.perf_counter()
@@ -311,7 +315,7 @@ def client_calls(address: str, s: Sizes) -> Workload:
     """Ray client (ray://) from this process to the head's client server: calls to an actor."""
     ray.init(f"ray://{address}")
     try:
-        echo = Echo.remote()
+        echo = Echo.remote()  # type: ignore[attr-defined]
         rtt = call_rtt(echo, scaled(s, 1, calls=s.client_calls), "client_call_rtt")
         rtt.notes = ("Ray client: ray.init('ray://head') from a process outside the cluster, "
                      "ray.get(actor.ping.remote(payload)), sequential")
@@ -325,9 +329,9 @@ def pipeline(s: Sizes, head_id: str, node2: str, second: Any) -> list[Workload]:
     nodes, which send results to an aggregator actor on the head; the second node is killed
     at half-way (its actors restart on the head, their calls retried)."""
     n = s.pipeline_items
-    agg = Aggregator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+    agg = Aggregator.options(scheduling_strategy=NodeAffinitySchedulingStrategy(  # type: ignore[attr-defined]
         head_id, soft=False)).remote(s.pipeline_loop)
-    workers = [PipeWorker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+    workers = [PipeWorker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(  # type: ignore[attr-defined]
         node, soft=True)).remote(agg, s.pipeline_loop)
         for node in (head_id, node2) for _ in range(s.pipeline_workers)]
     ray.get([w.process.remote(-1) for w in workers])  # started (item -1 is never counted)
@@ -427,14 +431,14 @@ def cluster(s: Sizes, port: int, out: list[Workload]) -> None:  # noqa: C901 - o
         def second_node_id() -> str:
             deadline = time.time() + 60
             while time.time() < deadline:
-                alive = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head_id]
+                alive: list[str] = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head_id]
                 if alive:
                     return alive[0]
                 time.sleep(0.2)
             raise RuntimeError("second node did not join")
 
         remote = {"scheduling_strategy": NodeAffinitySchedulingStrategy(second_node_id(), soft=False)}
-        echo = Echo.options(**remote).remote()
+        echo = Echo.options(**remote).remote()  # type: ignore[attr-defined]
         check(ray.get(echo.node.remote()) != head_id, "echo on the second node")
         rtt = call_rtt(echo, s, "cross_node_rtt")
         rtt.notes = ("ray.get(actor.ping.remote()) from the driver on the head node to an actor on the "
@@ -449,7 +453,7 @@ def cluster(s: Sizes, port: int, out: list[Workload]) -> None:  # noqa: C901 - o
                 nodes.append(RayNode(second_ip, [f"--address={address}"]))
             node2 = second_node_id()
             soft = NodeAffinitySchedulingStrategy(node2, soft=True)
-            actor = Echo.options(max_restarts=-1, scheduling_strategy=soft).remote()
+            actor = Echo.options(max_restarts=-1, scheduling_strategy=soft).remote()  # type: ignore[attr-defined]
             check(ray.get(actor.node.remote()) == node2, "singleton on the second node")
             t0 = time.perf_counter()
             nodes[-1].kill()
@@ -503,7 +507,7 @@ def main() -> None:
             work.extend(spawn_and_memory(s))
         except Exception as exc:  # noqa: BLE001
             work.append(status_workload("spawn_rate", "spawns/s", "higher", "error", repr(exc)))
-        echo = Echo.remote()
+        echo = Echo.remote()  # type: ignore[attr-defined]
         rtt = guarded("call_rtt", "us", "lower", lambda: call_rtt(echo, s, "call_rtt"))
         ray.kill(echo)
         work.append(rtt)

@@ -53,7 +53,8 @@ from linearizability import Op, check  # noqa: E402
 from singleton import finished_in_flight, overlaps, spans, write_singleton_app  # noqa: E402
 
 import rebeam  # noqa: E402
-from harness import TOKEN, Blackhole, Cluster, Node, free_port, wait_for  # noqa: E402
+from harness import TOKEN, Blackhole, Cluster, Node, wait_for  # noqa: E402
+from rebeam.testing import free_port  # noqa: E402
 
 
 class Violation(AssertionError):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "rebeam"
 

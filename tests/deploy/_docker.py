@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 from singleton import assert_never_overlapping, write_singleton_app  # noqa: E402
 
-from harness import free_port, scratch_dir, wait_for  # noqa: E402
+from harness import scratch_dir, wait_for  # noqa: E402
+from rebeam.testing import free_port  # noqa: E402
 
 __all__ = ["REPO", "assert_never_overlapping", "docker", "free_port", "health", "image", "inspect",
            "logs", "scratch_dir", "timed", "wait_for", "write_singleton_app"]

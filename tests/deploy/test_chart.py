@@ -10,10 +10,10 @@ import subprocess
 from typing import Any
 
 import helm_python
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-import yaml
-from kubernetes_validate.utils import all_versions
+import yaml  # type: ignore[import-untyped]
+from kubernetes_validate.utils import all_versions  # type: ignore[import-untyped]
 
 from ._chart import CHART, find, one, render
 
@@ -200,8 +200,8 @@ def test_node_pods_carry_no_cluster_secret(combo: str) -> None:
                      for s in v["projected"]["sources"] if "secret" in s}
         assert not (mounted | projected) & cluster_secrets, d["metadata"]["name"]
     sts = one(docs, "StatefulSet")
-    env = {e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert {"REBEAM_SECRET", "REBEAM_NODE_SECRET", "REBEAM_CLIENT_TOKENS"} <= env
+    sts_env = {e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {"REBEAM_SECRET", "REBEAM_NODE_SECRET", "REBEAM_CLIENT_TOKENS"} <= sts_env
 
 
 def test_pods_are_locked_down_and_probed() -> None:

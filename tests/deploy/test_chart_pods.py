@@ -55,7 +55,8 @@ class Pod:
         try:
             with urllib.request.urlopen(f"{scheme}://{self.ip}:{port}{get['path']}", timeout=2,
                                         context=context) as r:
-                return r.status == 200
+                status: int = r.status
+                return status == 200
         except (urllib.error.URLError, OSError):
             return False
 

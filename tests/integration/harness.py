@@ -13,9 +13,10 @@ import subprocess
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self, TypeVar
 
 import pytest
 
@@ -27,6 +28,8 @@ SECRET = "test-cluster-secret"
 #: The node secret of tests that give controllers one (``--node-secret``).
 NODE_SECRET = "test-node-secret"
 TOKEN = "test-client-token"
+
+T = TypeVar("T")
 
 
 def controller_binary() -> Path:
@@ -53,9 +56,12 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0,
-             on_timeout: Callable[[], str] = lambda: "") -> object:
+def wait_for(what: str, check: Callable[..., T | None], timeout: float = 20.0,
+             on_timeout: Callable[[], str] = lambda: "") -> T:
     """Polls ``check`` until it returns something truthy without raising."""
+    # ``check`` is called without arguments; typed ``...`` since mypy cannot infer a lambda
+    # with a default argument (``lambda n=name: ...``, a loop variable's value) against
+    # ``Callable[[], T]`` (python/mypy#15459).
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -92,7 +98,7 @@ class Cluster:
     advertise: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, root: Path, n: int, extra: list[str] | None = None) -> Cluster:
+    def create(cls, root: Path, n: int, extra: list[str] | None = None) -> Self:
         """Members with directories and ports; :meth:`start` runs them."""
         members = []
         for i in range(1, n + 1):
@@ -184,7 +190,7 @@ class Cluster:
                     m.process.wait()
 
 
-def _cluster(n: int, extra: list[str] | None = None) -> Iterator[Cluster]:
+def _cluster(n: int, extra: list[str] | None = None) -> Generator[Cluster, None, None]:
     root = Path(tempfile.mkdtemp(prefix=f"rebeam-client-test-{n}-"))
     print(f"controller data and logs in {root}")
     cluster = Cluster.create(root, n, extra)

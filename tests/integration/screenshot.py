@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from selenium.webdriver.common.by import By  # noqa: E402
 from test_dashboard_browser import browser, login  # noqa: E402
 
-from harness import REPO, TOKEN, DevNode, free_port, wait_for  # noqa: E402
+from harness import REPO, TOKEN, DevNode, wait_for  # noqa: E402
 from rebeam import Global  # noqa: E402
+from rebeam.testing import free_port  # noqa: E402
 
 
 def main(out: Path) -> None:

@@ -10,10 +10,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from dashboard import READ, submit_observed
 
-from harness import TOKEN, Cluster, Nodes, free_port, wait_for
+from harness import TOKEN, Cluster, Nodes, wait_for
+from rebeam.testing import free_port
 
 #: A node script: two processes in the process group "workers".
 GROUPED = """
@@ -58,7 +60,7 @@ def test_rest_commands(controllers: Cluster, nodes: Nodes, workdir: Path) -> Non
     cluster = json.loads(done.stdout)
     assert len(cluster["controllers"]) == 3
 
-    def listed() -> dict[str, object] | None:
+    def listed() -> dict[str, Any] | None:
         done = rebeam_cli("api", "processes?app=observed&q=keeper", "--http", http)
         assert done.returncode == 0, done.stderr
         page = json.loads(done.stdout)
@@ -66,7 +68,7 @@ def test_rest_commands(controllers: Cluster, nodes: Nodes, workdir: Path) -> Non
 
     page = wait_for("the keeper in `rebeam api processes`", listed)
     assert isinstance(page, dict)
-    assert [p["name"] for p in page["items"]] == ["keeper"]  # type: ignore[index]
+    assert [p["name"] for p in page["items"]] == ["keeper"]
 
     # tables: the keeper's tables, with a preview; --json is the API's document.
     def tables() -> str | None:

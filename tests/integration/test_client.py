@@ -21,11 +21,11 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 import pytest
 
 import rebeam
-from harness import SECRET, TOKEN, Cluster, _cluster, controller_binary, free_port, wait_for  # noqa: F401
+from harness import SECRET, TOKEN, Cluster, _cluster, controller_binary, wait_for  # noqa: F401
 from rebeam.client import (
     AlreadyExists,
     ArchiveError,
@@ -38,6 +38,7 @@ from rebeam.client import (
 )
 from rebeam.client._proto import client_pb2, client_pb2_grpc
 from rebeam.client.archive import build
+from rebeam.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT = REPO / "examples" / "chat"
@@ -184,7 +185,7 @@ def test_wrong_token_is_refused_by_the_controller(single: Cluster) -> None:
 def test_the_controller_refuses_requests_without_credentials(single: Cluster) -> None:
     # Bypass the client, which would not send such a request.
     with grpc.insecure_channel(single.members[0].api) as channel:
-        stub = client_pb2_grpc.ClusterServiceStub(channel)
+        stub = client_pb2_grpc.ClusterServiceStub(channel)  # type: ignore[no-untyped-call]
         with pytest.raises(grpc.RpcError) as e:
             stub.ListApps(client_pb2.ListAppsRequest(), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -539,7 +540,7 @@ def test_unpack_checks_sizes(tmp_path: Path) -> None:
 def raw_submit(cluster: Cluster, manifest: str, code: bytes) -> grpc.RpcError | None:
     """SubmitApp straight through the generated stub, skipping every client-side check."""
     with grpc.insecure_channel(cluster.members[0].api) as channel:
-        stub = client_pb2_grpc.ClusterServiceStub(channel)
+        stub = client_pb2_grpc.ClusterServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             stub.SubmitApp(client_pb2.SubmitAppRequest(manifest_toml=manifest, code=code),
                            metadata=[("authorization", f"Bearer {TOKEN}")], timeout=10)

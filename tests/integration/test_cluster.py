@@ -247,7 +247,7 @@ def holder(controllers: Cluster) -> rebeam.Pid | None:
         return client.whereis("singleton")
 
 
-def moved_from(controllers: Cluster, old: object) -> object:
+def moved_from(controllers: Cluster, old: rebeam.Pid) -> rebeam.Pid | None:
     found = holder(controllers)
     return found if found is not None and found != old else None
 
@@ -382,6 +382,7 @@ def test_a_client_outside_calls_into_the_cluster(nodes: Nodes, controllers: Clus
     services.wait_output("services ready")
     with controllers.client(token=TOKEN) as client:
         echo = client.whereis("echo")
+        assert echo is not None
         assert client.call("echo", [1, 2]) == ("echo", [1, 2], echo)
         assert client.call(rebeam.Global("echo"), "again")[2] == echo
         with pytest.raises(rebeam.Exit) as crashed:

@@ -22,10 +22,10 @@ from harness import (
     Member,
     Nodes,
     controller_binary,
-    free_port,
     scratch_dir,
     wait_for,
 )
+from rebeam.testing import free_port
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dashboard import (
@@ -75,6 +76,7 @@ def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir
     assert isinstance(cluster, dict) and len(cluster["controllers"]) == 3
     assert {c["voter"] for c in cluster["controllers"]} == {True}
     session = get_json(f"{http}/api/v1/session", READ)
+    assert isinstance(session, dict)
     assert session == {"who": session["who"], "role": "read", "can_act": False, "can_kill": False,
                        "csrf": None}
 
@@ -86,7 +88,7 @@ def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir
         assert status == 403, method
 
     # Processes from every node, paged, sorted and filtered on the server.
-    def all_listed() -> dict[str, object] | None:
+    def all_listed() -> dict[str, Any] | None:
         page = get_json(f"{http}/api/v1/processes?limit=100")
         assert isinstance(page, dict)
         return page if page["total"] >= 900 and not page["missing_nodes"] else None
@@ -115,7 +117,7 @@ def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir
         client.call(Global("worker"), "crash")
     old_id = f"{old.node}.{old.incarnation}.{old.serial}"
 
-    def crash_in_tree() -> dict[str, object] | None:
+    def crash_in_tree() -> dict[str, Any] | None:
         tree = get_json(f"{http}/api/v1/tree?app=crashy")
         assert isinstance(tree, dict)
         app = tree["apps"][0]
@@ -144,11 +146,11 @@ def test_api_auth_events_and_metrics(controllers: Cluster, nodes: Nodes, workdir
     with controllers.client(token=SECRET) as client, pytest.raises(rebeam.Exit):
         client.call(Global("nested-leaf"), "crash")
 
-    def inner_of(tree: dict[str, object]) -> dict[str, object] | None:
-        top = tree["apps"][0]["children"][0]  # type: ignore[index]
+    def inner_of(tree: dict[str, Any]) -> dict[str, Any] | None:
+        top = tree["apps"][0]["children"][0]
         return next((p for p in top["children"] if p.get("child_id") == "'inner'"), None)
 
-    def nested_restarted() -> dict[str, object] | None:
+    def nested_restarted() -> dict[str, Any] | None:
         tree = get_json(f"{http}/api/v1/tree?app=nested")
         assert isinstance(tree, dict)
         inner = inner_of(tree)
@@ -480,7 +482,7 @@ def test_nodes_show_load_and_the_charts_move(controllers: Cluster, nodes: Nodes)
     nodes.start("a", SINK).wait_output("sink ready")
     nodes.start("b", LOADER).wait_output("loading")
 
-    def loaded() -> dict[str, dict[str, object]] | None:
+    def loaded() -> dict[str, dict[str, Any]] | None:
         n = get_json(f"{http}/api/v1/nodes", READ)
         assert isinstance(n, dict)
         loads = {x["id"]: x["load"] for x in n["nodes"] if x["load"]}
@@ -532,7 +534,7 @@ def test_process_page_shows_monitors_stack_and_bounded_state(
     assert isinstance(pids, dict)
     target, keeper, watcher = pids["pp-target"], pids["pp-keeper"], pids["pp-watcher"]
 
-    def detail(pid: str) -> dict[str, object]:
+    def detail(pid: str) -> dict[str, Any]:
         page = get_json(f"{http}/api/v1/processes/{pid}")
         assert isinstance(page, dict)
         return page
@@ -543,11 +545,11 @@ def test_process_page_shows_monitors_stack_and_bounded_state(
     assert isinstance(kept, dict)
     watched = detail(watcher)
     # The keeper's own monitor on the target, seen from both ends with one reference.
-    [held] = kept["monitors"]  # type: ignore[misc]
+    [held] = kept["monitors"]
     assert held["pid"] == target
     assert detail(target)["monitored_by"] == [{"ref": held["ref"], "pid": keeper}]
     # The watcher's monitor on the keeper, seen from both ends with one reference.
-    [by] = kept["monitored_by"]  # type: ignore[misc]
+    [by] = kept["monitored_by"]
     assert by["pid"] == watcher
     assert watched["monitors"] == [{"ref": by["ref"], "pid": keeper}]
     # The watcher waits in receive, called from its function: innermost last.

@@ -17,7 +17,8 @@ import pytest
 from test_cli_rest import rebeam_cli
 from test_tls import LOOPBACK, Ca, DevTls, TlsCluster
 
-from harness import TOKEN, free_port, scratch_dir, wait_for
+from harness import TOKEN, scratch_dir, wait_for
+from rebeam.testing import free_port
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def test_jobqueue_loses_no_job_when_a_pool_node_is_killed(cluster: tuple[Cluster
         ids = [c.call(QUEUE, ("submit", "slow_square", (x,))) for x in range(120)]
 
         def some_done_on_both() -> bool:
-            stats = c.call(QUEUE, "stats")
+            stats: dict[str, int] = c.call(QUEUE, "stats")
             return stats.get("done", 0) >= 16
         wait_for("jobs under way", some_done_on_both)
         doomed.kill9()  # its pool and the jobs running there are lost with it

@@ -8,7 +8,8 @@ import json
 import urllib.error
 import urllib.request
 
-from harness import Cluster, Nodes, free_port, wait_for
+from harness import Cluster, Nodes, wait_for
+from rebeam.testing import free_port
 
 
 def get(url: str) -> tuple[int, dict[str, object]]:

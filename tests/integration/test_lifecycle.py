@@ -392,7 +392,7 @@ def test_a_manifest_child_named_in_a_user_registry(target: Target, tmp_path: Pat
     with target.client() as c:
         c.submit(d, wait=60)
         try:
-            def main() -> object:
+            def main() -> rebeam.Pid | None:
                 found = [p.pid for p in c.processes("viaapp") if p.label == "main"]
                 return found[0] if len(found) == 1 else None
 

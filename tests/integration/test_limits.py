@@ -256,7 +256,7 @@ def test_pids_naming_made_up_nodes_are_refused_and_do_not_grow_the_node(dev: Dev
     the node (+100 MB). Node names from the wire now follow the node id grammar (at most
     128 bytes): the gateway refuses such a pid with a message naming the rule and keeps
     nothing. (Sent with the raw stub: the client itself refuses pids of unknown nodes.)"""
-    import grpc
+    import grpc  # type: ignore[import-untyped]
 
     from harness import TOKEN
     from rebeam.client._proto import common_pb2, gateway_pb2, gateway_pb2_grpc

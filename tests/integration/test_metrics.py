@@ -16,8 +16,9 @@ from dashboard import submit_crashy, submit_observed
 from prometheus_client.parser import text_string_to_metric_families
 
 import rebeam
-from harness import SECRET, TOKEN, Cluster, Node, Nodes, _cluster, free_port, scratch_dir, wait_for
+from harness import SECRET, TOKEN, Cluster, Node, Nodes, _cluster, scratch_dir, wait_for
 from rebeam import Global
+from rebeam.testing import free_port
 
 
 @pytest.fixture

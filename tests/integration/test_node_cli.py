@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import rebeam
-from harness import TOKEN, free_port, wait_for
+from harness import TOKEN, wait_for
+from rebeam.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = Path(os.environ.get("REBEAM_NODE", ROOT / "target" / "release" / "rebeam-node"))
@@ -25,7 +26,7 @@ NODE = Path(os.environ.get("REBEAM_NODE", ROOT / "target" / "release" / "rebeam-
 
 
 @pytest.fixture(autouse=True)
-def _node_binary():
+def _node_binary() -> None:
     if not NODE.exists():
         pytest.fail(f"no node binary at {NODE}: build it with "
                     "`cargo build --release -p rebeam-node` or set REBEAM_NODE")
@@ -107,6 +108,7 @@ def read_until(proc: subprocess.Popen[bytes], needle: str, timeout: float = 20) 
     """Lines of stdout up to and including the first containing ``needle`` (reads the pipe
     unbuffered, so nothing waits in a buffer that select cannot see)."""
     data = b""
+    assert proc.stdout is not None
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -145,7 +147,7 @@ def run_to_end(app: Path, timeout: float = 30) -> subprocess.CompletedProcess[st
                           text=True, timeout=timeout)
 
 
-def test_good_app_starts_and_shuts_down_in_order_on_sigint(tmp_path):
+def test_good_app_starts_and_shuts_down_in_order_on_sigint(tmp_path: Path) -> None:
     proc = start_node(make_app(tmp_path, GOOD_MANIFEST))
     try:
         lines = read_until(proc, "started")
@@ -161,7 +163,7 @@ def test_good_app_starts_and_shuts_down_in_order_on_sigint(tmp_path):
     assert "shut down" in out.splitlines()[-1]
 
 
-def test_a_local_app_is_visible_to_ps_and_logs(tmp_path):
+def test_a_local_app_is_visible_to_ps_and_logs(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen([str(NODE), "--dev", "--workers", "1", "--app",
                              str(make_app(tmp_path, GOOD_MANIFEST)),
@@ -183,7 +185,7 @@ def test_a_local_app_is_visible_to_ps_and_logs(tmp_path):
     assert proc.returncode == 0
 
 
-def test_sigterm_also_shuts_down_cleanly(tmp_path):
+def test_sigterm_also_shuts_down_cleanly(tmp_path: Path) -> None:
     proc = start_node(make_app(tmp_path, GOOD_MANIFEST))
     try:
         read_until(proc, "started")
@@ -194,7 +196,7 @@ def test_sigterm_also_shuts_down_cleanly(tmp_path):
     assert "stop first shutdown" in out
 
 
-def test_root_supervisor_giving_up_exits_non_zero(tmp_path):
+def test_root_supervisor_giving_up_exits_non_zero(tmp_path: Path) -> None:
     app = make_app(tmp_path, '''
         [app]
         name = "flaky"
@@ -213,7 +215,7 @@ def test_root_supervisor_giving_up_exits_non_zero(tmp_path):
     assert "crashing on purpose" in result.stderr, "the crash reports carry the traceback"
 
 
-def test_init_raising_prints_the_child_and_traceback(tmp_path):
+def test_init_raising_prints_the_child_and_traceback(tmp_path: Path) -> None:
     app = make_app(tmp_path, '''
         [app]
         name = "demo"
@@ -238,7 +240,7 @@ def test_init_raising_prints_the_child_and_traceback(tmp_path):
     assert "stop first shutdown" in result.stdout, "children already started are stopped"
 
 
-def test_missing_module_is_reported(tmp_path):
+def test_missing_module_is_reported(tmp_path: Path) -> None:
     app = make_app(tmp_path, '''
         [app]
         name = "demo"
@@ -254,7 +256,7 @@ def test_missing_module_is_reported(tmp_path):
     assert "Traceback (most recent call last)" in result.stderr
 
 
-def test_missing_attribute_is_reported(tmp_path):
+def test_missing_attribute_is_reported(tmp_path: Path) -> None:
     app = make_app(tmp_path, '''
         [app]
         name = "demo"
@@ -268,7 +270,7 @@ def test_missing_attribute_is_reported(tmp_path):
     assert "module 'demo_app' has no attribute 'Nothing'" in result.stderr
 
 
-def test_syntax_error_is_reported_with_file_and_line(tmp_path):
+def test_syntax_error_is_reported_with_file_and_line(tmp_path: Path) -> None:
     app = make_app(tmp_path, GOOD_MANIFEST, module='''
         import rebeam
 
@@ -297,7 +299,7 @@ def test_syntax_error_is_reported_with_file_and_line(tmp_path):
      'start = "demo_app:Worker"\n', "app.max_restarts must be >= 0"),
     ('[app\nname = "demo"\n', "invalid TOML"),
 ])
-def test_bad_manifest_fields_are_named(tmp_path, manifest, message):
+def test_bad_manifest_fields_are_named(tmp_path: Path, manifest: str, message: str) -> None:
     app = make_app(tmp_path, manifest)
     result = run_to_end(app)
     assert result.returncode != 0
@@ -305,7 +307,7 @@ def test_bad_manifest_fields_are_named(tmp_path, manifest, message):
     assert "rebeam.toml" in result.stderr
 
 
-def test_missing_manifest_and_directory(tmp_path):
+def test_missing_manifest_and_directory(tmp_path: Path) -> None:
     result = run_to_end(tmp_path)
     assert result.returncode != 0
     assert "rebeam.toml: missing" in result.stderr
@@ -314,7 +316,7 @@ def test_missing_manifest_and_directory(tmp_path):
     assert "not a directory" in result.stderr
 
 
-def test_two_unnamed_children_with_the_same_start(tmp_path):
+def test_two_unnamed_children_with_the_same_start(tmp_path: Path) -> None:
     app = make_app(tmp_path, '''
         [app]
         name = "pool"

@@ -15,7 +15,8 @@ from pathlib import Path
 import peer_wire
 import pytest
 
-from harness import SECRET, TOKEN, Blackhole, Cluster, Nodes, _cluster, free_port, scratch_dir, wait_for
+from harness import SECRET, TOKEN, Blackhole, Cluster, Nodes, _cluster, scratch_dir, wait_for
+from rebeam.testing import free_port
 
 
 @pytest.fixture

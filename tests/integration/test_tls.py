@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 import peer_wire
@@ -23,7 +24,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import rebeam
 from harness import (
@@ -91,8 +92,8 @@ class Ca:
                 .not_valid_after(now + datetime.timedelta(days=1))
                 .add_extension(x509.SubjectAlternativeName(sans), critical=False)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH,
-                                                      x509.ExtendedKeyUsageOID.CLIENT_AUTH]),
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]),
                                critical=False)
                 .sign(self.key, hashes.SHA256()))
         return (cert.public_bytes(serialization.Encoding.PEM),
@@ -215,7 +216,7 @@ def raw_call(target: str, method: str, *, ca: Path | None, cert: tuple[bytes, by
         try:
             call(b"", timeout=5, metadata=metadata)
         except grpc.RpcError as e:
-            return e.code()  # type: ignore[no-any-return]
+            return e.code()
     return grpc.StatusCode.OK
 
 
@@ -324,7 +325,7 @@ def test_tls_cluster_serves_clients_and_refuses_plaintext_wrong_ca_and_wrong_nam
         b.stop()
 
 
-def https(url: str, ca: Path, method: str = "GET") -> tuple[int, dict[str, object]]:
+def https(url: str, ca: Path, method: str = "GET") -> tuple[int, dict[str, Any]]:
     """Status and JSON body of a request to a controller's HTTP API with the client token."""
     req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {TOKEN}"})
     context = ssl.create_default_context(cafile=str(ca))
@@ -353,7 +354,7 @@ def test_a_controllers_http_side_reaches_nodes_and_the_leader_over_tls(
             assert status == 200, body
             # A node the follower could not reach is named with why, not failed silently.
             assert body["missing_nodes"] == [], body["missing_nodes"]
-            return any(p["node"] == "a" for p in body["items"])  # type: ignore[index, union-attr]
+            return any(p["node"] == "a" for p in body["items"])
         wait_for("node a's processes in the follower's list", from_a)
 
         app = workdir / "tlsapp"

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 import pytest
 
 import rebeam
@@ -124,14 +124,14 @@ def outcome(channel: grpc.Channel, rpc: str, streams: tuple[bool, bool], token: 
     try:
         reply = call(request, timeout=5, metadata=metadata)
         if streams[1]:
-            for _ in reply:  # type: ignore[union-attr]
+            for _ in reply:
                 break
     except grpc.RpcError as e:
-        code = e.code()  # type: ignore[attr-defined]
+        code = e.code()
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return "unauthenticated"
         if code == grpc.StatusCode.PERMISSION_DENIED:
-            if guard_says is None or guard_says in (e.details() or ""):  # type: ignore[attr-defined]
+            if guard_says is None or guard_says in (e.details() or ""):
                 return "denied"
     return "allowed"
 
@@ -153,7 +153,8 @@ def cluster() -> Iterator[tuple[Cluster, Nodes]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_every_rpc_of_every_service_admits_exactly_the_expected_credentials(cluster):
+def test_every_rpc_of_every_service_admits_exactly_the_expected_credentials(
+        cluster: tuple[Cluster, Nodes]) -> None:
     c, _ = cluster
     rpcs = proto_rpcs()
     assert len(rpcs) > 30, rpcs
@@ -270,7 +271,7 @@ class Probe(rebeam.GenServer):
 """
 
 
-def test_a_node_holding_only_the_node_secret_runs_apps_and_can_do_only_what_nodes_do(tmp_path):
+def test_a_node_holding_only_the_node_secret_runs_apps_and_can_do_only_what_nodes_do(tmp_path: Path) -> None:
     """The node secret's row: a node given only it (in its environment, a client token on its
     command line) joins and runs an app whose code finds no credential in os.environ,
     /proc/self/environ or /proc/self/cmdline; the node secret passes exactly NODE_MAY at the
@@ -333,7 +334,7 @@ def test_a_node_holding_only_the_node_secret_runs_apps_and_can_do_only_what_node
         c.stop()
 
 
-def test_a_cluster_node_takes_one_credential_and_warns_about_the_cluster_secret(tmp_path):
+def test_a_cluster_node_takes_one_credential_and_warns_about_the_cluster_secret(tmp_path: Path) -> None:
     from harness import node_binary
 
     base = [str(node_binary()), "--controllers", "127.0.0.1:9", "--name", "x",
@@ -370,7 +371,8 @@ def rebeam_cli(c: Cluster, token: str, *args: str) -> subprocess.CompletedProces
                           timeout=60)
 
 
-def test_tokens_are_created_listed_and_revoked_with_the_cli_and_never_logged(cluster):
+def test_tokens_are_created_listed_and_revoked_with_the_cli_and_never_logged(
+        cluster: tuple[Cluster, Nodes]) -> None:
     c, nodes = cluster
     made = rebeam_cli(c, TOKEN, "token", "create", "--role", "deploy", "--ttl", "30d", "--note", "ci")
     assert made.returncode == 0, made.stderr
@@ -398,7 +400,7 @@ def test_tokens_are_created_listed_and_revoked_with_the_cli_and_never_logged(clu
         assert text.split("_")[-1] not in log.read_text(errors="replace"), f"token text in {log}"
 
 
-def test_an_expired_token_is_refused_by_controller_and_gateway(cluster):
+def test_an_expired_token_is_refused_by_controller_and_gateway(cluster: tuple[Cluster, Nodes]) -> None:
     c, _ = cluster
     with c.client() as admin:
         text, info = admin.create_token("read", ttl=2)
@@ -434,7 +436,7 @@ def _pb_bytes(field: int, data: bytes) -> bytes:
     return bytes([(field << 3) | 2]) + size + data
 
 
-def test_a_vote_with_an_overflowing_term_is_refused_and_the_member_survives_a_restart():
+def test_a_vote_with_an_overflowing_term_is_refused_and_the_member_survives_a_restart() -> None:
     root = Path(tempfile.mkdtemp(prefix="rebeam-trust-vote-"))
     c = Cluster.create(root, 1)
     try:
@@ -447,8 +449,8 @@ def test_a_vote_with_an_overflowing_term_is_refused_and_the_member_survives_a_re
             with pytest.raises(grpc.RpcError) as refused:
                 call(_pb_bytes(1, json.dumps(vote).encode()), timeout=5,
                      metadata=[("authorization", f"Bearer {SECRET}")])
-        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-        assert "term is out of range" in (refused.value.details() or "")  # type: ignore[attr-defined]
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "term is out of range" in (refused.value.details() or "")
         with c.client() as client:
             assert client.status().term < 2**32
             client.submit(write_app(root / "app1"), wait=None)
@@ -474,7 +476,7 @@ def write_app(d: Path) -> Path:
     return d
 
 
-def test_adding_an_unreachable_controller_fails_cleanly_and_the_group_keeps_working():
+def test_adding_an_unreachable_controller_fails_cleanly_and_the_group_keeps_working() -> None:
     from rebeam.client._proto import client_pb2, client_pb2_grpc
 
     root = Path(tempfile.mkdtemp(prefix="rebeam-trust-brick-"))
@@ -490,12 +492,12 @@ def test_adding_an_unreachable_controller_fails_cleanly_and_the_group_keeps_work
                                                       api_address="127.0.0.1:9")
             with pytest.raises(grpc.RpcError) as denied:
                 stub.AddController(request, timeout=5, metadata=[("authorization", f"Bearer {deploy}")])
-            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as failed:
                 stub.AddController(request, timeout=30, metadata=admin)
-            assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
-            assert "did not replicate" in (failed.value.details() or "")  # type: ignore[attr-defined]
+            assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "did not replicate" in (failed.value.details() or "")
             assert time.monotonic() - started < 20
         with c.client() as client:
             members = client.cluster().controllers
@@ -529,7 +531,7 @@ rebeam.run(main)
 '''
 
 
-def test_secrets_from_files_are_honoured_and_app_code_sees_no_credential(tmp_path):
+def test_secrets_from_files_are_honoured_and_app_code_sees_no_credential(tmp_path: Path) -> None:
     from harness import node_binary
 
     secret, token = "file-secret-4c1d9e", "file-token-77aa02"
@@ -555,7 +557,7 @@ def test_secrets_from_files_are_honoured_and_app_code_sees_no_credential(tmp_pat
             assert credential not in line, (how, credential, seen)
 
 
-def test_a_dev_node_takes_roles_from_its_token_file(tmp_path):
+def test_a_dev_node_takes_roles_from_its_token_file(tmp_path: Path) -> None:
     from harness import DevNode
 
     (tmp_path / "tokens").write_text(f"read:{TOKEN}-r\ncall:{TOKEN}-c\n")
@@ -587,14 +589,15 @@ def test_a_dev_node_takes_roles_from_its_token_file(tmp_path):
     ('[app]\nname = "a"\nversion = "1"\n[[children]]\nstart = "m:f"\nname = ".."\n', "children[0].name"),
     ('[app]\nname = "a"\nversion = 1\n[[children]]\nstart = "m:f"\n', "app.version must be str"),
 ])
-def test_the_client_refuses_lax_manifests_naming_key_and_file(tmp_path, manifest, key):
+def test_the_client_refuses_lax_manifests_naming_key_and_file(
+        tmp_path: Path, manifest: str, key: str) -> None:
     (tmp_path / "rebeam.toml").write_text(manifest)
     with pytest.raises(rebeam.client.ManifestError) as e:
         rebeam.client.load_manifest(tmp_path)
     assert key in str(e.value) and str(tmp_path / "rebeam.toml") in str(e.value)
 
 
-def test_replies_rebuild_only_plain_data_rebeam_values_and_trusted_classes():
+def test_replies_rebuild_only_plain_data_rebeam_values_and_trusted_classes() -> None:
     import pickle
     from fractions import Fraction
 
@@ -605,14 +608,14 @@ def test_replies_rebuild_only_plain_data_rebeam_values_and_trusted_classes():
     assert loads(pickle.dumps(plain, 5), Trust()) == plain
 
     class NodePid:  # how a node pickles its native pids
-        def __reduce__(self):
+        def __reduce__(self) -> tuple[object, ...]:
             from rebeam._pid import restore_pid
             return (restore_pid, ("a", 1, 2))
     assert loads(pickle.dumps(NodePid(), 5), Trust()) == rebeam.Pid("a", 1, 2)
 
     # A reply that would run a command when unpickled is refused before anything runs.
     class Evil:
-        def __reduce__(self):
+        def __reduce__(self) -> tuple[object, ...]:
             return (subprocess.call, (["false"],))
     with pytest.raises(rebeam.client.UntrustedValue, match="subprocess.call"):
         loads(pickle.dumps(Evil(), 5), Trust())
@@ -626,7 +629,7 @@ def test_replies_rebuild_only_plain_data_rebeam_values_and_trusted_classes():
     assert loads(pickle.dumps(value, 5), Trust(modules=["pathlib"])) == value
 
 
-def test_the_cli_escapes_terminal_control_characters():
+def test_the_cli_escapes_terminal_control_characters() -> None:
     from rebeam.client.cli import escape_controls
 
     assert escape_controls("ok\x1b]0;pwned\x07\x1b[2J\u202eline\n\tnext") == \
@@ -634,7 +637,8 @@ def test_the_cli_escapes_terminal_control_characters():
 
 
 @pytest.mark.parametrize("innocent", ["running", "starting"])
-def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tmp_path, innocent):
+def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(
+        tmp_path: Path, innocent: str) -> None:
     """Blast radius: a child whose init calls os._exit kills its node each time it starts. The
     node is restarted (as a process supervisor would); the app that kills it is charged and
     ends FAILED, the innocent app on the same node (max_restarts = 0: one charged death would
@@ -684,8 +688,8 @@ def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tm
             wait_for("the node-killing app to fail", bad_failed, timeout=90,
                      on_timeout=lambda: node.output()[-2000:] + c.logs())
             assert deaths >= 1
-            innocent = client.app("good")
-            assert innocent.status == "running", innocent.failure_reason
+            innocent_app = client.app("good")
+            assert innocent_app.status == "running", innocent_app.failure_reason
             failed = client.app("bad")
             assert "died while starting child bad" in (failed.failure_reason or ""), failed
             client.wait_running("good", timeout=60)
@@ -696,7 +700,7 @@ def test_an_app_that_kills_its_node_fails_alone_and_the_innocent_app_recovers(tm
         c.stop()
 
 
-def test_abandoned_long_calls_do_not_starve_the_gateway(tmp_path):
+def test_abandoned_long_calls_do_not_starve_the_gateway(tmp_path: Path) -> None:
     """600 calls with a one-hour timeout to a server that never replies, abandoned by their
     client, used to hold 600 threads of the node's blocking pool until they timed out: every
     later call, listing and code load hung. Now a wait holds no thread. (One token's calls
@@ -744,7 +748,8 @@ def test_abandoned_long_calls_do_not_starve_the_gateway(tmp_path):
         node.stop()
 
 
-def test_a_stopped_app_is_deleted_with_its_code_and_a_running_one_is_not(cluster, tmp_path):
+def test_a_stopped_app_is_deleted_with_its_code_and_a_running_one_is_not(
+        cluster: tuple[Cluster, Nodes], tmp_path: Path) -> None:
     """Stopped apps used to keep their code in the replicated state forever: `rebeam delete`
     (DeleteApp) removes a stopped app and its code, and refuses while the app runs."""
     c, _ = cluster
@@ -761,7 +766,8 @@ def test_a_stopped_app_is_deleted_with_its_code_and_a_running_one_is_not(cluster
 
     def fetch_code(code_hash: str) -> bytes:
         encoded = code_hash.encode()
-        return fetch(b"\x0a" + bytes([len(encoded)]) + encoded, timeout=5, metadata=auth)
+        reply: bytes = fetch(b"\x0a" + bytes([len(encoded)]) + encoded, timeout=5, metadata=auth)
+        return reply
 
     with c.client() as client:
         client.submit(app, wait=60)

@@ -12,11 +12,13 @@ import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import rebeam
-from harness import TOKEN, free_port, node_binary, scratch_dir, wait_for
+from harness import TOKEN, node_binary, scratch_dir, wait_for
+from rebeam.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +53,7 @@ def workdir() -> Iterator[Path]:
     yield from scratch_dir("rebeam-workers-test-")
 
 
-def run_script(workdir: Path, body: str, workers: int = 2, timeout: float = 60) -> dict:
+def run_script(workdir: Path, body: str, workers: int = 2, timeout: float = 60) -> dict[str, Any]:
     """Runs PRELUDE + body (which defines main) in `--dev --workers N` and returns what it
     reported."""
     script = workdir / "script.py"
@@ -63,7 +65,7 @@ def run_script(workdir: Path, body: str, workers: int = 2, timeout: float = 60) 
                           env=env, cwd=workdir)
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert done.returncode == 0 and line is not None, (done.stdout[-3000:], done.stderr[-3000:])
-    result: dict = json.loads(line[len("RESULT "):])
+    result: dict[str, Any] = json.loads(line[len("RESULT "):])
     return result
 
 
