@@ -29,6 +29,13 @@ const MONITOR_TICK: Duration = Duration::from_millis(2);
 /// Monitor ticks (4–6 ms) a queue head waits with no idle executor and no server taken
 /// before the pool grows: handlers hold every thread.
 const STALL_TICKS: u32 = 3;
+/// Ticks in a row with nothing queued after which the stall monitor waits for a push
+/// instead (100 ms): a busy node's queue empties between most pushes, and waking the
+/// monitor on each would cost more than its ticks.
+const QUIET_TICKS: u32 = 50;
+/// Longest wait of the stall monitor for a push, after which it checks that the runtime
+/// still lives.
+const QUIET_WAIT: Duration = Duration::from_secs(1);
 
 thread_local! {
     static IS_EXECUTOR: Cell<bool> = const { Cell::new(false) };
@@ -209,10 +216,22 @@ fn stall_monitor(rt: std::sync::Weak<PyRuntime>) {
     // has waited at least that many ticks (no clock read on the queue's hot path).
     let mut still = 0u32;
     let mut last_popped = 0u64;
+    // Ticks in a row that found the queue empty.
+    let mut quiet = 0u32;
     loop {
+        if quiet >= QUIET_TICKS {
+            // Nothing was queued for a while: wait for a push instead of ticking. Bounded,
+            // so a dropped runtime's monitor still ends.
+            let Some(rt) = rt.upgrade() else { return };
+            if rt.runq.wait_for_queued(QUIET_WAIT) {
+                quiet = 0;
+            }
+            continue;
+        }
         std::thread::sleep(MONITOR_TICK);
         let Some(rt) = rt.upgrade() else { return };
         let (queued, idle, popped) = rt.runq.pressure();
+        quiet = if queued == 0 { quiet + 1 } else { 0 };
         if queued > 0 && idle == 0 && popped == last_popped {
             still += 1;
         } else {

@@ -9,12 +9,14 @@ use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// FIFO of runnable servers; FIFO order keeps scheduling fair.
 pub struct RunQueue<H: Host> {
     queue: Mutex<Inner<H>>,
     ready: Condvar,
+    /// Where the stall monitor waits for a server to be queued (see `wait_for_queued`).
+    monitor: Condvar,
     /// The queue's length, read without the lock by a thread watching for work.
     queued: AtomicUsize,
     /// One idle thread at a time watches for work before parking (see `spin`); a push
@@ -34,6 +36,8 @@ struct Inner<H: Host> {
     /// Servers taken so far: the stall monitor watches it move (no clock read here: the
     /// queue is on every message's path), and with the queue's length it counts `scheduled`.
     popped: u64,
+    /// The stall monitor waits in `wait_for_queued`: the next push wakes it.
+    monitor_parked: bool,
 }
 
 impl<H: Host> Default for RunQueue<H> {
@@ -43,8 +47,10 @@ impl<H: Host> Default for RunQueue<H> {
                 items: VecDeque::new(),
                 idle_threads: 0,
                 popped: 0,
+                monitor_parked: false,
             }),
             ready: Condvar::new(),
+            monitor: Condvar::new(),
             queued: AtomicUsize::new(0),
             watching: AtomicBool::new(false),
             claiming: AtomicUsize::new(0),
@@ -72,6 +78,28 @@ impl<H: Host> RunQueue<H> {
             STATS.executor_wakeups.inc();
             self.ready.notify_one();
         }
+        if first && q.monitor_parked {
+            self.monitor.notify_one();
+        }
+    }
+
+    /// Parks the calling thread (the stall monitor) until a server is queued or `max` has
+    /// passed; true if one is queued. A stall needs a queued server, so there is nothing to
+    /// watch before, and an idle node's monitor would otherwise wake 500 times a second.
+    pub fn wait_for_queued(&self, max: Duration) -> bool {
+        let mut q = self.queue.lock();
+        if q.items.is_empty() {
+            q.monitor_parked = true;
+            let _ = self.monitor.wait_for(&mut q, max);
+            q.monitor_parked = false;
+        }
+        !q.items.is_empty()
+    }
+
+    /// True while the stall monitor waits in `wait_for_queued` (tests wait for it).
+    #[cfg(test)]
+    pub fn monitor_parked(&self) -> bool {
+        self.queue.lock().monitor_parked
     }
 
     /// True when no server waits in the queue (read without the lock: a hint).

@@ -133,6 +133,40 @@ fn waiting_for_work_takes_nothing_and_the_claim_counts_as_a_free_thread() {
 }
 
 #[test]
+fn the_stall_monitor_waits_for_a_push_and_not_past_its_bound() {
+    let rt = Arc::new(rt());
+    let p = spawn(&rt);
+    assert!(
+        !rt.runq.wait_for_queued(std::time::Duration::from_millis(1)),
+        "nothing queued: the bound ends the wait"
+    );
+    // Without a wake from the push, the wait would end only at its bound, with the server
+    // queued by then: the bound is what tells the two apart.
+    let bound = std::time::Duration::from_secs(30);
+    let monitor = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            (rt.runq.wait_for_queued(bound), start.elapsed())
+        })
+    };
+    while !rt.runq.monitor_parked() {
+        std::thread::yield_now();
+    }
+    rt.send(p.pid, Envelope::Info("a")).unwrap();
+    let (queued, waited) = monitor.join().unwrap();
+    assert!(
+        queued && waited < bound,
+        "the push woke it (after {waited:?})"
+    );
+    assert!(!rt.runq.monitor_parked());
+    assert!(
+        rt.runq.wait_for_queued(std::time::Duration::from_secs(600)),
+        "a server already queued: no wait"
+    );
+}
+
+#[test]
 fn reschedule_queues_a_running_server_with_an_empty_mailbox() {
     let rt = rt();
     let p = spawn(&rt);
