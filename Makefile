@@ -176,6 +176,9 @@ lint:
 	MYPYPATH=client-py:tests/integration $(PYTHON) -m mypy --config-file client-py/pyproject.toml tests/deploy
 	MYPYPATH=client-py:tests/integration:bench/peers $(PYTHON) -m mypy --config-file client-py/pyproject.toml \
 	  bench bench/run
+	# The image's two Python scripts (no .py ending either).
+	MYPYPATH=client-py $(PYTHON) -m mypy --config-file client-py/pyproject.toml --scripts-are-modules \
+	  deploy/docker/rebeam-cli deploy/docker/rebeam-health
 
 bench: setup build
 	REBEAM_LOG=error $(NODE) --dev --run bench/peers/rebeam_peer.py --mode $${BENCH_MODE:-full} --out bench/results/rebeam.json
