@@ -169,15 +169,12 @@ lint:
 	  --check-untyped-defs --allow-untyped-defs --allow-incomplete-defs --allow-untyped-calls \
 	  --allow-any-generics --no-strict-optional --no-warn-return-any --no-warn-unused-ignores \
 	  tests/conformance
-	# The integration, chaos and deploy tests and the benchmarks import the harness (and each
-	# other) by the paths they put on sys.path; bench/run is Python without the .py.
-	MYPYPATH=client-py:tests/integration $(PYTHON) -m mypy --config-file client-py/pyproject.toml tests/integration
-	MYPYPATH=client-py:tests/integration:tests/chaos $(PYTHON) -m mypy --config-file client-py/pyproject.toml tests/chaos
-	MYPYPATH=client-py:tests/integration $(PYTHON) -m mypy --config-file client-py/pyproject.toml tests/deploy
-	MYPYPATH=client-py:tests/integration:bench/peers $(PYTHON) -m mypy --config-file client-py/pyproject.toml \
-	  bench bench/run
-	# The image's two Python scripts (no .py ending either).
-	MYPYPATH=client-py $(PYTHON) -m mypy --config-file client-py/pyproject.toml --scripts-are-modules \
+	# The integration, chaos and deploy tests, the benchmarks and the image's scripts, in one run:
+	# they import the harness (and each other) by the paths they put on sys.path; bench/run and
+	# the image's two scripts are Python without the .py.
+	MYPYPATH=client-py:tests/integration:tests/chaos:bench/peers $(PYTHON) -m mypy \
+	  --config-file client-py/pyproject.toml --scripts-are-modules \
+	  tests/integration tests/chaos tests/deploy bench bench/run \
 	  deploy/docker/rebeam-cli deploy/docker/rebeam-health
 
 bench: setup build

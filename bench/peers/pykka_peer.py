@@ -27,14 +27,12 @@ from common import (
 )
 
 
-# Pykka is installed only in bench/.venv: where `make lint` runs mypy, ThreadingActor is Any and
-# subclassing it is an error (misc).
-class Echo(pykka.ThreadingActor):  # type: ignore[misc]
+class Echo(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         return message[1]
 
 
-class Counter(pykka.ThreadingActor):  # type: ignore[misc]
+class Counter(pykka.ThreadingActor):
     def __init__(self, expected: int = 0, done: pykka.ThreadingFuture[int] | None = None) -> None:
         super().__init__()
         self.count = 0
@@ -52,12 +50,12 @@ class Counter(pykka.ThreadingActor):  # type: ignore[misc]
         return None
 
 
-class Idle(pykka.ThreadingActor):  # type: ignore[misc]
+class Idle(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         return None
 
 
-class Hop(pykka.ThreadingActor):  # type: ignore[misc]
+class Hop(pykka.ThreadingActor):
     """One actor of the chain: tells the next; the last completes the lap's future."""
 
     def __init__(self, after: pykka.ActorRef[Any] | None) -> None:
@@ -72,7 +70,7 @@ class Hop(pykka.ThreadingActor):  # type: ignore[misc]
         return None
 
 
-class Sender(pykka.ThreadingActor):  # type: ignore[misc]
+class Sender(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         _, targets, per_target = message
         msg = ("inc", PAYLOAD)

@@ -12,9 +12,7 @@ from thespian.actors import Actor, ActorAddress, ChildActorExited
 from common import PAYLOAD
 
 
-# Thespian is installed only in bench/.venv: where `make lint` runs mypy, Actor is Any and
-# subclassing it is an error (misc).
-class Echo(Actor):  # type: ignore[misc]
+class Echo(Actor):
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, tuple) and message[0] == "ping":
             self.send(sender, message[1])
@@ -22,12 +20,12 @@ class Echo(Actor):  # type: ignore[misc]
             os._exit(1)  # a hard crash of the actor's process
 
 
-class Idle(Actor):  # type: ignore[misc]
+class Idle(Actor):
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         pass
 
 
-class Pinger(Actor):  # type: ignore[misc]
+class Pinger(Actor):
     """("run", echo, n): n sequential ping round trips to echo; replies the samples in µs."""
 
     def __init__(self) -> None:
@@ -56,7 +54,7 @@ class Pinger(Actor):  # type: ignore[misc]
                 self.send(self.requester, self.samples)
 
 
-class Counter(Actor):  # type: ignore[misc]
+class Counter(Actor):
     """Counts ("inc", payload); ("count",) replies the count; ("expect", n, notify) makes it
     send ("done", count) to notify once n have arrived."""
 
@@ -84,7 +82,7 @@ class Counter(Actor):  # type: ignore[misc]
             self._check()
 
 
-class Blaster(Actor):  # type: ignore[misc]
+class Blaster(Actor):
     """("blast", counter, n): n one-way sends, then asks counter for its count; replies it."""
 
     def __init__(self) -> None:
@@ -103,7 +101,7 @@ class Blaster(Actor):  # type: ignore[misc]
             self.send(self.requester, message)
 
 
-class Fanner(Actor):  # type: ignore[misc]
+class Fanner(Actor):
     """("fan", targets): pings every target at once, replies the list of replies."""
 
     def __init__(self) -> None:
@@ -125,7 +123,7 @@ class Fanner(Actor):  # type: ignore[misc]
                 self.send(self.requester, self.replies)
 
 
-class Sender(Actor):  # type: ignore[misc]
+class Sender(Actor):
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, tuple) and message[0] == "go":
             _, receivers, per_pair = message
@@ -135,7 +133,7 @@ class Sender(Actor):  # type: ignore[misc]
                     self.send(r, msg)
 
 
-class Coordinator(Actor):  # type: ignore[misc]
+class Coordinator(Actor):
     """("run", senders, receivers, per_pair): starts the senders, replies the counts once
     every receiver has reported its expected count."""
 
@@ -162,7 +160,7 @@ class Coordinator(Actor):  # type: ignore[misc]
                 self.send(self.requester, self.counts)
 
 
-class Supervisor(Actor):  # type: ignore[misc]
+class Supervisor(Actor):
     """Parent of one Echo worker: recreates it when Thespian reports ChildActorExited."""
 
     def __init__(self) -> None:
