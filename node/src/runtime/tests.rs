@@ -134,19 +134,20 @@ fn waiting_for_work_takes_nothing_and_the_claim_counts_as_a_free_thread() {
 
 #[test]
 fn the_stall_monitor_waits_for_a_push_and_not_past_its_bound() {
+    use std::time::{Duration, Instant};
     let rt = Arc::new(rt());
     let p = spawn(&rt);
     assert!(
-        !rt.runq.wait_for_queued(std::time::Duration::from_millis(1)),
+        !rt.runq.wait_for_queued(Duration::from_millis(1)),
         "nothing queued: the bound ends the wait"
     );
     // Without a wake from the push, the wait would end only at its bound, with the server
     // queued by then: the bound is what tells the two apart.
-    let bound = std::time::Duration::from_secs(30);
+    let bound = Duration::from_secs(30);
     let monitor = {
         let rt = rt.clone();
         std::thread::spawn(move || {
-            let start = std::time::Instant::now();
+            let start = Instant::now();
             (rt.runq.wait_for_queued(bound), start.elapsed())
         })
     };
@@ -161,7 +162,7 @@ fn the_stall_monitor_waits_for_a_push_and_not_past_its_bound() {
     );
     assert!(!rt.runq.monitor_parked());
     assert!(
-        rt.runq.wait_for_queued(std::time::Duration::from_secs(600)),
+        rt.runq.wait_for_queued(Duration::from_secs(600)),
         "a server already queued: no wait"
     );
 }
