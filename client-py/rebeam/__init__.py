@@ -7,7 +7,7 @@ supervisors, registries, tables and timers. See docs/guide.md. Outside a cluster
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _cleanup, _errors, pg
 from ._aio import call_async, receive_async, spawn_async
@@ -105,16 +105,27 @@ __all__ = [
     "unregister_global", "whereis", "whereis_global", "which_children"
 ]
 
-# No module-level __getattr__ here: CPython 3.11 does not specialise attribute loads on a
-# module that has one, and every `rebeam.cast(...)` in an app would pay ~20 ns more for it.
-if TYPE_CHECKING or not IN_NODE:
+_CLIENT_NAMES = frozenset({"Client", "connect"})
+
+if TYPE_CHECKING:
     from .client import Client, connect
-else:
-    # Inside a node the client (about 55 modules, 4 MB) loads on the first `connect`; its
-    # class is `rebeam.client.Client` there.
+elif IN_NODE:
+    # No module-level __getattr__ in a node: CPython 3.11 does not specialise attribute loads
+    # on a module that has one, and every `rebeam.cast(...)` would pay ~20 ns more for it.
+    # The client still loads on the first `connect`; its class is `rebeam.client.Client`.
     from ._connect import connect
 
     __all__.remove("Client")
+else:
+
+    def __getattr__(name: str) -> Any:
+        # The client (and gRPC behind it) loads on first use, so what imports rebeam alone
+        # (a node's code installer, tools) does not pay for it.
+        if name in _CLIENT_NAMES:
+            from . import client
+
+            return getattr(client, name)
+        raise AttributeError(f"module 'rebeam' has no attribute {name!r}")
 
 
 if IN_NODE:
