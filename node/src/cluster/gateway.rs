@@ -351,8 +351,9 @@ pub async fn deliver_to(
     let (reply_tx, mut reply_rx) = tokio::sync::oneshot::channel();
     let span = Arc::new(parking_lot::Mutex::new(span));
     let taken_span = span.clone();
-    let slot = Arc::new(CallSlot::forwarding(Box::new(
-        move |result: CallResult<Term>| {
+    let slot = Arc::new(CallSlot::forwarding(
+        None,
+        Box::new(move |result: CallResult<Term>| {
             // Pickled where the reply is made: the callee's thread holds the interpreter then
             // (a reply from another node is bytes already), which spares the async side a hop
             // to the blocking pool to take it.
@@ -384,11 +385,10 @@ pub async fn deliver_to(
                     let _ = reply_tx.send(Handed::Outcome(outcome));
                 }
             }
-        },
-    )));
+        }),
+    ));
     let envelope = Envelope::Call {
         request: term,
-        from: None,
         slot: slot.clone(),
     };
     if rt.send(pid, envelope).is_err() {

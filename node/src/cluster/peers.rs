@@ -191,24 +191,17 @@ pub fn frame_for(
             let f = match envelope {
                 Envelope::Info(term) => return wire_send(to, term, false),
                 Envelope::Cast(term) => return wire_send(to, term, true),
-                Envelope::Call {
-                    request,
-                    from,
-                    slot,
-                } => {
+                Envelope::Call { request, slot } => {
                     let traceparent = trace::to_wire(request.trace());
                     let request = match request.encode() {
                         Ok(bytes) => bytes,
                         Err(_) => {
-                            let envelope = Envelope::Call {
-                                request,
-                                from,
-                                slot,
-                            };
+                            let envelope = Envelope::Call { request, slot };
                             return Err(Outbound::Message { to, envelope });
                         }
                     };
                     let call_id = cluster.next_call.fetch_add(1, Ordering::Relaxed);
+                    let from = slot.from();
                     cluster.calls.lock().insert(call_id, (to.node, slot));
                     Frame::Call(pb::PeerCall {
                         to: Some(pid_to_pb(to)),
@@ -437,12 +430,14 @@ fn apply(cluster: &Arc<Cluster>, from_node: NodeId, frame: pb::PeerFrame) {
             let from = pid_from_pb(c.from.as_ref());
             let reply_cluster = cluster.clone();
             let call_id = c.call_id;
-            let slot = Arc::new(CallSlot::forwarding(Box::new(move |result| {
-                reply_cluster.send_reply(from_node, call_id, result);
-            })));
+            let slot = Arc::new(CallSlot::forwarding(
+                from,
+                Box::new(move |result| {
+                    reply_cluster.send_reply(from_node, call_id, result);
+                }),
+            ));
             let envelope = Envelope::Call {
                 request: Term::from_wire(c.request).traced(trace::from_wire(&c.traceparent)),
-                from,
                 slot: slot.clone(),
             };
             // Never run on this thread (no inline fast path here): a handler that calls

@@ -369,20 +369,24 @@ pub fn unwatch_mail(process: &PyProcess, key: u64) {
 pub fn reply_slot(
     aio: &'static Aio,
     key: u64,
+    from: Option<Pid>,
     pid: Pid,
     started: Option<std::time::Instant>,
     span: Option<crate::observe::trace::Sending>,
 ) -> Arc<CallSlot<Term>> {
-    Arc::new(CallSlot::forwarding(Box::new(move |result| {
-        let outcome: Result<(), String> = match &result {
-            CallResult::Reply(_) => Ok(()),
-            CallResult::Exit(reason) => Err(format!("{pid} exited: {reason:?}")),
-            CallResult::CallerKilled => Err("the caller was killed".into()),
-        };
-        let outcome = outcome.map_err(pyo3::exceptions::PyRuntimeError::new_err);
-        crate::observe::trace::call_done(started, span, &outcome);
-        aio.push(Ready::Reply { key, pid, result })
-    })))
+    Arc::new(CallSlot::forwarding(
+        from,
+        Box::new(move |result| {
+            let outcome: Result<(), String> = match &result {
+                CallResult::Reply(_) => Ok(()),
+                CallResult::Exit(reason) => Err(format!("{pid} exited: {reason:?}")),
+                CallResult::CallerKilled => Err("the caller was killed".into()),
+            };
+            let outcome = outcome.map_err(pyo3::exceptions::PyRuntimeError::new_err);
+            crate::observe::trace::call_done(started, span, &outcome);
+            aio.push(Ready::Reply { key, pid, result })
+        }),
+    ))
 }
 
 /// The task of `step` ended with `result` (on the loop's thread): applies the outcome as

@@ -190,18 +190,8 @@ pub fn envelope_to_py<'py>(
         Envelope::Cast(m) => {
             Ok(PyTuple::new(py, [PyString::new(py, "$cast").into_any(), m.to_py(py)?])?.into_any())
         }
-        Envelope::Call {
-            request,
-            from,
-            slot,
-        } => {
-            let sender = Bound::new(
-                py,
-                super::objects::Sender {
-                    slot: slot.clone(),
-                    from: *from,
-                },
-            )?;
+        Envelope::Call { request, slot } => {
+            let sender = Bound::new(py, super::objects::Sender { slot: slot.clone() })?;
             Ok(PyTuple::new(
                 py,
                 [
@@ -212,8 +202,8 @@ pub fn envelope_to_py<'py>(
             )?
             .into_any())
         }
-        Envelope::Exit { from, reason } => exit_value(py, *from, reason),
-        Envelope::Down { mref, pid, reason } => down_value(py, *mref, *pid, reason),
+        Envelope::Exit(signal) => exit_value(py, signal.from, &signal.reason),
+        Envelope::Down(signal) => down_value(py, signal.mref, signal.pid, &signal.reason),
         Envelope::Timeout(_) => Ok(types(py)?.timeout_message.bind(py).clone()),
     }
 }

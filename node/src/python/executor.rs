@@ -599,18 +599,8 @@ fn dispatch(
         Envelope::Cast(m) => server
             .call_method1(intern!(py, "handle_cast"), (m.to_py(py)?,))
             .map(|r| ran(r, || Then::Handler(None))),
-        Envelope::Call {
-            request,
-            from,
-            slot,
-        } => {
-            let sender = Bound::new(
-                py,
-                Sender {
-                    slot: slot.clone(),
-                    from,
-                },
-            )?;
+        Envelope::Call { request, slot } => {
+            let sender = Bound::new(py, Sender { slot: slot.clone() })?;
             let reply = match server
                 .call_method1(intern!(py, "handle_call"), (request.to_py(py)?, sender))
             {
@@ -631,11 +621,12 @@ fn dispatch(
             answer(py, process, &slot, &reply, wake)?;
             Ok(Ran::Done)
         }
-        Envelope::Exit { from, reason }
-            if Some(from) == process.parent
+        Envelope::Exit(signal)
+            if Some(signal.from) == process.parent
                 || (process.data.child.get().is_some()
-                    && from == Pid::app_master(&process.pid)) =>
+                    && signal.from == Pid::app_master(&process.pid)) =>
         {
+            let reason = signal.reason;
             // The parent's exit signal, trapped: shut down like a gen_server does. A top-level
             // child's parent is the node's application master, which stops it on app stop.
             process.data.stop.set(reason);

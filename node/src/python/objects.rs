@@ -99,7 +99,6 @@ impl Ref {
 #[pyclass(module = "_rebeam_native", frozen)]
 pub struct Sender {
     pub(crate) slot: Arc<CallSlot<Term>>,
-    pub(crate) from: Option<runtime::Pid>,
 }
 
 #[pymethods]
@@ -107,11 +106,11 @@ impl Sender {
     /// The calling process, or None when the caller is outside any process.
     #[getter]
     fn pid(&self) -> Option<Pid> {
-        self.from.map(Pid)
+        self.slot.from().map(Pid)
     }
 
     fn __repr__(&self) -> String {
-        match self.from {
+        match self.slot.from() {
             Some(pid) => format!("Sender({pid})"),
             None => "Sender(<outside>)".into(),
         }

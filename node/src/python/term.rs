@@ -16,6 +16,13 @@ pub struct Term(Repr, usize);
 // (the cast benchmark lost about 15% when it did), so it is boxed inside the payload.
 const _: () = assert!(std::mem::size_of::<Term>() == 4 * std::mem::size_of::<usize>());
 
+// A mailbox entry is a term and its kind (which fits in the term's spare bits): what else a
+// call or a signal carries lives behind a pointer. Casts queue tens of thousands of entries
+// between two turns of the interpreter, and those cost by their size.
+const _: () = assert!(
+    std::mem::size_of::<crate::runtime::Envelope<Term>>() == 5 * std::mem::size_of::<usize>()
+);
+
 enum Repr {
     /// An immutable value, shared by reference.
     Shared(Py<PyAny>),

@@ -1,5 +1,6 @@
 //! A one-shot reply slot for `call`: the caller waits on it, the callee (or its death) fills it.
 
+use super::pid::Pid;
 use super::reason::Reason;
 use super::spin::Spinner;
 use parking_lot::{Condvar, Mutex};
@@ -25,6 +26,8 @@ pub type Forward<M> = Box<dyn FnOnce(CallResult<M>) + Send>;
 
 /// Where exactly one reply to one call goes; the first completion wins.
 pub struct CallSlot<M> {
+    /// The caller, when it is a process (kept here rather than in the mailbox entry).
+    from: Option<Pid>,
     result: Mutex<Option<CallResult<M>>>,
     done: Condvar,
     /// Set when the waiter may take the result: it watches this before it parks.
@@ -38,18 +41,23 @@ impl<M> std::fmt::Debug for CallSlot<M> {
     }
 }
 
-impl<M> Default for CallSlot<M> {
-    fn default() -> Self {
+impl<M> CallSlot<M> {
+    /// The slot of a call made by `from` (`None`: from outside any process).
+    pub fn new(from: Option<Pid>) -> Self {
         CallSlot {
+            from,
             result: Mutex::new(None),
             done: Condvar::new(),
             woken: AtomicBool::new(false),
             forward: Mutex::new(None),
         }
     }
-}
 
-impl<M> CallSlot<M> {
+    /// The caller, when it is a process.
+    pub fn from(&self) -> Option<Pid> {
+        self.from
+    }
+
     /// Completes the call; gives the result back if the slot was already completed.
     pub fn complete(&self, result: CallResult<M>) -> Result<(), CallResult<M>> {
         self.complete_unwoken(result)?;
@@ -83,9 +91,10 @@ impl<M> CallSlot<M> {
         self.done.notify_all();
     }
 
-    /// A slot whose completion is handed to `forward` instead of a waiting thread.
-    pub fn forwarding(forward: Forward<M>) -> Self {
-        let slot = CallSlot::default();
+    /// A slot of a call by `from` whose completion is handed to `forward` instead of a
+    /// waiting thread.
+    pub fn forwarding(from: Option<Pid>, forward: Forward<M>) -> Self {
+        let slot = CallSlot::new(from);
         *slot.forward.lock() = Some(forward);
         slot
     }

@@ -23,7 +23,7 @@ pub use call::{CallResult, CallSlot};
 pub use host::{Host, Outbound};
 pub use node::Runtime;
 pub use pid::{NodeId, Pid, Ref};
-pub use process::{Envelope, Kind, MailboxLimit, Payload, Process, Status};
+pub use process::{DownSignal, Envelope, ExitSignal, Kind, MailboxLimit, Payload, Process, Status};
 pub use reason::{Crash, Reason, Term};
 pub use registry::RegistryError;
 pub use timer::Timers;

@@ -540,14 +540,7 @@ impl<H: Host> Runtime<H> {
                     .lock()
                     .watching
                     .retain(|(r, t)| !(*r == mref && *t == target));
-                let _ = self.deliver(
-                    watcher,
-                    Envelope::Down {
-                        mref,
-                        pid: target,
-                        reason: Reason::Noconnection,
-                    },
-                );
+                let _ = self.deliver(watcher, Envelope::down(mref, target, Reason::Noconnection));
             }
             return mref;
         }
@@ -566,14 +559,7 @@ impl<H: Host> Runtime<H> {
         if added {
             watcher.lock().watching.push((mref, target));
         } else {
-            let _ = self.deliver(
-                watcher,
-                Envelope::Down {
-                    mref,
-                    pid: target,
-                    reason: Reason::Noproc,
-                },
-            );
+            let _ = self.deliver(watcher, Envelope::down(mref, target, Reason::Noproc));
         }
         mref
     }
@@ -617,7 +603,7 @@ impl<H: Host> Runtime<H> {
     fn deliver_exit(&self, target: &Arc<Process<H>>, from: Pid, reason: Reason) {
         let trap = target.lock().trap_exit;
         if trap {
-            let _ = self.deliver(target, Envelope::Exit { from, reason });
+            let _ = self.deliver(target, Envelope::exit(from, reason));
         } else if !reason.is_normal() {
             self.terminate(target, reason);
         }
@@ -670,13 +656,7 @@ impl<H: Host> Runtime<H> {
                     q.lock().links.retain(|x| *x != p.pid);
                     let trap = q.lock().trap_exit;
                     if trap {
-                        let _ = self.deliver(
-                            &q,
-                            Envelope::Exit {
-                                from: p.pid,
-                                reason: reason.clone(),
-                            },
-                        );
+                        let _ = self.deliver(&q, Envelope::exit(p.pid, reason.clone()));
                     } else if !reason.is_normal() {
                         work.push((q, reason.clone()));
                     }
@@ -692,14 +672,7 @@ impl<H: Host> Runtime<H> {
                     });
                     continue;
                 }
-                let _ = self.send(
-                    watcher,
-                    Envelope::Down {
-                        mref,
-                        pid: p.pid,
-                        reason: reason.clone(),
-                    },
-                );
+                let _ = self.send(watcher, Envelope::down(mref, p.pid, reason.clone()));
             }
             for (mref, target) in dead.watching {
                 self.drop_watcher(target, mref, p.pid);
@@ -853,14 +826,7 @@ impl<H: Host> Runtime<H> {
             before != st.watching.len()
         };
         if active {
-            let _ = self.deliver(
-                &w,
-                Envelope::Down {
-                    mref,
-                    pid: target,
-                    reason,
-                },
-            );
+            let _ = self.deliver(&w, Envelope::down(mref, target, reason));
         }
     }
 
@@ -891,14 +857,7 @@ impl<H: Host> Runtime<H> {
                 (links, downs)
             };
             for (mref, target) in downs {
-                let _ = self.deliver(
-                    &p,
-                    Envelope::Down {
-                        mref,
-                        pid: target,
-                        reason: Reason::Noconnection,
-                    },
-                );
+                let _ = self.deliver(&p, Envelope::down(mref, target, Reason::Noconnection));
             }
             for linked in links {
                 self.deliver_exit(&p, linked, Reason::Noconnection);

@@ -80,33 +80,53 @@ pub enum Envelope<M> {
     Info(M),
     /// A `cast`.
     Cast(M),
-    /// A `call`, with the slot the reply goes to.
+    /// A `call`, with the slot the reply goes to (which also names the caller: an entry
+    /// stays six words, see `term::Term`).
     Call {
         /// The request.
         request: M,
-        /// The caller, when it is a process.
-        from: Option<Pid>,
         /// Where the reply goes.
         slot: Arc<CallSlot<M>>,
     },
-    /// A trapped exit signal.
-    Exit {
-        /// The process the signal comes from.
-        from: Pid,
-        /// Its reason.
-        reason: Reason,
-    },
-    /// A monitor fired.
-    Down {
-        /// The monitor's reference.
-        mref: Ref,
-        /// The monitored process.
-        pid: Pid,
-        /// Why it is gone.
-        reason: Reason,
-    },
+    /// A trapped exit signal (boxed: signals are rare, and every entry is as large as the
+    /// largest kind).
+    Exit(Box<ExitSignal>),
+    /// A monitor fired (boxed, as `Exit` is).
+    Down(Box<DownSignal>),
     /// A GenServer idle timeout of the given generation.
     Timeout(u64),
+}
+
+/// An exit signal from a linked process, as a trapping process receives it.
+#[derive(Debug)]
+pub struct ExitSignal {
+    /// The process the signal comes from.
+    pub from: Pid,
+    /// Its reason.
+    pub reason: Reason,
+}
+
+/// A fired monitor, as its watcher receives it.
+#[derive(Debug)]
+pub struct DownSignal {
+    /// The monitor's reference.
+    pub mref: Ref,
+    /// The monitored process.
+    pub pid: Pid,
+    /// Why it is gone.
+    pub reason: Reason,
+}
+
+impl<M> Envelope<M> {
+    /// A trapped exit signal from `from`.
+    pub fn exit(from: Pid, reason: Reason) -> Self {
+        Envelope::Exit(Box::new(ExitSignal { from, reason }))
+    }
+
+    /// Monitor `mref` of `pid` fired with `reason`.
+    pub fn down(mref: Ref, pid: Pid, reason: Reason) -> Self {
+        Envelope::Down(Box::new(DownSignal { mref, pid, reason }))
+    }
 }
 
 impl<M: Payload> Envelope<M> {
@@ -115,7 +135,8 @@ impl<M: Payload> Envelope<M> {
         let payload = match self {
             Envelope::Info(m) | Envelope::Cast(m) => m.bytes(),
             Envelope::Call { request, .. } => request.bytes(),
-            Envelope::Exit { reason, .. } | Envelope::Down { reason, .. } => reason.bytes(),
+            Envelope::Exit(signal) => std::mem::size_of::<ExitSignal>() + signal.reason.bytes(),
+            Envelope::Down(signal) => std::mem::size_of::<DownSignal>() + signal.reason.bytes(),
             Envelope::Timeout(_) => 0,
         };
         std::mem::size_of::<Self>() + payload

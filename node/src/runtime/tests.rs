@@ -228,7 +228,7 @@ fn trapping_turns_signals_into_messages_but_kill_is_untrappable() {
     let st = t.lock();
     assert!(matches!(
         st.mailbox.front(),
-        Some(Envelope::Exit { from, reason: Reason::Shutdown }) if *from == a.pid
+        Some(Envelope::Exit(s)) if s.from == a.pid && s.reason == Reason::Shutdown
     ));
     drop(st);
     rt.exit_signal(a.pid, t.pid, Reason::Kill);
@@ -266,11 +266,11 @@ fn monitor_fires_once_and_noproc_for_dead_targets() {
     let downs: Vec<_> = w.lock().mailbox.drain(..).collect();
     assert_eq!(downs.len(), 1);
     assert!(
-        matches!(&downs[0], Envelope::Down { mref, pid, reason } if *mref == r && *pid == t.pid && *reason == crash())
+        matches!(&downs[0], Envelope::Down(d) if d.mref == r && d.pid == t.pid && d.reason == crash())
     );
     let r2 = rt.monitor(&w, t.pid);
     assert!(
-        matches!(w.lock().mailbox.front(), Some(Envelope::Down { mref, reason: Reason::Noproc, .. }) if *mref == r2)
+        matches!(w.lock().mailbox.front(), Some(Envelope::Down(d)) if d.mref == r2 && d.reason == Reason::Noproc)
     );
 }
 
@@ -307,12 +307,11 @@ fn names_are_released_on_exit_and_unique() {
 fn pending_calls_fail_with_the_callee_reason() {
     let rt = rt();
     let callee = spawn(&rt);
-    let slot = Arc::new(CallSlot::default());
+    let slot = Arc::new(CallSlot::new(None));
     rt.send(
         callee.pid,
         Envelope::Call {
             request: "get",
-            from: None,
             slot: slot.clone(),
         },
     )
@@ -396,7 +395,7 @@ fn node_down_fires_noconnection_on_links_and_monitors() {
     rt.node_down(NodeId::intern("peer"));
     assert_eq!(linked.exit_reason(), Some(Reason::Noconnection));
     assert!(
-        matches!(watcher.lock().mailbox.front(), Some(Envelope::Down { mref, reason: Reason::Noconnection, .. }) if *mref == r)
+        matches!(watcher.lock().mailbox.front(), Some(Envelope::Down(d)) if d.mref == r && d.reason == Reason::Noconnection)
     );
 }
 
@@ -533,11 +532,9 @@ fn a_monitor_racing_the_targets_exit_gets_exactly_one_down() {
                 .mailbox
                 .iter()
                 .filter_map(|e| match e {
-                    Envelope::Down {
-                        mref: m,
-                        pid,
-                        reason,
-                    } if *m == mref && *pid == target.pid => Some(reason.clone()),
+                    Envelope::Down(d) if d.mref == mref && d.pid == target.pid => {
+                        Some(d.reason.clone())
+                    }
                     _ => None,
                 })
                 .collect();
@@ -565,10 +562,9 @@ fn a_delivery_past_the_message_limit_kills_the_receiver_with_mailbox_limit() {
     rt.send(p.pid, Envelope::Info("a")).unwrap();
     rt.send(p.pid, Envelope::Info("b")).unwrap();
     assert!(!p.is_exited());
-    let slot = Arc::new(CallSlot::default());
+    let slot = Arc::new(CallSlot::new(None));
     let over = Envelope::Call {
         request: "c",
-        from: None,
         slot: slot.clone(),
     };
     assert!(
@@ -582,7 +578,7 @@ fn a_delivery_past_the_message_limit_kills_the_receiver_with_mailbox_limit() {
     ));
     assert!(matches!(
         linked.lock().mailbox.back(),
-        Some(Envelope::Exit { reason: Reason::MailboxLimit, from }) if *from == p.pid
+        Some(Envelope::Exit(s)) if s.from == p.pid && s.reason == Reason::MailboxLimit
     ));
     assert_eq!(
         Reason::from_atom("mailbox_limit"),

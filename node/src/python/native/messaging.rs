@@ -75,11 +75,10 @@ pub(super) fn call<'py>(
     let pid = callee(py, dest, me.as_ref())?;
     let deadline = deadline_after(timeout)?;
     let started = crate::observe::stats::call_clock();
-    let slot = Arc::new(CallSlot::default());
+    let slot = Arc::new(CallSlot::new(me.as_ref().map(|m| m.pid)));
     let (request, span) = trace::stamp(py, Delivery::Call, pid, Term::copy_in(request)?);
     let envelope = Envelope::Call {
         request,
-        from: me.as_ref().map(|m| m.pid),
         slot: slot.clone(),
     };
     if rt.is_remote(pid) {

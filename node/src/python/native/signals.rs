@@ -53,7 +53,7 @@ pub(super) fn demonitor(py: Python<'_>, mref: &Bound<'_, PyRef>, flush: bool) ->
             let mut st = me.lock();
             let (gone, keep): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut st.mailbox)
                 .into_iter()
-                .partition(|e| matches!(e, Envelope::Down { mref, .. } if *mref == r));
+                .partition(|e| matches!(e, Envelope::Down(signal) if signal.mref == r));
             st.mailbox = keep;
             for envelope in &gone {
                 st.settle(envelope);
