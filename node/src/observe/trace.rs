@@ -171,18 +171,18 @@ impl Sending {
     }
 }
 
-/// Stamps a message about to be sent from this thread: starts its span and gives back the
-/// term carrying the span's context. A send or cast span ends when dropped (at once); a call
-/// span is kept by the caller until the reply. Costs one check when tracing is off.
+/// Stamps a message about to be sent from this thread: starts its span and makes the term
+/// carry the span's context. A send or cast span ends when dropped (at once); a call span is
+/// kept by the caller until the reply. Costs one check when tracing is off, and the term is
+/// changed in place: moving it through a return value costs every send a stalled copy.
 #[inline]
-pub fn stamp(py: Python<'_>, kind: Delivery, to: Pid, term: Term) -> (Term, Option<Sending>) {
+pub fn stamp(py: Python<'_>, kind: Delivery, to: Pid, term: &mut Term) -> Option<Sending> {
     if !enabled() {
-        return (term, None);
+        return None;
     }
-    match sending(py, kind, to) {
-        Some((span, carried)) => (term.traced(carried), Some(span)),
-        None => (term, None),
-    }
+    let (span, carried) = sending(py, kind, to)?;
+    term.carry(carried);
+    Some(span)
 }
 
 /// Records a call made by process code: its latency when timed (see `stats::call_clock`),

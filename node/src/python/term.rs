@@ -116,11 +116,19 @@ impl Repr {
 }
 
 impl Term {
-    /// Takes a value for sending: shared when immutable, else pickled now.
+    /// Takes a value for sending: shared when immutable, else pickled now. Inlined for an
+    /// immutable value (most sends'): a term returned through memory stalls the send.
+    #[inline]
     pub fn copy_in(value: &Bound<'_, PyAny>) -> PyResult<Term> {
         if let Some(size) = immutable_size(value, 0) {
             return Ok(Term(Repr::Shared(value.clone().unbind()), size));
         }
+        Self::pickled(value)
+    }
+
+    /// `copy_in` of a mutable value: a pickle.
+    #[inline(never)]
+    fn pickled(value: &Bound<'_, PyAny>) -> PyResult<Term> {
         let py = value.py();
         match pickle_fn(py, "dumps")?.call1((value, 5)) {
             Ok(bytes) => {
@@ -168,6 +176,12 @@ impl Term {
                 self.1,
             ),
         }
+    }
+
+    /// Makes this term carry `trace` (see `traced`), in place.
+    pub fn carry(&mut self, trace: MessageTrace) {
+        let placeholder = Term(Repr::Wire(Vec::new()), 0);
+        *self = std::mem::replace(self, placeholder).traced(trace);
     }
 
     /// The trace context the message carries, if any.

@@ -21,18 +21,22 @@ thread_local! {
     /// The process this thread last sent to: a sender usually sends to the same process
     /// again, and finding it in the table costs a shard lock and a reference count (four
     /// locked instructions; 4 % of the casts' rate). Held only while it lives: a send finds
-    /// it exited and lets it go, and executors let it go before they park.
-    static LAST_TARGET: Cell<Option<Box<dyn Any>>> = const { Cell::new(None) };
+    /// it exited and lets it go, and executors let it go before they park. Kept with the id
+    /// of the runtime it belongs to (tests run several in one OS process, of different
+    /// hosts), which also tells its type.
+    static LAST_TARGET: Cell<Option<(u64, Box<dyn Any>)>> = const { Cell::new(None) };
 }
 
 /// What `LAST_TARGET` holds.
 struct Target<H: Host> {
-    /// The runtime it belongs to (tests run several in one OS process, one after another
-    /// at one address).
-    runtime: u64,
     pid: Pid,
     process: Arc<Process<H>>,
 }
+
+/// A message that was not delivered: its target is not alive (or not reachable). The
+/// envelope is dropped, outside any lock (a payload's last reference may run Python code).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Undelivered;
 
 /// Lets go of the process this thread last sent to (see `LAST_TARGET`): called before a
 /// thread parks, so that a dead process's memory is not held by an idle thread.
@@ -218,56 +222,57 @@ impl<H: Host> Runtime<H> {
         self.finish_batch(process);
     }
 
-    /// Delivers an envelope; gives it back when the target is not alive (the caller drops it
-    /// outside any lock).
-    pub fn send(&self, pid: Pid, envelope: Envelope<H::Msg>) -> Result<(), Envelope<H::Msg>> {
+    /// Delivers an envelope (a message not delivered is dropped: see `Undelivered`).
+    pub fn send(&self, pid: Pid, envelope: Envelope<H::Msg>) -> Result<(), Undelivered> {
         STATS.sent.inc();
         if self.is_remote(pid) {
-            let routed = self
-                .host
-                .route(Outbound::Message { to: pid, envelope })
-                .map_err(|out| match out {
-                    Outbound::Message { envelope, .. } => envelope,
-                    _ => unreachable!("route gives back what it was given"),
-                });
-            match &routed {
-                Ok(()) => STATS.routed.inc(),
-                Err(_) => STATS.dropped.inc(),
-            }
-            return routed;
+            return match self.host.route(Outbound::Message { to: pid, envelope }) {
+                Ok(()) => {
+                    STATS.routed.inc();
+                    Ok(())
+                }
+                Err(_) => {
+                    STATS.dropped.inc();
+                    Err(Undelivered)
+                }
+            };
         }
         if !self.is_local(pid) {
             STATS.dropped.inc();
-            return Err(envelope);
+            return Err(Undelivered);
         }
         let Some(target) = self.last_target(pid) else {
             STATS.dropped.inc();
-            return Err(envelope);
+            return Err(Undelivered);
         };
         let delivered = self.deliver(&target.process, envelope);
         // (A send made meanwhile by code this delivery ran has put its own target there.)
-        let _ = LAST_TARGET.try_with(|t| t.set(Some(target as Box<dyn Any>)));
+        let _ = LAST_TARGET.try_with(|t| t.set(Some((self.id, target as Box<dyn Any>))));
         delivered
     }
 
     /// The local process `pid` names, from this thread's last send if it went there (no
     /// process-table lock, no reference-count updates), else from the table.
     fn last_target(&self, pid: Pid) -> Option<Box<Target<H>>> {
-        let runtime = self.id;
-        let cached = LAST_TARGET.try_with(Cell::take).ok().flatten();
-        match cached.map(|b| b.downcast::<Target<H>>()) {
-            Some(Ok(t)) if t.pid == pid && t.runtime == runtime && !t.process.is_exited() => {
-                Some(t)
+        let cached = match LAST_TARGET.try_with(Cell::take).ok().flatten() {
+            // SAFETY: only this runtime keeps entries under its id (ids are never reused),
+            // and those are `Target<H>`s of its own host type. (Not `downcast`: its type id
+            // comes back through memory, a stalled load on every send.)
+            Some((runtime, b)) if runtime == self.id => {
+                Some(unsafe { Box::from_raw(Box::into_raw(b).cast::<Target<H>>()) })
             }
+            // Another runtime's: let go here.
+            _ => None,
+        };
+        match cached {
+            Some(t) if t.pid == pid && !t.process.is_exited() => Some(t),
             // The box is reused; the process it held is let go.
-            Some(Ok(mut t)) => {
+            Some(mut t) => {
                 t.process = self.table.get(pid.serial)?;
                 t.pid = pid;
-                t.runtime = runtime;
                 Some(t)
             }
-            _ => Some(Box::new(Target {
-                runtime,
+            None => Some(Box::new(Target {
                 pid,
                 process: self.table.get(pid.serial)?,
             })),
@@ -285,12 +290,14 @@ impl<H: Host> Runtime<H> {
         &self,
         process: &Arc<Process<H>>,
         envelope: Envelope<H::Msg>,
-    ) -> Result<(), Envelope<H::Msg>> {
+    ) -> Result<(), Undelivered> {
         let schedule = {
             let mut st = process.lock();
             if st.status == Status::Exited {
+                drop(st);
                 STATS.dropped.inc();
-                return Err(envelope);
+                drop(envelope);
+                return Err(Undelivered);
             }
             let size = envelope.bytes();
             if st.limit.exceeded(st.queued + 1, st.queued_bytes + size) {

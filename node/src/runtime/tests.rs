@@ -183,14 +183,15 @@ fn reschedule_queues_a_running_server_with_an_empty_mailbox() {
 }
 
 #[test]
-fn send_to_dead_process_gives_the_message_back() {
+fn send_to_dead_process_is_undelivered() {
     let rt = rt();
     let p = spawn(&rt);
     rt.terminate(&p, Reason::Normal);
-    assert!(matches!(
+    assert_eq!(
         rt.send(p.pid, Envelope::Info("x")),
-        Err(Envelope::Info("x"))
-    ));
+        Err(super::node::Undelivered)
+    );
+    assert_eq!(p.lock().mailbox.len(), 0);
 }
 
 #[test]

@@ -81,7 +81,8 @@ pub(super) fn _aio_call<'py>(
     let aio = Aio::started(py)?;
     let key = aio.key();
     let started = crate::observe::stats::call_clock();
-    let (request, span) = trace::stamp(py, Delivery::Call, pid, Term::copy_in(request)?);
+    let mut request = Term::copy_in(request)?;
+    let span = trace::stamp(py, Delivery::Call, pid, &mut request);
     let slot = aio::reply_slot(aio, key, me.as_ref().map(|m| m.pid), pid, started, span);
     let envelope = Envelope::Call { request, slot };
     if rt.send(pid, envelope).is_err() {

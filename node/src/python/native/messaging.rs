@@ -14,7 +14,8 @@ pub(super) fn send(
     let Some(pid) = resolve(dest)? else {
         return Err(unknown_name(py, dest)?);
     };
-    let (term, _span) = trace::stamp(py, Delivery::Send, pid, Term::copy_in(message)?);
+    let mut term = Term::copy_in(message)?;
+    let _span = trace::stamp(py, Delivery::Send, pid, &mut term);
     let _ = rt()?.send(pid, Envelope::Info(term));
     Ok(())
 }
@@ -32,7 +33,8 @@ pub(super) fn cast(
     let Some(pid) = resolve(dest)? else {
         return Ok(());
     };
-    let (term, _span) = trace::stamp(py, Delivery::Cast, pid, Term::copy_in(request)?);
+    let mut term = Term::copy_in(request)?;
+    let _span = trace::stamp(py, Delivery::Cast, pid, &mut term);
     let _ = rt()?.send(pid, Envelope::Cast(term));
     Ok(())
 }
@@ -76,7 +78,8 @@ pub(super) fn call<'py>(
     let deadline = deadline_after(timeout)?;
     let started = crate::observe::stats::call_clock();
     let slot = Arc::new(CallSlot::new(me.as_ref().map(|m| m.pid)));
-    let (request, span) = trace::stamp(py, Delivery::Call, pid, Term::copy_in(request)?);
+    let mut request = Term::copy_in(request)?;
+    let span = trace::stamp(py, Delivery::Call, pid, &mut request);
     let envelope = Envelope::Call {
         request,
         slot: slot.clone(),
