@@ -62,8 +62,17 @@ const OBJECT_BYTES: usize = 32;
 /// Python code to run, so it is taken while the value is checked. Tuples found immutable
 /// leave the cycle collector on the way (see below): one walk, not two.
 fn immutable_size(value: &Bound<'_, PyAny>, depth: usize) -> Option<usize> {
-    if value.is_exact_instance_of::<PyBytes>() || value.is_exact_instance_of::<PyString>() {
-        return Some(OBJECT_BYTES + value.len().unwrap_or(0));
+    // Lengths read from the objects' headers, as CPython's own macros do (`len` would go
+    // through the type's generic length slot and an error check, twice a typical message).
+    if value.is_exact_instance_of::<PyBytes>() {
+        // SAFETY: a live bytes object, the GIL held.
+        let len = unsafe { pyo3::ffi::Py_SIZE(value.as_ptr()) };
+        return Some(OBJECT_BYTES + usize::try_from(len).unwrap_or(0));
+    }
+    if value.is_exact_instance_of::<PyString>() {
+        // SAFETY: a live str object, the GIL held.
+        let len = unsafe { pyo3::ffi::PyUnicode_GET_LENGTH(value.as_ptr()) };
+        return Some(OBJECT_BYTES + usize::try_from(len).unwrap_or(0));
     }
     if value.is_none()
         || value.is_exact_instance_of::<PyInt>()
