@@ -80,8 +80,8 @@ pub enum Envelope<M> {
     Info(M),
     /// A `cast`.
     Cast(M),
-    /// A `call`, with the slot the reply goes to (which also names the caller: an entry
-    /// stays six words, see `term::Term`).
+    /// A `call`, with the slot the reply goes to (which also names the caller, so that an
+    /// entry stays five words: see `python::term`).
     Call {
         /// The request.
         request: M,
