@@ -105,8 +105,6 @@ __all__ = [
     "unregister_global", "whereis", "whereis_global", "which_children"
 ]
 
-_CLIENT_NAMES = frozenset({"Client", "connect"})
-
 if TYPE_CHECKING:
     from .client import Client, connect
 elif IN_NODE:
@@ -117,6 +115,7 @@ elif IN_NODE:
 
     __all__.remove("Client")
 else:
+    _CLIENT_NAMES = frozenset({"Client", "connect"})
 
     def __getattr__(name: str) -> Any:
         # The client (and gRPC behind it) loads on first use, so what imports rebeam alone
