@@ -229,6 +229,8 @@ pub struct Outbox {
     /// Frames written directly, and of those, the ones the socket took only in part.
     direct_writes: AtomicU64,
     tails: AtomicU64,
+    /// Times the writer found the socket full and waited for room.
+    writer_waits: AtomicU64,
 }
 
 /// The origin of [`Outbox`]'s timestamps.
@@ -308,7 +310,14 @@ impl Outbox {
             idle: idle.as_nanos() as u64,
             direct_writes: AtomicU64::new(0),
             tails: AtomicU64::new(0),
+            writer_waits: AtomicU64::new(0),
         }
+    }
+
+    /// Times the writer found the socket full and waited for room (the peer reads slower
+    /// than this node writes).
+    pub fn writer_waits(&self) -> u64 {
+        self.writer_waits.load(Ordering::Relaxed)
     }
 
     /// Frames written directly so far, and how many of them left a tail.
@@ -534,7 +543,10 @@ pub async fn write_frames(sink: Sink, outbox: &Outbox) -> io::Result<()> {
         while done < buf.len() {
             match sink.try_write(&buf[done..]) {
                 Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => sink.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    outbox.writer_waits.fetch_add(1, Ordering::Relaxed);
+                    sink.writable().await?
+                }
                 Err(e) => return Err(e),
             }
         }

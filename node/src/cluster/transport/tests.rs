@@ -398,6 +398,47 @@ fn the_rest_of_a_partial_direct_write_goes_before_frames_queued_after_it() {
 }
 
 #[test]
+fn on_a_unix_socket_a_writer_finding_it_full_waits_for_room() {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (a, b) = tokio::net::UnixStream::pair().expect("socket pair");
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    // The acceptor reads nothing until told, so the socket's buffers fill up.
+    let server = rt.spawn(acceptor_after(b, Proof::secret("s"), async move {
+        let _ = wait.await;
+    }));
+    let outbox = Arc::new(Outbox::new(1 << 20, Duration::ZERO));
+    let writer = outbox.clone();
+    let link = rt.spawn(async move {
+        let (r, w) = a.into_split();
+        carry_direct(r, w, "unix-full", &Proof::secret("s"), &writer).await
+    });
+    let peer = PeerLink::new(1, NodeId::intern("unix-peer"), outbox.clone());
+    // 9 MB of frames, far more than the socket buffers: direct writes that find it full
+    // are queued, and the writer must wait for room.
+    const FRAMES: u64 = 600;
+    for i in 0..FRAMES {
+        push(&peer, sized_frame(i, 15_000));
+    }
+    while outbox.writer_waits() == 0 {
+        std::thread::yield_now();
+    }
+    let _ = go.send(());
+    drop(peer);
+    let waited = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), server).await });
+    let (_, batches) = waited
+        .expect("the writer woke when the socket had room")
+        .expect("server")
+        .expect("accepted");
+    let _ = rt.block_on(link).expect("link");
+    assert_eq!(
+        frame_ids(&batches),
+        (0..FRAMES).collect::<Vec<_>>(),
+        "every frame, in order"
+    );
+}
+
+#[test]
 fn a_message_frame_encoded_from_its_parts_is_the_frame_prost_encodes() {
     use super::outbox::{Frame, SendFrame};
     use prost::Message;
