@@ -72,6 +72,47 @@ fn link(capacity: usize) -> (PeerLink, Arc<Outbox>) {
     )
 }
 
+/// A direct-write link to an acceptor that reads no frame until `go` fires, so that the
+/// socket's buffers fill up.
+struct HeldLink {
+    server: tokio::task::JoinHandle<Result<(NodeId, Vec<pb::PeerBatch>), HandshakeError>>,
+    link: tokio::task::JoinHandle<Result<(), LinkError>>,
+    peer: PeerLink,
+    outbox: Arc<Outbox>,
+    go: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts a [`HeldLink`] named `name` writing to `(r, w)`, whose other end `b` the acceptor
+/// holds.
+fn held_link<R, W, S>(
+    rt: &tokio::runtime::Runtime,
+    (r, w): (R, W),
+    b: S,
+    name: &'static str,
+) -> HeldLink
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Into<super::outbox::Sink> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(acceptor_after(b, Proof::secret("s"), async move {
+        let _ = wait.await;
+    }));
+    let outbox = Arc::new(Outbox::new(1 << 20, Duration::ZERO));
+    let writer = outbox.clone();
+    let link =
+        rt.spawn(async move { carry_direct(r, w, name, &Proof::secret("s"), &writer).await });
+    let peer = PeerLink::new(1, NodeId::intern(name), outbox.clone());
+    HeldLink {
+        server,
+        link,
+        peer,
+        outbox,
+        go,
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -353,18 +394,8 @@ fn the_rest_of_a_partial_direct_write_goes_before_frames_queued_after_it() {
         let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         (a.expect("connect"), b.expect("accept").0)
     });
-    let (go, wait) = tokio::sync::oneshot::channel::<()>();
-    // The acceptor reads nothing until told, so the socket's buffers fill up.
-    let server = rt.spawn(acceptor_after(b, Proof::secret("s"), async move {
-        let _ = wait.await;
-    }));
-    let direct = Arc::new(Outbox::new(1 << 20, Duration::ZERO));
-    let writer = direct.clone();
-    let link = rt.spawn(async move {
-        let (r, w) = a.into_split();
-        carry_direct(r, w, "direct-tail", &Proof::secret("s"), &writer).await
-    });
-    let peer = PeerLink::new(1, NodeId::intern("direct-peer"), direct.clone());
+    let held = held_link(&rt, a.into_split(), b, "direct-tail");
+    let (peer, direct) = (held.peer, held.outbox);
     // Small frames until one goes direct (the link is up), then frames of 15 KB until the
     // socket takes one only in part (on TCP it takes what fits).
     let mut sent = 0;
@@ -389,10 +420,10 @@ fn the_rest_of_a_partial_direct_write_goes_before_frames_queued_after_it() {
         push(&peer, sized_frame(sent, 64));
         sent += 1;
     }
-    let _ = go.send(());
+    let _ = held.go.send(());
     drop(peer);
-    let (_, batches) = rt.block_on(server).expect("server").expect("accepted");
-    let _ = rt.block_on(link).expect("link");
+    let (_, batches) = rt.block_on(held.server).expect("server").expect("accepted");
+    let _ = rt.block_on(held.link).expect("link");
     let ids = frame_ids(&batches);
     assert_eq!(ids, (0..sent).collect::<Vec<_>>(), "every frame, in order");
 }
@@ -402,18 +433,8 @@ fn on_a_unix_socket_a_writer_finding_it_full_waits_for_room() {
     let rt = runtime();
     let _guard = rt.enter();
     let (a, b) = tokio::net::UnixStream::pair().expect("socket pair");
-    let (go, wait) = tokio::sync::oneshot::channel::<()>();
-    // The acceptor reads nothing until told, so the socket's buffers fill up.
-    let server = rt.spawn(acceptor_after(b, Proof::secret("s"), async move {
-        let _ = wait.await;
-    }));
-    let outbox = Arc::new(Outbox::new(1 << 20, Duration::ZERO));
-    let writer = outbox.clone();
-    let link = rt.spawn(async move {
-        let (r, w) = a.into_split();
-        carry_direct(r, w, "unix-full", &Proof::secret("s"), &writer).await
-    });
-    let peer = PeerLink::new(1, NodeId::intern("unix-peer"), outbox.clone());
+    let held = held_link(&rt, a.into_split(), b, "unix-full");
+    let (peer, outbox) = (held.peer, held.outbox);
     // 9 MB of frames, far more than the socket buffers: direct writes that find it full
     // are queued, and the writer must wait for room.
     const FRAMES: u64 = 600;
@@ -423,14 +444,15 @@ fn on_a_unix_socket_a_writer_finding_it_full_waits_for_room() {
     while outbox.writer_waits() == 0 {
         std::thread::yield_now();
     }
-    let _ = go.send(());
+    let _ = held.go.send(());
     drop(peer);
-    let waited = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), server).await });
+    let waited =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), held.server).await });
     let (_, batches) = waited
         .expect("the writer woke when the socket had room")
         .expect("server")
         .expect("accepted");
-    let _ = rt.block_on(link).expect("link");
+    let _ = rt.block_on(held.link).expect("link");
     assert_eq!(
         frame_ids(&batches),
         (0..FRAMES).collect::<Vec<_>>(),
