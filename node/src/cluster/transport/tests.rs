@@ -441,7 +441,12 @@ fn on_a_unix_socket_a_writer_finding_it_full_waits_for_room() {
     for i in 0..FRAMES {
         push(&peer, sized_frame(i, 15_000));
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while outbox.writer_waits() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never found the socket full"
+        );
         std::thread::yield_now();
     }
     let _ = held.go.send(());
