@@ -394,8 +394,13 @@ fn the_rest_of_a_partial_direct_write_goes_before_frames_queued_after_it() {
         let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         (a.expect("connect"), b.expect("accept").0)
     });
-    let held = held_link(&rt, a.into_split(), b, "direct-tail");
-    let (peer, direct) = (held.peer, held.outbox);
+    let HeldLink {
+        server,
+        link,
+        peer,
+        outbox: direct,
+        go,
+    } = held_link(&rt, a.into_split(), b, "direct-tail");
     // Small frames until one goes direct (the link is up), then frames of 15 KB until the
     // socket takes one only in part (on TCP it takes what fits).
     let mut sent = 0;
@@ -420,10 +425,10 @@ fn the_rest_of_a_partial_direct_write_goes_before_frames_queued_after_it() {
         push(&peer, sized_frame(sent, 64));
         sent += 1;
     }
-    let _ = held.go.send(());
+    let _ = go.send(());
     drop(peer);
-    let (_, batches) = rt.block_on(held.server).expect("server").expect("accepted");
-    let _ = rt.block_on(held.link).expect("link");
+    let (_, batches) = rt.block_on(server).expect("server").expect("accepted");
+    let _ = rt.block_on(link).expect("link");
     let ids = frame_ids(&batches);
     assert_eq!(ids, (0..sent).collect::<Vec<_>>(), "every frame, in order");
 }
@@ -433,8 +438,13 @@ fn on_a_unix_socket_a_writer_finding_it_full_waits_for_room() {
     let rt = runtime();
     let _guard = rt.enter();
     let (a, b) = tokio::net::UnixStream::pair().expect("socket pair");
-    let held = held_link(&rt, a.into_split(), b, "unix-full");
-    let (peer, outbox) = (held.peer, held.outbox);
+    let HeldLink {
+        server,
+        link,
+        peer,
+        outbox,
+        go,
+    } = held_link(&rt, a.into_split(), b, "unix-full");
     // 9 MB of frames, far more than the socket buffers: direct writes that find it full
     // are queued, and the writer must wait for room.
     const FRAMES: u64 = 600;
@@ -449,15 +459,14 @@ fn on_a_unix_socket_a_writer_finding_it_full_waits_for_room() {
         );
         std::thread::yield_now();
     }
-    let _ = held.go.send(());
+    let _ = go.send(());
     drop(peer);
-    let waited =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), held.server).await });
+    let waited = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), server).await });
     let (_, batches) = waited
         .expect("the writer woke when the socket had room")
         .expect("server")
         .expect("accepted");
-    let _ = rt.block_on(held.link).expect("link");
+    let _ = rt.block_on(link).expect("link");
     assert_eq!(
         frame_ids(&batches),
         (0..FRAMES).collect::<Vec<_>>(),
